@@ -1,0 +1,134 @@
+"""Load and validate the study configuration (config/config.yaml).
+
+Validation happens before Snakemake builds its DAG, so a bad value stops the
+run before any job starts, with a message that names the key and what is
+allowed. This module is imported by the Snakefile: keep it free of torch.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+REPO_SCHEMA = Path(__file__).resolve().parents[3] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A study configuration value is invalid. The message names the key."""
+
+
+def _fill_defaults(validator_class):
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for prop, sub in properties.items():
+                if "default" in sub and prop not in instance:
+                    instance[prop] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    def additional_defaults(validator, additional, instance, schema):
+        # defaults inside additionalProperties (e.g. each variant's hydra_overrides)
+        if isinstance(instance, dict) and isinstance(additional, dict):
+            extras = set(instance) - set(schema.get("properties", {}))
+            for name in extras:
+                value = instance[name]
+                if isinstance(value, dict):
+                    for prop, sub in additional.get("properties", {}).items():
+                        if "default" in sub and prop not in value:
+                            value[prop] = copy.deepcopy(sub["default"])
+        yield from validator_class.VALIDATORS["additionalProperties"](validator, additional, instance, schema)
+
+    return jsonschema.validators.extend(
+        validator_class,
+        {"properties": set_defaults, "additionalProperties": additional_defaults},
+    )
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    parts = []
+    for p in error.absolute_path:
+        parts.append(f"[{p}]" if isinstance(p, int) else (("." if parts else "") + str(p)))
+    return "".join(parts) or "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    key = _key_path(error)
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    v = error.validator
+    if v == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = [k for k in error.instance if k not in allowed] if isinstance(error.instance, dict) else []
+        where = key if key != "<top level>" else "the top level"
+        return f"unknown key(s) {extra} in {where}; allowed keys: {allowed}"
+    if v == "enum":
+        return f"{key}: {error.instance!r} is not allowed; allowed values: {error.validator_value}"
+    if v == "type":
+        return f"{key}: {error.instance!r} has the wrong type; expected {error.validator_value}"
+    if v in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[v]
+        return f"{key}: {error.instance!r} is out of range; allowed: {op} {error.validator_value}"
+    if v == "minItems":
+        return f"{key}: needs at least {error.validator_value} item(s), got {error.instance!r}"
+    if v == "minProperties":
+        return f"{key}: needs at least {error.validator_value} entry, got none"
+    if v == "pattern":
+        return (
+            f"{key}: {error.instance!r} contains characters that are not allowed "
+            f"(must match {error.validator_value})"
+        )
+    if v == "required":
+        return f"{key}: {error.message}"
+    desc = schema.get("description", "")
+    return f"{key}: {error.message}" + (f" ({desc.strip()})" if desc else "")
+
+
+def load_schema(path: str | Path | None = None) -> dict:
+    with open(path or REPO_SCHEMA) as fh:
+        return yaml.safe_load(fh)
+
+
+def validate_config(config: dict, schema: dict | str | Path | None = None) -> dict:
+    """Validate ``config`` in place, fill defaults, run cross-key checks.
+
+    Returns the same (now complete) dict. Raises :class:`ConfigError` naming
+    every offending key.
+    """
+    if not isinstance(config, dict):
+        raise ConfigError(f"the configuration must be a mapping, got {type(config).__name__}")
+    if not isinstance(schema, dict):
+        schema = load_schema(schema)
+    validator = _fill_defaults(jsonschema.Draft202012Validator)(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = [_describe(e) for e in errors]
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(dict.fromkeys(lines)))
+    _cross_checks(config)
+    return config
+
+
+def _cross_checks(config: dict) -> None:
+    problems = []
+    tr = config["training"]
+    if tr["warmup_epochs"] >= tr["epochs"]:
+        problems.append(
+            f"training.warmup_epochs: {tr['warmup_epochs']} must be smaller than training.epochs ({tr['epochs']})"
+        )
+    for key in ("lr", "weight_decay", "seed"):
+        values = config["grid"][key]
+        dupes = sorted({v for v in values if values.count(v) > 1})
+        if dupes:
+            problems.append(f"grid.{key}: duplicate values {dupes} would train the same run twice")
+    if problems:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+def load_config(path: str | Path, schema: dict | str | Path | None = None) -> dict:
+    """Read a YAML config file (safe loader) and validate it."""
+    with open(path) as fh:
+        config = yaml.safe_load(fh) or {}
+    return validate_config(config, schema)

@@ -1,0 +1,120 @@
+"""The run table: every (variant, lr, weight decay, seed) of a study.
+
+Run ids are deterministic strings used as the ``{run}`` wildcard, e.g.
+``lr0.1-wd0.0001-s0``. Each run carries the Hydra overrides that train it, so
+Snakemake can pass them as per-run ``params`` (changing one run's settings
+never touches another run).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import shlex
+from dataclasses import dataclass, field
+
+EXPERIMENT_OPTIMIZER = {"s_core": "sgd", "s_adamw": "adamw", "s_bn_off": "sgd", "s_narrow": "sgd"}
+
+
+def _fmt(x: float) -> str:
+    return format(float(x), "g")
+
+
+def run_id(lr: float, weight_decay: float, seed: int) -> str:
+    return f"lr{_fmt(lr)}-wd{_fmt(weight_decay)}-s{int(seed)}"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of the study."""
+
+    variant: str
+    run: str
+    experiment: str
+    optimizer: str
+    lr: float
+    weight_decay: float
+    seed: int
+    overrides: tuple[str, ...] = field(repr=False)
+
+    @property
+    def key(self) -> str:
+        return f"{self.variant}/{self.run}"
+
+    def shell_overrides(self) -> str:
+        """The Hydra overrides, each quoted for a POSIX shell."""
+        return " ".join(shlex.quote(o) for o in self.overrides)
+
+    def expected(self) -> dict:
+        """What validation checks the logged run against."""
+        return {
+            "variant": self.variant,
+            "run": self.run,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "seed": self.seed,
+        }
+
+
+def training_overrides(config: dict) -> list[str]:
+    """Hydra overrides shared by every run of the study (from ``training`` and ``data``)."""
+    tr, data = config["training"], config["data"]
+    out = [
+        f"data={data['name']}",
+        f"data.batch_size={tr['batch_size']}",
+        f"trainer.epochs={tr['epochs']}",
+        f"trainer.val_per_epoch={tr['val_per_epoch']}",
+        f"trainer.threads={tr['threads']}",
+        f"trainer.flush_every_steps={tr['flush_every_steps']}",
+        f"trainer.precision={tr['precision']}",
+        f"schedule={tr['schedule']}",
+        f"schedule.warmup_epochs={tr['warmup_epochs']}",
+    ]
+    if tr["schedule"] == "cosine":
+        out.append(f"schedule.min_lr_ratio={tr['min_lr_ratio']}")
+    if data["name"] == "cifar10":
+        out.append(f"data.root={data['root']}")
+    out.extend(tr.get("hydra_overrides", []))
+    return out
+
+
+def build_runs(config: dict) -> list[RunSpec]:
+    """Expand a validated config into its run table (variant-major, then lr, wd, seed)."""
+    shared = training_overrides(config)
+    grid = config["grid"]
+    runs = []
+    for variant, spec in config["variants"].items():
+        exp = spec["experiment"]
+        opt = EXPERIMENT_OPTIMIZER[exp]
+        for lr, wd, seed in itertools.product(grid["lr"], grid["weight_decay"], grid["seed"]):
+            overrides = [f"experiment={exp}", *shared]
+            if opt == "sgd":
+                overrides.append(f"optimizer.momentum={config['training']['momentum']}")
+            overrides += [
+                *spec.get("hydra_overrides", []),
+                f"optimizer.lr={_fmt(lr)}",
+                f"optimizer.weight_decay={_fmt(wd)}",
+                f"seed={int(seed)}",
+            ]
+            runs.append(
+                RunSpec(
+                    variant=variant,
+                    run=run_id(lr, wd, seed),
+                    experiment=exp,
+                    optimizer=opt,
+                    lr=float(lr),
+                    weight_decay=float(wd),
+                    seed=int(seed),
+                    overrides=tuple(overrides),
+                )
+            )
+    ids = [r.key for r in runs]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise ValueError(f"grid: values that format identically give duplicate runs {dup}")
+    return runs
+
+
+def wildcard_regex(names) -> str:
+    """An anchored alternation of the given names, each escaped."""
+    return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))

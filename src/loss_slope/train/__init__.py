@@ -1,0 +1,1 @@
+"""Training: Lightning module, metric recorder, resumable runner (python -m loss_slope.train)."""

@@ -1,0 +1,64 @@
+"""The attempt log of a run: one JSON line when an attempt starts, one when it ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+
+def read_attempts(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a torn last line from a kill during the write
+    return out
+
+
+def _append(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record, sort_keys=True) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def start_attempt(path: str | Path, *, start_step: int, reason: str, **extra) -> int:
+    """Record the start of an attempt; returns its 1-based number."""
+    path = Path(path)
+    n = 1 + sum(1 for r in read_attempts(path) if r.get("event") == "start")
+    _append(path, {
+        "event": "start", "attempt": n, "start_step": start_step, "reason": reason, "time": time.time(),
+        "host": socket.gethostname(), "pid": os.getpid(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"), **extra,
+    })
+    return n
+
+
+def end_attempt(path: str | Path, *, attempt: int, end_step: int, status: str, **extra) -> None:
+    _append(Path(path), {"event": "end", "attempt": attempt, "end_step": end_step, "status": status,
+                         "time": time.time(), **extra})
+
+
+def summarize_attempts(records: list[dict]) -> list[dict]:
+    """Merge start/end events into one dict per attempt (an attempt killed by
+    SIGKILL has no end event: its status is ``killed``)."""
+    by = {}
+    for r in records:
+        a = by.setdefault(r["attempt"], {"attempt": r["attempt"], "status": "killed", "end_step": None})
+        if r["event"] == "start":
+            a.update({k: v for k, v in r.items() if k not in ("event", "time")}, started=r["time"])
+        else:
+            a.update(end_step=r["end_step"], status=r["status"], ended=r["time"],
+                     **{k: v for k, v in r.items() if k not in ("event", "time", "attempt", "end_step", "status")})
+    return [by[k] for k in sorted(by)]

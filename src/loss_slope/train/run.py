@@ -1,0 +1,211 @@
+"""Train one run: idempotent, resumable, with exactly-once metric tables.
+
+Work tree of a run (undeclared in Snakemake, so a failed job never deletes it)::
+
+    {run_dir}/tables/steps.csv       one row per optimizer step
+    {run_dir}/tables/val.csv         val_per_epoch rows per epoch
+    {run_dir}/checkpoints/latest/latest.ckpt   after every validation
+    {run_dir}/checkpoints/best/...   top-k by loss_val_nats
+    {run_dir}/attempts.jsonl         start/end of every attempt
+    {run_dir}/run_info.json          resolved config, versions, hardware
+    {run_dir}/done.json              written once the last step is done
+
+Exit codes: 0 complete (or already complete), 3 unfinished (time budget
+reached; the latest checkpoint was saved, a rerun resumes), 1 error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+EXIT_OK, EXIT_ERROR, EXIT_UNFINISHED = 0, 1, 3
+
+log = logging.getLogger("loss_slope.train")
+
+
+def _write_json(path: str | Path, obj: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def environment_info(device) -> dict:
+    import hydra
+    import numpy
+    import pytorch_lightning
+    import torch
+
+    info = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "pytorch_lightning": pytorch_lightning.__version__,
+        "hydra": hydra.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+        "hostname": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+    }
+    if device.type == "cuda":
+        info["gpu_name"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+class RunPaths:
+    def __init__(self, run_dir: str | Path) -> None:
+        self.root = Path(run_dir)
+        self.tables = self.root / "tables"
+        self.latest_dir = self.root / "checkpoints" / "latest"
+        self.latest = self.latest_dir / "latest.ckpt"
+        self.best_dir = self.root / "checkpoints" / "best"
+        self.attempts = self.root / "attempts.jsonl"
+        self.run_info = self.root / "run_info.json"
+        self.done = self.root / "done.json"
+
+
+def run_training(cfg) -> int:
+    """Train (or resume, or skip) the run described by the Hydra config ``cfg``."""
+    import hydra.utils
+    import pytorch_lightning as pl
+    import torch
+    from omegaconf import OmegaConf
+    from lightning_fabric.plugins.environments import LightningEnvironment
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from loss_slope.data.datasets import build_data
+    from loss_slope.tables.csvlog import truncate_table
+    from loss_slope.train.attempts import end_attempt, read_attempts, start_attempt, summarize_attempts
+    from loss_slope.train.checkpoint_io import AtomicCheckpointIO, checkpoint_step
+    from loss_slope.train.module import CurveModule
+    from loss_slope.train.recorder import MetricRecorder
+    from loss_slope.train.schedule import schedule_from_config
+
+    paths = RunPaths(cfg.run_dir)
+    if paths.done.exists():
+        done = json.loads(paths.done.read_text())
+        log.info("run already complete (%d steps): nothing to train", done["total_steps"])
+        _write_output(cfg, paths, done)
+        return EXIT_OK
+
+    torch.set_num_threads(int(cfg.trainer.threads))
+    pl.seed_everything(int(cfg.seed), workers=False, verbose=False)
+    accel = cfg.trainer.accelerator
+    use_cuda = accel == "cuda" or (accel == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
+
+    data = build_data(cfg.data, seed=int(cfg.seed), device=device)
+    spe = data.steps_per_epoch
+    epochs = int(cfg.trainer.epochs)
+    total = spe * epochs
+    val_per_epoch = int(cfg.trainer.val_per_epoch)
+    val_interval = spe // val_per_epoch
+    if val_interval < 1:
+        raise ValueError(f"trainer.val_per_epoch={val_per_epoch} exceeds the {spe} steps of an epoch")
+    schedule = schedule_from_config(cfg.schedule, steps_per_epoch=spe, epochs=epochs)
+
+    # ---- resume bookkeeping ---------------------------------------------
+    if paths.latest.exists():
+        start = checkpoint_step(paths.latest)
+        reason, ckpt_path = "resume", str(paths.latest)
+        log.info("resuming from %s at step %d", paths.latest, start)
+    else:
+        start, reason, ckpt_path = 0, "fresh", None
+        if paths.attempts.exists():
+            log.info("no checkpoint yet: earlier attempts died before the first one; starting from step 0")
+        else:
+            log.info("no checkpoint: starting a fresh run")
+    for table in ("steps", "val"):
+        kept, dropped = truncate_table(paths.tables / f"{table}.csv", table, start)
+        if dropped:
+            log.info("truncated %s.csv to the checkpoint: kept %d rows, dropped %d", table, kept, dropped)
+    attempt = start_attempt(paths.attempts, start_step=start, reason=reason, device=str(device),
+                            snakemake_attempt=os.environ.get("LOSS_SLOPE_ATTEMPT"))
+
+    info = {
+        "variant": cfg.variant, "run": cfg.run, "seed": int(cfg.seed),
+        "steps_per_epoch": spe, "epochs": epochs, "total_steps": total,
+        "val_per_epoch": val_per_epoch, "val_interval": val_interval,
+        "schedule": {"kind": schedule.kind, "warmup_steps": schedule.warmup_steps,
+                     "total_steps": schedule.total_steps, "min_lr_ratio": schedule.min_lr_ratio},
+        "lr": float(cfg.optimizer.lr), "weight_decay": float(cfg.optimizer.weight_decay),
+        "optimizer": cfg.optimizer._target_.rsplit(".", 1)[-1].lower(),
+        "n_train": len(data.train.images), "n_val": len(data.val.images), "batch_size": int(cfg.data.batch_size),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "environment": environment_info(device),
+    }
+    _write_json(paths.run_info, info)
+
+    net = hydra.utils.instantiate(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels)
+    if cfg.trainer.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    module = CurveModule(net, hydra.utils.instantiate(cfg.optimizer), schedule,
+                         channels_last=bool(cfg.trainer.channels_last))
+    recorder = MetricRecorder(
+        tables_dir=paths.tables, steps_per_epoch=spe, total_steps=total, val_interval=val_interval,
+        flush_every=int(cfg.trainer.flush_every_steps), log_every=cfg.trainer.log_every_steps,
+    )
+    best = ModelCheckpoint(dirpath=paths.best_dir, filename="best-{step}", monitor="loss_val_nats", mode="min",
+                           save_top_k=int(cfg.trainer.best_top_k), save_on_train_epoch_end=False,
+                           enable_version_counter=False, auto_insert_metric_name=False)
+    latest = ModelCheckpoint(dirpath=paths.latest_dir, filename="latest", monitor=None, save_top_k=1,
+                             save_on_train_epoch_end=False, enable_version_counter=False)
+    max_time = cfg.trainer.max_time_s
+    trainer = pl.Trainer(
+        accelerator="gpu" if use_cuda else "cpu", devices=1, precision=cfg.trainer.precision,
+        max_epochs=epochs, max_steps=total, logger=False,
+        val_check_interval=val_interval, check_val_every_n_epoch=1, num_sanity_val_steps=0,
+        callbacks=[recorder, best, latest], # LightningEnvironment: one process per run even inside a SLURM job; no
+        # Lightning auto-requeue (Snakemake's retries own rescheduling)
+        plugins=[AtomicCheckpointIO(), LightningEnvironment()],
+        gradient_clip_val=cfg.trainer.gradient_clip_val,
+        max_time={"seconds": float(max_time)} if max_time else None,
+        enable_progress_bar=sys.stderr.isatty(), enable_model_summary=False, default_root_dir=str(paths.root),
+    )
+    data.train.step_source = lambda: trainer.global_step
+
+    t0 = time.time()
+    # Our loader derives its position from trainer.global_step, so a mid-epoch
+    # resume is exact even though it has no state_dict of its own.
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+    try:
+        trainer.fit(module, train_dataloaders=data.train, val_dataloaders=data.val, ckpt_path=ckpt_path,
+                    weights_only=True)
+    except BaseException as exc:
+        recorder.close()
+        end_attempt(paths.attempts, attempt=attempt, end_step=trainer.global_step,
+                    status="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    recorder.close()
+    step = trainer.global_step
+    if step < total:
+        end_attempt(paths.attempts, attempt=attempt, end_step=step, status="unfinished",
+                    seconds=time.time() - t0)
+        log.warning("stopped at step %d of %d (time budget); the latest checkpoint resumes it", step, total)
+        return EXIT_UNFINISHED
+    end_attempt(paths.attempts, attempt=attempt, end_step=step, status="completed", seconds=time.time() - t0)
+    done = {
+        "variant": cfg.variant, "run": cfg.run, "total_steps": total, "steps_per_epoch": spe, "epochs": epochs,
+        "completed_at": time.time(), "attempts": summarize_attempts(read_attempts(paths.attempts)),
+    }
+    _write_json(paths.done, done)
+    log.info("run complete: %d steps in %d attempt(s)", total, attempt)
+    _write_output(cfg, paths, done)
+    return EXIT_OK
+
+
+def _write_output(cfg, paths: RunPaths, done: dict) -> None:
+    if cfg.output:
+        _write_json(cfg.output, {**done, "run_dir": str(paths.root), "status": "complete"})
