@@ -118,11 +118,14 @@ def _cross_checks(config: dict) -> None:
         problems.append(
             f"training.warmup_epochs: {tr['warmup_epochs']} must be smaller than training.epochs ({tr['epochs']})"
         )
-    for key in ("lr", "weight_decay", "seed"):
-        values = config["grid"][key]
-        dupes = sorted({v for v in values if values.count(v) > 1})
-        if dupes:
-            problems.append(f"grid.{key}: duplicate values {dupes} would train the same run twice")
+    grids = [("grid", config["grid"])] + [
+        (f"variants.{name}.grid", spec.get("grid", {})) for name, spec in config["variants"].items()
+    ]
+    for where, grid in grids:
+        for key, values in grid.items():
+            dupes = sorted({v for v in values if values.count(v) > 1})
+            if dupes:
+                problems.append(f"{where}.{key}: duplicate values {dupes} would train the same run twice")
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
 

@@ -81,9 +81,9 @@ def training_overrides(config: dict) -> list[str]:
 def build_runs(config: dict) -> list[RunSpec]:
     """Expand a validated config into its run table (variant-major, then lr, wd, seed)."""
     shared = training_overrides(config)
-    grid = config["grid"]
     runs = []
     for variant, spec in config["variants"].items():
+        grid = {**config["grid"], **spec.get("grid", {})}
         exp = spec["experiment"]
         opt = EXPERIMENT_OPTIMIZER[exp]
         for lr, wd, seed in itertools.product(grid["lr"], grid["weight_decay"], grid["seed"]):

@@ -1,0 +1,33 @@
+# Two entry points (see README "Quick start"):
+#   make demo   set up .venv and run the offline demo study
+#   make test   set up .venv and run the whole test suite (what CI runs)
+PY      ?= python3
+VENV    := .venv
+STAMP   := $(VENV)/.installed
+CORES   ?= 2
+
+.PHONY: demo test lint dryrun-study clean-results
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements.txt
+	$(VENV)/bin/pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/snakemake --profile profiles/local --cores $(CORES)
+	@echo "demo done: see results/ (validation reports under results/validation/)"
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/snakemake --lint
+	$(VENV)/bin/snakefmt --check Snakefile workflow/rules
+
+dryrun-study: $(STAMP)
+	$(VENV)/bin/snakemake -n --profile profiles/local --configfile config/study.yaml
+
+clean-results:
+	rm -rf results logs benchmarks

@@ -1,0 +1,27 @@
+# loss-slope: does a CNN's training loss follow a power law after its knee (H1),
+# and does the early slope predict the best validation cross-entropy (H2)?
+#
+# Wiring only: every rule calls code in the `loss_slope` package.
+#   snakemake --profile profiles/local                       the offline demo (config/config.yaml)
+#   snakemake --profile profiles/local --configfile config/study.yaml -n    plan the 216-run study
+#
+# results/ layout (declared outputs; small):
+#   results/train/{variant}/{run}/run.json           a run finished training (attempts, steps)
+#   results/export/{variant}/{run}/                  steps.csv, val.csv, run_info.json, attempts.json
+#   results/parquet/{steps,val}/variant={variant}/run={run}/part-0.parquet   one hive-partitioned dataset
+#   results/convert/{variant}/{run}.json             CSV -> Parquet report (file:line of any bad row)
+#   results/validation/{variant}/{run}/validation.json, summary.txt
+# work/{variant}/{run}/   undeclared training state: checkpoints, partial CSVs, attempts.jsonl
+# logs/{rule}/...         one log per job;  benchmarks/{rule}/...  one benchmark per job
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/tables.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        get_final_output(),

@@ -1,0 +1,31 @@
+"""Collect a finished run's tables from the undeclared work tree into results/."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from loss_slope.train.attempts import read_attempts, summarize_attempts
+
+
+def export_run(run_dir: str | Path, *, steps_csv, val_csv, run_info, attempts) -> None:
+    """Copy the run's CSV tables and metadata to their declared locations.
+
+    Raises ``FileNotFoundError`` naming the missing file when the work tree
+    is incomplete (e.g. the work folder was deleted after training).
+    """
+    run_dir = Path(run_dir)
+    sources = {
+        run_dir / "tables" / "steps.csv": Path(steps_csv),
+        run_dir / "tables" / "val.csv": Path(val_csv),
+        run_dir / "run_info.json": Path(run_info),
+    }
+    for src in sources:
+        if not src.is_file():
+            raise FileNotFoundError(f"export: {src} is missing from the run's work tree; rerun its training")
+    for src, dst in sources.items():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+    records = summarize_attempts(read_attempts(run_dir / "attempts.jsonl"))
+    Path(attempts).write_text(json.dumps(records, indent=2, sort_keys=True) + "\n")

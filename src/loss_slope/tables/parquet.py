@@ -1,0 +1,144 @@
+"""CSV → typed Parquet, one dataset partitioned by variant and run (hive style).
+
+    results/parquet/{table}/variant={variant}/run={run}/part-0.parquet
+
+so ``pyarrow.dataset.dataset("results/parquet/steps", partitioning="hive")``
+(or duckdb's ``read_parquet(..., hive_partitioning=true)``) queries every run
+at once. A table that cannot be parsed exactly is never written with bad
+rows: its Parquet file is written empty (schema only) and the conversion
+report names the file, the line and the problem, so validation marks the run
+invalid instead of analysing corrupt data.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from loss_slope.tables.schema import TABLES
+
+COMPRESSION = "zstd"
+
+
+@dataclass
+class TableReport:
+    table: str
+    source: str
+    rows: int = 0
+    ok: bool = True
+    errors: list[str] = field(default_factory=list)
+
+
+def _scan_errors(path: Path, schema: pa.Schema, limit: int = 20) -> list[str]:
+    """Slow path: find the exact lines that break the table (for the message)."""
+    errors: list[str] = []
+    names = schema.names
+    seen: dict[int, int] = {}
+    with open(path, newline="") as fh:
+        header = fh.readline()
+        if header.rstrip("\r\n").split(",") != names:
+            got = header.rstrip("\r\n").split(",")
+            missing = [c for c in names if c not in got]
+            extra = [c for c in got if c not in names]
+            errors.append(f"{path}:1: header mismatch; missing columns {missing}, unexpected {extra}")
+            return errors
+        for lineno, line in enumerate(fh, start=2):
+            if not line.endswith("\n"):
+                errors.append(f"{path}:{lineno}: truncated line (no newline at end of file): {line[:80]!r}")
+                break
+            parts = line.rstrip("\r\n").split(",")
+            if len(parts) != len(names):
+                errors.append(f"{path}:{lineno}: expected {len(names)} fields, got {len(parts)}: {line.strip()[:80]!r}")
+            else:
+                for name, f, value in zip(names, schema, parts):
+                    try:
+                        v = int(value) if pa.types.is_integer(f.type) else float(value)
+                    except ValueError:
+                        errors.append(f"{path}:{lineno}: column {name!r}: {value!r} is not a {f.type}")
+                        break
+                    if name == "step":
+                        if v in seen:
+                            errors.append(f"{path}:{lineno}: step {v} duplicates line {seen[v]}")
+                        seen[v] = lineno
+            if len(errors) >= limit:
+                errors.append(f"{path}: … more errors not shown")
+                break
+    return errors
+
+
+def read_table_csv(path: str | Path, table: str) -> tuple[pa.Table | None, TableReport]:
+    """Parse one work-tree CSV strictly into the table's Arrow schema."""
+    path = Path(path)
+    schema = TABLES[table]
+    report = TableReport(table=table, source=str(path))
+    if not path.is_file():
+        report.ok, report.errors = False, [f"{path}: file not found"]
+        return None, report
+    try:
+        arrow = pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(use_threads=True),
+            parse_options=pacsv.ParseOptions(newlines_in_values=False),
+            convert_options=pacsv.ConvertOptions(
+                column_types={f.name: f.type for f in schema}, include_columns=schema.names,
+                strings_can_be_null=False, quoted_strings_can_be_null=False,
+            ),
+        )
+        errors = []
+        if arrow.num_columns != len(schema) or arrow.null_count:
+            errors = _scan_errors(path, schema) or [f"{path}: missing values"]
+        elif not path.read_bytes().endswith(b"\n") and path.stat().st_size:
+            errors = _scan_errors(path, schema)
+        else:
+            steps = arrow.column("step")
+            if len(steps) and pc.count_distinct(steps).as_py() != len(steps):
+                errors = _scan_errors(path, schema)
+    except (pa.ArrowInvalid, pa.ArrowKeyError, KeyError) as exc:
+        errors = _scan_errors(path, schema) or [f"{path}: {exc}"]
+        arrow = None
+    if errors:
+        report.ok, report.errors = False, errors
+        return None, report
+    arrow = arrow.select(schema.names).cast(schema)
+    report.rows = arrow.num_rows
+    return arrow, report
+
+
+def write_parquet(table: pa.Table | None, path: str | Path, schema: pa.Schema) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if table is None:
+        table = schema.empty_table()
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp, compression=COMPRESSION, write_statistics=True)
+    tmp.replace(path)
+
+
+def convert_run(*, steps_csv, val_csv, steps_parquet, val_parquet, report_path) -> dict:
+    """Convert one run's two tables; always writes both Parquet files and the report."""
+    out = {"ok": True, "tables": {}}
+    for table, src, dst in (("steps", steps_csv, steps_parquet), ("val", val_csv, val_parquet)):
+        arrow, rep = read_table_csv(src, table)
+        write_parquet(arrow, dst, TABLES[table])
+        out["tables"][table] = asdict(rep)
+        out["ok"] &= rep.ok
+    Path(report_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(report_path).write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
+def read_dataset(root: str | Path, table: str):
+    """All runs' ``table`` as one Arrow dataset with ``variant`` and ``run`` columns."""
+    import pyarrow.dataset as ds
+
+    part = ds.partitioning(pa.schema([("variant", pa.string()), ("run", pa.string())]), flavor="hive")
+    return ds.dataset(Path(root) / table, format="parquet", partitioning=part, schema=TABLES[table].append(
+        pa.field("variant", pa.string())).append(pa.field("run", pa.string())))
+
+

@@ -1,0 +1,160 @@
+"""Completeness and range checks of one run's Parquet tables.
+
+The result says *why* a run is invalid; nothing here drops a run. Later
+stages read ``passed`` and the failed checks and decide what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from loss_slope.tables.schema import LN2
+from loss_slope.train.schedule import Schedule
+
+REL_TOL = 1e-9
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: str = ""
+
+
+@dataclass
+class ValidationReport:
+    variant: str
+    run: str
+    passed: bool = True
+    checks: list[Check] = field(default_factory=list)
+    n_steps: int = 0
+    n_val: int = 0
+    expected_steps: int | None = None
+    expected_val: int | None = None
+
+    def add(self, name: str, passed: bool, detail: str = "") -> None:
+        self.checks.append(Check(name, bool(passed), detail))
+        self.passed &= bool(passed)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["status"] = "valid" if self.passed else "invalid"
+        d["reasons"] = [f"{c.name}: {c.detail}" for c in self.failures]
+        return d
+
+    def summary(self) -> str:
+        head = f"{self.variant}/{self.run}: {'PASSED' if self.passed else 'INVALID'}"
+        head += f" ({self.n_steps} step rows, {self.n_val} validation rows)"
+        lines = [head] + [f"  [{'ok' if c.passed else 'FAIL'}] {c.name}: {c.detail}" for c in self.checks]
+        return "\n".join(lines) + "\n"
+
+
+def _first_bad(mask: np.ndarray, steps: np.ndarray) -> str:
+    idx = np.flatnonzero(mask)
+    return f"{len(idx)} row(s), first at step {int(steps[idx[0]])}" if len(idx) else ""
+
+
+def _rel_close(a: np.ndarray, b: np.ndarray, tol: float = REL_TOL) -> np.ndarray:
+    return np.abs(a - b) <= tol * np.maximum(np.abs(b), 1e-300)
+
+
+def expected_val_steps(epochs: int, spe: int, val_per_epoch: int) -> np.ndarray:
+    interval = spe // val_per_epoch
+    per_epoch = np.arange(1, val_per_epoch + 1) * interval
+    return (np.arange(epochs)[:, None] * spe + per_epoch[None, :]).ravel()
+
+
+def validate_run(*, steps_parquet, val_parquet, convert_report, run_info, expected: dict) -> ValidationReport:
+    """Check one run. ``expected`` holds the study config's lr, weight_decay, seed, variant, run."""
+    rep = ValidationReport(variant=expected["variant"], run=expected["run"])
+    conv = json.loads(Path(convert_report).read_text())
+    conv_errors = [e for t in conv["tables"].values() for e in t["errors"]]
+    rep.add("conversion", conv["ok"], "; ".join(conv_errors[:5]) if conv_errors else "both tables parsed exactly")
+    info = json.loads(Path(run_info).read_text())
+
+    # the run trained what the study config asks for
+    mism = []
+    for key, got in (("lr", info.get("lr")), ("weight_decay", info.get("weight_decay")), ("seed", info.get("seed"))):
+        if got is None or not math.isclose(float(got), float(expected[key]), rel_tol=1e-12):
+            mism.append(f"{key}: trained {got}, config {expected[key]}")
+    rep.add("config_matches", not mism, "; ".join(mism) or "lr, weight_decay and seed match the study config")
+
+    spe, epochs, vpe = int(info["steps_per_epoch"]), int(info["epochs"]), int(info["val_per_epoch"])
+    total = spe * epochs
+    rep.expected_steps, rep.expected_val = total, epochs * vpe
+    s = pq.read_table(steps_parquet).to_pandas()
+    v = pq.read_table(val_parquet).to_pandas()
+    rep.n_steps, rep.n_val = len(s), len(v)
+    if not conv["ok"]:
+        return rep
+
+    # ---- completeness ---------------------------------------------------
+    steps = s["step"].to_numpy()
+    exact = len(steps) == total and np.array_equal(np.sort(steps), np.arange(total))
+    detail = f"{len(steps)} rows for {total} steps"
+    if not exact:
+        have = set(steps.tolist())
+        missing = [i for i in range(total) if i not in have]
+        dup = len(steps) - len(have)
+        detail += f"; missing {len(missing)} (first {missing[:3]}), duplicated {dup}"
+    rep.add("steps_exactly_once", exact, detail)
+    rep.add("steps_in_order", bool(np.all(np.diff(steps) > 0)), "step column strictly increasing")
+    ep_ok = _rel_close(s["epoch"].to_numpy(), steps / spe, 1e-12) | (steps == 0)
+    rep.add("epoch_column", bool(ep_ok.all()), _first_bad(~ep_ok, steps) or "epoch = step / steps_per_epoch")
+
+    vsteps = v["step"].to_numpy()
+    want = expected_val_steps(epochs, spe, vpe)
+    vexact = len(vsteps) == len(want) and np.array_equal(vsteps, want)
+    per_epoch = np.bincount(((vsteps - 1) // spe).astype(int), minlength=epochs) if len(vsteps) else np.zeros(epochs)
+    vdetail = f"{len(vsteps)} rows for {len(want)} expected ({vpe} per epoch)"
+    if not vexact:
+        bad = np.flatnonzero(per_epoch != vpe)
+        vdetail += f"; epochs with a wrong count: {bad[:5].tolist()}"
+    rep.add("val_per_epoch", vexact, vdetail)
+
+    # ---- ranges ---------------------------------------------------------
+    num = s[["time", "lr", "wd", "loss_train_nats", "loss_train_bits", "acc_train"]].to_numpy()
+    finite = np.isfinite(num).all(axis=1)
+    rep.add("steps_finite", bool(finite.all()), _first_bad(~finite, steps) or "all values finite")
+    loss = s["loss_train_nats"].to_numpy()
+    rep.add("loss_nonnegative", bool((loss[np.isfinite(loss)] >= 0).all()), "loss_train_nats >= 0")
+    acc = s["acc_train"].to_numpy()
+    rep.add("acc_in_unit_interval", bool(((acc >= 0) & (acc <= 1)).all()), "acc_train in [0, 1]")
+    bits_ok = _rel_close(s["loss_train_bits"].to_numpy(), loss / LN2) | ~np.isfinite(loss)
+    rep.add("bits_equal_nats_over_ln2", bool(bits_ok.all()), _first_bad(~bits_ok, steps) or f"relative tolerance {REL_TOL}")
+
+    sch = info["schedule"]
+    schedule = Schedule(sch["kind"], int(sch["warmup_steps"]), int(sch["total_steps"]), float(sch["min_lr_ratio"]))
+    want_lr = float(expected["lr"]) * np.array([schedule.factor(int(i)) for i in steps])
+    lr_ok = _rel_close(s["lr"].to_numpy(), want_lr)
+    rep.add("lr_follows_schedule", bool(lr_ok.all()),
+            _first_bad(~lr_ok, steps) or f"{sch['kind']} with {sch['warmup_steps']} warm-up steps, peak {expected['lr']}")
+    wd_ok = _rel_close(s["wd"].to_numpy(), np.full(len(s), float(expected["weight_decay"])))
+    rep.add("wd_equals_config", bool(wd_ok.all()), _first_bad(~wd_ok, steps) or f"wd = {expected['weight_decay']}")
+
+    vnum = v[["time", "loss_val_nats", "loss_val_bits", "acc_val", "grad_norm", "weight_norm"]].to_numpy()
+    vfin = np.isfinite(vnum).all(axis=1)
+    rep.add("val_finite", bool(vfin.all()), _first_bad(~vfin, vsteps) or "all values finite")
+    vl = v["loss_val_nats"].to_numpy()
+    vrange = (vl >= 0) & (v["acc_val"].between(0, 1).to_numpy()) & (v["grad_norm"].to_numpy() >= 0) & (
+        v["weight_norm"].to_numpy() > 0)
+    rep.add("val_ranges", bool(vrange[vfin].all()), "loss >= 0, acc in [0, 1], grad_norm >= 0, weight_norm > 0")
+    vbits = _rel_close(v["loss_val_bits"].to_numpy(), vl / LN2) | ~np.isfinite(vl)
+    rep.add("val_bits_equal_nats_over_ln2", bool(vbits.all()), _first_bad(~vbits, vsteps) or "ok")
+    return rep
+
+
+def write_report(rep: ValidationReport, json_path, text_path) -> None:
+    Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(json_path).write_text(json.dumps(rep.to_dict(), indent=2) + "\n")
+    Path(text_path).write_text(rep.summary())

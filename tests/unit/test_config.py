@@ -1,0 +1,99 @@
+"""Schema rejections: each bad value stops before any job with a message naming the key."""
+
+import copy
+
+import pytest
+import yaml
+
+from loss_slope.study.config import ConfigError, load_config, validate_config
+from loss_slope.study.runs import build_runs
+
+from conftest import REPO
+
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def demo():
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+def test_demo_and_study_configs_are_valid():
+    d = load_config(REPO / "config" / "config.yaml", SCHEMA)
+    assert len(build_runs(d)) == 16
+    s = load_config(REPO / "config" / "study.yaml", SCHEMA)
+    runs = build_runs(s)
+    assert len(runs) == 216
+    assert len({r.key for r in runs}) == 216
+    assert {r.variant for r in runs} == {"S-core", "S-adamw", "S-bn-off", "S-narrow"}
+
+
+def test_defaults_are_filled():
+    cfg = validate_config({"variants": {"A": {"experiment": "s_core"}}}, SCHEMA)
+    assert cfg["training"]["epochs"] == 50 and cfg["grid"]["seed"] == [0, 1, 2, 3, 4, 5]
+    assert cfg["variants"]["A"]["hydra_overrides"] == []
+
+
+def _set(cfg, dotted, value):
+    node = cfg
+    *parents, last = dotted.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[last] = value
+    return cfg
+
+
+BAD = [
+    ("grid.lr", [-0.1], "grid.lr[0]"),
+    ("grid.lr", [0], "grid.lr[0]"),
+    ("grid.weight_decay", ["1e-4"], "grid.weight_decay[0]"),
+    ("grid.seed", [], "grid.seed"),
+    ("grid.seed", [0, 0], "grid.seed"),
+    ("training.epochs", 0, "training.epochs"),
+    ("training.warmup_epochs", 40, "training.warmup_epochs"),
+    ("training.schedule", "linear", "training.schedule"),
+    ("training.val_per_epoch", 0, "training.val_per_epoch"),
+    ("training.epoch", 3, "epoch"),
+    ("data.name", "imagenet", "data.name"),
+    ("variants.S-core.experiment", "s_core_typo", "variants.S-core.experiment"),
+    ("variants.bad name;rm", {"experiment": "s_core"}, "variants"),
+    ("training.hydra_overrides", ["model.x=1; rm -rf /"], "training.hydra_overrides[0]"),
+    ("training.precision", "fp8", "training.precision"),
+    ("study", "a b", "study"),
+]
+
+
+@pytest.mark.parametrize("key,value,named", BAD, ids=[f"{k}={v!r}" for k, v, _ in BAD])
+def test_bad_values_are_rejected_naming_the_key(key, value, named):
+    cfg = _set(copy.deepcopy(demo()), key, value)
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg, SCHEMA)
+    assert named in str(err.value)
+
+
+def test_unknown_top_level_key_lists_allowed_keys():
+    cfg = demo()
+    cfg["grdi"] = {}
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['grdi'\].*allowed keys"):
+        validate_config(cfg, SCHEMA)
+
+
+def test_empty_variants_rejected():
+    cfg = demo()
+    cfg["variants"] = {}
+    with pytest.raises(ConfigError, match="variants"):
+        validate_config(cfg, SCHEMA)
+
+
+def test_overrides_are_shell_quoted():
+    cfg = validate_config(demo(), SCHEMA)
+    run = build_runs(cfg)[0]
+    assert run.run == "lr0.05-wd0.0005-s0"
+    assert "optimizer.lr=0.05" in run.overrides
+    assert "'" not in run.shell_overrides() or run.shell_overrides().count("'") % 2 == 0
+
+
+def test_variant_grid_override():
+    cfg = validate_config(demo(), SCHEMA)
+    adamw = [r for r in build_runs(cfg) if r.variant == "S-adamw"]
+    assert sorted({r.lr for r in adamw}) == [0.001, 0.003]
+    assert {r.optimizer for r in adamw} == {"adamw"}

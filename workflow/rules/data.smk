@@ -1,0 +1,11 @@
+localrules:
+    download_cifar10,
+
+
+rule download_cifar10:
+    output:
+        f"{config['data']['root']}/cifar-10-batches-py/batches.meta",
+    log:
+        "logs/download_cifar10/download.log",
+    script:
+        "../scripts/download_cifar10.py"
