@@ -8,6 +8,7 @@ are cut off again by :func:`truncate_table`, so every step appears once.
 
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -16,8 +17,10 @@ from loss_slope.tables.schema import KEEP_ON_RESUME, columns
 
 
 def _fmt(v) -> str:
-    if isinstance(v, float):
-        return repr(v)  # shortest repr that round-trips float64 exactly
+    if isinstance(v, numbers.Integral):
+        return str(int(v))
+    if isinstance(v, numbers.Real):
+        return repr(float(v))  # shortest repr that round-trips float64 exactly
     return str(v)
 
 

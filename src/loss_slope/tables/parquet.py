@@ -87,11 +87,11 @@ def read_table_csv(path: str | Path, table: str) -> tuple[pa.Table | None, Table
             parse_options=pacsv.ParseOptions(newlines_in_values=False),
             convert_options=pacsv.ConvertOptions(
                 column_types={f.name: f.type for f in schema}, include_columns=schema.names,
-                strings_can_be_null=False, quoted_strings_can_be_null=False,
+                null_values=[], strings_can_be_null=False, quoted_strings_can_be_null=False,
             ),
         )
         errors = []
-        if arrow.num_columns != len(schema) or arrow.null_count:
+        if arrow.num_columns != len(schema) or any(c.null_count for c in arrow.columns):
             errors = _scan_errors(path, schema) or [f"{path}: missing values"]
         elif not path.read_bytes().endswith(b"\n") and path.stat().st_size:
             errors = _scan_errors(path, schema)

@@ -1,0 +1,113 @@
+"""CSV → Parquet and validation on synthetic tables with known answers."""
+
+import json
+import math
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from loss_slope.tables.csvlog import CsvTable
+from loss_slope.tables.parquet import convert_run
+from loss_slope.tables.validate import expected_val_steps, validate_run
+from loss_slope.train.schedule import Schedule
+
+LN2 = math.log(2)
+SPE, EPOCHS, VPE, LR, WD = 8, 3, 4, 0.1, 1e-3
+SCHED = Schedule("cosine", warmup_steps=4, total_steps=SPE * EPOCHS)
+
+
+def write_run(d, *, n_steps=SPE * EPOCHS, lr_scale=1.0, wd=WD, loss_at=None):
+    steps = CsvTable(d / "steps.csv", "steps")
+    rows = []
+    for s in range(n_steps):
+        loss = 2.0 / (1 + s) ** 0.5 if loss_at is None or s != loss_at[0] else loss_at[1]
+        rows.append((s, s / SPE, 1.7e9 + s, LR * lr_scale * SCHED.factor(s), wd, loss, loss / LN2, 0.5))
+    steps.append(rows)
+    steps.close()
+    val = CsvTable(d / "val.csv", "val")
+    val.append([(int(s), s / SPE, 1.7e9 + s, 1.0, 1.0 / LN2, 0.6, 2.0, 10.0)
+                for s in expected_val_steps(EPOCHS, SPE, VPE)])
+    val.close()
+    info = {"steps_per_epoch": SPE, "epochs": EPOCHS, "val_per_epoch": VPE, "lr": LR, "weight_decay": WD, "seed": 0,
+            "schedule": {"kind": "cosine", "warmup_steps": 4, "total_steps": SPE * EPOCHS, "min_lr_ratio": 0.0}}
+    (d / "run_info.json").write_text(json.dumps(info))
+
+
+def check(d):
+    conv = convert_run(steps_csv=d / "steps.csv", val_csv=d / "val.csv", steps_parquet=d / "s.parquet",
+                       val_parquet=d / "v.parquet", report_path=d / "conv.json")
+    rep = validate_run(steps_parquet=d / "s.parquet", val_parquet=d / "v.parquet", convert_report=d / "conv.json",
+                       run_info=d / "run_info.json",
+                       expected={"variant": "V", "run": "r", "lr": LR, "weight_decay": WD, "seed": 0})
+    return conv, rep
+
+
+def failed(rep):
+    return {c.name for c in rep.failures}
+
+
+def test_clean_run_passes_and_parquet_is_typed(tmp_path):
+    write_run(tmp_path)
+    conv, rep = check(tmp_path)
+    assert conv["ok"] and rep.passed, rep.summary()
+    t = pq.read_table(tmp_path / "s.parquet")
+    assert str(t.schema.field("step").type) == "int64" and t.num_rows == 24
+    assert pq.ParquetFile(tmp_path / "s.parquet").metadata.row_group(0).column(0).compression == "ZSTD"
+
+
+def test_missing_steps_detected(tmp_path):
+    write_run(tmp_path, n_steps=20)
+    _, rep = check(tmp_path)
+    assert "steps_exactly_once" in failed(rep)
+    assert "missing 4" in rep.to_dict()["reasons"][0]
+
+
+def test_wrong_lr_schedule_and_wd_detected(tmp_path):
+    write_run(tmp_path, lr_scale=1.001, wd=1e-4)
+    _, rep = check(tmp_path)
+    assert {"lr_follows_schedule", "wd_equals_config"} <= failed(rep)
+
+
+def test_nan_and_negative_loss_detected(tmp_path):
+    write_run(tmp_path, loss_at=(5, float("nan")))
+    _, rep = check(tmp_path)
+    assert "steps_finite" in failed(rep)
+    assert "first at step 5" in " ".join(rep.to_dict()["reasons"])
+
+
+@pytest.mark.parametrize("damage,expect", [
+    (lambda t: t[: len(t) - 7], "truncated line"),                       # cut mid-line
+    (lambda t: t.replace("\n5,", "\n5,garbage,", 1), "expected 8 fields"),  # garbage row
+    (lambda t: t.replace("\n7,", "\n7,0.875,x", 1), "expected 8 fields"),
+    (lambda t: t.replace("wd,", "", 1), "header mismatch; missing columns ['wd']"),  # missing column
+    (lambda t: t + t.split("\n", 1)[1].split("\n")[3] + "\n", "duplicates line"),  # duplicated step
+    (lambda t: t.replace("\n9,", "\n9,abc", 1).replace("abc1.125", "abc", 1), "not a"),
+])
+def test_corrupt_tables_never_reach_parquet(tmp_path, damage, expect):
+    write_run(tmp_path)
+    p = tmp_path / "steps.csv"
+    p.write_text(damage(p.read_text()))
+    conv, rep = check(tmp_path)
+    assert not conv["ok"] and not rep.passed
+    errors = conv["tables"]["steps"]["errors"]
+    assert any(expect in e for e in errors), errors
+    assert all(str(p) in e for e in errors[:1])  # names the file (and line)
+    assert pq.read_table(tmp_path / "s.parquet").num_rows == 0  # nothing half-parsed
+    assert "conversion" in failed(rep)
+
+
+def test_wrong_validation_count_detected(tmp_path):
+    write_run(tmp_path)
+    p = tmp_path / "val.csv"
+    lines = p.read_text().splitlines(keepends=True)
+    p.write_text("".join(lines[:-1]))
+    _, rep = check(tmp_path)
+    assert "val_per_epoch" in failed(rep)
+
+
+def test_expected_val_steps_quarter_boundaries():
+    assert expected_val_steps(2, 44, 4).tolist() == [11, 22, 33, 44, 55, 66, 77, 88]
+    # 391 steps/epoch: every floor(391/4) = 97 batches within each epoch
+    assert expected_val_steps(2, 391, 4).tolist() == [97, 194, 291, 388, 488, 585, 682, 779]
+    assert np.all(np.diff(expected_val_steps(50, 391, 4)) > 0)
