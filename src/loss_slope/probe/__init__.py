@@ -1,1 +1,1 @@
-
+"""Resource probe (runs per GPU, measured) and the pack plan built from it."""

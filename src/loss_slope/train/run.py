@@ -78,10 +78,10 @@ class RunPaths:
 
 def run_training(cfg) -> int:
     """Train (or resume, or skip) the run described by the Hydra config ``cfg``."""
+    from omegaconf import OmegaConf
     import hydra.utils
     import pytorch_lightning as pl
     import torch
-    from omegaconf import OmegaConf
     from lightning_fabric.plugins.environments import LightningEnvironment
     from pytorch_lightning.callbacks import ModelCheckpoint
 
@@ -89,11 +89,17 @@ def run_training(cfg) -> int:
     from loss_slope.tables.csvlog import truncate_table
     from loss_slope.train.attempts import end_attempt, read_attempts, start_attempt, summarize_attempts
     from loss_slope.train.checkpoint_io import AtomicCheckpointIO, checkpoint_step
+    from loss_slope.train.fingerprint import config_fingerprint
+    from loss_slope.train.interrupt import CheckpointOnInterrupt
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
     from loss_slope.train.module import CurveModule
     from loss_slope.train.recorder import MetricRecorder
     from loss_slope.train.schedule import schedule_from_config
 
     paths = RunPaths(cfg.run_dir)
+    fingerprint = config_fingerprint(OmegaConf.to_container(cfg, resolve=True))
+    if _set_aside_if_stale(paths, fingerprint):
+        paths = RunPaths(cfg.run_dir)
     if paths.done.exists():
         done = json.loads(paths.done.read_text())
         log.info("run already complete (%d steps): nothing to train", done["total_steps"])
@@ -135,7 +141,7 @@ def run_training(cfg) -> int:
                             snakemake_attempt=os.environ.get("LOSS_SLOPE_ATTEMPT"))
 
     info = {
-        "variant": cfg.variant, "run": cfg.run, "seed": int(cfg.seed),
+        "variant": cfg.variant, "run": cfg.run, "seed": int(cfg.seed), "fingerprint": fingerprint,
         "steps_per_epoch": spe, "epochs": epochs, "total_steps": total,
         "val_per_epoch": val_per_epoch, "val_interval": val_interval,
         "schedule": {"kind": schedule.kind, "warmup_steps": schedule.warmup_steps,
@@ -162,12 +168,13 @@ def run_training(cfg) -> int:
                            enable_version_counter=False, auto_insert_metric_name=False)
     latest = ModelCheckpoint(dirpath=paths.latest_dir, filename="latest", monitor=None, save_top_k=1,
                              save_on_train_epoch_end=False, enable_version_counter=False)
+    on_interrupt = CheckpointOnInterrupt(paths.latest)
     max_time = cfg.trainer.max_time_s
     trainer = pl.Trainer(
         accelerator="gpu" if use_cuda else "cpu", devices=1, precision=cfg.trainer.precision,
         max_epochs=epochs, max_steps=total, logger=False,
         val_check_interval=val_interval, check_val_every_n_epoch=1, num_sanity_val_steps=0,
-        callbacks=[recorder, best, latest], # LightningEnvironment: one process per run even inside a SLURM job; no
+        callbacks=[recorder, on_interrupt, best, latest], # LightningEnvironment: one process per run even inside a SLURM job; no
         # Lightning auto-requeue (Snakemake's retries own rescheduling)
         plugins=[AtomicCheckpointIO(), LightningEnvironment()],
         gradient_clip_val=cfg.trainer.gradient_clip_val,
@@ -183,6 +190,12 @@ def run_training(cfg) -> int:
     try:
         trainer.fit(module, train_dataloaders=data.train, val_dataloaders=data.val, ckpt_path=ckpt_path,
                     weights_only=True)
+    except SIGTERMException:
+        recorder.close()
+        end_attempt(paths.attempts, attempt=attempt, end_step=trainer.global_step, status="preempted",
+                    checkpoint_step=on_interrupt.saved_step, seconds=time.time() - t0)
+        log.warning("SIGTERM at step %d of %d: checkpoint saved; a rerun resumes it", trainer.global_step, total)
+        return EXIT_UNFINISHED
     except BaseException as exc:
         recorder.close()
         end_attempt(paths.attempts, attempt=attempt, end_step=trainer.global_step,
@@ -198,12 +211,29 @@ def run_training(cfg) -> int:
     end_attempt(paths.attempts, attempt=attempt, end_step=step, status="completed", seconds=time.time() - t0)
     done = {
         "variant": cfg.variant, "run": cfg.run, "total_steps": total, "steps_per_epoch": spe, "epochs": epochs,
-        "completed_at": time.time(), "attempts": summarize_attempts(read_attempts(paths.attempts)),
+        "fingerprint": fingerprint, "completed_at": time.time(), "attempts": summarize_attempts(read_attempts(paths.attempts)),
     }
     _write_json(paths.done, done)
     log.info("run complete: %d steps in %d attempt(s)", total, attempt)
     _write_output(cfg, paths, done)
     return EXIT_OK
+
+
+def _set_aside_if_stale(paths: RunPaths, fingerprint: str) -> bool:
+    """A work tree trained with a different config is renamed, never reused or deleted."""
+    if not paths.run_info.exists():
+        return False
+    try:
+        old = json.loads(paths.run_info.read_text()).get("fingerprint")
+    except json.JSONDecodeError:
+        old = None
+    if old == fingerprint:
+        return False
+    aside = paths.root.with_name(f"{paths.root.name}.stale-{time.strftime('%Y%m%dT%H%M%S')}")
+    log.warning("the config of this run changed (fingerprint %s -> %s): moving the old work tree to %s and "
+                "training from scratch", old, fingerprint, aside)
+    paths.root.rename(aside)
+    return True
 
 
 def _write_output(cfg, paths: RunPaths, done: dict) -> None:

@@ -1,0 +1,176 @@
+"""How many runs fit on one GPU: measured, not guessed.
+
+For k = 1..K the probe starts k worker processes that train the variant at
+the same time on the same device and records, per k, the aggregate
+samples/s, each process's step time and peak memory, GPU utilisation (NVML,
+where available) and out-of-memory errors. :func:`choose_runs_per_gpu` picks
+N: the k with the largest throughput, preferring the smaller k when within
+``tolerance`` of the best, never one that hit OOM, and only when the measured
+memory of k processes stays under ``headroom`` of the device.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class ProbeLevel:
+    k: int
+    aggregate_samples_per_s: float | None
+    step_ms: list[float]
+    peak_mem_mb: list[float]
+    oom: bool
+    gpu_util_percent: float | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+def _gpu_util_sampler():
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        torch.cuda.utilization()  # needs NVML (pynvml); raises without it
+        return lambda: float(torch.cuda.utilization())
+    except Exception:  # noqa: BLE001 - NVML is optional
+        return None
+
+
+def run_level(overrides: list[str], k: int, *, steps: int, warmup: int, timeout: float) -> tuple[ProbeLevel, list[dict]]:
+    with tempfile.TemporaryDirectory(prefix=f"probe-k{k}-") as tmp:
+        tmp = Path(tmp)
+        procs = []
+        for i in range(k):
+            cmd = [sys.executable, "-m", "loss_slope.probe.worker", "--out", str(tmp / f"w{i}.json"),
+                   "--barrier", str(tmp / "barrier"), "--index", str(i), "--k", str(k),
+                   "--steps", str(steps), "--warmup", str(warmup), "--", *overrides]
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        sampler, utils = _gpu_util_sampler(), []
+        deadline = time.monotonic() + timeout
+        while any(p.poll() is None for p in procs):
+            if time.monotonic() > deadline:
+                for p in procs:
+                    p.kill()
+                break
+            if sampler and (tmp / "barrier").exists():
+                try:
+                    utils.append(sampler())
+                except Exception:  # noqa: BLE001
+                    sampler = None
+            time.sleep(0.2)
+        workers, errors = [], []
+        for i, p in enumerate(procs):
+            text = p.stdout.read() if p.stdout else ""
+            f = tmp / f"w{i}.json"
+            if p.returncode == 0 and f.exists():
+                workers.append(json.loads(f.read_text()))
+            else:
+                errors.append(f"worker {i} exited {p.returncode}: {text.strip().splitlines()[-1] if text.strip() else ''}")
+    oom = any(w["oom"] for w in workers) or any("OutOfMemoryError" in e for e in errors)
+    ok = [w for w in workers if not w["oom"]]
+    agg = None
+    if not oom and not errors and len(ok) == k:
+        # samples per second of all k processes over the same (barrier-aligned) window
+        agg = sum(w["samples_per_s"] for w in ok)
+    level = ProbeLevel(
+        k=k, aggregate_samples_per_s=agg, step_ms=[w.get("step_ms") for w in ok],
+        peak_mem_mb=[w["peak_mem_mb"] for w in workers], oom=oom,
+        gpu_util_percent=(sum(utils) / len(utils)) if utils else None, errors=errors,
+    )
+    return level, workers
+
+
+def choose_runs_per_gpu(levels: list[ProbeLevel], *, total_mem_mb: float | None, tolerance: float = 0.03,
+                        headroom: float = 0.9) -> tuple[int, str]:
+    """Pick N from the measured levels; returns (N, reason)."""
+    usable = []
+    for lv in levels:
+        if lv.oom or lv.aggregate_samples_per_s is None:
+            continue
+        if total_mem_mb and lv.peak_mem_mb and max(lv.peak_mem_mb) * lv.k > headroom * total_mem_mb:
+            continue
+        usable.append(lv)
+    if not usable:
+        return 1, "no level ran cleanly; falling back to one run per GPU"
+    best = max(lv.aggregate_samples_per_s for lv in usable)
+    for lv in sorted(usable, key=lambda lv: lv.k):
+        if lv.aggregate_samples_per_s >= (1 - tolerance) * best:
+            gain = lv.aggregate_samples_per_s / usable[0].aggregate_samples_per_s if usable[0].k == 1 else float("nan")
+            return lv.k, (f"k={lv.k} reaches {lv.aggregate_samples_per_s:.0f} samples/s, within {tolerance:.0%} of "
+                          f"the best ({best:.0f}); packing gain vs k=1: {gain:.2f}x")
+    raise AssertionError("unreachable")
+
+
+def probe_capacity(overrides: list[str], *, variant: str, k_max: int, steps: int, warmup: int = 5,
+                   timeout: float = 900, tolerance: float = 0.03, headroom: float = 0.9) -> dict:
+    """Measure k = 1..k_max and choose N. Stops early at the first OOM."""
+    levels, first_workers = [], []
+    for k in range(1, k_max + 1):
+        level, workers = run_level(overrides, k, steps=steps, warmup=warmup, timeout=timeout)
+        levels.append(level)
+        if k == 1:
+            first_workers = workers
+        if level.oom:
+            break
+    w0 = first_workers[0] if first_workers else {}
+    device = w0.get("device", "unknown")
+    total = w0.get("gpu_total_mb")
+    n, reason = choose_runs_per_gpu(levels, total_mem_mb=total, tolerance=tolerance, headroom=headroom)
+    return {
+        "variant": variant, "device": device, "gpu_name": w0.get("gpu_name"), "gpu_total_mb": total,
+        "on_cpu": not device.startswith("cuda"),
+        "note": None if device.startswith("cuda") else "no GPU here: measured concurrent processes on the CPU",
+        "k_max": k_max, "steps": steps, "warmup": warmup, "tolerance": tolerance, "headroom": headroom,
+        "levels": [asdict(lv) for lv in levels], "runs_per_gpu": n, "reason": reason, "source": "probe",
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }
+
+
+def plot_probe(result: dict, path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lv = [x for x in result["levels"]]
+    ks = [x["k"] for x in lv]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    a.plot(ks, [x["aggregate_samples_per_s"] or 0 for x in lv], "o-")
+    for x in lv:
+        if x["oom"]:
+            a.annotate("OOM", (x["k"], 0), color="red")
+    a.axvline(result["runs_per_gpu"], color="grey", ls="--", label=f"chosen N = {result['runs_per_gpu']}")
+    a.set(xlabel="concurrent runs k", ylabel="aggregate samples / s", xticks=ks)
+    a.legend()
+    b.plot(ks, [max(x["peak_mem_mb"]) if x["peak_mem_mb"] else 0 for x in lv], "o-")
+    b.set(xlabel="concurrent runs k", ylabel="peak memory per process (MiB)", xticks=ks)
+    dev = result.get("gpu_name") or result["device"]
+    fig.suptitle(f"{result['variant']}: {result['runs_per_gpu']} run(s) per device on {dev}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_probe(result: dict, json_path, png_path, md_path) -> None:
+    Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
+    plot_probe(result, png_path)
+    lines = [f"### Probe: {result['variant']} on {result.get('gpu_name') or result['device']}", "",
+             "| k | samples/s (all) | step ms (each) | peak MiB (each) | GPU util % | OOM |", "|---|---:|---|---|---:|---|"]
+    for x in result["levels"]:
+        sps = f"{x['aggregate_samples_per_s']:.0f}" if x["aggregate_samples_per_s"] else "—"
+        util = f"{x['gpu_util_percent']:.0f}" if x["gpu_util_percent"] is not None else "n/a"
+        lines.append(f"| {x['k']} | {sps} | {', '.join(f'{v:.1f}' for v in x['step_ms'] if v)} | "
+                     f"{', '.join(f'{v:.0f}' for v in x['peak_mem_mb'])} | {util} | {'yes' if x['oom'] else 'no'} |")
+    lines += ["", f"Chosen N = **{result['runs_per_gpu']}**: {result['reason']}."]
+    if result.get("note"):
+        lines.append(f"Note: {result['note']}.")
+    Path(md_path).write_text("\n".join(lines) + "\n")
