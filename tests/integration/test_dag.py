@@ -8,7 +8,7 @@ import pyarrow.dataset as ds
 import pytest
 import yaml
 
-from conftest import REPO, run_cmd, snakemake_bin
+from _util import REPO, run_cmd, snakemake_bin
 
 TINY = {
     "study": "tiny",

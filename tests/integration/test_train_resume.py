@@ -11,7 +11,7 @@ import time
 import pandas as pd
 import pytest
 
-from conftest import PYTHON, run_cmd
+from _util import PYTHON, run_cmd
 
 # 3 epochs x 44 steps, tiny net: ~5 s per run on one core
 ARGS = ["experiment=s_core", "trainer.epochs=3", "model.base_width=4", "schedule=cosine",

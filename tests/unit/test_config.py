@@ -8,7 +8,7 @@ import yaml
 from loss_slope.study.config import ConfigError, load_config, validate_config
 from loss_slope.study.runs import build_runs
 
-from conftest import REPO
+from _util import REPO
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 

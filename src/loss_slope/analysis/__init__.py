@@ -1,0 +1,110 @@
+"""Analysis library: knees, power laws, slopes and the H1/H2 study statistics.
+
+Importable without Snakemake.  Every analysis function takes arrays in and returns
+a frozen dataclass; bad input raises a domain error from
+:mod:`loss_slope.analysis.exceptions`.  See ``docs/analysis.md``.
+"""
+
+from .curve import CurveAnalysis, analyze_curve
+from .exceptions import (
+    AnalysisError,
+    ConstantLoss,
+    FitFailed,
+    InvalidCurve,
+    InvalidSteps,
+    NonFiniteValues,
+    NonPositiveLoss,
+    NotEnoughPoints,
+    UnknownMethod,
+)
+from .fits import (
+    Estimate,
+    ExponentialFit,
+    FitResult,
+    ModelComparison,
+    PowerLawFit,
+    ResidualDiagnostics,
+    TwoPowerLawFit,
+    compare_models,
+    fit_exponential,
+    fit_power_law,
+    fit_two_power_law,
+)
+from .knee import DEFAULT_KNEE_METHOD, KNEE_METHODS, LRT_THRESHOLD, KneeResult, detect_knee, register_knee_method
+from .noise import NoiseModel, estimate_noise
+from .scan import HingeScan, hinge_scan
+from .slopes import SlopeResult, WindowScan, alpha_early, alpha_full, alpha_window, window_scan
+from .stats import (
+    Correlation,
+    H1Result,
+    H2Result,
+    Screening,
+    Share,
+    WindowHeatmap,
+    correlation,
+    h1_statistics,
+    h2_statistics,
+    h2_window_heatmap,
+    screen_curve,
+    wilson_interval,
+)
+
+__all__ = [
+    # knees
+    "detect_knee",
+    "KneeResult",
+    "KNEE_METHODS",
+    "DEFAULT_KNEE_METHOD",
+    "LRT_THRESHOLD",
+    "register_knee_method",
+    # fits
+    "fit_power_law",
+    "fit_exponential",
+    "fit_two_power_law",
+    "compare_models",
+    "FitResult",
+    "PowerLawFit",
+    "ExponentialFit",
+    "TwoPowerLawFit",
+    "ModelComparison",
+    "Estimate",
+    "ResidualDiagnostics",
+    "NoiseModel",
+    "estimate_noise",
+    # scan
+    "hinge_scan",
+    "HingeScan",
+    # slopes
+    "alpha_window",
+    "alpha_early",
+    "alpha_full",
+    "window_scan",
+    "SlopeResult",
+    "WindowScan",
+    # study statistics
+    "screen_curve",
+    "Screening",
+    "wilson_interval",
+    "Share",
+    "h1_statistics",
+    "H1Result",
+    "correlation",
+    "Correlation",
+    "h2_statistics",
+    "H2Result",
+    "h2_window_heatmap",
+    "WindowHeatmap",
+    # per-run helper
+    "analyze_curve",
+    "CurveAnalysis",
+    # errors
+    "AnalysisError",
+    "InvalidCurve",
+    "NotEnoughPoints",
+    "InvalidSteps",
+    "NonFiniteValues",
+    "NonPositiveLoss",
+    "ConstantLoss",
+    "UnknownMethod",
+    "FitFailed",
+]

@@ -1,0 +1,559 @@
+"""Shared fitting machinery (private): binned least squares / GLS, covariances,
+robust refits and starting values.
+
+Conventions
+-----------
+* Work in log loss, normalised by ``y_ref = min(bin means)`` (unit invariance).
+* Nonlinear models are fitted on log-spaced bin means.  With weights equal to the
+  bin counts ("ols") this is raw-point least squares up to within-bin curvature;
+  with the inverse bin covariance of the noise model ("gls") it is the Gaussian
+  maximum-likelihood estimate under white + AR(1) noise.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import linalg
+
+from . import _models
+from ._data import DEFAULT_BIN_DECADES, Curve, LogBins, make_bins
+from .exceptions import FitFailed
+from .noise import NoiseModel
+
+ESTIMATORS = ("ols", "gls")
+
+#: Box for power-law exponents: loss curves do not fall faster than t^-6.
+EXPONENT_BOUNDS = (-1.0, 6.0)
+
+
+class Problem:
+    """A curve with its bins, normalised for fitting."""
+
+    def __init__(self, curve: Curve, *, bin_decades: float = DEFAULT_BIN_DECADES, y_raw=None):
+        self.curve = curve
+        self.bin_decades = bin_decades
+        y = curve.y if y_raw is None else y_raw
+        self.bins: LogBins = make_bins(curve.steps, y, decades=bin_decades)
+        if y_raw is None:
+            self.y_ref = float(np.min(self.bins.y))
+        else:
+            self.y_ref = float(np.min(make_bins(curve.steps, curve.y, decades=bin_decades).y))
+        self.s = curve.steps
+        self.y = y - self.y_ref
+        self.sb = self.bins.step
+        # two-point Gauss rule per bin (nodes mean +- sd of the steps): the bin mean
+        # of a model that curves inside the bin is exact to second order
+        self._nodes = np.concatenate((self.sb - self.bins.step_sd, self.sb + self.bins.step_sd))
+        self.yb = self.bins.y - self.y_ref
+        self.nb = self.bins.count
+        self._chol: dict[NoiseModel, np.ndarray] = {}
+        self._chol_inv: dict[NoiseModel, np.ndarray] = {}
+
+    @property
+    def m(self) -> int:
+        return self.bins.m
+
+    def bin_model(self, fn, theta: np.ndarray, jac: bool = True):
+        """Bin means of the model ``fn`` (and of its Jacobian)."""
+        m2, J2 = fn(theta, self._nodes, jac=jac)
+        k = self.m
+        m = 0.5 * (m2[:k] + m2[k:])
+        if not jac:
+            return m, None
+        return m, 0.5 * (J2[:k] + J2[k:])
+
+    @property
+    def n(self) -> int:
+        return self.curve.n
+
+    def rebinned(self, y_raw_normalised: np.ndarray) -> "Problem":
+        """Same curve, bins recomputed from new (normalised) raw values."""
+        return Problem(self.curve, bin_decades=self.bin_decades, y_raw=y_raw_normalised + self.y_ref)
+
+    def chol(self, noise: NoiseModel) -> np.ndarray:
+        """Lower Cholesky factor of the bin-mean covariance (cached per noise model)."""
+        if noise not in self._chol:
+            self._chol = {noise: noise.bin_cholesky(self.bins)}
+            self._chol_inv = {}
+        return self._chol[noise]
+
+    def chol_inv(self, noise: NoiseModel) -> np.ndarray:
+        L = self.chol(noise)
+        if noise not in self._chol_inv:
+            self._chol_inv = {noise: linalg.solve_triangular(L, np.eye(L.shape[0]), lower=True, check_finite=False)}
+        return self._chol_inv[noise]
+
+    # bounds shared by the power-type models (normalised units)
+    def shift_bounds(self) -> tuple[float, float]:
+        lo = 0.0 if self.s[0] >= 1.0 else 0.1
+        hi = max(10.0, 0.5 * float(self.s[-1]))
+        return lo, hi
+
+    def floor_max(self) -> float:
+        return 2.0  # 2 x the smallest bin-mean loss (y_ref = min bin mean)
+
+
+# ---------------------------------------------------------------- whitening
+class Whitener:
+    """Maps bin residuals/Jacobians to whitened ones."""
+
+    def __init__(self, *, sqrt_w: np.ndarray | None = None, chol_inv: np.ndarray | None = None):
+        self.sqrt_w = sqrt_w
+        self.chol_inv = chol_inv  # L^-1 (lower triangular), explicit: one matmul per call
+
+    def __call__(self, v: np.ndarray) -> np.ndarray:
+        if self.chol_inv is not None:
+            return self.chol_inv @ v
+        return v * (self.sqrt_w if v.ndim == 1 else self.sqrt_w[:, None])
+
+
+def whitener(problem: Problem, estimator: str, noise: NoiseModel | None) -> Whitener:
+    if estimator == "gls":
+        if noise is None:
+            raise ValueError("gls needs a noise model")
+        return Whitener(chol_inv=problem.chol_inv(noise))
+    return Whitener(sqrt_w=np.sqrt(problem.nb))
+
+
+# ---------------------------------------------------------------- NLS
+@dataclass
+class Core:
+    """Result of one numerical fit (normalised units)."""
+
+    model: str
+    theta: np.ndarray
+    free: np.ndarray  # bool mask
+    chi2: float  # whitened residual sum of squares at the optimum
+    jac: np.ndarray  # unwhitened bin Jacobian (m, n_free)
+    resid_b: np.ndarray  # bin residuals yb - m
+    converged: bool
+    consts: dict = field(default_factory=dict)  # model constants (knee range)
+    active: np.ndarray | None = None  # free params on a bound (bool, n_free)
+
+    def __post_init__(self) -> None:
+        if self.active is None:
+            self.active = np.zeros(int(np.sum(self.free)), dtype=bool)
+
+    @property
+    def k(self) -> int:
+        return int(self.free.sum())
+
+    def fn(self):
+        return model_fn(self.model, self.consts)
+
+
+def model_fn(name: str, consts: dict | None = None):
+    fn = _models.MODELS[name][0]
+    if consts:
+        return functools.partial(fn, **consts)
+    return fn
+
+
+def nls(
+    problem: Problem,
+    name: str,
+    theta0: np.ndarray,
+    free: np.ndarray,
+    lb: np.ndarray,
+    ub: np.ndarray,
+    wh: Whitener,
+    *,
+    yb: np.ndarray | None = None,
+    consts: dict | None = None,
+    max_iter: int = 60,
+    ftol: float = 1e-7,
+) -> Core:
+    """Bounded Levenberg-Marquardt on whitened bin residuals.
+
+    Minimises ``|W (yb - m(theta))|^2`` over the free parameters inside the box
+    ``[lb, ub]`` (projected steps, Marquardt scaling).  Small and dependency-free
+    so that the many small fits of a knee search stay fast.
+    """
+    fn = model_fn(name, consts)
+    yb = problem.yb if yb is None else yb
+    theta = np.asarray(theta0, dtype=float).copy()
+    free = np.asarray(free, dtype=bool)
+    lbf, ubf = lb[free], ub[free]
+    p = np.clip(theta[free], lbf, ubf)
+
+    def evaluate(pp):
+        th = theta.copy()
+        th[free] = pp
+        m, J = problem.bin_model(fn, th)
+        r = wh(yb - m)
+        return r, J, float(r @ r)
+
+    r, J, cost = evaluate(p)
+    if not np.isfinite(cost):
+        raise FitFailed(f"{name}: non-finite residuals at the starting point")
+    Jw = wh(J[:, free])
+    lam = 1e-3
+    converged = False
+    small = 0
+    for _ in range(max_iter):
+        A = Jw.T @ Jw
+        b = Jw.T @ r  # descent direction for theta (d cost / d theta = -2 Jw' r)
+        dA = np.maximum(np.diag(A), 1e-12 * max(float(np.max(np.diag(A))), 1e-300))
+        # parameters on a bound whose step points outward are held (active set)
+        hold = ((p <= lbf) & (b < 0)) | ((p >= ubf) & (b > 0))
+        improved = False
+        while lam < 1e12:
+            use = ~hold
+            step = np.zeros_like(p)
+            if np.any(use):
+                M = A[np.ix_(use, use)] + lam * np.diag(dA[use])
+                try:
+                    step[use] = np.linalg.solve(M, b[use])
+                except (linalg.LinAlgError, ValueError):
+                    lam *= 10.0
+                    continue
+            p_new = np.clip(p + step, lbf, ubf)
+            r_new, J_new, cost_new = evaluate(p_new)
+            if np.isfinite(cost_new) and cost_new <= cost:
+                rel = (cost - cost_new) / max(cost, 1e-300)
+                p, r, J, cost = p_new, r_new, J_new, cost_new
+                Jw = wh(J[:, free])
+                lam = max(lam / 5.0, 1e-9)
+                improved = True
+                small = small + 1 if rel < ftol else 0
+                break
+            lam *= 8.0
+        if not improved:
+            converged = True  # no descent possible: at a (bounded) minimum
+            break
+        if small >= 2:
+            converged = True
+            break
+    theta[free] = p
+    m, J = problem.bin_model(fn, theta)
+    tol = 1e-9 * np.maximum(1.0, np.abs(p))
+    active = ((p - lbf) <= tol) | ((ubf - p) <= tol)
+    return Core(
+        model=name,
+        theta=theta,
+        free=free,
+        chi2=cost,
+        jac=J[:, free],
+        resid_b=yb - m,
+        converged=converged,
+        consts=dict(consts or {}),
+        active=active,
+    )
+
+
+def raw_residuals(problem: Problem, core: Core) -> np.ndarray:
+    """Residuals of the raw (normalised) log loss against the fitted model."""
+    m, _ = core.fn()(core.theta, problem.s, jac=False)
+    return problem.y - m
+
+
+# ---------------------------------------------------------------- linear WLS
+def wls(x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None):
+    """Weighted least squares via QR.  Returns (beta, resid, rss_weighted)."""
+    if w is None:
+        q, r = np.linalg.qr(x)
+        beta = linalg.solve_triangular(r, q.T @ y, check_finite=False)
+        res = y - x @ beta
+        return beta, res, float(res @ res)
+    sw = np.sqrt(w)
+    q, r = np.linalg.qr(x * sw[:, None])
+    beta = linalg.solve_triangular(r, q.T @ (y * sw), check_finite=False)
+    res = y - x @ beta
+    return beta, res, float(np.dot(w, res * res))
+
+
+# ---------------------------------------------------------------- starting values
+def power_bounds(problem: Problem, floor: bool, shift) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Bounds, free mask and fixed shift for the power model."""
+    t_lo, t_hi = problem.shift_bounds()
+    lb = np.array([-np.inf, EXPONENT_BOUNDS[0], 0.0, t_lo])
+    ub = np.array([np.inf, EXPONENT_BOUNDS[1], problem.floor_max() if floor else 1.0, t_hi])
+    free = np.array([True, True, bool(floor), shift is True])
+    t_fixed = 1.0 if shift is False else (float(shift) if shift is not True else 1.0)
+    return lb, ub, free, t_fixed
+
+
+def power_starts(problem: Problem, floor: bool, shift, t_fixed: float) -> list[np.ndarray]:
+    """A few starting points for the power model (profile over the shift)."""
+    sb, yb = problem.sb, problem.yb
+    if shift is True:
+        t_lo, t_hi = problem.shift_bounds()
+        grid = np.unique(np.concatenate(([max(t_lo, 0.1), 1.0], np.geomspace(max(t_lo, 1.0), t_hi, 14))))
+    else:
+        grid = np.array([t_fixed])
+    best = None
+    for t0 in grid:
+        x = np.log(sb + t0)
+        X = np.column_stack((np.ones_like(x), -x))
+        beta, _, rss = wls(X, yb)
+        if best is None or rss < best[0]:
+            best = (rss, beta, t0)
+    _, beta, t0 = best
+    starts = [np.array([beta[0], beta[1], 0.0, t0])]
+    if floor:
+        # with a floor, the power part must fall faster: restart from a steeper curve
+        c = 0.5
+        xs = np.log(sb + t0)
+        ys = np.log(np.maximum(np.exp(yb) - c, 0.05))
+        beta2, _, _ = wls(np.column_stack((np.ones_like(xs), -xs)), ys)
+        starts.append(np.array([beta2[0], max(beta2[1], 0.05), c, t0]))
+    return starts
+
+
+# ---------------------------------------------------------------- covariance
+def covariance(problem: Problem, core: Core, noise: NoiseModel, estimator: str):
+    """Parameter covariance honest under the noise model (free params only).
+
+    Returns
+    -------
+    cov : ndarray (k, k)
+    chi2_gls : float
+        Whitened (GLS) residual sum of squares at the estimate.
+    scale : float
+        Variance inflation applied: max(1, chi2_gls / (m - k)).
+    """
+    L = problem.chol(noise)
+    rt = linalg.solve_triangular(L, core.resid_b, lower=True, check_finite=False)
+    chi2 = float(rt @ rt)
+    # A parameter sitting on its bound (e.g. floor = 0) is treated as known: the
+    # Wald covariance of a free parameter there overstates the uncertainty of the
+    # others (the estimator's law is truncated, not Gaussian).
+    act = core.active
+    use = ~act
+    J = core.jac[:, use]
+    cov = np.zeros((core.k, core.k))
+    if J.shape[1]:
+        if estimator == "gls":
+            Jt = linalg.solve_triangular(L, J, lower=True, check_finite=False)
+            sub = _pinv_sym(Jt.T @ Jt)
+        else:
+            nj = J * problem.nb[:, None]
+            a_inv = _pinv_sym(J.T @ nj)
+            ljt = L.T @ nj  # Sigma = L L'
+            meat = ljt.T @ ljt
+            sub = a_inv @ meat @ a_inv
+        cov[np.ix_(use, use)] = sub
+    dof = max(problem.m - core.k, 1)
+    scale = max(1.0, chi2 / dof)
+    return cov * scale, chi2, scale
+
+
+def gls_chi2(problem: Problem, core: Core, noise: NoiseModel) -> float:
+    """GLS chi-square of the problem's bin means against a fitted model."""
+    mb, _ = problem.bin_model(core.fn(), core.theta, jac=False)
+    rt = linalg.solve_triangular(problem.chol(noise), problem.yb - mb, lower=True, check_finite=False)
+    return float(rt @ rt)
+
+
+def _pinv_sym(a: np.ndarray) -> np.ndarray:
+    try:
+        c = linalg.cho_factor(a, check_finite=False)
+        return linalg.cho_solve(c, np.eye(a.shape[0]), check_finite=False)
+    except linalg.LinAlgError:
+        return np.linalg.pinv(a, hermitian=True)
+
+
+def gls_loglik(problem: Problem, chi2: float, noise: NoiseModel) -> float:
+    """Gaussian log-likelihood of the bin means under the noise model."""
+    L = problem.chol(noise)
+    logdet = 2.0 * float(np.sum(np.log(np.diag(L))))
+    return -0.5 * (chi2 + logdet + problem.m * math.log(2 * math.pi))
+
+
+def iid_loglik(rss: float, n: int) -> float:
+    """statsmodels OLS log-likelihood (variance profiled out)."""
+    return -0.5 * n * (math.log(2 * math.pi) + math.log(rss / n) + 1.0)
+
+
+# ---------------------------------------------------------------- robust helpers
+def excess_kurtosis(r: np.ndarray) -> float:
+    """Excess kurtosis (0 for Gaussian).  Callers pass first differences of the
+    residuals, which removes smooth misfit and slow AR wander but keeps spikes."""
+    r = r - r.mean()
+    v = float(np.mean(r * r))
+    if v <= 0:
+        return 0.0
+    return float(np.mean(r**4) / v**2 - 3.0)
+
+
+def robust_sigma(r: np.ndarray) -> float:
+    """1.4826 x median absolute deviation."""
+    med = np.median(r)
+    return 1.4826 * float(np.median(np.abs(r - med)))
+
+
+def heavy_tail_threshold(n: int) -> float:
+    """Excess kurtosis of differenced residuals above which they count as heavy-tailed."""
+    return 1.0 + 4.0 * math.sqrt(24.0 / max(n, 10))
+
+
+# ---------------------------------------------------------------- two-power helpers
+#: Default search range of the knee: from this step ...
+KNEE_MIN_STEP = 10.0
+#: ... to the last step divided by 10**KNEE_TAIL_DECADES (>= 0.3 decade of tail).
+KNEE_TAIL_DECADES = 0.3
+#: Knee positions profiled before the free fit.
+KNEE_GRID = 13
+
+
+def knee_consts(problem: Problem, knee_range=None) -> dict:
+    """Model constants of the two-power fit: the knee search range in steps."""
+    from .exceptions import NotEnoughPoints
+
+    if knee_range is None:
+        lo = max(KNEE_MIN_STEP, float(problem.s[0]))
+        hi = float(problem.s[-1]) / 10.0**KNEE_TAIL_DECADES
+    else:
+        lo, hi = (float(v) for v in knee_range)
+        if not (0 <= lo < hi):
+            raise ValueError("knee_range must be (low, high) steps with 0 <= low < high")
+    if not hi > 1.5 * max(lo, 1.0):
+        raise NotEnoughPoints(
+            int(math.ceil(3.0 * max(lo, 1.0) * 10**KNEE_TAIL_DECADES)),
+            int(problem.s[-1]) + 1,
+            "steps for a knee search",
+        )
+    return {"s_lo": lo, "s_hi": hi}
+
+
+def two_power_bounds(problem: Problem, floor: bool, shift, consts: dict):
+    t_lo, t_hi = problem.shift_bounds()
+    # keep the knee range non-empty: (s_lo + t0) e^delta < s_hi + t0
+    ed = math.exp(_models.KNEE_DELTA)
+    t_hi = min(t_hi, 0.9 * (consts["s_hi"] - ed * consts["s_lo"]) / (ed - 1.0))
+    t_hi = max(t_hi, t_lo + 1e-6)
+    lb = np.array([-np.inf, EXPONENT_BOUNDS[0], EXPONENT_BOUNDS[0], 0.0, 0.0, t_lo])
+    ub = np.array([np.inf, EXPONENT_BOUNDS[1], EXPONENT_BOUNDS[1], 1.0, problem.floor_max() if floor else 1.0, t_hi])
+    free = np.array([True, True, True, True, bool(floor), shift is True])
+    return lb, ub, free
+
+
+def knee_step_of(theta: np.ndarray, consts: dict) -> float:
+    """Optimizer step of the knee of a two-power parameter vector."""
+    xk, _, _ = _models.knee_log_tau(theta[3], theta[5], consts["s_lo"], consts["s_hi"])
+    return float(math.exp(xk) - theta[5])
+
+
+def fit_two_power_core(
+    problem: Problem,
+    null: Core,
+    wh: Whitener,
+    *,
+    floor: bool,
+    shift,
+    consts: dict,
+    grid: int = KNEE_GRID,
+    extra_starts: list[np.ndarray] | None = None,
+    n_refine: int = 2,
+    yb: np.ndarray | None = None,
+) -> Core:
+    """Best two-power fit: profile the knee position on a grid (warm-started
+    sweep), then free fits from the best grid points and any extra starts.
+    ``grid=0`` skips the profile and only refines ``extra_starts``."""
+    lb, ub, free = two_power_bounds(problem, floor, shift, consts)
+    starts = list(extra_starts or [])
+    if grid > 0:
+        starts = (
+            profile_starts(problem, null, wh, lb, ub, free, consts=consts, grid=grid, n_best=n_refine, yb=yb) + starts
+        )
+    if not starts:
+        raise FitFailed("no starting point for the two-power fit")
+    best = None
+    for th in starts:
+        th = np.clip(th, lb, ub)
+        core = nls(problem, "two_power", th, free, lb, ub, wh, yb=yb, consts=consts)
+        if best is None or core.chi2 < best.chi2:
+            best = core
+    best.consts = dict(consts)
+    return best
+
+
+def profile_starts(problem, null, wh, lb, ub, free, *, consts, grid=KNEE_GRID, n_best=2, yb=None) -> list[np.ndarray]:
+    """Profile chi-square over the knee position; return the best local minima."""
+    la, a, c, t0 = null.theta
+    t0 = min(max(t0, lb[5]), ub[5])
+    fixed_f = free.copy()
+    fixed_f[3] = False
+    prof = []
+    th = np.array([la, a, a, 0.0, c if free[4] else 0.0, t0])
+    for f in np.linspace(0.0, 1.0, grid):
+        th = th.copy()
+        th[3] = f
+        core = nls(problem, "two_power", th, fixed_f, lb, ub, wh, yb=yb, consts=consts, max_iter=15, ftol=1e-4)
+        prof.append(core)
+        th = core.theta
+    chi = np.array([cr.chi2 for cr in prof])
+    loc = [i for i in range(grid) if (i == 0 or chi[i] <= chi[i - 1]) and (i == grid - 1 or chi[i] <= chi[i + 1])]
+    loc.sort(key=lambda i: chi[i])
+    return [prof[i].theta for i in loc[:n_best]]
+
+
+# ---------------------------------------------------------------- profile likelihood
+def profile_interval(
+    problem: Problem,
+    core: Core,
+    wh: Whitener,
+    lb: np.ndarray,
+    ub: np.ndarray,
+    *,
+    index: int,
+    crit: float,
+    se_guess: float,
+    yb: np.ndarray | None = None,
+    max_expand: int = 12,
+    n_bisect: int = 8,
+) -> tuple[float, float]:
+    """Profile-likelihood interval of parameter ``index``.
+
+    ``{v : min_{others} chi2(v) - chi2_min <= crit}``, with the other free
+    parameters re-optimised (inside their bounds) at every ``v``.  Unlike a Wald
+    interval it stays honest when a nuisance parameter sits on its bound (e.g. a
+    floor estimated at 0 whose true value is positive).
+    """
+    free_o = core.free.copy()
+    free_o[index] = False
+    chi_min = core.chi2
+    v0 = float(core.theta[index])
+    step0 = max(float(se_guess), 1e-4 * max(1.0, abs(v0)))
+
+    def delta(v, start):
+        th = start.copy()
+        th[index] = v
+        c = nls(problem, core.model, th, free_o, lb, ub, wh, yb=yb, consts=core.consts, max_iter=40, ftol=1e-7)
+        return c.chi2 - chi_min, c.theta
+
+    out = []
+    for side in (-1.0, 1.0):
+        bound = lb[index] if side < 0 else ub[index]
+        lo_v, lo_th = v0, core.theta.copy()  # inside (delta <= crit)
+        hi_v = None
+        step = step0
+        th = core.theta.copy()
+        for _ in range(max_expand):
+            v = v0 + side * step
+            if (side < 0 and v <= bound) or (side > 0 and v >= bound):
+                v = bound
+            d, th_v = delta(v, th)
+            if d > crit:
+                hi_v = v
+                break
+            lo_v, lo_th, th = v, th_v, th_v
+            if v == bound:
+                break
+            step *= 2.0
+        if hi_v is None:
+            out.append(lo_v)  # the profile never crosses: the interval reaches the bound
+            continue
+        for _ in range(n_bisect):
+            mid = 0.5 * (lo_v + hi_v)
+            d, th_m = delta(mid, lo_th)
+            if d > crit:
+                hi_v = mid
+            else:
+                lo_v, lo_th = mid, th_m
+        out.append(0.5 * (lo_v + hi_v))
+    return out[0], out[1]

@@ -1,0 +1,513 @@
+"""Knee detection: where a loss curve changes its power-law exponent.
+
+Methods live in the explicit registry :data:`KNEE_METHODS` and are selected by
+name (e.g. from the pipeline config)::
+
+    detect_knee(steps, loss)                          # calibrated default
+    detect_knee(steps, loss, method="burn_in_aic", steps_per_epoch=391)
+
+``"broken_power_lrt"`` (default)
+    Likelihood-ratio test of a power law with floor and transient shift
+    ``c + a (step + t0)^-alpha`` against the same curve with a break in the
+    exponent (6 vs 4 parameters), both fitted by GLS on log-spaced bin means under
+    a white + AR(1) noise model estimated from the residuals.  Because the floor and
+    the plateau are *in* the null model, they cannot masquerade as knees; because
+    the noise model carries the autocorrelation, AR wander does not inflate the
+    evidence.  The break location is not identified under the null (Davies'
+    problem), so the threshold on the (misfit-scaled) LR statistic was calibrated
+    by simulation on knee-free curves (see ``docs/analysis.md`` and
+    :mod:`loss_slope.analysis.calibration`).
+``"burn_in_aic"``
+    The seed's burn-in end: the first epoch ``e`` at which a single power law
+    beats an exponential (iid-OLS ``ΔAIC >= 2``) on the curve up to that epoch.
+``"ce_threshold"``
+    The seed's other definition: the first point where the loss (validation CE)
+    is <= 1.0 nats.
+``"hinge"``
+    The two-segment log-log hinge (continuous piecewise line in ln(step + 1)),
+    best break from the O(n) cumulative-sum scan; "found" when its iid ΔAIC
+    exceeds ``min_delta_aic`` (default 2).  Uncalibrated: it flags most curves
+    with a floor or plateau (see the benchmark); kept for comparison.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Callable, Mapping
+
+import numpy as np
+
+from . import _engine as E
+from ._data import DEFAULT_BIN_DECADES, log_t, min_points_for, prepare_curve, z_value
+from .exceptions import NotEnoughPoints, UnknownMethod
+from .noise import NoiseModel, estimate_noise, reml_refine
+from .scan import hinge_scan
+
+__all__ = [
+    "KneeResult",
+    "detect_knee",
+    "KNEE_METHODS",
+    "DEFAULT_KNEE_METHOD",
+    "LRT_THRESHOLD",
+    "register_knee_method",
+]
+
+#: Threshold on the scaled LR statistic of ``broken_power_lrt`` (calibrated by
+#: simulation on knee-free curves; see docs/analysis.md).
+LRT_THRESHOLD = 11.0
+
+#: REML log-likelihood slack for the AR coefficient used by the test (see
+#: :func:`loss_slope.analysis.noise.reml_refine`).
+REML_SLACK = 2.0
+
+NAN = float("nan")
+
+
+@dataclass(frozen=True)
+class KneeResult:
+    """Outcome of a knee detector.
+
+    Attributes
+    ----------
+    method : str
+        Registry name of the detector.
+    found : bool
+        Whether a knee was detected.
+    step : float
+        Optimizer step of the knee (NaN when not found).
+    step_ci : tuple of float
+        Confidence interval of the step (NaN, NaN when not available).
+    epoch : float
+        ``step / steps_per_epoch`` when ``steps_per_epoch`` was given, else NaN.
+    delta_aic : float
+        AIC(no-knee model) - AIC(knee model); positive favours the knee.  NaN when
+        the method compares no models.
+    delta_bic : float
+        Same for BIC.
+    statistic : float
+        The test statistic the decision is based on.
+    threshold : float
+        The decision threshold on ``statistic``.
+    test : str
+        Human-readable description of the test.
+    exponent_before, exponent_after : float
+        Exponents on either side of the knee (NaN when not estimated).
+    n_points : int
+        Number of points used.
+    details : Mapping[str, float]
+        Method-specific extras (read-only).
+    """
+
+    method: str
+    found: bool
+    step: float
+    step_ci: tuple[float, float]
+    epoch: float
+    delta_aic: float
+    delta_bic: float
+    statistic: float
+    threshold: float
+    test: str
+    exponent_before: float = NAN
+    exponent_after: float = NAN
+    n_points: int = 0
+    details: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+
+    def to_dict(self, prefix: str = "") -> dict[str, float | bool | str]:
+        """Flat JSON-serialisable summary (NaN kept as float NaN)."""
+        return {
+            f"{prefix}found": bool(self.found),
+            f"{prefix}step": float(self.step),
+            f"{prefix}step_ci_low": float(self.step_ci[0]),
+            f"{prefix}step_ci_high": float(self.step_ci[1]),
+            f"{prefix}epoch": float(self.epoch),
+            f"{prefix}delta_aic": float(self.delta_aic),
+            f"{prefix}delta_bic": float(self.delta_bic),
+            f"{prefix}statistic": float(self.statistic),
+            f"{prefix}threshold": float(self.threshold),
+            f"{prefix}exponent_before": float(self.exponent_before),
+            f"{prefix}exponent_after": float(self.exponent_after),
+        }
+
+
+def _epoch(step: float, steps_per_epoch: float | None) -> float:
+    if steps_per_epoch is None or not math.isfinite(step):
+        return NAN
+    return step / float(steps_per_epoch)
+
+
+def _check_spe(steps_per_epoch) -> float | None:
+    if steps_per_epoch is None:
+        return None
+    spe = float(steps_per_epoch)
+    if not spe > 0:
+        raise ValueError("steps_per_epoch must be > 0")
+    return spe
+
+
+# ====================================================================== default
+@dataclass
+class _LrtFit:
+    """Internals of the default detector (reused by analyze_curve)."""
+
+    problem: E.Problem
+    null: E.Core
+    alt: E.Core
+    noise: NoiseModel
+    stat: float
+    scale: float
+    robust: bool
+
+
+def _lrt_fit(prob: E.Problem, *, knee_range=None, robust: str = "auto") -> _LrtFit:
+    consts = E.knee_consts(prob, knee_range)
+    lb0, ub0, free0, t_fixed = E.power_bounds(prob, True, True)
+    wh_ols = E.whitener(prob, "ols", None)
+    null0 = None
+    for th in E.power_starts(prob, True, True, t_fixed):
+        c = E.nls(prob, "power", th, free0, lb0, ub0, wh_ols)
+        if null0 is None or c.chi2 < null0.chi2:
+            null0 = c
+    # noise model from the residuals of the flexible (two-power) fit, so that a
+    # real knee does not masquerade as low-frequency noise
+    lb1, ub1, free1 = E.two_power_bounds(prob, True, True, consts)
+    starts = E.profile_starts(prob, null0, wh_ols, lb1, ub1, free1, consts=consts, n_best=3)
+    alt0 = E.fit_two_power_core(
+        prob, null0, wh_ols, floor=True, shift=True, consts=consts, grid=0, extra_starts=starts[:1]
+    )
+    raw = E.raw_residuals(prob, alt0)
+    inside = 1.0
+    used_robust = False
+    if robust == "always" or (robust == "auto" and E.excess_kurtosis(np.diff(raw)) > E.heavy_tail_threshold(prob.n)):
+        # one Huber pseudo-observation step around the flexible fit
+        delta = 1.5 * E.robust_sigma(raw)
+        psi = np.clip(raw, -delta, delta)
+        prob = prob.rebinned(prob.y - raw + psi)
+        inside = max(float(np.mean(np.abs(raw) <= delta)), 0.05)
+        raw = psi
+        used_robust = True
+    mb, _ = prob.bin_model(alt0.fn(), alt0.theta, jac=False)
+    nz = reml_refine(estimate_noise(raw), prob.bins, alt0.jac, prob.yb - mb, slack=REML_SLACK)
+    # Huber sandwich: Var(estimate) ~ E[psi^2] / E[psi']^2, so the pseudo-data noise
+    # is inflated by 1 / P(|r| <= delta)^2 for the test to stay calibrated
+    noise = (
+        NoiseModel(white_var=nz.white_var / inside**2, ar_var=nz.ar_var / inside**2, ar_phi=nz.ar_phi)
+        if used_robust
+        else nz
+    )
+    wh = E.whitener(prob, "gls", noise)
+    null = E.nls(prob, "power", null0.theta, free0, lb0, ub0, wh)
+    alt = E.fit_two_power_core(
+        prob, null, wh, floor=True, shift=True, consts=consts, grid=0, extra_starts=[alt0.theta] + starts[1:]
+    )
+    if alt.chi2 > null.chi2:  # the alternative nests the null; guard against a poor local optimum
+        alt = E.fit_two_power_core(
+            prob, null, wh, floor=True, shift=True, consts=consts, extra_starts=[alt.theta, _nested(null)], n_refine=3
+        )
+    dof = max(prob.m - alt.k, 1)
+    scale = max(1.0, alt.chi2 / dof)
+    stat = max(null.chi2 - alt.chi2, 0.0) / scale
+    return _LrtFit(prob, null, alt, noise, stat, scale, used_robust)
+
+
+def _nested(null: E.Core) -> np.ndarray:
+    la, a, c, t0 = null.theta
+    return np.array([la, a, a, 0.5, c, t0])
+
+
+def _knee_ci(fit: _LrtFit, z: float) -> tuple[float, float, float]:
+    """Step CI of the knee: GLS covariance, delta method on ln(tau_k)."""
+    from .fits import knee_step_estimate
+
+    cov_f, _, _ = E.covariance(fit.problem, fit.alt, fit.noise, "gls")
+    p = fit.alt.theta.size
+    cov = np.zeros((p, p))
+    cov[np.ix_(fit.alt.free, fit.alt.free)] = cov_f
+    _, se, (lo, hi) = knee_step_estimate(fit.alt.theta, cov, fit.alt.consts, z)
+    return float(lo), float(hi), float(se)
+
+
+def _broken_power_lrt(
+    steps,
+    loss,
+    *,
+    steps_per_epoch=None,
+    threshold: float | None = None,
+    knee_range: tuple[float, float] | None = None,
+    min_change: float = 0.0,
+    robust: str = "auto",
+    confidence: float = 0.95,
+    bin_decades: float = DEFAULT_BIN_DECADES,
+    nonfinite: str = "raise",
+    _return_fit: bool = False,
+):
+    """Calibrated broken-power-law likelihood-ratio test (the default).
+
+    Options
+    -------
+    threshold : float
+        Decision threshold on the scaled LR statistic (default
+        :data:`LRT_THRESHOLD`, calibrated for a false-positive rate below 5 %).
+    knee_range : (float, float)
+        Knee search range in optimizer steps (default: step 10 to last / 10**0.3).
+        Changing it changes the null distribution: recalibrate.
+    min_change : float
+        Minimum |exponent_after - exponent_before| to report a knee.
+    """
+    spe = _check_spe(steps_per_epoch)
+    thr = LRT_THRESHOLD if threshold is None else float(threshold)
+    curve = prepare_curve(steps, loss, min_points=min_points_for(6), nonfinite=nonfinite)
+    prob = E.Problem(curve, bin_decades=bin_decades)
+    if prob.m < 12:
+        raise NotEnoughPoints(12, prob.m, "log-spaced bins")
+    fit = _lrt_fit(prob, knee_range=knee_range, robust=robust)
+    a1, a2 = float(fit.alt.theta[1]), float(fit.alt.theta[2])
+    step = E.knee_step_of(fit.alt.theta, fit.alt.consts)
+    lo, hi, se = _knee_ci(fit, z_value(confidence))
+    found = bool(fit.stat > thr and abs(a2 - a1) >= min_change)
+    neff = max(fit.noise.effective_n(curve.n), 2.0)
+    res = KneeResult(
+        method="broken_power_lrt",
+        found=found,
+        step=step if found else NAN,
+        step_ci=(lo, hi) if found else (NAN, NAN),
+        epoch=_epoch(step, spe) if found else NAN,
+        delta_aic=fit.stat - 2.0 * 2,
+        delta_bic=fit.stat - 2.0 * math.log(neff),
+        statistic=fit.stat,
+        threshold=thr,
+        test="GLS likelihood ratio, power law (floor+shift) vs broken power law, white+AR(1) noise, simulation-calibrated threshold",
+        exponent_before=a1,
+        exponent_after=a2,
+        n_points=curve.n,
+        details=MappingProxyType(
+            {
+                "best_break_step": step,
+                "break_step_se": se,
+                "misfit_scale": fit.scale,
+                "noise_ar_phi": fit.noise.ar_phi,
+                "effective_n": neff,
+                "robust": float(fit.robust),
+                "n_masked": float(curve.n_masked),
+            }
+        ),
+    )
+    return (res, fit) if _return_fit else res
+
+
+# ====================================================================== seed methods
+def _burn_in_aic(
+    steps,
+    loss,
+    *,
+    steps_per_epoch,
+    min_delta_aic: float = 2.0,
+    window: str = "cumulative",
+    min_points: int = 10,
+    nonfinite: str = "raise",
+):
+    """The seed's burn-in end: first epoch where a power law beats an exponential.
+
+    For each epoch ``e`` = 0, 1, 2, ... both models are fitted by iid OLS on log
+    loss -- the power law as ``log L = b - alpha ln(step + 1)``, the exponential as
+    ``log L = b - r step`` -- to the points of the window, and the knee is the first
+    ``e`` with ``AIC_exp - AIC_pow >= min_delta_aic`` (both have 2 coefficients, so
+    this is ``n ln(RSS_exp / RSS_pow)``).  ``window="cumulative"`` (default) uses
+    the curve up to the end of epoch ``e``; ``"remaining"`` uses epoch ``e`` to the
+    end (which almost always fires at epoch 0 on per-step data).  The knee step is
+    the first step of epoch ``e + 1`` (cumulative) or of epoch ``e`` (remaining).
+    Uncalibrated: the iid AIC ignores autocorrelation.
+    """
+    if steps_per_epoch is None:
+        raise TypeError("burn_in_aic needs steps_per_epoch")
+    if window not in ("cumulative", "remaining"):
+        raise ValueError("window must be 'cumulative' or 'remaining'")
+    spe = _check_spe(steps_per_epoch)
+    curve = prepare_curve(steps, loss, min_points=min_points, nonfinite=nonfinite)
+    s, y = curve.steps, curve.y
+    n = s.size
+    lt = log_t(s)
+    ss = s / spe
+    # centre for numerical stability; prefix sums give every window in O(1)
+    y0, x0, t0 = y.mean(), lt.mean(), ss.mean()
+    yc, xc, tc = y - y0, lt - x0, ss - t0
+
+    def pre(a):
+        return np.concatenate(([0.0], np.cumsum(a)))
+
+    P = {
+        k: pre(v)
+        for k, v in dict(
+            one=np.ones(n), y=yc, yy=yc * yc, x=xc, xx=xc * xc, xy=xc * yc, t=tc, tt=tc * tc, ty=tc * yc
+        ).items()
+    }
+
+    def rss(i0, i1, a):
+        k = i1 - i0
+        sy = P["y"][i1] - P["y"][i0]
+        sa = P[a][i1] - P[a][i0]
+        vaa = P[a + a][i1] - P[a + a][i0] - sa * sa / k
+        vay = P[a + "y"][i1] - P[a + "y"][i0] - sa * sy / k
+        vyy = P["yy"][i1] - P["yy"][i0] - sy * sy / k
+        return max(vyy - (vay * vay / vaa if vaa > 0 else 0.0), 1e-300)
+
+    e_max = int(math.floor(s[-1] / spe))
+    first = None
+    last_delta = NAN
+    for e in range(0, e_max + 1):
+        if window == "cumulative":
+            i0, i1 = 0, int(np.searchsorted(s, (e + 1) * spe, side="left"))
+        else:
+            i0, i1 = int(np.searchsorted(s, e * spe, side="left")), n
+        k = i1 - i0
+        if k < min_points:
+            if window == "cumulative":
+                continue
+            break
+        delta = k * (math.log(rss(i0, i1, "t")) - math.log(rss(i0, i1, "x")))
+        last_delta = delta
+        if delta >= min_delta_aic:
+            first = (e, delta)
+            break
+    found = first is not None
+    knee_epoch = (first[0] + 1 if window == "cumulative" else first[0]) if found else NAN
+    step = float(knee_epoch * spe) if found else NAN
+    if found and step > s[-1]:
+        step = float(s[-1])
+    return KneeResult(
+        method="burn_in_aic",
+        found=found,
+        step=step,
+        step_ci=(NAN, NAN),
+        epoch=float(knee_epoch) if found else NAN,
+        delta_aic=float(first[1]) if found else float(last_delta),
+        delta_bic=float(first[1]) if found else float(last_delta),
+        statistic=float(first[1]) if found else float(last_delta),
+        threshold=float(min_delta_aic),
+        test=f"iid OLS AIC(exponential) - AIC(power law), {window} window, >= threshold",
+        n_points=curve.n,
+        details=MappingProxyType({"epoch_index": float(first[0]) if found else NAN}),
+    )
+
+
+def _ce_threshold(
+    steps, loss, *, steps_per_epoch=None, threshold_nats: float = 1.0, unit: str = "nats", nonfinite: str = "raise"
+):
+    """First point where the loss (validation CE) is <= ``threshold_nats``.
+
+    ``unit="bits"`` converts the threshold to bits (``threshold_nats / ln 2``) so
+    the same step is found whatever unit the loss is logged in.
+    """
+    spe = _check_spe(steps_per_epoch)
+    if unit not in ("nats", "bits"):
+        raise ValueError("unit must be 'nats' or 'bits'")
+    curve = prepare_curve(steps, loss, min_points=1, nonfinite=nonfinite)
+    thr = threshold_nats if unit == "nats" else threshold_nats / math.log(2.0)
+    # compare in log space so that nats and bits give bit-identical decisions
+    hit = np.flatnonzero(curve.y - math.log(thr) <= 1e-12)
+    found = hit.size > 0
+    step = float(curve.steps[hit[0]]) if found else NAN
+    return KneeResult(
+        method="ce_threshold",
+        found=found,
+        step=step,
+        step_ci=(NAN, NAN),
+        epoch=_epoch(step, spe),
+        delta_aic=NAN,
+        delta_bic=NAN,
+        statistic=float(np.min(curve.loss)),
+        threshold=float(thr),
+        test=f"first loss <= {threshold_nats:g} nats",
+        n_points=curve.n,
+    )
+
+
+def _hinge(
+    steps, loss, *, steps_per_epoch=None, min_delta_aic: float = 2.0, min_size: int = 10, nonfinite: str = "raise"
+):
+    """Best continuous two-segment fit in (ln(step + 1), log loss), from the O(n) scan.
+
+    Found when ``AIC(line) - AIC(hinge) > min_delta_aic`` with the break counted as
+    a parameter (iid OLS likelihood).
+    """
+    spe = _check_spe(steps_per_epoch)
+    curve = prepare_curve(steps, loss, min_points=2 * min_size + 1, nonfinite=nonfinite)
+    sc = hinge_scan(log_t(curve.steps), curve.y, min_size=min_size)
+    # count the break as a 4th parameter for the decision
+    d_aic = float(sc.aic_line - (sc.aic[sc.best] + 2.0))
+    d_bic = float(sc.bic_line - (sc.bic[sc.best] + math.log(curve.n)))
+    step = float(curve.steps[sc.candidates[sc.best]])
+    found = d_aic > min_delta_aic
+    return KneeResult(
+        method="hinge",
+        found=bool(found),
+        step=step if found else NAN,
+        step_ci=(NAN, NAN),
+        epoch=_epoch(step, spe) if found else NAN,
+        delta_aic=d_aic,
+        delta_bic=d_bic,
+        statistic=d_aic,
+        threshold=float(min_delta_aic),
+        test="iid OLS ΔAIC, line vs continuous hinge in ln(step+1) (uncalibrated)",
+        exponent_before=-sc.slope_before,
+        exponent_after=-sc.slope_after,
+        n_points=curve.n,
+        details=MappingProxyType({"best_break_step": step}),
+    )
+
+
+KneeMethod = Callable[..., KneeResult]
+
+#: Explicit registry of knee detectors, selectable by name.
+KNEE_METHODS: dict[str, KneeMethod] = {
+    "broken_power_lrt": _broken_power_lrt,
+    "burn_in_aic": _burn_in_aic,
+    "ce_threshold": _ce_threshold,
+    "hinge": _hinge,
+}
+
+#: Name of the default (calibrated) detector.
+DEFAULT_KNEE_METHOD = "broken_power_lrt"
+
+
+def register_knee_method(name: str, fn: KneeMethod) -> None:
+    """Add a detector to :data:`KNEE_METHODS` (``fn(steps, loss, **options)``)."""
+    if name in KNEE_METHODS:
+        raise ValueError(f"knee method {name!r} already registered")
+    KNEE_METHODS[name] = fn
+
+
+def detect_knee(steps, loss, *, method: str = DEFAULT_KNEE_METHOD, **options) -> KneeResult:
+    """Detect the knee of a loss curve.
+
+    Parameters
+    ----------
+    steps : array_like, shape (n,)
+        0-based optimizer steps, strictly increasing.
+    loss : array_like, shape (n,)
+        Loss (> 0).  Nats or bits give the same knee.
+    method : str
+        Name in :data:`KNEE_METHODS`; default ``"broken_power_lrt"``.
+    **options
+        Keyword options of the method (e.g. ``steps_per_epoch``, ``threshold``).
+
+    Returns
+    -------
+    KneeResult
+        ``found``, ``step`` (NaN when not found), ``step_ci``, ``delta_aic``,
+        ``delta_bic``, ``statistic``, ``threshold`` and ``test``.
+
+    Raises
+    ------
+    UnknownMethod
+        If ``method`` is not registered.
+    InvalidCurve
+        Bad input.
+    """
+    try:
+        fn = KNEE_METHODS[method]
+    except KeyError:
+        raise UnknownMethod("knee", method, KNEE_METHODS) from None
+    return fn(steps, loss, **options)

@@ -1,0 +1,145 @@
+"""Known-answer tests of the model fits."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import statsmodels.api as sm
+
+from loss_slope.analysis import compare_models, fit_exponential, fit_power_law, fit_two_power_law
+
+from .conftest import NOISE_LEVELS, curve
+
+LN2 = math.log(2.0)
+
+
+def test_exponential_aic_equals_statsmodels():
+    c = curve(seed=4, n_steps=3000)
+    f = fit_exponential(c.steps, c.loss)
+    res = sm.OLS(np.log(c.loss), sm.add_constant(c.steps)).fit()
+    assert abs(f.aic - res.aic) < 1e-6
+    assert abs(f.bic - res.bic) < 1e-6
+    assert f.rate == pytest.approx(-res.params[1], rel=1e-9)
+    assert f.r2 == pytest.approx(res.rsquared, abs=1e-9)
+
+
+def test_plain_power_law_aic_equals_statsmodels():
+    c = curve(seed=6, n_steps=3000, ar_phi=0.9, ar_sigma=0.05)
+    f = fit_power_law(c.steps, c.loss, floor=False, shift=False, estimator="ols")
+    res = sm.OLS(np.log(c.loss), sm.add_constant(np.log(c.steps + 1.0))).fit()
+    assert abs(f.aic - res.aic) < 1e-6
+    assert abs(f.bic - res.bic) < 1e-6
+    assert f.exponent == pytest.approx(-res.params[1], rel=1e-9)
+    assert f.fixed == ("floor", "shift")
+
+
+@pytest.mark.parametrize("noise", sorted(NOISE_LEVELS))
+@pytest.mark.parametrize("floor", [0.0, 0.05])
+def test_power_law_recovers_truth(noise, floor):
+    c = curve(seed=11, n_steps=6000, alpha=0.8, shift=40.0, floor=floor, **NOISE_LEVELS[noise])
+    f = fit_power_law(c.steps, c.loss)
+    lo, hi = f.exponent_ci
+    assert lo <= 0.8 <= hi
+    tol = {"iid-low": 0.02, "iid-high": 0.08, "ar": 0.1}[noise]
+    assert abs(f.exponent - 0.8) < tol
+    assert f.shift == pytest.approx(40.0, rel=0.5)
+    if floor:
+        assert f.floor == pytest.approx(floor, rel=0.5)
+    assert f.r2_binned > 0.99
+
+
+def test_power_law_ci_coverage_under_ar_noise():
+    """Honest intervals: coverage of the 95 % CI over replicate AR curves."""
+    hits = []
+    for seed in range(40):
+        c = curve(seed=100 + seed, n_steps=2500, alpha=0.6, noise_sigma=0.05, ar_phi=0.95, ar_sigma=0.05)
+        lo, hi = fit_power_law(c.steps, c.loss).exponent_ci
+        hits.append(lo <= 0.6 <= hi)
+    assert np.mean(hits) >= 0.85  # nominal 0.95; naive iid OLS gives ~0.3 here
+
+
+def test_naive_ols_se_would_undercover():
+    c = curve(seed=7, n_steps=4000, noise_sigma=0.03, ar_phi=0.98, ar_sigma=0.05)
+    f = fit_power_law(c.steps, c.loss, floor=False, shift=False, estimator="ols")
+    naive = sm.OLS(np.log(c.loss), sm.add_constant(np.log(c.steps + 1.0))).fit().bse[1]
+    assert f.exponent_se > 3 * naive
+    assert f.diagnostics.noise.ar_phi > 0.9
+    assert f.diagnostics.effective_n < 0.2 * f.n_obs
+
+
+def test_huber_fallback_on_spikes():
+    c = curve(seed=8, n_steps=5000, alpha=0.7, noise_sigma=0.03)
+    rng = np.random.default_rng(0)
+    loss = c.loss.copy()
+    idx = rng.choice(np.arange(200, 5000), size=100, replace=False)
+    loss[idx] *= np.exp(rng.uniform(1.0, 3.0, idx.size))  # rare upward loss spikes
+    robust = fit_power_law(c.steps, loss)
+    plain = fit_power_law(c.steps, loss, robust="never")
+    assert robust.robust and robust.diagnostics.heavy_tailed
+    assert "Huber" in robust.se_method
+    assert abs(robust.exponent - 0.7) < abs(plain.exponent - 0.7)
+    assert abs(robust.exponent - 0.7) < 0.03
+
+
+def test_no_huber_on_gaussian_noise(power_curve):
+    f = fit_power_law(power_curve.steps, power_curve.loss)
+    assert not f.robust and not f.diagnostics.heavy_tailed
+
+
+def test_two_power_law_recovers_break():
+    c = curve(seed=12, n_steps=8000, alpha=0.3, knee_step=600.0, alpha_after=1.0, shift=20.0, noise_sigma=0.05)
+    f = fit_two_power_law(c.steps, c.loss)
+    assert abs(math.log10(f.break_step / 600.0)) < 0.03
+    assert f.break_step_ci[0] <= 600.0 <= f.break_step_ci[1]
+    assert f.exponent_before == pytest.approx(0.3, abs=0.05)
+    assert f.exponent_after == pytest.approx(1.0, abs=0.05)
+
+
+def test_compare_models():
+    knee = curve(seed=13, n_steps=6000, alpha=0.3, knee_step=500.0, alpha_after=1.0, noise_sigma=0.05)
+    m = compare_models(knee.steps, knee.loss)
+    assert m.best_aic == "two_power" and m.best_bic == "two_power"
+    assert m.delta_aic("power", "two_power") > 20
+    rows = {r["model"]: r for r in m.table}
+    assert set(rows) == {"exponential", "power", "two_power"}
+    assert rows["two_power"]["delta_aic"] == 0.0
+    s = np.arange(3000.0)
+    expo = np.exp(0.5 - 1e-3 * s + 0.05 * np.random.default_rng(1).standard_normal(s.size))
+    assert compare_models(s, expo).best_aic == "exponential"
+
+
+def test_nats_and_bits_identical():
+    c = curve(seed=14, n_steps=5000, alpha=0.9, shift=30.0, floor=0.03, ar_phi=0.9, ar_sigma=0.03)
+    nats = fit_power_law(c.steps, c.loss)
+    bits = fit_power_law(c.steps, c.loss / LN2)
+    assert bits.exponent == pytest.approx(nats.exponent, rel=1e-6)
+    assert bits.exponent_ci == pytest.approx(nats.exponent_ci, rel=1e-6)
+    assert bits.shift == pytest.approx(nats.shift, rel=1e-6)
+    assert bits.floor == pytest.approx(nats.floor / LN2, rel=1e-6)
+    assert bits.r2 == pytest.approx(nats.r2, rel=1e-9)
+    t_n = fit_two_power_law(c.steps, c.loss)
+    t_b = fit_two_power_law(c.steps, c.loss / LN2)
+    assert t_b.break_step == pytest.approx(t_n.break_step, rel=1e-6)
+    e_n, e_b = fit_exponential(c.steps, c.loss), fit_exponential(c.steps, c.loss / LN2)
+    assert e_b.rate == pytest.approx(e_n.rate, rel=1e-9)
+
+
+def test_results_are_frozen_and_predict(power_curve):
+    f = fit_power_law(power_curve.steps, power_curve.loss)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        f.aic = 0.0
+    with pytest.raises(TypeError):
+        f.params["exponent"] = None
+    pred = f.predict(power_curve.steps)
+    assert pred.shape == power_curve.steps.shape
+    assert np.median(np.abs(np.log(pred / power_curve.clean))) < 0.02
+    d = f.to_dict(prefix="p_")
+    assert d["p_exponent"] == f.exponent
+
+
+def test_keyword_only_options(power_curve):
+    with pytest.raises(TypeError):
+        fit_power_law(power_curve.steps, power_curve.loss, True)  # noqa: FBT003

@@ -1,0 +1,173 @@
+"""Knee detectors: known-truth tests parametrised over methods x noise levels."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from loss_slope.analysis import DEFAULT_KNEE_METHOD, KNEE_METHODS, KneeResult, detect_knee, register_knee_method
+from loss_slope.analysis.synthetic import make_curve, sample_spec
+
+from .conftest import NOISE_LEVELS, curve
+
+LN2 = math.log(2.0)
+
+
+def _decades(a, b):
+    return abs(math.log10(a / b))
+
+
+def test_registry_is_an_explicit_dict():
+    assert isinstance(KNEE_METHODS, dict)
+    assert set(KNEE_METHODS) >= {"broken_power_lrt", "burn_in_aic", "ce_threshold", "hinge"}
+    assert DEFAULT_KNEE_METHOD == "broken_power_lrt"
+
+
+def test_register_custom_method():
+    def first_step(steps, loss, **_):
+        return KneeResult(
+            "first", True, float(steps[0]), (math.nan, math.nan), math.nan, math.nan, math.nan, 0.0, 0.0, "none"
+        )
+
+    register_knee_method("_test_first", first_step)
+    try:
+        assert detect_knee(np.arange(5.0), np.ones(5), method="_test_first").step == 0.0
+        with pytest.raises(ValueError):
+            register_knee_method("_test_first", first_step)
+    finally:
+        del KNEE_METHODS["_test_first"]
+
+
+# ---------------------------------------------------------------- default detector
+@pytest.mark.parametrize("noise", sorted(NOISE_LEVELS))
+@pytest.mark.parametrize("floor", [0.0, 0.04])
+def test_default_finds_true_knee(noise, floor):
+    c = curve(
+        seed=21,
+        n_steps=6000,
+        alpha=0.3,
+        knee_step=700.0,
+        alpha_after=0.95,
+        shift=30.0,
+        floor=floor,
+        **NOISE_LEVELS[noise],
+    )
+    k = detect_knee(c.steps, c.loss)
+    assert k.found
+    assert _decades(k.step, 700.0) < 0.05
+    assert k.step_ci[0] < k.step < k.step_ci[1]
+    assert k.delta_aic > 0 and k.statistic > k.threshold
+    assert k.exponent_before == pytest.approx(0.3, abs=0.1)
+    assert k.exponent_after == pytest.approx(0.95, abs=0.1)
+    assert "likelihood ratio" in k.test
+
+
+@pytest.mark.parametrize("noise", sorted(NOISE_LEVELS))
+def test_default_quiet_on_floor_and_plateau(noise):
+    """The classic false knees: a power law with a floor and an initial plateau."""
+    c = curve(seed=22, n_steps=6000, alpha=0.8, shift=150.0, floor=0.05, **NOISE_LEVELS[noise])
+    k = detect_knee(c.steps, c.loss)
+    assert not k.found
+    assert math.isnan(k.step) and all(math.isnan(v) for v in k.step_ci)
+    assert math.isfinite(k.statistic) and k.statistic < k.threshold
+
+
+def test_default_false_positive_rate_small_sample():
+    rng = np.random.default_rng(5)
+    found = 0
+    for i in range(12):
+        spec = sample_spec(rng, knee=False, floor=bool(i % 2), noise=("iid", "ar")[i % 3 == 0], n_steps=2500)
+        c = make_curve(spec, seed=i)
+        found += detect_knee(c.steps, c.loss).found
+    assert found <= 1  # calibrated at a few per cent; 12 curves
+
+
+def test_plain_hinge_is_fooled_by_a_floor():
+    """Documents why the default is not the plain ΔAIC hinge (DESIGN §8)."""
+    c = curve(seed=23, n_steps=6000, alpha=0.8, shift=150.0, floor=0.05, noise_sigma=0.05)
+    assert detect_knee(c.steps, c.loss, method="hinge").found
+    assert not detect_knee(c.steps, c.loss).found
+
+
+@pytest.mark.parametrize("noise", ["iid-low", "iid-high"])
+def test_hinge_finds_sharp_knee(noise):
+    c = curve(seed=24, n_steps=6000, alpha=0.3, knee_step=300.0, alpha_after=1.0, **NOISE_LEVELS[noise])
+    k = detect_knee(c.steps, c.loss, method="hinge")
+    assert k.found and _decades(k.step, 300.0) < 0.1
+    assert k.exponent_after > k.exponent_before
+
+
+def test_burn_in_aic_on_exponential_then_power():
+    # exponential decay for 3 epochs, then a power law
+    spe = 100
+    s = np.arange(3000.0)
+    y = np.where(s < 300, math.log(2.3) - s / 150.0, math.log(2.3) - 2.0 - 0.9 * (np.log(s + 1) - math.log(301)))
+    loss = np.exp(y + 0.01 * np.random.default_rng(0).standard_normal(s.size))
+    k = detect_knee(s, loss, method="burn_in_aic", steps_per_epoch=spe)
+    # the cumulative window must first see enough power-law data to outweigh the
+    # exponential start: the seed's definition lands a few epochs after it
+    assert k.found and 3 < k.epoch <= 10
+    assert k.step == k.epoch * spe
+    with pytest.raises(TypeError):
+        detect_knee(s, loss, method="burn_in_aic")
+
+
+def test_ce_threshold_exact_and_unit_free():
+    s = np.arange(100.0)
+    loss = np.linspace(2.3, 0.5, 100)
+    k = detect_knee(s, loss, method="ce_threshold", steps_per_epoch=10)
+    first = int(np.flatnonzero(loss <= 1.0)[0])
+    assert k.found and k.step == s[first] and k.epoch == s[first] / 10
+    kb = detect_knee(s, loss / LN2, method="ce_threshold", unit="bits")
+    assert kb.step == k.step
+    assert not detect_knee(s, loss + 2.0, method="ce_threshold").found
+
+
+@pytest.mark.parametrize("method", ["broken_power_lrt", "hinge", "burn_in_aic"])
+def test_knees_identical_in_nats_and_bits(method):
+    c = curve(
+        seed=25,
+        n_steps=5000,
+        alpha=0.3,
+        knee_step=500.0,
+        alpha_after=1.0,
+        shift=20.0,
+        noise_sigma=0.05,
+        ar_phi=0.9,
+        ar_sigma=0.03,
+    )
+    opts = {"steps_per_epoch": 100} if method == "burn_in_aic" else {}
+    kn = detect_knee(c.steps, c.loss, method=method, **opts)
+    kb = detect_knee(c.steps, c.loss / LN2, method=method, **opts)
+    assert kn.found == kb.found
+    if kn.found:
+        assert kb.step == pytest.approx(kn.step, rel=1e-6)
+    assert kb.statistic == pytest.approx(kn.statistic, rel=1e-5, abs=1e-6)
+
+
+def test_epoch_reported_with_steps_per_epoch():
+    c = curve(seed=26, n_steps=5000, alpha=0.3, knee_step=800.0, alpha_after=1.0, noise_sigma=0.03)
+    k = detect_knee(c.steps, c.loss, steps_per_epoch=391)
+    assert k.epoch == pytest.approx(k.step / 391)
+    d = k.to_dict(prefix="k_")
+    assert d["k_found"] is True and d["k_step"] == k.step
+
+
+def test_threshold_option_changes_decision_only():
+    c = curve(seed=27, n_steps=4000, alpha=0.8, shift=50.0, noise_sigma=0.05)
+    a = detect_knee(c.steps, c.loss)
+    b = detect_knee(c.steps, c.loss, threshold=-1.0)
+    assert b.found and b.statistic == pytest.approx(a.statistic)
+
+
+def test_calibration_smoke():
+    from loss_slope.analysis.calibration import null_statistics, threshold_for
+
+    st = null_statistics(n_per_class=1, seed=3)
+    assert len(st.by_class) == 8
+    assert all(v.shape == (1,) and np.all(np.isfinite(v)) for v in st.by_class.values())
+    thr = threshold_for(st, fpr=0.05)
+    assert thr == max(float(v[0]) for v in st.by_class.values())
+    assert set(st.rate_above(thr).values()) == {0.0}
