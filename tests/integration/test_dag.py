@@ -17,6 +17,7 @@ TINY = {
                  "flush_every_steps": 20, "hydra_overrides": ["model.base_width=4"]},
     "variants": {"S-core": {"experiment": "s_core"}, "S-bn-off": {"experiment": "s_bn_off"}},
     "grid": {"lr": [0.05], "weight_decay": [0.0005], "seed": [0, 1]},
+    "packing": {"probe_k_max": 2, "probe_steps": 5, "probe_warmup_steps": 2},
 }
 
 
@@ -61,20 +62,30 @@ def test_rerun_is_a_noop(tiny_study):
     assert "Nothing to be done" in out.stdout + out.stderr
 
 
-def test_study_dry_run_lists_216_identifiable_training_jobs(tmp_path):
+def _job_counts(text):
+    return {line.split()[0]: int(line.split()[1]) for line in text.splitlines()
+            if len(line.split()) == 2 and line.split()[1].isdigit()}
+
+
+def test_study_dry_run_lists_every_run_identifiably(tmp_path):
+    base = [snakemake_bin(), "-s", REPO / "Snakefile", "--directory", tmp_path, "-n", "--configfile",
+            REPO / "config" / "study.yaml"]
+    # N measured by the probe: the dry-run shows the probes and stops at the plan checkpoint
     t0 = time.perf_counter()
-    out = run_cmd([snakemake_bin(), "-s", REPO / "Snakefile", "--directory", tmp_path, "-n", "--configfile",
-                   REPO / "config" / "study.yaml", "--quiet", "rules"], timeout=120)
+    probed = run_cmd([*base, "--quiet", "rules"], timeout=120)
+    counts = _job_counts(probed.stdout + probed.stderr)
+    assert counts["probe_capacity"] == 4 and counts["plan_packs"] == 4
+    # N fixed (WORKERS_PER_GPU): the whole sweep is planned, every run named
+    full = run_cmd([*base, "-p"], timeout=120, env={"WORKERS_PER_GPU": "1"})
     elapsed = time.perf_counter() - t0
-    table = out.stdout + out.stderr
-    counts = {line.split()[0]: int(line.split()[1]) for line in table.splitlines()
-              if len(line.split()) == 2 and line.split()[1].isdigit()}
-    assert counts["train"] == 216, table
-    print(f"dry-run of the 216-run study: {elapsed:.2f} s")
-    full = run_cmd([snakemake_bin(), "-s", REPO / "Snakefile", "--directory", tmp_path, "-n", "--configfile",
-                    REPO / "config" / "study.yaml"], timeout=120)
     text = full.stdout + full.stderr
+    counts = _job_counts(text)
+    assert counts["train_pack"] == 216 and counts["export_run"] == 216, text[-3000:]
     assert "wildcards: variant=S-adamw, run=lr0.2-wd0.01-s5" in text
+    assert "--variant S-adamw --runs lr0.2-wd0.01-s5 " in text
+    three = run_cmd([*base, "--quiet", "rules"], timeout=120, env={"WORKERS_PER_GPU": "3"})
+    assert _job_counts(three.stdout + three.stderr)["train_pack"] == 72
+    print(f"two dry-runs of the 216-run study: {elapsed:.2f} s")
 
 
 def test_bad_config_stops_before_any_job(tmp_path):

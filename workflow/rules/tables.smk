@@ -6,7 +6,7 @@ localrules:
 
 rule export_run:
     input:
-        "results/train/{variant}/{run}/run.json",
+        run_pack,
     output:
         steps="results/export/{variant}/{run}/steps.csv",
         val="results/export/{variant}/{run}/val.csv",

@@ -1,18 +1,86 @@
-rule train:
+localrules:
+    plan_packs,
+
+
+rule probe_capacity:
     input:
         data_inputs,
     output:
-        "results/train/{variant}/{run}/run.json",
-    log:
-        "logs/train/{variant}/{run}.log",
-    benchmark:
-        "benchmarks/train/{variant}/{run}.tsv"
-    threads: config["training"]["threads"]
-    resources:
-        mem_mb=2000,
+        json="results/probe/{variant}.json",
+        png=report(
+            "results/probe/{variant}.png",
+            caption="../report/probe.rst",
+            category="Resources",
+            labels={"variant": "{variant}", "figure": "runs per GPU"},
+        ),
+        md="results/probe/{variant}.md",
     params:
-        overrides=run_overrides,
-        run_dir="work/{variant}/{run}",
+        overrides=probe_overrides,
+        probe=config["packing"],
+    log:
+        "logs/probe_capacity/{variant}.log",
+    benchmark:
+        "benchmarks/probe_capacity/{variant}.tsv"
+    threads: config["packing"]["probe_k_max"] * config["training"]["threads"]
+    resources:
+        mem_mb=4000,
+    script:
+        "../scripts/probe_capacity.py"
+
+
+if FIXED_N:
+
+    # N is known: an ordinary rule, so a dry-run shows every pack and run
+    rule plan_packs:
+        output:
+            plan="results/plan/{variant}/packs.json",
+        params:
+            runs=plan_runs,
+            n=FIXED_N,
+            source=FIXED_N_SOURCE,
+        log:
+            "logs/plan_packs/{variant}.log",
+        script:
+            "../scripts/plan_packs.py"
+
+else:
+
+    # N comes from the probe: the packs exist only after it ran
+    checkpoint plan_packs:
+        input:
+            probe="results/probe/{variant}.json",
+        output:
+            plan="results/plan/{variant}/packs.json",
+        params:
+            runs=plan_runs,
+            n=None,
+            source="probe",
+        log:
+            "logs/plan_packs/{variant}.log",
+        script:
+            "../scripts/plan_packs.py"
+
+
+rule train_pack:
+    input:
+        data_inputs,
+        plan="results/plan/{variant}/packs.json",
+    output:
+        "results/packs/{variant}/{pack}.json",
+    log:
+        "logs/train_pack/{variant}/{pack}.log",
+    benchmark:
+        "benchmarks/train_pack/{variant}/{pack}.tsv"
+    params:
+        run_logs="logs/train/{variant}",
+        runs=pack_runs_arg,
+        max_time=pack_time_budget,
+    threads: pack_threads
+    resources:
+        mem_mb=lambda wildcards, threads: 1000 + 1500 * threads,
+        runtime=720,
+        attempt_no=lambda wildcards, attempt: attempt,
     shell:
-        "python -m loss_slope.train {params.overrides} variant={wildcards.variant} run={wildcards.run}"
-        " run_dir={params.run_dir:q} output={output:q} > {log:q} 2>&1"
+        "python -m loss_slope.train.pack --plan {input.plan:q} --pack {wildcards.pack}"
+        " --variant {wildcards.variant} --runs {params.runs} --output {output:q} --log-dir {params.run_logs:q}"
+        " --attempt {resources.attempt_no} trainer.max_time_s={params.max_time} > {log:q} 2>&1"

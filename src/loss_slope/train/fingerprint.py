@@ -7,7 +7,7 @@ import json
 
 # keys that say where/how a run is written or stopped, not what it trains
 _NOT_SCIENCE = {"run_dir", "output", "hydra"}
-_NOT_SCIENCE_TRAINER = {"max_time_s", "flush_every_steps", "log_every_steps", "threads", "accelerator"}
+_NOT_SCIENCE_TRAINER = {"max_time_s", "flush_every_steps", "log_every_steps", "threads", "accelerator", "fault"}
 
 
 def config_fingerprint(cfg: dict) -> str:

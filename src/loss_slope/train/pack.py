@@ -8,7 +8,9 @@ context, so one crash cannot take the others down). A complete run skips
 itself, a partial one resumes from its latest checkpoint. The launcher exits
 non-zero if any run did not complete, so Snakemake's retries resubmit the pack
 and only the unfinished runs do work. On attempt a > 1 it first waits
-``min(cap, base * 2**(a-2))`` seconds (30 s, 60 s, 120 s, ... by default).
+``min(cap, base * 2**(a-2))`` seconds when ``--backoff-base`` is given (on
+SLURM the profile delays the resubmission itself with ``sbatch --begin``, so
+no GPU is held while waiting).
 """
 
 from __future__ import annotations
@@ -32,9 +34,13 @@ def backoff_seconds(attempt: int, *, base: float, cap: float) -> float:
 
 
 def launch_pack(*, plan_path, pack: str, variant: str, output, log_dir, work_root="work", attempt: int = 1,
-                backoff_base: float = 30.0, backoff_cap: float = 600.0, extra_overrides=()) -> int:
+                backoff_base: float = 0.0, backoff_cap: float = 600.0, extra_overrides=(),
+                expect_runs=None) -> int:
     plan = read_plan(plan_path)
     members = plan["packs"][pack]
+    if expect_runs is not None and [m["run"] for m in members] != list(expect_runs):
+        raise SystemExit(f"pack {pack} of {plan_path} holds {[m['run'] for m in members]}, "
+                         f"but the workflow expected {list(expect_runs)}: rerun plan_packs")
     delay = backoff_seconds(attempt, base=backoff_base, cap=backoff_cap)
     if delay:
         print(f"attempt {attempt}: backing off {delay:.0f} s before retrying", flush=True)
@@ -89,13 +95,16 @@ def main(argv=None) -> int:
     ap.add_argument("--log-dir", required=True)
     ap.add_argument("--work-root", default="work")
     ap.add_argument("--attempt", type=int, default=1)
-    ap.add_argument("--backoff-base", type=float, default=30.0)
+    ap.add_argument("--runs", help="comma-separated run ids the pack must hold (a consistency check)")
+    ap.add_argument("--backoff-base", type=float, default=0.0,
+                    help="seconds; 0 = none (on SLURM the profile delays retries with sbatch --begin instead)")
     ap.add_argument("--backoff-cap", type=float, default=600.0)
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (e.g. trainer.max_time_s=3300)")
     a = ap.parse_args(argv)
     return launch_pack(plan_path=a.plan, pack=a.pack, variant=a.variant, output=a.output, log_dir=a.log_dir,
                        work_root=a.work_root, attempt=a.attempt, backoff_base=a.backoff_base,
-                       backoff_cap=a.backoff_cap, extra_overrides=a.overrides)
+                       backoff_cap=a.backoff_cap, extra_overrides=a.overrides,
+                       expect_runs=a.runs.split(",") if a.runs else None)
 
 
 if __name__ == "__main__":

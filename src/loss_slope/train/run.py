@@ -90,6 +90,7 @@ def run_training(cfg) -> int:
     from loss_slope.train.attempts import end_attempt, read_attempts, start_attempt, summarize_attempts
     from loss_slope.train.checkpoint_io import AtomicCheckpointIO, checkpoint_step
     from loss_slope.train.fingerprint import config_fingerprint
+    from loss_slope.train.faults import fault_callbacks
     from loss_slope.train.interrupt import CheckpointOnInterrupt
     from pytorch_lightning.utilities.exceptions import SIGTERMException
     from loss_slope.train.module import CurveModule
@@ -174,7 +175,7 @@ def run_training(cfg) -> int:
         accelerator="gpu" if use_cuda else "cpu", devices=1, precision=cfg.trainer.precision,
         max_epochs=epochs, max_steps=total, logger=False,
         val_check_interval=val_interval, check_val_every_n_epoch=1, num_sanity_val_steps=0,
-        callbacks=[recorder, on_interrupt, best, latest], # LightningEnvironment: one process per run even inside a SLURM job; no
+        callbacks=[recorder, on_interrupt, *fault_callbacks(cfg, paths.root), best, latest], # LightningEnvironment: one process per run even inside a SLURM job; no
         # Lightning auto-requeue (Snakemake's retries own rescheduling)
         plugins=[AtomicCheckpointIO(), LightningEnvironment()],
         gradient_clip_val=cfg.trainer.gradient_clip_val,

@@ -1,0 +1,46 @@
+"""Strict-JSON reading and writing for the fit and report stages."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Every status a run can have in the per-run table, in display order.
+STATUSES = ("ok", "too_short", "invalid", "diverged", "missing")
+
+#: Statuses whose runs enter no statistic (the table says why).
+EXCLUDED_STATUSES = tuple(s for s in STATUSES if s != "ok")
+
+
+def jsonable(value: Any) -> Any:
+    """Plain Python values for strict JSON: NaN/inf become None, numpy becomes Python."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    return value
+
+
+def write_json(data: Any, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(jsonable(data), indent=1, allow_nan=False) + "\n")
+    tmp.replace(path)
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())

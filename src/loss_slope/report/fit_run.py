@@ -1,0 +1,406 @@
+"""Per-run fit stage: one run's validated tables in, one small JSON out.
+
+Every run of the study gets a fit file, whatever happened to it, so the summary
+can say why a run is not in the statistics:
+
+========== ================================================================
+status     meaning
+========== ================================================================
+ok         validated, trained for the whole analysis window, fitted
+too_short  validated, but it stops before the end of the α_early window
+           (or has too few points for the fits); numbers that could be
+           computed are kept, the run enters no statistic
+invalid    validation failed (its reasons are copied) or the analysis
+           rejected the curve itself
+diverged   non-finite training loss, a loss above ``explode_factor`` × its
+           initial value, or a final loss above ``final_factor`` × initial;
+           ``diverged_step`` says where
+========== ================================================================
+
+The JSON holds a flat ``row`` (identifiers, status, reason and every fit number:
+knees by each method, exponential / power / two-power AIC, BIC and ΔAIC, the
+post-knee power law and its R², α_early and α_full with intervals, best
+validation CE and its epoch, final training loss) plus the arrays the figures
+need (a log-binned curve, a thinned raw curve, model predictions, the α window
+scan), so the report never reopens the Parquet tables.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from loss_slope.analysis import (
+    DEFAULT_KNEE_METHOD,
+    AnalysisError,
+    NotEnoughPoints,
+    analyze_curve,
+    window_scan,
+)
+
+from ._io import read_json, write_json
+
+__all__ = ["Divergence", "check_divergence", "fit_run", "fit_run_tables", "fit_options"]
+
+#: log10(step + 1) bin width of the curve stored for the figures
+CURVE_BIN_DECADES = 0.02
+#: at most this many raw (per-step) points are stored for the figures
+RAW_POINTS = 500
+#: model predictions are stored at this many log-spaced steps
+MODEL_POINTS = 120
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """Whether a training curve diverged.
+
+    Attributes
+    ----------
+    diverged : bool
+    step : float or None
+        First optimizer step that shows it (``None`` when not diverged).
+    reason : str or None
+    """
+
+    diverged: bool
+    step: float | None
+    reason: str | None
+
+
+def check_divergence(
+    steps, loss, *, explode_factor: float = 10.0, final_factor: float = 1.0, edge_fraction: float = 0.02
+) -> Divergence:
+    """Detect a diverged run and the step where it shows.
+
+    Parameters
+    ----------
+    steps, loss : array_like, shape (n,)
+        Optimizer steps and per-step training loss (any unit).
+    explode_factor : float
+        Diverged when any loss exceeds this multiple of the initial loss.
+    final_factor : float
+        Diverged when the final loss exceeds this multiple of the initial loss.
+    edge_fraction : float
+        The initial (final) loss is the median of the first (last) fraction of steps.
+
+    Returns
+    -------
+    Divergence
+    """
+    s = np.asarray(steps, dtype=float)
+    y = np.asarray(loss, dtype=float)
+    if s.size == 0:
+        return Divergence(False, None, None)
+    bad = ~np.isfinite(y)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        return Divergence(
+            True, float(s[i]), f"non-finite training loss ({int(bad.sum())} steps) from step {s[i]:g}"
+        )
+    k = max(1, int(round(edge_fraction * y.size)))
+    head, tail = float(np.median(y[:k])), float(np.median(y[-k:]))
+    over = np.flatnonzero(y > explode_factor * head)
+    if over.size:
+        i = int(over[0])
+        return Divergence(
+            True,
+            float(s[i]),
+            f"training loss {y[i]:.4g} at step {s[i]:g} exceeds {explode_factor:g} x its initial {head:.4g}",
+        )
+    if tail > final_factor * head:
+        i = y.size - k
+        return Divergence(
+            True,
+            float(s[i]),
+            f"final training loss {tail:.4g} (steps {s[i]:g}-{s[-1]:g}) is above {final_factor:g} x "
+            f"its initial {head:.4g}: the run did not learn",
+        )
+    return Divergence(False, None, None)
+
+
+def fit_options(fit: Mapping[str, Any], loss_unit: str) -> dict:
+    """``analyze_curve`` keyword options from the config's ``analysis.fit`` block."""
+    methods = list(dict.fromkeys([DEFAULT_KNEE_METHOD, *fit["knee_methods"]]))
+    return dict(
+        knee_methods=tuple(methods),
+        knee_options={
+            "broken_power_lrt": {"threshold": float(fit["lrt_threshold"])},
+            "burn_in_aic": {"min_delta_aic": float(fit["burn_in_min_delta_aic"])},
+            "hinge": {"min_delta_aic": float(fit["hinge_min_delta_aic"])},
+            "ce_threshold": {"threshold_nats": float(fit["ce_threshold_nats"]), "unit": loss_unit},
+        },
+        early_window=(float(fit["early_window"][0]), float(fit["early_window"][1])),
+        confidence=float(fit["confidence"]),
+        bin_decades=float(fit["bin_decades"]),
+    )
+
+
+def _binned(steps: np.ndarray, loss: np.ndarray) -> dict:
+    """Geometric-mean loss in log-spaced bins of (step + 1), for plots."""
+    ids = np.floor(np.log10(steps + 1.0) / CURVE_BIN_DECADES).astype(np.int64)
+    _, inv, counts = np.unique(ids, return_inverse=True, return_counts=True)
+    mean_step = np.bincount(inv, weights=steps) / counts
+    mean_log = np.bincount(inv, weights=np.log(loss)) / counts
+    return {"step": mean_step, "loss": np.exp(mean_log), "n": counts}
+
+
+def _thinned(steps: np.ndarray, loss: np.ndarray) -> dict:
+    """About RAW_POINTS raw points, evenly spaced in log(step + 1)."""
+    n = steps.size
+    if n <= RAW_POINTS:
+        idx = np.arange(n)
+    else:
+        idx = np.unique(np.round(np.geomspace(1, n, RAW_POINTS)).astype(np.int64) - 1)
+    return {"step": steps[idx], "loss": loss[idx]}
+
+
+def _models(analysis, steps: np.ndarray) -> dict:
+    out: dict = {}
+    if steps.size < 2:
+        return out
+    grid = np.unique(np.round(np.geomspace(1, steps[-1] + 1, MODEL_POINTS)) - 1)
+    out["step"] = grid
+    if analysis.comparison is not None:
+        for name, fit in analysis.comparison.fits.items():
+            try:
+                out[name] = fit.predict(grid)
+            except (AnalysisError, ValueError, FloatingPointError):
+                pass
+    if analysis.power_post_knee is not None:
+        p = analysis.power_post_knee
+        sub = grid[grid >= p.step_range[0]]
+        out["power_post_knee_step"] = sub
+        out["power_post_knee"] = p.predict(sub)
+    return out
+
+
+def _epochs_covered(steps: np.ndarray, spe: float) -> float:
+    return float((steps[-1] + 1) / spe) if steps.size else 0.0
+
+
+def fit_run_tables(
+    steps: pd.DataFrame | None,
+    val: pd.DataFrame | None,
+    *,
+    run_info: Mapping[str, Any],
+    validation: Mapping[str, Any],
+    identity: Mapping[str, Any],
+    fit: Mapping[str, Any],
+    divergence: Mapping[str, Any],
+    loss_unit: str = "nats",
+    read_error: str | None = None,
+) -> dict:
+    """Fit one run from its tables.
+
+    Parameters
+    ----------
+    steps : DataFrame or None
+        Per-step table (``step``, ``epoch``, ``loss_train_<unit>``, ...); ``None``
+        when it could not be read (``read_error`` says why).
+    val : DataFrame or None
+        Validation table (``step``, ``epoch``, ``loss_val_<unit>``, ...).
+    run_info : mapping
+        The run's ``run_info.json`` (``steps_per_epoch``, ``epochs``, ...).
+    validation : mapping
+        The run's ``validation.json`` (``passed``, ``reasons``).
+    identity : mapping
+        variant, run, experiment, optimizer, lr, weight_decay, seed (from the study config).
+    fit, divergence : mapping
+        The config's ``analysis.fit`` and ``analysis.divergence`` blocks.
+    loss_unit : {"nats", "bits"}
+    read_error : str, optional
+
+    Returns
+    -------
+    dict
+        ``{"row": {...}, "curve": {...}, "models": {...}, "window_scan": {...} or None,
+        "settings": {...}}`` -- strict JSON after :func:`loss_slope.report._io.jsonable`.
+    """
+    spe = float(run_info.get("steps_per_epoch") or 0) or float("nan")
+    row: dict[str, Any] = {
+        **{k: identity.get(k) for k in ("variant", "run", "experiment", "optimizer", "lr", "weight_decay", "seed")},
+        "status": "ok",
+        "reason": None,
+        "validation_status": "valid" if validation.get("passed") else "invalid",
+        "validation_reasons": "; ".join(validation.get("reasons") or []) or None,
+        "loss_unit": loss_unit,
+        "epochs": run_info.get("epochs"),
+        "steps_per_epoch": spe,
+        "diverged_step": None,
+    }
+    out: dict[str, Any] = {
+        "row": row,
+        "curve": {},
+        "models": {},
+        "window_scan": None,
+        "settings": {"fit": dict(fit), "divergence": dict(divergence), "loss_unit": loss_unit},
+    }
+    col, vcol = f"loss_train_{loss_unit}", f"loss_val_{loss_unit}"
+    if steps is None or col not in steps.columns:
+        row["status"] = "invalid"
+        row["reason"] = read_error or f"the steps table has no column {col!r}"
+        return out
+
+    s = steps.sort_values("step")
+    st = s["step"].to_numpy(dtype=float)
+    y = s[col].to_numpy(dtype=float)
+    row["n_steps"] = int(st.size)
+    row["epochs_logged"] = _epochs_covered(st, spe)
+
+    # validation curve: best CE and when
+    vs = vy = None
+    if val is not None and vcol in val.columns and len(val):
+        v = val.sort_values("step")
+        vs, vy = v["step"].to_numpy(dtype=float), v[vcol].to_numpy(dtype=float)
+        fin = np.isfinite(vy)
+        if fin.any():
+            i = int(np.nanargmin(np.where(fin, vy, np.nan)))
+            row["best_val_ce"] = float(vy[i])
+            row["best_val_step"] = float(vs[i])
+            row["best_val_epoch"] = float(v["epoch"].to_numpy(dtype=float)[i])
+            if "acc_val" in v.columns:
+                row["best_val_acc"] = float(np.nanmax(v["acc_val"].to_numpy(dtype=float)))
+        out["curve"]["val_step"] = vs
+        out["curve"]["val_loss"] = vy
+
+    # final training loss: mean over the last epoch (one batch is too noisy)
+    if st.size and math.isfinite(spe):
+        last = st >= st[-1] + 1 - spe
+        yl = y[last]
+        row["final_train_loss"] = float(np.mean(yl)) if np.isfinite(yl).all() else None
+
+    div = check_divergence(st, y, **{k: float(divergence[k]) for k in ("explode_factor", "final_factor", "edge_fraction")})
+    if div.diverged:
+        row["status"], row["reason"], row["diverged_step"] = "diverged", div.reason, div.step
+        if math.isfinite(spe):
+            row["diverged_epoch"] = div.step / spe
+        if not validation.get("passed"):
+            row["reason"] += f" (validation: {row['validation_reasons']})"
+        finite = np.isfinite(y) & (y > 0)
+        if finite.any():
+            out["curve"].update({k: v for k, v in _thinned(st[finite], y[finite]).items()})
+            out["curve"]["binned"] = _binned(st[finite], y[finite])
+        return out
+    if not validation.get("passed"):
+        row["status"] = "invalid"
+        row["reason"] = f"validation failed: {row['validation_reasons'] or 'no reason given'}"
+        return out
+    if not math.isfinite(spe) or spe <= 0:
+        row["status"], row["reason"] = "invalid", "run_info.json has no steps_per_epoch"
+        return out
+
+    # zero loss cannot be logged (a batch fitted to float precision): drop, count
+    pos = y > 0
+    row["n_nonpositive_dropped"] = int((~pos).sum())
+    st, y = st[pos], y[pos]
+    if vy is not None:
+        vpos = vy > 0
+        vs, vy = vs[vpos], vy[vpos]
+    out["curve"].update(_thinned(st, y))
+    out["curve"]["binned"] = _binned(st, y)
+
+    opts = fit_options(fit, loss_unit)
+    start, end = opts["early_window"]
+    covered = _epochs_covered(st, spe)
+    short = covered < end - 1e-9
+    if short:
+        row["status"] = "too_short"
+        row["reason"] = (
+            f"the run covers {covered:g} epochs; alpha_early needs epochs {start:g}-{end:g}"
+        )
+    try:
+        analysis = analyze_curve(st, y, steps_per_epoch=spe, val_steps=vs, val_loss=vy, **opts)
+    except NotEnoughPoints as exc:
+        row["status"], row["reason"] = "too_short", f"too few points for the fits: {exc}"
+        return out
+    except AnalysisError as exc:
+        row["status"], row["reason"] = "invalid", f"the analysis rejected the curve: {exc}"
+        return out
+
+    for key, value in analysis.to_dict().items():
+        if key not in ("steps_per_epoch", "best_val_ce"):
+            row[key] = value
+    row["knee_method"] = DEFAULT_KNEE_METHOD
+    row["knee_found"] = row.get(f"knee_{DEFAULT_KNEE_METHOD}_found")
+    row["knee_epoch"] = row.get(f"knee_{DEFAULT_KNEE_METHOD}_epoch")
+    if "power_start_step" in row and row["power_start_step"] is not None:
+        row["power_start_epoch"] = row["power_start_step"] / spe
+    out["models"] = _models(analysis, st)
+
+    if not short:
+        try:
+            ws = window_scan(
+                st,
+                y,
+                steps_per_epoch=spe,
+                window=(start, end),
+                shift=float(fit["window_shift"]),
+                stride=float(fit["window_stride"]),
+            )
+            out["window_scan"] = {"starts": ws.starts, "ends": ws.ends, "alpha": ws.alpha}
+            row["alpha_early_window_spread"] = ws.spread
+        except AnalysisError as exc:
+            row["error_window_scan"] = str(exc)
+    return out
+
+
+def _read_table(path) -> tuple[pd.DataFrame | None, str | None]:
+    try:
+        return pd.read_parquet(path), None
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is a recorded reason
+        return None, f"cannot read {Path(path).name}: {type(exc).__name__}: {exc}"
+
+
+def fit_run(
+    *,
+    steps_parquet,
+    val_parquet,
+    run_info,
+    validation,
+    output,
+    identity: Mapping[str, Any],
+    settings: Mapping[str, Any],
+) -> dict:
+    """Pipeline entry point (rule ``fit_run``): read the run's files, fit, write JSON.
+
+    Parameters
+    ----------
+    steps_parquet, val_parquet, run_info, validation : path
+        The run's validated tables, ``run_info.json`` and ``validation.json``.
+    output : path
+        The fit JSON to write.
+    identity : mapping
+        variant, run, experiment, optimizer, lr, weight_decay, seed.
+    settings : mapping
+        ``{"loss_unit": ..., "fit": {...}, "divergence": {...}}`` from the config's
+        ``analysis`` block.
+
+    Returns
+    -------
+    dict
+        What was written.
+    """
+    steps, err = _read_table(steps_parquet)
+    val, verr = _read_table(val_parquet)
+    info = read_json(run_info)
+    valid = read_json(validation)
+    result = fit_run_tables(
+        steps,
+        val,
+        run_info=info,
+        validation=valid,
+        identity=identity,
+        fit=settings["fit"],
+        divergence=settings["divergence"],
+        loss_unit=settings["loss_unit"],
+        read_error=err,
+    )
+    if verr:
+        result["row"]["error_val_table"] = verr
+    write_json(result, output)
+    return result
