@@ -6,7 +6,9 @@
 #   snakemake --profile profiles/local --configfile config/study.yaml -n    plan the 216-run study
 #
 # results/ layout (declared outputs; small):
-#   results/train/{variant}/{run}/run.json           a run finished training (attempts, steps)
+#   results/probe/{variant}.json|.png|.md            runs-per-GPU probe (skipped when N is fixed)
+#   results/plan/{variant}/packs.json                packs of N runs (checkpoint when N is measured)
+#   results/packs/{variant}/{pack}.json              a pack finished: its runs trained (exit codes, logs)
 #   results/export/{variant}/{run}/                  steps.csv, val.csv, run_info.json, attempts.json
 #   results/parquet/{steps,val}/variant={variant}/run={run}/part-0.parquet   one hive-partitioned dataset
 #   results/convert/{variant}/{run}.json             CSV -> Parquet report (file:line of any bad row)
@@ -19,6 +21,8 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/tables.smk"
+include: "workflow/rules/analysis.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

@@ -111,3 +111,20 @@ def test_expected_val_steps_quarter_boundaries():
     # 391 steps/epoch: every floor(391/4) = 97 batches within each epoch
     assert expected_val_steps(2, 391, 4).tolist() == [97, 194, 291, 388, 488, 585, 682, 779]
     assert np.all(np.diff(expected_val_steps(50, 391, 4)) > 0)
+
+
+def test_diverged_run_is_complete_up_to_its_stop_and_flagged(tmp_path):
+    write_run(tmp_path, n_steps=13, loss_at=(10, float("nan")))
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    info["outcome"] = {"status": "diverged", "steps_done": 13, "diverged_at_step": 10, "reason": "nan at step 10"}
+    (tmp_path / "run_info.json").write_text(json.dumps(info))
+    v = (tmp_path / "val.csv").read_text().splitlines(keepends=True)
+    (tmp_path / "val.csv").write_text("".join(v[:7]))  # header + validations at steps 2, 4, ..., 12
+    conv, rep = check(tmp_path)
+    d = rep.to_dict()
+    assert conv["ok"] and rep.passed, d["reasons"]
+    assert d["status"] == "diverged" and "nan at step 10" in d["reasons"][0]
+    # a diverged run that lost rows before its stop is invalid, not diverged
+    (tmp_path / "steps.csv").write_text("".join((tmp_path / "steps.csv").read_text().splitlines(keepends=True)[:9]))
+    _, rep = check(tmp_path)
+    assert rep.to_dict()["status"] == "invalid"

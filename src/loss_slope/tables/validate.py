@@ -37,6 +37,7 @@ class ValidationReport:
     n_val: int = 0
     expected_steps: int | None = None
     expected_val: int | None = None
+    diverged: dict | None = None  # the training's divergence outcome, if it stopped a diverged run
 
     def add(self, name: str, passed: bool, detail: str = "") -> None:
         self.checks.append(Check(name, bool(passed), detail))
@@ -48,12 +49,18 @@ class ValidationReport:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["status"] = "valid" if self.passed else "invalid"
         d["reasons"] = [f"{c.name}: {c.detail}" for c in self.failures]
+        if not self.passed:
+            d["status"] = "invalid"
+        elif self.diverged:
+            d["status"] = "diverged"  # complete, trustworthy tables of a run that diverged
+            d["reasons"] = [f"diverged: {self.diverged.get('reason')}"]
+        else:
+            d["status"] = "valid"
         return d
 
     def summary(self) -> str:
-        head = f"{self.variant}/{self.run}: {'PASSED' if self.passed else 'INVALID'}"
+        head = f"{self.variant}/{self.run}: {'INVALID' if not self.passed else 'DIVERGED' if self.diverged else 'PASSED'}"
         head += f" ({self.n_steps} step rows, {self.n_val} validation rows)"
         lines = [head] + [f"  [{'ok' if c.passed else 'FAIL'}] {c.name}: {c.detail}" for c in self.checks]
         return "\n".join(lines) + "\n"
@@ -91,6 +98,13 @@ def validate_run(*, steps_parquet, val_parquet, convert_report, run_info, expect
 
     spe, epochs, vpe = int(info["steps_per_epoch"]), int(info["epochs"]), int(info["val_per_epoch"])
     total = spe * epochs
+    outcome = info.get("outcome") or {}
+    diverged_at = None
+    if outcome.get("status") == "diverged":
+        # a diverged run stopped early on purpose: its tables must be complete up to the stop
+        rep.diverged = outcome
+        diverged_at = int(outcome["diverged_at_step"])
+        total = int(outcome["steps_done"])
     rep.expected_steps, rep.expected_val = total, epochs * vpe
     s = pq.read_table(steps_parquet).to_pandas()
     v = pq.read_table(val_parquet).to_pandas()
@@ -114,15 +128,23 @@ def validate_run(*, steps_parquet, val_parquet, convert_report, run_info, expect
 
     vsteps = v["step"].to_numpy()
     want = expected_val_steps(epochs, spe, vpe)
+    want = want[want <= total]
     vexact = len(vsteps) == len(want) and np.array_equal(vsteps, want)
     per_epoch = np.bincount(((vsteps - 1) // spe).astype(int), minlength=epochs) if len(vsteps) else np.zeros(epochs)
     vdetail = f"{len(vsteps)} rows for {len(want)} expected ({vpe} per epoch)"
+    if diverged_at is not None:
+        vdetail += f" up to the stop at step {total}"
     if not vexact:
         bad = np.flatnonzero(per_epoch != vpe)
         vdetail += f"; epochs with a wrong count: {bad[:5].tolist()}"
     rep.add("val_per_epoch", vexact, vdetail)
 
     # ---- ranges ---------------------------------------------------------
+    if diverged_at is not None:
+        # values from the divergence on are the finding, not a defect: range-check the steps before it
+        s = s[s["step"] < diverged_at]
+        v = v[v["step"] <= diverged_at]
+        steps, vsteps = s["step"].to_numpy(), v["step"].to_numpy()
     num = s[["time", "lr", "wd", "loss_train_nats", "loss_train_bits", "acc_train"]].to_numpy()
     finite = np.isfinite(num).all(axis=1)
     rep.add("steps_finite", bool(finite.all()), _first_bad(~finite, steps) or "all values finite")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
@@ -14,7 +15,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     A kill or a full disk during the write leaves the previous checkpoint
     untouched and usable. Loading defaults to ``weights_only=True``.
+
+    Functions in ``after_save`` are called as ``fn(checkpoint, path)`` once the
+    file is in place under its real name (the monitor callback measures
+    ``checkpoint_size_mb`` there).
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.after_save: list[Callable[[dict[str, Any], Path], None]] = []
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         path = Path(path)
@@ -29,6 +38,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        for fn in self.after_save:
+            fn(checkpoint, path)
 
     def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only=None):
         return super().load_checkpoint(path, map_location=map_location, weights_only=True if weights_only is None else weights_only)

@@ -19,13 +19,14 @@ from pytorch_lightning import Callback
 
 from loss_slope.tables.csvlog import CsvTable
 from loss_slope.tables.schema import LN2
+from loss_slope.train.divergence import DivergenceGuard
 
 log = logging.getLogger("loss_slope.train")
 
 
 class MetricRecorder(Callback):
     def __init__(self, *, tables_dir, steps_per_epoch: int, total_steps: int, val_interval: int,
-                 flush_every: int = 100, log_every: int | None = None) -> None:
+                 flush_every: int = 100, log_every: int | None = None, guard: DivergenceGuard | None = None) -> None:
         self.steps = CsvTable(f"{tables_dir}/steps.csv", "steps")
         self.val = CsvTable(f"{tables_dir}/val.csv", "val")
         self.spe, self.total = steps_per_epoch, total_steps
@@ -42,6 +43,8 @@ class MetricRecorder(Callback):
         self._t_log = time.monotonic()
         self._step_log = 0
         self.last_loss = math.nan
+        self.guard = guard or DivergenceGuard()
+        self.diverged: tuple[int, str] | None = None  # (step, reason)
 
     # ---- per step -------------------------------------------------------
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -63,6 +66,9 @@ class MetricRecorder(Callback):
         self._count.append(int(batch[1].shape[0]))
         if len(self._pending) >= self.flush_every:
             self.flush()
+        if self.diverged is not None and not trainer.should_stop:
+            log.warning("diverged: %s; stopping this run", self.diverged[1])
+            trainer.should_stop = True
 
     # ---- per validation -------------------------------------------------
     def on_validation_end(self, trainer, pl_module):
@@ -92,6 +98,8 @@ class MetricRecorder(Callback):
             rows.append((step, step / self.spe, t, lr, wd, l, l / LN2, c / n))
         self.steps.append(rows)
         self.last_loss = loss[-1]
+        if self.diverged is None:
+            self.diverged = self.guard.update([r[0] for r in rows], loss)
         last_step = self._pending[-1][0]
         self._pending, self._loss, self._correct, self._count = [], [], [], []
         if last_step + 1 - self._step_log >= self.log_every or last_step + 1 == self.total:
@@ -111,6 +119,12 @@ class MetricRecorder(Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         self.sync()
+
+    def state_dict(self) -> dict:
+        return {"divergence": self.guard.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.guard.load_state_dict(state_dict["divergence"])
 
     def on_train_end(self, trainer, pl_module):
         self.sync()

@@ -90,6 +90,7 @@ def run_training(cfg) -> int:
     from loss_slope.train.attempts import end_attempt, read_attempts, start_attempt, summarize_attempts
     from loss_slope.train.checkpoint_io import AtomicCheckpointIO, checkpoint_step
     from loss_slope.train.fingerprint import config_fingerprint
+    from loss_slope.train.divergence import DivergenceGuard
     from loss_slope.train.faults import fault_callbacks
     from loss_slope.train.interrupt import CheckpointOnInterrupt
     from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -163,6 +164,8 @@ def run_training(cfg) -> int:
     recorder = MetricRecorder(
         tables_dir=paths.tables, steps_per_epoch=spe, total_steps=total, val_interval=val_interval,
         flush_every=int(cfg.trainer.flush_every_steps), log_every=cfg.trainer.log_every_steps,
+        guard=DivergenceGuard(max_loss_factor=cfg.trainer.divergence.max_loss_factor,
+                              reference_steps=int(cfg.trainer.divergence.reference_steps)),
     )
     best = ModelCheckpoint(dirpath=paths.best_dir, filename="best-{step}", monitor="loss_val_nats", mode="min",
                            save_top_k=int(cfg.trainer.best_top_k), save_on_train_epoch_end=False,
@@ -204,18 +207,25 @@ def run_training(cfg) -> int:
         raise
     recorder.close()
     step = trainer.global_step
-    if step < total:
+    outcome = {"status": "complete", "steps_done": step}
+    if recorder.diverged is not None:
+        outcome = {"status": "diverged", "steps_done": step, "diverged_at_step": recorder.diverged[0],
+                   "reason": recorder.diverged[1]}
+    elif step < total:
         end_attempt(paths.attempts, attempt=attempt, end_step=step, status="unfinished",
                     seconds=time.time() - t0)
         log.warning("stopped at step %d of %d (time budget); the latest checkpoint resumes it", step, total)
         return EXIT_UNFINISHED
-    end_attempt(paths.attempts, attempt=attempt, end_step=step, status="completed", seconds=time.time() - t0)
-    done = {
+    end_attempt(paths.attempts, attempt=attempt, end_step=step,
+                status="completed" if outcome["status"] == "complete" else outcome["status"], seconds=time.time() - t0)
+    # the outcome travels with run_info.json (exported), so validation and the fits see it
+    _write_json(paths.run_info, {**json.loads(paths.run_info.read_text()), "outcome": outcome})
+    done = {**outcome,
         "variant": cfg.variant, "run": cfg.run, "total_steps": total, "steps_per_epoch": spe, "epochs": epochs,
         "fingerprint": fingerprint, "completed_at": time.time(), "attempts": summarize_attempts(read_attempts(paths.attempts)),
     }
     _write_json(paths.done, done)
-    log.info("run complete: %d steps in %d attempt(s)", total, attempt)
+    log.info("run %s: %d of %d steps in %d attempt(s)", outcome["status"], step, total, attempt)
     _write_output(cfg, paths, done)
     return EXIT_OK
 

@@ -1,0 +1,123 @@
+"""Faults caused for real: signals, divergence, failing disks, a second Snakemake.
+
+(SIGKILL during training: tests/integration/test_train_resume.py; corrupt
+tables: tests/unit/test_parquet_validate.py; bad configs:
+tests/unit/test_config.py; SLURM job failures: tests/slurm/.)
+"""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from _util import PYTHON, REPO, run_cmd, snakemake_bin
+from loss_slope.train.checkpoint_io import AtomicCheckpointIO
+
+TINY = ["experiment=s_core", "trainer.epochs=3", "model.base_width=4", "schedule.warmup_epochs=1",
+        "trainer.flush_every_steps=5"]
+
+
+def rows(run_dir):
+    p = run_dir / "tables" / "steps.csv"
+    return sum(1 for _ in open(p)) - 1 if p.exists() else 0
+
+
+def start(run_dir, *extra):
+    return subprocess.Popen([PYTHON, "-m", "loss_slope.train", *TINY, *extra, f"run_dir={run_dir}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_rows(proc, run_dir, n, timeout=240):
+    t0 = time.time()
+    while rows(run_dir) < n:
+        assert proc.poll() is None and time.time() - t0 < timeout
+        time.sleep(0.02)
+
+
+def test_sigterm_checkpoints_exits_unfinished_and_resumes(tmp_path):
+    run = tmp_path / "run"
+    p = start(run)
+    wait_rows(p, run, 30)
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 3, out  # "unfinished": a retry resumes
+    ends = [json.loads(x) for x in (run / "attempts.jsonl").read_text().splitlines() if '"end"' in x]
+    assert ends[-1]["status"] == "preempted"
+    saved = ends[-1]["checkpoint_step"]
+    assert saved >= 30 and (run / "checkpoints/latest/latest.ckpt").exists()
+    out = run_cmd([PYTHON, "-m", "loss_slope.train", *TINY, f"run_dir={run}"], timeout=300)
+    assert f"at step {saved}" in out.stdout + out.stderr
+    steps = pd.read_csv(run / "tables" / "steps.csv")
+    assert steps.step.tolist() == list(range(132))
+    assert pd.read_csv(run / "tables" / "val.csv").shape[0] == 12
+
+
+def test_time_budget_stops_cleanly_with_exit_3(tmp_path):
+    run = tmp_path / "run"
+    proc = run_cmd([PYTHON, "-m", "loss_slope.train", *TINY, "trainer.epochs=200", "trainer.max_time_s=3",
+                    f"run_dir={run}"], timeout=300, check=False)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    ckpt = torch.load(run / "checkpoints/latest/latest.ckpt", weights_only=True)
+    assert ckpt["global_step"] == rows(run)  # the tables end exactly at the checkpoint
+
+
+def test_divergence_stops_the_run_and_marks_it(tmp_path):
+    run = tmp_path / "run"
+    out = run_cmd([PYTHON, "-m", "loss_slope.train", *TINY, "optimizer.lr=1000", "optimizer.momentum=0.99",
+                   f"run_dir={run}", f"output={tmp_path}/out.json"], timeout=300)
+    assert "diverged" in out.stdout + out.stderr
+    done = json.loads((run / "done.json").read_text())
+    assert done["status"] == "diverged" and done["diverged_at_step"] < 132
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["outcome"]["status"] == "diverged"
+    # a second start does not retrain a diverged run
+    again = run_cmd([PYTHON, "-m", "loss_slope.train", *TINY, "optimizer.lr=1000", "optimizer.momentum=0.99",
+                     f"run_dir={run}"], timeout=300)
+    assert "already complete" in again.stdout + again.stderr
+
+
+def test_disk_error_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "latest.ckpt"
+    io.save_checkpoint({"global_step": 1, "w": torch.ones(3)}, path)
+
+    def full_disk(obj, fh, *a, **k):
+        fh.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        io.save_checkpoint({"global_step": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["global_step"] == 1
+    assert not (tmp_path / "latest.ckpt.tmp").exists()
+
+
+def test_second_snakemake_on_the_same_directory_is_refused(tmp_path):
+    cfg = {"data": {"name": "digits"}, "variants": {"S-core": {"experiment": "s_core"}},
+           "training": {"epochs": 2, "batch_size": 32, "warmup_epochs": 1, "hydra_overrides": ["model.base_width=4"]},
+           "grid": {"lr": [0.05], "weight_decay": [0.0005], "seed": [0]}, "packing": {"runs_per_gpu": 1}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    cmd = [snakemake_bin(), "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--cores", "1",
+           "--configfile", str(tmp_path / "c.yaml")]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        t0 = time.time()
+        while not list((tmp_path / ".snakemake" / "locks").glob("*")) if (tmp_path / ".snakemake" / "locks").exists() else True:
+            assert first.poll() is None and time.time() - t0 < 120
+            time.sleep(0.1)
+        second = run_cmd(cmd, timeout=120, check=False)
+        assert second.returncode != 0
+        assert "LockException" in second.stdout + second.stderr or "locked" in (second.stdout + second.stderr)
+    finally:
+        out, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, out[-3000:]
+    rep = json.loads((tmp_path / "results/validation/S-core/lr0.05-wd0.0005-s0/validation.json").read_text())
+    assert rep["passed"]
