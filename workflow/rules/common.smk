@@ -45,7 +45,9 @@ os.environ["PATH"] = (
 
 wildcard_constraints:
     variant=wildcard_regex(config["variants"]),
-    run=wildcard_regex({r for _, r in RUNS}),
+    # the shape of run ids (study.runs.run_id); a 10k-name alternation would slow every match
+    run=r"lr[0-9.e+-]+-wd[0-9.e+-]+-s[0-9]+",
+    pack=r"pack[0-9]+",
 
 
 def run_spec(wildcards):
@@ -63,8 +65,18 @@ def run_expected(wildcards):
     return run_spec(wildcards).expected()
 
 
+RUNS_BY_VARIANT = {v: [spec for (v2, _), spec in RUNS.items() if v2 == v] for v in VARIANTS}
+# fixed N: the packs are known at parse time (dicts, so a 10k-run plan stays linear)
+FIXED_PACKS = {
+    v: make_packs([s.run for s in RUNS_BY_VARIANT[v]], FIXED_N) if FIXED_N else None for v in VARIANTS
+}
+FIXED_PACK_OF = {
+    (v, r): p for v in VARIANTS if FIXED_N for p, members in FIXED_PACKS[v].items() for r in members
+}
+
+
 def variant_runs(variant):
-    return [spec for (v, _), spec in RUNS.items() if v == variant]
+    return RUNS_BY_VARIANT[variant]
 
 
 def plan_runs(wildcards):
@@ -83,8 +95,7 @@ def probe_overrides(wildcards):
 def run_pack(wildcards):
     """The pack job that trains this run."""
     if FIXED_N:
-        packs = make_packs([s.run for s in variant_runs(wildcards.variant)], FIXED_N)
-        pack = next(p for p, members in packs.items() if wildcards.run in members)
+        pack = FIXED_PACK_OF[(wildcards.variant, wildcards.run)]
     else:
         plan = checkpoints.plan_packs.get(variant=wildcards.variant).output.plan
         pack = pack_of(read_plan(plan), wildcards.run)
@@ -93,7 +104,7 @@ def run_pack(wildcards):
 
 def pack_members(wildcards):
     if FIXED_N:
-        return make_packs([s.run for s in variant_runs(wildcards.variant)], FIXED_N)[wildcards.pack]
+        return FIXED_PACKS[wildcards.variant][wildcards.pack]
     plan = read_plan(f"results/plan/{wildcards.variant}/packs.json")
     return [m["run"] for m in plan["packs"][wildcards.pack]]
 
@@ -121,7 +132,10 @@ def all_runs(pattern):
 
 
 def get_final_output():
-    return all_runs("results/validation/{variant}/{run}/validation.json")
+    # per run: validation and fit; then the report (report_targets, report.smk)
+    per_run = all_runs("results/validation/{variant}/{run}/validation.json")
+    per_run += all_runs("results/fits/{variant}/{run}.json")
+    return per_run + report_targets("report")
 
 
 def data_inputs(wildcards=None):

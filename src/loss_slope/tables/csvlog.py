@@ -17,6 +17,11 @@ from loss_slope.tables.schema import KEEP_ON_RESUME, columns
 
 
 def _fmt(v) -> str:
+    t = type(v)
+    if t is float:
+        return repr(v)
+    if t is int:
+        return str(v)
     if isinstance(v, numbers.Integral):
         return str(int(v))
     if isinstance(v, numbers.Real):

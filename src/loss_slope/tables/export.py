@@ -6,11 +6,19 @@ import json
 import shutil
 from pathlib import Path
 
+from loss_slope.tables.schema import columns
 from loss_slope.train.attempts import read_attempts, summarize_attempts
 
+MONITOR_TABLES = ("curvature", "noise", "checkpoints")
 
-def export_run(run_dir: str | Path, *, steps_csv, val_csv, run_info, attempts) -> None:
+
+def export_run(run_dir: str | Path, *, steps_csv, val_csv, run_info, attempts, monitors: dict | None = None) -> None:
     """Copy the run's CSV tables and metadata to their declared locations.
+
+    ``monitors`` maps monitor tables (``curvature``, ``noise``, ``checkpoints``)
+    to their destination CSVs. A monitor table missing from the work tree (the
+    monitor was off, or the run predates it) is exported as a header-only CSV;
+    validation compares the rows with the cadence in ``run_info.json``.
 
     Raises ``FileNotFoundError`` naming the missing file when the work tree
     is incomplete (e.g. the work folder was deleted after training).
@@ -27,5 +35,14 @@ def export_run(run_dir: str | Path, *, steps_csv, val_csv, run_info, attempts) -
     for src, dst in sources.items():
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)
+    for table, dst in (monitors or {}).items():
+        if table not in MONITOR_TABLES:
+            raise ValueError(f"export: {table!r} is not a monitor table; allowed: {', '.join(MONITOR_TABLES)}")
+        src, dst = run_dir / "tables" / f"{table}.csv", Path(dst)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_file():
+            shutil.copyfile(src, dst)
+        else:
+            dst.write_text(",".join(columns(table)) + "\n")
     records = summarize_attempts(read_attempts(run_dir / "attempts.jsonl"))
     Path(attempts).write_text(json.dumps(records, indent=2, sort_keys=True) + "\n")

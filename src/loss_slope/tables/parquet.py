@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from loss_slope.tables.schema import TABLES
+from loss_slope.tables.schema import KEYS, TABLES
 
 COMPRESSION = "zstd"
 
@@ -35,11 +35,12 @@ class TableReport:
     errors: list[str] = field(default_factory=list)
 
 
-def _scan_errors(path: Path, schema: pa.Schema, limit: int = 20) -> list[str]:
+def _scan_errors(path: Path, schema: pa.Schema, limit: int = 20, keys: tuple[str, ...] = ("step",)) -> list[str]:
     """Slow path: find the exact lines that break the table (for the message)."""
     errors: list[str] = []
     names = schema.names
-    seen: dict[int, int] = {}
+    seen: dict[tuple, int] = {}
+    key_idx = [names.index(k) for k in keys]
     with open(path, newline="") as fh:
         header = fh.readline()
         if header.rstrip("\r\n").split(",") != names:
@@ -56,16 +57,27 @@ def _scan_errors(path: Path, schema: pa.Schema, limit: int = 20) -> list[str]:
             if len(parts) != len(names):
                 errors.append(f"{path}:{lineno}: expected {len(names)} fields, got {len(parts)}: {line.strip()[:80]!r}")
             else:
+                bad = False
                 for name, f, value in zip(names, schema, parts):
+                    if pa.types.is_string(f.type):
+                        continue
                     try:
-                        v = int(value) if pa.types.is_integer(f.type) else float(value)
+                        if pa.types.is_boolean(f.type):
+                            if value not in ("0", "1", "True", "False", "true", "false", "TRUE", "FALSE"):
+                                raise ValueError(value)
+                        else:
+                            int(value) if pa.types.is_integer(f.type) else float(value)
                     except ValueError:
                         errors.append(f"{path}:{lineno}: column {name!r}: {value!r} is not a {f.type}")
+                        bad = True
                         break
-                    if name == "step":
-                        if v in seen:
-                            errors.append(f"{path}:{lineno}: step {v} duplicates line {seen[v]}")
-                        seen[v] = lineno
+                if not bad:
+                    key = tuple(int(parts[i]) if pa.types.is_integer(schema.field(i).type) else parts[i]
+                                for i in key_idx)
+                    if key in seen:
+                        what = ", ".join(f"{k} {v}" for k, v in zip(keys, key))
+                        errors.append(f"{path}:{lineno}: {what} duplicates line {seen[key]}")
+                    seen[key] = lineno
             if len(errors) >= limit:
                 errors.append(f"{path}: … more errors not shown")
                 break
@@ -76,6 +88,7 @@ def read_table_csv(path: str | Path, table: str) -> tuple[pa.Table | None, Table
     """Parse one work-tree CSV strictly into the table's Arrow schema."""
     path = Path(path)
     schema = TABLES[table]
+    keys = KEYS[table]
     report = TableReport(table=table, source=str(path))
     if not path.is_file():
         report.ok, report.errors = False, [f"{path}: file not found"]
@@ -83,7 +96,7 @@ def read_table_csv(path: str | Path, table: str) -> tuple[pa.Table | None, Table
     try:
         arrow = pacsv.read_csv(
             path,
-            read_options=pacsv.ReadOptions(use_threads=True),
+            read_options=pacsv.ReadOptions(use_threads=False),  # one process per core
             parse_options=pacsv.ParseOptions(newlines_in_values=False),
             convert_options=pacsv.ConvertOptions(
                 column_types={f.name: f.type for f in schema}, include_columns=schema.names,
@@ -92,15 +105,13 @@ def read_table_csv(path: str | Path, table: str) -> tuple[pa.Table | None, Table
         )
         errors = []
         if arrow.num_columns != len(schema) or any(c.null_count for c in arrow.columns):
-            errors = _scan_errors(path, schema) or [f"{path}: missing values"]
+            errors = _scan_errors(path, schema, keys=keys) or [f"{path}: missing values"]
         elif not path.read_bytes().endswith(b"\n") and path.stat().st_size:
-            errors = _scan_errors(path, schema)
-        else:
-            steps = arrow.column("step")
-            if len(steps) and pc.count_distinct(steps).as_py() != len(steps):
-                errors = _scan_errors(path, schema)
+            errors = _scan_errors(path, schema, keys=keys)
+        elif arrow.num_rows and _has_duplicate_keys(arrow, keys):
+            errors = _scan_errors(path, schema, keys=keys)
     except (pa.ArrowInvalid, pa.ArrowKeyError, KeyError) as exc:
-        errors = _scan_errors(path, schema) or [f"{path}: {exc}"]
+        errors = _scan_errors(path, schema, keys=keys) or [f"{path}: {exc}"]
         arrow = None
     if errors:
         report.ok, report.errors = False, errors
@@ -108,6 +119,12 @@ def read_table_csv(path: str | Path, table: str) -> tuple[pa.Table | None, Table
     arrow = arrow.select(schema.names).cast(schema)
     report.rows = arrow.num_rows
     return arrow, report
+
+
+def _has_duplicate_keys(arrow: pa.Table, keys: tuple[str, ...]) -> bool:
+    if len(keys) == 1:
+        return pc.count_distinct(arrow.column(keys[0])).as_py() != arrow.num_rows
+    return arrow.group_by(list(keys)).aggregate([]).num_rows != arrow.num_rows
 
 
 def write_parquet(table: pa.Table | None, path: str | Path, schema: pa.Schema) -> None:
@@ -120,10 +137,21 @@ def write_parquet(table: pa.Table | None, path: str | Path, schema: pa.Schema) -
     tmp.replace(path)
 
 
-def convert_run(*, steps_csv, val_csv, steps_parquet, val_parquet, report_path) -> dict:
-    """Convert one run's two tables; always writes both Parquet files and the report."""
+def convert_run(*, steps_csv, val_csv, steps_parquet, val_parquet, report_path, monitors: dict | None = None) -> dict:
+    """Convert one run's tables; always writes every Parquet file and the report.
+
+    ``monitors`` maps the monitor tables (``curvature``, ``noise``,
+    ``checkpoints``) to ``(csv, parquet)`` paths. Their CSVs hold only a header
+    when a monitor is off (see :func:`loss_slope.tables.export.export_run`), which
+    gives an empty, schema-only Parquet file: declared outputs always exist.
+    """
     out = {"ok": True, "tables": {}}
-    for table, src, dst in (("steps", steps_csv, steps_parquet), ("val", val_csv, val_parquet)):
+    jobs = [("steps", steps_csv, steps_parquet), ("val", val_csv, val_parquet)]
+    for table, (src, dst) in (monitors or {}).items():
+        if table not in TABLES or table in ("steps", "val"):
+            raise ValueError(f"convert_run: {table!r} is not a monitor table")
+        jobs.append((table, src, dst))
+    for table, src, dst in jobs:
         arrow, rep = read_table_csv(src, table)
         write_parquet(arrow, dst, TABLES[table])
         out["tables"][table] = asdict(rep)

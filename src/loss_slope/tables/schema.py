@@ -40,12 +40,73 @@ VAL = pa.schema(
     ]
 )
 
-TABLES: dict[str, pa.Schema] = {"steps": STEPS, "val": VAL}
+# every trainer.monitors.curvature_every_steps optimizer steps (500 in the study);
+# step = optimizer steps done, measured on the weights after `step` updates
+# (columns = loss_slope.metrics.monitors.CURVATURE_KEYS; docs/monitors.md §2)
+CURVATURE = pa.schema(
+    [
+        pa.field("step", pa.int64(), nullable=False),
+        pa.field("epoch", pa.float64(), nullable=False),  # step / steps_per_epoch
+        pa.field("lambda_max", pa.float64(), nullable=False),  # top Hessian eigenvalue (power iteration)
+        pa.field("hutch_trace", pa.float64(), nullable=False),  # Hessian trace (Hutch++)
+        pa.field("lambda_iters", pa.int64(), nullable=False),  # power iterations used
+        pa.field("hutch_matvecs", pa.int64(), nullable=False),  # Hessian-vector products of Hutch++
+        pa.field("seconds", pa.float64(), nullable=False),  # wall time of the measurement
+        pa.field("lambda_converged", pa.bool_(), nullable=False),
+        pa.field("hutch_trace_se", pa.float64(), nullable=False),  # standard error of hutch_trace
+    ]
+)
+
+# every trainer.monitors.noise_every_epochs epochs (2 in the study), at the end
+# of the epoch; a row at `step` covers per-step rows < step
+# (columns = loss_slope.metrics.monitors.NOISE_KEYS; docs/monitors.md §3)
+NOISE = pa.schema(
+    [
+        pa.field("step", pa.int64(), nullable=False),
+        pa.field("epoch", pa.float64(), nullable=False),
+        pa.field("psd_tail", pa.float64(), nullable=False),  # NaN while psd_points < psd_min_points
+        pa.field("resid_power", pa.float64(), nullable=False),  # NaN while psd_points < psd_min_points
+        pa.field("grad_var", pa.float64(), nullable=False),  # NaN when grad_var_steps == 0
+        pa.field("psd_points", pa.int64(), nullable=False),  # residuals in the spectrum window
+        pa.field("grad_var_steps", pa.int64(), nullable=False),  # optimizer steps in grad_var
+    ]
+)
+
+# one row per checkpoint file written (measured after the file is on disk);
+# step = optimizer steps done when it was taken
+CHECKPOINT_KINDS = ("latest", "best", "other")
+CHECKPOINTS = pa.schema(
+    [
+        pa.field("step", pa.int64(), nullable=False),
+        pa.field("epoch", pa.float64(), nullable=False),
+        pa.field("time", pa.float64(), nullable=False),  # Unix time (s) the file was written
+        pa.field("kind", pa.string(), nullable=False),  # latest | best | other
+        pa.field("file", pa.string(), nullable=False),  # file name inside checkpoints/{kind}/
+        pa.field("checkpoint_size_mb", pa.float64(), nullable=False),  # 10^6 bytes
+    ]
+)
+
+TABLES: dict[str, pa.Schema] = {
+    "steps": STEPS, "val": VAL, "curvature": CURVATURE, "noise": NOISE, "checkpoints": CHECKPOINTS,
+}
+
+# Columns that identify a row: no two rows of a table share them.
+KEYS: dict[str, tuple[str, ...]] = {
+    "steps": ("step",), "val": ("step",), "curvature": ("step",), "noise": ("step",),
+    "checkpoints": ("step", "kind"),
+}
 
 # Inclusive truncation rule on resume from a checkpoint taken after `s` steps:
-# step rows describe steps 0..s-1 (step < s); a validation row at step s was
-# written before the checkpoint (step <= s).
-KEEP_ON_RESUME = {"steps": lambda step, s: step < s, "val": lambda step, s: step <= s}
+# step rows describe steps 0..s-1 (step < s); validation, curvature, noise and
+# checkpoint rows at step s were written before (or, for the checkpoint, right
+# after) the checkpoint at s was taken (step <= s).
+KEEP_ON_RESUME = {
+    "steps": lambda step, s: step < s,
+    "val": lambda step, s: step <= s,
+    "curvature": lambda step, s: step <= s,
+    "noise": lambda step, s: step <= s,
+    "checkpoints": lambda step, s: step <= s,
+}
 
 
 def columns(table: str) -> list[str]:

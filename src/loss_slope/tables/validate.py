@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from loss_slope.tables.schema import LN2
+from loss_slope.tables.validate_monitors import check_monitors
 from loss_slope.train.schedule import Schedule
 
 REL_TOL = 1e-9
@@ -81,12 +82,17 @@ def expected_val_steps(epochs: int, spe: int, val_per_epoch: int) -> np.ndarray:
     return (np.arange(epochs)[:, None] * spe + per_epoch[None, :]).ravel()
 
 
-def validate_run(*, steps_parquet, val_parquet, convert_report, run_info, expected: dict) -> ValidationReport:
-    """Check one run. ``expected`` holds the study config's lr, weight_decay, seed, variant, run."""
+def validate_run(*, steps_parquet, val_parquet, convert_report, run_info, expected: dict,
+                 monitors: dict | None = None) -> ValidationReport:
+    """Check one run. ``expected`` holds the study config's lr, weight_decay, seed, variant, run.
+
+    ``monitors`` maps ``curvature``/``noise``/``checkpoints`` to their Parquet
+    files; their cadence is checked against run_info.json (tables/validate_monitors.py).
+    """
     rep = ValidationReport(variant=expected["variant"], run=expected["run"])
     conv = json.loads(Path(convert_report).read_text())
     conv_errors = [e for t in conv["tables"].values() for e in t["errors"]]
-    rep.add("conversion", conv["ok"], "; ".join(conv_errors[:5]) if conv_errors else "both tables parsed exactly")
+    rep.add("conversion", conv["ok"], "; ".join(conv_errors[:5]) if conv_errors else "all tables parsed exactly")
     info = json.loads(Path(run_info).read_text())
 
     # the run trained what the study config asks for
@@ -173,6 +179,10 @@ def validate_run(*, steps_parquet, val_parquet, convert_report, run_info, expect
     rep.add("val_ranges", bool(vrange[vfin].all()), "loss >= 0, acc in [0, 1], grad_norm >= 0, weight_norm > 0")
     vbits = _rel_close(v["loss_val_bits"].to_numpy(), vl / LN2) | ~np.isfinite(vl)
     rep.add("val_bits_equal_nats_over_ln2", bool(vbits.all()), _first_bad(~vbits, vsteps) or "ok")
+
+    # ---- monitor tables (curvature, noise, checkpoint sizes) ------------
+    if monitors is not None:
+        check_monitors(rep, info=info, total=total, val_steps=want, tables=monitors, diverged_at=diverged_at)
     return rep
 
 

@@ -1,0 +1,124 @@
+"""Validation checks of the monitor tables: curvature, noise, checkpoints.
+
+The expected cadence comes from the ``monitors`` settings the training wrote
+to ``run_info.json`` (``loss_slope.train.monitor_callback.monitor_settings``),
+never from the study config, so a run is checked against what it was asked to
+log. A run without those settings (trained before the monitors existed) is
+expected to have no monitor rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from loss_slope.tables.schema import CHECKPOINT_KINDS
+
+MONITOR_TABLES = ("curvature", "noise", "checkpoints")
+
+
+def expected_monitor_steps(every: int, total: int) -> np.ndarray:
+    """Steps (optimizer steps done) of an event due at every positive multiple of ``every`` up to ``total``."""
+    every = int(every or 0)
+    return np.arange(every, total + 1, every, dtype=np.int64) if every > 0 else np.zeros(0, dtype=np.int64)
+
+
+def _cadence_detail(name: str, got: np.ndarray, want: np.ndarray, every_text: str) -> tuple[bool, str]:
+    ok = len(got) == len(want) and np.array_equal(got, want)
+    if not len(want):
+        return not len(got), f"{name} off or not due within the run: {len(got)} rows, none expected"
+    detail = f"{len(got)} rows for {len(want)} expected ({every_text})"
+    if not ok:
+        have, need = set(got.tolist()), set(want.tolist())
+        missing, extra = sorted(need - have), sorted(have - need)
+        dup = len(got) - len(have)
+        detail += f"; missing {len(missing)} (first {missing[:3]}), unexpected {len(extra)} (first {extra[:3]})"
+        detail += f", duplicated {dup}" if dup else ""
+    return ok, detail
+
+
+def _first_bad(mask: np.ndarray, steps: np.ndarray) -> str:
+    idx = np.flatnonzero(mask)
+    return f"{len(idx)} row(s), first at step {int(steps[idx[0]])}" if len(idx) else ""
+
+
+def check_monitors(rep, *, info: dict, total: int, val_steps: np.ndarray, tables: dict,
+                   diverged_at: int | None = None) -> None:
+    """Add the monitor checks to the ValidationReport ``rep``.
+
+    ``total`` is the number of steps the run should have logged (its last step
+    for a diverged run); ``val_steps`` the validation steps up to it;
+    ``tables`` maps ``curvature``/``noise``/``checkpoints`` to Parquet files.
+    Values from ``diverged_at`` on are not range-checked (they are the finding).
+    """
+    m = info.get("monitors") or {}
+    spe = int(info["steps_per_epoch"])
+    frames = {t: pq.read_table(tables[t]).to_pandas() for t in MONITOR_TABLES}
+    in_range = (lambda steps: steps < diverged_at) if diverged_at is not None else (lambda steps: np.ones(len(steps), bool))
+
+    # ---- curvature ------------------------------------------------------
+    c = frames["curvature"]
+    every = int(m.get("curvature_every_steps") or 0)
+    csteps = c["step"].to_numpy()
+    ok, detail = _cadence_detail("curvature", csteps, expected_monitor_steps(every, total), f"every {every} steps")
+    rep.add("curvature_cadence", ok, detail)
+    if len(c):
+        keep = in_range(csteps)
+        cc, ss = c[keep], csteps[keep]
+        vals = cc[["epoch", "lambda_max", "hutch_trace", "hutch_trace_se", "seconds"]].to_numpy()
+        bad = ~np.isfinite(vals).all(axis=1)
+        lo, hi = int(m.get("lambda_min_iters", 1)), int(m.get("lambda_iters", 10**9))
+        bad |= ~cc["lambda_iters"].between(lo, hi).to_numpy()
+        bad |= cc["hutch_matvecs"].to_numpy() != int(m.get("hutch_matvecs", 0))
+        bad |= cc["hutch_trace_se"].to_numpy() < 0
+        bad |= np.abs(cc["epoch"].to_numpy() - ss / spe) > 1e-12 * np.maximum(ss / spe, 1)
+        rep.add("curvature_values", not bad.any(), _first_bad(bad, ss) or (
+            f"finite; {lo} <= lambda_iters <= {hi}; hutch_matvecs = {m.get('hutch_matvecs')}; epoch = step / {spe}"))
+
+    # ---- noise ----------------------------------------------------------
+    n = frames["noise"]
+    every = int(m.get("noise_every_steps") or int(m.get("noise_every_epochs") or 0) * spe)
+    nsteps = n["step"].to_numpy()
+    ok, detail = _cadence_detail("noise", nsteps, expected_monitor_steps(every, total),
+                                 f"every {m.get('noise_every_epochs')} epochs = {every} steps")
+    rep.add("noise_cadence", ok, detail)
+    if len(n):
+        keep = in_range(nsteps)
+        nn, ss = n[keep], nsteps[keep]
+        min_points, window = int(m.get("psd_min_points", 0)), int(m.get("psd_window", 10**9))
+        spectral = nn["psd_points"].to_numpy() >= min_points
+        psd = nn[["psd_tail", "resid_power"]].to_numpy()
+        # spectral values: finite and >= 0 once the window holds psd_min_points residuals, NaN before
+        bad = np.where(spectral, ~(np.isfinite(psd) & (psd >= 0)).all(axis=1), ~np.isnan(psd).all(axis=1))
+        bad |= (nn["psd_points"].to_numpy() < 0) | (nn["psd_points"].to_numpy() > window)
+        gv = nn["grad_var"].to_numpy()
+        bad |= nn["grad_var_steps"].to_numpy() != every  # the moments are reset at every report
+        bad |= ~(np.isfinite(gv) & (gv >= 0))
+        bad |= np.abs(nn["epoch"].to_numpy() - ss / spe) > 1e-12 * np.maximum(ss / spe, 1)
+        rep.add("noise_values", not bad.any(), _first_bad(bad, ss) or (
+            f"psd_tail, resid_power finite >= 0 (NaN below {min_points} residuals); grad_var finite >= 0 "
+            f"over {every} steps"))
+
+    # ---- checkpoints ----------------------------------------------------
+    k = frames["checkpoints"]
+    ksteps = k["step"].to_numpy()
+    if not m.get("checkpoint_size"):
+        rep.add("checkpoints_recorded", not len(k), f"checkpoint sizes off: {len(k)} rows, none expected")
+        return
+    latest = set(ksteps[k["kind"].to_numpy() == "latest"].tolist())
+    missing = [int(s) for s in val_steps if int(s) not in latest]
+    best = ksteps[k["kind"].to_numpy() == "best"]
+    off_val = sorted(set(best.tolist()) - set(int(s) for s in val_steps))
+    beyond = ksteps[ksteps > total]
+    ok = not missing and not off_val and not len(beyond)
+    detail = f"{len(k)} rows: latest at each of the {len(val_steps)} validations, {len(best)} best"
+    if not ok:
+        detail += (f"; latest missing at {len(missing)} validation step(s) (first {missing[:3]}), best off the "
+                   f"validation steps {off_val[:3]}, rows beyond step {total}: {len(beyond)}")
+    rep.add("checkpoints_recorded", ok, detail)
+    size = k["checkpoint_size_mb"].to_numpy()
+    bad = ~(np.isfinite(size) & (size > 0)) | ~k["kind"].isin(CHECKPOINT_KINDS).to_numpy()
+    bad |= ~np.isfinite(k["time"].to_numpy())
+    rep.add("checkpoint_sizes", not bad.any(),
+            _first_bad(bad, ksteps) or (f"checkpoint_size_mb in [{size.min():.3g}, {size.max():.3g}]" if len(size)
+                                        else "no checkpoints"))
