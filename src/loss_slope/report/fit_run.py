@@ -12,8 +12,9 @@ too_short  validated, but it stops before the end of the α_early window
            computed are kept, the run enters no statistic
 invalid    validation failed (its reasons are copied) or the analysis
            rejected the curve itself
-diverged   non-finite training loss, a loss above ``explode_factor`` × its
-           initial value, or a final loss above ``final_factor`` × initial;
+diverged   training stopped the run as diverged (``run_info.json`` outcome),
+           or its loss is non-finite, above ``explode_factor`` × its initial
+           value, or ends above ``final_factor`` × initial;
            ``diverged_step`` says where
 ========== ================================================================
 
@@ -43,7 +44,7 @@ from loss_slope.analysis import (
     window_scan,
 )
 
-from ._io import read_json, write_json
+from ._io import one_thread, read_json, write_json
 
 __all__ = ["Divergence", "check_divergence", "fit_run", "fit_run_tables", "fit_options"]
 
@@ -275,9 +276,16 @@ def fit_run_tables(
         row["final_train_loss"] = float(np.mean(yl)) if np.isfinite(yl).all() else None
 
     div = check_divergence(st, y, **{k: float(divergence[k]) for k in ("explode_factor", "final_factor", "edge_fraction")})
+    outcome = run_info.get("outcome") or {}
+    if outcome.get("status") == "diverged":  # training stopped itself at the divergence
+        step = outcome.get("diverged_at_step")
+        div = Divergence(True, None if step is None else float(step),
+                         f"training stopped: {outcome.get('reason') or 'diverged'}")
+    elif validation.get("status") == "diverged" and not div.diverged:
+        div = Divergence(True, None, "; ".join(validation.get("reasons") or []) or "diverged (validation)")
     if div.diverged:
         row["status"], row["reason"], row["diverged_step"] = "diverged", div.reason, div.step
-        if math.isfinite(spe):
+        if math.isfinite(spe) and div.step is not None:
             row["diverged_epoch"] = div.step / spe
         if not validation.get("passed"):
             row["reason"] += f" (validation: {row['validation_reasons']})"
@@ -320,6 +328,15 @@ def fit_run_tables(
         return out
     except AnalysisError as exc:
         row["status"], row["reason"] = "invalid", f"the analysis rejected the curve: {exc}"
+        return out
+    except (ArithmeticError, ValueError, np.linalg.LinAlgError) as exc:
+        # not a domain error: a numerical failure inside the fits; record it, never stop the sweep
+        row["error_analysis"] = f"{type(exc).__name__}: {exc}"
+        if not short:
+            row["status"] = "invalid"
+            row["reason"] = f"the fits failed numerically ({type(exc).__name__}: {exc})"
+        else:
+            row["reason"] += f"; the fits failed numerically ({type(exc).__name__}: {exc})"
         return out
 
     for key, value in analysis.to_dict().items():
@@ -389,17 +406,18 @@ def fit_run(
     val, verr = _read_table(val_parquet)
     info = read_json(run_info)
     valid = read_json(validation)
-    result = fit_run_tables(
-        steps,
-        val,
-        run_info=info,
-        validation=valid,
-        identity=identity,
-        fit=settings["fit"],
-        divergence=settings["divergence"],
-        loss_unit=settings["loss_unit"],
-        read_error=err,
-    )
+    with one_thread():
+        result = fit_run_tables(
+            steps,
+            val,
+            run_info=info,
+            validation=valid,
+            identity=identity,
+            fit=settings["fit"],
+            divergence=settings["divergence"],
+            loss_unit=settings["loss_unit"],
+            read_error=err,
+        )
     if verr:
         result["row"]["error_val_table"] = verr
     write_json(result, output)

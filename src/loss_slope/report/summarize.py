@@ -17,7 +17,7 @@ import pandas as pd
 
 from loss_slope.analysis import AnalysisError, h1_statistics, h2_statistics, h2_window_heatmap
 
-from ._io import EXCLUDED_STATUSES, STATUSES, read_json, write_json
+from ._io import EXCLUDED_STATUSES, STATUSES, one_thread, read_json, write_json
 
 __all__ = [
     "ID_COLUMNS",
@@ -62,7 +62,11 @@ def _key(variant: str, run: str) -> str:
     return f"{variant}/{run}"
 
 
-def run_table(fit_rows: Iterable[Mapping[str, Any]], runs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+def run_table(
+    fit_rows: Iterable[Mapping[str, Any]],
+    runs: Sequence[Mapping[str, Any]],
+    missing_reasons: Mapping[str, str] | None = None,
+) -> pd.DataFrame:
     """One row per run of the config.
 
     Parameters
@@ -72,6 +76,8 @@ def run_table(fit_rows: Iterable[Mapping[str, Any]], runs: Sequence[Mapping[str,
     runs : sequence of mapping
         Every run of the config (variant, run, experiment, optimizer, lr,
         weight_decay, seed), in config order.
+    missing_reasons : mapping, optional
+        ``"variant/run"`` -> why a run has no fit file (e.g. its training job failed).
 
     Returns
     -------
@@ -88,7 +94,8 @@ def run_table(fit_rows: Iterable[Mapping[str, Any]], runs: Sequence[Mapping[str,
         if row is None:
             row = {
                 "status": "missing",
-                "reason": "no fit file: the run's training has not finished (or failed)",
+                "reason": (missing_reasons or {}).get(key)
+                or "no fit file: the run's training has not finished (or failed)",
             }
         row = {**row, **{k: spec[k] for k in ID_COLUMNS if k in spec}}
         rows.append(row)
@@ -137,6 +144,10 @@ def _h1(table: pd.DataFrame, column: str, study: Mapping[str, Any]) -> dict:
         "target_share": float(study["h1_target_share"]),
         "confidence": float(study["confidence"]),
     }
+    if not (table["status"] == "ok").any():
+        out.update(answer="not computable", error=f"no usable run (0 of {len(table)} runs are ok)", overall=None,
+                   by_variant={}, excluded=[])
+        return out
     try:
         res = h1_statistics(
             table,
@@ -167,6 +178,10 @@ def _h2(table: pd.DataFrame, x: str, study: Mapping[str, Any]) -> dict:
         "confidence": float(study["confidence"]),
         "n_boot": int(study["n_boot"]),
     }
+    if not (table["status"] == "ok").any():
+        out.update(answer="not computable", error=f"no usable run (0 of {len(table)} runs are ok)", overall=None,
+                   by_group={}, skipped_groups=[], excluded=[])
+        return out
     try:
         res = h2_statistics(
             table,
@@ -343,8 +358,9 @@ def summarize(
     table_parquet,
     table_csv,
     variants_csv,
-    variant_csvs: Mapping[str, str | Path],
+    variant_csvs: Sequence[str | Path],
     stats_json,
+    missing_reasons: Mapping[str, str] | None = None,
 ) -> dict:
     """Pipeline entry point (rule ``summarize``).
 
@@ -361,8 +377,10 @@ def summarize(
         ``analysis.fit.early_window``.
     study_name : str
     table_parquet, table_csv, variants_csv, stats_json : path
-    variant_csvs : mapping
-        variant -> path of that variant's per-run CSV.
+    missing_reasons : mapping, optional
+        ``"variant/run"`` -> why a run has no fit file (partial reports).
+    variant_csvs : sequence of path
+        One CSV per variant, named ``<variant>.csv``: that variant's rows.
 
     Returns
     -------
@@ -370,11 +388,12 @@ def summarize(
         The statistics written to ``stats_json``.
     """
     fits = [read_json(p) for p in fit_files]
-    table = run_table([f["row"] for f in fits], runs)
+    table = run_table([f["row"] for f in fits], runs, missing_reasons)
     scans = {f"{f['row']['variant']}/{f['row']['run']}": f.get("window_scan") for f in fits}
-    stats = study_statistics(
-        table, study=study, early_window=early_window, window_scans=scans, study_name=study_name
-    )
+    with one_thread():
+        stats = study_statistics(
+            table, study=study, early_window=early_window, window_scans=scans, study_name=study_name
+        )
     Path(table_parquet).parent.mkdir(parents=True, exist_ok=True)
     # object columns mixing None and numbers: make them numeric where they are
     for c in table.columns:
@@ -384,7 +403,7 @@ def summarize(
     table.to_parquet(table_parquet, index=False)
     _write_csv(table, table_csv)
     _write_csv(variant_table(table, stats), variants_csv)
-    for v, path in variant_csvs.items():
-        _write_csv(table[table["variant"] == v], path)
+    for path in variant_csvs:
+        _write_csv(table[table["variant"] == Path(path).name[: -len(".csv")]], path)
     write_json(stats, stats_json)
     return stats

@@ -1,0 +1,149 @@
+"""Paths and input functions of the fit and report rules.
+
+Imported by the Snakefile (no numpy/matplotlib).  The rules bind these with
+``functools.partial`` so the .smk files hold rules only.
+
+Two report folders share the same rules:
+
+``results/report/``          every run of the config (the default target)
+``results/report_partial/``  only the runs whose training finished (target ``report_partial``);
+                             the others appear in the per-run table as ``missing``
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable, Iterable, Mapping
+
+from loss_slope.probe.plan import PlanError, pack_of, read_plan
+
+__all__ = [
+    "FIT",
+    "REPORT_DIRS",
+    "REPORT_FIGURES",
+    "fit_inputs",
+    "finished_runs",
+    "missing_reasons",
+    "training_state",
+    "identity_params",
+    "report_targets",
+]
+
+FIT = "results/fits/{variant}/{run}.json"
+PLAN = "results/plan/{variant}/packs.json"
+PACK = "results/packs/{variant}/{pack}.json"
+REPORT_DIRS = ("report", "report_partial")
+
+#: figure name -> (report category, label); also the order of the HTML report
+REPORT_FIGURES = {
+    "run_health": ("1. Run health", "valid / invalid / diverged / missing per variant"),
+    "r2_histogram": ("2. H1: power law after the knee", "R² histogram"),
+    "loss_curves_mosaic": ("2. H1: power law after the knee", "six loss curves with fits"),
+    "alpha_vs_best_val": ("3. H2: early slope vs best validation CE", "α_early vs best val CE"),
+    "window_robustness": ("3. H2: early slope vs best validation CE", "window robustness of ρ"),
+    "ablation": ("4. Variants and models", "H1 share and ρ per variant"),
+    "delta_aic": ("4. Variants and models", "ΔAIC of the three models"),
+    "knee_epochs": ("4. Variants and models", "knee epochs"),
+    "lr_wd_best_val": ("4. Variants and models", "best val CE over LR × WD"),
+}
+
+
+def report_targets(reportdir: str = "report") -> list[str]:
+    """The files that make a report complete (``summary.md`` needs every figure)."""
+    if reportdir not in REPORT_DIRS:
+        raise ValueError(f"reportdir must be one of {REPORT_DIRS}")
+    return [f"results/{reportdir}/{name}" for name in ("summary.md", "runs.csv", "runs.parquet", "stats.json")]
+
+
+def identity_params(runs: Mapping[tuple[str, str], Any], wildcards) -> dict:
+    """Params of ``fit_run``: the run's identifiers from the study config."""
+    from .settings import run_identity
+
+    return run_identity(runs[(wildcards.variant, wildcards.run)])
+
+
+def training_state(
+    runs: Iterable[tuple[str, str]],
+    *,
+    fixed_pack: Callable[[Any], str] | None = None,
+    root: str | Path = ".",
+) -> dict[tuple[str, str], tuple[bool, str]]:
+    """For each (variant, run): whether its training job finished, and why not.
+
+    A run's training finished when its pack's output exists.
+
+    Parameters
+    ----------
+    runs : iterable of (variant, run)
+    fixed_pack : callable, optional
+        The workflow's ``run_pack(wildcards) -> pack output path``, used when the
+        number of runs per device is fixed (no checkpoint).  Otherwise the pack comes
+        from the plan file, read directly (not through the checkpoint), so asking
+        never schedules a probe or a training job.
+    root : path
+        Working directory the paths are relative to.
+
+    Returns
+    -------
+    dict
+        ``(variant, run) -> (finished, reason)``; ``reason`` is empty when finished.
+    """
+    root = Path(root)
+    plans: dict[str, dict | None] = {}
+    out = {}
+    for v, r in runs:
+        try:
+            if fixed_pack is not None:
+                pack = fixed_pack(SimpleNamespace(variant=v, run=r))
+            else:
+                if v not in plans:
+                    plan = root / PLAN.format(variant=v)
+                    plans[v] = read_plan(plan) if plan.exists() else None
+                if plans[v] is None:
+                    out[(v, r)] = (False, f"not trained: {PLAN.format(variant=v)} does not exist yet")
+                    continue
+                pack = PACK.format(variant=v, pack=pack_of(plans[v], r))
+        except (PlanError, KeyError, ValueError, StopIteration) as exc:
+            out[(v, r)] = (False, f"not trained: no pack for this run ({exc})")
+            continue
+        if (root / pack).exists():
+            out[(v, r)] = (True, "")
+        else:
+            name = Path(pack).stem
+            out[(v, r)] = (
+                False,
+                f"training not finished: its pack {pack} is missing "
+                f"(failed or not run; see logs/train_pack/{v}/{name}.log and logs/train/{v}/{r}.log)",
+            )
+    return out
+
+
+def finished_runs(runs, *, fixed_pack=None, root: str | Path = ".") -> list[tuple[str, str]]:
+    """(variant, run) whose training job finished (see :func:`training_state`)."""
+    return [k for k, (done, _) in training_state(runs, fixed_pack=fixed_pack, root=root).items() if done]
+
+
+def missing_reasons(
+    runs: Iterable[tuple[str, str]], wildcards, *, fixed_pack: Callable[[Any], str] | None = None
+) -> dict[str, str]:
+    """Params of ``summarize``: ``"variant/run" -> reason`` for runs a partial report leaves out."""
+    if wildcards.reportdir == "report":
+        return {}
+    state = training_state(list(runs), fixed_pack=fixed_pack)
+    return {f"{v}/{r}": why for (v, r), (done, why) in state.items() if not done}
+
+
+def fit_inputs(
+    runs: Iterable[tuple[str, str]],
+    wildcards,
+    *,
+    fixed_pack: Callable[[Any], str] | None = None,
+) -> list[str]:
+    """Fit files a report reads: every run, or (``report_partial``) the finished ones."""
+    runs = list(runs)
+    if wildcards.reportdir == "report":
+        chosen = runs
+    else:
+        chosen = finished_runs(runs, fixed_pack=fixed_pack)
+    return [FIT.format(variant=v, run=r) for v, r in chosen]

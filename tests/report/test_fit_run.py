@@ -1,0 +1,193 @@
+"""fit_run: synthetic per-run tables with known answers -> fit JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from loss_slope.report.fit_run import check_divergence, fit_run, fit_run_tables
+
+from .conftest import DIVERGENCE, FIT, VALID, identity, run_tables
+
+
+def _fit(steps, val, info, *, validation=VALID, unit="nats", fit=FIT, divergence=DIVERGENCE):
+    return fit_run_tables(steps, val, run_info=info, validation=validation, identity=identity(), fit=fit,
+                          divergence=divergence, loss_unit=unit)
+
+
+@pytest.fixture(scope="module")
+def clean_run():
+    steps, val, info = run_tables(alpha=0.8, noise=0.02)
+    return steps, val, info, _fit(steps, val, info)
+
+
+def test_power_law_run_is_ok_with_known_slopes(clean_run):
+    steps, _, _, out = clean_run
+    row = out["row"]
+    assert row["status"] == "ok" and row["reason"] is None
+    # log loss = log 2.3 - 0.8 ln(step + 1) + noise: every slope is 0.8
+    assert row["alpha_early"] == pytest.approx(0.8, abs=0.01)
+    assert row["alpha_early_ci_low"] < 0.8 < row["alpha_early_ci_high"]
+    assert row["alpha_full"] == pytest.approx(0.8, abs=0.01)
+    assert row["power_r2"] > 0.98
+    assert row["best_aic"] in ("power", "two_power")
+    assert row["exponential_delta_aic"] > 10
+    # the window of alpha_early is epochs [5, 15): steps 240..719 at 48 steps/epoch
+    assert row["alpha_early_start_step"] == 240 and row["alpha_early_end_step"] == 719
+    # final train loss = mean over the last epoch
+    assert row["final_train_loss"] == pytest.approx(steps.loss_train_nats.iloc[-48:].mean())
+    for method in FIT["knee_methods"]:
+        assert f"knee_{method}_found" in row
+    assert row["knee_method"] == "broken_power_lrt"
+
+
+def test_best_validation_ce_and_its_epoch(clean_run):
+    row = clean_run[3]["row"]
+    assert row["best_val_ce"] == pytest.approx(0.3)
+    assert row["best_val_epoch"] == pytest.approx(12.5)
+    assert row["best_val_step"] == 600
+
+
+def test_arrays_for_the_figures(clean_run):
+    out = clean_run[3]
+    b = out["curve"]["binned"]
+    assert len(b["step"]) == len(b["loss"]) and 20 < len(b["step"]) < 300
+    assert len(out["curve"]["step"]) <= 500
+    assert {"step", "exponential", "power", "two_power"} <= set(out["models"])
+    ws = out["window_scan"]
+    assert np.asarray(ws["alpha"], dtype=float).shape == (11, 11)
+    assert ws["starts"][0] == 0 and ws["ends"][-1] == 20
+    # the nominal window (start 5, stop 15) reproduces alpha_early
+    assert np.asarray(ws["alpha"], dtype=float)[5, 5] == pytest.approx(out["row"]["alpha_early"], rel=1e-9)
+
+
+def test_bits_give_the_same_slopes_and_bits_ce(clean_run):
+    steps, val, info, nats = clean_run
+    bits = _fit(steps, val, info, unit="bits")["row"]
+    for key in ("alpha_early", "alpha_full", "power_r2", "power_exponent"):
+        assert bits[key] == pytest.approx(nats["row"][key], rel=1e-6, abs=1e-9), key
+    assert bits["best_val_ce"] == pytest.approx(nats["row"]["best_val_ce"] / math.log(2))
+
+
+def test_fit_file_is_strict_json(tmp_path):
+    steps, val, info = run_tables(epochs=16, noise=0.05)
+    paths = {}
+    for name, df in (("steps", steps), ("val", val)):
+        paths[name] = tmp_path / f"{name}.parquet"
+        df.to_parquet(paths[name])
+    (tmp_path / "run_info.json").write_text(json.dumps(info))
+    (tmp_path / "validation.json").write_text(json.dumps(VALID))
+    out = tmp_path / "fits" / "run.json"
+    fit_run(steps_parquet=paths["steps"], val_parquet=paths["val"], run_info=tmp_path / "run_info.json",
+            validation=tmp_path / "validation.json", output=out, identity=identity(),
+            settings={"loss_unit": "nats", "fit": FIT, "divergence": DIVERGENCE})
+
+    def no_nan(x):
+        raise AssertionError(f"non-strict JSON constant {x}")
+
+    data = json.loads(out.read_text(), parse_constant=no_nan)
+    assert data["row"]["status"] == "ok"
+    assert data["row"]["variant"] == "S-core" and data["row"]["lr"] == 0.1
+    assert out.stat().st_size < 200_000
+
+
+def test_invalid_run_keeps_the_validation_reasons(clean_run):
+    steps, val, info, _ = clean_run
+    bad = {"passed": False, "status": "invalid", "reasons": ["steps_exactly_once: 990 rows for 1000 steps"]}
+    row = _fit(steps, val, info, validation=bad)["row"]
+    assert row["status"] == "invalid"
+    assert "steps_exactly_once" in row["reason"]
+    assert row.get("alpha_early") is None
+
+
+def test_unreadable_table_is_invalid_with_the_reason():
+    _, val, info = run_tables(epochs=16)
+    row = fit_run_tables(None, val, run_info=info, validation=VALID, identity=identity(), fit=FIT,
+                         divergence=DIVERGENCE, read_error="cannot read part-0.parquet: ArrowInvalid")["row"]
+    assert row["status"] == "invalid" and "ArrowInvalid" in row["reason"]
+
+
+def test_nan_loss_is_diverged_at_its_step(clean_run):
+    steps, val, info, _ = clean_run
+    s = steps.copy()
+    s.loc[s.step >= 312, "loss_train_nats"] = np.nan
+    row = _fit(s, val, info, validation={"passed": False, "reasons": ["steps_finite: 688 row(s)"]})["row"]
+    assert row["status"] == "diverged"
+    assert row["diverged_step"] == 312
+    assert "312" in row["reason"] and "steps_finite" in row["reason"]
+
+
+def test_exploding_loss_is_diverged_at_the_first_step_above_the_factor(clean_run):
+    steps, val, info, _ = clean_run
+    s = steps.copy()
+    s.loc[s.step >= 400, "loss_train_nats"] = 2.3 * 50
+    row = _fit(s, val, info)["row"]
+    assert row["status"] == "diverged" and row["diverged_step"] == 400
+    # a larger configured factor accepts the same run's spike... but not its final loss
+    row = _fit(s, val, info, divergence={**DIVERGENCE, "explode_factor": 1000.0})["row"]
+    assert row["status"] == "diverged" and "did not learn" in row["reason"]
+
+
+def test_training_outcome_diverged_is_reported_with_its_step(clean_run):
+    steps, val, info, _ = clean_run
+    info = {**info, "outcome": {"status": "diverged", "diverged_at_step": 77, "reason": "non-finite loss at step 77"}}
+    row = _fit(steps.iloc[:78], val.iloc[:4], info, validation={"passed": False, "reasons": ["steps_exactly_once"]})["row"]
+    assert row["status"] == "diverged" and row["diverged_step"] == 77
+    assert row["diverged_epoch"] == pytest.approx(77 / 48)
+
+
+def test_run_shorter_than_the_early_window_is_too_short():
+    steps, val, info = run_tables(epochs=10)
+    row = _fit(steps, val, info)["row"]
+    assert row["status"] == "too_short"
+    assert "10 epochs" in row["reason"] and "5-15" in row["reason"]
+    assert row.get("alpha_early") is None
+    assert row["power_r2"] is not None  # what could be computed is kept
+
+
+def test_zero_losses_are_dropped_and_counted(clean_run):
+    steps, val, info, _ = clean_run
+    s = steps.copy()
+    s.loc[[900, 950], "loss_train_nats"] = 0.0
+    row = _fit(s, val, info)["row"]
+    assert row["status"] == "ok" and row["n_nonpositive_dropped"] == 2
+
+
+@pytest.mark.parametrize(
+    "loss,expect",
+    [
+        ([2.3, 2.2, 2.0, 1.5, 1.0], (False, None)),
+        ([2.3, 2.2, float("inf"), 1.5, 1.0], (True, 2.0)),
+        ([2.3, 2.2, 30.0, 1.5, 1.0], (True, 2.0)),
+        ([2.3, 2.2, 2.4, 2.5, 2.6], (True, 4.0)),
+    ],
+)
+def test_check_divergence(loss, expect):
+    d = check_divergence(np.arange(len(loss)), loss, explode_factor=10, final_factor=1.0, edge_fraction=0.2)
+    assert (d.diverged, d.step) == expect
+    assert (d.reason is None) == (not expect[0])
+
+
+def test_validation_status_diverged_is_diverged(clean_run):
+    steps, val, info, _ = clean_run
+    v = {"passed": True, "status": "diverged", "reasons": ["diverged: loss 40 at step 500 exceeds 10 x its start"]}
+    row = _fit(steps, val, info, validation=v)["row"]
+    assert row["status"] == "diverged" and "step 500" in row["reason"]
+
+
+@pytest.mark.parametrize("epochs,status", [(20, "invalid"), (10, "too_short")])
+def test_numerical_failure_inside_the_fits_is_recorded_not_raised(monkeypatch, epochs, status):
+    import loss_slope.report.fit_run as fr
+
+    def boom(*args, **kwargs):
+        raise OverflowError("math range error")
+
+    monkeypatch.setattr(fr, "analyze_curve", boom)
+    steps, val, info = run_tables(epochs=epochs)
+    row = _fit(steps, val, info)["row"]
+    assert row["status"] == status
+    assert "OverflowError" in row["reason"] and row["error_analysis"] == "OverflowError: math range error"

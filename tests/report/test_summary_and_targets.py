@@ -1,0 +1,144 @@
+"""summary.md text, the report targets / partial-sweep inputs, and the analysis config schema."""
+
+from __future__ import annotations
+
+import copy
+import json
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from loss_slope.report.settings import analysis_problems, fit_settings, study_settings
+from loss_slope.report.summarize import run_table, study_statistics
+from loss_slope.report.summary_md import render_summary
+from loss_slope.report.targets import REPORT_FIGURES, finished_runs, fit_inputs, report_targets
+from loss_slope.study.config import ConfigError, load_config, validate_config
+
+from .conftest import STUDY, partial_sweep
+
+FIGS = {name: f"figures/{name}.png" for name in REPORT_FIGURES}
+
+
+@pytest.fixture(scope="module")
+def partial_summary():
+    runs, fits = partial_sweep()
+    table = run_table([f["row"] for f in fits], runs)
+    stats = study_statistics(table, study=STUDY, early_window=[5, 15], study_name="syn")
+    return table, stats, render_summary(table, stats, FIGS, partial=True)
+
+
+def test_summary_answers_h1_and_h2_in_sentences_with_numbers(partial_summary):
+    _, stats, md = partial_summary
+    h1, h2 = stats["h1"]["overall"], stats["h2"]["overall"]
+    assert "## H1" in md and "## H2" in md
+    assert f"{h1['k']} of {h1['n']} usable runs" in md
+    assert "Wilson interval" in md and "the success criterion is at least 80 %" in md
+    assert f"Spearman ρ = {h2['spearman_rho']:.2f}" in md and "Pearson r = " in md
+    assert ("**Supported.**" in md) or ("**Not supported.**" in md)
+    assert "α_full" in md
+
+
+def test_summary_embeds_every_figure_and_lists_every_excluded_run(partial_summary):
+    table, _, md = partial_summary
+    for path in FIGS.values():
+        assert f"]({path})" in md
+    assert "Partial sweep" in md
+    for r in table[table.status != "ok"].itertuples():
+        assert f"| {r.variant} | {r.run} | {r.status} | {r.reason} |" in md
+
+
+def test_complete_sweep_says_nothing_is_excluded():
+    runs, fits = partial_sweep()
+    rows = [f["row"] for f in fits if f["row"]["status"] == "ok"]
+    runs = [r for r in runs if any(r["run"] == x["run"] and r["variant"] == x["variant"] for x in rows)]
+    table = run_table(rows, runs)
+    md = render_summary(table, study_statistics(table, study=STUDY), FIGS)
+    assert "None: every run of the config" in md and "Partial sweep" not in md
+
+
+def test_report_targets():
+    assert report_targets() == ["results/report/summary.md", "results/report/runs.csv",
+                                "results/report/runs.parquet", "results/report/stats.json"]
+    assert report_targets("report_partial")[0] == "results/report_partial/summary.md"
+    with pytest.raises(ValueError):
+        report_targets("elsewhere")
+
+
+def _plan(root, variant, packs):
+    p = root / f"results/plan/{variant}/packs.json"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps({"variant": variant, "packs": {k: [{"run": r} for r in v] for k, v in packs.items()}}))
+
+
+def test_partial_inputs_are_the_runs_whose_pack_finished(tmp_path, monkeypatch):
+    runs = [("A", "r0"), ("A", "r1"), ("A", "r2"), ("B", "r0")]
+    _plan(tmp_path, "A", {"pack000": ["r0", "r1"], "pack001": ["r2"]})  # B: no plan yet
+    (tmp_path / "results/packs/A").mkdir(parents=True)
+    (tmp_path / "results/packs/A/pack000.json").write_text("{}")
+    assert finished_runs(runs, root=tmp_path) == [("A", "r0"), ("A", "r1")]
+    monkeypatch.chdir(tmp_path)
+    assert fit_inputs(runs, SimpleNamespace(reportdir="report_partial")) == [
+        "results/fits/A/r0.json", "results/fits/A/r1.json"]
+    assert len(fit_inputs(runs, SimpleNamespace(reportdir="report"))) == 4
+
+
+def test_partial_inputs_with_a_fixed_pack_size(tmp_path):
+    (tmp_path / "results/packs/A").mkdir(parents=True)
+    (tmp_path / "results/packs/A/p1.json").write_text("{}")
+
+    def run_pack(w):
+        return f"results/packs/{w.variant}/{'p1' if w.run == 'r0' else 'p2'}.json"
+
+    assert finished_runs([("A", "r0"), ("A", "r1")], fixed_pack=run_pack, root=tmp_path) == [("A", "r0")]
+
+
+def test_analysis_block_is_strict_with_defaults(repo):
+    config = load_config(repo / "config" / "config.yaml")
+    a = config["analysis"]
+    assert a["fit"]["early_window"] == [5, 15] and a["study"]["r2_threshold"] == 0.98
+    assert set(fit_settings(config)) == {"loss_unit", "fit", "divergence"}
+    assert set(study_settings(config)) == {"study", "early_window"}
+    raw = yaml.safe_load((repo / "config" / "config.yaml").read_text())
+    bad = copy.deepcopy(raw)
+    bad.setdefault("analysis", {}).setdefault("study", {})["r2_treshold"] = 0.9
+    with pytest.raises(ConfigError, match="r2_treshold"):
+        validate_config(bad)
+    bad = copy.deepcopy(raw)
+    bad.setdefault("analysis", {}).setdefault("fit", {})["knee_methods"] = ["elbow"]
+    with pytest.raises(ConfigError, match="knee_methods"):
+        validate_config(bad)
+    study = load_config(repo / "config" / "study.yaml")
+    assert study["analysis"]["fit"]["early_window"] == [5, 15]
+
+
+def test_every_analysis_key_has_a_description_and_a_default(repo):
+    schema = yaml.safe_load((repo / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    block = schema["properties"]["analysis"]
+    assert block["additionalProperties"] is False
+
+    def walk(node, path):
+        assert "description" in node, path
+        assert "default" in node, path
+        if node.get("type") == "object":
+            assert node.get("additionalProperties") is False, path
+            for k, sub in node.get("properties", {}).items():
+                walk(sub, f"{path}.{k}")
+
+    walk(block, "analysis")
+
+
+def test_cross_key_check_of_the_early_window(repo):
+    config = load_config(repo / "config" / "config.yaml")
+    assert analysis_problems(config) == []
+    config["analysis"]["fit"]["early_window"] = [15, 5]
+    assert "start < end" in analysis_problems(config)[0]
+
+
+def test_params_do_not_depend_on_the_order_of_keys_in_the_config(repo):
+    a = load_config(repo / "config" / "config.yaml")
+    b = copy.deepcopy(a)
+    b["analysis"]["fit"] = dict(reversed(list(b["analysis"]["fit"].items())))
+    b["analysis"] = dict(reversed(list(b["analysis"].items())))
+    assert repr(fit_settings(a)) == repr(fit_settings(b))
+    assert repr(study_settings(a)) == repr(study_settings(b))

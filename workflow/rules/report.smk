@@ -1,0 +1,120 @@
+# Summary, figures and summary.md. Two report folders, same rules:
+#   results/report/          every run of the config (the default target)
+#   results/report_partial/  only runs whose training finished (target: report_partial);
+#                            the others are listed as "missing". Never schedules training.
+from functools import partial
+
+from loss_slope.report.settings import run_identity, study_settings
+from loss_slope.report.targets import (
+    REPORT_FIGURES,
+    fit_inputs,
+    missing_reasons,
+    report_targets,
+)
+
+
+report: "../report/workflow.rst"
+
+
+localrules:
+    summarize,
+    build_report,
+    report_partial,
+
+
+rule summarize:
+    input:
+        fits=partial(fit_inputs, RUNS, fixed_pack=run_pack if FIXED_N else None),
+    output:
+        table="results/{reportdir}/runs.parquet",
+        csv=report(
+            "results/{reportdir}/runs.csv",
+            caption="../report/runs_table.rst",
+            category="5. Tables",
+            labels={"table": "every run (one row per run of the config)"},
+        ),
+        variants=report(
+            "results/{reportdir}/variants.csv",
+            caption="../report/variants_table.rst",
+            category="5. Tables",
+            labels={"table": "one row per variant"},
+        ),
+        variant_tables=[
+            report(
+                f"results/{{reportdir}}/variants/{v}.csv",
+                caption="../report/variant_table.rst",
+                category="6. Per-variant run tables",
+                labels={"variant": v},
+            )
+            for v in VARIANTS
+        ],
+        stats=report(
+            "results/{reportdir}/stats.json",
+            caption="../report/stats.rst",
+            category="5. Tables",
+            labels={"table": "H1/H2 statistics (JSON)"},
+        ),
+    log:
+        "logs/summarize/{reportdir}.log",
+    benchmark:
+        "benchmarks/summarize/{reportdir}.tsv"
+    wildcard_constraints:
+        reportdir="report|report_partial",
+    params:
+        runs=[run_identity(spec) for spec in RUNS.values()],
+        missing=partial(missing_reasons, RUNS, fixed_pack=run_pack if FIXED_N else None),
+        settings=study_settings(config),
+        study=config["study"],
+    script:
+        "../scripts/summarize.py"
+
+
+rule build_report:
+    input:
+        table="results/{reportdir}/runs.parquet",
+        stats="results/{reportdir}/stats.json",
+        csv="results/{reportdir}/runs.csv",
+        variants="results/{reportdir}/variants.csv",
+        fits=partial(fit_inputs, RUNS, fixed_pack=run_pack if FIXED_N else None),
+    output:
+        summary=report(
+            "results/{reportdir}/summary.md",
+            caption="../report/summary.rst",
+            category="0. Summary",
+            labels={"file": "summary.md"},
+        ),
+        figures=[
+            report(
+                f"results/{{reportdir}}/figures/{name}.png",
+                caption=f"../report/{name}.rst",
+                category=category,
+                labels={"figure": label},
+            )
+            for name, (category, label) in REPORT_FIGURES.items()
+        ],
+        figures_svg=[
+            f"results/{{reportdir}}/figures/{name}.svg" for name in REPORT_FIGURES
+        ],
+        curves=[
+            report(
+                f"results/{{reportdir}}/figures/curves/{v}.png",
+                caption="../report/variant_curves.rst",
+                category="7. Loss curves per variant",
+                labels={"variant": v},
+            )
+            for v in VARIANTS
+        ],
+        curves_svg=[f"results/{{reportdir}}/figures/curves/{v}.svg" for v in VARIANTS],
+    log:
+        "logs/build_report/{reportdir}.log",
+    benchmark:
+        "benchmarks/build_report/{reportdir}.tsv"
+    wildcard_constraints:
+        reportdir="report|report_partial",
+    script:
+        "../scripts/report.py"
+
+
+rule report_partial:
+    input:
+        report_targets("report_partial"),

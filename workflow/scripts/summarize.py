@@ -1,0 +1,20 @@
+import sys
+
+sys.stderr = open(snakemake.log[0], "w")
+
+from loss_slope.report.summarize import summarize
+
+stats = summarize(
+    fit_files=list(snakemake.input.fits),
+    runs=list(snakemake.params.runs),
+    study=snakemake.params.settings["study"],
+    early_window=snakemake.params.settings["early_window"],
+    study_name=snakemake.params.study,
+    table_parquet=snakemake.output.table,
+    table_csv=snakemake.output.csv,
+    variants_csv=snakemake.output.variants,
+    variant_csvs=list(snakemake.output.variant_tables),
+    stats_json=snakemake.output.stats,
+    missing_reasons=dict(snakemake.params.missing),
+)
+print(f"summarize: {stats['counts']}; H1 {stats['h1']['answer']}, H2 {stats['h2']['answer']}", file=sys.stderr)
