@@ -525,10 +525,13 @@ def _est(v, se, lo, hi) -> Estimate:
     return Estimate(float(v), float(se), (float(lo), float(hi)))
 
 
+def _exp(x: float) -> float:
+    # an unbounded CI on a short, poorly constrained curve: +inf, not an OverflowError
+    return math.exp(x) if x < 709.0 else math.inf
+
+
 def _amp(la, se, z, y_ref):
-    return _est(
-        math.exp(la + y_ref), math.exp(la + y_ref) * se, math.exp(la - z * se + y_ref), math.exp(la + z * se + y_ref)
-    )
+    return _est(_exp(la + y_ref), _exp(la + y_ref) * se, _exp(la - z * se + y_ref), _exp(la + z * se + y_ref))
 
 
 def _lin(v, se, z, lo=-math.inf):
