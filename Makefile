@@ -17,7 +17,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/snakemake --profile profiles/local --cores $(CORES)
-	@echo "demo done: see results/ (validation reports under results/validation/)"
+	@echo "demo done: the answer is in results/report/summary.md (figures in results/report/figures/)"
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest

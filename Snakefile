@@ -13,6 +13,9 @@
 #   results/parquet/{steps,val}/variant={variant}/run={run}/part-0.parquet   one hive-partitioned dataset
 #   results/convert/{variant}/{run}.json             CSV -> Parquet report (file:line of any bad row)
 #   results/validation/{variant}/{run}/validation.json, summary.txt
+#   results/fits/{variant}/{run}.json                knees, fits, slopes, status of one run
+#   results/report/                                  summary.md, figures/, runs table, stats.json (H1/H2)
+#   results/report_partial/                          the same from the runs that finished (target report_partial)
 # work/{variant}/{run}/   undeclared training state: checkpoints, partial CSVs, attempts.jsonl
 # logs/{rule}/...         one log per job;  benchmarks/{rule}/...  one benchmark per job
 
