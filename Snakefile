@@ -10,7 +10,7 @@
 #   results/plan/{variant}/packs.json                packs of N runs (checkpoint when N is measured)
 #   results/packs/{variant}/{pack}.json              a pack finished: its runs trained (exit codes, logs)
 #   results/export/{variant}/{run}/                  steps.csv, val.csv, run_info.json, attempts.json
-#   results/parquet/{steps,val}/variant={variant}/run={run}/part-0.parquet   one hive-partitioned dataset
+#   results/parquet/{steps,val,curvature,noise,checkpoints}/variant={variant}/run={run}/part-0.parquet  (hive)
 #   results/convert/{variant}/{run}.json             CSV -> Parquet report (file:line of any bad row)
 #   results/validation/{variant}/{run}/validation.json, summary.txt
 #   results/fits/{variant}/{run}.json                knees, fits, slopes, status of one run

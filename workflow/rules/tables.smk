@@ -10,6 +10,9 @@ rule export_run:
     output:
         steps="results/export/{variant}/{run}/steps.csv",
         val="results/export/{variant}/{run}/val.csv",
+        curvature="results/export/{variant}/{run}/curvature.csv",
+        noise="results/export/{variant}/{run}/noise.csv",
+        checkpoints="results/export/{variant}/{run}/checkpoints.csv",
         run_info="results/export/{variant}/{run}/run_info.json",
         attempts="results/export/{variant}/{run}/attempts.json",
     log:
@@ -24,9 +27,15 @@ rule to_parquet:
     input:
         steps="results/export/{variant}/{run}/steps.csv",
         val="results/export/{variant}/{run}/val.csv",
+        curvature="results/export/{variant}/{run}/curvature.csv",
+        noise="results/export/{variant}/{run}/noise.csv",
+        checkpoints="results/export/{variant}/{run}/checkpoints.csv",
     output:
         steps="results/parquet/steps/variant={variant}/run={run}/part-0.parquet",
         val="results/parquet/val/variant={variant}/run={run}/part-0.parquet",
+        curvature="results/parquet/curvature/variant={variant}/run={run}/part-0.parquet",
+        noise="results/parquet/noise/variant={variant}/run={run}/part-0.parquet",
+        checkpoints="results/parquet/checkpoints/variant={variant}/run={run}/part-0.parquet",
         report="results/convert/{variant}/{run}.json",
     log:
         "logs/to_parquet/{variant}/{run}.log",
@@ -38,6 +47,9 @@ rule validate_run:
     input:
         steps="results/parquet/steps/variant={variant}/run={run}/part-0.parquet",
         val="results/parquet/val/variant={variant}/run={run}/part-0.parquet",
+        curvature="results/parquet/curvature/variant={variant}/run={run}/part-0.parquet",
+        noise="results/parquet/noise/variant={variant}/run={run}/part-0.parquet",
+        checkpoints="results/parquet/checkpoints/variant={variant}/run={run}/part-0.parquet",
         report="results/convert/{variant}/{run}.json",
         run_info="results/export/{variant}/{run}/run_info.json",
     output:

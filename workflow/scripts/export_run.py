@@ -10,4 +10,5 @@ export_run(
     val_csv=snakemake.output.val,
     run_info=snakemake.output.run_info,
     attempts=snakemake.output.attempts,
+    monitors={t: snakemake.output[t] for t in ("curvature", "noise", "checkpoints")},
 )

@@ -10,6 +10,7 @@ result = convert_run(
     steps_parquet=snakemake.output.steps,
     val_parquet=snakemake.output.val,
     report_path=snakemake.output.report,
+    monitors={t: (snakemake.input[t], snakemake.output[t]) for t in ("curvature", "noise", "checkpoints")},
 )
 for table in result["tables"].values():
     for error in table["errors"]:

@@ -10,6 +10,7 @@ report = validate_run(
     convert_report=snakemake.input.report,
     run_info=snakemake.input.run_info,
     expected=dict(snakemake.params.expected),
+    monitors={t: snakemake.input[t] for t in ("curvature", "noise", "checkpoints")},
 )
 write_report(report, snakemake.output.json, snakemake.output.text)
 print(report.summary(), file=sys.stderr)

@@ -93,6 +93,7 @@ def run_training(cfg) -> int:
     from loss_slope.train.divergence import DivergenceGuard
     from loss_slope.train.faults import fault_callbacks
     from loss_slope.train.interrupt import CheckpointOnInterrupt
+    from loss_slope.train.monitor_callback import build_monitor_callback
     from pytorch_lightning.utilities.exceptions import SIGTERMException
     from loss_slope.train.module import CurveModule
     from loss_slope.train.recorder import MetricRecorder
@@ -135,12 +136,15 @@ def run_training(cfg) -> int:
             log.info("no checkpoint yet: earlier attempts died before the first one; starting from step 0")
         else:
             log.info("no checkpoint: starting a fresh run")
-    for table in ("steps", "val"):
+    for table in ("steps", "val", "curvature", "noise", "checkpoints"):
         kept, dropped = truncate_table(paths.tables / f"{table}.csv", table, start)
         if dropped:
             log.info("truncated %s.csv to the checkpoint: kept %d rows, dropped %d", table, kept, dropped)
     attempt = start_attempt(paths.attempts, start_step=start, reason=reason, device=str(device),
                             snakemake_attempt=os.environ.get("LOSS_SLOPE_ATTEMPT"))
+    # curvature / noise / checkpoint-size tables (trainer.monitors; settings recorded in run_info)
+    monitor_cb = build_monitor_callback(cfg, data, tables_dir=paths.tables,
+                                        checkpoint_dirs={"latest": paths.latest_dir, "best": paths.best_dir})
 
     info = {
         "variant": cfg.variant, "run": cfg.run, "seed": int(cfg.seed), "fingerprint": fingerprint,
@@ -153,6 +157,7 @@ def run_training(cfg) -> int:
         "n_train": len(data.train.images), "n_val": len(data.val.images), "batch_size": int(cfg.data.batch_size),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "environment": environment_info(device),
+        "monitors": monitor_cb.settings,
     }
     _write_json(paths.run_info, info)
 
@@ -178,7 +183,7 @@ def run_training(cfg) -> int:
         accelerator="gpu" if use_cuda else "cpu", devices=1, precision=cfg.trainer.precision,
         max_epochs=epochs, max_steps=total, logger=False,
         val_check_interval=val_interval, check_val_every_n_epoch=1, num_sanity_val_steps=0,
-        callbacks=[recorder, on_interrupt, *fault_callbacks(cfg, paths.root), best, latest], # LightningEnvironment: one process per run even inside a SLURM job; no
+        callbacks=[recorder, monitor_cb, on_interrupt, *fault_callbacks(cfg, paths.root), best, latest], # LightningEnvironment: one process per run even inside a SLURM job; no
         # Lightning auto-requeue (Snakemake's retries own rescheduling)
         plugins=[AtomicCheckpointIO(), LightningEnvironment()],
         gradient_clip_val=cfg.trainer.gradient_clip_val,
