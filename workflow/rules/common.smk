@@ -5,7 +5,13 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
-from loss_slope.probe.plan import PlanError, fixed_runs_per_gpu, make_packs, pack_of, read_plan
+from loss_slope.probe.plan import (
+    PlanError,
+    fixed_runs_per_gpu,
+    make_packs,
+    pack_of,
+    read_plan,
+)
 from loss_slope.study.config import ConfigError, validate_config
 from loss_slope.study.runs import build_runs, wildcard_regex
 
@@ -65,13 +71,20 @@ def run_expected(wildcards):
     return run_spec(wildcards).expected()
 
 
-RUNS_BY_VARIANT = {v: [spec for (v2, _), spec in RUNS.items() if v2 == v] for v in VARIANTS}
+RUNS_BY_VARIANT = {
+    v: [spec for (v2, _), spec in RUNS.items() if v2 == v] for v in VARIANTS
+}
 # fixed N: the packs are known at parse time (dicts, so a 10k-run plan stays linear)
 FIXED_PACKS = {
-    v: make_packs([s.run for s in RUNS_BY_VARIANT[v]], FIXED_N) if FIXED_N else None for v in VARIANTS
+    v: make_packs([s.run for s in RUNS_BY_VARIANT[v]], FIXED_N) if FIXED_N else None
+    for v in VARIANTS
 }
 FIXED_PACK_OF = {
-    (v, r): p for v in VARIANTS if FIXED_N for p, members in FIXED_PACKS[v].items() for r in members
+    (v, r): p
+    for v in VARIANTS
+    if FIXED_N
+    for p, members in FIXED_PACKS[v].items()
+    for r in members
 }
 
 
@@ -80,7 +93,10 @@ def variant_runs(variant):
 
 
 def plan_runs(wildcards):
-    return [{"run": s.run, "overrides": list(s.overrides)} for s in variant_runs(wildcards.variant)]
+    return [
+        {"run": s.run, "overrides": list(s.overrides)}
+        for s in variant_runs(wildcards.variant)
+    ]
 
 
 def plan_inputs(wildcards):

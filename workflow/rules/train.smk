@@ -14,9 +14,6 @@ rule probe_capacity:
             labels={"variant": "{variant}", "figure": "runs per GPU"},
         ),
         md="results/probe/{variant}.md",
-    params:
-        overrides=probe_overrides,
-        probe=config["packing"],
     log:
         "logs/probe_capacity/{variant}.log",
     benchmark:
@@ -24,6 +21,9 @@ rule probe_capacity:
     threads: config["packing"]["probe_k_max"] * config["training"]["threads"]
     resources:
         mem_mb=4000,
+    params:
+        overrides=probe_overrides,
+        probe=config["packing"],
     script:
         "../scripts/probe_capacity.py"
 
@@ -34,12 +34,12 @@ if FIXED_N:
     rule plan_packs:
         output:
             plan="results/plan/{variant}/packs.json",
+        log:
+            "logs/plan_packs/{variant}.log",
         params:
             runs=plan_runs,
             n=FIXED_N,
             source=FIXED_N_SOURCE,
-        log:
-            "logs/plan_packs/{variant}.log",
         script:
             "../scripts/plan_packs.py"
 
@@ -51,12 +51,12 @@ else:
             probe="results/probe/{variant}.json",
         output:
             plan="results/plan/{variant}/packs.json",
+        log:
+            "logs/plan_packs/{variant}.log",
         params:
             runs=plan_runs,
             n=None,
             source="probe",
-        log:
-            "logs/plan_packs/{variant}.log",
         script:
             "../scripts/plan_packs.py"
 
@@ -71,15 +71,15 @@ rule train_pack:
         "logs/train_pack/{variant}/{pack}.log",
     benchmark:
         "benchmarks/train_pack/{variant}/{pack}.tsv"
-    params:
-        run_logs="logs/train/{variant}",
-        runs=pack_runs_arg,
-        max_time=pack_time_budget,
     threads: pack_threads
     resources:
         mem_mb=lambda wildcards, threads: 1000 + 1500 * threads,
         runtime=720,
         attempt_no=lambda wildcards, attempt: attempt,
+    params:
+        run_logs="logs/train/{variant}",
+        runs=pack_runs_arg,
+        max_time=pack_time_budget,
     shell:
         "python -m loss_slope.train.pack --plan {input.plan:q} --pack {wildcards.pack}"
         " --variant {wildcards.variant} --runs {params.runs} --output {output:q} --log-dir {params.run_logs:q}"
