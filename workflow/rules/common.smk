@@ -63,10 +63,6 @@ def run_spec(wildcards):
     return RUNS[key]
 
 
-def run_overrides(wildcards):
-    return run_spec(wildcards).shell_overrides()
-
-
 def run_expected(wildcards):
     return run_spec(wildcards).expected()
 

@@ -248,6 +248,20 @@ class Correlation:
     spearman_p: float
     spearman_ci: tuple[float, float]
 
+    def to_dict(self) -> dict:
+        """Flat, JSON-ready: the intervals as ``*_ci_low`` / ``*_ci_high``."""
+        return {
+            "n": self.n,
+            "pearson_r": self.pearson_r,
+            "pearson_p": self.pearson_p,
+            "pearson_ci_low": self.pearson_ci[0],
+            "pearson_ci_high": self.pearson_ci[1],
+            "spearman_rho": self.spearman_rho,
+            "spearman_p": self.spearman_p,
+            "spearman_ci_low": self.spearman_ci[0],
+            "spearman_ci_high": self.spearman_ci[1],
+        }
+
 
 def _rowwise_corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a - a.mean(axis=1, keepdims=True)
@@ -328,21 +342,7 @@ class H2Result:
     def to_frame(self) -> pd.DataFrame:
         rows = [("all", self.overall)] + list(self.by_group.items())
         return pd.DataFrame(
-            [
-                {
-                    "group": g,
-                    "n": c.n,
-                    "pearson_r": c.pearson_r,
-                    "pearson_p": c.pearson_p,
-                    "pearson_ci_low": c.pearson_ci[0],
-                    "pearson_ci_high": c.pearson_ci[1],
-                    "spearman_rho": c.spearman_rho,
-                    "spearman_p": c.spearman_p,
-                    "spearman_ci_low": c.spearman_ci[0],
-                    "spearman_ci_high": c.spearman_ci[1],
-                }
-                for g, c in rows
-            ]
+            [{"group": g, **c.to_dict()} for g, c in rows]
         )
 
 

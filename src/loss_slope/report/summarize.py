@@ -123,20 +123,6 @@ def _share(s) -> dict:
     return {"k": s.k, "n": s.n, "share": s.share, "ci_low": s.ci[0], "ci_high": s.ci[1]}
 
 
-def _corr(c) -> dict:
-    return {
-        "n": c.n,
-        "spearman_rho": c.spearman_rho,
-        "spearman_p": c.spearman_p,
-        "spearman_ci_low": c.spearman_ci[0],
-        "spearman_ci_high": c.spearman_ci[1],
-        "pearson_r": c.pearson_r,
-        "pearson_p": c.pearson_p,
-        "pearson_ci_low": c.pearson_ci[0],
-        "pearson_ci_high": c.pearson_ci[1],
-    }
-
-
 def _h1(table: pd.DataFrame, column: str, study: Mapping[str, Any]) -> dict:
     out: dict[str, Any] = {
         "statistic": column,
@@ -199,8 +185,8 @@ def _h2(table: pd.DataFrame, x: str, study: Mapping[str, Any]) -> dict:
     o = res.overall
     ok = abs(o.spearman_rho) >= out["min_abs_rho"] and o.spearman_p < out["max_p"]
     out.update(
-        overall=_corr(o),
-        by_group={g: _corr(c) for g, c in res.by_group.items()},
+        overall=o.to_dict(),
+        by_group={g: c.to_dict() for g, c in res.by_group.items()},
         skipped_groups=[{"group": g, "reason": why} for g, why in res.skipped_groups],
         excluded=[{"run": r, "reason": why} for r, why in res.excluded],
         answer="supported" if ok else "not supported",

@@ -159,14 +159,3 @@ def convert_run(*, steps_csv, val_csv, steps_parquet, val_parquet, report_path, 
     Path(report_path).parent.mkdir(parents=True, exist_ok=True)
     Path(report_path).write_text(json.dumps(out, indent=2) + "\n")
     return out
-
-
-def read_dataset(root: str | Path, table: str):
-    """All runs' ``table`` as one Arrow dataset with ``variant`` and ``run`` columns."""
-    import pyarrow.dataset as ds
-
-    part = ds.partitioning(pa.schema([("variant", pa.string()), ("run", pa.string())]), flavor="hive")
-    return ds.dataset(Path(root) / table, format="parquet", partitioning=part, schema=TABLES[table].append(
-        pa.field("variant", pa.string())).append(pa.field("run", pa.string())))
-
-
