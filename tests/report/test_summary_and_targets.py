@@ -57,6 +57,26 @@ def test_complete_sweep_says_nothing_is_excluded():
     assert "None: every run of the config" in md and "Partial sweep" not in md
 
 
+def test_summary_lists_runs_that_fell_back_to_a_smaller_micro_batch():
+    from loss_slope.report.fit_run import micro_batch_fields
+
+    runs, fits = partial_sweep()
+    rows = [dict(f["row"]) for f in fits]
+    info = {"outcome": {"micro_batch": {"batch": 128, "final": 32,
+                                        "changes": [{"step": 40, "from": 128, "to": 64}, {"step": 40, "from": 64, "to": 32}]}}}
+    assert micro_batch_fields(info) == {"micro_batch": 32, "oom_fallbacks": 2}
+    assert micro_batch_fields({}) == {"micro_batch": None, "oom_fallbacks": 0}
+    for i, r in enumerate(rows):
+        r.update(micro_batch_fields(info) if i == 0 else {"micro_batch": 128, "oom_fallbacks": 0})
+    table = run_table(rows, runs)
+    md = render_summary(table, study_statistics(table, study=STUDY), FIGS)
+    assert "## Out-of-memory fallbacks" in md
+    assert f"| {rows[0]['variant']} | {rows[0]['run']} | {rows[0]['status']} | 32 | 2 |" in md
+    assert md.count("| 128 | 0 |") == 0  # only the runs that fell back are listed
+    table.loc[:, "oom_fallbacks"] = 0
+    assert "Out-of-memory" not in render_summary(table, study_statistics(table, study=STUDY), FIGS)
+
+
 def test_report_targets():
     assert report_targets() == ["results/report/summary.md", "results/report/runs.csv",
                                 "results/report/runs.parquet", "results/report/stats.json"]

@@ -184,6 +184,14 @@ def _epochs_covered(steps: np.ndarray, spe: float) -> float:
     return float((steps[-1] + 1) / spe) if steps.size else 0.0
 
 
+def micro_batch_fields(run_info: Mapping[str, Any]) -> dict:
+    """How the run was batched: ``micro_batch`` (what it ended with; the batch
+    size unless an out-of-memory error made training halve it) and
+    ``oom_fallbacks`` (how many times), from the ``run_info.json`` outcome."""
+    mb = (run_info.get("outcome") or {}).get("micro_batch") or {}
+    return {"micro_batch": mb.get("final"), "oom_fallbacks": len(mb.get("changes") or [])}
+
+
 def fit_run_tables(
     steps: pd.DataFrame | None,
     val: pd.DataFrame | None,
@@ -233,6 +241,7 @@ def fit_run_tables(
         "epochs": run_info.get("epochs"),
         "steps_per_epoch": spe,
         "diverged_step": None,
+        **micro_batch_fields(run_info),
     }
     out: dict[str, Any] = {
         "row": row,

@@ -174,6 +174,23 @@ def _excluded_section(table: pd.DataFrame, stats: Mapping[str, Any]) -> list[str
     return out
 
 
+def _micro_batch_section(table: pd.DataFrame) -> list[str]:
+    """Runs whose training ran out of GPU memory and continued with a smaller
+    micro-batch (same effective batch; BatchNorm saw the smaller micro-batches)."""
+    if "oom_fallbacks" not in table.columns:
+        return []
+    hit = table[pd.to_numeric(table["oom_fallbacks"], errors="coerce").fillna(0) > 0]
+    if hit.empty:
+        return []
+    return ["## Out-of-memory fallbacks", "",
+            f"{len(hit)} run(s) ran out of GPU memory and finished with a smaller micro-batch and gradient "
+            "accumulation (effective batch, LR schedule and step count unchanged; BatchNorm statistics were "
+            "computed per micro-batch from then on):", "",
+            _table(["variant", "run", "status", "micro-batch", "fallbacks"],
+                   [[r.variant, r.run, r.status, f"{r.micro_batch:.0f}", int(r.oom_fallbacks)]
+                    for r in hit.itertuples()]), ""]
+
+
 def render_summary(
     table: pd.DataFrame,
     stats: Mapping[str, Any],
@@ -222,6 +239,7 @@ def render_summary(
     out += ["## Model comparison, knees and the LR × WD grid", "", fig("delta_aic"), "", fig("knee_epochs"), "",
             fig("lr_wd_best_val"), ""]
     out += _excluded_section(table, stats)
+    out += _micro_batch_section(table)
     if table_paths:
         out += ["## Files", ""] + [f"- [{label}]({p})" for label, p in table_paths.items()] + [""]
     st = stats.get("settings", {}).get("study", {})

@@ -7,16 +7,22 @@ Example::
 Exit codes: 0 complete, 3 unfinished (time budget or SIGTERM; a rerun resumes), 1 error.
 """
 
+import logging
 import sys
 
 import hydra
 
-from loss_slope.train.run import run_training
+from loss_slope.train.module import MicroBatchTooSmall
+from loss_slope.train.run import EXIT_ERROR, run_training
 
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
 def main(cfg) -> None:
-    code = run_training(cfg)
+    try:
+        code = run_training(cfg)
+    except MicroBatchTooSmall as exc:  # a known reason: one clear line, no traceback
+        logging.getLogger("loss_slope.train").error("run failed: %s", exc)
+        sys.exit(EXIT_ERROR)
     if code:
         sys.exit(code)  # hydra.main drops return values
 

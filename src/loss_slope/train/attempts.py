@@ -1,4 +1,6 @@
-"""The attempt log of a run: one JSON line when an attempt starts, one when it ends."""
+"""The attempt log of a run: one JSON line when an attempt starts, one when it
+ends, and one for each event in between (``micro_batch``: an out-of-memory
+error made the run halve its micro-batch)."""
 
 from __future__ import annotations
 
@@ -50,13 +52,23 @@ def end_attempt(path: str | Path, *, attempt: int, end_step: int, status: str, *
                          "time": time.time(), **extra})
 
 
+def record_event(path: str | Path, *, attempt: int, event: str, **extra) -> None:
+    if event in ("start", "end"):
+        raise ValueError("use start_attempt / end_attempt")
+    _append(Path(path), {"event": event, "attempt": attempt, "time": time.time(), **extra})
+
+
 def summarize_attempts(records: list[dict]) -> list[dict]:
     """Merge start/end events into one dict per attempt (an attempt killed by
-    SIGKILL has no end event: its status is ``killed``)."""
+    SIGKILL has no end event: its status is ``killed``); other events go to a
+    list under their name (``micro_batch`` -> ``micro_batch_changes``)."""
     by = {}
     for r in records:
         a = by.setdefault(r["attempt"], {"attempt": r["attempt"], "status": "killed", "end_step": None})
-        if r["event"] == "start":
+        if r["event"] not in ("start", "end"):
+            a.setdefault(f"{r['event']}_changes", []).append(
+                {k: v for k, v in r.items() if k not in ("event", "attempt")})
+        elif r["event"] == "start":
             a.update({k: v for k, v in r.items() if k not in ("event", "time")}, started=r["time"])
         else:
             a.update(end_step=r["end_step"], status=r["status"], ended=r["time"],

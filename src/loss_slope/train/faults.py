@@ -1,13 +1,17 @@
 """Test-only fault injection, switched on from the Hydra config (trainer.fault.*).
 
 Used by the SLURM and fault tests to make one run of a pack fail once, for
-real, in the middle of training. Off unless both keys are set.
+real, in the middle of training (``fail_run``/``fail_at_step``), and to make a
+run run out of GPU memory (``oom_run``/``oom_at_step``/``oom_fits``): the real
+``torch.cuda.OutOfMemoryError`` is raised, so the recovery path is the one a
+GPU takes, even on a CPU. Off unless the keys are set.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from pytorch_lightning import Callback
 
 
@@ -30,3 +34,25 @@ def fault_callbacks(cfg, run_dir) -> list[Callback]:
     if not f or f.fail_run is None or f.fail_at_step is None or f.fail_run != cfg.run:
         return []
     return [FailOnce(step=f.fail_at_step, marker=Path(run_dir) / "fault.once")]
+
+
+class InjectedOOM:
+    """Raises ``torch.cuda.OutOfMemoryError`` before a forward pass on a
+    micro-batch larger than ``fits`` images, from optimizer step ``at_step`` on
+    (``fits=0``: nothing fits)."""
+
+    def __init__(self, *, at_step: int, fits: int) -> None:
+        self.at_step, self.fits = int(at_step), int(fits)
+
+    def __call__(self, step: int, micro_batch: int) -> None:
+        if step >= self.at_step and micro_batch > self.fits:
+            raise torch.cuda.OutOfMemoryError(
+                f"CUDA out of memory. Tried to allocate a micro-batch of {micro_batch} images at step {step} "
+                f"(injected by trainer.fault.oom_*: only {self.fits} fit)")
+
+
+def oom_injector(cfg) -> InjectedOOM | None:
+    f = cfg.trainer.get("fault")
+    if not f or f.get("oom_run") is None or f.oom_run != cfg.run:
+        return None
+    return InjectedOOM(at_step=f.oom_at_step or 0, fits=f.oom_fits or 0)

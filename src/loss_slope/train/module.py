@@ -1,6 +1,18 @@
-"""The LightningModule: cross-entropy classification with a per-step LR schedule."""
+"""The LightningModule: cross-entropy classification with a per-step LR schedule.
+
+Optimization is manual so that a step can survive running out of GPU memory:
+a CUDA OOM during a step makes the module retry the same batch as micro-batches
+of half the size with gradient accumulation (``MicroBatcher``). The gradient is
+the full batch's mean-loss gradient either way, so the effective batch, the LR
+schedule and the step count do not change. Without an OOM the step is the
+plain one (one forward, one backward on the whole batch).
+"""
 
 from __future__ import annotations
+
+import logging
+import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -9,16 +21,73 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from loss_slope.train.schedule import Schedule
 
+log = logging.getLogger("loss_slope.train")
+
+OOM_ERRORS = (torch.OutOfMemoryError,)  # torch.cuda.OutOfMemoryError is the same class
+
+
+class MicroBatchTooSmall(RuntimeError):
+    """Out of memory even at the smallest allowed micro-batch: the run fails."""
+
+
+class MicroBatcher:
+    """The micro-batch a step is split into, halved on every out-of-memory error.
+
+    ``size`` is ``None`` while whole batches fit. ``on_change`` receives one dict
+    per reduction (step, from, to, accumulation, error): the run records it in
+    its attempt log and its outcome.
+    """
+
+    def __init__(self, *, min_size: int = 1, size: int | None = None,
+                 on_change: Callable[[dict], None] | None = None) -> None:
+        if min_size < 1:
+            raise ValueError(f"trainer.oom.min_micro_batch must be >= 1, got {min_size}")
+        self.min_size, self.size, self.on_change = int(min_size), size, on_change
+        self.changes: list[dict] = []
+
+    def current(self, batch: int) -> int:
+        return batch if self.size is None else min(self.size, batch)
+
+    def shrink(self, *, step: int, batch: int, error: BaseException) -> int:
+        old = self.current(batch)
+        new = old // 2
+        if new < self.min_size:
+            raise MicroBatchTooSmall(
+                f"CUDA out of memory at step {step} with a micro-batch of {old} (batch {batch}); halving it "
+                f"would go below trainer.oom.min_micro_batch={self.min_size}, so this run does not fit in the "
+                f"GPU memory it has: lower packing.runs_per_gpu (or the batch size). Last error: "
+                f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from error
+        self.size = new
+        change = {"step": int(step), "from": old, "to": new, "accumulation": math.ceil(batch / new),
+                  "error": (str(error).splitlines() or [type(error).__name__])[0][:300]}
+        self.changes.append(change)
+        log.warning("CUDA out of memory at step %d: retrying the step as %d micro-batches of %d "
+                    "(gradient accumulation; effective batch %d unchanged)", step, change["accumulation"], new, batch)
+        if self.on_change is not None:
+            self.on_change(change)
+        return new
+
 
 class CurveModule(LightningModule):
-    """Wraps ``net``; ``optimizer`` is a partial (Hydra ``_partial_: true``)."""
+    """Wraps ``net``; ``optimizer`` is a partial (Hydra ``_partial_: true``).
 
-    def __init__(self, net: torch.nn.Module, optimizer, schedule: Schedule, *, channels_last: bool = False) -> None:
+    ``fault`` is the test-only OOM injector (:mod:`loss_slope.train.faults`):
+    called as ``fault(step, micro_batch)`` before every forward of a step.
+    """
+
+    def __init__(self, net: torch.nn.Module, optimizer, schedule: Schedule, *, channels_last: bool = False,
+                 gradient_clip_val: float | None = None, micro_batcher: MicroBatcher | None = None,
+                 fault: Callable[[int, int], None] | None = None) -> None:
         super().__init__()
+        self.automatic_optimization = False
         self.net = net
         self._optimizer_factory = optimizer
         self.schedule = schedule
         self.channels_last = channels_last
+        self.gradient_clip_val = gradient_clip_val
+        self.micro = micro_batcher or MicroBatcher()
+        self.fault = fault
+        self._buffer_copy: list[torch.Tensor] | None = None
         self.val_result: tuple[torch.Tensor, torch.Tensor] | None = None
         self._val_sum = self._val_correct = None
         self._val_n = 0
@@ -28,13 +97,85 @@ class CurveModule(LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
+    # ---- one optimizer step ---------------------------------------------
     def training_step(self, batch, batch_idx):
         x, y = batch
-        logits = self(x)
-        loss = F.cross_entropy(logits, y)
-        correct = (logits.detach().argmax(1) == y).sum()
+        opt = self.optimizers()
+        step = self.global_step
+        guard = self.device.type == "cuda" or self.fault is not None  # an OOM is possible
+        if guard:
+            self._save_buffers()
+        while True:
+            try:
+                loss, correct = self._accumulate(opt, x, y, step)
+                break
+            except OOM_ERRORS as exc:
+                opt.zero_grad(set_to_none=True)
+                if guard:
+                    self._restore_buffers()  # BatchNorm running stats of the failed try
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                self.micro.shrink(step=step, batch=int(y.shape[0]), error=exc)
+        opt.step()
+        self.lr_schedulers().step()
         return {"loss": loss, "correct": correct}
 
+    def _accumulate(self, opt, x, y, step: int):
+        opt.zero_grad(set_to_none=True)
+        n = int(y.shape[0])
+        micro = self.micro.current(n)
+        if micro >= n:  # the plain step
+            if self.fault is not None:
+                self.fault(step, n)
+            logits = self(x)
+            loss = F.cross_entropy(logits, y)
+            self.manual_backward(loss)
+            return loss.detach(), (logits.detach().argmax(1) == y).sum()
+        loss = torch.zeros((), device=x.device)
+        correct = torch.zeros((), device=x.device, dtype=torch.long)
+        for xs, ys in zip(x.split(micro), y.split(micro)):
+            if self.fault is not None:
+                self.fault(step, micro)
+            logits = self(xs)
+            part = F.cross_entropy(logits, ys, reduction="sum") / n  # sums to the batch mean
+            self.manual_backward(part)
+            loss = loss + part.detach().float()
+            correct = correct + (logits.detach().argmax(1) == ys).sum()
+        return loss, correct
+
+    def _save_buffers(self) -> None:
+        bufs = [b for b in self.net.buffers()]
+        if not bufs:
+            return
+        if self._buffer_copy is None or len(self._buffer_copy) != len(bufs):
+            self._buffer_copy = [b.detach().clone() for b in bufs]
+        else:
+            torch._foreach_copy_(self._buffer_copy, [b.detach() for b in bufs])
+
+    def _restore_buffers(self) -> None:
+        if self._buffer_copy is None:
+            return
+        with torch.no_grad():
+            for b, saved in zip(self.net.buffers(), self._buffer_copy):
+                b.copy_(saved)
+
+    def on_before_optimizer_step(self, optimizer):
+        # after the callbacks' hooks (they see the unclipped gradient, as in automatic optimization)
+        if self.gradient_clip_val:
+            self.clip_gradients(optimizer, gradient_clip_val=float(self.gradient_clip_val),
+                                gradient_clip_algorithm="norm")
+
+    # ---- the micro-batch survives a resume ---------------------------------
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["loss_slope_micro_batch"] = {"size": self.micro.size, "changes": self.micro.changes}
+
+    def on_load_checkpoint(self, checkpoint):
+        saved = checkpoint.get("loss_slope_micro_batch")
+        if saved:
+            self.micro.size = saved["size"]
+            self.micro.changes = list(saved["changes"])
+
+    # ---- validation -----------------------------------------------------
     def on_validation_epoch_start(self):
         self._val_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         self._val_correct = torch.zeros((), device=self.device, dtype=torch.float64)

@@ -87,15 +87,15 @@ def run_training(cfg) -> int:
 
     from loss_slope.data.datasets import build_data
     from loss_slope.tables.csvlog import truncate_table
-    from loss_slope.train.attempts import end_attempt, read_attempts, start_attempt, summarize_attempts
+    from loss_slope.train.attempts import end_attempt, read_attempts, record_event, start_attempt, summarize_attempts
     from loss_slope.train.checkpoint_io import AtomicCheckpointIO, checkpoint_step
     from loss_slope.train.fingerprint import config_fingerprint
     from loss_slope.train.divergence import DivergenceGuard
-    from loss_slope.train.faults import fault_callbacks
+    from loss_slope.train.faults import fault_callbacks, oom_injector
     from loss_slope.train.interrupt import CheckpointOnInterrupt
     from loss_slope.train.monitor_callback import build_monitor_callback
     from pytorch_lightning.utilities.exceptions import SIGTERMException
-    from loss_slope.train.module import CurveModule
+    from loss_slope.train.module import CurveModule, MicroBatcher
     from loss_slope.train.recorder import MetricRecorder
     from loss_slope.train.schedule import schedule_from_config
 
@@ -164,8 +164,14 @@ def run_training(cfg) -> int:
     net = hydra.utils.instantiate(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels)
     if cfg.trainer.channels_last:
         net = net.to(memory_format=torch.channels_last)
+    oom = cfg.trainer.get("oom") or {}
+    micro = MicroBatcher(min_size=int(oom.get("min_micro_batch") or 1),
+                         on_change=lambda change: record_event(paths.attempts, attempt=attempt, event="micro_batch",
+                                                               batch=int(cfg.data.batch_size), **change))
     module = CurveModule(net, hydra.utils.instantiate(cfg.optimizer), schedule,
-                         channels_last=bool(cfg.trainer.channels_last))
+                         channels_last=bool(cfg.trainer.channels_last),
+                         gradient_clip_val=cfg.trainer.gradient_clip_val, micro_batcher=micro,
+                         fault=oom_injector(cfg))
     recorder = MetricRecorder(
         tables_dir=paths.tables, steps_per_epoch=spe, total_steps=total, val_interval=val_interval,
         flush_every=int(cfg.trainer.flush_every_steps), log_every=cfg.trainer.log_every_steps,
@@ -186,7 +192,7 @@ def run_training(cfg) -> int:
         callbacks=[recorder, monitor_cb, on_interrupt, *fault_callbacks(cfg, paths.root), best, latest], # LightningEnvironment: one process per run even inside a SLURM job; no
         # Lightning auto-requeue (Snakemake's retries own rescheduling)
         plugins=[AtomicCheckpointIO(), LightningEnvironment()],
-        gradient_clip_val=cfg.trainer.gradient_clip_val,
+        # (gradient clipping: CurveModule, which optimizes manually for the OOM fallback)
         max_time={"seconds": float(max_time)} if max_time else None,
         enable_progress_bar=sys.stderr.isatty(), enable_model_summary=False, default_root_dir=str(paths.root),
     )
@@ -212,9 +218,10 @@ def run_training(cfg) -> int:
         raise
     recorder.close()
     step = trainer.global_step
-    outcome = {"status": "complete", "steps_done": step}
+    outcome = {"status": "complete", "steps_done": step,
+               "micro_batch": micro_batch_summary(read_attempts(paths.attempts), int(cfg.data.batch_size))}
     if recorder.diverged is not None:
-        outcome = {"status": "diverged", "steps_done": step, "diverged_at_step": recorder.diverged[0],
+        outcome = {**outcome, "status": "diverged", "diverged_at_step": recorder.diverged[0],
                    "reason": recorder.diverged[1]}
     elif step < total:
         end_attempt(paths.attempts, attempt=attempt, end_step=step, status="unfinished",
@@ -233,6 +240,14 @@ def run_training(cfg) -> int:
     log.info("run %s: %d of %d steps in %d attempt(s)", outcome["status"], step, total, attempt)
     _write_output(cfg, paths, done)
     return EXIT_OK
+
+
+def micro_batch_summary(records: list[dict], batch: int) -> dict:
+    """Every out-of-memory fallback of the run (over all attempts): the batch,
+    the micro-batch it ended with, and each reduction (step, from, to)."""
+    changes = [{k: r[k] for k in ("attempt", "step", "from", "to", "accumulation") if k in r}
+               for r in records if r.get("event") == "micro_batch"]
+    return {"batch": batch, "final": changes[-1]["to"] if changes else batch, "changes": changes}
 
 
 def _set_aside_if_stale(paths: RunPaths, fingerprint: str) -> bool:
