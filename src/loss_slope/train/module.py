@@ -73,11 +73,16 @@ class CurveModule(LightningModule):
 
     ``fault`` is the test-only OOM injector (:mod:`loss_slope.train.faults`):
     called as ``fault(step, micro_batch)`` before every forward of a step.
+
+    ``compile`` (opt-in, ``trainer.compile``): keyword arguments of
+    ``torch.compile`` for the training forward only. ``forward`` (validation,
+    the curvature monitor's Hessian-vector products, which need double
+    backward) stays eager, and the state dict keys stay those of ``net``.
     """
 
     def __init__(self, net: torch.nn.Module, optimizer, schedule: Schedule, *, channels_last: bool = False,
                  gradient_clip_val: float | None = None, micro_batcher: MicroBatcher | None = None,
-                 fault: Callable[[int, int], None] | None = None) -> None:
+                 fault: Callable[[int, int], None] | None = None, compile: dict | None = None) -> None:
         super().__init__()
         self.automatic_optimization = False
         self.net = net
@@ -87,6 +92,8 @@ class CurveModule(LightningModule):
         self.gradient_clip_val = gradient_clip_val
         self.micro = micro_batcher or MicroBatcher()
         self.fault = fault
+        # not an attribute nn.Module registers: the compiled wrapper shares net's parameters
+        self.__dict__["_train_forward"] = torch.compile(self.forward, **compile) if compile else self.forward
         self._buffer_copy: list[torch.Tensor] | None = None
         self.val_result: tuple[torch.Tensor, torch.Tensor] | None = None
         self._val_sum = self._val_correct = None
@@ -127,7 +134,7 @@ class CurveModule(LightningModule):
         if micro >= n:  # the plain step
             if self.fault is not None:
                 self.fault(step, n)
-            logits = self(x)
+            logits = self._train_forward(x)
             loss = F.cross_entropy(logits, y)
             self.manual_backward(loss)
             return loss.detach(), (logits.detach().argmax(1) == y).sum()
@@ -136,7 +143,7 @@ class CurveModule(LightningModule):
         for xs, ys in zip(x.split(micro), y.split(micro)):
             if self.fault is not None:
                 self.fault(step, micro)
-            logits = self(xs)
+            logits = self._train_forward(xs)
             part = F.cross_entropy(logits, ys, reduction="sum") / n  # sums to the batch mean
             self.manual_backward(part)
             loss = loss + part.detach().float()

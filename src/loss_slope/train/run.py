@@ -171,7 +171,7 @@ def run_training(cfg) -> int:
     module = CurveModule(net, hydra.utils.instantiate(cfg.optimizer), schedule,
                          channels_last=bool(cfg.trainer.channels_last),
                          gradient_clip_val=cfg.trainer.gradient_clip_val, micro_batcher=micro,
-                         fault=oom_injector(cfg))
+                         fault=oom_injector(cfg), compile=compile_options(cfg.trainer.get("compile")))
     recorder = MetricRecorder(
         tables_dir=paths.tables, steps_per_epoch=spe, total_steps=total, val_interval=val_interval,
         flush_every=int(cfg.trainer.flush_every_steps), log_every=cfg.trainer.log_every_steps,
@@ -240,6 +240,13 @@ def run_training(cfg) -> int:
     log.info("run %s: %d of %d steps in %d attempt(s)", outcome["status"], step, total, attempt)
     _write_output(cfg, paths, done)
     return EXIT_OK
+
+
+def compile_options(c) -> dict | None:
+    """``trainer.compile`` -> keyword arguments of ``torch.compile`` (None: off)."""
+    if not c or not c.get("enabled"):
+        return None
+    return {k: c[k] for k in ("backend", "mode", "dynamic") if c.get(k) is not None}
 
 
 def micro_batch_summary(records: list[dict], batch: int) -> dict:
