@@ -52,6 +52,25 @@ class Problem:
         self.nb = self.bins.count
         self._chol: dict[NoiseModel, np.ndarray] = {}
         self._chol_inv: dict[NoiseModel, np.ndarray] = {}
+        #: heteroscedastic noise: per-row scale of the log-loss noise (None = constant)
+        self.row_scale: np.ndarray | None = None
+        #: ... and its per-bin RMS, which multiplies the bin-mean covariance: D C D
+        self.bin_scale: np.ndarray | None = None
+
+    def set_scale(self, row_scale: np.ndarray | None) -> None:
+        """Use a smooth noise scale ``sigma(step)`` (rows); ``None`` for constant noise.
+
+        The bin-mean covariance becomes ``D C D`` with ``D = diag(bin RMS of sigma)``
+        (sigma varies little inside a 0.01-decade bin), and the ``"ols"`` weights
+        become ``count / D^2``.
+        """
+        self._chol, self._chol_inv = {}, {}
+        if row_scale is None:
+            self.row_scale = self.bin_scale = None
+            return
+        rs = np.asarray(row_scale, dtype=float)
+        self.row_scale = rs
+        self.bin_scale = np.sqrt(np.add.reduceat(rs * rs, self.bins.start) / self.bins.count)
 
     @property
     def m(self) -> int:
@@ -72,12 +91,17 @@ class Problem:
 
     def rebinned(self, y_raw_normalised: np.ndarray) -> "Problem":
         """Same curve, bins recomputed from new (normalised) raw values."""
-        return Problem(self.curve, bin_decades=self.bin_decades, y_raw=y_raw_normalised + self.y_ref)
+        p = Problem(self.curve, bin_decades=self.bin_decades, y_raw=y_raw_normalised + self.y_ref)
+        p.set_scale(self.row_scale)
+        return p
 
     def chol(self, noise: NoiseModel) -> np.ndarray:
         """Lower Cholesky factor of the bin-mean covariance (cached per noise model)."""
         if noise not in self._chol:
-            self._chol = {noise: noise.bin_cholesky(self.bins)}
+            L = noise.bin_cholesky(self.bins)
+            if self.bin_scale is not None:
+                L = self.bin_scale[:, None] * L
+            self._chol = {noise: L}
             self._chol_inv = {}
         return self._chol[noise]
 
@@ -116,6 +140,8 @@ def whitener(problem: Problem, estimator: str, noise: NoiseModel | None) -> Whit
         if noise is None:
             raise ValueError("gls needs a noise model")
         return Whitener(chol_inv=problem.chol_inv(noise))
+    if problem.bin_scale is not None:
+        return Whitener(sqrt_w=np.sqrt(problem.nb) / problem.bin_scale)
     return Whitener(sqrt_w=np.sqrt(problem.nb))
 
 
@@ -331,7 +357,8 @@ def covariance(problem: Problem, core: Core, noise: NoiseModel, estimator: str):
             Jt = linalg.solve_triangular(L, J, lower=True, check_finite=False)
             sub = _pinv_sym(Jt.T @ Jt)
         else:
-            nj = J * problem.nb[:, None]
+            w = problem.nb if problem.bin_scale is None else problem.nb / problem.bin_scale**2
+            nj = J * w[:, None]
             a_inv = _pinv_sym(J.T @ nj)
             ljt = L.T @ nj  # Sigma = L L'
             meat = ljt.T @ ljt

@@ -42,7 +42,7 @@ import numpy as np
 from . import _engine as E
 from ._data import DEFAULT_BIN_DECADES, log_t, min_points_for, prepare_curve, z_value
 from .exceptions import NotEnoughPoints, UnknownMethod
-from .noise import NoiseModel, estimate_noise, reml_refine
+from .noise import NoiseModel, estimate_noise, estimate_scale, reml_refine
 from .scan import hinge_scan
 
 __all__ = [
@@ -159,9 +159,10 @@ class _LrtFit:
     stat: float
     scale: float
     robust: bool
+    scale_ratio: float = 1.0  # max/min of the fitted noise scale (1: constant noise)
 
 
-def _lrt_fit(prob: E.Problem, *, knee_range=None, robust: str = "auto") -> _LrtFit:
+def _lrt_fit(prob: E.Problem, *, knee_range=None, robust: str = "auto", hetero: bool = True) -> _LrtFit:
     consts = E.knee_consts(prob, knee_range)
     lb0, ub0, free0, t_fixed = E.power_bounds(prob, True, True)
     wh_ols = E.whitener(prob, "ols", None)
@@ -178,18 +179,38 @@ def _lrt_fit(prob: E.Problem, *, knee_range=None, robust: str = "auto") -> _LrtF
         prob, null0, wh_ols, floor=True, shift=True, consts=consts, grid=0, extra_starts=starts[:1]
     )
     raw = E.raw_residuals(prob, alt0)
+    # heteroscedastic noise (a smooth scale along the curve), modelled only when
+    # clearly present; then the OLS pilot fits are redone with the new weights
+    row_scale, scale_ratio = estimate_scale(prob.s, raw) if hetero else (None, 1.0)
+    if row_scale is not None:
+        prob.set_scale(row_scale)
+        wh_ols = E.whitener(prob, "ols", None)
+        null0 = E.nls(prob, "power", null0.theta, free0, lb0, ub0, wh_ols)
+        for th in E.power_starts(prob, True, True, t_fixed):
+            c = E.nls(prob, "power", th, free0, lb0, ub0, wh_ols)
+            if c.chi2 < null0.chi2:
+                null0 = c
+        starts = E.profile_starts(prob, null0, wh_ols, lb1, ub1, free1, consts=consts, n_best=3)
+        alt0 = E.fit_two_power_core(
+            prob, null0, wh_ols, floor=True, shift=True, consts=consts, grid=0, extra_starts=[alt0.theta] + starts
+        )
+        raw = E.raw_residuals(prob, alt0)
+    sig = 1.0 if row_scale is None else row_scale
+    std = raw / sig  # standardised residuals: white + AR(1) of constant scale
     inside = 1.0
     used_robust = False
-    if robust == "always" or (robust == "auto" and E.excess_kurtosis(np.diff(raw)) > E.heavy_tail_threshold(prob.n)):
+    if robust == "always" or (robust == "auto" and E.excess_kurtosis(np.diff(std)) > E.heavy_tail_threshold(prob.n)):
         # one Huber pseudo-observation step around the flexible fit
-        delta = 1.5 * E.robust_sigma(raw)
-        psi = np.clip(raw, -delta, delta)
-        prob = prob.rebinned(prob.y - raw + psi)
-        inside = max(float(np.mean(np.abs(raw) <= delta)), 0.05)
-        raw = psi
+        delta = 1.5 * E.robust_sigma(std)
+        psi = np.clip(std, -delta, delta)
+        prob = prob.rebinned(prob.y - raw + psi * sig)
+        inside = max(float(np.mean(np.abs(std) <= delta)), 0.05)
+        std = psi
         used_robust = True
     mb, _ = prob.bin_model(alt0.fn(), alt0.theta, jac=False)
-    nz = reml_refine(estimate_noise(raw), prob.bins, alt0.jac, prob.yb - mb, slack=REML_SLACK)
+    nz = reml_refine(
+        estimate_noise(std), prob.bins, alt0.jac, prob.yb - mb, slack=REML_SLACK, bin_scale=prob.bin_scale
+    )
     # Huber sandwich: Var(estimate) ~ E[psi^2] / E[psi']^2, so the pseudo-data noise
     # is inflated by 1 / P(|r| <= delta)^2 for the test to stay calibrated
     noise = (
@@ -209,7 +230,7 @@ def _lrt_fit(prob: E.Problem, *, knee_range=None, robust: str = "auto") -> _LrtF
     dof = max(prob.m - alt.k, 1)
     scale = max(1.0, alt.chi2 / dof)
     stat = max(null.chi2 - alt.chi2, 0.0) / scale
-    return _LrtFit(prob, null, alt, noise, stat, scale, used_robust)
+    return _LrtFit(prob, null, alt, noise, stat, scale, used_robust, scale_ratio)
 
 
 def _nested(null: E.Core) -> np.ndarray:
@@ -238,6 +259,7 @@ def _broken_power_lrt(
     knee_range: tuple[float, float] | None = None,
     min_change: float = 0.0,
     robust: str = "auto",
+    hetero: bool = True,
     confidence: float = 0.95,
     bin_decades: float = DEFAULT_BIN_DECADES,
     nonfinite: str = "raise",
@@ -255,6 +277,10 @@ def _broken_power_lrt(
         Changing it changes the null distribution: recalibrate.
     min_change : float
         Minimum |exponent_after - exponent_before| to report a knee.
+    hetero : bool
+        Model a smooth change of the noise scale along the curve when the
+        residuals show one (:func:`loss_slope.analysis.noise.estimate_scale`);
+        ``False`` forces constant-scale noise.
     """
     spe = _check_spe(steps_per_epoch)
     thr = LRT_THRESHOLD if threshold is None else float(threshold)
@@ -262,7 +288,7 @@ def _broken_power_lrt(
     prob = E.Problem(curve, bin_decades=bin_decades)
     if prob.m < 12:
         raise NotEnoughPoints(12, prob.m, "log-spaced bins")
-    fit = _lrt_fit(prob, knee_range=knee_range, robust=robust)
+    fit = _lrt_fit(prob, knee_range=knee_range, robust=robust, hetero=hetero)
     a1, a2 = float(fit.alt.theta[1]), float(fit.alt.theta[2])
     step = E.knee_step_of(fit.alt.theta, fit.alt.consts)
     lo, hi, se = _knee_ci(fit, z_value(confidence))
@@ -290,6 +316,7 @@ def _broken_power_lrt(
                 "noise_ar_phi": fit.noise.ar_phi,
                 "effective_n": neff,
                 "robust": float(fit.robust),
+                "noise_scale_ratio": fit.scale_ratio,
                 "n_masked": float(curve.n_masked),
             }
         ),

@@ -26,7 +26,7 @@ from scipy import linalg, optimize, signal
 
 from ._data import LogBins
 
-__all__ = ["NoiseModel", "estimate_noise"]
+__all__ = ["NoiseModel", "estimate_noise", "estimate_scale"]
 
 _PHI_MAX = 0.9995
 
@@ -252,6 +252,7 @@ def reml_refine(
     n_grid: int = 9,
     slack: float = 0.0,
     adaptive: bool = False,
+    bin_scale: np.ndarray | None = None,
 ) -> NoiseModel:
     """Re-estimate the AR(1) coefficient by restricted maximum likelihood on bin means.
 
@@ -279,6 +280,9 @@ def reml_refine(
         the maximum (a one-sided confidence bound): with few correlation lengths in
         the curve ``phi`` is poorly determined, and erring towards more persistence
         keeps tests conservative.  0 gives the REML estimate.
+    bin_scale : ndarray, shape (m,), optional
+        Heteroscedastic noise: the bin covariance is ``D C D`` with ``D = diag(bin_scale)``
+        (see :func:`estimate_scale`).
     adaptive : bool
         Scale ``slack`` by ``min(1, sqrt(10 / (n (1 - phi_reml))))``: full slack
         only when the curve spans fewer than ~10 correlation lengths.
@@ -304,6 +308,8 @@ def reml_refine(
             L = linalg.cholesky(cand.bin_covariance(bins), lower=True, check_finite=False)
         except linalg.LinAlgError:
             continue
+        if bin_scale is not None:
+            L = bin_scale[:, None] * L
         jt = linalg.solve_triangular(L, jac, lower=True, check_finite=False)
         rt = linalg.solve_triangular(L, resid, lower=True, check_finite=False)
         q, rr = np.linalg.qr(jt)
@@ -322,3 +328,105 @@ def reml_refine(
         n_rows = float(bins.stop[-1] - bins.start[0])
         slack = slack * min(1.0, math.sqrt(10.0 / max(n_rows * (1.0 - best.ar_phi), 1e-9)))
     return max((c for ll, c in cands if ll >= top - slack), key=lambda c: c.ar_phi)
+
+
+#: Coarse groups for the noise-scale estimate: width in decades of (step + 1) ...
+SCALE_GROUP_DECADES = 0.1
+#: ... and minimum number of first differences per group.
+SCALE_GROUP_MIN = 24
+#: Heteroscedasticity is modelled only when the fitted scale varies by more than
+#: this factor over the curve ...
+SCALE_MIN_RATIO = 1.5
+#: ... and the quadratic scale model beats a constant by this chi-square (2 dof).
+SCALE_MIN_CHI2 = 25.0
+
+
+def estimate_scale(steps, residuals) -> tuple[np.ndarray | None, float]:
+    """Smooth scale of the log-loss noise along the curve (heteroscedasticity).
+
+    Batch-level log loss of a classifier is far from constant-variance: when most
+    examples of a batch are fitted, the batch loss is carried by a few mistakes and
+    its logarithm scatters widely (on the demo runs the robust s.d. of log loss
+    grows from ~0.005 on the initial plateau to ~1 at the end).  A constant noise
+    model then gives the plateau and the drop the weight of the noisy tail, and any
+    structure there is invisible to a likelihood-ratio test.
+
+    Model: ``e_i = sigma(step_i) * (w_i + u_i)`` with ``w + u`` the white + AR(1)
+    noise of :class:`NoiseModel`.  ``ln sigma`` is a quadratic in
+    ``log10(step + 1)`` fitted to the log of robust (MAD) s.d.s of the *first
+    differences* of the residuals (which remove slow AR wander and smooth misfit)
+    in coarse log-spaced groups (0.1 decade, >= 24 differences), weighted by
+    their sampling precision (var(ln MAD) ~ 1.36 / n); this quadratic is the
+    *test* for heteroscedasticity.  The scale used is the group estimates smoothed
+    by a 3-point running mean and interpolated linearly in ``log10(step + 1)``
+    (flat beyond the first/last group).  It is used only when the quadratic
+    beats a constant by chi-square > :data:`SCALE_MIN_CHI2` and varies by more than
+    :data:`SCALE_MIN_RATIO` over the curve; otherwise ``None`` (constant noise),
+    so homoscedastic curves are analysed exactly as before.
+
+    Parameters
+    ----------
+    steps : ndarray, shape (n,)
+    residuals : ndarray, shape (n,)
+        Raw log-loss residuals of a fitted mean curve.
+
+    Returns
+    -------
+    (scale, ratio)
+        ``scale``: per-row sigma normalised to geometric mean 1 over the rows, or
+        ``None``; ``ratio``: max / min of the fitted sigma over the curve (1.0
+        when not modelled).
+    """
+    s = np.asarray(steps, dtype=float)
+    r = np.asarray(residuals, dtype=float)
+    if s.size < 4 * SCALE_GROUP_MIN:
+        return None, 1.0
+    d = np.diff(r)
+    xd = np.log10(s[1:] + 1.0)
+    gid = np.floor((xd - xd[0]) / SCALE_GROUP_DECADES).astype(np.int64)
+    # merge groups forward until each has SCALE_GROUP_MIN differences
+    cuts = [0]
+    last = 0
+    for i in np.flatnonzero(np.diff(gid)) + 1:
+        if i - last >= SCALE_GROUP_MIN:
+            cuts.append(int(i))
+            last = int(i)
+    if d.size - cuts[-1] < SCALE_GROUP_MIN and len(cuts) > 1:
+        cuts.pop()
+    cuts.append(d.size)
+    xs, ls, ns = [], [], []
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        seg = d[a:b]
+        mad = float(np.median(np.abs(seg - np.median(seg))))
+        if mad <= 0:
+            continue
+        xs.append(float(np.mean(xd[a:b])))
+        ls.append(math.log(mad))
+        ns.append(float(b - a))
+    if len(xs) < 5:
+        return None, 1.0
+    xs, ls, ns = np.array(xs), np.array(ls), np.array(ns)
+    w = ns / 1.36
+    xc = xs - np.average(xs, weights=w)
+    X = np.column_stack((np.ones_like(xc), xc, xc * xc))
+    sw = np.sqrt(w)
+    beta, *_ = np.linalg.lstsq(X * sw[:, None], ls * sw, rcond=None)
+    rss_q = float(np.sum(w * (ls - X @ beta) ** 2))
+    rss_0 = float(np.sum(w * (ls - np.average(ls, weights=w)) ** 2))
+    x_row = np.clip(np.log10(s + 1.0), xs[0], xs[-1]) - (xs - xc)[0]
+    lsig = beta[0] + beta[1] * x_row + beta[2] * x_row * x_row
+    ratio = float(math.exp(np.max(lsig) - np.min(lsig)))
+    if rss_0 - rss_q < SCALE_MIN_CHI2 or ratio < SCALE_MIN_RATIO:
+        return None, 1.0
+    # the scale itself: the group estimates, smoothed by a 3-point running mean
+    # (in ln sigma, weighted by precision) and interpolated linearly in log10(step+1).
+    # A global quadratic cannot follow a flat plateau followed by a steep rise.
+    k = ls.size
+    sm = np.empty(k)
+    for i in range(k):
+        a, b = max(i - 1, 0), min(i + 2, k)
+        sm[i] = np.average(ls[a:b], weights=w[a:b])
+    lsig = np.interp(np.log10(s + 1.0), xs, sm)
+    ratio = float(math.exp(np.max(lsig) - np.min(lsig)))
+    lsig = lsig - float(np.mean(lsig))
+    return np.exp(lsig), ratio

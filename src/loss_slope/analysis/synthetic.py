@@ -34,6 +34,7 @@ __all__ = [
     "true_loss",
     "sample_spec",
     "NOISE_CLASSES",
+    "sample_demo_spec",
 ]
 
 #: Noise classes used by tests, the benchmark and the calibration.
@@ -68,6 +69,15 @@ class CurveSpec:
         AR(1) coefficient of the slow multiplicative wander (0 = none).
     ar_sigma : float
         Stationary s.d. of the AR(1) wander (log units).
+    noise_loss_power : float
+        Heteroscedastic noise: both noise parts are multiplied at step ``i`` by
+        ``(clean_i / initial_loss) ** -noise_loss_power`` (so the white s.d. is
+        ``noise_sigma`` times that), the factor capped so that neither s.d.
+        exceeds ``noise_sigma_max`` (0 = constant s.d.).  Batch log loss of a classifier
+        scatters more as the loss falls (on the demo runs, from ~0.005 on the
+        plateau to ~1 at the end).
+    noise_sigma_max : float
+        Cap of the heteroscedastic s.d.s.
     """
 
     n_steps: int = 20_000
@@ -81,6 +91,8 @@ class CurveSpec:
     noise_sigma: float = 0.05
     ar_phi: float = 0.0
     ar_sigma: float = 0.0
+    noise_loss_power: float = 0.0
+    noise_sigma_max: float = 1.5
 
     def __post_init__(self) -> None:
         if self.n_steps < 2:
@@ -191,13 +203,19 @@ def make_curve(spec: CurveSpec, *, seed: int) -> SyntheticCurve:
     rng = np.random.default_rng(seed)
     steps = np.arange(spec.n_steps, dtype=float)
     clean = true_loss(steps, spec)
-    noise = spec.noise_sigma * rng.standard_normal(spec.n_steps)
+    fac = 1.0  # heteroscedastic scale factor (applies to the white and the AR part)
+    if spec.noise_loss_power > 0:
+        fac = (clean / spec.initial_loss) ** -spec.noise_loss_power
+        top = max(spec.noise_sigma, spec.ar_sigma)
+        if top > 0:
+            fac = np.minimum(fac, spec.noise_sigma_max / top)
+    noise = spec.noise_sigma * fac * rng.standard_normal(spec.n_steps)
     if spec.ar_phi > 0 and spec.ar_sigma > 0:
         innov_sd = spec.ar_sigma * math.sqrt(1.0 - spec.ar_phi**2)
         e = innov_sd * rng.standard_normal(spec.n_steps)
         e[0] = spec.ar_sigma * rng.standard_normal()  # start in the stationary law
         ar, _ = signal.lfilter([1.0], [1.0, -spec.ar_phi], e, zi=[0.0])
-        noise = noise + ar
+        noise = noise + fac * ar
     loss = clean * np.exp(noise)
     return SyntheticCurve(steps=steps, loss=loss, clean=clean, spec=spec, seed=int(seed))
 
@@ -280,6 +298,43 @@ def sample_spec(
         c = share / (1.0 - share) * end
         spec = dataclasses.replace(spec, floor=min(c, 0.5 * spec.initial_loss))
     return spec
+
+
+def sample_demo_spec(rng: np.random.Generator, *, knee: bool, n_steps: int = 1320) -> CurveSpec:
+    """A curve like the offline demo's BN-off runs (~1,300 per-step points).
+
+    With ``knee=True``: a flat plateau at ``initial_loss`` (exponent 0) until the knee
+    at step 30-120, then a power law with exponent 0.8-1.6 (corner rounded by a
+    softplus 0.1 wide in ln tau); the answer is that knee.  With ``knee=False``: a
+    single power law with a transient shift of 30-120 steps (a smooth plateau, which
+    the default detector's null model contains), exponent 0.8-1.6; no knee.  Both
+    have strongly heteroscedastic multiplicative noise: log-noise s.d. 0.005-0.02 on
+    the plateau growing as ``loss ** -(1.0-1.8)`` up to 1.5, plus on half of them a
+    mild AR(1) wander (phi 0.9-0.98, s.d. 0.02-0.05 on the plateau) scaled by the
+    same factor.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+    knee : bool
+    n_steps : int
+
+    Returns
+    -------
+    CurveSpec
+    """
+    t = float(math.exp(rng.uniform(math.log(30), math.log(120))))
+    alpha = float(rng.uniform(0.8, 1.6))
+    sigma = float(rng.uniform(0.005, 0.02))
+    power = float(rng.uniform(1.0, 1.8))
+    phi = ar_sigma = 0.0
+    if rng.random() < 0.5:
+        phi = float(rng.uniform(0.9, 0.98))
+        ar_sigma = float(rng.uniform(0.02, 0.05))
+    common = dict(n_steps=n_steps, noise_sigma=sigma, noise_loss_power=power, ar_phi=phi, ar_sigma=ar_sigma)
+    if knee:
+        return CurveSpec(alpha=0.0, shift=1.0, knee_step=t, alpha_after=alpha, knee_width=0.1, **common)
+    return CurveSpec(alpha=alpha, shift=t, **common)
 
 
 def iter_suite(
