@@ -9,6 +9,7 @@ import pytest
 
 from loss_slope.tables.csvlog import CsvTable
 from loss_slope.tables.parquet import convert_run
+from loss_slope.tables.schema import TABLES
 from loss_slope.tables.validate import expected_val_steps, validate_run
 from loss_slope.train.schedule import Schedule
 
@@ -128,3 +129,88 @@ def test_diverged_run_is_complete_up_to_its_stop_and_flagged(tmp_path):
     (tmp_path / "steps.csv").write_text("".join((tmp_path / "steps.csv").read_text().splitlines(keepends=True)[:9]))
     _, rep = check(tmp_path)
     assert rep.to_dict()["status"] == "invalid"
+
+
+@pytest.mark.parametrize("damage,expect", [
+    (lambda t: t.replace("step,epoch,", "epoch,step,", 1), "columns out of order"),  # renamed columns by position
+    (lambda t: t.replace("acc_train\n", "acc_train,extra\n", 1), "unexpected ['extra']"),  # extra column
+    (lambda t: "", "header mismatch"),  # empty file
+    (lambda t: t.replace("\n3,", '\n"3",', 1), "not a"),  # the recorder never quotes
+])
+def test_header_and_quoting_are_strict(tmp_path, damage, expect):
+    write_run(tmp_path)
+    p = tmp_path / "steps.csv"
+    p.write_text(damage(p.read_text()))
+    conv, _ = check(tmp_path)
+    errors = conv["tables"]["steps"]["errors"]
+    assert not conv["ok"] and any(expect in e for e in errors), errors
+    assert errors[0].startswith(f"{p}:")
+    assert pq.read_table(tmp_path / "s.parquet").num_rows == 0
+
+
+def test_out_of_order_rows_are_kept_and_duplicates_found_anywhere(tmp_path):
+    write_run(tmp_path)
+    p = tmp_path / "steps.csv"
+    header, *rows = p.read_text().splitlines(keepends=True)
+    p.write_text(header + "".join(rows[12:] + rows[:12]))  # unique steps, not increasing
+    conv = convert_run(steps_csv=p, val_csv=tmp_path / "val.csv", steps_parquet=tmp_path / "s.parquet",
+                       val_parquet=tmp_path / "v.parquet", report_path=tmp_path / "conv.json")
+    assert conv["ok"] and conv["tables"]["steps"]["rows"] == 24
+    assert pq.read_table(tmp_path / "s.parquet")["step"].to_pylist() == list(range(12, 24)) + list(range(12))
+    p.write_text(header + "".join(rows[12:] + rows[:12] + rows[20:21]))  # step 20 again, not next to its twin
+    conv = convert_run(steps_csv=p, val_csv=tmp_path / "val.csv", steps_parquet=tmp_path / "s.parquet",
+                       val_parquet=tmp_path / "v.parquet", report_path=tmp_path / "conv.json")
+    errors = conv["tables"]["steps"]["errors"]
+    assert not conv["ok"] and errors == [f"{p}:26: step 20 duplicates line 10"], errors
+    assert pq.read_table(tmp_path / "s.parquet").num_rows == 0
+
+
+def test_parquet_is_exact_and_compact(tmp_path):
+    """Bit-exact floats (incl. nan/inf and 17-digit values); no dictionary for float columns."""
+    rng = np.random.default_rng(1)
+    vals = rng.uniform(0, 1, 500).tolist() + [float("nan"), float("inf"), 5e-324, 1.7976931348623157e308]
+    t = CsvTable(tmp_path / "steps.csv", "steps")
+    t.append((i, i / 3, 1.7e9 + i / 7, 0.1, 1e-4, v, -v, 0.5) for i, v in enumerate(vals))
+    t.close()
+    val = CsvTable(tmp_path / "val.csv", "val")
+    val.close()  # header only
+    conv = convert_run(steps_csv=tmp_path / "steps.csv", val_csv=tmp_path / "val.csv",
+                       steps_parquet=tmp_path / "s.parquet", val_parquet=tmp_path / "v.parquet",
+                       report_path=tmp_path / "conv.json")
+    assert conv["ok"] and conv["tables"]["steps"]["rows"] == len(vals) and conv["tables"]["val"]["rows"] == 0
+    got = pq.read_table(tmp_path / "s.parquet")
+    np.testing.assert_array_equal(got["loss_train_nats"].to_numpy(), np.array(vals))  # nan == nan here
+    np.testing.assert_array_equal(got["epoch"].to_numpy(), np.arange(len(vals)) / 3)
+    assert got.schema.remove_metadata() == TABLES["steps"]
+    meta = pq.ParquetFile(tmp_path / "s.parquet").metadata.row_group(0)
+    cols = {meta.column(i).path_in_schema: meta.column(i) for i in range(meta.num_columns)}
+    assert all(c.compression == "ZSTD" and c.statistics is not None for c in cols.values())
+    assert "BYTE_STREAM_SPLIT" in cols["loss_train_nats"].encodings
+    assert not any("DICTIONARY" in e for e in cols["loss_train_nats"].encodings)
+    assert "DELTA_BINARY_PACKED" in cols["step"].encodings
+    assert (cols["step"].statistics.min, cols["step"].statistics.max) == (0, len(vals) - 1)
+    assert pq.read_table(tmp_path / "v.parquet").num_rows == 0
+
+
+def test_crlf_is_read_and_a_header_without_newline_is_rejected(tmp_path):
+    write_run(tmp_path)
+    p = tmp_path / "steps.csv"
+    p.write_bytes(p.read_bytes().replace(b"\n", b"\r\n"))
+    timings = {}
+    conv = convert_run(steps_csv=p, val_csv=tmp_path / "val.csv", steps_parquet=tmp_path / "s.parquet",
+                       val_parquet=tmp_path / "v.parquet", report_path=tmp_path / "conv.json", timings=timings)
+    assert conv["ok"] and pq.read_table(tmp_path / "s.parquet")["step"].to_pylist() == list(range(24))
+    assert {"read", "parse", "checks", "write", "report"} <= set(timings)
+    v = tmp_path / "val.csv"
+    v.write_text(v.read_text().split("\n")[0])  # a torn header-only file (the recorder writes "header\n")
+    conv = convert_run(steps_csv=p, val_csv=v, steps_parquet=tmp_path / "s.parquet",
+                       val_parquet=tmp_path / "v.parquet", report_path=tmp_path / "conv.json")
+    assert not conv["ok"] and conv["tables"]["val"]["errors"][0].startswith(f"{v}:1: truncated line")
+
+
+def test_missing_file_gives_empty_parquet_and_error(tmp_path):
+    write_run(tmp_path)
+    (tmp_path / "val.csv").unlink()
+    conv, rep = check(tmp_path)
+    assert not conv["ok"] and conv["tables"]["val"]["errors"] == [f"{tmp_path / 'val.csv'}: file not found"]
+    assert pq.read_table(tmp_path / "v.parquet").num_rows == 0 and "conversion" in failed(rep)
