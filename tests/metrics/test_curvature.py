@@ -90,7 +90,8 @@ def test_hutchpp_is_unbiased_with_calibrated_standard_error():
     a = (q * eig) @ q.T
     estimates, errors = [], []
     for seed in range(300):
-        value, se, ritz, _ = C._hutchpp(_MatrixOperator(a), matvecs=50, generator=gen(seed))
+        value, se, ritz, u, hu = C._hutchpp(_MatrixOperator(a), matvecs=50, generator=gen(seed))
+        torch.testing.assert_close(hu, a @ u)  # the free first power-iteration product
         estimates.append(value)
         errors.append(se)
         assert ritz <= eig[0].item() + 1e-9
@@ -154,6 +155,7 @@ def test_ritz_warm_start_converges_at_the_minimum_iterations(mlps):
     top = torch.linalg.eigvalsh(exact_hessian(model, batches))[-1].item()
     got = C.curvature(model, loss_fn, batches, generator=gen(0))
     assert got.lambda_max.converged and got.lambda_max.iterations == 5
+    assert got.lambda_max.matvecs == 4  # the first product comes from Hutch++'s H Q
     assert got.lambda_max.value == pytest.approx(top, rel=0.02)
     assert got.trace.top_ritz_value <= top + 1e-12
 
@@ -226,3 +228,45 @@ def test_cuda_matches_cpu(mlps):
     cuda = C.curvature(copy.deepcopy(model).cuda(), loss_fn, batches, generator=gen(0))  # CPU generator, CUDA params
     assert cuda.lambda_max.value == pytest.approx(cpu.lambda_max.value, rel=1e-6)
     assert cuda.trace.value == pytest.approx(cpu.trace.value, rel=1e-6)
+
+
+def test_free_first_product_changes_nothing_but_the_count(mlps):
+    model, batches = mlps[4]
+    both = C.curvature(model, loss_fn, batches, generator=gen(1))
+    with C._probe(model) as net:
+        op = C._HessianOperator(net, loss_fn, batches, C._trainable(net), keep_graphs=True)
+        _, _, _, u, hu = C._hutchpp(op, matvecs=50, generator=gen(1))
+        torch.testing.assert_close(hu, op.matmat(u.unsqueeze(0))[0], rtol=1e-9, atol=1e-12)
+        before = op.matvecs
+        value, it, _ = C._power_iteration(op, u, iters=20, tol=1e-3, min_iters=5)  # pays for H u
+    assert op.matvecs - before == it == both.lambda_max.iterations
+    assert both.lambda_max.value == pytest.approx(value, rel=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_affine_batchnorm_is_the_eval_mode_function_and_is_restored(dtype):
+    model, batches = bn_net(3, dtype=dtype)
+    x = batches[0][0]
+    model.bn2.weight.requires_grad_(False)  # frozen affine parameters stay frozen
+    with C.evaluation_mode(model):
+        native = model(x)
+        with C.affine_batchnorm(model) as changed:
+            assert changed == 2
+            affine = model(x)
+        assert "forward" not in vars(model.bn1) and "forward" not in vars(model.bn2)
+    torch.testing.assert_close(affine, native)
+    # a train-mode BatchNorm uses batch statistics: left alone
+    with C.affine_batchnorm(model) as changed:
+        assert changed == 0
+    assert model.training
+
+
+def test_hessian_with_affine_batchnorm_matches_native_products():
+    model, batches = bn_net(1)
+    v = torch.randn(1, flat_params(model).numel(), generator=gen(0), dtype=torch.float64)
+    params = [p for p in model.parameters() if p.requires_grad]
+    with C.evaluation_mode(model):
+        native = C._HessianOperator(model, loss_fn, batches, params, keep_graphs=False).matmat(v)
+    with C._probe(model) as net:  # affine BatchNorm inside
+        affine = C._HessianOperator(net, loss_fn, batches, params, keep_graphs=False).matmat(v)
+    torch.testing.assert_close(affine, native, rtol=1e-10, atol=1e-12)

@@ -194,3 +194,42 @@ def test_per_step_path_never_synchronises_with_the_host():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert len(buf) == 16 and moments.count == 40
+
+
+def test_gradient_moments_state_is_one_copy_of_the_parameters_and_resumes_exactly():
+    rng = np.random.default_rng(5)
+    grads = [[torch.from_numpy(rng.normal(0.3, 1.0, s).astype(np.float32)) for s in [(50, 20), (20,)]] for _ in range(9)]
+    straight, resumed = GradientMoments(), GradientMoments()
+    for g in grads[:4]:
+        straight.observe(g)
+    state = straight.state_dict()
+    n_params = 50 * 20 + 20
+    saved = sum(t.numel() * t.element_size() for t in state["mean"]) + state["m2"].numel() * state["m2"].element_size()
+    assert saved == 4 * n_params + 8  # float32 mean + one float64 scalar (was 2 × 4 × n_params)
+    resumed.load_state_dict(state)
+    for g in grads[4:]:
+        straight.observe(g)
+        resumed.observe(g)
+    assert torch.equal(straight.grad_var(), resumed.grad_var())
+    straight.reset()
+    assert straight.state_dict()["mean"] is None  # at a report boundary nothing per-element is saved
+
+
+def test_gradient_moments_load_the_per_element_state_of_version_1():
+    rng = np.random.default_rng(6)
+    grads = [[torch.from_numpy(rng.normal(0.0, 1.0, (7,)).astype(np.float32))] for _ in range(5)]
+    moments = GradientMoments()
+    for g in grads[:3]:
+        moments.observe(g)
+    flat = np.stack([g[0].double().numpy() for g in grads[:3]])
+    old = {  # what version 1 saved: per-element mean and M2
+        "count": 3,
+        "mean": [torch.from_numpy(flat.mean(axis=0).astype(np.float32))],
+        "m2": [torch.from_numpy((3 * flat.var(axis=0)).astype(np.float32))],
+    }
+    other = GradientMoments()
+    other.load_state_dict(old)
+    for g in grads[3:]:
+        moments.observe(g)
+        other.observe(g)
+    assert float(other.grad_var()) == pytest.approx(float(moments.grad_var()), rel=1e-6)

@@ -7,7 +7,9 @@ weights changed.  Hessian-vector products use double backprop
 
 BatchNorm: every measurement runs with the model in eval mode (running
 statistics), which makes the loss a deterministic, per-sample function of the
-weights and leaves the running statistics untouched.  The mode of every
+weights and leaves the running statistics untouched; each eval-mode BatchNorm
+is then evaluated as the equivalent per-channel affine map (:func:`affine_batchnorm`),
+whose double backward is cheaper.  The mode of every
 submodule is restored afterwards, and ``.grad`` of the parameters is never
 written (``torch.autograd.grad`` returns gradients instead of accumulating
 them).  See ``docs/monitors.md`` for the reasoning.
@@ -34,6 +36,7 @@ __all__ = [
     "HutchTrace",
     "LambdaMax",
     "curvature",
+    "affine_batchnorm",
     "evaluation_mode",
     "fixed_batches",
     "hutch_trace",
@@ -52,18 +55,23 @@ class LambdaMax:
         (parameter unit)². Power iteration finds the eigenvalue of largest
         *magnitude*; for trained nets that is the top positive one.
     iterations : int
-        Hessian-vector products used (one per iteration).
+        Power iterations (one Hessian-vector product each).
     converged : bool
         True when the relative change of the Rayleigh quotient fell below
         ``tol`` before ``iters`` ran out.
     seconds : float
         Wall time of the measurement.
+    matvecs : int
+        Hessian-vector products computed for it: ``iterations``, or one fewer
+        when started from Hutch++'s top Ritz vector, whose product ``H u`` is
+        already known (:func:`curvature`). -1 when not recorded.
     """
 
     value: float
     iterations: int
     converged: bool
     seconds: float
+    matvecs: int = -1
 
 
 @dataclass(frozen=True)
@@ -238,25 +246,90 @@ def _rademacher(shape: tuple[int, ...], like: _HessianOperator, generator: torch
     return bits.to(like.device, like.dtype).mul_(2).sub_(1)
 
 
+_PLAIN_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _affine_batchnorm_forward(bn: nn.modules.batchnorm._BatchNorm) -> Callable[[Tensor], Tensor]:
+    def forward(x: Tensor) -> Tensor:
+        scale = torch.rsqrt(bn.running_var + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight
+        shift = -bn.running_mean * scale
+        if bn.bias is not None:
+            shift = shift + bn.bias
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        return torch.addcmul(shift.view(shape), x, scale.view(shape))
+
+    return forward
+
+
+@contextmanager
+def affine_batchnorm(model: nn.Module) -> Iterator[int]:
+    """Inside the block, every eval-mode BatchNorm with running statistics computes ``x·s + t``.
+
+    ``s = weight / sqrt(running_var + eps)`` and ``t = bias − running_mean·s``: the same
+    function of the input *and of the affine parameters* as the native eval-mode BatchNorm
+    (equal up to rounding), so the Hessian is the same. Its double backward is a few
+    per-channel multiplies instead of the generic ``native_batch_norm_backward`` double
+    backward, which makes a Hessian-vector product of ResNet-18 ~6 % cheaper on CPU. Only plain
+    ``BatchNorm1d/2d/3d`` (not subclasses, which may override ``forward``) in eval mode are
+    changed; their ``forward`` is restored on exit. Yields how many modules were changed.
+    """
+    changed = []
+    for m in model.modules():
+        if (
+            type(m) in _PLAIN_BATCHNORMS
+            and not m.training
+            and m.track_running_stats
+            and m.running_mean is not None
+            and m.running_var is not None
+            and "forward" not in m.__dict__
+        ):
+            m.forward = _affine_batchnorm_forward(m)
+            changed.append(m)
+    try:
+        yield len(changed)
+    finally:
+        for m in changed:
+            del m.forward
+
+
 @contextmanager
 def _probe(model: nn.Module) -> Iterator[nn.Module]:
     if torch.is_inference_mode_enabled():
         raise CurvatureError("curvature needs autograd; it cannot run under torch.inference_mode()")
     model = _unwrap(model)
     device = next(model.parameters()).device
-    with evaluation_mode(model), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+    with evaluation_mode(model), affine_batchnorm(model), torch.enable_grad(), torch.autocast(
+        device.type, enabled=False
+    ):
         yield model
 
 
 def _power_iteration(
-    op: _HessianOperator, init: Tensor, *, iters: int, tol: float, min_iters: int
+    op: _HessianOperator,
+    init: Tensor,
+    *,
+    iters: int,
+    tol: float,
+    min_iters: int,
+    init_product: Tensor | None = None,
 ) -> tuple[float, int, bool]:
+    """Power iteration from ``init``; ``init_product = H init`` (if known) saves the first product.
+
+    Returns (Rayleigh quotient, iterations, converged). Iterations count ``init_product``
+    as one; ``op.matvecs`` counts only the products actually computed.
+    """
     if iters < 1:
         raise CurvatureError(f"iters must be >= 1, got {iters}")
-    v = init / init.norm()
+    norm0 = init.norm()
+    v = init / norm0
     value, previous, converged, it = 0.0, math.nan, False, 0
     for it in range(1, iters + 1):
-        w = op.matmat(v.unsqueeze(0))[0]
+        if it == 1 and init_product is not None:
+            w = init_product / norm0  # H is linear: H (init/‖init‖) = (H init)/‖init‖
+        else:
+            w = op.matmat(v.unsqueeze(0))[0]
         value = float(torch.dot(v, w))
         norm = w.norm()
         if float(norm) == 0.0:  # H v = 0 exactly: v is in the null space and H may be zero
@@ -271,8 +344,12 @@ def _power_iteration(
 
 def _hutchpp(
     op: _HessianOperator, *, matvecs: int, generator: torch.Generator | None
-) -> tuple[float, float, float, Tensor]:
-    """Return (trace, std_error, top Ritz value, top Ritz vector)."""
+) -> tuple[float, float, float, Tensor, Tensor]:
+    """Return (trace, std_error, top Ritz value, top Ritz vector u, H u).
+
+    ``H u = (HQ)ᵀ e`` comes from the products already made for ``tr(QᵀHQ)``, so power
+    iteration started at ``u`` gets its first product for free.
+    """
     if matvecs < 3:
         raise CurvatureError(f"Hutch++ needs at least 3 matvecs, got {matvecs}")
     m = matvecs // 3
@@ -286,12 +363,13 @@ def _hutchpp(
     top_trace = torch.trace(t)
     evals, evecs = torch.linalg.eigh(t)
     ritz_vector = q @ evecs[:, -1]
+    ritz_product = hq.T @ evecs[:, -1]  # H (Q e) = Σᵢ eᵢ H qᵢ
     g = _rademacher((n_resid, op.dim), op, generator)
     g -= (g @ q) @ qt  # project onto the complement of span(Q)
     z = (g * op.matmat(g)).sum(dim=1)
     value = float(top_trace + z.mean())
     std_error = float(z.std(correction=1) / math.sqrt(n_resid)) if n_resid > 1 else math.nan
-    return value, std_error, float(evals[-1]), ritz_vector
+    return value, std_error, float(evals[-1]), ritz_vector, ritz_product
 
 
 def lambda_max(
@@ -349,7 +427,9 @@ def lambda_max(
             value, it, converged = _power_iteration(op, v0, iters=iters, tol=tol, min_iters=min_iters)
         finally:
             op.close()
-    return LambdaMax(value=value, iterations=it, converged=converged, seconds=time.perf_counter() - start)
+    return LambdaMax(
+        value=value, iterations=it, converged=converged, seconds=time.perf_counter() - start, matvecs=op.matvecs
+    )
 
 
 def hutch_trace(
@@ -376,7 +456,7 @@ def hutch_trace(
     with _probe(model) as net:
         op = _HessianOperator(net, loss_fn, batches, _trainable(net), keep_graphs=keep_graphs, block=matvec_block)
         try:
-            value, se, ritz, _ = _hutchpp(op, matvecs=matvecs, generator=generator)
+            value, se, ritz, _, _ = _hutchpp(op, matvecs=matvecs, generator=generator)
         finally:
             op.close()
     return HutchTrace(
@@ -406,18 +486,23 @@ def curvature(
 
     One Hessian operator serves both, so the gradient graphs are built once, and
     the Ritz start usually lets power iteration converge in ``min_iters``
-    iterations. Parameters as in :func:`lambda_max` and :func:`hutch_trace`.
+    iterations. The first iteration's product ``H u`` of the Ritz vector ``u``
+    is a combination of Hutch++'s ``H Q`` products, so it costs nothing:
+    power iteration uses ``iterations − 1`` products. Parameters as in
+    :func:`lambda_max` and :func:`hutch_trace`.
     """
     start = time.perf_counter()
     with _probe(model) as net:
         op = _HessianOperator(net, loss_fn, batches, _trainable(net), keep_graphs=keep_graphs, block=matvec_block)
         try:
             t0 = time.perf_counter()
-            value, se, ritz, ritz_vector = _hutchpp(op, matvecs=matvecs, generator=generator)
+            value, se, ritz, ritz_vector, ritz_product = _hutchpp(op, matvecs=matvecs, generator=generator)
             trace = HutchTrace(value, op.matvecs, time.perf_counter() - t0, se, se * se, ritz)
             t0, before = time.perf_counter(), op.matvecs
-            lam, it, converged = _power_iteration(op, ritz_vector, iters=iters, tol=tol, min_iters=min_iters)
-            top = LambdaMax(lam, op.matvecs - before, converged, time.perf_counter() - t0)
+            lam, it, converged = _power_iteration(
+                op, ritz_vector, iters=iters, tol=tol, min_iters=min_iters, init_product=ritz_product
+            )
+            top = LambdaMax(lam, it, converged, time.perf_counter() - t0, matvecs=op.matvecs - before)
         finally:
             op.close()
     return Curvature(lambda_max=top, trace=trace, seconds=time.perf_counter() - start)

@@ -73,7 +73,8 @@ CURVATURE_KEYS = (
 )
 NOISE_KEYS = ("step", "epoch", "psd_tail", "resid_power", "grad_var", "psd_points", "grad_var_steps")
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2  # 2: GradientMoments keeps a scalar M2 (version 1, per-element M2, still loads)
+_LOADABLE_VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -272,7 +273,7 @@ class Monitors:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("version") != _STATE_VERSION:
+        if state.get("version") not in _LOADABLE_VERSIONS:
             raise MonitorError(f"unknown monitor state version {state.get('version')}")
         predictor, residuals, grad_moments = self._components()  # all or nothing
         predictor.load_state_dict(state["predictor"])

@@ -9,8 +9,8 @@
   residual² per (cycle/step); identical to ``scipy.signal.periodogram(x, fs=1,
   window="hann", detrend="constant", scaling="density")``.
 * :class:`GradientMoments` — trace of the covariance of mini-batch gradients
-  across the steps since the last report, via per-element Welford updates
-  with ``torch._foreach`` ops.
+  across the steps since the last report, via Welford updates (per-element
+  mean, summed M2) with ``torch._foreach`` ops.
 
 Nothing here moves a value to the host on the per-step path; the definitions
 with formulas are in ``docs/monitors.md``.
@@ -286,20 +286,24 @@ def resid_power(
 
 
 class GradientMoments:
-    """Per-element running mean and sum of squared deviations of the gradient (Welford).
+    """Per-element running mean of the gradient and the *summed* Welford M2 (a scalar).
 
     After ``n`` observed gradients ``g₁ … gₙ`` (one per optimizer step),
     :meth:`grad_var` is ``Σ_j [ (1/n)Σ_t g_{t,j}² − ((1/n)Σ_t g_{t,j})² ]``,
     the trace of the (population, 1/n) covariance of the gradient across those
-    steps. The Welford form ``M2 += (n−1)/n · δ²`` with ``δ = g − mean_old``
-    avoids the cancellation of ``E[g²] − E[g]²`` in float32. Accumulators are
-    float32 (float64 for float64 gradients) on the gradients' device.
+    steps. Only the trace is reported, so only ``M2 = Σ_j M2_j`` is kept: the
+    Welford update summed over the elements is ``M2 += (n−1)/n · ‖δ‖²`` with
+    ``δ = g − mean_old``, which avoids the cancellation of ``E[g²] − E[g]²`` in
+    float32 exactly as the per-element form does. The mean is float32 (float64
+    for float64 gradients) on the gradients' device; ``M2`` is a float64 device
+    scalar; each tensor's ``‖δ‖`` is computed in the mean's dtype and squared and summed in float64. State: one copy of the
+    parameters (the mean) plus a scalar, half of what a per-element M2 needs.
     """
 
     def __init__(self) -> None:
         self.count = 0
         self._mean: list[Tensor] | None = None
-        self._m2: list[Tensor] | None = None
+        self._m2: Tensor | None = None  # 0-d float64: Σ_j M2_j
         self._delta: list[Tensor] | None = None
 
     def observe(self, grads: list[Tensor]) -> None:
@@ -307,12 +311,12 @@ class GradientMoments:
         if self._mean is None:
             dtypes = [torch.promote_types(g.dtype, torch.float32) for g in grads]
             self._mean = [torch.zeros_like(g, dtype=d) for g, d in zip(grads, dtypes)]
-            self._m2 = [torch.zeros_like(g, dtype=d) for g, d in zip(grads, dtypes)]
+            self._m2 = torch.zeros((), dtype=torch.float64, device=grads[0].device)
         elif len(grads) != len(self._mean):
             raise MonitorError(f"got {len(grads)} gradient tensors, tracking {len(self._mean)}")
         if self._mean[0].device != grads[0].device:  # state loaded on another device
             self._mean = [m.to(grads[0].device) for m in self._mean]
-            self._m2 = [m.to(grads[0].device) for m in self._m2]
+            self._m2 = self._m2.to(grads[0].device)
         if self._delta is None or self._delta[0].device != self._mean[0].device:
             self._delta = [torch.empty_like(m) for m in self._mean]  # scratch: no allocation per step
         self.count += 1
@@ -320,7 +324,11 @@ class GradientMoments:
         torch._foreach_copy_(delta, grads)  # also casts low-precision grads to the accumulator dtype
         torch._foreach_sub_(delta, self._mean)
         torch._foreach_add_(self._mean, delta, alpha=1.0 / self.count)
-        torch._foreach_addcmul_(self._m2, delta, delta, value=(self.count - 1) / self.count)
+        if self.count > 1:  # the first step adds (n−1)/n = 0
+            # per-tensor norms in the accumulator dtype (a float64 norm of float32 tensors is ~1.5x
+            # slower on CPU), squared and summed in float64
+            norms = torch.stack(torch._foreach_norm(delta)).to(torch.float64)
+            self._m2.add_(norms.square().sum(), alpha=(self.count - 1) / self.count)
 
     def observe_model(self, model: nn.Module) -> None:
         """Observe ``p.grad`` of every parameter with ``requires_grad`` (a missing grad counts as zero)."""
@@ -328,11 +336,10 @@ class GradientMoments:
         self.observe([p.grad if p.grad is not None else torch.zeros_like(p) for p in params])
 
     def grad_var(self) -> Tensor:
-        """``Σ M2 / n`` as a 0-d float64 device tensor (the reader syncs)."""
+        """``M2 / n`` as a 0-d float64 device tensor (the reader syncs)."""
         if self._m2 is None or self.count == 0:
             raise NotEnoughPoints("no gradient observed since the last reset")
-        total = torch.stack([m.sum(dtype=torch.float64) for m in self._m2]).sum()
-        return total / self.count
+        return self._m2 / self.count
 
     def mean_sq_norm(self) -> Tensor:
         """``‖E[g]‖²`` of the running mean gradient (0-d float64 device tensor)."""
@@ -345,17 +352,27 @@ class GradientMoments:
         self.count = 0
         if self._mean is not None:
             torch._foreach_zero_(self._mean)
-            torch._foreach_zero_(self._m2)
+            self._m2.zero_()
 
     def state_dict(self) -> dict[str, Any]:
+        """``count``, the per-element ``mean`` and the scalar ``m2``: all a resumed window needs.
+
+        At a report boundary (``count == 0``) the mean is all zeros and is not saved.
+        """
+        live = self._mean is not None and self.count > 0
         return {
             "count": self.count,
-            "mean": None if self._mean is None else [m.clone() for m in self._mean],
-            "m2": None if self._m2 is None else [m.clone() for m in self._m2],
+            "mean": [m.clone() for m in self._mean] if live else None,
+            "m2": self._m2.clone() if live else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        m2 = state["m2"]
+        if isinstance(m2, list):  # version-1 state: per-element M2
+            m2 = torch.stack([t.sum(dtype=torch.float64) for t in m2]).sum()
         self.count = int(state["count"])
         self._mean = None if state["mean"] is None else [m.clone() for m in state["mean"]]
-        self._m2 = None if state["m2"] is None else [m.clone() for m in state["m2"]]
+        self._m2 = None if m2 is None else m2.clone().to(torch.float64)
+        if self._mean is None:
+            self.count = 0  # nothing observed in this window yet; accumulators are allocated at first use
         self._delta = None

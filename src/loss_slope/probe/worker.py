@@ -5,6 +5,16 @@
 After building the model and data and a few warm-up steps, the worker waits
 until all K workers are ready (files in DIR), so the timed steps really run
 concurrently. A CUDA out-of-memory error is reported, not raised.
+
+Monitors: when ``trainer.monitors`` turns them on (as in training), every step
+also feeds them (the gradient moments hold one more copy of the parameters plus
+a scratch copy), and after the timed steps the worker runs **one curvature
+event** with the configured settings on the configured held-out batches. Its
+double-backward graphs and Hutch++ blocks raise the peak memory above a plain
+training step, and ``peak_mem_mb`` includes that peak, so N per GPU is not
+over-estimated. The event is outside the timed window (it happens once every
+``curvature_every_steps`` in training); its seconds are reported as
+``curvature_seconds``, the peak before it as ``peak_mem_train_mb``.
 """
 
 from __future__ import annotations
@@ -33,7 +43,9 @@ def measure(overrides: list[str], *, steps: int, warmup: int, barrier: Path | No
     import torch.nn.functional as F
 
     from loss_slope.data.datasets import build_data
+    from loss_slope.metrics.monitors import Monitors
     from loss_slope.train.compose import compose_train_config
+    from loss_slope.train.monitor_callback import held_out_batches, monitor_settings
 
     cfg = compose_train_config([*overrides, "run_dir=/nonexistent"])
     torch.set_num_threads(int(cfg.trainer.threads))
@@ -47,10 +59,21 @@ def measure(overrides: list[str], *, steps: int, warmup: int, barrier: Path | No
         data = build_data(cfg.data, seed=int(cfg.seed), device=device)
         net = hydra.utils.instantiate(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels).to(device)
         opt = hydra.utils.instantiate(cfg.optimizer)(net.parameters())
+        mconfig, msettings = monitor_settings(cfg.trainer.get("monitors"), seed=int(cfg.seed),
+                                              batch_size=int(cfg.data.batch_size),
+                                              steps_per_epoch=data.steps_per_epoch)
+        monitors = Monitors(mconfig)
+        held_out = []
+        if mconfig.curvature_every_steps:
+            held_out = held_out_batches(data.train, n_batches=mconfig.curvature_batches,
+                                        batch_size=msettings["curvature_batch_size"],
+                                        seed=msettings["curvature_data_seed"])
+        out["monitors"] = {"noise": bool(mconfig.noise_every_epochs), "curvature": bool(held_out)}
         it = iter(data.train)
+        done = 0
 
         def step():
-            nonlocal it
+            nonlocal it, done
             try:
                 x, y = next(it)
             except StopIteration:
@@ -59,7 +82,10 @@ def measure(overrides: list[str], *, steps: int, warmup: int, barrier: Path | No
             loss = F.cross_entropy(net(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            monitors.observe_gradients(net)  # as MonitorCallback.on_before_optimizer_step
             opt.step()
+            monitors.on_train_step(done, loss.detach())
+            done += 1
             return loss
 
         for _ in range(warmup):
@@ -77,6 +103,17 @@ def measure(overrides: list[str], *, steps: int, warmup: int, barrier: Path | No
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
         out.update(step_ms=1e3 * dt / steps, samples_per_s=steps * int(cfg.data.batch_size) / dt, seconds=dt)
+        if held_out:  # one curvature event, inside the peak-memory window, outside the timed one
+            if use_cuda:
+                out["peak_mem_train_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+            else:
+                out["peak_mem_train_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            t1 = time.perf_counter()
+            row = monitors.measure_curvature(net, F.cross_entropy, held_out, step=done, epoch=0.0)
+            if use_cuda:
+                torch.cuda.synchronize()
+            out["curvature_seconds"] = time.perf_counter() - t1
+            out["curvature_matvecs"] = row["hutch_matvecs"] + row["lambda_iters"]
         if use_cuda:
             out["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
             out["peak_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20

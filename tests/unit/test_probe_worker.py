@@ -1,0 +1,46 @@
+"""The probe worker measures what a training process holds: with monitors on, one curvature event."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from _util import PYTHON, REPO, run_cmd
+
+DEMO = ["experiment=s_core", "data=digits", "data.batch_size=32", "trainer.threads=1", "trainer.precision=32-true",
+        "model.base_width=4", "trainer.monitors.curvature_every_steps=220", "trainer.monitors.hutch_matvecs=6",
+        "trainer.monitors.lambda_iters=3", "trainer.monitors.lambda_min_iters=2", "trainer.monitors.noise_every_epochs=2"]
+
+
+def probe(tmp_path, *overrides):
+    out = tmp_path / "w.json"
+    run_cmd([PYTHON, "-m", "loss_slope.probe.worker", "--out", out, "--steps", "3", "--warmup", "1", "--",
+             *DEMO, *overrides], cwd=REPO, timeout=300)
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("batch", ["8", "null"])
+def test_probe_runs_one_curvature_event_inside_its_peak_memory(tmp_path, batch):
+    w = probe(tmp_path, f"trainer.monitors.curvature_batch_size={batch}")
+    assert w["monitors"] == {"noise": True, "curvature": True}
+    assert w["curvature_seconds"] > 0 and w["curvature_matvecs"] >= 6 + 2
+    assert w["peak_mem_mb"] >= w["peak_mem_train_mb"] > 0  # the event is inside the measured peak
+    assert w["step_ms"] > 0 and not w["oom"]
+
+
+def test_probe_without_monitors_runs_no_event(tmp_path):
+    w = probe(tmp_path, "trainer.monitors.enabled=false")
+    assert w["monitors"] == {"noise": False, "curvature": False}
+    assert "curvature_seconds" not in w and "peak_mem_train_mb" not in w
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_curvature_event_raises_the_measured_peak(tmp_path):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    w = probe(tmp_path, "trainer.accelerator=gpu", "model.base_width=16", "trainer.monitors.curvature_batch_size=32")
+    assert w["device"].startswith("cuda")
+    assert w["peak_mem_mb"] > w["peak_mem_train_mb"]
