@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One-command GPU check (issue #8): runs per GPU for S-core / S-narrow, the
+# device-resident data path vs a plain DataLoader, channels_last / bf16.
+# Writes docs/gpu_check.md (or --markdown PATH) and prints it; about 3-8 min.
+#
+#   bench/gpu_check.sh [--markdown PATH] [--steps 300] [--max-n 4] [--num-workers 4] ...
+#   bench/gpu_check.sh --device cpu --steps 20 --max-n 2 --batch-size 32 --base-width 16   # CPU smoke run only
+#
+# Python: $PYTHON if set, else the repository's .venv, else python3 on PATH.
+# Exit 2: no CUDA GPU visible (and no --device cpu / GPU_CHECK_DEVICE=cpu).
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [[ -n "${PYTHON:-}" ]]; then
+    py="$PYTHON"
+elif [[ -x "$repo/.venv/bin/python" ]]; then
+    py="$repo/.venv/bin/python"
+else
+    py="$(command -v python3 || true)"
+    echo "gpu_check: no $repo/.venv; using ${py:-<no python3 on PATH>}" >&2
+fi
+if [[ -z "$py" ]]; then
+    echo "gpu_check: no Python found; create the venv (see README) or set PYTHON=/path/to/python" >&2
+    exit 2
+fi
+# the probe starts its workers with `python -m loss_slope.probe.worker`: they need the package too
+export PYTHONPATH="$repo/src${PYTHONPATH:+:$PYTHONPATH}"
+cd "$repo"
+exec "$py" bench/gpu_check.py "$@"

@@ -1,0 +1,157 @@
+"""bench/gpu_check.sh: the CPU switch runs it end to end; without a GPU and without the switch it exits 2."""
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from _util import PYTHON, REPO
+
+SCRIPT = REPO / "bench" / "gpu_check.sh"
+
+
+def _gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "bench" / "gpu_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _rows(text: str) -> list[list[str]]:
+    """Cells of every Markdown table row, separator rows left out."""
+    rows = []
+    for line in text.splitlines():
+        if line.startswith("|") and not re.fullmatch(r"\|[-:| ]+\|", line):
+            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    return rows
+
+
+def _num(cell: str) -> float:
+    """The leading number of a cell such as '171 (168–173)' or '1.32'."""
+    m = re.match(r"[-+]?\d+(\.\d+)?", cell)
+    assert m, f"no number in {cell!r}"
+    return float(m.group())
+
+
+def _env(**extra):
+    env = {k: v for k, v in os.environ.items() if k != "GPU_CHECK_DEVICE"}
+    return {**env, "PYTHON": PYTHON, **extra}
+
+
+def _run(tmp_path, *args, timeout=300):
+    md = tmp_path / "gpu_check.md"
+    proc = subprocess.run(["bash", str(SCRIPT), *map(str, args), "--markdown", str(md)], cwd=tmp_path, env=_env(),
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    text = md.read_text()
+    assert text in proc.stdout  # printed as well
+    return text
+
+
+def _check_report(text: str, *, max_n: int, cpu: bool) -> None:
+    assert ("CPU smoke run" in text) == cpu
+    assert ("(max_memory_allocated)" in text) == (not cpu)
+    rows = _rows(text)
+    by_key = {r[0]: r for r in rows if len(r) == 2}
+    assert by_key["torch"][1].startswith(("2.", "3."))
+    assert re.match(r"\d{4}-\d{2}-\d{2}", by_key["date"][1])
+    assert "GPU" in by_key
+
+    probe = {(r[0], r[1]): r for r in rows if len(r) == 8 and r[0] in ("S-core", "S-narrow")}
+    for variant in ("S-core", "S-narrow"):
+        for k in range(1, max_n + 1):
+            r = probe[(variant, str(k))]
+            total, per, mem = _num(r[2]), _num(r[3]), _num(r[4])
+            assert total > 0 and per > 0 and mem > 0, r
+            assert per <= total * 1.01, r
+            assert len(r[4].split(",")) == k  # one peak per process
+            assert r[7] == "no"
+        assert _num(probe[(variant, "1")][5]) == pytest.approx(1.0)
+
+    chosen = {r[0]: r for r in rows if len(r) == 4 and r[0] in ("S-core", "S-narrow")}
+    for variant in ("S-core", "S-narrow"):
+        n, gain = int(chosen[variant][1]), _num(chosen[variant][2])
+        assert 1 <= n <= max_n
+        # the gain is the table's own figures: total at N over total at k=1
+        expect = _num(probe[(variant, str(n))][2]) / _num(probe[(variant, "1")][2])
+        assert gain > 0 and gain == pytest.approx(expect, rel=0.02, abs=0.01)
+
+    fast = next(r for r in rows if r[0].startswith("fast path"))
+    plain = next(r for r in rows if r[0].startswith("plain DataLoader"))
+    assert _num(fast[1]) > 0 and _num(plain[1]) > 0
+    assert _num(fast[2]) == pytest.approx(1.0)
+    ratio = float(re.search(r"throughput ratio: \*\*([\d.]+)\*\*", text).group(1))
+    assert ratio == pytest.approx(_num(fast[1]) / _num(plain[1]), rel=0.02)
+    if not cpu:
+        assert _num(fast[3]) > 0 and _num(plain[3]) > 0  # peak MiB
+
+    opt_in = {r[0]: r for r in rows if r[0] in ("fp32 (as trained)", "channels_last", "bf16 autocast",
+                                                 "channels_last + bf16 autocast")}
+    assert len(opt_in) == 4
+    for label in ("channels_last", "bf16 autocast", "channels_last + bf16 autocast"):
+        assert "changes numerics" in opt_in[label][4]
+        if "not supported" not in opt_in[label][4]:
+            assert _num(opt_in[label][1]) > 0
+    assert "changes numerics" not in opt_in["fp32 (as trained)"][4]
+
+
+@pytest.mark.slow
+def test_cpu_smoke_run_writes_the_table(tmp_path):
+    text = _run(tmp_path, "--device", "cpu", "--steps", 3, "--warmup", 1, "--max-n", 2, "--batch-size", 16,
+                "--base-width", 4, "--train-size", 256, "--val-size", 64, "--num-workers", 1, "--repeats", 1,
+                "--budget-s", 0)
+    _check_report(text, max_n=2, cpu=True)
+    assert "num_workers=1" in text
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_short_gpu_run_writes_the_table(tmp_path):
+    text = _run(tmp_path, "--steps", 30, "--warmup", 5, "--max-n", 2, "--repeats", 1, "--train-size", 5000,
+                "--val-size", 1000, timeout=600)
+    _check_report(text, max_n=2, cpu=False)
+
+
+def test_without_cuda_and_without_switch_exits_2(tmp_path):
+    md = tmp_path / "gpu_check.md"
+    proc = subprocess.run(["bash", str(SCRIPT), "--markdown", str(md)], cwd=tmp_path,
+                          env=_env(CUDA_VISIBLE_DEVICES=""), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "no CUDA GPU is visible" in proc.stderr
+    assert "--device cpu" in proc.stderr and "GPU_CHECK_DEVICE=cpu" in proc.stderr
+    assert not md.exists()
+
+
+def test_device_choice():
+    g = _gpu_check()
+    assert g.resolve_device("cpu", environ={}) == "cpu"
+    assert g.resolve_device(None, environ={"GPU_CHECK_DEVICE": "CPU"}) == "cpu"
+    with pytest.raises(ValueError):
+        g.resolve_device(None, environ={"GPU_CHECK_DEVICE": "tpu"})
+    if not torch.cuda.is_available():
+        with pytest.raises(g.NoGpu):
+            g.resolve_device(None, environ={})
+
+
+def test_budget_shrinks_steps_only_when_the_projection_overruns():
+    g = _gpu_check()
+    worker = {"step_ms": 100.0, "seconds": 30.0}  # 300 steps of 100 ms
+    kw = dict(steps=300, warmup=20, min_steps=30, max_n=4, n_variants=2, repeats=2, opt_in=True)
+    now = time.perf_counter()
+    slow = g.Budget(budget_s=420, t_start=now - 40, **kw)
+    new = slow(1, None, [worker], 40.0)
+    assert new is not None and 30 <= new < 300 and slow.steps == new and "budget" in slow.note
+    assert slow(1, None, [worker], 40.0) is None  # decided once
+
+    fast = g.Budget(budget_s=420, t_start=now - 5, **kw)
+    assert fast(1, None, [{"step_ms": 5.0, "seconds": 1.5}], 5.0) is None and fast.steps == 300
+
+    off = g.Budget(budget_s=0, t_start=now - 40, **kw)
+    assert off(1, None, [worker], 40.0) is None and off.steps == 300
