@@ -63,6 +63,9 @@ def main(argv=None):
     ]
     if a.with_demo:
         parts.append(demo_section())
+    parts.append("## GPU check\n\n`bench/gpu_check.sh` (one GPU, < 8 min): S-core and S-narrow at N = 1…4 processes per GPU, "
+                 "samples/s, peak memory, the probe's N and the packing gain, device-resident data vs a DataLoader; "
+                 "it writes `docs/gpu_check.md` (the file in the repo is a CPU smoke run until someone runs it on a GPU).\n")
     Path(a.out).write_text("\n".join(parts))
     print(f"wrote {a.out}")
 
