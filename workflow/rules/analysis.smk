@@ -1,8 +1,6 @@
 # Per-run fits: one small JSON per run, so a new or changed run refits only itself.
 # Params carry only the analysis settings fit_run uses: editing one refits every
 # run (and reruns the summary), never training.
-from functools import partial
-
 from loss_slope.report.settings import analysis_problems, fit_settings
 from loss_slope.report.targets import identity_params
 
@@ -15,6 +13,12 @@ if analysis_problems(config):
 
 localrules:
     fit_run,
+
+
+def fit_identity(wildcards):
+    # a plain function: Snakemake inspects a params callable's signature for
+    # every job, and a functools.partial's costs about 3x a function's
+    return identity_params(RUNS, wildcards)
 
 
 rule fit_run:
@@ -30,7 +34,7 @@ rule fit_run:
     benchmark:
         "benchmarks/fit_run/{variant}/{run}.tsv"
     params:
-        identity=partial(identity_params, RUNS),
+        identity=fit_identity,
         settings=fit_settings(config),
     script:
         "../scripts/fit_run.py"

@@ -4,7 +4,7 @@ localrules:
 
 rule probe_capacity:
     input:
-        data_inputs,
+        DATA_INPUTS,
     output:
         json="results/probe/{variant}.json",
         png=report(
@@ -63,7 +63,7 @@ else:
 
 rule train_pack:
     input:
-        data_inputs,
+        DATA_INPUTS,
         plan="results/plan/{variant}/packs.json",
     output:
         "results/packs/{variant}/{pack}.json",
