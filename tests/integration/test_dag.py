@@ -80,7 +80,7 @@ def test_study_dry_run_lists_every_run_identifiably(tmp_path):
     elapsed = time.perf_counter() - t0
     text = full.stdout + full.stderr
     counts = _job_counts(text)
-    assert counts["train_pack"] == 216 and counts["export_run"] == 216, text[-3000:]
+    assert counts["train_pack"] == 216 and counts["to_parquet"] == 216, text[-3000:]
     assert "wildcards: variant=S-adamw, run=lr0.2-wd0.01-s5" in text
     assert "--variant S-adamw --runs lr0.2-wd0.01-s5 " in text
     three = run_cmd([*base, "--quiet", "rules"], timeout=120, env={"WORKERS_PER_GPU": "3"})

@@ -2,15 +2,27 @@ import sys
 
 sys.stderr = open(snakemake.log[0], "w")
 
+from loss_slope.tables.export import export_run
 from loss_slope.tables.parquet import convert_run
 
+MONITORS = ("curvature", "noise", "checkpoints")
+out = snakemake.output
+
+export_run(
+    snakemake.params.run_dir,
+    steps_csv=out.steps_csv,
+    val_csv=out.val_csv,
+    run_info=out.run_info,
+    attempts=out.attempts,
+    monitors={t: out[f"{t}_csv"] for t in MONITORS},
+)
 result = convert_run(
-    steps_csv=snakemake.input.steps,
-    val_csv=snakemake.input.val,
-    steps_parquet=snakemake.output.steps,
-    val_parquet=snakemake.output.val,
-    report_path=snakemake.output.report,
-    monitors={t: (snakemake.input[t], snakemake.output[t]) for t in ("curvature", "noise", "checkpoints")},
+    steps_csv=out.steps_csv,
+    val_csv=out.val_csv,
+    steps_parquet=out.steps,
+    val_parquet=out.val,
+    report_path=out.report,
+    monitors={t: (out[f"{t}_csv"], out[t]) for t in MONITORS},
 )
 for table in result["tables"].values():
     for error in table["errors"]:
