@@ -150,6 +150,14 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
+def detect_and_fit(c) -> None:
+    """What the per-run stage computes, as separate calls: knee + the three fits."""
+    detect_knee(c.steps, c.loss)
+    fit_power_law(c.steps, c.loss)
+    fit_exponential(c.steps, c.loss)
+    fit_two_power_law(c.steps, c.loss)
+
+
 def time_full(n_curves: int, seed: int, n_steps: int = 20_000) -> dict:
     """Detection + all fits on 20k-point curves (separate calls and analyze_curve)."""
     rng = np.random.default_rng(seed)
@@ -160,10 +168,7 @@ def time_full(n_curves: int, seed: int, n_steps: int = 20_000) -> dict:
         )
         c = make_curve(spec, seed=i)
         t0 = time.perf_counter()
-        detect_knee(c.steps, c.loss)
-        fit_power_law(c.steps, c.loss)
-        fit_exponential(c.steps, c.loss)
-        fit_two_power_law(c.steps, c.loss)
+        detect_and_fit(c)
         sep.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         analyze_curve(c.steps, c.loss, steps_per_epoch=391)
@@ -238,10 +243,7 @@ def time_pwlf(sizes=(2_000, 20_000), n_curves: int = 3, seed: int = 0) -> list[d
                 reps.append(time.perf_counter() - t0)
             t_scan.append(min(reps))
             t0 = time.perf_counter()
-            detect_knee(c.steps, c.loss)
-            fit_power_law(c.steps, c.loss)
-            fit_exponential(c.steps, c.loss)
-            fit_two_power_law(c.steps, c.loss)
+            detect_and_fit(c)
             t_full.append(time.perf_counter() - t0)
             gaps.append(float(sc.rss[sc.best] - m.ssr) / float(m.ssr))
         out.append(dict(n=n, curves=n_curves, pwlf=float(np.median(t_pw)), scan=float(np.median(t_scan)),
