@@ -119,6 +119,8 @@ def measure(overrides: list[str], *, steps: int, warmup: int, barrier: Path | No
             out["peak_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
     except torch.cuda.OutOfMemoryError as exc:
         out.update(oom=True, error=str(exc).splitlines()[0])
+        if use_cuda:  # GPU memory reached before the OOM: the same unit as the other workers'
+            out["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         if barrier is not None:
             _barrier(barrier, index, k)  # do not leave the others waiting
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
