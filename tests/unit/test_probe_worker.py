@@ -44,3 +44,12 @@ def test_on_a_gpu_the_curvature_event_raises_the_measured_peak(tmp_path):
     w = probe(tmp_path, "trainer.accelerator=gpu", "model.base_width=16", "trainer.monitors.curvature_batch_size=32")
     assert w["device"].startswith("cuda")
     assert w["peak_mem_mb"] > w["peak_mem_train_mb"]
+
+
+def test_aggregate_rate_is_all_samples_over_the_shared_window():
+    from loss_slope.probe.capacity import aggregate_rate
+
+    # two processes of 1,000 samples each: one done in 1 s, the other in 2 s
+    workers = [{"samples_per_s": 1000.0, "seconds": 1.0}, {"samples_per_s": 500.0, "seconds": 2.0}]
+    assert aggregate_rate(workers) == pytest.approx(1000.0)  # not 1,500 (the sum of the rates)
+    assert aggregate_rate([{"samples_per_s": 800.0, "seconds": 3.0}]) == pytest.approx(800.0)

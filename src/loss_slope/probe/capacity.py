@@ -78,14 +78,21 @@ def run_level(overrides: list[str], k: int, *, steps: int, warmup: int, timeout:
     ok = [w for w in workers if not w["oom"]]
     agg = None
     if not oom and not errors and len(ok) == k:
-        # samples per second of all k processes over the same (barrier-aligned) window
-        agg = sum(w["samples_per_s"] for w in ok)
+        agg = aggregate_rate(ok)
     level = ProbeLevel(
         k=k, aggregate_samples_per_s=agg, step_ms=[w.get("step_ms") for w in ok],
         peak_mem_mb=[w["peak_mem_mb"] for w in workers], oom=oom,
         gpu_util_percent=(sum(utils) / len(utils)) if utils else None, errors=errors,
     )
     return level, workers
+
+
+def aggregate_rate(workers: list[dict]) -> float:
+    """Samples per second of k processes together: all their samples over the
+    shared window. They start together (barrier) and the window ends when the
+    slowest one is done; a sum of per-process rates would credit the slowest
+    one's tail with the GPU time the others had already freed."""
+    return sum(w["samples_per_s"] * w["seconds"] for w in workers) / max(w["seconds"] for w in workers)
 
 
 def choose_runs_per_gpu(levels: list[ProbeLevel], *, total_mem_mb: float | None, tolerance: float = 0.03,
