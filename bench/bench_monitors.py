@@ -1,6 +1,7 @@
 """Overhead of the curvature and noise monitors at the study cadence.
 
-Trains a small CIFAR-shaped ResNet on CPU (random 3×32×32 images), measures
+Trains a CIFAR-shaped ResNet (random 3×32×32 images; CPU by default,
+``--device cuda`` on a GPU), measures
 
 * the median time of one training step without monitors,
 * the per-step cost of the monitor hooks (``observe_gradients`` + ``on_train_step``),
@@ -10,6 +11,9 @@ and extrapolates to the study cadence (curvature every 500 steps, noise every
 2 epochs of 391 steps) as a ratio to training time without monitors.
 
     .venv/bin/python bench/bench_monitors.py [--markdown bench/out/monitors.md]
+    .venv/bin/python bench/bench_monitors.py --device cuda --base-width 64 --batch-size 128   # the study, on a GPU
+
+On CUDA every time is wall time after ``torch.cuda.synchronize()``.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--matvec-block", type=int, default=1, help="Hessian-vector products per vmapped backward")
     p.add_argument("--threads", type=int, default=1, help="torch threads (DESIGN §4: one per process)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--markdown", type=Path, default=None, help="also write the table to this file")
     return p.parse_args()
 
@@ -66,19 +71,27 @@ def main() -> None:
         noise_every_epochs=args.noise_every_epochs,
         seed=args.seed,
     )
-    model = CifarResNet18(base_width=args.base_width, blocks=(2, 2, 2, 2))
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench_monitors: --device cuda but no CUDA device is visible")
+    model = CifarResNet18(base_width=args.base_width, blocks=(2, 2, 2, 2)).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     loss_fn = nn.functional.cross_entropy
     n_params = sum(p.numel() for p in model.parameters())
     b = args.batch_size
-    data = [(torch.randn(b, 3, 32, 32), torch.randint(0, 10, (b,))) for _ in range(8)]
+    data = [(torch.randn(b, 3, 32, 32, device=device), torch.randint(0, 10, (b,), device=device)) for _ in range(8)]
     cb = args.curvature_batch_size or b
-    held_out = [(torch.randn(cb, 3, 32, 32), torch.randint(0, 10, (cb,))) for _ in range(args.curvature_batches)]
+    held_out = [(torch.randn(cb, 3, 32, 32, device=device), torch.randint(0, 10, (cb,), device=device))
+                for _ in range(args.curvature_batches)]
     monitors = Monitors(config)
 
     # With one thread, CPU time of this process is immune to other jobs queueing on the shared
     # cores; wall time is not. Several threads: fall back to wall time.
     clock = time.process_time if args.threads == 1 else time.perf_counter
+    if device.type == "cuda":
+        def clock() -> float:  # kernels are asynchronous: wait for them, then read the wall clock
+            torch.cuda.synchronize(device)
+            return time.perf_counter()
 
     def step(i: int, with_monitors: bool) -> tuple[float, float]:
         """Run one training step; return (seconds without the hooks, seconds in the hooks)."""
@@ -103,7 +116,7 @@ def main() -> None:
     for i in range(10):  # warm-up: allocator, first-call overheads
         step(i, True)
     for i in range(config.psd_window):  # a full residual window, as at a real noise event
-        monitors.on_train_step(100 + i, torch.tensor(2.0 * (101 + i) ** -0.5))
+        monitors.on_train_step(100 + i, torch.tensor(2.0 * (101 + i) ** -0.5, device=device))
 
     # Blocks of interleaved steps, each followed by one noise and one curvature event, so that
     # drift in machine speed hits the baseline and the events alike.
@@ -143,8 +156,9 @@ def main() -> None:
     lines = [
         f"Monitor overhead: CifarResNet18(base_width={args.base_width}, blocks=(2,2,2,2)), {n_params:,} params, "
         f"batch {b}, held-out {args.curvature_batches}×{cb}, matvec block {args.matvec_block}, "
-        f"{args.threads} thread(s), torch {torch.__version__}, CPU; times are "
-        + ("process CPU time" if args.threads == 1 else "wall time"),
+        f"{args.threads} thread(s), torch {torch.__version__}, "
+        + (f"{torch.cuda.get_device_name(device)}; times are synchronized wall time" if device.type == "cuda"
+           else "CPU; times are " + ("process CPU time" if args.threads == 1 else "wall time")),
         "",
         "| measured | value |",
         "|---|---|",
