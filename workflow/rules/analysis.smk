@@ -2,7 +2,6 @@
 # Params carry only the analysis settings fit_run uses: editing one refits every
 # run (and reruns the summary), never training.
 from loss_slope.report.settings import analysis_problems, fit_settings
-from loss_slope.report.targets import identity_params
 
 if analysis_problems(config):
     raise WorkflowError(
@@ -13,12 +12,6 @@ if analysis_problems(config):
 
 localrules:
     fit_run,
-
-
-def fit_identity(wildcards):
-    # a plain function: Snakemake inspects a params callable's signature for
-    # every job, and a functools.partial's costs about 3x a function's
-    return identity_params(RUNS, wildcards)
 
 
 rule fit_run:
