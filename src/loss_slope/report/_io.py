@@ -1,4 +1,5 @@
-"""Strict-JSON reading and writing for the fit and report stages."""
+"""Shared by the fit and report stages: strict-JSON reading and writing, the run
+statuses, and how percentages and p-values are printed (figures and summary.md alike)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,18 @@ STATUSES = ("ok", "too_short", "invalid", "diverged", "missing")
 
 #: Statuses whose runs enter no statistic (the table says why).
 EXCLUDED_STATUSES = tuple(s for s in STATUSES if s != "ok")
+
+
+def fmt_pct(x) -> str:
+    """A share as a whole percentage (``"n/a"`` when missing or not finite)."""
+    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.0f} %"
+
+
+def fmt_p(p) -> str:
+    """A p-value: two significant digits, scientific below 0.001 (``"n/a"`` when missing)."""
+    if p is None or not math.isfinite(p):
+        return "n/a"
+    return f"{p:.2g}" if p >= 0.001 else f"{p:.1e}"
 
 
 def jsonable(value: Any) -> Any:

@@ -26,7 +26,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from ._io import STATUSES  # noqa: E402
+from ._io import STATUSES, fmt_p, fmt_pct  # noqa: E402
 
 __all__ = [
     "FIGURES",
@@ -96,16 +96,6 @@ def _variant_colors(variants: Sequence[str]) -> dict[str, Any]:
     return {v: cmap(i % 10) for i, v in enumerate(variants)}
 
 
-def _pct(x: float) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.0f} %"
-
-
-def _fmt_p(p: float | None) -> str:
-    if p is None or not math.isfinite(p):
-        return "n/a"
-    return f"{p:.2g}" if p >= 0.001 else f"{p:.1e}"
-
-
 def _empty(ax, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=11, color="0.35", wrap=True)
     ax.set_xticks([])
@@ -128,7 +118,7 @@ def _h1_line(stats: Mapping[str, Any], key: str = "h1") -> str:
     verdict = "supported" if h1.get("answer") == "supported" else "not supported"
     return (
         f"H1 {verdict}: {o['k']} of {o['n']} runs have post-knee power-law {col} ≥ {h1['threshold']:g} "
-        f"({_pct(o['share'])}, 95 % CI {_pct(o['ci_low'])}–{_pct(o['ci_high'])}; target ≥ {_pct(h1['target_share'])})"
+        f"({fmt_pct(o['share'])}, 95 % CI {fmt_pct(o['ci_low'])}–{fmt_pct(o['ci_high'])}; target ≥ {fmt_pct(h1['target_share'])})"
     )
 
 
@@ -140,7 +130,7 @@ def _h2_line(stats: Mapping[str, Any]) -> str:
     verdict = "supported" if h2.get("answer") == "supported" else "not supported"
     return (
         f"H2 {verdict}: α_early vs best validation CE, Spearman ρ = {o['spearman_rho']:.2f} "
-        f"(p = {_fmt_p(o['spearman_p'])}, n = {o['n']}; need |ρ| ≥ {h2['min_abs_rho']:g}, p < {h2['max_p']:g})"
+        f"(p = {fmt_p(o['spearman_p'])}, n = {o['n']}; need |ρ| ≥ {h2['min_abs_rho']:g}, p < {h2['max_p']:g})"
     )
 
 
@@ -280,7 +270,7 @@ def plot_alpha_vs_val(table: pd.DataFrame, stats: Mapping[str, Any]) -> Figure:
         h2, h2f = stats.get("h2") or {}, stats.get("h2_alpha_full") or {}
         of = h2f.get("overall")
         lab_f = "α_full (knee → end; grey rings, joined to α_early), all runs" + (
-            f": ρ = {of['spearman_rho']:.2f}, p = {_fmt_p(of['spearman_p'])}" if of else ""
+            f": ρ = {of['spearman_rho']:.2f}, p = {fmt_p(of['spearman_p'])}" if of else ""
         )
         ax.scatter(xf, y, s=36, facecolor="none", edgecolor="0.55", lw=1.2, label=lab_f, zorder=2)
         for xa, xb, yy in zip(xe, xf, y):
@@ -293,7 +283,7 @@ def plot_alpha_vs_val(table: pd.DataFrame, stats: Mapping[str, Any]) -> Figure:
         for opt, g in ok.groupby("optimizer", sort=True):
             c = groups.get(f"optimizer={opt}")
             lab = f"α_early (epochs {win[0]:g}–{win[1]:g}), {opt}, n = {len(g)}" + (
-                f": ρ = {c['spearman_rho']:.2f}, p = {_fmt_p(c['spearman_p'])}" if c else ""
+                f": ρ = {c['spearman_rho']:.2f}, p = {fmt_p(c['spearman_p'])}" if c else ""
             )
             color = opt_colors.get(str(opt), None)
             first = True
@@ -304,8 +294,8 @@ def plot_alpha_vs_val(table: pd.DataFrame, stats: Mapping[str, Any]) -> Figure:
                 first = False
         o = h2.get("overall")
         if o:
-            ax.plot([], [], " ", label=(f"all α_early: Spearman ρ = {o['spearman_rho']:.2f} (p = {_fmt_p(o['spearman_p'])}), "
-                                        f"Pearson r = {o['pearson_r']:.2f} (p = {_fmt_p(o['pearson_p'])})"))
+            ax.plot([], [], " ", label=(f"all α_early: Spearman ρ = {o['spearman_rho']:.2f} (p = {fmt_p(o['spearman_p'])}), "
+                                        f"Pearson r = {o['pearson_r']:.2f} (p = {fmt_p(o['pearson_p'])})"))
         vh = [Line2D([], [], marker=markers[i % len(markers)], ls="", color="0.3", label=f"marker: {v}")
               for i, v in enumerate(variants)]
         hs, ls = ax.get_legend_handles_labels()
@@ -564,12 +554,12 @@ def plot_ablation(table: pd.DataFrame, stats: Mapping[str, Any]) -> Figure:
             a1.annotate("no usable run", (i, 2), ha="center", rotation=90, color="0.4", fontsize=9)
     if h1:
         a1.axhline(100 * h1.get("target_share", 0.8), color="#c62828", ls="--", lw=1.5,
-                   label=f"H1 target {_pct(h1.get('target_share', 0.8))}")
+                   label=f"H1 target {fmt_pct(h1.get('target_share', 0.8))}")
         a1.legend(loc="upper right")
     a1.set_ylim(0, 105)
     a1.set_xticks(x, variants)
     a1.set_ylabel(f"runs with R² ≥ {h1.get('threshold', 0.98):g} (%, 95 % Wilson CI)")
-    a1.set_title("H1 per variant: " + ", ".join(f"{v} {_pct((byv.get(v) or {}).get('share', float('nan')))}" for v in variants),
+    a1.set_title("H1 per variant: " + ", ".join(f"{v} {fmt_pct((byv.get(v) or {}).get('share', float('nan')))}" for v in variants),
                  loc="left", fontsize=9)
     byg = h2.get("by_group") or {}
     for i, v in enumerate(variants):
@@ -578,7 +568,7 @@ def plot_ablation(table: pd.DataFrame, stats: Mapping[str, Any]) -> Figure:
             a2.bar(i, c["spearman_rho"], color=colors[v], alpha=0.85)
             a2.errorbar(i, c["spearman_rho"], yerr=[[c["spearman_rho"] - c["spearman_ci_low"]],
                                                     [c["spearman_ci_high"] - c["spearman_rho"]]], color="black", capsize=5)
-            a2.annotate(f"n={c['n']}\np={_fmt_p(c['spearman_p'])}", (i, max(c["spearman_ci_high"], c["spearman_rho"])),
+            a2.annotate(f"n={c['n']}\np={fmt_p(c['spearman_p'])}", (i, max(c["spearman_ci_high"], c["spearman_rho"])),
                         xytext=(0, 4), textcoords="offset points", ha="center", fontsize=8)
         else:
             a2.annotate("too few runs", (i, 0.05), ha="center", rotation=90, color="0.4", fontsize=9)
@@ -593,7 +583,7 @@ def plot_ablation(table: pd.DataFrame, stats: Mapping[str, Any]) -> Figure:
     a2.set_title("H2 per variant (few runs per variant: wide intervals)", loc="left", fontsize=9)
     o1, o2 = h1.get("overall"), h2.get("overall")
     head = "Ablation by variant: "
-    head += f"H1 share {_pct(o1['share'])} overall" if o1 else "H1 not computable"
+    head += f"H1 share {fmt_pct(o1['share'])} overall" if o1 else "H1 not computable"
     head += f"; H2 ρ = {o2['spearman_rho']:.2f} overall" if o2 else "; H2 not computable"
     _suptitle(fig, head)
     return fig

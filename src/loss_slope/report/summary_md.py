@@ -8,23 +8,13 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from ._io import STATUSES
+from ._io import STATUSES, fmt_p, fmt_pct
 
 __all__ = ["render_summary"]
 
 
-def _pct(x) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.0f} %"
-
-
 def _f(x, fmt: str = ".2f") -> str:
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, fmt)
-
-
-def _p(p) -> str:
-    if p is None or not math.isfinite(p):
-        return "n/a"
-    return f"{p:.2g}" if p >= 0.001 else f"{p:.1e}"
 
 
 def _md_cell(x: Any) -> str:
@@ -50,17 +40,17 @@ def _h1_section(stats: Mapping[str, Any], table: pd.DataFrame, fig) -> list[str]
     else:
         verdict = "Supported" if h1["answer"] == "supported" else "Not supported"
         out += [
-            f"**{verdict}.** {o['k']} of {o['n']} usable runs ({_pct(o['share'])}, "
-            f"{_pct(h1['confidence'])} Wilson interval {_pct(o['ci_low'])}–{_pct(o['ci_high'])}) have a "
+            f"**{verdict}.** {o['k']} of {o['n']} usable runs ({fmt_pct(o['share'])}, "
+            f"{fmt_pct(h1['confidence'])} Wilson interval {fmt_pct(o['ci_low'])}–{fmt_pct(o['ci_high'])}) have a "
             f"post-knee power-law fit with {_r2_name(h1['statistic'])} ≥ {h1['threshold']:g}; "
-            f"the success criterion is at least {_pct(h1['target_share'])} of the runs.",
+            f"the success criterion is at least {fmt_pct(h1['target_share'])} of the runs.",
             "",
         ]
         so = sens.get("overall")
         if so:
             out += [
                 f"Sensitivity: with the {_r2_name(sens['statistic'])} instead, {so['k']} of {so['n']} runs "
-                f"({_pct(so['share'])}, interval {_pct(so['ci_low'])}–{_pct(so['ci_high'])}) reach "
+                f"({fmt_pct(so['share'])}, interval {fmt_pct(so['ci_low'])}–{fmt_pct(so['ci_high'])}) reach "
                 f"{sens['threshold']:g}.",
                 "",
             ]
@@ -76,7 +66,7 @@ def _h1_section(stats: Mapping[str, Any], table: pd.DataFrame, fig) -> list[str]
             ]
         out += ["", _table(
             ["variant", "runs ≥ threshold", "share", "Wilson interval"],
-            [[v, f"{s['k']} / {s['n']}", _pct(s["share"]), f"{_pct(s['ci_low'])}–{_pct(s['ci_high'])}"]
+            [[v, f"{s['k']} / {s['n']}", fmt_pct(s["share"]), f"{fmt_pct(s['ci_low'])}–{fmt_pct(s['ci_high'])}"]
              for v, s in (h1.get("by_variant") or {}).items()],
         ), ""]
     out += [fig("r2_histogram"), "", fig("loss_curves_mosaic"), ""]
@@ -103,9 +93,9 @@ def _h2_section(stats: Mapping[str, Any], fig) -> list[str]:
         out += [
             f"**{verdict}.** Over {o['n']} usable runs, the log-log slope over epochs {win[0]:g}–{win[1]:g} "
             f"(α_early) and the best validation CE have Spearman ρ = {o['spearman_rho']:.2f} "
-            f"(p = {_p(o['spearman_p'])}, {_pct(h2['confidence'])} bootstrap interval "
+            f"(p = {fmt_p(o['spearman_p'])}, {fmt_pct(h2['confidence'])} bootstrap interval "
             f"{_f(o['spearman_ci_low'])} to {_f(o['spearman_ci_high'])}) and Pearson r = {o['pearson_r']:.2f} "
-            f"(p = {_p(o['pearson_p'])}); the success criterion is |ρ| ≥ {h2['min_abs_rho']:g} with "
+            f"(p = {fmt_p(o['pearson_p'])}); the success criterion is |ρ| ≥ {h2['min_abs_rho']:g} with "
             f"p < {h2['max_p']:g}. "
             + (f"The sign says that {_direction(o['spearman_rho'])}."
                if o["spearman_p"] < h2["max_p"]
@@ -116,17 +106,17 @@ def _h2_section(stats: Mapping[str, Any], fig) -> list[str]:
         if fo:
             out += [
                 f"For comparison, the slope from the knee to the end (α_full) gives ρ = {fo['spearman_rho']:.2f} "
-                f"(p = {_p(fo['spearman_p'])}) and r = {fo['pearson_r']:.2f} (p = {_p(fo['pearson_p'])}).",
+                f"(p = {fmt_p(fo['spearman_p'])}) and r = {fo['pearson_r']:.2f} (p = {fmt_p(fo['pearson_p'])}).",
                 "",
             ]
-        rows = [["all", o["n"], _f(o["spearman_rho"]), _p(o["spearman_p"]),
-                 f"{_f(o['spearman_ci_low'])} to {_f(o['spearman_ci_high'])}", _f(o["pearson_r"]), _p(o["pearson_p"]),
+        rows = [["all", o["n"], _f(o["spearman_rho"]), fmt_p(o["spearman_p"]),
+                 f"{_f(o['spearman_ci_low'])} to {_f(o['spearman_ci_high'])}", _f(o["pearson_r"]), fmt_p(o["pearson_p"]),
                  _f(fo["spearman_rho"]) if fo else "n/a"]]
         fg = hf.get("by_group") or {}
         for g, c in (h2.get("by_group") or {}).items():
-            rows.append([g, c["n"], _f(c["spearman_rho"]), _p(c["spearman_p"]),
+            rows.append([g, c["n"], _f(c["spearman_rho"]), fmt_p(c["spearman_p"]),
                          f"{_f(c['spearman_ci_low'])} to {_f(c['spearman_ci_high'])}", _f(c["pearson_r"]),
-                         _p(c["pearson_p"]), _f(fg[g]["spearman_rho"]) if g in fg else "n/a"])
+                         fmt_p(c["pearson_p"]), _f(fg[g]["spearman_rho"]) if g in fg else "n/a"])
         out += [_table(["group", "n", "Spearman ρ", "p", "bootstrap interval", "Pearson r", "p", "ρ with α_full"], rows), ""]
         if h2.get("skipped_groups"):
             out += ["Groups too small for a correlation: "
