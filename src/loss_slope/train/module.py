@@ -35,7 +35,7 @@ class MicroBatcher:
 
     ``size`` is ``None`` while whole batches fit. ``on_change`` receives one dict
     per reduction (step, from, to, accumulation, error): the run records it in
-    its attempt log and its outcome.
+    its attempt log, from which its outcome is summarized.
     """
 
     def __init__(self, *, min_size: int = 1, size: int | None = None,
@@ -43,7 +43,6 @@ class MicroBatcher:
         if min_size < 1:
             raise ValueError(f"trainer.oom.min_micro_batch must be >= 1, got {min_size}")
         self.min_size, self.size, self.on_change = int(min_size), size, on_change
-        self.changes: list[dict] = []
 
     def current(self, batch: int) -> int:
         return batch if self.size is None else min(self.size, batch)
@@ -60,7 +59,6 @@ class MicroBatcher:
         self.size = new
         change = {"step": int(step), "from": old, "to": new, "accumulation": math.ceil(batch / new),
                   "error": (str(error).splitlines() or [type(error).__name__])[0][:300]}
-        self.changes.append(change)
         log.warning("CUDA out of memory at step %d: retrying the step as %d micro-batches of %d "
                     "(gradient accumulation; effective batch %d unchanged)", step, change["accumulation"], new, batch)
         if self.on_change is not None:
@@ -174,13 +172,12 @@ class CurveModule(LightningModule):
 
     # ---- the micro-batch survives a resume ---------------------------------
     def on_save_checkpoint(self, checkpoint):
-        checkpoint["loss_slope_micro_batch"] = {"size": self.micro.size, "changes": self.micro.changes}
+        checkpoint["loss_slope_micro_batch"] = {"size": self.micro.size}
 
     def on_load_checkpoint(self, checkpoint):
         saved = checkpoint.get("loss_slope_micro_batch")
         if saved:
             self.micro.size = saved["size"]
-            self.micro.changes = list(saved["changes"])
 
     # ---- validation -----------------------------------------------------
     def on_validation_epoch_start(self):
