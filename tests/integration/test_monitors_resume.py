@@ -102,6 +102,12 @@ def test_monitor_state_is_in_the_checkpoint_and_loads_weights_only(resumed):
     assert state["version"] == 1
     assert state["monitors"]["config"]["curvature_every_steps"] == 15
     assert set(state["monitors"]) >= {"predictor", "residuals", "grad_moments"}
+    # the best checkpoints are never resumed from: written without the monitors' state
+    best = sorted((resumed / "checkpoints" / "best").glob("*.ckpt"))
+    assert best
+    for path in best:
+        ckpt = torch.load(path, weights_only=True, map_location="cpu")
+        assert "MonitorCallback" not in ckpt["callbacks"] and ckpt["state_dict"]
 
 
 def test_run_info_records_the_cadence_and_validation_passes(resumed, tmp_path):

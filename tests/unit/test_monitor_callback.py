@@ -87,3 +87,24 @@ def test_checkpoint_rows_are_written_after_the_file_once_per_step_and_kind(tmp_p
                           noise_every_epochs=0), batches=[], steps_per_epoch=10,
                           checkpoint_dirs={"latest": latest, "best": best})
     assert cb2._seen == {(5, "best"), (5, "latest"), (10, "latest"), (10, "other")}
+
+
+def test_best_checkpoints_are_written_without_the_monitor_state(tmp_path):
+    from loss_slope.metrics.monitors import MonitorConfig
+
+    latest, best = tmp_path / "ck" / "latest", tmp_path / "ck" / "best"
+    cb = MonitorCallback(tables_dir=tmp_path / "tables", config=MonitorConfig(), batches=[], steps_per_epoch=10,
+                         checkpoint_dirs={"latest": latest, "best": best})
+    io = AtomicCheckpointIO()
+    io.before_save.append(cb._leave_state_out_of_best)
+    checkpoint = {"global_step": 5, "state_dict": {"w": torch.ones(3)},
+                  "callbacks": {cb.state_key: cb.state_dict(), "Other": {"x": 1}}}
+    for path in (best / "best-5.ckpt", latest / "latest.ckpt", tmp_path / "other.ckpt"):
+        io.save_checkpoint(checkpoint, path)
+    read = {p: torch.load(p, weights_only=True) for p in (best / "best-5.ckpt", latest / "latest.ckpt",
+                                                          tmp_path / "other.ckpt")}
+    assert set(read[best / "best-5.ckpt"]["callbacks"]) == {"Other"}
+    assert torch.equal(read[best / "best-5.ckpt"]["state_dict"]["w"], torch.ones(3))
+    assert set(read[latest / "latest.ckpt"]["callbacks"]) == {cb.state_key, "Other"}
+    assert set(read[tmp_path / "other.ckpt"]["callbacks"]) == {cb.state_key, "Other"}
+    assert cb.state_key in checkpoint["callbacks"]  # the caller's dict is not changed

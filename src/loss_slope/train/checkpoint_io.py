@@ -16,6 +16,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     A kill or a full disk during the write leaves the previous checkpoint
     untouched and usable. Loading defaults to ``weights_only=True``.
 
+    Functions in ``before_save`` are called as ``fn(checkpoint, path)`` and
+    return the dict to write instead (the monitor callback leaves its running
+    state out of the ``best`` checkpoints, which are never resumed from).
     Functions in ``after_save`` are called as ``fn(checkpoint, path)`` once the
     file is in place under its real name (the monitor callback measures
     ``checkpoint_size_mb`` there).
@@ -23,10 +26,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def __init__(self) -> None:
         super().__init__()
+        self.before_save: list[Callable[[dict[str, Any], Path], dict[str, Any]]] = []
         self.after_save: list[Callable[[dict[str, Any], Path], None]] = []
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         path = Path(path)
+        for fn in self.before_save:
+            checkpoint = fn(checkpoint, path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         try:

@@ -184,20 +184,41 @@ class MonitorCallback(Callback):
 
     # ---- checkpoint sizes -------------------------------------------------
     def setup(self, trainer, pl_module, stage):
-        if not self.record_checkpoints or self._io is not None:
+        if self._io is not None:
             return
         io = trainer.strategy.checkpoint_io
         if not hasattr(io, "after_save"):
-            log.warning("checkpoint plugin %s has no after_save hook: checkpoint sizes are not recorded",
-                        type(io).__name__)
+            if self.record_checkpoints:
+                log.warning("checkpoint plugin %s has no after_save hook: checkpoint sizes are not recorded",
+                            type(io).__name__)
             return
-        io.after_save.append(self._checkpoint_written)
+        io.before_save.append(self._leave_state_out_of_best)
+        if self.record_checkpoints:
+            io.after_save.append(self._checkpoint_written)
         self._io = io
 
     def teardown(self, trainer, pl_module, stage):
-        if self._io is not None and self._checkpoint_written in self._io.after_save:
-            self._io.after_save.remove(self._checkpoint_written)
+        if self._io is not None:
+            for hooks, fn in ((self._io.before_save, self._leave_state_out_of_best),
+                              (self._io.after_save, self._checkpoint_written)):
+                if fn in hooks:
+                    hooks.remove(fn)
         self._io = None
+
+    def _leave_state_out_of_best(self, checkpoint: dict, path) -> dict:
+        """A ``best`` checkpoint is written without this callback's running state.
+
+        Runs resume only from ``latest``; the state (chiefly the noise monitor's float32
+        gradient mean, as large as the weights) would make every ``best`` file up to 1.5×
+        larger for nothing. Loading a ``best`` checkpoint to resume still works: the monitors
+        then start afresh (Lightning skips a callback whose state is absent).
+        """
+        states = checkpoint.get("callbacks") or {}
+        if self._kind(Path(path)) != "best" or self.state_key not in states:
+            return checkpoint
+        pruned = dict(checkpoint)
+        pruned["callbacks"] = {k: v for k, v in states.items() if k != self.state_key}
+        return pruned
 
     def on_train_start(self, trainer, pl_module):
         # The latest checkpoint's own row is written after its file: a kill in between loses it.
