@@ -174,9 +174,9 @@ def _lrt_fit(prob: E.Problem, *, knee_range=None, robust: str = "auto", hetero: 
     # noise model from the residuals of the flexible (two-power) fit, so that a
     # real knee does not masquerade as low-frequency noise
     lb1, ub1, free1 = E.two_power_bounds(prob, True, True, consts)
-    starts = E.profile_starts(prob, null0, wh_ols, lb1, ub1, free1, consts=consts, n_best=3)
+    starts = _knee_starts(prob, null0, wh_ols, (lb1, ub1, free1), consts)
     alt0 = E.fit_two_power_core(
-        prob, null0, wh_ols, floor=True, shift=True, consts=consts, grid=0, extra_starts=starts[:1]
+        prob, null0, wh_ols, floor=True, shift=True, consts=consts, grid=0, extra_starts=starts[:2]
     )
     raw = E.raw_residuals(prob, alt0)
     # heteroscedastic noise (a smooth scale along the curve), modelled only when
@@ -190,7 +190,7 @@ def _lrt_fit(prob: E.Problem, *, knee_range=None, robust: str = "auto", hetero: 
             c = E.nls(prob, "power", th, free0, lb0, ub0, wh_ols)
             if c.chi2 < null0.chi2:
                 null0 = c
-        starts = E.profile_starts(prob, null0, wh_ols, lb1, ub1, free1, consts=consts, n_best=3)
+        starts = _knee_starts(prob, null0, wh_ols, (lb1, ub1, free1), consts)
         alt0 = E.fit_two_power_core(
             prob, null0, wh_ols, floor=True, shift=True, consts=consts, grid=0, extra_starts=[alt0.theta] + starts
         )
@@ -231,6 +231,31 @@ def _lrt_fit(prob: E.Problem, *, knee_range=None, robust: str = "auto", hetero: 
     scale = max(1.0, alt.chi2 / dof)
     stat = max(null.chi2 - alt.chi2, 0.0) / scale
     return _LrtFit(prob, null, alt, noise, stat, scale, used_robust, scale_ratio)
+
+
+def _knee_starts(prob: E.Problem, null0: E.Core, wh: E.Whitener, box, consts: dict) -> list[np.ndarray]:
+    """Starts for the two-power fit: the knee profiled from the null fit, and from a short-shift null.
+
+    The profile sweep is warm-started from the null fit's shift. When the curve has a flat plateau
+    and then a steep fall, the best *null* is a degenerate one (shift and floor on their bounds,
+    exponent ~5) and a sweep carrying that shift misses the knee at the plateau's end, so the
+    alternative was fitted no better than the null. A second sweep starts from the null refitted
+    with the shift held at 1 step (no transient), which a plateau-then-fall knee is close to.
+    Best local minima of the first sweep come first.
+    """
+    lb1, ub1, free1 = box
+    starts = E.profile_starts(prob, null0, wh, lb1, ub1, free1, consts=consts, n_best=3)
+    lb0, ub0, free0, _ = E.power_bounds(prob, True, True)
+    held = free0.copy()
+    held[3] = False
+    short = None
+    for th in E.power_starts(prob, True, False, 1.0):
+        th[3] = min(max(1.0, lb0[3]), ub0[3])
+        c = E.nls(prob, "power", th, held, lb0, ub0, wh)
+        if short is None or c.chi2 < short.chi2:
+            short = c
+    extra = E.profile_starts(prob, short, wh, lb1, ub1, free1, consts=consts, n_best=1)
+    return starts[:1] + extra + starts[1:]
 
 
 def _nested(null: E.Core) -> np.ndarray:
