@@ -12,7 +12,7 @@ the default power-law fit:
 
 Usage::
 
-    python bench/bench_analysis.py            # full run (~360 curves)
+    python bench/bench_analysis.py            # full run (800 curves, ~1 min)
     python bench/bench_analysis.py --quick    # smoke run (~40 short curves)
     python bench/bench_analysis.py --markdown bench/out/analysis.md
 """
@@ -43,6 +43,7 @@ from loss_slope.analysis import (  # noqa: E402
     fit_two_power_law,
     hinge_scan,
 )
+from loss_slope.analysis.stats import wilson_interval  # noqa: E402
 from loss_slope.analysis.synthetic import CurveSpec, make_curve, sample_spec  # noqa: E402
 
 TARGETS = {
@@ -251,6 +252,12 @@ def time_pwlf(sizes=(2_000, 20_000), n_curves: int = 3, seed: int = 0) -> list[d
     return out
 
 
+def _rate(rate: float, n: int) -> str:
+    """``rate [low, high]`` with the Wilson 95 % interval of ``rate * n`` successes in ``n``."""
+    lo, hi = wilson_interval(round(rate * n), n)
+    return f"{rate:.3f} [{lo:.2f}, {hi:.2f}]"
+
+
 def _ok(flag: bool) -> str:
     return "PASS" if flag else "FAIL"
 
@@ -262,7 +269,8 @@ def report(summary: dict, timing: dict, scan: dict, meta: dict, pw: list[dict] |
         f"# loss_slope.analysis benchmark ({meta['mode']}, seed {meta['seed']}, {meta['n_curves']} curves, {meta['lengths']})"
     )
     L.append("")
-    L.append(f"Default knee detector: `broken_power_lrt`, threshold {LRT_THRESHOLD:g}.  One BLAS thread.")
+    L.append(f"Default knee detector: `broken_power_lrt`, threshold {LRT_THRESHOLD:g}.  One BLAS thread.  "
+             "Rates are given with their Wilson 95 % interval [low, high] over the curves of the class.")
     L.append("")
     L.append("## Knee-free curves: false positives, exponent error, 95 % CI coverage")
     L.append("")
@@ -270,7 +278,7 @@ def report(summary: dict, timing: dict, scan: dict, meta: dict, pw: list[dict] |
     L.append("|---|---|---|---|---|---|---|")
     for key, v in summary["null"].items():
         L.append(
-            f"| {key} | {v['n']} | {v['fpr']:.3f} {_ok(v['fpr'] <= T['fpr'])} | {v['fpr_hinge']:.3f} | {v['exp_err_median']:.4f} | {v['exp_err_p90']:.4f} | {v['coverage']:.3f} |"
+            f"| {key} | {v['n']} | {_rate(v['fpr'], v['n'])} {_ok(v['fpr'] <= T['fpr'])} | {v['fpr_hinge']:.3f} | {v['exp_err_median']:.4f} | {v['exp_err_p90']:.4f} | {v['coverage']:.3f} |"
         )
     L.append("")
     L.append("## Curves with a knee: detection and location error (decades)")
@@ -279,7 +287,7 @@ def report(summary: dict, timing: dict, scan: dict, meta: dict, pw: list[dict] |
     L.append("|---|---|---|---|---|---|")
     for key, v in summary["knee"].items():
         L.append(
-            f"| {key} | {v['n']} | {v['detection']:.3f} | {v['err_median']:.4f} | {v['err_p90']:.4f} | {v['ci_coverage']:.3f} |"
+            f"| {key} | {v['n']} | {_rate(v['detection'], v['n'])} | {v['err_median']:.4f} | {v['err_p90']:.4f} | {v['ci_coverage']:.3f} |"
         )
     p = summary["pooled"]
     L.append("")
@@ -347,8 +355,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small smoke run")
     ap.add_argument("--seed", type=int, default=20240611)
-    ap.add_argument("--n-null", type=int, default=60, help="knee-free curves per class (4 classes)")
-    ap.add_argument("--n-knee", type=int, default=30, help="curves with a knee per class (4 classes)")
+    # 100 per class: a rate near 0.9 is then known to about ±0.06 (Wilson 95 %); 30 gave ±0.12
+    ap.add_argument("--n-null", type=int, default=100, help="knee-free curves per class (4 classes)")
+    ap.add_argument("--n-knee", type=int, default=100, help="curves with a knee per class (4 classes)")
     ap.add_argument("--markdown", type=Path, help="write the table to this file")
     args = ap.parse_args(argv)
 
