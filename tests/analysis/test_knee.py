@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from loss_slope.analysis import DEFAULT_KNEE_METHOD, KNEE_METHODS, KneeResult, detect_knee, register_knee_method
-from loss_slope.analysis.synthetic import make_curve, sample_spec
+from loss_slope.analysis.synthetic import CurveSpec, make_curve, sample_spec
 
 from .conftest import NOISE_LEVELS, curve
 
@@ -185,7 +185,6 @@ def test_scale_not_modelled_on_constant_noise():
 
 def test_scale_follows_growing_noise():
     from loss_slope.analysis.noise import estimate_scale
-    from loss_slope.analysis.synthetic import CurveSpec
 
     spec = CurveSpec(n_steps=1320, alpha=1.2, shift=60.0, noise_sigma=0.01, noise_loss_power=1.5)
     c = make_curve(spec, seed=3)
@@ -237,3 +236,26 @@ def test_demo_like_smooth_plateau_is_not_a_knee():
         c = make_curve(spec, seed=i)
         found += detect_knee(c.steps, c.loss).found
     assert found <= 1
+
+
+def test_a_failed_short_shift_sweep_falls_back_to_the_first_sweep(monkeypatch):
+    """The second knee sweep only adds a start: if its null fit fails, detection goes on without it."""
+    import loss_slope.analysis._engine as E
+    from loss_slope.analysis.exceptions import FitFailed
+
+    spec = CurveSpec(n_steps=3000, alpha=0.4, knee_step=300.0, alpha_after=1.0, noise_sigma=0.03)
+    c = make_curve(spec, seed=5)
+    both = detect_knee(c.steps, c.loss)
+    power_starts = E.power_starts
+    failed = []
+
+    def failing(problem, floor, shift, t_fixed):
+        if shift is False:
+            failed.append(t_fixed)
+            raise FitFailed("power: non-finite residuals at the starting point")
+        return power_starts(problem, floor, shift, t_fixed)
+
+    monkeypatch.setattr(E, "power_starts", failing)
+    first_only = detect_knee(c.steps, c.loss)
+    assert failed and both.found and first_only.found
+    assert _decades(first_only.step, spec.knee_step) < 0.05

@@ -41,7 +41,7 @@ import numpy as np
 
 from . import _engine as E
 from ._data import DEFAULT_BIN_DECADES, log_t, min_points_for, prepare_curve, z_value
-from .exceptions import NotEnoughPoints, UnknownMethod
+from .exceptions import FitFailed, NotEnoughPoints, UnknownMethod
 from .noise import NoiseModel, estimate_noise, estimate_scale, reml_refine
 from .scan import hinge_scan
 
@@ -248,13 +248,16 @@ def _knee_starts(prob: E.Problem, null0: E.Core, wh: E.Whitener, box, consts: di
     lb0, ub0, free0, _ = E.power_bounds(prob, True, True)
     held = free0.copy()
     held[3] = False
-    short = None
-    for th in E.power_starts(prob, True, False, 1.0):
-        th[3] = min(max(1.0, lb0[3]), ub0[3])
-        c = E.nls(prob, "power", th, held, lb0, ub0, wh)
-        if short is None or c.chi2 < short.chi2:
-            short = c
-    extra = E.profile_starts(prob, short, wh, lb1, ub1, free1, consts=consts, n_best=1)
+    try:
+        short = None
+        for th in E.power_starts(prob, True, False, 1.0):
+            th[3] = min(max(1.0, lb0[3]), ub0[3])
+            c = E.nls(prob, "power", th, held, lb0, ub0, wh)
+            if short is None or c.chi2 < short.chi2:
+                short = c
+        extra = E.profile_starts(prob, short, wh, lb1, ub1, free1, consts=consts, n_best=1)
+    except FitFailed:  # an extra start only: the first sweep's are enough to go on
+        extra = []
     return starts[:1] + extra + starts[1:]
 
 
