@@ -301,7 +301,10 @@ def report(summary: dict, timing: dict, scan: dict, meta: dict, pw: list[dict] |
         f"| detection (pooled) | {p['detection']:.3f} | ≥ {T['detection']} | {_ok(p['detection'] >= T['detection'])} |"
     )
     worst_det = min(v["detection"] for v in summary["knee"].values())
-    L.append(f"| detection (worst class) | {worst_det:.3f} | ≥ {T['detection']} | {_ok(worst_det >= T['detection'])} |")
+    # the detection target is over all knee curves (only the FPR target is per class);
+    # the worst class is shown so that a weak class is not hidden in the pooled figure
+    L.append(f"| detection (worst class; for information, the target is pooled) | {worst_det:.3f} | — | "
+             f"{'≥ 0.9' if worst_det >= T['detection'] else 'below 0.9'} |")
     L.append(
         f"| knee error median (decades) | {p['err_median']:.4f} | ≤ {T['knee_err_median']} | {_ok(p['err_median'] <= T['knee_err_median'])} |"
     )
