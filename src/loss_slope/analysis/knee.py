@@ -165,16 +165,13 @@ class _LrtFit:
 def _lrt_fit(prob: E.Problem, *, knee_range=None, robust: str = "auto", hetero: bool = True) -> _LrtFit:
     consts = E.knee_consts(prob, knee_range)
     lb0, ub0, free0, t_fixed = E.power_bounds(prob, True, True)
+    null_box = (lb0, ub0, free0)
     wh_ols = E.whitener(prob, "ols", None)
-    null0 = None
-    for th in E.power_starts(prob, True, True, t_fixed):
-        c = E.nls(prob, "power", th, free0, lb0, ub0, wh_ols)
-        if null0 is None or c.chi2 < null0.chi2:
-            null0 = c
+    null0 = _best_power(prob, E.power_starts(prob, True, True, t_fixed), null_box, wh_ols)
     # noise model from the residuals of the flexible (two-power) fit, so that a
     # real knee does not masquerade as low-frequency noise
-    lb1, ub1, free1 = E.two_power_bounds(prob, True, True, consts)
-    starts = _knee_starts(prob, null0, wh_ols, (lb1, ub1, free1), consts)
+    alt_box = E.two_power_bounds(prob, True, True, consts)
+    starts = _knee_starts(prob, null0, wh_ols, null_box, alt_box, consts)
     alt0 = E.fit_two_power_core(
         prob, null0, wh_ols, floor=True, shift=True, consts=consts, grid=0, extra_starts=starts[:2]
     )
@@ -185,12 +182,8 @@ def _lrt_fit(prob: E.Problem, *, knee_range=None, robust: str = "auto", hetero: 
     if row_scale is not None:
         prob.set_scale(row_scale)
         wh_ols = E.whitener(prob, "ols", None)
-        null0 = E.nls(prob, "power", null0.theta, free0, lb0, ub0, wh_ols)
-        for th in E.power_starts(prob, True, True, t_fixed):
-            c = E.nls(prob, "power", th, free0, lb0, ub0, wh_ols)
-            if c.chi2 < null0.chi2:
-                null0 = c
-        starts = _knee_starts(prob, null0, wh_ols, (lb1, ub1, free1), consts)
+        null0 = _best_power(prob, [null0.theta, *E.power_starts(prob, True, True, t_fixed)], null_box, wh_ols)
+        starts = _knee_starts(prob, null0, wh_ols, null_box, alt_box, consts)
         alt0 = E.fit_two_power_core(
             prob, null0, wh_ols, floor=True, shift=True, consts=consts, grid=0, extra_starts=[alt0.theta] + starts
         )
@@ -233,7 +226,18 @@ def _lrt_fit(prob: E.Problem, *, knee_range=None, robust: str = "auto", hetero: 
     return _LrtFit(prob, null, alt, noise, stat, scale, used_robust, scale_ratio)
 
 
-def _knee_starts(prob: E.Problem, null0: E.Core, wh: E.Whitener, box, consts: dict) -> list[np.ndarray]:
+def _best_power(prob: E.Problem, starts, box, wh: E.Whitener) -> E.Core:
+    """The power-law (null) fit with the lowest chi-square over ``starts``; the first wins ties."""
+    lb, ub, free = box
+    best = None
+    for th in starts:
+        c = E.nls(prob, "power", th, free, lb, ub, wh)
+        if best is None or c.chi2 < best.chi2:
+            best = c
+    return best
+
+
+def _knee_starts(prob: E.Problem, null0: E.Core, wh: E.Whitener, null_box, alt_box, consts: dict) -> list[np.ndarray]:
     """Starts for the two-power fit: the knee profiled from the null fit, and from a short-shift null.
 
     The profile sweep is warm-started from the null fit's shift. When the curve has a flat plateau
@@ -243,18 +247,16 @@ def _knee_starts(prob: E.Problem, null0: E.Core, wh: E.Whitener, box, consts: di
     with the shift held at 1 step (no transient), which a plateau-then-fall knee is close to.
     Best local minima of the first sweep come first.
     """
-    lb1, ub1, free1 = box
+    lb1, ub1, free1 = alt_box
     starts = E.profile_starts(prob, null0, wh, lb1, ub1, free1, consts=consts, n_best=3)
-    lb0, ub0, free0, _ = E.power_bounds(prob, True, True)
+    lb0, ub0, free0 = null_box
     held = free0.copy()
-    held[3] = False
+    held[3] = False  # the shift
     try:
-        short = None
-        for th in E.power_starts(prob, True, False, 1.0):
+        short_starts = E.power_starts(prob, True, False, 1.0)
+        for th in short_starts:
             th[3] = min(max(1.0, lb0[3]), ub0[3])
-            c = E.nls(prob, "power", th, held, lb0, ub0, wh)
-            if short is None or c.chi2 < short.chi2:
-                short = c
+        short = _best_power(prob, short_starts, (lb0, ub0, held), wh)
         extra = E.profile_starts(prob, short, wh, lb1, ub1, free1, consts=consts, n_best=1)
     except FitFailed:  # an extra start only: the first sweep's are enough to go on
         extra = []
