@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from loss_slope.analysis import DEFAULT_KNEE_METHOD, KNEE_METHODS, KneeResult, detect_knee, register_knee_method
-from loss_slope.analysis.synthetic import CurveSpec, make_curve, sample_spec
+from loss_slope.analysis.synthetic import CurveSpec, make_curve, sample_demo_spec, sample_spec
 
 from .conftest import NOISE_LEVELS, curve
 
@@ -196,15 +196,18 @@ def test_scale_follows_growing_noise():
     assert np.std(err) < 0.35
 
 
+def _demo_like(seed: int, *, knee: bool, n: int = 6):
+    """``n`` demo-like curves (spec, curve) of one kind, reproducible from ``seed``."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        spec = sample_demo_spec(rng, knee=knee)
+        yield spec, make_curve(spec, seed=i)
+
+
 def test_demo_like_plateau_then_power_law_is_a_knee():
     """A flat plateau that ends in a power law (demo BN-off runs), noise growing as the loss falls."""
-    from loss_slope.analysis.synthetic import sample_demo_spec
-
-    rng = np.random.default_rng(1000)
     hits = 0
-    for i in range(6):
-        spec = sample_demo_spec(rng, knee=True)
-        c = make_curve(spec, seed=i)
+    for spec, c in _demo_like(1000, knee=True):
         k = detect_knee(c.steps, c.loss)
         assert k.details["noise_scale_ratio"] > 5
         hits += bool(k.found and _decades(k.step, spec.knee_step) < 0.1 and k.exponent_before < k.exponent_after)
@@ -215,8 +218,6 @@ def test_plateau_knee_is_found_when_the_best_null_is_degenerate():
     """Regression: knee at step 48 after a flat plateau, AR wander. The best null puts shift and floor
     on their bounds with exponent ~5.7; the knee profile warm-started from it never reached step 48,
     the alternative fitted no better than the null and the statistic was 0.2 (found=False)."""
-    from loss_slope.analysis.synthetic import sample_demo_spec
-
     rng = np.random.default_rng(7006)
     spec = sample_demo_spec(rng, knee=True)
     c = make_curve(spec, seed=int(rng.integers(2**31)))
@@ -227,14 +228,7 @@ def test_plateau_knee_is_found_when_the_best_null_is_degenerate():
 
 def test_demo_like_smooth_plateau_is_not_a_knee():
     """Knee-free counterpart: a shifted power law (smooth plateau), same noise."""
-    from loss_slope.analysis.synthetic import sample_demo_spec
-
-    rng = np.random.default_rng(77)
-    found = 0
-    for i in range(6):
-        spec = sample_demo_spec(rng, knee=False)
-        c = make_curve(spec, seed=i)
-        found += detect_knee(c.steps, c.loss).found
+    found = sum(detect_knee(c.steps, c.loss).found for _, c in _demo_like(77, knee=False))
     assert found <= 1
 
 
