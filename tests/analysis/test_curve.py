@@ -40,7 +40,8 @@ def test_analyze_curve_flat_json_row():
     assert d["best_aic"] == "two_power"
     assert d["alpha_full_start_reason"] == "knee"
     assert d["alpha_early_ci_low"] < d["alpha_early"] < d["alpha_early_ci_high"]
-    assert d["power_r2"] > 0.5 and d["power_r2_binned"] > 0.99
+    assert d["post_knee_r2"] > 0.5 and d["post_knee_r2_binned"] > 0.99
+    assert d["h1_single_power_law"] is True and d["post_knee_fit_ok"] is True
     assert d["best_val_ce"] == float(np.min(c.clean[vs] * 1.2))
     assert not a.errors
 

@@ -5,7 +5,7 @@ a frozen dataclass; bad input raises a domain error from
 :mod:`loss_slope.analysis.exceptions`.  See ``docs/analysis.md``.
 """
 
-from .curve import CurveAnalysis, analyze_curve
+from .curve import CurveAnalysis, analyze_curve, cumulative_lr
 from .exceptions import (
     AnalysisError,
     ConstantLoss,
@@ -33,6 +33,7 @@ from .fits import (
 from .knee import DEFAULT_KNEE_METHOD, KNEE_METHODS, LRT_THRESHOLD, KneeResult, detect_knee, register_knee_method
 from .noise import NoiseModel, estimate_noise
 from .scan import HingeScan, hinge_scan
+from .shape import FitCheck, ShapeTest, check_fit, single_power_law
 from .slopes import SlopeResult, WindowScan, alpha_early, alpha_full, alpha_window, window_scan
 from .stats import (
     Correlation,
@@ -97,6 +98,12 @@ __all__ = [
     # per-run helper
     "analyze_curve",
     "CurveAnalysis",
+    "cumulative_lr",
+    # H1 per run: one power law after the knee?
+    "single_power_law",
+    "ShapeTest",
+    "check_fit",
+    "FitCheck",
     # errors
     "AnalysisError",
     "InvalidCurve",

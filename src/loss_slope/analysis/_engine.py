@@ -56,6 +56,8 @@ class Problem:
         self.row_scale: np.ndarray | None = None
         #: ... and its per-bin RMS, which multiplies the bin-mean covariance: D C D
         self.bin_scale: np.ndarray | None = None
+        #: largest transient shift the power-type models may use (None: the default box)
+        self.shift_cap: float | None = None
 
     def set_scale(self, row_scale: np.ndarray | None) -> None:
         """Use a smooth noise scale ``sigma(step)`` (rows); ``None`` for constant noise.
@@ -93,6 +95,7 @@ class Problem:
         """Same curve, bins recomputed from new (normalised) raw values."""
         p = Problem(self.curve, bin_decades=self.bin_decades, y_raw=y_raw_normalised + self.y_ref)
         p.set_scale(self.row_scale)
+        p.shift_cap = self.shift_cap
         return p
 
     def chol(self, noise: NoiseModel) -> np.ndarray:
@@ -115,6 +118,8 @@ class Problem:
     def shift_bounds(self) -> tuple[float, float]:
         lo = 0.0 if self.s[0] >= 1.0 else 0.1
         hi = max(10.0, 0.5 * float(self.s[-1]))
+        if self.shift_cap is not None:
+            hi = max(min(hi, self.shift_cap), lo + 1e-6)
         return lo, hi
 
     def floor_max(self) -> float:
@@ -159,10 +164,13 @@ class Core:
     converged: bool
     consts: dict = field(default_factory=dict)  # model constants (knee range)
     active: np.ndarray | None = None  # free params on a bound (bool, n_free)
+    active_low: np.ndarray | None = None  # ... on their lower bound (bool, n_free)
 
     def __post_init__(self) -> None:
         if self.active is None:
             self.active = np.zeros(int(np.sum(self.free)), dtype=bool)
+        if self.active_low is None:
+            self.active_low = np.zeros(int(np.sum(self.free)), dtype=bool)
 
     @property
     def k(self) -> int:
@@ -257,7 +265,8 @@ def nls(
     theta[free] = p
     m, J = problem.bin_model(fn, theta)
     tol = 1e-9 * np.maximum(1.0, np.abs(p))
-    active = ((p - lbf) <= tol) | ((ubf - p) <= tol)
+    low = (p - lbf) <= tol
+    active = low | ((ubf - p) <= tol)
     return Core(
         model=name,
         theta=theta,
@@ -268,6 +277,7 @@ def nls(
         converged=converged,
         consts=dict(consts or {}),
         active=active,
+        active_low=low,
     )
 
 

@@ -10,6 +10,7 @@ recorded under ``errors`` (and as ``error_<component>`` in the dict).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -18,20 +19,13 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ._data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve
-from .exceptions import AnalysisError, UnknownMethod
-from .fits import (
-    ModelComparison,
-    PowerLawFit,
-    TwoPowerLawFit,
-    _comparison,
-    _result_from_core,
-    fit_exponential,
-    fit_power_law,
-)
+from .exceptions import AnalysisError, InvalidCurve, UnknownMethod
+from .fits import ModelComparison, PowerLawFit, comparison_from_lrt, fit_power_law
 from .knee import DEFAULT_KNEE_METHOD, KNEE_METHODS, KneeResult, _broken_power_lrt, detect_knee
+from .shape import FitCheck, ShapeTest, check_fit, single_power_law
 from .slopes import EARLY_WINDOW, SlopeResult, alpha_full, alpha_window
 
-__all__ = ["CurveAnalysis", "analyze_curve"]
+__all__ = ["CurveAnalysis", "analyze_curve", "cumulative_lr"]
 
 NAN = float("nan")
 
@@ -48,12 +42,23 @@ class CurveAnalysis:
         Exponential vs power law vs broken power law (common noise model).
     power_post_knee : PowerLawFit or None
         Power law (floor + shift) fitted from the default knee to the end (the whole
-        curve when no knee was found); its ``r2`` is the H1 statistic.
+        curve when no knee was found).
+    shape : ShapeTest or None
+        The per-run H1 decision: is the curve after the knee one power law
+        (:func:`loss_slope.analysis.shape.single_power_law`).
+    fit_checks : Mapping[str, FitCheck]
+        Whether each fitted curve follows the data (``"exponential"``, ``"power"``,
+        ``"two_power"``, ``"post_knee"``).
+    post_knee_start_step : float
+        Optimizer step where the post-knee segment starts (the first step when no
+        knee was found).
     alpha_early : SlopeResult or None
     alpha_full : SlopeResult or None
     best_val_ce : float
         Minimum validation loss (input unit), NaN when no validation curve given.
     steps_per_epoch : float
+    time_axis : str
+        ``"step"``, or ``"time"`` when another time axis was given.
     n_points : int
     n_masked : int
     errors : Mapping[str, str]
@@ -63,10 +68,14 @@ class CurveAnalysis:
     knees: Mapping[str, KneeResult]
     comparison: ModelComparison | None
     power_post_knee: PowerLawFit | None
+    shape: ShapeTest | None
+    fit_checks: Mapping[str, FitCheck]
+    post_knee_start_step: float
     alpha_early: SlopeResult | None
     alpha_full: SlopeResult | None
     best_val_ce: float
     steps_per_epoch: float
+    time_axis: str
     n_points: int
     n_masked: int
     errors: Mapping[str, str]
@@ -77,7 +86,12 @@ class CurveAnalysis:
         Missing numbers are ``None`` (null): a knee that was not found, or a
         component that failed -- whose reason is under ``error_<component>``.
         """
-        out: dict = {"n_points": self.n_points, "n_masked": self.n_masked, "steps_per_epoch": self.steps_per_epoch}
+        out: dict = {
+            "n_points": self.n_points,
+            "n_masked": self.n_masked,
+            "steps_per_epoch": self.steps_per_epoch,
+            "time_axis": self.time_axis,
+        }
         for name, k in self.knees.items():
             out.update(k.to_dict(prefix=f"knee_{name}_"))
         if self.comparison is not None:
@@ -86,22 +100,22 @@ class CurveAnalysis:
                 for pname, est in fit.params.items():
                     out[f"{model}_{pname}"] = est.value
                     out[f"{model}_{pname}_se"] = est.stderr
+                    out[f"{model}_{pname}_ci_low"], out[f"{model}_{pname}_ci_high"] = est.ci
+                    out[f"{model}_{pname}_at_bound"] = bool(fit.at_bound.get(pname, False))
+                out[f"{model}_hit_bound"] = ",".join(fit.hit_bound) or None
         if self.power_post_knee is not None:
-            p = self.power_post_knee
-            out.update(
-                {
-                    "power_r2": p.r2,
-                    "power_r2_binned": p.r2_binned,
-                    "power_exponent": p.exponent,
-                    "power_exponent_ci_low": p.exponent_ci[0],
-                    "power_exponent_ci_high": p.exponent_ci[1],
-                    "power_floor": p.floor,
-                    "power_shift": p.shift,
-                    "power_start_step": p.step_range[0],
-                }
-            )
+            out.update(self.power_post_knee.to_dict(prefix="post_knee_"))
         else:
-            out.update({"power_r2": NAN, "power_r2_binned": NAN, "power_exponent": NAN})
+            out.update({"post_knee_r2": NAN, "post_knee_exponent": NAN})
+        out["post_knee_start_step"] = self.post_knee_start_step
+        for name, chk in self.fit_checks.items():
+            out[f"{name}_fit_ok"] = chk.ok
+            out[f"{name}_fit_reason"] = chk.reason
+            out[f"{name}_max_binned_residual"] = chk.max_binned_residual
+        if self.shape is not None:
+            out.update(self.shape.to_dict())
+        else:
+            out.update({"h1_single_power_law": None, "h1_literal_r2": NAN})
         for name, sr in (("alpha_early", self.alpha_early), ("alpha_full", self.alpha_full)):
             if sr is not None:
                 out.update(sr.to_dict(prefix=name))
@@ -111,6 +125,73 @@ class CurveAnalysis:
         for comp, msg in self.errors.items():
             out[f"error_{comp}"] = msg
         return {k: (_jsonable(v)) for k, v in out.items()}
+
+
+def cumulative_lr(lr) -> np.ndarray:
+    """The learning-rate time axis: Σ lr over the steps before each step, in steps at peak LR.
+
+    The loss logged at step ``i`` is measured before update ``i``, so its time is
+    ``sum(lr[:i]) / max(lr)``: 0 at step 0 and equal to the step count wherever the
+    LR sits at its peak.  Under warm-up and decay this is the axis on which a
+    schedule-free power law stays a power law (the "S1" of the learning-rate
+    annealing scaling law of Tissue et al., 2024).
+
+    Parameters
+    ----------
+    lr : array_like, shape (n,)
+        Learning rate of every logged step, as logged (>= 0).
+
+    Returns
+    -------
+    ndarray, shape (n,)
+    """
+    lr = np.asarray(lr, dtype=float)
+    if lr.size == 0 or not np.all(np.isfinite(lr)) or np.any(lr < 0) or not np.max(lr) > 0:
+        raise InvalidCurve("the learning rate must be finite, >= 0 and not all zero")
+    return np.concatenate(([0.0], np.cumsum(lr[:-1]))) / float(np.max(lr))
+
+
+@dataclass(frozen=True)
+class _TimeAxis:
+    """The fit's time axis and its map back to optimizer steps."""
+
+    name: str
+    t: np.ndarray
+    steps: np.ndarray
+    keep: np.ndarray | None
+
+    @classmethod
+    def of(cls, steps, time, curve) -> "_TimeAxis":
+        if time is None:
+            return cls("step", curve.steps, curve.steps, None)
+        raw_steps = np.asarray(steps, dtype=float)
+        tt = np.asarray(time, dtype=float)
+        if tt.shape != raw_steps.shape:
+            raise InvalidCurve("time must have one value per step")
+        tt = np.interp(curve.steps, raw_steps, tt)
+        # steps with zero learning rate add no time: keep the first of each run of ties
+        keep = np.concatenate(([True], np.diff(tt) > 0))
+        return cls("time", tt[keep], curve.steps[keep], keep)
+
+    def to_steps(self, t: float) -> float:
+        return float(np.interp(t, self.t, self.steps)) if math.isfinite(t) else t
+
+    def epoch_to_t(self, epoch: float, spe: float) -> float:
+        if self.name == "step":
+            return epoch
+        return float(np.interp(epoch * spe, self.steps, self.t)) / spe
+
+    def knee_in_steps(self, k: KneeResult, spe: float) -> KneeResult:
+        if self.name == "step" or not k.found:
+            return k
+        step = self.to_steps(k.step)
+        lo, hi = k.step_ci
+        return dataclasses.replace(k, step=step, step_ci=(self.to_steps(lo), self.to_steps(hi)), epoch=step / spe)
+
+    def window_in_epochs(self, sr: SlopeResult, window) -> SlopeResult:
+        if self.name == "step":
+            return sr
+        return dataclasses.replace(sr, start_epoch=float(window[0]), end_epoch=float(window[1]))
 
 
 def _jsonable(v):
@@ -138,6 +219,7 @@ def analyze_curve(
     confidence: float = 0.95,
     bin_decades: float = DEFAULT_BIN_DECADES,
     nonfinite: str = "raise",
+    time=None,
 ) -> CurveAnalysis:
     """Analyse one training-loss curve.
 
@@ -162,6 +244,11 @@ def analyze_curve(
     confidence : float
     bin_decades : float
     nonfinite : {"raise", "drop"}
+    time : array_like, shape (n,), optional
+        Another time axis for the knees, fits, H1 test and slopes, one value per
+        step, strictly increasing where kept: e.g. :func:`cumulative_lr`.  Knee
+        steps are reported back on the step axis, and windows are still chosen in
+        epochs of steps.  ``None``: the optimizer step.
 
     Returns
     -------
@@ -184,62 +271,85 @@ def analyze_curve(
     opts = {k: dict(v) for k, v in (knee_options or {}).items()}
     curve = prepare_curve(steps, loss, min_points=min_points_for(6), nonfinite=nonfinite)
     s, l_ = curve.steps, curve.loss
+    axis = _TimeAxis.of(steps, time, curve)
+    t = axis.t
+    if axis.keep is not None:
+        s, l_ = s[axis.keep], l_[axis.keep]
     errors: dict[str, str] = {}
     knees: dict[str, KneeResult] = {}
+    checks: dict[str, FitCheck] = {}
     comparison = None
     power = None
+    shape = None
 
     # default detector; its fits double as the power / two-power model fits
     try:
         dopts = dict(opts.get(DEFAULT_KNEE_METHOD, {}))
         res, lrt = _broken_power_lrt(
-            s, l_, steps_per_epoch=spe, confidence=confidence, bin_decades=bin_decades, _return_fit=True, **dopts
+            t, l_, steps_per_epoch=spe, confidence=confidence, bin_decades=bin_decades, _return_fit=True, **dopts
         )
-        knees[DEFAULT_KNEE_METHOD] = res
+        knees[DEFAULT_KNEE_METHOD] = axis.knee_in_steps(res, spe)
         try:
-            pw = _result_from_core(
-                PowerLawFit, lrt.problem, lrt.null, lrt.noise, confidence=confidence, robust=lrt.robust
-            )
-            tw = _result_from_core(
-                TwoPowerLawFit, lrt.problem, lrt.alt, lrt.noise, confidence=confidence, robust=lrt.robust
-            )
-            ex = fit_exponential(
-                s, l_, estimator="gls", noise=lrt.noise, confidence=confidence, bin_decades=bin_decades
-            )
-            comparison = _comparison({"exponential": ex, "power": pw, "two_power": tw}, lrt.noise)
+            comparison = comparison_from_lrt(lrt, confidence=confidence)
+            for model, fit in comparison.fits.items():
+                checks[model] = check_fit(fit, t, l_)
         except AnalysisError as exc:
             errors["comparison"] = str(exc)
     except AnalysisError as exc:
         errors[f"knee_{DEFAULT_KNEE_METHOD}"] = str(exc)
         res = None
-    knee_step = res.step if (res is not None and res.found) else None
+    knee_t = res.step if (res is not None and res.found) else None
 
     for name in knee_methods:
         if name == DEFAULT_KNEE_METHOD:
             continue
         o = dict(opts.get(name, {}))
         o.setdefault("steps_per_epoch", spe)
-        xs, xl = s, l_
+        xs, xl = t, l_
         if name == "ce_threshold" and val_loss is not None:
-            xs, xl = val_steps, val_loss
+            xs, xl = val_steps, val_loss  # a level crossing: read on the step axis
+            knee_method_axis = None
+        else:
+            knee_method_axis = axis
         try:
-            knees[name] = detect_knee(xs, xl, method=name, **o)
+            k = detect_knee(xs, xl, method=name, **o)
+            knees[name] = knee_method_axis.knee_in_steps(k, spe) if knee_method_axis is not None else k
         except AnalysisError as exc:
             errors[f"knee_{name}"] = str(exc)
 
     try:
-        sel = s >= (knee_step if knee_step is not None else -math.inf)
-        power = fit_power_law(s[sel], l_[sel], confidence=confidence, bin_decades=bin_decades)
+        sel = t >= (knee_t if knee_t is not None else -math.inf)
+        power = fit_power_law(t[sel], l_[sel], confidence=confidence, bin_decades=bin_decades)
+        checks["post_knee"] = check_fit(power, t[sel], l_[sel])
     except AnalysisError as exc:
         errors["power_post_knee"] = str(exc)
+    try:
+        shape = single_power_law(
+            t,
+            l_,
+            knee_step=knee_t,
+            threshold=dopts.get("threshold"),
+            confidence=confidence,
+            bin_decades=bin_decades,
+            segment_fit=power,
+        )
+    except AnalysisError as exc:
+        errors["h1_single_power_law"] = str(exc)
 
     a_early = a_full = None
     try:
-        a_early = alpha_window(s, l_, early_window[0], early_window[1], spe, confidence=confidence)
+        a_early = alpha_window(
+            t, l_, axis.epoch_to_t(early_window[0], spe), axis.epoch_to_t(early_window[1], spe), spe,
+            confidence=confidence,
+        )
+        a_early = axis.window_in_epochs(a_early, early_window)
     except AnalysisError as exc:
         errors["alpha_early"] = str(exc)
     try:
-        a_full = alpha_full(s, l_, knee_step=knee_step, steps_per_epoch=spe, confidence=confidence)
+        a_full = alpha_full(
+            t, l_, knee_step=knee_t, steps_per_epoch=spe, confidence=confidence,
+            fallback_start_epoch=axis.epoch_to_t(1.0, spe),
+        )
     except AnalysisError as exc:
         errors["alpha_full"] = str(exc)
 
@@ -260,6 +370,10 @@ def analyze_curve(
         knees=MappingProxyType(knees),
         comparison=comparison,
         power_post_knee=power,
+        shape=shape,
+        fit_checks=MappingProxyType(checks),
+        post_knee_start_step=axis.to_steps(knee_t) if knee_t is not None else float(s[0]),
+        time_axis=axis.name,
         alpha_early=a_early,
         alpha_full=a_full,
         best_val_ce=best_val,

@@ -160,6 +160,12 @@ class FitResult:
     step_range : tuple of float
         First and last step fitted.
     diagnostics : ResidualDiagnostics
+    at_bound : Mapping[str, bool]
+        Per fitted parameter: whether the estimate sits on a bound of its box.
+    hit_bound : tuple of str
+        Parameters on a bound that is not a natural value of the model: every
+        bound except a zero floor and the shift's lower bound (no transient).  A fit
+        with a non-empty ``hit_bound`` is an edge solution, not an interior optimum.
     """
 
     model: str
@@ -186,6 +192,8 @@ class FitResult:
     theta: tuple[float, ...] = field(repr=False)
     y_ref: float = field(repr=False)
     model_consts: Mapping[str, float] = field(repr=False, default_factory=lambda: MappingProxyType({}))
+    at_bound: Mapping[str, bool] = field(default_factory=lambda: MappingProxyType({}))
+    hit_bound: tuple[str, ...] = ()
 
     def predict(self, steps) -> np.ndarray:
         """Fitted loss at ``steps`` (same unit as the input loss).
@@ -210,6 +218,8 @@ class FitResult:
             out[f"{prefix}{name}_se"] = est.stderr
             out[f"{prefix}{name}_ci_low"] = est.ci[0]
             out[f"{prefix}{name}_ci_high"] = est.ci[1]
+            out[f"{prefix}{name}_at_bound"] = bool(self.at_bound.get(name, False))
+        out[f"{prefix}hit_bound"] = ",".join(self.hit_bound) or None
         for key in ("aic", "bic", "aic_ac", "bic_ac", "r2", "r2_binned", "rss", "loglik"):
             out[f"{prefix}{key}"] = float(getattr(self, key))
         out[f"{prefix}n_obs"] = self.n_obs
@@ -463,6 +473,13 @@ def _build(cls, f: _Fitted, names, convert, confidence: float, n_masked: int):
         est = params[names[idx]]
         params[names[idx]] = Estimate(est.value, est.stderr, (float(lo), float(hi)))
     fixed = tuple(nm for nm, fr in zip(names, core.free) if not fr)
+    free_names = [nm for nm, fr in zip(names, core.free) if fr]
+    at_bound = {nm: False for nm in names}
+    hit = []
+    for nm, act, low in zip(free_names, core.active, core.active_low):
+        at_bound[nm] = bool(act)
+        if act and not (low and nm in ("floor", "shift")):
+            hit.append(nm)
     n = prob.n
     k = core.k
     rss = float(f.raw_resid @ f.raw_resid)
@@ -504,6 +521,8 @@ def _build(cls, f: _Fitted, names, convert, confidence: float, n_masked: int):
         theta=tuple(float(v) for v in core.theta),
         y_ref=prob.y_ref,
         model_consts=MappingProxyType(dict(core.consts)),
+        at_bound=MappingProxyType(at_bound),
+        hit_bound=tuple(hit),
     )
 
 
@@ -702,23 +721,7 @@ def fit_exponential(
         ``.rate`` (per step) and ``.rate_ci``.
     """
     prob = _problem(steps, loss, 2, nonfinite, bin_decades)
-    lb = np.array([-np.inf, -np.inf])
-    ub = np.array([np.inf, np.inf])
-    free = np.array([True, True])
-    x = prob.sb
-    beta, _, _ = E.wls(np.column_stack((np.ones_like(x), -x)), prob.yb)
-    f = _run_fit(
-        prob,
-        "exponential",
-        [np.array(beta)],
-        lb,
-        ub,
-        free,
-        estimator=estimator,
-        noise=noise,
-        robust=robust,
-        linear_raw=estimator == "ols",
-    )
+    f = _exponential_fit(prob, estimator=estimator, noise=noise, robust=robust)
     return _build(ExponentialFit, f, ("amplitude", "rate"), _convert_exp, confidence, prob.curve.n_masked)
 
 
@@ -858,10 +861,18 @@ def compare_models(
     bin_decades: float = DEFAULT_BIN_DECADES,
     nonfinite: str = "raise",
 ) -> ModelComparison:
-    """Fit the three models with one common noise model and tabulate AIC/BIC.
+    """Fit the three models on one likelihood and tabulate AIC/BIC.
 
-    The noise model is estimated from the residuals of the most flexible model (the
-    broken power law), so that all criteria share one likelihood.
+    With the defaults this is exactly the comparison of the pipeline's fit stage
+    (:func:`loss_slope.analysis.analyze_curve`): the power law and the broken power
+    law are the knee test's fits, and the exponential is fitted to the same bin means
+    under the same noise model (white + AR(1), with the smooth noise scale and the
+    Huber pseudo-observations of the knee test when it uses them), so every AIC
+    shares one likelihood.
+
+    With a fixed floor or shift, ``estimator="ols"`` or a given ``noise``, the noise
+    model is estimated from the residuals of the most flexible model (the broken
+    power law) and the three fits use it without a noise scale.
 
     Parameters
     ----------
@@ -874,6 +885,10 @@ def compare_models(
     ModelComparison
     """
     prob = _problem(steps, loss, 6, nonfinite, bin_decades)
+    if floor is True and shift is True and estimator == "gls" and noise is None:
+        from .knee import _lrt_fit
+
+        return comparison_from_lrt(_lrt_fit(prob), confidence=confidence)
     null = _power_core_fit(prob, floor=floor, shift=shift, estimator="ols", noise=noise, robust="never")
     two = _two_power_fit(
         prob, floor=floor, shift=shift, knee_range=None, estimator="ols", noise=noise, robust="never", null=null
@@ -881,19 +896,18 @@ def compare_models(
     if noise is None:
         noise = two.noise
     fits = {
-        "exponential": fit_exponential(
-            steps,
-            loss,
-            estimator=estimator,
-            confidence=confidence,
-            noise=noise,
-            bin_decades=bin_decades,
-            nonfinite=nonfinite,
+        "exponential": _build(
+            ExponentialFit,
+            _exponential_fit(prob, estimator=estimator, noise=noise, robust="auto"),
+            _RESULT_SPECS["exponential"][0],
+            _convert_exp,
+            confidence,
+            prob.curve.n_masked,
         ),
         "power": _build(
             PowerLawFit,
             _power_core_fit(prob, floor=floor, shift=shift, estimator=estimator, noise=noise, robust="auto"),
-            ("amplitude", "exponent", "floor", "shift"),
+            _RESULT_SPECS["power"][0],
             _convert_power,
             confidence,
             prob.curve.n_masked,
@@ -910,13 +924,51 @@ def compare_models(
                 robust="auto",
                 null=null,
             ),
-            ("amplitude", "exponent_before", "exponent_after", "break_step", "floor", "shift"),
+            _RESULT_SPECS["two_power"][0],
             _convert_two,
             confidence,
             prob.curve.n_masked,
         ),
     }
     return _comparison(fits, noise)
+
+
+def _exponential_fit(prob: E.Problem, *, estimator: str, noise: NoiseModel | None, robust: str) -> _Fitted:
+    lb = np.array([-np.inf, -np.inf])
+    ub = np.array([np.inf, np.inf])
+    free = np.array([True, True])
+    x = prob.sb
+    beta, _, _ = E.wls(np.column_stack((np.ones_like(x), -x)), prob.yb)
+    return _run_fit(
+        prob,
+        "exponential",
+        [np.array(beta)],
+        lb,
+        ub,
+        free,
+        estimator=estimator,
+        noise=noise,
+        robust=robust,
+        linear_raw=estimator == "ols" and prob.row_scale is None,
+    )
+
+
+def comparison_from_lrt(lrt, *, confidence: float = 0.95) -> ModelComparison:
+    """The three-model comparison on the knee test's likelihood.
+
+    ``lrt`` is the knee test's fit (:func:`loss_slope.analysis.knee._lrt_fit`): its
+    problem (bin means, noise scale, Huber pseudo-observations when used), its noise
+    model and its power-law and broken-power-law fits.  The exponential is fitted to
+    the same problem by GLS under the same noise model.
+    """
+    pw = _result_from_core(PowerLawFit, lrt.problem, lrt.null, lrt.noise, confidence=confidence, robust=lrt.robust)
+    tw = _result_from_core(TwoPowerLawFit, lrt.problem, lrt.alt, lrt.noise, confidence=confidence, robust=lrt.robust)
+    f = _exponential_fit(lrt.problem, estimator="gls", noise=lrt.noise, robust="never")
+    f.robust = lrt.robust
+    ex = _build(
+        ExponentialFit, f, _RESULT_SPECS["exponential"][0], _convert_exp, confidence, lrt.problem.curve.n_masked
+    )
+    return _comparison({"exponential": ex, "power": pw, "two_power": tw}, lrt.noise)
 
 
 def _comparison(fits: dict, noise: NoiseModel) -> ModelComparison:

@@ -78,6 +78,13 @@ class CurveSpec:
         plateau to ~1 at the end).
     noise_sigma_max : float
         Cap of the heteroscedastic s.d.s.
+    knee2_step : float or None
+        Optimizer step of a second break (after ``knee_step``); ``None`` for none.
+    alpha_after2 : float or None
+        Exponent after the second break (required with ``knee2_step``).
+    noise_growth : float
+        Both noise parts grow geometrically along the run, by this factor from the
+        first to the last step (1 = constant; on top of ``noise_loss_power``).
     """
 
     n_steps: int = 20_000
@@ -93,6 +100,9 @@ class CurveSpec:
     ar_sigma: float = 0.0
     noise_loss_power: float = 0.0
     noise_sigma_max: float = 1.5
+    knee2_step: float | None = None
+    alpha_after2: float | None = None
+    noise_growth: float = 1.0
 
     def __post_init__(self) -> None:
         if self.n_steps < 2:
@@ -107,6 +117,12 @@ class CurveSpec:
             raise ValueError("knee_step and alpha_after go together")
         if self.knee_step is not None and self.knee_step <= 0:
             raise ValueError("knee_step must be > 0")
+        if (self.knee2_step is None) != (self.alpha_after2 is None):
+            raise ValueError("knee2_step and alpha_after2 go together")
+        if self.knee2_step is not None and (self.knee_step is None or self.knee2_step <= self.knee_step):
+            raise ValueError("knee2_step needs a knee_step before it")
+        if self.noise_growth <= 0:
+            raise ValueError("noise_growth must be > 0")
         if not 0 <= self.ar_phi < 1:
             raise ValueError("ar_phi must be in [0, 1)")
         if self.noise_sigma < 0 or self.ar_sigma < 0:
@@ -151,17 +167,22 @@ class SyntheticCurve:
 def _log_g(tau: np.ndarray, spec: CurveSpec) -> np.ndarray:
     """log of the unit-amplitude (broken) power law at tau."""
     x = np.log(tau)
-    if spec.knee_step is None:
-        return -spec.alpha * x
-    xk = math.log(spec.knee_step + spec.shift)
-    d = spec.alpha_after - spec.alpha
-    if spec.knee_width > 0:
-        w = spec.knee_width
-        # softplus centred so that g is continuous with the sharp version far away
-        hinge = w * np.logaddexp(0.0, (x - xk) / w)
-    else:
-        hinge = np.maximum(x - xk, 0.0)
-    return -spec.alpha * x - d * hinge
+    out = -spec.alpha * x
+    breaks = [(spec.knee_step, spec.alpha_after - spec.alpha if spec.knee_step is not None else 0.0)]
+    if spec.knee2_step is not None:
+        breaks.append((spec.knee2_step, spec.alpha_after2 - spec.alpha_after))
+    for step, d in breaks:
+        if step is None:
+            continue
+        xk = math.log(step + spec.shift)
+        if spec.knee_width > 0:
+            w = spec.knee_width
+            # softplus centred so that g is continuous with the sharp version far away
+            hinge = w * np.logaddexp(0.0, (x - xk) / w)
+        else:
+            hinge = np.maximum(x - xk, 0.0)
+        out = out - d * hinge
+    return out
 
 
 def true_loss(steps: np.ndarray, spec: CurveSpec) -> np.ndarray:
@@ -209,6 +230,8 @@ def make_curve(spec: CurveSpec, *, seed: int) -> SyntheticCurve:
         top = max(spec.noise_sigma, spec.ar_sigma)
         if top > 0:
             fac = np.minimum(fac, spec.noise_sigma_max / top)
+    if spec.noise_growth != 1.0:
+        fac = fac * spec.noise_growth ** (steps / max(steps[-1], 1.0))
     noise = spec.noise_sigma * fac * rng.standard_normal(spec.n_steps)
     if spec.ar_phi > 0 and spec.ar_sigma > 0:
         innov_sd = spec.ar_sigma * math.sqrt(1.0 - spec.ar_phi**2)

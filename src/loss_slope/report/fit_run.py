@@ -41,12 +41,33 @@ from loss_slope.analysis import (
     AnalysisError,
     NotEnoughPoints,
     analyze_curve,
+    cumulative_lr,
     window_scan,
 )
 
 from ._io import one_thread, read_json, write_json
 
-__all__ = ["Divergence", "check_divergence", "fit_run", "fit_run_tables", "fit_options"]
+__all__ = ["Divergence", "check_divergence", "fit_run", "fit_run_tables", "fit_options", "TIME_AXES", "AXIS_COLUMNS"]
+
+#: The time axes a curve can be analysed on (``analysis.time_axis``).
+TIME_AXES = ("step", "cumulative_lr")
+#: Columns repeated, prefixed ``<axis>__``, for the time axis that is not the configured one.
+AXIS_COLUMNS = (
+    "h1_single_power_law",
+    "h1_reason",
+    "h1_literal_r2",
+    "post_knee_exponent",
+    "post_knee_exponent_ci_low",
+    "post_knee_exponent_ci_high",
+    "post_knee_fit_ok",
+    "post_knee_hit_bound",
+    "knee_broken_power_lrt_found",
+    "knee_broken_power_lrt_step",
+    "alpha_early",
+    "alpha_early_ci_low",
+    "alpha_early_ci_high",
+    "alpha_full",
+)
 
 #: log10(step + 1) bin width of the curve stored for the figures
 CURVE_BIN_DECADES = 0.02
@@ -141,6 +162,14 @@ def fit_options(fit: Mapping[str, Any], loss_unit: str) -> dict:
     )
 
 
+def _time(axis: str, lr) -> np.ndarray | None:
+    if axis == "step":
+        return None
+    if lr is None:
+        raise AnalysisError("time_axis cumulative_lr needs the lr column of the steps table")
+    return cumulative_lr(lr)
+
+
 def _binned(steps: np.ndarray, loss: np.ndarray) -> dict:
     """Geometric-mean loss in log-spaced bins of (step + 1), for plots."""
     ids = np.floor(np.log10(steps + 1.0) / CURVE_BIN_DECADES).astype(np.int64)
@@ -203,6 +232,8 @@ def fit_run_tables(
     divergence: Mapping[str, Any],
     loss_unit: str = "nats",
     read_error: str | None = None,
+    time_axis: str = "step",
+    compare_time_axes: bool = True,
 ) -> dict:
     """Fit one run from its tables.
 
@@ -223,6 +254,11 @@ def fit_run_tables(
         The config's ``analysis.fit`` and ``analysis.divergence`` blocks.
     loss_unit : {"nats", "bits"}
     read_error : str, optional
+    time_axis : {"step", "cumulative_lr"}
+        The axis of the knees, fits, H1 test and slopes (``analysis.time_axis``).
+    compare_time_axes : bool
+        Also analyse on the other axis: the :data:`AXIS_COLUMNS`, prefixed
+        ``<axis>__`` (``analysis.compare_time_axes``).
 
     Returns
     -------
@@ -248,7 +284,13 @@ def fit_run_tables(
         "curve": {},
         "models": {},
         "window_scan": None,
-        "settings": {"fit": dict(fit), "divergence": dict(divergence), "loss_unit": loss_unit},
+        "settings": {
+            "fit": dict(fit),
+            "divergence": dict(divergence),
+            "loss_unit": loss_unit,
+            "time_axis": time_axis,
+            "compare_time_axes": compare_time_axes,
+        },
     }
     col, vcol = f"loss_train_{loss_unit}", f"loss_val_{loss_unit}"
     if steps is None or col not in steps.columns:
@@ -283,6 +325,14 @@ def fit_run_tables(
         last = st >= st[-1] + 1 - spe
         yl = y[last]
         row["final_train_loss"] = float(np.mean(yl)) if np.isfinite(yl).all() else None
+        # the loss level alpha_early is measured on: mean over the last epoch of its window
+        end = float(fit["early_window"][1])
+        in_last = (st >= (end - 1.0) * spe) & (st < end * spe)
+        ye = y[in_last]
+        row["early_end_loss"] = (
+            float(np.mean(ye)) if ye.size and np.isfinite(ye).all() and st[-1] >= end * spe - 1 else None
+        )
+    lr = s["lr"].to_numpy(dtype=float) if "lr" in s.columns else None
 
     div = check_divergence(st, y, **{k: float(divergence[k]) for k in ("explode_factor", "final_factor", "edge_fraction")})
     outcome = run_info.get("outcome") or {}
@@ -330,8 +380,15 @@ def fit_run_tables(
         row["reason"] = (
             f"the run covers {covered:g} epochs; alpha_early needs epochs {start:g}-{end:g}"
         )
+    axis = time_axis
+    if axis not in TIME_AXES:
+        raise ValueError(f"analysis.time_axis must be one of {TIME_AXES}, not {axis!r}")
+    if lr is not None:
+        lr = lr[pos]
     try:
-        analysis = analyze_curve(st, y, steps_per_epoch=spe, val_steps=vs, val_loss=vy, **opts)
+        analysis = analyze_curve(
+            st, y, steps_per_epoch=spe, val_steps=vs, val_loss=vy, time=_time(axis, lr), **opts
+        )
     except NotEnoughPoints as exc:
         row["status"], row["reason"] = "too_short", f"too few points for the fits: {exc}"
         return out
@@ -351,6 +408,17 @@ def fit_run_tables(
     for key, value in analysis.to_dict().items():
         if key not in ("steps_per_epoch", "best_val_ce"):
             row[key] = value
+    row["time_axis"] = axis
+    other = next(a for a in TIME_AXES if a != axis)
+    if compare_time_axes and (other == "step" or lr is not None):
+        try:
+            alt = analyze_curve(
+                st, y, steps_per_epoch=spe, val_steps=vs, val_loss=vy, time=_time(other, lr),
+                **{**opts, "knee_methods": (DEFAULT_KNEE_METHOD,)},
+            ).to_dict()
+            row.update({f"{other}__{k}": alt.get(k) for k in AXIS_COLUMNS})
+        except (AnalysisError, ArithmeticError, ValueError, np.linalg.LinAlgError) as exc:
+            row[f"error_{other}_axis"] = f"{type(exc).__name__}: {exc}"
     row["knee_method"] = DEFAULT_KNEE_METHOD
     row["knee_found"] = row.get(f"knee_{DEFAULT_KNEE_METHOD}_found")
     row["knee_epoch"] = row.get(f"knee_{DEFAULT_KNEE_METHOD}_epoch")
@@ -426,6 +494,8 @@ def fit_run(
             divergence=settings["divergence"],
             loss_unit=settings["loss_unit"],
             read_error=err,
+            time_axis=settings.get("time_axis", "step"),
+            compare_time_axes=bool(settings.get("compare_time_axes", True)),
         )
     if verr:
         result["row"]["error_val_table"] = verr

@@ -37,15 +37,25 @@ def canonical(value: Any) -> Any:
 
 
 def fit_settings(config: Mapping[str, Any]) -> dict:
-    """Params of rule ``fit_run``: loss unit, fit options, divergence thresholds."""
+    """Params of rule ``fit_run``: loss unit, fit options, divergence thresholds, time axes."""
     a = config["analysis"]
-    return canonical({"loss_unit": a["loss_unit"], "fit": a["fit"], "divergence": a["divergence"]})
+    return canonical(
+        {
+            "loss_unit": a["loss_unit"],
+            "fit": a["fit"],
+            "divergence": a["divergence"],
+            "time_axis": a["time_axis"],
+            "compare_time_axes": a["compare_time_axes"],
+        }
+    )
 
 
 def study_settings(config: Mapping[str, Any]) -> dict:
     """Params of rule ``summarize``: the H1/H2 settings (and the α_early window, for the record)."""
     a = config["analysis"]
-    return canonical({"study": a["study"], "early_window": list(a["fit"]["early_window"])})
+    return canonical(
+        {"study": a["study"], "early_window": list(a["fit"]["early_window"]), "time_axis": a["time_axis"]}
+    )
 
 
 def run_identity(spec) -> dict:

@@ -1,0 +1,381 @@
+"""Is the curve after its knee one power law?  A test of shape, not of noise.
+
+R² of per-step log loss mixes two things: how well the mean model fits and how
+noisy the batches are.  An exact power law with realistic batch noise fails
+"R² ≥ 0.98"; a clearly broken power law can pass it.  :func:`single_power_law`
+decides the shape question with tests whose false-positive rate does not depend
+on the noise level:
+
+1. **No further break.**  The calibrated broken-power likelihood-ratio test (the
+   knee detector's test: floor + shift power law against a broken power law under
+   white + AR(1) noise with a smooth noise scale) finds no break in the segment
+   after the knee.
+2. **No earlier break.**  When a knee was found, the same test finds none before
+   it either.  Otherwise the detected knee is the second of two breaks, and the
+   curve after the first one (the real end of the burn-in) is not one power law.
+3. **No drift of the exponent.**  The exponents of the first and the second half
+   of the segment (halves in log time; floor and shift held at the segment's fit,
+   estimated jointly by GLS under the knee test's noise model) agree: the interval
+   of their difference covers zero, or the difference is below ``drift_tolerance``.
+
+The decision is ``True`` when all hold, ``False`` when one fails, and ``None``
+(with the reason) when the segment is too short to test or the segment's power-law
+fit visibly misses the data (:func:`check_fit`): a failed fit is neither "a power
+law" nor "not a power law".
+
+The largest residual of the segment's fit against the log-binned mean, and the
+seed's literal criterion (R² of a straight line in log loss against log step on the
+same segment), are reported beside the decision.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import t as student_t
+
+from . import _engine as E
+from ._data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve
+from .exceptions import AnalysisError, NotEnoughPoints
+from .fits import FitResult
+from .knee import LRT_THRESHOLD, _lrt_fit
+
+__all__ = ["FitCheck", "ShapeTest", "check_fit", "single_power_law", "literal_r2", "MISFIT_DECADES"]
+
+NAN = float("nan")
+
+#: Width (decades of step + 1) of the bins in which a fit is compared with the data.
+MISFIT_DECADES = 0.1
+#: A fit misses the data when a bin's mean log residual exceeds this (ln 1.25: 25 %) ...
+MISFIT_TOLERANCE = math.log(1.25)
+#: ... and also exceeds this many standard errors of that bin mean.
+MISFIT_SE = 4.0
+#: After a knee at step k the transient is over: the segment's shift is at most this x k.
+SHIFT_CAP = 0.5
+#: Fewest log-spaced bins a segment needs for the break test.
+MIN_BINS = 12
+
+
+@dataclass(frozen=True)
+class FitCheck:
+    """Whether a fitted mean curve follows the data.
+
+    Attributes
+    ----------
+    ok : bool
+    reason : str or None
+        Why not (``None`` when ok).
+    max_binned_residual : float
+        Largest |mean log residual| over bins of :data:`MISFIT_DECADES` decades
+        (log units: 0.22 is 25 %).
+    max_residual_step : float
+        Mean step of that bin.
+    rising : bool
+        The fit rises over the segment while the data fall.
+    """
+
+    ok: bool
+    reason: str | None
+    max_binned_residual: float
+    max_residual_step: float
+    rising: bool
+
+
+def check_fit(fit: FitResult, steps, loss, *, tolerance: float = MISFIT_TOLERANCE) -> FitCheck:
+    """Compare a fit's prediction with the log-binned mean of the data it was fitted to.
+
+    A fit fails when a bin's mean log residual exceeds ``tolerance`` and
+    :data:`MISFIT_SE` standard errors of that mean (the s.e. inflated for lag-1
+    autocorrelation), or when its prediction rises from the first to the last
+    step of the segment while the data's first and last bins fall.
+
+    Parameters
+    ----------
+    fit : FitResult
+    steps, loss : array_like, shape (n,)
+        The points the fit was made on (loss > 0, any unit).
+    tolerance : float
+        Log units.
+
+    Returns
+    -------
+    FitCheck
+    """
+    s = np.asarray(steps, dtype=float)
+    y = np.log(np.asarray(loss, dtype=float))
+    ok = np.isfinite(y)
+    s, y = s[ok], y[ok]
+    with np.errstate(all="ignore"):
+        pred = np.log(fit.predict(s))
+    r = y - pred
+    if not np.all(np.isfinite(r)):
+        return FitCheck(False, "the fit's prediction is not finite", NAN, NAN, False)
+    ids = np.floor(np.log10(s + 1.0) / MISFIT_DECADES).astype(np.int64)
+    _, inv, cnt = np.unique(ids, return_inverse=True, return_counts=True)
+    mean_r = np.bincount(inv, weights=r) / cnt
+    mean_s = np.bincount(inv, weights=s) / cnt
+    rc = r - mean_r[inv]
+    var = np.bincount(inv, weights=rc * rc) / np.maximum(cnt - 1, 1)
+    dev = r - r.mean()
+    den = float(dev @ dev)
+    phi = float(np.clip(dev[1:] @ dev[:-1] / den, 0.0, 0.99)) if den > 0 and r.size > 2 else 0.0
+    se = np.sqrt(var / cnt * (1 + phi) / (1 - phi))
+    # a one-point bin has no s.e. of its own: use the residual s.d. of the whole fit
+    se = np.where(cnt > 1, se, math.sqrt(den / max(r.size - 1, 1)) * math.sqrt((1 + phi) / (1 - phi)))
+    i = int(np.argmax(np.abs(mean_r)))
+    worst, worst_step = float(abs(mean_r[i])), float(mean_s[i])
+    bad = (np.abs(mean_r) > tolerance) & (np.abs(mean_r) > MISFIT_SE * se)
+    data_first, data_last = mean_r[0] + float(np.mean(pred[inv == 0])), mean_r[-1] + float(
+        np.mean(pred[inv == inv[-1]])
+    )
+    rising = bool(pred[-1] > pred[0] + 1e-9 and data_last < data_first)
+    if bad.any():
+        j = int(np.flatnonzero(bad)[np.argmax(np.abs(mean_r[bad]))])
+        return FitCheck(
+            False,
+            f"the fit misses the log-binned mean by {math.exp(abs(mean_r[j])):.3g}x near step {mean_s[j]:.4g} "
+            f"(tolerance {math.exp(tolerance):.3g}x)",
+            worst,
+            worst_step,
+            rising,
+        )
+    if rising:
+        return FitCheck(False, "the fit rises with the step while the data fall", worst, worst_step, rising)
+    return FitCheck(True, None, worst, worst_step, rising)
+
+
+def literal_r2(steps, loss) -> float:
+    """R² of a straight line in log loss against log(step + 1) over every point.
+
+    The literal criterion of the study's protocol ("R² ≥ 0.98 in log-log"); it
+    measures batch noise as much as shape, so it is reported, not decided on.
+    """
+    x = np.log(np.asarray(steps, dtype=float) + 1.0)
+    y = np.log(np.asarray(loss, dtype=float))
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if x.size < 3 or np.ptp(x) == 0:
+        return NAN
+    xc, yc = x - x.mean(), y - y.mean()
+    syy = float(yc @ yc)
+    if syy == 0:
+        return NAN
+    return float((xc @ yc) ** 2 / (float(xc @ xc) * syy))
+
+
+@dataclass(frozen=True)
+class ShapeTest:
+    """The per-run H1 decision and its evidence.
+
+    Attributes
+    ----------
+    decision : bool or None
+        One power law after the knee (``None``: undecided, see ``reason``).
+    reason : str
+        Why (for every outcome).
+    segment_start : float
+        First optimizer step of the tested segment.
+    further_break_statistic, earlier_break_statistic : float
+        Scaled LR statistics of the break tests after and before the knee (NaN when
+        not run); a break when above ``threshold``.
+    further_break_step : float
+        Most likely break step after the knee (whether or not significant).
+    threshold : float
+    exponent_first_half, exponent_second_half : float
+        Exponents of the two halves (floor and shift held at the segment's fit).
+    drift, drift_ci : float, (float, float)
+        Second minus first, and its interval.
+    max_binned_residual : float
+        Largest |mean log residual| of the segment's power-law fit (log units).
+    fit_ok : bool
+    fit_reason : str or None
+    literal_r2 : float
+        Straight-line log-log R² of the segment.
+    """
+
+    decision: bool | None
+    reason: str
+    segment_start: float
+    further_break_statistic: float
+    further_break_step: float
+    earlier_break_statistic: float
+    threshold: float
+    exponent_first_half: float
+    exponent_second_half: float
+    drift: float
+    drift_ci: tuple[float, float]
+    max_binned_residual: float
+    fit_ok: bool
+    fit_reason: str | None
+    literal_r2: float
+
+    def to_dict(self, prefix: str = "h1_") -> dict:
+        return {
+            f"{prefix}single_power_law": self.decision,
+            f"{prefix}reason": self.reason,
+            f"{prefix}segment_start_step": self.segment_start,
+            f"{prefix}further_break_statistic": self.further_break_statistic,
+            f"{prefix}further_break_step": self.further_break_step,
+            f"{prefix}earlier_break_statistic": self.earlier_break_statistic,
+            f"{prefix}exponent_first_half": self.exponent_first_half,
+            f"{prefix}exponent_second_half": self.exponent_second_half,
+            f"{prefix}exponent_drift": self.drift,
+            f"{prefix}exponent_drift_ci_low": self.drift_ci[0],
+            f"{prefix}exponent_drift_ci_high": self.drift_ci[1],
+            f"{prefix}max_binned_residual": self.max_binned_residual,
+            f"{prefix}literal_r2": self.literal_r2,
+        }
+
+
+def _problem(steps, loss, bin_decades, shift_cap=None):
+    curve = prepare_curve(steps, loss, min_points=min_points_for(6), nonfinite="drop")
+    prob = E.Problem(curve, bin_decades=bin_decades)
+    prob.shift_cap = shift_cap
+    if prob.m < MIN_BINS:
+        raise NotEnoughPoints(MIN_BINS, prob.m, "log-spaced bins")
+    return prob
+
+
+def _drift(lrt, mid: float, confidence: float) -> tuple[float, float, tuple[float, float]]:
+    """Exponent drift between the halves, as a GLS score regression on the null fit.
+
+    Around the segment's power-law fit (floor and shift held), the bin residuals are
+    regressed on the Jacobian columns of log amplitude and exponent plus the exponent
+    column restricted to the second half, under the knee test's noise model: the
+    last coefficient is the change of exponent at ``mid`` (to first order, the
+    difference of the exponents fitted to the two halves).  Returns the first-half
+    exponent, the second-half exponent and the interval of their difference.
+    """
+    prob, null = lrt.problem, lrt.null
+    mb, J = prob.bin_model(null.fn(), null.theta)
+    H = (prob.sb >= mid).astype(float)
+    X = np.column_stack((J[:, 0], J[:, 1], J[:, 1] * H))
+    wh = E.whitener(prob, "gls", lrt.noise)
+    Xw, rw = wh(X), wh(prob.yb - mb)
+    beta, *_ = np.linalg.lstsq(Xw, rw, rcond=None)
+    u = rw - Xw @ beta
+    dof = max(prob.m - null.k - 1, 1)
+    scale = max(1.0, float(u @ u) / dof)
+    cov = np.linalg.pinv(Xw.T @ Xw) * scale
+    se = math.sqrt(max(float(cov[2, 2]), 0.0))
+    df = max(lrt.noise.effective_n(prob.n) - null.k - 1, 2.0)
+    q = float(student_t.ppf(0.5 + confidence / 2.0, df))
+    a1 = float(null.theta[1] + beta[1])
+    d = float(beta[2])
+    return a1, a1 + d, (d - q * se, d + q * se)
+
+
+def single_power_law(
+    steps,
+    loss,
+    *,
+    knee_step: float | None = None,
+    threshold: float | None = None,
+    drift_tolerance: float = 0.1,
+    confidence: float = 0.95,
+    bin_decades: float = DEFAULT_BIN_DECADES,
+    segment_fit: FitResult | None = None,
+) -> ShapeTest:
+    """Decide whether the curve from ``knee_step`` on is one power law.
+
+    Parameters
+    ----------
+    steps, loss : array_like, shape (n,)
+        The whole curve (0-based optimizer steps or another increasing time axis;
+        loss > 0, any unit).
+    knee_step : float, optional
+        End of the burn-in (the detected knee); ``None`` tests the whole curve.
+    threshold : float, optional
+        Break-test threshold (default :data:`loss_slope.analysis.knee.LRT_THRESHOLD`).
+    drift_tolerance : float
+        Exponent drift below this is not a drift, whatever its interval.
+    confidence : float
+        Level of the drift interval.
+    bin_decades : float
+    segment_fit : FitResult, optional
+        The power-law fit of the segment (floor + shift), for the misfit check;
+        fitted here when not given.
+
+    Returns
+    -------
+    ShapeTest
+    """
+    from .fits import fit_power_law
+
+    thr = LRT_THRESHOLD if threshold is None else float(threshold)
+    s = np.asarray(steps, dtype=float)
+    y = np.asarray(loss, dtype=float)
+    fin = np.isfinite(y) & (y > 0)
+    s, y = s[fin], y[fin]
+    start = float(s[0]) if knee_step is None or not math.isfinite(knee_step) else float(knee_step)
+    seg = s >= start
+    ss, ys = s[seg], y[seg]
+    lit = literal_r2(ss, ys)
+    empty = dict(
+        segment_start=start,
+        further_break_statistic=NAN,
+        further_break_step=NAN,
+        earlier_break_statistic=NAN,
+        threshold=thr,
+        exponent_first_half=NAN,
+        exponent_second_half=NAN,
+        drift=NAN,
+        drift_ci=(NAN, NAN),
+        max_binned_residual=NAN,
+        literal_r2=lit,
+    )
+    try:
+        fit = segment_fit if segment_fit is not None else fit_power_law(ss, ys, bin_decades=bin_decades)
+    except AnalysisError as exc:
+        return ShapeTest(None, f"the post-knee power law could not be fitted: {exc}", fit_ok=False,
+                         fit_reason=str(exc), **empty)
+    chk = check_fit(fit, ss, ys)
+    empty["max_binned_residual"] = chk.max_binned_residual
+    if not chk.ok:
+        return ShapeTest(None, f"failed fit: {chk.reason}", fit_ok=False, fit_reason=chk.reason, **empty)
+    try:
+        cap = None if knee_step is None or not math.isfinite(knee_step) else SHIFT_CAP * max(start, 1.0)
+        lrt = _lrt_fit(_problem(ss, ys, bin_decades, cap))
+    except NotEnoughPoints as exc:
+        return ShapeTest(None, f"the post-knee segment is too short to test: {exc}", fit_ok=True, fit_reason=None,
+                         **empty)
+    empty["further_break_statistic"] = float(lrt.stat)
+    empty["further_break_step"] = float(E.knee_step_of(lrt.alt.theta, lrt.alt.consts))
+    reasons = []
+    if lrt.stat > thr:
+        reasons.append(
+            f"a further break near step {empty['further_break_step']:.4g} (statistic {lrt.stat:.3g} > {thr:g})"
+        )
+    if knee_step is not None and math.isfinite(knee_step):
+        pre = s < start
+        try:
+            pre_fit = _lrt_fit(_problem(s[pre], y[pre], bin_decades))
+            empty["earlier_break_statistic"] = float(pre_fit.stat)
+            if pre_fit.stat > thr:
+                k0 = float(E.knee_step_of(pre_fit.alt.theta, pre_fit.alt.consts))
+                reasons.append(
+                    f"an earlier break near step {k0:.4g} (statistic {pre_fit.stat:.3g} > {thr:g}): "
+                    f"the knee at step {start:.4g} is a second break"
+                )
+        except NotEnoughPoints:
+            pass  # a burn-in too short to hold a break of its own
+    # drift of the exponent between the halves of the segment in log time
+    mid = math.sqrt((ss[0] + 1.0) * (ss[-1] + 1.0)) - 1.0
+    first, second = ss < mid, ss >= mid
+    a1, a2, ci = _drift(lrt, mid, confidence)
+    d = a2 - a1
+    empty.update(exponent_first_half=a1, exponent_second_half=a2, drift=d, drift_ci=ci)
+    if (ci[0] > 0 or ci[1] < 0) and abs(d) >= drift_tolerance:
+        reasons.append(f"the exponent drifts from {a1:.3g} to {a2:.3g} between the halves "
+                       f"(difference {d:+.3g}, interval [{ci[0]:.3g}, {ci[1]:.3g}])")
+    if reasons:
+        return ShapeTest(False, "; ".join(reasons), fit_ok=True, fit_reason=None, **empty)
+    return ShapeTest(
+        True,
+        f"no further break (statistic {lrt.stat:.3g} <= {thr:g}) and no drift of the exponent",
+        fit_ok=True,
+        fit_reason=None,
+        **empty,
+    )
