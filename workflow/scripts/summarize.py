@@ -9,6 +9,7 @@ stats = summarize(
     runs=list(snakemake.params.runs),
     study=snakemake.params.settings["study"],
     early_window=snakemake.params.settings["early_window"],
+    time_axis=snakemake.params.settings["time_axis"],
     study_name=snakemake.params.study,
     table_parquet=snakemake.output.table,
     table_csv=snakemake.output.csv,
@@ -17,4 +18,7 @@ stats = summarize(
     stats_json=snakemake.output.stats,
     missing_reasons=dict(snakemake.params.missing),
 )
-print(f"summarize: {stats['counts']}; H1 {stats['h1']['answer']}, H2 {stats['h2']['answer']}", file=sys.stderr)
+print(
+    f"summarize: {stats['counts']}; H1 {stats['h1']['single_power_law']['verdict']}, H2 {stats['h2']['verdict']}",
+    file=sys.stderr,
+)

@@ -52,6 +52,9 @@ class CurveAnalysis:
     post_knee_start_step : float
         Optimizer step where the post-knee segment starts (the first step when no
         knee was found).
+    shape_by_knee : Mapping[str, ShapeTest]
+        The H1 decision with the burn-in ended by another knee definition (see
+        ``h1_knee_methods``).
     alpha_early : SlopeResult or None
     alpha_full : SlopeResult or None
     best_val_ce : float
@@ -71,6 +74,7 @@ class CurveAnalysis:
     shape: ShapeTest | None
     fit_checks: Mapping[str, FitCheck]
     post_knee_start_step: float
+    shape_by_knee: Mapping[str, ShapeTest]
     alpha_early: SlopeResult | None
     alpha_full: SlopeResult | None
     best_val_ce: float
@@ -116,6 +120,10 @@ class CurveAnalysis:
             out.update(self.shape.to_dict())
         else:
             out.update({"h1_single_power_law": None, "h1_literal_r2": NAN})
+        for name, sh in self.shape_by_knee.items():
+            out[f"h1_single_power_law_knee_{name}"] = sh.decision
+            out[f"h1_reason_knee_{name}"] = sh.reason
+            out[f"h1_literal_r2_knee_{name}"] = sh.literal_r2
         for name, sr in (("alpha_early", self.alpha_early), ("alpha_full", self.alpha_full)):
             if sr is not None:
                 out.update(sr.to_dict(prefix=name))
@@ -176,6 +184,9 @@ class _TimeAxis:
     def to_steps(self, t: float) -> float:
         return float(np.interp(t, self.t, self.steps)) if math.isfinite(t) else t
 
+    def from_steps(self, step: float) -> float:
+        return float(np.interp(step, self.steps, self.t)) if math.isfinite(step) else step
+
     def epoch_to_t(self, epoch: float, spe: float) -> float:
         if self.name == "step":
             return epoch
@@ -220,6 +231,7 @@ def analyze_curve(
     bin_decades: float = DEFAULT_BIN_DECADES,
     nonfinite: str = "raise",
     time=None,
+    h1_knee_methods: Sequence[str] = (),
 ) -> CurveAnalysis:
     """Analyse one training-loss curve.
 
@@ -249,6 +261,9 @@ def analyze_curve(
         step, strictly increasing where kept: e.g. :func:`cumulative_lr`.  Knee
         steps are reported back on the step axis, and windows are still chosen in
         epochs of steps.  ``None``: the optimizer step.
+    h1_knee_methods : sequence of str
+        Knee methods (among ``knee_methods``, other than the default) under whose
+        knee the H1 decision is also made (``shape_by_knee``).
 
     Returns
     -------
@@ -336,6 +351,23 @@ def analyze_curve(
     except AnalysisError as exc:
         errors["h1_single_power_law"] = str(exc)
 
+    by_knee: dict[str, ShapeTest] = {}
+    for name in h1_knee_methods:
+        k = knees.get(name)
+        if k is None or name == DEFAULT_KNEE_METHOD:
+            continue
+        try:
+            by_knee[name] = single_power_law(
+                t,
+                l_,
+                knee_step=axis.from_steps(k.step) if k.found else None,
+                threshold=dopts.get("threshold"),
+                confidence=confidence,
+                bin_decades=bin_decades,
+            )
+        except AnalysisError as exc:
+            errors[f"h1_single_power_law_knee_{name}"] = str(exc)
+
     a_early = a_full = None
     try:
         a_early = alpha_window(
@@ -373,6 +405,7 @@ def analyze_curve(
         shape=shape,
         fit_checks=MappingProxyType(checks),
         post_knee_start_step=axis.to_steps(knee_t) if knee_t is not None else float(s[0]),
+        shape_by_knee=MappingProxyType(by_knee),
         time_axis=axis.name,
         alpha_early=a_early,
         alpha_full=a_full,

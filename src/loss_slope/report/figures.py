@@ -20,18 +20,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
+from matplotlib.colors import LogNorm, Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from . import verdicts as V  # noqa: E402
 from ._io import STATUSES, fmt_p, fmt_pct  # noqa: E402
 
 __all__ = [
     "FIGURES",
     "plot_loss_mosaic",
     "plot_r2_histogram",
+    "plot_h1_criteria",
     "plot_alpha_vs_val",
     "plot_delta_aic",
     "plot_knee_epochs",
@@ -109,29 +111,31 @@ def _unit(table: pd.DataFrame) -> str:
     return "nats"
 
 
-def _h1_line(stats: Mapping[str, Any], key: str = "h1") -> str:
-    h1 = stats.get(key) or {}
-    o = h1.get("overall")
-    col = "binned R²" if h1.get("statistic") == "power_r2_binned" else "R²"
-    if not o:
-        return f"H1 not computable: {h1.get('error', 'no usable run')}"
-    verdict = "supported" if h1.get("answer") == "supported" else "not supported"
-    return (
-        f"H1 {verdict}: {o['k']} of {o['n']} runs have post-knee power-law {col} ≥ {h1['threshold']:g} "
-        f"({fmt_pct(o['share'])}, 95 % CI {fmt_pct(o['ci_low'])}–{fmt_pct(o['ci_high'])}; target ≥ {fmt_pct(h1['target_share'])})"
-    )
+def _conf(stats: Mapping[str, Any]) -> float:
+    return float((stats.get("settings") or {}).get("study", {}).get("confidence", 0.95))
+
+
+def _h1_main(stats: Mapping[str, Any]) -> Mapping[str, Any]:
+    return (stats.get("h1") or {}).get("single_power_law") or {}
+
+
+def _h1_line(stats: Mapping[str, Any]) -> str:
+    return V.h1_headline(_h1_main(stats), confidence=_conf(stats))
 
 
 def _h2_line(stats: Mapping[str, Any]) -> str:
-    h2 = stats.get("h2") or {}
-    o = h2.get("overall")
-    if not o:
-        return f"H2 not computable: {h2.get('error', 'no usable run')}"
-    verdict = "supported" if h2.get("answer") == "supported" else "not supported"
-    return (
-        f"H2 {verdict}: α_early vs best validation CE, Spearman ρ = {o['spearman_rho']:.2f} "
-        f"(p = {fmt_p(o['spearman_p'])}, n = {o['n']}; need |ρ| ≥ {h2['min_abs_rho']:g}, p < {h2['max_p']:g})"
-    )
+    return V.h2_headline(stats.get("h2") or {})
+
+
+def _h2_settings(stats: Mapping[str, Any]) -> Mapping[str, Any]:
+    st = (stats.get("h2") or {}).get("settings") or {}
+    study = (stats.get("settings") or {}).get("study", {})
+    return {
+        "min_abs_rho": float(st.get("min_abs_rho", study.get("h2_min_abs_rho", 0.7))),
+        "max_p": float(st.get("max_p", study.get("h2_max_p", 0.01))),
+        "sign": st.get("sign", study.get("h2_sign", "negative")),
+        "confidence": float(st.get("confidence", study.get("confidence", 0.95))),
+    }
 
 
 def _suptitle(fig: Figure, text: str) -> None:
@@ -148,9 +152,9 @@ def _short_run(variant: str, run: str) -> str:
 def plot_loss_mosaic(
     table: pd.DataFrame, curves: Mapping[str, Mapping[str, Any]], stats: Mapping[str, Any]
 ) -> Figure:
-    """Six loss curves in log-log (the three highest and three lowest R²) with fits and knees."""
-    r2col = (stats.get("h1") or {}).get("statistic", "power_r2")
-    thr = (stats.get("h1") or {}).get("threshold", 0.98)
+    """Six loss curves in log-log (the three highest and three lowest literal R²) with fits and knees."""
+    r2col = "h1_literal_r2"
+    thr = ((stats.get("h1") or {}).get("literal_r2") or {}).get("threshold") or 0.98
     unit = _unit(table)
     ok = _ok(table).assign(_r2=lambda d: _num(d, r2col)).dropna(subset=["_r2"])
     ok = ok[ok["run_key"].isin([k for k, c in curves.items() if c and c.get("curve", {}).get("binned")])]
@@ -191,11 +195,14 @@ def plot_loss_mosaic(
         ax.set_xscale("log")
         ax.set_yscale("log")
         r2 = row.get(r2col)
-        alpha = row.get("power_exponent")
+        alpha = row.get("post_knee_exponent")
         knee_txt = f"knee at epoch {row['knee_epoch']:.1f}" if knee and row.get("knee_epoch") is not None else "no LRT knee"
+        one = {True: "one power law", False: "not one power law"}.get(row.get("h1_single_power_law"), "undecided")
+        failed = [m for m in ("power", "two_power", "exponential", "post_knee") if row.get(f"{m}_fit_ok") is False]
         ax.set_title(
-            f"{_short_run(r.variant, r.run)}  ({rank} R²)\n"
-            f"R² = {r2:.3f}, power-law exponent {alpha:.2f}, {knee_txt}"
+            f"{_short_run(r.variant, r.run)}  ({rank} R²): {one}\n"
+            f"R² = {r2:.3f}, exponent {alpha:.2f}, {knee_txt}"
+            + (f"\nfailed fit: {', '.join(failed)}" if failed else "")
             if alpha is not None else f"{_short_run(r.variant, r.run)}\nR² = {r2:.3f}"
         )
         ax.set_xlabel("optimizer step + 1 (log scale)")
@@ -212,8 +219,8 @@ def plot_loss_mosaic(
     if len(ranked):
         n_hit = int((ranked["_r2"] >= thr).sum())
         head = (
-            f"Loss curves with the highest and lowest power-law R² (best {best:.3f}, worst {worst:.3f}): "
-            f"{n_hit} of {len(ranked)} usable runs reach R² ≥ {thr:g}"
+            f"Loss curves with the highest and lowest straight-line log-log R² after the knee (best {best:.3f}, "
+            f"worst {worst:.3f}): {n_hit} of {len(ranked)} usable runs reach R² ≥ {thr:g}"
         )
     else:
         head = "Loss curves: no usable run to show"
@@ -223,90 +230,121 @@ def plot_loss_mosaic(
 
 # ---------------------------------------------------------------- 2. R² histogram
 def plot_r2_histogram(table: pd.DataFrame, stats: Mapping[str, Any]) -> Figure:
-    """Histogram of the H1 R² (and the other R² definition), with the threshold line."""
-    h1 = stats.get("h1") or {}
-    col = h1.get("statistic", "power_r2")
-    other = "power_r2_binned" if col == "power_r2" else "power_r2"
-    thr = float(h1.get("threshold", 0.98))
+    """Histogram of the literal R² (straight line in log-log after the knee) and of the
+    floor + shift power law's R², with the threshold, split by the H1 decision."""
+    lit = (stats.get("h1") or {}).get("literal_r2") or {}
+    thr = float(lit.get("threshold") or 0.98)
     ok = _ok(table)
-    a, b = _num(ok, col).dropna().to_numpy(), _num(ok, other).dropna().to_numpy()
+    a = _num(ok, "h1_literal_r2")
+    b = _num(ok, "post_knee_r2").dropna().to_numpy()
+    dec = ok["h1_single_power_law"] if "h1_single_power_law" in ok.columns else pd.Series(None, index=ok.index)
     fig, ax = plt.subplots(figsize=(9, 5.2), constrained_layout=True)
-    if a.size == 0 and b.size == 0:
+    if a.notna().sum() == 0 and b.size == 0:
         _empty(ax, "no usable run: no R² to show")
     else:
-        lo = float(np.nanmin(np.concatenate([a, b, [thr]])))
-        lo = max(min(math.floor(lo * 50) / 50, thr - 0.02), -1.0)
-        bins = np.linspace(lo, 1.0, int(round((1.0 - lo) / 0.01)) + 1)
-        if bins.size > 61:
-            bins = np.linspace(lo, 1.0, 61)
-        names = {"power_r2": "R² over every step (H1 statistic)", "power_r2_binned": "R² over log-binned means"}
-        if col != "power_r2":
-            names = {"power_r2": "R² over every step", "power_r2_binned": "R² over log-binned means (H1 statistic)"}
-        ax.hist(a, bins=bins, color="#1f77b4", alpha=0.85, label=f"{names[col]}, n = {a.size}")
-        ax.hist(b, bins=bins, histtype="step", lw=2, color="#ff7f0e", label=f"{names[other]}, n = {b.size}")
-        ax.axvline(thr, color="#c62828", lw=2, ls="--", label=f"H1 threshold R² = {thr:g}")
+        allv = np.concatenate([a.dropna().to_numpy(), b, [thr]])
+        lo = max(min(math.floor(float(np.nanmin(allv)) * 50) / 50, thr - 0.02), -1.0)
+        bins = np.linspace(lo, 1.0, min(int(round((1.0 - lo) / 0.01)) + 1, 61))
+        parts = [(True, "#2e7d32", "one power law (defensible criterion)"),
+                 (False, "#c62828", "not one power law"), (None, "#9e9e9e", "undecided (failed fit / too short)")]
+        data, colors, labels = [], [], []
+        for val, color, lab in parts:
+            sel = a[[(d is val) if val is None else (d == val) for d in dec]].dropna().to_numpy() if len(a) else []
+            if len(sel):
+                data.append(sel)
+                colors.append(color)
+                labels.append(f"straight-line R², {lab}: {len(sel)}")
+        if data:
+            ax.hist(data, bins=bins, color=colors, stacked=True, alpha=0.85, label=labels)
+        ax.hist(b, bins=bins, histtype="step", lw=2, color="#ff7f0e", label=f"R² of the floor + shift fit, n = {b.size}")
+        ax.axvline(thr, color="black", lw=2, ls="--", label=f"literal threshold R² = {thr:g}")
         ax.set_xlim(bins[0], 1.0)
-        ax.legend(loc="upper left")
-    ax.set_xlabel("R² of the post-knee power-law fit to log training loss (dimensionless)")
+        ax.legend(loc="upper left", fontsize=8)
+    ax.set_xlabel("R² after the knee, log training loss against log step (dimensionless)")
     ax.set_ylabel("runs (count)")
-    ax.set_title(_h1_line(stats), loc="left")
-    _suptitle(fig, "How straight is the loss after the knee? Power-law R² per run")
+    ax.set_title(_h1_line(stats), loc="left", fontsize=9)
+    lit_o = lit.get("overall")
+    head = "The protocol's literal H1 criterion: R² of a straight line in log-log after the knee"
+    if lit_o:
+        head += f" — {lit_o['k']} of {lit_o['n']} runs reach {thr:g}, whatever their shape (colours)"
+    _suptitle(fig, head)
+    return fig
+
+
+def plot_h1_criteria(stats: Mapping[str, Any]) -> Figure:
+    """Share of runs meeting each H1 criterion (and knee definition), with cluster-aware intervals."""
+    h1 = stats.get("h1") or {}
+    conf = _conf(stats)
+    rows = [(name, r) for name, r in h1.items() if r.get("overall")]
+    fig, ax = plt.subplots(figsize=(10, 1.6 + 0.55 * max(1, len(rows))), constrained_layout=True)
+    if not rows:
+        _empty(ax, "no H1 criterion is computable")
+        _suptitle(fig, "H1 by criterion: nothing to show")
+        return fig
+    targets = [float(t) for t in (rows[0][1].get("target_shares") or [])]
+    y = np.arange(len(rows))[::-1]
+    for yi, (name, r) in zip(y, rows):
+        o = r["overall"]
+        main = name == "single_power_law"
+        ax.barh(yi, 100 * o["share"], color="#2e7d32" if main else "#90a4ae", alpha=0.9)
+        ax.errorbar(100 * o["share"], yi, xerr=[[100 * (o["share"] - o["ci_low"])], [100 * (o["ci_high"] - o["share"])]],
+                    color="black", capsize=4, fmt="none")
+        verdicts = ", ".join(f"{v} vs {fmt_pct(float(t))}" for t, v in (r.get("verdicts") or {}).items())
+        ax.annotate(f"{o['k']}/{o['n']}: {verdicts}", (101, yi), va="center", fontsize=8, annotation_clip=False)
+    for t in targets:
+        ax.axvline(100 * t, color="#c62828", ls="--", lw=1.2)
+    ax.set_yticks(y, [textwrap.fill(r.get("label", n), 48) for n, r in rows], fontsize=8)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel(f"runs meeting the criterion (%; {fmt_pct(conf)} cluster-aware interval; dashed: targets)")
+    _suptitle(fig, _h1_line(stats))
     return fig
 
 
 # ---------------------------------------------------------------- 3. α vs best val CE
 def plot_alpha_vs_val(table: pd.DataFrame, stats: Mapping[str, Any]) -> Figure:
-    """α_early vs best validation CE, coloured by optimizer; α_full in grey."""
+    """α_early vs best validation CE: runs coloured by LR, marker by variant, cell means as
+    large outlined markers (the grid's share of the relation is the spread of the means)."""
     ok = _ok(table)
     unit = _unit(table)
     fig, ax = plt.subplots(figsize=(9, 7), constrained_layout=True)
     win = (stats.get("settings") or {}).get("early_window") or [5, 15]
     y = _num(ok, "best_val_ce")
-    xe, xf = _num(ok, "alpha_early"), _num(ok, "alpha_full")
-    have = (y.notna() & (xe.notna() | xf.notna())).any()
-    if not have:
-        _empty(ax, "no usable run with α and a best validation CE")
+    xe = _num(ok, "alpha_early")
+    if not (y.notna() & xe.notna()).any():
+        _empty(ax, "no usable run with α_early and a best validation CE")
     else:
-        h2, h2f = stats.get("h2") or {}, stats.get("h2_alpha_full") or {}
-        of = h2f.get("overall")
-        lab_f = "α_full (knee → end; grey rings, joined to α_early), all runs" + (
-            f": ρ = {of['spearman_rho']:.2f}, p = {fmt_p(of['spearman_p'])}" if of else ""
-        )
-        ax.scatter(xf, y, s=36, facecolor="none", edgecolor="0.55", lw=1.2, label=lab_f, zorder=2)
-        for xa, xb, yy in zip(xe, xf, y):
-            if np.isfinite([xa, xb, yy]).all():
-                ax.plot([xa, xb], [yy, yy], color="0.85", lw=0.8, zorder=1)
-        opt_colors = {"sgd": "#1f77b4", "adamw": "#d62728"}
         markers = ["o", "s", "^", "D", "v", "P", "X", "*"]
         variants = _variants(ok)
-        groups = (h2.get("by_group") or {})
-        for opt, g in ok.groupby("optimizer", sort=True):
-            c = groups.get(f"optimizer={opt}")
-            lab = f"α_early (epochs {win[0]:g}–{win[1]:g}), {opt}, n = {len(g)}" + (
-                f": ρ = {c['spearman_rho']:.2f}, p = {fmt_p(c['spearman_p'])}" if c else ""
-            )
-            color = opt_colors.get(str(opt), None)
-            first = True
-            for v, gv in g.groupby("variant", sort=False):
-                ax.scatter(_num(gv, "alpha_early"), _num(gv, "best_val_ce"), s=55, color=color,
-                           marker=markers[variants.index(str(v)) % len(markers)], edgecolor="white", lw=0.6,
-                           label=lab if first else None, zorder=3)
-                first = False
-        o = h2.get("overall")
-        if o:
-            ax.plot([], [], " ", label=(f"all α_early: Spearman ρ = {o['spearman_rho']:.2f} (p = {fmt_p(o['spearman_p'])}), "
-                                        f"Pearson r = {o['pearson_r']:.2f} (p = {fmt_p(o['pearson_p'])})"))
-        vh = [Line2D([], [], marker=markers[i % len(markers)], ls="", color="0.3", label=f"marker: {v}")
-              for i, v in enumerate(variants)]
-        hs, ls = ax.get_legend_handles_labels()
-        fig.legend(hs + vh, ls + [h.get_label() for h in vh], loc="outside lower center", ncol=2, fontsize=8,
-                   frameon=False)
-        if (y > 0).all():
+        lrs = sorted(_num(ok, "lr").dropna().unique())
+        cmap = plt.get_cmap("viridis")
+        lr_color = {lr: cmap(i / max(len(lrs) - 1, 1)) for i, lr in enumerate(lrs)}
+        for (v, lr), g in ok.groupby(["variant", "lr"], sort=False):
+            ax.scatter(_num(g, "alpha_early"), _num(g, "best_val_ce"), s=30, color=lr_color.get(float(lr)),
+                       marker=markers[variants.index(str(v)) % len(markers)], alpha=0.55, lw=0, zorder=2)
+        for (v, lr, wd), g in ok.groupby(["variant", "lr", "weight_decay"], sort=False):
+            gx, gy = _num(g, "alpha_early").mean(), _num(g, "best_val_ce").mean()
+            if np.isfinite([gx, gy]).all():
+                ax.scatter([gx], [gy], s=150, color=lr_color.get(float(lr)), edgecolor="black", lw=1.4,
+                           marker=markers[variants.index(str(v)) % len(markers)], zorder=3)
+        handles = [Line2D([], [], marker="o", ls="", color=lr_color[lr], label=f"LR {lr:g}") for lr in lrs]
+        handles += [Line2D([], [], marker=markers[i % len(markers)], ls="", color="0.3", label=v)
+                    for i, v in enumerate(variants)]
+        handles.append(Line2D([], [], marker="o", ls="", mfc="white", mec="black", ms=11,
+                              label="cell mean (variant × LR × WD)"))
+        h2 = stats.get("h2") or {}
+        for key, lab in (("overall", "pooled"), ("cell_means", "cell means"), ("within_cell", "within cells")):
+            c = h2.get(key)
+            if c and c.get("spearman_rho") is not None:
+                handles.append(Line2D([], [], ls="", label=f"{lab}: ρ = {c['spearman_rho']:.2f} "
+                                      f"[{V.interval(c.get('spearman_ci_low'), c.get('spearman_ci_high'))}]"))
+        fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=8, frameon=False)
+        if (y.dropna() > 0).all():
             ax.set_yscale("log")
-    ax.set_xlabel("log-log slope α of the training loss (dimensionless; larger = faster decrease)")
+    ax.set_xlabel(f"α_early: log-log slope of the training loss over epochs {win[0]:g}–{win[1]:g} "
+                  "(dimensionless; larger = faster decrease)")
     ax.set_ylabel(f"best validation cross-entropy ({unit}, log scale)")
-    ax.set_title(_h2_line(stats), loc="left")
-    _suptitle(fig, "Does the early slope predict the best validation loss?")
+    ax.set_title(_h2_line(stats), loc="left", fontsize=9)
+    _suptitle(fig, "Does the early slope predict the best validation loss — across the grid or within a cell?")
     return fig
 
 
@@ -440,8 +478,8 @@ def plot_window_heatmap(stats: Mapping[str, Any]) -> Figure:
     starts, ends = np.asarray(hm["starts"], float), np.asarray(hm["ends"], float)
     rho = np.array([[np.nan if v is None else v for v in r] for r in hm["rho"]], dtype=float)
     p = np.array([[np.nan if v is None else v for v in r] for r in hm["p_value"]], dtype=float)
-    h2 = stats.get("h2") or {}
-    min_rho, max_p = float(h2.get("min_abs_rho", 0.7)), float(h2.get("max_p", 0.01))
+    st = _h2_settings(stats)
+    min_rho, max_p = st["min_abs_rho"], st["max_p"]
     im = ax.imshow(rho, origin="lower", cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto",
                    extent=(ends[0] - 0.5, ends[-1] + 0.5, starts[0] - 0.5, starts[-1] + 0.5))
     ax.grid(False)
@@ -464,26 +502,33 @@ def plot_window_heatmap(stats: Mapping[str, Any]) -> Figure:
     i0 = np.flatnonzero(np.isclose(starts, nom[0]))
     j0 = np.flatnonzero(np.isclose(ends, nom[1]))
     nominal = rho[i0[0], j0[0]] if i0.size and j0.size else float("nan")
-    ax.set_title(f"Black box: the nominal window {nom[0]:g}–{nom[1]:g}; bold: |ρ| ≥ {min_rho:g} and p < {max_p:g}; "
-                 "blank: window empty or too short", loc="left", fontsize=9)
+    ax.set_title(f"Black box: the nominal window {nom[0]:g}–{nom[1]:g}; bold: |ρ| ≥ {min_rho:g} and p < {max_p:g} "
+                 "with runs treated as independent (pooled point estimates: the cluster-aware intervals are in "
+                 "the summary); blank: window empty or too short", loc="left", fontsize=9, wrap=True)
     _suptitle(fig, f"Window robustness of H2: ρ = {nominal:.2f} at epochs {nom[0]:g}–{nom[1]:g}; "
         f"|ρ| ≥ {min_rho:g} with p < {max_p:g} in {int(strong.sum())} of {int(valid.sum())} windows")
     return fig
 
 
 # ---------------------------------------------------------------- 7. LR × WD
-def plot_lr_wd_heatmap(table: pd.DataFrame) -> Figure:
-    """Mean best validation CE over seeds for each LR × WD, one panel per variant."""
+def plot_lr_wd_heatmap(table: pd.DataFrame, column: str = "best_val_ce") -> Figure:
+    """Mean over seeds of ``column`` (best validation CE, or α_early) for each LR × WD, one panel per variant."""
     unit = _unit(table)
+    is_ce = column == "best_val_ce"
     variants = _variants(table)
     nv = max(1, len(variants))
     ncol = 2 if nv in (2, 4) else min(nv, 3)
     nrow = math.ceil(nv / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.9 * ncol + 1.2, 3.6 * nrow + 0.9), squeeze=False,
                              constrained_layout=True)
-    ok = _ok(table).assign(_y=lambda d: _num(d, "best_val_ce"))
-    ok = ok[np.isfinite(ok["_y"]) & (ok["_y"] > 0)]
-    norm = LogNorm(vmin=ok["_y"].min(), vmax=max(ok["_y"].max(), ok["_y"].min() * 1.0001)) if len(ok) else None
+    ok = _ok(table).assign(_y=lambda d: _num(d, column))
+    ok = ok[np.isfinite(ok["_y"]) & ((ok["_y"] > 0) | (not is_ce))]
+    if not len(ok):
+        norm = None
+    elif is_ce:
+        norm = LogNorm(vmin=ok["_y"].min(), vmax=max(ok["_y"].max(), ok["_y"].min() * 1.0001))
+    else:
+        norm = Normalize(vmin=ok["_y"].min(), vmax=max(ok["_y"].max(), ok["_y"].min() + 1e-9))
     best = None
     im = None
     for ax, v in zip(axes.ravel(), variants):
@@ -498,9 +543,9 @@ def plot_lr_wd_heatmap(table: pd.DataFrame) -> Figure:
         cnt = np.zeros_like(grid, dtype=int)
         for (wd, lr), gg in g.groupby(["weight_decay", "lr"]):
             i, j = wds.index(wd), lrs.index(lr)
-            grid[i, j] = float(np.exp(np.log(gg["_y"]).mean()))
+            grid[i, j] = float(np.exp(np.log(gg["_y"]).mean())) if is_ce else float(gg["_y"].mean())
             cnt[i, j] = len(gg)
-        im = ax.imshow(grid, origin="lower", cmap="viridis_r", norm=norm, aspect="auto")
+        im = ax.imshow(grid, origin="lower", cmap="viridis_r" if is_ce else "magma", norm=norm, aspect="auto")
         for i in range(len(wds)):
             for j in range(len(lrs)):
                 total = int(((pd.to_numeric(g_all["lr"]) == lrs[j]) & (pd.to_numeric(g_all["weight_decay"]) == wds[i])).sum())
@@ -510,7 +555,8 @@ def plot_lr_wd_heatmap(table: pd.DataFrame) -> Figure:
                     r, g_, b_, _ = im.cmap(im.norm(grid[i, j]))
                     color = "white" if 0.299 * r + 0.587 * g_ + 0.114 * b_ < 0.5 else "black"
                 ax.text(j, i, txt, ha="center", va="center", fontsize=9, color=color)
-                if np.isfinite(grid[i, j]) and (best is None or grid[i, j] < best[0]):
+                better = best is None or (grid[i, j] < best[0] if is_ce else grid[i, j] > best[0])
+                if np.isfinite(grid[i, j]) and better:
                     best = (grid[i, j], v, lrs[j], wds[i])
         ax.set_xticks(range(len(lrs)), [f"{x:g}" for x in lrs])
         ax.set_yticks(range(len(wds)), [f"{x:g}" for x in wds])
@@ -522,23 +568,29 @@ def plot_lr_wd_heatmap(table: pd.DataFrame) -> Figure:
         ax.set_visible(False)
     if im is not None:
         cb = fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.85)
-        cb.set_label(f"best validation CE ({unit}; geometric mean over seeds)")
-    if best:
-        head = (f"Best validation CE by LR × weight decay: lowest {best[0]:.3g} {unit} "
+        cb.set_label(f"best validation CE ({unit}; geometric mean over seeds)" if is_ce
+                     else "α_early (dimensionless; mean over seeds)")
+    what = "Best validation CE" if is_ce else "Early slope α_early"
+    if best and is_ce:
+        head = (f"{what} by LR × weight decay: lowest {best[0]:.3g} {unit} "
+                f"in {best[1]} at lr = {best[2]:g}, wd = {best[3]:g}")
+    elif best:
+        head = (f"{what} by LR × weight decay — the grid's share of H2: steepest {best[0]:.3g} "
                 f"in {best[1]} at lr = {best[2]:g}, wd = {best[3]:g}")
     else:
-        head = "Best validation CE by LR × weight decay: no usable run"
+        head = f"{what} by LR × weight decay: no usable run"
     _suptitle(fig, head)
     return fig
 
 
 # ---------------------------------------------------------------- 8. ablation
 def plot_ablation(table: pd.DataFrame, stats: Mapping[str, Any]) -> Figure:
-    """Per variant: share of runs with R² ≥ threshold (Wilson CI) and Spearman ρ (bootstrap CI)."""
+    """Per variant: share of single power laws and pooled Spearman ρ, with cluster-aware intervals."""
     variants = _variants(table)
     colors = _variant_colors(variants)
-    h1 = stats.get("h1") or {}
+    h1 = _h1_main(stats)
     h2 = stats.get("h2") or {}
+    conf = _conf(stats)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(max(10, 2.3 * len(variants) + 4), 5.2), constrained_layout=True)
     x = np.arange(len(variants))
     byv = h1.get("by_variant") or {}
@@ -551,41 +603,36 @@ def plot_ablation(table: pd.DataFrame, stats: Mapping[str, Any]) -> Figure:
             a1.annotate(f"{s['k']}/{s['n']}", (i, 100 * s["ci_high"]), xytext=(0, 4), textcoords="offset points",
                         ha="center", fontsize=9)
         else:
-            a1.annotate("no usable run", (i, 2), ha="center", rotation=90, color="0.4", fontsize=9)
-    if h1:
-        a1.axhline(100 * h1.get("target_share", 0.8), color="#c62828", ls="--", lw=1.5,
-                   label=f"H1 target {fmt_pct(h1.get('target_share', 0.8))}")
-        a1.legend(loc="upper right")
+            a1.annotate("no decided run", (i, 2), ha="center", rotation=90, color="0.4", fontsize=9)
+    for t in h1.get("target_shares") or []:
+        a1.axhline(100 * float(t), color="#c62828", ls="--", lw=1.2)
     a1.set_ylim(0, 105)
     a1.set_xticks(x, variants)
-    a1.set_ylabel(f"runs with R² ≥ {h1.get('threshold', 0.98):g} (%, 95 % Wilson CI)")
-    a1.set_title("H1 per variant: " + ", ".join(f"{v} {fmt_pct((byv.get(v) or {}).get('share', float('nan')))}" for v in variants),
-                 loc="left", fontsize=9)
-    byg = h2.get("by_group") or {}
+    a1.set_ylabel(f"runs that are one power law after the knee (%, {fmt_pct(conf)} cluster-aware CI)")
+    a1.set_title("H1 per variant (dashed: targets)", loc="left", fontsize=9)
+    byg = h2.get("by_variant") or {}
+    st = _h2_settings(stats)
     for i, v in enumerate(variants):
-        c = byg.get(f"variant={v}")
-        if c:
-            a2.bar(i, c["spearman_rho"], color=colors[v], alpha=0.85)
-            a2.errorbar(i, c["spearman_rho"], yerr=[[c["spearman_rho"] - c["spearman_ci_low"]],
-                                                    [c["spearman_ci_high"] - c["spearman_rho"]]], color="black", capsize=5)
-            a2.annotate(f"n={c['n']}\np={fmt_p(c['spearman_p'])}", (i, max(c["spearman_ci_high"], c["spearman_rho"])),
+        c = (byg.get(v) or {}).get("overall")
+        if c and c.get("spearman_rho") is not None:
+            rho, lo, hi = c["spearman_rho"], c["spearman_ci_low"], c["spearman_ci_high"]
+            a2.bar(i, rho, color=colors[v], alpha=0.85)
+            if lo is not None and hi is not None:
+                a2.errorbar(i, rho, yerr=[[rho - lo], [hi - rho]], color="black", capsize=5)
+            a2.annotate(f"{byg[v].get('n_cells')} cells\n{byg[v].get('verdict')}", (i, max(hi or rho, rho)),
                         xytext=(0, 4), textcoords="offset points", ha="center", fontsize=8)
         else:
-            a2.annotate("too few runs", (i, 0.05), ha="center", rotation=90, color="0.4", fontsize=9)
-    thr = float(h2.get("min_abs_rho", 0.7))
+            a2.annotate("too few cells", (i, 0.05), ha="center", rotation=90, color="0.4", fontsize=9)
+    thr = st["min_abs_rho"]
     a2.axhline(thr, color="#c62828", ls="--", lw=1.5, label=f"|ρ| = {thr:g}")
     a2.axhline(-thr, color="#c62828", ls="--", lw=1.5)
     a2.axhline(0, color="black", lw=0.8)
     a2.set_ylim(-1.15, 1.3)
     a2.set_xticks(x, variants)
-    a2.set_ylabel("Spearman ρ(α_early, best val CE) (95 % bootstrap CI)")
+    a2.set_ylabel(f"Spearman ρ(α_early, best val CE) ({fmt_pct(st['confidence'])} cluster-aware CI)")
     a2.legend(loc="lower right")
-    a2.set_title("H2 per variant (few runs per variant: wide intervals)", loc="left", fontsize=9)
-    o1, o2 = h1.get("overall"), h2.get("overall")
-    head = "Ablation by variant: "
-    head += f"H1 share {fmt_pct(o1['share'])} overall" if o1 else "H1 not computable"
-    head += f"; H2 ρ = {o2['spearman_rho']:.2f} overall" if o2 else "; H2 not computable"
-    _suptitle(fig, head)
+    a2.set_title("H2 per variant (few cells per variant: wide intervals)", loc="left", fontsize=9)
+    _suptitle(fig, "Ablation by variant — " + _h1_line(stats) + "; " + _h2_line(stats))
     return fig
 
 
@@ -685,9 +732,11 @@ def plot_variant_curves(table: pd.DataFrame, curves: Mapping[str, Mapping[str, A
 #: figure name -> what it shows (the order of the report)
 FIGURES = {
     "run_health": "Run health per variant (ok / too short / invalid / diverged / missing)",
-    "r2_histogram": "H1: histogram of post-knee power-law R² with the threshold",
+    "h1_criteria": "H1: share of runs meeting each criterion and knee definition, with intervals",
+    "r2_histogram": "H1: the literal criterion's R² (straight line after the knee), by H1 decision",
     "loss_curves_mosaic": "H1: the three highest- and three lowest-R² loss curves with fits and knees",
-    "alpha_vs_best_val": "H2: α_early vs best validation CE (α_full in grey)",
+    "alpha_vs_best_val": "H2: α_early vs best validation CE, coloured by LR, with the cell means",
+    "alpha_lr_wd": "H2: α_early over the LR × WD grid (the grid's share of the relation)",
     "window_robustness": "H2: Spearman ρ for shifted α windows",
     "ablation": "H1 share and H2 ρ per variant",
     "delta_aic": "Model comparison: ΔAIC of exponential, power and two-power fits",
@@ -709,9 +758,11 @@ def figure_builders(
 ) -> dict[str, Callable[[], Figure]]:
     return {
         "run_health": lambda: plot_run_health(table),
+        "h1_criteria": lambda: plot_h1_criteria(stats),
         "r2_histogram": lambda: plot_r2_histogram(table, stats),
         "loss_curves_mosaic": lambda: plot_loss_mosaic(table, curves, stats),
         "alpha_vs_best_val": lambda: plot_alpha_vs_val(table, stats),
+        "alpha_lr_wd": lambda: plot_lr_wd_heatmap(table, "alpha_early"),
         "window_robustness": lambda: plot_window_heatmap(stats),
         "ablation": lambda: plot_ablation(table, stats),
         "delta_aic": lambda: plot_delta_aic(table),

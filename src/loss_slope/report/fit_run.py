@@ -49,6 +49,8 @@ from ._io import one_thread, read_json, write_json
 
 __all__ = ["Divergence", "check_divergence", "fit_run", "fit_run_tables", "fit_options", "TIME_AXES", "AXIS_COLUMNS"]
 
+#: Knee definitions under which H1 is also decided (besides the calibrated test).
+H1_KNEE_METHODS = ("burn_in_aic", "ce_threshold")
 #: The time axes a curve can be analysed on (``analysis.time_axis``).
 TIME_AXES = ("step", "cumulative_lr")
 #: Columns repeated, prefixed ``<axis>__``, for the time axis that is not the configured one.
@@ -157,6 +159,7 @@ def fit_options(fit: Mapping[str, Any], loss_unit: str) -> dict:
             "ce_threshold": {"threshold_nats": float(fit["ce_threshold_nats"]), "unit": loss_unit},
         },
         early_window=(float(fit["early_window"][0]), float(fit["early_window"][1])),
+        h1_knee_methods=tuple(m for m in methods if m in H1_KNEE_METHODS),
         confidence=float(fit["confidence"]),
         bin_decades=float(fit["bin_decades"]),
     )
@@ -414,7 +417,7 @@ def fit_run_tables(
         try:
             alt = analyze_curve(
                 st, y, steps_per_epoch=spe, val_steps=vs, val_loss=vy, time=_time(other, lr),
-                **{**opts, "knee_methods": (DEFAULT_KNEE_METHOD,)},
+                **{**opts, "knee_methods": (DEFAULT_KNEE_METHOD,), "h1_knee_methods": ()},
             ).to_dict()
             row.update({f"{other}__{k}": alt.get(k) for k in AXIS_COLUMNS})
         except (AnalysisError, ArithmeticError, ValueError, np.linalg.LinAlgError) as exc:

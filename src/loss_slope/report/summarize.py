@@ -15,9 +15,18 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from loss_slope.analysis import AnalysisError, h1_statistics, h2_statistics, h2_window_heatmap
+from scipy import stats as sps
+
+from loss_slope.analysis import (
+    AnalysisError,
+    h1_statistics,
+    h2_statistics,
+    h2_statistics_diverged_worst_rank,
+    h2_window_heatmap,
+)
 
 from ._io import EXCLUDED_STATUSES, STATUSES, one_thread, read_json, write_json
+from .fit_run import TIME_AXES
 
 __all__ = [
     "ID_COLUMNS",
@@ -34,9 +43,15 @@ LEAD_COLUMNS = (
     "status",
     "reason",
     "excluded_reason",
-    "power_r2",
-    "power_r2_binned",
-    "power_exponent",
+    "h1_single_power_law",
+    "h1_reason",
+    "h1_literal_r2",
+    "post_knee_r2",
+    "post_knee_exponent",
+    "post_knee_exponent_ci_low",
+    "post_knee_exponent_ci_high",
+    "post_knee_fit_ok",
+    "post_knee_hit_bound",
     "alpha_early",
     "alpha_early_ci_low",
     "alpha_early_ci_high",
@@ -45,6 +60,7 @@ LEAD_COLUMNS = (
     "alpha_full_ci_high",
     "best_val_ce",
     "best_val_epoch",
+    "early_end_loss",
     "final_train_loss",
     "knee_found",
     "knee_epoch",
@@ -114,83 +130,117 @@ def run_table(
         None if s == "ok" else f"{s}: {r}" if isinstance(r, str) and r else s
         for s, r in zip(df["status"], df["reason"])
     ]
+    df["diverged"] = df["status"] == "diverged"
+    if "h1_single_power_law" in df.columns:
+        # H1 without edge solutions: a post-knee fit with a parameter on a bound is left out
+        hit = df["post_knee_hit_bound"] if "post_knee_hit_bound" in df.columns else pd.Series(None, index=df.index)
+        df["h1_single_power_law_interior"] = [
+            d if not (isinstance(h, str) and h) else None for d, h in zip(df["h1_single_power_law"], hit)
+        ]
     lead = [c for c in LEAD_COLUMNS if c in df.columns]
     rest = sorted(c for c in df.columns if c not in lead and c != "run_key")
     return df[lead + ["run_key"] + rest].reset_index(drop=True)
 
 
-def _share(s) -> dict:
-    return {"k": s.k, "n": s.n, "share": s.share, "ci_low": s.ci[0], "ci_high": s.ci[1]}
-
-
-def _h1(table: pd.DataFrame, column: str, study: Mapping[str, Any]) -> dict:
-    out: dict[str, Any] = {
-        "statistic": column,
-        "threshold": float(study["r2_threshold"]),
-        "target_share": float(study["h1_target_share"]),
-        "confidence": float(study["confidence"]),
+#: The H1 criteria reported, in order: name -> (column, uses the R² threshold, label).
+#: The first is the defensible one the verdict rests on; the rest are sensitivity checks.
+def h1_criteria(time_axis: str, other_axis: str | None) -> dict[str, tuple[str, bool, str]]:
+    """H1 criteria: name -> (per-run column, compared with ``r2_threshold``, label)."""
+    out = {
+        "single_power_law": ("h1_single_power_law", False,
+                             "one power law after the knee (no further break, no exponent drift)"),
+        "single_power_law_interior": ("h1_single_power_law_interior", False,
+                                      "the same, fits with a parameter on a bound left out"),
+        "literal_r2": ("h1_literal_r2", True, "protocol's literal criterion: straight-line log-log R² after the knee"),
+        "four_parameter_r2": ("post_knee_r2", True, "R² of the floor + shift power law after the knee"),
+        "single_power_law_knee_burn_in_aic": ("h1_single_power_law_knee_burn_in_aic", False,
+                                              "one power law after the burn-in end found by AIC"),
+        "single_power_law_knee_ce_threshold": ("h1_single_power_law_knee_ce_threshold", False,
+                                               "one power law after the validation CE first reaches the threshold"),
     }
-    if not (table["status"] == "ok").any():
-        out.update(answer="not computable", error=f"no usable run (0 of {len(table)} runs are ok)", overall=None,
-                   by_variant={}, excluded=[])
-        return out
-    try:
-        res = h1_statistics(
-            table,
-            r2_column=column,
-            run_column="run_key",
-            threshold=float(study["r2_threshold"]),
-            confidence=float(study["confidence"]),
+    if other_axis:
+        out[f"single_power_law_{other_axis}"] = (
+            f"{other_axis}__h1_single_power_law",
+            False,
+            f"one power law after the knee, on the {other_axis.replace('_', ' ')} axis",
         )
-    except (AnalysisError, KeyError) as exc:
-        out.update(answer="not computable", error=str(exc), overall=None, by_variant={}, excluded=[])
-        return out
-    share = res.overall.share
-    out.update(
-        overall=_share(res.overall),
-        by_variant={v: _share(s) for v, s in res.by_variant.items()},
-        excluded=[{"run": r, "reason": why} for r, why in res.excluded],
-        answer="supported" if share >= out["target_share"] else "not supported",
-    )
     return out
 
 
-def _h2(table: pd.DataFrame, x: str, study: Mapping[str, Any]) -> dict:
-    out: dict[str, Any] = {
-        "x": x,
-        "y": "best_val_ce",
-        "min_abs_rho": float(study["h2_min_abs_rho"]),
-        "max_p": float(study["h2_max_p"]),
-        "confidence": float(study["confidence"]),
-        "n_boot": int(study["n_boot"]),
-    }
-    if not (table["status"] == "ok").any():
-        out.update(answer="not computable", error=f"no usable run (0 of {len(table)} runs are ok)", overall=None,
-                   by_group={}, skipped_groups=[], excluded=[])
-        return out
+def _not_computable(error: str, **extra) -> dict:
+    return {"verdict": "not computable", "error": error, **extra}
+
+
+def _h1(table: pd.DataFrame, study: Mapping[str, Any], column: str, threshold: float | None, label: str) -> dict:
+    info = {"column": column, "threshold": threshold, "label": label}
+    if column not in table.columns or not pd.Series(table[column]).notna().any():
+        return _not_computable(f"no run has a value of {column}", **info)
     try:
-        res = h2_statistics(
+        res = h1_statistics(
             table,
-            x_column=x,
-            y_column="best_val_ce",
-            group_columns=("variant", "optimizer"),
+            column=column,
+            threshold=threshold,
             run_column="run_key",
-            n_boot=int(study["n_boot"]),
+            seed_column="seed",
+            target_shares=tuple(float(t) for t in study["h1_target_shares"]),
             confidence=float(study["confidence"]),
+            n_boot=int(study["n_boot"]),
             seed=int(study["bootstrap_seed"]),
         )
-    except (AnalysisError, KeyError) as exc:
-        out.update(answer="not computable", error=str(exc), overall=None, by_group={}, skipped_groups=[], excluded=[])
-        return out
-    o = res.overall
-    ok = abs(o.spearman_rho) >= out["min_abs_rho"] and o.spearman_p < out["max_p"]
-    out.update(
-        overall=o.to_dict(),
-        by_group={g: c.to_dict() for g, c in res.by_group.items()},
-        skipped_groups=[{"group": g, "reason": why} for g, why in res.skipped_groups],
-        excluded=[{"run": r, "reason": why} for r, why in res.excluded],
-        answer="supported" if ok else "not supported",
+    except (AnalysisError, KeyError, ValueError) as exc:
+        return _not_computable(str(exc), **info)
+    return {**res.to_dict(), **info}
+
+
+def _h2(table: pd.DataFrame, study: Mapping[str, Any], x: str, *, worst_rank: bool = False) -> dict:
+    info = {"x": x, "y": "best_val_ce", "level": "early_end_loss"}
+    if x not in table.columns or not (table["status"] == "ok").any():
+        return _not_computable(f"no usable run has {x} (0 of {len(table)} runs are ok)", **info)
+    kwargs = dict(
+        x_column=x,
+        y_column="best_val_ce",
+        level_column="early_end_loss" if "early_end_loss" in table.columns else None,
+        run_column="run_key",
+        min_abs_rho=float(study["h2_min_abs_rho"]),
+        max_p=float(study["h2_max_p"]),
+        sign=str(study["h2_sign"]),
+        confidence=float(study["confidence"]),
+        n_boot=int(study["n_boot"]),
+        seed=int(study["bootstrap_seed"]),
     )
+    try:
+        if worst_rank:
+            res = h2_statistics_diverged_worst_rank(table, diverged_column="diverged", **kwargs)
+        else:
+            res = h2_statistics(table, **kwargs)
+    except (AnalysisError, KeyError, ValueError) as exc:
+        return _not_computable(str(exc), **info)
+    return {**res.to_dict(), **info}
+
+
+def _h2_literal(table: pd.DataFrame, study: Mapping[str, Any], x: str) -> dict:
+    """The protocol's literal H2 rule: |Spearman ρ| >= threshold and p < max p over runs
+    treated as independent (what the cluster-aware verdict replaces)."""
+    ok = table[table["status"] == "ok"]
+    xv = pd.to_numeric(ok.get(x), errors="coerce")
+    yv = pd.to_numeric(ok.get("best_val_ce"), errors="coerce")
+    keep = xv.notna() & yv.notna()
+    if keep.sum() < 4 or xv[keep].nunique() < 2 or yv[keep].nunique() < 2:
+        return _not_computable(f"fewer than 4 usable runs with {x} and best_val_ce")
+    r = sps.spearmanr(xv[keep], yv[keep])
+    rho, p = float(r.statistic), float(r.pvalue)
+    ok_rule = abs(rho) >= float(study["h2_min_abs_rho"]) and p < float(study["h2_max_p"])
+    return {"verdict": "supported" if ok_rule else "not supported", "spearman_rho": rho, "spearman_p": p,
+            "n": int(keep.sum()), "rule": "|rho| >= h2_min_abs_rho and p < h2_max_p, runs as independent"}
+
+
+def _cells(table: pd.DataFrame) -> list[dict]:
+    """Run counts per cell of the grid (variant x LR x WD): usable and excluded by status."""
+    out = []
+    for (v, lr, wd), g in table.groupby(["variant", "lr", "weight_decay"], sort=False, dropna=False):
+        counts = {st: int((g["status"] == st).sum()) for st in STATUSES}
+        out.append({"variant": v, "lr": lr, "weight_decay": wd, "runs": int(len(g)), **counts,
+                    "excluded": int(len(g) - counts["ok"])})
     return out
 
 
@@ -232,6 +282,7 @@ def study_statistics(
     early_window: Sequence[float] = (5, 15),
     window_scans: Mapping[str, Mapping[str, Any]] | None = None,
     study_name: str = "",
+    time_axis: str = "step",
 ) -> dict:
     """H1 and H2 answers for a per-run table.
 
@@ -247,16 +298,19 @@ def study_statistics(
         ``run_key`` -> ``{"starts", "ends", "alpha"}`` (each fit file's
         ``window_scan``); gives the window-robustness heat-map of ρ.
     study_name : str
+    time_axis : str
+        The configured time axis; the other one's columns (prefixed) are
+        reported beside it when present.
 
     Returns
     -------
     dict
-        ``counts`` (per status, overall and per variant), ``h1`` (configured R²
-        column), ``h1_sensitivity`` (the other R² column), ``h2`` (α_early),
-        ``h2_alpha_full``, ``window_heatmap``, ``excluded_runs`` and ``settings``.
+        ``counts`` (per status, overall, per variant and per cell), ``h1`` (one
+        entry per criterion of :func:`h1_criteria`, the first the defensible
+        verdict), ``h2`` (cluster-aware, α_early), ``h2_literal`` (the
+        protocol's rule), ``h2_diverged_worst_rank``, ``h2_alpha_full``,
+        ``h2_other_axis``, ``window_heatmap``, ``excluded_runs`` and ``settings``.
     """
-    col = str(study["r2_column"])
-    other = "power_r2_binned" if col == "power_r2" else "power_r2"
     counts = {s: int((table["status"] == s).sum()) for s in STATUSES}
     by_variant = {
         str(v): {s: int((g["status"] == s).sum()) for s in STATUSES} for v, g in table.groupby("variant", sort=False)
@@ -275,18 +329,30 @@ def study_statistics(
             heat = None
     if heat is not None:
         heat["nominal"] = [float(early_window[0]), float(early_window[1])]
+    other = next(a for a in TIME_AXES if a != time_axis)
+    has_other = f"{other}__h1_single_power_law" in table.columns
+    thr = float(study["r2_threshold"])
+    h1 = {
+        name: _h1(table, study, column, thr if numeric else None, label)
+        for name, (column, numeric, label) in h1_criteria(time_axis, other if has_other else None).items()
+    }
     return {
         "study": study_name,
         "n_runs": int(len(table)),
         "counts": counts,
         "counts_by_variant": by_variant,
-        "h1": _h1(table, col, study),
-        "h1_sensitivity": _h1(table, other, study),
-        "h2": _h2(table, "alpha_early", study),
-        "h2_alpha_full": _h2(table, "alpha_full", study),
+        "counts_by_cell": _cells(table),
+        "time_axis": time_axis,
+        "other_time_axis": other if has_other else None,
+        "h1": h1,
+        "h2": _h2(table, study, "alpha_early"),
+        "h2_literal": _h2_literal(table, study, "alpha_early"),
+        "h2_diverged_worst_rank": _h2(table, study, "alpha_early", worst_rank=True),
+        "h2_alpha_full": _h2(table, study, "alpha_full"),
+        "h2_other_axis": _h2(table, study, f"{other}__alpha_early") if has_other else None,
         "window_heatmap": heat,
         "excluded_runs": excluded,
-        "settings": {"study": dict(study), "early_window": list(early_window)},
+        "settings": {"study": dict(study), "early_window": list(early_window), "time_axis": time_axis},
     }
 
 
@@ -298,10 +364,10 @@ def _median(g: pd.DataFrame, col: str) -> float:
 
 
 def variant_table(table: pd.DataFrame, stats: Mapping[str, Any]) -> pd.DataFrame:
-    """One row per variant: run health, H1 share, H2 correlation, medians."""
+    """One row per variant: run health, H1 share (single power law), H2 correlations, medians."""
     rows = []
-    h1 = stats["h1"].get("by_variant") or {}
-    h2 = stats["h2"].get("by_group") or {}
+    h1 = (stats["h1"].get("single_power_law") or {}).get("by_variant") or {}
+    h2 = stats["h2"].get("by_variant") or {}
     for v, g in table.groupby("variant", sort=False):
         ok = g[g["status"] == "ok"]
         row: dict[str, Any] = {
@@ -320,10 +386,14 @@ def variant_table(table: pd.DataFrame, stats: Mapping[str, Any]) -> pd.DataFrame
                 "h1_ci_high": s["ci_high"] if s else math.nan,
             }
         )
-        c = h2.get(f"variant={v}")
-        for k in ("n", "spearman_rho", "spearman_p", "spearman_ci_low", "spearman_ci_high", "pearson_r", "pearson_p"):
-            row[f"h2_{k}"] = c[k] if c else math.nan
-        for col in ("power_r2", "power_r2_binned", "power_exponent", "alpha_early", "alpha_full", "best_val_ce", "knee_epoch", "final_train_loss"):
+        c = h2.get(str(v)) or {}
+        row["h2_verdict"] = c.get("verdict")
+        for part in ("overall", "within_cell"):
+            d = c.get(part) or {}
+            for k in ("n", "n_cells", "spearman_rho", "spearman_p", "spearman_ci_low", "spearman_ci_high"):
+                row[f"h2_{part}_{k}"] = d.get(k, math.nan)
+        for col in ("h1_literal_r2", "post_knee_r2", "post_knee_exponent", "alpha_early", "alpha_full", "best_val_ce",
+                    "knee_epoch", "final_train_loss"):
             row[f"median_{col}"] = _median(ok, col)
         rows.append(row)
     return pd.DataFrame(rows)
@@ -347,6 +417,7 @@ def summarize(
     variant_csvs: Sequence[str | Path],
     stats_json,
     missing_reasons: Mapping[str, str] | None = None,
+    time_axis: str = "step",
 ) -> dict:
     """Pipeline entry point (rule ``summarize``).
 
@@ -365,6 +436,8 @@ def summarize(
     table_parquet, table_csv, variants_csv, stats_json : path
     missing_reasons : mapping, optional
         ``"variant/run"`` -> why a run has no fit file (partial reports).
+    time_axis : str
+        ``analysis.time_axis``.
     variant_csvs : sequence of path
         One CSV per variant, named ``<variant>.csv``: that variant's rows.
 
@@ -378,7 +451,12 @@ def summarize(
     scans = {f"{f['row']['variant']}/{f['row']['run']}": f.get("window_scan") for f in fits}
     with one_thread():
         stats = study_statistics(
-            table, study=study, early_window=early_window, window_scans=scans, study_name=study_name
+            table,
+            study=study,
+            early_window=early_window,
+            window_scans=scans,
+            study_name=study_name,
+            time_axis=time_axis,
         )
     Path(table_parquet).parent.mkdir(parents=True, exist_ok=True)
     # object columns mixing None and numbers: make them numeric where they are

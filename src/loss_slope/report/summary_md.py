@@ -8,6 +8,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
+from . import verdicts as V
 from ._io import STATUSES, fmt_p, fmt_pct
 
 __all__ = ["render_summary"]
@@ -27,117 +28,193 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _r2_name(col: str) -> str:
-    return "R² over log-binned means" if col == "power_r2_binned" else "R² over every logged step"
+def _conf(stats: Mapping[str, Any]) -> float:
+    return float(stats.get("settings", {}).get("study", {}).get("confidence", 0.95))
+
+
+def _h1_row(name: str, res: Mapping[str, Any], conf: float) -> list[str]:
+    o = res.get("overall")
+    label = res.get("label", name)
+    if not o or res.get("verdict") == "not computable":
+        return [label, "—", "—", "—", f"not computable: {res.get('error', '')}", ""]
+    verdicts = list((res.get("verdicts") or {}).items())
+    cols = [label, f"{o['k']} / {o['n']}", fmt_pct(o["share"]), V.interval(o["ci_low"], o["ci_high"], pct=True)]
+    cols += [f"{v} (vs {fmt_pct(float(t))})" for t, v in verdicts[:2]]
+    cols += [""] * (6 - len(cols))
+    return cols
 
 
 def _h1_section(stats: Mapping[str, Any], table: pd.DataFrame, fig) -> list[str]:
-    h1, sens = stats["h1"], stats.get("h1_sensitivity") or {}
-    out = ["## H1 — after the knee, is the training loss a power law?", ""]
-    o = h1.get("overall")
-    if not o:
-        out += [f"**Not computable:** {h1.get('error', 'no usable run')}.", ""]
-    else:
-        verdict = "Supported" if h1["answer"] == "supported" else "Not supported"
+    h1 = stats["h1"]
+    conf = _conf(stats)
+    main, literal = h1.get("single_power_law") or {}, h1.get("literal_r2") or {}
+    out = ["## H1 — after the knee, is the training loss one power law?", ""]
+    out += [
+        "**Defensible criterion** — after the knee found by the calibrated test, the curve is one power law: "
+        "the same test finds no further break (nor an earlier one), and the exponent does not drift between the "
+        "first and second half of the segment (docs/analysis.md). " + V.h1_criterion_sentence(main, confidence=conf),
+        "",
+    ]
+    wf = main.get("with_excluded_as_failures")
+    if wf:
         out += [
-            f"**{verdict}.** {o['k']} of {o['n']} usable runs ({fmt_pct(o['share'])}, "
-            f"{fmt_pct(h1['confidence'])} Wilson interval {fmt_pct(o['ci_low'])}–{fmt_pct(o['ci_high'])}) have a "
-            f"post-knee power-law fit with {_r2_name(h1['statistic'])} ≥ {h1['threshold']:g}; "
-            f"the success criterion is at least {fmt_pct(h1['target_share'])} of the runs.",
+            f"Counting every excluded or undecided run as a failure: {wf['k']} of {wf['n']} runs "
+            f"({fmt_pct(wf['share'])}, interval {V.interval(wf['ci_low'], wf['ci_high'], pct=True)}): "
+            + "; ".join(f"{v} against {fmt_pct(float(t))}" for t, v in (wf.get("verdicts") or {}).items()) + ".",
             "",
         ]
-        so = sens.get("overall")
-        if so:
-            out += [
-                f"Sensitivity: with the {_r2_name(sens['statistic'])} instead, {so['k']} of {so['n']} runs "
-                f"({fmt_pct(so['share'])}, interval {fmt_pct(so['ci_low'])}–{fmt_pct(so['ci_high'])}) reach "
-                f"{sens['threshold']:g}.",
-                "",
-            ]
-        ok = table[table["status"] == "ok"]
-        r2 = pd.to_numeric(ok.get(h1["statistic"]), errors="coerce").dropna()
-        if len(r2):
-            out += [f"The R² of the usable runs spans {r2.min():.3f}–{r2.max():.3f} (median {r2.median():.3f})."]
-        if "knee_found" in ok.columns:
-            nk = int(ok["knee_found"].fillna(False).astype(bool).sum())
-            out += [
-                f"The calibrated knee detector (broken_power_lrt) found a knee in {nk} of {len(ok)} usable runs; "
-                "where it found none, the power law (with floor and transient shift) is fitted to the whole curve."
-            ]
-        out += ["", _table(
-            ["variant", "runs ≥ threshold", "share", "Wilson interval"],
-            [[v, f"{s['k']} / {s['n']}", fmt_pct(s["share"]), f"{fmt_pct(s['ci_low'])}–{fmt_pct(s['ci_high'])}"]
-             for v, s in (h1.get("by_variant") or {}).items()],
-        ), ""]
-    out += [fig("r2_histogram"), "", fig("loss_curves_mosaic"), ""]
+    thr = literal.get("threshold")
+    out += [
+        f"**The protocol's literal criterion** — straight-line log-log R² ≥ {_f(thr, 'g')} after the knee. "
+        + V.h1_criterion_sentence(literal, confidence=conf)
+        + " It measures the batch noise as much as the shape: an exact power law with realistic noise fails it and "
+        "a broken one can pass it, so it is reported, not decided on.",
+        "",
+    ]
+    rows = [_h1_row(name, res, conf) for name, res in h1.items()]
+    out += [_table(["criterion", "runs", "share", f"{fmt_pct(conf)} interval", "verdict", "verdict"], rows), ""]
+    byv = main.get("by_variant") or {}
+    if byv:
+        out += ["Per variant (defensible criterion; few cells per variant, so the intervals are wide):", "",
+                _table(["variant", "single power law", "share", "interval"],
+                       [[v, f"{s['k']} / {s['n']}", fmt_pct(s["share"]), V.interval(s["ci_low"], s["ci_high"], pct=True)]
+                        for v, s in byv.items()]), ""]
+    ok = table[table["status"] == "ok"]
+    if "h1_single_power_law" in ok.columns:
+        undecided = ok[ok["h1_single_power_law"].isna()]
+        if len(undecided):
+            out += [f"{len(undecided)} usable run(s) are undecided (no H1 verdict of their own):", "",
+                    _table(["variant", "run", "why"],
+                           [[r.variant, r.run, getattr(r, "h1_reason", "") or ""] for r in undecided.itertuples()]), ""]
+    if "knee_found" in ok.columns:
+        nk = int(ok["knee_found"].fillna(False).astype(bool).sum())
+        out += [
+            f"The calibrated knee detector (broken_power_lrt) found a knee in {nk} of {len(ok)} usable runs; "
+            "where it found none, the whole curve is tested.",
+            "",
+        ]
+    out += [fig("h1_criteria"), "", fig("r2_histogram"), "", fig("loss_curves_mosaic"), ""]
     return out
 
 
-def _direction(rho: float) -> str:
-    if rho > 0:
-        return "runs whose loss fell faster in the early window reached a *higher* (worse) best validation CE"
-    if rho < 0:
-        return "runs whose loss fell faster in the early window reached a *lower* (better) best validation CE"
-    return "no monotone relation"
+def _corr_cell(c: Mapping[str, Any] | None) -> str:
+    if not c or c.get("spearman_rho") is None:
+        return "n/a"
+    return f"{_f(c['spearman_rho'])} [{V.interval(c.get('spearman_ci_low'), c.get('spearman_ci_high'))}]"
 
 
 def _h2_section(stats: Mapping[str, Any], fig) -> list[str]:
-    h2, hf = stats["h2"], stats.get("h2_alpha_full") or {}
+    h2 = stats["h2"]
     win = stats.get("settings", {}).get("early_window", [5, 15])
     out = ["## H2 — does the early slope α_early predict the best validation cross-entropy?", ""]
     o = h2.get("overall")
-    if not o:
+    if not o or h2.get("verdict") == "not computable":
         out += [f"**Not computable:** {h2.get('error', 'no usable run')}.", ""]
     else:
-        verdict = "Supported" if h2["answer"] == "supported" else "Not supported"
+        st = h2.get("settings") or {}
+        conf = float(st.get("confidence", _conf(stats)))
         out += [
-            f"**{verdict}.** Over {o['n']} usable runs, the log-log slope over epochs {win[0]:g}–{win[1]:g} "
-            f"(α_early) and the best validation CE have Spearman ρ = {o['spearman_rho']:.2f} "
-            f"(p = {fmt_p(o['spearman_p'])}, {fmt_pct(h2['confidence'])} bootstrap interval "
-            f"{_f(o['spearman_ci_low'])} to {_f(o['spearman_ci_high'])}) and Pearson r = {o['pearson_r']:.2f} "
-            f"(p = {fmt_p(o['pearson_p'])}); the success criterion is |ρ| ≥ {h2['min_abs_rho']:g} with "
-            f"p < {h2['max_p']:g}. "
-            + (f"The sign says that {_direction(o['spearman_rho'])}."
-               if o["spearman_p"] < h2["max_p"]
-               else f"The sign, not significant here, would mean that {_direction(o['spearman_rho'])}."),
+            f"**Defensible verdict: {h2['verdict']}.** Over {h2['n_runs']} usable runs in {h2['n_cells']} cells "
+            f"(variant × LR × WD), the log-log slope over epochs {win[0]:g}–{win[1]:g} (α_early) and the best "
+            f"validation CE have Spearman ρ = {_f(o['spearman_rho'])} ({fmt_pct(conf)} interval "
+            f"{V.interval(o['spearman_ci_low'], o['spearman_ci_high'])}, p = {fmt_p(o['spearman_p'])}; both from "
+            f"resampling whole cells and seeds). The criterion is {V.h2_criterion(st)} with p < "
+            f"{float(st.get('max_p', 0.01)):g}: {V.h2_verdict_reason(h2['verdict'], st)}.",
+            "",
+            "Where the relation comes from — between cells (the grid's LR and WD drive both numbers) or within a "
+            "cell (seeds of one configuration):",
+            "",
+            _table(
+                ["correlation", "n", "Spearman ρ [interval]", "p"],
+                [
+                    ["pooled over runs", o["n"], _corr_cell(o), fmt_p(o["spearman_p"])],
+                    ["over cell means", (h2.get("cell_means") or {}).get("n", "n/a"), _corr_cell(h2.get("cell_means")),
+                     fmt_p((h2.get("cell_means") or {}).get("spearman_p"))],
+                    ["within cells (deviations from the cell mean)", (h2.get("within_cell") or {}).get("n", "n/a"),
+                     _corr_cell(h2.get("within_cell")), fmt_p((h2.get("within_cell") or {}).get("spearman_p"))],
+                    ["partial, given variant, LR and WD", (h2.get("partial") or {}).get("n", "n/a"),
+                     _corr_cell(h2.get("partial")), fmt_p((h2.get("partial") or {}).get("spearman_p"))],
+                ],
+            ),
             "",
         ]
-        fo = hf.get("overall")
-        if fo:
+        skipped = (h2.get("within_cell") or {}).get("n_skipped_cells") or 0
+        if skipped:
+            out += [f"{skipped} cell(s) with a single usable seed add nothing within cells and are skipped.", ""]
+        vl = h2.get("versus_level")
+        if vl:
+            lo, hi = vl["difference_ci"]
+            if lo is not None and lo > 0:
+                meaning = "the slope ranks the best CE better than the loss level it is measured on"
+            elif hi is not None and hi < 0:
+                meaning = "the loss level ranks the best CE better than the slope does"
+            else:
+                meaning = "the data cannot tell the slope from the loss level it is measured on"
             out += [
-                f"For comparison, the slope from the knee to the end (α_full) gives ρ = {fo['spearman_rho']:.2f} "
-                f"(p = {fmt_p(fo['spearman_p'])}) and r = {fo['pearson_r']:.2f} (p = {fmt_p(fo['pearson_p'])}).",
+                f"Slope or level? |ρ(α_early, CE)| − |ρ(early-end loss, CE)| = {_f(vl['difference'])} "
+                f"(paired interval {V.interval(lo, hi)}; ρ of the loss over the last epoch of the window = "
+                f"{_f(vl['rho_level'])}): {meaning}.",
                 "",
             ]
-        rows = [["all", o["n"], _f(o["spearman_rho"]), fmt_p(o["spearman_p"]),
-                 f"{_f(o['spearman_ci_low'])} to {_f(o['spearman_ci_high'])}", _f(o["pearson_r"]), fmt_p(o["pearson_p"]),
-                 _f(fo["spearman_rho"]) if fo else "n/a"]]
-        fg = hf.get("by_group") or {}
-        for g, c in (h2.get("by_group") or {}).items():
-            rows.append([g, c["n"], _f(c["spearman_rho"]), fmt_p(c["spearman_p"]),
-                         f"{_f(c['spearman_ci_low'])} to {_f(c['spearman_ci_high'])}", _f(c["pearson_r"]),
-                         fmt_p(c["pearson_p"]), _f(fg[g]["spearman_rho"]) if g in fg else "n/a"])
-        out += [_table(["group", "n", "Spearman ρ", "p", "bootstrap interval", "Pearson r", "p", "ρ with α_full"], rows), ""]
-        if h2.get("skipped_groups"):
-            out += ["Groups too small for a correlation: "
-                    + "; ".join(f"{s['group']} ({s['reason']})" for s in h2["skipped_groups"]) + ".", ""]
+        pred = h2.get("prediction")
+        if pred and pred.get("rmse"):
+            out += ["Leave-one-cell-out prediction of the best CE (RMSE, "
+                    f"{pred['n_cells']} cells held out in turn; s.d. of the CE {_f(pred['sd'], '.3g')}):", "",
+                    _table(["predictor", "RMSE"], [[k, _f(v, ".3g")] for k, v in pred["rmse"].items()]), ""]
+    lit = stats.get("h2_literal") or {}
+    if lit.get("verdict") in ("supported", "not supported"):
+        out += [
+            f"**The protocol's literal rule** (|Spearman ρ| ≥ {_f(h2.get('settings', {}).get('min_abs_rho'), 'g')} with "
+            f"p < {_f(h2.get('settings', {}).get('max_p'), 'g')}, the {lit['n']} runs treated as independent): "
+            f"ρ = {_f(lit['spearman_rho'])}, p = {fmt_p(lit['spearman_p'])} — {lit['verdict']}. Runs of one cell "
+            "share their configuration and seeds are shared across cells, so this p-value overstates the evidence.",
+            "",
+        ]
+    rows = []
+    for key, label in (("h2_diverged_worst_rank", "diverged runs at the worst rank"),
+                       ("h2_alpha_full", "α_full (knee to end) instead of α_early"),
+                       ("h2_other_axis", f"α_early on the {str(stats.get('other_time_axis') or '').replace('_', ' ')} axis")):
+        r = stats.get(key)
+        if not r:
+            continue
+        if r.get("verdict") == "not computable":
+            rows.append([label, "—", "—", f"not computable: {r.get('error', '')}"])
+        else:
+            rows.append([label, r.get("n_runs"), _corr_cell(r.get("overall")), r["verdict"]])
+    if rows:
+        out += ["Sensitivity:", "", _table(["analysis", "runs", "pooled ρ [interval]", "verdict"], rows), ""]
+    byv = h2.get("by_variant") or {}
+    if byv:
+        out += ["Per variant (each has few cells, so its intervals are wide and rarely decide):", "",
+                _table(["variant", "runs", "cells", "pooled ρ [interval]", "within-cell ρ [interval]", "verdict"],
+                       [[v, r.get("n_runs"), r.get("n_cells"), _corr_cell(r.get("overall")),
+                         _corr_cell(r.get("within_cell")), r.get("verdict")] for v, r in byv.items()]), ""]
     hm = stats.get("window_heatmap")
-    if hm:
+    if hm and h2.get("settings"):
         import numpy as np
 
         rho = np.array([[np.nan if v is None else v for v in r] for r in hm["rho"]], dtype=float)
-        p = np.array([[np.nan if v is None else v for v in r] for r in hm["p_value"]], dtype=float)
         valid = np.isfinite(rho)
-        strong = valid & (np.abs(rho) >= h2["min_abs_rho"]) & (p < h2["max_p"])
-        out += [
-            f"Window robustness: shifting the window's start and stop by up to ±"
-            f"{(hm['ends'][-1] - hm['ends'][0]) / 2:g} epochs, ρ ranges over "
-            f"{np.nanmin(rho):.2f} to {np.nanmax(rho):.2f}; {int(strong.sum())} of {int(valid.sum())} windows "
-            f"meet the criterion.",
-            "",
-        ]
-    out += [fig("alpha_vs_best_val"), "", fig("window_robustness"), ""]
+        if valid.any():
+            out += [
+                f"Window robustness: shifting the window's start and stop by up to ±"
+                f"{(hm['ends'][-1] - hm['ends'][0]) / 2:g} epochs, the pooled ρ ranges over "
+                f"{np.nanmin(rho):.2f} to {np.nanmax(rho):.2f} ({int(valid.sum())} windows).",
+                "",
+            ]
+    out += [fig("alpha_vs_best_val"), "", fig("alpha_lr_wd"), "", fig("window_robustness"), ""]
     return out
+
+
+def _cells_section(stats: Mapping[str, Any]) -> list[str]:
+    cells = [c for c in stats.get("counts_by_cell") or [] if c["excluded"]]
+    if not cells:
+        return []
+    return ["Runs excluded per cell (variant × LR × WD), next to both answers above:", "",
+            _table(["variant", "LR", "WD", "runs", "usable", "excluded", "by status"],
+                   [[c["variant"], _f(c["lr"], "g"), _f(c["weight_decay"], "g"), c["runs"], c["ok"], c["excluded"],
+                     ", ".join(f"{c[s]} {s.replace('_', ' ')}" for s in STATUSES if s != "ok" and c.get(s))]
+                    for c in cells]), ""]
 
 
 def _excluded_section(table: pd.DataFrame, stats: Mapping[str, Any]) -> list[str]:
@@ -154,8 +231,9 @@ def _excluded_section(table: pd.DataFrame, stats: Mapping[str, Any]) -> list[str
             "",
         ]
     extra = []
-    for key, name in (("h1", "H1"), ("h2", "H2"), ("h2_alpha_full", "H2 with α_full")):
-        for e in (stats.get(key) or {}).get("excluded") or []:
+    for res, name in (((stats.get("h1") or {}).get("single_power_law"), "H1"), (stats.get("h2"), "H2"),
+                      (stats.get("h2_alpha_full"), "H2 with α_full")):
+        for e in (res or {}).get("excluded") or []:
             if not any(e["reason"].startswith(s) for s in STATUSES):
                 extra.append([name, e["run"], e["reason"]])
     if extra:
@@ -223,6 +301,7 @@ def render_summary(
     out += ["", fig("run_health"), ""]
     out += _h1_section(stats, table, fig)
     out += _h2_section(stats, fig)
+    out += _cells_section(stats)
     out += ["## Per variant", "", fig("ablation"), ""]
     if variant_figure_paths:
         out += [" ".join(f"[{v}]({p})" for v, p in variant_figure_paths.items()) + " — loss curves of every run per variant.", ""]

@@ -38,9 +38,11 @@ REPORT_DIRS = ("report", "report_partial")
 #: figure name -> (report category, label); also the order of the HTML report
 REPORT_FIGURES = {
     "run_health": ("1. Run health", "valid / invalid / diverged / missing per variant"),
-    "r2_histogram": ("2. H1: power law after the knee", "R² histogram"),
+    "h1_criteria": ("2. H1: power law after the knee", "share per criterion and knee definition"),
+    "r2_histogram": ("2. H1: power law after the knee", "literal R² histogram"),
     "loss_curves_mosaic": ("2. H1: power law after the knee", "six loss curves with fits"),
     "alpha_vs_best_val": ("3. H2: early slope vs best validation CE", "α_early vs best val CE"),
+    "alpha_lr_wd": ("3. H2: early slope vs best validation CE", "α_early over LR × WD"),
     "window_robustness": ("3. H2: early slope vs best validation CE", "window robustness of ρ"),
     "ablation": ("4. Variants and models", "H1 share and ρ per variant"),
     "delta_aic": ("4. Variants and models", "ΔAIC of the three models"),
