@@ -336,7 +336,7 @@ class H1Result:
                 "threshold": self.threshold,
                 "confidence": self.confidence,
                 "target_shares": list(self.target_shares),
-                "method": "Wilson interval on the design-effect-adjusted n (cells x seeds cluster-robust), "
+                "method": "Wilson interval on the design-effect-adjusted n (cluster-robust over cells), "
                 "t quantile on n_cells - 1 df",
                 "overall": self.overall.to_dict(),
                 "verdicts": {f"{t:g}": v for t, v in self.verdicts.items()},
@@ -379,7 +379,7 @@ def h1_statistics(
     column: str = "h1_single_power_law",
     threshold: float | None = None,
     cell_columns: Sequence[str] = ("variant", "lr", "weight_decay"),
-    seed_column: str | None = "seed",
+    seed_column: str | None = None,
     variant_column: str = "variant",
     run_column: str = "run",
     exclusion_column: str | None = "excluded_reason",
@@ -400,9 +400,8 @@ def h1_statistics(
     ------------
     Runs in one cell (variant x LR x WD) share their configuration, and runs with
     one seed share init and data order across cells, so successes are not
-    independent.  The variance of the share is estimated cluster-robustly (ratio
-    estimator, cells; and two-way cells x seeds, ``V_cell + V_seed - V_run``, when
-    ``seed_column`` is present; the larger is used), divided by the binomial
+    independent.  The variance of the share is estimated cluster-robustly over
+    cells (ratio estimator with the ``G / (G - 1)`` factor), divided by the binomial
     variance to give a design effect ``deff >= 1``, and the Wilson score interval
     is computed on ``n_eff = n / deff`` runs with the normal quantile replaced by a
     t quantile on ``n_cells - 1`` degrees of freedom (Korn & Graubard's
@@ -420,7 +419,11 @@ def h1_statistics(
     cell_columns : sequence of str
         Columns whose combinations are the cells.
     seed_column : str or None
-        Seed shared across cells (ignored when absent from the table).
+        Seed shared across cells.  By default (None) runs are clustered by cell
+        only: with 6 seeds a seed-level variance has ~5 degrees of freedom, and
+        the two-way estimate (``V_cell + V_seed - V_run``, the larger of it and the
+        cell estimate is used when a seed column is given) inflates the design
+        effect of independent runs to ~2 by chance alone.
     variant_column, run_column, exclusion_column : str
     target_shares : sequence of float
         Targets for the verdicts.
@@ -641,7 +644,7 @@ def _resample_weights(cell, n_cells, seed_codes, n_seeds, n_boot, rng):
     return W, wc
 
 
-def _ranks(V: np.ndarray, W: np.ndarray) -> np.ndarray:
+def _ranks(V: np.ndarray, W: np.ndarray, ties: bool = True) -> np.ndarray:
     """Weighted mid-ranks: a row of weight w is w tied copies; ties share their mid-rank.
 
     Parameters
@@ -650,6 +653,9 @@ def _ranks(V: np.ndarray, W: np.ndarray) -> np.ndarray:
         Values (+-inf allowed, no NaN).
     W : ndarray, shape (B, n)
         Non-negative weights.
+    ties : bool
+        For 2-D ``V`` only: False when no two rows of positive weight in a row of
+        ``V`` can be equal (ordinal ranks are then mid-ranks); skips the tie pass.
 
     Returns
     -------
@@ -670,15 +676,19 @@ def _ranks(V: np.ndarray, W: np.ndarray) -> np.ndarray:
         R = np.empty_like(W)
         R[:, order] = rg[:, grp]
         return R
-    order = np.argsort(V, axis=1, kind="stable")
+    order = np.argsort(V, axis=1)
+    ws = np.take_along_axis(W, order, axis=1)
+    R = np.empty_like(W)
+    if not ties:
+        np.put_along_axis(R, order, np.cumsum(ws, axis=1) - ws + (ws + 1.0) / 2.0, axis=1)
+        return R
     vs = np.take_along_axis(V, order, axis=1)
     new = np.ones(vs.shape, dtype=bool)
     new[:, 1:] = vs[:, 1:] != vs[:, :-1]
     grp = np.cumsum(new, axis=1) - 1
     flat = (grp + (np.arange(B) * n)[:, None]).ravel()
-    gw = np.bincount(flat, weights=np.take_along_axis(W, order, axis=1).ravel(), minlength=B * n).reshape(B, n)
+    gw = np.bincount(flat, weights=ws.ravel(), minlength=B * n).reshape(B, n)
     rg = np.cumsum(gw, axis=1) - gw + (gw + 1.0) / 2.0
-    R = np.empty_like(W)
     np.put_along_axis(R, order, np.take_along_axis(rg, grp, axis=1), axis=1)
     return R
 
@@ -871,6 +881,11 @@ class H2Result:
     partial : Correlation
         Partial rank correlation given the cell columns as additive categorical
         factors (Spearman fields; the Pearson fields are the partial Pearson).
+    within_cell_seed_adjusted : Correlation or None
+        Residuals of the additive cell + seed fit (each run's deviation from its
+        cell mean net of its seed's effect shared across cells); None without a
+        seed column.  Reported beside ``within_cell``: the seed part of a
+        within-cell deviation rests on only ``n_seeds`` independent draws.
     versus_level : LevelComparison or None
         None when the table has no level column.
     verdict : str
@@ -907,6 +922,7 @@ class H2Result:
     diverged_at_worst_rank: tuple[str, ...]
     settings: Mapping[str, object]
     notes: tuple[str, ...]
+    within_cell_seed_adjusted: Correlation | None = None
 
     def to_dict(self) -> dict:
         """Strictly JSON-serialisable nested dict (NaN -> None).
@@ -923,6 +939,9 @@ class H2Result:
                 "cell_means": self.cell_means.to_dict(),
                 "within_cell": self.within_cell.to_dict(),
                 "partial": self.partial.to_dict(),
+                "within_cell_seed_adjusted": None
+                if self.within_cell_seed_adjusted is None
+                else self.within_cell_seed_adjusted.to_dict(),
                 "versus_level": None if self.versus_level is None else self.versus_level.to_dict(),
                 "prediction": None if self.prediction is None else self.prediction.to_dict(),
                 "by_variant": {v: r.to_dict() for v, r in self.by_variant.items()},
@@ -987,6 +1006,26 @@ class _Core:
     partial: Correlation | None
     versus_level: LevelComparison | None
     n_skipped: int
+    within_seed: Correlation | None = None
+
+
+def _two_way_resid(x: np.ndarray, W: np.ndarray, cell_onehot: np.ndarray, seed_onehot: np.ndarray) -> np.ndarray:
+    """Residuals (B, n) of the weighted additive fit x ~ cell + seed, by backfitting.
+
+    With complete cells x seeds and product weights one pass is exact; missing
+    runs need more passes (the loop stops when the update is below 1e-12).
+    """
+    r = np.broadcast_to(x, W.shape) - 0.0
+    cw, sw = W @ cell_onehot, W @ seed_onehot
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for _ in range(50):
+            cm = np.nan_to_num(((W * r) @ cell_onehot) / cw)
+            r = r - cm @ cell_onehot.T
+            sm = np.nan_to_num(((W * r) @ seed_onehot) / sw)
+            r = r - sm @ seed_onehot.T
+            if np.max(np.abs(cm)) < 1e-12 and np.max(np.abs(sm)) < 1e-12:
+                break
+    return np.where(W > 0, r, 0.0)
 
 
 def _core(
@@ -1048,6 +1087,9 @@ def _core(
     # within cell: cells with >= 2 distinct drawn runs
     usable = np.bincount(cell, minlength=G) >= 2
     n_skipped = int(np.count_nonzero(~usable))
+    # equal deviations in a resample come from equal values in one cell
+    tx = bool(pd.Series(list(zip(cell, x))).duplicated().any())
+    ty = bool(pd.Series(list(zip(cell, y))).duplicated().any())
     present = ((W > 0) @ onehot) >= 2
     Ww = W * present[:, cell] * usable[cell][None, :]
     if n - int(np.sum(~usable[cell])) >= 4 and int(usable.sum()) >= 2:
@@ -1059,11 +1101,24 @@ def _core(
             int(np.sum(usable[cell])),
             int(usable.sum()),
             _wcorr(dx, dy, Ww),
-            _wcorr(_ranks(dx, Ww), _ranks(dy, Ww), Ww),
+            _wcorr(_ranks(dx, Ww, tx), _ranks(dy, Ww, ty), Ww),
             n_skipped,
         )
     else:
         within = _nan_corr(int(np.sum(usable[cell])), int(usable.sum()), method, n_skipped)
+
+    # within cell and net of the seed main effect (seeds are shared across cells)
+    within_seed = None
+    if seed_codes is not None and S >= 2 and n - int(np.sum(~usable[cell])) >= 4 and int(usable.sum()) >= 2:
+        sh = (seed_codes[:, None] == np.arange(S)[None, :]).astype(float)
+        rx2, ry2 = _two_way_resid(x, Ww, onehot, sh), _two_way_resid(y, Ww, onehot, sh)
+        within_seed = make(
+            int(np.sum(usable[cell])),
+            int(usable.sum()),
+            _wcorr(rx2, ry2, Ww),
+            _wcorr(_ranks(rx2, Ww, tx), _ranks(ry2, Ww, ty), Ww),
+            n_skipped,
+        )
 
     # partial correlation given the cell columns as additive factors
     partial = None
@@ -1098,7 +1153,7 @@ def _core(
                 n_cells=int(np.unique(cell[ok]).size),
                 level_column=level_column,
             )
-    return _Core(overall, cell_means, within, partial, vl, n_skipped)
+    return _Core(overall, cell_means, within, partial, vl, n_skipped, within_seed)
 
 
 def _loco(df: pd.DataFrame, x, y, level, cell, cell_columns) -> LocoPrediction | None:
@@ -1171,7 +1226,9 @@ def h2_statistics(
     * ``overall``: pooled over runs.  ``cell_means``: over the cell means.
       ``within_cell``: the deviations of each run from its cell mean (Spearman =
       rank correlation of the deviations); cells with a single usable seed are
-      skipped and counted.  ``partial``: the ranks of x and y over all runs,
+      skipped and counted.  ``within_cell_seed_adjusted``: the same after also
+      removing each seed's effect shared across cells (additive cell + seed fit).
+      ``partial``: the ranks of x and y over all runs,
       residualised on the cell columns as additive categorical factors, correlated
       (the Pearson fields: the same on the raw values).
     * ``versus_level``: ``|ρ(x, y)| - |ρ(level, y)|`` with a paired interval (the same
@@ -1248,10 +1305,10 @@ def h2_statistics(
     if diverged_column is not None and diverged_column not in df.columns:
         raise AnalysisError(f"table lacks the diverged column {diverged_column!r}")
     runs = df[run_column].astype(str).tolist() if run_column in df.columns else [f"row{i}" for i in range(len(df))]
-    x = pd.to_numeric(df[x_column], errors="coerce").to_numpy(dtype=float)
-    y = pd.to_numeric(df[y_column], errors="coerce").to_numpy(dtype=float)
+    x = pd.to_numeric(df[x_column], errors="coerce").to_numpy(dtype=float, copy=True)
+    y = pd.to_numeric(df[y_column], errors="coerce").to_numpy(dtype=float, copy=True)
     has_level = level_column is not None and level_column in df.columns
-    level = pd.to_numeric(df[level_column], errors="coerce").to_numpy(dtype=float) if has_level else None
+    level = pd.to_numeric(df[level_column], errors="coerce").to_numpy(dtype=float, copy=True) if has_level else None
     reasons = df[exclusion_column].tolist() if exclusion_column and exclusion_column in df.columns else [None] * len(df)
     div = (
         df[diverged_column].map(lambda v: bool(v) if isinstance(v, (bool, np.bool_)) else v is True).to_numpy()
@@ -1381,6 +1438,7 @@ def h2_statistics(
         diverged_at_worst_rank=tuple(worst),
         settings=MappingProxyType(settings),
         notes=tuple(notes),
+        within_cell_seed_adjusted=core.within_seed,
     )
 
 
