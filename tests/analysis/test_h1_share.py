@@ -136,3 +136,11 @@ def test_bad_input():
     t["h1_literal_r2"] = t["h1_literal_r2"].astype(float)
     with pytest.raises(AnalysisError, match="threshold"):
         h1_statistics(t, column="h1_literal_r2")
+
+
+def test_two_way_clustering_on_request():
+    t = make_study_table("none", seed=4, h1_share=0.8, h1_icc=0.0)
+    one = h1_statistics(t)
+    two = h1_statistics(t, seed_column="seed")
+    assert two.overall.design_effect >= one.overall.design_effect
+    assert (two.overall.k, two.overall.n) == (one.overall.k, one.overall.n)
