@@ -1,11 +1,17 @@
-"""Study statistics: H1 (share of straight log-log curves) and H2 (early slope vs
-best validation CE), with run screening that records why a run is excluded.
+"""Study statistics: H1 (share of single power laws) and H2 (early slope vs best
+validation CE) at study level, with run screening that records why a run is
+excluded.
 
 Tables are pandas DataFrames (or anything ``pandas.DataFrame`` accepts) with one
 row per run.  A run is excluded -- and listed with its reason in the result --
 when its ``exclusion_column`` holds a reason (e.g. from :func:`screen_curve`) or
 when a value the statistic needs is missing or not finite.  Nothing is dropped
 silently.
+
+The runs form cells (variant x LR x weight decay) x seeds, and a seed is shared
+by every cell (same init and data order), so runs are not independent units.
+Every study-level interval here resamples or clusters whole cells (and, for H2,
+whole seeds); see ``docs/analysis.md``, "Study inference".
 """
 
 from __future__ import annotations
