@@ -14,7 +14,6 @@ from loss_slope.analysis import (
     NotEnoughPoints,
     correlation,
     h1_statistics,
-    h2_statistics,
     h2_window_heatmap,
     screen_curve,
     wilson_interval,
@@ -28,66 +27,22 @@ def test_wilson_matches_statsmodels(k, n):
         wilson_interval(0, 0)
 
 
-def _runs():
-    return pd.DataFrame(
+def test_old_r2_column_call_still_counts_r2_at_098():
+    t = pd.DataFrame(
         {
             "run": [f"r{i}" for i in range(8)],
             "variant": ["A", "A", "A", "A", "B", "B", "B", "B"],
+            "lr": [0.1, 0.2, 0.1, 0.2, 0.1, 0.2, 0.1, 0.2],
+            "weight_decay": [0, 0, 1, 1, 0, 0, 1, 1],
             "power_r2": [0.99, 0.985, 0.97, 0.995, 0.99, np.nan, 0.981, 0.999],
             "excluded_reason": [None, None, None, None, None, None, "diverged: NaN", None],
         }
     )
-
-
-def test_h1_counts_and_exclusions():
-    r = h1_statistics(_runs())
-    assert (r.overall.k, r.overall.n) == (5, 6)
-    assert r.by_variant["A"].k == 3 and r.by_variant["A"].n == 4
-    assert r.by_variant["B"].n == 2
+    r = h1_statistics(t, r2_column="power_r2")
+    assert (r.overall.k, r.overall.n, r.overall.n_cells) == (5, 6, 6)
     reasons = dict(r.excluded)
     assert reasons["r6"] == "diverged: NaN"
     assert "power_r2" in reasons["r5"]
-    assert r.overall.ci == pytest.approx(wilson_interval(5, 6))
-    assert list(r.to_frame()["variant"]) == ["all", "A", "B"]
-
-
-def _h2_table(n=40, seed=0):
-    rng = np.random.default_rng(seed)
-    a = rng.uniform(0.3, 1.0, n)
-    ce = 1.5 - a + 0.1 * rng.standard_normal(n)
-    return pd.DataFrame(
-        {
-            "run": [f"r{i}" for i in range(n)],
-            "alpha_early": a,
-            "best_val_ce": ce,
-            "variant": np.where(np.arange(n) % 2, "S-core", "S-narrow"),
-            "optimizer": np.where(np.arange(n) < 37, "sgd", "adamw"),
-        }
-    )
-
-
-def test_h2_matches_scipy_with_bootstrap_ci():
-    t = _h2_table()
-    r = h2_statistics(t, n_boot=500)
-    pr = sps.pearsonr(t.alpha_early, t.best_val_ce)
-    sr = sps.spearmanr(t.alpha_early, t.best_val_ce)
-    assert r.overall.pearson_r == pytest.approx(pr.statistic) and r.overall.pearson_p == pytest.approx(pr.pvalue)
-    assert r.overall.spearman_rho == pytest.approx(sr.statistic) and r.overall.spearman_p == pytest.approx(sr.pvalue)
-    lo, hi = r.overall.spearman_ci
-    assert lo < r.overall.spearman_rho < hi < 0
-    assert {"variant=S-core", "variant=S-narrow", "optimizer=sgd"} <= set(r.by_group)
-    assert ("optimizer=adamw", "need at least 4 runs for a correlation, got 3") in r.skipped_groups
-    assert len(r.to_frame()) == 1 + len(r.by_group)
-
-
-def test_h2_records_excluded_runs():
-    t = _h2_table()
-    t.loc[3, "alpha_early"] = np.inf
-    t["excluded_reason"] = None
-    t.loc[5, "excluded_reason"] = "loss exploded"
-    r = h2_statistics(t, n_boot=100)
-    assert r.overall.n == 38
-    assert dict(r.excluded) == {"r5": "loss exploded", "r3": "alpha_early missing or not finite"}
 
 
 def test_correlation_needs_variation():

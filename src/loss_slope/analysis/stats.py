@@ -1,17 +1,23 @@
-"""Study statistics: H1 (share of straight log-log curves) and H2 (early slope vs
-best validation CE), with run screening that records why a run is excluded.
+"""Study statistics: H1 (share of single power laws) and H2 (early slope vs best
+validation CE) at study level, with run screening that records why a run is
+excluded.
 
 Tables are pandas DataFrames (or anything ``pandas.DataFrame`` accepts) with one
 row per run.  A run is excluded -- and listed with its reason in the result --
 when its ``exclusion_column`` holds a reason (e.g. from :func:`screen_curve`) or
 when a value the statistic needs is missing or not finite.  Nothing is dropped
 silently.
+
+The runs form cells (variant x LR x weight decay) x seeds, and a seed is shared
+by every cell (same init and data order), so runs are not independent units.
+Every study-level interval here resamples or clusters whole cells (and, for H2,
+whole seeds); see ``docs/analysis.md``, "Study inference".
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping, Sequence
 
@@ -32,6 +38,10 @@ __all__ = [
     "Correlation",
     "H2Result",
     "h2_statistics",
+    "h2_statistics_diverged_worst_rank",
+    "LevelComparison",
+    "LocoPrediction",
+    "VariantH2",
     "WindowHeatmap",
     "h2_window_heatmap",
 ]
@@ -92,9 +102,64 @@ def screen_curve(
     return Screening(True, None)
 
 
+# ====================================================================== shared helpers
+def _json(obj):
+    """Strictly JSON-serialisable copy: NaN/inf -> None, numpy -> Python, tuples -> lists."""
+    if isinstance(obj, Mapping):
+        return {str(k): _json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if obj is None or isinstance(obj, str):
+        return obj
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    return str(obj)
+
+
+def _is_reason(value) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def _check_cells(df: pd.DataFrame, cell_columns: Sequence[str], what: str) -> None:
+    if not cell_columns:
+        raise AnalysisError(f"{what} needs at least one cell column")
+    for col in cell_columns:
+        if col not in df.columns:
+            raise AnalysisError(
+                f"{what} needs the cell column {col!r} (cells = {' x '.join(cell_columns)}); the table lacks it"
+            )
+
+
+def _cell_label(row_values) -> str:
+    return "/".join(str(v) for v in row_values)
+
+
+def _factorize(df: pd.DataFrame, columns: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """Integer codes 0..G-1 of the combinations of ``columns`` and their labels."""
+    keys = [tuple(r) for r in df[list(columns)].itertuples(index=False, name=None)]
+    codes, uniques = pd.factorize(pd.Series([_cell_label(k) for k in keys]), sort=True)
+    return codes.astype(np.intp), [str(u) for u in uniques]
+
+
+def _verdict_share(ci: tuple[float, float], target: float) -> str:
+    lo, hi = ci
+    if lo >= target:
+        return "supported"
+    if hi < target:
+        return "not supported"
+    return "inconclusive"
+
+
 # ====================================================================== H1
 def wilson_interval(k: int, n: int, *, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion ``k / n``.
+    """Wilson score interval for a binomial proportion ``k / n`` (independent runs).
 
     Raises
     ------
@@ -105,139 +170,374 @@ def wilson_interval(k: int, n: int, *, confidence: float = 0.95) -> tuple[float,
         raise NotEnoughPoints(1, 0, "runs")
     if not 0 <= k <= n:
         raise ValueError("need 0 <= k <= n")
-    z = z_value(confidence)
-    p = k / n
-    den = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return _wilson(k / n, n, z_value(confidence))
+
+
+def _wilson(p: float, n: float, q: float) -> tuple[float, float]:
+    """Wilson score interval for proportion ``p`` with (possibly fractional) ``n`` and quantile ``q``."""
+    den = 1.0 + q * q / n
+    centre = (p + q * q / (2 * n)) / den
+    half = q * math.sqrt(max(p * (1 - p), 0.0) / n + q * q / (4 * n * n)) / den
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
 @dataclass(frozen=True)
 class Share:
-    """A proportion with its Wilson interval."""
+    """A proportion with its interval.
+
+    Attributes
+    ----------
+    k, n : int
+        Successes and runs.
+    share : float
+        ``k / n``.
+    ci : tuple of float
+        (low, high).  From :func:`h1_statistics`: a Wilson interval on the
+        design-effect-adjusted number of runs with a t quantile on ``n_cells - 1``
+        degrees of freedom (cluster-aware); from :func:`wilson_interval`: plain Wilson.
+    n_cells : int or None
+        Cells the runs come from (None: runs treated as independent).
+    design_effect : float
+        Variance of the share under clustering / binomial variance (>= 1).
+    n_effective : float
+        ``n / design_effect``, the number of runs the interval is based on.
+    verdicts : Mapping[float, str]
+        Target share -> "supported" (ci low >= target), "not supported" (ci high <
+        target) or "inconclusive".
+    """
 
     k: int
     n: int
     share: float
     ci: tuple[float, float]
+    n_cells: int | None = None
+    design_effect: float = 1.0
+    n_effective: float | None = None
+    verdicts: Mapping[float, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: ``ci`` as ``[low, high]``, verdict keys as strings (``"0.8"``)."""
+        return _json(
+            {
+                "k": self.k,
+                "n": self.n,
+                "share": self.share,
+                "ci": list(self.ci),
+                "ci_low": self.ci[0],
+                "ci_high": self.ci[1],
+                "n_cells": self.n_cells,
+                "design_effect": self.design_effect,
+                "n_effective": self.n_effective,
+                "verdicts": {f"{t:g}": v for t, v in self.verdicts.items()},
+            }
+        )
+
+
+def _cluster_share(
+    success: np.ndarray,
+    cell: np.ndarray,
+    seed: np.ndarray | None,
+    *,
+    confidence: float,
+    targets: Sequence[float],
+) -> Share:
+    """Share with a cluster-aware Wilson interval (see :func:`h1_statistics`)."""
+    success = np.asarray(success, dtype=float)
+    n = int(success.size)
+    k = int(round(success.sum()))
+    p = k / n
+    g = int(np.unique(cell).size)
+    resid = success - p
+    vb = p * (1 - p) / n
+    deff = 1.0
+    if vb > 0 and g >= 2:
+        def clustered(codes):
+            m = int(codes.max()) + 1
+            sums = np.bincount(codes, weights=resid, minlength=m)
+            gg = int(np.count_nonzero(np.bincount(codes, minlength=m)))
+            return gg / (gg - 1) * float(np.sum(sums**2)) / n**2 if gg >= 2 else 0.0
+
+        v_cell = clustered(cell)
+        v = v_cell
+        if seed is not None and np.unique(seed).size >= 2:
+            # two-way (cells x shared seeds) cluster-robust variance: V_cell + V_seed - V_run
+            v_two = v_cell + clustered(seed) - float(np.sum(resid**2)) / n**2
+            v = max(v, v_two)
+        deff = max(1.0, v / vb)
+    q = float(sps.t.ppf(0.5 + confidence / 2, max(g - 1, 1))) if g >= 2 else z_value(confidence)
+    n_eff = n / deff
+    ci = _wilson(p, n_eff, q)
+    return Share(
+        k=k,
+        n=n,
+        share=p,
+        ci=ci,
+        n_cells=g,
+        design_effect=deff,
+        n_effective=n_eff,
+        verdicts=MappingProxyType({float(t): _verdict_share(ci, float(t)) for t in targets}),
+    )
 
 
 @dataclass(frozen=True)
 class H1Result:
-    """H1: share of runs whose power-law fit has R^2 >= threshold.
+    """H1 at study level: the share of runs that are single power laws.
 
     Attributes
     ----------
     overall : Share
+        Over usable runs (excluded and undecided runs left out).
+    verdicts : Mapping[float, str]
+        ``overall.verdicts``: target share -> three-way verdict.
+    with_excluded_as_failures : Share
+        The same share with every excluded or undecided run counted as a failure
+        (its own interval and verdicts).
     by_variant : Mapping[str, Share]
-    threshold : float
+        Per variant (usable runs), each with its own cluster-aware interval.
+    column : str
+    threshold : float or None
+        Numeric column: value >= threshold is a success; None: boolean column.
     confidence : float
+    target_shares : tuple of float
     excluded : tuple of (run, reason)
+    skipped_variants : tuple of (variant, reason)
     """
 
     overall: Share
+    verdicts: Mapping[float, str]
+    with_excluded_as_failures: Share
     by_variant: Mapping[str, Share]
-    threshold: float
+    column: str
+    threshold: float | None
     confidence: float
+    target_shares: tuple[float, ...]
     excluded: tuple[tuple[str, str], ...]
+    skipped_variants: tuple[tuple[str, str], ...] = ()
 
     def to_frame(self) -> pd.DataFrame:
-        rows = [("all", self.overall)] + list(self.by_variant.items())
+        """One row per (all, variants...) with k, n, share, ci_low, ci_high, n_cells, design_effect."""
+        rows = [("all", self.overall), ("all, excluded as failures", self.with_excluded_as_failures)]
+        rows += list(self.by_variant.items())
         return pd.DataFrame(
             [
-                {"variant": v, "k": s.k, "n": s.n, "share": s.share, "ci_low": s.ci[0], "ci_high": s.ci[1]}
+                {
+                    "variant": v,
+                    "k": s.k,
+                    "n": s.n,
+                    "share": s.share,
+                    "ci_low": s.ci[0],
+                    "ci_high": s.ci[1],
+                    "n_cells": s.n_cells,
+                    "design_effect": s.design_effect,
+                }
                 for v, s in rows
             ]
         )
 
+    def to_dict(self) -> dict:
+        """Strictly JSON-serialisable (NaN -> None); intervals as ``[low, high]`` plus ``ci_low``/``ci_high``."""
+        return _json(
+            {
+                "column": self.column,
+                "threshold": self.threshold,
+                "confidence": self.confidence,
+                "target_shares": list(self.target_shares),
+                "method": "Wilson interval on the design-effect-adjusted n (cluster-robust over cells), "
+                "t quantile on n_cells - 1 df",
+                "overall": self.overall.to_dict(),
+                "verdicts": {f"{t:g}": v for t, v in self.verdicts.items()},
+                "with_excluded_as_failures": self.with_excluded_as_failures.to_dict(),
+                "by_variant": {v: s.to_dict() for v, s in self.by_variant.items()},
+                "excluded": [{"run": r, "reason": why} for r, why in self.excluded],
+                "skipped_variants": [{"variant": v, "reason": why} for v, why in self.skipped_variants],
+            }
+        )
 
-def _screen_table(table, numeric: Sequence[str], labels: Sequence[str], run_column: str, exclusion_column: str | None):
-    """Drop rows with an exclusion reason or unusable values, recording each one."""
-    df = pd.DataFrame(table).reset_index(drop=True)
-    for col in list(numeric) + list(labels):
-        if col not in df.columns:
-            raise AnalysisError(f"table lacks column {col!r}")
-    if run_column in df.columns:
-        runs = df[run_column].astype(str).tolist()
-    else:
-        runs = [f"row{i}" for i in range(len(df))]
-    excluded: list[tuple[str, str]] = []
-    keep = np.ones(len(df), dtype=bool)
-    if exclusion_column and exclusion_column in df.columns:
-        for i, reason in enumerate(df[exclusion_column]):
-            if isinstance(reason, str) and reason:
-                keep[i] = False
-                excluded.append((runs[i], reason))
-    for col in numeric:
-        vals = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
-        for i in np.flatnonzero(keep & ~np.isfinite(vals)):
-            keep[i] = False
-            excluded.append((runs[i], f"{col} missing or not finite"))
-    for col in labels:
-        miss = df[col].isna().to_numpy()
-        for i in np.flatnonzero(keep & miss):
-            keep[i] = False
-            excluded.append((runs[i], f"{col} missing"))
-    return df[keep].reset_index(drop=True), tuple(excluded)
+
+def _success_values(values: pd.Series, column: str, threshold: float | None) -> np.ndarray:
+    """Per-run success as 1.0 / 0.0, NaN where undecided or missing."""
+    out = np.full(len(values), np.nan)
+    if threshold is None:
+        for i, v in enumerate(values):
+            if v is None or (isinstance(v, (float, np.floating)) and math.isnan(v)) or v is pd.NA:
+                continue
+            if isinstance(v, (bool, np.bool_)):
+                out[i] = float(v)
+            elif isinstance(v, (int, np.integer, float, np.floating)) and float(v) in (0.0, 1.0):
+                out[i] = float(v)
+            elif isinstance(v, str) and v.strip().lower() in ("true", "false"):
+                out[i] = 1.0 if v.strip().lower() == "true" else 0.0
+            else:
+                raise AnalysisError(
+                    f"column {column!r} holds {v!r}: a boolean column needs True/False/None; "
+                    "pass threshold= for a numeric column"
+                )
+        return out
+    num = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+    ok = np.isfinite(num)
+    out[ok] = (num[ok] >= float(threshold)).astype(float)
+    return out
 
 
 def h1_statistics(
     table,
     *,
-    r2_column: str = "power_r2",
+    column: str = "h1_single_power_law",
+    threshold: float | None = None,
+    cell_columns: Sequence[str] = ("variant", "lr", "weight_decay"),
+    seed_column: str | None = None,
     variant_column: str = "variant",
     run_column: str = "run",
     exclusion_column: str | None = "excluded_reason",
-    threshold: float = 0.98,
+    target_shares: Sequence[float] = (0.8, 0.9),
     confidence: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+    r2_column: str | None = None,
 ) -> H1Result:
-    """Share of runs with power-law R^2 >= ``threshold``, overall and per variant.
+    """Share of single power laws with a cluster-aware interval and three-way verdicts.
+
+    A run is a success when ``column`` is True (boolean column, ``threshold=None``)
+    or ``column >= threshold`` (numeric column, e.g. ``column="h1_literal_r2",
+    threshold=0.98``).  Runs with a reason in ``exclusion_column``, an undecided
+    (None/NaN) value or missing cell labels are excluded and listed with the reason.
+
+    The interval
+    ------------
+    Runs in one cell (variant x LR x WD) share their configuration, and runs with
+    one seed share init and data order across cells, so successes are not
+    independent.  The variance of the share is estimated cluster-robustly over
+    cells (ratio estimator with the ``G / (G - 1)`` factor), divided by the binomial
+    variance to give a design effect ``deff >= 1``, and the Wilson score interval
+    is computed on ``n_eff = n / deff`` runs with the normal quantile replaced by a
+    t quantile on ``n_cells - 1`` degrees of freedom (Korn & Graubard's
+    design-effect adjustment for clustered proportions).  At ``k = n`` or ``k = 0``
+    the observed design effect is 1 and the interval is the Wilson interval with
+    the t quantile: never of zero width (216/216 gives [0.981, 1]).
 
     Parameters
     ----------
     table : DataFrame-like
-        One row per run with ``r2_column`` and ``variant_column``.
-    r2_column, variant_column, run_column, exclusion_column : str
-    threshold : float
+        One row per run.
+    column : str
+        Boolean decision column, or numeric column with ``threshold``.
+    threshold : float, optional
+    cell_columns : sequence of str
+        Columns whose combinations are the cells.
+    seed_column : str or None
+        Seed shared across cells.  By default (None) runs are clustered by cell
+        only: with 6 seeds a seed-level variance has ~5 degrees of freedom, and
+        the two-way estimate (``V_cell + V_seed - V_run``, the larger of it and the
+        cell estimate is used when a seed column is given) inflates the design
+        effect of independent runs to ~2 by chance alone.
+    variant_column, run_column, exclusion_column : str
+    target_shares : sequence of float
+        Targets for the verdicts.
     confidence : float
+    n_boot, seed : int
+        Accepted for a signature uniform with :func:`h2_statistics`; the interval
+        is analytic and does not use them.
+    r2_column : str, optional
+        Deprecated alias of ``column`` with ``threshold`` defaulting to 0.98.
 
     Returns
     -------
     H1Result
+
+    Raises
+    ------
+    AnalysisError
+        A missing column, or a non-boolean value in a boolean column.
+    NotEnoughPoints
+        Fewer than 4 cells with usable runs (the count is in the message).
     """
-    df, excluded = _screen_table(table, [r2_column], [variant_column], run_column, exclusion_column)
-    if len(df) == 0:
-        raise NotEnoughPoints(1, 0, "usable runs")
+    del n_boot, seed
+    if r2_column is not None:
+        column = r2_column
+        threshold = 0.98 if threshold is None else threshold
+    df = pd.DataFrame(table).reset_index(drop=True)
+    _check_cells(df, cell_columns, "H1")
+    for col in (column, variant_column):
+        if col not in df.columns:
+            raise AnalysisError(f"table lacks column {col!r}")
+    runs = df[run_column].astype(str).tolist() if run_column in df.columns else [f"row{i}" for i in range(len(df))]
+    succ = _success_values(df[column], column, threshold)
+    labels_ok = ~df[list(cell_columns)].isna().any(axis=1).to_numpy()
+    excluded: list[tuple[str, str]] = []
+    keep = np.ones(len(df), dtype=bool)
+    reasons = df[exclusion_column].tolist() if exclusion_column and exclusion_column in df.columns else [None] * len(df)
+    for i in range(len(df)):
+        if _is_reason(reasons[i]):
+            why = reasons[i]
+        elif not labels_ok[i]:
+            why = "cell label missing"
+        elif not np.isfinite(succ[i]):
+            why = f"{column} undecided" if threshold is None else f"{column} missing or not finite"
+        else:
+            continue
+        keep[i] = False
+        excluded.append((runs[i], why))
 
-    def share(sub) -> Share:
-        k = int(np.sum(sub[r2_column].astype(float) >= threshold))
-        n = int(len(sub))
-        return Share(k=k, n=n, share=k / n, ci=wilson_interval(k, n, confidence=confidence))
+    has_seed = seed_column is not None and seed_column in df.columns
+    all_cell, _ = _factorize(df.fillna({c: "<missing>" for c in cell_columns}), cell_columns)
+    all_seed = pd.factorize(df[seed_column].astype(str))[0].astype(np.intp) if has_seed else None
+    n_cells = int(np.unique(all_cell[keep]).size)
+    if n_cells < 4:
+        raise NotEnoughPoints(4, n_cells, f"cells ({' x '.join(cell_columns)}) with usable runs for H1")
+    targets = tuple(float(t) for t in target_shares)
 
-    by = {str(v): share(g) for v, g in df.groupby(variant_column, sort=True)}
+    def share(mask, values):
+        return _cluster_share(
+            values[mask], all_cell[mask], all_seed[mask] if has_seed else None, confidence=confidence, targets=targets
+        )
+
+    overall = share(keep, succ)
+    as_fail = share(labels_ok, np.where(keep, succ, 0.0))
+    by: dict[str, Share] = {}
+    skipped: list[tuple[str, str]] = []
+    variants = df[variant_column].astype(str).to_numpy()
+    for v in sorted(set(variants[keep])):
+        m = keep & (variants == v)
+        g = int(np.unique(all_cell[m]).size)
+        if g < 2:
+            skipped.append((v, f"{g} cell: no cluster-aware interval"))
+            continue
+        by[v] = share(m, succ)
     return H1Result(
-        overall=share(df),
+        overall=overall,
+        verdicts=overall.verdicts,
+        with_excluded_as_failures=as_fail,
         by_variant=MappingProxyType(by),
-        threshold=threshold,
+        column=column,
+        threshold=None if threshold is None else float(threshold),
         confidence=confidence,
-        excluded=excluded,
+        target_shares=targets,
+        excluded=tuple(excluded),
+        skipped_variants=tuple(skipped),
     )
 
 
 # ====================================================================== H2
 @dataclass(frozen=True)
 class Correlation:
-    """Pearson and Spearman correlation with p-values and bootstrap CIs.
+    """Pearson and Spearman correlation with p-values and intervals.
 
     Attributes
     ----------
     n : int
+        Runs (or cells, for a cell-mean correlation) the estimate is computed on.
     pearson_r, pearson_p : float
     pearson_ci : tuple of float
-        Percentile bootstrap interval (paired resampling of runs).
+        (low, high).
     spearman_rho, spearman_p : float
     spearman_ci : tuple of float
+        (low, high).
+    n_cells : int or None
+        Cells behind the estimate; None for run-level resampling (:func:`correlation`).
+    n_skipped_cells : int
+        Cells left out (within-cell: a single usable seed).
+    method : str
+        How the interval and p-value were obtained.
     """
 
     n: int
@@ -247,20 +547,28 @@ class Correlation:
     spearman_rho: float
     spearman_p: float
     spearman_ci: tuple[float, float]
+    n_cells: int | None = None
+    n_skipped_cells: int = 0
+    method: str = "percentile bootstrap over runs"
 
     def to_dict(self) -> dict:
-        """Flat, JSON-ready: the intervals as ``*_ci_low`` / ``*_ci_high``."""
-        return {
-            "n": self.n,
-            "pearson_r": self.pearson_r,
-            "pearson_p": self.pearson_p,
-            "pearson_ci_low": self.pearson_ci[0],
-            "pearson_ci_high": self.pearson_ci[1],
-            "spearman_rho": self.spearman_rho,
-            "spearman_p": self.spearman_p,
-            "spearman_ci_low": self.spearman_ci[0],
-            "spearman_ci_high": self.spearman_ci[1],
-        }
+        """Flat, JSON-ready: the intervals as ``*_ci_low`` / ``*_ci_high``; NaN -> None."""
+        return _json(
+            {
+                "n": self.n,
+                "n_cells": self.n_cells,
+                "n_skipped_cells": self.n_skipped_cells,
+                "pearson_r": self.pearson_r,
+                "pearson_p": self.pearson_p,
+                "pearson_ci_low": self.pearson_ci[0],
+                "pearson_ci_high": self.pearson_ci[1],
+                "spearman_rho": self.spearman_rho,
+                "spearman_p": self.spearman_p,
+                "spearman_ci_low": self.spearman_ci[0],
+                "spearman_ci_high": self.spearman_ci[1],
+                "method": self.method,
+            }
+        )
 
 
 def _rowwise_corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -272,7 +580,10 @@ def _rowwise_corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def correlation(x, y, *, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> Correlation:
-    """Pearson/Spearman correlation of paired samples with bootstrap CIs.
+    """Pearson/Spearman correlation of *independent* paired samples with bootstrap CIs.
+
+    Resamples runs, so it is valid only when runs are independent; for the study
+    use :func:`h2_statistics`, whose intervals resample cells and seeds.
 
     Parameters
     ----------
@@ -319,31 +630,568 @@ def correlation(x, y, *, n_boot: int = 2000, confidence: float = 0.95, seed: int
     )
 
 
+# ---------------------------------------------------------------- the cluster bootstrap engine
+# Every statistic below is a function of per-run weights W, shape (B, n): row 0 is
+# all ones (the estimate), rows 1.. are two-way ("pigeonhole") bootstrap resamples,
+# W[b, i] = (times cell(i) was drawn) * (times seed(i) was drawn).  A run drawn w
+# times counts as w tied copies, so a statistic of the resample is a weighted
+# statistic of the original rows and nothing is copied.
+
+
+def _resample_weights(cell, n_cells, seed_codes, n_seeds, n_boot, rng):
+    """Weights (B+1, n) and cell weights (B+1, G); row 0 is the original sample."""
+    wc = rng.multinomial(n_cells, np.full(n_cells, 1.0 / n_cells), size=n_boot).astype(float)
+    wc = np.vstack([np.ones((1, n_cells)), wc])
+    W = wc[:, cell]
+    if seed_codes is not None and n_seeds >= 2:
+        ws = rng.multinomial(n_seeds, np.full(n_seeds, 1.0 / n_seeds), size=n_boot).astype(float)
+        ws = np.vstack([np.ones((1, n_seeds)), ws])
+        W = W * ws[:, seed_codes]
+    return W, wc
+
+
+def _ranks(V: np.ndarray, W: np.ndarray, ties: bool = True) -> np.ndarray:
+    """Weighted mid-ranks: a row of weight w is w tied copies; ties share their mid-rank.
+
+    Parameters
+    ----------
+    V : ndarray, shape (n,) or (B, n)
+        Values (+-inf allowed, no NaN).
+    W : ndarray, shape (B, n)
+        Non-negative weights.
+    ties : bool
+        For 2-D ``V`` only: False when no two rows of positive weight in a row of
+        ``V`` can be equal (ordinal ranks are then mid-ranks); skips the tie pass.
+
+    Returns
+    -------
+    ndarray, shape (B, n)
+        Mid-rank of each row among the weighted copies (1-based); equal to
+        ``scipy.stats.rankdata`` when the weights are all 1.
+    """
+    B, n = W.shape
+    if V.ndim == 1:
+        order = np.argsort(V, kind="stable")
+        vs = V[order]
+        new = np.empty(n, dtype=bool)
+        new[0] = True
+        new[1:] = vs[1:] != vs[:-1]
+        grp = np.cumsum(new) - 1
+        gw = np.add.reduceat(W[:, order], np.flatnonzero(new), axis=1)
+        rg = np.cumsum(gw, axis=1) - gw + (gw + 1.0) / 2.0
+        R = np.empty_like(W)
+        R[:, order] = rg[:, grp]
+        return R
+    order = np.argsort(V, axis=1)
+    ws = np.take_along_axis(W, order, axis=1)
+    R = np.empty_like(W)
+    if not ties:
+        np.put_along_axis(R, order, np.cumsum(ws, axis=1) - ws + (ws + 1.0) / 2.0, axis=1)
+        return R
+    vs = np.take_along_axis(V, order, axis=1)
+    new = np.ones(vs.shape, dtype=bool)
+    new[:, 1:] = vs[:, 1:] != vs[:, :-1]
+    grp = np.cumsum(new, axis=1) - 1
+    flat = (grp + (np.arange(B) * n)[:, None]).ravel()
+    gw = np.bincount(flat, weights=ws.ravel(), minlength=B * n).reshape(B, n)
+    rg = np.cumsum(gw, axis=1) - gw + (gw + 1.0) / 2.0
+    np.put_along_axis(R, order, np.take_along_axis(rg, grp, axis=1), axis=1)
+    return R
+
+
+def _wcorr(X: np.ndarray, Y: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """Weighted Pearson correlation per row; X, Y broadcast to W's shape (B, n)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sw = W.sum(axis=1, keepdims=True)
+        dx = X - (W * X).sum(axis=1, keepdims=True) / sw
+        dy = Y - (W * Y).sum(axis=1, keepdims=True) / sw
+        return (W * dx * dy).sum(axis=1) / np.sqrt((W * dx * dx).sum(axis=1) * (W * dy * dy).sum(axis=1))
+
+
+def _cell_means(X: np.ndarray, W: np.ndarray, onehot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted cell means (B, G) of X (n,) or (B, n) and the cell weights (B, G)."""
+    cw = W @ onehot
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return ((W * X) @ onehot) / cw, cw
+
+
+def _wls_projector(W: np.ndarray, design: np.ndarray) -> np.ndarray:
+    """Per-row weighted least-squares solver, shape (B, p, p): pinv(X' diag(w_b) X)."""
+    n, p = design.shape
+    outer = (design[:, :, None] * design[:, None, :]).reshape(n, p * p)
+    A = (W @ outer).reshape(W.shape[0], p, p)
+    return np.linalg.pinv(A, hermitian=True)
+
+
+def _wresid(V: np.ndarray, W: np.ndarray, design: np.ndarray, solver: np.ndarray) -> np.ndarray:
+    """Residuals (B, n) of the weighted least-squares fit of V (B, n) on design (n, p), per row."""
+    beta = np.einsum("bij,bj->bi", solver, (W * V) @ design)
+    return V - beta @ design.T
+
+
+_CLIP = 1.0 - 1e-9
+
+
+def _fisher_interval(est: float, boot: np.ndarray, q: float, df: int) -> tuple[tuple[float, float], float]:
+    """Interval tanh(atanh(est) +- q * se) with se the bootstrap s.d. of atanh; Wald p for rho = 0."""
+    if not np.isfinite(est):
+        return (math.nan, math.nan), math.nan
+    zb = np.arctanh(np.clip(boot[np.isfinite(boot)], -_CLIP, _CLIP))
+    if zb.size < 10:
+        return (math.nan, math.nan), math.nan
+    z0 = math.atanh(max(-_CLIP, min(_CLIP, est)))
+    se = float(np.std(zb, ddof=1))
+    if se == 0:
+        return (est, est), (0.0 if est != 0 else 1.0)
+    p = float(2.0 * sps.t.sf(abs(z0) / se, df))
+    return (math.tanh(z0 - q * se), math.tanh(z0 + q * se)), p
+
+
+def _plain_interval(est: float, boot: np.ndarray, q: float) -> tuple[float, float]:
+    """Interval est +- q * (bootstrap s.d.) for a statistic that is not a correlation."""
+    b = boot[np.isfinite(boot)]
+    if not np.isfinite(est) or b.size < 10:
+        return (math.nan, math.nan)
+    se = float(np.std(b, ddof=1))
+    return (est - q * se, est + q * se)
+
+
+def _nan_corr(n: int, n_cells: int, method: str, n_skipped: int = 0) -> Correlation:
+    nan2 = (math.nan, math.nan)
+    return Correlation(n, math.nan, math.nan, nan2, math.nan, math.nan, nan2, n_cells, n_skipped, method)
+
+
+@dataclass(frozen=True)
+class LevelComparison:
+    """Does α_early add anything over the loss level it is measured on?
+
+    Attributes
+    ----------
+    difference : float
+        ``|rho(x, y)| - |rho(level, y)|`` (Spearman), on the runs with a finite level.
+    difference_ci : tuple of float
+        (low, high), paired cluster bootstrap (the same resamples for both ρ).
+        Above 0: the slope ranks best CE better than the level does.
+    rho_x, rho_level : float
+        The two Spearman correlations with the best CE.
+    rho_x_ci, rho_level_ci : tuple of float
+    n, n_cells : int
+    level_column : str
+    """
+
+    difference: float
+    difference_ci: tuple[float, float]
+    rho_x: float
+    rho_x_ci: tuple[float, float]
+    rho_level: float
+    rho_level_ci: tuple[float, float]
+    n: int
+    n_cells: int
+    level_column: str
+
+    def to_dict(self) -> dict:
+        """JSON-ready; intervals as ``[low, high]``."""
+        return _json(
+            {
+                "difference": self.difference,
+                "difference_ci": list(self.difference_ci),
+                "rho_x": self.rho_x,
+                "rho_x_ci": list(self.rho_x_ci),
+                "rho_level": self.rho_level,
+                "rho_level_ci": list(self.rho_level_ci),
+                "n": self.n,
+                "n_cells": self.n_cells,
+                "level_column": self.level_column,
+            }
+        )
+
+
+@dataclass(frozen=True)
+class LocoPrediction:
+    """Leave-one-cell-out prediction error of the best CE.
+
+    Every cell is held out in turn; each model is fitted by least squares on the
+    runs of the other cells and predicts the held-out cell's runs.
+
+    Attributes
+    ----------
+    rmse : Mapping[str, float]
+        Root-mean-square prediction error, in the units of the CE column, per
+        model: ``"mean"`` (intercept only), ``"alpha"`` (linear in α_early),
+        ``"level"`` (linear in the early-end loss), ``"labels"`` (additive
+        categorical model of the cell columns, e.g. variant + LR + WD),
+        ``"labels+alpha"``, ``"labels+level"``, ``"alpha+level"``.  Models needing the
+        level are absent when the table has no level column.
+    n, n_cells : int
+        Runs and cells predicted (runs with a finite level when it is used).
+    sd : float
+        Standard deviation of the CE over those runs (the "mean" model's scale).
+    """
+
+    rmse: Mapping[str, float]
+    n: int
+    n_cells: int
+    sd: float
+
+    def to_dict(self) -> dict:
+        return _json({"rmse": dict(self.rmse), "n": self.n, "n_cells": self.n_cells, "sd": self.sd})
+
+
+@dataclass(frozen=True)
+class VariantH2:
+    """H2 within one variant (its own cells and resamples).
+
+    Attributes
+    ----------
+    overall, cell_means, within_cell : Correlation
+    verdict : str
+    n_runs, n_cells : int
+    note : str
+    """
+
+    overall: Correlation
+    cell_means: Correlation
+    within_cell: Correlation
+    verdict: str
+    n_runs: int
+    n_cells: int
+    note: str
+
+    def to_dict(self) -> dict:
+        return _json(
+            {
+                "overall": self.overall.to_dict(),
+                "cell_means": self.cell_means.to_dict(),
+                "within_cell": self.within_cell.to_dict(),
+                "verdict": self.verdict,
+                "n_runs": self.n_runs,
+                "n_cells": self.n_cells,
+                "note": self.note,
+            }
+        )
+
+
 @dataclass(frozen=True)
 class H2Result:
-    """H2: correlation of α_early with the best validation CE.
+    """H2: does the early slope predict the best validation CE, beyond the design?
 
     Attributes
     ----------
     overall : Correlation
-    by_group : Mapping[str, Correlation]
-        Keyed ``"column=value"`` for each grouping column (e.g. ``"variant=S-core"``,
-        ``"optimizer=adamw"``).
-    skipped_groups : tuple of (group, reason)
-        Groups too small for a correlation.
+        Pooled over runs; interval and p-value from the two-way cluster bootstrap.
+    cell_means : Correlation
+        Over the cell means (n = cells).
+    within_cell : Correlation
+        Deviations of each run from its cell mean (cells with one usable seed skipped,
+        counted in ``n_skipped_cells``).
+    partial : Correlation
+        Partial rank correlation given the cell columns as additive categorical
+        factors (Spearman fields; the Pearson fields are the partial Pearson).
+    within_cell_seed_adjusted : Correlation or None
+        Residuals of the additive cell + seed fit (each run's deviation from its
+        cell mean net of its seed's effect shared across cells); None without a
+        seed column.  Reported beside ``within_cell``: the seed part of a
+        within-cell deviation rests on only ``n_seeds`` independent draws.
+    versus_level : LevelComparison or None
+        None when the table has no level column.
+    verdict : str
+        "supported", "not supported" or "inconclusive" (see :func:`h2_statistics`).
+    prediction : LocoPrediction or None
+        None in the diverged-at-worst-rank analysis (CE values of diverged runs do
+        not exist).
+    by_variant : Mapping[str, VariantH2]
+    n_runs, n_cells : int
     excluded : tuple of (run, reason)
+    skipped_cells : tuple of (cell, reason)
+        Cells left out of the within-cell correlation.
+    skipped_variants : tuple of (variant, reason)
+    diverged_at_worst_rank : tuple of str
+        Runs included at the worst CE rank (diverged-run analysis only).
+    settings : Mapping[str, object]
+        Threshold, sign, max p, confidence, resamples and the method.
+    notes : tuple of str
     """
 
     overall: Correlation
-    by_group: Mapping[str, Correlation]
-    skipped_groups: tuple[tuple[str, str], ...]
+    cell_means: Correlation
+    within_cell: Correlation
+    partial: Correlation
+    versus_level: LevelComparison | None
+    verdict: str
+    prediction: LocoPrediction | None
+    by_variant: Mapping[str, VariantH2]
+    n_runs: int
+    n_cells: int
     excluded: tuple[tuple[str, str], ...]
+    skipped_cells: tuple[tuple[str, str], ...]
+    skipped_variants: tuple[tuple[str, str], ...]
+    diverged_at_worst_rank: tuple[str, ...]
+    settings: Mapping[str, object]
+    notes: tuple[str, ...]
+    within_cell_seed_adjusted: Correlation | None = None
+
+    def to_dict(self) -> dict:
+        """Strictly JSON-serialisable nested dict (NaN -> None).
+
+        Correlations are flat dicts with ``*_ci_low`` / ``*_ci_high``; the level
+        comparison's intervals are ``[low, high]`` lists.
+        """
+        return _json(
+            {
+                "verdict": self.verdict,
+                "n_runs": self.n_runs,
+                "n_cells": self.n_cells,
+                "overall": self.overall.to_dict(),
+                "cell_means": self.cell_means.to_dict(),
+                "within_cell": self.within_cell.to_dict(),
+                "partial": self.partial.to_dict(),
+                "within_cell_seed_adjusted": None
+                if self.within_cell_seed_adjusted is None
+                else self.within_cell_seed_adjusted.to_dict(),
+                "versus_level": None if self.versus_level is None else self.versus_level.to_dict(),
+                "prediction": None if self.prediction is None else self.prediction.to_dict(),
+                "by_variant": {v: r.to_dict() for v, r in self.by_variant.items()},
+                "excluded": [{"run": r, "reason": why} for r, why in self.excluded],
+                "skipped_cells": [{"cell": c, "reason": why} for c, why in self.skipped_cells],
+                "skipped_variants": [{"variant": v, "reason": why} for v, why in self.skipped_variants],
+                "diverged_at_worst_rank": list(self.diverged_at_worst_rank),
+                "settings": dict(self.settings),
+                "notes": list(self.notes),
+            }
+        )
 
     def to_frame(self) -> pd.DataFrame:
-        rows = [("all", self.overall)] + list(self.by_group.items())
-        return pd.DataFrame(
-            [{"group": g, **c.to_dict()} for g, c in rows]
+        """One row per correlation (overall, cell means, within cell, partial, per variant)."""
+        rows = [
+            ("overall", self.overall),
+            ("cell_means", self.cell_means),
+            ("within_cell", self.within_cell),
+            ("partial", self.partial),
+        ]
+        for v, r in self.by_variant.items():
+            rows += [(f"variant={v}", r.overall), (f"variant={v} within_cell", r.within_cell)]
+        return pd.DataFrame([{"group": g, **c.to_dict()} for g, c in rows])
+
+
+_SIGNS = ("negative", "positive", "either")
+
+
+def _verdict_rho(ci: tuple[float, float], p: float, min_abs_rho: float, max_p: float, sign: str) -> str:
+    lo, hi = ci
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "inconclusive"
+    t = min_abs_rho
+    if sign == "negative":
+        beyond, short = hi <= -t, lo > -t
+    elif sign == "positive":
+        beyond, short = lo >= t, hi < t
+    else:
+        beyond, short = (lo >= t or hi <= -t), (lo > -t and hi < t)
+    if beyond and np.isfinite(p) and p < max_p:
+        return "supported"
+    if short:
+        return "not supported"
+    return "inconclusive"
+
+
+def _dummies(df: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
+    """Intercept + treatment-coded dummies of the categorical columns, shape (n, p)."""
+    parts = [np.ones((len(df), 1))]
+    for col in columns:
+        codes, uniq = pd.factorize(df[col].astype(str), sort=True)
+        if len(uniq) > 1:
+            parts.append((codes[:, None] == np.arange(1, len(uniq))[None, :]).astype(float))
+    return np.hstack(parts)
+
+
+@dataclass(frozen=True)
+class _Core:
+    overall: Correlation
+    cell_means: Correlation
+    within_cell: Correlation
+    partial: Correlation | None
+    versus_level: LevelComparison | None
+    n_skipped: int
+    within_seed: Correlation | None = None
+
+
+def _two_way_resid(x: np.ndarray, W: np.ndarray, cell_onehot: np.ndarray, seed_onehot: np.ndarray) -> np.ndarray:
+    """Residuals (B, n) of the weighted additive fit x ~ cell + seed, by backfitting.
+
+    With complete cells x seeds and product weights one pass is exact; missing
+    runs need more passes (the loop stops when the update is below 1e-12).
+    """
+    r = np.broadcast_to(x, W.shape) - 0.0
+    cw, sw = W @ cell_onehot, W @ seed_onehot
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for _ in range(50):
+            cm = np.nan_to_num(((W * r) @ cell_onehot) / cw)
+            r = r - cm @ cell_onehot.T
+            sm = np.nan_to_num(((W * r) @ seed_onehot) / sw)
+            r = r - sm @ seed_onehot.T
+            if np.max(np.abs(cm)) < 1e-12 and np.max(np.abs(sm)) < 1e-12:
+                break
+    return np.where(W > 0, r, 0.0)
+
+
+def _core(
+    x: np.ndarray,
+    y: np.ndarray,
+    level: np.ndarray | None,
+    cell: np.ndarray,
+    seed_codes: np.ndarray | None,
+    design: np.ndarray | None,
+    *,
+    n_boot: int,
+    confidence: float,
+    rng: np.random.Generator,
+    level_column: str,
+) -> _Core:
+    """All correlations of one table (or one variant) from one set of resamples."""
+    n = x.size
+    G = int(cell.max()) + 1
+    S = int(seed_codes.max()) + 1 if seed_codes is not None else 0
+    W, wc = _resample_weights(cell, G, seed_codes, S, n_boot, rng)
+    onehot = (cell[:, None] == np.arange(G)[None, :]).astype(float)
+    df = max(G - 1, 1)
+    q = float(sps.t.ppf(0.5 + confidence / 2, df))
+    method = (
+        f"two-way cluster bootstrap ({G} cells x {S} shared seeds, {n_boot} resamples), "
+        f"Fisher-z interval with bootstrap s.e. and t({df}) quantile; Wald p for rho = 0"
+        if S >= 2
+        else f"cluster bootstrap ({G} cells, {n_boot} resamples), Fisher-z interval with bootstrap s.e. "
+        f"and t({df}) quantile; Wald p for rho = 0"
+    )
+
+    def make(n_, g_, r_p, r_s, skipped=0):
+        ci_p, p_p = _fisher_interval(float(r_p[0]), r_p[1:], q, df)
+        ci_s, p_s = _fisher_interval(float(r_s[0]), r_s[1:], q, df)
+        return Correlation(
+            n=int(n_),
+            pearson_r=float(r_p[0]),
+            pearson_p=p_p,
+            pearson_ci=ci_p,
+            spearman_rho=float(r_s[0]),
+            spearman_p=p_s,
+            spearman_ci=ci_s,
+            n_cells=int(g_),
+            n_skipped_cells=int(skipped),
+            method=method,
         )
+
+    # pooled
+    Rx, Ry = _ranks(x, W), _ranks(y, W)
+    overall = make(n, G, _wcorr(x, y, W), _wcorr(Rx, Ry, W))
+
+    # cell means (cells weighted by how often they were drawn)
+    mx, cw = _cell_means(x, W, onehot)
+    my, _ = _cell_means(y, W, onehot)
+    wcell = np.where(cw > 0, wc, 0.0)
+    mx, my = np.where(cw > 0, mx, 0.0), np.where(cw > 0, my, 0.0)
+    cell_means = make(G, G, _wcorr(mx, my, wcell), _wcorr(_ranks(mx, wcell), _ranks(my, wcell), wcell))
+
+    # within cell: cells with >= 2 distinct drawn runs
+    usable = np.bincount(cell, minlength=G) >= 2
+    n_skipped = int(np.count_nonzero(~usable))
+    # equal deviations in a resample come from equal values in one cell
+    tx = bool(pd.Series(list(zip(cell, x))).duplicated().any())
+    ty = bool(pd.Series(list(zip(cell, y))).duplicated().any())
+    present = ((W > 0) @ onehot) >= 2
+    Ww = W * present[:, cell] * usable[cell][None, :]
+    if n - int(np.sum(~usable[cell])) >= 4 and int(usable.sum()) >= 2:
+        ax, _ = _cell_means(x, Ww, onehot)
+        ay, _ = _cell_means(y, Ww, onehot)
+        dx = np.where(Ww > 0, x[None, :] - np.nan_to_num(ax)[:, cell], 0.0)
+        dy = np.where(Ww > 0, y[None, :] - np.nan_to_num(ay)[:, cell], 0.0)
+        within = make(
+            int(np.sum(usable[cell])),
+            int(usable.sum()),
+            _wcorr(dx, dy, Ww),
+            _wcorr(_ranks(dx, Ww, tx), _ranks(dy, Ww, ty), Ww),
+            n_skipped,
+        )
+    else:
+        within = _nan_corr(int(np.sum(usable[cell])), int(usable.sum()), method, n_skipped)
+
+    # within cell and net of the seed main effect (seeds are shared across cells)
+    within_seed = None
+    if seed_codes is not None and S >= 2 and n - int(np.sum(~usable[cell])) >= 4 and int(usable.sum()) >= 2:
+        sh = (seed_codes[:, None] == np.arange(S)[None, :]).astype(float)
+        rx2, ry2 = _two_way_resid(x, Ww, onehot, sh), _two_way_resid(y, Ww, onehot, sh)
+        within_seed = make(
+            int(np.sum(usable[cell])),
+            int(usable.sum()),
+            _wcorr(rx2, ry2, Ww),
+            _wcorr(_ranks(rx2, Ww, tx), _ranks(ry2, Ww, ty), Ww),
+            n_skipped,
+        )
+
+    # partial correlation given the cell columns as additive factors
+    partial = None
+    if design is not None:
+        solver = _wls_projector(W, design)
+        ex, ey = _wresid(Rx, W, design, solver), _wresid(Ry, W, design, solver)
+        px, py = _wresid(np.broadcast_to(x, W.shape), W, design, solver), _wresid(np.broadcast_to(y, W.shape), W, design, solver)
+        partial = make(n, G, _wcorr(px, py, W), _wcorr(ex, ey, W))
+
+    # slope versus level, paired on the same resamples
+    vl = None
+    if level is not None:
+        ok = ~np.isnan(level)
+        if ok.sum() >= 4 and np.unique(cell[ok]).size >= 2:
+            Wl = W * ok[None, :]
+            lv = np.where(ok, level, 0.0)
+            if ok.all():
+                Rxl, Ryl = Rx, Ry
+            else:
+                Rxl, Ryl = _ranks(x, Wl), _ranks(y, Wl)
+            rx = _wcorr(Rxl, Ryl, Wl)
+            rl = _wcorr(_ranks(lv, Wl), Ryl, Wl)
+            diff = np.abs(rx) - np.abs(rl)
+            vl = LevelComparison(
+                difference=float(diff[0]),
+                difference_ci=_plain_interval(float(diff[0]), diff[1:], q),
+                rho_x=float(rx[0]),
+                rho_x_ci=_fisher_interval(float(rx[0]), rx[1:], q, df)[0],
+                rho_level=float(rl[0]),
+                rho_level_ci=_fisher_interval(float(rl[0]), rl[1:], q, df)[0],
+                n=int(ok.sum()),
+                n_cells=int(np.unique(cell[ok]).size),
+                level_column=level_column,
+            )
+    return _Core(overall, cell_means, within, partial, vl, n_skipped, within_seed)
+
+
+def _loco(df: pd.DataFrame, x, y, level, cell, cell_columns) -> LocoPrediction | None:
+    ok = np.ones(y.size, dtype=bool) if level is None else np.isfinite(level)
+    if ok.sum() < 4:
+        return None
+    sub = df[ok].reset_index(drop=True)
+    xs, ys, cs = x[ok], y[ok], cell[ok]
+    labels = _dummies(sub, cell_columns)
+    one = np.ones((ys.size, 1))
+    models = {"mean": one, "alpha": np.column_stack([one, xs]), "labels": labels, "labels+alpha": np.column_stack([labels, xs])}
+    if level is not None:
+        ls = level[ok]
+        models.update(
+            {
+                "level": np.column_stack([one, ls]),
+                "labels+level": np.column_stack([labels, ls]),
+                "alpha+level": np.column_stack([one, xs, ls]),
+            }
+        )
+    cells = np.unique(cs)
+    if cells.size < 2:
+        return None
+    rmse = {}
+    for name, X in models.items():
+        err = np.empty(ys.size)
+        for c in cells:
+            te = cs == c
+            beta = np.linalg.lstsq(X[~te], ys[~te], rcond=None)[0]
+            err[te] = ys[te] - X[te] @ beta
+        rmse[name] = float(np.sqrt(np.mean(err**2)))
+    return LocoPrediction(rmse=MappingProxyType(rmse), n=int(ys.size), n_cells=int(cells.size), sd=float(np.std(ys)))
 
 
 def h2_statistics(
@@ -351,53 +1199,263 @@ def h2_statistics(
     *,
     x_column: str = "alpha_early",
     y_column: str = "best_val_ce",
-    group_columns: Sequence[str] = ("variant", "optimizer"),
+    level_column: str | None = "early_end_loss",
+    cell_columns: Sequence[str] = ("variant", "lr", "weight_decay"),
+    seed_column: str | None = "seed",
+    variant_column: str | None = "variant",
     run_column: str = "run",
     exclusion_column: str | None = "excluded_reason",
-    n_boot: int = 2000,
+    min_abs_rho: float = 0.7,
+    max_p: float = 0.01,
+    sign: str = "negative",
     confidence: float = 0.95,
+    n_boot: int = 2000,
     seed: int = 0,
+    diverged_column: str | None = None,
 ) -> H2Result:
-    """Pearson and Spearman correlation of ``x_column`` with ``y_column``.
+    """H2 with the study's design respected: pooled, cell-mean, within-cell and partial
+    correlations, slope versus level, leave-one-cell-out prediction and a verdict.
+
+    The 216 runs are cells (``cell_columns``: variant x LR x WD) x seeds, and one
+    seed means the same init and data order in every cell.  The grid drives both
+    α_early and the best CE, so runs are not independent units and a pooled
+    correlation mostly measures the grid.  Hence:
+
+    * **Intervals and p-values** come from a two-way ("pigeonhole") bootstrap that
+      resamples whole cells and, independently, whole seeds (a run's weight is the
+      product of its cell's and its seed's multiplicity); without ``seed_column``
+      cells only.  Each correlation's interval is ``tanh(atanh(r) ± q·se)`` with
+      ``se`` the bootstrap s.d. of ``atanh(r*)`` and ``q`` the t quantile on
+      ``n_cells - 1`` degrees of freedom; the p-value is the matching Wald test of
+      ρ = 0.  Spearman correlations of a resample use weighted mid-ranks, so they
+      equal Spearman's ρ of the resampled table with its duplicated runs.
+    * ``overall``: pooled over runs.  ``cell_means``: over the cell means.
+      ``within_cell``: the deviations of each run from its cell mean (Spearman =
+      rank correlation of the deviations); cells with a single usable seed are
+      skipped and counted.  ``within_cell_seed_adjusted``: the same after also
+      removing each seed's effect shared across cells (additive cell + seed fit).
+      ``partial``: the ranks of x and y over all runs,
+      residualised on the cell columns as additive categorical factors, correlated
+      (the Pearson fields: the same on the raw values).
+    * ``versus_level``: ``|ρ(x, y)| - |ρ(level, y)|`` with a paired interval (the same
+      resamples; ``diff ± q·se``).  Above 0: the slope ranks the CE better than the
+      loss level it is measured on.
+    * ``prediction``: leave-one-cell-out RMSE of the CE from α, the labels, the level
+      and combinations (:class:`LocoPrediction`).
+    * ``verdict`` from the pooled Spearman interval against ``min_abs_rho`` on the
+      side fixed by ``sign``: "supported" when the whole interval lies beyond the
+      threshold (``sign="negative"``: high <= -min_abs_rho, a larger α_early goes
+      with a lower CE) and p < ``max_p``; "not supported" when the whole interval
+      falls short of it (negative: low > -min_abs_rho); else "inconclusive".
+      ``sign="either"`` accepts both sides.
+    * ``by_variant``: the pooled, cell-mean and within-cell results within each
+      variant with their own resamples.  With 9 cells per variant these intervals
+      are wide.
+
+    Diverged runs at the worst rank
+    -------------------------------
+    With ``diverged_column`` (boolean), runs flagged True are kept even though they
+    carry an exclusion reason: their CE is set to +inf (tied worst rank), a missing
+    α_early to -inf (tied flattest slope), a missing level to +inf (worst).  All
+    statistics are then computed on the ranks of x, y and level over the usable runs
+    (the Pearson fields are rank correlations too), and ``prediction`` is None.
+    See :func:`h2_statistics_diverged_worst_rank`.
 
     Parameters
     ----------
     table : DataFrame-like
         One row per run.
     x_column, y_column : str
-        α_early and best validation CE (nats or bits: correlations are unit-free).
-    group_columns : sequence of str
-        Columns to break the statistic down by (missing columns are ignored).
+        α_early (dimensionless) and best validation CE (nats or bits).
+    level_column : str or None
+        The loss level α_early is measured on (``early_end_loss``, nats); None or
+        absent: no ``versus_level`` and no level models in ``prediction``.  Runs with
+        a missing level are left out of those two parts only.
+    cell_columns : sequence of str
+        The design's cells.
+    seed_column : str or None
+        The seed shared across cells (absent: cells-only resampling).
+    variant_column : str or None
+        Per-variant breakdown (None: none).
     run_column, exclusion_column : str
-    n_boot, confidence, seed
-        Bootstrap settings.
+    min_abs_rho, max_p : float
+        Thresholds of the verdict.
+    sign : {"negative", "positive", "either"}
+    confidence : float
+    n_boot : int
+        Bootstrap resamples.
+    seed : int
+        Random seed of the resampling.
+    diverged_column : str, optional
+        See above.
 
     Returns
     -------
     H2Result
+
+    Raises
+    ------
+    AnalysisError
+        A cell column (named in the message) or a needed column is missing, or
+        ``sign`` is not one of the three.
+    NotEnoughPoints
+        Fewer than 4 cells with usable runs (the count is in the message).
     """
-    df, excluded = _screen_table(table, [x_column, y_column], [], run_column, exclusion_column)
-    overall = correlation(
-        df[x_column].astype(float), df[y_column].astype(float), n_boot=n_boot, confidence=confidence, seed=seed
-    )
-    by: dict[str, Correlation] = {}
-    skipped: list[tuple[str, str]] = []
-    for col in group_columns:
+    if sign not in _SIGNS:
+        raise AnalysisError(f"sign must be one of {', '.join(_SIGNS)}, got {sign!r}")
+    df = pd.DataFrame(table).reset_index(drop=True)
+    _check_cells(df, cell_columns, "H2")
+    for col in (x_column, y_column):
         if col not in df.columns:
+            raise AnalysisError(f"table lacks column {col!r}")
+    if diverged_column is not None and diverged_column not in df.columns:
+        raise AnalysisError(f"table lacks the diverged column {diverged_column!r}")
+    runs = df[run_column].astype(str).tolist() if run_column in df.columns else [f"row{i}" for i in range(len(df))]
+    x = pd.to_numeric(df[x_column], errors="coerce").to_numpy(dtype=float, copy=True)
+    y = pd.to_numeric(df[y_column], errors="coerce").to_numpy(dtype=float, copy=True)
+    has_level = level_column is not None and level_column in df.columns
+    level = pd.to_numeric(df[level_column], errors="coerce").to_numpy(dtype=float, copy=True) if has_level else None
+    reasons = df[exclusion_column].tolist() if exclusion_column and exclusion_column in df.columns else [None] * len(df)
+    div = (
+        df[diverged_column].map(lambda v: bool(v) if isinstance(v, (bool, np.bool_)) else v is True).to_numpy()
+        if diverged_column is not None
+        else np.zeros(len(df), dtype=bool)
+    )
+    labels_ok = ~df[list(cell_columns)].isna().any(axis=1).to_numpy()
+    keep = np.ones(len(df), dtype=bool)
+    excluded: list[tuple[str, str]] = []
+    worst: list[str] = []
+    for i in range(len(df)):
+        if not labels_ok[i]:
+            why = "cell label missing"
+        elif div[i]:
+            worst.append(runs[i])
+            y[i] = math.inf
+            if not np.isfinite(x[i]):
+                x[i] = -math.inf
+            if level is not None and not np.isfinite(level[i]):
+                level[i] = math.inf
             continue
-        for val, g in df.groupby(col, sort=True):
-            key = f"{col}={val}"
-            try:
-                by[key] = correlation(
-                    g[x_column].astype(float),
-                    g[y_column].astype(float),
-                    n_boot=n_boot,
-                    confidence=confidence,
-                    seed=seed,
-                )
-            except NotEnoughPoints as exc:
-                skipped.append((key, str(exc)))
-    return H2Result(overall=overall, by_group=MappingProxyType(by), skipped_groups=tuple(skipped), excluded=excluded)
+        elif _is_reason(reasons[i]):
+            why = reasons[i]
+        elif not np.isfinite(x[i]):
+            why = f"{x_column} missing or not finite"
+        elif not np.isfinite(y[i]):
+            why = f"{y_column} missing or not finite"
+        else:
+            continue
+        keep[i] = False
+        excluded.append((runs[i], why))
+    sub = df[keep].reset_index(drop=True)
+    x, y = x[keep], y[keep]
+    if level is not None:
+        level = level[keep]
+        if diverged_column is None:
+            level = np.where(np.isfinite(level), level, np.nan)
+    cell, cell_names = _factorize(sub, cell_columns)
+    G = len(cell_names)
+    if G < 4:
+        raise NotEnoughPoints(4, G, f"cells ({' x '.join(cell_columns)}) with usable runs for H2")
+    if diverged_column is not None:
+        # rank scale: +-inf become tied extreme ranks, and deviations stay finite
+        x, y = sps.rankdata(x), sps.rankdata(y)
+        if level is not None:
+            fin = ~np.isnan(level)
+            lv = np.full(level.size, np.nan)
+            lv[fin] = sps.rankdata(level[fin])
+            level = lv
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        raise NotEnoughPoints(2, 1, f"distinct values of {x_column if np.ptp(x) == 0 else y_column}")
+    has_seed = seed_column is not None and seed_column in sub.columns
+    seed_codes = pd.factorize(sub[seed_column].astype(str), sort=True)[0].astype(np.intp) if has_seed else None
+    rng = np.random.default_rng(seed)
+    design = _dummies(sub, cell_columns)
+    core = _core(x, y, level, cell, seed_codes, design, n_boot=n_boot, confidence=confidence, rng=rng,
+                 level_column=str(level_column))
+    counts = np.bincount(cell, minlength=G)
+    skipped_cells = tuple((cell_names[c], "single usable seed") for c in np.flatnonzero(counts < 2))
+    verdict = _verdict_rho(core.overall.spearman_ci, core.overall.spearman_p, min_abs_rho, max_p, sign)
+    notes = []
+    if not has_seed:
+        notes.append("no seed column: resampling cells only (seed effects shared across cells are not in the intervals)")
+    if not has_level:
+        notes.append(f"no level column {level_column!r}: no comparison with the loss level")
+
+    by: dict[str, VariantH2] = {}
+    skipped_v: list[tuple[str, str]] = []
+    if variant_column is not None and variant_column in sub.columns:
+        other = [c for c in cell_columns if c != variant_column]
+        vals = sub[variant_column].astype(str).to_numpy()
+        for v in sorted(set(vals)):
+            m = vals == v
+            vcell, vnames = _factorize(sub[m], cell_columns)
+            if len(vnames) < 4:
+                skipped_v.append((v, f"need at least 4 cells, got {len(vnames)}"))
+                continue
+            xv, yv = x[m], y[m]
+            if np.ptp(xv) == 0 or np.ptp(yv) == 0:
+                skipped_v.append((v, "a variable is constant"))
+                continue
+            vseed = seed_codes[m] if seed_codes is not None else None
+            if vseed is not None:
+                vseed = pd.factorize(vseed, sort=True)[0].astype(np.intp)
+            vc = _core(xv, yv, None, vcell, vseed, None, n_boot=n_boot, confidence=confidence, rng=rng,
+                       level_column=str(level_column))
+            by[v] = VariantH2(
+                overall=vc.overall,
+                cell_means=vc.cell_means,
+                within_cell=vc.within_cell,
+                verdict=_verdict_rho(vc.overall.spearman_ci, vc.overall.spearman_p, min_abs_rho, max_p, sign),
+                n_runs=int(m.sum()),
+                n_cells=len(vnames),
+                note=f"{len(vnames)} cells ({' x '.join(other) or 'cells'}): intervals are wide; "
+                "read them as descriptive",
+            )
+    prediction = None if diverged_column is not None else _loco(sub, x, y, level, cell, cell_columns)
+    settings = {
+        "x_column": x_column,
+        "y_column": y_column,
+        "level_column": level_column if has_level else None,
+        "cell_columns": list(cell_columns),
+        "seed_column": seed_column if has_seed else None,
+        "min_abs_rho": min_abs_rho,
+        "max_p": max_p,
+        "sign": sign,
+        "confidence": confidence,
+        "n_boot": n_boot,
+        "seed": seed,
+        "diverged_column": diverged_column,
+        "method": core.overall.method,
+    }
+    return H2Result(
+        overall=core.overall,
+        cell_means=core.cell_means,
+        within_cell=core.within_cell,
+        partial=core.partial,
+        versus_level=core.versus_level,
+        verdict=verdict,
+        prediction=prediction,
+        by_variant=MappingProxyType(by),
+        n_runs=int(x.size),
+        n_cells=G,
+        excluded=tuple(excluded),
+        skipped_cells=skipped_cells,
+        skipped_variants=tuple(skipped_v),
+        diverged_at_worst_rank=tuple(worst),
+        settings=MappingProxyType(settings),
+        notes=tuple(notes),
+        within_cell_seed_adjusted=core.within_seed,
+    )
+
+
+def h2_statistics_diverged_worst_rank(table, *, diverged_column: str = "diverged", **kwargs) -> H2Result:
+    """:func:`h2_statistics` with diverged runs kept at the worst CE rank.
+
+    Runs whose ``diverged_column`` is True get the worst (tied) CE rank, the
+    flattest (tied) α rank when their α_early is missing, and the worst level rank
+    when their level is missing; everything else as in :func:`h2_statistics`.
+    """
+    return h2_statistics(table, diverged_column=diverged_column, **kwargs)
 
 
 @dataclass(frozen=True, eq=False)
