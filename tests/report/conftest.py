@@ -26,10 +26,10 @@ FIT = {
 }
 DIVERGENCE = {"explode_factor": 10.0, "final_factor": 1.0, "edge_fraction": 0.02}
 STUDY = {
-    "r2_column": "power_r2",
     "r2_threshold": 0.98,
-    "h1_target_share": 0.8,
+    "h1_target_shares": [0.8, 0.9],
     "h2_min_abs_rho": 0.7,
+    "h2_sign": "negative",
     "h2_max_p": 0.01,
     "n_boot": 200,
     "bootstrap_seed": 0,
@@ -82,7 +82,7 @@ VALID = {"passed": True, "status": "valid", "reasons": []}
 
 
 def fit_row(variant, run, *, status="ok", reason=None, r2=0.99, r2_binned=0.995, alpha_early=1.0, alpha_full=1.1,
-            best_val=0.1, optimizer="sgd", lr=0.1, wd=0.0005, seed=0, knee_epoch=None, **extra):
+            best_val=0.1, optimizer="sgd", lr=0.1, wd=0.0005, seed=0, knee_epoch=None, single="auto", **extra):
     """A fit file's ``row`` as fit_run writes it (only the fields the report reads)."""
     row = {
         **identity(variant, run, optimizer, lr, wd, seed), "status": status, "reason": reason, "loss_unit": "nats",
@@ -90,7 +90,10 @@ def fit_row(variant, run, *, status="ok", reason=None, r2=0.99, r2_binned=0.995,
     }
     if status == "ok":
         row.update({
-            "power_r2": r2, "power_r2_binned": r2_binned, "power_exponent": alpha_full, "alpha_early": alpha_early,
+            "h1_single_power_law": bool(r2 >= 0.98) if single == "auto" else single,
+            "h1_reason": "synthetic", "h1_literal_r2": r2, "post_knee_r2": r2_binned, "post_knee_exponent": alpha_full,
+            "post_knee_fit_ok": True, "post_knee_hit_bound": None, "early_end_loss": 0.5 + 0.1 * alpha_full,
+            "power_r2": r2, "power_exponent": alpha_full, "alpha_early": alpha_early,
             "alpha_early_ci_low": alpha_early - 0.1, "alpha_early_ci_high": alpha_early + 0.1,
             "alpha_full": alpha_full, "best_val_ce": best_val, "best_val_epoch": 12.0, "final_train_loss": 0.05,
             "knee_found": knee_epoch is not None, "knee_epoch": knee_epoch, "knee_method": "broken_power_lrt",

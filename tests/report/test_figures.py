@@ -65,12 +65,21 @@ def test_titles_state_the_findings(partial):
             assert part in text, (name, part, text)
         plt.close(fig)
     fig = b["r2_histogram"]()
-    assert "H1 not supported" in fig.axes[0].get_title("left")
+    verdict = stats["h1"]["single_power_law"]["verdicts"]["0.8"]
+    assert f"H1 {verdict} vs 80 %" in fig.axes[0].get_title("left")
     plt.close(fig)
     fig = b["alpha_vs_best_val"]()
     assert "Spearman ρ = " in fig.axes[0].get_title("left")
+    assert f"H2 {stats['h2']['verdict']}" in fig.axes[0].get_title("left")
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert any("α_full" in s for s in labels) and any("adamw" in s for s in labels)
+    assert any("cell mean" in s for s in labels) and any("LR 0.05" in s for s in labels)
+    assert any(s.startswith("within cells: ρ = ") for s in labels)
+    plt.close(fig)
+    fig = b["h1_criteria"]()
+    assert "one power law after the knee" in _title(fig)
+    plt.close(fig)
+    fig = b["alpha_lr_wd"]()
+    assert "Early slope α_early by LR × weight decay" in _title(fig)
     plt.close(fig)
 
 
@@ -79,7 +88,7 @@ def test_mosaic_shows_the_three_best_and_three_worst(partial):
     fig = F.plot_loss_mosaic(table, curves, stats)
     titles = [ax.get_title() for ax in fig.axes[:6]]
     assert sum("highest R²" in t for t in titles) == 3 and sum("lowest R²" in t for t in titles) == 3
-    ok = table[table.status == "ok"].sort_values("power_r2")
+    ok = table[table.status == "ok"].sort_values("h1_literal_r2")
     best = ok.iloc[-1]
     assert f"{best.variant} {best.run}" in titles[0]
     assert all(ax.get_xscale() == "log" and ax.get_yscale() == "log" for ax in fig.axes[:6])

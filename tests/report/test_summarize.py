@@ -15,18 +15,21 @@ from loss_slope.report.summarize import run_table, study_statistics, summarize, 
 from .conftest import STUDY, fit_file, fit_row, identity, partial_sweep
 
 
-def _complete(n_per_variant=6, r2s=None):
+def _complete(r2s=None, singles=None):
+    """2 variants x 3 LRs x 2 seeds = 12 runs in 6 cells."""
     runs, rows = [], []
     k = 0
     for v, opt in (("A", "sgd"), ("B", "adamw")):
-        for i in range(n_per_variant):
-            run = f"lr0.1-wd0-s{i}"
-            runs.append(identity(v, run, opt, 0.1, 0.0, i))
-            r2 = r2s[k] if r2s is not None else 0.99
-            ae = 0.5 + 0.1 * k
-            rows.append(fit_row(v, run, optimizer=opt, seed=i, r2=r2, alpha_early=ae, alpha_full=1.0 + 0.01 * (k % 3),
-                                best_val=1.0 / (1 + ae)))
-            k += 1
+        for lr in (0.05, 0.1, 0.2):
+            for seed in (0, 1):
+                run = f"lr{lr:g}-wd0-s{seed}"
+                runs.append(identity(v, run, opt, lr, 0.0, seed))
+                r2 = r2s[k] if r2s is not None else 0.99
+                ae = 0.5 + 0.1 * k
+                rows.append(fit_row(v, run, optimizer=opt, lr=lr, wd=0.0, seed=seed, r2=r2, alpha_early=ae,
+                                    alpha_full=1.0 + 0.01 * (k % 3), best_val=1.0 / (1 + ae),
+                                    single="auto" if singles is None else singles[k]))
+                k += 1
     return runs, rows
 
 
@@ -47,37 +50,54 @@ def test_run_table_has_one_row_per_config_run_with_status_and_reason():
                                     "status", "reason", "excluded_reason"]
 
 
-def test_h1_share_and_wilson_interval_known_answer():
-    r2s = [0.99] * 7 + [0.95] * 3 + [0.985] * 2  # A: 6 of 6 ... B: 1 + 2 of 6
-    runs, rows = _complete(r2s=r2s)
+def test_h1_defensible_and_literal_criteria_known_answer():
+    r2s = [0.99] * 7 + [0.95] * 3 + [0.985] * 2  # literal: A 6 of 6, B 1 + 2 of 6
+    singles = [True] * 11 + [None]  # defensible: 11 of 11 decided, one undecided
+    runs, rows = _complete(r2s=r2s, singles=singles)
     stats = study_statistics(run_table(rows, runs), study=STUDY)
-    h1 = stats["h1"]
-    assert h1["overall"]["k"] == 9 and h1["overall"]["n"] == 12
-    assert h1["overall"]["share"] == pytest.approx(0.75)
-    lo, hi = wilson_interval(9, 12)
-    assert (h1["overall"]["ci_low"], h1["overall"]["ci_high"]) == pytest.approx((lo, hi))
-    assert h1["by_variant"]["A"]["k"] == 6 and h1["by_variant"]["B"]["k"] == 3
-    assert h1["answer"] == "not supported"  # 75 % < 80 %
-    assert stats["h1_sensitivity"]["statistic"] == "power_r2_binned"
-    assert stats["h1_sensitivity"]["overall"]["k"] == 12
-    easy = study_statistics(run_table(rows, runs), study={**STUDY, "h1_target_share": 0.7})
-    assert easy["h1"]["answer"] == "supported"
+    lit = stats["h1"]["literal_r2"]
+    assert lit["overall"]["k"] == 9 and lit["overall"]["n"] == 12
+    assert lit["overall"]["share"] == pytest.approx(0.75)
+    assert lit["overall"]["n_cells"] == 6
+    lo, hi = lit["overall"]["ci_low"], lit["overall"]["ci_high"]
+    wlo, whi = wilson_interval(9, 12)
+    assert lo <= wlo and hi >= whi  # cluster-aware: never narrower than Wilson over runs
+    assert lit["by_variant"]["A"]["k"] == 6 and lit["by_variant"]["B"]["k"] == 3
+    assert lit["verdicts"]["0.9"] in ("not supported", "inconclusive")
+    main = stats["h1"]["single_power_law"]
+    assert main["overall"]["k"] == 11 and main["overall"]["n"] == 11
+    assert main["with_excluded_as_failures"]["n"] == 12 and main["with_excluded_as_failures"]["k"] == 11
+    assert set(main["verdicts"]) == {"0.8", "0.9"}
+    assert all(v in ("supported", "not supported", "inconclusive") for v in main["verdicts"].values())
+    assert list(stats["h1"])[0] == "single_power_law"
 
 
-def test_h2_known_answer_and_alpha_full_for_comparison():
+def test_h2_is_cluster_aware_with_a_three_way_verdict_and_the_literal_rule_beside_it():
     runs, rows = _complete()
     stats = study_statistics(run_table(rows, runs), study=STUDY)
-    o = stats["h2"]["overall"]
+    h2 = stats["h2"]
+    o = h2["overall"]
     # best_val = 1 / (1 + alpha_early): perfectly monotone decreasing
-    assert o["n"] == 12 and o["spearman_rho"] == pytest.approx(-1.0)
-    assert o["spearman_p"] < 1e-6
+    assert o["n"] == 12 and h2["n_cells"] == 6
+    assert o["spearman_rho"] == pytest.approx(-1.0)
+    assert h2["verdict"] in ("supported", "inconclusive", "not supported")
+    for key in ("cell_means", "within_cell", "partial", "versus_level", "prediction", "by_variant"):
+        assert key in h2
+    lit = stats["h2_literal"]
     ae = 0.5 + 0.1 * np.arange(12)
-    assert o["pearson_r"] == pytest.approx(sps.pearsonr(ae, 1 / (1 + ae)).statistic)
-    assert o["spearman_ci_low"] <= o["spearman_rho"] <= o["spearman_ci_high"]
-    assert stats["h2"]["answer"] == "supported"
-    assert set(stats["h2"]["by_group"]) == {"variant=A", "variant=B", "optimizer=adamw", "optimizer=sgd"}
+    assert lit["spearman_rho"] == pytest.approx(sps.spearmanr(ae, 1 / (1 + ae)).statistic)
+    assert lit["verdict"] == "supported"
     assert stats["h2_alpha_full"]["x"] == "alpha_full"
-    assert abs(stats["h2_alpha_full"]["overall"]["spearman_rho"]) < 0.7
+    assert stats["counts_by_cell"][0]["runs"] == 2
+
+
+def test_h2_with_too_few_cells_is_not_computable_and_says_why():
+    runs, rows = _complete()
+    keep = [r["variant"] == "A" and r["lr"] != 0.2 for r in rows]  # 2 cells
+    stats = study_statistics(run_table([r for r, k in zip(rows, keep) if k], [r for r, k in zip(runs, keep) if k]),
+                             study=STUDY)
+    assert stats["h2"]["verdict"] == "not computable"
+    assert "cell" in stats["h2"]["error"]
 
 
 def test_partial_sweep_excludes_and_lists_every_bad_run():
@@ -87,8 +107,9 @@ def test_partial_sweep_excludes_and_lists_every_bad_run():
     stats = study_statistics(t, study=STUDY, window_scans=scans, early_window=[5, 15])
     assert stats["counts"] == {"ok": 8, "too_short": 1, "invalid": 1, "diverged": 1, "missing": 1}
     assert stats["counts_by_variant"]["S-adamw"]["missing"] == 1
-    assert stats["h1"]["overall"]["n"] == 8 and stats["h2"]["overall"]["n"] == 8
-    excluded = {(e["run"].split("/")[0], e["reason"].split(":")[0]) for e in stats["h1"]["excluded"]}
+    assert stats["h1"]["single_power_law"]["overall"]["n"] == 8 and stats["h2"]["overall"]["n"] == 8
+    excluded = {(e["run"].split("/")[0], e["reason"].split(":")[0])
+                for e in stats["h1"]["single_power_law"]["excluded"]}
     assert excluded == {("S-core", "invalid"), ("S-core", "diverged"), ("S-adamw", "too_short"), ("S-adamw", "missing")}
     assert len(stats["excluded_runs"]) == 4
     assert all(e["reason"] for e in stats["excluded_runs"])
@@ -104,8 +125,8 @@ def test_no_usable_run_is_not_computable_not_an_error():
     rows = [fit_row("A", "r0", status="too_short", reason="short"), fit_row("A", "r1", status="invalid", reason="bad")]
     t = run_table(rows, runs)
     stats = study_statistics(t, study=STUDY)
-    assert stats["h1"]["answer"] == "not computable" and stats["h1"]["overall"] is None
-    assert stats["h2"]["answer"] == "not computable"
+    assert stats["h1"]["single_power_law"]["verdict"] == "not computable"
+    assert stats["h2"]["verdict"] == "not computable"
     assert stats["window_heatmap"] is None
     assert len(stats["excluded_runs"]) == 3
     vt = variant_table(t, stats)
@@ -128,7 +149,7 @@ def test_summarize_writes_parquet_csv_variant_tables_and_json(tmp_path):
     )
     t = pd.read_parquet(out / "runs.parquet")
     assert len(t) == 12 and len(pd.read_csv(out / "runs.csv")) == 12
-    assert t.lr.dtype == float and t.power_r2.dtype == float
+    assert t.lr.dtype == float and t.h1_literal_r2.dtype == float
     assert len(pd.read_csv(out / "variants" / "S-adamw.csv")) == 6
     v = pd.read_csv(out / "variants.csv")
     assert list(v.variant) == ["S-core", "S-adamw"]

@@ -30,13 +30,16 @@ def partial_summary():
 
 def test_summary_answers_h1_and_h2_in_sentences_with_numbers(partial_summary):
     _, stats, md = partial_summary
-    h1, h2 = stats["h1"]["overall"], stats["h2"]["overall"]
+    h1, h2 = stats["h1"]["single_power_law"]["overall"], stats["h2"]["overall"]
     assert "## H1" in md and "## H2" in md
-    assert f"{h1['k']} of {h1['n']} usable runs" in md
-    assert "Wilson interval" in md and "the success criterion is at least 80 %" in md
-    assert f"Spearman ρ = {h2['spearman_rho']:.2f}" in md and "Pearson r = " in md
-    assert ("**Supported.**" in md) or ("**Not supported.**" in md)
-    assert "α_full" in md
+    assert f"{h1['k']} of {h1['n']} decided runs" in md
+    assert "cluster-aware interval" in md and "against 80 %" in md and "against 90 %" in md
+    assert "**The protocol's literal criterion**" in md and "**The protocol's literal rule**" in md
+    assert f"Spearman ρ = {h2['spearman_rho']:.2f}" in md
+    assert f"**Defensible verdict: {stats['h2']['verdict']}.**" in md
+    assert "within cells" in md and "Slope or level?" in md and "Leave-one-cell-out" in md
+    assert "α_full" in md and "diverged runs at the worst rank" in md
+    assert "Runs excluded per cell" in md
 
 
 def test_summary_embeds_every_figure_and_lists_every_excluded_run(partial_summary):
@@ -117,8 +120,8 @@ def test_analysis_block_is_strict_with_defaults(repo):
     config = load_config(repo / "config" / "config.yaml")
     a = config["analysis"]
     assert a["fit"]["early_window"] == [5, 15] and a["study"]["r2_threshold"] == 0.98
-    assert set(fit_settings(config)) == {"loss_unit", "fit", "divergence"}
-    assert set(study_settings(config)) == {"study", "early_window"}
+    assert set(fit_settings(config)) == {"loss_unit", "fit", "divergence", "time_axis", "compare_time_axes"}
+    assert set(study_settings(config)) == {"study", "early_window", "time_axis"}
     raw = yaml.safe_load((repo / "config" / "config.yaml").read_text())
     bad = copy.deepcopy(raw)
     bad.setdefault("analysis", {}).setdefault("study", {})["r2_treshold"] = 0.9

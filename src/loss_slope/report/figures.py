@@ -287,7 +287,8 @@ def plot_h1_criteria(stats: Mapping[str, Any]) -> Figure:
         o = r["overall"]
         main = name == "single_power_law"
         ax.barh(yi, 100 * o["share"], color="#2e7d32" if main else "#90a4ae", alpha=0.9)
-        ax.errorbar(100 * o["share"], yi, xerr=[[100 * (o["share"] - o["ci_low"])], [100 * (o["ci_high"] - o["share"])]],
+        ax.errorbar(100 * o["share"], yi, xerr=[[max(100 * (o["share"] - o["ci_low"]), 0.0)],
+                                                [max(100 * (o["ci_high"] - o["share"]), 0.0)]],
                     color="black", capsize=4, fmt="none")
         verdicts = ", ".join(f"{v} vs {fmt_pct(float(t))}" for t, v in (r.get("verdicts") or {}).items())
         ax.annotate(f"{o['k']}/{o['n']}: {verdicts}", (101, yi), va="center", fontsize=8, annotation_clip=False)
@@ -598,8 +599,8 @@ def plot_ablation(table: pd.DataFrame, stats: Mapping[str, Any]) -> Figure:
         s = byv.get(v)
         if s:
             a1.bar(i, 100 * s["share"], color=colors[v], alpha=0.85)
-            a1.errorbar(i, 100 * s["share"], yerr=[[100 * (s["share"] - s["ci_low"])], [100 * (s["ci_high"] - s["share"])]],
-                        color="black", capsize=5)
+            a1.errorbar(i, 100 * s["share"], yerr=[[max(100 * (s["share"] - s["ci_low"]), 0.0)],
+                                                   [max(100 * (s["ci_high"] - s["share"]), 0.0)]], color="black", capsize=5)
             a1.annotate(f"{s['k']}/{s['n']}", (i, 100 * s["ci_high"]), xytext=(0, 4), textcoords="offset points",
                         ha="center", fontsize=9)
         else:
@@ -618,7 +619,7 @@ def plot_ablation(table: pd.DataFrame, stats: Mapping[str, Any]) -> Figure:
             rho, lo, hi = c["spearman_rho"], c["spearman_ci_low"], c["spearman_ci_high"]
             a2.bar(i, rho, color=colors[v], alpha=0.85)
             if lo is not None and hi is not None:
-                a2.errorbar(i, rho, yerr=[[rho - lo], [hi - rho]], color="black", capsize=5)
+                a2.errorbar(i, rho, yerr=[[max(rho - lo, 0.0)], [max(hi - rho, 0.0)]], color="black", capsize=5)
             a2.annotate(f"{byg[v].get('n_cells')} cells\n{byg[v].get('verdict')}", (i, max(hi or rho, rho)),
                         xytext=(0, 4), textcoords="offset points", ha="center", fontsize=8)
         else:

@@ -222,8 +222,10 @@ def _h2_literal(table: pd.DataFrame, study: Mapping[str, Any], x: str) -> dict:
     """The protocol's literal H2 rule: |Spearman ρ| >= threshold and p < max p over runs
     treated as independent (what the cluster-aware verdict replaces)."""
     ok = table[table["status"] == "ok"]
-    xv = pd.to_numeric(ok.get(x), errors="coerce")
-    yv = pd.to_numeric(ok.get("best_val_ce"), errors="coerce")
+    if x not in ok.columns or "best_val_ce" not in ok.columns:
+        return _not_computable(f"no usable run has {x} and best_val_ce")
+    xv = pd.to_numeric(ok[x], errors="coerce")
+    yv = pd.to_numeric(ok["best_val_ce"], errors="coerce")
     keep = xv.notna() & yv.notna()
     if keep.sum() < 4 or xv[keep].nunique() < 2 or yv[keep].nunique() < 2:
         return _not_computable(f"fewer than 4 usable runs with {x} and best_val_ce")
