@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 from scipy import signal
@@ -67,13 +68,21 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100, help="curves per class")
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--threshold", type=float, default=11.0)
+    ap.add_argument("--markdown", help="also write the table to this file")
     args = ap.parse_args()
+    lines: list[str] = []
+
+    def emit(line: str) -> None:
+        print(line, flush=True)
+        lines.append(line)
+
     rng = np.random.default_rng(args.seed)
     lr = schedule()
     t_cos = cumulative_lr(lr)
-    print(f"knee-free curves of {N_STEPS} steps, noise growing x3-x10, threshold {args.threshold:g}")
-    print("| class | curves | false knees | rate | Wilson 95 % upper | max statistic | s per curve |")
-    print("|---|---|---|---|---|---|---|")
+    emit(f"knee-free curves of {N_STEPS} steps, noise growing x3-x10, threshold {args.threshold:g}")
+    emit("")
+    emit("| class | curves | false knees | rate | Wilson 95 % upper | max statistic | s per curve |")
+    emit("|---|---|---|---|---|---|---|")
     for kind in ("step", "cosine"):
         k, stats, times = 0, [], []
         for _ in range(args.n):
@@ -85,8 +94,10 @@ def main() -> None:
             stats.append(res.statistic)
             k += bool(res.found)
         lo, hi = wilson_interval(k, args.n)
-        print(f"| {kind} | {args.n} | {k} | {k / args.n:.3f} | {hi:.3f} | {max(stats):.3g} | "
-              f"{np.median(times):.2f} |", flush=True)
+        emit(f"| {kind} | {args.n} | {k} | {k / args.n:.3f} | {hi:.3f} | {max(stats):.3g} | "
+             f"{np.median(times):.2f} |")
+    if args.markdown:
+        Path(args.markdown).write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -68,9 +69,21 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100, help="curves per class")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--markdown", help="also write the table to this file")
     args = ap.parse_args()
+    lines: list[str] = []
+
+    def emit(line: str) -> None:
+        print(line, flush=True)
+        lines.append(line)
+
     rng = np.random.default_rng(args.seed)
     rows = []
+    emit(f"{args.n} curves per class, seed {args.seed}; targets: single True >= 0.90, two_breaks False >= 0.80, "
+         "None <= 0.05, <= 1 s per 20k-point curve")
+    emit("")
+    emit("| class | right | rate [Wilson 95 %] | None | max s per curve | median s, > 15k points |")
+    emit("|---|---|---|---|---|---|")
     for cls in ("single", "two_breaks"):
         counts = {True: 0, False: 0, None: 0}
         times = []
@@ -92,8 +105,10 @@ def main() -> None:
         lo, hi = wilson_interval(k, n)
         t20 = [t for m, t in times if m > 15000]
         rows.append((cls, k / n, lo, hi, counts[None] / n, max(t for _, t in times), float(np.median(t20)) if t20 else float("nan")))
-        print(f"{cls:11s} right {k}/{n} = {k / n:.3f} [{lo:.3f}, {hi:.3f}]  None {counts[None]}/{n}  "
-              f"max time {rows[-1][5]:.2f} s  median at >15k points {rows[-1][6]:.2f} s", flush=True)
+        emit(f"| {cls} | {k}/{n} | {k / n:.3f} [{lo:.3f}, {hi:.3f}] | {counts[None]}/{n} | {rows[-1][5]:.2f} | "
+             f"{rows[-1][6]:.2f} |")
+    if args.markdown:
+        Path(args.markdown).write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ stats = summarize(
     missing_reasons=dict(snakemake.params.missing),
 )
 print(
-    f"summarize: {stats['counts']}; H1 {stats['h1']['single_power_law']['verdict']}, H2 {stats['h2']['verdict']}",
+    f"summarize: {stats['counts']}; H1 {stats['h1']['single_power_law'].get('verdicts', 'not computable')}, "
+    f"H2 {stats['h2']['verdict']}",
     file=sys.stderr,
 )

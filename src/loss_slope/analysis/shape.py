@@ -48,12 +48,12 @@ NAN = float("nan")
 
 #: Width (decades of step + 1) of the bins in which a fit is compared with the data.
 MISFIT_DECADES = 0.1
-#: A fit misses the data when a bin's mean log residual exceeds this (ln 1.25: 25 %) ...
-MISFIT_TOLERANCE = math.log(1.25)
+#: A fit misses the data when a bin's mean log residual exceeds this (ln 1.5: 50 %) ...
+MISFIT_TOLERANCE = math.log(1.5)
 #: ... and also exceeds this many standard errors of that bin mean.
 MISFIT_SE = 4.0
 #: After a knee at step k the transient is over: the segment's shift is at most this x k.
-SHIFT_CAP = 0.5
+SHIFT_CAP = 0.15
 #: Fewest log-spaced bins a segment needs for the break test.
 MIN_BINS = 12
 
