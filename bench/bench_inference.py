@@ -14,7 +14,9 @@ the target, and whether the target holds.
 * within-cell rho = -0.6: within-cell CI excludes 0 in >= 80 %;
 * alpha an echo of the level: difference_ci above 0 in <= 5 %;
 * all scenarios: pooled-rho CI covers the population Spearman rho in >= 85 %;
-* time per table (one thread) <= 2 s.
+* time per table (one thread) <= 2 s: judged on the process CPU time (BLAS pinned
+  to one thread), which is the one-core time even when the machine is shared; the
+  wall time is printed beside it.
 
 It also prints, for information, the within-cell and difference coverage of their
 population values.
@@ -53,12 +55,13 @@ def run_scenario(name: str, n_tables: int, *, share_cell: float, share_seed: flo
     pop = population_values(sc)
     ev = {k: 0 for k in ("supported", "not_supported", "pooled_cover", "within_cover0", "within_excl0",
                          "within_cover_pop", "diff_above0", "diff_cover_pop", "seedadj_cover0", "seedadj_excl0")}
-    times = []
+    times, cpu = [], []
     for i in range(n_tables):
         t = make_study_table(sc, seed=seed0 + 100_003 * STUDY_SCENARIOS.index(name) + i)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         r = h2_statistics(t, n_boot=n_boot)
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         ev["supported"] += r.verdict == "supported"
         ev["not_supported"] += r.verdict == "not supported"
         ev["pooled_cover"] += _covers(r.overall.spearman_ci, pop["pooled_spearman"])
@@ -72,7 +75,7 @@ def run_scenario(name: str, n_tables: int, *, share_cell: float, share_seed: flo
         d = r.versus_level.difference_ci
         ev["diff_above0"] += d[0] > 0
         ev["diff_cover_pop"] += _covers(d, pop["difference"])
-    return {"name": name, "n": n_tables, "events": ev, "times": np.array(times), "pop": pop}
+    return {"name": name, "n": n_tables, "events": ev, "times": np.array(times), "cpu": np.array(cpu), "pop": pop}
 
 
 def _rate(k: int, n: int) -> str:
@@ -116,14 +119,20 @@ def main(argv=None) -> int:
     add("level echo: difference_ci above 0", "level_echo", "diff_above0", "<= 5 %", lambda v: v <= 0.05)
     for name in a.scenarios:
         add(f"{name}: pooled CI covers population rho", name, "pooled_cover", ">= 85 %", lambda v: v >= 0.85)
+    # CPU time of the (single-threaded) process is the one-core time even on a shared,
+    # oversubscribed machine; wall time is printed beside it
+    all_c = np.concatenate([r["cpu"] for r in res.values()])
     all_t = np.concatenate([r["times"] for r in res.values()])
-    rows.append(("time per table (one thread)", f"median {np.median(all_t):.2f} s, max {all_t.max():.2f} s",
-                 "<= 2 s", "PASS" if all_t.max() <= 2.0 else "FAIL"))
+    rows.append(("CPU time per table (one thread)", f"median {np.median(all_c):.2f} s, max {all_c.max():.2f} s",
+                 "<= 2 s", "PASS" if all_c.max() <= 2.0 else "FAIL"))
+    rows.append(("wall time per table (this machine)", f"median {np.median(all_t):.2f} s, max {all_t.max():.2f} s",
+                 "", ""))
     w = max(len(r[0]) for r in rows)
-    print(f"| {'check':<{w}} | {'rate [95 % CI]':<24} | target  | result |")
-    print(f"|{'-' * (w + 2)}|{'-' * 26}|---------|--------|")
+    v = max(len(r[1]) for r in rows)
+    print(f"| {'check':<{w}} | {'rate [95 % CI]':<{v}} | target  | result |")
+    print(f"|{'-' * (w + 2)}|{'-' * (v + 2)}|---------|--------|")
     for label, rate, target, ok in rows:
-        print(f"| {label:<{w}} | {rate:<24} | {target:<7} | {ok:<6} |")
+        print(f"| {label:<{w}} | {rate:<{v}} | {target:<7} | {ok:<6} |")
 
     print("\nFor information (population values from population_values):")
     print(f"| {'scenario':<16} | pop rho | pop within | 'supported' | 'not supported' | within covers pop | diff covers pop | seed-adj. within excl. 0 |")

@@ -231,6 +231,9 @@ class PowerResult:
     min_seeds_80 : int or None
         Smallest seeds per cell in the sweep with P("supported") >= 0.8 (None: none).
     seconds : float
+        Wall time.
+    cpu_seconds : float
+        CPU time of this process and its workers.
     """
 
     settings: PowerSettings
@@ -239,6 +242,7 @@ class PowerResult:
     effect: float
     min_seeds_80: int | None
     seconds: float
+    cpu_seconds: float = float("nan")
 
 
 def run_power_analysis(
@@ -252,12 +256,19 @@ def run_power_analysis(
     jobs: int = 2,
 ) -> PowerResult:
     """Power curve over |rho| at the configured seeds, and a seeds sweep at ``effect``."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu()
     curve = simulate_power(abs_rhos, [settings.n_seeds], settings, n_studies=n_studies, seed=seed, jobs=jobs)
     sweep = simulate_power([effect], seeds_per_cell, settings, n_studies=n_studies, seed=seed + 1, jobs=jobs)
     ok = [p.n_seeds for p in sweep if p.supported >= 0.8]
     return PowerResult(settings, tuple(curve), tuple(sweep), float(effect), min(ok) if ok else None,
-                       time.perf_counter() - t0)
+                       time.perf_counter() - t0, _cpu() - c0)
+
+
+def _cpu() -> float:
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _rate(p: float, n: int) -> str:
@@ -300,7 +311,7 @@ def format_result(res: PowerResult) -> str:
         "",
         f"Smallest seeds per cell with >= 80 % power for H2 at abs(rho) = {res.effect:.2f}: "
         + (str(m) if m is not None else "none in the sweep"),
-        f"({res.seconds:.0f} s)",
+        f"({res.seconds:.0f} s wall, {res.cpu_seconds:.0f} s CPU)",
     ]
     return "\n".join(lines)
 
