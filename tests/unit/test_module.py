@@ -55,3 +55,57 @@ def test_inductor_compiled_training_on_cuda_matches_eager():
     module = CurveModule(net, lambda p: torch.optim.SGD(p, lr=0.1), Schedule("constant", 0, 10), compile={})
     x = torch.randn(16, 3, 32, 32, device="cuda")
     torch.testing.assert_close(module._train_forward(x), module(x), rtol=1e-3, atol=1e-3)
+
+
+def _fit_conv_net(accelerator: str, channels_last: bool):
+    """Two steps of a net with the narrow 1x1 stride-2 convolution (4 input channels) that oneDNN's NHWC
+    backward corrupts on AVX2-only CPUs; returns, per convolution call, whether its input and weight
+    were channels_last."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 1, stride=2), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3),
+                              torch.nn.Flatten(), torch.nn.Linear(8 * 2 * 2, 3))
+    seen = []
+
+    def hook(mod, args):
+        x = args[0]
+        seen.append((x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(),
+                     mod.weight.is_contiguous(memory_format=torch.channels_last) and not mod.weight.is_contiguous()))
+
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_pre_hook(hook)
+    x, y = torch.randn(8, 4, 8, 8), torch.randint(0, 3, (8,))
+    module = CurveModule(net, lambda p: torch.optim.SGD(p, lr=0.1), Schedule("constant", 0, 10),
+                         channels_last=channels_last)
+    trainer = pl.Trainer(accelerator=accelerator, devices=1, max_steps=2, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, max_epochs=-1)
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y),
+                                                                        batch_size=8))
+    return seen, module
+
+
+def test_channels_last_is_ignored_on_the_cpu(caplog):
+    # Regression: a CPU run with trainer.channels_last=true ran NHWC convolutions, and the backward of a
+    # 1x1 stride-2 conv with 4 input channels aborts with heap corruption on AVX2-only x86 CPUs.
+    with caplog.at_level("INFO", logger="loss_slope.train"):
+        seen, module = _fit_conv_net("cpu", channels_last=True)
+    assert len(seen) == 4  # 2 steps x 2 convolutions
+    assert not any(x_nhwc or w_nhwc for x_nhwc, w_nhwc in seen)
+    assert module.channels_last is False and module.channels_last_requested is True
+    lines = [r.getMessage() for r in caplog.records if "channels_last" in r.getMessage()]
+    assert len(lines) == 1 and "CUDA option" in lines[0]
+
+
+def test_channels_last_is_a_cuda_option():
+    from loss_slope.train.module import use_channels_last
+    assert use_channels_last(True, torch.device("cuda", 0)) is True
+    assert use_channels_last(True, "cpu") is False
+    assert use_channels_last(False, "cuda") is False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_channels_last_applies_on_cuda():
+    seen, module = _fit_conv_net("gpu", channels_last=True)
+    assert module.channels_last is True
+    assert all(x_nhwc and w_nhwc for x_nhwc, w_nhwc in seen)

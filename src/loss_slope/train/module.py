@@ -26,6 +26,24 @@ log = logging.getLogger("loss_slope.train")
 OOM_ERRORS = (torch.OutOfMemoryError,)  # torch.cuda.OutOfMemoryError is the same class
 
 
+def use_channels_last(requested: bool, device: torch.device | str) -> bool:
+    """Whether a run on ``device`` uses channels_last (NHWC) activations and weights.
+
+    ``trainer.channels_last`` is a CUDA option. On the CPU it is ignored, with
+    one logged line: oneDNN's NHWC backward of a 1x1 stride-2 convolution with
+    few input channels (the narrow shortcut of a small-width ResNet) corrupts
+    the heap, hangs or returns wrong weight gradients on some x86 CPUs
+    (AVX2-only) with torch 2.13, and NHWC gains little on the CPU anyway.
+    """
+    if not requested:
+        return False
+    if torch.device(device).type == "cuda":
+        return True
+    log.info("trainer.channels_last ignored on %s: it is a CUDA option (contiguous NCHW on the CPU)",
+             torch.device(device).type)
+    return False
+
+
 class MicroBatchTooSmall(RuntimeError):
     """Out of memory even at the smallest allowed micro-batch: the run fails."""
 
@@ -72,6 +90,10 @@ class CurveModule(LightningModule):
     ``fault`` is the test-only OOM injector (:mod:`loss_slope.train.faults`):
     called as ``fault(step, micro_batch)`` before every forward of a step.
 
+    ``channels_last`` is the requested ``trainer.channels_last``; it takes effect
+    only on CUDA (:func:`use_channels_last`), where the net is converted when
+    the fit starts on its device. ``self.channels_last`` is the effective flag.
+
     ``compile`` (opt-in, ``trainer.compile``): keyword arguments of
     ``torch.compile`` for the training forward only. ``forward`` (validation,
     the curvature monitor's Hessian-vector products, which need double
@@ -86,7 +108,8 @@ class CurveModule(LightningModule):
         self.net = net
         self._optimizer_factory = optimizer
         self.schedule = schedule
-        self.channels_last = channels_last
+        self.channels_last_requested = bool(channels_last)
+        self.channels_last = False  # decided on the device (on_fit_start)
         self.gradient_clip_val = gradient_clip_val
         self.micro = micro_batcher or MicroBatcher()
         self.fault = fault
@@ -101,6 +124,10 @@ class CurveModule(LightningModule):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
+
+    def on_fit_start(self):
+        self.channels_last = use_channels_last(self.channels_last_requested, self.device)
+        self.net.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
     # ---- one optimizer step ---------------------------------------------
     def training_step(self, batch, batch_idx):

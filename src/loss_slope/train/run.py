@@ -161,9 +161,8 @@ def run_training(cfg) -> int:
     }
     _write_json(paths.run_info, info)
 
+    # channels_last (CUDA only) is applied by CurveModule once the net is on its device
     net = hydra.utils.instantiate(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels)
-    if cfg.trainer.channels_last:
-        net = net.to(memory_format=torch.channels_last)
     oom = cfg.trainer.get("oom") or {}
     micro = MicroBatcher(min_size=int(oom.get("min_micro_batch") or 1),
                          on_change=lambda change: record_event(paths.attempts, attempt=attempt, event="micro_batch",
