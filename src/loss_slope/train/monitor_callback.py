@@ -22,7 +22,8 @@ folded into device tensors. A curvature or noise event syncs once and its row
 is appended and fsync'ed at once (events are rare).
 
 A checkpoint row is written by :class:`~loss_slope.train.checkpoint_io.AtomicCheckpointIO`'s
-``after_save`` hook, once the file is in place, and fsync'ed at once. A row is
+``after_save`` hook, once the file is in place (in the checkpoint writer thread
+when the write is in the background; a lock guards that table), and fsync'ed at once. A row is
 identified by ``(step, kind)``; a second write of the same kind at the same step
 (an interrupt checkpoint right after a validation) is not recorded again. The
 only row a kill can lose is the latest checkpoint's own (killed between the
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -130,6 +132,7 @@ class MonitorCallback(Callback):
         self.record_checkpoints = record_checkpoints
         self.checkpoint_dirs = {kind: Path(d).resolve() for kind, d in (checkpoint_dirs or {}).items()}
         self._seen = self._checkpoint_keys(tables_dir / "checkpoints.csv")
+        self._lock = threading.Lock()  # checkpoint rows may come from the checkpoint writer thread
         self._io = None
         self._last_step = -1
         self.curvature_events = self.noise_events = 0
@@ -239,12 +242,13 @@ class MonitorCallback(Callback):
 
     def _record(self, step: int, path: Path, *, when: float) -> None:
         kind = self._kind(path)
-        if (step, kind) in self._seen:
-            return
-        row = (step, step / self.spe, when, kind, path.name.replace(",", "_"), checkpoint_size_mb(path))
-        self.checkpoints.append([row])
-        self.checkpoints.sync()
-        self._seen.add((step, kind))
+        with self._lock:
+            if (step, kind) in self._seen:
+                return
+            row = (step, step / self.spe, when, kind, path.name.replace(",", "_"), checkpoint_size_mb(path))
+            self.checkpoints.append([row])
+            self.checkpoints.sync()
+            self._seen.add((step, kind))
 
     @staticmethod
     def _checkpoint_keys(path: Path) -> set[tuple[int, str]]:
@@ -267,8 +271,10 @@ class MonitorCallback(Callback):
         self.monitors.load_state_dict(state_dict["monitors"])
 
     def sync(self) -> None:
-        for table in (self.curvature, self.noise, self.checkpoints):
-            table.sync()
+        self.curvature.sync()
+        self.noise.sync()
+        with self._lock:
+            self.checkpoints.sync()
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         self.sync()
@@ -283,8 +289,10 @@ class MonitorCallback(Callback):
         self.sync()
 
     def close(self) -> None:
-        for table in (self.curvature, self.noise, self.checkpoints):
-            table.close()
+        self.curvature.close()
+        self.noise.close()
+        with self._lock:
+            self.checkpoints.close()
 
 
 def build_monitor_callback(cfg, data, *, tables_dir, checkpoint_dirs: dict) -> MonitorCallback:
