@@ -244,3 +244,23 @@ def test_expected_monitor_steps_study_cadence():
     n = expected_monitor_steps(2 * 391, 19550)
     assert len(n) == 25 and n[0] == 782 and n[-1] == 19550
     assert expected_monitor_steps(0, 100).tolist() == []
+
+
+def test_latest_once_per_epoch_passes_and_a_missing_epoch_end_is_reported(tmp_path):
+    # trainer.checkpoint in the run's config: latest only at the last validation of each epoch
+    rows = [r for r in checkpoint_rows() if r[3] == "best" or r[0] % SPE == 0]
+
+    def run(d, checkpoints):
+        write_run(d, checkpoints=checkpoints)
+        info = json.loads((d / "run_info.json").read_text())
+        info["config"] = {"trainer": {"checkpoint": {"latest_every_epochs": 1, "latest_every_minutes": 10.0}}}
+        (d / "run_info.json").write_text(json.dumps(info))
+        return check(d)[1]
+
+    rep = run(tmp_path / "a", rows)
+    assert rep.passed, rep.summary()
+    assert "latest at each of the 3 epoch-end validations" in " | ".join(c.detail for c in rep.checks
+                                                                        if c.name == "checkpoints_recorded")
+    rep = run(tmp_path / "b", [r for r in rows if not (r[0] == 16 and r[3] == "latest")])
+    assert failed(rep) == {"checkpoints_recorded"}
+    assert "latest missing at 1 validation step(s) (first [16])" in reasons(rep)

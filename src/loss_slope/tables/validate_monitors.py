@@ -42,6 +42,28 @@ def _first_bad(mask: np.ndarray, steps: np.ndarray) -> str:
     return f"{len(idx)} row(s), first at step {int(steps[idx[0]])}" if len(idx) else ""
 
 
+def _expected_latest(info: dict, val_steps: np.ndarray) -> tuple[list[int], str]:
+    """Validation steps that must have a ``latest`` checkpoint row.
+
+    With ``trainer.checkpoint`` in the run's config: the last validation of every
+    ``latest_every_epochs``-th epoch (rows from the time criterion or a stop come on
+    top and are not required). Without it (older runs): every validation.
+    """
+    trainer = ((info.get("config") or {}).get("trainer") or {})
+    ck = trainer.get("checkpoint")
+    if ck is None:
+        return [int(s) for s in val_steps], "validations"
+    every = int(ck.get("latest_every_epochs") or 0)
+    spe = int(info["steps_per_epoch"])
+    vi = int(info.get("val_interval") or spe // int(info.get("val_per_epoch") or 1))
+    want = []
+    for s in (int(s) for s in val_steps):
+        epoch = (s - 1) // spe
+        if every and s > 0 and s - epoch * spe + vi > spe and (epoch + 1) % every == 0:
+            want.append(s)
+    return want, f"epoch-end validations (every {every} epoch(s))"
+
+
 def check_monitors(rep, *, info: dict, total: int, val_steps: np.ndarray, tables: dict,
                    diverged_at: int | None = None) -> None:
     """Add the monitor checks to the ValidationReport ``rep``.
@@ -106,12 +128,13 @@ def check_monitors(rep, *, info: dict, total: int, val_steps: np.ndarray, tables
         rep.add("checkpoints_recorded", not len(k), f"checkpoint sizes off: {len(k)} rows, none expected")
         return
     latest = set(ksteps[k["kind"].to_numpy() == "latest"].tolist())
-    missing = [int(s) for s in val_steps if int(s) not in latest]
+    want_latest, latest_text = _expected_latest(info, val_steps)
+    missing = [int(s) for s in want_latest if int(s) not in latest]
     best = ksteps[k["kind"].to_numpy() == "best"]
     off_val = sorted(set(best.tolist()) - set(int(s) for s in val_steps))
     beyond = ksteps[ksteps > total]
     ok = not missing and not off_val and not len(beyond)
-    detail = f"{len(k)} rows: latest at each of the {len(val_steps)} validations, {len(best)} best"
+    detail = f"{len(k)} rows: latest at each of the {len(want_latest)} {latest_text}, {len(best)} best"
     if not ok:
         detail += (f"; latest missing at {len(missing)} validation step(s) (first {missing[:3]}), best off the "
                    f"validation steps {off_val[:3]}, rows beyond step {total}: {len(beyond)}")
