@@ -86,16 +86,26 @@ def check_monitors(rep, *, info: dict, total: int, val_steps: np.ndarray, tables
     rep.add("curvature_cadence", ok, detail)
     if len(c):
         keep = in_range(csteps)
+        # an event that ran out of memory wrote NaN and its reason; the run went on (not range-checked)
+        oom = c["status"].astype(str).str.startswith("out of memory").to_numpy() if "status" in c else \
+            np.zeros(len(c), bool)
+        n_oom = int((oom & keep).sum())
+        keep &= ~oom
         cc, ss = c[keep], csteps[keep]
-        vals = cc[["epoch", "lambda_max", "hutch_trace", "hutch_trace_se", "seconds"]].to_numpy()
+        cols = ["epoch", "lambda_max", "hutch_trace", "hutch_trace_se", "seconds"]
+        cols += [k for k in ("lambda_residual", "lambda_min_ritz") if k in cc]
+        vals = cc[cols].to_numpy()
         bad = ~np.isfinite(vals).all(axis=1)
         lo, hi = int(m.get("lambda_min_iters", 1)), int(m.get("lambda_iters", 10**9))
         bad |= ~cc["lambda_iters"].between(lo, hi).to_numpy()
         bad |= cc["hutch_matvecs"].to_numpy() != int(m.get("hutch_matvecs", 0))
         bad |= cc["hutch_trace_se"].to_numpy() < 0
+        if "lambda_residual" in cc:
+            bad |= cc["lambda_residual"].to_numpy() < 0
         bad |= np.abs(cc["epoch"].to_numpy() - ss / spe) > 1e-12 * np.maximum(ss / spe, 1)
         rep.add("curvature_values", not bad.any(), _first_bad(bad, ss) or (
-            f"finite; {lo} <= lambda_iters <= {hi}; hutch_matvecs = {m.get('hutch_matvecs')}; epoch = step / {spe}"))
+            f"finite; {lo} <= lambda_iters <= {hi}; hutch_matvecs = {m.get('hutch_matvecs')}; epoch = step / {spe}"
+            + (f"; {n_oom} event(s) out of memory (NaN row with the reason)" if n_oom else "")))
 
     # ---- noise ----------------------------------------------------------
     n = frames["noise"]
