@@ -91,3 +91,35 @@ def test_background_write_error_is_raised_in_the_training_thread(tmp_path, monke
     monkeypatch.undo()
     assert torch.load(path, weights_only=True)["global_step"] == 1
     assert not (tmp_path / "latest.ckpt.tmp").exists()
+
+
+def _fake_trainer(step: int, last_batch: bool, io):
+    from types import SimpleNamespace
+
+    saved = []
+    progress = SimpleNamespace(is_last_batch=last_batch)
+    trainer = SimpleNamespace(global_step=step, fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(
+        batch_progress=progress)), strategy=SimpleNamespace(checkpoint_io=io), save_checkpoint=saved.append)
+    return trainer, saved
+
+
+def test_sigterm_after_the_last_batch_of_an_epoch_keeps_the_epoch_end_checkpoint(tmp_path):
+    # Lightning resumes a checkpoint taken after an epoch's last batch (outside a validation) into the epoch
+    # after the next; there the interrupt handler saves nothing and reports the latest checkpoint's step
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from loss_slope.train.interrupt import CheckpointOnInterrupt
+
+    path = tmp_path / "latest.ckpt"
+    io = AtomicCheckpointIO(background=True)
+    io.save_checkpoint({"global_step": 44, "w": torch.ones(2)}, path)  # the epoch's last validation, in flight
+    cb = CheckpointOnInterrupt(path)
+    trainer, saved = _fake_trainer(44, True, io)
+    cb.on_exception(trainer, None, SIGTERMException())
+    assert saved == [] and cb.saved_step == 44
+    trainer, saved = _fake_trainer(50, False, io)  # mid-epoch: saved at this step
+    cb.on_exception(trainer, None, SIGTERMException())
+    assert saved == [str(path)] and cb.saved_step == 50
+    trainer, saved = _fake_trainer(60, False, io)
+    cb.on_exception(trainer, None, RuntimeError("not an interrupt"))
+    assert saved == []
