@@ -109,3 +109,33 @@ def test_channels_last_applies_on_cuda():
     seen, module = _fit_conv_net("gpu", channels_last=True)
     assert module.channels_last is True
     assert all(x_nhwc and w_nhwc for x_nhwc, w_nhwc in seen)
+
+
+def test_cudnn_and_cublas_allocation_failures_count_as_out_of_memory():
+    from loss_slope.train.module import is_out_of_memory
+    assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    assert is_out_of_memory(RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"))
+    assert is_out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"))
+    assert is_out_of_memory(RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be ..."))
+    assert not is_out_of_memory(RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED"))
+    assert not is_out_of_memory(ValueError("CUDNN_STATUS_ALLOC_FAILED"))
+
+
+def test_a_cudnn_allocation_failure_in_a_step_halves_the_micro_batch():
+    def fault(step, micro):
+        if micro > 2:
+            raise RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED")
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    x, y = torch.randn(8, 3, 2, 2), torch.randint(0, 3, (8,))
+    changes = []
+    module = CurveModule(net, lambda p: torch.optim.SGD(p, lr=1.0), Schedule("constant", 0, 10),
+                         micro_batcher=MicroBatcher(min_size=1, on_change=changes.append), fault=fault)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, max_epochs=-1)
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y),
+                                                                        batch_size=8))
+    assert trainer.global_step == 2 and module.micro.size == 2
+    assert [(c["from"], c["to"]) for c in changes] == [(8, 4), (4, 2)]
+    assert "CUDNN_STATUS_ALLOC_FAILED" in changes[0]["error"]
