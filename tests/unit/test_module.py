@@ -139,3 +139,38 @@ def test_a_cudnn_allocation_failure_in_a_step_halves_the_micro_batch():
     assert trainer.global_step == 2 and module.micro.size == 2
     assert [(c["from"], c["to"]) for c in changes] == [(8, 4), (4, 2)]
     assert "CUDNN_STATUS_ALLOC_FAILED" in changes[0]["error"]
+
+
+def test_fused_adamw_on_cuda_only():
+    import functools
+
+    from loss_slope.train.module import fused_kwargs
+    adamw = functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=1e-2)  # what Hydra's _partial_ gives
+    assert fused_kwargs(adamw, torch.device("cuda", 0)) == {"fused": True}
+    assert fused_kwargs(adamw, torch.device("cpu")) == {}
+    assert fused_kwargs(functools.partial(torch.optim.SGD, lr=0.1), torch.device("cuda")) == {}
+    assert fused_kwargs(functools.partial(torch.optim.AdamW, lr=1e-3, foreach=True), torch.device("cuda")) == {}
+
+
+def test_fp16_is_refused_with_the_reason():
+    from loss_slope.train.module import check_precision
+    for ok in ("32-true", "bf16-mixed", "32"):
+        check_precision(ok)
+    for bad in ("16-mixed", "16"):
+        with pytest.raises(ValueError, match="bf16-mixed or 32-true"):
+            check_precision(bad)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_fit_uses_fused_adamw_and_cudnn_benchmark():
+    import functools
+    torch.backends.cudnn.benchmark = False
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 2 * 2, 3))
+    module = CurveModule(net, functools.partial(torch.optim.AdamW, lr=1e-3), Schedule("constant", 0, 10))
+    trainer = pl.Trainer(accelerator="gpu", devices=1, max_steps=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, max_epochs=-1)
+    data = torch.utils.data.TensorDataset(torch.randn(8, 3, 4, 4), torch.randint(0, 3, (8,)))
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=8))
+    assert torch.backends.cudnn.benchmark is True
+    assert trainer.optimizers[0].defaults["fused"] is True

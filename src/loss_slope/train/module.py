@@ -82,6 +82,31 @@ def use_channels_last(requested: bool, device: torch.device | str) -> bool:
     return False
 
 
+UNSUPPORTED_PRECISIONS = ("16-mixed", "16", "16-true")
+
+
+def check_precision(precision) -> None:
+    """fp16 is refused: its ``GradScaler`` reads the inf check on the host every step (a sync per
+    step), and a skipped step's inf/NaN gradients would reach the gradient-noise monitor. Use
+    ``bf16-mixed`` (same exponent range as fp32: no loss scaling, no skipped steps) or ``32-true``."""
+    if str(precision) in UNSUPPORTED_PRECISIONS:
+        raise ValueError(f"trainer.precision={precision} is not supported: fp16 needs loss scaling (a host sync "
+                         "per step, and skipped steps whose inf gradients would reach the monitors); use "
+                         "bf16-mixed or 32-true")
+
+
+def fused_kwargs(factory, device: torch.device) -> dict:
+    """``{"fused": True}`` for AdamW/Adam on CUDA (one fused kernel instead of a foreach loop),
+    unless the optimizer config sets ``fused`` or ``foreach`` itself; ``{}`` otherwise."""
+    func = getattr(factory, "func", factory)
+    keywords = getattr(factory, "keywords", {}) or {}
+    if torch.device(device).type != "cuda" or func not in (torch.optim.AdamW, torch.optim.Adam):
+        return {}
+    if "fused" in keywords or "foreach" in keywords:
+        return {}
+    return {"fused": True}
+
+
 class MicroBatchTooSmall(RuntimeError):
     """Out of memory even at the smallest allowed micro-batch: the run fails."""
 
@@ -166,8 +191,13 @@ class CurveModule(LightningModule):
         return self.net(x)
 
     def on_fit_start(self):
+        check_precision(self.trainer.precision)
         self.channels_last = use_channels_last(self.channels_last_requested, self.device)
         self.net.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        if self.device.type == "cuda":
+            # fixed input shapes (the last, smaller batch of an epoch is a second shape): let cuDNN pick
+            # the fastest convolution algorithms once per shape
+            torch.backends.cudnn.benchmark = True
 
     # ---- one optimizer step ---------------------------------------------
     def training_step(self, batch, batch_idx):
@@ -296,7 +326,7 @@ class CurveModule(LightningModule):
         self.log("loss_val_nats", loss.float(), prog_bar=True, logger=False)
 
     def configure_optimizers(self):
-        opt = self._optimizer_factory(self.net.parameters())
+        opt = self._optimizer_factory(self.net.parameters(), **fused_kwargs(self._optimizer_factory, self.device))
         schedule = self.schedule
 
         def lr_lambda(step: int) -> float:  # a plain function: LambdaLR does not pickle it
