@@ -5,7 +5,7 @@ Trains a CIFAR-shaped ResNet (random 3×32×32 images; CPU by default,
 
 * the median time of one training step without monitors,
 * the per-step cost of the monitor hooks (``observe_gradients`` + ``on_train_step``),
-* the cost of one curvature event (Hutch++ + power iteration) and of one noise event,
+* the cost of one curvature event (Hutch++ + Lanczos) and of one noise event,
 
 and extrapolates to the study cadence (curvature every 500 steps, noise every
 2 epochs of 391 steps) as a ratio to training time without monitors.
@@ -14,6 +14,18 @@ and extrapolates to the study cadence (curvature every 500 steps, noise every
     .venv/bin/python bench/bench_monitors.py --device cuda --base-width 64 --batch-size 128   # the study, on a GPU
 
 On CUDA every time is wall time after ``torch.cuda.synchronize()``.
+
+Two other measurements (docs/monitors.md §2)::
+
+    .venv/bin/python bench/bench_monitors.py --reference      # lambda_max / trace vs a full Lanczos reference
+    .venv/bin/python bench/bench_monitors.py --event-memory --base-width 64 --curvature-batch-size 8
+
+``--reference``: the width-``--base-width`` ResNet-18 on the digits data (16×16), with and
+without BatchNorm, at initialisation and after 100 SGD steps; ``curvature(..., matvecs=50)``
+against a ``--reference-vectors``-vector Lanczos of a float64 copy (top and bottom eigenvalue)
+and a Hutchinson trace with ``--reference-probes`` probes. ``--event-memory``: the peak bytes
+of the tensors created during one event (a dispatch mode that follows every CPU tensor the
+event creates until it is freed), after one training step; in vectors of ``n_params`` floats.
 """
 
 from __future__ import annotations
@@ -29,7 +41,7 @@ from torch import nn
 from loss_slope.metrics.monitors import MonitorConfig, Monitors
 from loss_slope.models.resnet import CifarResNet18
 
-try:  # the first power iteration reuses Hutch++'s H Q products (curvature.curvature)
+try:  # the first Lanczos vector (before: power iteration) reuses Hutch++'s H Q products (curvature.curvature)
     from loss_slope.metrics.curvature import affine_batchnorm as _new_code  # noqa: F401
 
     FREE_FIRST_PRODUCT = 1
@@ -56,11 +68,150 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--markdown", type=Path, default=None, help="also write the table to this file")
+    p.add_argument("--reference", action="store_true", help="lambda_max / trace against a full Lanczos reference")
+    p.add_argument("--reference-vectors", type=int, default=60)
+    p.add_argument("--reference-probes", type=int, default=200)
+    p.add_argument("--event-memory", action="store_true", help="peak extra memory of one curvature event (CPU)")
     return p.parse_args()
+
+
+def reference(args) -> None:
+    """lambda_max, its residual and the trace of ``curvature(matvecs=50)`` against references."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from loss_slope.data.datasets import build_data
+    from loss_slope.metrics import curvature as C
+    from loss_slope.train.compose import compose_train_config
+
+    torch.set_num_threads(args.threads)
+    n_img = args.curvature_batch_size or args.batch_size
+    lines = [f"width-{args.base_width} ResNet-18, digits, {n_img} held-out images, matvecs=50, "
+             f"seeds 0-2; reference: {args.reference_vectors}-vector Lanczos (float64), "
+             f"Hutchinson trace with {args.reference_probes} probes", "",
+             "| case | ref. top | ref. bottom | lambda_max (seeds) | max rel. error | residual | bottom Ritz | "
+             "vectors | products | trace (± s.e.) | ref. trace (± s.e.) | |z| max |", "|---|" * 12]
+    for bn in (True, False):
+        cfg = compose_train_config([f"model.base_width={args.base_width}", f"model.batchnorm={str(bn).lower()}",
+                                    "run_dir=/nonexistent"])
+        data = build_data(cfg.data, seed=0, device=torch.device("cpu"))
+        torch.manual_seed(args.seed)
+        net = CifarResNet18(num_classes=data.num_classes, in_channels=data.in_channels, base_width=args.base_width,
+                            batchnorm=bn)
+        held = [(data.train.normalize(x), y) for x, y in C.fixed_batches(
+            data.train.images, data.train.labels, n_batches=1, batch_size=n_img, seed=0)]
+        for stage in ("initialisation", "100 SGD steps"):
+            if stage != "initialisation":
+                opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+                net.train()
+                it = iter(data.train)
+                for _ in range(100):
+                    try:
+                        x, y = next(it)
+                    except StopIteration:
+                        it = iter(data.train)
+                        x, y = next(it)
+                    opt.zero_grad()
+                    F.cross_entropy(net(x), y).backward()
+                    if not bn:
+                        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+                    opt.step()
+                for p in net.parameters():
+                    p.grad = None
+            ref_net = copy.deepcopy(net).double()
+            with C._probe(ref_net) as m:
+                op = C._HessianOperator(m, F.cross_entropy, held, C._trainable(m), keep_graphs=True)
+                g = torch.Generator().manual_seed(10_000)
+                top, _, bottom, _, _ = C._lanczos(op, C._rademacher((op.dim,), op, g), iters=args.reference_vectors,
+                                                  tol=0.0, min_iters=args.reference_vectors)
+                z = []
+                for _ in range(args.reference_probes):
+                    v = C._rademacher((1, op.dim), op, g)
+                    z.append(float((v * op.matmat(v)).sum()))
+                op.close()
+            z = torch.tensor(z, dtype=torch.float64)
+            ref_trace, ref_se = float(z.mean()), float(z.std() / len(z) ** 0.5)
+            runs = [C.curvature(net, F.cross_entropy, held, matvecs=50, generator=torch.Generator().manual_seed(s))
+                    for s in range(3)]
+            lam = [r.lambda_max for r in runs]
+            err = max(abs(v.value - top) / abs(top) for v in lam)
+            zs = [abs(r.trace.value - ref_trace) / (r.trace.std_error ** 2 + ref_se ** 2) ** 0.5 for r in runs]
+            lines.append(
+                f"| {'BatchNorm' if bn else 'no BatchNorm'}, {stage} | {top:.6g} | {bottom:.4g} | "
+                f"{min(v.value for v in lam):.6g} … {max(v.value for v in lam):.6g} | {err:.1e} | "
+                f"≤ {max(v.residual for v in lam):.1e} | {min(v.bottom for v in lam):.4g} … "
+                f"{max(v.bottom for v in lam):.4g} | {min(v.iterations for v in lam)}–{max(v.iterations for v in lam)} | "
+                f"{min(r.trace.matvecs + v.matvecs for r, v in zip(runs, lam))}–"
+                f"{max(r.trace.matvecs + v.matvecs for r, v in zip(runs, lam))} | "
+                + ", ".join(f"{r.trace.value:.4g} ± {r.trace.std_error:.2g}" for r in runs)
+                + f" | {ref_trace:.4g} ± {ref_se:.2g} | {max(zs):.2f} |")
+            print(lines[-1], flush=True)
+    text = "\n".join(lines)
+    print(text)
+    if args.markdown is not None:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(text + "\n")
+
+
+def event_memory(args) -> None:
+    """Peak bytes of the CPU tensors created during one curvature event (after a training step)."""
+    import weakref
+
+    import torch.nn.functional as F
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    from loss_slope.metrics.curvature import curvature
+
+    class LiveBytes(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.live = self.peak = 0
+            self.seen: dict[int, int] = {}
+            self.refs: list = []
+
+        def _free(self, key: int) -> None:
+            self.live -= self.seen.pop(key, 0)
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+                    st = t.untyped_storage()
+                    key, n = st.data_ptr(), st.nbytes()
+                    if n and key not in self.seen:
+                        self.seen[key] = n
+                        self.live += n
+                        self.peak = max(self.peak, self.live)
+                        self.refs.append(weakref.ref(t, lambda _r, key=key: self._free(key)))
+            return out
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    net = CifarResNet18(num_classes=10, in_channels=3, base_width=args.base_width)
+    n = sum(p.numel() for p in net.parameters())
+    b = args.curvature_batch_size or args.batch_size
+    x, y = torch.randn(b, 3, 32, 32), torch.randint(0, 10, (b,))
+    F.cross_entropy(net(x), y).backward()
+    for p in net.parameters():
+        p.grad = None
+    mode = LiveBytes()
+    with mode:
+        r = curvature(net, F.cross_entropy, [(x, y)], matvecs=args.hutch_matvecs,
+                      generator=torch.Generator().manual_seed(args.seed), matvec_block=args.matvec_block)
+    vec = 4 * n
+    print(f"width {args.base_width}, {n:,} parameters ({vec / 2**20:.1f} MiB per vector), {b} held-out images, "
+          f"hutch_matvecs={args.hutch_matvecs}: peak of the event's tensors {mode.peak / 2**20:.0f} MiB "
+          f"= {mode.peak / vec:.1f} vectors; Lanczos vectors {getattr(r.lambda_max, 'iterations', '?')}")
 
 
 def main() -> None:
     args = parse_args()
+    if args.reference:
+        return reference(args)
+    if args.event_memory:
+        return event_memory(args)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     config = MonitorConfig(
@@ -167,7 +318,7 @@ def main() -> None:
         f"| per-step hooks: observe_gradients + on_train_step (median) | {1e3 * t_hooks:.3f} ms |",
         f"| curvature event (median of {args.curvature_events}) | {t_curv:.2f} s = {t_curv / t_step:.0f} steps |",
         f"| Hessian-vector products per curvature event | {matvecs:g} (Hutch++ {config.hutch_matvecs} "
-        f"+ power iteration {matvecs - config.hutch_matvecs:g}"
+        f"+ Lanczos {matvecs - config.hutch_matvecs:g}"
         + (", its first product free" if FREE_FIRST_PRODUCT else "") + ") |",
         f"| one Hessian-vector product | {1e3 * t_matvec:.1f} ms = {t_matvec / t_step:.2f} steps |",
         f"| noise event (PSD of {config.psd_window} residuals + grad_var) | {1e3 * t_noise:.2f} ms |",

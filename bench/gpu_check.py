@@ -34,7 +34,7 @@ reader and probe worker load it unchanged (no download):
    ``pin_memory``, ``.to(device, non_blocking=True)``), same model and step;
    interleaved repeats, median.
 3. **Opt-in variants** on the fast path: ``channels_last``, bf16 autocast and
-   both. They change numerics (other kernels; bf16 rounding), so training
+   both (the CPU smoke run leaves ``channels_last`` out: it is a CUDA option). They change numerics (other kernels; bf16 rounding), so training
    keeps them off unless a user opts in (``trainer.channels_last``,
    ``trainer.precision``).
 
@@ -90,6 +90,7 @@ OPT_IN = {
     "bf16 autocast": (False, True, "changes numerics (bf16 rounding; `trainer.precision=bf16-mixed`)"),
     "channels_last + bf16 autocast": (True, True, "changes numerics"),
 }
+CPU_CHANNELS_LAST_NOTE = "left out on the CPU: channels_last is a CUDA option"
 FAST_LABEL = "fast path: device-resident data + augmentation (`loss_slope.data.loader`)"
 
 
@@ -184,6 +185,10 @@ def train_timed(cfg, batches, device, *, steps: int, warmup: int, channels_last:
     are copied with ``non_blocking=True``.
     """
     cuda = device.type == "cuda"
+    if channels_last and not cuda:
+        # as in training (`loss_slope.train.module.use_channels_last`): NHWC is a CUDA option; oneDNN's
+        # NHWC backward of a narrow 1x1 stride-2 convolution corrupts the heap on some x86 CPUs
+        return Timing(None, None, CPU_CHANNELS_LAST_NOTE)
     if bf16 and cuda and not torch.cuda.is_bf16_supported():
         return Timing(None, None, "bf16 not supported on this GPU")
     torch.manual_seed(0)

@@ -87,9 +87,9 @@ def test_the_smaller_micro_batch_survives_a_resume(tmp_path):
     p = subprocess.Popen([PYTHON, "-m", "loss_slope.train", *TINY, *OOM, "trainer.fault.oom_fits=16",
                           "trainer.epochs=4", f"run_dir={run}"],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    # wait for a checkpoint after the OOM (every validation writes one), then preempt
+    # wait until training is past the OOM (step 7) and a validation, then preempt: SIGTERM saves a checkpoint
     t0 = time.time()
-    while not (run / "tables/val.csv").exists() or len((run / "tables/val.csv").read_text().splitlines()) < 3:
+    while not (run / "tables/steps.csv").exists() or len((run / "tables/steps.csv").read_text().splitlines()) < 31:
         assert p.poll() is None and time.time() - t0 < 240
         time.sleep(0.05)
     p.send_signal(signal.SIGTERM)
@@ -100,3 +100,37 @@ def test_the_smaller_micro_batch_survives_a_resume(tmp_path):
     assert [(c["attempt"], c["to"]) for c in events(run, "micro_batch")] == [(1, 16)]
     assert pd.read_csv(run / "tables/steps.csv").step.tolist() == list(range(176))
     assert json.loads((run / "done.json").read_text())["micro_batch"]["final"] == 16
+
+
+def test_out_of_memory_in_a_curvature_event_gives_a_nan_row_and_a_finished_run(tmp_path):
+    # curvature every 15 steps; a real torch.cuda.OutOfMemoryError inside the event at step 30
+    run = tmp_path / "run"
+    train(run, "trainer.monitors.curvature_every_steps=15", "trainer.monitors.curvature_batch_size=8",
+          "trainer.monitors.hutch_matvecs=6", "trainer.monitors.lambda_iters=5",
+          "trainer.fault.curvature_oom_run=r", "trainer.fault.curvature_oom_at_step=30")
+    done = json.loads((run / "done.json").read_text())
+    assert done["status"] == "complete" and done["total_steps"] == 88
+    curv = pd.read_csv(run / "tables/curvature.csv")
+    assert curv.step.tolist() == [15, 30, 45, 60, 75]
+    bad = curv[curv.step == 30].iloc[0]
+    assert pd.isna(bad.lambda_max) and pd.isna(bad.hutch_trace)
+    assert bad.status.startswith("out of memory: CUDA out of memory")
+    ok = curv[curv.step != 30]
+    assert (ok.status == "ok").all() and ok.lambda_max.notna().all() and (ok.lambda_residual >= 0).all()
+    assert pd.read_csv(run / "tables/steps.csv").step.tolist() == list(range(88))
+
+
+def test_out_of_memory_in_validation_falls_back_to_smaller_eval_chunks(tmp_path):
+    # from step 11 (the first validation) every forward of more than 64 images runs out of memory:
+    # training batches (32) fit, the validation batch (389 images) is evaluated in chunks of <= 64
+    train(tmp_path / "plain")
+    said = train(tmp_path / "oom", "trainer.fault.oom_run=r", "trainer.fault.oom_at_step=11",
+                 "trainer.fault.oom_fits=64")
+    log = said.stdout + said.stderr
+    assert "out of memory in validation at step 11: evaluating in chunks of 48 images" in log
+    plain = pd.read_csv(tmp_path / "plain/tables/val.csv")
+    oom = pd.read_csv(tmp_path / "oom/tables/val.csv")
+    assert oom.step.tolist() == plain.step.tolist()
+    assert (oom.loss_val_nats - plain.loss_val_nats).abs().max() < 1e-5  # same loss up to rounding
+    assert (oom.acc_val == plain.acc_val).all()
+    assert events(tmp_path / "oom", "micro_batch") == []  # training never needed a smaller micro-batch

@@ -13,9 +13,12 @@ import pytest
 
 from _util import PYTHON, run_cmd
 
-# 3 epochs x 44 steps, tiny net: ~5 s per run on one core
+# 3 epochs x 44 steps, tiny net: ~5 s per run on one core. The latest checkpoint's time criterion is
+# set so small that it is due at every validation (11, 22, ...): resuming mid-epoch is exercised here,
+# the default once-per-epoch cadence in test_monitors_resume.py. Checkpoints are written in the background.
 ARGS = ["experiment=s_core", "trainer.epochs=3", "model.base_width=4", "schedule=cosine",
-        "schedule.warmup_epochs=0.5", "trainer.flush_every_steps=5", "seed=3"]
+        "schedule.warmup_epochs=0.5", "trainer.flush_every_steps=5", "seed=3",
+        "trainer.checkpoint.latest_every_minutes=1e-9"]
 
 
 def train(run_dir, *extra, **kw):
@@ -73,7 +76,10 @@ def test_sigkill_twice_then_resume_is_exact(reference, tmp_path):
     assert [a["reason"] for a in starts][-1] == "resume"
     assert starts[-1]["start_step"] > 0
     assert len(starts) == 3
+    assert starts[1]["start_step"] % 44 != 0  # a mid-epoch resume
     assert (run / "done.json").exists()
+    ck = pd.read_csv(run / "tables" / "checkpoints.csv")
+    assert ck[ck.kind == "latest"].step.tolist() == list(range(11, 133, 11))
 
 
 def test_completed_run_is_not_retrained(reference):

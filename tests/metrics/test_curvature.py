@@ -91,7 +91,7 @@ def test_hutchpp_is_unbiased_with_calibrated_standard_error():
     estimates, errors = [], []
     for seed in range(300):
         value, se, ritz, u, hu = C._hutchpp(_MatrixOperator(a), matvecs=50, generator=gen(seed))
-        torch.testing.assert_close(hu, a @ u)  # the free first power-iteration product
+        torch.testing.assert_close(hu, a @ u)  # the free first Lanczos product
         estimates.append(value)
         errors.append(se)
         assert ritz <= eig[0].item() + 1e-9
@@ -238,9 +238,10 @@ def test_free_first_product_changes_nothing_but_the_count(mlps):
         _, _, _, u, hu = C._hutchpp(op, matvecs=50, generator=gen(1))
         torch.testing.assert_close(hu, op.matmat(u.unsqueeze(0))[0], rtol=1e-9, atol=1e-12)
         before = op.matvecs
-        value, it, _ = C._power_iteration(op, u, iters=20, tol=1e-3, min_iters=5)  # pays for H u
+        value, residual, bottom, it, _ = C._lanczos(op, u, iters=20, tol=1e-3, min_iters=5)  # pays for H u
     assert op.matvecs - before == it == both.lambda_max.iterations
     assert both.lambda_max.value == pytest.approx(value, rel=1e-9)
+    assert both.lambda_max.bottom == pytest.approx(bottom, rel=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -270,3 +271,68 @@ def test_hessian_with_affine_batchnorm_matches_native_products():
     with C._probe(model) as net:  # affine BatchNorm inside
         affine = C._HessianOperator(net, loss_fn, batches, params, keep_graphs=False).matmat(v)
     torch.testing.assert_close(affine, native, rtol=1e-10, atol=1e-12)
+
+
+# ---- Lanczos: the algebraically largest eigenvalue, with a certificate ------------------------
+
+def _reference_cases():
+    """(name, model, batches): no BatchNorm trained, no BatchNorm untrained with an indefinite Hessian
+    whose most negative eigenvalue is the largest in magnitude, and BatchNorm (eval mode)."""
+    trained, tb = trained_mlp(3)
+    indefinite, ib = mlp(2), clustered_data(2)
+    bn, bb = bn_net(5)
+    return [("mlp trained", trained, tb), ("mlp indefinite", indefinite, ib), ("bn net", bn, bb)]
+
+
+@pytest.fixture(scope="module")
+def reference_cases():
+    out = []
+    for name, model, batches in _reference_cases():
+        h = exact_hessian(model, batches)
+        out.append((name, model, batches, torch.linalg.eigvalsh(h), h.trace().item()))
+    return out
+
+
+def test_the_indefinite_case_is_one_where_power_iteration_fails(reference_cases):
+    _, _, _, evals, _ = reference_cases[1]
+    assert -evals[0] > 1.3 * evals[-1] > 0  # largest magnitude is negative: power iteration would return it
+
+
+@pytest.mark.parametrize("case", range(3))
+@pytest.mark.parametrize("seed", range(3))
+def test_curvature_against_the_exact_hessian(reference_cases, case, seed):
+    name, model, batches, evals, trace = reference_cases[case]
+    got = C.curvature(model, loss_fn, batches, matvecs=50, generator=gen(seed))
+    top, bottom = evals[-1].item(), evals[0].item()
+    lam = got.lambda_max
+    assert lam.value == pytest.approx(top, rel=0.01), name
+    assert lam.value <= top + 1e-9  # a Ritz value never exceeds the top eigenvalue
+    assert lam.converged and lam.residual <= 1e-3
+    assert lam.iterations <= 20 and lam.matvecs == lam.iterations - 1  # the first vector's product is free
+    assert got.trace.matvecs + lam.matvecs <= 50 + 19  # never more products than 50 + (20 - 1) power iterations
+    assert bottom - 1e-9 <= lam.bottom <= top
+    assert abs(got.trace.value - trace) < 3 * got.trace.std_error, name
+
+
+def test_residual_certificate_bounds_the_distance_to_an_eigenvalue():
+    g = gen(11)
+    d = 200
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    eig = torch.linspace(-3.0, 2.0, d, dtype=torch.float64)  # indefinite, |bottom| > top, no gap to speak of
+    a = (q * eig) @ q.T
+    op = _MatrixOperator(a)
+    v0 = torch.randn(d, generator=g, dtype=torch.float64)
+    for iters in (3, 6, 12, 40):
+        top, residual, bottom, k, converged = C._lanczos(op, v0, iters=iters, tol=1e-12, min_iters=1)
+        assert k == iters and top <= 2.0 + 1e-12 and bottom >= -3.0 - 1e-12
+        assert (eig - top).abs().min().item() <= residual * abs(top) + 1e-10  # some eigenvalue within the residual
+    assert top == pytest.approx(2.0, rel=1e-3) and bottom == pytest.approx(-3.0, rel=1e-3)
+
+
+def test_lanczos_stops_on_an_invariant_subspace():
+    a = torch.diag(torch.tensor([3.0, -1.0, 0.5, 0.0], dtype=torch.float64))
+    op = _MatrixOperator(a)
+    top, residual, bottom, k, converged = C._lanczos(op, torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=torch.float64),
+                                                     iters=10, tol=1e-12, min_iters=1)
+    assert converged and k == 2 and residual == 0.0
+    assert top == pytest.approx(3.0) and bottom == pytest.approx(-1.0)

@@ -58,6 +58,7 @@ BAD = [
     ("variants.bad name;rm", {"experiment": "s_core"}, "variants"),
     ("training.hydra_overrides", ["model.x=1; rm -rf /"], "training.hydra_overrides[0]"),
     ("training.precision", "fp8", "training.precision"),
+    ("training.precision", "16-mixed", "training.precision"),  # fp16: loss scaling syncs every step
     ("study", "a b", "study"),
 ]
 

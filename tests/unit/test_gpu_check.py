@@ -96,6 +96,9 @@ def _check_report(text: str, *, max_n: int, cpu: bool) -> None:
     assert len(opt_in) == 4
     for label in ("channels_last", "bf16 autocast", "channels_last + bf16 autocast"):
         assert "changes numerics" in opt_in[label][4]
+        if cpu and label.startswith("channels_last"):  # a CUDA option: never run on the CPU
+            assert "left out on the CPU" in opt_in[label][4] and opt_in[label][1] == "—"
+            continue
         if "not supported" not in opt_in[label][4]:
             assert _num(opt_in[label][1]) > 0
     assert "changes numerics" not in opt_in["fp32 (as trained)"][4]
@@ -117,6 +120,13 @@ def test_short_gpu_run_writes_the_table(tmp_path):
     text = _run(tmp_path, "--steps", 30, "--warmup", 5, "--max-n", 2, "--repeats", 1, "--train-size", 5000,
                 "--val-size", 1000, timeout=600)
     _check_report(text, max_n=2, cpu=False)
+
+
+def test_cpu_timing_leaves_channels_last_out():
+    """channels_last is never run on the CPU (oneDNN heap corruption on AVX2-only CPUs): no model is built."""
+    gc = _gpu_check()
+    t = gc.train_timed(None, [], torch.device("cpu"), steps=1, warmup=0, channels_last=True)
+    assert t.samples_per_s is None and t.note == gc.CPU_CHANNELS_LAST_NOTE
 
 
 def test_without_cuda_and_without_switch_exits_2(tmp_path):

@@ -55,3 +55,122 @@ def test_inductor_compiled_training_on_cuda_matches_eager():
     module = CurveModule(net, lambda p: torch.optim.SGD(p, lr=0.1), Schedule("constant", 0, 10), compile={})
     x = torch.randn(16, 3, 32, 32, device="cuda")
     torch.testing.assert_close(module._train_forward(x), module(x), rtol=1e-3, atol=1e-3)
+
+
+def _fit_conv_net(accelerator: str, channels_last: bool):
+    """Two steps of a net with the narrow 1x1 stride-2 convolution (4 input channels) that oneDNN's NHWC
+    backward corrupts on AVX2-only CPUs; returns, per convolution call, whether its input and weight
+    were channels_last."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 1, stride=2), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3),
+                              torch.nn.Flatten(), torch.nn.Linear(8 * 2 * 2, 3))
+    seen = []
+
+    def hook(mod, args):
+        x = args[0]
+        seen.append((x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(),
+                     mod.weight.is_contiguous(memory_format=torch.channels_last) and not mod.weight.is_contiguous()))
+
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_pre_hook(hook)
+    x, y = torch.randn(8, 4, 8, 8), torch.randint(0, 3, (8,))
+    module = CurveModule(net, lambda p: torch.optim.SGD(p, lr=0.1), Schedule("constant", 0, 10),
+                         channels_last=channels_last)
+    trainer = pl.Trainer(accelerator=accelerator, devices=1, max_steps=2, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, max_epochs=-1)
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y),
+                                                                        batch_size=8))
+    return seen, module
+
+
+def test_channels_last_is_ignored_on_the_cpu(caplog):
+    # Regression: a CPU run with trainer.channels_last=true ran NHWC convolutions, and the backward of a
+    # 1x1 stride-2 conv with 4 input channels aborts with heap corruption on AVX2-only x86 CPUs.
+    with caplog.at_level("INFO", logger="loss_slope.train"):
+        seen, module = _fit_conv_net("cpu", channels_last=True)
+    assert len(seen) == 4  # 2 steps x 2 convolutions
+    assert not any(x_nhwc or w_nhwc for x_nhwc, w_nhwc in seen)
+    assert module.channels_last is False and module.channels_last_requested is True
+    lines = [r.getMessage() for r in caplog.records if "channels_last" in r.getMessage()]
+    assert len(lines) == 1 and "CUDA option" in lines[0]
+
+
+def test_channels_last_is_a_cuda_option():
+    from loss_slope.train.module import use_channels_last
+    assert use_channels_last(True, torch.device("cuda", 0)) is True
+    assert use_channels_last(True, "cpu") is False
+    assert use_channels_last(False, "cuda") is False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_channels_last_applies_on_cuda():
+    seen, module = _fit_conv_net("gpu", channels_last=True)
+    assert module.channels_last is True
+    assert all(x_nhwc and w_nhwc for x_nhwc, w_nhwc in seen)
+
+
+def test_cudnn_and_cublas_allocation_failures_count_as_out_of_memory():
+    from loss_slope.train.module import is_out_of_memory
+    assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    assert is_out_of_memory(RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"))
+    assert is_out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"))
+    assert is_out_of_memory(RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be ..."))
+    assert not is_out_of_memory(RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED"))
+    assert not is_out_of_memory(ValueError("CUDNN_STATUS_ALLOC_FAILED"))
+
+
+def test_a_cudnn_allocation_failure_in_a_step_halves_the_micro_batch():
+    def fault(step, micro):
+        if micro > 2:
+            raise RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED")
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    x, y = torch.randn(8, 3, 2, 2), torch.randint(0, 3, (8,))
+    changes = []
+    module = CurveModule(net, lambda p: torch.optim.SGD(p, lr=1.0), Schedule("constant", 0, 10),
+                         micro_batcher=MicroBatcher(min_size=1, on_change=changes.append), fault=fault)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, max_epochs=-1)
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y),
+                                                                        batch_size=8))
+    assert trainer.global_step == 2 and module.micro.size == 2
+    assert [(c["from"], c["to"]) for c in changes] == [(8, 4), (4, 2)]
+    assert "CUDNN_STATUS_ALLOC_FAILED" in changes[0]["error"]
+
+
+def test_fused_adamw_on_cuda_only():
+    import functools
+
+    from loss_slope.train.module import fused_kwargs
+    adamw = functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=1e-2)  # what Hydra's _partial_ gives
+    assert fused_kwargs(adamw, torch.device("cuda", 0)) == {"fused": True}
+    assert fused_kwargs(adamw, torch.device("cpu")) == {}
+    assert fused_kwargs(functools.partial(torch.optim.SGD, lr=0.1), torch.device("cuda")) == {}
+    assert fused_kwargs(functools.partial(torch.optim.AdamW, lr=1e-3, foreach=True), torch.device("cuda")) == {}
+
+
+def test_fp16_is_refused_with_the_reason():
+    from loss_slope.train.module import check_precision
+    for ok in ("32-true", "bf16-mixed", "32"):
+        check_precision(ok)
+    for bad in ("16-mixed", "16"):
+        with pytest.raises(ValueError, match="bf16-mixed or 32-true"):
+            check_precision(bad)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_fit_uses_fused_adamw_and_cudnn_benchmark():
+    import functools
+    torch.backends.cudnn.benchmark = False
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 2 * 2, 3))
+    module = CurveModule(net, functools.partial(torch.optim.AdamW, lr=1e-3), Schedule("constant", 0, 10))
+    trainer = pl.Trainer(accelerator="gpu", devices=1, max_steps=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, max_epochs=-1)
+    data = torch.utils.data.TensorDataset(torch.randn(8, 3, 4, 4), torch.randint(0, 3, (8,)))
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=8))
+    assert torch.backends.cudnn.benchmark is True
+    assert trainer.optimizers[0].defaults["fused"] is True

@@ -108,3 +108,56 @@ def test_best_checkpoints_are_written_without_the_monitor_state(tmp_path):
     assert set(read[latest / "latest.ckpt"]["callbacks"]) == {cb.state_key, "Other"}
     assert set(read[tmp_path / "other.ckpt"]["callbacks"]) == {cb.state_key, "Other"}
     assert cb.state_key in checkpoint["callbacks"]  # the caller's dict is not changed
+
+
+class _FakeModule(torch.nn.Module):
+    """What the callback needs of a LightningModule: a net, its device, parameters."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 8), torch.nn.Tanh(),
+                                       torch.nn.Linear(8, 3))
+
+    @property
+    def device(self):
+        return torch.device("cpu")
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_out_of_memory_in_a_curvature_event_writes_a_nan_row_with_the_reason(tmp_path, caplog):
+    import gc
+    import weakref
+
+    from loss_slope.metrics.monitors import MonitorConfig
+    from loss_slope.train.faults import InjectedCurvatureOOM
+
+    module = _FakeModule()
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(16, 3, 2, 2, generator=g), torch.randint(0, 3, (16,), generator=g))]
+    held = []  # what the failed event allocated: its logits (and the graph behind them) must be freed
+
+    def loss_fn(logits, y):
+        held.append(weakref.ref(logits))
+        return torch.nn.functional.cross_entropy(logits, y)
+
+    cb = MonitorCallback(tables_dir=tmp_path / "tables", config=MonitorConfig(curvature_every_steps=5,
+                         noise_every_epochs=0, hutch_matvecs=6, lambda_iters=5), batches=batches,
+                         steps_per_epoch=10, loss_fn=loss_fn, fault=InjectedCurvatureOOM(at_step=10))
+    with caplog.at_level("WARNING", logger="loss_slope.train"):
+        cb._curvature(module, 5)
+        cb._curvature(module, 10)  # a real torch.cuda.OutOfMemoryError inside the event
+        cb._curvature(module, 15)
+    cb.close()
+    rows = (tmp_path / "tables" / "curvature.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    by_step = {int(r.split(",")[0]): dict(zip(header, r.split(","))) for r in rows[1:]}
+    assert sorted(by_step) == [5, 10, 15]
+    assert by_step[10]["lambda_max"] == "nan" and by_step[10]["hutch_trace"] == "nan"
+    assert by_step[10]["status"].startswith("out of memory: CUDA out of memory")
+    assert by_step[5]["status"] == by_step[15]["status"] == "ok" and float(by_step[15]["lambda_residual"]) >= 0
+    assert any("curvature at step 10: out of memory" in r.getMessage() for r in caplog.records)
+    gc.collect()
+    assert held and all(ref() is None for ref in held)  # nothing of the failed event is kept alive

@@ -25,8 +25,8 @@ MONITORS = {"enabled": True, "curvature_every_steps": 6, "noise_every_epochs": 1
 MONITOR_TABLES = ("curvature", "noise", "checkpoints")
 
 
-def curvature_row(s, lam=50.0):
-    return (s, s / SPE, lam, 100.0 + s, 5, 9, 0.25, True, 3.0)
+def curvature_row(s, lam=50.0, status="ok"):
+    return (s, s / SPE, lam, 100.0 + s, 5, 9, 0.25, True, 3.0, 1e-4, -2.0, status)
 
 
 def noise_row(s, points=None, tail=0.1):
@@ -244,3 +244,38 @@ def test_expected_monitor_steps_study_cadence():
     n = expected_monitor_steps(2 * 391, 19550)
     assert len(n) == 25 and n[0] == 782 and n[-1] == 19550
     assert expected_monitor_steps(0, 100).tolist() == []
+
+
+def test_latest_once_per_epoch_passes_and_a_missing_epoch_end_is_reported(tmp_path):
+    # trainer.checkpoint in the run's config: latest only at the last validation of each epoch
+    rows = [r for r in checkpoint_rows() if r[3] == "best" or r[0] % SPE == 0]
+
+    def run(d, checkpoints):
+        write_run(d, checkpoints=checkpoints)
+        info = json.loads((d / "run_info.json").read_text())
+        info["config"] = {"trainer": {"checkpoint": {"latest_every_epochs": 1, "latest_every_minutes": 10.0}}}
+        (d / "run_info.json").write_text(json.dumps(info))
+        return check(d)[1]
+
+    rep = run(tmp_path / "a", rows)
+    assert rep.passed, rep.summary()
+    assert "latest at each of the 3 epoch-end validations" in " | ".join(c.detail for c in rep.checks
+                                                                        if c.name == "checkpoints_recorded")
+    rep = run(tmp_path / "b", [r for r in rows if not (r[0] == 16 and r[3] == "latest")])
+    assert failed(rep) == {"checkpoints_recorded"}
+    assert "latest missing at 1 validation step(s) (first [16])" in reasons(rep)
+
+
+def test_curvature_event_out_of_memory_is_a_nan_row_with_its_reason_and_passes(tmp_path):
+    nan = math.nan
+    oom = (12, 12 / SPE, nan, nan, 0, 0, 0.5, False, nan, nan, nan, "out of memory: CUDA out of memory. Tried")
+    rows = [curvature_row(6), oom, curvature_row(18), curvature_row(24)]
+    write_run(tmp_path / "a", curvature=rows)
+    _, rep = check(tmp_path / "a")
+    assert rep.passed, rep.summary()
+    assert "1 event(s) out of memory" in " | ".join(c.detail for c in rep.checks if c.name == "curvature_values")
+    # any other failure (e.g. non-finite weights) is still reported
+    failed_row = oom[:-1] + ("failed: CurvatureError: non-finite",)
+    write_run(tmp_path / "b", curvature=[curvature_row(6), failed_row, curvature_row(18), curvature_row(24)])
+    _, rep = check(tmp_path / "b")
+    assert failed(rep) == {"curvature_values"}

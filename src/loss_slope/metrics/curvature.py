@@ -1,6 +1,7 @@
 """Curvature of the training loss: top Hessian eigenvalue and Hessian trace.
 
-Both quantities are taken of the mean loss over a *fixed* list of held-out
+The top eigenvalue comes from Lanczos (algebraically largest, with a residual
+certificate), the trace from Hutch++. Both quantities are taken of the mean loss over a *fixed* list of held-out
 training batches, so that successive measurements differ only because the
 weights changed.  Hessian-vector products use double backprop
 (``torch.autograd.grad`` with ``create_graph=True``).
@@ -46,25 +47,32 @@ __all__ = [
 
 @dataclass(frozen=True)
 class LambdaMax:
-    """Top Hessian eigenvalue by power iteration.
+    """Top (algebraically largest) Hessian eigenvalue by Lanczos.
 
     Attributes
     ----------
     value : float
-        Rayleigh quotient ``v·Hv`` of the last unit iterate, in loss units per
-        (parameter unit)². Power iteration finds the eigenvalue of largest
-        *magnitude*; for trained nets that is the top positive one.
+        The largest Ritz value of the Lanczos tridiagonal matrix ``T_k``, in loss
+        units per (parameter unit)². It is the algebraically largest eigenvalue
+        (not the largest in magnitude): a negative value means ``H`` is negative
+        definite. A Ritz value never exceeds the true top eigenvalue.
     iterations : int
-        Power iterations (one Hessian-vector product each).
+        Lanczos vectors ``k`` (the size of ``T_k``); each costs one Hessian-vector
+        product, except the first when its product is already known (:func:`curvature`).
     converged : bool
-        True when the relative change of the Rayleigh quotient fell below
-        ``tol`` before ``iters`` ran out.
+        True when the relative residual fell to ``tol`` or below (or the Krylov
+        space became invariant) within ``iters`` vectors.
     seconds : float
         Wall time of the measurement.
     matvecs : int
-        Hessian-vector products computed for it: ``iterations``, or one fewer
-        when started from Hutch++'s top Ritz vector, whose product ``H u`` is
-        already known (:func:`curvature`). -1 when not recorded.
+        Hessian-vector products computed for it. -1 when not recorded.
+    residual : float
+        Convergence certificate ``‖H v − λ v‖ / |λ|`` of the unit Ritz vector ``v``
+        of ``value``. Some eigenvalue of ``H`` lies within ``residual·|λ|`` of the
+        value (and within ``(residual·λ)²/gap`` when the next Ritz value is ``gap`` below).
+    bottom : float
+        The smallest Ritz value of ``T_k``: an upper bound on the smallest
+        eigenvalue (the most negative curvature seen), not certified.
     """
 
     value: float
@@ -72,6 +80,8 @@ class LambdaMax:
     converged: bool
     seconds: float
     matvecs: int = -1
+    residual: float = math.nan
+    bottom: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -306,7 +316,7 @@ def _probe(model: nn.Module) -> Iterator[nn.Module]:
         yield model
 
 
-def _power_iteration(
+def _lanczos(
     op: _HessianOperator,
     init: Tensor,
     *,
@@ -314,32 +324,60 @@ def _power_iteration(
     tol: float,
     min_iters: int,
     init_product: Tensor | None = None,
-) -> tuple[float, int, bool]:
-    """Power iteration from ``init``; ``init_product = H init`` (if known) saves the first product.
+) -> tuple[float, float, float, int, bool]:
+    """Lanczos with full reorthogonalisation from ``init``; ``init_product = H init`` saves a product.
 
-    Returns (Rayleigh quotient, iterations, converged). Iterations count ``init_product``
-    as one; ``op.matvecs`` counts only the products actually computed.
+    Runs until the top Ritz pair ``(θ, v)`` of ``T_k`` has ``‖H v − θ v‖ ≤ tol·|θ|``
+    (checked from ``min_iters`` vectors on), the Krylov space is invariant, or
+    ``iters`` vectors are used. The residual is ``β_k |s_k|`` (``s`` the eigenvector of
+    ``T_k``), exact because every new vector is orthogonalised twice against all
+    earlier ones. Returns (top Ritz value, relative residual, smallest Ritz value,
+    vectors k, converged). The vectors are the only memory it keeps (k × n_params).
     """
     if iters < 1:
         raise CurvatureError(f"iters must be >= 1, got {iters}")
     norm0 = init.norm()
-    v = init / norm0
-    value, previous, converged, it = 0.0, math.nan, False, 0
-    for it in range(1, iters + 1):
-        if it == 1 and init_product is not None:
+    if not torch.isfinite(norm0) or float(norm0) == 0.0:
+        raise CurvatureError("the Lanczos start vector is zero or not finite")
+    basis = [init / norm0]
+    alphas: list[float] = []
+    betas: list[float] = []
+    top = bottom = residual = math.nan
+    converged = False
+    for k in range(1, iters + 1):
+        v = basis[-1]
+        if k == 1 and init_product is not None:
             w = init_product / norm0  # H is linear: H (init/‖init‖) = (H init)/‖init‖
         else:
             w = op.matmat(v.unsqueeze(0))[0]
-        value = float(torch.dot(v, w))
-        norm = w.norm()
-        if float(norm) == 0.0:  # H v = 0 exactly: v is in the null space and H may be zero
+        alphas.append(float(torch.dot(v, w)))
+        for _ in range(2):  # full reorthogonalisation, twice ("twice is enough")
+            for b in basis:
+                w.sub_(b, alpha=float(torch.dot(b, w)))
+        beta = float(w.norm())
+        t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+        if betas:
+            off = torch.tensor(betas, dtype=torch.float64)
+            t += torch.diag(off, 1) + torch.diag(off, -1)
+        evals, evecs = torch.linalg.eigh(t)
+        top, bottom = float(evals[-1]), float(evals[0])
+        if not math.isfinite(top) or not math.isfinite(beta):
+            raise CurvatureError("non-finite Hessian-vector product")
+        scale = abs(top) if top != 0.0 else 1.0
+        residual = abs(beta * float(evecs[-1, -1])) / scale
+        # invariant Krylov space: T_k holds exact eigenvalues of H
+        if beta <= 1e-12 * max(abs(top), abs(bottom), 1e-30):
+            converged, residual = True, 0.0
+            break
+        if k >= min_iters and residual <= tol:
             converged = True
             break
-        if it >= min_iters and abs(value - previous) < tol * abs(value):
-            converged = True
-            break
-        v, previous = w / norm, value
-    return value, it, converged
+        if k < iters:
+            basis.append(w.div_(beta))
+            betas.append(beta)
+        del w
+    basis.clear()
+    return top, residual, bottom, k, converged
 
 
 def _hutchpp(
@@ -347,8 +385,11 @@ def _hutchpp(
 ) -> tuple[float, float, float, Tensor, Tensor]:
     """Return (trace, std_error, top Ritz value, top Ritz vector u, H u).
 
-    ``H u = (HQ)ᵀ e`` comes from the products already made for ``tr(QᵀHQ)``, so power
-    iteration started at ``u`` gets its first product for free.
+    ``H u = (HQ)ᵀ e`` comes from the products already made for ``tr(QᵀHQ)``, so
+    Lanczos started at ``u`` gets its first product for free. Memory: the sketch
+    is freed once ``Q`` is formed, and the residual probes are drawn and
+    multiplied in chunks of ``max(1, matvec_block)``, so at most ``2m + 2·chunk``
+    vectors of ``n_params`` live at once (``m = matvecs // 3``).
     """
     if matvecs < 3:
         raise CurvatureError(f"Hutch++ needs at least 3 matvecs, got {matvecs}")
@@ -356,17 +397,26 @@ def _hutchpp(
     n_resid = matvecs - 2 * m
     sketch = op.matmat(_rademacher((m, op.dim), op, generator))
     q, _ = torch.linalg.qr(sketch.T)  # (dim, min(dim, m)), orthonormal columns
+    del sketch
     qt = q.T.contiguous()
+    del q
     hq = op.matmat(qt)
     t = qt @ hq.T
     t = (t + t.T) / 2
     top_trace = torch.trace(t)
     evals, evecs = torch.linalg.eigh(t)
-    ritz_vector = q @ evecs[:, -1]
-    ritz_product = hq.T @ evecs[:, -1]  # H (Q e) = Σᵢ eᵢ H qᵢ
-    g = _rademacher((n_resid, op.dim), op, generator)
-    g -= (g @ q) @ qt  # project onto the complement of span(Q)
-    z = (g * op.matmat(g)).sum(dim=1)
+    ritz_vector = evecs[:, -1] @ qt
+    ritz_product = evecs[:, -1] @ hq  # H (Q e) = Σᵢ eᵢ H qᵢ
+    del hq
+    chunk = max(1, getattr(op, "block", 1))
+    z = []
+    for first in range(0, n_resid, chunk):
+        g = _rademacher((min(chunk, n_resid - first), op.dim), op, generator)
+        g -= (g @ qt.T) @ qt  # project onto the complement of span(Q)
+        z.append((g * op.matmat(g)).sum(dim=1))
+        del g
+    del qt
+    z = torch.cat(z)
     value = float(top_trace + z.mean())
     std_error = float(z.std(correction=1) / math.sqrt(n_resid)) if n_resid > 1 else math.nan
     return value, std_error, float(evals[-1]), ritz_vector, ritz_product
@@ -385,7 +435,7 @@ def lambda_max(
     keep_graphs: bool = True,
     matvec_block: int = 1,
 ) -> LambdaMax:
-    """Largest Hessian eigenvalue of the mean loss over ``batches`` by power iteration.
+    """Largest (algebraically) Hessian eigenvalue of the mean loss over ``batches`` by Lanczos.
 
     Parameters
     ----------
@@ -399,11 +449,12 @@ def lambda_max(
         Fixed held-out training batches; moved to the parameters' device, and
         floating inputs cast to the parameters' dtype.
     iters : int
-        Maximum number of iterations (= Hessian-vector products).
+        Maximum number of Lanczos vectors (= Hessian-vector products).
     tol : float
-        Stop when ``|λ_i − λ_{i−1}| < tol·|λ_i|``, checked from ``min_iters`` on.
+        Stop when the top Ritz pair's relative residual ``‖H v − λ v‖ / |λ|`` is at
+        most ``tol``, checked from ``min_iters`` vectors on.
     min_iters : int
-        Iterations always run before the convergence check may stop the loop.
+        Lanczos vectors always built before the convergence check may stop the loop.
     generator : torch.Generator, optional
         Source of the random start vector (Rademacher, normalised).
     init : Tensor, optional
@@ -413,7 +464,7 @@ def lambda_max(
         Build each batch's gradient graph once and reuse it for every product.
     matvec_block : int
         Hessian-vector products per vmapped backward pass (Hutch++ stages only;
-        power iteration is sequential). 1 = one product per backward.
+        Lanczos is sequential). 1 = one product per backward.
 
     Returns
     -------
@@ -424,12 +475,11 @@ def lambda_max(
         op = _HessianOperator(net, loss_fn, batches, _trainable(net), keep_graphs=keep_graphs, block=matvec_block)
         try:
             v0 = _rademacher((op.dim,), op, generator) if init is None else init.to(op.device, op.dtype)
-            value, it, converged = _power_iteration(op, v0, iters=iters, tol=tol, min_iters=min_iters)
+            value, residual, bottom, it, converged = _lanczos(op, v0, iters=iters, tol=tol, min_iters=min_iters)
         finally:
             op.close()
-    return LambdaMax(
-        value=value, iterations=it, converged=converged, seconds=time.perf_counter() - start, matvecs=op.matvecs
-    )
+    return LambdaMax(value=value, iterations=it, converged=converged, seconds=time.perf_counter() - start,
+                     matvecs=op.matvecs, residual=residual, bottom=bottom)
 
 
 def hutch_trace(
@@ -482,14 +532,16 @@ def curvature(
     keep_graphs: bool = True,
     matvec_block: int = 1,
 ) -> Curvature:
-    """Hutch++ trace, then power iteration started from the top Ritz vector of Hutch++.
+    """Hutch++ trace, then Lanczos started from the top Ritz vector of Hutch++'s sketch.
 
-    One Hessian operator serves both, so the gradient graphs are built once, and
-    the Ritz start usually lets power iteration converge in ``min_iters``
-    iterations. The first iteration's product ``H u`` of the Ritz vector ``u``
-    is a combination of Hutch++'s ``H Q`` products, so it costs nothing:
-    power iteration uses ``iterations − 1`` products. Parameters as in
-    :func:`lambda_max` and :func:`hutch_trace`.
+    One Hessian operator serves both, so the gradient graphs are built once. The
+    Lanczos start ``u = Q e`` is the top eigenvector of ``QᵀHQ``, the sketch's best
+    guess of the top eigenvector, and ``H u`` is a combination of Hutch++'s ``H Q``
+    products, so the first Lanczos vector costs nothing: Lanczos uses
+    ``iterations − 1`` products (at most ``iters − 1``). Lanczos gives the
+    algebraically largest eigenvalue with a residual certificate, and the smallest
+    Ritz value (power iteration would give the largest in magnitude).
+    Parameters as in :func:`lambda_max` and :func:`hutch_trace`.
     """
     start = time.perf_counter()
     with _probe(model) as net:
@@ -499,10 +551,12 @@ def curvature(
             value, se, ritz, ritz_vector, ritz_product = _hutchpp(op, matvecs=matvecs, generator=generator)
             trace = HutchTrace(value, op.matvecs, time.perf_counter() - t0, se, se * se, ritz)
             t0, before = time.perf_counter(), op.matvecs
-            lam, it, converged = _power_iteration(
+            lam, residual, bottom, it, converged = _lanczos(
                 op, ritz_vector, iters=iters, tol=tol, min_iters=min_iters, init_product=ritz_product
             )
-            top = LambdaMax(lam, it, converged, time.perf_counter() - t0, matvecs=op.matvecs - before)
+            del ritz_vector, ritz_product
+            top = LambdaMax(lam, it, converged, time.perf_counter() - t0, matvecs=op.matvecs - before,
+                            residual=residual, bottom=bottom)
         finally:
             op.close()
     return Curvature(lambda_max=top, trace=trace, seconds=time.perf_counter() - start)

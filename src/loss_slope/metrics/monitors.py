@@ -70,6 +70,9 @@ CURVATURE_KEYS = (
     "seconds",
     "lambda_converged",
     "hutch_trace_se",
+    "lambda_residual",
+    "lambda_min_ritz",
+    "status",
 )
 NOISE_KEYS = ("step", "epoch", "psd_tail", "resid_power", "grad_var", "psd_points", "grad_var_steps")
 
@@ -86,9 +89,10 @@ class MonitorConfig:
     curvature_every_steps : int
         Measure curvature after every this many optimizer steps; 0 disables.
     lambda_iters, lambda_min_iters : int
-        Maximum and minimum power iterations (Hessian-vector products).
+        Maximum and minimum Lanczos vectors (Hessian-vector products; the first is free
+        after Hutch++).
     lambda_tol : float
-        Relative change of the Rayleigh quotient that counts as converged.
+        Relative residual ``‖H v − λ v‖ / |λ|`` of the top Ritz pair that counts as converged.
     hutch_matvecs : int
         Hessian-vector products of Hutch++.
     curvature_batches : int
@@ -198,7 +202,11 @@ class Monitors:
     def measure_curvature(
         self, model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], step: int, epoch: float
     ) -> dict[str, Any]:
-        """Hutch++ trace and power-iteration ``lambda_max`` on the fixed batches; one row."""
+        """Hutch++ trace and Lanczos ``lambda_max`` (started from the Hutch++ sketch) on the fixed batches; one row.
+
+        ``lambda_residual`` is the certificate ``‖H v − λ v‖ / |λ|``, ``lambda_min_ritz`` the
+        smallest Ritz value, ``status`` ``"ok"`` (a failed event's row says why).
+        """
         cfg = self.config
         if len(batches) != cfg.curvature_batches:
             raise MonitorError(f"got {len(batches)} curvature batches, config says {cfg.curvature_batches}")
@@ -225,6 +233,9 @@ class Monitors:
             "seconds": result.seconds,
             "lambda_converged": result.lambda_max.converged,
             "hutch_trace_se": result.trace.std_error,
+            "lambda_residual": result.lambda_max.residual,
+            "lambda_min_ritz": result.lambda_max.bottom,
+            "status": "ok",
         }
 
     # --- noise ---------------------------------------------------------------------

@@ -47,13 +47,16 @@ CURVATURE = pa.schema(
     [
         pa.field("step", pa.int64(), nullable=False),
         pa.field("epoch", pa.float64(), nullable=False),  # step / steps_per_epoch
-        pa.field("lambda_max", pa.float64(), nullable=False),  # top Hessian eigenvalue (power iteration)
+        pa.field("lambda_max", pa.float64(), nullable=False),  # top (algebraic) Hessian eigenvalue (Lanczos)
         pa.field("hutch_trace", pa.float64(), nullable=False),  # Hessian trace (Hutch++)
-        pa.field("lambda_iters", pa.int64(), nullable=False),  # power iterations used
+        pa.field("lambda_iters", pa.int64(), nullable=False),  # Lanczos vectors used
         pa.field("hutch_matvecs", pa.int64(), nullable=False),  # Hessian-vector products of Hutch++
         pa.field("seconds", pa.float64(), nullable=False),  # wall time of the measurement
         pa.field("lambda_converged", pa.bool_(), nullable=False),
         pa.field("hutch_trace_se", pa.float64(), nullable=False),  # standard error of hutch_trace
+        pa.field("lambda_residual", pa.float64(), nullable=False),  # ||Hv - lambda v|| / |lambda|
+        pa.field("lambda_min_ritz", pa.float64(), nullable=False),  # smallest Ritz value (Lanczos)
+        pa.field("status", pa.string(), nullable=False),  # ok, or why the event wrote NaN
     ]
 )
 

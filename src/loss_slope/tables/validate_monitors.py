@@ -42,6 +42,28 @@ def _first_bad(mask: np.ndarray, steps: np.ndarray) -> str:
     return f"{len(idx)} row(s), first at step {int(steps[idx[0]])}" if len(idx) else ""
 
 
+def _expected_latest(info: dict, val_steps: np.ndarray) -> tuple[list[int], str]:
+    """Validation steps that must have a ``latest`` checkpoint row.
+
+    With ``trainer.checkpoint`` in the run's config: the last validation of every
+    ``latest_every_epochs``-th epoch (rows from the time criterion or a stop come on
+    top and are not required). Without it (older runs): every validation.
+    """
+    trainer = ((info.get("config") or {}).get("trainer") or {})
+    ck = trainer.get("checkpoint")
+    if ck is None:
+        return [int(s) for s in val_steps], "validations"
+    every = int(ck.get("latest_every_epochs") or 0)
+    spe = int(info["steps_per_epoch"])
+    vi = int(info.get("val_interval") or spe // int(info.get("val_per_epoch") or 1))
+    want = []
+    for s in (int(s) for s in val_steps):
+        epoch = (s - 1) // spe
+        if every and s > 0 and s - epoch * spe + vi > spe and (epoch + 1) % every == 0:
+            want.append(s)
+    return want, f"epoch-end validations (every {every} epoch(s))"
+
+
 def check_monitors(rep, *, info: dict, total: int, val_steps: np.ndarray, tables: dict,
                    diverged_at: int | None = None) -> None:
     """Add the monitor checks to the ValidationReport ``rep``.
@@ -64,16 +86,26 @@ def check_monitors(rep, *, info: dict, total: int, val_steps: np.ndarray, tables
     rep.add("curvature_cadence", ok, detail)
     if len(c):
         keep = in_range(csteps)
+        # an event that ran out of memory wrote NaN and its reason; the run went on (not range-checked)
+        oom = c["status"].astype(str).str.startswith("out of memory").to_numpy() if "status" in c else \
+            np.zeros(len(c), bool)
+        n_oom = int((oom & keep).sum())
+        keep &= ~oom
         cc, ss = c[keep], csteps[keep]
-        vals = cc[["epoch", "lambda_max", "hutch_trace", "hutch_trace_se", "seconds"]].to_numpy()
+        cols = ["epoch", "lambda_max", "hutch_trace", "hutch_trace_se", "seconds"]
+        cols += [k for k in ("lambda_residual", "lambda_min_ritz") if k in cc]
+        vals = cc[cols].to_numpy()
         bad = ~np.isfinite(vals).all(axis=1)
         lo, hi = int(m.get("lambda_min_iters", 1)), int(m.get("lambda_iters", 10**9))
         bad |= ~cc["lambda_iters"].between(lo, hi).to_numpy()
         bad |= cc["hutch_matvecs"].to_numpy() != int(m.get("hutch_matvecs", 0))
         bad |= cc["hutch_trace_se"].to_numpy() < 0
+        if "lambda_residual" in cc:
+            bad |= cc["lambda_residual"].to_numpy() < 0
         bad |= np.abs(cc["epoch"].to_numpy() - ss / spe) > 1e-12 * np.maximum(ss / spe, 1)
         rep.add("curvature_values", not bad.any(), _first_bad(bad, ss) or (
-            f"finite; {lo} <= lambda_iters <= {hi}; hutch_matvecs = {m.get('hutch_matvecs')}; epoch = step / {spe}"))
+            f"finite; {lo} <= lambda_iters <= {hi}; hutch_matvecs = {m.get('hutch_matvecs')}; epoch = step / {spe}"
+            + (f"; {n_oom} event(s) out of memory (NaN row with the reason)" if n_oom else "")))
 
     # ---- noise ----------------------------------------------------------
     n = frames["noise"]
@@ -106,12 +138,13 @@ def check_monitors(rep, *, info: dict, total: int, val_steps: np.ndarray, tables
         rep.add("checkpoints_recorded", not len(k), f"checkpoint sizes off: {len(k)} rows, none expected")
         return
     latest = set(ksteps[k["kind"].to_numpy() == "latest"].tolist())
-    missing = [int(s) for s in val_steps if int(s) not in latest]
+    want_latest, latest_text = _expected_latest(info, val_steps)
+    missing = [int(s) for s in want_latest if int(s) not in latest]
     best = ksteps[k["kind"].to_numpy() == "best"]
     off_val = sorted(set(best.tolist()) - set(int(s) for s in val_steps))
     beyond = ksteps[ksteps > total]
     ok = not missing and not off_val and not len(beyond)
-    detail = f"{len(k)} rows: latest at each of the {len(val_steps)} validations, {len(best)} best"
+    detail = f"{len(k)} rows: latest at each of the {len(want_latest)} {latest_text}, {len(best)} best"
     if not ok:
         detail += (f"; latest missing at {len(missing)} validation step(s) (first {missing[:3]}), best off the "
                    f"validation steps {off_val[:3]}, rows beyond step {total}: {len(beyond)}")

@@ -4,7 +4,8 @@ Used by the SLURM and fault tests to make one run of a pack fail once, for
 real, in the middle of training (``fail_run``/``fail_at_step``), and to make a
 run run out of GPU memory (``oom_run``/``oom_at_step``/``oom_fits``): the real
 ``torch.cuda.OutOfMemoryError`` is raised, so the recovery path is the one a
-GPU takes, even on a CPU. Off unless the keys are set.
+GPU takes, even on a CPU), and to make a curvature event run out of memory
+(``curvature_oom_run``/``curvature_oom_at_step``). Off unless the keys are set.
 """
 
 from __future__ import annotations
@@ -56,3 +57,24 @@ def oom_injector(cfg) -> InjectedOOM | None:
     if not f or f.get("oom_run") is None or f.oom_run != cfg.run:
         return None
     return InjectedOOM(at_step=f.oom_at_step or 0, fits=f.oom_fits or 0)
+
+
+class InjectedCurvatureOOM:
+    """Raises ``torch.cuda.OutOfMemoryError`` inside the curvature event at optimizer step ``at_step``
+    (called by the monitor callback after the event's first forward pass)."""
+
+    def __init__(self, *, at_step: int) -> None:
+        self.at_step = int(at_step)
+
+    def __call__(self, step: int) -> None:
+        if step == self.at_step:
+            raise torch.cuda.OutOfMemoryError(
+                f"CUDA out of memory. Tried to allocate 2.00 GiB in the curvature event at step {step} "
+                "(injected by trainer.fault.curvature_oom_*)")
+
+
+def curvature_oom_injector(cfg) -> InjectedCurvatureOOM | None:
+    f = cfg.trainer.get("fault")
+    if not f or f.get("curvature_oom_run") is None or f.curvature_oom_run != cfg.run:
+        return None
+    return InjectedCurvatureOOM(at_step=f.get("curvature_oom_at_step") or 0)

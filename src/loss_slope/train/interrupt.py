@@ -3,11 +3,19 @@
 Lightning turns SIGTERM (scancel, a preemption, the pack launcher forwarding
 a signal) into ``SIGTERMException`` at the end of the current batch, so the
 loop state is consistent here and a rerun resumes from exactly this step.
+
+Except after the last batch of an epoch: Lightning has then already counted
+the epoch as finished while its batch counter still says "last batch", and a
+run resumed from a checkpoint taken there skips the whole next epoch. There
+no checkpoint is written; the rerun resumes from the latest one, which
+(``LatestCheckpoint``) is taken at the epoch's last validation, i.e. at this
+very step when the epoch ends with a validation.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from pytorch_lightning import Callback
 from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -21,7 +29,19 @@ class CheckpointOnInterrupt(Callback):
         self.saved_step: int | None = None
 
     def on_exception(self, trainer, pl_module, exception):
-        if isinstance(exception, (SIGTERMException, KeyboardInterrupt)) and trainer.global_step > 0:
-            trainer.save_checkpoint(self.path)
-            self.saved_step = trainer.global_step
-            log.warning("%s: saved the latest checkpoint at step %d", type(exception).__name__, trainer.global_step)
+        if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)) or trainer.global_step <= 0:
+            return
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            io = trainer.strategy.checkpoint_io
+            if hasattr(io, "wait"):
+                io.wait()  # a save in flight (the epoch's last validation) is renamed first
+            from loss_slope.train.checkpoint_io import checkpoint_step
+
+            self.saved_step = checkpoint_step(self.path) if Path(self.path).exists() else None
+            log.warning("%s after the last batch of an epoch (step %d): no checkpoint here (Lightning would resume "
+                        "it into the epoch after the next); the rerun resumes from the latest one (step %s)",
+                        type(exception).__name__, trainer.global_step, self.saved_step)
+            return
+        trainer.save_checkpoint(self.path)
+        self.saved_step = trainer.global_step
+        log.warning("%s: saved the latest checkpoint at step %d", type(exception).__name__, trainer.global_step)

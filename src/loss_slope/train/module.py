@@ -1,15 +1,23 @@
 """The LightningModule: cross-entropy classification with a per-step LR schedule.
 
 Optimization is manual so that a step can survive running out of GPU memory:
-a CUDA OOM during a step makes the module retry the same batch as micro-batches
-of half the size with gradient accumulation (``MicroBatcher``). The gradient is
-the full batch's mean-loss gradient either way, so the effective batch, the LR
-schedule and the step count do not change. Without an OOM the step is the
-plain one (one forward, one backward on the whole batch).
+an out-of-memory error during a step (``torch.OutOfMemoryError``, or a cuDNN /
+cuBLAS allocation failure, which arrives as a plain ``RuntimeError``:
+:func:`is_out_of_memory`) makes the module retry the same batch as micro-batches
+of half the size with gradient accumulation (``MicroBatcher``). The loss is the
+sum of the per-micro-batch losses over the batch size, so the effective batch,
+the LR schedule and the step count do not change. Without BatchNorm the gradient
+is the whole batch's up to rounding. With BatchNorm it is not: each micro-batch
+is normalised with its own statistics (and the running statistics are updated
+once per micro-batch), so the step differs from the whole-batch step, as a
+smaller batch's would. Without an OOM the step is the plain one (one forward,
+one backward on the whole batch). Validation falls back in the same way to
+smaller evaluation chunks (sums over the chunks; same loss up to rounding).
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 from typing import Callable
@@ -24,6 +32,79 @@ from loss_slope.train.schedule import Schedule
 log = logging.getLogger("loss_slope.train")
 
 OOM_ERRORS = (torch.OutOfMemoryError,)  # torch.cuda.OutOfMemoryError is the same class
+# library allocation failures that reach Python as a plain RuntimeError
+_ALLOCATION_FAILURES = (
+    "CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED", "CUFFT_ALLOC_FAILED", "CUSOLVER_STATUS_ALLOC_FAILED",
+    "CUSPARSE_STATUS_ALLOC_FAILED", "CUDA error: out of memory", "CUDA out of memory",
+)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for ``torch.OutOfMemoryError`` and for the cuDNN / cuBLAS (and other CUDA library)
+    allocation failures that arrive as ``RuntimeError`` with the library's status in the message."""
+    if isinstance(exc, OOM_ERRORS):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in _ALLOCATION_FAILURES)
+
+
+def release_memory(device: torch.device | str | None = None) -> None:
+    """Collect garbage and hand cached CUDA blocks back. Call it *after* leaving the ``except``
+    block of an out-of-memory error: until then the exception's traceback keeps the failed
+    computation's tensors alive, and ``empty_cache`` cannot free them."""
+    gc.collect()
+    if (device is None or torch.device(device).type == "cuda") and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _detached_error(exc: BaseException) -> BaseException:
+    """A copy of ``exc`` with its message but without its traceback (which holds tensors)."""
+    try:
+        return type(exc)(str(exc))
+    except Exception:
+        return RuntimeError(str(exc))
+
+
+def use_channels_last(requested: bool, device: torch.device | str) -> bool:
+    """Whether a run on ``device`` uses channels_last (NHWC) activations and weights.
+
+    ``trainer.channels_last`` is a CUDA option. On the CPU it is ignored, with
+    one logged line: oneDNN's NHWC backward of a 1x1 stride-2 convolution with
+    few input channels (the narrow shortcut of a small-width ResNet) corrupts
+    the heap, hangs or returns wrong weight gradients on some x86 CPUs
+    (AVX2-only) with torch 2.13, and NHWC gains little on the CPU anyway.
+    """
+    if not requested:
+        return False
+    if torch.device(device).type == "cuda":
+        return True
+    log.info("trainer.channels_last ignored on %s: it is a CUDA option (contiguous NCHW on the CPU)",
+             torch.device(device).type)
+    return False
+
+
+UNSUPPORTED_PRECISIONS = ("16-mixed", "16", "16-true")
+
+
+def check_precision(precision) -> None:
+    """fp16 is refused: its ``GradScaler`` reads the inf check on the host every step (a sync per
+    step), and a skipped step's inf/NaN gradients would reach the gradient-noise monitor. Use
+    ``bf16-mixed`` (same exponent range as fp32: no loss scaling, no skipped steps) or ``32-true``."""
+    if str(precision) in UNSUPPORTED_PRECISIONS:
+        raise ValueError(f"trainer.precision={precision} is not supported: fp16 needs loss scaling (a host sync "
+                         "per step, and skipped steps whose inf gradients would reach the monitors); use "
+                         "bf16-mixed or 32-true")
+
+
+def fused_kwargs(factory, device: torch.device) -> dict:
+    """``{"fused": True}`` for AdamW/Adam on CUDA (one fused kernel instead of a foreach loop),
+    unless the optimizer config sets ``fused`` or ``foreach`` itself; ``{}`` otherwise."""
+    func = getattr(factory, "func", factory)
+    keywords = getattr(factory, "keywords", {}) or {}
+    if torch.device(device).type != "cuda" or func not in (torch.optim.AdamW, torch.optim.Adam):
+        return {}
+    if "fused" in keywords or "foreach" in keywords:
+        return {}
+    return {"fused": True}
 
 
 class MicroBatchTooSmall(RuntimeError):
@@ -70,7 +151,12 @@ class CurveModule(LightningModule):
     """Wraps ``net``; ``optimizer`` is a partial (Hydra ``_partial_: true``).
 
     ``fault`` is the test-only OOM injector (:mod:`loss_slope.train.faults`):
-    called as ``fault(step, micro_batch)`` before every forward of a step.
+    called as ``fault(step, micro_batch)`` before every forward of a step and
+    of a validation chunk.
+
+    ``channels_last`` is the requested ``trainer.channels_last``; it takes effect
+    only on CUDA (:func:`use_channels_last`), where the net is converted when
+    the fit starts on its device. ``self.channels_last`` is the effective flag.
 
     ``compile`` (opt-in, ``trainer.compile``): keyword arguments of
     ``torch.compile`` for the training forward only. ``forward`` (validation,
@@ -86,7 +172,8 @@ class CurveModule(LightningModule):
         self.net = net
         self._optimizer_factory = optimizer
         self.schedule = schedule
-        self.channels_last = channels_last
+        self.channels_last_requested = bool(channels_last)
+        self.channels_last = False  # decided on the device (on_fit_start)
         self.gradient_clip_val = gradient_clip_val
         self.micro = micro_batcher or MicroBatcher()
         self.fault = fault
@@ -96,11 +183,21 @@ class CurveModule(LightningModule):
         self.val_result: tuple[torch.Tensor, torch.Tensor] | None = None
         self._val_sum = self._val_correct = None
         self._val_n = 0
+        self.eval_chunk: int | None = None  # set after an out-of-memory error in validation
 
     def forward(self, x):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
+
+    def on_fit_start(self):
+        check_precision(self.trainer.precision)
+        self.channels_last = use_channels_last(self.channels_last_requested, self.device)
+        self.net.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        if self.device.type == "cuda":
+            # fixed input shapes (the last, smaller batch of an epoch is a second shape): let cuDNN pick
+            # the fastest convolution algorithms once per shape
+            torch.backends.cudnn.benchmark = True
 
     # ---- one optimizer step ---------------------------------------------
     def training_step(self, batch, batch_idx):
@@ -114,13 +211,16 @@ class CurveModule(LightningModule):
             try:
                 loss, correct = self._accumulate(opt, x, y, step)
                 break
-            except OOM_ERRORS as exc:
-                opt.zero_grad(set_to_none=True)
-                if guard:
-                    self._restore_buffers()  # BatchNorm running stats of the failed try
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                self.micro.shrink(step=step, batch=int(y.shape[0]), error=exc)
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                error = _detached_error(exc)
+            # out of the except block: the failed try's tensors are no longer referenced
+            opt.zero_grad(set_to_none=True)
+            if guard:
+                self._restore_buffers()  # BatchNorm running stats of the failed try
+            release_memory(self.device)
+            self.micro.shrink(step=step, batch=int(y.shape[0]), error=error)
         opt.step()
         self.lr_schedulers().step()
         return {"loss": loss, "correct": correct}
@@ -187,10 +287,36 @@ class CurveModule(LightningModule):
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        logits = self(x)
-        self._val_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
-        self._val_correct += (logits.argmax(1) == y).sum().double()
-        self._val_n += int(y.shape[0])
+        n = int(y.shape[0])
+        while True:
+            chunk = n if self.eval_chunk is None else min(self.eval_chunk, n)
+            try:
+                loss_sum, correct = self._evaluate(x, y, chunk)
+                break
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                error = _detached_error(exc)
+            release_memory(self.device)
+            if chunk <= 1:
+                raise MicroBatchTooSmall(f"out of memory in validation even one image at a time: {error}") from error
+            self.eval_chunk = chunk // 2
+            log.warning("out of memory in validation at step %d: evaluating in chunks of %d images from now on",
+                        self.global_step, self.eval_chunk)
+        self._val_sum += loss_sum
+        self._val_correct += correct
+        self._val_n += n
+
+    def _evaluate(self, x, y, chunk: int):
+        loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
+        correct = torch.zeros((), device=x.device, dtype=torch.float64)
+        for xs, ys in zip(x.split(chunk), y.split(chunk)):
+            if self.fault is not None:
+                self.fault(self.global_step, int(ys.shape[0]))
+            logits = self(xs)
+            loss_sum += F.cross_entropy(logits.float(), ys, reduction="sum").double()
+            correct += (logits.argmax(1) == ys).sum().double()
+        return loss_sum, correct
 
     def on_validation_epoch_end(self):
         loss = self._val_sum / self._val_n
@@ -200,7 +326,7 @@ class CurveModule(LightningModule):
         self.log("loss_val_nats", loss.float(), prog_bar=True, logger=False)
 
     def configure_optimizers(self):
-        opt = self._optimizer_factory(self.net.parameters())
+        opt = self._optimizer_factory(self.net.parameters(), **fused_kwargs(self._optimizer_factory, self.device))
         schedule = self.schedule
 
         def lr_lambda(step: int) -> float:  # a plain function: LambdaLR does not pickle it

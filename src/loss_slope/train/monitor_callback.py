@@ -22,7 +22,8 @@ folded into device tensors. A curvature or noise event syncs once and its row
 is appended and fsync'ed at once (events are rare).
 
 A checkpoint row is written by :class:`~loss_slope.train.checkpoint_io.AtomicCheckpointIO`'s
-``after_save`` hook, once the file is in place, and fsync'ed at once. A row is
+``after_save`` hook, once the file is in place (in the checkpoint writer thread
+when the write is in the background; a lock guards that table), and fsync'ed at once. A row is
 identified by ``(step, kind)``; a second write of the same kind at the same step
 (an interrupt checkpoint right after a validation) is not recorded again. The
 only row a kill can lose is the latest checkpoint's own (killed between the
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -47,7 +49,9 @@ from loss_slope.metrics.checkpoint import checkpoint_size_mb
 from loss_slope.metrics.curvature import fixed_batches
 from loss_slope.metrics.errors import MonitorError
 from loss_slope.metrics.monitors import CURVATURE_KEYS, NOISE_KEYS, MonitorConfig, Monitors
+from loss_slope.train.faults import curvature_oom_injector
 from loss_slope.tables.csvlog import CsvTable
+from loss_slope.train.module import is_out_of_memory, release_memory
 
 log = logging.getLogger("loss_slope.train")
 
@@ -58,6 +62,19 @@ _PASSTHROUGH = (
     "lambda_iters", "lambda_min_iters", "lambda_tol", "hutch_matvecs", "curvature_batches", "curvature_keep_graphs",
     "curvature_matvec_block", "psd_window", "psd_tail_fraction", "psd_min_points", "predictor_min_points",
 )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _with_fault(loss_fn, fault, step: int):
+    def faulty(logits, targets):
+        fault(step)  # inside the event: after the forward pass, while its graph is alive
+        return loss_fn(logits, targets)
+
+    return faulty
 
 
 def monitor_settings(mcfg, *, seed: int, batch_size: int, steps_per_epoch: int) -> tuple[MonitorConfig, dict]:
@@ -119,8 +136,9 @@ class MonitorCallback(Callback):
 
     def __init__(self, *, tables_dir, config: MonitorConfig, batches, steps_per_epoch: int,
                  checkpoint_dirs: dict[str, Any] | None = None, record_checkpoints: bool = True,
-                 loss_fn=F.cross_entropy, settings: dict | None = None) -> None:
+                 loss_fn=F.cross_entropy, settings: dict | None = None, fault=None) -> None:
         self.config, self.batches, self.spe, self.loss_fn = config, list(batches), int(steps_per_epoch), loss_fn
+        self.fault = fault  # test-only: fault(step) is called inside each curvature event (trainer.fault)
         self.settings = settings or {}
         self.monitors = Monitors(config)
         tables_dir = Path(tables_dir)
@@ -130,6 +148,7 @@ class MonitorCallback(Callback):
         self.record_checkpoints = record_checkpoints
         self.checkpoint_dirs = {kind: Path(d).resolve() for kind, d in (checkpoint_dirs or {}).items()}
         self._seen = self._checkpoint_keys(tables_dir / "checkpoints.csv")
+        self._lock = threading.Lock()  # checkpoint rows may come from the checkpoint writer thread
         self._io = None
         self._last_step = -1
         self.curvature_events = self.noise_events = 0
@@ -161,25 +180,36 @@ class MonitorCallback(Callback):
 
     def _curvature(self, pl_module, s: int) -> None:
         t0 = time.perf_counter()
+        loss_fn = self.loss_fn if self.fault is None else _with_fault(self.loss_fn, self.fault, s)
+        reason = None
         try:
             with torch.enable_grad():
-                row = self.monitors.measure_curvature(pl_module, self.loss_fn, self.batches, step=s,
-                                                      epoch=s / self.spe)
-        except torch.OutOfMemoryError:
-            raise
-        except (MonitorError, RuntimeError, ValueError) as exc:
-            # a failed measurement (e.g. non-finite weights of a diverging run) must not stop the
-            # training: write a NaN row, which validation reports
-            log.warning("curvature at step %d failed (%s: %s); writing a NaN row", s, type(exc).__name__, exc)
+                row = self.monitors.measure_curvature(pl_module, loss_fn, self.batches, step=s, epoch=s / self.spe)
+        except Exception as exc:
+            # A failed measurement must not stop the training: out of memory (the event's graphs and
+            # vectors on top of a full training process), or e.g. non-finite weights of a diverging run.
+            # Only the reason is kept: the exception (and its traceback's frames, which hold the
+            # event's tensors) is dropped when this block ends, before the memory is released.
+            if is_out_of_memory(exc):
+                reason = f"out of memory: {_first_line(exc)}"
+            elif isinstance(exc, (MonitorError, RuntimeError, ValueError)):
+                reason = f"failed: {type(exc).__name__}: {_first_line(exc)}"
+            else:
+                raise
+        if reason is not None:
+            release_memory(pl_module.device)
+            log.warning("curvature at step %d: %s; writing a NaN row and training on", s, reason)
             row = dict.fromkeys(CURVATURE_KEYS, math.nan)
             row.update(step=s, epoch=s / self.spe, lambda_iters=0, hutch_matvecs=0,
-                       seconds=time.perf_counter() - t0, lambda_converged=False)
+                       seconds=time.perf_counter() - t0, lambda_converged=False,
+                       status=reason.replace(",", ";").replace("\n", " ")[:200])
         self.curvature.append([tuple(row[k] for k in CURVATURE_KEYS)])
         self.curvature.sync()
         self.curvature_events += 1
         self.curvature_seconds += time.perf_counter() - t0
-        log.info("curvature at step %d: lambda_max %.4g (%d iterations), hutch_trace %.4g ± %.2g (%.1f s)",
-                 s, row["lambda_max"], row["lambda_iters"], row["hutch_trace"], row["hutch_trace_se"],
+        log.info("curvature at step %d: lambda_max %.4g (%d Lanczos vectors, residual %.2g, smallest Ritz value "
+                 "%.4g), hutch_trace %.4g ± %.2g (%.1f s)", s, row["lambda_max"], row["lambda_iters"],
+                 row["lambda_residual"], row["lambda_min_ritz"], row["hutch_trace"], row["hutch_trace_se"],
                  row["seconds"])
 
     # ---- checkpoint sizes -------------------------------------------------
@@ -239,12 +269,13 @@ class MonitorCallback(Callback):
 
     def _record(self, step: int, path: Path, *, when: float) -> None:
         kind = self._kind(path)
-        if (step, kind) in self._seen:
-            return
-        row = (step, step / self.spe, when, kind, path.name.replace(",", "_"), checkpoint_size_mb(path))
-        self.checkpoints.append([row])
-        self.checkpoints.sync()
-        self._seen.add((step, kind))
+        with self._lock:
+            if (step, kind) in self._seen:
+                return
+            row = (step, step / self.spe, when, kind, path.name.replace(",", "_"), checkpoint_size_mb(path))
+            self.checkpoints.append([row])
+            self.checkpoints.sync()
+            self._seen.add((step, kind))
 
     @staticmethod
     def _checkpoint_keys(path: Path) -> set[tuple[int, str]]:
@@ -267,8 +298,10 @@ class MonitorCallback(Callback):
         self.monitors.load_state_dict(state_dict["monitors"])
 
     def sync(self) -> None:
-        for table in (self.curvature, self.noise, self.checkpoints):
-            table.sync()
+        self.curvature.sync()
+        self.noise.sync()
+        with self._lock:
+            self.checkpoints.sync()
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         self.sync()
@@ -283,8 +316,10 @@ class MonitorCallback(Callback):
         self.sync()
 
     def close(self) -> None:
-        for table in (self.curvature, self.noise, self.checkpoints):
-            table.close()
+        self.curvature.close()
+        self.noise.close()
+        with self._lock:
+            self.checkpoints.close()
 
 
 def build_monitor_callback(cfg, data, *, tables_dir, checkpoint_dirs: dict) -> MonitorCallback:
@@ -298,4 +333,4 @@ def build_monitor_callback(cfg, data, *, tables_dir, checkpoint_dirs: dict) -> M
                                    batch_size=settings["curvature_batch_size"], seed=settings["curvature_data_seed"])
     return MonitorCallback(tables_dir=tables_dir, config=config, batches=batches, steps_per_epoch=spe,
                            checkpoint_dirs=checkpoint_dirs, record_checkpoints=settings["checkpoint_size"],
-                           settings=settings)
+                           settings=settings, fault=curvature_oom_injector(cfg))

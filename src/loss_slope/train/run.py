@@ -4,8 +4,8 @@ Work tree of a run (undeclared in Snakemake, so a failed job never deletes it)::
 
     {run_dir}/tables/steps.csv       one row per optimizer step
     {run_dir}/tables/val.csv         val_per_epoch rows per epoch
-    {run_dir}/checkpoints/latest/latest.ckpt   after every validation
-    {run_dir}/checkpoints/best/...   top-k by loss_val_nats
+    {run_dir}/checkpoints/latest/latest.ckpt   once per epoch / 10 min (trainer.checkpoint)
+    {run_dir}/checkpoints/best/...   top-k by loss_val_nats (weights only)
     {run_dir}/attempts.jsonl         start/end of every attempt
     {run_dir}/run_info.json          resolved config, versions, hardware
     {run_dir}/done.json              written once the last step is done
@@ -93,6 +93,7 @@ def run_training(cfg) -> int:
     from loss_slope.train.divergence import DivergenceGuard
     from loss_slope.train.faults import fault_callbacks, oom_injector
     from loss_slope.train.interrupt import CheckpointOnInterrupt
+    from loss_slope.train.latest import LatestCheckpoint
     from loss_slope.train.monitor_callback import build_monitor_callback
     from pytorch_lightning.utilities.exceptions import SIGTERMException
     from loss_slope.train.module import CurveModule, MicroBatcher
@@ -161,9 +162,8 @@ def run_training(cfg) -> int:
     }
     _write_json(paths.run_info, info)
 
+    # channels_last (CUDA only) is applied by CurveModule once the net is on its device
     net = hydra.utils.instantiate(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels)
-    if cfg.trainer.channels_last:
-        net = net.to(memory_format=torch.channels_last)
     oom = cfg.trainer.get("oom") or {}
     micro = MicroBatcher(min_size=int(oom.get("min_micro_batch") or 1),
                          on_change=lambda change: record_event(paths.attempts, attempt=attempt, event="micro_batch",
@@ -180,9 +180,12 @@ def run_training(cfg) -> int:
     )
     best = ModelCheckpoint(dirpath=paths.best_dir, filename="best-{step}", monitor="loss_val_nats", mode="min",
                            save_top_k=int(cfg.trainer.best_top_k), save_on_train_epoch_end=False,
-                           enable_version_counter=False, auto_insert_metric_name=False)
-    latest = ModelCheckpoint(dirpath=paths.latest_dir, filename="latest", monitor=None, save_top_k=1,
-                             save_on_train_epoch_end=False, enable_version_counter=False)
+                           enable_version_counter=False, auto_insert_metric_name=False, save_weights_only=True)
+    ckpt_cfg = cfg.trainer.get("checkpoint") or {}
+    latest = LatestCheckpoint(paths.latest, steps_per_epoch=spe, val_interval=val_interval,
+                              every_epochs=ckpt_cfg.get("latest_every_epochs", 1),
+                              every_minutes=ckpt_cfg.get("latest_every_minutes", 10.0))
+    checkpoint_io = AtomicCheckpointIO(background=bool(ckpt_cfg.get("background_write", True)))
     on_interrupt = CheckpointOnInterrupt(paths.latest)
     max_time = cfg.trainer.max_time_s
     trainer = pl.Trainer(
@@ -191,7 +194,7 @@ def run_training(cfg) -> int:
         val_check_interval=val_interval, check_val_every_n_epoch=1, num_sanity_val_steps=0,
         callbacks=[recorder, monitor_cb, on_interrupt, *fault_callbacks(cfg, paths.root), best, latest], # LightningEnvironment: one process per run even inside a SLURM job; no
         # Lightning auto-requeue (Snakemake's retries own rescheduling)
-        plugins=[AtomicCheckpointIO(), LightningEnvironment()],
+        plugins=[checkpoint_io, LightningEnvironment()],
         # (gradient clipping: CurveModule, which optimizes manually for the OOM fallback)
         max_time={"seconds": float(max_time)} if max_time else None,
         enable_progress_bar=sys.stderr.isatty(), enable_model_summary=False, default_root_dir=str(paths.root),
@@ -218,6 +221,9 @@ def run_training(cfg) -> int:
         raise
     recorder.close()
     step = trainer.global_step
+    log.info("checkpoints this attempt: %d files, %.1f MB written; %.2f s copying to host memory, %.2f s waiting "
+             "for a previous write", checkpoint_io.saves, checkpoint_io.bytes_written / 1e6,
+             checkpoint_io.snapshot_seconds, checkpoint_io.wait_seconds)
     outcome = {"status": "complete", "steps_done": step,
                "micro_batch": micro_batch_summary(read_attempts(paths.attempts), int(cfg.data.batch_size))}
     if recorder.diverged is not None:

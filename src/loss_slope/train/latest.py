@@ -1,0 +1,80 @@
+"""The ``latest`` checkpoint, decoupled from validation (``trainer.checkpoint``).
+
+A run resumes only from ``checkpoints/latest/latest.ckpt``. Exactly-once
+tables need only that, on resume, every table is cut back to the checkpoint's
+step (``run.py``), not frequent checkpoints. So ``latest`` is saved at the end
+of a validation only when one of these holds:
+
+* it is the last validation of an epoch, every ``latest_every_epochs`` epochs
+  (1: once per epoch);
+* ``latest_every_minutes`` of training have passed since the attempt's
+  training started or since the previous ``latest`` save;
+* training is stopping (time budget, divergence): a stop checkpoint.
+
+A SIGTERM checkpoint is saved by :class:`~loss_slope.train.interrupt.CheckpointOnInterrupt`.
+The checkpoint is taken where Lightning's ``ModelCheckpoint`` takes one
+(``on_validation_end``, after the validation and the tables' rows of that
+step), so resuming from it is unchanged. ``0``/``null`` turns a criterion off.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+from pytorch_lightning.callbacks import Checkpoint
+
+log = logging.getLogger("loss_slope.train")
+
+
+class LatestCheckpoint(Checkpoint):
+    def __init__(self, path, *, steps_per_epoch: int, val_interval: int, every_epochs: int | None = 1,
+                 every_minutes: float | None = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        if steps_per_epoch < 1 or val_interval < 1:
+            raise ValueError("steps_per_epoch and val_interval must be >= 1")
+        self.path = Path(path)
+        self.spe, self.val_interval = int(steps_per_epoch), int(val_interval)
+        self.every_epochs = int(every_epochs or 0)
+        self.every_s = float(every_minutes or 0) * 60.0
+        self.clock = clock
+        self._t_last: float | None = None
+        self._last_step = -1
+        self.saved_steps: list[int] = []
+
+    def epoch_due(self, step: int) -> bool:
+        """``step`` (optimizer steps done, > 0) is the last validation of an epoch whose number
+        (1-based) is a multiple of ``every_epochs``."""
+        if not self.every_epochs or step <= 0:
+            return False
+        epoch = (step - 1) // self.spe  # 0-based epoch this step belongs to
+        in_epoch = step - epoch * self.spe
+        return in_epoch + self.val_interval > self.spe and (epoch + 1) % self.every_epochs == 0
+
+    def due(self, step: int, *, stopping: bool, now: float) -> str | None:
+        if step <= 0 or step == self._last_step:
+            return None
+        if stopping:
+            return "stop"
+        if self.epoch_due(step):
+            return "epoch"
+        if self.every_s and self._t_last is not None and now - self._t_last >= self.every_s:
+            return "time"
+        return None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._t_last = self.clock()
+        self._last_step = trainer.global_step  # the resumed-from checkpoint is this step's
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        step = trainer.global_step
+        why = self.due(step, stopping=bool(trainer.should_stop), now=self.clock())
+        if why is None:
+            return
+        trainer.save_checkpoint(self.path)
+        self._t_last, self._last_step = self.clock(), step
+        self.saved_steps.append(step)
+        log.debug("latest checkpoint at step %d (%s)", step, why)
