@@ -52,6 +52,16 @@ _MONITOR_DEFAULTS = {"lambda_iters": 20, "lambda_min_iters": 5, "lambda_tol": 1e
                      "predictor_halflife_steps": 2000.0}
 
 
+#: data.simulation keys that say how fast or how durably a run is written, not what it simulates
+RUN_CONTROL = ("pace_s_per_chunk", "fsync")
+
+
+def simulated_fingerprint(c: dict) -> str:
+    """The run's fingerprint without the simulation's run-control keys (changing the pace keeps the work tree)."""
+    sim = {k: v for k, v in (c["data"].get("simulation") or {}).items() if k not in RUN_CONTROL}
+    return config_fingerprint({**c, "data": {**c["data"], "simulation": sim}})
+
+
 def steps_per_epoch(data: dict) -> int:
     n, b = int(data["n_train"]), int(data["batch_size"])
     return n // b if data.get("drop_last") else -(-n // b)
@@ -113,6 +123,9 @@ class _Table(CsvTable):
         super().__init__(path, table)
         self.durable = durable
 
+    def push(self) -> None:
+        self._fh.flush()
+
     def sync(self) -> None:
         self._fh.flush()
         if self.durable:
@@ -148,7 +161,7 @@ def run_simulated(cfg) -> int:
 
     c = OmegaConf.to_container(cfg, resolve=True)
     paths = RunPaths(c["run_dir"])
-    fingerprint = config_fingerprint(c)
+    fingerprint = simulated_fingerprint(c)
     if _set_aside_if_stale(paths, fingerprint):
         paths = RunPaths(c["run_dir"])
     if paths.done.exists():
@@ -261,6 +274,7 @@ def run_simulated(cfg) -> int:
         steps_t.append(zip(s.tolist(), (s / spe).tolist(), [clock(i) for i in s.tolist()],
                            lr_col[pending_from:upto].tolist(), [wd] * len(s), ls.tolist(), (ls / LN2).tolist(),
                            acc[pending_from:upto].tolist()))
+        steps_t.push()  # the block reaches the file now (as a real run's larger blocks do): a kill leaves a tail to cut
         if diverged is None:
             diverged = guard.update(s.tolist(), ls.tolist())
         pending_from = upto
