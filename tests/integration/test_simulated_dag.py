@@ -55,3 +55,14 @@ def test_report_built_and_truth_recovered(study):
     assert r["n_ok"] == len(RUNS)
     assert r["knee"]["n_found"] == len(RUNS) and r["knee"]["median_error_decades"] <= 0.05
     assert abs(r["exponent"]["alpha_early"]["median_error"]) < 0.02
+
+
+def test_rehearsal_summary(study, capsys):
+    from loss_slope.simulate.rehearsal import exactly_once, job_times, main, stage_table
+
+    log = next((study / ".snakemake" / "log").glob("*.snakemake.log"))
+    rules = {r["rule"]: r["jobs"] for r in stage_table(job_times(log))}
+    assert rules["train_pack"] == 2 and rules["to_parquet"] == rules["fit_run"] == len(RUNS)
+    assert exactly_once(study)["passed"] == len(RUNS)
+    assert main([str(study)]) == 0
+    assert "Against the known truth" in capsys.readouterr().out
