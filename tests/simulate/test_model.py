@@ -55,6 +55,15 @@ def test_plateau_knee_power_law_floor():
     assert t["h1_single_power_law"] is True and t["knee_epoch"] == pytest.approx(2.0)
 
 
+def test_floor_is_its_share_of_the_final_loss():
+    s = sim(floor_share=[0.1, 0.1], diverge_share=0.0)
+    p, tau, _ = model.run_params(s, **kw())
+    clean = model.clean_loss(p, tau)
+    assert p["floor"] / clean[-1] == pytest.approx(0.1)
+    t = model.run_truth(s, **kw(), val_steps=VAL)
+    assert t["alpha_full_true"] > 0 and t["configured_rho_cell"] == s["h2"]["rho_cell"]
+
+
 def test_schedule_shapes_progress():
     _, tau, f = model.run_params(sim(schedule_effect=1.0), **kw())
     np.testing.assert_allclose(tau, np.cumsum([SCHEDULE.factor(i) for i in range(SPE * EPOCHS)]))

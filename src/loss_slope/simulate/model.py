@@ -56,7 +56,7 @@ DEFAULTS: dict[str, Any] = {
     "noise": {"sigma_start": 0.01, "sigma_end": 0.03, "ar_phi": 0.95, "ar_sigma": 0.01},
     "val": {"gap": 1.2, "sigma": 0.005},
     "best_ce": {"mean": 0.45, "cell_sd": 0.06, "within_sd": 0.02},
-    "h2": {"rho_cell": -0.8, "rho_within": -0.6},
+    "h2": {"rho_cell": -0.9, "rho_within": -0.8},
     "diverge_share": 0.03,
     "diverge_epochs": [10.0, 40.0],
     "diverge_rate": 0.03,
@@ -126,9 +126,10 @@ def clean_loss(params: Mapping[str, Any], tau: np.ndarray) -> np.ndarray:
     lg = -params["alpha"] * _soft(x - math.log(params["tau_knee"]), w)
     if params["second_break"]:
         lg = lg - params["second_break_change"] * _soft(x - math.log(params["tau_break"]), w)
-    lg0 = -params["alpha"] * _soft(np.array([x[0] - math.log(params["tau_knee"])]), w)[0]
+    x0 = math.log(params["tau0"])  # normalised at step 0, whatever steps ``tau`` covers
+    lg0 = -params["alpha"] * _soft(np.array([x0 - math.log(params["tau_knee"])]), w)[0]
     if params["second_break"]:
-        lg0 -= params["second_break_change"] * _soft(np.array([x[0] - math.log(params["tau_break"])]), w)[0]
+        lg0 -= params["second_break_change"] * _soft(np.array([x0 - math.log(params["tau_break"])]), w)[0]
     l0, c = params["initial_loss"], params["floor"]
     return c + (l0 - c) * np.exp(lg - lg0)
 
@@ -175,6 +176,7 @@ def run_params(sim: Mapping[str, Any], *, variant: str, lr: float, weight_decay:
     tau, f = progress(schedule, total, float(sim["schedule_effect"]))
     p = {
         "cell": cell, "initial_loss": float(sim["initial_loss"]), "knee_width": float(sim["knee_width"]),
+        "tau0": float(tau[0]),
         "alpha": float(alpha), "knee_step": knee, "tau_knee": float(np.interp(knee, np.arange(total), tau)),
         "second_break": second, "second_break_step": break_step if second else None,
         "second_break_change": float(sim["second_break_change"]),
@@ -200,13 +202,15 @@ def run_truth(sim: Mapping[str, Any], *, variant: str, lr: float, weight_decay: 
     lo, hi = (float(e) for e in sim["early_window"])
     steps = np.arange(len(clean))
     sel = (steps / spe >= lo) & (steps / spe < hi)
-    truth = {k: v for k, v in p.items() if k not in ("tau_knee", "tau_break")}
+    truth = {k: v for k, v in p.items() if k not in ("tau_knee", "tau_break", "tau0")}
     truth.update(
         variant=variant, lr=float(lr), weight_decay=float(weight_decay), seed=int(seed),
         steps_per_epoch=spe, epochs=int(epochs), knee_epoch=p["knee_step"] / spe,
         second_break_epoch=(p["second_break_step"] / spe) if p["second_break"] else None,
         h1_single_power_law=None if p["diverged"] else not p["second_break"],
         alpha_early_true=ols_alpha(steps[sel], clean[sel]) if sel.sum() > 2 else None,
+        alpha_full_true=ols_alpha(steps[steps >= math.ceil(p["knee_step"])], clean[steps >= math.ceil(p["knee_step"])]),
+        configured_rho_cell=float(sim["h2"]["rho_cell"]), configured_rho_within=float(sim["h2"]["rho_within"]),
         best_val_ce_true=None if p["diverged"] and p["diverge_step"] < val_steps[-1] else float(val.min()),
         final_train_loss_true=float(clean[-1]),
         diverge_epoch=(p["diverge_step"] / spe) if p["diverged"] else None,
