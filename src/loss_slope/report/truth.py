@@ -1,0 +1,295 @@
+"""A simulated study's estimates against its known truth.
+
+The simulated backend (``loss_slope.simulate``) writes each run's truth to
+``truth.json`` in its work tree; :func:`load_truths` reads those (or the
+exported copies), and recomputes the truth of a run from its ``run_info.json``
+when no file is there (the truth is a pure function of the run's config).
+:func:`compare_with_truth` sets the per-run table (``runs.parquet``) against
+it; :func:`truth_markdown` renders the result as a section of ``summary.md``.
+
+What is compared
+----------------
+- **H1 share**: the per-run decision ``h1_single_power_law`` (True/False/None)
+  when the table has it, else ``r2_column >= r2_threshold``, against the truth
+  (the clean curve is one power law after its knee, i.e. has no second break).
+  The estimated share's Wilson interval should hold the true share.
+- **H2 ρ**: Spearman ρ of α_early vs best validation CE, pooled and within
+  cells (values minus their cell means; a cell is variant × lr × weight decay),
+  estimated vs the same statistic on the clean curves' α_early and best CE.
+- **Knee error**: |log10(estimated knee epoch / true knee epoch)|, decades.
+- **Exponent error**: α_early and α_full (log-log slope from the knee to the end)
+  estimated minus their values on the clean curve; ``power_exponent`` against
+  the model's exponent only when the schedule does not shape the curve
+  (``schedule_effect == 0``; otherwise they measure different things).
+- **Wrong verdicts**: the runs whose H1 decision or divergence status differs
+  from the truth, and the true knees that were not found.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["compare_with_truth", "load_truths", "truth_for_run", "truth_markdown"]
+
+
+# ---- truths ----------------------------------------------------------------------------------------------------------
+def truth_for_run(run_info: Mapping[str, Any]) -> dict:
+    """Recompute a simulated run's truth from its ``run_info.json`` (plus α_full on the clean curve)."""
+    from loss_slope.simulate import model
+    from loss_slope.simulate.backend import val_steps
+    from loss_slope.train.schedule import Schedule
+
+    cfg = run_info["config"]
+    if cfg["data"]["name"] != "simulated":
+        raise ValueError(f"{run_info.get('variant')}/{run_info.get('run')} is not a simulated run")
+    sim = model.settings(cfg["data"].get("simulation"))
+    sch = run_info["schedule"]
+    schedule = Schedule(sch["kind"], int(sch["warmup_steps"]), int(sch["total_steps"]), float(sch["min_lr_ratio"]))
+    spe, epochs = int(run_info["steps_per_epoch"]), int(run_info["epochs"])
+    kw = dict(variant=str(run_info.get("variant") or "none"), lr=float(run_info["lr"]),
+              weight_decay=float(run_info["weight_decay"]), seed=int(run_info["seed"]), steps_per_epoch=spe,
+              epochs=epochs, schedule=schedule)
+    truth = model.run_truth(sim, **kw, val_steps=val_steps(epochs, spe, int(run_info["val_per_epoch"])))
+    return add_derived(truth, sim, kw)
+
+
+def add_derived(truth: dict, sim: Mapping[str, Any], kw: Mapping[str, Any]) -> dict:
+    """α_full of the clean curve (from the true knee to the end) and the configured H2 correlations."""
+    from loss_slope.simulate import model
+
+    if "alpha_full_true" not in truth:
+        p, tau, _ = model.run_params(sim, **kw)
+        clean = model.clean_loss(p, tau)
+        steps = np.arange(len(clean), dtype=float)
+        sel = steps >= math.ceil(p["knee_step"])
+        truth["alpha_full_true"] = model.ols_alpha(steps[sel], clean[sel])
+    truth.setdefault("configured_rho_cell", float(sim["h2"]["rho_cell"]))
+    truth.setdefault("configured_rho_within", float(sim["h2"]["rho_within"]))
+    return truth
+
+
+def load_truths(root: str | Path = ".", runs: Sequence[tuple[str, str]] | None = None) -> dict[str, dict]:
+    """``"variant/run"`` → truth, for every simulated run found under ``root``.
+
+    Looks in ``results/export/{variant}/{run}/`` and ``work/{variant}/{run}/`` for
+    ``truth.json``; without one, recomputes the truth from ``run_info.json``.
+    ``runs`` limits the search to these (variant, run) pairs.
+    """
+    root = Path(root)
+    if runs is None:
+        found = set()
+        for base in (root / "results" / "export", root / "work"):
+            if base.is_dir():
+                found |= {(d.parent.name, d.name) for d in base.glob("*/*") if d.is_dir() and ".stale-" not in d.name}
+        runs = sorted(found)
+    out: dict[str, dict] = {}
+    for variant, run in runs:
+        dirs = [root / "results" / "export" / variant / run, root / "work" / variant / run]
+        info = next((json.loads((d / "run_info.json").read_text()) for d in dirs if (d / "run_info.json").is_file()),
+                    None)
+        if info is None or (info.get("config", {}).get("data", {}).get("name") != "simulated"):
+            continue
+        tfile = next((d / "truth.json" for d in dirs if (d / "truth.json").is_file()), None)
+        if tfile is not None and "alpha_full_true" in (t := json.loads(tfile.read_text())):
+            out[f"{variant}/{run}"] = t
+        else:
+            out[f"{variant}/{run}"] = truth_for_run(info)
+    return out
+
+
+# ---- comparison ------------------------------------------------------------------------------------------------------
+def _spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    from scipy import stats
+
+    if len(x) < 3:
+        return math.nan, math.nan
+    r = stats.spearmanr(x, y)
+    return float(r.statistic), float(r.pvalue)
+
+
+def _within(df: pd.DataFrame, col: str) -> np.ndarray:
+    return (df[col] - df.groupby("cell")[col].transform("mean")).to_numpy(dtype=float)
+
+
+def _wilson(k: int, n: int, confidence: float) -> tuple[float, float]:
+    from loss_slope.analysis.stats import wilson_interval
+
+    return wilson_interval(k, n, confidence=confidence) if n else (math.nan, math.nan)
+
+
+def _num(v) -> float | None:
+    return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else float(v)
+
+
+def compare_with_truth(table: pd.DataFrame, truths: Mapping[str, Mapping[str, Any]], *,
+                       r2_column: str = "power_r2", r2_threshold: float = 0.98, h2_min_abs_rho: float = 0.7,
+                       h2_max_p: float = 0.01, confidence: float = 0.95) -> dict:
+    """Every estimate of the per-run table against the truth; JSON-ready.
+
+    Parameters
+    ----------
+    table : DataFrame
+        The per-run table (``runs.parquet``): variant, run, status, knee_epoch, knee_found, alpha_early,
+        alpha_full, best_val_ce, power_exponent, the R² column and, when present, ``h1_single_power_law``.
+    truths : mapping
+        ``"variant/run"`` → truth (:func:`load_truths`).
+    r2_column, r2_threshold : the H1 decision while the table has no ``h1_single_power_law``.
+    h2_min_abs_rho, h2_max_p : the H2 verdict's thresholds.
+    """
+    t = table.copy()
+    t["key"] = t["variant"].astype(str) + "/" + t["run"].astype(str)
+    t = t[t["key"].isin(truths)].reset_index(drop=True)
+    tr = pd.DataFrame([{**truths[k], "key": k} for k in t["key"]]) if len(t) else pd.DataFrame(
+        columns=["key", "cell", "h1_single_power_law", "diverged", "knee_epoch", "alpha_early_true",
+                 "alpha_full_true", "best_val_ce_true", "alpha", "schedule_effect"])
+    t = t.merge(tr.add_prefix("true_").rename(columns={"true_key": "key"}), on="key", how="left")
+    t["cell"] = t["true_cell"]
+    ok = t[t["status"] == "ok"]
+    res: dict[str, Any] = {"n_runs": int(len(t)), "n_ok": int(len(ok)), "n_truth": len(truths)}
+
+    # ---- H1 ----
+    if "h1_single_power_law" in t.columns:
+        decision, rule = t["h1_single_power_law"], "h1_single_power_law"
+    else:
+        decision, rule = pd.to_numeric(t[r2_column], errors="coerce") >= r2_threshold, f"{r2_column} >= {r2_threshold:g}"
+    t["h1_est"] = decision.where(t["status"] == "ok")
+    h1 = t[(t["status"] == "ok") & t["h1_est"].notna() & t["true_h1_single_power_law"].notna()]
+    k_est, n = int(h1["h1_est"].astype(bool).sum()), int(len(h1))
+    k_true = int(h1["true_h1_single_power_law"].astype(bool).sum())
+    lo, hi = _wilson(k_est, n, confidence)
+    wrong = h1[h1["h1_est"].astype(bool) != h1["true_h1_single_power_law"].astype(bool)]
+    res["h1"] = {
+        "rule": rule, "n": n, "estimated_share": k_est / n if n else None, "ci": [_num(lo), _num(hi)],
+        "true_share": k_true / n if n else None,
+        "true_within_ci": bool(n and lo <= k_true / n <= hi), "confidence": confidence,
+        "false_positive": int((h1["h1_est"].astype(bool) & ~h1["true_h1_single_power_law"].astype(bool)).sum()),
+        "false_negative": int((~h1["h1_est"].astype(bool) & h1["true_h1_single_power_law"].astype(bool)).sum()),
+    }
+
+    # ---- H2 ----
+    h2 = ok.dropna(subset=["alpha_early", "best_val_ce", "true_alpha_early_true", "true_best_val_ce_true"]).copy()
+    h2 = h2.astype({"alpha_early": float, "best_val_ce": float, "true_alpha_early_true": float,
+                    "true_best_val_ce_true": float})
+    est_rho, est_p = _spearman(h2["alpha_early"].to_numpy(), h2["best_val_ce"].to_numpy())
+    true_rho, true_p = _spearman(h2["true_alpha_early_true"].to_numpy(), h2["true_best_val_ce_true"].to_numpy())
+    multi = h2[h2.groupby("cell")["cell"].transform("size") > 1]
+    est_w, est_wp = _spearman(_within(multi, "alpha_early"), _within(multi, "best_val_ce"))
+    true_w, true_wp = _spearman(_within(multi, "true_alpha_early_true"), _within(multi, "true_best_val_ce_true"))
+    verdict = lambda rho, p: bool(math.isfinite(rho) and abs(rho) >= h2_min_abs_rho and p < h2_max_p)  # noqa: E731
+    first = truths[next(iter(truths))] if truths else {}
+    res["h2"] = {
+        "n": int(len(h2)), "estimated_rho": _num(est_rho), "estimated_p": _num(est_p),
+        "true_rho": _num(true_rho), "true_p": _num(true_p),
+        "estimated_within_rho": _num(est_w), "estimated_within_p": _num(est_wp),
+        "true_within_rho": _num(true_w), "true_within_p": _num(true_wp),
+        "configured_rho_cell": first.get("configured_rho_cell"), "configured_rho_within": first.get("configured_rho_within"),
+        "min_abs_rho": h2_min_abs_rho, "max_p": h2_max_p,
+        "estimated_verdict": "supported" if verdict(est_rho, est_p) else "not supported",
+        "true_verdict": "supported" if verdict(true_rho, true_p) else "not supported",
+    }
+    res["h2"]["verdict_matches"] = res["h2"]["estimated_verdict"] == res["h2"]["true_verdict"]
+
+    # ---- knees ----
+    found = ok[ok["knee_found"].fillna(False).astype(bool) & ok["knee_epoch"].notna()]
+    err = np.abs(np.log10(found["knee_epoch"].astype(float).to_numpy() / found["true_knee_epoch"].astype(float).to_numpy()))
+    res["knee"] = {
+        "n_true": int(len(ok)), "n_found": int(len(found)),
+        "median_error_decades": _num(float(np.median(err))) if len(err) else None,
+        "p90_error_decades": _num(float(np.quantile(err, 0.9))) if len(err) else None,
+        "max_error_decades": _num(float(err.max())) if len(err) else None,
+    }
+
+    # ---- exponents ----
+    def _err(est: str, true: str) -> dict:
+        d = ok.dropna(subset=[est, true])
+        e = d[est].astype(float).to_numpy() - d[true].astype(float).to_numpy()
+        return {"n": int(len(e)), "median_error": _num(float(np.median(e))) if len(e) else None,
+                "median_abs_error": _num(float(np.median(np.abs(e)))) if len(e) else None}
+
+    res["exponent"] = {"alpha_early": _err("alpha_early", "true_alpha_early_true"),
+                       "alpha_full": _err("alpha_full", "true_alpha_full_true")}
+    effects = set(ok["true_schedule_effect"].dropna().astype(float)) if len(ok) else set()
+    if effects == {0.0} and "power_exponent" in ok.columns:
+        res["exponent"]["power_exponent"] = _err("power_exponent", "true_alpha")
+    else:
+        res["exponent"]["power_exponent"] = None  # the schedule shapes the curve: no single true exponent in steps
+
+    # ---- wrong verdicts ----
+    runs = []
+    for _, r in wrong.iterrows():
+        runs.append({"run": r["key"], "what": "H1", "estimated": bool(r["h1_est"]),
+                     "truth": bool(r["true_h1_single_power_law"])})
+    div_est = t["status"] == "diverged"
+    div_true = t["true_diverged"].fillna(False).astype(bool)
+    for _, r in t[div_est != div_true].iterrows():
+        runs.append({"run": r["key"], "what": "diverged", "estimated": bool(r["status"] == "diverged"),
+                     "truth": bool(r["true_diverged"])})
+    for _, r in ok[~ok["knee_found"].fillna(False).astype(bool)].iterrows():
+        runs.append({"run": r["key"], "what": "knee", "estimated": False, "truth": True})
+    res["diverged"] = {"estimated": int(div_est.sum()), "true": int(div_true.sum())}
+    res["wrong"] = runs
+    return res
+
+
+# ---- markdown --------------------------------------------------------------------------------------------------------
+def _f(v, fmt: str = ".3f") -> str:
+    return "—" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
+
+
+def truth_markdown(result: Mapping[str, Any], *, max_runs: int = 30) -> str:
+    """``summary.md``'s section on a simulated study: each estimate next to its truth."""
+    h1, h2, kn, ex = result["h1"], result["h2"], result["knee"], result["exponent"]
+    lines = [
+        "## Against the known truth (simulated study)",
+        "",
+        f"The runs were simulated from known curves; {result['n_ok']} of {result['n_runs']} runs are usable "
+        f"({result['diverged']['estimated']} diverged, {result['diverged']['true']} by design).",
+        "",
+        "| quantity | estimated | truth | recovered |",
+        "|---|---|---|---|",
+        f"| H1 share ({h1['rule']}) | {_f(h1['estimated_share'])} "
+        f"[{_f(h1['ci'][0])}, {_f(h1['ci'][1])}] | {_f(h1['true_share'])} | "
+        f"{'yes' if h1['true_within_ci'] else 'no'} (truth {'inside' if h1['true_within_ci'] else 'outside'} the "
+        f"{h1['confidence']:.0%} interval) |",
+        f"| H2 Spearman ρ, pooled | {_f(h2['estimated_rho'])} (p {_f(h2['estimated_p'], '.2g')}) | "
+        f"{_f(h2['true_rho'])} | verdict {h2['estimated_verdict']} vs {h2['true_verdict']}: "
+        f"{'yes' if h2['verdict_matches'] else 'no'} |",
+        f"| H2 Spearman ρ, within cells | {_f(h2['estimated_within_rho'])} | {_f(h2['true_within_rho'])} | "
+        f"error {_f(_diff(h2['estimated_within_rho'], h2['true_within_rho']), '+.3f')} |",
+        f"| knee, median error (decades) | {_f(kn['median_error_decades'])} (p90 {_f(kn['p90_error_decades'])}, "
+        f"max {_f(kn['max_error_decades'])}) | 0 | {kn['n_found']} of {kn['n_true']} knees found |",
+        f"| α_early, median error | {_f(ex['alpha_early']['median_error'], '+.4f')} | 0 | "
+        f"median abs. {_f(ex['alpha_early']['median_abs_error'], '.4f')} |",
+        f"| α_full, median error | {_f(ex['alpha_full']['median_error'], '+.4f')} | 0 | "
+        f"median abs. {_f(ex['alpha_full']['median_abs_error'], '.4f')} |",
+    ]
+    if ex.get("power_exponent"):
+        pe = ex["power_exponent"]
+        lines.append(f"| power-law exponent, median error | {_f(pe['median_error'], '+.4f')} | 0 | "
+                     f"median abs. {_f(pe['median_abs_error'], '.4f')} |")
+    lines += [
+        "",
+        f"H1 decisions: {h1['false_positive']} false positive(s), {h1['false_negative']} false negative(s) among "
+        f"{h1['n']} usable runs. The truth's ρ is the same statistic on the clean curves (configured correlations of "
+        f"the generating parts: cell {_f(h2['configured_rho_cell'], '+.2f')}, within {_f(h2['configured_rho_within'], '+.2f')}).",
+        "",
+    ]
+    wrong = result["wrong"]
+    if wrong:
+        lines += ["Runs whose verdict was wrong:", "", "| run | what | estimated | truth |", "|---|---|---|---|"]
+        lines += [f"| {w['run']} | {w['what']} | {w['estimated']} | {w['truth']} |" for w in wrong[:max_runs]]
+        if len(wrong) > max_runs:
+            lines.append(f"| … {len(wrong) - max_runs} more | | | |")
+    else:
+        lines.append("No run's verdict was wrong.")
+    return "\n".join(lines) + "\n"
+
+
+def _diff(a, b):
+    return None if a is None or b is None else a - b

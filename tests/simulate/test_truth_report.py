@@ -1,0 +1,63 @@
+"""report/truth.py on a small table built around known truths."""
+
+import numpy as np
+import pandas as pd
+
+from loss_slope.report.truth import compare_with_truth, truth_markdown
+
+
+def study(n_cells=12, seeds=6, rho=-0.9, noise=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    rows, truths = [], {}
+    for c in range(n_cells):
+        u = rng.standard_normal(2)
+        for s in range(seeds):
+            w = rng.standard_normal(2)
+            a = 0.5 + 0.1 * u[0] + 0.03 * w[0]
+            ce = 0.45 + 0.05 * (rho * u[0] + np.sqrt(1 - rho**2) * u[1]) + 0.02 * (rho * w[0] + np.sqrt(1 - rho**2) * w[1])
+            key = ("S-core", f"lr{c}-wd0.001-s{s}")
+            h1 = bool(rng.random() > 0.15)
+            truths["/".join(key)] = {"cell": f"c{c}", "h1_single_power_law": h1, "diverged": False,
+                                     "knee_epoch": 2.0, "alpha_early_true": a, "alpha_full_true": a + 0.1,
+                                     "best_val_ce_true": ce, "alpha": 0.6, "schedule_effect": 1.0,
+                                     "configured_rho_cell": rho, "configured_rho_within": rho}
+            rows.append({"variant": key[0], "run": key[1], "status": "ok", "knee_found": True,
+                         "knee_epoch": 2.0 * 10 ** (0.01 * rng.standard_normal()),
+                         "alpha_early": a + noise * rng.standard_normal(), "alpha_full": a + 0.1,
+                         "best_val_ce": ce + noise * rng.standard_normal(), "power_exponent": 1.0,
+                         "power_r2": 0.99 if h1 else 0.95})
+    return pd.DataFrame(rows), truths
+
+
+def test_recovers_a_supported_h2_and_the_h1_share():
+    table, truths = study(rho=-0.95)
+    r = compare_with_truth(table, truths)
+    assert r["h1"]["true_within_ci"] and r["h1"]["false_positive"] == r["h1"]["false_negative"] == 0
+    assert r["h2"]["estimated_verdict"] == r["h2"]["true_verdict"] == "supported"
+    assert r["h2"]["estimated_rho"] == r["h2"]["true_rho"] < -0.7
+    assert r["h2"]["true_within_rho"] < -0.7
+    assert r["knee"]["median_error_decades"] < 0.02 and r["knee"]["n_found"] == len(table)
+    assert r["wrong"] == []
+    md = truth_markdown(r)
+    assert "H1 share" in md and "No run's verdict was wrong" in md
+
+
+def test_unsupported_h2_and_wrong_verdicts_are_listed():
+    table, truths = study(rho=0.0, noise=0.01, seed=1)
+    r = compare_with_truth(table, truths)
+    assert r["h2"]["true_verdict"] == "not supported" and r["h2"]["verdict_matches"]
+    key = next(iter(truths))
+    table.loc[0, "power_r2"] = 0.5 if truths[key]["h1_single_power_law"] else 0.999
+    table.loc[1, "knee_found"] = False
+    r = compare_with_truth(table, truths)
+    assert {(w["run"], w["what"]) for w in r["wrong"]} >= {(key, "H1"), ("/".join(table.loc[1, ["variant", "run"]]),
+                                                                          "knee")}
+    assert "Runs whose verdict was wrong" in truth_markdown(r)
+
+
+def test_uses_the_per_run_h1_decision_when_the_table_has_it():
+    table, truths = study()
+    table["h1_single_power_law"] = [truths[f"{v}/{r}"]["h1_single_power_law"] for v, r in zip(table.variant, table.run)]
+    table["power_r2"] = 0.0  # ignored
+    r = compare_with_truth(table, truths)
+    assert r["h1"]["rule"] == "h1_single_power_law" and r["h1"]["estimated_share"] == r["h1"]["true_share"]
