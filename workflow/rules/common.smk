@@ -7,13 +7,19 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
 from loss_slope.probe.plan import (
+    PACK_WILDCARD,
     PlanError,
+    extend_packs,
     fixed_runs_per_gpu,
-    make_packs,
     pack_of,
+    read_membership,
+    ensure_membership,
     read_plan,
+    run_settings_digest,
 )
 from loss_slope.study.config import ConfigError, validate_config
+from loss_slope.study.preflight import preflight
+from loss_slope.study import resources as res
 from loss_slope.report.targets import identity_params
 from loss_slope.study.runs import build_runs, wildcard_regex
 
@@ -63,7 +69,7 @@ wildcard_constraints:
     variant=wildcard_regex(config["variants"]),
     # the shape of run ids (study.runs.run_id); a 10k-name alternation would slow every match
     run=r"lr[0-9.e+-]+-wd[0-9.e+-]+-s[0-9]+",
-    pack=r"pack[0-9]+",
+    pack=PACK_WILDCARD,
 
 
 def run_spec(wildcards):
@@ -86,11 +92,41 @@ def run_expected(wildcards):
 RUNS_BY_VARIANT = {
     v: [spec for (v2, _), spec in RUNS.items() if v2 == v] for v in VARIANTS
 }
-# fixed N: the packs are known at parse time (dicts, so a 10k-run plan stays linear)
+WORK_ROOT = config["paths"]["work_root"]
+PACKING = config["packing"]
+
+# Pre-flight, before any job: compose every variant's Hydra config (no torch)
+# and check the keys that depend on each other. Cluster jobs re-parse this
+# file: they skip it (the controller did it).
+if workflow.remote_exec or workflow.subprocess_exec:
+    FACTS = None
+else:
+    try:
+        FACTS = preflight(
+            config, RUNS_BY_VARIANT, runtime_minutes=PACKING["runtime_minutes"]
+        )
+    except ConfigError as exc:
+        raise WorkflowError(f"config error — {exc}") from None
+
+# Stable, append-only packs: the packs planned before keep their members
+# (results/plan/{variant}/membership.json); new runs form new packs named by
+# their members. Fixed N: known at parse time (dicts: a 10k-run plan stays linear).
+for v in VARIANTS:
+    ensure_membership(f"results/plan/{v}/packs.json")
 FIXED_PACKS = {
-    v: make_packs([s.run for s in RUNS_BY_VARIANT[v]], FIXED_N) if FIXED_N else None
+    v: (
+        extend_packs(
+            read_membership(f"results/plan/{v}/packs.json"),
+            [s.run for s in RUNS_BY_VARIANT[v]],
+            FIXED_N,
+        )
+        if FIXED_N
+        else None
+    )
     for v in VARIANTS
 }
+# what each run trains (its overrides minus where the data lives), as a short digest
+RUN_DIGEST = {key: run_settings_digest(spec.overrides) for key, spec in RUNS.items()}
 FIXED_PACK_OF = {
     (v, r): p
     for v in VARIANTS
@@ -104,11 +140,24 @@ def variant_runs(variant):
     return RUNS_BY_VARIANT[variant]
 
 
-def plan_runs(wildcards):
-    return [
-        {"run": s.run, "overrides": list(s.overrides)}
-        for s in variant_runs(wildcards.variant)
-    ]
+def SLURM_STUDY(wildcards):
+    """Whether the cluster jobs go to SLURM (known once the executor is chosen)."""
+    plugin = workflow.executor_plugin
+    return bool(plugin) and getattr(plugin, "name", "") == "slurm"
+
+
+def plan_digest(wildcards):
+    """plan_packs reruns when the variant's runs, their settings or the packs change (a digest)."""
+    import hashlib
+
+    v = wildcards.variant
+    text = repr(
+        (
+            [(s.run, RUN_DIGEST[(v, s.run)]) for s in variant_runs(v)],
+            FIXED_PACKS[v],
+        )
+    )
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
 def plan_inputs(wildcards):
@@ -121,19 +170,48 @@ def probe_overrides(wildcards):
 
 
 def run_pack(wildcards):
-    """The pack job that trains this run."""
+    """The file that says this run's training finished: its per-run marker.
+
+    (The report rules use it to tell finished runs from the others.)
+    """
+    return f"results/runs/{wildcards.variant}/{wildcards.run}.json"
+
+
+def run_pack_output(wildcards):
+    """The pack job that trains this run (its output; ancient: a pack rerun for a
+    new or changed neighbour does not make this run's marker out of date)."""
     if FIXED_N:
         pack = FIXED_PACK_OF[(wildcards.variant, wildcards.run)]
     else:
         plan = checkpoints.plan_packs.get(variant=wildcards.variant).output.plan
         pack = pack_of(read_plan(plan), wildcards.run)
-    return f"results/packs/{wildcards.variant}/{pack}.json"
+    return ancient(f"results/packs/{wildcards.variant}/{pack}.json")
+
+
+def run_digest(wildcards):
+    return RUN_DIGEST[(wildcards.variant, wildcards.run)]
+
+
+def run_dir(wildcards):
+    return f"{WORK_ROOT}/{wildcards.variant}/{wildcards.run}"
+
+
+_PLANS = {}
+
+
+def variant_plan(variant):
+    """The measured plan of a variant, read once per change of the file."""
+    path = f"results/plan/{variant}/packs.json"
+    stamp = os.stat(path).st_mtime_ns
+    if _PLANS.get(path, (None,))[0] != stamp:
+        _PLANS[path] = (stamp, read_plan(path))
+    return _PLANS[path][1]
 
 
 def pack_members(wildcards):
     if FIXED_N:
         return FIXED_PACKS[wildcards.variant][wildcards.pack]
-    plan = read_plan(f"results/plan/{wildcards.variant}/packs.json")
+    plan = variant_plan(wildcards.variant)
     return [m["run"] for m in plan["packs"][wildcards.pack]]
 
 
@@ -145,14 +223,66 @@ def pack_runs_arg(wildcards):
     return ",".join(pack_members(wildcards))
 
 
-def pack_threads(wildcards):
-    return pack_size(wildcards) * config["training"]["threads"]
+def pack_digests(wildcards):
+    """What the pack's runs train, one short digest per run: a changed run reruns its pack."""
+    v = wildcards.variant
+    return ",".join(f"{r}:{RUN_DIGEST[(v, r)]}" for r in pack_members(wildcards))
+
+
+def pack_measured(wildcards):
+    """What the probe measured for this variant (empty with a fixed N)."""
+    if FIXED_N:
+        return {}
+    plan = variant_plan(wildcards.variant)
+    return {k: plan.get(k) for k in ("gpu_name", "step_s", "host_mem_mb_per_run")}
+
+
+# ---- the resource contract (loss_slope.study.resources): never depends on --cores
+def pack_cpus(wildcards):
+    return res.pack_cpus(pack_size(wildcards), config["training"]["threads"])
+
+
+def pack_mem_mb(wildcards, attempt):
+    per_run = (
+        pack_measured(wildcards).get("host_mem_mb_per_run")
+        or PACKING["host_mem_mb_per_run"]
+    )
+    return res.pack_mem_mb(
+        pack_size(wildcards), per_run, PACKING["host_mem_margin_mb"], attempt
+    )
+
+
+def pack_runtime(wildcards):
+    step_s = pack_measured(wildcards).get("step_s")
+    if not step_s or FACTS is None:
+        return int(PACKING["runtime_minutes"])
+    total = FACTS[wildcards.variant].total_steps
+    left = max(
+        total - res.steps_done(f"{WORK_ROOT}/{wildcards.variant}/{r}")
+        for r in pack_members(wildcards)
+    )
+    return res.pack_runtime_minutes(
+        left,
+        step_s,
+        margin_min=PACKING["time_margin_minutes"],
+        cap_min=PACKING["runtime_minutes"],
+        safety=PACKING["runtime_safety"],
+    )
 
 
 def pack_time_budget(wildcards, resources):
     """Seconds a pack's trainings may run before stopping cleanly (runtime minus the margin)."""
-    seconds = int((resources.runtime - config["packing"]["time_margin_minutes"]) * 60)
+    seconds = int((resources.runtime - PACKING["time_margin_minutes"]) * 60)
     return max(seconds, 60)
+
+
+def pack_gpu_args(wildcards):
+    gpu = pack_measured(wildcards).get("gpu_name")
+    if not gpu:
+        return ""
+    import shlex
+
+    return f"--expect-gpu {shlex.quote(gpu)} --gpu-mismatch {PACKING['gpu_mismatch']}"
 
 
 def all_runs(pattern):
