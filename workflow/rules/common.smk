@@ -11,9 +11,7 @@ from loss_slope.probe.plan import (
     PlanError,
     extend_packs,
     fixed_runs_per_gpu,
-    pack_of,
     read_membership,
-    ensure_membership,
     read_plan,
     run_settings_digest,
 )
@@ -108,32 +106,8 @@ else:
     except ConfigError as exc:
         raise WorkflowError(f"config error — {exc}") from None
 
-# Stable, append-only packs: the packs planned before keep their members
-# (results/plan/{variant}/membership.json); new runs form new packs named by
-# their members. Fixed N: known at parse time (dicts: a 10k-run plan stays linear).
-for v in VARIANTS:
-    ensure_membership(f"results/plan/{v}/packs.json")
-FIXED_PACKS = {
-    v: (
-        extend_packs(
-            read_membership(f"results/plan/{v}/packs.json"),
-            [s.run for s in RUNS_BY_VARIANT[v]],
-            FIXED_N,
-        )
-        if FIXED_N
-        else None
-    )
-    for v in VARIANTS
-}
 # what each run trains (its overrides minus where the data lives), as a short digest
 RUN_DIGEST = {key: run_settings_digest(spec.overrides) for key, spec in RUNS.items()}
-FIXED_PACK_OF = {
-    (v, r): p
-    for v in VARIANTS
-    if FIXED_N
-    for p, members in FIXED_PACKS[v].items()
-    for r in members
-}
 
 
 def variant_runs(variant):
@@ -146,18 +120,9 @@ def SLURM_STUDY(wildcards):
     return bool(plugin) and getattr(plugin, "name", "") == "slurm"
 
 
-def plan_digest(wildcards):
-    """plan_packs reruns when the variant's runs, their settings or the packs change (a digest)."""
-    import hashlib
-
-    v = wildcards.variant
-    text = repr(
-        (
-            [(s.run, RUN_DIGEST[(v, s.run)]) for s in variant_runs(v)],
-            FIXED_PACKS[v],
-        )
-    )
-    return hashlib.sha1(text.encode()).hexdigest()[:12]
+def EXPLICIT_CPU(wildcards):
+    """The variant's runs ask for the CPU on purpose (trainer.accelerator=cpu)."""
+    return "trainer.accelerator=cpu" in variant_runs(wildcards.variant)[0].overrides
 
 
 def plan_inputs(wildcards):
@@ -169,6 +134,50 @@ def probe_overrides(wildcards):
     return list(variant_runs(wildcards.variant)[0].overrides)
 
 
+# ---- packs: stable and append-only (loss_slope.probe.plan)
+# The registry results/plan/{variant}/packs.json lists every pack planned so
+# far; those packs keep their runs, and runs in none form new packs of N named
+# by their members. N is fixed (WORKERS_PER_GPU / packing.runs_per_gpu: the
+# packs are known now) or measured (after the checkpoint plan_packs).
+def registry_path(variant):
+    return f"results/plan/{variant}/packs.json"
+
+
+def n_file(variant):
+    return f"results/plan/{variant}/runs_per_gpu.json"
+
+
+def variant_measured(variant):
+    """N and what the probe measured (after the checkpoint); {} when N is fixed."""
+    if FIXED_N:
+        return {}
+    path = checkpoints.plan_packs.get(variant=variant).output.plan
+    stamp = os.stat(path).st_mtime_ns
+    if _MEASURED.get(path, (None,))[0] != stamp:
+        _MEASURED[path] = (stamp, read_plan(path))
+    return _MEASURED[path][1]
+
+
+_MEASURED = {}
+_PACKS = {}
+
+
+def variant_packs(variant):
+    """{pack: [run, ...]} of the variant (its packs so far plus new ones for unplaced runs)."""
+    n = FIXED_N or int(variant_measured(variant)["runs_per_gpu"])
+    if (variant, n) not in _PACKS:
+        packs = extend_packs(
+            read_membership(registry_path(variant)),
+            [s.run for s in variant_runs(variant)],
+            n,
+        )
+        _PACKS[(variant, n)] = (
+            packs,
+            {r: p for p, members in packs.items() for r in members},
+        )
+    return _PACKS[(variant, n)]
+
+
 def run_pack(wildcards):
     """The file that says this run's training finished: its per-run marker.
 
@@ -178,14 +187,9 @@ def run_pack(wildcards):
 
 
 def run_pack_output(wildcards):
-    """The pack job that trains this run (its output; ancient: a pack rerun for a
-    new or changed neighbour does not make this run's marker out of date)."""
-    if FIXED_N:
-        pack = FIXED_PACK_OF[(wildcards.variant, wildcards.run)]
-    else:
-        plan = checkpoints.plan_packs.get(variant=wildcards.variant).output.plan
-        pack = pack_of(read_plan(plan), wildcards.run)
-    return ancient(f"results/packs/{wildcards.variant}/{pack}.json")
+    """The output of the pack job that trains this run."""
+    pack = variant_packs(wildcards.variant)[1][wildcards.run]
+    return f"results/packs/{wildcards.variant}/{pack}.json"
 
 
 def run_digest(wildcards):
@@ -196,45 +200,32 @@ def run_dir(wildcards):
     return f"{WORK_ROOT}/{wildcards.variant}/{wildcards.run}"
 
 
-_PLANS = {}
-
-
-def variant_plan(variant):
-    """The measured plan of a variant, read once per change of the file."""
-    path = f"results/plan/{variant}/packs.json"
-    stamp = os.stat(path).st_mtime_ns
-    if _PLANS.get(path, (None,))[0] != stamp:
-        _PLANS[path] = (stamp, read_plan(path))
-    return _PLANS[path][1]
-
-
 def pack_members(wildcards):
-    if FIXED_N:
-        return FIXED_PACKS[wildcards.variant][wildcards.pack]
-    plan = variant_plan(wildcards.variant)
-    return [m["run"] for m in plan["packs"][wildcards.pack]]
+    try:
+        return variant_packs(wildcards.variant)[0][wildcards.pack]
+    except KeyError:
+        raise WorkflowError(
+            f"{wildcards.variant}/{wildcards.pack} is not a pack of this study"
+        ) from None
 
 
 def pack_size(wildcards):
     return len(pack_members(wildcards))
 
 
-def pack_runs_arg(wildcards):
-    return ",".join(pack_members(wildcards))
+def pack_spec_inputs(wildcards):
+    return [] if FIXED_N else {"n": n_file(wildcards.variant)}
 
 
-def pack_digests(wildcards):
-    """What the pack's runs train, one short digest per run: a changed run reruns its pack."""
+def pack_settings(wildcards):
+    """The pack's runs and what each trains (short digests): a changed run re-plans its pack."""
     v = wildcards.variant
     return ",".join(f"{r}:{RUN_DIGEST[(v, r)]}" for r in pack_members(wildcards))
 
 
 def pack_measured(wildcards):
     """What the probe measured for this variant (empty with a fixed N)."""
-    if FIXED_N:
-        return {}
-    plan = variant_plan(wildcards.variant)
-    return {k: plan.get(k) for k in ("gpu_name", "step_s", "host_mem_mb_per_run")}
+    return variant_measured(wildcards.variant)
 
 
 # ---- the resource contract (loss_slope.study.resources): never depends on --cores

@@ -1,5 +1,6 @@
 localrules:
     plan_packs,
+    pack_spec,
     run_done,
 
 
@@ -30,22 +31,21 @@ rule probe_capacity:
         "../scripts/probe_capacity.py"
 
 
-# The plan: N runs per GPU and the packs. Params are digests (a dry-run's
-# "reason" stays short); the script rebuilds the packs from the config and the
-# membership history (loss_slope.probe.plan), so existing packs keep their runs.
+# N runs per GPU, fixed or measured, and what the probe measured:
+# results/plan/{variant}/runs_per_gpu.json. It does not depend on the run
+# list: adding runs to the config never reruns it (nor, through it, anything).
 if FIXED_N:
 
-    # N is known: an ordinary rule, so a dry-run shows every pack and run
     rule plan_packs:
         output:
-            plan="results/plan/{variant}/packs.json",
+            plan="results/plan/{variant}/runs_per_gpu.json",
         log:
             "logs/plan_packs/{variant}.log",
         params:
-            digest=plan_digest,
             n=FIXED_N,
             source=FIXED_N_SOURCE,
-            slurm=SLURM_STUDY,
+            slurm=False,
+            explicit_cpu=False,
         script:
             "../scripts/plan_packs.py"
 
@@ -56,16 +56,34 @@ else:
         input:
             probe="results/probe/{variant}.json",
         output:
-            plan="results/plan/{variant}/packs.json",
+            plan="results/plan/{variant}/runs_per_gpu.json",
         log:
             "logs/plan_packs/{variant}.log",
         params:
-            digest=plan_digest,
             n=None,
             source="probe",
             slurm=SLURM_STUDY,
+            explicit_cpu=EXPLICIT_CPU,
         script:
             "../scripts/plan_packs.py"
+
+
+# One pack's spec: its runs and their Hydra overrides (from the config), and
+# the pack recorded in the registry results/plan/{variant}/packs.json. Params
+# are short digests of what each run trains: only a change to one of its own
+# runs re-plans (and so retrains) a pack; the dry-run reason stays short.
+rule pack_spec:
+    input:
+        unpack(pack_spec_inputs),
+    output:
+        spec="results/plan/{variant}/packs/{pack}.json",
+    log:
+        "logs/pack_spec/{variant}/{pack}.log",
+    params:
+        settings=pack_settings,
+        registry=lambda wildcards: registry_path(wildcards.variant),
+    script:
+        "../scripts/pack_spec.py"
 
 
 # One GPU job trains the N runs of a pack. Resources: loss_slope.study.resources
@@ -74,8 +92,7 @@ else:
 rule train_pack:
     input:
         DATA_INPUTS,
-        # ancient: a plan extended by new packs does not make the old packs out of date
-        plan=ancient("results/plan/{variant}/packs.json"),
+        spec="results/plan/{variant}/packs/{pack}.json",
     output:
         "results/packs/{variant}/{pack}.json",
     log:
@@ -90,22 +107,20 @@ rule train_pack:
         attempt_no=lambda wildcards, attempt: attempt,
     params:
         run_logs="logs/train/{variant}",
-        runs=pack_runs_arg,
-        settings=pack_digests,
         max_time=pack_time_budget,
         work_root=WORK_ROOT,
         max_errors=PACKING["max_error_attempts"],
         gpu=pack_gpu_args,
     shell:
-        "python -m loss_slope.train.pack --plan {input.plan:q} --pack {wildcards.pack}"
-        " --variant {wildcards.variant} --runs {params.runs} --output {output:q} --log-dir {params.run_logs:q}"
+        "python -m loss_slope.train.pack --plan {input.spec:q} --pack {wildcards.pack}"
+        " --variant {wildcards.variant} --output {output:q} --log-dir {params.run_logs:q}"
         " --work-root {params.work_root:q} --max-error-attempts {params.max_errors} {params.gpu}"
         " --attempt {resources.attempt_no} trainer.max_time_s={params.max_time} > {log:q} 2>&1"
 
 
 # Per-run completion marker: downstream jobs depend on runs, not packs. Its
-# params are the run's own settings digest, so only a change to this run's
-# settings makes it (and its tables, validation and fit) out of date.
+# params are the run's own settings digest. A run given up after repeated
+# errors fails here, with its error, and only here.
 rule run_done:
     input:
         run_pack_output,

@@ -2,8 +2,9 @@ import sys
 
 sys.stderr = open(snakemake.log[0], "w")
 
-from loss_slope.probe.plan import plan_variant
+from loss_slope.probe.plan import plan_runs_per_gpu
 
-plan = plan_variant(snakemake.config, snakemake.wildcards.variant, snakemake.output.plan, n=snakemake.params.n,
-                    source=snakemake.params.source, probe=snakemake.input.get("probe"), slurm=snakemake.params.slurm)
-print(f"{len(plan['packs'])} pack(s) of up to {plan['runs_per_gpu']} run(s) ({plan['source']})", file=sys.stderr)
+out = plan_runs_per_gpu(snakemake.output.plan, variant=snakemake.wildcards.variant, n=snakemake.params.n,
+                        source=snakemake.params.source, probe=snakemake.input.get("probe"),
+                        slurm=snakemake.params.slurm, explicit_cpu=snakemake.params.explicit_cpu)
+print(f"{out['runs_per_gpu']} run(s) per GPU ({out['source']})", file=sys.stderr)

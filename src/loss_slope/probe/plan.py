@@ -5,11 +5,18 @@ the config, the existing packs are kept as they are and the new runs form new
 packs, each named by a digest of its members (``pack-<10 hex>``). So adding a
 seed never resubmits a pack whose runs are already trained.
 
-The membership history lives in ``membership.json`` next to the plan
-(``results/plan/{variant}/``). It is not a declared output, so Snakemake does
-not delete it when ``plan_packs`` reruns; the Snakefile reads it when the
-number of runs per GPU is fixed (packs known at parse time), ``plan_packs``
-reads and extends it. No torch here: the Snakefile imports this module.
+Files (``results/plan/{variant}/``):
+
+* ``runs_per_gpu.json``: N and what the probe measured (GPU model, time per
+  step, host memory); the output of ``plan_packs`` (a checkpoint when N is
+  measured). It does not depend on the run list, so adding runs never reruns it.
+* ``packs/{pack}.json``: one pack's runs and their Hydra overrides (rule
+  ``pack_spec``), read by the pack's GPU job.
+* ``packs.json``: the registry of every pack planned so far, ``{pack: [run, ...]}``.
+  Not a declared output (Snakemake never deletes it); the Snakefile reads it to
+  keep existing packs, ``pack_spec`` adds to it.
+
+No torch here: the Snakefile imports this module.
 """
 
 from __future__ import annotations
@@ -93,52 +100,64 @@ def extend_packs(previous: dict[str, list[str]], runs: list[str], n: int) -> dic
     return out
 
 
-def membership_path(plan_path) -> Path:
-    return Path(plan_path).with_name("membership.json")
-
-
 def read_membership(plan_path) -> dict[str, list[str]]:
-    """Previous packs of a variant: the membership history, else an older plan file, else none."""
-    for path in (membership_path(plan_path), Path(plan_path)):
+    """The packs planned so far for a variant, ``{pack: [run, ...]}`` (none: ``{}``)."""
+    try:
+        data = json.loads(Path(plan_path).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    packs = data.get("packs", {})
+    return {p: [m["run"] if isinstance(m, dict) else m for m in members] for p, members in packs.items()}
+
+
+def _locked_update(path: Path, update) -> dict:
+    """Read-modify-write ``path`` (JSON) under an exclusive lock on a sidecar file (local jobs, one host)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
         try:
-            data = json.loads(Path(path).read_text())
+            data = json.loads(path.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
-            continue
-        packs = data.get("packs", {})
-        return {p: [m["run"] if isinstance(m, dict) else m for m in members] for p, members in packs.items()}
-    return {}
+            data = {}
+        data = update(data)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+        os.replace(tmp, path)
+    return data
 
 
-def write_plan(path, *, variant: str, runs: list[dict], n: int, source: str, probe: str | None = None,
-               probe_result: dict | None = None, previous: dict[str, list[str]] | None = None,
-               packs: dict[str, list[str]] | None = None) -> dict:
-    """``runs``: dicts with ``run`` and ``overrides`` (the Hydra overrides of that run).
+def write_pack_spec(spec_path, registry_path, *, variant: str, pack: str, runs: list[dict],
+                    measured: dict | None = None) -> dict:
+    """Write one pack's spec (its runs with their overrides) and record the pack in the variant's registry.
 
-    The packs are ``packs`` when given (the Snakefile computed them), else the
-    previous membership extended by the runs not yet in a pack. What the probe
-    measured (GPU model, step time, host memory per run) travels with the plan,
-    so the packs can size their jobs and check their GPU.
+    ``runs``: dicts with ``run`` and ``overrides``. The registry
+    (``results/plan/{variant}/packs.json``) lists every pack ever planned with its
+    runs; the next plan keeps them (append-only).
     """
-    if previous is None:
-        previous = read_membership(path)
-    by_id = {r["run"]: r for r in runs}
-    if packs is None:
-        packs = extend_packs(previous, [r["run"] for r in runs], n)
-    measured = measured_from_probe(probe_result, n) if probe_result else {}
-    plan = {
-        "variant": variant, "runs_per_gpu": n, "source": source, "probe": probe, **measured,
-        "packs": {p: [{"run": r, "overrides": list(by_id[r]["overrides"]),
-                       "settings": run_settings_digest(by_id[r]["overrides"])} for r in members]
-                  for p, members in packs.items()},
-    }
+    members = [{"run": r["run"], "overrides": list(r["overrides"]),
+                "settings": run_settings_digest(r["overrides"])} for r in runs]
+    spec = {"variant": variant, "pack": pack, **(measured or {}), "packs": {pack: members}}
+    Path(spec_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(spec_path).write_text(json.dumps(spec, indent=2) + "\n")
+
+    def register(data):
+        data.setdefault("variant", variant)
+        data.setdefault("packs", {})[pack] = [{"run": m["run"], "settings": m["settings"]} for m in members]
+        return data
+
+    _locked_update(Path(registry_path), register)
+    return spec
+
+
+def write_runs_per_gpu(path, *, variant: str, n: int, source: str, probe=None, probe_result=None) -> dict:
+    """The checkpoint's output: N for the variant and what the probe measured."""
+    out = {"variant": variant, "runs_per_gpu": int(n), "source": source, "probe": str(probe) if probe else None,
+           **(measured_from_probe(probe_result, int(n)) if probe_result else {})}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    # history first: every pack ever planned keeps its members (append-only)
-    history = {**read_membership(path), **packs}
-    tmp = membership_path(path).with_suffix(".tmp")
-    tmp.write_text(json.dumps({"variant": variant, "packs": history}, indent=1) + "\n")
-    os.replace(tmp, membership_path(path))
-    Path(path).write_text(json.dumps(plan, indent=2) + "\n")
-    return plan
+    Path(path).write_text(json.dumps(out, indent=2) + "\n")
+    return out
 
 
 def measured_from_probe(probe: dict, n: int) -> dict:
@@ -152,6 +171,20 @@ def measured_from_probe(probe: dict, n: int) -> dict:
         "step_s": max(steps) / 1000.0 if steps else None,
         "host_mem_mb_per_run": max(host) if host else None,
     }
+
+
+def plan_runs_per_gpu(path, *, variant: str, n: int | None, source: str, probe=None, slurm: bool = False,
+                      explicit_cpu: bool = False) -> dict:
+    """Write ``runs_per_gpu.json``: a fixed ``n``, or the probe's (``probe``: its JSON file).
+
+    A SLURM study refuses a probe measured on the CPU unless the runs ask for the CPU explicitly.
+    """
+    probe_result = None
+    if n is None:
+        probe_result = json.loads(Path(probe).read_text())
+        check_probe(probe_result, slurm=slurm and not explicit_cpu)
+        n = int(probe_result["runs_per_gpu"])
+    return write_runs_per_gpu(path, variant=variant, n=n, source=source, probe=probe, probe_result=probe_result)
 
 
 def check_probe(probe: dict, *, slurm: bool) -> None:
@@ -173,34 +206,3 @@ def pack_of(plan: dict, run: str) -> str:
             return p
     raise PlanError(f"run {run} is in no pack of {plan['variant']}'s plan")
 
-
-def plan_variant(config: dict, variant: str, path, *, n: int | None, source: str, probe=None,
-                 slurm: bool = False) -> dict:
-    """Write ``variant``'s plan: its runs from the config, its packs extended from the history.
-
-    ``n`` None: N is the probe's (``probe`` is its JSON file); a SLURM study refuses a
-    probe measured on the CPU unless the runs ask for the CPU explicitly.
-    """
-    from loss_slope.study.runs import build_runs
-
-    specs = [s for s in build_runs(config) if s.variant == variant]
-    probe_result = None
-    if n is None:
-        probe_result = json.loads(Path(probe).read_text())
-        explicit_cpu = any(o in ("trainer.accelerator=cpu",) for o in (specs[0].overrides if specs else ()))
-        check_probe(probe_result, slurm=slurm and not explicit_cpu)
-        n = int(probe_result["runs_per_gpu"])
-    return write_plan(path, variant=variant, runs=[{"run": s.run, "overrides": list(s.overrides)} for s in specs],
-                      n=n, source=source, probe=str(probe) if probe else None, probe_result=probe_result)
-
-
-def ensure_membership(plan_path) -> None:
-    """Start the membership history from a plan written before there was one (a one-time migration)."""
-    hist = membership_path(plan_path)
-    if hist.exists() or not Path(plan_path).exists():
-        return
-    packs = read_membership(plan_path)
-    if packs:
-        tmp = hist.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"packs": packs}, indent=1) + "\n")
-        os.replace(tmp, hist)
