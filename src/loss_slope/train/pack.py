@@ -228,7 +228,8 @@ def launch_pack(*, plan_path, pack: str, variant: str, output, log_dir, work_roo
     if open_runs:
         for r, v in open_runs.items():
             print(f"run {variant}/{r} did not complete ({v['status']}); see {v['log']}", file=sys.stderr)
-        only_budget = all(v["status"] == "unfinished" for v in open_runs.values())
+        # a time-budget stop, or a run still held by another live trainer when the budget ran out: not errors
+        only_budget = all(v["status"] in ("unfinished", "locked") for v in open_runs.values())
         return EXIT_UNFINISHED if only_budget else EXIT_ERROR
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     Path(output).write_text(json.dumps({"variant": variant, "pack": pack, "attempt": attempt, "started": started,
