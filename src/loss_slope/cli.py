@@ -160,17 +160,25 @@ def format_status(table: dict, now: float | None = None) -> str:
         steps = sum(s["steps"] for s in states)
         total = sum(s["total"] or 0 for s in states)
         rates = [s["rate"] for s in states if s["rate"]]
-        left = sum(max(0, (s["total"] or 0) - s["steps"]) for s in states if s["state"] in ("running", "waiting"))
-        eta = left / sum(rates) if rates and left else (0 if not left else None)
-        pct = f" ({100 * steps / total:.0f}%)" if total else ""
+        open_runs = [s for s in states if s["state"] in ("running", "waiting")]
+        unknown = any(not s["total"] for s in states)
+        left = sum(max(0, (s["total"] or 0) - s["steps"]) for s in open_runs)
+        if not open_runs:
+            eta = 0
+        elif rates and not unknown:
+            eta = left / sum(rates)
+        else:
+            eta = None  # no measured rate yet, or the size of a run not known yet
+        pct = f" ({100 * steps / total:.0f}%)" if total and not unknown else ""
+        shown = f"{steps:,} / {'?' if unknown else f'{total:,}'}{pct}"
         lines.append(f"{v:<14} {count['done']:>5} {count['running']:>8} {count['failed']:>7} {count['waiting']:>8} "
-                     f"{f'{steps:,} / {total:,}{pct}':>24} {_fmt_eta(eta):>8}")
+                     f"{shown:>24} {_fmt_eta(eta):>8}")
         for s in states:
             if s["state"] == "running":
                 eta_run = ((s["total"] or 0) - s["steps"]) / s["rate"] if s["rate"] else None
                 loss = f"{s['loss']:.4f}" if s["loss"] is not None else "-"
                 rate = f"{s['rate']:.2f}/s" if s["rate"] else "-"
-                running_lines.append(f"  {v}/{s['run']:<28} step {s['steps']:>7,} / {s['total'] or 0:<7,} "
+                running_lines.append(f"  {v}/{s['run']:<28} step {s['steps']:>7,} / {s['total'] or '?':<7} "
                                      f"loss {loss:>8}  {rate:>9}  ETA {_fmt_eta(eta_run):>7}  "
                                      f"pack {s['pack'] or '-'}  job {s['job'] or '-'}  host {s['host'] or '-'}")
             elif s["state"] == "failed":
