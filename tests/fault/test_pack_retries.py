@@ -30,7 +30,12 @@ def _launch(tmp_path, spec, attempt, *extra):
 
 def test_time_budget_stop_is_not_an_error(tmp_path):
     spec = _spec(tmp_path, {"r0": BASE + ["trainer.epochs=30"]})
-    assert _launch(tmp_path, spec, 1, "trainer.max_time_s=2") == 3  # unfinished: resubmit, no error
+    steps = tmp_path / "work" / "V" / "r0" / "tables" / "steps.csv"
+    assert _launch(tmp_path, spec, 1, "trainer.max_time_s=3") == 3  # unfinished: resubmit, no error
+    first = len(steps.read_text().splitlines())
+    # the next attempt resumes and gets its own budget (not the time of the earlier attempts)
+    assert _launch(tmp_path, spec, 2, "trainer.max_time_s=3") == 3
+    assert len(steps.read_text().splitlines()) > first + 5
     assert read_errors(tmp_path / "work" / "V" / "r0") == []
     assert not (tmp_path / "out.json").exists()
 

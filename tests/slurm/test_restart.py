@@ -27,7 +27,7 @@ from slurm_harness import PROFILE, Cluster, run
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parents[2]
 RUNS = ["lr0.05-wd0.0005-s0", "lr0.05-wd0.0005-s1"]
-EPOCHS = 60  # 2,640 steps per run: longer than one 60 s budget on the test machine
+EPOCHS = 30  # 1,320 steps per run: longer than one 60 s budget on the test machine
 
 CONFIG = {
     "study": "slurm-restart",

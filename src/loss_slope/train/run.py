@@ -227,6 +227,14 @@ def _run_training_locked(cfg) -> int:
         enable_progress_bar=sys.stderr.isatty(), enable_model_summary=False, default_root_dir=str(paths.root),
     )
     data.train.step_source = lambda: trainer.global_step
+    # trainer.max_time_s is this attempt's budget (its pack job's runtime minus a
+    # margin): Lightning's Timer would restore the elapsed time of earlier
+    # attempts from the checkpoint and stop a resumed run at once
+    from pytorch_lightning.callbacks import Timer
+
+    for cb in trainer.callbacks:
+        if isinstance(cb, Timer):
+            cb.load_state_dict = lambda state_dict: None
 
     t0 = time.time()
     # Our loader derives its position from trainer.global_step, so a mid-epoch
