@@ -85,7 +85,11 @@ def preflight(config: dict, runs_by_variant: dict, *, runtime_minutes: float | N
         except Exception as exc:  # noqa: BLE001 - Hydra/OmegaConf composition errors
             bad = _first_bad_override(overrides)
             where = _override_key(bad, config, variant) if bad else f"variants.{variant}"
-            msg = " ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())[:300]
+            text = str(exc) + ("\n" + str(exc.__cause__) if exc.__cause__ else "")
+            lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+            # Hydra's "To append to your config use +key=value" misleads for a typo
+            msg = " ".join(ln for ln in lines if not ln.startswith(("To append", "full_key:", "object_type=",
+                                                                       "reference_type=")))[:300]
             compose_errors.setdefault(f"{where}: {bad + ': ' if bad else ''}{msg}", []).append(variant)
             continue
         data = cfg.data
@@ -95,17 +99,17 @@ def preflight(config: dict, runs_by_variant: dict, *, runtime_minutes: float | N
         spe = steps_per_epoch(data.name, int(data.batch_size), bool(data.drop_last))
         vpe = int(cfg.trainer.val_per_epoch)
         if vpe > spe:
-            problems.append(
+            compose_errors.setdefault(
                 f"training.val_per_epoch: {vpe} validations per epoch exceed the {spe} steps of an epoch "
-                f"({data.name}, batch {int(data.batch_size)}; variant {variant})")
+                f"({data.name}, batch {int(data.batch_size)})", []).append(variant)
         epochs = int(cfg.trainer.epochs)
         facts[variant] = VariantFacts(variant, spe, epochs, str(cfg.trainer.accelerator))
         window = config.get("analysis", {}).get("fit", {}).get("early_window")
         if window and window[1] > epochs:
-            problems.append(
-                f"analysis.fit.early_window: ends at epoch {window[1]:g}, past the last epoch ({epochs}) of "
-                f"variant {variant}: every run would be too_short")
-    problems = [f"{msg} (Hydra config of variant(s) {', '.join(vs)})" for msg, vs in compose_errors.items()] + problems
+            compose_errors.setdefault(
+                f"analysis.fit.early_window: ends at epoch {window[1]:g}, past the last epoch ({epochs}): "
+                "every run would be too_short", []).append(variant)
+    problems = [f"{msg} (variant(s) {', '.join(vs)})" for msg, vs in compose_errors.items()] + problems
     margin = config["packing"]["time_margin_minutes"]
     if runtime_minutes is not None and margin >= runtime_minutes:
         problems.append(
