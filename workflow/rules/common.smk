@@ -95,9 +95,10 @@ PACKING = config["packing"]
 
 # Pre-flight, before any job: compose every variant's Hydra config (no torch)
 # and check the keys that depend on each other. Cluster jobs re-parse this
-# file: they skip it (the controller did it).
+# file: they skip it (the controller did it) and compose only the variant
+# they need (variant_facts).
 if workflow.remote_exec or workflow.subprocess_exec:
-    FACTS = None
+    FACTS = {}
 else:
     try:
         FACTS = preflight(
@@ -243,11 +244,19 @@ def pack_mem_mb(wildcards, attempt):
     )
 
 
+def variant_facts(variant):
+    """Steps per epoch and epochs of the variant's runs (composed once, also inside a cluster job,
+    so the job computes the same runtime and time budget as the controller)."""
+    if variant not in FACTS:
+        FACTS.update(preflight(config, {variant: RUNS_BY_VARIANT[variant]}))
+    return FACTS[variant]
+
+
 def pack_runtime(wildcards):
     step_s = pack_measured(wildcards).get("step_s")
-    if not step_s or FACTS is None:
+    if not step_s:
         return int(PACKING["runtime_minutes"])
-    total = FACTS[wildcards.variant].total_steps
+    total = variant_facts(wildcards.variant).total_steps
     left = max(
         total - res.steps_done(f"{WORK_ROOT}/{wildcards.variant}/{r}")
         for r in pack_members(wildcards)
