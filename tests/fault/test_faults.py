@@ -103,7 +103,8 @@ def test_disk_error_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, 
 def test_second_snakemake_on_the_same_directory_is_refused(tmp_path):
     cfg = {"data": {"name": "digits"}, "variants": {"S-core": {"experiment": "s_core"}},
            "training": {"epochs": 12, "batch_size": 32, "warmup_epochs": 1, "hydra_overrides": ["model.base_width=4"]},
-           "grid": {"lr": [0.05], "weight_decay": [0.0005], "seed": [0]}, "packing": {"runs_per_gpu": 1}}
+           "grid": {"lr": [0.05], "weight_decay": [0.0005], "seed": [0]}, "packing": {"runs_per_gpu": 1},
+           "analysis": {"fit": {"early_window": [5, 10]}}}  # pre-flight: within the 12 epochs
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     cmd = [snakemake_bin(), "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--cores", "1",
            "--configfile", str(tmp_path / "c.yaml")]

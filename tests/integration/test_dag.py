@@ -18,6 +18,7 @@ TINY = {
     "variants": {"S-core": {"experiment": "s_core"}, "S-bn-off": {"experiment": "s_bn_off"}},
     "grid": {"lr": [0.05], "weight_decay": [0.0005], "seed": [0, 1]},
     "packing": {"probe_k_max": 2, "probe_steps": 5, "probe_warmup_steps": 2},
+    "analysis": {"fit": {"early_window": [1, 3], "window_shift": 1}},  # pre-flight: within the 3 epochs
 }
 
 
@@ -82,7 +83,7 @@ def test_study_dry_run_lists_every_run_identifiably(tmp_path):
     counts = _job_counts(text)
     assert counts["train_pack"] == 216 and counts["to_parquet"] == 216, text[-3000:]
     assert "wildcards: variant=S-adamw, run=lr0.2-wd0.01-s5" in text
-    assert "--variant S-adamw --runs lr0.2-wd0.01-s5 " in text
+    assert "wildcards: variant=S-adamw, pack=pack-" in text  # packs named by their members
     three = run_cmd([*base, "--quiet", "rules"], timeout=120, env={"WORKERS_PER_GPU": "3"})
     assert _job_counts(three.stdout + three.stderr)["train_pack"] == 72
     print(f"two dry-runs of the 216-run study: {elapsed:.2f} s")

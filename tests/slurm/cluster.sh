@@ -89,6 +89,7 @@ LOGS=${LOSS_SLOPE_SLURM_LOGS:-/var/log/loss-slope-slurm}
 CONF_DIR=/etc/slurm            # fixed: the job step strips SLURM_CONF
 CLUSTER=${LOSS_SLOPE_SLURM_CLUSTER:-lossslope}
 PARTITION=${LOSS_SLOPE_SLURM_PARTITION:-debug}
+CPU_PARTITION=${LOSS_SLOPE_SLURM_CPU_PARTITION:-cpu}
 ACCOUNT=${LOSS_SLOPE_SLURM_ACCOUNT:-loss-slope}
 GPU_TYPE=${LOSS_SLOPE_SLURM_GPU_MODEL:-fakegpu}
 NGPUS=${LOSS_SLOPE_SLURM_GPUS:-2}
@@ -265,6 +266,8 @@ AccountingStoreFlags=job_comment
 JobCompType=jobcomp/none
 NodeName=$NODE NodeHostname=$NODE NodeAddr=127.0.0.1 CPUs=$NCPUS Boards=1 SocketsPerBoard=1 CoresPerSocket=$NCPUS ThreadsPerCore=1 RealMemory=$MEM_MB Gres=gpu:$GPU_TYPE:$NGPUS State=UNKNOWN
 PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
+# a CPU partition on the same node, for the Snakemake controller as a job
+PartitionName=$CPU_PARTITION Nodes=$NODE Default=NO MaxTime=INFINITE State=UP
 EOF
 }
 
@@ -397,6 +400,7 @@ all_running() {
 write_env() {
     cat >"$STATE/env" <<EOF
 export LOSS_SLOPE_SLURM_PARTITION=$PARTITION
+export LOSS_SLOPE_SLURM_CPU_PARTITION=$CPU_PARTITION
 export LOSS_SLOPE_SLURM_ACCOUNT=$ACCOUNT
 export LOSS_SLOPE_SLURM_GPU_MODEL=$GPU_TYPE
 export LOSS_SLOPE_SLURM_GPUS=$NGPUS

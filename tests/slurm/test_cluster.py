@@ -169,7 +169,8 @@ TWO_PACKS = """
 
     rule train_pack:
         output: "pack_{pack}.txt"
-        threads: 2          # = N, the pack size: the profile scales CPUs and memory by it
+        threads: 2
+        resources: cpus_per_task=4, mem_mb=14000   # set by the rule, as the workflow's train_pack does
         shell:
             '''
             start=$(date +%s.%N); sleep 8; end=$(date +%s.%N)
@@ -197,5 +198,5 @@ def test_two_gpu_jobs_run_concurrently(
     assert sorted(r["JobIDRaw"] for r in rows) == sorted(r[3] for r in recs)
     for row in rows:
         t = tres(row)
-        # profile: cpus = 2 * threads, mem = 2000 + 6000 * threads (threads = 2)
+        # the rule's cpus_per_task and mem_mb reach sbatch unchanged
         assert (t["cpu"], t["mem"], t["gres/gpu"]) == ("4", "14000M", "1"), row

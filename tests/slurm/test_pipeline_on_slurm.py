@@ -26,11 +26,12 @@ TINY = {
     "study": "slurm-tiny",
     "data": {"name": "digits"},
     "training": {"epochs": 3, "batch_size": 32, "schedule": "cosine", "warmup_epochs": 1, "threads": 1,
-                 "flush_every_steps": 11, "hydra_overrides": ["model.base_width=4"]},
+                 "flush_every_steps": 11, "hydra_overrides": ["model.base_width=4", "trainer.accelerator=cpu"]},
     "variants": {"S-core": {"experiment": "s_core",
                             "hydra_overrides": [f"trainer.fault.fail_run={FAIL_RUN}", "trainer.fault.fail_at_step=60"]}},
     "grid": {"lr": [0.05], "weight_decay": [0.0005], "seed": [0, 1]},
     "packing": {"probe_k_max": 2, "probe_steps": 5, "probe_warmup_steps": 2},
+    "analysis": {"fit": {"early_window": [1, 3], "window_shift": 1}},  # within the 3 epochs
 }
 
 
@@ -50,7 +51,7 @@ def test_pack_of_two_runs_concurrently_and_a_failed_run_is_retried(run_snakemake
     packs = sorted((r for r in rows if r["Comment"].startswith("rule_train_pack")), key=lambda r: int(r["JobIDRaw"]))
     assert [r["State"] for r in packs] == ["FAILED", "COMPLETED"], rows
     assert all("gres/gpu=1" in r["AllocTRES"] for r in packs)
-    assert "cpu=4" in packs[0]["AllocTRES"]  # 2 CPUs per run x 2 runs, from the profile
+    assert "cpu=2" in packs[0]["AllocTRES"]  # 2 runs x training.threads (1)
 
     ok_run = "lr0.05-wd0.0005-s0"
     a_ok, a_fail = attempts(tmp_path, ok_run), attempts(tmp_path, FAIL_RUN)
@@ -79,7 +80,7 @@ def test_pack_of_two_runs_concurrently_and_a_failed_run_is_retried(run_snakemake
 def test_probe_runs_as_a_gpu_job(run_snakemake, slurm_cluster: Cluster, tmp_path: Path):
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
     # the target goes first: --configfile takes every following word as a file
-    sm = run_snakemake(tmp_path, "results/plan/S-core/packs.json", "--snakefile", str(REPO / "Snakefile"),
+    sm = run_snakemake(tmp_path, "results/plan/S-core/runs_per_gpu.json", "--snakefile", str(REPO / "Snakefile"),
                        "--configfile", "tiny.yaml", timeout=600)
     assert sm.result.returncode == 0, sm.output[-8000:]
     rows = slurm_cluster.sacct(sm.run_id)
@@ -88,5 +89,5 @@ def test_probe_runs_as_a_gpu_job(run_snakemake, slurm_cluster: Cluster, tmp_path
     result = json.loads((tmp_path / "results/probe/S-core.json").read_text())
     assert [lv["k"] for lv in result["levels"]] == [1, 2]
     assert result["on_cpu"] and result["cuda_visible_devices"] is not None  # SLURM gave it a (fake) GPU
-    plan = json.loads((tmp_path / "results/plan/S-core/packs.json").read_text())
+    plan = json.loads((tmp_path / "results/plan/S-core/runs_per_gpu.json").read_text())
     assert plan["source"] == "probe" and plan["runs_per_gpu"] == result["runs_per_gpu"]

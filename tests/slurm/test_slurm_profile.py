@@ -16,17 +16,25 @@ import yte
 
 from slurm_harness import PROFILE, run
 
+REPO = Path(__file__).resolve().parents[2]
+
+# the workflow's GPU rules set cpus_per_task, mem_mb and runtime themselves
+# (loss_slope.study.resources); the profile adds partition, account, GPU,
+# constraint, QoS and slurm_extra
 SNAKEFILE = """
     localrules: all, summarize
     rule all:
         input: "summary.txt"
     rule probe_capacity:
         output: "probe.json"
+        threads: 8
+        resources: cpus_per_task=8
         shell: "touch {output}"
     rule train_pack:
         input: "probe.json"
         output: "pack_{pack}.done"
-        threads: lambda wc: 3          # N = 3 runs in this pack
+        threads: 6
+        resources: cpus_per_task=6, mem_mb=20000, runtime=720
         shell: "touch {output}"
     rule summarize:
         input: "pack_p0.done"
@@ -34,85 +42,82 @@ SNAKEFILE = """
         shell: "touch {output}"
 """
 
+RESOURCES = re.compile(r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", flags=re.M)
 
-def dry_run(
-    tmp_path: Path, extra_env: dict[str, str] | None = None, cores: str | None = "1024"
-) -> dict[str, dict[str, str]]:
-    (tmp_path / "Snakefile").write_text(textwrap.dedent(SNAKEFILE))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOSS_SLOPE_SLURM_")}
+
+def _snakemake():
+    exe = Path(sys.executable).with_name("snakemake")
+    return exe if exe.exists() else "snakemake"
+
+
+def dry_run(tmp_path: Path, extra_env: dict[str, str] | None = None, cores: str | None = None,
+            args=(), snakefile: str | None = SNAKEFILE) -> dict[str, list[dict[str, str]]]:
+    if snakefile is not None:
+        (tmp_path / "Snakefile").write_text(textwrap.dedent(snakefile))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOSS_SLOPE_SLURM_") and k != "WORKERS_PER_GPU"}
     env.update(extra_env or {})
-    snakemake = Path(sys.executable).with_name("snakemake")
-    r = run(
-        [
-            snakemake if snakemake.exists() else "snakemake",
-            "--profile",
-            PROFILE,
-            "-n",
-            *(["--cores", cores] if cores else []),
-            "--directory",
-            tmp_path,
-        ],
-        timeout=180,
-        env=env,
-        cwd=tmp_path,
-    )
-    assert r.returncode == 0 and not r.timed_out, r.stdout
-    resources = {}
-    for rule, res in re.findall(
-        r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    resources: (.*)$",
-        r.stdout,
-        flags=re.M,
-    ):
-        resources[rule] = dict(item.split("=", 1) for item in res.split(", "))
-    assert {"probe_capacity", "train_pack", "summarize"} <= set(resources), r.stdout
+    r = run([_snakemake(), "--profile", PROFILE, "-n", *(["--cores", cores] if cores else []),
+             "--directory", tmp_path, *args], timeout=300, env=env, cwd=tmp_path)
+    assert r.returncode == 0 and not r.timed_out, r.stdout[-5000:]
+    resources: dict[str, list[dict[str, str]]] = {}
+    for rule, res in RESOURCES.findall(r.stdout):
+        resources.setdefault(rule, []).append(dict(item.split("=", 1) for item in res.split(", ")))
     return resources
 
 
 def test_site_defaults(tmp_path: Path):
-    res = dry_run(tmp_path)
+    res = {k: v[0] for k, v in dry_run(tmp_path).items()}
     probe, pack = res["probe_capacity"], res["train_pack"]
     assert probe["slurm_partition"] == pack["slurm_partition"] == "gpu"
-    # no account and no GPU model unless the site sets them
-    assert "slurm_account" not in probe and "gpu_model" not in pack
-    assert (
-        probe["gpu"],
-        probe["cpus_per_task"],
-        probe["mem_mb"],
-        probe["runtime"],
-    ) == ("1", "4", "16000", "60")
-    # train_pack scales with threads = N = 3 (dry_run passes --cores 1024: a
-    # dry-run otherwise sets cores = 1 and caps threads to 1)
-    assert (pack["gpu"], pack["cpus_per_task"], pack["mem_mb"], pack["runtime"]) == (
-        "1",
-        "6",
-        "20000",
-        "720",
-    )
+    # no account, GPU model, constraint or QoS unless the site sets them
+    for key in ("slurm_account", "gpu_model", "constraint", "qos"):
+        assert key not in probe and key not in pack
+    assert (probe["gpu"], probe["cpus_per_task"], probe["mem_mb"], probe["runtime"]) == ("1", "8", "16000", "60")
+    # the rule's own CPUs, memory and runtime: the profile does not scale or replace them
+    assert (pack["gpu"], pack["cpus_per_task"], pack["mem_mb"], pack["runtime"]) == ("1", "6", "20000", "720")
     assert pack["slurm_extra"] == probe["slurm_extra"] == "--begin=now+0"
     # GPU-only keys never leak onto other rules
     assert "gpu" not in res["summarize"] and "slurm_extra" not in res["summarize"]
 
 
-def test_dry_run_without_cores_shows_one_run_per_pack(tmp_path: Path):
-    # documented gotcha: snakemake sets cores = 1 for a dry-run, capping threads
-    pack = dry_run(tmp_path, cores=None)["train_pack"]
-    assert (pack["cpus_per_task"], pack["mem_mb"]) == ("2", "8000")
+@pytest.mark.parametrize("cores", [None, "1", "1024"])
+def test_study_pack_resources_follow_the_contract_whatever_cores(tmp_path: Path, cores):
+    # the real workflow: config/study.yaml with N = 3 (training.threads = 2)
+    res = dry_run(tmp_path, {"WORKERS_PER_GPU": "3"}, cores=cores, snakefile=None,
+                  args=["-s", REPO / "Snakefile", "--configfile", REPO / "config" / "study.yaml"])
+    packs = res["train_pack"]
+    assert len(packs) == 72  # 216 runs / 3
+    for pack in packs:
+        # 3 x training.threads CPUs; 3 x 6000 MB + 2000 MB; packing.runtime_minutes (no probe measured)
+        assert (pack["cpus_per_task"], pack["mem_mb"], pack["runtime"], pack["gpu"]) == ("6", "20000", "720", "1")
 
 
 def test_environment_overrides(tmp_path: Path):
-    res = dry_run(
-        tmp_path,
-        {
-            "LOSS_SLOPE_SLURM_PARTITION": "debug",
-            "LOSS_SLOPE_SLURM_ACCOUNT": "proj42",
-            "LOSS_SLOPE_SLURM_GPU_MODEL": "a100",
-        },
-    )
+    res = {k: v[0] for k, v in dry_run(tmp_path, {
+        "LOSS_SLOPE_SLURM_PARTITION": "debug",
+        "LOSS_SLOPE_SLURM_ACCOUNT": "proj42",
+        "LOSS_SLOPE_SLURM_GPU_MODEL": "a100",
+        "LOSS_SLOPE_SLURM_CONSTRAINT": "ib&gpu80g",
+        "LOSS_SLOPE_SLURM_QOS": "long",
+        "LOSS_SLOPE_SLURM_RUNTIME": "30",
+        "LOSS_SLOPE_SLURM_EXTRA": "--reservation=r1 --exclusive",
+    }).items()}
     for rule in ("probe_capacity", "train_pack"):
-        assert res[rule]["slurm_partition"] == "debug"
-        assert res[rule]["slurm_account"] == "proj42"
-        assert res[rule]["gpu_model"] == "a100"
-    assert "gpu_model" not in res["summarize"]
+        r = res[rule]
+        assert (r["slurm_partition"], r["slurm_account"], r["gpu_model"]) == ("debug", "proj42", "a100")
+        assert (r["constraint"], r["qos"]) == ("ib&gpu80g", "long")
+        # the back-off and the extra flags share slurm_extra
+        assert r["slurm_extra"] == "--begin=now+0 --reservation=r1 --exclusive"
+    assert res["train_pack"]["runtime"] == "30" and res["probe_capacity"]["runtime"] == "60"
+    assert "gpu_model" not in res["summarize"] and "qos" not in res["summarize"]
+
+
+def test_hyphenated_gpu_model_goes_through_gpus_per_node(tmp_path: Path):
+    # the plugin rejects "a100-80gb" as gpu_model and as a gres type
+    res = {k: v[0] for k, v in dry_run(tmp_path, {"LOSS_SLOPE_SLURM_GPU_MODEL": "a100-80gb"}).items()}
+    for rule in ("probe_capacity", "train_pack"):
+        assert "gpu_model" not in res[rule] and "gpu" not in res[rule]
+        assert res[rule]["slurm_extra"] == "--begin=now+0 --gpus-per-node=a100-80gb:1"
 
 
 def backoff_expression(env: dict[str, str]) -> str:
@@ -151,3 +156,8 @@ def test_retry_backoff_schedule(env, expected):
     expr = backoff_expression(env)
     got = [eval(expr, {"attempt": attempt}) for attempt in range(1, 9)]
     assert got == [f"--begin=now+{s}" for s in expected]
+
+
+def test_backoff_composes_with_extra_flags():
+    expr = backoff_expression({"LOSS_SLOPE_SLURM_EXTRA": "--exclusive"})
+    assert eval(expr, {"attempt": 3}) == "--begin=now+60 --exclusive"

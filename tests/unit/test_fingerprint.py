@@ -25,3 +25,21 @@ def test_stale_work_tree_is_set_aside_not_deleted(tmp_path):
     assert not run.exists()
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("run.stale-")]
     assert len(aside) == 1 and (aside[0] / "done.json").exists()
+
+
+def test_fingerprint_ignores_data_location_retention_eval_batch_and_work_root(tmp_path):
+    cfg = {**CFG, "data": {"name": "cifar10", "root": str(tmp_path / "a"), "batch_size": 128,
+                           "eval_batch_size": 1000},
+           "trainer": {**CFG["trainer"], "best_top_k": 3}}
+    for root in ("a", "b"):
+        d = tmp_path / root / "cifar-10-batches-py"
+        d.mkdir(parents=True)
+        (d / "data_batch_1").write_bytes(b"same bytes")
+    base = config_fingerprint(cfg)
+    moved = {**cfg, "run_dir": "/scratch/work/a", "data": {**cfg["data"], "root": str(tmp_path / "b"),
+                                                          "eval_batch_size": 500},
+             "trainer": {**cfg["trainer"], "best_top_k": 1}}
+    assert config_fingerprint(moved) == base
+    (tmp_path / "b" / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"other bytes")
+    assert config_fingerprint(moved) != base  # another dataset: another identity
+    assert config_fingerprint({**cfg, "data": {**cfg["data"], "batch_size": 64}}) != base

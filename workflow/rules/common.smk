@@ -7,13 +7,17 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
 from loss_slope.probe.plan import (
+    PACK_WILDCARD,
     PlanError,
+    extend_packs,
     fixed_runs_per_gpu,
-    make_packs,
-    pack_of,
+    read_membership,
     read_plan,
+    run_settings_digest,
 )
 from loss_slope.study.config import ConfigError, validate_config
+from loss_slope.study.preflight import preflight
+from loss_slope.study import resources as res
 from loss_slope.report.targets import identity_params
 from loss_slope.study.runs import build_runs, wildcard_regex
 
@@ -63,7 +67,7 @@ wildcard_constraints:
     variant=wildcard_regex(config["variants"]),
     # the shape of run ids (study.runs.run_id); a 10k-name alternation would slow every match
     run=r"lr[0-9.e+-]+-wd[0-9.e+-]+-s[0-9]+",
-    pack=r"pack[0-9]+",
+    pack=PACK_WILDCARD,
 
 
 def run_spec(wildcards):
@@ -86,29 +90,40 @@ def run_expected(wildcards):
 RUNS_BY_VARIANT = {
     v: [spec for (v2, _), spec in RUNS.items() if v2 == v] for v in VARIANTS
 }
-# fixed N: the packs are known at parse time (dicts, so a 10k-run plan stays linear)
-FIXED_PACKS = {
-    v: make_packs([s.run for s in RUNS_BY_VARIANT[v]], FIXED_N) if FIXED_N else None
-    for v in VARIANTS
-}
-FIXED_PACK_OF = {
-    (v, r): p
-    for v in VARIANTS
-    if FIXED_N
-    for p, members in FIXED_PACKS[v].items()
-    for r in members
-}
+WORK_ROOT = config["paths"]["work_root"]
+PACKING = config["packing"]
+
+# Pre-flight, before any job: compose every variant's Hydra config (no torch)
+# and check the keys that depend on each other. Cluster jobs re-parse this
+# file: they skip it (the controller did it) and compose only the variant
+# they need (variant_facts).
+if workflow.remote_exec or workflow.subprocess_exec:
+    FACTS = {}
+else:
+    try:
+        FACTS = preflight(
+            config, RUNS_BY_VARIANT, runtime_minutes=PACKING["runtime_minutes"]
+        )
+    except ConfigError as exc:
+        raise WorkflowError(f"config error — {exc}") from None
+
+# what each run trains (its overrides minus where the data lives), as a short digest
+RUN_DIGEST = {key: run_settings_digest(spec.overrides) for key, spec in RUNS.items()}
 
 
 def variant_runs(variant):
     return RUNS_BY_VARIANT[variant]
 
 
-def plan_runs(wildcards):
-    return [
-        {"run": s.run, "overrides": list(s.overrides)}
-        for s in variant_runs(wildcards.variant)
-    ]
+def SLURM_STUDY(wildcards):
+    """Whether the cluster jobs go to SLURM (known once the executor is chosen)."""
+    plugin = workflow.executor_plugin
+    return bool(plugin) and getattr(plugin, "name", "") == "slurm"
+
+
+def EXPLICIT_CPU(wildcards):
+    """The variant's runs ask for the CPU on purpose (trainer.accelerator=cpu)."""
+    return "trainer.accelerator=cpu" in variant_runs(wildcards.variant)[0].overrides
 
 
 def plan_inputs(wildcards):
@@ -120,39 +135,154 @@ def probe_overrides(wildcards):
     return list(variant_runs(wildcards.variant)[0].overrides)
 
 
-def run_pack(wildcards):
-    """The pack job that trains this run."""
+# ---- packs: stable and append-only (loss_slope.probe.plan)
+# The registry results/plan/{variant}/packs.json lists every pack planned so
+# far; those packs keep their runs, and runs in none form new packs of N named
+# by their members. N is fixed (WORKERS_PER_GPU / packing.runs_per_gpu: the
+# packs are known now) or measured (after the checkpoint plan_packs).
+def registry_path(variant):
+    return f"results/plan/{variant}/packs.json"
+
+
+def n_file(variant):
+    return f"results/plan/{variant}/runs_per_gpu.json"
+
+
+def variant_measured(variant):
+    """N and what the probe measured (after the checkpoint); {} when N is fixed."""
     if FIXED_N:
-        pack = FIXED_PACK_OF[(wildcards.variant, wildcards.run)]
-    else:
-        plan = checkpoints.plan_packs.get(variant=wildcards.variant).output.plan
-        pack = pack_of(read_plan(plan), wildcards.run)
+        return {}
+    path = checkpoints.plan_packs.get(variant=variant).output.plan
+    stamp = os.stat(path).st_mtime_ns
+    if _MEASURED.get(path, (None,))[0] != stamp:
+        _MEASURED[path] = (stamp, read_plan(path))
+    return _MEASURED[path][1]
+
+
+_MEASURED = {}
+_PACKS = {}
+
+
+def variant_packs(variant):
+    """{pack: [run, ...]} of the variant (its packs so far plus new ones for unplaced runs)."""
+    n = FIXED_N or int(variant_measured(variant)["runs_per_gpu"])
+    if (variant, n) not in _PACKS:
+        packs = extend_packs(
+            read_membership(registry_path(variant)),
+            [s.run for s in variant_runs(variant)],
+            n,
+        )
+        _PACKS[(variant, n)] = (
+            packs,
+            {r: p for p, members in packs.items() for r in members},
+        )
+    return _PACKS[(variant, n)]
+
+
+def run_pack(wildcards):
+    """The file that says this run's training finished: its per-run marker.
+
+    (The report rules use it to tell finished runs from the others.)
+    """
+    return f"results/runs/{wildcards.variant}/{wildcards.run}.json"
+
+
+def run_pack_output(wildcards):
+    """The output of the pack job that trains this run."""
+    pack = variant_packs(wildcards.variant)[1][wildcards.run]
     return f"results/packs/{wildcards.variant}/{pack}.json"
 
 
+def run_digest(wildcards):
+    return RUN_DIGEST[(wildcards.variant, wildcards.run)]
+
+
+def run_dir(wildcards):
+    return f"{WORK_ROOT}/{wildcards.variant}/{wildcards.run}"
+
+
 def pack_members(wildcards):
-    if FIXED_N:
-        return FIXED_PACKS[wildcards.variant][wildcards.pack]
-    plan = read_plan(f"results/plan/{wildcards.variant}/packs.json")
-    return [m["run"] for m in plan["packs"][wildcards.pack]]
+    try:
+        return variant_packs(wildcards.variant)[0][wildcards.pack]
+    except KeyError:
+        raise WorkflowError(
+            f"{wildcards.variant}/{wildcards.pack} is not a pack of this study"
+        ) from None
 
 
 def pack_size(wildcards):
     return len(pack_members(wildcards))
 
 
-def pack_runs_arg(wildcards):
-    return ",".join(pack_members(wildcards))
+def pack_spec_inputs(wildcards):
+    return [] if FIXED_N else {"n": n_file(wildcards.variant)}
 
 
-def pack_threads(wildcards):
-    return pack_size(wildcards) * config["training"]["threads"]
+def pack_settings(wildcards):
+    """The pack's runs and what each trains (short digests): a changed run re-plans its pack."""
+    v = wildcards.variant
+    return ",".join(f"{r}:{RUN_DIGEST[(v, r)]}" for r in pack_members(wildcards))
+
+
+def pack_measured(wildcards):
+    """What the probe measured for this variant (empty with a fixed N)."""
+    return variant_measured(wildcards.variant)
+
+
+# ---- the resource contract (loss_slope.study.resources): never depends on --cores
+def pack_cpus(wildcards):
+    return res.pack_cpus(pack_size(wildcards), config["training"]["threads"])
+
+
+def pack_mem_mb(wildcards, attempt):
+    per_run = (
+        pack_measured(wildcards).get("host_mem_mb_per_run")
+        or PACKING["host_mem_mb_per_run"]
+    )
+    return res.pack_mem_mb(
+        pack_size(wildcards), per_run, PACKING["host_mem_margin_mb"], attempt
+    )
+
+
+def variant_facts(variant):
+    """Steps per epoch and epochs of the variant's runs (composed once, also inside a cluster job,
+    so the job computes the same runtime and time budget as the controller)."""
+    if variant not in FACTS:
+        FACTS.update(preflight(config, {variant: RUNS_BY_VARIANT[variant]}))
+    return FACTS[variant]
+
+
+def pack_runtime(wildcards):
+    step_s = pack_measured(wildcards).get("step_s")
+    if not step_s:
+        return int(PACKING["runtime_minutes"])
+    total = variant_facts(wildcards.variant).total_steps
+    left = max(
+        total - res.steps_done(f"{WORK_ROOT}/{wildcards.variant}/{r}")
+        for r in pack_members(wildcards)
+    )
+    return res.pack_runtime_minutes(
+        left,
+        step_s,
+        margin_min=PACKING["time_margin_minutes"],
+        cap_min=PACKING["runtime_minutes"],
+        safety=PACKING["runtime_safety"],
+    )
 
 
 def pack_time_budget(wildcards, resources):
     """Seconds a pack's trainings may run before stopping cleanly (runtime minus the margin)."""
-    seconds = int((resources.runtime - config["packing"]["time_margin_minutes"]) * 60)
+    seconds = int((resources.runtime - PACKING["time_margin_minutes"]) * 60)
     return max(seconds, 60)
+
+
+def pack_gpu_args(wildcards):
+    gpu = pack_measured(wildcards).get("gpu_name")
+    if not gpu:
+        return ""
+    import shlex
+
+    return f"--expect-gpu {shlex.quote(gpu)} --gpu-mismatch {PACKING['gpu_mismatch']}"
 
 
 def all_runs(pattern):

@@ -4,12 +4,13 @@ localrules:
 
 
 # CSV -> Parquet, one job per run: copy the run's CSV tables, run_info and
-# attempt log out of its (undeclared) work tree, then convert the CSVs.
+# attempt log out of its (undeclared) work tree (paths.work_root), then convert the CSVs.
 # (Two steps, one job: a job per step costs ~1.3 ms of Snakemake planning per
 # run, which adds up on a 10,000-run grid.)
 rule to_parquet:
     input:
-        run_pack,
+        # the run's own completion marker (train.smk: run_done), not its pack
+        "results/runs/{variant}/{run}.json",
     output:
         steps_csv="results/export/{variant}/{run}/steps.csv",
         val_csv="results/export/{variant}/{run}/val.csv",
@@ -27,7 +28,7 @@ rule to_parquet:
     log:
         "logs/to_parquet/{variant}/{run}.log",
     params:
-        run_dir="work/{variant}/{run}",
+        run_dir=run_dir,
     script:
         "../scripts/to_parquet.py"
 

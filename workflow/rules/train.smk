@@ -1,5 +1,7 @@
 localrules:
     plan_packs,
+    pack_spec,
+    run_done,
 
 
 rule probe_capacity:
@@ -18,28 +20,32 @@ rule probe_capacity:
         "logs/probe_capacity/{variant}.log",
     benchmark:
         "benchmarks/probe_capacity/{variant}.tsv"
-    threads: config["packing"]["probe_k_max"] * config["training"]["threads"]
+    threads: PACKING["probe_k_max"] * config["training"]["threads"]
     resources:
-        mem_mb=4000,
+        # k = 1..probe_k_max trainings at once, training.threads CPUs each
+        cpus_per_task=PACKING["probe_k_max"] * config["training"]["threads"],
     params:
         overrides=probe_overrides,
-        probe=config["packing"],
+        probe=PACKING,
     script:
         "../scripts/probe_capacity.py"
 
 
+# N runs per GPU, fixed or measured, and what the probe measured:
+# results/plan/{variant}/runs_per_gpu.json. It does not depend on the run
+# list: adding runs to the config never reruns it (nor, through it, anything).
 if FIXED_N:
 
-    # N is known: an ordinary rule, so a dry-run shows every pack and run
     rule plan_packs:
         output:
-            plan="results/plan/{variant}/packs.json",
+            plan="results/plan/{variant}/runs_per_gpu.json",
         log:
             "logs/plan_packs/{variant}.log",
         params:
-            runs=plan_runs,
             n=FIXED_N,
             source=FIXED_N_SOURCE,
+            slurm=False,
+            explicit_cpu=False,
         script:
             "../scripts/plan_packs.py"
 
@@ -50,37 +56,80 @@ else:
         input:
             probe="results/probe/{variant}.json",
         output:
-            plan="results/plan/{variant}/packs.json",
+            plan="results/plan/{variant}/runs_per_gpu.json",
         log:
             "logs/plan_packs/{variant}.log",
         params:
-            runs=plan_runs,
             n=None,
             source="probe",
+            slurm=SLURM_STUDY,
+            explicit_cpu=EXPLICIT_CPU,
         script:
             "../scripts/plan_packs.py"
 
 
+# One pack's spec: its runs and their Hydra overrides (from the config), and
+# the pack recorded in the registry results/plan/{variant}/packs.json. Params
+# are short digests of what each run trains: only a change to one of its own
+# runs re-plans (and so retrains) a pack; the dry-run reason stays short.
+rule pack_spec:
+    input:
+        unpack(pack_spec_inputs),
+    output:
+        spec="results/plan/{variant}/packs/{pack}.json",
+    log:
+        "logs/pack_spec/{variant}/{pack}.log",
+    params:
+        settings=pack_settings,
+        registry=lambda wildcards: registry_path(wildcards.variant),
+    script:
+        "../scripts/pack_spec.py"
+
+
+# One GPU job trains the N runs of a pack. Resources: loss_slope.study.resources
+# (N x training.threads CPUs, N x per-run host memory + margin growing with the
+# attempt, runtime from the measured step time); never scaled by --cores.
 rule train_pack:
     input:
         DATA_INPUTS,
-        plan="results/plan/{variant}/packs.json",
+        spec="results/plan/{variant}/packs/{pack}.json",
     output:
         "results/packs/{variant}/{pack}.json",
     log:
         "logs/train_pack/{variant}/{pack}.log",
     benchmark:
         "benchmarks/train_pack/{variant}/{pack}.tsv"
-    threads: pack_threads
+    threads: pack_cpus
     resources:
-        mem_mb=lambda wildcards, threads: 1000 + 1500 * threads,
-        runtime=720,
+        cpus_per_task=pack_cpus,
+        mem_mb=pack_mem_mb,
+        runtime=pack_runtime,
         attempt_no=lambda wildcards, attempt: attempt,
     params:
         run_logs="logs/train/{variant}",
-        runs=pack_runs_arg,
         max_time=pack_time_budget,
+        work_root=WORK_ROOT,
+        max_errors=PACKING["max_error_attempts"],
+        gpu=pack_gpu_args,
     shell:
-        "python -m loss_slope.train.pack --plan {input.plan:q} --pack {wildcards.pack}"
-        " --variant {wildcards.variant} --runs {params.runs} --output {output:q} --log-dir {params.run_logs:q}"
+        "python -m loss_slope.train.pack --plan {input.spec:q} --pack {wildcards.pack}"
+        " --variant {wildcards.variant} --output {output:q} --log-dir {params.run_logs:q}"
+        " --work-root {params.work_root:q} --max-error-attempts {params.max_errors} {params.gpu}"
         " --attempt {resources.attempt_no} trainer.max_time_s={params.max_time} > {log:q} 2>&1"
+
+
+# Per-run completion marker: downstream jobs depend on runs, not packs. Its
+# params are the run's own settings digest. A run given up after repeated
+# errors fails here, with its error, and only here.
+rule run_done:
+    input:
+        run_pack_output,
+    output:
+        "results/runs/{variant}/{run}.json",
+    log:
+        "logs/run_done/{variant}/{run}.log",
+    params:
+        settings=run_digest,
+        run_dir=run_dir,
+    script:
+        "../scripts/run_done.py"

@@ -3,6 +3,14 @@ import sys
 sys.stderr = open(snakemake.log[0], "w")
 
 from loss_slope.probe.capacity import probe_capacity, write_probe
+from loss_slope.train.device import NoGPUError, resolve_accelerator
+
+accel = [o.split("=", 1)[1] for o in snakemake.params.overrides if o.startswith("trainer.accelerator=")]
+try:  # a GPU job without CUDA fails in seconds instead of probing the CPU
+    resolve_accelerator(accel[-1] if accel else "auto")
+except NoGPUError as exc:
+    print(f"probe_capacity: {exc}", file=sys.stderr)
+    sys.exit(1)
 
 p = snakemake.params.probe
 result = probe_capacity(

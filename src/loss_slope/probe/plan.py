@@ -1,12 +1,36 @@
-"""Turn the probe's N (or a user's fixed N) and the run list into packs."""
+"""Packs: which runs share one GPU job. Stable and append-only.
+
+A pack keeps its members for the life of the study. When runs are added to
+the config, the existing packs are kept as they are and the new runs form new
+packs, each named by a digest of its members (``pack-<10 hex>``). So adding a
+seed never resubmits a pack whose runs are already trained.
+
+Files (``results/plan/{variant}/``):
+
+* ``runs_per_gpu.json``: N and what the probe measured (GPU model, time per
+  step, host memory); the output of ``plan_packs`` (a checkpoint when N is
+  measured). It does not depend on the run list, so adding runs never reruns it.
+* ``packs/{pack}.json``: one pack's runs and their Hydra overrides (rule
+  ``pack_spec``), read by the pack's GPU job.
+* ``packs.json``: the registry of every pack planned so far, ``{pack: [run, ...]}``.
+  Not a declared output (Snakemake never deletes it); the Snakefile reads it to
+  keep existing packs, ``pack_spec`` adds to it.
+
+No torch here: the Snakefile imports this module.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 
 ENV_OVERRIDE = "WORKERS_PER_GPU"
+
+#: overrides that say where data lives, not what a run trains: moving the data
+#: must not rerun anything (the dataset is identified by its checksum instead)
+_NOT_RUN_SETTINGS = ("data.root=",)
 
 
 class PlanError(ValueError):
@@ -30,28 +54,146 @@ def fixed_runs_per_gpu(config_value: int | None, environ=os.environ) -> tuple[in
 
 
 def pack_id(i: int) -> str:
+    """Name of the i-th positional pack (plans written before packs were named by members)."""
     return f"pack{i:03d}"
+
+
+def pack_name(members: list[str]) -> str:
+    """A pack named by its members: the same runs always give the same name."""
+    return "pack-" + hashlib.sha1(",".join(members).encode()).hexdigest()[:10]
+
+
+PACK_WILDCARD = r"pack[0-9]+|pack-[0-9a-f]{10}"
+
+
+def run_settings_digest(overrides) -> str:
+    """Digest of what one run trains (its Hydra overrides, minus where the data lives)."""
+    kept = [o for o in overrides if not o.startswith(_NOT_RUN_SETTINGS)]
+    return hashlib.sha1("\n".join(kept).encode()).hexdigest()[:12]
 
 
 def make_packs(runs: list[str], n: int) -> dict[str, list[str]]:
     """Consecutive groups of ``n`` runs, in run-table order (seeds of one setting stay together)."""
+    return extend_packs({}, runs, n)
+
+
+def extend_packs(previous: dict[str, list[str]], runs: list[str], n: int) -> dict[str, list[str]]:
+    """Keep every previous pack (minus runs no longer in ``runs``); the other runs form new packs of ``n``.
+
+    Runs removed from the config leave their pack (a pack left empty disappears);
+    a run added back goes to a new pack.
+    """
     if n < 1:
         raise PlanError(f"runs per GPU must be >= 1, got {n}")
-    return {pack_id(i // n): runs[i : i + n] for i in range(0, len(runs), n)}
+    current = set(runs)
+    out: dict[str, list[str]] = {}
+    placed: set[str] = set()
+    for name, members in previous.items():
+        keep = [r for r in members if r in current and r not in placed]
+        if keep:
+            out[name] = keep
+            placed.update(keep)
+    new = [r for r in runs if r not in placed]
+    for i in range(0, len(new), n):
+        chunk = new[i : i + n]
+        out[pack_name(chunk)] = chunk
+    return out
 
 
-def write_plan(path, *, variant: str, runs: list[dict], n: int, source: str, probe: str | None = None) -> dict:
-    """``runs``: dicts with ``run`` and ``overrides`` (the Hydra overrides of that run)."""
-    packs = make_packs([r["run"] for r in runs], n)
-    by_id = {r["run"]: r for r in runs}
-    plan = {
-        "variant": variant, "runs_per_gpu": n, "source": source, "probe": probe,
-        "packs": {p: [{"run": r, "overrides": list(by_id[r]["overrides"])} for r in members]
-                  for p, members in packs.items()},
-    }
+def read_membership(plan_path) -> dict[str, list[str]]:
+    """The packs planned so far for a variant, ``{pack: [run, ...]}`` (none: ``{}``)."""
+    try:
+        data = json.loads(Path(plan_path).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    packs = data.get("packs", {})
+    return {p: [m["run"] if isinstance(m, dict) else m for m in members] for p, members in packs.items()}
+
+
+def _locked_update(path: Path, update) -> dict:
+    """Read-modify-write ``path`` (JSON) under an exclusive lock on a sidecar file (local jobs, one host)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        try:
+            data = json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            data = {}
+        data = update(data)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+        os.replace(tmp, path)
+    return data
+
+
+def write_pack_spec(spec_path, registry_path, *, variant: str, pack: str, runs: list[dict],
+                    measured: dict | None = None) -> dict:
+    """Write one pack's spec (its runs with their overrides) and record the pack in the variant's registry.
+
+    ``runs``: dicts with ``run`` and ``overrides``. The registry
+    (``results/plan/{variant}/packs.json``) lists every pack ever planned with its
+    runs; the next plan keeps them (append-only).
+    """
+    members = [{"run": r["run"], "overrides": list(r["overrides"]),
+                "settings": run_settings_digest(r["overrides"])} for r in runs]
+    spec = {"variant": variant, "pack": pack, **(measured or {}), "packs": {pack: members}}
+    Path(spec_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(spec_path).write_text(json.dumps(spec, indent=2) + "\n")
+
+    def register(data):
+        data.setdefault("variant", variant)
+        data.setdefault("packs", {})[pack] = [{"run": m["run"], "settings": m["settings"]} for m in members]
+        return data
+
+    _locked_update(Path(registry_path), register)
+    return spec
+
+
+def write_runs_per_gpu(path, *, variant: str, n: int, source: str, probe=None, probe_result=None) -> dict:
+    """The checkpoint's output: N for the variant and what the probe measured."""
+    out = {"variant": variant, "runs_per_gpu": int(n), "source": source, "probe": str(probe) if probe else None,
+           **(measured_from_probe(probe_result, int(n)) if probe_result else {})}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(plan, indent=2) + "\n")
-    return plan
+    Path(path).write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
+def measured_from_probe(probe: dict, n: int) -> dict:
+    """GPU model, seconds per step with ``n`` runs sharing the GPU, host memory per run."""
+    level = next((lv for lv in probe.get("levels", []) if lv.get("k") == n), None)
+    steps = [s for s in (level or {}).get("step_ms", []) if s]
+    host = [m for m in (level or {}).get("host_rss_mb", []) or [] if m]
+    return {
+        "gpu_name": probe.get("gpu_name"),
+        "on_cpu": bool(probe.get("on_cpu")),
+        "step_s": max(steps) / 1000.0 if steps else None,
+        "host_mem_mb_per_run": max(host) if host else None,
+    }
+
+
+def plan_runs_per_gpu(path, *, variant: str, n: int | None, source: str, probe=None, slurm: bool = False,
+                      explicit_cpu: bool = False) -> dict:
+    """Write ``runs_per_gpu.json``: a fixed ``n``, or the probe's (``probe``: its JSON file).
+
+    A SLURM study refuses a probe measured on the CPU unless the runs ask for the CPU explicitly.
+    """
+    probe_result = None
+    if n is None:
+        probe_result = json.loads(Path(probe).read_text())
+        check_probe(probe_result, slurm=slurm and not explicit_cpu)
+        n = int(probe_result["runs_per_gpu"])
+    return write_runs_per_gpu(path, variant=variant, n=n, source=source, probe=probe, probe_result=probe_result)
+
+
+def check_probe(probe: dict, *, slurm: bool) -> None:
+    """A SLURM study must be planned from a probe that ran on a GPU."""
+    if slurm and (probe.get("on_cpu") or not str(probe.get("device", "")).startswith("cuda")):
+        raise PlanError(
+            f"the probe of {probe.get('variant')} ran on {probe.get('device')!r}, not on a GPU: refusing to plan "
+            "GPU packs from a CPU measurement (fix the node/driver, or fix N with WORKERS_PER_GPU / "
+            "packing.runs_per_gpu to skip the probe)")
 
 
 def read_plan(path) -> dict:
@@ -63,3 +205,4 @@ def pack_of(plan: dict, run: str) -> str:
         if any(m["run"] == run for m in members):
             return p
     raise PlanError(f"run {run} is in no pack of {plan['variant']}'s plan")
+

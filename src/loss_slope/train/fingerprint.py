@@ -1,18 +1,55 @@
-"""A run's identity: what it trains, independent of where it is written."""
+"""A run's identity: what it trains, independent of where it is written or where its data lives."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 # keys that say where/how a run is written or stopped, not what it trains
 _NOT_SCIENCE = {"run_dir", "output", "hydra"}
-_NOT_SCIENCE_TRAINER = {"max_time_s", "flush_every_steps", "log_every_steps", "threads", "accelerator", "fault"}
+_NOT_SCIENCE_TRAINER = {"max_time_s", "flush_every_steps", "log_every_steps", "threads", "accelerator", "fault",
+                        "best_top_k"}  # checkpoint retention
+_NOT_SCIENCE_DATA = {"root", "eval_batch_size", "download"}  # where the data is; evaluation chunking
+
+_DATA_FOLDERS = {"cifar10": "cifar-10-batches-py"}
+_CHECKSUMS: dict[tuple, str] = {}
+
+
+def dataset_checksum(name: str | None, root: str | None) -> str | None:
+    """MD5 over the dataset's files (name + content), so moving the data changes nothing;
+    None for a dataset that ships with the package (digits) or is not there."""
+    folder = _DATA_FOLDERS.get(str(name))
+    if not folder or not root:
+        return None
+    path = Path(root) / folder
+    if not path.is_dir():
+        return None
+    files = sorted(p for p in path.iterdir() if p.is_file())
+    key = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files) + (str(path.resolve()),)
+    if key not in _CHECKSUMS:
+        h = hashlib.md5()
+        for p in files:
+            h.update(p.name.encode() + b"\0")
+            with open(p, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 22), b""):
+                    h.update(block)
+        _CHECKSUMS[key] = h.hexdigest()
+    return _CHECKSUMS[key]
 
 
 def config_fingerprint(cfg: dict) -> str:
-    """SHA-256 (16 hex) of the resolved config minus output paths and run-control knobs."""
+    """SHA-256 (16 hex) of the resolved config minus output paths, data location and run-control knobs.
+
+    The dataset enters by its checksum (when it has files), not by its folder.
+    """
     d = {k: v for k, v in cfg.items() if k not in _NOT_SCIENCE}
     if isinstance(d.get("trainer"), dict):
         d["trainer"] = {k: v for k, v in d["trainer"].items() if k not in _NOT_SCIENCE_TRAINER}
+    if isinstance(d.get("data"), dict):
+        data = cfg["data"]
+        d["data"] = {k: v for k, v in data.items() if k not in _NOT_SCIENCE_DATA}
+        checksum = dataset_checksum(data.get("name"), data.get("root"))
+        if checksum:
+            d["data"]["checksum"] = checksum
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -1,16 +1,28 @@
 """Launch the N runs of one pack on one GPU and wait for them.
 
-    python -m loss_slope.train.pack --plan results/plan/V/packs.json --pack pack000 --variant V \
-        --output results/packs/V/pack000.json --log-dir logs/train/V --attempt 1
+    python -m loss_slope.train.pack --plan results/plan/V/packs.json --pack pack-0123456789 --variant V \
+        --output results/packs/V/pack-0123456789.json --log-dir logs/train/V --work-root work --attempt 1
 
 Each run is a separate ``python -m loss_slope.train`` process (its own CUDA
 context, so one crash cannot take the others down). A complete run skips
-itself, a partial one resumes from its latest checkpoint. The launcher exits
-non-zero if any run did not complete, so Snakemake's retries resubmit the pack
-and only the unfinished runs do work. On attempt a > 1 it first waits
-``min(cap, base * 2**(a-2))`` seconds when ``--backoff-base`` is given (on
-SLURM the profile delays the resubmission itself with ``sbatch --begin``, so
-no GPU is held while waiting).
+itself, a partial one resumes from its latest checkpoint, and a run another
+live trainer holds (exit 4, the per-run lock) is waited for and then started
+again (it then finds itself complete, or resumes).
+
+Retries. A run stopped by its time budget (exit 3) is not an error: the pack
+exits 3 and the next attempt resumes it, however many times that takes. A run
+that fails is recorded in ``{run_dir}/launcher.jsonl`` (exit code, the error
+line of its log, the run's settings digest); once it has failed
+``--max-error-attempts`` times, or twice in a row with the same error, it is
+given up: it is not started again, and the pack counts it as finished (its
+per-run marker job then fails with that error, so the report lists it and its
+neighbours are not held back). The pack writes its output and exits 0 when
+every run is complete or given up, else it exits non-zero (3 if only time
+budgets stopped it) and Snakemake resubmits it.
+
+On attempt a > 1 it first waits ``min(cap, base * 2**(a-2))`` seconds when
+``--backoff-base`` is given (on SLURM the profile delays the resubmission
+itself with ``sbatch --begin``, so no GPU is held while waiting).
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -27,63 +40,230 @@ from pathlib import Path
 
 from loss_slope.probe.plan import read_plan
 
+EXIT_OK, EXIT_ERROR, EXIT_UNFINISHED, EXIT_LOCKED, EXIT_NO_GPU = 0, 1, 3, 4, 5
+LOCK_POLL_S = 30.0
+_LOG_PREFIX = re.compile(r"^\[[^\]]*\]\[[^\]]*\]\[[A-Z]+\] - ")
+_ERROR_LINE = re.compile(r"\b[A-Za-z_.]*(Error|Exception|Interrupt)\b|run failed:|^error:", re.I)
+
 
 def backoff_seconds(attempt: int, *, base: float, cap: float) -> float:
     """Delay before attempt ``attempt`` (1-based): 0 for the first, then base, 2 base, 4 base, ... capped."""
     return 0.0 if attempt <= 1 else min(cap, base * 2 ** (attempt - 2))
 
 
+def error_line(text: str) -> str:
+    """The line of a training log that says what went wrong (its last error line)."""
+    lines = [_LOG_PREFIX.sub("", ln).strip() for ln in text.splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith(("Set the environment variable HYDRA_FULL_ERROR", "Traceback"))]
+    errors = [ln for ln in lines if _ERROR_LINE.search(ln)]
+    return (errors or lines or ["(no output)"])[-1][:500]
+
+
+def read_errors(run_dir, settings: str | None = None) -> list[dict]:
+    path = Path(run_dir) / "launcher.jsonl"
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if rec.get("event") == "error" and (settings is None or rec.get("settings") == settings):
+            out.append(rec)
+    return out
+
+
+def given_up(errors: list[dict], max_errors: int) -> str | None:
+    """Why a run is not retried any more (None: retry it)."""
+    if len(errors) >= max_errors:
+        return f"failed {len(errors)} times (the limit is {max_errors})"
+    if len(errors) >= 2 and (errors[-1]["error"], errors[-1]["exit_code"]) == (errors[-2]["error"],
+                                                                                 errors[-2]["exit_code"]):
+        return "failed twice in a row with the same error"
+    return None
+
+
+def _record_error(run_dir, **rec) -> None:
+    path = Path(run_dir) / "launcher.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write(json.dumps({"event": "error", "time": time.time(), **rec}, sort_keys=True) + "\n")
+
+
+def check_gpu(expect: str | None, mode: str) -> str | None:
+    """Compare the GPU this job got with the one the probe measured; a message when they differ."""
+    if not expect:
+        return None
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None  # the trainers decide (explicit cpu, or fail fast)
+        got = torch.cuda.get_device_name(0)
+    except Exception:  # noqa: BLE001
+        return None
+    if got == expect:
+        return None
+    return (f"this pack got GPU {got!r} but the probe measured N on {expect!r}; "
+            f"pin the model (LOSS_SLOPE_SLURM_GPU_MODEL / _CONSTRAINT) ({mode})")
+
+
+def _with_budget(overrides, seconds: float):
+    out = [o for o in overrides if not o.startswith("trainer.max_time_s=")]
+    return [*out, f"trainer.max_time_s={max(60, int(seconds))}"]
+
+
+def _budget(overrides) -> float | None:
+    for o in overrides:
+        if o.startswith("trainer.max_time_s="):
+            try:
+                return float(o.split("=", 1)[1])
+            except ValueError:
+                return None
+    return None
+
+
 def launch_pack(*, plan_path, pack: str, variant: str, output, log_dir, work_root="work", attempt: int = 1,
                 backoff_base: float = 0.0, backoff_cap: float = 600.0, extra_overrides=(),
-                expect_runs=None) -> int:
+                expect_runs=None, max_error_attempts: int = 3, expect_gpu: str | None = None,
+                gpu_mismatch: str = "fail", lock_poll_s: float = LOCK_POLL_S) -> int:
     plan = read_plan(plan_path)
     members = plan["packs"][pack]
     if expect_runs is not None and [m["run"] for m in members] != list(expect_runs):
         raise SystemExit(f"pack {pack} of {plan_path} holds {[m['run'] for m in members]}, "
                          f"but the workflow expected {list(expect_runs)}: rerun plan_packs")
+    mismatch = check_gpu(expect_gpu, gpu_mismatch)
+    if mismatch:
+        print(("error: " if gpu_mismatch == "fail" else "warning: ") + mismatch, file=sys.stderr, flush=True)
+        if gpu_mismatch == "fail":
+            return EXIT_ERROR
     delay = backoff_seconds(attempt, base=backoff_base, cap=backoff_cap)
     if delay:
         print(f"attempt {attempt}: backing off {delay:.0f} s before retrying", flush=True)
         time.sleep(delay)
-    procs = {}
     Path(log_dir).mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "LOSS_SLOPE_ATTEMPT": str(attempt), "LOSS_SLOPE_PACK": pack}
     started = time.time()
-    for m in members:
+    budget = _budget(extra_overrides)
+    deadline = started + budget if budget else None
+    results: dict[str, dict] = {}
+    procs: dict[str, tuple] = {}  # run -> (Popen, log file, log offset)
+    waiting: dict[str, float] = {}  # run -> when to start it again (its lock was held)
+
+    def start(m, overrides):
         run = m["run"]
         run_dir = Path(work_root) / variant / run
-        cmd = [sys.executable, "-m", "loss_slope.train", *m["overrides"], *extra_overrides, f"variant={variant}",
+        cmd = [sys.executable, "-m", "loss_slope.train", *m["overrides"], *overrides, f"variant={variant}",
                f"run={run}", f"run_dir={run_dir}"]
-        log = open(Path(log_dir) / f"{run}.log", "a")
+        log_path = Path(log_dir) / f"{run}.log"
+        log = open(log_path, "a")
         log.write(f"\n=== pack {pack} attempt {attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')}: "
                   f"{' '.join(shlex.quote(c) for c in cmd)}\n")
         log.flush()
-        procs[run] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
+        procs[run] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log, log.tell())
         print(f"started {variant}/{run} (pid {procs[run][0].pid})", flush=True)
 
+    by_run = {m["run"]: m for m in members}
+    for m in members:
+        run_dir = Path(work_root) / variant / m["run"]
+        why = None if (run_dir / "done.json").exists() else given_up(read_errors(run_dir, m.get("settings")),
+                                                                      max_error_attempts)
+        if why:
+            last = read_errors(run_dir, m.get("settings"))[-1]
+            results[m["run"]] = {"exit_code": last["exit_code"], "status": "failed", "given_up": why,
+                                 "error": last["error"], "log": str(Path(log_dir) / f"{m['run']}.log")}
+            print(f"{variant}/{m['run']}: not started again: {why}: {last['error']}", flush=True)
+            continue
+        start(m, list(extra_overrides))
+
     def forward(signum, _frame):  # scancel/timeout: let every run checkpoint
-        for p, _ in procs.values():
+        for p, _, _ in procs.values():
             if p.poll() is None:
                 p.send_signal(signum)
+        waiting.clear()
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    results = {}
-    for run, (p, log) in procs.items():
-        code = p.wait()
-        log.close()
-        results[run] = {"exit_code": code, "status": {0: "complete", 3: "unfinished"}.get(code, "failed"),
-                        "log": str(Path(log_dir) / f"{run}.log")}
-        print(f"{variant}/{run}: {results[run]['status']} (exit {code})", flush=True)
-    failed = {r: v for r, v in results.items() if v["exit_code"] != 0}
-    if failed:
-        for r, v in failed.items():
+    while procs or waiting:
+        for run in [r for r, (p, _, _) in procs.items() if p.poll() is not None]:
+            p, log, offset = procs.pop(run)
+            log.close()
+            code = p.returncode
+            log_path = Path(log_dir) / f"{run}.log"
+            run_dir = Path(work_root) / variant / run
+            if code == EXIT_LOCKED and (deadline is None or time.time() + lock_poll_s < deadline - 60):
+                print(f"{variant}/{run}: another live trainer holds it; waiting for its lock", flush=True)
+                waiting[run] = time.time() + lock_poll_s
+                continue
+            status = {EXIT_OK: "complete", EXIT_UNFINISHED: "unfinished", EXIT_LOCKED: "locked",
+                      EXIT_NO_GPU: "no_gpu"}.get(code, "failed")
+            res = {"exit_code": code, "status": status, "log": str(log_path)}
+            if status == "failed":
+                with open(log_path, errors="replace") as fh:
+                    fh.seek(offset)
+                    err = error_line(fh.read())
+                settings = by_run[run].get("settings")
+                _record_error(run_dir, attempt=attempt, exit_code=code, error=err, settings=settings,
+                              pack=pack, slurm_job_id=os.environ.get("SLURM_JOB_ID"))
+                res["error"] = err
+                why = given_up(read_errors(run_dir, settings), max_error_attempts)
+                if why:
+                    res["given_up"] = why
+            results[run] = res
+            print(f"{variant}/{run}: {status} (exit {code}){': ' + res['error'] if 'error' in res else ''}"
+                  f"{'; given up: ' + res['given_up'] if 'given_up' in res else ''}", flush=True)
+        for run in [r for r, when in waiting.items() if when <= time.time()]:
+            del waiting[run]
+            over = list(extra_overrides)
+            if deadline is not None:
+                over = _with_budget(over, deadline - time.time())
+            start(by_run[run], over)
+        time.sleep(0.2)
+
+    terminal = {r for r, v in results.items() if v["status"] == "complete" or "given_up" in v}
+    open_runs = {r: v for r, v in results.items() if r not in terminal}
+    if open_runs:
+        for r, v in open_runs.items():
             print(f"run {variant}/{r} did not complete ({v['status']}); see {v['log']}", file=sys.stderr)
-        return 1
+        # a time-budget stop, or a run still held by another live trainer when the budget ran out: not errors
+        only_budget = all(v["status"] in ("unfinished", "locked") for v in open_runs.values())
+        return EXIT_UNFINISHED if only_budget else EXIT_ERROR
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     Path(output).write_text(json.dumps({"variant": variant, "pack": pack, "attempt": attempt, "started": started,
-                                        "finished": time.time(), "runs": results}, indent=2) + "\n")
-    return 0
+                                        "finished": time.time(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+                                        "runs": results}, indent=2) + "\n")
+    return EXIT_OK
+
+
+def write_run_marker(run_dir, output, *, variant: str, run: str, log_path: str | None = None) -> dict:
+    """The per-run completion marker (``results/runs/{variant}/{run}.json``), from the run's work tree.
+
+    A run that was given up raises, with its error: the marker job fails for
+    that run only.
+    """
+    run_dir = Path(run_dir)
+    done_path = run_dir / "done.json"
+    if not done_path.exists():
+        errors = read_errors(run_dir)
+        if errors:
+            last = errors[-1]
+            raise SystemExit(f"training of {variant}/{run} failed {len(errors)} time(s); last error "
+                             f"(attempt {last.get('attempt')}, exit {last.get('exit_code')}): {last.get('error')}"
+                             f"{'; see ' + log_path if log_path else ''}")
+        raise SystemExit(f"training of {variant}/{run} did not complete: {done_path} is missing"
+                         f"{'; see ' + log_path if log_path else ''}")
+    done = json.loads(done_path.read_text())
+    marker = {"variant": variant, "run": run, "run_dir": str(run_dir),
+              **{k: done.get(k) for k in ("status", "total_steps", "steps_done", "fingerprint", "completed_at")},
+              "attempts": len(done.get("attempts") or []),
+              "slurm_jobs": sorted({str(a.get("slurm_job_id")) for a in done.get("attempts") or []
+                                    if a.get("slurm_job_id")})}
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    Path(output).write_text(json.dumps(marker, indent=2) + "\n")
+    return marker
 
 
 def main(argv=None) -> int:
@@ -96,6 +276,10 @@ def main(argv=None) -> int:
     ap.add_argument("--work-root", default="work")
     ap.add_argument("--attempt", type=int, default=1)
     ap.add_argument("--runs", help="comma-separated run ids the pack must hold (a consistency check)")
+    ap.add_argument("--max-error-attempts", type=int, default=3,
+                    help="a run that failed this many times (or twice with the same error) is given up")
+    ap.add_argument("--expect-gpu", default=None, help="GPU model the probe measured on")
+    ap.add_argument("--gpu-mismatch", choices=["fail", "warn"], default="fail")
     ap.add_argument("--backoff-base", type=float, default=0.0,
                     help="seconds; 0 = none (on SLURM the profile delays retries with sbatch --begin instead)")
     ap.add_argument("--backoff-cap", type=float, default=600.0)
@@ -104,7 +288,9 @@ def main(argv=None) -> int:
     return launch_pack(plan_path=a.plan, pack=a.pack, variant=a.variant, output=a.output, log_dir=a.log_dir,
                        work_root=a.work_root, attempt=a.attempt, backoff_base=a.backoff_base,
                        backoff_cap=a.backoff_cap, extra_overrides=a.overrides,
-                       expect_runs=a.runs.split(",") if a.runs else None)
+                       expect_runs=a.runs.split(",") if a.runs else None,
+                       max_error_attempts=a.max_error_attempts, expect_gpu=a.expect_gpu,
+                       gpu_mismatch=a.gpu_mismatch)
 
 
 if __name__ == "__main__":

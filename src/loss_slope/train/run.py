@@ -11,7 +11,8 @@ Work tree of a run (undeclared in Snakemake, so a failed job never deletes it)::
     {run_dir}/done.json              written once the last step is done
 
 Exit codes: 0 complete (or already complete), 3 unfinished (time budget
-reached; the latest checkpoint was saved, a rerun resumes), 1 error.
+reached; the latest checkpoint was saved, a rerun resumes), 4 locked by
+another live trainer (nothing touched), 5 no CUDA in a GPU job, 1 error.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import warnings
 from pathlib import Path
 
 EXIT_OK, EXIT_ERROR, EXIT_UNFINISHED = 0, 1, 3
+EXIT_LOCKED = 4  # another live trainer holds this run's lock (nothing was touched)
+EXIT_NO_GPU = 5  # a GPU was allocated or asked for and CUDA is not available
 
 log = logging.getLogger("loss_slope.train")
 
@@ -77,7 +80,33 @@ class RunPaths:
 
 
 def run_training(cfg) -> int:
-    """Train (or resume, or skip) the run described by the Hydra config ``cfg``."""
+    """Train (or resume, or skip) the run described by the Hydra config ``cfg``.
+
+    First, before any heavy import or any write to the work tree: fail fast
+    without CUDA in a GPU allocation (:mod:`loss_slope.train.device`) and take
+    the run's lock (:mod:`loss_slope.train.lock`); a second trainer of the same
+    run exits ``EXIT_LOCKED`` naming the holder.
+    """
+    from loss_slope.train.device import NoGPUError, resolve_accelerator
+    from loss_slope.train.lock import RunLocked, acquire
+
+    try:
+        resolve_accelerator(cfg.trainer.accelerator)
+    except NoGPUError as exc:
+        log.error("%s", exc)
+        return EXIT_NO_GPU
+    try:
+        lock = acquire(cfg.run_dir)
+    except RunLocked as exc:
+        log.error("%s", exc)
+        return EXIT_LOCKED
+    try:
+        return _run_training_locked(cfg)
+    finally:
+        lock.release()
+
+
+def _run_training_locked(cfg) -> int:
     from omegaconf import OmegaConf
     import hydra.utils
     import pytorch_lightning as pl
@@ -112,8 +141,9 @@ def run_training(cfg) -> int:
 
     torch.set_num_threads(int(cfg.trainer.threads))
     pl.seed_everything(int(cfg.seed), workers=False, verbose=False)
-    accel = cfg.trainer.accelerator
-    use_cuda = accel == "cuda" or (accel == "auto" and torch.cuda.is_available())
+    from loss_slope.train.device import resolve_accelerator
+
+    use_cuda = resolve_accelerator(cfg.trainer.accelerator) == "cuda"  # gpu = cuda; checked above
     device = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
 
     data = build_data(cfg.data, seed=int(cfg.seed), device=device)
@@ -200,6 +230,14 @@ def run_training(cfg) -> int:
         enable_progress_bar=sys.stderr.isatty(), enable_model_summary=False, default_root_dir=str(paths.root),
     )
     data.train.step_source = lambda: trainer.global_step
+    # trainer.max_time_s is this attempt's budget (its pack job's runtime minus a
+    # margin): Lightning's Timer would restore the elapsed time of earlier
+    # attempts from the checkpoint and stop a resumed run at once
+    from pytorch_lightning.callbacks import Timer
+
+    for cb in trainer.callbacks:
+        if isinstance(cb, Timer):
+            cb.load_state_dict = lambda state_dict: None
 
     t0 = time.time()
     # Our loader derives its position from trainer.global_step, so a mid-epoch

@@ -1,0 +1,217 @@
+"""``loss-slope``: command-line tools around a running or finished study.
+
+    loss-slope status [--root DIR] [--work-root work] [--max-error-attempts 3]
+
+``status`` prints, per variant, how many runs are done / running / failed /
+waiting, the optimizer steps done of the total and an ETA from the measured
+step rates; then one line per running run (step, current training loss, rate,
+ETA, pack, SLURM job, host). It reads only the work tree (``work/``) and
+``results/`` (the pack registries): no Snakemake, no torch, no SLURM query,
+so it is cheap enough to run every minute (``watch -n 60 loss-slope status``).
+
+A run is
+
+* **done**: its work tree has ``done.json``;
+* **running**: its lock file (``{run}.lock``) names a holder whose heartbeat is recent;
+* **failed**: it failed and was given up, or its last attempt failed and nothing holds it now;
+* **waiting**: anything else (planned, not started, or stopped at its time budget and waiting for the next job).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ALIVE_S = 180.0  # a lock touched within this many seconds is held by a live trainer (heartbeat: 30 s)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _last_row(csv: Path) -> dict | None:
+    """The header and last complete line of a CSV table, read from its end."""
+    try:
+        with open(csv, "rb") as fh:
+            header = fh.readline().decode().strip().split(",")
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 4096))
+            lines = fh.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines[1:] if size <= 4096 else lines):
+        parts = line.split(",")
+        if len(parts) == len(header) and parts[0].isdigit():
+            return dict(zip(header, parts))
+    return None
+
+
+def _attempts(path: Path) -> list[dict]:
+    try:
+        text = path.read_text()
+    except OSError:
+        return []
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def run_state(run_dir: Path, *, now: float, max_errors: int = 3, total_hint: int | None = None) -> dict:
+    from loss_slope.train.pack import given_up, read_errors
+
+    st = {"run": run_dir.name, "state": "waiting", "steps": 0, "total": total_hint, "loss": None, "rate": None,
+          "pack": None, "job": None, "host": None}
+    done = _read_json(run_dir / "done.json")
+    info = _read_json(run_dir / "run_info.json") or {}
+    if info.get("total_steps"):
+        st["total"] = int(info["total_steps"])
+    if done:
+        st.update(state="done", steps=int(done.get("total_steps") or 0), total=int(done.get("total_steps") or 0),
+                  outcome=done.get("status"))
+        return st
+    last = _last_row(run_dir / "tables" / "steps.csv")
+    if last:
+        st["steps"] = int(last["step"]) + 1
+        loss = last.get("loss_train_nats")
+        st["loss"] = float(loss) if loss not in (None, "") else None
+    lock = run_dir.with_name(run_dir.name + ".lock")
+    holder = _read_json(lock) if lock.exists() else None
+    try:
+        fresh = holder is not None and now - lock.stat().st_mtime < ALIVE_S
+    except OSError:
+        fresh = False
+    attempts = _attempts(run_dir / "attempts.jsonl")
+    if fresh:
+        st.update(state="running", pack=holder.get("slurm_pack"), job=holder.get("slurm_job_id"),
+                  host=holder.get("host"))
+        starts = [a for a in attempts if a.get("event") == "start"]
+        if starts and last:
+            s0 = starts[-1]
+            dt = float(last["time"]) - float(s0["time"])
+            ds = int(last["step"]) + 1 - int(s0.get("start_step") or 0)
+            if dt > 0 and ds > 0:
+                st["rate"] = ds / dt
+        return st
+    errors = read_errors(run_dir)
+    ends = [a for a in attempts if a.get("event") == "end"]
+    if (errors and given_up(errors, max_errors)) or (ends and ends[-1].get("status") == "failed"):
+        st["state"] = "failed"
+        st["error"] = errors[-1]["error"] if errors else ends[-1].get("error")
+    return st
+
+
+def _planned_runs(results: Path) -> dict[str, list[str]]:
+    """Runs of each variant from the pack registries (results/plan/{variant}/packs.json)."""
+    out: dict[str, list[str]] = {}
+    for reg in sorted(results.glob("plan/*/packs.json")):
+        data = _read_json(reg) or {}
+        runs = [m["run"] if isinstance(m, dict) else m for ms in data.get("packs", {}).values() for m in ms]
+        out[reg.parent.name] = list(dict.fromkeys(runs))
+    return out
+
+
+def _fmt_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    h, m = divmod(seconds // 60, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{seconds % 60:02d}s"
+
+
+def collect(root: Path, work_root: Path, max_errors: int = 3, now: float | None = None) -> dict:
+    now = time.time() if now is None else now
+    results = root / "results"
+    variants = _planned_runs(results)
+    if work_root.is_dir():
+        for vdir in sorted(p for p in work_root.iterdir() if p.is_dir()):
+            runs = variants.setdefault(vdir.name, [])
+            for rdir in sorted(vdir.iterdir()):
+                if rdir.is_dir() and ".stale-" not in rdir.name and rdir.name not in runs:
+                    runs.append(rdir.name)
+    table = {}
+    for v, runs in variants.items():
+        states = [run_state(work_root / v / r, now=now, max_errors=max_errors) for r in runs]
+        totals = [s["total"] for s in states if s["total"]]
+        typical = max(totals) if totals else None
+        for s in states:
+            s["total"] = s["total"] or typical
+        table[v] = states
+    return table
+
+
+def format_status(table: dict, now: float | None = None) -> str:
+    lines = [f"{'variant':<14} {'done':>5} {'running':>8} {'failed':>7} {'waiting':>8} {'steps done / total':>24} "
+             f"{'ETA':>8}"]
+    running_lines, failed_lines = [], []
+    for v, states in table.items():
+        count = {k: sum(1 for s in states if s["state"] == k) for k in ("done", "running", "failed", "waiting")}
+        steps = sum(s["steps"] for s in states)
+        total = sum(s["total"] or 0 for s in states)
+        rates = [s["rate"] for s in states if s["rate"]]
+        open_runs = [s for s in states if s["state"] in ("running", "waiting")]
+        unknown = any(not s["total"] for s in states)
+        left = sum(max(0, (s["total"] or 0) - s["steps"]) for s in open_runs)
+        if not open_runs:
+            eta = 0
+        elif rates and not unknown:
+            eta = left / sum(rates)
+        else:
+            eta = None  # no measured rate yet, or the size of a run not known yet
+        pct = f" ({100 * steps / total:.0f}%)" if total and not unknown else ""
+        shown = f"{steps:,} / {'?' if unknown else f'{total:,}'}{pct}"
+        lines.append(f"{v:<14} {count['done']:>5} {count['running']:>8} {count['failed']:>7} {count['waiting']:>8} "
+                     f"{shown:>24} {_fmt_eta(eta):>8}")
+        for s in states:
+            if s["state"] == "running":
+                eta_run = ((s["total"] or 0) - s["steps"]) / s["rate"] if s["rate"] else None
+                loss = f"{s['loss']:.4f}" if s["loss"] is not None else "-"
+                rate = f"{s['rate']:.2f}/s" if s["rate"] else "-"
+                running_lines.append(f"  {v}/{s['run']:<28} step {s['steps']:>7,} / {s['total'] or '?':<7} "
+                                     f"loss {loss:>8}  {rate:>9}  ETA {_fmt_eta(eta_run):>7}  "
+                                     f"pack {s['pack'] or '-'}  job {s['job'] or '-'}  host {s['host'] or '-'}")
+            elif s["state"] == "failed":
+                failed_lines.append(f"  {v}/{s['run']}: {s.get('error') or 'failed'}")
+    out = lines
+    if running_lines:
+        out += ["", "running:"] + running_lines
+    if failed_lines:
+        out += ["", "failed:"] + failed_lines
+    if not table:
+        out += ["(no runs planned or started yet)"]
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="loss-slope", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    st = sub.add_parser("status", help="progress of the study in this folder (reads work/ and results/ only)")
+    st.add_argument("--root", default=".", help="the study's working directory (default: .)")
+    st.add_argument("--work-root", default=None, help="the runs' work tree (default: ROOT/work; paths.work_root)")
+    st.add_argument("--max-error-attempts", type=int, default=3, help="packing.max_error_attempts of the study")
+    st.add_argument("--json", action="store_true", help="print the per-run states as JSON")
+    a = ap.parse_args(argv)
+    root = Path(a.root)
+    work_root = Path(a.work_root) if a.work_root else root / "work"
+    table = collect(root, work_root, max_errors=a.max_error_attempts)
+    if a.json:
+        print(json.dumps(table, indent=1))
+    else:
+        print(format_status(table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

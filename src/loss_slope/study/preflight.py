@@ -1,0 +1,119 @@
+"""Pre-flight: compose every variant's training config before any job starts.
+
+The Snakefile calls :func:`preflight` while it builds the DAG. It composes the
+Hydra config of one run per variant (Hydra and OmegaConf only, no torch, about
+0.1 s per variant), so a typo in ``hydra_overrides`` stops ``snakemake -n``
+instead of every probe after a queue wait, and it checks the keys that depend
+on each other: validations per epoch against the steps of an epoch, the
+analysis early window against the epochs, the time margin against the job
+runtime. Each problem names the key.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from loss_slope.study.config import ConfigError
+
+#: training images per dataset (the split the loaders use)
+N_TRAIN = {"digits": 1408, "cifar10": 50000}
+
+
+@dataclass(frozen=True)
+class VariantFacts:
+    """What the composed config of a variant says about the size of its runs."""
+
+    variant: str
+    steps_per_epoch: int
+    epochs: int
+    accelerator: str
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.epochs
+
+
+def _override_key(override: str, config: dict, variant: str) -> str:
+    if override in config["training"].get("hydra_overrides", []):
+        return "training.hydra_overrides"
+    if override in config["variants"][variant].get("hydra_overrides", []):
+        return f"variants.{variant}.hydra_overrides"
+    return f"variants.{variant}"
+
+
+def _compose(overrides):
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="loss_slope.conf", version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides) + ["run_dir=preflight"])
+
+
+def _first_bad_override(overrides) -> str | None:
+    """The first override that alone breaks composition (to name it in the error)."""
+    base = [o for o in overrides if o.startswith("experiment=")]
+    for o in overrides:
+        if o in base:
+            continue
+        try:
+            _compose(base + [o])
+        except Exception:  # noqa: BLE001 - any composition error
+            return o
+    return None
+
+
+def steps_per_epoch(data_name: str, batch_size: int, drop_last: bool) -> int:
+    n = N_TRAIN[data_name]
+    return n // batch_size if drop_last else math.ceil(n / batch_size)
+
+
+def preflight(config: dict, runs_by_variant: dict, *, runtime_minutes: float | None = None) -> dict[str, VariantFacts]:
+    """Compose each variant's first run and check the cross-key rules; raise :class:`ConfigError`."""
+    from omegaconf import OmegaConf
+
+    problems, facts, compose_errors = [], {}, {}
+    for variant, specs in runs_by_variant.items():
+        if not specs:
+            problems.append(f"variants.{variant}: its grid gives no runs")
+            continue
+        overrides = list(specs[0].overrides)
+        try:
+            cfg = _compose(overrides)
+            OmegaConf.to_container(cfg, resolve=True)
+        except Exception as exc:  # noqa: BLE001 - Hydra/OmegaConf composition errors
+            bad = _first_bad_override(overrides)
+            where = _override_key(bad, config, variant) if bad else f"variants.{variant}"
+            text = str(exc) + ("\n" + str(exc.__cause__) if exc.__cause__ else "")
+            lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+            # Hydra's "To append to your config use +key=value" misleads for a typo
+            msg = " ".join(ln for ln in lines if not ln.startswith(("To append", "full_key:", "object_type=",
+                                                                       "reference_type=")))[:300]
+            compose_errors.setdefault(f"{where}: {bad + ': ' if bad else ''}{msg}", []).append(variant)
+            continue
+        data = cfg.data
+        if data.name not in N_TRAIN:
+            problems.append(f"variants.{variant}: unknown dataset {data.name!r}")
+            continue
+        spe = steps_per_epoch(data.name, int(data.batch_size), bool(data.drop_last))
+        vpe = int(cfg.trainer.val_per_epoch)
+        if vpe > spe:
+            compose_errors.setdefault(
+                f"training.val_per_epoch: {vpe} validations per epoch exceed the {spe} steps of an epoch "
+                f"({data.name}, batch {int(data.batch_size)})", []).append(variant)
+        epochs = int(cfg.trainer.epochs)
+        facts[variant] = VariantFacts(variant, spe, epochs, str(cfg.trainer.accelerator))
+        window = config.get("analysis", {}).get("fit", {}).get("early_window")
+        if window and window[1] > epochs:
+            compose_errors.setdefault(
+                f"analysis.fit.early_window: ends at epoch {window[1]:g}, past the last epoch ({epochs}): "
+                "every run would be too_short", []).append(variant)
+    problems = [f"{msg} (variant(s) {', '.join(vs)})" for msg, vs in compose_errors.items()] + problems
+    margin = config["packing"]["time_margin_minutes"]
+    if runtime_minutes is not None and margin >= runtime_minutes:
+        problems.append(
+            f"packing.time_margin_minutes: {margin:g} must be smaller than the pack runtime ({runtime_minutes:g} min)")
+    if problems:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(dict.fromkeys(problems)))
+    return facts

@@ -1,0 +1,49 @@
+"""Editing the grid of a finished study: only the new runs and the packs that hold them are planned."""
+
+import re
+
+import pytest
+import yaml
+
+from _util import REPO, run_cmd, snakemake_bin
+
+pytestmark = pytest.mark.slow
+
+CFG = {
+    "study": "grid-edit",
+    "data": {"name": "digits"},
+    "training": {"epochs": 3, "batch_size": 32, "schedule": "constant", "warmup_epochs": 1, "threads": 1,
+                 "flush_every_steps": 44,
+                 "hydra_overrides": ["model.base_width=4", "trainer.monitors.enabled=false"]},
+    "variants": {"S-core": {"experiment": "s_core"}},
+    "grid": {"lr": [0.05], "weight_decay": [0.0005], "seed": [0, 1]},
+    "paths": {"work_root": "scratch/work"},
+    "analysis": {"fit": {"early_window": [1, 3], "window_shift": 1}},
+}
+
+
+def _jobs(text):
+    return re.findall(r"^rule (\w+):\n(?:    .*\n)*?    wildcards: (.*)$", text, flags=re.M)
+
+
+def test_adding_a_seed_plans_only_the_new_run_and_its_pack(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(CFG))
+    cmd = [snakemake_bin(), "-s", REPO / "Snakefile", "--directory", tmp_path, "--cores", "2", "--configfile", cfg]
+    env = {"WORKERS_PER_GPU": "2"}
+    run_cmd(cmd, timeout=900, env=env)
+    assert (tmp_path / "scratch/work/S-core/lr0.05-wd0.0005-s0/done.json").exists()  # paths.work_root
+    assert sorted(p.name for p in (tmp_path / "results/runs/S-core").iterdir()) == [
+        "lr0.05-wd0.0005-s0.json", "lr0.05-wd0.0005-s1.json"]
+    old_packs = {p.stem for p in (tmp_path / "results/packs/S-core").iterdir()}
+
+    CFG["grid"]["seed"] = [0, 1, 2, 3]
+    cfg.write_text(yaml.safe_dump(CFG))
+    out = run_cmd([*cmd, "-n"], timeout=300, env=env)
+    jobs = _jobs(out.stdout)
+    per_run = [w for rule, w in jobs if rule in ("run_done", "to_parquet", "validate_run", "fit_run")]
+    assert per_run and all(("-s2" in w or "-s3" in w) for w in per_run), jobs
+    packs = [w for rule, w in jobs if rule == "train_pack"]
+    assert len(packs) == 1 and not any(p in packs[0] for p in old_packs), jobs
+    # the reason of a re-planned job stays short
+    assert max(len(line) for line in out.stdout.splitlines() if "reason:" in line and "pack" in line) < 400

@@ -1,0 +1,56 @@
+"""The pack launcher with real trainers: a time-budget stop is not an error, a
+run failing twice with the same error is given up (and its error reported),
+and its neighbours are not held back."""
+
+import json
+
+import pytest
+
+from loss_slope.probe.plan import write_pack_spec
+from loss_slope.train.pack import launch_pack, read_errors, write_run_marker
+
+pytestmark = pytest.mark.slow
+
+BASE = ["experiment=s_core", "trainer.epochs=3", "model.base_width=4", "schedule.warmup_epochs=0.5",
+        "trainer.flush_every_steps=5", "trainer.accelerator=cpu", "trainer.monitors.enabled=false"]
+
+
+def _spec(tmp_path, runs):
+    spec = tmp_path / "spec.json"
+    write_pack_spec(spec, tmp_path / "registry.json", variant="V", pack="pack-x",
+                    runs=[{"run": r, "overrides": o} for r, o in runs.items()])
+    return spec
+
+
+def _launch(tmp_path, spec, attempt, *extra):
+    return launch_pack(plan_path=spec, pack="pack-x", variant="V", output=tmp_path / "out.json",
+                       log_dir=tmp_path / "logs", work_root=tmp_path / "work", attempt=attempt,
+                       extra_overrides=list(extra), max_error_attempts=3)
+
+
+def test_time_budget_stop_is_not_an_error(tmp_path):
+    spec = _spec(tmp_path, {"r0": BASE + ["trainer.epochs=30"]})
+    steps = tmp_path / "work" / "V" / "r0" / "tables" / "steps.csv"
+    assert _launch(tmp_path, spec, 1, "trainer.max_time_s=3") == 3  # unfinished: resubmit, no error
+    first = len(steps.read_text().splitlines())
+    # the next attempt resumes and gets its own budget (not the time of the earlier attempts)
+    assert _launch(tmp_path, spec, 2, "trainer.max_time_s=3") == 3
+    assert len(steps.read_text().splitlines()) > first + 5
+    assert read_errors(tmp_path / "work" / "V" / "r0") == []
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_same_error_twice_is_given_up_and_neighbours_finish(tmp_path):
+    bad = BASE + ["schedule.warmup_epochs=100"]  # fails at start, every time
+    spec = _spec(tmp_path, {"ok": BASE, "bad": bad})
+    assert _launch(tmp_path, spec, 1) == 1  # first error: retry
+    assert _launch(tmp_path, spec, 2) == 0  # same error again: given up; the pack is finished
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert out["runs"]["ok"]["status"] == "complete"
+    assert out["runs"]["bad"]["given_up"] == "failed twice in a row with the same error"
+    assert "warm-up" in out["runs"]["bad"]["error"]
+    assert _launch(tmp_path, spec, 3) == 0  # a third attempt does not start it again
+    assert len(read_errors(tmp_path / "work" / "V" / "bad")) == 2
+    with pytest.raises(SystemExit, match="warm-up"):
+        write_run_marker(tmp_path / "work" / "V" / "bad", tmp_path / "m.json", variant="V", run="bad")
+    write_run_marker(tmp_path / "work" / "V" / "ok", tmp_path / "m.json", variant="V", run="ok")

@@ -1,0 +1,86 @@
+"""The per-run lock: exclusive creation, holder record, staleness, takeover, release."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from loss_slope.train import lock as L
+from loss_slope.train.device import NoGPUError, normalize_accelerator, resolve_accelerator
+
+
+def test_acquire_records_the_holder_and_release_removes_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    lk = L.acquire(tmp_path / "V" / "r", heartbeat_s=0)
+    rec = json.loads((tmp_path / "V" / "r.lock").read_text())
+    assert rec["host"] == socket.gethostname() and rec["pid"] == os.getpid() and rec["slurm_job_id"] == "4242"
+    lk.release()
+    assert not (tmp_path / "V" / "r.lock").exists()
+
+
+def test_a_live_holder_is_refused_by_name(tmp_path):
+    lk = L.acquire(tmp_path / "r", heartbeat_s=0)
+    with pytest.raises(L.RunLocked, match=f"pid {os.getpid()}"):
+        L.acquire(tmp_path / "r", heartbeat_s=0)
+    lk.release()
+
+
+def _write_lock(path, **rec):
+    path.write_text(json.dumps({"token": "t0", "started": 0, **rec}))
+
+
+def test_dead_pid_on_this_host_is_taken_over(tmp_path, caplog):
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    _write_lock(tmp_path / "r.lock", host=socket.gethostname(), pid=p.pid)
+    with L.acquire(tmp_path / "r", heartbeat_s=0) as lk:
+        assert json.loads(lk.path.read_text())["pid"] == os.getpid()
+    assert "taking over a stale run lock" in caplog.text and f"process {p.pid}" in caplog.text
+
+
+def test_other_host_uses_the_slurm_job_state(tmp_path):
+    _write_lock(tmp_path / "r.lock", host="node7", pid=1, slurm_job_id="99")
+    with pytest.raises(L.RunLocked, match="host node7 pid 1 SLURM job 99"):
+        L.acquire(tmp_path / "r", heartbeat_s=0, job_state=lambda j: "RUNNING")
+    for state in ("", "COMPLETED", "FAILED", "CANCELLED"):
+        _write_lock(tmp_path / "r.lock", host="node7", pid=1, slurm_job_id="99")
+        L.acquire(tmp_path / "r", heartbeat_s=0, job_state=lambda j, s=state: s).release()
+
+
+def test_other_host_without_slurm_goes_by_heartbeat_age(tmp_path):
+    f = tmp_path / "r.lock"
+    _write_lock(f, host="node7", pid=1)
+    with pytest.raises(L.RunLocked):
+        L.acquire(tmp_path / "r", heartbeat_s=0, stale_after_s=600, job_state=lambda j: None)
+    os.utime(f, (os.path.getmtime(f) - 3600,) * 2)
+    L.acquire(tmp_path / "r", heartbeat_s=0, stale_after_s=600, job_state=lambda j: None).release()
+
+
+def test_heartbeat_touches_and_notices_a_lost_lock(tmp_path):
+    import time
+
+    lk = L.acquire(tmp_path / "r", heartbeat_s=0.05)
+    os.utime(lk.path, (0, 0))
+    time.sleep(0.5)
+    assert lk.path.stat().st_mtime > 1
+    _write_lock(lk.path, host="x", pid=1)  # someone else's now
+    time.sleep(0.5)
+    assert lk.lost
+    lk.release()
+    assert lk.path.exists()  # never removes a lock it does not hold
+
+
+def test_accelerator_spellings_and_the_gpu_allocation_check():
+    assert normalize_accelerator("gpu") == "cuda"
+    assert resolve_accelerator("cpu", cuda_available=False, environ={"SLURM_JOB_GPUS": "0"}) == "cpu"
+    assert resolve_accelerator("auto", cuda_available=False, environ={}) == "cpu"
+    assert resolve_accelerator("gpu", cuda_available=True, environ={}) == "cuda"
+    for accel, env in (("auto", {"SLURM_JOB_GPUS": "0"}), ("auto", {"CUDA_VISIBLE_DEVICES": "1"}),
+                       ("gpu", {}), ("cuda", {})):
+        with pytest.raises(NoGPUError, match="CUDA is not available"):
+            resolve_accelerator(accel, cuda_available=False, environ=env)
+    with pytest.raises(ValueError, match="trainer.accelerator"):
+        normalize_accelerator("tpu")

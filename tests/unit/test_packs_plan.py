@@ -1,0 +1,108 @@
+"""Stable packs, the resource contract and the launcher's retry bookkeeping (no training)."""
+
+import json
+
+import pytest
+
+from loss_slope.probe import plan as P
+from loss_slope.study import resources as R
+from loss_slope.train import pack as L
+
+
+def test_packs_are_stable_and_append_only():
+    runs = [f"r{i}" for i in range(5)]
+    first = P.make_packs(runs, 2)
+    assert list(first.values()) == [["r0", "r1"], ["r2", "r3"], ["r4"]]
+    assert all(name == P.pack_name(m) for name, m in first.items())
+    grown = P.extend_packs(first, runs + ["r5", "r6"], 2)
+    for name, members in first.items():
+        assert grown[name] == members  # existing packs keep their members (even the partial one)
+    new = {k: v for k, v in grown.items() if k not in first}
+    assert list(new.values()) == [["r5", "r6"]] and list(new) == [P.pack_name(["r5", "r6"])]
+    # a larger N later: old packs unchanged, new runs in packs of the new N
+    assert P.extend_packs(first, runs + ["r5", "r6", "r7"], 3)[P.pack_name(["r5", "r6", "r7"])]
+    # a removed run leaves its pack; an emptied pack disappears
+    shrunk = P.extend_packs(first, ["r0", "r2", "r3"], 2)
+    assert list(shrunk.values()) == [["r0"], ["r2", "r3"]]
+    assert P.extend_packs(first, runs, 2) == first  # idempotent
+    assert P.extend_packs({"pack000": ["r0", "r1"]}, ["r0", "r1", "r2"], 2)["pack000"] == ["r0", "r1"]
+
+
+def test_settings_digest_ignores_the_data_location():
+    a = ["experiment=s_core", "data.root=/home/x/cifar", "seed=0"]
+    b = ["experiment=s_core", "data.root=/scratch/cifar", "seed=0"]
+    assert P.run_settings_digest(a) == P.run_settings_digest(b)
+    assert P.run_settings_digest(a) != P.run_settings_digest(a[:-1] + ["seed=1"])
+
+
+def test_pack_spec_registers_the_pack(tmp_path):
+    reg = tmp_path / "packs.json"
+    for pack, runs in (("pack-a", ["r0", "r1"]), ("pack-b", ["r2"])):
+        P.write_pack_spec(tmp_path / "packs" / f"{pack}.json", reg, variant="V", pack=pack,
+                          runs=[{"run": r, "overrides": [f"seed={r[1]}"]} for r in runs],
+                          measured={"gpu_name": "H100"})
+    assert P.read_membership(reg) == {"pack-a": ["r0", "r1"], "pack-b": ["r2"]}
+    spec = json.loads((tmp_path / "packs" / "pack-a.json").read_text())
+    assert spec["packs"]["pack-a"][1]["overrides"] == ["seed=1"] and spec["gpu_name"] == "H100"
+    assert P.pack_of(json.loads(reg.read_text()), "r2") == "pack-b"  # the report reads the registry
+
+
+def test_cpu_probe_refused_for_a_slurm_study(tmp_path):
+    probe = tmp_path / "probe.json"
+    probe.write_text(json.dumps({"variant": "V", "device": "cpu", "on_cpu": True, "runs_per_gpu": 2,
+                                 "levels": [{"k": 2, "step_ms": [100.0, 120.0]}]}))
+    with pytest.raises(P.PlanError, match="not on a GPU"):
+        P.plan_runs_per_gpu(tmp_path / "n.json", variant="V", n=None, source="probe", probe=probe, slurm=True)
+    out = P.plan_runs_per_gpu(tmp_path / "n.json", variant="V", n=None, source="probe", probe=probe, slurm=True,
+                              explicit_cpu=True)
+    assert out["runs_per_gpu"] == 2 and out["step_s"] == pytest.approx(0.12)
+    probe.write_text(json.dumps({"variant": "V", "device": "cuda:0", "on_cpu": False, "gpu_name": "NVIDIA H100",
+                                 "runs_per_gpu": 3, "levels": [{"k": 3, "step_ms": [50.0]}]}))
+    out = P.plan_runs_per_gpu(tmp_path / "n.json", variant="V", n=None, source="probe", probe=probe, slurm=True)
+    assert out["gpu_name"] == "NVIDIA H100" and out["runs_per_gpu"] == 3
+
+
+def test_resource_contract():
+    assert R.pack_cpus(3, 2) == 6
+    assert [R.pack_mem_mb(3, 6000, 2000, a) for a in (1, 2, 3, 4)] == [20000, 30000, 40000, 40000]
+    # 19,550 steps at 0.5 s/step x 1.25 + 10 + 5 min = 219 min; capped; no step time: the cap
+    assert R.pack_runtime_minutes(19550, 0.5, margin_min=10, cap_min=720) == 219
+    assert R.pack_runtime_minutes(19550, 5.0, margin_min=10, cap_min=720) == 720
+    assert R.pack_runtime_minutes(19550, None, margin_min=10, cap_min=720) == 720
+    assert R.pack_runtime_minutes(0, 0.5, margin_min=10, cap_min=720) == 16
+
+
+def test_steps_done_from_the_work_tree(tmp_path):
+    assert R.steps_done(tmp_path / "none") == 0
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "attempts.jsonl").write_text(
+        '{"event": "start", "start_step": 0}\n{"event": "end", "end_step": 500, "status": "unfinished"}\n')
+    assert R.steps_done(run) == 500
+    (run / "done.json").write_text('{"total_steps": 900}')
+    assert R.steps_done(run) == 900
+
+
+def test_error_bookkeeping_gives_up_on_repeated_errors(tmp_path):
+    log = ("[2026-01-01 00:00:00,000][loss_slope.train][INFO] - resuming\nTraceback (most recent call last):\n"
+           "  File x\nValueError: schedule: warm-up (220 steps) must be shorter than training (88 steps)\n\n"
+           "Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.\n")
+    assert L.error_line(log).startswith("ValueError: schedule: warm-up")
+    e = lambda err, code=1: {"event": "error", "error": err, "exit_code": code}  # noqa: E731
+    assert L.given_up([e("A")], 3) is None
+    assert L.given_up([e("A"), e("B")], 3) is None
+    assert "same error" in L.given_up([e("B"), e("A"), e("A")], 5)
+    assert "3 times" in L.given_up([e("A"), e("B"), e("C")], 3)
+
+
+def test_run_marker_reports_the_error_of_a_given_up_run(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "launcher.jsonl").write_text(json.dumps({"event": "error", "attempt": 2, "exit_code": 1,
+                                                     "error": "ValueError: boom"}) + "\n")
+    with pytest.raises(SystemExit, match="ValueError: boom"):
+        L.write_run_marker(run, tmp_path / "m.json", variant="V", run="r")
+    (run / "done.json").write_text(json.dumps({"status": "complete", "total_steps": 10, "attempts": [
+        {"slurm_job_id": "7"}]}))
+    m = L.write_run_marker(run, tmp_path / "m.json", variant="V", run="r")
+    assert m["status"] == "complete" and m["slurm_jobs"] == ["7"]

@@ -1,0 +1,59 @@
+"""`loss-slope status` on a synthetic half-finished study (work/ and results/ only)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+from loss_slope.cli import collect, format_status
+
+
+def _run(work, name, *, steps=0, total=1000, done=False, lock=None, failed=None, t0=1000.0):
+    d = work / "V" / name
+    (d / "tables").mkdir(parents=True)
+    (d / "run_info.json").write_text(json.dumps({"total_steps": total}))
+    rows = ["step,epoch,time,lr,wd,loss_train_nats,loss_train_bits,acc_train"]
+    rows += [f"{s},0,{t0 + s * 0.5},0.1,0,{2.0 - s / 1000:.4f},0,0" for s in range(steps)]
+    (d / "tables" / "steps.csv").write_text("\n".join(rows) + "\n")
+    (d / "attempts.jsonl").write_text(json.dumps({"event": "start", "attempt": 1, "start_step": 0, "time": t0}) + "\n")
+    if done:
+        (d / "done.json").write_text(json.dumps({"status": "complete", "total_steps": total}))
+    if lock:
+        (work / "V" / f"{name}.lock").write_text(json.dumps(lock))
+    if failed:
+        (d / "launcher.jsonl").write_text("".join(json.dumps({"event": "error", "exit_code": 1, "error": failed}) + "\n"
+                                                  for _ in range(2)))
+
+
+def test_counts_steps_loss_eta_pack_and_job(tmp_path):
+    work = tmp_path / "work"
+    _run(work, "a", steps=1000, done=True)
+    _run(work, "b", steps=400, lock={"host": socket.gethostname(), "pid": 1, "slurm_job_id": "77",
+                                    "slurm_pack": "pack-abc"})
+    _run(work, "c", steps=10, failed="ValueError: boom")
+    reg = tmp_path / "results" / "plan" / "V" / "packs.json"
+    reg.parent.mkdir(parents=True)
+    reg.write_text(json.dumps({"packs": {"pack-abc": [{"run": "a"}, {"run": "b"}], "pack-d": [{"run": "c"},
+                                                                                              {"run": "d"}]}}))
+    table = collect(tmp_path, work, now=time.time())
+    states = {s["run"]: s for s in table["V"]}
+    assert {r: s["state"] for r, s in states.items()} == {"a": "done", "b": "running", "c": "failed", "d": "waiting"}
+    b = states["b"]
+    assert (b["steps"], b["pack"], b["job"]) == (400, "pack-abc", "77")
+    assert abs(b["rate"] - 400 / 199.5) < 1e-6 and abs(b["loss"] - (2.0 - 399 / 1000)) < 1e-4
+    text = format_status(table)
+    assert "V                  1        1       1        1" in text
+    assert "pack pack-abc  job 77" in text and "ValueError: boom" in text
+
+
+def test_stale_lock_is_not_running_and_cli_entry_point(tmp_path):
+    work = tmp_path / "work"
+    _run(work, "b", steps=10, lock={"host": "x", "pid": 1})
+    old = time.time() - 3600
+    os.utime(work / "V" / "b.lock", (old, old))
+    assert collect(tmp_path, work)["V"][0]["state"] == "waiting"
+    p = subprocess.run([sys.executable, "-m", "loss_slope.cli", "status", "--root", str(tmp_path)],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "waiting" in p.stdout
