@@ -10,6 +10,7 @@ from loss_slope.report.targets import (
     fit_inputs,
     missing_reasons,
     report_targets,
+    truth_inputs,
 )
 
 
@@ -25,6 +26,12 @@ localrules:
 rule summarize:
     input:
         fits=partial(fit_inputs, RUNS, fixed_pack=run_pack if FIXED_N else None),
+        run_infos=partial(
+            truth_inputs,
+            RUNS,
+            fixed_pack=run_pack if FIXED_N else None,
+            simulated=config["data"]["name"] == "simulated",
+        ),
     output:
         table="results/{reportdir}/runs.parquet",
         csv=report(

@@ -17,6 +17,7 @@ stats = summarize(
     variant_csvs=list(snakemake.output.variant_tables),
     stats_json=snakemake.output.stats,
     missing_reasons=dict(snakemake.params.missing),
+    truth_run_infos=list(snakemake.input.run_infos),
 )
 print(
     f"summarize: {stats['counts']}; H1 {stats['h1']['single_power_law'].get('verdicts', 'not computable')}, "

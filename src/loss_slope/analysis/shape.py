@@ -53,7 +53,7 @@ MISFIT_TOLERANCE = math.log(1.5)
 #: ... and also exceeds this many standard errors of that bin mean.
 MISFIT_SE = 4.0
 #: After a knee at step k the transient is over: the segment's shift is at most this x k.
-SHIFT_CAP = 0.15
+SHIFT_CAP = 0.5
 #: Fewest log-spaced bins a segment needs for the break test.
 MIN_BINS = 12
 

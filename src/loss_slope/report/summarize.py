@@ -27,6 +27,7 @@ from loss_slope.analysis import (
 
 from ._io import EXCLUDED_STATUSES, STATUSES, one_thread, read_json, write_json
 from .fit_run import TIME_AXES
+from .truth import compare_with_truth, load_truths
 
 __all__ = [
     "ID_COLUMNS",
@@ -420,6 +421,7 @@ def summarize(
     stats_json,
     missing_reasons: Mapping[str, str] | None = None,
     time_axis: str = "step",
+    truth_run_infos: Sequence[str | Path] = (),
 ) -> dict:
     """Pipeline entry point (rule ``summarize``).
 
@@ -440,6 +442,9 @@ def summarize(
         ``"variant/run"`` -> why a run has no fit file (partial reports).
     time_axis : str
         ``analysis.time_axis``.
+    truth_run_infos : sequence of path
+        A simulated study: the runs' ``run_info.json`` (``results/export/{variant}/{run}/``);
+        their known truth is compared with every estimate under ``stats["truth"]``.
     variant_csvs : sequence of path
         One CSV per variant, named ``<variant>.csv``: that variant's rows.
 
@@ -459,6 +464,13 @@ def summarize(
             window_scans=scans,
             study_name=study_name,
             time_axis=time_axis,
+        )
+    if truth_run_infos:
+        pairs = [(Path(p).parent.parent.name, Path(p).parent.name) for p in truth_run_infos]
+        root = Path(truth_run_infos[0]).parents[4]
+        stats["truth"] = compare_with_truth(
+            table, load_truths(root, runs=pairs), confidence=float(study["confidence"]),
+            h2_min_abs_rho=float(study["h2_min_abs_rho"]), h2_max_p=float(study["h2_max_p"]),
         )
     Path(table_parquet).parent.mkdir(parents=True, exist_ok=True)
     # object columns mixing None and numbers: make them numeric where they are

@@ -9,6 +9,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from . import verdicts as V
+from .truth import truth_markdown
 from ._io import STATUSES, fmt_p, fmt_pct
 
 __all__ = ["render_summary"]
@@ -302,6 +303,8 @@ def render_summary(
     out += _h1_section(stats, table, fig)
     out += _h2_section(stats, fig)
     out += _cells_section(stats)
+    if stats.get("truth"):
+        out += [truth_markdown(stats["truth"]), ""]
     out += ["## Per variant", "", fig("ablation"), ""]
     if variant_figure_paths:
         out += [" ".join(f"[{v}]({p})" for v, p in variant_figure_paths.items()) + " — loss curves of every run per variant.", ""]

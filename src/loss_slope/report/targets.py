@@ -23,6 +23,7 @@ __all__ = [
     "REPORT_DIRS",
     "REPORT_FIGURES",
     "fit_inputs",
+    "truth_inputs",
     "finished_runs",
     "missing_reasons",
     "training_state",
@@ -33,6 +34,7 @@ __all__ = [
 FIT = "results/fits/{variant}/{run}.json"
 PLAN = "results/plan/{variant}/packs.json"
 PACK = "results/packs/{variant}/{pack}.json"
+RUN_INFO = "results/export/{variant}/{run}/run_info.json"
 REPORT_DIRS = ("report", "report_partial")
 
 #: figure name -> (report category, label); also the order of the HTML report
@@ -149,3 +151,20 @@ def fit_inputs(
     else:
         chosen = finished_runs(runs, fixed_pack=fixed_pack)
     return [FIT.format(variant=v, run=r) for v, r in chosen]
+
+
+def truth_inputs(
+    runs: Iterable[tuple[str, str]],
+    wildcards,
+    *,
+    fixed_pack: Callable[[Any], str] | None = None,
+    simulated: bool = False,
+) -> list[str]:
+    """``run_info.json`` of every run a simulated study's report reads (each run's truth is
+    recomputed from it, or read from the ``truth.json`` beside it); none for a real study."""
+    if not simulated:
+        return []
+    return [
+        RUN_INFO.format(variant=Path(f).parent.name, run=Path(f).stem)
+        for f in fit_inputs(runs, wildcards, fixed_pack=fixed_pack)
+    ]
