@@ -47,7 +47,7 @@ try:  # the first Lanczos vector (before: power iteration) reuses Hutch++'s H Q 
     FREE_FIRST_PRODUCT = 1
 except ImportError:  # an older package on PYTHONPATH (before/after comparisons)
     FREE_FIRST_PRODUCT = 0
-CURVATURE_BUDGET = 0.10  # DESIGN §1: curvature under 10 % of training time
+CURVATURE_BUDGET = 0.10  # the protocol's budget: curvature under 10 % of training time
 TOTAL_BUDGET = 0.15  # all monitors under 15 %
 
 
@@ -64,7 +64,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--noise-every-epochs", type=int, default=2)
     p.add_argument("--hutch-matvecs", type=int, default=50)
     p.add_argument("--matvec-block", type=int, default=1, help="Hessian-vector products per vmapped backward")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (DESIGN §4: one per process)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (one per process: more threads than cores slow packed runs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--markdown", type=Path, default=None, help="also write the table to this file")

@@ -85,7 +85,7 @@ def test_default_false_positive_rate_small_sample():
 
 
 def test_plain_hinge_is_fooled_by_a_floor():
-    """Documents why the default is not the plain ΔAIC hinge (DESIGN §8)."""
+    """Documents why the default is not the plain ΔAIC hinge (docs/analysis.md, "Knee detection")."""
     c = curve(seed=23, n_steps=6000, alpha=0.8, shift=150.0, floor=0.05, noise_sigma=0.05)
     assert detect_knee(c.steps, c.loss, method="hinge").found
     assert not detect_knee(c.steps, c.loss).found
@@ -107,7 +107,7 @@ def test_burn_in_aic_on_exponential_then_power():
     loss = np.exp(y + 0.01 * np.random.default_rng(0).standard_normal(s.size))
     k = detect_knee(s, loss, method="burn_in_aic", steps_per_epoch=spe)
     # the cumulative window must first see enough power-law data to outweigh the
-    # exponential start: the seed's definition lands a few epochs after it
+    # exponential start: the protocol's definition lands a few epochs after it
     assert k.found and 3 < k.epoch <= 10
     assert k.step == k.epoch * spe
     with pytest.raises(TypeError):
