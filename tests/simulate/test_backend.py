@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from _util import PYTHON, run_cmd
-from loss_slope.probe.plan import write_plan
+from loss_slope.probe.plan import write_pack_spec
 from loss_slope.study.runs import build_runs
 from loss_slope.tables.schema import TABLES
 
@@ -28,8 +28,8 @@ TOTAL = 50 * 391
 
 def plan(tmp_path):
     runs = [{"run": r.run, "overrides": list(r.overrides)} for r in build_runs(CONFIG)]
-    path = tmp_path / "packs.json"
-    write_plan(path, variant="S-core", runs=runs, n=2, source="config", probe=None)
+    path = tmp_path / "pack000.json"
+    write_pack_spec(path, tmp_path / "packs.json", variant="S-core", pack="pack000", runs=runs)
     return path
 
 
