@@ -53,3 +53,35 @@ def test_aggregate_rate_is_all_samples_over_the_shared_window():
     workers = [{"samples_per_s": 1000.0, "seconds": 1.0}, {"samples_per_s": 500.0, "seconds": 2.0}]
     assert aggregate_rate(workers) == pytest.approx(1000.0)  # not 1,500 (the sum of the rates)
     assert aggregate_rate([{"samples_per_s": 800.0, "seconds": 3.0}]) == pytest.approx(800.0)
+
+
+def test_probe_runs_the_training_step_of_train_pack(monkeypatch):
+    """The probe trains through CurveModule.training_step, the step every run of a pack takes
+    (loss_slope.train.run builds the same CurveModule), with validation and a checkpoint in its window."""
+    from loss_slope.probe import worker
+    from loss_slope.train.checkpoint_io import AtomicCheckpointIO
+    from loss_slope.train.module import CurveModule
+
+    calls, saves, validations = [], [], []
+    real_step, real_save = CurveModule.training_step, AtomicCheckpointIO.save_checkpoint
+    real_val = CurveModule.validation_step
+
+    def step(self, batch, batch_idx):
+        calls.append(self.global_step)
+        return real_step(self, batch, batch_idx)
+
+    def save(self, checkpoint, path, storage_options=None):
+        saves.append(checkpoint["global_step"])
+        return real_save(self, checkpoint, path, storage_options)
+
+    def val(self, batch, batch_idx):
+        validations.append(self.global_step)
+        return real_val(self, batch, batch_idx)
+
+    monkeypatch.setattr(CurveModule, "training_step", step)
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", save)
+    monkeypatch.setattr(CurveModule, "validation_step", val)
+    w = worker.measure([*DEMO, "trainer.monitors.enabled=false"], steps=4, warmup=2, barrier=None, index=0, k=1)
+    assert calls == list(range(6))  # warm-up and timed steps: all through the training step
+    assert saves == [4] and set(validations) == {4}  # one checkpoint and one validation inside the window
+    assert w["step_ms"] > 0 and not w["oom"]

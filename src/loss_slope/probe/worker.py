@@ -2,9 +2,14 @@
 
     python -m loss_slope.probe.worker --out W.json --barrier DIR --index I --k K --steps S -- [hydra overrides]
 
-After building the model and data and a few warm-up steps, the worker waits
-until all K workers are ready (files in DIR), so the timed steps really run
-concurrently. A CUDA out-of-memory error is reported, not raised.
+The worker runs the training's own loop: a Lightning ``Trainer`` with the
+run's :class:`~loss_slope.train.module.CurveModule` (its ``training_step``, so
+the run's precision, channels_last, compile and gradient clipping), the
+monitor callback, validation and one checkpoint (host snapshot, background
+write) inside the timed window. After the warm-up steps it waits until all K
+workers are ready (files in DIR), so the timed steps really run concurrently.
+An out-of-memory error (any: the micro-batch fallback is off in the probe, as
+a run that needs it does not fit) is reported, not raised.
 
 Monitors: when ``trainer.monitors`` turns them on (as in training), every step
 also feeds them (the gradient moments hold one more copy of the parameters plus
@@ -26,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from pytorch_lightning import Callback
+
 
 def _barrier(folder: Path, index: int, k: int, timeout: float = 600) -> None:
     folder.mkdir(parents=True, exist_ok=True)
@@ -37,92 +44,148 @@ def _barrier(folder: Path, index: int, k: int, timeout: float = 600) -> None:
         time.sleep(0.01)
 
 
+class _Window(Callback):
+    """Lightning callback of the probe: the timed window, one checkpoint inside it, one curvature event after it.
+
+    At ``global_step == warmup`` it waits for the other workers (barrier) and starts the clock;
+    at ``warmup + steps // 2`` it saves one checkpoint (written as in training: host snapshot,
+    background write); at ``warmup + steps`` it stops the clock (one host sync, as in training)
+    and, with the curvature monitor on, runs one event on the configured held-out batches
+    inside the peak-memory window.
+    """
+
+    def __init__(self, *, warmup: int, steps: int, barrier, index: int, k: int, device, checkpoint, monitor_cb,
+                 out: dict) -> None:
+        self.warmup, self.steps, self.barrier, self.index, self.k = warmup, steps, barrier, index, k
+        self.device, self.checkpoint, self.monitor_cb, self.out = device, checkpoint, monitor_cb, out
+        self.clock = time.perf_counter
+        self.t0 = None
+        self.training_steps = 0
+
+    def _sync(self) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.warmup == 0:
+            self._start()
+
+    def _start(self) -> None:
+        import torch
+
+        self._sync()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        if self.barrier is not None:
+            _barrier(self.barrier, self.index, self.k)
+        self.t0 = self.clock()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import torch
+        import torch.nn.functional as F
+
+        s = trainer.global_step
+        if s == self.warmup and self.t0 is None:
+            self._start()
+        elif s == self.warmup + self.steps // 2 and self.steps > 1:
+            trainer.save_checkpoint(self.checkpoint)
+        if s != self.warmup + self.steps:
+            return
+        float(outputs["loss"])  # one host sync at the end, as in training
+        trainer.strategy.checkpoint_io.wait()  # the window includes its checkpoint's write
+        self._sync()
+        dt = self.clock() - self.t0
+        batch_size = int(self.out["batch_size"])
+        self.out.update(step_ms=1e3 * dt / self.steps, samples_per_s=self.steps * batch_size / dt, seconds=dt)
+        cb = self.monitor_cb
+        if cb.batches:  # one curvature event, inside the peak-memory window, outside the timed one
+            if self.device.type == "cuda":
+                self.out["peak_mem_train_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+            else:
+                self.out["peak_mem_train_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            t1 = self.clock()
+            with torch.enable_grad():
+                row = cb.monitors.measure_curvature(pl_module, F.cross_entropy, cb.batches, step=s, epoch=0.0)
+            self._sync()
+            self.out["curvature_seconds"] = self.clock() - t1
+            self.out["curvature_matvecs"] = row["hutch_matvecs"] + row["lambda_iters"]
+        if self.device.type == "cuda":
+            self.out["peak_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+            self.out["peak_reserved_mb"] = torch.cuda.max_memory_reserved(self.device) / 2**20
+
+
 def measure(overrides: list[str], *, steps: int, warmup: int, barrier: Path | None, index: int, k: int) -> dict:
+    """Train the run's configuration for ``warmup + steps`` steps in the training's own loop and time
+    the last ``steps``: the Lightning trainer and :class:`~loss_slope.train.module.CurveModule` of
+    ``train_pack`` runs (its ``training_step``, precision, channels_last, compile, gradient
+    clipping), the monitor callback, validation (at the training cadence, or once in the window
+    when the window is shorter than it) and one checkpoint."""
+    import math
+    import tempfile
+
     import hydra.utils
+    import pytorch_lightning as pl
     import torch
-    import torch.nn.functional as F
+    from lightning_fabric.plugins.environments import LightningEnvironment
 
     from loss_slope.data.datasets import build_data
-    from loss_slope.metrics.monitors import Monitors
+    from loss_slope.train.checkpoint_io import AtomicCheckpointIO
     from loss_slope.train.compose import compose_train_config
-    from loss_slope.train.monitor_callback import held_out_batches, monitor_settings
+    from loss_slope.train.module import CurveModule, MicroBatcher, MicroBatchTooSmall, is_out_of_memory
+    from loss_slope.train.monitor_callback import build_monitor_callback
+    from loss_slope.train.run import compile_options
+    from loss_slope.train.schedule import schedule_from_config
 
     cfg = compose_train_config([*overrides, "run_dir=/nonexistent"])
     torch.set_num_threads(int(cfg.trainer.threads))
     use_cuda = torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "cuda", "gpu")
     device = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
-    out = {"index": index, "device": str(device), "oom": False, "batch_size": int(cfg.data.batch_size)}
+    batch = int(cfg.data.batch_size)
+    out = {"index": index, "device": str(device), "oom": False, "batch_size": batch}
     if use_cuda:
         out["gpu_name"] = torch.cuda.get_device_name(device)
         out["gpu_total_mb"] = torch.cuda.get_device_properties(device).total_memory / 2**20
-    try:
-        data = build_data(cfg.data, seed=int(cfg.seed), device=device)
-        net = hydra.utils.instantiate(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels).to(device)
-        opt = hydra.utils.instantiate(cfg.optimizer)(net.parameters())
-        mconfig, msettings = monitor_settings(cfg.trainer.get("monitors"), seed=int(cfg.seed),
-                                              batch_size=int(cfg.data.batch_size),
-                                              steps_per_epoch=data.steps_per_epoch)
-        monitors = Monitors(mconfig)
-        held_out = []
-        if mconfig.curvature_every_steps:
-            held_out = held_out_batches(data.train, n_batches=mconfig.curvature_batches,
-                                        batch_size=msettings["curvature_batch_size"],
-                                        seed=msettings["curvature_data_seed"])
-        out["monitors"] = {"noise": bool(mconfig.noise_every_epochs), "curvature": bool(held_out)}
-        it = iter(data.train)
-        done = 0
-
-        def step():
-            nonlocal it, done
-            try:
-                x, y = next(it)
-            except StopIteration:
-                it = iter(data.train)
-                x, y = next(it)
-            loss = F.cross_entropy(net(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            monitors.observe_gradients(net)  # as MonitorCallback.on_before_optimizer_step
-            opt.step()
-            monitors.on_train_step(done, loss.detach())
-            done += 1
-            return loss
-
-        for _ in range(warmup):
-            step()
-        if use_cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats(device)
-        if barrier is not None:
-            _barrier(barrier, index, k)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            loss = step()
-        float(loss.detach())  # one sync at the end, as in training
-        if use_cuda:
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        out.update(step_ms=1e3 * dt / steps, samples_per_s=steps * int(cfg.data.batch_size) / dt, seconds=dt)
-        if held_out:  # one curvature event, inside the peak-memory window, outside the timed one
-            if use_cuda:
-                out["peak_mem_train_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-            else:
-                out["peak_mem_train_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            t1 = time.perf_counter()
-            row = monitors.measure_curvature(net, F.cross_entropy, held_out, step=done, epoch=0.0)
-            if use_cuda:
-                torch.cuda.synchronize()
-            out["curvature_seconds"] = time.perf_counter() - t1
-            out["curvature_matvecs"] = row["hutch_matvecs"] + row["lambda_iters"]
-        if use_cuda:
-            out["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-            out["peak_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
-    except torch.cuda.OutOfMemoryError as exc:
-        out.update(oom=True, error=str(exc).splitlines()[0])
-        if use_cuda:  # GPU memory reached before the OOM: the same unit as the other workers'
-            out["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-        if barrier is not None:
-            _barrier(barrier, index, k)  # do not leave the others waiting
+    window = None
+    with tempfile.TemporaryDirectory(prefix="probe-") as tmp:
+        try:
+            pl.seed_everything(int(cfg.seed), workers=False, verbose=False)
+            data = build_data(cfg.data, seed=int(cfg.seed), device=device)
+            spe = data.steps_per_epoch
+            val_interval = max(1, spe // int(cfg.trainer.val_per_epoch))
+            net = hydra.utils.instantiate(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels)
+            module = CurveModule(net, hydra.utils.instantiate(cfg.optimizer),
+                                 schedule_from_config(cfg.schedule, steps_per_epoch=spe, epochs=int(cfg.trainer.epochs)),
+                                 channels_last=bool(cfg.trainer.channels_last),
+                                 gradient_clip_val=cfg.trainer.gradient_clip_val,
+                                 micro_batcher=MicroBatcher(min_size=batch),  # any OOM: this N does not fit
+                                 compile=compile_options(cfg.trainer.get("compile")))
+            monitor_cb = build_monitor_callback(cfg, data, tables_dir=Path(tmp) / "tables",
+                                                checkpoint_dirs={"latest": Path(tmp) / "checkpoints"})
+            out["monitors"] = {"noise": bool(monitor_cb.config.noise_every_epochs),
+                               "curvature": bool(monitor_cb.batches)}
+            window = _Window(warmup=warmup, steps=steps, barrier=barrier, index=index, k=k, device=device,
+                             checkpoint=str(Path(tmp) / "checkpoints" / "latest.ckpt"), monitor_cb=monitor_cb, out=out)
+            # validation at the training's cadence; a window shorter than it gets one validation in its middle
+            every = val_interval if steps >= val_interval else warmup + max(1, math.ceil(steps / 2))
+            trainer = pl.Trainer(
+                accelerator="gpu" if use_cuda else "cpu", devices=1, precision=cfg.trainer.precision,
+                max_steps=warmup + steps, max_epochs=-1, logger=False, val_check_interval=every,
+                check_val_every_n_epoch=None, num_sanity_val_steps=0,
+                callbacks=[monitor_cb, window], plugins=[AtomicCheckpointIO(background=True), LightningEnvironment()],
+                enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                default_root_dir=tmp)
+            data.train.step_source = lambda: trainer.global_step
+            trainer.fit(module, train_dataloaders=data.train, val_dataloaders=data.val)
+        except (MicroBatchTooSmall, torch.OutOfMemoryError, RuntimeError) as exc:
+            if not (isinstance(exc, MicroBatchTooSmall) or is_out_of_memory(exc)):
+                raise
+            out.update(oom=True, error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            if use_cuda:  # GPU memory reached before the OOM: the same unit as the other workers'
+                out["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+            if barrier is not None and (window is None or window.t0 is None):
+                _barrier(barrier, index, k)  # do not leave the others waiting
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if "peak_mem_mb" not in out:
         out["peak_mem_mb"] = out["peak_rss_mb"]  # CPU: host memory is the constrained resource
