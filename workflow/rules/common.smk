@@ -152,7 +152,11 @@ def variant_measured(variant):
     """N and what the probe measured (after the checkpoint); {} when N is fixed."""
     if FIXED_N:
         return {}
-    path = checkpoints.plan_packs.get(variant=variant).output.plan
+    if workflow.remote_exec or workflow.subprocess_exec:
+        # inside a cluster job the checkpoint is not in the DAG: its output exists, read it
+        path = n_file(variant)
+    else:
+        path = checkpoints.plan_packs.get(variant=variant).output.plan
     stamp = os.stat(path).st_mtime_ns
     if _MEASURED.get(path, (None,))[0] != stamp:
         _MEASURED[path] = (stamp, read_plan(path))
