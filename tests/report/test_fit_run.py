@@ -33,7 +33,7 @@ def test_power_law_run_is_ok_with_known_slopes(clean_run):
     assert row["alpha_early"] == pytest.approx(0.8, abs=0.01)
     assert row["alpha_early_ci_low"] < 0.8 < row["alpha_early_ci_high"]
     assert row["alpha_full"] == pytest.approx(0.8, abs=0.01)
-    assert row["power_r2"] > 0.98
+    assert row["power_r2"] > 0.98 and row["post_knee_r2"] > 0.98
     assert row["best_aic"] in ("power", "two_power")
     assert row["exponential_delta_aic"] > 10
     # the window of alpha_early is epochs [5, 15): steps 240..719 at 48 steps/epoch
@@ -43,6 +43,36 @@ def test_power_law_run_is_ok_with_known_slopes(clean_run):
     for method in FIT["knee_methods"]:
         assert f"knee_{method}_found" in row
     assert row["knee_method"] == "broken_power_lrt"
+
+
+def test_h1_decision_level_and_the_other_time_axis(clean_run):
+    steps, _, _, out = clean_run
+    row = out["row"]
+    assert row["h1_single_power_law"] is True and row["post_knee_fit_ok"] is True
+    assert row["h1_literal_r2"] > 0.98 and row["time_axis"] == "step"
+    # the loss level alpha_early is measured on: mean over the last epoch of its window (epoch 14)
+    assert row["early_end_loss"] == pytest.approx(steps.loss_train_nats.iloc[14 * 48:15 * 48].mean())
+    # a constant LR makes the cumulative-LR axis the step axis shifted by one step
+    assert row["cumulative_lr__h1_single_power_law"] is True
+    assert row["cumulative_lr__alpha_early"] == pytest.approx(row["alpha_early"], abs=0.02)
+
+
+def test_cumulative_lr_axis_under_a_cosine_schedule():
+    spe, epochs = 48, 20
+    n = spe * epochs
+    st = np.arange(n, dtype=float)
+    lr = 0.1 * np.where(st < spe, (st + 1) / spe, 0.5 * (1 + np.cos(np.pi * (st - spe) / (n - spe)))) + 1e-6
+    t = np.concatenate(([0.0], np.cumsum(lr[:-1]))) / lr.max()
+    loss = 2.3 * (t + 20.0) ** -0.8 / 20.0 ** -0.8 * np.exp(0.02 * np.random.default_rng(0).standard_normal(n))
+    steps, val, info = run_tables(loss=loss)
+    steps["lr"] = lr
+    out = fit_run_tables(steps, val, run_info=info, validation=VALID, identity=identity(), fit=FIT,
+                         divergence=DIVERGENCE, time_axis="cumulative_lr")
+    row = out["row"]
+    assert row["time_axis"] == "cumulative_lr" and out["settings"]["time_axis"] == "cumulative_lr"
+    assert row["h1_single_power_law"] is True, row["h1_reason"]
+    assert row["post_knee_exponent"] == pytest.approx(0.8, abs=0.1)
+    assert "step__h1_single_power_law" in row and "step__alpha_early" in row
 
 
 def test_best_validation_ce_and_its_epoch(clean_run):
