@@ -39,7 +39,7 @@ from scipy.stats import t as student_t
 from . import _engine as E
 from ._data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve
 from .exceptions import AnalysisError, NotEnoughPoints
-from .fits import FitResult
+from .fits import FitResult, fit_power_law
 from .knee import LRT_THRESHOLD, _lrt_fit
 
 __all__ = ["FitCheck", "ShapeTest", "check_fit", "single_power_law", "literal_r2", "MISFIT_DECADES"]
@@ -302,8 +302,6 @@ def single_power_law(
     -------
     ShapeTest
     """
-    from .fits import fit_power_law
-
     thr = LRT_THRESHOLD if threshold is None else float(threshold)
     s = np.asarray(steps, dtype=float)
     y = np.asarray(loss, dtype=float)
