@@ -106,3 +106,16 @@ def test_run_marker_reports_the_error_of_a_given_up_run(tmp_path):
         {"slurm_job_id": "7"}]}))
     m = L.write_run_marker(run, tmp_path / "m.json", variant="V", run="r")
     assert m["status"] == "complete" and m["slurm_jobs"] == ["7"]
+
+
+def test_probe_levels_carry_host_memory_and_the_plan_uses_it():
+    from loss_slope.probe.capacity import level_from_workers
+
+    workers = [{"oom": False, "samples_per_s": 100.0, "seconds": 2.0, "step_ms": 10.0, "peak_mem_mb": 900.0,
+                "peak_rss_mb": rss} for rss in (2100.0, 2300.0)]
+    level = level_from_workers(2, workers, [], [])
+    assert level.host_rss_mb == [2100.0, 2300.0] and level.aggregate_samples_per_s == pytest.approx(200.0)
+    probe = {"gpu_name": "A100", "on_cpu": False, "levels": [{"k": 2, "step_ms": [10.0, 12.0],
+                                                               "host_rss_mb": level.host_rss_mb}]}
+    measured = P.measured_from_probe(probe, 2)
+    assert measured["host_mem_mb_per_run"] == 2300.0 and measured["step_s"] == pytest.approx(0.012)

@@ -30,6 +30,8 @@ class ProbeLevel:
     oom: bool
     gpu_util_percent: float | None = None
     errors: list[str] = field(default_factory=list)
+    #: each process's peak host memory (resident set, MiB): what a pack's --mem must hold per run
+    host_rss_mb: list[float] = field(default_factory=list)
 
 
 def _gpu_util_sampler():
@@ -74,17 +76,22 @@ def run_level(overrides: list[str], k: int, *, steps: int, warmup: int, timeout:
                 workers.append(json.loads(f.read_text()))
             else:
                 errors.append(f"worker {i} exited {p.returncode}: {text.strip().splitlines()[-1] if text.strip() else ''}")
+    return level_from_workers(k, workers, errors, utils), workers
+
+
+def level_from_workers(k: int, workers: list[dict], errors: list[str], utils: list[float]) -> ProbeLevel:
+    """One probe level from its k workers' reports (and the GPU utilisation samples)."""
     oom = any(w["oom"] for w in workers) or any("OutOfMemoryError" in e for e in errors)
     ok = [w for w in workers if not w["oom"]]
     agg = None
     if not oom and not errors and len(ok) == k:
         agg = aggregate_rate(ok)
-    level = ProbeLevel(
+    return ProbeLevel(
         k=k, aggregate_samples_per_s=agg, step_ms=[w.get("step_ms") for w in ok],
         peak_mem_mb=[w["peak_mem_mb"] for w in workers], oom=oom,
         gpu_util_percent=(sum(utils) / len(utils)) if utils else None, errors=errors,
+        host_rss_mb=[w["peak_rss_mb"] for w in workers if w.get("peak_rss_mb")],
     )
-    return level, workers
 
 
 def aggregate_rate(workers: list[dict]) -> float:
