@@ -12,7 +12,7 @@ import yaml
 from loss_slope.report.settings import analysis_problems, fit_settings, study_settings
 from loss_slope.report.summarize import run_table, study_statistics
 from loss_slope.report.summary_md import render_summary
-from loss_slope.report.targets import REPORT_FIGURES, finished_runs, fit_inputs, report_targets
+from loss_slope.report.targets import REPORT_FIGURES, finished_runs, fit_inputs, report_targets, training_state
 from loss_slope.study.config import ConfigError, load_config, validate_config
 
 from .conftest import STUDY, partial_sweep
@@ -94,26 +94,36 @@ def _plan(root, variant, packs):
     p.write_text(json.dumps({"variant": variant, "packs": {k: [{"run": r} for r in v] for k, v in packs.items()}}))
 
 
-def test_partial_inputs_are_the_runs_whose_pack_finished(tmp_path, monkeypatch):
+def _done(root, variant, run):
+    p = root / f"results/runs/{variant}/{run}.json"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text("{}")
+
+
+def test_partial_inputs_are_the_runs_that_finished_not_their_packs(tmp_path, monkeypatch):
     runs = [("A", "r0"), ("A", "r1"), ("A", "r2"), ("B", "r0")]
     _plan(tmp_path, "A", {"pack000": ["r0", "r1"], "pack001": ["r2"]})  # B: no plan yet
     (tmp_path / "results/packs/A").mkdir(parents=True)
     (tmp_path / "results/packs/A/pack000.json").write_text("{}")
-    assert finished_runs(runs, root=tmp_path) == [("A", "r0"), ("A", "r1")]
+    _done(tmp_path, "A", "r0")  # r1 was given up inside a pack that finished for r0
+    assert finished_runs(runs, root=tmp_path) == [("A", "r0")]
+    state = training_state(runs, root=tmp_path)
+    assert "ended without this run" in state[("A", "r1")][1] and "logs/run_done/A/r1.log" in state[("A", "r1")][1]
+    assert "pack001" in state[("A", "r2")][1] and "does not exist yet" in state[("B", "r0")][1]
     monkeypatch.chdir(tmp_path)
-    assert fit_inputs(runs, SimpleNamespace(reportdir="report_partial")) == [
-        "results/fits/A/r0.json", "results/fits/A/r1.json"]
+    assert fit_inputs(runs, SimpleNamespace(reportdir="report_partial")) == ["results/fits/A/r0.json"]
     assert len(fit_inputs(runs, SimpleNamespace(reportdir="report"))) == 4
 
 
 def test_partial_inputs_with_a_fixed_pack_size(tmp_path):
-    (tmp_path / "results/packs/A").mkdir(parents=True)
-    (tmp_path / "results/packs/A/p1.json").write_text("{}")
+    _done(tmp_path, "A", "r0")
 
     def run_pack(w):
-        return f"results/packs/{w.variant}/{'p1' if w.run == 'r0' else 'p2'}.json"
+        return f"results/runs/{w.variant}/{w.run}.json"
 
     assert finished_runs([("A", "r0"), ("A", "r1")], fixed_pack=run_pack, root=tmp_path) == [("A", "r0")]
+    why = training_state([("A", "r1")], fixed_pack=run_pack, root=tmp_path)[("A", "r1")][1]
+    assert why.startswith("training not finished: no completion marker results/runs/A/r1.json")
 
 
 def test_analysis_block_is_strict_with_defaults(repo):

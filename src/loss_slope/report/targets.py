@@ -35,6 +35,7 @@ FIT = "results/fits/{variant}/{run}.json"
 PLAN = "results/plan/{variant}/packs.json"
 PACK = "results/packs/{variant}/{pack}.json"
 RUN_INFO = "results/export/{variant}/{run}/run_info.json"
+RUN_DONE = "results/runs/{variant}/{run}.json"
 REPORT_DIRS = ("report", "report_partial")
 
 #: figure name -> (report category, label); also the order of the HTML report
@@ -73,9 +74,11 @@ def training_state(
     fixed_pack: Callable[[Any], str] | None = None,
     root: str | Path = ".",
 ) -> dict[tuple[str, str], tuple[bool, str]]:
-    """For each (variant, run): whether its training job finished, and why not.
+    """For each (variant, run): whether its training finished, and why not.
 
-    A run's training finished when its pack's output exists.
+    A run's training finished when its completion marker (:data:`RUN_DONE`)
+    exists, whatever happened to the other runs of its pack; otherwise the reason
+    names its pack and whether that pack ran.
 
     Parameters
     ----------
@@ -97,6 +100,9 @@ def training_state(
     plans: dict[str, dict | None] = {}
     out = {}
     for v, r in runs:
+        if (root / RUN_DONE.format(variant=v, run=r)).exists():
+            out[(v, r)] = (True, "")
+            continue
         try:
             if fixed_pack is not None:
                 pack = fixed_pack(SimpleNamespace(variant=v, run=r))
@@ -111,8 +117,15 @@ def training_state(
         except (PlanError, KeyError, ValueError, StopIteration) as exc:
             out[(v, r)] = (False, f"not trained: no pack for this run ({exc})")
             continue
-        if (root / pack).exists():
-            out[(v, r)] = (True, "")
+        if pack == RUN_DONE.format(variant=v, run=r):
+            out[(v, r)] = (False, f"training not finished: no completion marker {pack} yet "
+                                  f"(see logs/train/{v}/{r}.log and logs/run_done/{v}/{r}.log)")
+        elif (root / pack).exists():
+            out[(v, r)] = (
+                False,
+                f"training not finished: its pack {pack} ended without this run "
+                f"(see logs/run_done/{v}/{r}.log and logs/train/{v}/{r}.log)",
+            )
         else:
             name = Path(pack).stem
             out[(v, r)] = (
