@@ -142,7 +142,9 @@ class StudyScenario:
     notes: str = field(default="")
 
 
-def scenario(name: str, *, share_cell: float = 0.7, share_seed: float = 0.1, share_run: float | None = None) -> StudyScenario:
+def scenario(
+    name: str, *, share_cell: float = 0.7, share_seed: float = 0.1, share_run: float | None = None
+) -> StudyScenario:
     """One of :data:`STUDY_SCENARIOS` with the given variance shares.
 
     Parameters
@@ -171,7 +173,9 @@ def scenario(name: str, *, share_cell: float = 0.7, share_seed: float = 0.1, sha
         mats = (_echo(),) * 3
     else:
         raise ValueError(f"unknown scenario {name!r}; known: {', '.join(STUDY_SCENARIOS)}")
-    return StudyScenario(name, *[m.copy() for m in mats], share_cell=share_cell, share_seed=share_seed, share_run=share_run)
+    return StudyScenario(
+        name, *[m.copy() for m in mats], share_cell=share_cell, share_seed=share_seed, share_run=share_run
+    )
 
 
 def population_values(sc: StudyScenario | str) -> dict[str, float]:
@@ -285,7 +289,9 @@ def make_study_table(
     return pd.DataFrame(rows)
 
 
-def simulate_population(sc: StudyScenario | str, *, n_cells: int = 2000, n_seeds: int = 200, seed: int = 0) -> dict[str, float]:
+def simulate_population(
+    sc: StudyScenario | str, *, n_cells: int = 2000, n_seeds: int = 200, seed: int = 0
+) -> dict[str, float]:
     """Monte-Carlo check of :func:`population_values` on one very large study.
 
     Parameters
