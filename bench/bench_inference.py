@@ -43,7 +43,12 @@ import numpy as np  # noqa: E402
 
 from loss_slope.analysis import h2_statistics  # noqa: E402
 from loss_slope.analysis.stats import wilson_interval  # noqa: E402
-from loss_slope.analysis.synthetic_study import STUDY_SCENARIOS, make_study_table, population_values, scenario  # noqa: E402
+from loss_slope.analysis.synthetic_study import (
+    STUDY_SCENARIOS,
+    make_study_table,
+    population_values,
+    scenario,
+)  # noqa: E402
 
 
 def _covers(ci, value) -> bool:
@@ -53,8 +58,21 @@ def _covers(ci, value) -> bool:
 def run_scenario(name: str, n_tables: int, *, share_cell: float, share_seed: float, n_boot: int, seed0: int) -> dict:
     sc = scenario(name, share_cell=share_cell, share_seed=share_seed)
     pop = population_values(sc)
-    ev = {k: 0 for k in ("supported", "not_supported", "pooled_cover", "within_cover0", "within_excl0",
-                         "within_cover_pop", "diff_above0", "diff_cover_pop", "seedadj_cover0", "seedadj_excl0")}
+    ev = {
+        k: 0
+        for k in (
+            "supported",
+            "not_supported",
+            "pooled_cover",
+            "within_cover0",
+            "within_excl0",
+            "within_cover_pop",
+            "diff_above0",
+            "diff_cover_pop",
+            "seedadj_cover0",
+            "seedadj_excl0",
+        )
+    }
     times, cpu = [], []
     for i in range(n_tables):
         t = make_study_table(sc, seed=seed0 + 100_003 * STUDY_SCENARIOS.index(name) + i)
@@ -96,12 +114,15 @@ def main(argv=None) -> int:
     res = {}
     for name in a.scenarios:
         t0 = time.perf_counter()
-        res[name] = run_scenario(name, a.tables, share_cell=a.share_cell, share_seed=a.share_seed, n_boot=a.n_boot,
-                                 seed0=a.seed)
+        res[name] = run_scenario(
+            name, a.tables, share_cell=a.share_cell, share_seed=a.share_seed, n_boot=a.n_boot, seed0=a.seed
+        )
         print(f"# {name}: {a.tables} tables in {time.perf_counter() - t0:.0f} s", flush=True)
 
-    print(f"\nshares: cell {a.share_cell}, seed {a.share_seed}, run {1 - a.share_cell - a.share_seed:.2f}; "
-          f"n_boot {a.n_boot}; rates with 95 % Wilson intervals\n")
+    print(
+        f"\nshares: cell {a.share_cell}, seed {a.share_seed}, run {1 - a.share_cell - a.share_seed:.2f}; "
+        f"n_boot {a.n_boot}; rates with 95 % Wilson intervals\n"
+    )
     rows = []
 
     def add(label, name, key, target, ok_fn):
@@ -123,10 +144,17 @@ def main(argv=None) -> int:
     # oversubscribed machine; wall time is printed beside it
     all_c = np.concatenate([r["cpu"] for r in res.values()])
     all_t = np.concatenate([r["times"] for r in res.values()])
-    rows.append(("CPU time per table (one thread)", f"median {np.median(all_c):.2f} s, max {all_c.max():.2f} s",
-                 "<= 2 s", "PASS" if all_c.max() <= 2.0 else "FAIL"))
-    rows.append(("wall time per table (this machine)", f"median {np.median(all_t):.2f} s, max {all_t.max():.2f} s",
-                 "", ""))
+    rows.append(
+        (
+            "CPU time per table (one thread)",
+            f"median {np.median(all_c):.2f} s, max {all_c.max():.2f} s",
+            "<= 2 s",
+            "PASS" if all_c.max() <= 2.0 else "FAIL",
+        )
+    )
+    rows.append(
+        ("wall time per table (this machine)", f"median {np.median(all_t):.2f} s, max {all_t.max():.2f} s", "", "")
+    )
     w = max(len(r[0]) for r in rows)
     v = max(len(r[1]) for r in rows)
     print(f"| {'check':<{w}} | {'rate [95 % CI]':<{v}} | target  | result |")
@@ -135,13 +163,24 @@ def main(argv=None) -> int:
         print(f"| {label:<{w}} | {rate:<{v}} | {target:<7} | {ok:<6} |")
 
     print("\nFor information (population values from population_values):")
-    print(f"| {'scenario':<16} | pop rho | pop within | 'supported' | 'not supported' | within covers pop | diff covers pop | seed-adj. within excl. 0 |")
-    print(f"|{'-' * 18}|---------|------------|-------------|-----------------|-------------------|-----------------|--------------------------|")
+    heads = [
+        "pop rho",
+        "pop within",
+        "'supported'",
+        "'not supported'",
+        "within covers pop",
+        "diff covers pop",
+        "seed-adj. within excl. 0",
+    ]
+    print(f"| {'scenario':<16} | " + " | ".join(heads) + " |")
+    print(f"|{'-' * 18}|" + "|".join("-" * (len(h) + 2) for h in heads) + "|")
     for name, r in res.items():
         e, n, p = r["events"], r["n"], r["pop"]
-        print(f"| {name:<16} | {p['pooled_spearman']:+.3f}  | {p['within_spearman']:+.3f}     | "
-              f"{e['supported'] / n:11.1%} | {e['not_supported'] / n:15.1%} | {e['within_cover_pop'] / n:17.1%} | "
-              f"{e['diff_cover_pop'] / n:15.1%} | {e['seedadj_excl0'] / n:24.1%} |")
+        print(
+            f"| {name:<16} | {p['pooled_spearman']:+.3f}  | {p['within_spearman']:+.3f}     | "
+            f"{e['supported'] / n:11.1%} | {e['not_supported'] / n:15.1%} | {e['within_cover_pop'] / n:17.1%} | "
+            f"{e['diff_cover_pop'] / n:15.1%} | {e['seedadj_excl0'] / n:24.1%} |"
+        )
     return 0
 
 

@@ -30,8 +30,26 @@ def test_settings_from_the_study_config():
 
 def test_command_prints_a_table_and_draws_a_png(tmp_path, capsys):
     png = tmp_path / "power.png"
-    rc = main(["--config", STUDY, "--studies", "4", "--rhos", "0", "0.9", "--seeds", "2", "6",
-               "--n-boot", "50", "--jobs", "1", "--plot", str(png)])
+    rc = main(
+        [
+            "--config",
+            STUDY,
+            "--studies",
+            "4",
+            "--rhos",
+            "0",
+            "0.9",
+            "--seeds",
+            "2",
+            "6",
+            "--n-boot",
+            "50",
+            "--jobs",
+            "1",
+            "--plot",
+            str(png),
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "P(H2 supported)" in out and "Smallest seeds per cell" in out

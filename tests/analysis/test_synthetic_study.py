@@ -22,8 +22,21 @@ def test_table_layout():
     assert t.groupby(["variant", "lr", "weight_decay"]).ngroups == 36
     assert set(t.seed) == set(range(6))
     assert t.run.is_unique
-    need = {"variant", "optimizer", "lr", "weight_decay", "seed", "run", "alpha_early", "best_val_ce",
-            "early_end_loss", "excluded_reason", "diverged", "h1_single_power_law", "h1_literal_r2"}
+    need = {
+        "variant",
+        "optimizer",
+        "lr",
+        "weight_decay",
+        "seed",
+        "run",
+        "alpha_early",
+        "best_val_ce",
+        "early_end_loss",
+        "excluded_reason",
+        "diverged",
+        "h1_single_power_law",
+        "h1_literal_r2",
+    }
     assert need <= set(t.columns)
     assert (t.h1_single_power_law == (t.h1_literal_r2 >= 0.98)).all()
 

@@ -121,12 +121,19 @@ def _scenario(abs_rho: float, s: PowerSettings) -> StudyScenario:
     r = -pearson_from_spearman(abs_rho) if s.sign in ("negative", "either") else pearson_from_spearman(abs_rho)
     m = _pair(r)
     return StudyScenario(
-        "power", m, m.copy(), m.copy(), share_cell=s.share_cell, share_seed=s.share_seed,
+        "power",
+        m,
+        m.copy(),
+        m.copy(),
+        share_cell=s.share_cell,
+        share_seed=s.share_seed,
         share_run=1.0 - s.share_cell - s.share_seed,
     )
 
 
-def _one_study(abs_rho: float, n_seeds: int, s: PowerSettings, rng: np.random.Generator) -> tuple[bool, bool, bool, float, bool]:
+def _one_study(
+    abs_rho: float, n_seeds: int, s: PowerSettings, rng: np.random.Generator
+) -> tuple[bool, bool, bool, float, bool]:
     z = _latent(_scenario(abs_rho, s), s.n_cells, n_seeds, rng)
     x, y = z[..., 0].ravel(), z[..., 1].ravel()
     cell = np.repeat(np.arange(s.n_cells), n_seeds)
@@ -144,7 +151,13 @@ def _one_study(abs_rho: float, n_seeds: int, s: PowerSettings, rng: np.random.Ge
         p_cell = np.full(s.n_cells, s.h1_share)
     succ = rng.random(cell.size) < p_cell[cell]
     share = _cluster_share(succ, cell, None, confidence=s.confidence, targets=(s.h1_target,))
-    return bool(sup), bool(wsup), bool(wdet), float(share.ci[1] - share.ci[0]), share.verdicts[s.h1_target] == "supported"
+    return (
+        bool(sup),
+        bool(wsup),
+        bool(wdet),
+        float(share.ci[1] - share.ci[0]),
+        share.verdicts[s.h1_target] == "supported",
+    )
 
 
 def _chunk(args) -> list[tuple]:
@@ -260,8 +273,15 @@ def run_power_analysis(
     curve = simulate_power(abs_rhos, [settings.n_seeds], settings, n_studies=n_studies, seed=seed, jobs=jobs)
     sweep = simulate_power([effect], seeds_per_cell, settings, n_studies=n_studies, seed=seed + 1, jobs=jobs)
     ok = [p.n_seeds for p in sweep if p.supported >= 0.8]
-    return PowerResult(settings, tuple(curve), tuple(sweep), float(effect), min(ok) if ok else None,
-                       time.perf_counter() - t0, _cpu() - c0)
+    return PowerResult(
+        settings,
+        tuple(curve),
+        tuple(sweep),
+        float(effect),
+        min(ok) if ok else None,
+        time.perf_counter() - t0,
+        _cpu() - c0,
+    )
 
 
 def _cpu() -> float:
@@ -362,8 +382,13 @@ def settings_from_config(path: str | None, **overrides) -> PowerSettings:
         kw["n_cells"] = n_v * len(grid.get("lr", [0])) * len(grid.get("weight_decay", [0]))
         kw["n_seeds"] = len(grid.get("seed", [0] * 6))
         st = (cfg.get("analysis", {}) or {}).get("study", {}) or {}
-        for key, name in (("h2_min_abs_rho", "min_abs_rho"), ("h2_max_p", "max_p"), ("h2_sign", "sign"),
-                          ("confidence", "confidence"), ("h1_target_share", "h1_target")):
+        for key, name in (
+            ("h2_min_abs_rho", "min_abs_rho"),
+            ("h2_max_p", "max_p"),
+            ("h2_sign", "sign"),
+            ("confidence", "confidence"),
+            ("h1_target_share", "h1_target"),
+        ):
             if key in st:
                 kw[name] = type(getattr(PowerSettings, name))(st[key])
     kw.update({k: v for k, v in overrides.items() if v is not None})
@@ -379,7 +404,9 @@ def main(argv=None) -> int:
     ap.add_argument("--studies", type=int, default=200, help="simulated studies per point (default 200)")
     ap.add_argument("--effect", type=float, default=0.85, help="true |rho| for the seeds sweep (default 0.85)")
     ap.add_argument("--seeds", type=int, nargs="*", default=[2, 3, 4, 6, 8, 10], help="seeds per cell to sweep")
-    ap.add_argument("--rhos", type=float, nargs="*", default=[0.0, 0.1, 0.2, 0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95])
+    ap.add_argument(
+        "--rhos", type=float, nargs="*", default=[0.0, 0.1, 0.2, 0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
+    )
     ap.add_argument("--share-cell", type=float, default=None, help="variance share of the cell effect (0.7)")
     ap.add_argument("--share-seed", type=float, default=None, help="variance share of the shared seed effect (0.1)")
     ap.add_argument("--h1-share", type=float, default=None, help="true H1 share (0.9)")
@@ -390,11 +417,16 @@ def main(argv=None) -> int:
     ap.add_argument("--plot", default="power_analysis.png", help="PNG path ('' for none)")
     a = ap.parse_args(argv)
     s = settings_from_config(
-        a.config, share_cell=a.share_cell, share_seed=a.share_seed, h1_share=a.h1_share, h1_icc=a.h1_icc,
+        a.config,
+        share_cell=a.share_cell,
+        share_seed=a.share_seed,
+        h1_share=a.h1_share,
+        h1_icc=a.h1_icc,
         n_boot=a.n_boot,
     )
-    res = run_power_analysis(s, abs_rhos=a.rhos, effect=a.effect, seeds_per_cell=a.seeds, n_studies=a.studies,
-                             seed=a.seed, jobs=a.jobs)
+    res = run_power_analysis(
+        s, abs_rhos=a.rhos, effect=a.effect, seeds_per_cell=a.seeds, n_studies=a.studies, seed=a.seed, jobs=a.jobs
+    )
     print(format_result(res))
     if a.plot:
         plot_result(res, a.plot)

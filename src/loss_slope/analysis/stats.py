@@ -251,6 +251,7 @@ def _cluster_share(
     vb = p * (1 - p) / n
     deff = 1.0
     if vb > 0 and g >= 2:
+
         def clustered(codes):
             m = int(codes.max()) + 1
             sums = np.bincount(codes, weights=resid, minlength=m)
@@ -945,9 +946,9 @@ class H2Result:
                 "cell_means": self.cell_means.to_dict(),
                 "within_cell": self.within_cell.to_dict(),
                 "partial": self.partial.to_dict(),
-                "within_cell_seed_adjusted": None
-                if self.within_cell_seed_adjusted is None
-                else self.within_cell_seed_adjusted.to_dict(),
+                "within_cell_seed_adjusted": (
+                    None if self.within_cell_seed_adjusted is None else self.within_cell_seed_adjusted.to_dict()
+                ),
                 "versus_level": None if self.versus_level is None else self.versus_level.to_dict(),
                 "prediction": None if self.prediction is None else self.prediction.to_dict(),
                 "by_variant": {v: r.to_dict() for v, r in self.by_variant.items()},
@@ -1131,7 +1132,9 @@ def _core(
     if design is not None:
         solver = _wls_projector(W, design)
         ex, ey = _wresid(Rx, W, design, solver), _wresid(Ry, W, design, solver)
-        px, py = _wresid(np.broadcast_to(x, W.shape), W, design, solver), _wresid(np.broadcast_to(y, W.shape), W, design, solver)
+        px, py = _wresid(np.broadcast_to(x, W.shape), W, design, solver), _wresid(
+            np.broadcast_to(y, W.shape), W, design, solver
+        )
         partial = make(n, G, _wcorr(px, py, W), _wcorr(ex, ey, W))
 
     # slope versus level, paired on the same resamples
@@ -1170,7 +1173,12 @@ def _loco(df: pd.DataFrame, x, y, level, cell, cell_columns) -> LocoPrediction |
     xs, ys, cs = x[ok], y[ok], cell[ok]
     labels = _dummies(sub, cell_columns)
     one = np.ones((ys.size, 1))
-    models = {"mean": one, "alpha": np.column_stack([one, xs]), "labels": labels, "labels+alpha": np.column_stack([labels, xs])}
+    models = {
+        "mean": one,
+        "alpha": np.column_stack([one, xs]),
+        "labels": labels,
+        "labels+alpha": np.column_stack([labels, xs]),
+    }
     if level is not None:
         ls = level[ok]
         models.update(
@@ -1370,14 +1378,26 @@ def h2_statistics(
     seed_codes = pd.factorize(sub[seed_column].astype(str), sort=True)[0].astype(np.intp) if has_seed else None
     rng = np.random.default_rng(seed)
     design = _dummies(sub, cell_columns)
-    core = _core(x, y, level, cell, seed_codes, design, n_boot=n_boot, confidence=confidence, rng=rng,
-                 level_column=str(level_column))
+    core = _core(
+        x,
+        y,
+        level,
+        cell,
+        seed_codes,
+        design,
+        n_boot=n_boot,
+        confidence=confidence,
+        rng=rng,
+        level_column=str(level_column),
+    )
     counts = np.bincount(cell, minlength=G)
     skipped_cells = tuple((cell_names[c], "single usable seed") for c in np.flatnonzero(counts < 2))
     verdict = _verdict_rho(core.overall.spearman_ci, core.overall.spearman_p, min_abs_rho, max_p, sign)
     notes = []
     if not has_seed:
-        notes.append("no seed column: resampling cells only (seed effects shared across cells are not in the intervals)")
+        notes.append(
+            "no seed column: resampling cells only (seed effects shared across cells are not in the intervals)"
+        )
     if not has_level:
         notes.append(f"no level column {level_column!r}: no comparison with the loss level")
 
@@ -1399,8 +1419,18 @@ def h2_statistics(
             vseed = seed_codes[m] if seed_codes is not None else None
             if vseed is not None:
                 vseed = pd.factorize(vseed, sort=True)[0].astype(np.intp)
-            vc = _core(xv, yv, None, vcell, vseed, None, n_boot=n_boot, confidence=confidence, rng=rng,
-                       level_column=str(level_column))
+            vc = _core(
+                xv,
+                yv,
+                None,
+                vcell,
+                vseed,
+                None,
+                n_boot=n_boot,
+                confidence=confidence,
+                rng=rng,
+                level_column=str(level_column),
+            )
             by[v] = VariantH2(
                 overall=vc.overall,
                 cell_means=vc.cell_means,

@@ -142,7 +142,9 @@ class StudyScenario:
     notes: str = field(default="")
 
 
-def scenario(name: str, *, share_cell: float = 0.7, share_seed: float = 0.1, share_run: float | None = None) -> StudyScenario:
+def scenario(
+    name: str, *, share_cell: float = 0.7, share_seed: float = 0.1, share_run: float | None = None
+) -> StudyScenario:
     """One of :data:`STUDY_SCENARIOS` with the given variance shares.
 
     Parameters
@@ -171,7 +173,9 @@ def scenario(name: str, *, share_cell: float = 0.7, share_seed: float = 0.1, sha
         mats = (_echo(),) * 3
     else:
         raise ValueError(f"unknown scenario {name!r}; known: {', '.join(STUDY_SCENARIOS)}")
-    return StudyScenario(name, *[m.copy() for m in mats], share_cell=share_cell, share_seed=share_seed, share_run=share_run)
+    return StudyScenario(
+        name, *[m.copy() for m in mats], share_cell=share_cell, share_seed=share_seed, share_run=share_run
+    )
 
 
 def population_values(sc: StudyScenario | str) -> dict[str, float]:
@@ -262,30 +266,33 @@ def make_study_table(
         p_cell = np.full(len(cells), h1_share)
     h1 = rng.random((len(cells), n_seeds)) < p_cell[:, None]
     r2 = np.where(h1, 0.98 + 0.019 * rng.random(h1.shape), 0.90 + 0.079 * rng.random(h1.shape))
-    rows = []
-    for c, (v, lr, wd) in enumerate(cells):
-        for s in range(n_seeds):
-            rows.append(
-                {
-                    "variant": v,
-                    "optimizer": "adamw" if "adamw" in v else "sgd",
-                    "lr": lr,
-                    "weight_decay": wd,
-                    "seed": s,
-                    "run": f"{v}-lr{lr:g}-wd{wd:g}-s{s}",
-                    "alpha_early": 0.6 + 0.15 * z[c, s, 0],
-                    "best_val_ce": 0.9 + 0.15 * z[c, s, 1],
-                    "early_end_loss": 1.2 + 0.2 * z[c, s, 2],
-                    "excluded_reason": None,
-                    "diverged": False,
-                    "h1_single_power_law": bool(h1[c, s]),
-                    "h1_literal_r2": float(r2[c, s]),
-                }
-            )
-    return pd.DataFrame(rows)
+    c_idx = np.repeat(np.arange(len(cells)), n_seeds)
+    s_idx = np.tile(np.arange(n_seeds), len(cells))
+    v = np.array([c[0] for c in cells], dtype=object)[c_idx]
+    lr = np.array([c[1] for c in cells], dtype=float)[c_idx]
+    wd = np.array([c[2] for c in cells], dtype=float)[c_idx]
+    return pd.DataFrame(
+        {
+            "variant": v,
+            "optimizer": ["adamw" if "adamw" in str(x) else "sgd" for x in v],
+            "lr": lr,
+            "weight_decay": wd,
+            "seed": s_idx,
+            "run": [f"{a}-lr{b:g}-wd{c:g}-s{d}" for a, b, c, d in zip(v, lr, wd, s_idx)],
+            "alpha_early": 0.6 + 0.15 * z[..., 0].ravel(),
+            "best_val_ce": 0.9 + 0.15 * z[..., 1].ravel(),
+            "early_end_loss": 1.2 + 0.2 * z[..., 2].ravel(),
+            "excluded_reason": [None] * c_idx.size,
+            "diverged": np.zeros(c_idx.size, dtype=bool),
+            "h1_single_power_law": h1.ravel().astype(object),
+            "h1_literal_r2": r2.ravel(),
+        }
+    )
 
 
-def simulate_population(sc: StudyScenario | str, *, n_cells: int = 2000, n_seeds: int = 200, seed: int = 0) -> dict[str, float]:
+def simulate_population(
+    sc: StudyScenario | str, *, n_cells: int = 2000, n_seeds: int = 200, seed: int = 0
+) -> dict[str, float]:
     """Monte-Carlo check of :func:`population_values` on one very large study.
 
     Parameters
