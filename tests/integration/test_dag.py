@@ -82,7 +82,7 @@ def test_study_dry_run_lists_every_run_identifiably(tmp_path):
     text = full.stdout + full.stderr
     counts = _job_counts(text)
     assert counts["train_pack"] == 216 and counts["to_parquet"] == 216, text[-3000:]
-    assert "wildcards: variant=S-adamw, run=lr0.2-wd0.01-s5" in text
+    assert "wildcards: variant=S-adamw, run=lr0.002-wd0.01-s5" in text  # AdamW has its own LR grid
     assert "wildcards: variant=S-adamw, pack=pack-" in text  # packs named by their members
     three = run_cmd([*base, "--quiet", "rules"], timeout=120, env={"WORKERS_PER_GPU": "3"})
     assert _job_counts(three.stdout + three.stderr)["train_pack"] == 72

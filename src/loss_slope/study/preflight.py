@@ -64,9 +64,9 @@ def _first_bad_override(overrides) -> str | None:
     return None
 
 
-def steps_per_epoch(data_name: str, batch_size: int, drop_last: bool) -> int:
-    n = N_TRAIN[data_name]
-    return n // batch_size if drop_last else math.ceil(n / batch_size)
+def steps_per_epoch(n_train: int, batch_size: int, drop_last: bool) -> int:
+    """Optimizer steps per epoch of ``n_train`` examples."""
+    return n_train // batch_size if drop_last else math.ceil(n_train / batch_size)
 
 
 def preflight(config: dict, runs_by_variant: dict, *, runtime_minutes: float | None = None) -> dict[str, VariantFacts]:
@@ -93,10 +93,12 @@ def preflight(config: dict, runs_by_variant: dict, *, runtime_minutes: float | N
             compose_errors.setdefault(f"{where}: {bad + ': ' if bad else ''}{msg}", []).append(variant)
             continue
         data = cfg.data
-        if data.name not in N_TRAIN:
+        # a dataset that states its size (the simulated backend's n_train) is taken at its word
+        n_train = int(data.n_train) if "n_train" in data else N_TRAIN.get(data.name)
+        if n_train is None:
             problems.append(f"variants.{variant}: unknown dataset {data.name!r}")
             continue
-        spe = steps_per_epoch(data.name, int(data.batch_size), bool(data.drop_last))
+        spe = steps_per_epoch(n_train, int(data.batch_size), bool(data.drop_last))
         vpe = int(cfg.trainer.val_per_epoch)
         if vpe > spe:
             compose_errors.setdefault(
