@@ -16,7 +16,9 @@ CONFIG = {
     "training": {"epochs": EPOCHS, "batch_size": 128, "schedule": "cosine", "warmup_epochs": 1, "threads": 1,
                  "flush_every_steps": 391,
                  # knees within the first epochs, as in the study; no divergence in a 6-run study
-                 "hydra_overrides": ["data.simulation.diverge_share=0", "data.simulation.second_break_epochs=[4,6]"]},
+                 # the truth's alpha_early window must be the analysis window (analysis.fit.early_window)
+                 "hydra_overrides": ["data.simulation.diverge_share=0", "data.simulation.second_break_epochs=[4,6]",
+                                     "data.simulation.early_window=[2,6]"]},
     "variants": {"S-core": {"experiment": "s_core"}},
     "grid": {"lr": [0.1, 0.2], "weight_decay": [0.001], "seed": [0, 1, 2]},
     "packing": {"runs_per_gpu": 3},
