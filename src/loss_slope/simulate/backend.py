@@ -294,8 +294,7 @@ def run_simulated(cfg) -> int:
             r = model.curvature_row(params, step=done_steps, lr=float(lr_col[step]), seed=seed,
                                     lambda_iters=int(mon["lambda_iters"]), lambda_min_iters=int(mon["lambda_min_iters"]),
                                     hutch_matvecs=int(mon["hutch_matvecs"]))
-            curv_t.append([(done_steps, done_steps / spe, r["lambda_max"], r["hutch_trace"], r["lambda_iters"],
-                            r["hutch_matvecs"], r["seconds"], r["lambda_converged"], r["hutch_trace_se"])])
+            curv_t.append([(done_steps, done_steps / spe, *(r[k] for k in TABLES["curvature"].names[2:]))])
         if noise_every and done_steps % noise_every == 0:
             r = model.noise_row(params, loss, step=done_steps, every=noise_every, psd_window=int(mon["psd_window"]),
                                 psd_min_points=int(mon["psd_min_points"]), seed=seed)

@@ -276,9 +276,11 @@ def curvature_row(params: Mapping[str, Any], *, step: int, lr: float, seed: int,
         0.1 * r.standard_normal())
     trace = lam * (20.0 + 5.0 * r.random())
     iters = int(r.integers(lambda_min_iters, lambda_iters + 1))
+    residual = 10.0 ** r.uniform(-6.0, -3.0) if iters < lambda_iters else 10.0 ** r.uniform(-3.0, -1.5)
     return {"lambda_max": lam, "hutch_trace": trace, "lambda_iters": iters, "hutch_matvecs": int(hutch_matvecs),
             "seconds": 1.0 + 0.1 * r.random(), "lambda_converged": iters < lambda_iters,
-            "hutch_trace_se": 0.05 * trace * r.random()}
+            "hutch_trace_se": 0.05 * trace * r.random(), "lambda_residual": residual,
+            "lambda_min_ritz": -lam * (0.05 + 0.2 * r.random()), "status": "ok"}
 
 
 def noise_row(params: Mapping[str, Any], loss: np.ndarray, *, step: int, every: int, psd_window: int,
