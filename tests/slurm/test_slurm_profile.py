@@ -112,6 +112,18 @@ def test_environment_overrides(tmp_path: Path):
     assert "gpu_model" not in res["summarize"] and "qos" not in res["summarize"]
 
 
+def test_simulated_study_asks_for_no_gpu(tmp_path: Path):
+    # config/simulated.yaml on a CPU partition: packs of 6 simulated runs, no GPU, small memory
+    res = dry_run(tmp_path, {"LOSS_SLOPE_SLURM_GPUS": "0", "LOSS_SLOPE_SLURM_PARTITION": "cpu",
+                             "LOSS_SLOPE_SLURM_GPU_MODEL": "a100-80gb"}, snakefile=None,
+                  args=["-s", REPO / "Snakefile", "--configfile", REPO / "config" / "simulated.yaml"])
+    packs = res["train_pack"]
+    assert len(packs) == 36
+    for pack in packs:
+        assert "gpu" not in pack and "gpu_model" not in pack and "gpus-per-node" not in pack["slurm_extra"]
+        assert (pack["slurm_partition"], pack["cpus_per_task"], pack["mem_mb"]) == ("cpu", "6", "5000")
+
+
 def test_hyphenated_gpu_model_goes_through_gpus_per_node(tmp_path: Path):
     # the plugin rejects "a100-80gb" as gpu_model and as a gres type
     res = {k: v[0] for k, v in dry_run(tmp_path, {"LOSS_SLOPE_SLURM_GPU_MODEL": "a100-80gb"}).items()}

@@ -387,10 +387,11 @@ def settings_from_config(path: str | None, **overrides) -> PowerSettings:
             ("h2_max_p", "max_p"),
             ("h2_sign", "sign"),
             ("confidence", "confidence"),
-            ("h1_target_share", "h1_target"),
         ):
             if key in st:
                 kw[name] = type(getattr(PowerSettings, name))(st[key])
+        if st.get("h1_target_shares"):
+            kw["h1_target"] = float(st["h1_target_shares"][0])
     kw.update({k: v for k, v in overrides.items() if v is not None})
     return PowerSettings(**kw)
 
