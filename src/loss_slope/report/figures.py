@@ -262,7 +262,7 @@ def plot_r2_histogram(table: pd.DataFrame, stats: Mapping[str, Any]) -> Figure:
         ax.legend(loc="upper left", fontsize=8)
     ax.set_xlabel("R² after the knee, log training loss against log step (dimensionless)")
     ax.set_ylabel("runs (count)")
-    ax.set_title(_h1_line(stats), loc="left", fontsize=9)
+    ax.set_title(textwrap.fill(_h1_line(stats), int(fig.get_figwidth() * 14)), loc="left", fontsize=9)
     lit_o = lit.get("overall")
     head = "The protocol's literal H1 criterion: R² of a straight line in log-log after the knee"
     if lit_o:
@@ -344,7 +344,7 @@ def plot_alpha_vs_val(table: pd.DataFrame, stats: Mapping[str, Any]) -> Figure:
     ax.set_xlabel(f"α_early: log-log slope of the training loss over epochs {win[0]:g}–{win[1]:g} "
                   "(dimensionless; larger = faster decrease)")
     ax.set_ylabel(f"best validation cross-entropy ({unit}, log scale)")
-    ax.set_title(_h2_line(stats), loc="left", fontsize=9)
+    ax.set_title(textwrap.fill(_h2_line(stats), int(fig.get_figwidth() * 14)), loc="left", fontsize=9)
     _suptitle(fig, "Does the early slope predict the best validation loss — across the grid or within a cell?")
     return fig
 
