@@ -114,7 +114,7 @@ def test_environment_overrides(tmp_path: Path):
 
 def test_simulated_study_asks_for_no_gpu(tmp_path: Path):
     # config/simulated.yaml on a CPU partition: packs of 6 simulated runs, no GPU, small memory
-    res = dry_run(tmp_path, {"LOSS_SLOPE_SLURM_GPUS": "0", "LOSS_SLOPE_SLURM_PARTITION": "cpu",
+    res = dry_run(tmp_path, {"LOSS_SLOPE_SLURM_GPUS_PER_JOB": "0", "LOSS_SLOPE_SLURM_PARTITION": "cpu",
                              "LOSS_SLOPE_SLURM_GPU_MODEL": "a100-80gb"}, snakefile=None,
                   args=["-s", REPO / "Snakefile", "--configfile", REPO / "config" / "simulated.yaml"])
     packs = res["train_pack"]
