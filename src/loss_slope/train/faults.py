@@ -5,11 +5,14 @@ real, in the middle of training (``fail_run``/``fail_at_step``), and to make a
 run run out of GPU memory (``oom_run``/``oom_at_step``/``oom_fits``): the real
 ``torch.cuda.OutOfMemoryError`` is raised, so the recovery path is the one a
 GPU takes, even on a CPU), and to make a curvature event run out of memory
-(``curvature_oom_run``/``curvature_oom_at_step``). Off unless the keys are set.
+(``curvature_oom_run``/``curvature_oom_at_step``), and to slow every step down
+(``step_sleep_s``) so that a time budget binds whatever the machine's speed.
+Off unless the keys are set.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -30,11 +33,26 @@ class FailOnce(Callback):
             raise InjectedFault(f"injected fault at step {trainer.global_step} (trainer.fault)")
 
 
+class SlowSteps(Callback):
+    """Sleeps after every optimizer step (a slower machine, for time-budget tests)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = float(seconds)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        time.sleep(self.seconds)
+
+
 def fault_callbacks(cfg, run_dir) -> list[Callback]:
     f = cfg.trainer.get("fault")
-    if not f or f.fail_run is None or f.fail_at_step is None or f.fail_run != cfg.run:
+    if not f:
         return []
-    return [FailOnce(step=f.fail_at_step, marker=Path(run_dir) / "fault.once")]
+    out: list[Callback] = []
+    if f.get("step_sleep_s"):
+        out.append(SlowSteps(f.step_sleep_s))
+    if f.fail_run is not None and f.fail_at_step is not None and f.fail_run == cfg.run:
+        out.append(FailOnce(step=f.fail_at_step, marker=Path(run_dir) / "fault.once"))
+    return out
 
 
 class InjectedOOM:
