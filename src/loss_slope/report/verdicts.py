@@ -58,8 +58,9 @@ def h1_criterion_sentence(res: Mapping[str, Any], *, confidence: float) -> str:
     if not o or res.get("verdict") == "not computable":
         return f"Not computable: {res.get('error', 'no usable run')}."
     cells = f", {o['n_cells']} cells" if o.get("n_cells") else ""
+    runs = "runs" if res.get("threshold") is not None else "decided runs"  # a numeric criterion decides every run
     return (
-        f"{o['k']} of {o['n']} decided runs ({fmt_pct(o['share'])}; {fmt_pct(confidence)} cluster-aware interval "
+        f"{o['k']} of {o['n']} {runs} ({fmt_pct(o['share'])}; {fmt_pct(confidence)} cluster-aware interval "
         f"{interval(o['ci_low'], o['ci_high'], pct=True)}{cells}) meet it: {_verdict_list(res['verdicts'])}."
     )
 
