@@ -23,6 +23,11 @@ def fmt_pct(x) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.0f} %"
 
 
+def fmt_num(x, fmt: str = ".2f") -> str:
+    """A number in ``fmt`` (``"n/a"`` when missing or not finite)."""
+    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, fmt)
+
+
 def fmt_p(p) -> str:
     """A p-value: two significant digits, scientific below 0.001 (``"n/a"`` when missing)."""
     if p is None or not math.isfinite(p):

@@ -3,20 +3,15 @@ run that is not in the statistics with its reason."""
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
 from . import verdicts as V
 from .truth import truth_markdown
-from ._io import STATUSES, fmt_p, fmt_pct
+from ._io import STATUSES, fmt_num as _f, fmt_p, fmt_pct
 
 __all__ = ["render_summary"]
-
-
-def _f(x, fmt: str = ".2f") -> str:
-    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, fmt)
 
 
 def _md_cell(x: Any) -> str:

@@ -7,10 +7,9 @@ from the statistics, never from a literal here.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping
 
-from ._io import fmt_p, fmt_pct
+from ._io import fmt_num as _f, fmt_p, fmt_pct
 
 __all__ = [
     "VERDICTS",
@@ -24,10 +23,6 @@ __all__ = [
 ]
 
 VERDICTS = ("supported", "not supported", "inconclusive", "not computable")
-
-
-def _f(x, fmt: str = ".2f") -> str:
-    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, fmt)
 
 
 def interval(lo, hi, *, pct: bool = False) -> str:
