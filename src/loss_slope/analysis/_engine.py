@@ -469,6 +469,45 @@ def two_power_bounds(problem: Problem, floor: bool, shift, consts: dict):
     return lb, ub, free
 
 
+def three_power_bounds(problem: Problem, consts: dict):
+    """Bounds and free mask of ``three_power`` (floor and shift free)."""
+    from .exceptions import NotEnoughPoints
+
+    t_lo, t_hi = problem.shift_bounds()
+    # room for two breaks: (s_lo + t0) e^(delta + delta2) < s_hi + t0
+    ed = math.exp(_models.KNEE_DELTA + _models.KNEE2_DELTA)
+    room = consts["s_hi"] - ed * consts["s_lo"]
+    if room <= 0:
+        raise NotEnoughPoints(
+            int(math.ceil(ed * consts["s_lo"] * 10**KNEE_TAIL_DECADES)) + 1,
+            int(problem.s[-1]) + 1,
+            "steps for a search of two breaks",
+        )
+    t_hi = max(min(t_hi, 0.9 * room / (ed - 1.0)), t_lo + 1e-6)
+    lo_e, hi_e = EXPONENT_BOUNDS
+    lb = np.array([-np.inf, lo_e, lo_e, lo_e, 0.0, 0.0, 0.0, t_lo])
+    ub = np.array([np.inf, hi_e, hi_e, hi_e, 1.0, 1.0, problem.floor_max(), t_hi])
+    return lb, ub, np.ones(8, dtype=bool)
+
+
+def three_power_positions(x1: float, x2: float, t0: float, consts: dict) -> tuple[float, float]:
+    """``(knee_pos, knee2_pos)`` placing the breaks of ``three_power`` at ln(tau) x1 < x2 (clipped)."""
+    lo = math.log(consts["s_lo"] + t0) + _models.KNEE_DELTA
+    hi = math.log(consts["s_hi"] + t0)
+    span1 = hi - _models.KNEE2_DELTA - lo
+    f = min(max((x1 - lo) / span1, 0.0), 1.0) if span1 > 0 else 0.0
+    x1c = lo + f * span1
+    span2 = hi - x1c - _models.KNEE2_DELTA
+    g = min(max((x2 - x1c - _models.KNEE2_DELTA) / span2, 0.0), 1.0) if span2 > 0 else 0.0
+    return f, g
+
+
+def three_power_steps(theta: np.ndarray, consts: dict) -> tuple[float, float]:
+    """Optimizer steps of the two breaks of a ``three_power`` parameter vector."""
+    x1, x2, *_ = _models.two_knees_log_tau(theta[4], theta[5], theta[7], consts["s_lo"], consts["s_hi"])
+    return float(math.exp(x1) - theta[7]), float(math.exp(x2) - theta[7])
+
+
 def knee_step_of(theta: np.ndarray, consts: dict) -> float:
     """Optimizer step of the knee of a two-power parameter vector."""
     xk, _, _ = _models.knee_log_tau(theta[3], theta[5], consts["s_lo"], consts["s_hi"])

@@ -23,6 +23,7 @@ from .exceptions import AnalysisError, InvalidCurve, UnknownMethod
 from .fits import ModelComparison, PowerLawFit, comparison_from_lrt, fit_power_law
 from .knee import DEFAULT_KNEE_METHOD, KNEE_METHODS, KneeResult, _broken_power_lrt, detect_knee
 from .shape import FitCheck, ShapeTest, check_fit, single_power_law
+from .two_break import two_break_test
 from .slopes import EARLY_WINDOW, SlopeResult, alpha_full, alpha_window
 
 __all__ = ["CurveAnalysis", "analyze_curve", "cumulative_lr"]
@@ -296,6 +297,7 @@ def analyze_curve(
     comparison = None
     power = None
     shape = None
+    two_break = None
 
     # default detector; its fits double as the power / two-power model fits
     try:
@@ -304,6 +306,10 @@ def analyze_curve(
             t, l_, steps_per_epoch=spe, confidence=confidence, bin_decades=bin_decades, _return_fit=True, **dopts
         )
         knees[DEFAULT_KNEE_METHOD] = axis.knee_in_steps(res, spe)
+        try:
+            two_break = two_break_test(t, l_, bin_decades=bin_decades, knee_fit=lrt)
+        except AnalysisError as exc:
+            errors["h1_two_break"] = str(exc)
         try:
             comparison = comparison_from_lrt(lrt, confidence=confidence)
             for model, fit in comparison.fits.items():
@@ -347,6 +353,7 @@ def analyze_curve(
             confidence=confidence,
             bin_decades=bin_decades,
             segment_fit=power,
+            two_break=two_break,
         )
     except AnalysisError as exc:
         errors["h1_single_power_law"] = str(exc)

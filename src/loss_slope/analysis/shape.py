@@ -13,7 +13,12 @@ on the noise level:
 2. **No earlier break.**  When a knee was found, the same test finds none before
    it either.  Otherwise the detected knee is the second of two breaks, and the
    curve after the first one (the real end of the burn-in) is not one power law.
-3. **No drift of the exponent.**  The exponents of the first and the second half
+3. **No second break on the whole curve.**  A power law with two breaks does not
+   fit the whole curve better than one with a single break (the knee):
+   :func:`loss_slope.analysis.two_break.two_break_test`, which fits the knee and
+   the second break jointly and so keeps its power when the knee detector finds
+   only one of the two breaks.
+4. **No drift of the exponent.**  The exponents of the first and the second half
    of the segment (halves in log time; floor and shift held at the segment's fit,
    estimated jointly by GLS under the knee test's noise model) agree: the interval
    of their difference covers zero, or the difference is below ``drift_tolerance``.
@@ -41,6 +46,7 @@ from ._data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve
 from .exceptions import AnalysisError, NotEnoughPoints
 from .fits import FitResult, fit_power_law
 from .knee import LRT_THRESHOLD, _lrt_fit
+from .two_break import TwoBreakTest
 
 __all__ = ["FitCheck", "ShapeTest", "check_fit", "single_power_law", "literal_r2", "MISFIT_DECADES"]
 
@@ -193,6 +199,8 @@ class ShapeTest:
     fit_reason : str or None
     literal_r2 : float
         Straight-line log-log R² of the segment.
+    two_break : TwoBreakTest or None
+        The whole-curve two-break test (``None``: not run).
     """
 
     decision: bool | None
@@ -210,9 +218,13 @@ class ShapeTest:
     fit_ok: bool
     fit_reason: str | None
     literal_r2: float
+    two_break: TwoBreakTest | None = None
 
     def to_dict(self, prefix: str = "h1_") -> dict:
-        return {
+        tb = self.two_break.to_dict(f"{prefix}two_break_") if self.two_break is not None else {
+            f"{prefix}two_break_{k}": (None if k == "found" else NAN) for k in _TWO_BREAK_KEYS
+        }
+        return tb | {
             f"{prefix}single_power_law": self.decision,
             f"{prefix}reason": self.reason,
             f"{prefix}segment_start_step": self.segment_start,
@@ -227,6 +239,9 @@ class ShapeTest:
             f"{prefix}max_binned_residual": self.max_binned_residual,
             f"{prefix}literal_r2": self.literal_r2,
         }
+
+
+_TWO_BREAK_KEYS = ("found", "statistic", "threshold", "step_1", "step_2", "exponent_1", "exponent_2", "exponent_3")
 
 
 def _problem(steps, loss, bin_decades, shift_cap=None):
@@ -277,6 +292,7 @@ def single_power_law(
     confidence: float = 0.95,
     bin_decades: float = DEFAULT_BIN_DECADES,
     segment_fit: FitResult | None = None,
+    two_break: TwoBreakTest | None = None,
 ) -> ShapeTest:
     """Decide whether the curve from ``knee_step`` on is one power law.
 
@@ -297,6 +313,10 @@ def single_power_law(
     segment_fit : FitResult, optional
         The power-law fit of the segment (floor + shift), for the misfit check;
         fitted here when not given.
+    two_break : TwoBreakTest, optional
+        The whole-curve two-break test; a second break found there makes the
+        decision ``False``.  Not run here (it belongs to the knee it was fitted
+        with, the default detector's).
 
     Returns
     -------
@@ -323,6 +343,7 @@ def single_power_law(
         drift_ci=(NAN, NAN),
         max_binned_residual=NAN,
         literal_r2=lit,
+        two_break=two_break,
     )
     try:
         fit = segment_fit if segment_fit is not None else fit_power_law(ss, ys, bin_decades=bin_decades)
@@ -337,6 +358,8 @@ def single_power_law(
         cap = None if knee_step is None or not math.isfinite(knee_step) else SHIFT_CAP * max(start, 1.0)
         lrt = _lrt_fit(_problem(ss, ys, bin_decades, cap))
     except NotEnoughPoints as exc:
+        if two_break is not None and two_break.found:
+            return ShapeTest(False, two_break.reason, fit_ok=True, fit_reason=None, **empty)
         return ShapeTest(None, f"the post-knee segment is too short to test: {exc}", fit_ok=True, fit_reason=None,
                          **empty)
     empty["further_break_statistic"] = float(lrt.stat)
@@ -368,11 +391,18 @@ def single_power_law(
     if (ci[0] > 0 or ci[1] < 0) and abs(d) >= drift_tolerance:
         reasons.append(f"the exponent drifts from {a1:.3g} to {a2:.3g} between the halves "
                        f"(difference {d:+.3g}, interval [{ci[0]:.3g}, {ci[1]:.3g}])")
+    if two_break is not None and two_break.found:
+        reasons.append(two_break.reason)
     if reasons:
         return ShapeTest(False, "; ".join(reasons), fit_ok=True, fit_reason=None, **empty)
+    whole = (
+        f", and {two_break.reason} on the whole curve"
+        if two_break is not None and math.isfinite(two_break.statistic)
+        else ""
+    )
     return ShapeTest(
         True,
-        f"no further break (statistic {lrt.stat:.3g} <= {thr:g}) and no drift of the exponent",
+        f"no further break (statistic {lrt.stat:.3g} <= {thr:g}) and no drift of the exponent{whole}",
         fit_ok=True,
         fit_reason=None,
         **empty,

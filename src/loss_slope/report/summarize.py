@@ -149,7 +149,7 @@ def h1_criteria(time_axis: str, other_axis: str | None) -> dict[str, tuple[str, 
     """H1 criteria: name -> (per-run column, compared with ``r2_threshold``, label)."""
     out = {
         "single_power_law": ("h1_single_power_law", False,
-                             "one power law after the knee (no further break, no exponent drift)"),
+                             "one power law after the knee (no further or second break, no exponent drift)"),
         "single_power_law_interior": ("h1_single_power_law_interior", False,
                                       "the same, fits with a parameter on a bound left out"),
         "literal_r2": ("h1_literal_r2", True, "protocol's literal criterion: straight-line log-log R² after the knee"),

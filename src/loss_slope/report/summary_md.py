@@ -47,8 +47,9 @@ def _h1_section(stats: Mapping[str, Any], table: pd.DataFrame, fig) -> list[str]
     out = ["## H1 — after the knee, is the training loss one power law?", ""]
     out += [
         "**Defensible criterion** — after the knee found by the calibrated test, the curve is one power law: "
-        "the same test finds no further break (nor an earlier one), and the exponent does not drift between the "
-        "first and second half of the segment (docs/analysis.md). " + V.h1_criterion_sentence(main, confidence=conf),
+        "the same test finds no further break (nor an earlier one), a power law with two breaks fits the whole "
+        "curve no better than one with a knee, and the exponent does not drift between the first and second half "
+        "of the segment (docs/analysis.md). " + V.h1_criterion_sentence(main, confidence=conf),
         "",
     ]
     wf = main.get("with_excluded_as_failures")

@@ -1,0 +1,331 @@
+"""Two breaks or one?  The whole-curve test behind the per-run H1 decision.
+
+H1 says: after a burn-in (one break, the knee) the loss follows one power law.
+Its alternative is a second break after the first.  :func:`two_break_test`
+compares the two directly on the whole curve, on one likelihood:
+
+* null: a power law with one break, floor and transient shift (``two_power``,
+  the knee detector's alternative model);
+* alternative: the same with two breaks (``three_power``), the second at least
+  a factor 2 after the first.
+
+Both are fitted by GLS on log-spaced bin means under the white + AR(1) noise
+model (with a smooth noise scale where the curve shows one) estimated from the
+residuals of the two-break fit, so that an unmodelled break does not pass for
+low-frequency noise.  The statistic is the misfit-scaled likelihood ratio, as in
+the knee test.
+
+Two constraints keep the null from hiding a knee in its transient:
+
+* the shift of each model is at most :data:`SHIFT_CAP` times its first break step
+  (a transient that outlasts the burn-in would bend the segment the hypothesis is
+  about);
+* the break locations are searched globally (a grid of linear least-squares fits
+  in log-log, then free fits from the best cells), because the profile from one
+  start misses the second break when the first one sits in a plateau.
+
+A second break counts only when the statistic exceeds the threshold *and* the
+fitted shape is a knee followed by a break: the first break steepens the curve
+(the end of a burn-in is the loss starting to fall) and both change the exponent
+by at least :data:`MIN_BREAK_CHANGE`.  Two breaks that flatten and then steepen
+a plateau are the burn-in's own shape, not a departure from one power law after
+it.  The threshold was set on known-truth curves without a second break
+(``bench/bench_h1_shape.py``; see docs/analysis.md, "Per-run H1 decision").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _engine as E
+from . import _models as M
+from ._data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve
+from .exceptions import NotEnoughPoints
+from .knee import REML_SLACK, _LrtFit, _lrt_fit
+from .noise import estimate_noise, reml_refine
+
+__all__ = ["TwoBreakTest", "two_break_test", "TWO_BREAK_THRESHOLD", "MIN_BREAK_CHANGE", "SHIFT_CAP"]
+
+NAN = float("nan")
+
+#: Threshold on the scaled LR statistic (two breaks vs one).
+TWO_BREAK_THRESHOLD = 5.0
+#: The first break must steepen the curve, and the second change its exponent, by at least this much.
+MIN_BREAK_CHANGE = 0.15
+#: A model's transient shift is at most this x its first break step.
+SHIFT_CAP = 0.5
+#: Grid of break positions (per axis) for the linear global search.
+GRID = 24
+#: Points of the profile of the extra break around the null's knee.
+PROFILE_GRID = 9
+
+
+@dataclass(frozen=True)
+class TwoBreakTest:
+    """Result of :func:`two_break_test`.
+
+    Attributes
+    ----------
+    found : bool
+        A second break: ``statistic > threshold``, the first break steepens the
+        curve by ``>= min_change`` and the second changes the exponent by
+        ``>= min_change``.
+    statistic : float
+        Scaled LR statistic (NaN when the curve is too short for two breaks).
+    threshold, min_change : float
+    break_steps : (float, float)
+        Steps of the two breaks of the alternative fit.
+    exponents : (float, float, float)
+        Exponents before, between and after them.
+    knee_step : float
+        Break step of the null (one-break) fit.
+    reason : str
+    """
+
+    found: bool
+    statistic: float
+    threshold: float
+    min_change: float
+    break_steps: tuple[float, float]
+    exponents: tuple[float, float, float]
+    knee_step: float
+    reason: str
+
+    def to_dict(self, prefix: str = "h1_two_break_") -> dict:
+        return {
+            f"{prefix}found": self.found,
+            f"{prefix}statistic": self.statistic,
+            f"{prefix}threshold": self.threshold,
+            f"{prefix}step_1": self.break_steps[0],
+            f"{prefix}step_2": self.break_steps[1],
+            f"{prefix}exponent_1": self.exponents[0],
+            f"{prefix}exponent_2": self.exponents[1],
+            f"{prefix}exponent_3": self.exponents[2],
+        }
+
+
+def _not_tested(reason: str, threshold: float, min_change: float) -> TwoBreakTest:
+    return TwoBreakTest(False, NAN, threshold, min_change, (NAN, NAN), (NAN, NAN, NAN), NAN, reason)
+
+
+def _hinge(x: np.ndarray, xk: float) -> np.ndarray:
+    return M.KNEE_WIDTH * np.logaddexp(0.0, (x - xk) / M.KNEE_WIDTH)
+
+
+def _grid_starts(prob: E.Problem, wh: E.Whitener, consts: dict, shifts, *, two: bool, n_best: int = 3):
+    """Starts from the best break positions of a linear fit in log-log.
+
+    With the floor at 0 and the shift held, the broken power law is linear in
+    (log amplitude, exponent, exponent changes); every grid cell (one or two
+    breaks) is one small least-squares solve.
+    """
+    cands = []
+    yw = wh(prob.yb)
+    for t0 in shifts:
+        x = np.log(prob.sb + t0)
+        lo = math.log(consts["s_lo"] + t0) + M.KNEE_DELTA
+        hi = math.log(consts["s_hi"] + t0)
+        if not hi > lo:
+            continue
+        xs = np.linspace(lo, hi, GRID)
+        hinges = [_hinge(x, xk) for xk in xs]
+        base = np.column_stack((np.ones_like(x), -x))
+        pairs = (
+            [(i, j) for i in range(GRID) for j in range(i + 1, GRID) if xs[j] - xs[i] >= M.KNEE2_DELTA - 1e-9]
+            if two
+            else [(i, None) for i in range(GRID)]
+        )
+        for i, j in pairs:
+            cols = [base, -hinges[i][:, None]] + ([-hinges[j][:, None]] if j is not None else [])
+            Xw = wh(np.column_stack(cols))
+            beta, *_ = np.linalg.lstsq(Xw, yw, rcond=None)
+            r = yw - Xw @ beta
+            cands.append((float(r @ r), t0, xs[i], None if j is None else xs[j], beta))
+    cands.sort(key=lambda c: c[0])
+    out = []
+    for _, t0, x1, x2, beta in cands[:n_best]:
+        la, a1, a2 = beta[0], beta[1], beta[1] + beta[2]
+        if two:
+            f, g = E.three_power_positions(x1, x2, t0, consts)
+            out.append(np.array([la, a1, a2, a2 + beta[3], f, g, 0.0, t0]))
+        else:
+            lo = math.log(consts["s_lo"] + t0) + M.KNEE_DELTA
+            hi = math.log(consts["s_hi"] + t0)
+            out.append(np.array([la, a1, a2, (x1 - lo) / (hi - lo), 0.0, t0]))
+    return out
+
+
+def _profile_starts(prob: E.Problem, null: E.Core, wh: E.Whitener, consts: dict, box, n_best: int = 2):
+    """Starts with the null's knee as the first break (second swept after it) and as the second."""
+    lb, ub = box
+    la, a1, a2, f, c, t0 = null.theta
+    xk, _, _ = M.knee_log_tau(f, t0, consts["s_lo"], consts["s_hi"])
+    lo = math.log(consts["s_lo"] + t0) + M.KNEE_DELTA
+    hi = math.log(consts["s_hi"] + t0)
+    held = np.ones(8, dtype=bool)
+    held[4] = held[5] = False
+    out = []
+    for after in (True, False):
+        if after:
+            xs = np.linspace(xk + M.KNEE2_DELTA, hi, PROFILE_GRID)
+            pos = [E.three_power_positions(xk, x2, t0, consts) for x2 in xs]
+            th = np.array([la, a1, a2, a2, 0.0, 0.0, c, t0])
+        else:
+            xs = np.linspace(lo, xk - M.KNEE2_DELTA, PROFILE_GRID)
+            pos = [E.three_power_positions(x1, xk, t0, consts) for x1 in xs]
+            th = np.array([la, a1, a1, a2, 0.0, 0.0, c, t0])
+        if not xs[-1] > xs[0]:
+            continue
+        prof = []
+        for fg in pos:
+            th = th.copy()
+            th[4], th[5] = fg
+            core = E.nls(prob, "three_power", np.clip(th, lb, ub), held, lb, ub, wh, consts=consts, max_iter=15,
+                         ftol=1e-4)
+            prof.append(core)
+            th = core.theta
+        chi = np.array([p.chi2 for p in prof])
+        k = len(prof)
+        loc = [i for i in range(k) if (i == 0 or chi[i] <= chi[i - 1]) and (i == k - 1 or chi[i] <= chi[i + 1])]
+        loc.sort(key=lambda i: chi[i])
+        out += [prof[i].theta for i in loc[:n_best]]
+    return out
+
+
+def _first_break(model: str, theta: np.ndarray, consts: dict) -> float:
+    if model == "two_power":
+        return E.knee_step_of(theta, consts)
+    return E.three_power_steps(theta, consts)[0]
+
+
+def _bounds(prob: E.Problem, model: str, consts: dict):
+    if model == "two_power":
+        return E.two_power_bounds(prob, True, True, consts)
+    return E.three_power_bounds(prob, consts)
+
+
+def _fit(prob: E.Problem, model: str, starts, wh: E.Whitener, consts: dict) -> E.Core:
+    """Best fit over ``starts`` with the shift at most SHIFT_CAP x the first break step.
+
+    The cap depends on the fitted break, so it is applied by refitting with the
+    cap of the previous fit until the fit respects it (three rounds at most).
+    """
+    saved = prob.shift_cap
+    try:
+        prob.shift_cap = None
+        best = None
+        for _ in range(4):
+            lb, ub, free = _bounds(prob, model, consts)
+            cands = ([best.theta] if best is not None else []) + list(starts)
+            best = None
+            for th in cands:
+                core = E.nls(prob, model, np.clip(np.asarray(th, dtype=float), lb, ub), free, lb, ub, wh,
+                             consts=consts)
+                if best is None or core.chi2 < best.chi2:
+                    best = core
+            shift = best.theta[-1]
+            cap = SHIFT_CAP * max(_first_break(model, best.theta, consts), 1.0)
+            if shift <= cap * (1 + 1e-6):
+                break
+            prob.shift_cap = cap
+        best.consts = dict(consts)
+        return best
+    finally:
+        prob.shift_cap = saved
+
+
+def _nested(null: E.Core) -> np.ndarray:
+    """The null as a two-break vector (second break at the end, no change)."""
+    la, a1, a2, f, c, t0 = null.theta
+    return np.array([la, a1, a2, a2, f, 1.0, c, t0])
+
+
+def _from_knee_fit(fit: _LrtFit, threshold: float, min_change: float) -> TwoBreakTest:
+    prob = fit.problem
+    try:
+        consts = E.knee_consts(prob)
+        box3 = E.three_power_bounds(prob, consts)[:2]
+    except NotEnoughPoints as exc:
+        return _not_tested(f"too short for two breaks: {exc}", threshold, min_change)
+    lb2, ub2, _ = E.two_power_bounds(prob, True, True, consts)
+    wh_ols = E.whitener(prob, "ols", None)
+    shifts = sorted({1.0, float(np.clip(fit.alt.theta[5], lb2[5], ub2[5]))})
+    null0 = _fit(prob, "two_power", [fit.alt.theta, *_grid_starts(prob, wh_ols, consts, shifts, two=False)], wh_ols,
+                 consts)
+    starts = _profile_starts(prob, null0, wh_ols, consts, box3) + _grid_starts(prob, wh_ols, consts, shifts, two=True)
+    alt0 = _fit(prob, "three_power", [*starts, _nested(null0)], wh_ols, consts)
+    # noise model from the residuals of the flexible (two-break) fit
+    sig = 1.0 if prob.row_scale is None else prob.row_scale
+    std = E.raw_residuals(prob, alt0) / sig
+    mb, _ = prob.bin_model(alt0.fn(), alt0.theta, jac=False)
+    noise = reml_refine(estimate_noise(std), prob.bins, alt0.jac, prob.yb - mb, slack=REML_SLACK,
+                        bin_scale=prob.bin_scale)
+    wh = E.whitener(prob, "gls", noise)
+    null = _fit(prob, "two_power", [null0.theta, fit.alt.theta], wh, consts)
+    alt = _fit(prob, "three_power", [alt0.theta, _nested(null)], wh, consts)
+    if alt.chi2 > null.chi2:  # poor local optimum: search again from the GLS null
+        again = _fit(prob, "three_power", [*_profile_starts(prob, null, wh, consts, box3), alt.theta], wh, consts)
+        alt = again if again.chi2 < alt.chi2 else alt
+    scale = max(1.0, alt.chi2 / max(prob.m - alt.k, 1))
+    stat = max(null.chi2 - alt.chi2, 0.0) / scale
+    k1, k2 = E.three_power_steps(alt.theta, consts)
+    a = tuple(float(v) for v in alt.theta[1:4])
+    knee = E.knee_step_of(null.theta, consts)
+    shape_ok = a[1] - a[0] >= min_change and abs(a[2] - a[1]) >= min_change
+    found = bool(stat > threshold and shape_ok)
+    if found:
+        reason = (
+            f"two breaks (steps {k1:.4g} and {k2:.4g}, exponents {a[0]:.3g} -> {a[1]:.3g} -> {a[2]:.3g}) fit "
+            f"better than a knee and one power law (statistic {stat:.3g} > {threshold:g})"
+        )
+    elif stat > threshold:
+        reason = (
+            f"the best two-break fit (exponents {a[0]:.3g} -> {a[1]:.3g} -> {a[2]:.3g}, statistic {stat:.3g}) "
+            f"is not a knee and a second break: the first must steepen by >= {min_change:g} and the second "
+            f"change the exponent by >= {min_change:g}; no second break"
+        )
+    else:
+        reason = f"no second break (statistic {stat:.3g} <= {threshold:g})"
+    return TwoBreakTest(found, float(stat), threshold, min_change, (k1, k2), a, knee, reason)
+
+
+def two_break_test(
+    steps,
+    loss,
+    *,
+    threshold: float | None = None,
+    min_change: float = MIN_BREAK_CHANGE,
+    bin_decades: float = DEFAULT_BIN_DECADES,
+    knee_fit: _LrtFit | None = None,
+) -> TwoBreakTest:
+    """Does the curve have a second break after its knee?
+
+    Parameters
+    ----------
+    steps, loss : array_like, shape (n,)
+        The whole curve (0-based optimizer steps or another increasing time axis;
+        loss > 0, any unit).
+    threshold : float, optional
+        On the scaled LR statistic (default :data:`TWO_BREAK_THRESHOLD`).
+    min_change : float
+        Least exponent change at each break for two breaks to count.
+    bin_decades : float
+    knee_fit : optional
+        The default knee detector's fit of the same curve (``analyze_curve``
+        reuses it); fitted here when not given.
+
+    Returns
+    -------
+    TwoBreakTest
+    """
+    thr = TWO_BREAK_THRESHOLD if threshold is None else float(threshold)
+    if knee_fit is None:
+        curve = prepare_curve(steps, loss, min_points=min_points_for(8), nonfinite="drop")
+        prob = E.Problem(curve, bin_decades=bin_decades)
+        if prob.m < 16:
+            raise NotEnoughPoints(16, prob.m, "log-spaced bins")
+        knee_fit = _lrt_fit(prob)
+    return _from_knee_fit(knee_fit, thr, float(min_change))
