@@ -45,7 +45,7 @@ from loss_slope.tables.schema import KEYS, TABLES
 
 COMPRESSION = "zstd"
 # zstd's fast level -1 (the library default is 1): on the study's step tables the write
-# takes ~20 % less CPU for files ~1.5 % larger (bench/bench_parquet.py, issue #8)
+# takes ~20 % less CPU for files ~1.5 % larger (bench/bench_parquet.py)
 COMPRESSION_LEVEL = -1
 
 
