@@ -122,7 +122,8 @@ def main() -> None:
         f"Demo run ({args.variant}, {args.epochs} epochs x 44 = {steps} steps, 1 thread); medians of {args.reps} "
         f"runs per setting, run alternately ({time.perf_counter() - t0:.0f} s in all).",
         "",
-        "| monitors | process CPU s | vs off | callback CPU s | callback / rest of the process | gradient hook per step | events |",
+        "| monitors | process CPU s | vs off | callback CPU s | callback / rest of the process | "
+        "gradient hook per step | events |",
         "|---|---|---|---|---|---|---|",
     ]
     for name in settings:

@@ -5,10 +5,9 @@ import copy
 import pytest
 import yaml
 
+from _util import REPO
 from loss_slope.study.config import SCHEMA_PATH, ConfigError, load_config, validate_config
 from loss_slope.study.runs import build_runs
-
-from _util import REPO
 
 SCHEMA = SCHEMA_PATH
 

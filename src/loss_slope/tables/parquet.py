@@ -32,7 +32,7 @@ import json
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -128,7 +128,7 @@ def _scan_errors(path: Path, schema: pa.Schema, limit: int = 20, keys: tuple[str
     return errors
 
 
-@lru_cache(maxsize=None)
+@cache
 def _csv_options(table: str) -> tuple[bytes, pacsv.ParseOptions, pacsv.ConvertOptions]:
     schema = TABLES[table]
     header = ",".join(schema.names).encode()
@@ -212,7 +212,7 @@ def _has_duplicate_keys(arrow: pa.Table, keys: tuple[str, ...]) -> bool:
     return arrow.group_by(list(keys)).aggregate([]).num_rows != arrow.num_rows
 
 
-@lru_cache(maxsize=None)
+@cache
 def _parquet_options(schema: pa.Schema) -> dict:
     """Encodings per column kind (see the module docstring)."""
     encodings = {}
