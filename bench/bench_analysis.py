@@ -266,7 +266,8 @@ def report(summary: dict, timing: dict, scan: dict, meta: dict, pw: list[dict] |
     T = TARGETS
     L = []
     L.append(
-        f"# loss_slope.analysis benchmark ({meta['mode']}, seed {meta['seed']}, {meta['n_curves']} curves, {meta['lengths']})"
+        f"# loss_slope.analysis benchmark ({meta['mode']}, seed {meta['seed']}, {meta['n_curves']} curves, "
+        f"{meta['lengths']})"
     )
     L.append("")
     L.append(f"Default knee detector: `broken_power_lrt`, threshold {LRT_THRESHOLD:g}.  One BLAS thread.  "
@@ -278,7 +279,8 @@ def report(summary: dict, timing: dict, scan: dict, meta: dict, pw: list[dict] |
     L.append("|---|---|---|---|---|---|---|")
     for key, v in summary["null"].items():
         L.append(
-            f"| {key} | {v['n']} | {_rate(v['fpr'], v['n'])} {_ok(v['fpr'] <= T['fpr'])} | {v['fpr_hinge']:.3f} | {v['exp_err_median']:.4f} | {v['exp_err_p90']:.4f} | {v['coverage']:.3f} |"
+            f"| {key} | {v['n']} | {_rate(v['fpr'], v['n'])} {_ok(v['fpr'] <= T['fpr'])} | {v['fpr_hinge']:.3f} | "
+            f"{v['exp_err_median']:.4f} | {v['exp_err_p90']:.4f} | {v['coverage']:.3f} |"
         )
     L.append("")
     L.append("## Curves with a knee: detection and location error (decades)")
@@ -287,7 +289,8 @@ def report(summary: dict, timing: dict, scan: dict, meta: dict, pw: list[dict] |
     L.append("|---|---|---|---|---|---|")
     for key, v in summary["knee"].items():
         L.append(
-            f"| {key} | {v['n']} | {_rate(v['detection'], v['n'])} | {v['err_median']:.4f} | {v['err_p90']:.4f} | {v['ci_coverage']:.3f} |"
+            f"| {key} | {v['n']} | {_rate(v['detection'], v['n'])} | {v['err_median']:.4f} | {v['err_p90']:.4f} | "
+            f"{v['ci_coverage']:.3f} |"
         )
     p = summary["pooled"]
     L.append("")
@@ -306,40 +309,51 @@ def report(summary: dict, timing: dict, scan: dict, meta: dict, pw: list[dict] |
     L.append(f"| detection (worst class; for information, the target is pooled) | {worst_det:.3f} | — | "
              f"{'≥ 0.9' if worst_det >= T['detection'] else 'below 0.9'} |")
     L.append(
-        f"| knee error median (decades) | {p['err_median']:.4f} | ≤ {T['knee_err_median']} | {_ok(p['err_median'] <= T['knee_err_median'])} |"
+        f"| knee error median (decades) | {p['err_median']:.4f} | ≤ {T['knee_err_median']} | "
+        f"{_ok(p['err_median'] <= T['knee_err_median'])} |"
     )
     L.append(
-        f"| knee error p90 (decades) | {p['err_p90']:.4f} | ≤ {T['knee_err_p90']} | {_ok(p['err_p90'] <= T['knee_err_p90'])} |"
+        f"| knee error p90 (decades) | {p['err_p90']:.4f} | ≤ {T['knee_err_p90']} | "
+        f"{_ok(p['err_p90'] <= T['knee_err_p90'])} |"
     )
     L.append(
-        f"| exponent error median, no floor | {p['exp_err_nofloor']:.4f} | ≤ {T['exp_err_nofloor']} | {_ok(p['exp_err_nofloor'] <= T['exp_err_nofloor'])} |"
+        f"| exponent error median, no floor | {p['exp_err_nofloor']:.4f} | ≤ {T['exp_err_nofloor']} | "
+        f"{_ok(p['exp_err_nofloor'] <= T['exp_err_nofloor'])} |"
     )
     L.append(
-        f"| exponent error median, floor | {p['exp_err_floor']:.4f} | ≤ {T['exp_err_floor']} | {_ok(p['exp_err_floor'] <= T['exp_err_floor'])} |"
+        f"| exponent error median, floor | {p['exp_err_floor']:.4f} | ≤ {T['exp_err_floor']} | "
+        f"{_ok(p['exp_err_floor'] <= T['exp_err_floor'])} |"
     )
     lo, hi = T["coverage_iid"]
     L.append(f"| 95 % CI coverage, iid | {p['coverage_iid']:.3f} | {lo}–{hi} | {_ok(lo <= p['coverage_iid'] <= hi)} |")
     L.append(
-        f"| 95 % CI coverage, AR | {p['coverage_ar']:.3f} | ≥ {T['coverage_ar']} | {_ok(p['coverage_ar'] >= T['coverage_ar'])} |"
+        f"| 95 % CI coverage, AR | {p['coverage_ar']:.3f} | ≥ {T['coverage_ar']} | "
+        f"{_ok(p['coverage_ar'] >= T['coverage_ar'])} |"
     )
     L.append(
-        f"| detect + all fits, 20k points (separate calls), median / max s | {timing['separate_median']:.3f} / {timing['separate_max']:.3f} | ≤ {T['time_curve']} | {_ok(timing['separate_max'] <= T['time_curve'])} |"
+        f"| detect + all fits, 20k points (separate calls), median / max s | {timing['separate_median']:.3f} / "
+        f"{timing['separate_max']:.3f} | ≤ {T['time_curve']} | {_ok(timing['separate_max'] <= T['time_curve'])} |"
     )
     L.append(
-        f"| `analyze_curve`, 20k points, median / max s | {timing['analyze_median']:.3f} / {timing['analyze_max']:.3f} | ≤ {T['time_curve']} | {_ok(timing['analyze_max'] <= T['time_curve'])} |"
+        f"| `analyze_curve`, 20k points, median / max s | {timing['analyze_median']:.3f} / "
+        f"{timing['analyze_max']:.3f} | ≤ {T['time_curve']} | {_ok(timing['analyze_max'] <= T['time_curve'])} |"
     )
     L.append(
-        f"| O(n) hinge scan, {scan['n_points']} points, s | {scan['t_scan'] * 1e3:.2f} ms | ≤ 5 ms | {_ok(scan['t_scan'] <= T['time_scan'])} |"
+        f"| O(n) hinge scan, {scan['n_points']} points, s | {scan['t_scan'] * 1e3:.2f} ms | ≤ 5 ms | "
+        f"{_ok(scan['t_scan'] <= T['time_scan'])} |"
     )
     L.append(
-        f"| statsmodels loop over {scan['n_candidates']} breaks (extrapolated from {scan['n_checked']}) | {scan['t_statsmodels_all']:.1f} s | ratio {scan['ratio']:.0f}× | |"
+        f"| statsmodels loop over {scan['n_candidates']} breaks (extrapolated from {scan['n_checked']}) | "
+        f"{scan['t_statsmodels_all']:.1f} s | ratio {scan['ratio']:.0f}× | |"
     )
     L.append(
-        f"| max \\|AIC(scan) − AIC(statsmodels)\\| | {scan['max_aic_gap']:.2e} | ≤ 1e-6 | {_ok(scan['max_aic_gap'] <= 1e-6)} |"
+        f"| max \\|AIC(scan) − AIC(statsmodels)\\| | {scan['max_aic_gap']:.2e} | ≤ 1e-6 | "
+        f"{_ok(scan['max_aic_gap'] <= 1e-6)} |"
     )
     if pw:
         L += ["", "## Against pwlf (two-segment log-log fit, differential evolution)", "",
-              "| points | pwlf `fit(2)` s | O(n) scan s | ratio pwlf / scan | detect + all fits s | ratio pwlf / (detect + all fits) | RSS(scan) − RSS(pwlf), relative |",
+              "| points | pwlf `fit(2)` s | O(n) scan s | ratio pwlf / scan | detect + all fits s | ratio pwlf / "
+              "(detect + all fits) | RSS(scan) − RSS(pwlf), relative |",
               "|---:|---:|---:|---:|---:|---:|---:|"]
         for r in pw:
             L.append(f"| {r['n']} | {r['pwlf']:.3f} | {r['scan'] * 1e3:.2f} ms | {r['pwlf'] / r['scan']:.0f}× | "
@@ -349,7 +363,8 @@ def report(summary: dict, timing: dict, scan: dict, meta: dict, pw: list[dict] |
                  "pwlf's is continuous, so a relative RSS gap of order 1e-5 is expected either way.")
     L.append("")
     L.append(
-        f"Mean time per curve over the whole set: detect_knee {p['t_knee_mean'] * 1e3:.0f} ms, fit_power_law {p['t_power_mean'] * 1e3:.0f} ms."
+        f"Mean time per curve over the whole set: detect_knee {p['t_knee_mean'] * 1e3:.0f} ms, fit_power_law "
+        f"{p['t_power_mean'] * 1e3:.0f} ms."
     )
     return "\n".join(L) + "\n"
 

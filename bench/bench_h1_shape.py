@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from loss_slope.analysis import analyze_curve
-from loss_slope.analysis.synthetic import CurveSpec, make_curve, true_loss
 from loss_slope.analysis.stats import wilson_interval
+from loss_slope.analysis.synthetic import CurveSpec, make_curve, true_loss
 
 
 def sample(rng: np.random.Generator, *, two_breaks: bool) -> CurveSpec:

@@ -43,12 +43,12 @@ import numpy as np  # noqa: E402
 
 from loss_slope.analysis import h2_statistics  # noqa: E402
 from loss_slope.analysis.stats import wilson_interval  # noqa: E402
-from loss_slope.analysis.synthetic_study import (
+from loss_slope.analysis.synthetic_study import (  # noqa: E402
     STUDY_SCENARIOS,
     make_study_table,
     population_values,
     scenario,
-)  # noqa: E402
+)
 
 
 def _covers(ci, value) -> bool:

@@ -69,7 +69,7 @@ def demo_overrides(variant: str) -> list[str]:
     from loss_slope.study.runs import build_runs
 
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    validate_config(config, REPO / "workflow" / "schemas" / "config.schema.yaml")
+    validate_config(config)  # the packaged schema
     run = next(r for r in build_runs(config) if r.variant == variant)
     return list(run.overrides)
 
@@ -122,7 +122,8 @@ def main() -> None:
         f"Demo run ({args.variant}, {args.epochs} epochs x 44 = {steps} steps, 1 thread); medians of {args.reps} "
         f"runs per setting, run alternately ({time.perf_counter() - t0:.0f} s in all).",
         "",
-        "| monitors | process CPU s | vs off | callback CPU s | callback / rest of the process | gradient hook per step | events |",
+        "| monitors | process CPU s | vs off | callback CPU s | callback / rest of the process | "
+        "gradient hook per step | events |",
         "|---|---|---|---|---|---|---|",
     ]
     for name in settings:

@@ -141,7 +141,8 @@ def reference(args) -> None:
                 f"| {'BatchNorm' if bn else 'no BatchNorm'}, {stage} | {top:.6g} | {bottom:.4g} | "
                 f"{min(v.value for v in lam):.6g} … {max(v.value for v in lam):.6g} | {err:.1e} | "
                 f"≤ {max(v.residual for v in lam):.1e} | {min(v.bottom for v in lam):.4g} … "
-                f"{max(v.bottom for v in lam):.4g} | {min(v.iterations for v in lam)}–{max(v.iterations for v in lam)} | "
+                f"{max(v.bottom for v in lam):.4g} | "
+                f"{min(v.iterations for v in lam)}–{max(v.iterations for v in lam)} | "
                 f"{min(r.trace.matvecs + v.matvecs for r, v in zip(runs, lam))}–"
                 f"{max(r.trace.matvecs + v.matvecs for r, v in zip(runs, lam))} | "
                 + ", ".join(f"{r.trace.value:.4g} ± {r.trace.std_error:.2g}" for r in runs)
@@ -323,7 +324,7 @@ def main() -> None:
         f"| one Hessian-vector product | {1e3 * t_matvec:.1f} ms = {t_matvec / t_step:.2f} steps |",
         f"| noise event (PSD of {config.psd_window} residuals + grad_var) | {1e3 * t_noise:.2f} ms |",
         "",
-        f"| extrapolated to the cadence | overhead | budget | within |",
+        "| extrapolated to the cadence | overhead | budget | within |",
         "|---|---|---|---|",
         f"| curvature every {every_c} steps | {100 * r_curv:.1f} % | {100 * CURVATURE_BUDGET:.0f} % "
         f"| {ok(r_curv, CURVATURE_BUDGET)} |",
@@ -331,7 +332,8 @@ def main() -> None:
         f"| {100 * r_noise:.2f} % | — | — |",
         f"| all monitors | {100 * r_total:.1f} % | {100 * TOTAL_BUDGET:.0f} % | {ok(r_total, TOTAL_BUDGET)} |",
         "",
-        f"Curvature within {100 * CURVATURE_BUDGET:.0f} % needs one of: curvature_every_steps ≥ {every_for_budget:.0f}; "
+        f"Curvature within {100 * CURVATURE_BUDGET:.0f} % needs one of: curvature_every_steps ≥ "
+        f"{every_for_budget:.0f}; "
         f"≤ {matvecs_for_budget:.0f} Hessian-vector products per event; "
         f"or a held-out set of ≤ {batch_for_budget:.0f} samples = {batch_for_budget / b:.2f} × the training batch "
         "(cost ∝ samples on CPU; not so on a GPU).",

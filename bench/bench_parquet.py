@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from loss_slope.tables.csvlog import CsvTable
@@ -135,7 +134,8 @@ def main(argv=None):
         f"passes; target >= 5x). Ceiling even with free checks and a free Parquet write: "
         f"pandas CPU / project (read + parse) CPU = {bound:.2f}x.",
         f"Parquet/CSV size: **{pq_mb / csv_mb:.3f}** ({pq_mb:.1f} MB vs {csv_mb:.1f} MB; pandas' Parquet "
-        f"{pd_mb / csv_mb:.3f}); {a.runs} runs x {a.rows} step rows; project's values bit-identical to the CSV's: {'yes' if equal else 'NO'}",
+        f"{pd_mb / csv_mb:.3f}); {a.runs} runs x {a.rows} step rows; project's values bit-identical to the CSV's: "
+        f"{'yes' if equal else 'NO'}",
     ]
     text = "\n".join(lines)
     print(text)

@@ -34,8 +34,8 @@ reader and probe worker load it unchanged (no download):
    ``pin_memory``, ``.to(device, non_blocking=True)``), same model and step;
    interleaved repeats, median.
 3. **Opt-in variants** on the fast path: ``channels_last``, bf16 autocast and
-   both (the CPU smoke run leaves ``channels_last`` out: it is a CUDA option). They change numerics (other kernels; bf16 rounding), so training
-   keeps them off unless a user opts in (``trainer.channels_last``,
+   both (the CPU smoke run leaves ``channels_last`` out: it is a CUDA option). They change numerics
+   (other kernels; bf16 rounding), so training keeps them off unless a user opts in (``trainer.channels_last``,
    ``trainer.precision``).
 
 The chosen N is what the pipeline's ``probe_capacity`` rule would pick on
@@ -227,7 +227,7 @@ def train_timed(cfg, batches, device, *, steps: int, warmup: int, channels_last:
     except torch.cuda.OutOfMemoryError as exc:
         return Timing(None, None, f"out of memory: {str(exc).splitlines()[0]}")
     finally:
-        del it  # stops DataLoader workers
+        it = None  # drops the last reference to the iterator: stops DataLoader workers
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
     note = "" if np.isfinite(final) else f"non-finite loss {final}"
     return Timing(steps * int(cfg.data.batch_size) / dt, peak, note)

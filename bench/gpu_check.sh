@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-command GPU check (issue #8): runs per GPU for S-core / S-narrow, the
+# One-command GPU check: runs per GPU for S-core / S-narrow, the
 # device-resident data path vs a plain DataLoader, channels_last / bf16; then
 # the monitors' overhead at the study's model and batch (docs/gpu_monitors.md).
 # Writes docs/gpu_check.md (or --markdown PATH) and prints it; about 3-8 min.
@@ -28,7 +28,7 @@ export PYTHONPATH="$repo/src${PYTHONPATH:+:$PYTHONPATH}"
 cd "$repo"
 "$py" bench/gpu_check.py "$@"
 # On a GPU, also the curvature/noise monitors' overhead at the study's model and
-# batch (issue #7; docs/gpu_monitors.md). Skipped for a CPU smoke run.
+# batch (docs/gpu_monitors.md). Skipped for a CPU smoke run.
 if [[ " $* " != *" --device cpu "* && " $* " != *" --device=cpu "* && "${GPU_CHECK_DEVICE:-}" != "cpu" ]]; then
     "$py" bench/bench_monitors.py --device cuda --base-width 64 --batch-size 128 --steps 30 \
         --curvature-events 3 --markdown docs/gpu_monitors.md

@@ -37,7 +37,10 @@ def demo_section() -> str:
                              capture_output=True, text=True)
         dt = time.perf_counter() - t0
     status = "ok" if out.returncode == 0 else f"FAILED (exit {out.returncode})"
-    return f"## Demo study end to end\n\n`snakemake --profile profiles/local` in a fresh clone: **{dt / 60:.1f} min** ({status}; target <= 10 min)\n\n"
+    return (
+        f"## Demo study end to end\n\n`snakemake --profile profiles/local` in a fresh clone: **{dt / 60:.1f} min** "
+        f"({status}; target <= 10 min)\n\n"
+    )
 
 
 def main(argv=None):

@@ -142,4 +142,4 @@ def test_results_are_frozen_and_predict(power_curve):
 
 def test_keyword_only_options(power_curve):
     with pytest.raises(TypeError):
-        fit_power_law(power_curve.steps, power_curve.loss, True)  # noqa: FBT003
+        fit_power_law(power_curve.steps, power_curve.loss, True)

@@ -28,11 +28,11 @@ from loss_slope.analysis import (
 from .conftest import curve
 
 FITTERS = {
-    "power": lambda s, l, **k: fit_power_law(s, l, **k),
-    "exponential": lambda s, l, **k: fit_exponential(s, l, **k),
-    "two_power": lambda s, l, **k: fit_two_power_law(s, l, **k),
-    "knee": lambda s, l, **k: detect_knee(s, l, **k),
-    "hinge_knee": lambda s, l, **k: detect_knee(s, l, method="hinge", **k),
+    "power": lambda s, y, **k: fit_power_law(s, y, **k),
+    "exponential": lambda s, y, **k: fit_exponential(s, y, **k),
+    "two_power": lambda s, y, **k: fit_two_power_law(s, y, **k),
+    "knee": lambda s, y, **k: detect_knee(s, y, **k),
+    "hinge_knee": lambda s, y, **k: detect_knee(s, y, method="hinge", **k),
 }
 
 

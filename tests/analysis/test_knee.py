@@ -215,9 +215,9 @@ def test_demo_like_plateau_then_power_law_is_a_knee():
 
 
 def test_plateau_knee_is_found_when_the_best_null_is_degenerate():
-    """Regression: knee at step 48 after a flat plateau, AR wander. The best null puts shift and floor
-    on their bounds with exponent ~5.7; the knee profile warm-started from it never reached step 48,
-    the alternative fitted no better than the null and the statistic was 0.2 (found=False)."""
+    """Knee at step 48 after a flat plateau, AR wander. The best null puts shift and floor on their
+    bounds with exponent ~5.7; a knee profile warm-started from it alone does not reach step 48 (the
+    alternative fits no better than the null, statistic 0.2): the short-shift sweep must find it."""
     rng = np.random.default_rng(7006)
     spec = sample_demo_spec(rng, knee=True)
     c = make_curve(spec, seed=int(rng.integers(2**31)))

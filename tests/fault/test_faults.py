@@ -7,7 +7,6 @@ tests/unit/test_config.py; SLURM job failures: tests/slurm/.)
 
 import errno
 import json
-import os
 import signal
 import subprocess
 import time

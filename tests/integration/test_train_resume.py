@@ -2,10 +2,8 @@
 the merged tables equal an uninterrupted run's, bit for bit (CPU, fixed seed)."""
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 
 import pandas as pd

@@ -8,14 +8,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
+import matplotlib.pyplot as plt
+import pytest
 
-from loss_slope.report import figures as F  # noqa: E402
-from loss_slope.report.build import build_report, by_stem  # noqa: E402
-from loss_slope.report.summarize import run_table, study_statistics  # noqa: E402
+from loss_slope.report import figures as F
+from loss_slope.report.build import build_report, by_stem
+from loss_slope.report.summarize import run_table, study_statistics
 
-from .conftest import STUDY, fit_row, identity, partial_sweep  # noqa: E402
+from .conftest import STUDY, fit_row, identity, partial_sweep
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import json
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from loss_slope.report.fit_run import check_divergence, fit_run, fit_run_tables

@@ -12,7 +12,7 @@ from scipy import stats as sps
 from loss_slope.analysis import wilson_interval
 from loss_slope.report.summarize import run_table, study_statistics, summarize, variant_table
 
-from .conftest import STUDY, fit_file, fit_row, identity, partial_sweep
+from .conftest import STUDY, fit_row, identity, partial_sweep
 
 
 def _complete(r2s=None, singles=None):

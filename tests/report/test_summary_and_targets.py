@@ -13,7 +13,7 @@ from loss_slope.report.settings import analysis_problems, fit_settings, study_se
 from loss_slope.report.summarize import run_table, study_statistics
 from loss_slope.report.summary_md import render_summary
 from loss_slope.report.targets import REPORT_FIGURES, finished_runs, fit_inputs, report_targets, training_state
-from loss_slope.study.config import ConfigError, load_config, validate_config
+from loss_slope.study.config import ConfigError, load_config, load_schema, validate_config
 
 from .conftest import STUDY, partial_sweep
 
@@ -146,7 +146,7 @@ def test_analysis_block_is_strict_with_defaults(repo):
 
 
 def test_every_analysis_key_has_a_description_and_a_default(repo):
-    schema = yaml.safe_load((repo / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    schema = load_schema()
     block = schema["properties"]["analysis"]
     assert block["additionalProperties"] is False
 

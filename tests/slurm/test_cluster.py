@@ -15,7 +15,6 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-
 from slurm_harness import CLUSTER_SH, Cluster, parse_env, run
 
 pytestmark = pytest.mark.slurm

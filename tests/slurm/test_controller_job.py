@@ -10,7 +10,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from slurm_harness import PROFILE, Cluster, run
 
 pytestmark = pytest.mark.slurm

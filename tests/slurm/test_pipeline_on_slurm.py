@@ -15,7 +15,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from slurm_harness import Cluster
 
 pytestmark = pytest.mark.slurm

@@ -21,7 +21,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from slurm_harness import PROFILE, Cluster, run
 
 pytestmark = pytest.mark.slurm
@@ -101,7 +100,7 @@ def test_kill_controller_then_restart_recipe(slurm_cluster: Cluster, tmp_path: P
             elif r["event"] == "end":
                 spans[-1][1] = r["time"]
         # never two trainers at once: every attempt starts after the previous one ended
-        for (s0, e0, j0), (s1, _, j1) in zip(spans, spans[1:]):
+        for (_s0, e0, j0), (s1, _, j1) in zip(spans, spans[1:]):
             assert e0 is not None and s1 >= e0, f"{run_id}: attempt in job {j1} overlaps job {j0}: {recs}"
         ends = [r["status"] for r in recs if r["event"] == "end"]
         assert ends[-1] == "completed" and "unfinished" in ends, ends  # a time-budget stop, then resumed

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yte
-
 from slurm_harness import PROFILE, run
 
 REPO = Path(__file__).resolve().parents[2]

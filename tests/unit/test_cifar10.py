@@ -6,8 +6,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from loss_slope.data.cifar10 import (FOLDER, TEST_FILE, TRAIN_FILES, DatasetError, download_cifar10, md5sum,
-                                     read_cifar10)
+from loss_slope.data.cifar10 import FOLDER, TEST_FILE, TRAIN_FILES, DatasetError, download_cifar10, md5sum, read_cifar10
 
 
 def write_fake_cifar(root, n=20, seed=0):

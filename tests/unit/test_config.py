@@ -5,12 +5,11 @@ import copy
 import pytest
 import yaml
 
-from loss_slope.study.config import ConfigError, load_config, validate_config
+from _util import REPO
+from loss_slope.study.config import SCHEMA_PATH, ConfigError, load_config, validate_config
 from loss_slope.study.runs import build_runs
 
-from _util import REPO
-
-SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = SCHEMA_PATH
 
 
 def demo():

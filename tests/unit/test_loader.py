@@ -3,8 +3,10 @@ import torch
 from loss_slope.data.augment import AugmentConfig, random_resized_crop_flip
 from loss_slope.data.loader import DeviceBatches
 
+AUGMENT = AugmentConfig(scale=(0.5, 1.0), flip_p=0.5)
 
-def make(seed=0, n=100, bs=8, augment=AugmentConfig(scale=(0.5, 1.0), flip_p=0.5)):
+
+def make(seed=0, n=100, bs=8, augment=AUGMENT):
     x = torch.arange(n * 1 * 6 * 6, dtype=torch.float32).reshape(n, 1, 6, 6)
     y = torch.arange(n) % 10
     return DeviceBatches(x, y, batch_size=bs, seed=seed, normalize=lambda t: t / 1000, augment=augment,

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 import yaml
 
-from _util import PYTHON, REPO, snakemake_bin
+from _util import REPO, snakemake_bin
 from loss_slope.study.config import ConfigError, load_config
 from loss_slope.study.preflight import preflight
 from loss_slope.study.runs import build_runs

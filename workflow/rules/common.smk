@@ -15,7 +15,7 @@ from loss_slope.probe.plan import (
     read_plan,
     run_settings_digest,
 )
-from loss_slope.study.config import ConfigError, validate_config
+from loss_slope.study.config import SCHEMA_PATH, ConfigError, validate_config
 from loss_slope.study.preflight import preflight
 from loss_slope.study import resources as res
 from loss_slope.report.targets import identity_params
@@ -40,9 +40,8 @@ if not workflow.overwrite_configfiles:
 
 
 try:
-    validate_config(
-        config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
-    )
+    # the schema ships in the package: src/loss_slope/study/config.schema.yaml
+    validate_config(config, SCHEMA_PATH)
 except ConfigError as exc:
     raise WorkflowError(f"config error — {exc}") from None
 

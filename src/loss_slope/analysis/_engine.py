@@ -91,7 +91,7 @@ class Problem:
     def n(self) -> int:
         return self.curve.n
 
-    def rebinned(self, y_raw_normalised: np.ndarray) -> "Problem":
+    def rebinned(self, y_raw_normalised: np.ndarray) -> Problem:
         """Same curve, bins recomputed from new (normalised) raw values."""
         p = Problem(self.curve, bin_decades=self.bin_decades, y_raw=y_raw_normalised + self.y_ref)
         p.set_scale(self.row_scale)

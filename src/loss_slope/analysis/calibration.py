@@ -20,9 +20,9 @@ The procedure and the numbers are documented in ``docs/analysis.md``.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Mapping
 
 import numpy as np
 

@@ -41,9 +41,9 @@ sample size) -- use these to compare models.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
 
 import numpy as np
 
@@ -526,7 +526,7 @@ def _build(cls, f: _Fitted, names, convert, confidence: float, n_masked: int):
     )
 
 
-def _quantile(confidence: float, f: "_Fitted") -> float:
+def _quantile(confidence: float, f: _Fitted) -> float:
     """Two-sided Student-t quantile with the effective degrees of freedom.
 
     Under strong autocorrelation the noise model (hence every standard error) is

@@ -18,10 +18,10 @@ name (e.g. from the pipeline config)::
     by simulation on knee-free curves (see ``docs/analysis.md`` and
     :mod:`loss_slope.analysis.calibration`).
 ``"burn_in_aic"``
-    The seed's burn-in end: the first epoch ``e`` at which a single power law
+    The protocol's burn-in end: the first epoch ``e`` at which a single power law
     beats an exponential (iid-OLS ``ΔAIC >= 2``) on the curve up to that epoch.
 ``"ce_threshold"``
-    The seed's other definition: the first point where the loss (validation CE)
+    The protocol's other definition: the first point where the loss (validation CE)
     is <= 1.0 nats.
 ``"hinge"``
     The two-segment log-log hinge (continuous piecewise line in ln(step + 1)),
@@ -242,8 +242,8 @@ def _knee_starts(prob: E.Problem, null0: E.Core, wh: E.Whitener, null_box, alt_b
 
     The profile sweep is warm-started from the null fit's shift. When the curve has a flat plateau
     and then a steep fall, the best *null* is a degenerate one (shift and floor on their bounds,
-    exponent ~5) and a sweep carrying that shift misses the knee at the plateau's end, so the
-    alternative was fitted no better than the null. A second sweep starts from the null refitted
+    exponent ~5), and a sweep carrying that shift misses the knee at the plateau's end: from it the
+    alternative fits no better than the null. A second sweep starts from the null refitted
     with the shift held at 1 step (no transient), which a plateau-then-fall knee is close to.
     Best local minima of the first sweep come first.
     """
@@ -365,7 +365,7 @@ def _burn_in_aic(
     min_points: int = 10,
     nonfinite: str = "raise",
 ):
-    """The seed's burn-in end: first epoch where a power law beats an exponential.
+    """The protocol's burn-in end: first epoch where a power law beats an exponential.
 
     For each epoch ``e`` = 0, 1, 2, ... both models are fitted by iid OLS on log
     loss -- the power law as ``log L = b - alpha ln(step + 1)``, the exponential as

@@ -30,18 +30,17 @@ runs in about a minute on 2 cores.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
 from .stats import _cluster_share, _core, _verdict_rho, wilson_interval
-from .synthetic_study import _latent, _pair, pearson_from_spearman, StudyScenario
+from .synthetic_study import StudyScenario, _latent, _pair, pearson_from_spearman
 
 __all__ = ["PowerSettings", "PowerPoint", "PowerResult", "simulate_power", "run_power_analysis", "main"]
 

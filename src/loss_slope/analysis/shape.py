@@ -29,7 +29,7 @@ fit visibly misses the data (:func:`check_fit`): a failed fit is neither "a powe
 law" nor "not a power law".
 
 The largest residual of the segment's fit against the log-binned mean, and the
-seed's literal criterion (R² of a straight line in log loss against log step on the
+protocol's literal criterion (R² of a straight line in log loss against log step on the
 same segment), are reported beside the decision.
 """
 

@@ -17,9 +17,9 @@ whole seeds); see ``docs/analysis.md``, "Study inference".
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd

@@ -36,7 +36,7 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         with open(path, "rb") as fh:
             # The official files are Python-2 pickles of plain dicts/lists/bytes.
             d = pickle.load(fh, encoding="bytes")
-    except Exception as exc:  # noqa: BLE001 - rewrap with the file name
+    except Exception as exc:  # rewrap with the file name
         raise DatasetError(f"cannot unpickle {path}: {exc}") from exc
     if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
         raise DatasetError(f"{path} is not a CIFAR-10 batch (expected keys b'data' and b'labels')")

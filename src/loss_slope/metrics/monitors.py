@@ -76,7 +76,7 @@ CURVATURE_KEYS = (
 )
 NOISE_KEYS = ("step", "epoch", "psd_tail", "resid_power", "grad_var", "psd_points", "grad_var_steps")
 
-_STATE_VERSION = 2  # 2: GradientMoments keeps a scalar M2 (version 1, per-element M2, still loads)
+_STATE_VERSION = 2  # GradientMoments keeps a scalar M2; a version-1 state (per-element M2) loads too
 _LOADABLE_VERSIONS = (1, 2)
 
 

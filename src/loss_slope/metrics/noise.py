@@ -296,8 +296,8 @@ class GradientMoments:
     ``δ = g − mean_old``, which avoids the cancellation of ``E[g²] − E[g]²`` in
     float32 exactly as the per-element form does. The mean is float32 (float64
     for float64 gradients) on the gradients' device; ``M2`` is a float64 device
-    scalar; each tensor's ``‖δ‖`` is computed in the mean's dtype and squared and summed in float64. State: one copy of the
-    parameters (the mean) plus a scalar, half of what a per-element M2 needs.
+    scalar; each tensor's ``‖δ‖`` is computed in the mean's dtype and squared and summed in float64.
+    State: one copy of the parameters (the mean) plus a scalar, half of what a per-element M2 needs.
     """
 
     def __init__(self) -> None:

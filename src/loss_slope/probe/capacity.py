@@ -42,7 +42,7 @@ def _gpu_util_sampler():
             return None
         torch.cuda.utilization()  # needs NVML (pynvml); raises without it
         return lambda: float(torch.cuda.utilization())
-    except Exception:  # noqa: BLE001 - NVML is optional
+    except Exception:  # NVML is optional
         return None
 
 
@@ -65,7 +65,7 @@ def run_level(overrides: list[str], k: int, *, steps: int, warmup: int, timeout:
             if sampler and (tmp / "barrier").exists():
                 try:
                     utils.append(sampler())
-                except Exception:  # noqa: BLE001
+                except Exception:
                     sampler = None
             time.sleep(0.2)
         workers, errors = [], []

@@ -26,9 +26,9 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 log = logging.getLogger("loss_slope.probe")
 

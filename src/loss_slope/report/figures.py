@@ -10,24 +10,25 @@ from __future__ import annotations
 
 import math
 import textwrap
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.colors import LogNorm, Normalize  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.patches import Patch, Rectangle  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.colors import LogNorm, Normalize
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import MaxNLocator
 
-from . import verdicts as V  # noqa: E402
-from ._io import STATUSES, fmt_p, fmt_pct  # noqa: E402
+from . import verdicts as V
+from ._io import STATUSES, fmt_pct
 
 __all__ = [
     "FIGURES",
@@ -322,7 +323,7 @@ def plot_alpha_vs_val(table: pd.DataFrame, stats: Mapping[str, Any]) -> Figure:
         for (v, lr), g in ok.groupby(["variant", "lr"], sort=False):
             ax.scatter(_num(g, "alpha_early"), _num(g, "best_val_ce"), s=30, color=lr_color.get(float(lr)),
                        marker=markers[variants.index(str(v)) % len(markers)], alpha=0.55, lw=0, zorder=2)
-        for (v, lr, wd), g in ok.groupby(["variant", "lr", "weight_decay"], sort=False):
+        for (v, lr, _wd), g in ok.groupby(["variant", "lr", "weight_decay"], sort=False):
             gx, gy = _num(g, "alpha_early").mean(), _num(g, "best_val_ce").mean()
             if np.isfinite([gx, gy]).all():
                 ax.scatter([gx], [gy], s=150, color=lr_color.get(float(lr)), edgecolor="black", lw=1.4,

@@ -29,9 +29,10 @@ scan), so the report never reopens the Parquet tables.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -449,7 +450,7 @@ def fit_run_tables(
 def _read_table(path) -> tuple[pd.DataFrame | None, str | None]:
     try:
         return pd.read_parquet(path), None
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is a recorded reason
+    except Exception as exc:  # any unreadable file is a recorded reason
         return None, f"cannot read {Path(path).name}: {type(exc).__name__}: {exc}"
 
 

@@ -7,7 +7,8 @@ never training.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 __all__ = ["analysis_problems", "canonical", "fit_settings", "study_settings", "run_identity"]
 

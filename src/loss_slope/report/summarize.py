@@ -9,12 +9,12 @@ with its status and reason.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
-
 from scipy import stats as sps
 
 from loss_slope.analysis import (
@@ -116,7 +116,7 @@ def run_table(
             }
         row = {**row, **{k: spec[k] for k in ID_COLUMNS if k in spec}}
         rows.append(row)
-    for key, row in by_key.items():  # a fit of a run no longer in the config
+    for row in by_key.values():  # a fit of a run no longer in the config
         rows.append({**row, "status": row.get("status", "ok"), "reason": row.get("reason")})
     df = pd.DataFrame(rows)
     for col in ID_COLUMNS + ("status", "reason"):

@@ -3,13 +3,14 @@ run that is not in the statistics with its reason."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
 from . import verdicts as V
-from .truth import truth_markdown
 from ._io import STATUSES, fmt_num as _f, fmt_p, fmt_pct
+from .truth import truth_markdown
 
 __all__ = ["render_summary"]
 
@@ -161,7 +162,8 @@ def _h2_section(stats: Mapping[str, Any], fig) -> list[str]:
     lit = stats.get("h2_literal") or {}
     if lit.get("verdict") in ("supported", "not supported"):
         out += [
-            f"**The protocol's literal rule** (|Spearman ρ| ≥ {_f(h2.get('settings', {}).get('min_abs_rho'), 'g')} with "
+            f"**The protocol's literal rule** "
+            f"(|Spearman ρ| ≥ {_f(h2.get('settings', {}).get('min_abs_rho'), 'g')} with "
             f"p < {_f(h2.get('settings', {}).get('max_p'), 'g')}, the {lit['n']} runs treated as independent): "
             f"ρ = {_f(lit['spearman_rho'])}, p = {fmt_p(lit['spearman_p'])} — {lit['verdict']}. Runs of one cell "
             "share their configuration and seeds are shared across cells, so this p-value overstates the evidence.",
@@ -313,5 +315,9 @@ def render_summary(
     st = stats.get("settings", {}).get("study", {})
     if st:
         out += ["## Settings", "", "`analysis.study`: " + ", ".join(f"`{k}` = {v}" for k, v in st.items()) + "."]
-        out += [f"α_early window: epochs {stats['settings']['early_window'][0]:g}–{stats['settings']['early_window'][1]:g}.", ""]
+        out += [
+            f"α_early window: epochs {stats['settings']['early_window'][0]:g}–"
+            f"{stats['settings']['early_window'][1]:g}.",
+            "",
+        ]
     return "\n".join(out).rstrip() + "\n"

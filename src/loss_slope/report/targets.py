@@ -12,9 +12,10 @@ Two report folders share the same rules:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from loss_slope.probe.plan import PlanError, pack_of, read_plan
 

@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -277,7 +278,8 @@ def truth_markdown(result: Mapping[str, Any], *, max_runs: int = 30) -> str:
         "",
         f"H1 decisions: {h1['false_positive']} false positive(s), {h1['false_negative']} false negative(s) among "
         f"{h1['n']} usable runs. The truth's ρ is the same statistic on the clean curves (configured correlations of "
-        f"the generating parts: cell {_f(h2['configured_rho_cell'], '+.2f')}, within {_f(h2['configured_rho_within'], '+.2f')}).",
+        f"the generating parts: cell {_f(h2['configured_rho_cell'], '+.2f')}, within "
+        f"{_f(h2['configured_rho_within'], '+.2f')}).",
         "",
     ]
     wrong = result["wrong"]

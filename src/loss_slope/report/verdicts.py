@@ -7,7 +7,8 @@ from the statistics, never from a literal here.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ._io import fmt_num as _f, fmt_p, fmt_pct
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import yaml
 
-REPO_SCHEMA = Path(__file__).resolve().parents[3] / "workflow" / "schemas" / "config.schema.yaml"
+# the JSON schema of the study config, shipped inside the package (package data)
+SCHEMA_PATH = Path(__file__).resolve().with_name("config.schema.yaml")
 
 
 class ConfigError(ValueError):
@@ -88,7 +88,8 @@ def _describe(error: jsonschema.ValidationError) -> str:
 
 
 def load_schema(path: str | Path | None = None) -> dict:
-    with open(path or REPO_SCHEMA) as fh:
+    """The study config schema: ``path``, or the packaged one (:data:`SCHEMA_PATH`)."""
+    with open(path or SCHEMA_PATH) as fh:
         return yaml.safe_load(fh)
 
 

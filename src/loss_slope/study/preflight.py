@@ -59,7 +59,7 @@ def _first_bad_override(overrides) -> str | None:
             continue
         try:
             _compose(base + [o])
-        except Exception:  # noqa: BLE001 - any composition error
+        except Exception:  # any composition error
             return o
     return None
 
@@ -82,7 +82,7 @@ def preflight(config: dict, runs_by_variant: dict, *, runtime_minutes: float | N
         try:
             cfg = _compose(overrides)
             OmegaConf.to_container(cfg, resolve=True)
-        except Exception as exc:  # noqa: BLE001 - Hydra/OmegaConf composition errors
+        except Exception as exc:  # Hydra/OmegaConf composition errors
             bad = _first_bad_override(overrides)
             where = _override_key(bad, config, variant) if bad else f"variants.{variant}"
             text = str(exc) + ("\n" + str(exc.__cause__) if exc.__cause__ else "")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numbers
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from loss_slope.tables.schema import KEEP_ON_RESUME, columns
 

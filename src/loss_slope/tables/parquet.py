@@ -32,7 +32,7 @@ import json
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +45,7 @@ from loss_slope.tables.schema import KEYS, TABLES
 
 COMPRESSION = "zstd"
 # zstd's fast level -1 (the library default is 1): on the study's step tables the write
-# takes ~20 % less CPU for files ~1.5 % larger (bench/bench_parquet.py, issue #8)
+# takes ~20 % less CPU for files ~1.5 % larger (bench/bench_parquet.py)
 COMPRESSION_LEVEL = -1
 
 
@@ -128,7 +128,7 @@ def _scan_errors(path: Path, schema: pa.Schema, limit: int = 20, keys: tuple[str
     return errors
 
 
-@lru_cache(maxsize=None)
+@cache
 def _csv_options(table: str) -> tuple[bytes, pacsv.ParseOptions, pacsv.ConvertOptions]:
     schema = TABLES[table]
     header = ",".join(schema.names).encode()
@@ -212,7 +212,7 @@ def _has_duplicate_keys(arrow: pa.Table, keys: tuple[str, ...]) -> bool:
     return arrow.group_by(list(keys)).aggregate([]).num_rows != arrow.num_rows
 
 
-@lru_cache(maxsize=None)
+@cache
 def _parquet_options(schema: pa.Schema) -> dict:
     """Encodings per column kind (see the module docstring)."""
     encodings = {}

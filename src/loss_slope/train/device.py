@@ -35,7 +35,10 @@ def gpu_allocation(environ=os.environ) -> str | None:
 
 
 def resolve_accelerator(value, *, cuda_available=None, environ=os.environ) -> str:
-    """``cuda`` or ``cpu`` for ``trainer.accelerator``; raises :class:`NoGPUError` when CUDA must be there and is not."""
+    """``cuda`` or ``cpu`` for ``trainer.accelerator``.
+
+    Raises :class:`NoGPUError` when CUDA must be there and is not.
+    """
     accel = normalize_accelerator(value)
     if accel == "cpu":
         return "cpu"

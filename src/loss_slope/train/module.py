@@ -20,7 +20,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

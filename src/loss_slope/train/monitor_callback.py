@@ -49,8 +49,8 @@ from loss_slope.metrics.checkpoint import checkpoint_size_mb
 from loss_slope.metrics.curvature import fixed_batches
 from loss_slope.metrics.errors import MonitorError
 from loss_slope.metrics.monitors import CURVATURE_KEYS, NOISE_KEYS, MonitorConfig, Monitors
-from loss_slope.train.faults import curvature_oom_injector
 from loss_slope.tables.csvlog import CsvTable
+from loss_slope.train.faults import curvature_oom_injector
 from loss_slope.train.module import is_out_of_memory, release_memory
 
 log = logging.getLogger("loss_slope.train")

@@ -103,7 +103,7 @@ def check_gpu(expect: str | None, mode: str) -> str | None:
         if not torch.cuda.is_available():
             return None  # the trainers decide (explicit cpu, or fail fast)
         got = torch.cuda.get_device_name(0)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
     if got == expect:
         return None

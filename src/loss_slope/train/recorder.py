@@ -94,8 +94,8 @@ class MetricRecorder(Callback):
         loss = torch.stack(self._loss).double().cpu().tolist()  # one host sync per flush
         correct = torch.stack(self._correct).double().cpu().tolist()
         rows = []
-        for (step, t, lr, wd), l, c, n in zip(self._pending, loss, correct, self._count):
-            rows.append((step, step / self.spe, t, lr, wd, l, l / LN2, c / n))
+        for (step, t, lr, wd), nats, c, n in zip(self._pending, loss, correct, self._count):
+            rows.append((step, step / self.spe, t, lr, wd, nats, nats / LN2, c / n))
         self.steps.append(rows)
         self.last_loss = loss[-1]
         if self.diverged is None:

@@ -107,25 +107,25 @@ def run_training(cfg) -> int:
 
 
 def _run_training_locked(cfg) -> int:
-    from omegaconf import OmegaConf
     import hydra.utils
     import pytorch_lightning as pl
     import torch
     from lightning_fabric.plugins.environments import LightningEnvironment
+    from omegaconf import OmegaConf
     from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     from loss_slope.data.datasets import build_data
     from loss_slope.tables.csvlog import truncate_table
     from loss_slope.train.attempts import end_attempt, read_attempts, record_event, start_attempt, summarize_attempts
     from loss_slope.train.checkpoint_io import AtomicCheckpointIO, checkpoint_step
-    from loss_slope.train.fingerprint import config_fingerprint
     from loss_slope.train.divergence import DivergenceGuard
     from loss_slope.train.faults import fault_callbacks, oom_injector
+    from loss_slope.train.fingerprint import config_fingerprint
     from loss_slope.train.interrupt import CheckpointOnInterrupt
     from loss_slope.train.latest import LatestCheckpoint
-    from loss_slope.train.monitor_callback import build_monitor_callback
-    from pytorch_lightning.utilities.exceptions import SIGTERMException
     from loss_slope.train.module import CurveModule, MicroBatcher
+    from loss_slope.train.monitor_callback import build_monitor_callback
     from loss_slope.train.recorder import MetricRecorder
     from loss_slope.train.schedule import schedule_from_config
 

@@ -24,7 +24,8 @@ class Schedule:
             raise ValueError(f"schedule: unknown kind {self.kind!r}; allowed: cosine, constant")
         if not 0 <= self.warmup_steps < self.total_steps:
             raise ValueError(
-                f"schedule: warm-up ({self.warmup_steps} steps) must be shorter than training ({self.total_steps} steps)"
+                f"schedule: warm-up ({self.warmup_steps} steps) must be shorter than "
+                f"training ({self.total_steps} steps)"
             )
 
     def factor(self, step: int) -> float:
