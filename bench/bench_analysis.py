@@ -230,7 +230,9 @@ def time_pwlf(sizes=(2_000, 20_000), n_curves: int = 3, seed: int = 0) -> list[d
     for n in sizes:
         t_pw, t_scan, t_full, gaps = [], [], [], []
         for i in range(n_curves):
-            c = make_curve(CurveSpec(n_steps=n, alpha=0.3, noise_sigma=0.1, knee_step=n ** 0.5, alpha_after=0.8), seed=seed + i)
+            c = make_curve(
+                CurveSpec(n_steps=n, alpha=0.3, noise_sigma=0.1, knee_step=n**0.5, alpha_after=0.8), seed=seed + i
+            )
             x, y = np.log(c.steps + 1.0), np.log(c.loss)
             t0 = time.perf_counter()
             m = pwlf.PiecewiseLinFit(x, y, seed=i)
@@ -247,8 +249,16 @@ def time_pwlf(sizes=(2_000, 20_000), n_curves: int = 3, seed: int = 0) -> list[d
             detect_and_fit(c)
             t_full.append(time.perf_counter() - t0)
             gaps.append(float(sc.rss[sc.best] - m.ssr) / float(m.ssr))
-        out.append(dict(n=n, curves=n_curves, pwlf=float(np.median(t_pw)), scan=float(np.median(t_scan)),
-                        full=float(np.median(t_full)), rss_gap=float(np.max(gaps))))
+        out.append(
+            dict(
+                n=n,
+                curves=n_curves,
+                pwlf=float(np.median(t_pw)),
+                scan=float(np.median(t_scan)),
+                full=float(np.median(t_full)),
+                rss_gap=float(np.max(gaps)),
+            )
+        )
     return out
 
 
@@ -270,8 +280,10 @@ def report(summary: dict, timing: dict, scan: dict, meta: dict, pw: list[dict] |
         f"{meta['lengths']})"
     )
     L.append("")
-    L.append(f"Default knee detector: `broken_power_lrt`, threshold {LRT_THRESHOLD:g}.  One BLAS thread.  "
-             "Rates are given with their Wilson 95 % interval [low, high] over the curves of the class.")
+    L.append(
+        f"Default knee detector: `broken_power_lrt`, threshold {LRT_THRESHOLD:g}.  One BLAS thread.  "
+        "Rates are given with their Wilson 95 % interval [low, high] over the curves of the class."
+    )
     L.append("")
     L.append("## Knee-free curves: false positives, exponent error, 95 % CI coverage")
     L.append("")
@@ -306,8 +318,10 @@ def report(summary: dict, timing: dict, scan: dict, meta: dict, pw: list[dict] |
     worst_det = min(v["detection"] for v in summary["knee"].values())
     # the issue's detection target is over all knee curves (only the FPR target is per class);
     # the worst class is shown so that a weak class is not hidden in the pooled figure
-    L.append(f"| detection (worst class; for information, the target is pooled) | {worst_det:.3f} | — | "
-             f"{'≥ 0.9' if worst_det >= T['detection'] else 'below 0.9'} |")
+    L.append(
+        f"| detection (worst class; for information, the target is pooled) | {worst_det:.3f} | — | "
+        f"{'≥ 0.9' if worst_det >= T['detection'] else 'below 0.9'} |"
+    )
     L.append(
         f"| knee error median (decades) | {p['err_median']:.4f} | ≤ {T['knee_err_median']} | "
         f"{_ok(p['err_median'] <= T['knee_err_median'])} |"
@@ -351,16 +365,24 @@ def report(summary: dict, timing: dict, scan: dict, meta: dict, pw: list[dict] |
         f"{_ok(scan['max_aic_gap'] <= 1e-6)} |"
     )
     if pw:
-        L += ["", "## Against pwlf (two-segment log-log fit, differential evolution)", "",
-              "| points | pwlf `fit(2)` s | O(n) scan s | ratio pwlf / scan | detect + all fits s | ratio pwlf / "
-              "(detect + all fits) | RSS(scan) − RSS(pwlf), relative |",
-              "|---:|---:|---:|---:|---:|---:|---:|"]
+        L += [
+            "",
+            "## Against pwlf (two-segment log-log fit, differential evolution)",
+            "",
+            "| points | pwlf `fit(2)` s | O(n) scan s | ratio pwlf / scan | detect + all fits s | ratio pwlf / "
+            "(detect + all fits) | RSS(scan) − RSS(pwlf), relative |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for r in pw:
-            L.append(f"| {r['n']} | {r['pwlf']:.3f} | {r['scan'] * 1e3:.2f} ms | {r['pwlf'] / r['scan']:.0f}× | "
-                     f"{r['full']:.3f} | {r['pwlf'] / r['full']:.1f}× | {r['rss_gap']:+.1e} |")
+            L.append(
+                f"| {r['n']} | {r['pwlf']:.3f} | {r['scan'] * 1e3:.2f} ms | {r['pwlf'] / r['scan']:.0f}× | "
+                f"{r['full']:.3f} | {r['pwlf'] / r['full']:.1f}× | {r['rss_gap']:+.1e} |"
+            )
         L.append("")
-        L.append("Medians over the curves; the scan's break is restricted to data points (exact over them), "
-                 "pwlf's is continuous, so a relative RSS gap of order 1e-5 is expected either way.")
+        L.append(
+            "Medians over the curves; the scan's break is restricted to data points (exact over them), "
+            "pwlf's is continuous, so a relative RSS gap of order 1e-5 is expected either way."
+        )
     L.append("")
     L.append(
         f"Mean time per curve over the whole set: detect_knee {p['t_knee_mean'] * 1e3:.0f} ms, fit_power_law "

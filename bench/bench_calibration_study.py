@@ -94,8 +94,7 @@ def main() -> None:
             stats.append(res.statistic)
             k += bool(res.found)
         lo, hi = wilson_interval(k, args.n)
-        emit(f"| {kind} | {args.n} | {k} | {k / args.n:.3f} | {hi:.3f} | {max(stats):.3g} | "
-             f"{np.median(times):.2f} |")
+        emit(f"| {kind} | {args.n} | {k} | {k / args.n:.3f} | {hi:.3f} | {max(stats):.3g} | {np.median(times):.2f} |")
     if args.markdown:
         Path(args.markdown).write_text("\n".join(lines) + "\n")
 

@@ -31,8 +31,13 @@ def plan(configfile: Path | None, workdir: Path, snakefile: Path = REPO / "Snake
     env = {**os.environ, "WORKERS_PER_GPU": "1"}
     extra = ["--configfile", str(configfile)] if configfile else []
     t0 = time.perf_counter()
-    out = subprocess.run([SNAKEMAKE, "-s", str(snakefile), "--directory", str(workdir), "-n", "--quiet",
-                          "rules", *extra], capture_output=True, text=True, env=env, timeout=900)
+    out = subprocess.run(
+        [SNAKEMAKE, "-s", str(snakefile), "--directory", str(workdir), "-n", "--quiet", "rules", *extra],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     dt = time.perf_counter() - t0
     if out.returncode:
         raise RuntimeError(out.stderr[-3000:])
@@ -47,18 +52,28 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         big = yaml.safe_load((REPO / "config" / "study.yaml").read_text())
-        big["grid"] = {"lr": [round(0.01 * (i + 1), 4) for i in range(25)],
-                       "weight_decay": [round(1e-5 * (i + 1), 8) for i in range(25)], "seed": [0, 1, 2, 3]}
+        big["grid"] = {
+            "lr": [round(0.01 * (i + 1), 4) for i in range(25)],
+            "weight_decay": [round(1e-5 * (i + 1), 8) for i in range(25)],
+            "seed": [0, 1, 2, 3],
+        }
         (tmp / "big.yaml").write_text(yaml.safe_dump(big))
         (tmp / "Snakefile").write_text('rule one:\n    output: "one.txt"\n    shell: "touch {output}"\n')
         startup, jobs = plan(None, tmp / "startup", tmp / "Snakefile")
         rows = [f"| Snakemake start-up only (one-rule workflow) | {jobs} | {startup:.1f} | | |"]
-        for name, cfg, target in (("216-run study", REPO / "config" / "study.yaml", 10),
-                                  ("10,000-run grid", tmp / "big.yaml", 60)):
+        for name, cfg, target in (
+            ("216-run study", REPO / "config" / "study.yaml", 10),
+            ("10,000-run grid", tmp / "big.yaml", 60),
+        ):
             dt, jobs = plan(cfg, tmp / name.split()[0])
             rows.append(f"| {name} | {jobs} | {dt:.1f} | {dt - startup:.1f} | <= {target} |")
-    text = "\n".join(["| dry-run (`snakemake -n`, N fixed) | jobs | seconds | planning (s) | target (s) |",
-                      "|---|---:|---:|---:|---:|", *rows])
+    text = "\n".join(
+        [
+            "| dry-run (`snakemake -n`, N fixed) | jobs | seconds | planning (s) | target (s) |",
+            "|---|---:|---:|---:|---:|",
+            *rows,
+        ]
+    )
     print(text)
     if a.markdown:
         Path(a.markdown).write_text(text + "\n")

@@ -39,8 +39,14 @@ def sample(rng: np.random.Generator, *, two_breaks: bool) -> CurveSpec:
     phi = float(rng.uniform(0.9, 0.99)) if ar else 0.0
     ar_sigma = float(rng.uniform(0.02, 0.08)) if ar else 0.0
     growth = float(rng.uniform(3, 10)) if rng.random() < 0.5 else 1.0
-    common = dict(n_steps=n, shift=shift, noise_sigma=sigma / (growth ** 0.5 if growth > 1 else 1.0),
-                  ar_phi=phi, ar_sigma=ar_sigma, noise_growth=growth)
+    common = dict(
+        n_steps=n,
+        shift=shift,
+        noise_sigma=sigma / (growth**0.5 if growth > 1 else 1.0),
+        ar_phi=phi,
+        ar_sigma=ar_sigma,
+        noise_growth=growth,
+    )
     if not knee:
         spec = CurveSpec(alpha=float(rng.uniform(0.3, 1.2)), **common)
     else:
@@ -79,8 +85,10 @@ def main() -> None:
 
     rng = np.random.default_rng(args.seed)
     rows = []
-    emit(f"{args.n} curves per class, seed {args.seed}; targets: single True >= 0.90, two_breaks False >= 0.80, "
-         "None <= 0.05, <= 1 s per 20k-point curve")
+    emit(
+        f"{args.n} curves per class, seed {args.seed}; targets: single True >= 0.90, two_breaks False >= 0.80, "
+        "None <= 0.05, <= 1 s per 20k-point curve"
+    )
     emit("")
     emit("| class | right | rate [Wilson 95 %] | None | max s per curve | median s, > 15k points |")
     emit("|---|---|---|---|---|---|")
@@ -104,9 +112,21 @@ def main() -> None:
         k = counts[want]
         lo, hi = wilson_interval(k, n)
         t20 = [t for m, t in times if m > 15000]
-        rows.append((cls, k / n, lo, hi, counts[None] / n, max(t for _, t in times), float(np.median(t20)) if t20 else float("nan")))
-        emit(f"| {cls} | {k}/{n} | {k / n:.3f} [{lo:.3f}, {hi:.3f}] | {counts[None]}/{n} | {rows[-1][5]:.2f} | "
-             f"{rows[-1][6]:.2f} |")
+        rows.append(
+            (
+                cls,
+                k / n,
+                lo,
+                hi,
+                counts[None] / n,
+                max(t for _, t in times),
+                float(np.median(t20)) if t20 else float("nan"),
+            )
+        )
+        emit(
+            f"| {cls} | {k}/{n} | {k / n:.3f} [{lo:.3f}, {hi:.3f}] | {counts[None]}/{n} | {rows[-1][5]:.2f} | "
+            f"{rows[-1][6]:.2f} |"
+        )
     if args.markdown:
         Path(args.markdown).write_text("\n".join(lines) + "\n")
 

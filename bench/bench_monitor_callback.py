@@ -77,8 +77,12 @@ def demo_overrides(variant: str) -> list[str]:
 def run_once(overrides: list[str], run_dir: Path) -> tuple[float, dict, str]:
     """(CPU seconds of the process, the callback's timers, log) of one training process."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.run([sys.executable, "-c", _TIMED_MAIN, *overrides, f"run_dir={run_dir}"],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", _TIMED_MAIN, *overrides, f"run_dir={run_dir}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode:
         raise SystemExit(f"training failed:\n{proc.stderr[-3000:]}")
@@ -114,8 +118,11 @@ def main() -> None:
                 cpu[name].append(c)
                 share[name].append(own / (timers["process"] - own))
                 parts[name].append(timers)
-                print(f"rep {rep} {name:6s}: process {c:5.1f} s CPU; callback {own:5.2f} s "
-                      f"({share[name][-1]:+.1%} of the rest): {timers}", flush=True)
+                print(
+                    f"rep {rep} {name:6s}: process {c:5.1f} s CPU; callback {own:5.2f} s "
+                    f"({share[name][-1]:+.1%} of the rest): {timers}",
+                    flush=True,
+                )
     steps = 44 * args.epochs
     off = statistics.median(cpu["off"])
     lines = [
@@ -130,9 +137,11 @@ def main() -> None:
         med = statistics.median(cpu[name])
         own = statistics.median(p["per_step"] + p["batch_end"] + p["checkpoint_rows"] for p in parts[name])
         feed = statistics.median(p["per_step"] for p in parts[name]) / steps * 1e3
-        lines.append(f"| {name} | {med:.1f} (range {min(cpu[name]):.1f}–{max(cpu[name]):.1f}) | "
-                     f"{(med - off) / off:+.1%} | {own:.2f} | {statistics.median(share[name]):.1%} | "
-                     f"{feed:.2f} ms | {'curvature + noise' if name == 'demo' else name} |")
+        lines.append(
+            f"| {name} | {med:.1f} (range {min(cpu[name]):.1f}–{max(cpu[name]):.1f}) | "
+            f"{(med - off) / off:+.1%} | {own:.2f} | {statistics.median(share[name]):.1%} | "
+            f"{feed:.2f} ms | {'curvature + noise' if name == 'demo' else name} |"
+        )
     lines.append("")
     lines.append("demo overrides: " + " ".join(o for o in demo if o.startswith("trainer.monitors.")))
     text = "\n".join(lines)

@@ -64,7 +64,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--noise-every-epochs", type=int, default=2)
     p.add_argument("--hutch-matvecs", type=int, default=50)
     p.add_argument("--matvec-block", type=int, default=1, help="Hessian-vector products per vmapped backward")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (one per process: more threads than cores slow packed runs)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (one per process: more threads than cores slow packed runs)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--markdown", type=Path, default=None, help="also write the table to this file")
@@ -87,20 +92,28 @@ def reference(args) -> None:
 
     torch.set_num_threads(args.threads)
     n_img = args.curvature_batch_size or args.batch_size
-    lines = [f"width-{args.base_width} ResNet-18, digits, {n_img} held-out images, matvecs=50, "
-             f"seeds 0-2; reference: {args.reference_vectors}-vector Lanczos (float64), "
-             f"Hutchinson trace with {args.reference_probes} probes", "",
-             "| case | ref. top | ref. bottom | lambda_max (seeds) | max rel. error | residual | bottom Ritz | "
-             "vectors | products | trace (± s.e.) | ref. trace (± s.e.) | |z| max |", "|---|" * 12]
+    lines = [
+        f"width-{args.base_width} ResNet-18, digits, {n_img} held-out images, matvecs=50, "
+        f"seeds 0-2; reference: {args.reference_vectors}-vector Lanczos (float64), "
+        f"Hutchinson trace with {args.reference_probes} probes",
+        "",
+        "| case | ref. top | ref. bottom | lambda_max (seeds) | max rel. error | residual | bottom Ritz | "
+        "vectors | products | trace (± s.e.) | ref. trace (± s.e.) | |z| max |",
+        "|---|" * 12,
+    ]
     for bn in (True, False):
-        cfg = compose_train_config([f"model.base_width={args.base_width}", f"model.batchnorm={str(bn).lower()}",
-                                    "run_dir=/nonexistent"])
+        cfg = compose_train_config(
+            [f"model.base_width={args.base_width}", f"model.batchnorm={str(bn).lower()}", "run_dir=/nonexistent"]
+        )
         data = build_data(cfg.data, seed=0, device=torch.device("cpu"))
         torch.manual_seed(args.seed)
-        net = CifarResNet18(num_classes=data.num_classes, in_channels=data.in_channels, base_width=args.base_width,
-                            batchnorm=bn)
-        held = [(data.train.normalize(x), y) for x, y in C.fixed_batches(
-            data.train.images, data.train.labels, n_batches=1, batch_size=n_img, seed=0)]
+        net = CifarResNet18(
+            num_classes=data.num_classes, in_channels=data.in_channels, base_width=args.base_width, batchnorm=bn
+        )
+        held = [
+            (data.train.normalize(x), y)
+            for x, y in C.fixed_batches(data.train.images, data.train.labels, n_batches=1, batch_size=n_img, seed=0)
+        ]
         for stage in ("initialisation", "100 SGD steps"):
             if stage != "initialisation":
                 opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
@@ -123,8 +136,13 @@ def reference(args) -> None:
             with C._probe(ref_net) as m:
                 op = C._HessianOperator(m, F.cross_entropy, held, C._trainable(m), keep_graphs=True)
                 g = torch.Generator().manual_seed(10_000)
-                top, _, bottom, _, _ = C._lanczos(op, C._rademacher((op.dim,), op, g), iters=args.reference_vectors,
-                                                  tol=0.0, min_iters=args.reference_vectors)
+                top, _, bottom, _, _ = C._lanczos(
+                    op,
+                    C._rademacher((op.dim,), op, g),
+                    iters=args.reference_vectors,
+                    tol=0.0,
+                    min_iters=args.reference_vectors,
+                )
                 z = []
                 for _ in range(args.reference_probes):
                     v = C._rademacher((1, op.dim), op, g)
@@ -132,11 +150,13 @@ def reference(args) -> None:
                 op.close()
             z = torch.tensor(z, dtype=torch.float64)
             ref_trace, ref_se = float(z.mean()), float(z.std() / len(z) ** 0.5)
-            runs = [C.curvature(net, F.cross_entropy, held, matvecs=50, generator=torch.Generator().manual_seed(s))
-                    for s in range(3)]
+            runs = [
+                C.curvature(net, F.cross_entropy, held, matvecs=50, generator=torch.Generator().manual_seed(s))
+                for s in range(3)
+            ]
             lam = [r.lambda_max for r in runs]
             err = max(abs(v.value - top) / abs(top) for v in lam)
-            zs = [abs(r.trace.value - ref_trace) / (r.trace.std_error ** 2 + ref_se ** 2) ** 0.5 for r in runs]
+            zs = [abs(r.trace.value - ref_trace) / (r.trace.std_error**2 + ref_se**2) ** 0.5 for r in runs]
             lines.append(
                 f"| {'BatchNorm' if bn else 'no BatchNorm'}, {stage} | {top:.6g} | {bottom:.4g} | "
                 f"{min(v.value for v in lam):.6g} … {max(v.value for v in lam):.6g} | {err:.1e} | "
@@ -146,7 +166,8 @@ def reference(args) -> None:
                 f"{min(r.trace.matvecs + v.matvecs for r, v in zip(runs, lam))}–"
                 f"{max(r.trace.matvecs + v.matvecs for r, v in zip(runs, lam))} | "
                 + ", ".join(f"{r.trace.value:.4g} ± {r.trace.std_error:.2g}" for r in runs)
-                + f" | {ref_trace:.4g} ± {ref_se:.2g} | {max(zs):.2f} |")
+                + f" | {ref_trace:.4g} ± {ref_se:.2g} | {max(zs):.2f} |"
+            )
             print(lines[-1], flush=True)
     text = "\n".join(lines)
     print(text)
@@ -199,12 +220,20 @@ def event_memory(args) -> None:
         p.grad = None
     mode = LiveBytes()
     with mode:
-        r = curvature(net, F.cross_entropy, [(x, y)], matvecs=args.hutch_matvecs,
-                      generator=torch.Generator().manual_seed(args.seed), matvec_block=args.matvec_block)
+        r = curvature(
+            net,
+            F.cross_entropy,
+            [(x, y)],
+            matvecs=args.hutch_matvecs,
+            generator=torch.Generator().manual_seed(args.seed),
+            matvec_block=args.matvec_block,
+        )
     vec = 4 * n
-    print(f"width {args.base_width}, {n:,} parameters ({vec / 2**20:.1f} MiB per vector), {b} held-out images, "
-          f"hutch_matvecs={args.hutch_matvecs}: peak of the event's tensors {mode.peak / 2**20:.0f} MiB "
-          f"= {mode.peak / vec:.1f} vectors; Lanczos vectors {getattr(r.lambda_max, 'iterations', '?')}")
+    print(
+        f"width {args.base_width}, {n:,} parameters ({vec / 2**20:.1f} MiB per vector), {b} held-out images, "
+        f"hutch_matvecs={args.hutch_matvecs}: peak of the event's tensors {mode.peak / 2**20:.0f} MiB "
+        f"= {mode.peak / vec:.1f} vectors; Lanczos vectors {getattr(r.lambda_max, 'iterations', '?')}"
+    )
 
 
 def main() -> None:
@@ -233,14 +262,17 @@ def main() -> None:
     b = args.batch_size
     data = [(torch.randn(b, 3, 32, 32, device=device), torch.randint(0, 10, (b,), device=device)) for _ in range(8)]
     cb = args.curvature_batch_size or b
-    held_out = [(torch.randn(cb, 3, 32, 32, device=device), torch.randint(0, 10, (cb,), device=device))
-                for _ in range(args.curvature_batches)]
+    held_out = [
+        (torch.randn(cb, 3, 32, 32, device=device), torch.randint(0, 10, (cb,), device=device))
+        for _ in range(args.curvature_batches)
+    ]
     monitors = Monitors(config)
 
     # With one thread, CPU time of this process is immune to other jobs queueing on the shared
     # cores; wall time is not. Several threads: fall back to wall time.
     clock = time.process_time if args.threads == 1 else time.perf_counter
     if device.type == "cuda":
+
         def clock() -> float:  # kernels are asynchronous: wait for them, then read the wall clock
             torch.cuda.synchronize(device)
             return time.perf_counter()
@@ -309,8 +341,11 @@ def main() -> None:
         f"Monitor overhead: CifarResNet18(base_width={args.base_width}, blocks=(2,2,2,2)), {n_params:,} params, "
         f"batch {b}, held-out {args.curvature_batches}×{cb}, matvec block {args.matvec_block}, "
         f"{args.threads} thread(s), torch {torch.__version__}, "
-        + (f"{torch.cuda.get_device_name(device)}; times are synchronized wall time" if device.type == "cuda"
-           else "CPU; times are " + ("process CPU time" if args.threads == 1 else "wall time")),
+        + (
+            f"{torch.cuda.get_device_name(device)}; times are synchronized wall time"
+            if device.type == "cuda"
+            else "CPU; times are " + ("process CPU time" if args.threads == 1 else "wall time")
+        ),
         "",
         "| measured | value |",
         "|---|---|",
@@ -320,7 +355,8 @@ def main() -> None:
         f"| curvature event (median of {args.curvature_events}) | {t_curv:.2f} s = {t_curv / t_step:.0f} steps |",
         f"| Hessian-vector products per curvature event | {matvecs:g} (Hutch++ {config.hutch_matvecs} "
         f"+ Lanczos {matvecs - config.hutch_matvecs:g}"
-        + (", its first product free" if FREE_FIRST_PRODUCT else "") + ") |",
+        + (", its first product free" if FREE_FIRST_PRODUCT else "")
+        + ") |",
         f"| one Hessian-vector product | {1e3 * t_matvec:.1f} ms = {t_matvec / t_step:.2f} steps |",
         f"| noise event (PSD of {config.psd_window} residuals + grad_var) | {1e3 * t_noise:.2f} ms |",
         "",

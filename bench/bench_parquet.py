@@ -38,9 +38,18 @@ def write_runs(root: Path, runs: int, rows: int) -> list[Path]:
         steps = np.arange(rows)
         loss = 2.3 * (steps + 10.0) ** -0.5 * np.exp(rng.normal(0, 0.1, rows))
         t = CsvTable(d / "steps.csv", "steps")
-        t.append(zip(steps.tolist(), (steps / 391).tolist(), (1.7e9 + 0.05 * steps).tolist(),
-                     (0.1 * np.ones(rows)).tolist(), [1e-4] * rows, loss.tolist(), (loss / math.log(2)).tolist(),
-                     rng.uniform(0, 1, rows).tolist()))
+        t.append(
+            zip(
+                steps.tolist(),
+                (steps / 391).tolist(),
+                (1.7e9 + 0.05 * steps).tolist(),
+                (0.1 * np.ones(rows)).tolist(),
+                [1e-4] * rows,
+                loss.tolist(),
+                (loss / math.log(2)).tolist(),
+                rng.uniform(0, 1, rows).tolist(),
+            )
+        )
         t.close()
         v = CsvTable(d / "val.csv", "val")
         v.append([(s, s / 391, 0.0, 1.0, 1.44, 0.5, 1.0, 10.0) for s in range(97, rows, 97)])
@@ -53,8 +62,14 @@ def project_pass(dirs: list[Path]) -> dict:
     phases: dict[str, float] = {}
     t0, c0 = time.perf_counter(), time.process_time()
     for d in dirs:
-        convert_run(steps_csv=d / "steps.csv", val_csv=d / "val.csv", steps_parquet=d / "s.parquet",
-                    val_parquet=d / "v.parquet", report_path=d / "r.json", timings=phases)
+        convert_run(
+            steps_csv=d / "steps.csv",
+            val_csv=d / "val.csv",
+            steps_parquet=d / "s.parquet",
+            val_parquet=d / "v.parquet",
+            report_path=d / "r.json",
+            timings=phases,
+        )
     return {"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0, **phases}
 
 
@@ -79,8 +94,9 @@ def same_values(dirs: list[Path]) -> bool:
         header, *lines = (d / "steps.csv").read_text().splitlines()
         exact = list(zip(*(line.split(",") for line in lines)))
         if ours.schema.names != header.split(",") or not all(
-            np.array_equal(ours[c].to_numpy(), np.array([(int if i == 0 else float)(v) for v in exact[i]]),
-                           equal_nan=True)
+            np.array_equal(
+                ours[c].to_numpy(), np.array([(int if i == 0 else float)(v) for v in exact[i]]), equal_nan=True
+            )
             for i, c in enumerate(ours.schema.names)
         ):
             return False
@@ -116,12 +132,14 @@ def main(argv=None):
     other = ms(proj, "cpu") - sum(ms(proj, k) for k in PHASES)
     bound = ms(pand, "cpu") / (ms(proj, "read") + ms(proj, "parse"))
     lines = [
-        "| CSV -> Parquet (steps + val per run) | seconds | per run (ms) | CPU per run (ms) |", "|---|---:|---:|---:|",
+        "| CSV -> Parquet (steps + val per run) | seconds | per run (ms) | CPU per run (ms) |",
+        "|---|---:|---:|---:|",
         f"| project (pyarrow reader, typed schema, zstd, with checks) | {med(proj, 'wall'):.2f} | "
         f"{ms(proj, 'wall'):.1f} | {ms(proj, 'cpu'):.1f} |",
         f"| pandas read_csv + to_parquet | {med(pand, 'wall'):.2f} | {ms(pand, 'wall'):.1f} | {ms(pand, 'cpu'):.1f} |",
         "",
-        "| phase (median CPU ms per run) | project | pandas |", "|---|---:|---:|",
+        "| phase (median CPU ms per run) | project | pandas |",
+        "|---|---:|---:|",
         f"| read file bytes | {ms(proj, 'read'):.2f} | |",
         f"| CSV parse + typed conversion | {ms(proj, 'parse'):.2f} | {ms(pand, 'read_csv'):.2f} (read_csv) |",
         f"| checks (header, final newline, nulls, unique steps) | {ms(proj, 'checks'):.2f} | |",

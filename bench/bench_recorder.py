@@ -28,10 +28,17 @@ from loss_slope.data.datasets import build_data
 from loss_slope.models.resnet import CifarResNet18
 from loss_slope.train.schedule import Schedule
 
-DATA = OmegaConf.create({
-    "name": "digits", "root": None, "image_size": 16, "batch_size": 32, "eval_batch_size": 512,
-    "drop_last": True, "augment": {"crop": True, "scale": [0.7, 1.0], "ratio": [0.8, 1.25], "flip_p": 0.0},
-})
+DATA = OmegaConf.create(
+    {
+        "name": "digits",
+        "root": None,
+        "image_size": 16,
+        "batch_size": 32,
+        "eval_batch_size": 512,
+        "drop_last": True,
+        "augment": {"crop": True, "scale": [0.7, 1.0], "ratio": [0.8, 1.25], "flip_p": 0.0},
+    }
+)
 
 
 def make(steps):
@@ -76,11 +83,23 @@ def lightning(steps, recorded):
     callbacks = []
     with tempfile.TemporaryDirectory() as tmp:
         if recorded:
-            callbacks.append(MetricRecorder(tables_dir=tmp, steps_per_epoch=len(data.train), total_steps=steps,
-                                            val_interval=11, flush_every=100))
-        trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, limit_val_batches=0,
-                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                             callbacks=callbacks, plugins=[LightningEnvironment()])
+            callbacks.append(
+                MetricRecorder(
+                    tables_dir=tmp, steps_per_epoch=len(data.train), total_steps=steps, val_interval=11, flush_every=100
+                )
+            )
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            devices=1,
+            max_steps=steps,
+            logger=False,
+            limit_val_batches=0,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=callbacks,
+            plugins=[LightningEnvironment()],
+        )
         data.train.step_source = lambda: trainer.global_step
         timer = {}
 
@@ -122,9 +141,11 @@ def main(argv=None):
     ]
     lines = ["| loop | ms/step | ratio to bare |", "|---|---:|---:|"]
     lines += [f"| {n} | {ms:.2f} | {r:.3f} |" for n, ms, r in rows]
-    lines.append(f"\nlogging cost (recorded / Lightning without recorder): **{med['recorded'] / med['lightning']:.3f}**"
-                 f" (target <= 1.03); {a.steps} steps x {a.repeats} interleaved repeats, 1 thread, width-8 ResNet-18,"
-                 f" digits 16x16, batch 32")
+    lines.append(
+        f"\nlogging cost (recorded / Lightning without recorder): **{med['recorded'] / med['lightning']:.3f}**"
+        f" (target <= 1.03); {a.steps} steps x {a.repeats} interleaved repeats, 1 thread, width-8 ResNet-18,"
+        f" digits 16x16, batch 32"
+    )
     text = "\n".join(lines)
     print(text)
     if a.markdown:

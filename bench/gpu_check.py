@@ -113,8 +113,10 @@ def write_synthetic_cifar10(root: Path, *, n_train: int, n_val: int, seed: int =
     folder.mkdir(parents=True, exist_ok=True)
 
     def dump(path: Path, n: int) -> None:
-        d = {b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
-             b"labels": rng.integers(0, 10, size=n).tolist()}
+        d = {
+            b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+            b"labels": rng.integers(0, 10, size=n).tolist(),
+        }
         with open(path, "wb") as fh:
             pickle.dump(d, fh, protocol=4)
 
@@ -149,13 +151,20 @@ class PlainCifar(torch.utils.data.Dataset):
 def plain_loader(root: Path, cfg_data, *, seed: int, num_workers: int, pin_memory: bool):
     a = read_cifar10(root)
     aug = cfg_data.augment
-    augment = AugmentConfig(crop=bool(aug.crop), scale=tuple(aug.scale), ratio=tuple(aug.ratio),
-                            flip_p=float(aug.flip_p))
-    ds = PlainCifar(torch.from_numpy(a["train_x"]), torch.from_numpy(a["train_y"]), mean=MEAN, std=STD,
-                    augment=augment, seed=seed)
+    augment = AugmentConfig(
+        crop=bool(aug.crop), scale=tuple(aug.scale), ratio=tuple(aug.ratio), flip_p=float(aug.flip_p)
+    )
+    ds = PlainCifar(
+        torch.from_numpy(a["train_x"]), torch.from_numpy(a["train_y"]), mean=MEAN, std=STD, augment=augment, seed=seed
+    )
     return torch.utils.data.DataLoader(
-        ds, batch_size=int(cfg_data.batch_size), shuffle=True, drop_last=True, num_workers=num_workers,
-        pin_memory=pin_memory, persistent_workers=num_workers > 0,
+        ds,
+        batch_size=int(cfg_data.batch_size),
+        shuffle=True,
+        drop_last=True,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
         generator=torch.Generator().manual_seed(seed),
     )
 
@@ -177,8 +186,9 @@ def _cycle(batches):
         yield from batches
 
 
-def train_timed(cfg, batches, device, *, steps: int, warmup: int, channels_last: bool = False,
-                bf16: bool = False) -> Timing:
+def train_timed(
+    cfg, batches, device, *, steps: int, warmup: int, channels_last: bool = False, bf16: bool = False
+) -> Timing:
     """Train a fresh ``cfg.model`` (same init every call) on ``batches`` and time ``steps`` steps.
 
     One host sync at the end, as in training. Batches not yet on ``device``
@@ -233,8 +243,17 @@ def train_timed(cfg, batches, device, *, steps: int, warmup: int, channels_last:
     return Timing(steps * int(cfg.data.batch_size) / dt, peak, note)
 
 
-def compare_paths(overrides: list[str], root: Path, *, device_kind: str, steps: int, warmup: int, repeats: int,
-                  num_workers: int, opt_in: bool) -> dict[str, Timing]:
+def compare_paths(
+    overrides: list[str],
+    root: Path,
+    *,
+    device_kind: str,
+    steps: int,
+    warmup: int,
+    repeats: int,
+    num_workers: int,
+    opt_in: bool,
+) -> dict[str, Timing]:
     """Fast path (each opt-in variant) and the plain DataLoader path, interleaved ``repeats`` times; medians."""
     cfg = compose_train_config([*overrides, "run_dir=/nonexistent"])
     torch.set_num_threads(int(cfg.trainer.threads))  # as the probe worker and training do
@@ -245,13 +264,15 @@ def compare_paths(overrides: list[str], root: Path, *, device_kind: str, steps: 
         data = build_data(cfg.data, seed=int(cfg.seed), device=device)
         for label, (cl, bf16, _) in fast.items():
             runs.setdefault(label, []).append(
-                train_timed(cfg, data.train, device, steps=steps, warmup=warmup, channels_last=cl, bf16=bf16))
+                train_timed(cfg, data.train, device, steps=steps, warmup=warmup, channels_last=cl, bf16=bf16)
+            )
         del data  # the plain path must not pay for (or be charged) the resident dataset
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        loader = plain_loader(root, cfg.data, seed=int(cfg.seed), num_workers=num_workers,
-                              pin_memory=device.type == "cuda")
+        loader = plain_loader(
+            root, cfg.data, seed=int(cfg.seed), num_workers=num_workers, pin_memory=device.type == "cuda"
+        )
         runs.setdefault("dataloader", []).append(train_timed(cfg, loader, device, steps=steps, warmup=warmup))
         del loader
     out = {}
@@ -261,13 +282,15 @@ def compare_paths(overrides: list[str], root: Path, *, device_kind: str, steps: 
             out[label] = ts[0]
             continue
         peaks = [t.peak_mem_mb for t in ok if t.peak_mem_mb is not None]
-        out[label] = Timing(statistics.median(t.samples_per_s for t in ok), max(peaks) if peaks else None,
-                            "; ".join(sorted({t.note for t in ts if t.note})))
+        out[label] = Timing(
+            statistics.median(t.samples_per_s for t in ok),
+            max(peaks) if peaks else None,
+            "; ".join(sorted({t.note for t in ts if t.note})),
+        )
     return out
 
 
-def probe_variant(overrides: list[str], *, max_n: int, steps: int, warmup: int, timeout: float,
-                  on_level=None) -> dict:
+def probe_variant(overrides: list[str], *, max_n: int, steps: int, warmup: int, timeout: float, on_level=None) -> dict:
     """The pipeline's probe (``run_level`` for k = 1.. until OOM, then ``choose_runs_per_gpu``).
 
     ``on_level(k, level, workers, wall_s)`` may return a new step count for the next levels.
@@ -281,8 +304,11 @@ def probe_variant(overrides: list[str], *, max_n: int, steps: int, warmup: int, 
         steps_used.append(steps)
         first = first or workers
         sps = f"{level.aggregate_samples_per_s:.0f} samples/s" if level.aggregate_samples_per_s else "no figure"
-        print(f"  k={k}: {sps}, peak MiB {[round(m) for m in level.peak_mem_mb]}, "
-              f"{'OOM, ' if level.oom else ''}{wall:.0f} s", file=sys.stderr)
+        print(
+            f"  k={k}: {sps}, peak MiB {[round(m) for m in level.peak_mem_mb]}, "
+            f"{'OOM, ' if level.oom else ''}{wall:.0f} s",
+            file=sys.stderr,
+        )
         for e in level.errors:
             print(f"    {e}", file=sys.stderr)
         if on_level is not None:
@@ -293,16 +319,34 @@ def probe_variant(overrides: list[str], *, max_n: int, steps: int, warmup: int, 
     n, reason = choose_runs_per_gpu(levels, total_mem_mb=w0.get("gpu_total_mb"))
     by_k = {lv.k: lv.aggregate_samples_per_s for lv in levels}
     gain = by_k[n] / by_k[1] if by_k.get(n) and by_k.get(1) else None
-    return {"levels": [asdict(lv) for lv in levels], "steps": steps_used, "runs_per_gpu": n, "reason": reason,
-            "gain": gain, "gpu_name": w0.get("gpu_name"), "gpu_total_mb": w0.get("gpu_total_mb"),
-            "batch_size": w0.get("batch_size")}
+    return {
+        "levels": [asdict(lv) for lv in levels],
+        "steps": steps_used,
+        "runs_per_gpu": n,
+        "reason": reason,
+        "gain": gain,
+        "gpu_name": w0.get("gpu_name"),
+        "gpu_total_mb": w0.get("gpu_total_mb"),
+        "batch_size": w0.get("batch_size"),
+    }
 
 
 class Budget:
     """Shrinks the step count once, after the first level, if the projected total overruns ``budget_s``."""
 
-    def __init__(self, *, budget_s: float, t_start: float, steps: int, warmup: int, min_steps: int, max_n: int,
-                 n_variants: int, repeats: int, opt_in: bool) -> None:
+    def __init__(
+        self,
+        *,
+        budget_s: float,
+        t_start: float,
+        steps: int,
+        warmup: int,
+        min_steps: int,
+        max_n: int,
+        n_variants: int,
+        repeats: int,
+        opt_in: bool,
+    ) -> None:
         self.budget_s, self.t_start, self.warmup, self.min_steps = budget_s, t_start, warmup, min_steps
         self.steps = steps  # what later measurements use
         k_sum = max_n * (max_n + 1) // 2
@@ -327,8 +371,10 @@ class Budget:
         new = max(self.min_steps, int(left / (self.units_left * per_step)) - self.warmup)
         if new >= self.steps:
             return None
-        self.note = (f"projected {projected:.0f} s > budget {self.budget_s:.0f} s: measurements after the first "
-                     f"use {new} steps instead of {self.steps}")
+        self.note = (
+            f"projected {projected:.0f} s > budget {self.budget_s:.0f} s: measurements after the first "
+            f"use {new} steps instead of {self.steps}"
+        )
         print(f"  {self.note}", file=sys.stderr)
         self.steps = new
         return new
@@ -343,13 +389,23 @@ def environment(device_kind: str, probe_gpu: str | None, probe_total_mb: float |
         name = probe_gpu or torch.cuda.get_device_name(0)
         total = probe_total_mb or torch.cuda.get_device_properties(0).total_memory / 2**20
         cap = ".".join(map(str, torch.cuda.get_device_capability(0)))
-        rows.append(("GPU", f"{name} ({total / 1024:.1f} GiB, compute capability {cap}, "
-                            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})"))
+        rows.append(
+            (
+                "GPU",
+                f"{name} ({total / 1024:.1f} GiB, compute capability {cap}, "
+                f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})",
+            )
+        )
         rows.append(("CUDA / cuDNN", f"{torch.version.cuda} / {torch.backends.cudnn.version()}"))
-        rows.append(("TF32", f"convolutions {'on' if torch.backends.cudnn.allow_tf32 else 'off'}, matmul "
-                             f"{'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'} (torch defaults, as in "
-                             "training); `cudnn.benchmark` "
-                             f"{'on' if torch.backends.cudnn.benchmark else 'off'}"))
+        rows.append(
+            (
+                "TF32",
+                f"convolutions {'on' if torch.backends.cudnn.allow_tf32 else 'off'}, matmul "
+                f"{'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'} (torch defaults, as in "
+                "training); `cudnn.benchmark` "
+                f"{'on' if torch.backends.cudnn.benchmark else 'off'}",
+            )
+        )
     else:
         rows.append(("GPU", "none: **CPU smoke run, these are not GPU figures**"))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -363,65 +419,104 @@ def _f(x, fmt="{:.0f}", none="—"):
     return none if x is None else fmt.format(x)
 
 
-def render_markdown(*, args, device_kind: str, env_rows, probes: dict[str, dict], paths: dict[str, Timing],
-                    budget_note: str | None, wall_s: float) -> str:
+def render_markdown(
+    *,
+    args,
+    device_kind: str,
+    env_rows,
+    probes: dict[str, dict],
+    paths: dict[str, Timing],
+    budget_note: str | None,
+    wall_s: float,
+) -> str:
     cpu = device_kind == "cpu"
     mem_label = "peak MiB per process (host RSS)" if cpu else "peak MiB per process (max_memory_allocated)"
     lines = ["# GPU check", ""]
     if cpu:
-        lines += ["> **CPU smoke run**: this run used `--device cpu` to check the script. Its figures say nothing "
-                  "about a GPU; run `bench/gpu_check.sh` on a GPU node for those.", ""]
-    lines += [f"Produced by `bench/gpu_check.sh {shlex.join(args.argv)}`".rstrip() + f" in {wall_s:.0f} s. "
-              "To measure a GPU, run `bench/gpu_check.sh` on a node with one (about 3-8 min; `--help` lists the "
-              "options); it rewrites this file (`--markdown PATH` writes elsewhere). Without a GPU it exits 2; "
-              "`--device cpu` (or `GPU_CHECK_DEVICE=cpu`) is a smoke run of the script only.", "",
-              "| | |", "|---|---|"]
+        lines += [
+            "> **CPU smoke run**: this run used `--device cpu` to check the script. Its figures say nothing "
+            "about a GPU; run `bench/gpu_check.sh` on a GPU node for those.",
+            "",
+        ]
+    lines += [
+        f"Produced by `bench/gpu_check.sh {shlex.join(args.argv)}`".rstrip() + f" in {wall_s:.0f} s. "
+        "To measure a GPU, run `bench/gpu_check.sh` on a node with one (about 3-8 min; `--help` lists the "
+        "options); it rewrites this file (`--markdown PATH` writes elsewhere). Without a GPU it exits 2; "
+        "`--device cpu` (or `GPU_CHECK_DEVICE=cpu`) is a smoke run of the script only.",
+        "",
+        "| | |",
+        "|---|---|",
+    ]
     lines += [f"| {k} | {v} |" for k, v in env_rows]
-    lines += [f"| data | synthetic CIFAR-10 shape: {args.train_size} train + {args.val_size} val images, "
-              "3x32x32 uint8, 10 classes, RandomResizedCrop + flip |",
-              f"| batch size | {args.batch_size} |",
-              f"| steps | {args.steps} timed after {args.warmup} warm-up, per process and measurement |"]
+    lines += [
+        f"| data | synthetic CIFAR-10 shape: {args.train_size} train + {args.val_size} val images, "
+        "3x32x32 uint8, 10 classes, RandomResizedCrop + flip |",
+        f"| batch size | {args.batch_size} |",
+        f"| steps | {args.steps} timed after {args.warmup} warm-up, per process and measurement |",
+    ]
     if args.base_width:
         lines.append(f"| model width | `model.base_width={args.base_width}` (not the study's 64) |")
     if budget_note:
         lines.append(f"| budget | {budget_note} |")
-    lines += ["", "## Runs per GPU (the pipeline's probe)", "",
-              "k concurrent training processes (`loss_slope.probe.worker`), started together after warm-up.", "",
-              f"| variant | k | samples/s total | samples/s per process | {mem_label} | gain vs k=1 | GPU util % "
-              "| OOM |",
-              "|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines += [
+        "",
+        "## Runs per GPU (the pipeline's probe)",
+        "",
+        "k concurrent training processes (`loss_slope.probe.worker`), started together after warm-up.",
+        "",
+        f"| variant | k | samples/s total | samples/s per process | {mem_label} | gain vs k=1 | GPU util % | OOM |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for label, p in probes.items():
         bs = p["batch_size"] or args.batch_size
         base = p["levels"][0]["aggregate_samples_per_s"] if p["levels"] else None
         for lv in p["levels"]:
             each = [bs * 1e3 / ms for ms in lv["step_ms"] if ms]
-            per = (f"{statistics.mean(each):.0f} ({min(each):.0f}–{max(each):.0f})" if len(each) > 1
-                   else _f(each[0] if each else None))
+            per = (
+                f"{statistics.mean(each):.0f} ({min(each):.0f}–{max(each):.0f})"
+                if len(each) > 1
+                else _f(each[0] if each else None)
+            )
             agg = lv["aggregate_samples_per_s"]
             gain = _f(agg / base if agg and base else None, "{:.2f}")
             mem = ", ".join(f"{m:.0f}" for m in lv["peak_mem_mb"]) or "—"
             err = f" ({'; '.join(lv['errors'])})" if lv["errors"] else ""
             util = _f(lv["gpu_util_percent"], none="n/a")
-            lines.append(f"| {label} | {lv['k']} | {_f(agg)} | {per} | {mem} | {gain} | {util} | "
-                         f"{'yes' if lv['oom'] else 'no'}{err} |")
-    lines += ["", "| variant | chosen N | packing gain (samples/s at N / at k=1) | why (`choose_runs_per_gpu`) |",
-              "|---|---:|---:|---|"]
+            lines.append(
+                f"| {label} | {lv['k']} | {_f(agg)} | {per} | {mem} | {gain} | {util} | "
+                f"{'yes' if lv['oom'] else 'no'}{err} |"
+            )
+    lines += [
+        "",
+        "| variant | chosen N | packing gain (samples/s at N / at k=1) | why (`choose_runs_per_gpu`) |",
+        "|---|---:|---:|---|",
+    ]
     for label, p in probes.items():
         lines.append(f"| {label} | {p['runs_per_gpu']} | {_f(p['gain'], '{:.2f}')} | {p['reason']} |")
 
     first = next(iter(probes))
     fast, dl = paths.get("fp32 (as trained)"), paths.get("dataloader")
-    ratio = (fast.samples_per_s / dl.samples_per_s
-             if fast and dl and fast.samples_per_s and dl.samples_per_s else None)
+    ratio = fast.samples_per_s / dl.samples_per_s if fast and dl and fast.samples_per_s and dl.samples_per_s else None
     mem_col = "peak MiB" if not cpu else "peak MiB (n/a on CPU)"
-    lines += ["", f"## Data path ({first}, one process)", "",
-              f"Median of {args.repeats} interleaved repeat(s); the same model, optimizer step and augmentation. "
-              "Peak memory on the fast path includes the resident dataset (uint8: 3 KiB per image).", "",
-              f"| path | samples/s | ratio fast / this | {mem_col} | note |", "|---|---:|---:|---:|---|"]
+    lines += [
+        "",
+        f"## Data path ({first}, one process)",
+        "",
+        f"Median of {args.repeats} interleaved repeat(s); the same model, optimizer step and augmentation. "
+        "Peak memory on the fast path includes the resident dataset (uint8: 3 KiB per image).",
+        "",
+        f"| path | samples/s | ratio fast / this | {mem_col} | note |",
+        "|---|---:|---:|---:|---|",
+    ]
     pin = "pin_memory" if not cpu else "no pin_memory (CPU)"
-    for label, t in ((FAST_LABEL, fast),
-                     (f"plain DataLoader: CPU tensors, per-image augmentation, num_workers={args.num_workers}, {pin}, "
-                      "`.to(device, non_blocking=True)`", dl)):
+    for label, t in (
+        (FAST_LABEL, fast),
+        (
+            f"plain DataLoader: CPU tensors, per-image augmentation, num_workers={args.num_workers}, {pin}, "
+            "`.to(device, non_blocking=True)`",
+            dl,
+        ),
+    ):
         if t is None:
             continue
         r = fast.samples_per_s / t.samples_per_s if t.samples_per_s and fast.samples_per_s else None
@@ -429,8 +524,13 @@ def render_markdown(*, args, device_kind: str, env_rows, probes: dict[str, dict]
     lines += ["", f"Fast path / DataLoader throughput ratio: **{_f(ratio, '{:.2f}')}**"]
 
     if any(k in paths for k in list(OPT_IN)[1:]):
-        lines += ["", f"## Opt-in variants ({first}, fast path, one process)", "",
-                  f"| variant | samples/s | speed-up vs fp32 | {mem_col} | numerics |", "|---|---:|---:|---:|---|"]
+        lines += [
+            "",
+            f"## Opt-in variants ({first}, fast path, one process)",
+            "",
+            f"| variant | samples/s | speed-up vs fp32 | {mem_col} | numerics |",
+            "|---|---:|---:|---:|---|",
+        ]
         for label, (_, _, numerics) in OPT_IN.items():
             t = paths.get(label)
             if t is None:
@@ -456,25 +556,35 @@ def resolve_device(requested: str | None, environ=os.environ) -> str:
 
 def parse_args(argv):
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    ap = argparse.ArgumentParser(prog="bench/gpu_check.sh", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", choices=["cuda", "cpu"], default=None,
-                    help=f"default: ${ENV_DEVICE}, else cuda (which must be there)")
+    ap = argparse.ArgumentParser(
+        prog="bench/gpu_check.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--device",
+        choices=["cuda", "cpu"],
+        default=None,
+        help=f"default: ${ENV_DEVICE}, else cuda (which must be there)",
+    )
     ap.add_argument("--markdown", default=str(REPO / "docs" / "gpu_check.md"), help="report file (Markdown)")
     ap.add_argument("--steps", type=int, default=300, help="timed steps per process and measurement")
     ap.add_argument("--warmup", type=int, default=20, help="untimed steps first (cuDNN, allocator, workers)")
     ap.add_argument("--max-n", type=int, default=4, help="largest number of concurrent processes")
     ap.add_argument("--batch-size", type=int, default=128, help="as in the study (data.batch_size)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
-    ap.add_argument("--base-width", type=int, default=None,
-                    help="override model.base_width (tests use a tiny net); default: the experiment's")
+    ap.add_argument(
+        "--base-width",
+        type=int,
+        default=None,
+        help="override model.base_width (tests use a tiny net); default: the experiment's",
+    )
     ap.add_argument("--num-workers", type=int, default=min(4, usable), help="DataLoader workers of the plain path")
     ap.add_argument("--repeats", type=int, default=2, help="interleaved repeats of the one-process comparisons")
     ap.add_argument("--no-opt-in", action="store_true", help="skip channels_last / bf16")
     ap.add_argument("--train-size", type=int, default=50_000, help="synthetic training images (CIFAR-10: 50,000)")
     ap.add_argument("--val-size", type=int, default=10_000, help="synthetic validation images (resident, unused)")
-    ap.add_argument("--budget-s", type=float, default=420,
-                    help="shrink later steps if the check would take longer (0: never)")
+    ap.add_argument(
+        "--budget-s", type=float, default=420, help="shrink later steps if the check would take longer (0: never)"
+    )
     ap.add_argument("--min-steps", type=int, default=30, help="fewest steps the budget may shrink to")
     ap.add_argument("--level-timeout", type=float, default=600, help="seconds before a probe level is killed")
     a = ap.parse_args(argv)
@@ -502,28 +612,63 @@ def main(argv=None) -> int:
         print(f"gpu_check: {exc} (from ${ENV_DEVICE})", file=sys.stderr)
         return EXIT_NO_GPU
     t_start = time.perf_counter()
-    budget = Budget(budget_s=a.budget_s, t_start=t_start, steps=a.steps, warmup=a.warmup, min_steps=a.min_steps,
-                    max_n=a.max_n, n_variants=len(a.variant_labels), repeats=a.repeats, opt_in=not a.no_opt_in)
+    budget = Budget(
+        budget_s=a.budget_s,
+        t_start=t_start,
+        steps=a.steps,
+        warmup=a.warmup,
+        min_steps=a.min_steps,
+        max_n=a.max_n,
+        n_variants=len(a.variant_labels),
+        repeats=a.repeats,
+        opt_in=not a.no_opt_in,
+    )
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         root = write_synthetic_cifar10(Path(tmp), n_train=a.train_size, n_val=a.val_size)
-        common = ["data=cifar10", f"data.root={root}", f"data.batch_size={a.batch_size}",
-                  f"trainer.accelerator={kind}", *([f"model.base_width={a.base_width}"] if a.base_width else [])]
+        common = [
+            "data=cifar10",
+            f"data.root={root}",
+            f"data.batch_size={a.batch_size}",
+            f"trainer.accelerator={kind}",
+            *([f"model.base_width={a.base_width}"] if a.base_width else []),
+        ]
         probes = {}
         for label in a.variant_labels:
             print(f"{label}: probe k = 1..{a.max_n}, {budget.steps} steps", file=sys.stderr)
-            probes[label] = probe_variant([f"experiment={VARIANTS[label]}", *common], max_n=a.max_n,
-                                          steps=budget.steps, warmup=a.warmup, timeout=a.level_timeout,
-                                          on_level=budget)
+            probes[label] = probe_variant(
+                [f"experiment={VARIANTS[label]}", *common],
+                max_n=a.max_n,
+                steps=budget.steps,
+                warmup=a.warmup,
+                timeout=a.level_timeout,
+                on_level=budget,
+            )
         first = a.variant_labels[0]
-        print(f"{first}: fast path vs DataLoader{'' if a.no_opt_in else ', opt-in variants'}, {a.repeats} repeat(s), "
-              f"{budget.steps} steps", file=sys.stderr)
-        paths = compare_paths([f"experiment={VARIANTS[first]}", *common], root, device_kind=kind, steps=budget.steps,
-                              warmup=a.warmup, repeats=a.repeats, num_workers=a.num_workers,
-                              opt_in=not a.no_opt_in)
+        print(
+            f"{first}: fast path vs DataLoader{'' if a.no_opt_in else ', opt-in variants'}, {a.repeats} repeat(s), "
+            f"{budget.steps} steps",
+            file=sys.stderr,
+        )
+        paths = compare_paths(
+            [f"experiment={VARIANTS[first]}", *common],
+            root,
+            device_kind=kind,
+            steps=budget.steps,
+            warmup=a.warmup,
+            repeats=a.repeats,
+            num_workers=a.num_workers,
+            opt_in=not a.no_opt_in,
+        )
     p0 = probes[first]
-    md = render_markdown(args=a, device_kind=kind, env_rows=environment(kind, p0["gpu_name"], p0["gpu_total_mb"]),
-                         probes=probes, paths=paths, budget_note=budget.note or None,
-                         wall_s=time.perf_counter() - t_start)
+    md = render_markdown(
+        args=a,
+        device_kind=kind,
+        env_rows=environment(kind, p0["gpu_name"], p0["gpu_total_mb"]),
+        probes=probes,
+        paths=paths,
+        budget_note=budget.note or None,
+        wall_s=time.perf_counter() - t_start,
+    )
     out = Path(a.markdown)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(md)

@@ -25,7 +25,11 @@ def section(title: str, cmd: list[str], md: Path) -> str:
     t0 = time.perf_counter()
     out = subprocess.run([PY, *cmd, "--markdown", str(md)], cwd=REPO, capture_output=True, text=True)
     dt = time.perf_counter() - t0
-    body = md.read_text() if out.returncode == 0 and md.exists() else f"```\nFAILED (exit {out.returncode})\n{out.stderr[-2000:]}\n```\n"
+    body = (
+        md.read_text()
+        if out.returncode == 0 and md.exists()
+        else f"```\nFAILED (exit {out.returncode})\n{out.stderr[-2000:]}\n```\n"
+    )
     return f"## {title}\n\n`python {' '.join(cmd)}` ({dt:.0f} s)\n\n{body}\n"
 
 
@@ -33,8 +37,12 @@ def demo_section() -> str:
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(["git", "clone", "-q", str(REPO), tmp], check=True)
         t0 = time.perf_counter()
-        out = subprocess.run([str(Path(PY).with_name("snakemake")), "--profile", "profiles/local"], cwd=tmp,
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [str(Path(PY).with_name("snakemake")), "--profile", "profiles/local"],
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+        )
         dt = time.perf_counter() - t0
     status = "ok" if out.returncode == 0 else f"FAILED (exit {out.returncode})"
     return (
@@ -57,22 +65,35 @@ def main(argv=None):
         f"Produced by `python bench/run_all.py{' --quick' if q else ''}` on {time.strftime('%Y-%m-%d')}, "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}. "
         "Every ratio compares against a baseline measured in the same run, interleaved where it matters.\n",
-        section("Per-step logging cost", ["bench/bench_recorder.py", "--steps", "100" if q else "300", "--repeats",
-                                          "2" if q else "3"], out / "recorder.md"),
-        section("Knee detection and fits", ["bench/bench_analysis.py", *(["--quick"] if q else [])], out / "analysis.md"),
-        section("H1 per run: one power law after the knee",
-                ["bench/bench_h1_shape.py", "--n", "30" if q else "100"], out / "h1_shape.md"),
-        section("Knee test in the study's regime (19,550 steps, growing noise, warm-up + cosine)",
-                ["bench/bench_calibration_study.py", "--n", "30" if q else "100"], out / "calibration_study.md"),
+        section(
+            "Per-step logging cost",
+            ["bench/bench_recorder.py", "--steps", "100" if q else "300", "--repeats", "2" if q else "3"],
+            out / "recorder.md",
+        ),
+        section(
+            "Knee detection and fits", ["bench/bench_analysis.py", *(["--quick"] if q else [])], out / "analysis.md"
+        ),
+        section(
+            "H1 per run: one power law after the knee",
+            ["bench/bench_h1_shape.py", "--n", "30" if q else "100"],
+            out / "h1_shape.md",
+        ),
+        section(
+            "Knee test in the study's regime (19,550 steps, growing noise, warm-up + cosine)",
+            ["bench/bench_calibration_study.py", "--n", "30" if q else "100"],
+            out / "calibration_study.md",
+        ),
         section("CSV -> Parquet", ["bench/bench_parquet.py", *(["--runs", "20"] if q else [])], out / "parquet.md"),
         section("Monitors", ["bench/bench_monitors.py"], out / "monitors.md"),
         section("Dry-run planning", ["bench/bench_dryrun.py"], out / "dryrun.md"),
     ]
     if a.with_demo:
         parts.append(demo_section())
-    parts.append("## GPU check\n\n`bench/gpu_check.sh` (one GPU, < 8 min): S-core and S-narrow at N = 1…4 processes per GPU, "
-                 "samples/s, peak memory, the probe's N and the packing gain, device-resident data vs a DataLoader; "
-                 "it writes `docs/gpu_check.md` (the file in the repo is a CPU smoke run until someone runs it on a GPU).\n")
+    parts.append(
+        "## GPU check\n\n`bench/gpu_check.sh` (one GPU, < 8 min): S-core and S-narrow at N = 1…4 processes per GPU, "
+        "samples/s, peak memory, the probe's N and the packing gain, device-resident data vs a DataLoader; "
+        "it writes `docs/gpu_check.md` (the file in the repo is a CPU smoke run until someone runs it on a GPU).\n"
+    )
     Path(a.out).write_text("\n".join(parts))
     print(f"wrote {a.out}")
 

@@ -37,7 +37,9 @@ def test_ruff_check_is_clean():
 
 def test_ruff_format_is_clean():
     out = _ruff("format", "--check", "--no-cache", ".")
-    assert out.returncode == 0, f"ruff format --check . would reformat (run `ruff format .`):\n{out.stdout[-8000:]}{out.stderr}"
+    assert out.returncode == 0, (
+        f"ruff format --check . would reformat (run `ruff format .`):\n{out.stdout[-8000:]}{out.stderr}"
+    )
 
 
 def _tracked_files() -> list[Path]:
@@ -91,8 +93,21 @@ def test_non_editable_install_works_outside_the_repository(tmp_path):
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, src / name)
     target = tmp_path / "site"
-    run_cmd([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-             "--target", target, src], timeout=300)
+    run_cmd(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            target,
+            src,
+        ],
+        timeout=300,
+    )
 
     packaged = {p.relative_to(target / "loss_slope") for p in (target / "loss_slope").rglob("*.yaml")}
     in_tree = {p.relative_to(REPO / "src" / "loss_slope") for p in (REPO / "src" / "loss_slope").rglob("*.yaml")}

@@ -71,15 +71,28 @@ def _attempts(path: Path) -> list[dict]:
 def run_state(run_dir: Path, *, now: float, max_errors: int = 3, total_hint: int | None = None) -> dict:
     from loss_slope.train.pack import given_up, read_errors
 
-    st = {"run": run_dir.name, "state": "waiting", "steps": 0, "total": total_hint, "loss": None, "rate": None,
-          "pack": None, "job": None, "host": None}
+    st = {
+        "run": run_dir.name,
+        "state": "waiting",
+        "steps": 0,
+        "total": total_hint,
+        "loss": None,
+        "rate": None,
+        "pack": None,
+        "job": None,
+        "host": None,
+    }
     done = _read_json(run_dir / "done.json")
     info = _read_json(run_dir / "run_info.json") or {}
     if info.get("total_steps"):
         st["total"] = int(info["total_steps"])
     if done:
-        st.update(state="done", steps=int(done.get("total_steps") or 0), total=int(done.get("total_steps") or 0),
-                  outcome=done.get("status"))
+        st.update(
+            state="done",
+            steps=int(done.get("total_steps") or 0),
+            total=int(done.get("total_steps") or 0),
+            outcome=done.get("status"),
+        )
         return st
     last = _last_row(run_dir / "tables" / "steps.csv")
     if last:
@@ -94,8 +107,9 @@ def run_state(run_dir: Path, *, now: float, max_errors: int = 3, total_hint: int
         fresh = False
     attempts = _attempts(run_dir / "attempts.jsonl")
     if fresh:
-        st.update(state="running", pack=holder.get("slurm_pack"), job=holder.get("slurm_job_id"),
-                  host=holder.get("host"))
+        st.update(
+            state="running", pack=holder.get("slurm_pack"), job=holder.get("slurm_job_id"), host=holder.get("host")
+        )
         starts = [a for a in attempts if a.get("event") == "start"]
         if starts and last:
             s0 = starts[-1]
@@ -152,8 +166,9 @@ def collect(root: Path, work_root: Path, max_errors: int = 3, now: float | None 
 
 
 def format_status(table: dict, now: float | None = None) -> str:
-    lines = [f"{'variant':<14} {'done':>5} {'running':>8} {'failed':>7} {'waiting':>8} {'steps done / total':>24} "
-             f"{'ETA':>8}"]
+    lines = [
+        f"{'variant':<14} {'done':>5} {'running':>8} {'failed':>7} {'waiting':>8} {'steps done / total':>24} {'ETA':>8}"
+    ]
     running_lines, failed_lines = [], []
     for v, states in table.items():
         count = {k: sum(1 for s in states if s["state"] == k) for k in ("done", "running", "failed", "waiting")}
@@ -171,16 +186,20 @@ def format_status(table: dict, now: float | None = None) -> str:
             eta = None  # no measured rate yet, or the size of a run not known yet
         pct = f" ({100 * steps / total:.0f}%)" if total and not unknown else ""
         shown = f"{steps:,} / {'?' if unknown else f'{total:,}'}{pct}"
-        lines.append(f"{v:<14} {count['done']:>5} {count['running']:>8} {count['failed']:>7} {count['waiting']:>8} "
-                     f"{shown:>24} {_fmt_eta(eta):>8}")
+        lines.append(
+            f"{v:<14} {count['done']:>5} {count['running']:>8} {count['failed']:>7} {count['waiting']:>8} "
+            f"{shown:>24} {_fmt_eta(eta):>8}"
+        )
         for s in states:
             if s["state"] == "running":
                 eta_run = ((s["total"] or 0) - s["steps"]) / s["rate"] if s["rate"] else None
                 loss = f"{s['loss']:.4f}" if s["loss"] is not None else "-"
                 rate = f"{s['rate']:.2f}/s" if s["rate"] else "-"
-                running_lines.append(f"  {v}/{s['run']:<28} step {s['steps']:>7,} / {s['total'] or '?':<7} "
-                                     f"loss {loss:>8}  {rate:>9}  ETA {_fmt_eta(eta_run):>7}  "
-                                     f"pack {s['pack'] or '-'}  job {s['job'] or '-'}  host {s['host'] or '-'}")
+                running_lines.append(
+                    f"  {v}/{s['run']:<28} step {s['steps']:>7,} / {s['total'] or '?':<7} "
+                    f"loss {loss:>8}  {rate:>9}  ETA {_fmt_eta(eta_run):>7}  "
+                    f"pack {s['pack'] or '-'}  job {s['job'] or '-'}  host {s['host'] or '-'}"
+                )
             elif s["state"] == "failed":
                 failed_lines.append(f"  {v}/{s['run']}: {s.get('error') or 'failed'}")
     out = lines
@@ -194,8 +213,9 @@ def format_status(table: dict, now: float | None = None) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="loss-slope", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="loss-slope", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="command", required=True)
     st = sub.add_parser("status", help="progress of the study in this folder (reads work/ and results/ only)")
     st.add_argument("--root", default=".", help="the study's working directory (default: .)")

@@ -45,8 +45,16 @@ def test_the_decision_does_not_depend_on_the_noise_level(sigma):
 
 
 def test_a_second_break_after_the_knee_is_not_one_power_law():
-    spec = CurveSpec(n_steps=19_550, alpha=0.1, knee_step=300, alpha_after=0.8, knee2_step=2400,
-                     alpha_after2=0.4, noise_sigma=0.1, floor=0.05)
+    spec = CurveSpec(
+        n_steps=19_550,
+        alpha=0.1,
+        knee_step=300,
+        alpha_after=0.8,
+        knee2_step=2400,
+        alpha_after2=0.4,
+        noise_sigma=0.1,
+        floor=0.05,
+    )
     d = _decision(spec)
     assert d["h1_single_power_law"] is False
     assert "break" in d["h1_reason"]
@@ -74,8 +82,16 @@ def test_a_rising_fit_on_falling_data_is_flagged():
 
 
 def test_compare_models_gives_exactly_the_pipeline_numbers():
-    spec = CurveSpec(n_steps=6000, alpha=0.2, knee_step=150, alpha_after=0.9, noise_sigma=0.05,
-                     noise_loss_power=1.0, ar_phi=0.95, ar_sigma=0.03)
+    spec = CurveSpec(
+        n_steps=6000,
+        alpha=0.2,
+        knee_step=150,
+        alpha_after=0.9,
+        noise_sigma=0.05,
+        noise_loss_power=1.0,
+        ar_phi=0.95,
+        ar_sigma=0.03,
+    )
     c = make_curve(spec, seed=9)
     row = analyze_curve(c.steps, c.loss, steps_per_epoch=120).to_dict()
     cmp = compare_models(c.steps, c.loss)
@@ -106,7 +122,8 @@ def test_a_parameter_on_its_box_is_flagged():
     # a flat plateau then a steep fall: the whole-curve power law puts its shift on the upper bound
     steps = np.arange(3000, dtype=float)
     loss = np.where(steps < 1400, 2.3, 2.3 * (steps.clip(1400) / 1400) ** -3.0) * np.exp(
-        0.01 * np.random.default_rng(0).standard_normal(steps.size))
+        0.01 * np.random.default_rng(0).standard_normal(steps.size)
+    )
     fit = fit_power_law(steps, loss)
     assert any(fit.at_bound.values())
     assert set(fit.hit_bound) <= {"amplitude", "exponent", "floor", "shift"}
@@ -127,7 +144,7 @@ def test_a_power_law_in_cumulative_lr_is_one_power_law_on_that_axis():
     lr = np.where(steps < warm, (steps + 1) / warm, 0.5 * (1 + np.cos(np.pi * (steps - warm) / (n - warm))))
     lr = np.maximum(lr, 1e-4)
     t = cumulative_lr(lr)
-    clean = 2.3 * (t + 30.0) ** -0.7 / 30.0 ** -0.7
+    clean = 2.3 * (t + 30.0) ** -0.7 / 30.0**-0.7
     loss = clean * np.exp(0.03 * np.random.default_rng(1).standard_normal(n))
     on_lr = analyze_curve(steps, loss, steps_per_epoch=spe, time=t).to_dict()
     assert on_lr["time_axis"] == "time"

@@ -5,8 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from loss_slope.analysis import analyze_curve
-from loss_slope.analysis import _models as M
+from loss_slope.analysis import _models as M, analyze_curve
 from loss_slope.analysis.synthetic import CurveSpec, make_curve
 from loss_slope.analysis.two_break import MIN_BREAK_CHANGE, TWO_BREAK_THRESHOLD, two_break_test
 
@@ -35,10 +34,21 @@ def test_three_power_places_both_breaks_where_asked():
     assert k1 == pytest.approx(100, rel=1e-9) and k2 == pytest.approx(900, rel=1e-9)
 
 
-TWO = CurveSpec(n_steps=19_550, alpha=0.1, knee_step=150, alpha_after=0.8, knee2_step=1200, alpha_after2=0.4,
-                noise_sigma=0.1, ar_phi=0.95, ar_sigma=0.03, floor=0.05)
-ONE = CurveSpec(n_steps=19_550, alpha=0.1, knee_step=150, alpha_after=0.8, noise_sigma=0.1, ar_phi=0.95,
-                ar_sigma=0.03, floor=0.05)
+TWO = CurveSpec(
+    n_steps=19_550,
+    alpha=0.1,
+    knee_step=150,
+    alpha_after=0.8,
+    knee2_step=1200,
+    alpha_after2=0.4,
+    noise_sigma=0.1,
+    ar_phi=0.95,
+    ar_sigma=0.03,
+    floor=0.05,
+)
+ONE = CurveSpec(
+    n_steps=19_550, alpha=0.1, knee_step=150, alpha_after=0.8, noise_sigma=0.1, ar_phi=0.95, ar_sigma=0.03, floor=0.05
+)
 
 
 def test_two_breaks_are_found_where_they_are():

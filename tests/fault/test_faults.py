@@ -19,8 +19,13 @@ import yaml
 from _util import PYTHON, REPO, run_cmd, snakemake_bin
 from loss_slope.train.checkpoint_io import AtomicCheckpointIO
 
-TINY = ["experiment=s_core", "trainer.epochs=3", "model.base_width=4", "schedule.warmup_epochs=1",
-        "trainer.flush_every_steps=5"]
+TINY = [
+    "experiment=s_core",
+    "trainer.epochs=3",
+    "model.base_width=4",
+    "schedule.warmup_epochs=1",
+    "trainer.flush_every_steps=5",
+]
 
 
 def rows(run_dir):
@@ -29,8 +34,12 @@ def rows(run_dir):
 
 
 def start(run_dir, *extra):
-    return subprocess.Popen([PYTHON, "-m", "loss_slope.train", *TINY, *extra, f"run_dir={run_dir}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [PYTHON, "-m", "loss_slope.train", *TINY, *extra, f"run_dir={run_dir}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def wait_rows(proc, run_dir, n, timeout=240):
@@ -60,8 +69,11 @@ def test_sigterm_checkpoints_exits_unfinished_and_resumes(tmp_path):
 
 def test_time_budget_stops_cleanly_with_exit_3(tmp_path):
     run = tmp_path / "run"
-    proc = run_cmd([PYTHON, "-m", "loss_slope.train", *TINY, "trainer.epochs=200", "trainer.max_time_s=3",
-                    f"run_dir={run}"], timeout=300, check=False)
+    proc = run_cmd(
+        [PYTHON, "-m", "loss_slope.train", *TINY, "trainer.epochs=200", "trainer.max_time_s=3", f"run_dir={run}"],
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 3, proc.stderr[-3000:]
     ckpt = torch.load(run / "checkpoints/latest/latest.ckpt", weights_only=True)
     assert ckpt["global_step"] == rows(run)  # the tables end exactly at the checkpoint
@@ -69,16 +81,29 @@ def test_time_budget_stops_cleanly_with_exit_3(tmp_path):
 
 def test_divergence_stops_the_run_and_marks_it(tmp_path):
     run = tmp_path / "run"
-    out = run_cmd([PYTHON, "-m", "loss_slope.train", *TINY, "optimizer.lr=1000", "optimizer.momentum=0.99",
-                   f"run_dir={run}", f"output={tmp_path}/out.json"], timeout=300)
+    out = run_cmd(
+        [
+            PYTHON,
+            "-m",
+            "loss_slope.train",
+            *TINY,
+            "optimizer.lr=1000",
+            "optimizer.momentum=0.99",
+            f"run_dir={run}",
+            f"output={tmp_path}/out.json",
+        ],
+        timeout=300,
+    )
     assert "diverged" in out.stdout + out.stderr
     done = json.loads((run / "done.json").read_text())
     assert done["status"] == "diverged" and done["diverged_at_step"] < 132
     info = json.loads((run / "run_info.json").read_text())
     assert info["outcome"]["status"] == "diverged"
     # a second start does not retrain a diverged run
-    again = run_cmd([PYTHON, "-m", "loss_slope.train", *TINY, "optimizer.lr=1000", "optimizer.momentum=0.99",
-                     f"run_dir={run}"], timeout=300)
+    again = run_cmd(
+        [PYTHON, "-m", "loss_slope.train", *TINY, "optimizer.lr=1000", "optimizer.momentum=0.99", f"run_dir={run}"],
+        timeout=300,
+    )
     assert "already complete" in again.stdout + again.stderr
 
 
@@ -100,20 +125,36 @@ def test_disk_error_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, 
 
 
 def test_second_snakemake_on_the_same_directory_is_refused(tmp_path):
-    cfg = {"data": {"name": "digits"}, "variants": {"S-core": {"experiment": "s_core"}},
-           "training": {"epochs": 12, "batch_size": 32, "warmup_epochs": 1, "hydra_overrides": ["model.base_width=4"]},
-           "grid": {"lr": [0.05], "weight_decay": [0.0005], "seed": [0]}, "packing": {"runs_per_gpu": 1},
-           "analysis": {"fit": {"early_window": [5, 10]}}}  # pre-flight: within the 12 epochs
+    cfg = {
+        "data": {"name": "digits"},
+        "variants": {"S-core": {"experiment": "s_core"}},
+        "training": {"epochs": 12, "batch_size": 32, "warmup_epochs": 1, "hydra_overrides": ["model.base_width=4"]},
+        "grid": {"lr": [0.05], "weight_decay": [0.0005], "seed": [0]},
+        "packing": {"runs_per_gpu": 1},
+        "analysis": {"fit": {"early_window": [5, 10]}},
+    }  # pre-flight: within the 12 epochs
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    cmd = [snakemake_bin(), "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--cores", "1",
-           "--configfile", str(tmp_path / "c.yaml")]
+    cmd = [
+        snakemake_bin(),
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--cores",
+        "1",
+        "--configfile",
+        str(tmp_path / "c.yaml"),
+    ]
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         # Start the second Snakemake while the first one is training (it has
         # the lock and a job in flight) and long before it can finish.
         t0 = time.time()
-        while not any(rows(d) > 0 for d in (tmp_path / "work" / "S-core").glob("*")) \
-                if (tmp_path / "work" / "S-core").exists() else True:
+        while (
+            not any(rows(d) > 0 for d in (tmp_path / "work" / "S-core").glob("*"))
+            if (tmp_path / "work" / "S-core").exists()
+            else True
+        ):
             assert first.poll() is None and time.time() - t0 < 180
             time.sleep(0.1)
         second = run_cmd(cmd, timeout=120, check=False)
@@ -123,8 +164,10 @@ def test_second_snakemake_on_the_same_directory_is_refused(tmp_path):
         # Snakemake refuses in one of two places, depending on timing: the lock
         # (LockException) or, when the first run already has jobs in flight,
         # the incomplete-output check that runs while the DAG is built.
-        assert any(k in said for k in ("cannot be locked", "LockException", "IncompleteFilesException",
-                                       "seem to be incomplete")), said[-3000:]
+        assert any(
+            k in said
+            for k in ("cannot be locked", "LockException", "IncompleteFilesException", "seem to be incomplete")
+        ), said[-3000:]
     finally:
         out, _ = first.communicate(timeout=600)
     assert first.returncode == 0, out[-3000:]

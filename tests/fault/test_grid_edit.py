@@ -12,9 +12,15 @@ pytestmark = pytest.mark.slow
 CFG = {
     "study": "grid-edit",
     "data": {"name": "digits"},
-    "training": {"epochs": 3, "batch_size": 32, "schedule": "constant", "warmup_epochs": 1, "threads": 1,
-                 "flush_every_steps": 44,
-                 "hydra_overrides": ["model.base_width=4", "trainer.monitors.enabled=false"]},
+    "training": {
+        "epochs": 3,
+        "batch_size": 32,
+        "schedule": "constant",
+        "warmup_epochs": 1,
+        "threads": 1,
+        "flush_every_steps": 44,
+        "hydra_overrides": ["model.base_width=4", "trainer.monitors.enabled=false"],
+    },
     "variants": {"S-core": {"experiment": "s_core"}},
     "grid": {"lr": [0.05], "weight_decay": [0.0005], "seed": [0, 1]},
     "paths": {"work_root": "scratch/work"},
@@ -34,7 +40,9 @@ def test_adding_a_seed_plans_only_the_new_run_and_its_pack(tmp_path):
     run_cmd(cmd, timeout=900, env=env)
     assert (tmp_path / "scratch/work/S-core/lr0.05-wd0.0005-s0/done.json").exists()  # paths.work_root
     assert sorted(p.name for p in (tmp_path / "results/runs/S-core").iterdir()) == [
-        "lr0.05-wd0.0005-s0.json", "lr0.05-wd0.0005-s1.json"]
+        "lr0.05-wd0.0005-s0.json",
+        "lr0.05-wd0.0005-s1.json",
+    ]
     old_packs = {p.stem for p in (tmp_path / "results/packs/S-core").iterdir()}
 
     CFG["grid"]["seed"] = [0, 1, 2, 3]

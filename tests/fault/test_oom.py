@@ -21,8 +21,14 @@ from loss_slope.train.module import MicroBatcher, MicroBatchTooSmall
 
 # BN off: accumulation over micro-batches then gives the whole batch's gradient
 # up to float rounding, so the OOM run can be compared with a run without one.
-TINY = ["experiment=s_bn_off", "trainer.epochs=2", "model.base_width=4", "schedule.warmup_epochs=1",
-        "trainer.flush_every_steps=5", "run=r"]
+TINY = [
+    "experiment=s_bn_off",
+    "trainer.epochs=2",
+    "model.base_width=4",
+    "schedule.warmup_epochs=1",
+    "trainer.flush_every_steps=5",
+    "run=r",
+]
 OOM = ["trainer.fault.oom_run=r", "trainer.fault.oom_at_step=7"]
 
 
@@ -31,8 +37,9 @@ def train(run_dir, *extra, check=True):
 
 
 def events(run_dir, kind):
-    return [json.loads(x) for x in (run_dir / "attempts.jsonl").read_text().splitlines()
-            if json.loads(x)["event"] == kind]
+    return [
+        json.loads(x) for x in (run_dir / "attempts.jsonl").read_text().splitlines() if json.loads(x)["event"] == kind
+    ]
 
 
 def test_micro_batcher_halves_down_to_the_minimum():
@@ -66,8 +73,11 @@ def test_oom_halves_the_micro_batch_and_keeps_batch_schedule_and_steps(tmp_path)
     assert done["micro_batch"]["final"] == 8 and len(done["micro_batch"]["changes"]) == 2
     outcome = json.loads((tmp_path / "oom/run_info.json").read_text())["outcome"]
     assert outcome["micro_batch"] == done["micro_batch"]
-    assert json.loads((tmp_path / "plain/done.json").read_text())["micro_batch"] == \
-        {"batch": 32, "final": 32, "changes": []}
+    assert json.loads((tmp_path / "plain/done.json").read_text())["micro_batch"] == {
+        "batch": 32,
+        "final": 32,
+        "changes": [],
+    }
 
 
 def test_repeated_oom_down_to_the_minimum_fails_with_the_reason(tmp_path):
@@ -84,9 +94,21 @@ def test_repeated_oom_down_to_the_minimum_fails_with_the_reason(tmp_path):
 
 def test_the_smaller_micro_batch_survives_a_resume(tmp_path):
     run = tmp_path / "run"
-    p = subprocess.Popen([PYTHON, "-m", "loss_slope.train", *TINY, *OOM, "trainer.fault.oom_fits=16",
-                          "trainer.epochs=4", f"run_dir={run}"],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = subprocess.Popen(
+        [
+            PYTHON,
+            "-m",
+            "loss_slope.train",
+            *TINY,
+            *OOM,
+            "trainer.fault.oom_fits=16",
+            "trainer.epochs=4",
+            f"run_dir={run}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     # wait until training is past the OOM (step 7) and a validation, then preempt: SIGTERM saves a checkpoint
     t0 = time.time()
     while not (run / "tables/steps.csv").exists() or len((run / "tables/steps.csv").read_text().splitlines()) < 31:
@@ -105,9 +127,15 @@ def test_the_smaller_micro_batch_survives_a_resume(tmp_path):
 def test_out_of_memory_in_a_curvature_event_gives_a_nan_row_and_a_finished_run(tmp_path):
     # curvature every 15 steps; a real torch.cuda.OutOfMemoryError inside the event at step 30
     run = tmp_path / "run"
-    train(run, "trainer.monitors.curvature_every_steps=15", "trainer.monitors.curvature_batch_size=8",
-          "trainer.monitors.hutch_matvecs=6", "trainer.monitors.lambda_iters=5",
-          "trainer.fault.curvature_oom_run=r", "trainer.fault.curvature_oom_at_step=30")
+    train(
+        run,
+        "trainer.monitors.curvature_every_steps=15",
+        "trainer.monitors.curvature_batch_size=8",
+        "trainer.monitors.hutch_matvecs=6",
+        "trainer.monitors.lambda_iters=5",
+        "trainer.fault.curvature_oom_run=r",
+        "trainer.fault.curvature_oom_at_step=30",
+    )
     done = json.loads((run / "done.json").read_text())
     assert done["status"] == "complete" and done["total_steps"] == 88
     curv = pd.read_csv(run / "tables/curvature.csv")
@@ -124,8 +152,9 @@ def test_out_of_memory_in_validation_falls_back_to_smaller_eval_chunks(tmp_path)
     # from step 11 (the first validation) every forward of more than 64 images runs out of memory:
     # training batches (32) fit, the validation batch (389 images) is evaluated in chunks of <= 64
     train(tmp_path / "plain")
-    said = train(tmp_path / "oom", "trainer.fault.oom_run=r", "trainer.fault.oom_at_step=11",
-                 "trainer.fault.oom_fits=64")
+    said = train(
+        tmp_path / "oom", "trainer.fault.oom_run=r", "trainer.fault.oom_at_step=11", "trainer.fault.oom_fits=64"
+    )
     log = said.stdout + said.stderr
     assert "out of memory in validation at step 11: evaluating in chunks of 48 images" in log
     plain = pd.read_csv(tmp_path / "plain/tables/val.csv")

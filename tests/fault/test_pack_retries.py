@@ -11,21 +11,41 @@ from loss_slope.train.pack import launch_pack, read_errors, write_run_marker
 
 pytestmark = pytest.mark.slow
 
-BASE = ["experiment=s_core", "trainer.epochs=3", "model.base_width=4", "schedule.warmup_epochs=0.5",
-        "trainer.flush_every_steps=5", "trainer.accelerator=cpu", "trainer.monitors.enabled=false"]
+BASE = [
+    "experiment=s_core",
+    "trainer.epochs=3",
+    "model.base_width=4",
+    "schedule.warmup_epochs=0.5",
+    "trainer.flush_every_steps=5",
+    "trainer.accelerator=cpu",
+    "trainer.monitors.enabled=false",
+]
 
 
 def _spec(tmp_path, runs):
     spec = tmp_path / "spec.json"
-    write_pack_spec(spec, tmp_path / "registry.json", variant="V", pack="pack-x",
-                    runs=[{"run": r, "overrides": o} for r, o in runs.items()])
+    write_pack_spec(
+        spec,
+        tmp_path / "registry.json",
+        variant="V",
+        pack="pack-x",
+        runs=[{"run": r, "overrides": o} for r, o in runs.items()],
+    )
     return spec
 
 
 def _launch(tmp_path, spec, attempt, *extra):
-    return launch_pack(plan_path=spec, pack="pack-x", variant="V", output=tmp_path / "out.json",
-                       log_dir=tmp_path / "logs", work_root=tmp_path / "work", attempt=attempt,
-                       extra_overrides=list(extra), max_error_attempts=3)
+    return launch_pack(
+        plan_path=spec,
+        pack="pack-x",
+        variant="V",
+        output=tmp_path / "out.json",
+        log_dir=tmp_path / "logs",
+        work_root=tmp_path / "work",
+        attempt=attempt,
+        extra_overrides=list(extra),
+        max_error_attempts=3,
+    )
 
 
 def test_time_budget_stop_is_not_an_error(tmp_path):

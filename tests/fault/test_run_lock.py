@@ -15,17 +15,34 @@ import torch
 from _util import PYTHON
 
 # long enough that the second trainer starts while the first still trains
-LONG = ["experiment=s_core", "trainer.epochs=20", "model.base_width=4", "schedule.warmup_epochs=0.5",
-        "trainer.flush_every_steps=5", "trainer.accelerator=cpu"]
-SHORT = ["experiment=s_core", "trainer.epochs=3", "model.base_width=4", "schedule.warmup_epochs=0.5",
-         "trainer.flush_every_steps=5", "trainer.accelerator=cpu"]
+LONG = [
+    "experiment=s_core",
+    "trainer.epochs=20",
+    "model.base_width=4",
+    "schedule.warmup_epochs=0.5",
+    "trainer.flush_every_steps=5",
+    "trainer.accelerator=cpu",
+]
+SHORT = [
+    "experiment=s_core",
+    "trainer.epochs=3",
+    "model.base_width=4",
+    "schedule.warmup_epochs=0.5",
+    "trainer.flush_every_steps=5",
+    "trainer.accelerator=cpu",
+]
 
 pytestmark = pytest.mark.slow
 
 
 def _train(run_dir, args, **kw):
-    return subprocess.Popen([PYTHON, "-m", "loss_slope.train", *args, f"run_dir={run_dir}", "run=r", "variant=V"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+    return subprocess.Popen(
+        [PYTHON, "-m", "loss_slope.train", *args, f"run_dir={run_dir}", "run=r", "variant=V"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
 
 
 def _wait_for(cond, proc, timeout=240):
@@ -43,8 +60,11 @@ def _rows(run_dir):
 
 def _tree(run_dir):
     """Every file of the work tree but Hydra's own log/config folder, with size and mtime."""
-    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in run_dir.rglob("*")
-            if p.is_file() and "hydra" not in p.parts}
+    return {
+        str(p): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in run_dir.rglob("*")
+        if p.is_file() and "hydra" not in p.parts
+    }
 
 
 def test_second_trainer_refuses_a_locked_run_and_the_first_finishes(tmp_path):
@@ -58,8 +78,12 @@ def test_second_trainer_refuses_a_locked_run_and_the_first_finishes(tmp_path):
         try:
             before = _tree(run)
             # generous timeout: the requirement is ~10 s; a loaded CI machine needs more to import torch
-            second = subprocess.run([PYTHON, "-m", "loss_slope.train", *LONG, f"run_dir={run}", "run=r",
-                                     "variant=V"], capture_output=True, text=True, timeout=120)
+            second = subprocess.run(
+                [PYTHON, "-m", "loss_slope.train", *LONG, f"run_dir={run}", "run=r", "variant=V"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert _tree(run) == before
         finally:
             first.send_signal(signal.SIGCONT)
@@ -84,8 +108,12 @@ def test_lock_of_a_sigkilled_trainer_is_taken_over(tmp_path):
     first.wait(timeout=60)
     lock = tmp_path / "V" / "r.lock"
     assert json.loads(lock.read_text())["pid"] == first.pid  # left behind
-    second = subprocess.run([PYTHON, "-m", "loss_slope.train", *SHORT, f"run_dir={run}", "run=r", "variant=V"],
-                            capture_output=True, text=True, timeout=600)
+    second = subprocess.run(
+        [PYTHON, "-m", "loss_slope.train", *SHORT, f"run_dir={run}", "run=r", "variant=V"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     said = second.stdout + second.stderr
     assert second.returncode == 0, said[-3000:]
     assert "taking over a stale run lock" in said and f"process {first.pid} on this host is gone" in said
@@ -98,8 +126,13 @@ def test_lock_of_a_sigkilled_trainer_is_taken_over(tmp_path):
 def test_gpu_allocation_without_cuda_fails_fast(tmp_path, accel):
     run = tmp_path / "V" / "r"
     env = {**os.environ, "SLURM_JOB_GPUS": "0"}
-    p = subprocess.run([PYTHON, "-m", "loss_slope.train", *SHORT[:-1], f"trainer.accelerator={accel}",
-                        f"run_dir={run}"], capture_output=True, text=True, timeout=120, env=env)
+    p = subprocess.run(
+        [PYTHON, "-m", "loss_slope.train", *SHORT[:-1], f"trainer.accelerator={accel}", f"run_dir={run}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert p.returncode == 5, p.stdout + p.stderr
     assert "CUDA is not available" in p.stdout + p.stderr
     assert not (run / "tables").exists() and not (tmp_path / "V" / "r.lock").exists()

@@ -13,8 +13,15 @@ from _util import REPO, run_cmd, snakemake_bin
 TINY = {
     "study": "tiny",
     "data": {"name": "digits"},
-    "training": {"epochs": 3, "batch_size": 32, "schedule": "cosine", "warmup_epochs": 1, "threads": 1,
-                 "flush_every_steps": 20, "hydra_overrides": ["model.base_width=4"]},
+    "training": {
+        "epochs": 3,
+        "batch_size": 32,
+        "schedule": "cosine",
+        "warmup_epochs": 1,
+        "threads": 1,
+        "flush_every_steps": 20,
+        "hydra_overrides": ["model.base_width=4"],
+    },
     "variants": {"S-core": {"experiment": "s_core"}, "S-bn-off": {"experiment": "s_bn_off"}},
     "grid": {"lr": [0.05], "weight_decay": [0.0005], "seed": [0, 1]},
     "packing": {"probe_k_max": 2, "probe_steps": 5, "probe_warmup_steps": 2},
@@ -23,8 +30,9 @@ TINY = {
 
 
 def snakemake(workdir, *args, timeout=900):
-    return run_cmd([snakemake_bin(), "-s", REPO / "Snakefile", "--directory", workdir, "--cores", "2", *args],
-                   timeout=timeout)
+    return run_cmd(
+        [snakemake_bin(), "-s", REPO / "Snakefile", "--directory", workdir, "--cores", "2", *args], timeout=timeout
+    )
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +43,12 @@ def tiny_study(tmp_path_factory):
     return wd
 
 
-RUNS = [("S-core", "lr0.05-wd0.0005-s0"), ("S-core", "lr0.05-wd0.0005-s1"),
-        ("S-bn-off", "lr0.05-wd0.0005-s0"), ("S-bn-off", "lr0.05-wd0.0005-s1")]
+RUNS = [
+    ("S-core", "lr0.05-wd0.0005-s0"),
+    ("S-core", "lr0.05-wd0.0005-s1"),
+    ("S-bn-off", "lr0.05-wd0.0005-s0"),
+    ("S-bn-off", "lr0.05-wd0.0005-s1"),
+]
 
 
 @pytest.mark.parametrize("variant,run", RUNS)
@@ -46,8 +58,9 @@ def test_every_run_has_parquet_and_a_passed_validation(tiny_study, variant, run)
     assert rep["n_steps"] == 132 and rep["n_val"] == 12
     steps = pd.read_parquet(tiny_study / f"results/parquet/steps/variant={variant}/run={run}/part-0.parquet")
     assert steps.step.tolist() == list(range(132))
-    assert ((steps.loss_train_bits - steps.loss_train_nats / 0.6931471805599453).abs()
-            <= 1e-9 * steps.loss_train_bits.abs()).all()
+    assert (
+        (steps.loss_train_bits - steps.loss_train_nats / 0.6931471805599453).abs() <= 1e-9 * steps.loss_train_bits.abs()
+    ).all()
 
 
 def test_parquet_is_one_queryable_dataset(tiny_study):
@@ -64,13 +77,24 @@ def test_rerun_is_a_noop(tiny_study):
 
 
 def _job_counts(text):
-    return {line.split()[0]: int(line.split()[1]) for line in text.splitlines()
-            if len(line.split()) == 2 and line.split()[1].isdigit()}
+    return {
+        line.split()[0]: int(line.split()[1])
+        for line in text.splitlines()
+        if len(line.split()) == 2 and line.split()[1].isdigit()
+    }
 
 
 def test_study_dry_run_lists_every_run_identifiably(tmp_path):
-    base = [snakemake_bin(), "-s", REPO / "Snakefile", "--directory", tmp_path, "-n", "--configfile",
-            REPO / "config" / "study.yaml"]
+    base = [
+        snakemake_bin(),
+        "-s",
+        REPO / "Snakefile",
+        "--directory",
+        tmp_path,
+        "-n",
+        "--configfile",
+        REPO / "config" / "study.yaml",
+    ]
     # N measured by the probe: the dry-run shows the probes and stops at the plan checkpoint
     t0 = time.perf_counter()
     probed = run_cmd([*base, "--quiet", "rules"], timeout=120)
@@ -92,8 +116,21 @@ def test_study_dry_run_lists_every_run_identifiably(tmp_path):
 def test_bad_config_stops_before_any_job(tmp_path):
     bad = dict(TINY, grid={"lr": [-0.1], "weight_decay": [0.0005], "seed": [0]})
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
-    out = run_cmd([snakemake_bin(), "-s", REPO / "Snakefile", "--directory", tmp_path, "--cores", "1",
-                   "--configfile", tmp_path / "bad.yaml"], check=False, timeout=120)
+    out = run_cmd(
+        [
+            snakemake_bin(),
+            "-s",
+            REPO / "Snakefile",
+            "--directory",
+            tmp_path,
+            "--cores",
+            "1",
+            "--configfile",
+            tmp_path / "bad.yaml",
+        ],
+        check=False,
+        timeout=120,
+    )
     assert out.returncode != 0
     assert "grid.lr[0]" in out.stdout + out.stderr
     assert not (tmp_path / "results").exists()

@@ -18,12 +18,23 @@ from loss_slope.tables.validate import validate_run
 
 # 3 epochs x 44 steps, tiny net, monitors at a fast cadence: curvature every 15 steps (never at a
 # checkpoint step, so resuming must drop rows), noise every epoch (44 steps), 6 + 5 products per event
-ARGS = ["experiment=s_core", "trainer.epochs=3", "model.base_width=4", "schedule=cosine",
-        "schedule.warmup_epochs=0.5", "trainer.flush_every_steps=5", "seed=3", "run=m",
-        "trainer.monitors.curvature_every_steps=15", "trainer.monitors.curvature_batch_size=8",
-        "trainer.monitors.hutch_matvecs=6", "trainer.monitors.lambda_iters=5",
-        "trainer.monitors.noise_every_epochs=1", "trainer.monitors.psd_window=32",
-        "trainer.monitors.psd_min_points=16"]
+ARGS = [
+    "experiment=s_core",
+    "trainer.epochs=3",
+    "model.base_width=4",
+    "schedule=cosine",
+    "schedule.warmup_epochs=0.5",
+    "trainer.flush_every_steps=5",
+    "seed=3",
+    "run=m",
+    "trainer.monitors.curvature_every_steps=15",
+    "trainer.monitors.curvature_batch_size=8",
+    "trainer.monitors.hutch_matvecs=6",
+    "trainer.monitors.lambda_iters=5",
+    "trainer.monitors.noise_every_epochs=1",
+    "trainer.monitors.psd_window=32",
+    "trainer.monitors.psd_min_points=16",
+]
 # the resumed run first crashes once at step 50 (after the curvature row of step 45, checkpoint at 44)
 FAULT = ["trainer.fault.fail_run=m", "trainer.fault.fail_at_step=50"]
 TABLES = ("steps", "val", "curvature", "noise", "checkpoints")
@@ -48,7 +59,7 @@ def n_rows(path):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     d = tmp_path_factory.mktemp("ref") / "run"  # same path length as the resumed run: checkpoints
-    run_cmd(cmd(d), timeout=300)                # store their paths, so their sizes depend on it
+    run_cmd(cmd(d), timeout=300)  # store their paths, so their sizes depend on it
     return d
 
 
@@ -117,17 +128,31 @@ def test_run_info_records_the_cadence_and_validation_passes(resumed, tmp_path):
     assert (m["curvature_every_steps"], m["noise_every_epochs"], m["noise_every_steps"]) == (15, 1, 44)
     assert m["curvature_batch_size"] == 8 and m["checkpoint_size"] is True
     out = {t: tmp_path / f"{t}.csv" for t in TABLES}
-    export_run(resumed, steps_csv=out["steps"], val_csv=out["val"], run_info=tmp_path / "run_info.json",
-               attempts=tmp_path / "attempts.json", monitors={t: out[t] for t in TABLES[2:]})
+    export_run(
+        resumed,
+        steps_csv=out["steps"],
+        val_csv=out["val"],
+        run_info=tmp_path / "run_info.json",
+        attempts=tmp_path / "attempts.json",
+        monitors={t: out[t] for t in TABLES[2:]},
+    )
     pq = {t: tmp_path / f"{t}.parquet" for t in TABLES}
-    conv = convert_run(steps_csv=out["steps"], val_csv=out["val"], steps_parquet=pq["steps"],
-                       val_parquet=pq["val"], report_path=tmp_path / "conv.json",
-                       monitors={t: (out[t], pq[t]) for t in TABLES[2:]})
+    conv = convert_run(
+        steps_csv=out["steps"],
+        val_csv=out["val"],
+        steps_parquet=pq["steps"],
+        val_parquet=pq["val"],
+        report_path=tmp_path / "conv.json",
+        monitors={t: (out[t], pq[t]) for t in TABLES[2:]},
+    )
     assert conv["ok"], conv
-    rep = validate_run(steps_parquet=pq["steps"], val_parquet=pq["val"], convert_report=tmp_path / "conv.json",
-                       run_info=tmp_path / "run_info.json",
-                       expected={"variant": "S-core", "run": "m", "lr": info["lr"],
-                                 "weight_decay": info["weight_decay"], "seed": 3},
-                       monitors={t: pq[t] for t in TABLES[2:]})
+    rep = validate_run(
+        steps_parquet=pq["steps"],
+        val_parquet=pq["val"],
+        convert_report=tmp_path / "conv.json",
+        run_info=tmp_path / "run_info.json",
+        expected={"variant": "S-core", "run": "m", "lr": info["lr"], "weight_decay": info["weight_decay"], "seed": 3},
+        monitors={t: pq[t] for t in TABLES[2:]},
+    )
     assert rep.passed, rep.summary()
     assert {"curvature_cadence", "noise_cadence", "checkpoints_recorded"} <= {c.name for c in rep.checks}

@@ -13,12 +13,21 @@ EPOCHS, SPE = 10, 391
 CONFIG = {
     "study": "simulated-tiny",
     "data": {"name": "simulated"},
-    "training": {"epochs": EPOCHS, "batch_size": 128, "schedule": "cosine", "warmup_epochs": 1, "threads": 1,
-                 "flush_every_steps": 391,
-                 # knees within the first epochs, as in the study; no divergence in a 6-run study
-                 # the truth's alpha_early window must be the analysis window (analysis.fit.early_window)
-                 "hydra_overrides": ["data.simulation.diverge_share=0", "data.simulation.second_break_epochs=[4,6]",
-                                     "data.simulation.early_window=[2,6]"]},
+    "training": {
+        "epochs": EPOCHS,
+        "batch_size": 128,
+        "schedule": "cosine",
+        "warmup_epochs": 1,
+        "threads": 1,
+        "flush_every_steps": 391,
+        # knees within the first epochs, as in the study; no divergence in a 6-run study
+        # the truth's alpha_early window must be the analysis window (analysis.fit.early_window)
+        "hydra_overrides": [
+            "data.simulation.diverge_share=0",
+            "data.simulation.second_break_epochs=[4,6]",
+            "data.simulation.early_window=[2,6]",
+        ],
+    },
     "variants": {"S-core": {"experiment": "s_core"}},
     "grid": {"lr": [0.1, 0.2], "weight_decay": [0.001], "seed": [0, 1, 2]},
     "packing": {"runs_per_gpu": 3},
@@ -31,8 +40,10 @@ RUNS = [f"lr{lr}-wd0.001-s{s}" for lr in (0.1, 0.2) for s in range(3)]
 def study(tmp_path_factory):
     wd = tmp_path_factory.mktemp("simdag")
     (wd / "sim.yaml").write_text(yaml.safe_dump(CONFIG))
-    run_cmd([snakemake_bin(), "-s", REPO / "Snakefile", "--directory", wd, "--cores", "2",
-             "--configfile", wd / "sim.yaml"], timeout=900)
+    run_cmd(
+        [snakemake_bin(), "-s", REPO / "Snakefile", "--directory", wd, "--cores", "2", "--configfile", wd / "sim.yaml"],
+        timeout=900,
+    )
     return wd
 
 

@@ -14,9 +14,16 @@ from _util import PYTHON, run_cmd
 # 3 epochs x 44 steps, tiny net: ~5 s per run on one core. The latest checkpoint's time criterion is
 # set so small that it is due at every validation (11, 22, ...): resuming mid-epoch is exercised here,
 # the default once-per-epoch cadence in test_monitors_resume.py. Checkpoints are written in the background.
-ARGS = ["experiment=s_core", "trainer.epochs=3", "model.base_width=4", "schedule=cosine",
-        "schedule.warmup_epochs=0.5", "trainer.flush_every_steps=5", "seed=3",
-        "trainer.checkpoint.latest_every_minutes=1e-9"]
+ARGS = [
+    "experiment=s_core",
+    "trainer.epochs=3",
+    "model.base_width=4",
+    "schedule=cosine",
+    "schedule.warmup_epochs=0.5",
+    "trainer.flush_every_steps=5",
+    "seed=3",
+    "trainer.checkpoint.latest_every_minutes=1e-9",
+]
 
 
 def train(run_dir, *extra, **kw):
@@ -32,8 +39,11 @@ def rows(path):
 
 
 def kill_at(run_dir, min_rows):
-    proc = subprocess.Popen([PYTHON, "-m", "loss_slope.train", *ARGS, f"run_dir={run_dir}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "loss_slope.train", *ARGS, f"run_dir={run_dir}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 240
     while rows(run_dir) < min_rows:
         assert proc.poll() is None, "training ended before it could be killed"
@@ -53,8 +63,8 @@ def reference(tmp_path_factory):
 
 def test_sigkill_twice_then_resume_is_exact(reference, tmp_path):
     run = tmp_path / "run"
-    kill_at(run, 30)          # mid-epoch 0, after the step-22 checkpoint
-    kill_at(run, 100)         # mid-epoch 2
+    kill_at(run, 30)  # mid-epoch 0, after the step-22 checkpoint
+    kill_at(run, 100)  # mid-epoch 2
     proc = train(run)
     assert "resuming from" in proc.stdout + proc.stderr
 

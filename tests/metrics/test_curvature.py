@@ -275,6 +275,7 @@ def test_hessian_with_affine_batchnorm_matches_native_products():
 
 # ---- Lanczos: the algebraically largest eigenvalue, with a certificate ------------------------
 
+
 def _reference_cases():
     """(name, model, batches): no BatchNorm trained, no BatchNorm untrained with an indefinite Hessian
     whose most negative eigenvalue is the largest in magnitude, and BatchNorm (eval mode)."""
@@ -332,7 +333,8 @@ def test_residual_certificate_bounds_the_distance_to_an_eigenvalue():
 def test_lanczos_stops_on_an_invariant_subspace():
     a = torch.diag(torch.tensor([3.0, -1.0, 0.5, 0.0], dtype=torch.float64))
     op = _MatrixOperator(a)
-    top, residual, bottom, k, converged = C._lanczos(op, torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=torch.float64),
-                                                     iters=10, tol=1e-12, min_iters=1)
+    top, residual, bottom, k, converged = C._lanczos(
+        op, torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=torch.float64), iters=10, tol=1e-12, min_iters=1
+    )
     assert converged and k == 2 and residual == 0.0
     assert top == pytest.approx(3.0) and bottom == pytest.approx(-1.0)

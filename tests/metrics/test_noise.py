@@ -198,7 +198,9 @@ def test_per_step_path_never_synchronises_with_the_host():
 
 def test_gradient_moments_state_is_one_copy_of_the_parameters_and_resumes_exactly():
     rng = np.random.default_rng(5)
-    grads = [[torch.from_numpy(rng.normal(0.3, 1.0, s).astype(np.float32)) for s in [(50, 20), (20,)]] for _ in range(9)]
+    grads = [
+        [torch.from_numpy(rng.normal(0.3, 1.0, s).astype(np.float32)) for s in [(50, 20), (20,)]] for _ in range(9)
+    ]
     straight, resumed = GradientMoments(), GradientMoments()
     for g in grads[:4]:
         straight.observe(g)

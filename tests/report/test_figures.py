@@ -31,8 +31,10 @@ def partial():
 @pytest.fixture(scope="module")
 def nothing_usable():
     runs = [identity("A", "r0"), identity("A", "r1"), identity("B", "r0")]
-    rows = [fit_row("A", "r0", status="diverged", reason="nan at step 3", diverged_step=3.0),
-            fit_row("B", "r0", status="invalid", reason="validation failed")]
+    rows = [
+        fit_row("A", "r0", status="diverged", reason="nan at step 3", diverged_step=3.0),
+        fit_row("B", "r0", status="invalid", reason="validation failed"),
+    ]
     table = run_table(rows, runs)
     return table, study_statistics(table, study=STUDY), {}
 
@@ -122,9 +124,16 @@ def test_build_report_writes_png_svg_and_summary(partial, tmp_path):
     # two figures in both formats are enough to test the writer (all nine are rendered above)
     figs = by_stem([out / "figures" / f"{n}.{e}" for n in ("run_health", "ablation") for e in ("png", "svg")])
     curves_out = by_stem([out / "figures" / "curves" / "S-core.png"])
-    build_report(table_parquet=tmp_path / "runs.parquet", stats_json=tmp_path / "stats.json", fit_files=fit_files,
-                 figures=figs, variant_figures=curves_out, summary_md=out / "summary.md",
-                 tables={"per-run table": out / "runs.csv"}, partial=True)
+    build_report(
+        table_parquet=tmp_path / "runs.parquet",
+        stats_json=tmp_path / "stats.json",
+        fit_files=fit_files,
+        figures=figs,
+        variant_figures=curves_out,
+        summary_md=out / "summary.md",
+        tables={"per-run table": out / "runs.csv"},
+        partial=True,
+    )
     for paths in (*figs.values(), *curves_out.values()):
         for p in paths:
             assert Path(p).stat().st_size > 1000, p
@@ -135,5 +144,7 @@ def test_build_report_writes_png_svg_and_summary(partial, tmp_path):
 
 
 def test_by_stem_groups_formats():
-    assert by_stem(["a/x.png", "a/x.svg", "b/S-core.v2.png"]) == {"x": ["a/x.png", "a/x.svg"],
-                                                                  "S-core.v2": ["b/S-core.v2.png"]}
+    assert by_stem(["a/x.png", "a/x.svg", "b/S-core.v2.png"]) == {
+        "x": ["a/x.png", "a/x.svg"],
+        "S-core.v2": ["b/S-core.v2.png"],
+    }

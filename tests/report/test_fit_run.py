@@ -14,8 +14,16 @@ from .conftest import DIVERGENCE, FIT, VALID, identity, run_tables
 
 
 def _fit(steps, val, info, *, validation=VALID, unit="nats", fit=FIT, divergence=DIVERGENCE):
-    return fit_run_tables(steps, val, run_info=info, validation=validation, identity=identity(), fit=fit,
-                          divergence=divergence, loss_unit=unit)
+    return fit_run_tables(
+        steps,
+        val,
+        run_info=info,
+        validation=validation,
+        identity=identity(),
+        fit=fit,
+        divergence=divergence,
+        loss_unit=unit,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +58,7 @@ def test_h1_decision_level_and_the_other_time_axis(clean_run):
     assert row["h1_single_power_law"] is True and row["post_knee_fit_ok"] is True
     assert row["h1_literal_r2"] > 0.98 and row["time_axis"] == "step"
     # the loss level alpha_early is measured on: mean over the last epoch of its window (epoch 14)
-    assert row["early_end_loss"] == pytest.approx(steps.loss_train_nats.iloc[14 * 48:15 * 48].mean())
+    assert row["early_end_loss"] == pytest.approx(steps.loss_train_nats.iloc[14 * 48 : 15 * 48].mean())
     # a constant LR makes the cumulative-LR axis the step axis shifted by one step
     assert row["cumulative_lr__h1_single_power_law"] is True
     assert row["cumulative_lr__alpha_early"] == pytest.approx(row["alpha_early"], abs=0.02)
@@ -62,11 +70,19 @@ def test_cumulative_lr_axis_under_a_cosine_schedule():
     st = np.arange(n, dtype=float)
     lr = 0.1 * np.where(st < spe, (st + 1) / spe, 0.5 * (1 + np.cos(np.pi * (st - spe) / (n - spe)))) + 1e-6
     t = np.concatenate(([0.0], np.cumsum(lr[:-1]))) / lr.max()
-    loss = 2.3 * (t + 20.0) ** -0.8 / 20.0 ** -0.8 * np.exp(0.02 * np.random.default_rng(0).standard_normal(n))
+    loss = 2.3 * (t + 20.0) ** -0.8 / 20.0**-0.8 * np.exp(0.02 * np.random.default_rng(0).standard_normal(n))
     steps, val, info = run_tables(loss=loss)
     steps["lr"] = lr
-    out = fit_run_tables(steps, val, run_info=info, validation=VALID, identity=identity(), fit=FIT,
-                         divergence=DIVERGENCE, time_axis="cumulative_lr")
+    out = fit_run_tables(
+        steps,
+        val,
+        run_info=info,
+        validation=VALID,
+        identity=identity(),
+        fit=FIT,
+        divergence=DIVERGENCE,
+        time_axis="cumulative_lr",
+    )
     row = out["row"]
     assert row["time_axis"] == "cumulative_lr" and out["settings"]["time_axis"] == "cumulative_lr"
     assert row["h1_single_power_law"] is True, row["h1_reason"]
@@ -111,9 +127,15 @@ def test_fit_file_is_strict_json(tmp_path):
     (tmp_path / "run_info.json").write_text(json.dumps(info))
     (tmp_path / "validation.json").write_text(json.dumps(VALID))
     out = tmp_path / "fits" / "run.json"
-    fit_run(steps_parquet=paths["steps"], val_parquet=paths["val"], run_info=tmp_path / "run_info.json",
-            validation=tmp_path / "validation.json", output=out, identity=identity(),
-            settings={"loss_unit": "nats", "fit": FIT, "divergence": DIVERGENCE})
+    fit_run(
+        steps_parquet=paths["steps"],
+        val_parquet=paths["val"],
+        run_info=tmp_path / "run_info.json",
+        validation=tmp_path / "validation.json",
+        output=out,
+        identity=identity(),
+        settings={"loss_unit": "nats", "fit": FIT, "divergence": DIVERGENCE},
+    )
 
     def no_nan(x):
         raise AssertionError(f"non-strict JSON constant {x}")
@@ -135,8 +157,16 @@ def test_invalid_run_keeps_the_validation_reasons(clean_run):
 
 def test_unreadable_table_is_invalid_with_the_reason():
     _, val, info = run_tables(epochs=16)
-    row = fit_run_tables(None, val, run_info=info, validation=VALID, identity=identity(), fit=FIT,
-                         divergence=DIVERGENCE, read_error="cannot read part-0.parquet: ArrowInvalid")["row"]
+    row = fit_run_tables(
+        None,
+        val,
+        run_info=info,
+        validation=VALID,
+        identity=identity(),
+        fit=FIT,
+        divergence=DIVERGENCE,
+        read_error="cannot read part-0.parquet: ArrowInvalid",
+    )["row"]
     assert row["status"] == "invalid" and "ArrowInvalid" in row["reason"]
 
 
@@ -164,7 +194,9 @@ def test_exploding_loss_is_diverged_at_the_first_step_above_the_factor(clean_run
 def test_training_outcome_diverged_is_reported_with_its_step(clean_run):
     steps, val, info, _ = clean_run
     info = {**info, "outcome": {"status": "diverged", "diverged_at_step": 77, "reason": "non-finite loss at step 77"}}
-    row = _fit(steps.iloc[:78], val.iloc[:4], info, validation={"passed": False, "reasons": ["steps_exactly_once"]})["row"]
+    row = _fit(steps.iloc[:78], val.iloc[:4], info, validation={"passed": False, "reasons": ["steps_exactly_once"]})[
+        "row"
+    ]
     assert row["status"] == "diverged" and row["diverged_step"] == 77
     assert row["diverged_epoch"] == pytest.approx(77 / 48)
 

@@ -26,9 +26,21 @@ def _complete(r2s=None, singles=None):
                 runs.append(identity(v, run, opt, lr, 0.0, seed))
                 r2 = r2s[k] if r2s is not None else 0.99
                 ae = 0.5 + 0.1 * k
-                rows.append(fit_row(v, run, optimizer=opt, lr=lr, wd=0.0, seed=seed, r2=r2, alpha_early=ae,
-                                    alpha_full=1.0 + 0.01 * (k % 3), best_val=1.0 / (1 + ae),
-                                    single="auto" if singles is None else singles[k]))
+                rows.append(
+                    fit_row(
+                        v,
+                        run,
+                        optimizer=opt,
+                        lr=lr,
+                        wd=0.0,
+                        seed=seed,
+                        r2=r2,
+                        alpha_early=ae,
+                        alpha_full=1.0 + 0.01 * (k % 3),
+                        best_val=1.0 / (1 + ae),
+                        single="auto" if singles is None else singles[k],
+                    )
+                )
                 k += 1
     return runs, rows
 
@@ -46,8 +58,18 @@ def test_run_table_has_one_row_per_config_run_with_status_and_reason():
     assert miss.optimizer == "adamw" and miss.lr == 0.2 and miss.seed == 1
     assert t.excluded_reason.isna().sum() == 8
     assert t.loc[t.status == "diverged", "excluded_reason"].iloc[0].startswith("diverged: non-finite")
-    assert list(t.columns[:10]) == ["variant", "run", "experiment", "optimizer", "lr", "weight_decay", "seed",
-                                    "status", "reason", "excluded_reason"]
+    assert list(t.columns[:10]) == [
+        "variant",
+        "run",
+        "experiment",
+        "optimizer",
+        "lr",
+        "weight_decay",
+        "seed",
+        "status",
+        "reason",
+        "excluded_reason",
+    ]
 
 
 def test_h1_defensible_and_literal_criteria_known_answer():
@@ -94,8 +116,9 @@ def test_h2_is_cluster_aware_with_a_three_way_verdict_and_the_literal_rule_besid
 def test_h2_with_too_few_cells_is_not_computable_and_says_why():
     runs, rows = _complete()
     keep = [r["variant"] == "A" and r["lr"] != 0.2 for r in rows]  # 2 cells
-    stats = study_statistics(run_table([r for r, k in zip(rows, keep) if k], [r for r, k in zip(runs, keep) if k]),
-                             study=STUDY)
+    stats = study_statistics(
+        run_table([r for r, k in zip(rows, keep) if k], [r for r, k in zip(runs, keep) if k]), study=STUDY
+    )
     assert stats["h2"]["verdict"] == "not computable"
     assert "cell" in stats["h2"]["error"]
 
@@ -108,8 +131,9 @@ def test_partial_sweep_excludes_and_lists_every_bad_run():
     assert stats["counts"] == {"ok": 8, "too_short": 1, "invalid": 1, "diverged": 1, "missing": 1}
     assert stats["counts_by_variant"]["S-adamw"]["missing"] == 1
     assert stats["h1"]["single_power_law"]["overall"]["n"] == 8 and stats["h2"]["overall"]["n"] == 8
-    excluded = {(e["run"].split("/")[0], e["reason"].split(":")[0])
-                for e in stats["h1"]["single_power_law"]["excluded"]}
+    excluded = {
+        (e["run"].split("/")[0], e["reason"].split(":")[0]) for e in stats["h1"]["single_power_law"]["excluded"]
+    }
     assert excluded == {("S-core", "invalid"), ("S-core", "diverged"), ("S-adamw", "too_short"), ("S-adamw", "missing")}
     assert len(stats["excluded_runs"]) == 4
     assert all(e["reason"] for e in stats["excluded_runs"])
@@ -143,9 +167,16 @@ def test_summarize_writes_parquet_csv_variant_tables_and_json(tmp_path):
         paths.append(p)
     out = tmp_path / "report"
     stats = summarize(
-        fit_files=paths, runs=runs, study=STUDY, early_window=[5, 15], study_name="synthetic",
-        table_parquet=out / "runs.parquet", table_csv=out / "runs.csv", variants_csv=out / "variants.csv",
-        variant_csvs=[out / "variants" / "S-core.csv", out / "variants" / "S-adamw.csv"], stats_json=out / "stats.json",
+        fit_files=paths,
+        runs=runs,
+        study=STUDY,
+        early_window=[5, 15],
+        study_name="synthetic",
+        table_parquet=out / "runs.parquet",
+        table_csv=out / "runs.csv",
+        variants_csv=out / "variants.csv",
+        variant_csvs=[out / "variants" / "S-core.csv", out / "variants" / "S-adamw.csv"],
+        stats_json=out / "stats.json",
     )
     t = pd.read_parquet(out / "runs.parquet")
     assert len(t) == 12 and len(pd.read_csv(out / "runs.csv")) == 12

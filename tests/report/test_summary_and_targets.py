@@ -65,8 +65,15 @@ def test_summary_lists_runs_that_fell_back_to_a_smaller_micro_batch():
 
     runs, fits = partial_sweep()
     rows = [dict(f["row"]) for f in fits]
-    info = {"outcome": {"micro_batch": {"batch": 128, "final": 32,
-                                        "changes": [{"step": 40, "from": 128, "to": 64}, {"step": 40, "from": 64, "to": 32}]}}}
+    info = {
+        "outcome": {
+            "micro_batch": {
+                "batch": 128,
+                "final": 32,
+                "changes": [{"step": 40, "from": 128, "to": 64}, {"step": 40, "from": 64, "to": 32}],
+            }
+        }
+    }
     assert micro_batch_fields(info) == {"micro_batch": 32, "oom_fallbacks": 2}
     assert micro_batch_fields({}) == {"micro_batch": None, "oom_fallbacks": 0}
     for i, r in enumerate(rows):
@@ -81,8 +88,12 @@ def test_summary_lists_runs_that_fell_back_to_a_smaller_micro_batch():
 
 
 def test_report_targets():
-    assert report_targets() == ["results/report/summary.md", "results/report/runs.csv",
-                                "results/report/runs.parquet", "results/report/stats.json"]
+    assert report_targets() == [
+        "results/report/summary.md",
+        "results/report/runs.csv",
+        "results/report/runs.parquet",
+        "results/report/stats.json",
+    ]
     assert report_targets("report_partial")[0] == "results/report_partial/summary.md"
     with pytest.raises(ValueError):
         report_targets("elsewhere")

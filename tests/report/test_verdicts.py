@@ -8,8 +8,13 @@ H2_SETTINGS = {"min_abs_rho": 0.7, "max_p": 0.01, "sign": "negative", "confidenc
 
 
 def _h2(verdict, rho, lo, hi, p):
-    return {"verdict": verdict, "n_runs": 216, "n_cells": 36, "settings": H2_SETTINGS,
-            "overall": {"spearman_rho": rho, "spearman_ci_low": lo, "spearman_ci_high": hi, "spearman_p": p}}
+    return {
+        "verdict": verdict,
+        "n_runs": 216,
+        "n_cells": 36,
+        "settings": H2_SETTINGS,
+        "overall": {"spearman_rho": rho, "spearman_ci_low": lo, "spearman_ci_high": hi, "spearman_p": p},
+    }
 
 
 @pytest.mark.parametrize(
@@ -38,22 +43,31 @@ def test_not_computable_says_why():
     assert V.h2_headline({"verdict": "not computable", "error": "3 cells"}) == "H2 not computable: 3 cells"
     assert V.h1_headline({"verdict": "not computable", "error": "no run"}, confidence=0.95).endswith("no run")
     assert V.h1_criterion_sentence({"verdict": "not computable", "error": "no run"}, confidence=0.95) == (
-        "Not computable: no run.")
+        "Not computable: no run."
+    )
 
 
 @pytest.mark.parametrize(
     "verdicts,parts",
     [
-        ({"0.8": "supported", "0.9": "inconclusive"},
-         ["supported against 80 % (the whole interval is at or above 80 %)",
-          "inconclusive against 90 % (the interval reaches both sides of 90 %: the data cannot decide)"]),
-        ({"0.8": "not supported", "0.9": "not supported"},
-         ["not supported against 80 % (the whole interval is below 80 %)"]),
+        (
+            {"0.8": "supported", "0.9": "inconclusive"},
+            [
+                "supported against 80 % (the whole interval is at or above 80 %)",
+                "inconclusive against 90 % (the interval reaches both sides of 90 %: the data cannot decide)",
+            ],
+        ),
+        (
+            {"0.8": "not supported", "0.9": "not supported"},
+            ["not supported against 80 % (the whole interval is below 80 %)"],
+        ),
     ],
 )
 def test_h1_sentences_match_each_verdict(verdicts, parts):
-    res = {"overall": {"k": 170, "n": 200, "share": 0.85, "ci_low": 0.81, "ci_high": 0.89, "n_cells": 36},
-           "verdicts": verdicts}
+    res = {
+        "overall": {"k": 170, "n": 200, "share": 0.85, "ci_low": 0.81, "ci_high": 0.89, "n_cells": 36},
+        "verdicts": verdicts,
+    }
     text = V.h1_criterion_sentence(res, confidence=0.9)
     for part in parts:
         assert part in text

@@ -17,9 +17,19 @@ from loss_slope.tables.schema import TABLES
 # the study's length and cadences, two seeds of one cell
 CONFIG = {
     "data": {"name": "simulated"},
-    "training": {"epochs": 50, "batch_size": 128, "schedule": "cosine", "warmup_epochs": 5, "min_lr_ratio": 0.0,
-                 "val_per_epoch": 4, "momentum": 0.9, "threads": 1, "flush_every_steps": 391,
-                 "precision": "32-true", "hydra_overrides": []},
+    "training": {
+        "epochs": 50,
+        "batch_size": 128,
+        "schedule": "cosine",
+        "warmup_epochs": 5,
+        "min_lr_ratio": 0.0,
+        "val_per_epoch": 4,
+        "momentum": 0.9,
+        "threads": 1,
+        "flush_every_steps": 391,
+        "precision": "32-true",
+        "hydra_overrides": [],
+    },
     "variants": {"S-core": {"experiment": "s_core"}},
     "grid": {"lr": [0.1], "weight_decay": [0.001], "seed": [0, 1]},
 }
@@ -34,9 +44,24 @@ def plan(tmp_path):
 
 
 def pack_cmd(tmp_path, root, *extra):
-    return [PYTHON, "-m", "loss_slope.train.pack", "--plan", str(plan(tmp_path)), "--pack", "pack000",
-            "--variant", "S-core", "--output", str(root / "pack000.json"), "--log-dir", str(root / "logs"),
-            "--work-root", str(root / "work"), *extra]
+    return [
+        PYTHON,
+        "-m",
+        "loss_slope.train.pack",
+        "--plan",
+        str(plan(tmp_path)),
+        "--pack",
+        "pack000",
+        "--variant",
+        "S-core",
+        "--output",
+        str(root / "pack000.json"),
+        "--log-dir",
+        str(root / "logs"),
+        "--work-root",
+        str(root / "work"),
+        *extra,
+    ]
 
 
 def rows(path):
@@ -47,8 +72,11 @@ def rows(path):
 
 
 def table_bytes(work):
-    return {(run.name, t): (run / "tables" / f"{t}.csv").read_bytes()
-            for run in sorted((work / "S-core").iterdir()) for t in TABLES}
+    return {
+        (run.name, t): (run / "tables" / f"{t}.csv").read_bytes()
+        for run in sorted((work / "S-core").iterdir())
+        for t in TABLES
+    }
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +103,12 @@ def test_sigkill_of_a_pack_then_rerun_gives_identical_tables(reference, tmp_path
     root = tmp_path / "killed"
     # slowed down so that the kill lands mid-run; the pace is run control, not part of the run's identity.
     # Flushing every 20 steps leaves rows beyond the last checkpoint, which the rerun must cut.
-    proc = subprocess.Popen(pack_cmd(tmp_path, root, "data.simulation.pace_s_per_chunk=0.01",
-                                     f"trainer.flush_every_steps={flush_every}"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        pack_cmd(tmp_path, root, "data.simulation.pace_s_per_chunk=0.01", f"trainer.flush_every_steps={flush_every}"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     first = root / "work" / "S-core" / "lr0.1-wd0.001-s0" / "tables" / "steps.csv"
     deadline = time.time() + 240
     while rows(first) < 6000:
@@ -90,8 +121,11 @@ def test_sigkill_of_a_pack_then_rerun_gives_identical_tables(reference, tmp_path
     killed = root / "work" / "S-core"
     assert not any((d / "done.json").exists() for d in killed.iterdir()), "the kill came too late"
 
-    ahead = sum(rows(d / "tables" / "steps.csv") - json.loads((d / "checkpoints" / "latest" / "latest.ckpt")
-                                                              .read_text())["global_step"] for d in killed.iterdir())
+    ahead = sum(
+        rows(d / "tables" / "steps.csv")
+        - json.loads((d / "checkpoints" / "latest" / "latest.ckpt").read_text())["global_step"]
+        for d in killed.iterdir()
+    )
     run_cmd(pack_cmd(tmp_path, root), timeout=300)
     assert table_bytes(root / "work") == table_bytes(reference / "work")
     if flush_every == 20:
@@ -107,8 +141,18 @@ def test_sigkill_of_a_pack_then_rerun_gives_identical_tables(reference, tmp_path
 def test_complete_run_is_not_simulated_again(reference):
     d = reference / "work" / "S-core" / "lr0.1-wd0.001-s0"
     before = (d / "tables" / "steps.csv").stat().st_mtime_ns
-    proc = run_cmd([PYTHON, "-m", "loss_slope.train", *next(iter(build_runs(CONFIG))).overrides,
-                    "variant=S-core", "run=lr0.1-wd0.001-s0", f"run_dir={d}"], timeout=120)
+    proc = run_cmd(
+        [
+            PYTHON,
+            "-m",
+            "loss_slope.train",
+            *next(iter(build_runs(CONFIG))).overrides,
+            "variant=S-core",
+            "run=lr0.1-wd0.001-s0",
+            f"run_dir={d}",
+        ],
+        timeout=120,
+    )
     assert "already complete" in proc.stdout + proc.stderr
     assert (d / "tables" / "steps.csv").stat().st_mtime_ns == before
 
@@ -117,8 +161,9 @@ def test_sigterm_checkpoints_and_exits_unfinished(tmp_path):
     spec = build_runs(CONFIG)[1]
     d = tmp_path / "run"
     args = [PYTHON, "-m", "loss_slope.train", *spec.overrides, "variant=S-core", f"run={spec.run}", f"run_dir={d}"]
-    proc = subprocess.Popen([*args, "data.simulation.pace_s_per_chunk=0.01"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*args, "data.simulation.pace_s_per_chunk=0.01"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while rows(d / "tables" / "steps.csv") < 3000:
         assert proc.poll() is None and time.time() < deadline

@@ -19,8 +19,9 @@ def sim(**over):
 
 
 def kw(seed=0, variant="S-core", lr=0.1, wd=1e-3):
-    return dict(variant=variant, lr=lr, weight_decay=wd, seed=seed, steps_per_epoch=SPE, epochs=EPOCHS,
-                schedule=SCHEDULE)
+    return dict(
+        variant=variant, lr=lr, weight_decay=wd, seed=seed, steps_per_epoch=SPE, epochs=EPOCHS, schedule=SCHEDULE
+    )
 
 
 def curves(s, **k):
@@ -40,8 +41,9 @@ def test_deterministic_in_seed_and_cell():
 
 
 def test_plateau_knee_power_law_floor():
-    s = sim(schedule_effect=0.0, second_break_share=0.0, diverge_share=0.0, knee_epochs=[2.0, 2.0],
-            knee_jitter_decades=0.0)
+    s = sim(
+        schedule_effect=0.0, second_break_share=0.0, diverge_share=0.0, knee_epochs=[2.0, 2.0], knee_jitter_decades=0.0
+    )
     p, tau, _ = model.run_params(s, **kw())
     clean = model.clean_loss(p, tau)
     assert p["knee_step"] == pytest.approx(2 * SPE)
@@ -133,6 +135,7 @@ def test_study_shape_and_monitor_settings():
     assert steps_per_epoch({"n_train": 50000, "batch_size": 128, "drop_last": False}) == 391
     v = val_steps(50, 391, 4)
     assert len(v) == 200 and v[:4].tolist() == [97, 194, 291, 388] and v[-1] == 49 * 391 + 388
-    m = monitor_settings({"enabled": True, "curvature_every_steps": 500, "noise_every_epochs": 2}, seed=0,
-                         batch_size=128, spe=391)
+    m = monitor_settings(
+        {"enabled": True, "curvature_every_steps": 500, "noise_every_epochs": 2}, seed=0, batch_size=128, spe=391
+    )
     assert m["noise_every_steps"] == 782 and m["checkpoint_size"] and not math.isnan(m["psd_window"])

@@ -14,18 +14,40 @@ def study(n_cells=12, seeds=6, rho=-0.9, noise=0.0, seed=0):
         for s in range(seeds):
             w = rng.standard_normal(2)
             a = 0.5 + 0.1 * u[0] + 0.03 * w[0]
-            ce = 0.45 + 0.05 * (rho * u[0] + np.sqrt(1 - rho**2) * u[1]) + 0.02 * (rho * w[0] + np.sqrt(1 - rho**2) * w[1])
+            ce = (
+                0.45
+                + 0.05 * (rho * u[0] + np.sqrt(1 - rho**2) * u[1])
+                + 0.02 * (rho * w[0] + np.sqrt(1 - rho**2) * w[1])
+            )
             key = ("S-core", f"lr{c}-wd0.001-s{s}")
             h1 = bool(rng.random() > 0.15)
-            truths["/".join(key)] = {"cell": f"c{c}", "h1_single_power_law": h1, "diverged": False,
-                                     "knee_epoch": 2.0, "alpha_early_true": a, "alpha_full_true": a + 0.1,
-                                     "best_val_ce_true": ce, "alpha": 0.6, "schedule_effect": 1.0,
-                                     "configured_rho_cell": rho, "configured_rho_within": rho}
-            rows.append({"variant": key[0], "run": key[1], "status": "ok", "knee_found": True,
-                         "knee_epoch": 2.0 * 10 ** (0.01 * rng.standard_normal()),
-                         "alpha_early": a + noise * rng.standard_normal(), "alpha_full": a + 0.1,
-                         "best_val_ce": ce + noise * rng.standard_normal(), "power_exponent": 1.0,
-                         "power_r2": 0.99 if h1 else 0.95})
+            truths["/".join(key)] = {
+                "cell": f"c{c}",
+                "h1_single_power_law": h1,
+                "diverged": False,
+                "knee_epoch": 2.0,
+                "alpha_early_true": a,
+                "alpha_full_true": a + 0.1,
+                "best_val_ce_true": ce,
+                "alpha": 0.6,
+                "schedule_effect": 1.0,
+                "configured_rho_cell": rho,
+                "configured_rho_within": rho,
+            }
+            rows.append(
+                {
+                    "variant": key[0],
+                    "run": key[1],
+                    "status": "ok",
+                    "knee_found": True,
+                    "knee_epoch": 2.0 * 10 ** (0.01 * rng.standard_normal()),
+                    "alpha_early": a + noise * rng.standard_normal(),
+                    "alpha_full": a + 0.1,
+                    "best_val_ce": ce + noise * rng.standard_normal(),
+                    "power_exponent": 1.0,
+                    "power_r2": 0.99 if h1 else 0.95,
+                }
+            )
     return pd.DataFrame(rows), truths
 
 
@@ -50,8 +72,10 @@ def test_unsupported_h2_and_wrong_verdicts_are_listed():
     table.loc[0, "power_r2"] = 0.5 if truths[key]["h1_single_power_law"] else 0.999
     table.loc[1, "knee_found"] = False
     r = compare_with_truth(table, truths)
-    assert {(w["run"], w["what"]) for w in r["wrong"]} >= {(key, "H1"), ("/".join(table.loc[1, ["variant", "run"]]),
-                                                                          "knee")}
+    assert {(w["run"], w["what"]) for w in r["wrong"]} >= {
+        (key, "H1"),
+        ("/".join(table.loc[1, ["variant", "run"]]), "knee"),
+    }
     assert "Runs whose verdict was wrong" in truth_markdown(r)
 
 

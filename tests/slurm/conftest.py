@@ -19,18 +19,14 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(
-    0, str(Path(__file__).resolve().parent)
-)  # also under --import-mode=importlib
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # also under --import-mode=importlib
 from slurm_harness import CLUSTER_SH, PROFILE, STATE, Cluster, parse_env, run
 
 
 @pytest.fixture(scope="session")
 def slurm_cluster():
     if os.geteuid() != 0:
-        pytest.skip(
-            "the SLURM tests need root (cluster.sh installs packages and starts daemons)"
-        )
+        pytest.skip("the SLURM tests need root (cluster.sh installs packages and starts daemons)")
     if shutil.which("sbatch") is None and shutil.which("apt-get") is None:
         pytest.skip("no SLURM client and no apt-get to install it")
     was_up = run([CLUSTER_SH, "status"], timeout=60).returncode == 0
@@ -40,12 +36,8 @@ def slurm_cluster():
     try:
         r = run([CLUSTER_SH, "up"], timeout=1500)
         if r.returncode == 4:  # cluster.sh: apt-get failed
-            pytest.skip(
-                f"apt-get could not install the SLURM packages:\n{r.stdout[-2000:]}"
-            )
-        assert (
-            r.returncode == 0
-        ), f"cluster.sh up failed (rc {r.returncode}):\n{r.stdout}"
+            pytest.skip(f"apt-get could not install the SLURM packages:\n{r.stdout[-2000:]}")
+        assert r.returncode == 0, f"cluster.sh up failed (rc {r.returncode}):\n{r.stdout}"
         env = parse_env(run([CLUSTER_SH, "env"], timeout=30).stdout)
         yield Cluster(env)
     finally:
@@ -87,11 +79,7 @@ def run_snakemake(slurm_cluster: Cluster):
         timeout: float = 600,
         extra_env: dict | None = None,
     ) -> SnakemakeRun:
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))
-        }
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
         env.update(slurm_cluster.env)
         env["LOSS_SLOPE_SLURM_RETRY_BACKOFF_S"] = str(backoff_s)
         env.update(extra_env or {})
@@ -119,9 +107,7 @@ def run_snakemake(slurm_cluster: Cluster):
         m = re.search(r"^SLURM run ID: (\S+)$", r.stdout, flags=re.M)
         if m:
             run_ids.append(m.group(1))
-        assert (
-            not r.timed_out
-        ), f"snakemake timed out after {timeout}s:\n{r.stdout[-6000:]}"
+        assert not r.timed_out, f"snakemake timed out after {timeout}s:\n{r.stdout[-6000:]}"
         return sm
 
     yield _run

@@ -98,11 +98,7 @@ class Cluster:
         )
         assert r.returncode == 0, r.stdout
         names = fields.split(",")
-        return [
-            dict(zip(names, line.split("|")))
-            for line in r.stdout.splitlines()
-            if line.strip()
-        ]
+        return [dict(zip(names, line.split("|"))) for line in r.stdout.splitlines() if line.strip()]
 
     def wait_idle(self, secs: int = 300) -> None:
         r = run([CLUSTER_SH, "wait-idle", str(secs)], timeout=secs + 30)

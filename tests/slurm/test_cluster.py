@@ -29,9 +29,7 @@ def ts(value: str) -> datetime:
 
 
 def tres(row: dict[str, str]) -> dict[str, str]:
-    return dict(
-        item.split("=", 1) for item in row["AllocTRES"].split(",") if "=" in item
-    )
+    return dict(item.split("=", 1) for item in row["AllocTRES"].split(",") if "=" in item)
 
 
 def test_up_is_idempotent_and_fast(slurm_cluster: Cluster):
@@ -83,9 +81,7 @@ GPU_LOCAL_RETRY = """
 """
 
 
-def test_gpu_job_localrule_and_retry(
-    run_snakemake, slurm_cluster: Cluster, tmp_path: Path
-):
+def test_gpu_job_localrule_and_retry(run_snakemake, slurm_cluster: Cluster, tmp_path: Path):
     write_snakefile(tmp_path, GPU_LOCAL_RETRY)
     backoff = 8
     sm = run_snakemake(tmp_path, backoff_s=backoff)
@@ -121,9 +117,7 @@ def test_gpu_job_localrule_and_retry(
     assert (tmp_path / "local.txt").read_text() == "JOB=none\n"
 
     # --- the retry: a second, new SLURM job, started after the back-off
-    flaky = sorted(
-        by_rule["rule_train_pack_wildcards_flaky"], key=lambda r: int(r["JobIDRaw"])
-    )
+    flaky = sorted(by_rule["rule_train_pack_wildcards_flaky"], key=lambda r: int(r["JobIDRaw"]))
     assert [r["State"] for r in flaky] == ["FAILED", "COMPLETED"], flaky
     attempts = (tmp_path / "attempts.txt").read_text().split("\n")[:-1]
     assert attempts == [f"{flaky[0]['JobIDRaw']} 1", f"{flaky[1]['JobIDRaw']} 2"]
@@ -146,9 +140,7 @@ ALWAYS_FAILS = """
 """
 
 
-def test_job_that_keeps_failing_shows_its_log(
-    run_snakemake, slurm_cluster: Cluster, tmp_path: Path
-):
+def test_job_that_keeps_failing_shows_its_log(run_snakemake, slurm_cluster: Cluster, tmp_path: Path):
     write_snakefile(tmp_path, ALWAYS_FAILS)
     sm = run_snakemake(tmp_path, "--retries", "1", backoff_s=1)
     assert sm.result.returncode != 0
@@ -157,9 +149,7 @@ def test_job_that_keeps_failing_shows_its_log(
     last = rows[-1]["JobIDRaw"]
     log = tmp_path / f"logs/slurm/rule_train_pack/doomed/{last}.log"
     # the final error names the SLURM log of the last attempt ...
-    assert re.search(
-        rf"log: {re.escape(str(log))} \(check log file", sm.output
-    ), sm.output[-6000:]
+    assert re.search(rf"log: {re.escape(str(log))} \(check log file", sm.output), sm.output[-6000:]
     # ... which exists and holds the job's stderr
     assert f"doomed attempt in job {last}" in log.read_text()
 
@@ -182,9 +172,7 @@ TWO_PACKS = """
 """
 
 
-def test_two_gpu_jobs_run_concurrently(
-    run_snakemake, slurm_cluster: Cluster, tmp_path: Path
-):
+def test_two_gpu_jobs_run_concurrently(run_snakemake, slurm_cluster: Cluster, tmp_path: Path):
     assert slurm_cluster.gpus >= 2
     slurm_cluster.wait_idle(300)  # other users' jobs would serialise ours
     write_snakefile(tmp_path, TWO_PACKS)

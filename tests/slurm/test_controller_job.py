@@ -29,12 +29,31 @@ def test_controller_runs_as_a_cpu_job(slurm_cluster: Cluster, tmp_path: Path):
     (tmp_path / "Snakefile").write_text(textwrap.dedent(SNAKEFILE))
     exe = Path(sys.executable).with_name("snakemake")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
-    env.update(slurm_cluster.env, LOSS_SLOPE_PROFILE=str(PROFILE),
-               LOSS_SLOPE_SNAKEMAKE=str(exe if exe.exists() else "snakemake"))
+    env.update(
+        slurm_cluster.env,
+        LOSS_SLOPE_PROFILE=str(PROFILE),
+        LOSS_SLOPE_SNAKEMAKE=str(exe if exe.exists() else "snakemake"),
+    )
     cpu = slurm_cluster.env.get("LOSS_SLOPE_SLURM_CPU_PARTITION", "cpu")
-    r = run(["sbatch", "--wait", "-p", cpu, "-A", slurm_cluster.account, "--time=20",
-             PROFILE / "controller.sbatch", "--slurm-init-seconds-before-status-checks", "2", "--latency-wait", "5"],
-            timeout=600, env=env, cwd=tmp_path)
+    r = run(
+        [
+            "sbatch",
+            "--wait",
+            "-p",
+            cpu,
+            "-A",
+            slurm_cluster.account,
+            "--time=20",
+            PROFILE / "controller.sbatch",
+            "--slurm-init-seconds-before-status-checks",
+            "2",
+            "--latency-wait",
+            "5",
+        ],
+        timeout=600,
+        env=env,
+        cwd=tmp_path,
+    )
     logs = list(tmp_path.glob("lossslope-controller-*.log"))
     text = logs[0].read_text() if logs else ""
     assert r.returncode == 0, r.stdout + text[-5000:]
@@ -42,8 +61,10 @@ def test_controller_runs_as_a_cpu_job(slurm_cluster: Cluster, tmp_path: Path):
     assert f"controller job {controller_job}" in text
     pack_job, gpu = (tmp_path / "pack_a.txt").read_text().split()
     assert pack_job != controller_job and gpu in ("0", "1")  # a separate GPU job, submitted from the CPU job
-    acct = run(["sacct", "-X", "-n", "-P", "-j", f"{controller_job},{pack_job}", "-o", "JobID,Partition,State,AllocTRES"],
-               timeout=30).stdout
+    acct = run(
+        ["sacct", "-X", "-n", "-P", "-j", f"{controller_job},{pack_job}", "-o", "JobID,Partition,State,AllocTRES"],
+        timeout=30,
+    ).stdout
     rows = {line.split("|")[0]: line.split("|") for line in acct.splitlines() if line.strip()}
     assert rows[controller_job][1] == cpu and rows[controller_job][2] == "COMPLETED", acct
     assert rows[pack_job][1] == slurm_cluster.partition and "gres/gpu=1" in rows[pack_job][3], acct

@@ -24,10 +24,21 @@ FAIL_RUN = "lr0.05-wd0.0005-s1"
 TINY = {
     "study": "slurm-tiny",
     "data": {"name": "digits"},
-    "training": {"epochs": 3, "batch_size": 32, "schedule": "cosine", "warmup_epochs": 1, "threads": 1,
-                 "flush_every_steps": 11, "hydra_overrides": ["model.base_width=4", "trainer.accelerator=cpu"]},
-    "variants": {"S-core": {"experiment": "s_core",
-                            "hydra_overrides": [f"trainer.fault.fail_run={FAIL_RUN}", "trainer.fault.fail_at_step=60"]}},
+    "training": {
+        "epochs": 3,
+        "batch_size": 32,
+        "schedule": "cosine",
+        "warmup_epochs": 1,
+        "threads": 1,
+        "flush_every_steps": 11,
+        "hydra_overrides": ["model.base_width=4", "trainer.accelerator=cpu"],
+    },
+    "variants": {
+        "S-core": {
+            "experiment": "s_core",
+            "hydra_overrides": [f"trainer.fault.fail_run={FAIL_RUN}", "trainer.fault.fail_at_step=60"],
+        }
+    },
     "grid": {"lr": [0.05], "weight_decay": [0.0005], "seed": [0, 1]},
     "packing": {"probe_k_max": 2, "probe_steps": 5, "probe_warmup_steps": 2},
     "analysis": {"fit": {"early_window": [1, 3], "window_shift": 1}},  # within the 3 epochs
@@ -39,12 +50,21 @@ def attempts(workdir: Path, run: str) -> list[dict]:
     return [json.loads(x) for x in lines if x.strip()]
 
 
-def test_pack_of_two_runs_concurrently_and_a_failed_run_is_retried(run_snakemake, slurm_cluster: Cluster,
-                                                                   tmp_path: Path):
+def test_pack_of_two_runs_concurrently_and_a_failed_run_is_retried(
+    run_snakemake, slurm_cluster: Cluster, tmp_path: Path
+):
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
     # WORKERS_PER_GPU fixes N = 2 without probing: one pack holding both runs
-    sm = run_snakemake(tmp_path, "--snakefile", str(REPO / "Snakefile"), "--configfile", "tiny.yaml",
-                       backoff_s=3, timeout=900, extra_env={"WORKERS_PER_GPU": "2"})
+    sm = run_snakemake(
+        tmp_path,
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--configfile",
+        "tiny.yaml",
+        backoff_s=3,
+        timeout=900,
+        extra_env={"WORKERS_PER_GPU": "2"},
+    )
     assert sm.result.returncode == 0, sm.output[-8000:]
     rows = slurm_cluster.sacct(sm.run_id)
     packs = sorted((r for r in rows if r["Comment"].startswith("rule_train_pack")), key=lambda r: int(r["JobIDRaw"]))
@@ -80,8 +100,15 @@ def test_pack_of_two_runs_concurrently_and_a_failed_run_is_retried(run_snakemake
 def test_probe_runs_as_a_gpu_job(run_snakemake, slurm_cluster: Cluster, tmp_path: Path):
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
     # the target goes first: --configfile takes every following word as a file
-    sm = run_snakemake(tmp_path, "results/plan/S-core/runs_per_gpu.json", "--snakefile", str(REPO / "Snakefile"),
-                       "--configfile", "tiny.yaml", timeout=600)
+    sm = run_snakemake(
+        tmp_path,
+        "results/plan/S-core/runs_per_gpu.json",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--configfile",
+        "tiny.yaml",
+        timeout=600,
+    )
     assert sm.result.returncode == 0, sm.output[-8000:]
     rows = slurm_cluster.sacct(sm.run_id)
     probe = [r for r in rows if r["Comment"].startswith("rule_probe_capacity")]

@@ -31,10 +31,20 @@ EPOCHS = 30  # 1,320 steps per run, each slowed to >= 0.06 s: longer than one 60
 CONFIG = {
     "study": "slurm-restart",
     "data": {"name": "digits"},
-    "training": {"epochs": EPOCHS, "batch_size": 32, "schedule": "constant", "warmup_epochs": 1, "threads": 1,
-                 "flush_every_steps": 11,
-                 "hydra_overrides": ["model.base_width=4", "trainer.accelerator=cpu",
-                                     "trainer.monitors.enabled=false", "trainer.fault.step_sleep_s=0.06"]},
+    "training": {
+        "epochs": EPOCHS,
+        "batch_size": 32,
+        "schedule": "constant",
+        "warmup_epochs": 1,
+        "threads": 1,
+        "flush_every_steps": 11,
+        "hydra_overrides": [
+            "model.base_width=4",
+            "trainer.accelerator=cpu",
+            "trainer.monitors.enabled=false",
+            "trainer.fault.step_sleep_s=0.06",
+        ],
+    },
     "variants": {"S-core": {"experiment": "s_core"}},
     "grid": {"lr": [0.05], "weight_decay": [0.0005], "seed": [0, 1]},
     # runtime 2 min (LOSS_SLOPE_SLURM_RUNTIME) - margin 1 min: each pack job trains 60 s, then exits 3
@@ -60,12 +70,30 @@ def test_kill_controller_then_restart_recipe(slurm_cluster: Cluster, tmp_path: P
     env.update(LOSS_SLOPE_SLURM_RETRY_BACKOFF_S="2", WORKERS_PER_GPU="2", LOSS_SLOPE_SLURM_RUNTIME="2")
     prefix = "lsrestart" + uuid.uuid4().hex[:6]
     exe = Path(sys.executable).with_name("snakemake")
-    cmd = [exe if exe.exists() else "snakemake", "--profile", PROFILE, "--snakefile", REPO / "Snakefile",
-           "--configfile", "c.yaml", "--slurm-init-seconds-before-status-checks", "2",
-           "--slurm-jobname-prefix", prefix, "--latency-wait", "5"]
+    cmd = [
+        exe if exe.exists() else "snakemake",
+        "--profile",
+        PROFILE,
+        "--snakefile",
+        REPO / "Snakefile",
+        "--configfile",
+        "c.yaml",
+        "--slurm-init-seconds-before-status-checks",
+        "2",
+        "--slurm-jobname-prefix",
+        prefix,
+        "--latency-wait",
+        "5",
+    ]
     steps = [tmp_path / "work" / "S-core" / r / "tables" / "steps.csv" for r in RUNS]
-    first = subprocess.Popen([str(c) for c in cmd], cwd=tmp_path, env=env, stdout=open(tmp_path / "first.log", "w"),
-                             stderr=subprocess.STDOUT, start_new_session=True)
+    first = subprocess.Popen(
+        [str(c) for c in cmd],
+        cwd=tmp_path,
+        env=env,
+        stdout=open(tmp_path / "first.log", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         t0 = time.time()
         while not all(_rows(s) >= 30 for s in steps):
@@ -84,9 +112,19 @@ def test_kill_controller_then_restart_recipe(slurm_cluster: Cluster, tmp_path: P
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
-        run(["scancel", "-n", ",".join(
-            line.split()[0] for line in run(["squeue", "-h", "-o", "%j"], timeout=30).stdout.splitlines()
-            if line.startswith(prefix)) or "none"], timeout=30)
+        run(
+            [
+                "scancel",
+                "-n",
+                ",".join(
+                    line.split()[0]
+                    for line in run(["squeue", "-h", "-o", "%j"], timeout=30).stdout.splitlines()
+                    if line.startswith(prefix)
+                )
+                or "none",
+            ],
+            timeout=30,
+        )
 
     total = EPOCHS * 44
     for run_id, path in zip(RUNS, steps):

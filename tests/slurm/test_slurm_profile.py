@@ -49,14 +49,32 @@ def _snakemake():
     return exe if exe.exists() else "snakemake"
 
 
-def dry_run(tmp_path: Path, extra_env: dict[str, str] | None = None, cores: str | None = None,
-            args=(), snakefile: str | None = SNAKEFILE) -> dict[str, list[dict[str, str]]]:
+def dry_run(
+    tmp_path: Path,
+    extra_env: dict[str, str] | None = None,
+    cores: str | None = None,
+    args=(),
+    snakefile: str | None = SNAKEFILE,
+) -> dict[str, list[dict[str, str]]]:
     if snakefile is not None:
         (tmp_path / "Snakefile").write_text(textwrap.dedent(snakefile))
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOSS_SLOPE_SLURM_") and k != "WORKERS_PER_GPU"}
     env.update(extra_env or {})
-    r = run([_snakemake(), "--profile", PROFILE, "-n", *(["--cores", cores] if cores else []),
-             "--directory", tmp_path, *args], timeout=300, env=env, cwd=tmp_path)
+    r = run(
+        [
+            _snakemake(),
+            "--profile",
+            PROFILE,
+            "-n",
+            *(["--cores", cores] if cores else []),
+            "--directory",
+            tmp_path,
+            *args,
+        ],
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0 and not r.timed_out, r.stdout[-5000:]
     resources: dict[str, list[dict[str, str]]] = {}
     for rule, res in RESOURCES.findall(r.stdout):
@@ -82,8 +100,13 @@ def test_site_defaults(tmp_path: Path):
 @pytest.mark.parametrize("cores", [None, "1", "1024"])
 def test_study_pack_resources_follow_the_contract_whatever_cores(tmp_path: Path, cores):
     # the real workflow: config/study.yaml with N = 3 (training.threads = 2)
-    res = dry_run(tmp_path, {"WORKERS_PER_GPU": "3"}, cores=cores, snakefile=None,
-                  args=["-s", REPO / "Snakefile", "--configfile", REPO / "config" / "study.yaml"])
+    res = dry_run(
+        tmp_path,
+        {"WORKERS_PER_GPU": "3"},
+        cores=cores,
+        snakefile=None,
+        args=["-s", REPO / "Snakefile", "--configfile", REPO / "config" / "study.yaml"],
+    )
     packs = res["train_pack"]
     assert len(packs) == 72  # 216 runs / 3
     for pack in packs:
@@ -92,15 +115,21 @@ def test_study_pack_resources_follow_the_contract_whatever_cores(tmp_path: Path,
 
 
 def test_environment_overrides(tmp_path: Path):
-    res = {k: v[0] for k, v in dry_run(tmp_path, {
-        "LOSS_SLOPE_SLURM_PARTITION": "debug",
-        "LOSS_SLOPE_SLURM_ACCOUNT": "proj42",
-        "LOSS_SLOPE_SLURM_GPU_MODEL": "a100",
-        "LOSS_SLOPE_SLURM_CONSTRAINT": "ib&gpu80g",
-        "LOSS_SLOPE_SLURM_QOS": "long",
-        "LOSS_SLOPE_SLURM_RUNTIME": "30",
-        "LOSS_SLOPE_SLURM_EXTRA": "--reservation=r1 --exclusive",
-    }).items()}
+    res = {
+        k: v[0]
+        for k, v in dry_run(
+            tmp_path,
+            {
+                "LOSS_SLOPE_SLURM_PARTITION": "debug",
+                "LOSS_SLOPE_SLURM_ACCOUNT": "proj42",
+                "LOSS_SLOPE_SLURM_GPU_MODEL": "a100",
+                "LOSS_SLOPE_SLURM_CONSTRAINT": "ib&gpu80g",
+                "LOSS_SLOPE_SLURM_QOS": "long",
+                "LOSS_SLOPE_SLURM_RUNTIME": "30",
+                "LOSS_SLOPE_SLURM_EXTRA": "--reservation=r1 --exclusive",
+            },
+        ).items()
+    }
     for rule in ("probe_capacity", "train_pack"):
         r = res[rule]
         assert (r["slurm_partition"], r["slurm_account"], r["gpu_model"]) == ("debug", "proj42", "a100")
@@ -113,9 +142,16 @@ def test_environment_overrides(tmp_path: Path):
 
 def test_simulated_study_asks_for_no_gpu(tmp_path: Path):
     # config/simulated.yaml on a CPU partition: packs of 6 simulated runs, no GPU, small memory
-    res = dry_run(tmp_path, {"LOSS_SLOPE_SLURM_GPUS_PER_JOB": "0", "LOSS_SLOPE_SLURM_PARTITION": "cpu",
-                             "LOSS_SLOPE_SLURM_GPU_MODEL": "a100-80gb"}, snakefile=None,
-                  args=["-s", REPO / "Snakefile", "--configfile", REPO / "config" / "simulated.yaml"])
+    res = dry_run(
+        tmp_path,
+        {
+            "LOSS_SLOPE_SLURM_GPUS_PER_JOB": "0",
+            "LOSS_SLOPE_SLURM_PARTITION": "cpu",
+            "LOSS_SLOPE_SLURM_GPU_MODEL": "a100-80gb",
+        },
+        snakefile=None,
+        args=["-s", REPO / "Snakefile", "--configfile", REPO / "config" / "simulated.yaml"],
+    )
     packs = res["train_pack"]
     assert len(packs) == 36
     for pack in packs:
@@ -140,10 +176,7 @@ def backoff_expression(env: dict[str, str]) -> str:
     finally:
         os.environ.clear()
         os.environ.update(old)
-    exprs = {
-        profile["set-resources"][rule]["slurm_extra"]
-        for rule in ("probe_capacity", "train_pack")
-    }
+    exprs = {profile["set-resources"][rule]["slurm_extra"] for rule in ("probe_capacity", "train_pack")}
     assert len(exprs) == 1
     return exprs.pop()
 

@@ -98,8 +98,12 @@ def _fake_trainer(step: int, last_batch: bool, io):
 
     saved = []
     progress = SimpleNamespace(is_last_batch=last_batch)
-    trainer = SimpleNamespace(global_step=step, fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(
-        batch_progress=progress)), strategy=SimpleNamespace(checkpoint_io=io), save_checkpoint=saved.append)
+    trainer = SimpleNamespace(
+        global_step=step,
+        fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)),
+        strategy=SimpleNamespace(checkpoint_io=io),
+        save_checkpoint=saved.append,
+    )
     return trainer, saved
 
 

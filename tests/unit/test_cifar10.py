@@ -19,8 +19,11 @@ def write_fake_cifar(root, n=20, seed=0):
         labels = rng.integers(0, 10, size=n).tolist()
         with open(folder / name, "wb") as fh:
             # protocol 2 with bytes keys, like the official Python-2 pickles
-            pickle.dump({b"batch_label": name.encode(), b"labels": labels, b"data": data,
-                         b"filenames": [b"x.png"] * n}, fh, protocol=2)
+            pickle.dump(
+                {b"batch_label": name.encode(), b"labels": labels, b"data": data, b"filenames": [b"x.png"] * n},
+                fh,
+                protocol=2,
+            )
         truth[name] = (data, labels)
     (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"c"] * 10}, protocol=2))
     return truth

@@ -3,8 +3,13 @@ import json
 from loss_slope.train.fingerprint import config_fingerprint
 from loss_slope.train.run import RunPaths, _set_aside_if_stale
 
-CFG = {"seed": 0, "run_dir": "work/a", "output": None, "optimizer": {"lr": 0.1},
-       "trainer": {"epochs": 3, "threads": 1, "max_time_s": None}}
+CFG = {
+    "seed": 0,
+    "run_dir": "work/a",
+    "output": None,
+    "optimizer": {"lr": 0.1},
+    "trainer": {"epochs": 3, "threads": 1, "max_time_s": None},
+}
 
 
 def test_fingerprint_ignores_paths_and_run_control_but_not_science():
@@ -28,17 +33,22 @@ def test_stale_work_tree_is_set_aside_not_deleted(tmp_path):
 
 
 def test_fingerprint_ignores_data_location_retention_eval_batch_and_work_root(tmp_path):
-    cfg = {**CFG, "data": {"name": "cifar10", "root": str(tmp_path / "a"), "batch_size": 128,
-                           "eval_batch_size": 1000},
-           "trainer": {**CFG["trainer"], "best_top_k": 3}}
+    cfg = {
+        **CFG,
+        "data": {"name": "cifar10", "root": str(tmp_path / "a"), "batch_size": 128, "eval_batch_size": 1000},
+        "trainer": {**CFG["trainer"], "best_top_k": 3},
+    }
     for root in ("a", "b"):
         d = tmp_path / root / "cifar-10-batches-py"
         d.mkdir(parents=True)
         (d / "data_batch_1").write_bytes(b"same bytes")
     base = config_fingerprint(cfg)
-    moved = {**cfg, "run_dir": "/scratch/work/a", "data": {**cfg["data"], "root": str(tmp_path / "b"),
-                                                          "eval_batch_size": 500},
-             "trainer": {**cfg["trainer"], "best_top_k": 1}}
+    moved = {
+        **cfg,
+        "run_dir": "/scratch/work/a",
+        "data": {**cfg["data"], "root": str(tmp_path / "b"), "eval_batch_size": 500},
+        "trainer": {**cfg["trainer"], "best_top_k": 1},
+    }
     assert config_fingerprint(moved) == base
     (tmp_path / "b" / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"other bytes")
     assert config_fingerprint(moved) != base  # another dataset: another identity

@@ -46,8 +46,14 @@ def _env(**extra):
 
 def _run(tmp_path, *args, timeout=300):
     md = tmp_path / "gpu_check.md"
-    proc = subprocess.run(["bash", str(SCRIPT), *map(str, args), "--markdown", str(md)], cwd=tmp_path, env=_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), *map(str, args), "--markdown", str(md)],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     text = md.read_text()
     assert text in proc.stdout  # printed as well
@@ -91,8 +97,11 @@ def _check_report(text: str, *, max_n: int, cpu: bool) -> None:
     if not cpu:
         assert _num(fast[3]) > 0 and _num(plain[3]) > 0  # peak MiB
 
-    opt_in = {r[0]: r for r in rows if r[0] in ("fp32 (as trained)", "channels_last", "bf16 autocast",
-                                                 "channels_last + bf16 autocast")}
+    opt_in = {
+        r[0]: r
+        for r in rows
+        if r[0] in ("fp32 (as trained)", "channels_last", "bf16 autocast", "channels_last + bf16 autocast")
+    }
     assert len(opt_in) == 4
     for label in ("channels_last", "bf16 autocast", "channels_last + bf16 autocast"):
         assert "changes numerics" in opt_in[label][4]
@@ -106,9 +115,31 @@ def _check_report(text: str, *, max_n: int, cpu: bool) -> None:
 
 @pytest.mark.slow
 def test_cpu_smoke_run_writes_the_table(tmp_path):
-    text = _run(tmp_path, "--device", "cpu", "--steps", 3, "--warmup", 1, "--max-n", 2, "--batch-size", 16,
-                "--base-width", 4, "--train-size", 256, "--val-size", 64, "--num-workers", 1, "--repeats", 1,
-                "--budget-s", 0)
+    text = _run(
+        tmp_path,
+        "--device",
+        "cpu",
+        "--steps",
+        3,
+        "--warmup",
+        1,
+        "--max-n",
+        2,
+        "--batch-size",
+        16,
+        "--base-width",
+        4,
+        "--train-size",
+        256,
+        "--val-size",
+        64,
+        "--num-workers",
+        1,
+        "--repeats",
+        1,
+        "--budget-s",
+        0,
+    )
     _check_report(text, max_n=2, cpu=True)
     assert "num_workers=1" in text
 
@@ -117,8 +148,22 @@ def test_cpu_smoke_run_writes_the_table(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_short_gpu_run_writes_the_table(tmp_path):
-    text = _run(tmp_path, "--steps", 30, "--warmup", 5, "--max-n", 2, "--repeats", 1, "--train-size", 5000,
-                "--val-size", 1000, timeout=600)
+    text = _run(
+        tmp_path,
+        "--steps",
+        30,
+        "--warmup",
+        5,
+        "--max-n",
+        2,
+        "--repeats",
+        1,
+        "--train-size",
+        5000,
+        "--val-size",
+        1000,
+        timeout=600,
+    )
     _check_report(text, max_n=2, cpu=False)
 
 
@@ -131,8 +176,14 @@ def test_cpu_timing_leaves_channels_last_out():
 
 def test_without_cuda_and_without_switch_exits_2(tmp_path):
     md = tmp_path / "gpu_check.md"
-    proc = subprocess.run(["bash", str(SCRIPT), "--markdown", str(md)], cwd=tmp_path,
-                          env=_env(CUDA_VISIBLE_DEVICES=""), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), "--markdown", str(md)],
+        cwd=tmp_path,
+        env=_env(CUDA_VISIBLE_DEVICES=""),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "no CUDA GPU is visible" in proc.stderr
     assert "--device cpu" in proc.stderr and "GPU_CHECK_DEVICE=cpu" in proc.stderr

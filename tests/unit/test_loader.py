@@ -9,8 +9,7 @@ AUGMENT = AugmentConfig(scale=(0.5, 1.0), flip_p=0.5)
 def make(seed=0, n=100, bs=8, augment=AUGMENT):
     x = torch.arange(n * 1 * 6 * 6, dtype=torch.float32).reshape(n, 1, 6, 6)
     y = torch.arange(n) % 10
-    return DeviceBatches(x, y, batch_size=bs, seed=seed, normalize=lambda t: t / 1000, augment=augment,
-                         drop_last=True)
+    return DeviceBatches(x, y, batch_size=bs, seed=seed, normalize=lambda t: t / 1000, augment=augment, drop_last=True)
 
 
 def test_len_and_epoch_covers_each_sample_once():

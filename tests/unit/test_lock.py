@@ -78,8 +78,12 @@ def test_accelerator_spellings_and_the_gpu_allocation_check():
     assert resolve_accelerator("cpu", cuda_available=False, environ={"SLURM_JOB_GPUS": "0"}) == "cpu"
     assert resolve_accelerator("auto", cuda_available=False, environ={}) == "cpu"
     assert resolve_accelerator("gpu", cuda_available=True, environ={}) == "cuda"
-    for accel, env in (("auto", {"SLURM_JOB_GPUS": "0"}), ("auto", {"CUDA_VISIBLE_DEVICES": "1"}),
-                       ("gpu", {}), ("cuda", {})):
+    for accel, env in (
+        ("auto", {"SLURM_JOB_GPUS": "0"}),
+        ("auto", {"CUDA_VISIBLE_DEVICES": "1"}),
+        ("gpu", {}),
+        ("cuda", {}),
+    ):
         with pytest.raises(NoGPUError, match="CUDA is not available"):
             resolve_accelerator(accel, cuda_available=False, environ=env)
     with pytest.raises(ValueError, match="trainer.accelerator"):

@@ -13,11 +13,25 @@ def fit_one_step(clip=None, micro=None, steps=1, compile=None):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
     x, y = torch.randn(8, 3, 2, 2) * 10, torch.randint(0, 3, (8,))
-    module = CurveModule(net, lambda p: torch.optim.SGD(p, lr=1.0), Schedule("constant", 0, 10),
-                         gradient_clip_val=clip, micro_batcher=MicroBatcher(size=micro), compile=compile)
+    module = CurveModule(
+        net,
+        lambda p: torch.optim.SGD(p, lr=1.0),
+        Schedule("constant", 0, 10),
+        gradient_clip_val=clip,
+        micro_batcher=MicroBatcher(size=micro),
+        compile=compile,
+    )
     before = torch.cat([p.detach().flatten().clone() for p in net.parameters()])
-    trainer = pl.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, max_epochs=-1)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        max_epochs=-1,
+    )
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
     trainer.fit(module, train_dataloaders=data)
     after = torch.cat([p.detach().flatten() for p in net.parameters()])
@@ -51,7 +65,9 @@ def test_compiled_training_forward_keeps_the_state_dict_and_the_numerics():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (inductor code generation)")
 def test_inductor_compiled_training_on_cuda_matches_eager():
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 30 * 30, 10)).cuda()
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 30 * 30, 10)
+    ).cuda()
     module = CurveModule(net, lambda p: torch.optim.SGD(p, lr=0.1), Schedule("constant", 0, 10), compile={})
     x = torch.randn(16, 3, 32, 32, device="cuda")
     torch.testing.assert_close(module._train_forward(x), module(x), rtol=1e-3, atol=1e-3)
@@ -62,25 +78,45 @@ def _fit_conv_net(accelerator: str, channels_last: bool):
     backward corrupts on AVX2-only CPUs; returns, per convolution call, whether its input and weight
     were channels_last."""
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 1, stride=2), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3),
-                              torch.nn.Flatten(), torch.nn.Linear(8 * 2 * 2, 3))
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(4, 8, 1, stride=2),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8 * 2 * 2, 3),
+    )
     seen = []
 
     def hook(mod, args):
         x = args[0]
-        seen.append((x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(),
-                     mod.weight.is_contiguous(memory_format=torch.channels_last) and not mod.weight.is_contiguous()))
+        seen.append(
+            (
+                x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(),
+                mod.weight.is_contiguous(memory_format=torch.channels_last) and not mod.weight.is_contiguous(),
+            )
+        )
 
     for m in net.modules():
         if isinstance(m, torch.nn.Conv2d):
             m.register_forward_pre_hook(hook)
     x, y = torch.randn(8, 4, 8, 8), torch.randint(0, 3, (8,))
-    module = CurveModule(net, lambda p: torch.optim.SGD(p, lr=0.1), Schedule("constant", 0, 10),
-                         channels_last=channels_last)
-    trainer = pl.Trainer(accelerator=accelerator, devices=1, max_steps=2, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, max_epochs=-1)
-    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y),
-                                                                        batch_size=8))
+    module = CurveModule(
+        net, lambda p: torch.optim.SGD(p, lr=0.1), Schedule("constant", 0, 10), channels_last=channels_last
+    )
+    trainer = pl.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        max_epochs=-1,
+    )
+    trainer.fit(
+        module, train_dataloaders=torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+    )
     return seen, module
 
 
@@ -98,6 +134,7 @@ def test_channels_last_is_ignored_on_the_cpu(caplog):
 
 def test_channels_last_is_a_cuda_option():
     from loss_slope.train.module import use_channels_last
+
     assert use_channels_last(True, torch.device("cuda", 0)) is True
     assert use_channels_last(True, "cpu") is False
     assert use_channels_last(False, "cuda") is False
@@ -113,6 +150,7 @@ def test_channels_last_applies_on_cuda():
 
 def test_cudnn_and_cublas_allocation_failures_count_as_out_of_memory():
     from loss_slope.train.module import is_out_of_memory
+
     assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
     assert is_out_of_memory(RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"))
     assert is_out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"))
@@ -130,12 +168,26 @@ def test_a_cudnn_allocation_failure_in_a_step_halves_the_micro_batch():
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
     x, y = torch.randn(8, 3, 2, 2), torch.randint(0, 3, (8,))
     changes = []
-    module = CurveModule(net, lambda p: torch.optim.SGD(p, lr=1.0), Schedule("constant", 0, 10),
-                         micro_batcher=MicroBatcher(min_size=1, on_change=changes.append), fault=fault)
-    trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, max_epochs=-1)
-    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y),
-                                                                        batch_size=8))
+    module = CurveModule(
+        net,
+        lambda p: torch.optim.SGD(p, lr=1.0),
+        Schedule("constant", 0, 10),
+        micro_batcher=MicroBatcher(min_size=1, on_change=changes.append),
+        fault=fault,
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        max_epochs=-1,
+    )
+    trainer.fit(
+        module, train_dataloaders=torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+    )
     assert trainer.global_step == 2 and module.micro.size == 2
     assert [(c["from"], c["to"]) for c in changes] == [(8, 4), (4, 2)]
     assert "CUDNN_STATUS_ALLOC_FAILED" in changes[0]["error"]
@@ -145,6 +197,7 @@ def test_fused_adamw_on_cuda_only():
     import functools
 
     from loss_slope.train.module import fused_kwargs
+
     adamw = functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=1e-2)  # what Hydra's _partial_ gives
     assert fused_kwargs(adamw, torch.device("cuda", 0)) == {"fused": True}
     assert fused_kwargs(adamw, torch.device("cpu")) == {}
@@ -154,6 +207,7 @@ def test_fused_adamw_on_cuda_only():
 
 def test_fp16_is_refused_with_the_reason():
     from loss_slope.train.module import check_precision
+
     for ok in ("32-true", "bf16-mixed", "32"):
         check_precision(ok)
     for bad in ("16-mixed", "16"):
@@ -165,11 +219,21 @@ def test_fp16_is_refused_with_the_reason():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_fit_uses_fused_adamw_and_cudnn_benchmark():
     import functools
+
     torch.backends.cudnn.benchmark = False
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 2 * 2, 3))
     module = CurveModule(net, functools.partial(torch.optim.AdamW, lr=1e-3), Schedule("constant", 0, 10))
-    trainer = pl.Trainer(accelerator="gpu", devices=1, max_steps=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, max_epochs=-1)
+    trainer = pl.Trainer(
+        accelerator="gpu",
+        devices=1,
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        max_epochs=-1,
+    )
     data = torch.utils.data.TensorDataset(torch.randn(8, 3, 4, 4), torch.randint(0, 3, (8,)))
     trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=8))
     assert torch.backends.cudnn.benchmark is True

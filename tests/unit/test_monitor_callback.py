@@ -26,12 +26,15 @@ def test_defaults_are_the_study_cadence():
     assert s["curvature_batch_size"] == 128 and config.seed == 3
 
 
-@pytest.mark.parametrize("overrides,curv,noise,ckpt", [
-    ({"enabled": False}, 0, 0, False),
-    ({"curvature_every_steps": None}, 0, 2, True),
-    ({"noise_every_epochs": 0}, 500, 0, True),
-    ({"checkpoint_size": False, "curvature_every_steps": 220}, 220, 2, False),
-])
+@pytest.mark.parametrize(
+    "overrides,curv,noise,ckpt",
+    [
+        ({"enabled": False}, 0, 0, False),
+        ({"curvature_every_steps": None}, 0, 2, True),
+        ({"noise_every_epochs": 0}, 500, 0, True),
+        ({"checkpoint_size": False, "curvature_every_steps": 220}, 220, 2, False),
+    ],
+)
 def test_each_monitor_can_be_turned_off(overrides, curv, noise, ckpt):
     base = dict(compose_train_config(["run_dir=x"]).trainer.monitors)
     config, s = monitor_settings({**base, **overrides}, seed=0, batch_size=32, steps_per_epoch=44)
@@ -66,26 +69,43 @@ def test_checkpoint_rows_are_written_after_the_file_once_per_step_and_kind(tmp_p
     from loss_slope.metrics.monitors import MonitorConfig
 
     latest, best = tmp_path / "ck" / "latest", tmp_path / "ck" / "best"
-    cb = MonitorCallback(tables_dir=tmp_path / "tables", config=MonitorConfig(curvature_every_steps=0,
-                         noise_every_epochs=0), batches=[], steps_per_epoch=10,
-                         checkpoint_dirs={"latest": latest, "best": best})
+    cb = MonitorCallback(
+        tables_dir=tmp_path / "tables",
+        config=MonitorConfig(curvature_every_steps=0, noise_every_epochs=0),
+        batches=[],
+        steps_per_epoch=10,
+        checkpoint_dirs={"latest": latest, "best": best},
+    )
     io = AtomicCheckpointIO()
     io.after_save.append(cb._checkpoint_written)
     seen_sizes = []
     io.after_save.append(lambda ckpt, path: seen_sizes.append(path.stat().st_size))  # the file is in place
-    for step, path in ((5, best / "best-5.ckpt"), (5, latest / "latest.ckpt"), (5, latest / "latest.ckpt"),
-                       (10, latest / "latest.ckpt"), (10, tmp_path / "other.ckpt")):
+    for step, path in (
+        (5, best / "best-5.ckpt"),
+        (5, latest / "latest.ckpt"),
+        (5, latest / "latest.ckpt"),
+        (10, latest / "latest.ckpt"),
+        (10, tmp_path / "other.ckpt"),
+    ):
         io.save_checkpoint({"global_step": step, "w": torch.zeros(1000)}, path)
     lines = (tmp_path / "tables" / "checkpoints.csv").read_text().splitlines()
     assert lines[0] == "step,epoch,time,kind,file,checkpoint_size_mb"
     rows = [line.split(",") for line in lines[1:]]
-    assert [(r[0], r[3], r[4]) for r in rows] == [("5", "best", "best-5.ckpt"), ("5", "latest", "latest.ckpt"),
-                                                  ("10", "latest", "latest.ckpt"), ("10", "other", "other.ckpt")]
+    assert [(r[0], r[3], r[4]) for r in rows] == [
+        ("5", "best", "best-5.ckpt"),
+        ("5", "latest", "latest.ckpt"),
+        ("10", "latest", "latest.ckpt"),
+        ("10", "other", "other.ckpt"),
+    ]
     assert float(rows[0][5]) == seen_sizes[0] / 1e6
     # a new callback on the same table (a resumed attempt) knows the rows already written
-    cb2 = MonitorCallback(tables_dir=tmp_path / "tables", config=MonitorConfig(curvature_every_steps=0,
-                          noise_every_epochs=0), batches=[], steps_per_epoch=10,
-                          checkpoint_dirs={"latest": latest, "best": best})
+    cb2 = MonitorCallback(
+        tables_dir=tmp_path / "tables",
+        config=MonitorConfig(curvature_every_steps=0, noise_every_epochs=0),
+        batches=[],
+        steps_per_epoch=10,
+        checkpoint_dirs={"latest": latest, "best": best},
+    )
     assert cb2._seen == {(5, "best"), (5, "latest"), (10, "latest"), (10, "other")}
 
 
@@ -93,16 +113,26 @@ def test_best_checkpoints_are_written_without_the_monitor_state(tmp_path):
     from loss_slope.metrics.monitors import MonitorConfig
 
     latest, best = tmp_path / "ck" / "latest", tmp_path / "ck" / "best"
-    cb = MonitorCallback(tables_dir=tmp_path / "tables", config=MonitorConfig(), batches=[], steps_per_epoch=10,
-                         checkpoint_dirs={"latest": latest, "best": best})
+    cb = MonitorCallback(
+        tables_dir=tmp_path / "tables",
+        config=MonitorConfig(),
+        batches=[],
+        steps_per_epoch=10,
+        checkpoint_dirs={"latest": latest, "best": best},
+    )
     io = AtomicCheckpointIO()
     io.before_save.append(cb._leave_state_out_of_best)
-    checkpoint = {"global_step": 5, "state_dict": {"w": torch.ones(3)},
-                  "callbacks": {cb.state_key: cb.state_dict(), "Other": {"x": 1}}}
+    checkpoint = {
+        "global_step": 5,
+        "state_dict": {"w": torch.ones(3)},
+        "callbacks": {cb.state_key: cb.state_dict(), "Other": {"x": 1}},
+    }
     for path in (best / "best-5.ckpt", latest / "latest.ckpt", tmp_path / "other.ckpt"):
         io.save_checkpoint(checkpoint, path)
-    read = {p: torch.load(p, weights_only=True) for p in (best / "best-5.ckpt", latest / "latest.ckpt",
-                                                          tmp_path / "other.ckpt")}
+    read = {
+        p: torch.load(p, weights_only=True)
+        for p in (best / "best-5.ckpt", latest / "latest.ckpt", tmp_path / "other.ckpt")
+    }
     assert set(read[best / "best-5.ckpt"]["callbacks"]) == {"Other"}
     assert torch.equal(read[best / "best-5.ckpt"]["state_dict"]["w"], torch.ones(3))
     assert set(read[latest / "latest.ckpt"]["callbacks"]) == {cb.state_key, "Other"}
@@ -116,8 +146,9 @@ class _FakeModule(torch.nn.Module):
     def __init__(self):
         super().__init__()
         torch.manual_seed(0)
-        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 8), torch.nn.Tanh(),
-                                       torch.nn.Linear(8, 3))
+        self.net = torch.nn.Sequential(
+            torch.nn.Flatten(), torch.nn.Linear(12, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)
+        )
 
     @property
     def device(self):
@@ -143,9 +174,14 @@ def test_out_of_memory_in_a_curvature_event_writes_a_nan_row_with_the_reason(tmp
         held.append(weakref.ref(logits))
         return torch.nn.functional.cross_entropy(logits, y)
 
-    cb = MonitorCallback(tables_dir=tmp_path / "tables", config=MonitorConfig(curvature_every_steps=5,
-                         noise_every_epochs=0, hutch_matvecs=6, lambda_iters=5), batches=batches,
-                         steps_per_epoch=10, loss_fn=loss_fn, fault=InjectedCurvatureOOM(at_step=10))
+    cb = MonitorCallback(
+        tables_dir=tmp_path / "tables",
+        config=MonitorConfig(curvature_every_steps=5, noise_every_epochs=0, hutch_matvecs=6, lambda_iters=5),
+        batches=batches,
+        steps_per_epoch=10,
+        loss_fn=loss_fn,
+        fault=InjectedCurvatureOOM(at_step=10),
+    )
     with caplog.at_level("WARNING", logger="loss_slope.train"):
         cb._curvature(module, 5)
         cb._curvature(module, 10)  # a real torch.cuda.OutOfMemoryError inside the event

@@ -16,8 +16,15 @@ class FakeRun:
         return subprocess.CompletedProcess(cmd, 0, stdout=self.stdout, stderr="")
 
 
-@pytest.mark.parametrize("text, mode", [("Default\n", "Default"), ("Exclusive_Process", "Exclusive_Process"),
-                                        ("Exclusive Process\n", "Exclusive_Process"), ("Prohibited", "Prohibited")])
+@pytest.mark.parametrize(
+    "text, mode",
+    [
+        ("Default\n", "Default"),
+        ("Exclusive_Process", "Exclusive_Process"),
+        ("Exclusive Process\n", "Exclusive_Process"),
+        ("Prohibited", "Prohibited"),
+    ],
+)
 def test_compute_mode_is_parsed(text, mode):
     run = FakeRun(text)
     assert mps.compute_mode(1, run=run) == mode
@@ -45,13 +52,18 @@ def test_exclusive_process_without_mps_gives_one_run_with_a_message():
 def test_daemon_lives_in_the_job_folder_and_is_stopped(tmp_path):
     run = FakeRun()
     with mps.MpsDaemon(tmp_path / "job", run=run, environ={"PATH": "/bin"}) as env:
-        assert env == {"CUDA_MPS_PIPE_DIRECTORY": str(tmp_path / "job" / "mps-pipe"),
-                       "CUDA_MPS_LOG_DIRECTORY": str(tmp_path / "job" / "mps-log")}
+        assert env == {
+            "CUDA_MPS_PIPE_DIRECTORY": str(tmp_path / "job" / "mps-pipe"),
+            "CUDA_MPS_LOG_DIRECTORY": str(tmp_path / "job" / "mps-log"),
+        }
         assert (tmp_path / "job" / "mps-pipe").is_dir() and (tmp_path / "job" / "mps-log").is_dir()
         assert mps.runs_environment({"PATH": "/bin"}, env)["CUDA_MPS_PIPE_DIRECTORY"].startswith(str(tmp_path))
     (start, skw), (stop, tkw) = run.calls
-    assert start == ["nvidia-cuda-mps-control", "-d"] and skw["env"]["CUDA_MPS_PIPE_DIRECTORY"] == env[
-        "CUDA_MPS_PIPE_DIRECTORY"] and skw["env"]["PATH"] == "/bin"
+    assert (
+        start == ["nvidia-cuda-mps-control", "-d"]
+        and skw["env"]["CUDA_MPS_PIPE_DIRECTORY"] == env["CUDA_MPS_PIPE_DIRECTORY"]
+        and skw["env"]["PATH"] == "/bin"
+    )
     assert stop == ["nvidia-cuda-mps-control"] and tkw["input"] == "quit\n" and tkw["env"] == skw["env"]
 
 

@@ -38,9 +38,14 @@ def test_settings_digest_ignores_the_data_location():
 def test_pack_spec_registers_the_pack(tmp_path):
     reg = tmp_path / "packs.json"
     for pack, runs in (("pack-a", ["r0", "r1"]), ("pack-b", ["r2"])):
-        P.write_pack_spec(tmp_path / "packs" / f"{pack}.json", reg, variant="V", pack=pack,
-                          runs=[{"run": r, "overrides": [f"seed={r[1]}"]} for r in runs],
-                          measured={"gpu_name": "H100"})
+        P.write_pack_spec(
+            tmp_path / "packs" / f"{pack}.json",
+            reg,
+            variant="V",
+            pack=pack,
+            runs=[{"run": r, "overrides": [f"seed={r[1]}"]} for r in runs],
+            measured={"gpu_name": "H100"},
+        )
     assert P.read_membership(reg) == {"pack-a": ["r0", "r1"], "pack-b": ["r2"]}
     spec = json.loads((tmp_path / "packs" / "pack-a.json").read_text())
     assert spec["packs"]["pack-a"][1]["overrides"] == ["seed=1"] and spec["gpu_name"] == "H100"
@@ -49,15 +54,35 @@ def test_pack_spec_registers_the_pack(tmp_path):
 
 def test_cpu_probe_refused_for_a_slurm_study(tmp_path):
     probe = tmp_path / "probe.json"
-    probe.write_text(json.dumps({"variant": "V", "device": "cpu", "on_cpu": True, "runs_per_gpu": 2,
-                                 "levels": [{"k": 2, "step_ms": [100.0, 120.0]}]}))
+    probe.write_text(
+        json.dumps(
+            {
+                "variant": "V",
+                "device": "cpu",
+                "on_cpu": True,
+                "runs_per_gpu": 2,
+                "levels": [{"k": 2, "step_ms": [100.0, 120.0]}],
+            }
+        )
+    )
     with pytest.raises(P.PlanError, match="not on a GPU"):
         P.plan_runs_per_gpu(tmp_path / "n.json", variant="V", n=None, source="probe", probe=probe, slurm=True)
-    out = P.plan_runs_per_gpu(tmp_path / "n.json", variant="V", n=None, source="probe", probe=probe, slurm=True,
-                              explicit_cpu=True)
+    out = P.plan_runs_per_gpu(
+        tmp_path / "n.json", variant="V", n=None, source="probe", probe=probe, slurm=True, explicit_cpu=True
+    )
     assert out["runs_per_gpu"] == 2 and out["step_s"] == pytest.approx(0.12)
-    probe.write_text(json.dumps({"variant": "V", "device": "cuda:0", "on_cpu": False, "gpu_name": "NVIDIA H100",
-                                 "runs_per_gpu": 3, "levels": [{"k": 3, "step_ms": [50.0]}]}))
+    probe.write_text(
+        json.dumps(
+            {
+                "variant": "V",
+                "device": "cuda:0",
+                "on_cpu": False,
+                "gpu_name": "NVIDIA H100",
+                "runs_per_gpu": 3,
+                "levels": [{"k": 3, "step_ms": [50.0]}],
+            }
+        )
+    )
     out = P.plan_runs_per_gpu(tmp_path / "n.json", variant="V", n=None, source="probe", probe=probe, slurm=True)
     assert out["gpu_name"] == "NVIDIA H100" and out["runs_per_gpu"] == 3
 
@@ -77,16 +102,19 @@ def test_steps_done_from_the_work_tree(tmp_path):
     run = tmp_path / "r"
     run.mkdir()
     (run / "attempts.jsonl").write_text(
-        '{"event": "start", "start_step": 0}\n{"event": "end", "end_step": 500, "status": "unfinished"}\n')
+        '{"event": "start", "start_step": 0}\n{"event": "end", "end_step": 500, "status": "unfinished"}\n'
+    )
     assert R.steps_done(run) == 500
     (run / "done.json").write_text('{"total_steps": 900}')
     assert R.steps_done(run) == 900
 
 
 def test_error_bookkeeping_gives_up_on_repeated_errors(tmp_path):
-    log = ("[2026-01-01 00:00:00,000][loss_slope.train][INFO] - resuming\nTraceback (most recent call last):\n"
-           "  File x\nValueError: schedule: warm-up (220 steps) must be shorter than training (88 steps)\n\n"
-           "Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.\n")
+    log = (
+        "[2026-01-01 00:00:00,000][loss_slope.train][INFO] - resuming\nTraceback (most recent call last):\n"
+        "  File x\nValueError: schedule: warm-up (220 steps) must be shorter than training (88 steps)\n\n"
+        "Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.\n"
+    )
     assert L.error_line(log).startswith("ValueError: schedule: warm-up")
     e = lambda err, code=1: {"event": "error", "error": err, "exit_code": code}  # noqa: E731
     assert L.given_up([e("A")], 3) is None
@@ -98,12 +126,14 @@ def test_error_bookkeeping_gives_up_on_repeated_errors(tmp_path):
 def test_run_marker_reports_the_error_of_a_given_up_run(tmp_path):
     run = tmp_path / "r"
     run.mkdir()
-    (run / "launcher.jsonl").write_text(json.dumps({"event": "error", "attempt": 2, "exit_code": 1,
-                                                     "error": "ValueError: boom"}) + "\n")
+    (run / "launcher.jsonl").write_text(
+        json.dumps({"event": "error", "attempt": 2, "exit_code": 1, "error": "ValueError: boom"}) + "\n"
+    )
     with pytest.raises(SystemExit, match="ValueError: boom"):
         L.write_run_marker(run, tmp_path / "m.json", variant="V", run="r")
-    (run / "done.json").write_text(json.dumps({"status": "complete", "total_steps": 10, "attempts": [
-        {"slurm_job_id": "7"}]}))
+    (run / "done.json").write_text(
+        json.dumps({"status": "complete", "total_steps": 10, "attempts": [{"slurm_job_id": "7"}]})
+    )
     m = L.write_run_marker(run, tmp_path / "m.json", variant="V", run="r")
     assert m["status"] == "complete" and m["slurm_jobs"] == ["7"]
 
@@ -111,11 +141,23 @@ def test_run_marker_reports_the_error_of_a_given_up_run(tmp_path):
 def test_probe_levels_carry_host_memory_and_the_plan_uses_it():
     from loss_slope.probe.capacity import level_from_workers
 
-    workers = [{"oom": False, "samples_per_s": 100.0, "seconds": 2.0, "step_ms": 10.0, "peak_mem_mb": 900.0,
-                "peak_rss_mb": rss} for rss in (2100.0, 2300.0)]
+    workers = [
+        {
+            "oom": False,
+            "samples_per_s": 100.0,
+            "seconds": 2.0,
+            "step_ms": 10.0,
+            "peak_mem_mb": 900.0,
+            "peak_rss_mb": rss,
+        }
+        for rss in (2100.0, 2300.0)
+    ]
     level = level_from_workers(2, workers, [], [])
     assert level.host_rss_mb == [2100.0, 2300.0] and level.aggregate_samples_per_s == pytest.approx(200.0)
-    probe = {"gpu_name": "A100", "on_cpu": False, "levels": [{"k": 2, "step_ms": [10.0, 12.0],
-                                                               "host_rss_mb": level.host_rss_mb}]}
+    probe = {
+        "gpu_name": "A100",
+        "on_cpu": False,
+        "levels": [{"k": 2, "step_ms": [10.0, 12.0], "host_rss_mb": level.host_rss_mb}],
+    }
     measured = P.measured_from_probe(probe, 2)
     assert measured["host_mem_mb_per_run"] == 2300.0 and measured["step_s"] == pytest.approx(0.012)

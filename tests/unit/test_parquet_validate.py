@@ -27,20 +27,37 @@ def write_run(d, *, n_steps=SPE * EPOCHS, lr_scale=1.0, wd=WD, loss_at=None):
     steps.append(rows)
     steps.close()
     val = CsvTable(d / "val.csv", "val")
-    val.append([(int(s), s / SPE, 1.7e9 + s, 1.0, 1.0 / LN2, 0.6, 2.0, 10.0)
-                for s in expected_val_steps(EPOCHS, SPE, VPE)])
+    val.append(
+        [(int(s), s / SPE, 1.7e9 + s, 1.0, 1.0 / LN2, 0.6, 2.0, 10.0) for s in expected_val_steps(EPOCHS, SPE, VPE)]
+    )
     val.close()
-    info = {"steps_per_epoch": SPE, "epochs": EPOCHS, "val_per_epoch": VPE, "lr": LR, "weight_decay": WD, "seed": 0,
-            "schedule": {"kind": "cosine", "warmup_steps": 4, "total_steps": SPE * EPOCHS, "min_lr_ratio": 0.0}}
+    info = {
+        "steps_per_epoch": SPE,
+        "epochs": EPOCHS,
+        "val_per_epoch": VPE,
+        "lr": LR,
+        "weight_decay": WD,
+        "seed": 0,
+        "schedule": {"kind": "cosine", "warmup_steps": 4, "total_steps": SPE * EPOCHS, "min_lr_ratio": 0.0},
+    }
     (d / "run_info.json").write_text(json.dumps(info))
 
 
 def check(d):
-    conv = convert_run(steps_csv=d / "steps.csv", val_csv=d / "val.csv", steps_parquet=d / "s.parquet",
-                       val_parquet=d / "v.parquet", report_path=d / "conv.json")
-    rep = validate_run(steps_parquet=d / "s.parquet", val_parquet=d / "v.parquet", convert_report=d / "conv.json",
-                       run_info=d / "run_info.json",
-                       expected={"variant": "V", "run": "r", "lr": LR, "weight_decay": WD, "seed": 0})
+    conv = convert_run(
+        steps_csv=d / "steps.csv",
+        val_csv=d / "val.csv",
+        steps_parquet=d / "s.parquet",
+        val_parquet=d / "v.parquet",
+        report_path=d / "conv.json",
+    )
+    rep = validate_run(
+        steps_parquet=d / "s.parquet",
+        val_parquet=d / "v.parquet",
+        convert_report=d / "conv.json",
+        run_info=d / "run_info.json",
+        expected={"variant": "V", "run": "r", "lr": LR, "weight_decay": WD, "seed": 0},
+    )
     return conv, rep
 
 
@@ -77,14 +94,17 @@ def test_nan_and_negative_loss_detected(tmp_path):
     assert "first at step 5" in " ".join(rep.to_dict()["reasons"])
 
 
-@pytest.mark.parametrize("damage,expect", [
-    (lambda t: t[: len(t) - 7], "truncated line"),                       # cut mid-line
-    (lambda t: t.replace("\n5,", "\n5,garbage,", 1), "expected 8 fields"),  # garbage row
-    (lambda t: t.replace("\n7,", "\n7,0.875,x", 1), "expected 8 fields"),
-    (lambda t: t.replace("wd,", "", 1), "header mismatch; missing columns ['wd']"),  # missing column
-    (lambda t: t + t.split("\n", 1)[1].split("\n")[3] + "\n", "duplicates line"),  # duplicated step
-    (lambda t: t.replace("\n9,", "\n9,abc", 1).replace("abc1.125", "abc", 1), "not a"),
-])
+@pytest.mark.parametrize(
+    "damage,expect",
+    [
+        (lambda t: t[: len(t) - 7], "truncated line"),  # cut mid-line
+        (lambda t: t.replace("\n5,", "\n5,garbage,", 1), "expected 8 fields"),  # garbage row
+        (lambda t: t.replace("\n7,", "\n7,0.875,x", 1), "expected 8 fields"),
+        (lambda t: t.replace("wd,", "", 1), "header mismatch; missing columns ['wd']"),  # missing column
+        (lambda t: t + t.split("\n", 1)[1].split("\n")[3] + "\n", "duplicates line"),  # duplicated step
+        (lambda t: t.replace("\n9,", "\n9,abc", 1).replace("abc1.125", "abc", 1), "not a"),
+    ],
+)
 def test_corrupt_tables_never_reach_parquet(tmp_path, damage, expect):
     write_run(tmp_path)
     p = tmp_path / "steps.csv"
@@ -131,12 +151,15 @@ def test_diverged_run_is_complete_up_to_its_stop_and_flagged(tmp_path):
     assert rep.to_dict()["status"] == "invalid"
 
 
-@pytest.mark.parametrize("damage,expect", [
-    (lambda t: t.replace("step,epoch,", "epoch,step,", 1), "columns out of order"),  # renamed columns by position
-    (lambda t: t.replace("acc_train\n", "acc_train,extra\n", 1), "unexpected ['extra']"),  # extra column
-    (lambda t: "", "header mismatch"),  # empty file
-    (lambda t: t.replace("\n3,", '\n"3",', 1), "not a"),  # the recorder never quotes
-])
+@pytest.mark.parametrize(
+    "damage,expect",
+    [
+        (lambda t: t.replace("step,epoch,", "epoch,step,", 1), "columns out of order"),  # renamed columns by position
+        (lambda t: t.replace("acc_train\n", "acc_train,extra\n", 1), "unexpected ['extra']"),  # extra column
+        (lambda t: "", "header mismatch"),  # empty file
+        (lambda t: t.replace("\n3,", '\n"3",', 1), "not a"),  # the recorder never quotes
+    ],
+)
 def test_header_and_quoting_are_strict(tmp_path, damage, expect):
     write_run(tmp_path)
     p = tmp_path / "steps.csv"
@@ -153,13 +176,23 @@ def test_out_of_order_rows_are_kept_and_duplicates_found_anywhere(tmp_path):
     p = tmp_path / "steps.csv"
     header, *rows = p.read_text().splitlines(keepends=True)
     p.write_text(header + "".join(rows[12:] + rows[:12]))  # unique steps, not increasing
-    conv = convert_run(steps_csv=p, val_csv=tmp_path / "val.csv", steps_parquet=tmp_path / "s.parquet",
-                       val_parquet=tmp_path / "v.parquet", report_path=tmp_path / "conv.json")
+    conv = convert_run(
+        steps_csv=p,
+        val_csv=tmp_path / "val.csv",
+        steps_parquet=tmp_path / "s.parquet",
+        val_parquet=tmp_path / "v.parquet",
+        report_path=tmp_path / "conv.json",
+    )
     assert conv["ok"] and conv["tables"]["steps"]["rows"] == 24
     assert pq.read_table(tmp_path / "s.parquet")["step"].to_pylist() == list(range(12, 24)) + list(range(12))
     p.write_text(header + "".join(rows[12:] + rows[:12] + rows[20:21]))  # step 20 again, not next to its twin
-    conv = convert_run(steps_csv=p, val_csv=tmp_path / "val.csv", steps_parquet=tmp_path / "s.parquet",
-                       val_parquet=tmp_path / "v.parquet", report_path=tmp_path / "conv.json")
+    conv = convert_run(
+        steps_csv=p,
+        val_csv=tmp_path / "val.csv",
+        steps_parquet=tmp_path / "s.parquet",
+        val_parquet=tmp_path / "v.parquet",
+        report_path=tmp_path / "conv.json",
+    )
     errors = conv["tables"]["steps"]["errors"]
     assert not conv["ok"] and errors == [f"{p}:26: step 20 duplicates line 10"], errors
     assert pq.read_table(tmp_path / "s.parquet").num_rows == 0
@@ -174,9 +207,13 @@ def test_parquet_is_exact_and_compact(tmp_path):
     t.close()
     val = CsvTable(tmp_path / "val.csv", "val")
     val.close()  # header only
-    conv = convert_run(steps_csv=tmp_path / "steps.csv", val_csv=tmp_path / "val.csv",
-                       steps_parquet=tmp_path / "s.parquet", val_parquet=tmp_path / "v.parquet",
-                       report_path=tmp_path / "conv.json")
+    conv = convert_run(
+        steps_csv=tmp_path / "steps.csv",
+        val_csv=tmp_path / "val.csv",
+        steps_parquet=tmp_path / "s.parquet",
+        val_parquet=tmp_path / "v.parquet",
+        report_path=tmp_path / "conv.json",
+    )
     assert conv["ok"] and conv["tables"]["steps"]["rows"] == len(vals) and conv["tables"]["val"]["rows"] == 0
     got = pq.read_table(tmp_path / "s.parquet")
     np.testing.assert_array_equal(got["loss_train_nats"].to_numpy(), np.array(vals))  # nan == nan here
@@ -197,14 +234,25 @@ def test_crlf_is_read_and_a_header_without_newline_is_rejected(tmp_path):
     p = tmp_path / "steps.csv"
     p.write_bytes(p.read_bytes().replace(b"\n", b"\r\n"))
     timings = {}
-    conv = convert_run(steps_csv=p, val_csv=tmp_path / "val.csv", steps_parquet=tmp_path / "s.parquet",
-                       val_parquet=tmp_path / "v.parquet", report_path=tmp_path / "conv.json", timings=timings)
+    conv = convert_run(
+        steps_csv=p,
+        val_csv=tmp_path / "val.csv",
+        steps_parquet=tmp_path / "s.parquet",
+        val_parquet=tmp_path / "v.parquet",
+        report_path=tmp_path / "conv.json",
+        timings=timings,
+    )
     assert conv["ok"] and pq.read_table(tmp_path / "s.parquet")["step"].to_pylist() == list(range(24))
     assert {"read", "parse", "checks", "write", "report"} <= set(timings)
     v = tmp_path / "val.csv"
     v.write_text(v.read_text().split("\n")[0])  # a torn header-only file (the recorder writes "header\n")
-    conv = convert_run(steps_csv=p, val_csv=v, steps_parquet=tmp_path / "s.parquet",
-                       val_parquet=tmp_path / "v.parquet", report_path=tmp_path / "conv.json")
+    conv = convert_run(
+        steps_csv=p,
+        val_csv=v,
+        steps_parquet=tmp_path / "s.parquet",
+        val_parquet=tmp_path / "v.parquet",
+        report_path=tmp_path / "conv.json",
+    )
     assert not conv["ok"] and conv["tables"]["val"]["errors"][0].startswith(f"{v}:1: truncated line")
 
 

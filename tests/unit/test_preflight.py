@@ -32,14 +32,22 @@ def test_demo_and_study_pass_and_give_the_run_sizes(demo):
     assert facts["S-core"].steps_per_epoch == 391 and facts["S-core"].total_steps == 19550
 
 
-@pytest.mark.parametrize("edit, key", [
-    (lambda c: c["training"]["hydra_overrides"].append("model.base_widht=8"), "training.hydra_overrides: model.base_widht=8"),
-    (lambda c: c["variants"]["S-core"]["hydra_overrides"].append("trainer.nope=1"),
-     "variants.S-core.hydra_overrides: trainer.nope=1"),
-    (lambda c: c["training"].update(val_per_epoch=45), "training.val_per_epoch"),
-    (lambda c: c["analysis"]["fit"].update(early_window=[5, 31]), "analysis.fit.early_window"),
-    (lambda c: c["packing"].update(time_margin_minutes=720), "packing.time_margin_minutes"),
-])
+@pytest.mark.parametrize(
+    "edit, key",
+    [
+        (
+            lambda c: c["training"]["hydra_overrides"].append("model.base_widht=8"),
+            "training.hydra_overrides: model.base_widht=8",
+        ),
+        (
+            lambda c: c["variants"]["S-core"]["hydra_overrides"].append("trainer.nope=1"),
+            "variants.S-core.hydra_overrides: trainer.nope=1",
+        ),
+        (lambda c: c["training"].update(val_per_epoch=45), "training.val_per_epoch"),
+        (lambda c: c["analysis"]["fit"].update(early_window=[5, 31]), "analysis.fit.early_window"),
+        (lambda c: c["packing"].update(time_margin_minutes=720), "packing.time_margin_minutes"),
+    ],
+)
 def test_each_problem_names_its_key(demo, edit, key):
     cfg = copy.deepcopy(demo)
     edit(cfg)
@@ -47,11 +55,14 @@ def test_each_problem_names_its_key(demo, edit, key):
         preflight(cfg, _by_variant(cfg), runtime_minutes=720)
 
 
-@pytest.mark.parametrize("edit, key", [
-    ({"training": {"hydra_overrides": ["model.base_widht=8"]}}, "model.base_widht"),
-    ({"training": {"val_per_epoch": 50}}, "training.val_per_epoch"),
-    ({"analysis": {"fit": {"early_window": [5, 40]}}}, "analysis.fit.early_window"),
-])
+@pytest.mark.parametrize(
+    "edit, key",
+    [
+        ({"training": {"hydra_overrides": ["model.base_widht=8"]}}, "model.base_widht"),
+        ({"training": {"val_per_epoch": 50}}, "training.val_per_epoch"),
+        ({"analysis": {"fit": {"early_window": [5, 40]}}}, "analysis.fit.early_window"),
+    ],
+)
 def test_snakemake_dry_run_stops_before_any_job(tmp_path, edit, key):
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     for top, sub in edit.items():
@@ -61,8 +72,13 @@ def test_snakemake_dry_run_stops_before_any_job(tmp_path, edit, key):
             else:
                 cfg[top][k] = v
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    p = subprocess.run([snakemake_bin(), "-n", "-s", REPO / "Snakefile", "--configfile", "c.yaml", "--cores", "1"],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [snakemake_bin(), "-n", "-s", REPO / "Snakefile", "--configfile", "c.yaml", "--cores", "1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = p.stdout + p.stderr
     assert p.returncode != 0 and key in out and "config error" in out, out[-3000:]
     assert "Job stats" not in out and not (tmp_path / "results").exists()

@@ -8,15 +8,41 @@ import pytest
 
 from _util import PYTHON, REPO, run_cmd
 
-DEMO = ["experiment=s_core", "data=digits", "data.batch_size=32", "trainer.threads=1", "trainer.precision=32-true",
-        "model.base_width=4", "trainer.monitors.curvature_every_steps=220", "trainer.monitors.hutch_matvecs=6",
-        "trainer.monitors.lambda_iters=3", "trainer.monitors.lambda_min_iters=2", "trainer.monitors.noise_every_epochs=2"]
+DEMO = [
+    "experiment=s_core",
+    "data=digits",
+    "data.batch_size=32",
+    "trainer.threads=1",
+    "trainer.precision=32-true",
+    "model.base_width=4",
+    "trainer.monitors.curvature_every_steps=220",
+    "trainer.monitors.hutch_matvecs=6",
+    "trainer.monitors.lambda_iters=3",
+    "trainer.monitors.lambda_min_iters=2",
+    "trainer.monitors.noise_every_epochs=2",
+]
 
 
 def probe(tmp_path, *overrides):
     out = tmp_path / "w.json"
-    run_cmd([PYTHON, "-m", "loss_slope.probe.worker", "--out", out, "--steps", "3", "--warmup", "1", "--",
-             *DEMO, *overrides], cwd=REPO, timeout=300)
+    run_cmd(
+        [
+            PYTHON,
+            "-m",
+            "loss_slope.probe.worker",
+            "--out",
+            out,
+            "--steps",
+            "3",
+            "--warmup",
+            "1",
+            "--",
+            *DEMO,
+            *overrides,
+        ],
+        cwd=REPO,
+        timeout=300,
+    )
     return json.loads(out.read_text())
 
 

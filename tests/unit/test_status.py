@@ -23,20 +23,26 @@ def _run(work, name, *, steps=0, total=1000, done=False, lock=None, failed=None,
     if lock:
         (work / "V" / f"{name}.lock").write_text(json.dumps(lock))
     if failed:
-        (d / "launcher.jsonl").write_text("".join(json.dumps({"event": "error", "exit_code": 1, "error": failed}) + "\n"
-                                                  for _ in range(2)))
+        (d / "launcher.jsonl").write_text(
+            "".join(json.dumps({"event": "error", "exit_code": 1, "error": failed}) + "\n" for _ in range(2))
+        )
 
 
 def test_counts_steps_loss_eta_pack_and_job(tmp_path):
     work = tmp_path / "work"
     _run(work, "a", steps=1000, done=True)
-    _run(work, "b", steps=400, lock={"host": socket.gethostname(), "pid": 1, "slurm_job_id": "77",
-                                    "slurm_pack": "pack-abc"})
+    _run(
+        work,
+        "b",
+        steps=400,
+        lock={"host": socket.gethostname(), "pid": 1, "slurm_job_id": "77", "slurm_pack": "pack-abc"},
+    )
     _run(work, "c", steps=10, failed="ValueError: boom")
     reg = tmp_path / "results" / "plan" / "V" / "packs.json"
     reg.parent.mkdir(parents=True)
-    reg.write_text(json.dumps({"packs": {"pack-abc": [{"run": "a"}, {"run": "b"}], "pack-d": [{"run": "c"},
-                                                                                              {"run": "d"}]}}))
+    reg.write_text(
+        json.dumps({"packs": {"pack-abc": [{"run": "a"}, {"run": "b"}], "pack-d": [{"run": "c"}, {"run": "d"}]}})
+    )
     table = collect(tmp_path, work, now=time.time())
     states = {s["run"]: s for s in table["V"]}
     assert {r: s["state"] for r, s in states.items()} == {"a": "done", "b": "running", "c": "failed", "d": "waiting"}
@@ -54,6 +60,10 @@ def test_stale_lock_is_not_running_and_cli_entry_point(tmp_path):
     old = time.time() - 3600
     os.utime(work / "V" / "b.lock", (old, old))
     assert collect(tmp_path, work)["V"][0]["state"] == "waiting"
-    p = subprocess.run([sys.executable, "-m", "loss_slope.cli", "status", "--root", str(tmp_path)],
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-m", "loss_slope.cli", "status", "--root", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0 and "waiting" in p.stdout

@@ -18,9 +18,18 @@ LN2 = math.log(2)
 SPE, EPOCHS, VPE, LR, WD = 8, 3, 4, 0.1, 1e-3
 TOTAL = SPE * EPOCHS
 SCHED = Schedule("cosine", warmup_steps=4, total_steps=TOTAL)
-MONITORS = {"enabled": True, "curvature_every_steps": 6, "noise_every_epochs": 1, "noise_every_steps": SPE,
-            "hutch_matvecs": 9, "lambda_iters": 6, "lambda_min_iters": 5, "psd_window": 32, "psd_min_points": 12,
-            "checkpoint_size": True}
+MONITORS = {
+    "enabled": True,
+    "curvature_every_steps": 6,
+    "noise_every_epochs": 1,
+    "noise_every_steps": SPE,
+    "hutch_matvecs": 9,
+    "lambda_iters": 6,
+    "lambda_min_iters": 5,
+    "psd_window": 32,
+    "psd_min_points": 12,
+    "checkpoint_size": True,
+}
 MONITOR_TABLES = ("curvature", "noise", "checkpoints")
 
 
@@ -47,23 +56,38 @@ def write_run(d, *, monitors=MONITORS, curvature=None, noise=None, checkpoints=N
     """A complete synthetic run in ``d`` (work-tree layout: tables/*.csv, run_info.json)."""
     t = d / "tables"
     steps = CsvTable(t / "steps.csv", "steps")
-    steps.append([(s, s / SPE, 1.7e9 + s, LR * SCHED.factor(s), WD, 2.0 / (1 + s) ** 0.5,
-                   2.0 / (1 + s) ** 0.5 / LN2, 0.5) for s in range(TOTAL)])
+    steps.append(
+        [
+            (s, s / SPE, 1.7e9 + s, LR * SCHED.factor(s), WD, 2.0 / (1 + s) ** 0.5, 2.0 / (1 + s) ** 0.5 / LN2, 0.5)
+            for s in range(TOTAL)
+        ]
+    )
     steps.close()
     val = CsvTable(t / "val.csv", "val")
-    val.append([(int(s), s / SPE, 1.7e9 + s, 1.0, 1.0 / LN2, 0.6, 2.0, 10.0)
-                for s in expected_val_steps(EPOCHS, SPE, VPE)])
+    val.append(
+        [(int(s), s / SPE, 1.7e9 + s, 1.0, 1.0 / LN2, 0.6, 2.0, 10.0) for s in expected_val_steps(EPOCHS, SPE, VPE)]
+    )
     val.close()
     if monitors and monitors.get("enabled"):
-        defaults = {"curvature": [curvature_row(s) for s in (6, 12, 18, 24)],
-                    "noise": [noise_row(s) for s in (8, 16, 24)], "checkpoints": checkpoint_rows()}
+        defaults = {
+            "curvature": [curvature_row(s) for s in (6, 12, 18, 24)],
+            "noise": [noise_row(s) for s in (8, 16, 24)],
+            "checkpoints": checkpoint_rows(),
+        }
         given = {"curvature": curvature, "noise": noise, "checkpoints": checkpoints}
         for table in MONITOR_TABLES:
             csv = CsvTable(t / f"{table}.csv", table)
             csv.append(defaults[table] if given[table] is None else given[table])
             csv.close()
-    info = {"steps_per_epoch": SPE, "epochs": EPOCHS, "val_per_epoch": VPE, "lr": LR, "weight_decay": WD, "seed": 0,
-            "schedule": {"kind": "cosine", "warmup_steps": 4, "total_steps": TOTAL, "min_lr_ratio": 0.0}}
+    info = {
+        "steps_per_epoch": SPE,
+        "epochs": EPOCHS,
+        "val_per_epoch": VPE,
+        "lr": LR,
+        "weight_decay": WD,
+        "seed": 0,
+        "schedule": {"kind": "cosine", "warmup_steps": 4, "total_steps": TOTAL, "min_lr_ratio": 0.0},
+    }
     if monitors is not None:
         info["monitors"] = monitors
     if outcome:
@@ -75,16 +99,31 @@ def write_run(d, *, monitors=MONITORS, curvature=None, noise=None, checkpoints=N
 def check(d):
     out = d / "out"
     exported = {t: out / f"{t}.csv" for t in MONITOR_TABLES}
-    export_run(d, steps_csv=out / "steps.csv", val_csv=out / "val.csv", run_info=out / "run_info.json",
-               attempts=out / "attempts.json", monitors=exported)
+    export_run(
+        d,
+        steps_csv=out / "steps.csv",
+        val_csv=out / "val.csv",
+        run_info=out / "run_info.json",
+        attempts=out / "attempts.json",
+        monitors=exported,
+    )
     parquet = {t: out / f"{t}.parquet" for t in MONITOR_TABLES}
-    conv = convert_run(steps_csv=out / "steps.csv", val_csv=out / "val.csv", steps_parquet=out / "s.parquet",
-                       val_parquet=out / "v.parquet", report_path=out / "conv.json",
-                       monitors={t: (exported[t], parquet[t]) for t in MONITOR_TABLES})
-    rep = validate_run(steps_parquet=out / "s.parquet", val_parquet=out / "v.parquet", convert_report=out / "conv.json",
-                       run_info=out / "run_info.json",
-                       expected={"variant": "V", "run": "r", "lr": LR, "weight_decay": WD, "seed": 0},
-                       monitors=parquet)
+    conv = convert_run(
+        steps_csv=out / "steps.csv",
+        val_csv=out / "val.csv",
+        steps_parquet=out / "s.parquet",
+        val_parquet=out / "v.parquet",
+        report_path=out / "conv.json",
+        monitors={t: (exported[t], parquet[t]) for t in MONITOR_TABLES},
+    )
+    rep = validate_run(
+        steps_parquet=out / "s.parquet",
+        val_parquet=out / "v.parquet",
+        convert_report=out / "conv.json",
+        run_info=out / "run_info.json",
+        expected={"variant": "V", "run": "r", "lr": LR, "weight_decay": WD, "seed": 0},
+        monitors=parquet,
+    )
     return conv, rep
 
 
@@ -101,8 +140,14 @@ def test_clean_run_with_monitors_passes_and_parquet_is_typed(tmp_path):
     conv, rep = check(tmp_path)
     assert conv["ok"] and rep.passed, rep.summary()
     names = {c.name for c in rep.checks}
-    assert {"curvature_cadence", "curvature_values", "noise_cadence", "noise_values", "checkpoints_recorded",
-            "checkpoint_sizes"} <= names
+    assert {
+        "curvature_cadence",
+        "curvature_values",
+        "noise_cadence",
+        "noise_values",
+        "checkpoints_recorded",
+        "checkpoint_sizes",
+    } <= names
     out = tmp_path / "out"
     c = pq.read_table(out / "curvature.parquet")
     assert c.schema.equals(TABLES["curvature"]) and c.column("lambda_converged").to_pylist() == [True] * 4
@@ -113,8 +158,16 @@ def test_clean_run_with_monitors_passes_and_parquet_is_typed(tmp_path):
 
 
 def test_monitors_off_exports_header_only_csvs_and_empty_parquet(tmp_path):
-    write_run(tmp_path, monitors={"enabled": False, "curvature_every_steps": 0, "noise_every_epochs": 0,
-                                  "noise_every_steps": 0, "checkpoint_size": False})
+    write_run(
+        tmp_path,
+        monitors={
+            "enabled": False,
+            "curvature_every_steps": 0,
+            "noise_every_epochs": 0,
+            "noise_every_steps": 0,
+            "checkpoint_size": False,
+        },
+    )
     assert not (tmp_path / "tables" / "curvature.csv").exists()
     conv, rep = check(tmp_path)
     assert conv["ok"] and rep.passed, rep.summary()
@@ -130,16 +183,20 @@ def test_run_info_without_monitor_settings_expects_no_rows(tmp_path):
     assert rep.passed, rep.summary()
     # rows that no setting asked for are reported
     (tmp_path / "tables" / "curvature.csv").write_text(
-        ",".join(columns("curvature")) + "\n" + ",".join(map(str, curvature_row(6))) + "\n")
+        ",".join(columns("curvature")) + "\n" + ",".join(map(str, curvature_row(6))) + "\n"
+    )
     _, rep = check(tmp_path)
     assert "curvature_cadence" in failed(rep)
 
 
-@pytest.mark.parametrize("steps,expect", [
-    ((6, 12, 24), "missing 1 (first [18])"),        # a lost event
-    ((6, 12, 18, 20, 24), "unexpected 1 (first [20])"),  # off the cadence
-    ((6, 12, 18), "missing 1 (first [24])"),        # the last event, at the final step
-])
+@pytest.mark.parametrize(
+    "steps,expect",
+    [
+        ((6, 12, 24), "missing 1 (first [18])"),  # a lost event
+        ((6, 12, 18, 20, 24), "unexpected 1 (first [20])"),  # off the cadence
+        ((6, 12, 18), "missing 1 (first [24])"),  # the last event, at the final step
+    ],
+)
 def test_curvature_cadence(tmp_path, steps, expect):
     write_run(tmp_path, curvature=[curvature_row(s) for s in steps])
     _, rep = check(tmp_path)
@@ -163,8 +220,16 @@ def test_non_finite_curvature_is_reported_except_after_divergence(tmp_path):
 
     d = tmp_path / "diverged"
     d.mkdir()
-    write_run(d, curvature=rows, outcome={"status": "diverged", "steps_done": TOTAL, "diverged_at_step": 17,
-                                          "reason": "non-finite training loss"})
+    write_run(
+        d,
+        curvature=rows,
+        outcome={
+            "status": "diverged",
+            "steps_done": TOTAL,
+            "diverged_at_step": 17,
+            "reason": "non-finite training loss",
+        },
+    )
     _, rep = check(d)
     assert "curvature_values" not in failed(rep), rep.summary()
 
@@ -232,7 +297,14 @@ def test_truncation_keeps_monitor_rows_at_the_checkpoint_step(tmp_path):
     kept, dropped = truncate_table(t / "checkpoints.csv", "checkpoints", 8)
     assert (kept, dropped) == (7, 9)  # latest 2,4,6,8 + best 2,4,8
     assert [line.split(",")[3] for line in (t / "checkpoints.csv").read_text().splitlines()[1:]] == [
-        "best", "latest", "best", "latest", "latest", "best", "latest"]
+        "best",
+        "latest",
+        "best",
+        "latest",
+        "latest",
+        "best",
+        "latest",
+    ]
 
 
 def test_expected_monitor_steps_study_cadence():
@@ -258,8 +330,9 @@ def test_latest_once_per_epoch_passes_and_a_missing_epoch_end_is_reported(tmp_pa
 
     rep = run(tmp_path / "a", rows)
     assert rep.passed, rep.summary()
-    assert "latest at each of the 3 epoch-end validations" in " | ".join(c.detail for c in rep.checks
-                                                                        if c.name == "checkpoints_recorded")
+    assert "latest at each of the 3 epoch-end validations" in " | ".join(
+        c.detail for c in rep.checks if c.name == "checkpoints_recorded"
+    )
     rep = run(tmp_path / "b", [r for r in rows if not (r[0] == 16 and r[3] == "latest")])
     assert failed(rep) == {"checkpoints_recorded"}
     assert "latest missing at 1 validation step(s) (first [16])" in reasons(rep)

@@ -11,7 +11,11 @@ variant = snakemake.wildcards.variant
 members = [m.split(":")[0] for m in snakemake.params.settings.split(",")]
 specs = {s.run: s for s in build_runs(snakemake.config) if s.variant == variant}
 measured = json.load(open(snakemake.input.n)) if snakemake.input.get("n") else {}
-write_pack_spec(snakemake.output.spec, snakemake.params.registry, variant=variant, pack=snakemake.wildcards.pack,
-                runs=[{"run": r, "overrides": specs[r].overrides} for r in members],
-                measured={k: measured.get(k) for k in ("runs_per_gpu", "source", "gpu_name", "step_s",
-                                                       "host_mem_mb_per_run")})
+write_pack_spec(
+    snakemake.output.spec,
+    snakemake.params.registry,
+    variant=variant,
+    pack=snakemake.wildcards.pack,
+    runs=[{"run": r, "overrides": specs[r].overrides} for r in members],
+    measured={k: measured.get(k) for k in ("runs_per_gpu", "source", "gpu_name", "step_s", "host_mem_mb_per_run")},
+)

@@ -31,9 +31,7 @@ KNEE_DELTA = 0.25
 
 POWER_NAMES = ("log_amp", "exponent", "floor", "shift")
 TWO_POWER_NAMES = ("log_amp", "exponent_before", "exponent_after", "knee_pos", "floor", "shift")
-THREE_POWER_NAMES = (
-    "log_amp", "exponent_1", "exponent_2", "exponent_3", "knee_pos", "knee2_pos", "floor", "shift"
-)
+THREE_POWER_NAMES = ("log_amp", "exponent_1", "exponent_2", "exponent_3", "knee_pos", "knee2_pos", "floor", "shift")
 EXP_NAMES = ("log_amp", "rate")
 
 #: Least distance between the two breaks of ``three_power``, in ln(tau) (a factor 2).

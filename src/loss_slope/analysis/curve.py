@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -23,8 +23,8 @@ from .exceptions import AnalysisError, InvalidCurve, UnknownMethod
 from .fits import ModelComparison, PowerLawFit, comparison_from_lrt, fit_power_law
 from .knee import DEFAULT_KNEE_METHOD, KNEE_METHODS, KneeResult, _broken_power_lrt, detect_knee
 from .shape import FitCheck, ShapeTest, check_fit, single_power_law
-from .two_break import two_break_test
 from .slopes import EARLY_WINDOW, SlopeResult, alpha_full, alpha_window
+from .two_break import two_break_test
 
 __all__ = ["CurveAnalysis", "analyze_curve", "cumulative_lr"]
 
@@ -170,7 +170,7 @@ class _TimeAxis:
     keep: np.ndarray | None
 
     @classmethod
-    def of(cls, steps, time, curve) -> "_TimeAxis":
+    def of(cls, steps, time, curve) -> _TimeAxis:
         if time is None:
             return cls("step", curve.steps, curve.steps, None)
         raw_steps = np.asarray(steps, dtype=float)
@@ -378,7 +378,11 @@ def analyze_curve(
     a_early = a_full = None
     try:
         a_early = alpha_window(
-            t, l_, axis.epoch_to_t(early_window[0], spe), axis.epoch_to_t(early_window[1], spe), spe,
+            t,
+            l_,
+            axis.epoch_to_t(early_window[0], spe),
+            axis.epoch_to_t(early_window[1], spe),
+            spe,
             confidence=confidence,
         )
         a_early = axis.window_in_epochs(a_early, early_window)
@@ -386,7 +390,11 @@ def analyze_curve(
         errors["alpha_early"] = str(exc)
     try:
         a_full = alpha_full(
-            t, l_, knee_step=knee_t, steps_per_epoch=spe, confidence=confidence,
+            t,
+            l_,
+            knee_step=knee_t,
+            steps_per_epoch=spe,
+            confidence=confidence,
             fallback_start_epoch=axis.epoch_to_t(1.0, spe),
         )
     except AnalysisError as exc:

@@ -33,9 +33,9 @@ name (e.g. from the pipeline config)::
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Callable, Mapping
 
 import numpy as np
 
@@ -201,9 +201,7 @@ def _lrt_fit(prob: E.Problem, *, knee_range=None, robust: str = "auto", hetero: 
         std = psi
         used_robust = True
     mb, _ = prob.bin_model(alt0.fn(), alt0.theta, jac=False)
-    nz = reml_refine(
-        estimate_noise(std), prob.bins, alt0.jac, prob.yb - mb, slack=REML_SLACK, bin_scale=prob.bin_scale
-    )
+    nz = reml_refine(estimate_noise(std), prob.bins, alt0.jac, prob.yb - mb, slack=REML_SLACK, bin_scale=prob.bin_scale)
     # Huber sandwich: Var(estimate) ~ E[psi^2] / E[psi']^2, so the pseudo-data noise
     # is inflated by 1 / P(|r| <= delta)^2 for the test to stay calibrated
     noise = (
@@ -334,7 +332,10 @@ def _broken_power_lrt(
         delta_bic=fit.stat - 2.0 * math.log(neff),
         statistic=fit.stat,
         threshold=thr,
-        test="GLS likelihood ratio, power law (floor+shift) vs broken power law, white+AR(1) noise, simulation-calibrated threshold",
+        test=(
+            "GLS likelihood ratio, power law (floor+shift) vs broken power law, white+AR(1) noise, "
+            "simulation-calibrated threshold"
+        ),
         exponent_before=a1,
         exponent_after=a2,
         n_points=curve.n,

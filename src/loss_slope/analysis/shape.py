@@ -133,8 +133,9 @@ def check_fit(fit: FitResult, steps, loss, *, tolerance: float = MISFIT_TOLERANC
     i = int(np.argmax(np.abs(mean_r)))
     worst, worst_step = float(abs(mean_r[i])), float(mean_s[i])
     bad = (np.abs(mean_r) > tolerance) & (np.abs(mean_r) > MISFIT_SE * se)
-    data_first, data_last = mean_r[0] + float(np.mean(pred[inv == 0])), mean_r[-1] + float(
-        np.mean(pred[inv == inv[-1]])
+    data_first, data_last = (
+        mean_r[0] + float(np.mean(pred[inv == 0])),
+        mean_r[-1] + float(np.mean(pred[inv == inv[-1]])),
     )
     rising = bool(pred[-1] > pred[0] + 1e-9 and data_last < data_first)
     if bad.any():
@@ -221,9 +222,11 @@ class ShapeTest:
     two_break: TwoBreakTest | None = None
 
     def to_dict(self, prefix: str = "h1_") -> dict:
-        tb = self.two_break.to_dict(f"{prefix}two_break_") if self.two_break is not None else {
-            f"{prefix}two_break_{k}": (None if k == "found" else NAN) for k in _TWO_BREAK_KEYS
-        }
+        tb = (
+            self.two_break.to_dict(f"{prefix}two_break_")
+            if self.two_break is not None
+            else {f"{prefix}two_break_{k}": (None if k == "found" else NAN) for k in _TWO_BREAK_KEYS}
+        )
         return tb | {
             f"{prefix}single_power_law": self.decision,
             f"{prefix}reason": self.reason,
@@ -348,8 +351,9 @@ def single_power_law(
     try:
         fit = segment_fit if segment_fit is not None else fit_power_law(ss, ys, bin_decades=bin_decades)
     except AnalysisError as exc:
-        return ShapeTest(None, f"the post-knee power law could not be fitted: {exc}", fit_ok=False,
-                         fit_reason=str(exc), **empty)
+        return ShapeTest(
+            None, f"the post-knee power law could not be fitted: {exc}", fit_ok=False, fit_reason=str(exc), **empty
+        )
     chk = check_fit(fit, ss, ys)
     empty["max_binned_residual"] = chk.max_binned_residual
     if not chk.ok:
@@ -360,8 +364,9 @@ def single_power_law(
     except NotEnoughPoints as exc:
         if two_break is not None and two_break.found:
             return ShapeTest(False, two_break.reason, fit_ok=True, fit_reason=None, **empty)
-        return ShapeTest(None, f"the post-knee segment is too short to test: {exc}", fit_ok=True, fit_reason=None,
-                         **empty)
+        return ShapeTest(
+            None, f"the post-knee segment is too short to test: {exc}", fit_ok=True, fit_reason=None, **empty
+        )
     empty["further_break_statistic"] = float(lrt.stat)
     empty["further_break_step"] = float(E.knee_step_of(lrt.alt.theta, lrt.alt.consts))
     reasons = []
@@ -384,13 +389,14 @@ def single_power_law(
             pass  # a burn-in too short to hold a break of its own
     # drift of the exponent between the halves of the segment in log time
     mid = math.sqrt((ss[0] + 1.0) * (ss[-1] + 1.0)) - 1.0
-    first, second = ss < mid, ss >= mid
     a1, a2, ci = _drift(lrt, mid, confidence)
     d = a2 - a1
     empty.update(exponent_first_half=a1, exponent_second_half=a2, drift=d, drift_ci=ci)
     if (ci[0] > 0 or ci[1] < 0) and abs(d) >= drift_tolerance:
-        reasons.append(f"the exponent drifts from {a1:.3g} to {a2:.3g} between the halves "
-                       f"(difference {d:+.3g}, interval [{ci[0]:.3g}, {ci[1]:.3g}])")
+        reasons.append(
+            f"the exponent drifts from {a1:.3g} to {a2:.3g} between the halves "
+            f"(difference {d:+.3g}, interval [{ci[0]:.3g}, {ci[1]:.3g}])"
+        )
     if two_break is not None and two_break.found:
         reasons.append(two_break.reason)
     if reasons:

@@ -1132,8 +1132,9 @@ def _core(
     if design is not None:
         solver = _wls_projector(W, design)
         ex, ey = _wresid(Rx, W, design, solver), _wresid(Ry, W, design, solver)
-        px, py = _wresid(np.broadcast_to(x, W.shape), W, design, solver), _wresid(
-            np.broadcast_to(y, W.shape), W, design, solver
+        px, py = (
+            _wresid(np.broadcast_to(x, W.shape), W, design, solver),
+            _wresid(np.broadcast_to(y, W.shape), W, design, solver),
         )
         partial = make(n, G, _wcorr(px, py, W), _wcorr(ex, ey, W))
 

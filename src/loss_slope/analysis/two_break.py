@@ -40,11 +40,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _engine as E
-from . import _models as M
+from . import _engine as E, _models as M
 from ._data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve
 from .exceptions import NotEnoughPoints
-from .knee import REML_SLACK, _LrtFit, _lrt_fit
+from .knee import REML_SLACK, _lrt_fit, _LrtFit
 from .noise import estimate_noise, reml_refine
 
 __all__ = ["TwoBreakTest", "two_break_test", "TWO_BREAK_THRESHOLD", "MIN_BREAK_CHANGE", "SHIFT_CAP"]
@@ -183,8 +182,9 @@ def _profile_starts(prob: E.Problem, null: E.Core, wh: E.Whitener, consts: dict,
         for fg in pos:
             th = th.copy()
             th[4], th[5] = fg
-            core = E.nls(prob, "three_power", np.clip(th, lb, ub), held, lb, ub, wh, consts=consts, max_iter=15,
-                         ftol=1e-4)
+            core = E.nls(
+                prob, "three_power", np.clip(th, lb, ub), held, lb, ub, wh, consts=consts, max_iter=15, ftol=1e-4
+            )
             prof.append(core)
             th = core.theta
         chi = np.array([p.chi2 for p in prof])
@@ -222,8 +222,7 @@ def _fit(prob: E.Problem, model: str, starts, wh: E.Whitener, consts: dict) -> E
             cands = ([best.theta] if best is not None else []) + list(starts)
             best = None
             for th in cands:
-                core = E.nls(prob, model, np.clip(np.asarray(th, dtype=float), lb, ub), free, lb, ub, wh,
-                             consts=consts)
+                core = E.nls(prob, model, np.clip(np.asarray(th, dtype=float), lb, ub), free, lb, ub, wh, consts=consts)
                 if best is None or core.chi2 < best.chi2:
                     best = core
             shift = best.theta[-1]
@@ -253,16 +252,18 @@ def _from_knee_fit(fit: _LrtFit, threshold: float, min_change: float) -> TwoBrea
     lb2, ub2, _ = E.two_power_bounds(prob, True, True, consts)
     wh_ols = E.whitener(prob, "ols", None)
     shifts = sorted({1.0, float(np.clip(fit.alt.theta[5], lb2[5], ub2[5]))})
-    null0 = _fit(prob, "two_power", [fit.alt.theta, *_grid_starts(prob, wh_ols, consts, shifts, two=False)], wh_ols,
-                 consts)
+    null0 = _fit(
+        prob, "two_power", [fit.alt.theta, *_grid_starts(prob, wh_ols, consts, shifts, two=False)], wh_ols, consts
+    )
     starts = _profile_starts(prob, null0, wh_ols, consts, box3) + _grid_starts(prob, wh_ols, consts, shifts, two=True)
     alt0 = _fit(prob, "three_power", [*starts, _nested(null0)], wh_ols, consts)
     # noise model from the residuals of the flexible (two-break) fit
     sig = 1.0 if prob.row_scale is None else prob.row_scale
     std = E.raw_residuals(prob, alt0) / sig
     mb, _ = prob.bin_model(alt0.fn(), alt0.theta, jac=False)
-    noise = reml_refine(estimate_noise(std), prob.bins, alt0.jac, prob.yb - mb, slack=REML_SLACK,
-                        bin_scale=prob.bin_scale)
+    noise = reml_refine(
+        estimate_noise(std), prob.bins, alt0.jac, prob.yb - mb, slack=REML_SLACK, bin_scale=prob.bin_scale
+    )
     wh = E.whitener(prob, "gls", noise)
     null = _fit(prob, "two_power", [null0.theta, fit.alt.theta], wh, consts)
     alt = _fit(prob, "three_power", [alt0.theta, _nested(null)], wh, consts)

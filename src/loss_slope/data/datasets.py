@@ -58,8 +58,13 @@ def build_data(cfg, *, seed: int, device: torch.device) -> DataBundle:
         raise ValueError(f"data.name: unknown dataset {cfg.name!r}; allowed: digits, cifar10")
     normalize = _normalizer(mean, std, device, scale)
     train = DeviceBatches(
-        tx, ty, batch_size=int(cfg.batch_size), seed=seed, normalize=normalize,
-        augment=augment, drop_last=bool(cfg.drop_last),
+        tx,
+        ty,
+        batch_size=int(cfg.batch_size),
+        seed=seed,
+        normalize=normalize,
+        augment=augment,
+        drop_last=bool(cfg.drop_last),
     )
     val = EvalBatches(vx, vy, batch_size=int(cfg.eval_batch_size), normalize=normalize)
     return DataBundle(train=train, val=val, in_channels=channels, num_classes=classes, image_size=int(tx.shape[-1]))

@@ -310,8 +310,11 @@ def _probe(model: nn.Module) -> Iterator[nn.Module]:
         raise CurvatureError("curvature needs autograd; it cannot run under torch.inference_mode()")
     model = _unwrap(model)
     device = next(model.parameters()).device
-    with evaluation_mode(model), affine_batchnorm(model), torch.enable_grad(), torch.autocast(
-        device.type, enabled=False
+    with (
+        evaluation_mode(model),
+        affine_batchnorm(model),
+        torch.enable_grad(),
+        torch.autocast(device.type, enabled=False),
     ):
         yield model
 
@@ -478,8 +481,15 @@ def lambda_max(
             value, residual, bottom, it, converged = _lanczos(op, v0, iters=iters, tol=tol, min_iters=min_iters)
         finally:
             op.close()
-    return LambdaMax(value=value, iterations=it, converged=converged, seconds=time.perf_counter() - start,
-                     matvecs=op.matvecs, residual=residual, bottom=bottom)
+    return LambdaMax(
+        value=value,
+        iterations=it,
+        converged=converged,
+        seconds=time.perf_counter() - start,
+        matvecs=op.matvecs,
+        residual=residual,
+        bottom=bottom,
+    )
 
 
 def hutch_trace(
@@ -555,8 +565,15 @@ def curvature(
                 op, ritz_vector, iters=iters, tol=tol, min_iters=min_iters, init_product=ritz_product
             )
             del ritz_vector, ritz_product
-            top = LambdaMax(lam, it, converged, time.perf_counter() - t0, matvecs=op.matvecs - before,
-                            residual=residual, bottom=bottom)
+            top = LambdaMax(
+                lam,
+                it,
+                converged,
+                time.perf_counter() - t0,
+                matvecs=op.matvecs - before,
+                residual=residual,
+                bottom=bottom,
+            )
         finally:
             op.close()
     return Curvature(lambda_max=top, trace=trace, seconds=time.perf_counter() - start)

@@ -46,14 +46,32 @@ def _gpu_util_sampler():
         return None
 
 
-def run_level(overrides: list[str], k: int, *, steps: int, warmup: int, timeout: float) -> tuple[ProbeLevel, list[dict]]:
+def run_level(
+    overrides: list[str], k: int, *, steps: int, warmup: int, timeout: float
+) -> tuple[ProbeLevel, list[dict]]:
     with tempfile.TemporaryDirectory(prefix=f"probe-k{k}-") as tmp:
         tmp = Path(tmp)
         procs = []
         for i in range(k):
-            cmd = [sys.executable, "-m", "loss_slope.probe.worker", "--out", str(tmp / f"w{i}.json"),
-                   "--barrier", str(tmp / "barrier"), "--index", str(i), "--k", str(k),
-                   "--steps", str(steps), "--warmup", str(warmup), "--", *overrides]
+            cmd = [
+                sys.executable,
+                "-m",
+                "loss_slope.probe.worker",
+                "--out",
+                str(tmp / f"w{i}.json"),
+                "--barrier",
+                str(tmp / "barrier"),
+                "--index",
+                str(i),
+                "--k",
+                str(k),
+                "--steps",
+                str(steps),
+                "--warmup",
+                str(warmup),
+                "--",
+                *overrides,
+            ]
             procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
         sampler, utils = _gpu_util_sampler(), []
         deadline = time.monotonic() + timeout
@@ -75,7 +93,9 @@ def run_level(overrides: list[str], k: int, *, steps: int, warmup: int, timeout:
             if p.returncode == 0 and f.exists():
                 workers.append(json.loads(f.read_text()))
             else:
-                errors.append(f"worker {i} exited {p.returncode}: {text.strip().splitlines()[-1] if text.strip() else ''}")
+                errors.append(
+                    f"worker {i} exited {p.returncode}: {text.strip().splitlines()[-1] if text.strip() else ''}"
+                )
     return level_from_workers(k, workers, errors, utils), workers
 
 
@@ -87,9 +107,13 @@ def level_from_workers(k: int, workers: list[dict], errors: list[str], utils: li
     if not oom and not errors and len(ok) == k:
         agg = aggregate_rate(ok)
     return ProbeLevel(
-        k=k, aggregate_samples_per_s=agg, step_ms=[w.get("step_ms") for w in ok],
-        peak_mem_mb=[w["peak_mem_mb"] for w in workers], oom=oom,
-        gpu_util_percent=(sum(utils) / len(utils)) if utils else None, errors=errors,
+        k=k,
+        aggregate_samples_per_s=agg,
+        step_ms=[w.get("step_ms") for w in ok],
+        peak_mem_mb=[w["peak_mem_mb"] for w in workers],
+        oom=oom,
+        gpu_util_percent=(sum(utils) / len(utils)) if utils else None,
+        errors=errors,
         host_rss_mb=[w["peak_rss_mb"] for w in workers if w.get("peak_rss_mb")],
     )
 
@@ -102,8 +126,9 @@ def aggregate_rate(workers: list[dict]) -> float:
     return sum(w["samples_per_s"] * w["seconds"] for w in workers) / max(w["seconds"] for w in workers)
 
 
-def choose_runs_per_gpu(levels: list[ProbeLevel], *, total_mem_mb: float | None, tolerance: float = 0.03,
-                        headroom: float = 0.9) -> tuple[int, str]:
+def choose_runs_per_gpu(
+    levels: list[ProbeLevel], *, total_mem_mb: float | None, tolerance: float = 0.03, headroom: float = 0.9
+) -> tuple[int, str]:
     """Pick N from the measured levels; returns (N, reason)."""
     usable = []
     for lv in levels:
@@ -118,13 +143,24 @@ def choose_runs_per_gpu(levels: list[ProbeLevel], *, total_mem_mb: float | None,
     for lv in sorted(usable, key=lambda lv: lv.k):
         if lv.aggregate_samples_per_s >= (1 - tolerance) * best:
             gain = lv.aggregate_samples_per_s / usable[0].aggregate_samples_per_s if usable[0].k == 1 else float("nan")
-            return lv.k, (f"k={lv.k} reaches {lv.aggregate_samples_per_s:.0f} samples/s, within {tolerance:.0%} of "
-                          f"the best ({best:.0f}); packing gain vs k=1: {gain:.2f}x")
+            return lv.k, (
+                f"k={lv.k} reaches {lv.aggregate_samples_per_s:.0f} samples/s, within {tolerance:.0%} of "
+                f"the best ({best:.0f}); packing gain vs k=1: {gain:.2f}x"
+            )
     raise AssertionError("unreachable")
 
 
-def probe_capacity(overrides: list[str], *, variant: str, k_max: int, steps: int, warmup: int = 5,
-                   timeout: float = 900, tolerance: float = 0.03, headroom: float = 0.9) -> dict:
+def probe_capacity(
+    overrides: list[str],
+    *,
+    variant: str,
+    k_max: int,
+    steps: int,
+    warmup: int = 5,
+    timeout: float = 900,
+    tolerance: float = 0.03,
+    headroom: float = 0.9,
+) -> dict:
     """Measure k = 1..k_max and choose N. Stops early at the first OOM."""
     levels, first_workers = [], []
     for k in range(1, k_max + 1):
@@ -139,11 +175,21 @@ def probe_capacity(overrides: list[str], *, variant: str, k_max: int, steps: int
     total = w0.get("gpu_total_mb")
     n, reason = choose_runs_per_gpu(levels, total_mem_mb=total, tolerance=tolerance, headroom=headroom)
     return {
-        "variant": variant, "device": device, "gpu_name": w0.get("gpu_name"), "gpu_total_mb": total,
+        "variant": variant,
+        "device": device,
+        "gpu_name": w0.get("gpu_name"),
+        "gpu_total_mb": total,
         "on_cpu": not device.startswith("cuda"),
         "note": None if device.startswith("cuda") else "no GPU here: measured concurrent processes on the CPU",
-        "k_max": k_max, "steps": steps, "warmup": warmup, "tolerance": tolerance, "headroom": headroom,
-        "levels": [asdict(lv) for lv in levels], "runs_per_gpu": n, "reason": reason, "source": "probe",
+        "k_max": k_max,
+        "steps": steps,
+        "warmup": warmup,
+        "tolerance": tolerance,
+        "headroom": headroom,
+        "levels": [asdict(lv) for lv in levels],
+        "runs_per_gpu": n,
+        "reason": reason,
+        "source": "probe",
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }
 
@@ -177,13 +223,19 @@ def write_probe(result: dict, json_path, png_path, md_path) -> None:
     Path(json_path).parent.mkdir(parents=True, exist_ok=True)
     Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
     plot_probe(result, png_path)
-    lines = [f"### Probe: {result['variant']} on {result.get('gpu_name') or result['device']}", "",
-             "| k | samples/s (all) | step ms (each) | peak MiB (each) | GPU util % | OOM |", "|---|---:|---|---|---:|---|"]
+    lines = [
+        f"### Probe: {result['variant']} on {result.get('gpu_name') or result['device']}",
+        "",
+        "| k | samples/s (all) | step ms (each) | peak MiB (each) | GPU util % | OOM |",
+        "|---|---:|---|---|---:|---|",
+    ]
     for x in result["levels"]:
         sps = f"{x['aggregate_samples_per_s']:.0f}" if x["aggregate_samples_per_s"] else "—"
         util = f"{x['gpu_util_percent']:.0f}" if x["gpu_util_percent"] is not None else "n/a"
-        lines.append(f"| {x['k']} | {sps} | {', '.join(f'{v:.1f}' for v in x['step_ms'] if v)} | "
-                     f"{', '.join(f'{v:.0f}' for v in x['peak_mem_mb'])} | {util} | {'yes' if x['oom'] else 'no'} |")
+        lines.append(
+            f"| {x['k']} | {sps} | {', '.join(f'{v:.1f}' for v in x['step_ms'] if v)} | "
+            f"{', '.join(f'{v:.0f}' for v in x['peak_mem_mb'])} | {util} | {'yes' if x['oom'] else 'no'} |"
+        )
     lines += ["", f"Chosen N = **{result['runs_per_gpu']}**: {result['reason']}."]
     if result.get("note"):
         lines.append(f"Note: {result['note']}.")

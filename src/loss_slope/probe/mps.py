@@ -61,9 +61,9 @@ def compute_mode(gpu: int | str = 0, *, run: Runner = subprocess.run) -> str:
 
 @dataclass(frozen=True)
 class PackDecision:
-    runs: int          # runs of the pack allowed on the GPU
-    mps: bool          # start an MPS daemon for the pack
-    message: str       # why (empty when nothing had to change)
+    runs: int  # runs of the pack allowed on the GPU
+    mps: bool  # start an MPS daemon for the pack
+    message: str  # why (empty when nothing had to change)
 
 
 def decide(requested_runs: int, mode: str, mps: str) -> PackDecision:
@@ -79,9 +79,13 @@ def decide(requested_runs: int, mode: str, mps: str) -> PackDecision:
     if mode == "Prohibited":
         raise RuntimeError("the GPU's compute mode is Prohibited: no process may use it (nvidia-smi -c)")
     if mode == "Exclusive_Process" and requested_runs > 1 and not use_mps:
-        return PackDecision(1, False, f"the GPU is in Exclusive_Process compute mode: one process only, so 1 run "
-                                      f"per GPU instead of {requested_runs} (set packing.mps: on to pack runs "
-                                      "through an MPS daemon)")
+        return PackDecision(
+            1,
+            False,
+            f"the GPU is in Exclusive_Process compute mode: one process only, so 1 run "
+            f"per GPU instead of {requested_runs} (set packing.mps: on to pack runs "
+            "through an MPS daemon)",
+        )
     return PackDecision(requested_runs, use_mps, "")
 
 
@@ -106,8 +110,9 @@ def stop_command() -> tuple[list[str], str]:
 class MpsDaemon:
     """``with MpsDaemon(job_tmp) as env:`` start the pack's runs with ``env`` added to their environment."""
 
-    def __init__(self, job_tmp: str | Path, *, run: Runner = subprocess.run,
-                 environ: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, job_tmp: str | Path, *, run: Runner = subprocess.run, environ: dict[str, str] | None = None
+    ) -> None:
         self.job_tmp, self.run = Path(job_tmp), run
         self.base = dict(os.environ if environ is None else environ)
         self.env: dict[str, str] = {}
@@ -140,6 +145,17 @@ def choose_with_and_without(throughputs: dict[bool, float | None]) -> bool:
     return bool(with_mps) and (not without or with_mps > without)
 
 
-__all__: Sequence[str] = ("MPS_SETTINGS", "PackDecision", "MpsDaemon", "choose_with_and_without", "compute_mode",
-                          "decide", "mps_environment", "parse_compute_mode", "query_compute_mode_command",
-                          "runs_environment", "start_command", "stop_command")
+__all__: Sequence[str] = (
+    "MPS_SETTINGS",
+    "PackDecision",
+    "MpsDaemon",
+    "choose_with_and_without",
+    "compute_mode",
+    "decide",
+    "mps_environment",
+    "parse_compute_mode",
+    "query_compute_mode_command",
+    "runs_environment",
+    "start_command",
+    "stop_command",
+)

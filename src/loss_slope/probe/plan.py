@@ -128,16 +128,19 @@ def _locked_update(path: Path, update) -> dict:
     return data
 
 
-def write_pack_spec(spec_path, registry_path, *, variant: str, pack: str, runs: list[dict],
-                    measured: dict | None = None) -> dict:
+def write_pack_spec(
+    spec_path, registry_path, *, variant: str, pack: str, runs: list[dict], measured: dict | None = None
+) -> dict:
     """Write one pack's spec (its runs with their overrides) and record the pack in the variant's registry.
 
     ``runs``: dicts with ``run`` and ``overrides``. The registry
     (``results/plan/{variant}/packs.json``) lists every pack ever planned with its
     runs; the next plan keeps them (append-only).
     """
-    members = [{"run": r["run"], "overrides": list(r["overrides"]),
-                "settings": run_settings_digest(r["overrides"])} for r in runs]
+    members = [
+        {"run": r["run"], "overrides": list(r["overrides"]), "settings": run_settings_digest(r["overrides"])}
+        for r in runs
+    ]
     spec = {"variant": variant, "pack": pack, **(measured or {}), "packs": {pack: members}}
     Path(spec_path).parent.mkdir(parents=True, exist_ok=True)
     Path(spec_path).write_text(json.dumps(spec, indent=2) + "\n")
@@ -153,8 +156,13 @@ def write_pack_spec(spec_path, registry_path, *, variant: str, pack: str, runs: 
 
 def write_runs_per_gpu(path, *, variant: str, n: int, source: str, probe=None, probe_result=None) -> dict:
     """The checkpoint's output: N for the variant and what the probe measured."""
-    out = {"variant": variant, "runs_per_gpu": int(n), "source": source, "probe": str(probe) if probe else None,
-           **(measured_from_probe(probe_result, int(n)) if probe_result else {})}
+    out = {
+        "variant": variant,
+        "runs_per_gpu": int(n),
+        "source": source,
+        "probe": str(probe) if probe else None,
+        **(measured_from_probe(probe_result, int(n)) if probe_result else {}),
+    }
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(out, indent=2) + "\n")
     return out
@@ -173,8 +181,9 @@ def measured_from_probe(probe: dict, n: int) -> dict:
     }
 
 
-def plan_runs_per_gpu(path, *, variant: str, n: int | None, source: str, probe=None, slurm: bool = False,
-                      explicit_cpu: bool = False) -> dict:
+def plan_runs_per_gpu(
+    path, *, variant: str, n: int | None, source: str, probe=None, slurm: bool = False, explicit_cpu: bool = False
+) -> dict:
     """Write ``runs_per_gpu.json``: a fixed ``n``, or the probe's (``probe``: its JSON file).
 
     A SLURM study refuses a probe measured on the CPU unless the runs ask for the CPU explicitly.
@@ -193,7 +202,8 @@ def check_probe(probe: dict, *, slurm: bool) -> None:
         raise PlanError(
             f"the probe of {probe.get('variant')} ran on {probe.get('device')!r}, not on a GPU: refusing to plan "
             "GPU packs from a CPU measurement (fix the node/driver, or fix N with WORKERS_PER_GPU / "
-            "packing.runs_per_gpu to skip the probe)")
+            "packing.runs_per_gpu to skip the probe)"
+        )
 
 
 def read_plan(path) -> dict:
@@ -205,4 +215,3 @@ def pack_of(plan: dict, run: str) -> str:
         if any(m["run"] == run for m in members):
             return p
     raise PlanError(f"run {run} is in no pack of {plan['variant']}'s plan")
-

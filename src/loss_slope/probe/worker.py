@@ -54,8 +54,9 @@ class _Window(Callback):
     inside the peak-memory window.
     """
 
-    def __init__(self, *, warmup: int, steps: int, barrier, index: int, k: int, device, checkpoint, monitor_cb,
-                 out: dict) -> None:
+    def __init__(
+        self, *, warmup: int, steps: int, barrier, index: int, k: int, device, checkpoint, monitor_cb, out: dict
+    ) -> None:
         self.warmup, self.steps, self.barrier, self.index, self.k = warmup, steps, barrier, index, k
         self.device, self.checkpoint, self.monitor_cb, self.out = device, checkpoint, monitor_cb, out
         self.clock = time.perf_counter
@@ -155,27 +156,52 @@ def measure(overrides: list[str], *, steps: int, warmup: int, barrier: Path | No
             spe = data.steps_per_epoch
             val_interval = max(1, spe // int(cfg.trainer.val_per_epoch))
             net = hydra.utils.instantiate(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels)
-            module = CurveModule(net, hydra.utils.instantiate(cfg.optimizer),
-                                 schedule_from_config(cfg.schedule, steps_per_epoch=spe, epochs=int(cfg.trainer.epochs)),
-                                 channels_last=bool(cfg.trainer.channels_last),
-                                 gradient_clip_val=cfg.trainer.gradient_clip_val,
-                                 micro_batcher=MicroBatcher(min_size=batch),  # any OOM: this N does not fit
-                                 compile=compile_options(cfg.trainer.get("compile")))
-            monitor_cb = build_monitor_callback(cfg, data, tables_dir=Path(tmp) / "tables",
-                                                checkpoint_dirs={"latest": Path(tmp) / "checkpoints"})
-            out["monitors"] = {"noise": bool(monitor_cb.config.noise_every_epochs),
-                               "curvature": bool(monitor_cb.batches)}
-            window = _Window(warmup=warmup, steps=steps, barrier=barrier, index=index, k=k, device=device,
-                             checkpoint=str(Path(tmp) / "checkpoints" / "latest.ckpt"), monitor_cb=monitor_cb, out=out)
+            module = CurveModule(
+                net,
+                hydra.utils.instantiate(cfg.optimizer),
+                schedule_from_config(cfg.schedule, steps_per_epoch=spe, epochs=int(cfg.trainer.epochs)),
+                channels_last=bool(cfg.trainer.channels_last),
+                gradient_clip_val=cfg.trainer.gradient_clip_val,
+                micro_batcher=MicroBatcher(min_size=batch),  # any OOM: this N does not fit
+                compile=compile_options(cfg.trainer.get("compile")),
+            )
+            monitor_cb = build_monitor_callback(
+                cfg, data, tables_dir=Path(tmp) / "tables", checkpoint_dirs={"latest": Path(tmp) / "checkpoints"}
+            )
+            out["monitors"] = {
+                "noise": bool(monitor_cb.config.noise_every_epochs),
+                "curvature": bool(monitor_cb.batches),
+            }
+            window = _Window(
+                warmup=warmup,
+                steps=steps,
+                barrier=barrier,
+                index=index,
+                k=k,
+                device=device,
+                checkpoint=str(Path(tmp) / "checkpoints" / "latest.ckpt"),
+                monitor_cb=monitor_cb,
+                out=out,
+            )
             # validation at the training's cadence; a window shorter than it gets one validation in its middle
             every = val_interval if steps >= val_interval else warmup + max(1, math.ceil(steps / 2))
             trainer = pl.Trainer(
-                accelerator="gpu" if use_cuda else "cpu", devices=1, precision=cfg.trainer.precision,
-                max_steps=warmup + steps, max_epochs=-1, logger=False, val_check_interval=every,
-                check_val_every_n_epoch=None, num_sanity_val_steps=0,
-                callbacks=[monitor_cb, window], plugins=[AtomicCheckpointIO(background=True), LightningEnvironment()],
-                enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                default_root_dir=tmp)
+                accelerator="gpu" if use_cuda else "cpu",
+                devices=1,
+                precision=cfg.trainer.precision,
+                max_steps=warmup + steps,
+                max_epochs=-1,
+                logger=False,
+                val_check_interval=every,
+                check_val_every_n_epoch=None,
+                num_sanity_val_steps=0,
+                callbacks=[monitor_cb, window],
+                plugins=[AtomicCheckpointIO(background=True), LightningEnvironment()],
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                default_root_dir=tmp,
+            )
             data.train.step_source = lambda: trainer.global_step
             trainer.fit(module, train_dataloaders=data.train, val_dataloaders=data.val)
         except (MicroBatchTooSmall, torch.OutOfMemoryError, RuntimeError) as exc:
@@ -202,8 +228,14 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args(argv)
-    res = measure(a.overrides, steps=a.steps, warmup=a.warmup, barrier=Path(a.barrier) if a.barrier else None,
-                  index=a.index, k=a.k)
+    res = measure(
+        a.overrides,
+        steps=a.steps,
+        warmup=a.warmup,
+        barrier=Path(a.barrier) if a.barrier else None,
+        index=a.index,
+        k=a.k,
+    )
     Path(a.out).write_text(json.dumps(res, indent=2))
     return 0
 

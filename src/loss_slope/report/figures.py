@@ -150,9 +150,7 @@ def _short_run(variant: str, run: str) -> str:
 
 
 # ---------------------------------------------------------------- 1. mosaic
-def plot_loss_mosaic(
-    table: pd.DataFrame, curves: Mapping[str, Mapping[str, Any]], stats: Mapping[str, Any]
-) -> Figure:
+def plot_loss_mosaic(table: pd.DataFrame, curves: Mapping[str, Mapping[str, Any]], stats: Mapping[str, Any]) -> Figure:
     """Six loss curves in log-log (the three highest and three lowest literal R²) with fits and knees."""
     r2col = "h1_literal_r2"
     thr = ((stats.get("h1") or {}).get("literal_r2") or {}).get("threshold") or 0.98
@@ -176,8 +174,16 @@ def plot_loss_mosaic(
         fit = curves[r.run_key]
         c, m = fit["curve"], fit.get("models") or {}
         if c.get("step"):
-            ax.scatter(np.asarray(c["step"], float) + 1, c["loss"], s=3, color="0.75", alpha=0.6, lw=0,
-                       label="per-step loss", rasterized=True)
+            ax.scatter(
+                np.asarray(c["step"], float) + 1,
+                c["loss"],
+                s=3,
+                color="0.75",
+                alpha=0.6,
+                lw=0,
+                label="per-step loss",
+                rasterized=True,
+            )
         b = c["binned"]
         ax.plot(np.asarray(b["step"], float) + 1, b["loss"], color="black", lw=1.3, label="log-binned mean")
         for name in ("exponential", "power", "two_power"):
@@ -186,25 +192,33 @@ def plot_loss_mosaic(
         row = fit["row"]
         knee = row.get("knee_found")
         if knee and m.get("power_post_knee"):
-            ax.plot(np.asarray(m["power_post_knee_step"], float) + 1, m["power_post_knee"], **MODEL_STYLES["power_post_knee"])
+            ax.plot(
+                np.asarray(m["power_post_knee_step"], float) + 1,
+                m["power_post_knee"],
+                **MODEL_STYLES["power_post_knee"],
+            )
         ymin, ymax = ax.get_ylim()
         for meth, col in KNEE_COLORS.items():
             step = row.get(f"knee_{meth}_step")
             if step is not None and row.get(f"knee_{meth}_found"):
-                ax.axvline(step + 1, color=col, lw=1.2, ls="-" if meth == "broken_power_lrt" else "-.",
-                           label=KNEE_LABELS[meth])
+                ax.axvline(
+                    step + 1, color=col, lw=1.2, ls="-" if meth == "broken_power_lrt" else "-.", label=KNEE_LABELS[meth]
+                )
         ax.set_xscale("log")
         ax.set_yscale("log")
         r2 = row.get(r2col)
         alpha = row.get("post_knee_exponent")
-        knee_txt = f"knee at epoch {row['knee_epoch']:.1f}" if knee and row.get("knee_epoch") is not None else "no LRT knee"
+        knee_txt = (
+            f"knee at epoch {row['knee_epoch']:.1f}" if knee and row.get("knee_epoch") is not None else "no LRT knee"
+        )
         one = {True: "one power law", False: "not one power law"}.get(row.get("h1_single_power_law"), "undecided")
         failed = [m for m in ("power", "two_power", "exponential", "post_knee") if row.get(f"{m}_fit_ok") is False]
         ax.set_title(
             f"{_short_run(r.variant, r.run)}  ({rank} R²): {one}\n"
             f"R² = {r2:.3f}, exponent {alpha:.2f}, {knee_txt}"
             + (f"\nfailed fit: {', '.join(failed)}" if failed else "")
-            if alpha is not None else f"{_short_run(r.variant, r.run)}\nR² = {r2:.3f}"
+            if alpha is not None
+            else f"{_short_run(r.variant, r.run)}\nR² = {r2:.3f}"
         )
         ax.set_xlabel("optimizer step + 1 (log scale)")
         ax.set_ylabel(f"training loss ({unit}, log scale)")
@@ -213,8 +227,9 @@ def plot_loss_mosaic(
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
     if handles:
-        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=5, frameon=False,
-                   markerscale=3)
+        fig.legend(
+            list(handles.values()), list(handles), loc="outside lower center", ncol=5, frameon=False, markerscale=3
+        )
     best = ranked["_r2"].max() if len(ranked) else float("nan")
     worst = ranked["_r2"].min() if len(ranked) else float("nan")
     if len(ranked):
@@ -246,8 +261,11 @@ def plot_r2_histogram(table: pd.DataFrame, stats: Mapping[str, Any]) -> Figure:
         allv = np.concatenate([a.dropna().to_numpy(), b, [thr]])
         lo = max(min(math.floor(float(np.nanmin(allv)) * 50) / 50, thr - 0.02), -1.0)
         bins = np.linspace(lo, 1.0, min(int(round((1.0 - lo) / 0.01)) + 1, 61))
-        parts = [(True, "#2e7d32", "one power law (defensible criterion)"),
-                 (False, "#c62828", "not one power law"), (None, "#9e9e9e", "undecided (failed fit / too short)")]
+        parts = [
+            (True, "#2e7d32", "one power law (defensible criterion)"),
+            (False, "#c62828", "not one power law"),
+            (None, "#9e9e9e", "undecided (failed fit / too short)"),
+        ]
         data, colors, labels = [], [], []
         for val, color, lab in parts:
             sel = a[[(d is val) if val is None else (d == val) for d in dec]].dropna().to_numpy() if len(a) else []
@@ -257,7 +275,9 @@ def plot_r2_histogram(table: pd.DataFrame, stats: Mapping[str, Any]) -> Figure:
                 labels.append(f"straight-line R², {lab}: {len(sel)}")
         if data:
             ax.hist(data, bins=bins, color=colors, stacked=True, alpha=0.85, label=labels)
-        ax.hist(b, bins=bins, histtype="step", lw=2, color="#ff7f0e", label=f"R² of the floor + shift fit, n = {b.size}")
+        ax.hist(
+            b, bins=bins, histtype="step", lw=2, color="#ff7f0e", label=f"R² of the floor + shift fit, n = {b.size}"
+        )
         ax.axvline(thr, color="black", lw=2, ls="--", label=f"literal threshold R² = {thr:g}")
         ax.set_xlim(bins[0], 1.0)
         ax.legend(loc="upper left", fontsize=8)
@@ -288,9 +308,14 @@ def plot_h1_criteria(stats: Mapping[str, Any]) -> Figure:
         o = r["overall"]
         main = name == "single_power_law"
         ax.barh(yi, 100 * o["share"], color="#2e7d32" if main else "#90a4ae", alpha=0.9)
-        ax.errorbar(100 * o["share"], yi, xerr=[[max(100 * (o["share"] - o["ci_low"]), 0.0)],
-                                                [max(100 * (o["ci_high"] - o["share"]), 0.0)]],
-                    color="black", capsize=4, fmt="none")
+        ax.errorbar(
+            100 * o["share"],
+            yi,
+            xerr=[[max(100 * (o["share"] - o["ci_low"]), 0.0)], [max(100 * (o["ci_high"] - o["share"]), 0.0)]],
+            color="black",
+            capsize=4,
+            fmt="none",
+        )
         verdicts = ", ".join(f"{v} vs {fmt_pct(float(t))}" for t, v in (r.get("verdicts") or {}).items())
         ax.annotate(f"{o['k']}/{o['n']}: {verdicts}", (101, yi), va="center", fontsize=8, annotation_clip=False)
     for t in targets:
@@ -321,29 +346,57 @@ def plot_alpha_vs_val(table: pd.DataFrame, stats: Mapping[str, Any]) -> Figure:
         cmap = plt.get_cmap("viridis")
         lr_color = {lr: cmap(i / max(len(lrs) - 1, 1)) for i, lr in enumerate(lrs)}
         for (v, lr), g in ok.groupby(["variant", "lr"], sort=False):
-            ax.scatter(_num(g, "alpha_early"), _num(g, "best_val_ce"), s=30, color=lr_color.get(float(lr)),
-                       marker=markers[variants.index(str(v)) % len(markers)], alpha=0.55, lw=0, zorder=2)
+            ax.scatter(
+                _num(g, "alpha_early"),
+                _num(g, "best_val_ce"),
+                s=30,
+                color=lr_color.get(float(lr)),
+                marker=markers[variants.index(str(v)) % len(markers)],
+                alpha=0.55,
+                lw=0,
+                zorder=2,
+            )
         for (v, lr, _wd), g in ok.groupby(["variant", "lr", "weight_decay"], sort=False):
             gx, gy = _num(g, "alpha_early").mean(), _num(g, "best_val_ce").mean()
             if np.isfinite([gx, gy]).all():
-                ax.scatter([gx], [gy], s=150, color=lr_color.get(float(lr)), edgecolor="black", lw=1.4,
-                           marker=markers[variants.index(str(v)) % len(markers)], zorder=3)
+                ax.scatter(
+                    [gx],
+                    [gy],
+                    s=150,
+                    color=lr_color.get(float(lr)),
+                    edgecolor="black",
+                    lw=1.4,
+                    marker=markers[variants.index(str(v)) % len(markers)],
+                    zorder=3,
+                )
         handles = [Line2D([], [], marker="o", ls="", color=lr_color[lr], label=f"LR {lr:g}") for lr in lrs]
-        handles += [Line2D([], [], marker=markers[i % len(markers)], ls="", color="0.3", label=v)
-                    for i, v in enumerate(variants)]
-        handles.append(Line2D([], [], marker="o", ls="", mfc="white", mec="black", ms=11,
-                              label="cell mean (variant × LR × WD)"))
+        handles += [
+            Line2D([], [], marker=markers[i % len(markers)], ls="", color="0.3", label=v)
+            for i, v in enumerate(variants)
+        ]
+        handles.append(
+            Line2D([], [], marker="o", ls="", mfc="white", mec="black", ms=11, label="cell mean (variant × LR × WD)")
+        )
         h2 = stats.get("h2") or {}
         for key, lab in (("overall", "pooled"), ("cell_means", "cell means"), ("within_cell", "within cells")):
             c = h2.get(key)
             if c and c.get("spearman_rho") is not None:
-                handles.append(Line2D([], [], ls="", label=f"{lab}: ρ = {c['spearman_rho']:.2f} "
-                                      f"[{V.interval(c.get('spearman_ci_low'), c.get('spearman_ci_high'))}]"))
+                handles.append(
+                    Line2D(
+                        [],
+                        [],
+                        ls="",
+                        label=f"{lab}: ρ = {c['spearman_rho']:.2f} "
+                        f"[{V.interval(c.get('spearman_ci_low'), c.get('spearman_ci_high'))}]",
+                    )
+                )
         fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=8, frameon=False)
         if (y.dropna() > 0).all():
             ax.set_yscale("log")
-    ax.set_xlabel(f"α_early: log-log slope of the training loss over epochs {win[0]:g}–{win[1]:g} "
-                  "(dimensionless; larger = faster decrease)")
+    ax.set_xlabel(
+        f"α_early: log-log slope of the training loss over epochs {win[0]:g}–{win[1]:g} "
+        "(dimensionless; larger = faster decrease)"
+    )
     ax.set_ylabel(f"best validation cross-entropy ({unit}, log scale)")
     ax.set_title(textwrap.fill(_h2_line(stats), int(fig.get_figwidth() * 14)), loc="left", fontsize=9)
     _suptitle(fig, "Does the early slope predict the best validation loss — across the grid or within a cell?")
@@ -374,8 +427,13 @@ def plot_delta_aic(table: pd.DataFrame) -> Figure:
     floor = 0.1  # ΔAIC 0 (the best model) drawn as a stub so it is visible on a log axis
     for j, m in enumerate(models):
         vals = _num(ok, f"{m}_delta_aic").to_numpy()
-        ax.bar(x + (j - 1) * w, np.where(np.isfinite(vals), np.maximum(vals, floor), np.nan), w,
-               color=colors[m], label=MODEL_STYLES[m]["label"].split(" (")[0] if m != "two_power" else "two-power law")
+        ax.bar(
+            x + (j - 1) * w,
+            np.where(np.isfinite(vals), np.maximum(vals, floor), np.nan),
+            w,
+            color=colors[m],
+            label=MODEL_STYLES[m]["label"].split(" (")[0] if m != "two_power" else "two-power law",
+        )
     ax.set_yscale("log")
     ax.axhline(2, color="0.3", lw=1, ls="--", label="ΔAIC = 2")
     ax.axhline(10, color="0.3", lw=1, ls=":", label="ΔAIC = 10")
@@ -385,8 +443,16 @@ def plot_delta_aic(table: pd.DataFrame) -> Figure:
         ax.set_xticks([])
     for v, g in ok.groupby("variant", sort=False):
         xs = x[g.index]
-        ax.annotate(str(v), xy=((xs.min() + xs.max()) / 2, 1.0), xycoords=("data", "axes fraction"),
-                    xytext=(0, 4), textcoords="offset points", ha="center", va="bottom", fontweight="bold")
+        ax.annotate(
+            str(v),
+            xy=((xs.min() + xs.max()) / 2, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(0, 4),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontweight="bold",
+        )
     ax.set_ylabel("ΔAIC vs the best model per run\n(autocorrelation-aware; log scale, 0 drawn at 0.1)")
     ax.set_xlabel("run (grouped by variant)")
     fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=5, frameon=False)
@@ -395,8 +461,11 @@ def plot_delta_aic(table: pd.DataFrame) -> Figure:
     n_two = int(best.get("two_power", 0))
     n_exp = int(best.get("exponential", 0))
     med_exp = float(np.nanmedian(_num(ok, "exponential_delta_aic") - _num(ok, "power_delta_aic")))
-    _suptitle(fig, f"Best model by AIC: power law in {n_pow}, two-power in {n_two}, exponential in {n_exp} of {n} runs; "
-        f"the exponential is worse than the power law by median ΔAIC = {med_exp:.0f}")
+    _suptitle(
+        fig,
+        f"Best model by AIC: power law in {n_pow}, two-power in {n_two}, exponential in {n_exp} of {n} runs; "
+        f"the exponential is worse than the power law by median ΔAIC = {med_exp:.0f}",
+    )
     return fig
 
 
@@ -438,8 +507,15 @@ def plot_knee_epochs(table: pd.DataFrame, methods: Sequence[str] | None = None) 
             pos = i + (j - (k - 1) / 2) * w
             col = KNEE_COLORS.get(m, "0.5")
             if e.size:
-                ax.boxplot([e], positions=[pos], widths=w * 0.8, patch_artist=True, showfliers=False,
-                           boxprops=dict(facecolor=col, alpha=0.35), medianprops=dict(color=col, lw=2))
+                ax.boxplot(
+                    [e],
+                    positions=[pos],
+                    widths=w * 0.8,
+                    patch_artist=True,
+                    showfliers=False,
+                    boxprops=dict(facecolor=col, alpha=0.35),
+                    medianprops=dict(color=col, lw=2),
+                )
                 ax.scatter(pos + rng.uniform(-w / 4, w / 4, e.size), e, s=16, color=col, zorder=3)
         ticks.append(f"{v}\n" + ", ".join(parts[:2]) + ("\n" + ", ".join(parts[2:]) if len(parts) > 2 else ""))
     ax.set_xticks(range(len(variants)), ticks, fontsize=8)
@@ -453,9 +529,19 @@ def plot_knee_epochs(table: pd.DataFrame, methods: Sequence[str] | None = None) 
     if not vals.size:
         ax.text(0.5, 0.5, "no method found a knee in any usable run", transform=ax.transAxes, ha="center", color="0.35")
     ax.set_xlabel("variant (with runs where each detector found a knee / usable runs)")
-    fig.legend(handles=[Patch(facecolor=KNEE_COLORS.get(m, "0.5"), alpha=0.6,
-                              label=f"{KNEE_LABELS.get(m, m)}: {found_all.get(m, 0)} of {len(ok)} runs") for m in methods],
-               loc="outside lower center", ncol=min(4, k), frameon=False)
+    fig.legend(
+        handles=[
+            Patch(
+                facecolor=KNEE_COLORS.get(m, "0.5"),
+                alpha=0.6,
+                label=f"{KNEE_LABELS.get(m, m)}: {found_all.get(m, 0)} of {len(ok)} runs",
+            )
+            for m in methods
+        ],
+        loc="outside lower center",
+        ncol=min(4, k),
+        frameon=False,
+    )
     n_lrt = found_all.get("broken_power_lrt", 0)
     head = f"Knee epoch per variant: the calibrated LRT detector finds a knee in {n_lrt} of {len(ok)} usable runs"
     if n_lrt:
@@ -482,8 +568,15 @@ def plot_window_heatmap(stats: Mapping[str, Any]) -> Figure:
     p = np.array([[np.nan if v is None else v for v in r] for r in hm["p_value"]], dtype=float)
     st = _h2_settings(stats)
     min_rho, max_p = st["min_abs_rho"], st["max_p"]
-    im = ax.imshow(rho, origin="lower", cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto",
-                   extent=(ends[0] - 0.5, ends[-1] + 0.5, starts[0] - 0.5, starts[-1] + 0.5))
+    im = ax.imshow(
+        rho,
+        origin="lower",
+        cmap="RdBu_r",
+        vmin=-1,
+        vmax=1,
+        aspect="auto",
+        extent=(ends[0] - 0.5, ends[-1] + 0.5, starts[0] - 0.5, starts[-1] + 0.5),
+    )
     ax.grid(False)
     cb = fig.colorbar(im, ax=ax, shrink=0.85)
     cb.set_label("Spearman ρ(α over the window, best validation CE)")
@@ -492,9 +585,16 @@ def plot_window_heatmap(stats: Mapping[str, Any]) -> Figure:
             for j, e0 in enumerate(ends):
                 if np.isfinite(rho[i, j]):
                     strong = abs(rho[i, j]) >= min_rho and p[i, j] < max_p
-                    ax.text(e0, s0, f"{rho[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                            fontweight="bold" if strong else "normal",
-                            color="white" if abs(rho[i, j]) > 0.6 else "black")
+                    ax.text(
+                        e0,
+                        s0,
+                        f"{rho[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        fontweight="bold" if strong else "normal",
+                        color="white" if abs(rho[i, j]) > 0.6 else "black",
+                    )
     nom = hm.get("nominal") or [np.nan, np.nan]
     ax.add_patch(Rectangle((nom[1] - 0.5, nom[0] - 0.5), 1, 1, fill=False, lw=2.5, ec="black"))
     ax.set_xlabel("window stop (epoch, exclusive)")
@@ -504,11 +604,19 @@ def plot_window_heatmap(stats: Mapping[str, Any]) -> Figure:
     i0 = np.flatnonzero(np.isclose(starts, nom[0]))
     j0 = np.flatnonzero(np.isclose(ends, nom[1]))
     nominal = rho[i0[0], j0[0]] if i0.size and j0.size else float("nan")
-    ax.set_title(f"Black box: the nominal window {nom[0]:g}–{nom[1]:g}; bold: |ρ| ≥ {min_rho:g} and p < {max_p:g} "
-                 "with runs treated as independent (pooled point estimates: the cluster-aware intervals are in "
-                 "the summary); blank: window empty or too short", loc="left", fontsize=9, wrap=True)
-    _suptitle(fig, f"Window robustness of H2: ρ = {nominal:.2f} at epochs {nom[0]:g}–{nom[1]:g}; "
-        f"|ρ| ≥ {min_rho:g} with p < {max_p:g} in {int(strong.sum())} of {int(valid.sum())} windows")
+    ax.set_title(
+        f"Black box: the nominal window {nom[0]:g}–{nom[1]:g}; bold: |ρ| ≥ {min_rho:g} and p < {max_p:g} "
+        "with runs treated as independent (pooled point estimates: the cluster-aware intervals are in "
+        "the summary); blank: window empty or too short",
+        loc="left",
+        fontsize=9,
+        wrap=True,
+    )
+    _suptitle(
+        fig,
+        f"Window robustness of H2: ρ = {nominal:.2f} at epochs {nom[0]:g}–{nom[1]:g}; "
+        f"|ρ| ≥ {min_rho:g} with p < {max_p:g} in {int(strong.sum())} of {int(valid.sum())} windows",
+    )
     return fig
 
 
@@ -521,8 +629,9 @@ def plot_lr_wd_heatmap(table: pd.DataFrame, column: str = "best_val_ce") -> Figu
     nv = max(1, len(variants))
     ncol = 2 if nv in (2, 4) else min(nv, 3)
     nrow = math.ceil(nv / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.9 * ncol + 1.2, 3.6 * nrow + 0.9), squeeze=False,
-                             constrained_layout=True)
+    fig, axes = plt.subplots(
+        nrow, ncol, figsize=(3.9 * ncol + 1.2, 3.6 * nrow + 0.9), squeeze=False, constrained_layout=True
+    )
     ok = _ok(table).assign(_y=lambda d: _num(d, column))
     ok = ok[np.isfinite(ok["_y"]) & ((ok["_y"] > 0) | (not is_ce))]
     if not len(ok):
@@ -550,8 +659,12 @@ def plot_lr_wd_heatmap(table: pd.DataFrame, column: str = "best_val_ce") -> Figu
         im = ax.imshow(grid, origin="lower", cmap="viridis_r" if is_ce else "magma", norm=norm, aspect="auto")
         for i in range(len(wds)):
             for j in range(len(lrs)):
-                total = int(((pd.to_numeric(g_all["lr"]) == lrs[j]) & (pd.to_numeric(g_all["weight_decay"]) == wds[i])).sum())
-                txt = f"{grid[i, j]:.3g}\n{cnt[i, j]}/{total} seeds" if np.isfinite(grid[i, j]) else f"no run\n0/{total}"
+                total = int(
+                    ((pd.to_numeric(g_all["lr"]) == lrs[j]) & (pd.to_numeric(g_all["weight_decay"]) == wds[i])).sum()
+                )
+                txt = (
+                    f"{grid[i, j]:.3g}\n{cnt[i, j]}/{total} seeds" if np.isfinite(grid[i, j]) else f"no run\n0/{total}"
+                )
                 color = "black"
                 if np.isfinite(grid[i, j]):
                     r, g_, b_, _ = im.cmap(im.norm(grid[i, j]))
@@ -566,19 +679,26 @@ def plot_lr_wd_heatmap(table: pd.DataFrame, column: str = "best_val_ce") -> Figu
         ax.set_ylabel("weight decay")
         ax.set_title(str(v))
         ax.grid(False)
-    for ax in axes.ravel()[len(variants):]:
+    for ax in axes.ravel()[len(variants) :]:
         ax.set_visible(False)
     if im is not None:
         cb = fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.85)
-        cb.set_label(f"best validation CE ({unit}; geometric mean over seeds)" if is_ce
-                     else "α_early (dimensionless; mean over seeds)")
+        cb.set_label(
+            f"best validation CE ({unit}; geometric mean over seeds)"
+            if is_ce
+            else "α_early (dimensionless; mean over seeds)"
+        )
     what = "Best validation CE" if is_ce else "Early slope α_early"
     if best and is_ce:
-        head = (f"{what} by LR × weight decay: lowest {best[0]:.3g} {unit} "
-                f"in {best[1]} at lr = {best[2]:g}, wd = {best[3]:g}")
+        head = (
+            f"{what} by LR × weight decay: lowest {best[0]:.3g} {unit} "
+            f"in {best[1]} at lr = {best[2]:g}, wd = {best[3]:g}"
+        )
     elif best:
-        head = (f"{what} by LR × weight decay — the grid's share of H2: steepest {best[0]:.3g} "
-                f"in {best[1]} at lr = {best[2]:g}, wd = {best[3]:g}")
+        head = (
+            f"{what} by LR × weight decay — the grid's share of H2: steepest {best[0]:.3g} "
+            f"in {best[1]} at lr = {best[2]:g}, wd = {best[3]:g}"
+        )
     else:
         head = f"{what} by LR × weight decay: no usable run"
     _suptitle(fig, head)
@@ -600,10 +720,21 @@ def plot_ablation(table: pd.DataFrame, stats: Mapping[str, Any]) -> Figure:
         s = byv.get(v)
         if s:
             a1.bar(i, 100 * s["share"], color=colors[v], alpha=0.85)
-            a1.errorbar(i, 100 * s["share"], yerr=[[max(100 * (s["share"] - s["ci_low"]), 0.0)],
-                                                   [max(100 * (s["ci_high"] - s["share"]), 0.0)]], color="black", capsize=5)
-            a1.annotate(f"{s['k']}/{s['n']}", (i, 100 * s["ci_high"]), xytext=(0, 4), textcoords="offset points",
-                        ha="center", fontsize=9)
+            a1.errorbar(
+                i,
+                100 * s["share"],
+                yerr=[[max(100 * (s["share"] - s["ci_low"]), 0.0)], [max(100 * (s["ci_high"] - s["share"]), 0.0)]],
+                color="black",
+                capsize=5,
+            )
+            a1.annotate(
+                f"{s['k']}/{s['n']}",
+                (i, 100 * s["ci_high"]),
+                xytext=(0, 4),
+                textcoords="offset points",
+                ha="center",
+                fontsize=9,
+            )
         else:
             a1.annotate("no decided run", (i, 2), ha="center", rotation=90, color="0.4", fontsize=9)
     for t in h1.get("target_shares") or []:
@@ -621,8 +752,14 @@ def plot_ablation(table: pd.DataFrame, stats: Mapping[str, Any]) -> Figure:
             a2.bar(i, rho, color=colors[v], alpha=0.85)
             if lo is not None and hi is not None:
                 a2.errorbar(i, rho, yerr=[[max(rho - lo, 0.0)], [max(hi - rho, 0.0)]], color="black", capsize=5)
-            a2.annotate(f"{byg[v].get('n_cells')} cells\n{byg[v].get('verdict')}", (i, max(hi or rho, rho)),
-                        xytext=(0, 4), textcoords="offset points", ha="center", fontsize=8)
+            a2.annotate(
+                f"{byg[v].get('n_cells')} cells\n{byg[v].get('verdict')}",
+                (i, max(hi or rho, rho)),
+                xytext=(0, 4),
+                textcoords="offset points",
+                ha="center",
+                fontsize=8,
+            )
         else:
             a2.annotate("too few cells", (i, 0.05), ha="center", rotation=90, color="0.4", fontsize=9)
     thr = st["min_abs_rho"]
@@ -650,11 +787,20 @@ def plot_run_health(table: pd.DataFrame) -> Figure:
     left = np.zeros(len(variants))
     for s in STATUSES:
         vals = np.array([int(((table["variant"] == v) & (table["status"] == s)).sum()) for v in variants])
-        ax.barh(range(len(variants)), vals, left=left, color=STATUS_COLORS[s], label=s.replace("_", " "), edgecolor="white")
+        ax.barh(
+            range(len(variants)), vals, left=left, color=STATUS_COLORS[s], label=s.replace("_", " "), edgecolor="white"
+        )
         for i, (l0, n) in enumerate(zip(left, vals)):
             if n:
-                ax.text(l0 + n / 2, i, str(n), ha="center", va="center", color="white" if s != "too_short" else "black",
-                        fontweight="bold")
+                ax.text(
+                    l0 + n / 2,
+                    i,
+                    str(n),
+                    ha="center",
+                    va="center",
+                    color="white" if s != "too_short" else "black",
+                    fontweight="bold",
+                )
         left += vals
     ax.set_yticks(range(len(variants)), variants)
     ax.invert_yaxis()
@@ -721,8 +867,9 @@ def plot_variant_curves(table: pd.DataFrame, curves: Mapping[str, Mapping[str, A
     ax.set_ylabel(f"training loss ({unit}, log-binned geometric mean, log scale)")
     ok = _ok(g)
     a = _num(ok, "alpha_early")
-    others = ", ".join(f"{int((g['status'] == s).sum())} {s.replace('_', ' ')}" for s in STATUSES[1:]
-                       if (g["status"] == s).any())
+    others = ", ".join(
+        f"{int((g['status'] == s).sum())} {s.replace('_', ' ')}" for s in STATUSES[1:] if (g["status"] == s).any()
+    )
     head = f"{variant}: {len(ok)} of {len(g)} runs usable" + (f" ({others})" if others else "")
     if len(ok) and a.notna().any():
         head += f"; α_early median {a.median():.2f} (range {a.min():.2f}–{a.max():.2f})"

@@ -124,9 +124,7 @@ def check_divergence(
     bad = ~np.isfinite(y)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        return Divergence(
-            True, float(s[i]), f"non-finite training loss ({int(bad.sum())} steps) from step {s[i]:g}"
-        )
+        return Divergence(True, float(s[i]), f"non-finite training loss ({int(bad.sum())} steps) from step {s[i]:g}")
     k = max(1, int(round(edge_fraction * y.size)))
     head, tail = float(np.median(y[:k])), float(np.median(y[-k:]))
     over = np.flatnonzero(y > explode_factor * head)
@@ -338,12 +336,15 @@ def fit_run_tables(
         )
     lr = s["lr"].to_numpy(dtype=float) if "lr" in s.columns else None
 
-    div = check_divergence(st, y, **{k: float(divergence[k]) for k in ("explode_factor", "final_factor", "edge_fraction")})
+    div = check_divergence(
+        st, y, **{k: float(divergence[k]) for k in ("explode_factor", "final_factor", "edge_fraction")}
+    )
     outcome = run_info.get("outcome") or {}
     if outcome.get("status") == "diverged":  # training stopped itself at the divergence
         step = outcome.get("diverged_at_step")
-        div = Divergence(True, None if step is None else float(step),
-                         f"training stopped: {outcome.get('reason') or 'diverged'}")
+        div = Divergence(
+            True, None if step is None else float(step), f"training stopped: {outcome.get('reason') or 'diverged'}"
+        )
     elif validation.get("status") == "diverged" and not div.diverged:
         div = Divergence(True, None, "; ".join(validation.get("reasons") or []) or "diverged (validation)")
     if div.diverged:
@@ -381,18 +382,14 @@ def fit_run_tables(
     short = covered < end - 1e-9
     if short:
         row["status"] = "too_short"
-        row["reason"] = (
-            f"the run covers {covered:g} epochs; alpha_early needs epochs {start:g}-{end:g}"
-        )
+        row["reason"] = f"the run covers {covered:g} epochs; alpha_early needs epochs {start:g}-{end:g}"
     axis = time_axis
     if axis not in TIME_AXES:
         raise ValueError(f"analysis.time_axis must be one of {TIME_AXES}, not {axis!r}")
     if lr is not None:
         lr = lr[pos]
     try:
-        analysis = analyze_curve(
-            st, y, steps_per_epoch=spe, val_steps=vs, val_loss=vy, time=_time(axis, lr), **opts
-        )
+        analysis = analyze_curve(st, y, steps_per_epoch=spe, val_steps=vs, val_loss=vy, time=_time(axis, lr), **opts)
     except NotEnoughPoints as exc:
         row["status"], row["reason"] = "too_short", f"too few points for the fits: {exc}"
         return out
@@ -417,7 +414,12 @@ def fit_run_tables(
     if compare_time_axes and (other == "step" or lr is not None):
         try:
             alt = analyze_curve(
-                st, y, steps_per_epoch=spe, val_steps=vs, val_loss=vy, time=_time(other, lr),
+                st,
+                y,
+                steps_per_epoch=spe,
+                val_steps=vs,
+                val_loss=vy,
+                time=_time(other, lr),
                 **{**opts, "knee_methods": (DEFAULT_KNEE_METHOD,), "h1_knee_methods": ()},
             ).to_dict()
             row.update({f"{other}__{k}": alt.get(k) for k in AXIS_COLUMNS})

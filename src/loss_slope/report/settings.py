@@ -54,9 +54,7 @@ def fit_settings(config: Mapping[str, Any]) -> dict:
 def study_settings(config: Mapping[str, Any]) -> dict:
     """Params of rule ``summarize``: the H1/H2 settings (and the α_early window, for the record)."""
     a = config["analysis"]
-    return canonical(
-        {"study": a["study"], "early_window": list(a["fit"]["early_window"]), "time_axis": a["time_axis"]}
-    )
+    return canonical({"study": a["study"], "early_window": list(a["fit"]["early_window"]), "time_axis": a["time_axis"]})
 
 
 def run_identity(spec) -> dict:

@@ -148,16 +148,28 @@ def run_table(
 def h1_criteria(time_axis: str, other_axis: str | None) -> dict[str, tuple[str, bool, str]]:
     """H1 criteria: name -> (per-run column, compared with ``r2_threshold``, label)."""
     out = {
-        "single_power_law": ("h1_single_power_law", False,
-                             "one power law after the knee (no further or second break, no exponent drift)"),
-        "single_power_law_interior": ("h1_single_power_law_interior", False,
-                                      "the same, fits with a parameter on a bound left out"),
+        "single_power_law": (
+            "h1_single_power_law",
+            False,
+            "one power law after the knee (no further or second break, no exponent drift)",
+        ),
+        "single_power_law_interior": (
+            "h1_single_power_law_interior",
+            False,
+            "the same, fits with a parameter on a bound left out",
+        ),
         "literal_r2": ("h1_literal_r2", True, "protocol's literal criterion: straight-line log-log R² after the knee"),
         "four_parameter_r2": ("post_knee_r2", True, "R² of the floor + shift power law after the knee"),
-        "single_power_law_knee_burn_in_aic": ("h1_single_power_law_knee_burn_in_aic", False,
-                                              "one power law after the burn-in end found by AIC"),
-        "single_power_law_knee_ce_threshold": ("h1_single_power_law_knee_ce_threshold", False,
-                                               "one power law after the validation CE first reaches the threshold"),
+        "single_power_law_knee_burn_in_aic": (
+            "h1_single_power_law_knee_burn_in_aic",
+            False,
+            "one power law after the burn-in end found by AIC",
+        ),
+        "single_power_law_knee_ce_threshold": (
+            "h1_single_power_law_knee_ce_threshold",
+            False,
+            "one power law after the validation CE first reaches the threshold",
+        ),
     }
     if other_axis:
         out[f"single_power_law_{other_axis}"] = (
@@ -233,8 +245,13 @@ def _h2_literal(table: pd.DataFrame, study: Mapping[str, Any], x: str) -> dict:
     r = sps.spearmanr(xv[keep], yv[keep])
     rho, p = float(r.statistic), float(r.pvalue)
     ok_rule = abs(rho) >= float(study["h2_min_abs_rho"]) and p < float(study["h2_max_p"])
-    return {"verdict": "supported" if ok_rule else "not supported", "spearman_rho": rho, "spearman_p": p,
-            "n": int(keep.sum()), "rule": "|rho| >= h2_min_abs_rho and p < h2_max_p, runs as independent"}
+    return {
+        "verdict": "supported" if ok_rule else "not supported",
+        "spearman_rho": rho,
+        "spearman_p": p,
+        "n": int(keep.sum()),
+        "rule": "|rho| >= h2_min_abs_rho and p < h2_max_p, runs as independent",
+    }
 
 
 def _cells(table: pd.DataFrame) -> list[dict]:
@@ -242,8 +259,16 @@ def _cells(table: pd.DataFrame) -> list[dict]:
     out = []
     for (v, lr, wd), g in table.groupby(["variant", "lr", "weight_decay"], sort=False, dropna=False):
         counts = {st: int((g["status"] == st).sum()) for st in STATUSES}
-        out.append({"variant": v, "lr": lr, "weight_decay": wd, "runs": int(len(g)), **counts,
-                    "excluded": int(len(g) - counts["ok"])})
+        out.append(
+            {
+                "variant": v,
+                "lr": lr,
+                "weight_decay": wd,
+                "runs": int(len(g)),
+                **counts,
+                "excluded": int(len(g) - counts["ok"]),
+            }
+        )
     return out
 
 
@@ -259,8 +284,10 @@ def _heatmap(table: pd.DataFrame, scans: Mapping[str, Mapping[str, Any]]) -> dic
     for k in keys:
         sc = scans[k]
         a = np.asarray(sc["alpha"], dtype=float)  # None -> nan
-        if a.shape != (starts.size, ends.size) or not np.allclose(sc["starts"], starts) or not np.allclose(
-            sc["ends"], ends
+        if (
+            a.shape != (starts.size, ends.size)
+            or not np.allclose(sc["starts"], starts)
+            or not np.allclose(sc["ends"], ends)
         ):
             continue
         grids.append(a)
@@ -395,8 +422,16 @@ def variant_table(table: pd.DataFrame, stats: Mapping[str, Any]) -> pd.DataFrame
             d = c.get(part) or {}
             for k in ("n", "n_cells", "spearman_rho", "spearman_p", "spearman_ci_low", "spearman_ci_high"):
                 row[f"h2_{part}_{k}"] = d.get(k, math.nan)
-        for col in ("h1_literal_r2", "post_knee_r2", "post_knee_exponent", "alpha_early", "alpha_full", "best_val_ce",
-                    "knee_epoch", "final_train_loss"):
+        for col in (
+            "h1_literal_r2",
+            "post_knee_r2",
+            "post_knee_exponent",
+            "alpha_early",
+            "alpha_full",
+            "best_val_ce",
+            "knee_epoch",
+            "final_train_loss",
+        ):
             row[f"median_{col}"] = _median(ok, col)
         rows.append(row)
     return pd.DataFrame(rows)
@@ -469,8 +504,11 @@ def summarize(
         pairs = [(Path(p).parent.parent.name, Path(p).parent.name) for p in truth_run_infos]
         root = Path(truth_run_infos[0]).parents[4]
         stats["truth"] = compare_with_truth(
-            table, load_truths(root, runs=pairs), confidence=float(study["confidence"]),
-            h2_min_abs_rho=float(study["h2_min_abs_rho"]), h2_max_p=float(study["h2_max_p"]),
+            table,
+            load_truths(root, runs=pairs),
+            confidence=float(study["confidence"]),
+            h2_min_abs_rho=float(study["h2_min_abs_rho"]),
+            h2_max_p=float(study["h2_max_p"]),
         )
     Path(table_parquet).parent.mkdir(parents=True, exist_ok=True)
     # object columns mixing None and numbers: make them numeric where they are

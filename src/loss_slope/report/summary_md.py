@@ -58,7 +58,8 @@ def _h1_section(stats: Mapping[str, Any], table: pd.DataFrame, fig) -> list[str]
         out += [
             f"Counting every excluded or undecided run as a failure: {wf['k']} of {wf['n']} runs "
             f"({fmt_pct(wf['share'])}, interval {V.interval(wf['ci_low'], wf['ci_high'], pct=True)}): "
-            + "; ".join(f"{v} against {fmt_pct(float(t))}" for t, v in (wf.get("verdicts") or {}).items()) + ".",
+            + "; ".join(f"{v} against {fmt_pct(float(t))}" for t, v in (wf.get("verdicts") or {}).items())
+            + ".",
             "",
         ]
     thr = literal.get("threshold")
@@ -73,17 +74,31 @@ def _h1_section(stats: Mapping[str, Any], table: pd.DataFrame, fig) -> list[str]
     out += [_table(["criterion", "runs", "share", f"{fmt_pct(conf)} interval", "verdict", "verdict"], rows), ""]
     byv = main.get("by_variant") or {}
     if byv:
-        out += ["Per variant (defensible criterion; few cells per variant, so the intervals are wide):", "",
-                _table(["variant", "single power law", "share", "interval"],
-                       [[v, f"{s['k']} / {s['n']}", fmt_pct(s["share"]), V.interval(s["ci_low"], s["ci_high"], pct=True)]
-                        for v, s in byv.items()]), ""]
+        out += [
+            "Per variant (defensible criterion; few cells per variant, so the intervals are wide):",
+            "",
+            _table(
+                ["variant", "single power law", "share", "interval"],
+                [
+                    [v, f"{s['k']} / {s['n']}", fmt_pct(s["share"]), V.interval(s["ci_low"], s["ci_high"], pct=True)]
+                    for v, s in byv.items()
+                ],
+            ),
+            "",
+        ]
     ok = table[table["status"] == "ok"]
     if "h1_single_power_law" in ok.columns:
         undecided = ok[ok["h1_single_power_law"].isna()]
         if len(undecided):
-            out += [f"{len(undecided)} usable run(s) are undecided (no H1 verdict of their own):", "",
-                    _table(["variant", "run", "why"],
-                           [[r.variant, r.run, getattr(r, "h1_reason", "") or ""] for r in undecided.itertuples()]), ""]
+            out += [
+                f"{len(undecided)} usable run(s) are undecided (no H1 verdict of their own):",
+                "",
+                _table(
+                    ["variant", "run", "why"],
+                    [[r.variant, r.run, getattr(r, "h1_reason", "") or ""] for r in undecided.itertuples()],
+                ),
+                "",
+            ]
     if "knee_found" in ok.columns:
         nk = int(ok["knee_found"].fillna(False).astype(bool).sum())
         out += [
@@ -126,12 +141,24 @@ def _h2_section(stats: Mapping[str, Any], fig) -> list[str]:
                 ["correlation", "n", "Spearman ρ [interval]", "p"],
                 [
                     ["pooled over runs", o["n"], _corr_cell(o), fmt_p(o["spearman_p"])],
-                    ["over cell means", (h2.get("cell_means") or {}).get("n", "n/a"), _corr_cell(h2.get("cell_means")),
-                     fmt_p((h2.get("cell_means") or {}).get("spearman_p"))],
-                    ["within cells (deviations from the cell mean)", (h2.get("within_cell") or {}).get("n", "n/a"),
-                     _corr_cell(h2.get("within_cell")), fmt_p((h2.get("within_cell") or {}).get("spearman_p"))],
-                    ["partial, given variant, LR and WD", (h2.get("partial") or {}).get("n", "n/a"),
-                     _corr_cell(h2.get("partial")), fmt_p((h2.get("partial") or {}).get("spearman_p"))],
+                    [
+                        "over cell means",
+                        (h2.get("cell_means") or {}).get("n", "n/a"),
+                        _corr_cell(h2.get("cell_means")),
+                        fmt_p((h2.get("cell_means") or {}).get("spearman_p")),
+                    ],
+                    [
+                        "within cells (deviations from the cell mean)",
+                        (h2.get("within_cell") or {}).get("n", "n/a"),
+                        _corr_cell(h2.get("within_cell")),
+                        fmt_p((h2.get("within_cell") or {}).get("spearman_p")),
+                    ],
+                    [
+                        "partial, given variant, LR and WD",
+                        (h2.get("partial") or {}).get("n", "n/a"),
+                        _corr_cell(h2.get("partial")),
+                        fmt_p((h2.get("partial") or {}).get("spearman_p")),
+                    ],
                 ],
             ),
             "",
@@ -156,9 +183,13 @@ def _h2_section(stats: Mapping[str, Any], fig) -> list[str]:
             ]
         pred = h2.get("prediction")
         if pred and pred.get("rmse"):
-            out += ["Leave-one-cell-out prediction of the best CE (RMSE, "
-                    f"{pred['n_cells']} cells held out in turn; s.d. of the CE {_f(pred['sd'], '.3g')}):", "",
-                    _table(["predictor", "RMSE"], [[k, _f(v, ".3g")] for k, v in pred["rmse"].items()]), ""]
+            out += [
+                "Leave-one-cell-out prediction of the best CE (RMSE, "
+                f"{pred['n_cells']} cells held out in turn; s.d. of the CE {_f(pred['sd'], '.3g')}):",
+                "",
+                _table(["predictor", "RMSE"], [[k, _f(v, ".3g")] for k, v in pred["rmse"].items()]),
+                "",
+            ]
     lit = stats.get("h2_literal") or {}
     if lit.get("verdict") in ("supported", "not supported"):
         out += [
@@ -170,9 +201,11 @@ def _h2_section(stats: Mapping[str, Any], fig) -> list[str]:
             "",
         ]
     rows = []
-    for key, label in (("h2_diverged_worst_rank", "diverged runs at the worst rank"),
-                       ("h2_alpha_full", "α_full (knee to end) instead of α_early"),
-                       ("h2_other_axis", f"α_early on the {str(stats.get('other_time_axis') or '').replace('_', ' ')} axis")):
+    for key, label in (
+        ("h2_diverged_worst_rank", "diverged runs at the worst rank"),
+        ("h2_alpha_full", "α_full (knee to end) instead of α_early"),
+        ("h2_other_axis", f"α_early on the {str(stats.get('other_time_axis') or '').replace('_', ' ')} axis"),
+    ):
         r = stats.get(key)
         if not r:
             continue
@@ -184,10 +217,25 @@ def _h2_section(stats: Mapping[str, Any], fig) -> list[str]:
         out += ["Sensitivity:", "", _table(["analysis", "runs", "pooled ρ [interval]", "verdict"], rows), ""]
     byv = h2.get("by_variant") or {}
     if byv:
-        out += ["Per variant (each has few cells, so its intervals are wide and rarely decide):", "",
-                _table(["variant", "runs", "cells", "pooled ρ [interval]", "within-cell ρ [interval]", "verdict"],
-                       [[v, r.get("n_runs"), r.get("n_cells"), _corr_cell(r.get("overall")),
-                         _corr_cell(r.get("within_cell")), r.get("verdict")] for v, r in byv.items()]), ""]
+        out += [
+            "Per variant (each has few cells, so its intervals are wide and rarely decide):",
+            "",
+            _table(
+                ["variant", "runs", "cells", "pooled ρ [interval]", "within-cell ρ [interval]", "verdict"],
+                [
+                    [
+                        v,
+                        r.get("n_runs"),
+                        r.get("n_cells"),
+                        _corr_cell(r.get("overall")),
+                        _corr_cell(r.get("within_cell")),
+                        r.get("verdict"),
+                    ]
+                    for v, r in byv.items()
+                ],
+            ),
+            "",
+        ]
     hm = stats.get("window_heatmap")
     if hm and h2.get("settings"):
         import numpy as np
@@ -209,11 +257,26 @@ def _cells_section(stats: Mapping[str, Any]) -> list[str]:
     cells = [c for c in stats.get("counts_by_cell") or [] if c["excluded"]]
     if not cells:
         return []
-    return ["Runs excluded per cell (variant × LR × WD), next to both answers above:", "",
-            _table(["variant", "LR", "WD", "runs", "usable", "excluded", "by status"],
-                   [[c["variant"], _f(c["lr"], "g"), _f(c["weight_decay"], "g"), c["runs"], c["ok"], c["excluded"],
-                     ", ".join(f"{c[s]} {s.replace('_', ' ')}" for s in STATUSES if s != "ok" and c.get(s))]
-                    for c in cells]), ""]
+    return [
+        "Runs excluded per cell (variant × LR × WD), next to both answers above:",
+        "",
+        _table(
+            ["variant", "LR", "WD", "runs", "usable", "excluded", "by status"],
+            [
+                [
+                    c["variant"],
+                    _f(c["lr"], "g"),
+                    _f(c["weight_decay"], "g"),
+                    c["runs"],
+                    c["ok"],
+                    c["excluded"],
+                    ", ".join(f"{c[s]} {s.replace('_', ' ')}" for s in STATUSES if s != "ok" and c.get(s)),
+                ]
+                for c in cells
+            ],
+        ),
+        "",
+    ]
 
 
 def _excluded_section(table: pd.DataFrame, stats: Mapping[str, Any]) -> list[str]:
@@ -225,19 +288,28 @@ def _excluded_section(table: pd.DataFrame, stats: Mapping[str, Any]) -> list[str
         out += [
             f"{len(bad)} of {len(table)} runs are excluded from H1 and H2:",
             "",
-            _table(["variant", "run", "status", "reason"],
-                   [[r.variant, r.run, r.status, r.reason or ""] for r in bad.itertuples()]),
+            _table(
+                ["variant", "run", "status", "reason"],
+                [[r.variant, r.run, r.status, r.reason or ""] for r in bad.itertuples()],
+            ),
             "",
         ]
     extra = []
-    for res, name in (((stats.get("h1") or {}).get("single_power_law"), "H1"), (stats.get("h2"), "H2"),
-                      (stats.get("h2_alpha_full"), "H2 with α_full")):
+    for res, name in (
+        ((stats.get("h1") or {}).get("single_power_law"), "H1"),
+        (stats.get("h2"), "H2"),
+        (stats.get("h2_alpha_full"), "H2 with α_full"),
+    ):
         for e in (res or {}).get("excluded") or []:
             if not any(e["reason"].startswith(s) for s in STATUSES):
                 extra.append([name, e["run"], e["reason"]])
     if extra:
-        out += ["Usable runs left out of one statistic because a number it needs is missing:", "",
-                _table(["statistic", "run", "reason"], extra), ""]
+        out += [
+            "Usable runs left out of one statistic because a number it needs is missing:",
+            "",
+            _table(["statistic", "run", "reason"], extra),
+            "",
+        ]
     return out
 
 
@@ -249,13 +321,19 @@ def _micro_batch_section(table: pd.DataFrame) -> list[str]:
     hit = table[pd.to_numeric(table["oom_fallbacks"], errors="coerce").fillna(0) > 0]
     if hit.empty:
         return []
-    return ["## Out-of-memory fallbacks", "",
-            f"{len(hit)} run(s) ran out of GPU memory and finished with a smaller micro-batch and gradient "
-            "accumulation (effective batch, LR schedule and step count unchanged; BatchNorm statistics were "
-            "computed per micro-batch from then on):", "",
-            _table(["variant", "run", "status", "micro-batch", "fallbacks"],
-                   [[r.variant, r.run, r.status, f"{r.micro_batch:.0f}", int(r.oom_fallbacks)]
-                    for r in hit.itertuples()]), ""]
+    return [
+        "## Out-of-memory fallbacks",
+        "",
+        f"{len(hit)} run(s) ran out of GPU memory and finished with a smaller micro-batch and gradient "
+        "accumulation (effective batch, LR schedule and step count unchanged; BatchNorm statistics were "
+        "computed per micro-batch from then on):",
+        "",
+        _table(
+            ["variant", "run", "status", "micro-batch", "fallbacks"],
+            [[r.variant, r.run, r.status, f"{r.micro_batch:.0f}", int(r.oom_fallbacks)] for r in hit.itertuples()],
+        ),
+        "",
+    ]
 
 
 def render_summary(
@@ -295,8 +373,11 @@ def render_summary(
     health = ", ".join(f"{counts[s]} {s.replace('_', ' ')}" for s in STATUSES if s != "ok")
     out = [title, "", f"{n} runs in the config: **{counts['ok']} usable** ({health})."]
     if counts.get("missing"):
-        out += ["", f"> **Partial sweep:** {counts['missing']} run(s) have no fit (training not finished); "
-                "they are listed below and every statistic uses only the usable runs."]
+        out += [
+            "",
+            f"> **Partial sweep:** {counts['missing']} run(s) have no fit (training not finished); "
+            "they are listed below and every statistic uses only the usable runs.",
+        ]
     out += ["", fig("run_health"), ""]
     out += _h1_section(stats, table, fig)
     out += _h2_section(stats, fig)
@@ -305,9 +386,21 @@ def render_summary(
         out += [truth_markdown(stats["truth"]), ""]
     out += ["## Per variant", "", fig("ablation"), ""]
     if variant_figure_paths:
-        out += [" ".join(f"[{v}]({p})" for v, p in variant_figure_paths.items()) + " — loss curves of every run per variant.", ""]
-    out += ["## Model comparison, knees and the LR × WD grid", "", fig("delta_aic"), "", fig("knee_epochs"), "",
-            fig("lr_wd_best_val"), ""]
+        out += [
+            " ".join(f"[{v}]({p})" for v, p in variant_figure_paths.items())
+            + " — loss curves of every run per variant.",
+            "",
+        ]
+    out += [
+        "## Model comparison, knees and the LR × WD grid",
+        "",
+        fig("delta_aic"),
+        "",
+        fig("knee_epochs"),
+        "",
+        fig("lr_wd_best_val"),
+        "",
+    ]
     out += _excluded_section(table, stats)
     out += _micro_batch_section(table)
     if table_paths:

@@ -119,8 +119,11 @@ def training_state(
             out[(v, r)] = (False, f"not trained: no pack for this run ({exc})")
             continue
         if pack == RUN_DONE.format(variant=v, run=r):
-            out[(v, r)] = (False, f"training not finished: no completion marker {pack} yet "
-                                  f"(see logs/train/{v}/{r}.log and logs/run_done/{v}/{r}.log)")
+            out[(v, r)] = (
+                False,
+                f"training not finished: no completion marker {pack} yet "
+                f"(see logs/train/{v}/{r}.log and logs/run_done/{v}/{r}.log)",
+            )
         elif (root / pack).exists():
             out[(v, r)] = (
                 False,

@@ -53,9 +53,15 @@ def truth_for_run(run_info: Mapping[str, Any]) -> dict:
     sch = run_info["schedule"]
     schedule = Schedule(sch["kind"], int(sch["warmup_steps"]), int(sch["total_steps"]), float(sch["min_lr_ratio"]))
     spe, epochs = int(run_info["steps_per_epoch"]), int(run_info["epochs"])
-    kw = dict(variant=str(run_info.get("variant") or "none"), lr=float(run_info["lr"]),
-              weight_decay=float(run_info["weight_decay"]), seed=int(run_info["seed"]), steps_per_epoch=spe,
-              epochs=epochs, schedule=schedule)
+    kw = dict(
+        variant=str(run_info.get("variant") or "none"),
+        lr=float(run_info["lr"]),
+        weight_decay=float(run_info["weight_decay"]),
+        seed=int(run_info["seed"]),
+        steps_per_epoch=spe,
+        epochs=epochs,
+        schedule=schedule,
+    )
     truth = model.run_truth(sim, **kw, val_steps=val_steps(epochs, spe, int(run_info["val_per_epoch"])))
     return add_derived(truth, sim, kw)
 
@@ -92,8 +98,9 @@ def load_truths(root: str | Path = ".", runs: Sequence[tuple[str, str]] | None =
     out: dict[str, dict] = {}
     for variant, run in runs:
         dirs = [root / "results" / "export" / variant / run, root / "work" / variant / run]
-        info = next((json.loads((d / "run_info.json").read_text()) for d in dirs if (d / "run_info.json").is_file()),
-                    None)
+        info = next(
+            (json.loads((d / "run_info.json").read_text()) for d in dirs if (d / "run_info.json").is_file()), None
+        )
         if info is None or (info.get("config", {}).get("data", {}).get("name") != "simulated"):
             continue
         tfile = next((d / "truth.json" for d in dirs if (d / "truth.json").is_file()), None)
@@ -128,9 +135,16 @@ def _num(v) -> float | None:
     return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else float(v)
 
 
-def compare_with_truth(table: pd.DataFrame, truths: Mapping[str, Mapping[str, Any]], *,
-                       r2_column: str = "power_r2", r2_threshold: float = 0.98, h2_min_abs_rho: float = 0.7,
-                       h2_max_p: float = 0.01, confidence: float = 0.95) -> dict:
+def compare_with_truth(
+    table: pd.DataFrame,
+    truths: Mapping[str, Mapping[str, Any]],
+    *,
+    r2_column: str = "power_r2",
+    r2_threshold: float = 0.98,
+    h2_min_abs_rho: float = 0.7,
+    h2_max_p: float = 0.01,
+    confidence: float = 0.95,
+) -> dict:
     """Every estimate of the per-run table against the truth; JSON-ready.
 
     Parameters
@@ -146,9 +160,24 @@ def compare_with_truth(table: pd.DataFrame, truths: Mapping[str, Mapping[str, An
     t = table.copy()
     t["key"] = t["variant"].astype(str) + "/" + t["run"].astype(str)
     t = t[t["key"].isin(truths)].reset_index(drop=True)
-    tr = pd.DataFrame([{**truths[k], "key": k} for k in t["key"]]) if len(t) else pd.DataFrame(
-        columns=["key", "cell", "h1_single_power_law", "diverged", "knee_epoch", "alpha_early_true",
-                 "alpha_full_true", "best_val_ce_true", "alpha", "schedule_effect"])
+    tr = (
+        pd.DataFrame([{**truths[k], "key": k} for k in t["key"]])
+        if len(t)
+        else pd.DataFrame(
+            columns=[
+                "key",
+                "cell",
+                "h1_single_power_law",
+                "diverged",
+                "knee_epoch",
+                "alpha_early_true",
+                "alpha_full_true",
+                "best_val_ce_true",
+                "alpha",
+                "schedule_effect",
+            ]
+        )
+    )
     t = t.merge(tr.add_prefix("true_").rename(columns={"true_key": "key"}), on="key", how="left")
     t["cell"] = t["true_cell"]
     ok = t[t["status"] == "ok"]
@@ -158,7 +187,10 @@ def compare_with_truth(table: pd.DataFrame, truths: Mapping[str, Mapping[str, An
     if "h1_single_power_law" in t.columns:
         decision, rule = t["h1_single_power_law"], "h1_single_power_law"
     else:
-        decision, rule = pd.to_numeric(t[r2_column], errors="coerce") >= r2_threshold, f"{r2_column} >= {r2_threshold:g}"
+        decision, rule = (
+            pd.to_numeric(t[r2_column], errors="coerce") >= r2_threshold,
+            f"{r2_column} >= {r2_threshold:g}",
+        )
     t["h1_est"] = decision.where(t["status"] == "ok")
     h1 = t[(t["status"] == "ok") & t["h1_est"].notna() & t["true_h1_single_power_law"].notna()]
     k_est, n = int(h1["h1_est"].astype(bool).sum()), int(len(h1))
@@ -166,17 +198,22 @@ def compare_with_truth(table: pd.DataFrame, truths: Mapping[str, Mapping[str, An
     lo, hi = _wilson(k_est, n, confidence)
     wrong = h1[h1["h1_est"].astype(bool) != h1["true_h1_single_power_law"].astype(bool)]
     res["h1"] = {
-        "rule": rule, "n": n, "estimated_share": k_est / n if n else None, "ci": [_num(lo), _num(hi)],
+        "rule": rule,
+        "n": n,
+        "estimated_share": k_est / n if n else None,
+        "ci": [_num(lo), _num(hi)],
         "true_share": k_true / n if n else None,
-        "true_within_ci": bool(n and lo <= k_true / n <= hi), "confidence": confidence,
+        "true_within_ci": bool(n and lo <= k_true / n <= hi),
+        "confidence": confidence,
         "false_positive": int((h1["h1_est"].astype(bool) & ~h1["true_h1_single_power_law"].astype(bool)).sum()),
         "false_negative": int((~h1["h1_est"].astype(bool) & h1["true_h1_single_power_law"].astype(bool)).sum()),
     }
 
     # ---- H2 ----
     h2 = ok.dropna(subset=["alpha_early", "best_val_ce", "true_alpha_early_true", "true_best_val_ce_true"]).copy()
-    h2 = h2.astype({"alpha_early": float, "best_val_ce": float, "true_alpha_early_true": float,
-                    "true_best_val_ce_true": float})
+    h2 = h2.astype(
+        {"alpha_early": float, "best_val_ce": float, "true_alpha_early_true": float, "true_best_val_ce_true": float}
+    )
     est_rho, est_p = _spearman(h2["alpha_early"].to_numpy(), h2["best_val_ce"].to_numpy())
     true_rho, true_p = _spearman(h2["true_alpha_early_true"].to_numpy(), h2["true_best_val_ce_true"].to_numpy())
     multi = h2[h2.groupby("cell")["cell"].transform("size") > 1]
@@ -185,12 +222,19 @@ def compare_with_truth(table: pd.DataFrame, truths: Mapping[str, Mapping[str, An
     verdict = lambda rho, p: bool(math.isfinite(rho) and abs(rho) >= h2_min_abs_rho and p < h2_max_p)  # noqa: E731
     first = truths[next(iter(truths))] if truths else {}
     res["h2"] = {
-        "n": int(len(h2)), "estimated_rho": _num(est_rho), "estimated_p": _num(est_p),
-        "true_rho": _num(true_rho), "true_p": _num(true_p),
-        "estimated_within_rho": _num(est_w), "estimated_within_p": _num(est_wp),
-        "true_within_rho": _num(true_w), "true_within_p": _num(true_wp),
-        "configured_rho_cell": first.get("configured_rho_cell"), "configured_rho_within": first.get("configured_rho_within"),
-        "min_abs_rho": h2_min_abs_rho, "max_p": h2_max_p,
+        "n": int(len(h2)),
+        "estimated_rho": _num(est_rho),
+        "estimated_p": _num(est_p),
+        "true_rho": _num(true_rho),
+        "true_p": _num(true_p),
+        "estimated_within_rho": _num(est_w),
+        "estimated_within_p": _num(est_wp),
+        "true_within_rho": _num(true_w),
+        "true_within_p": _num(true_wp),
+        "configured_rho_cell": first.get("configured_rho_cell"),
+        "configured_rho_within": first.get("configured_rho_within"),
+        "min_abs_rho": h2_min_abs_rho,
+        "max_p": h2_max_p,
         "estimated_verdict": "supported" if verdict(est_rho, est_p) else "not supported",
         "true_verdict": "supported" if verdict(true_rho, true_p) else "not supported",
     }
@@ -198,9 +242,12 @@ def compare_with_truth(table: pd.DataFrame, truths: Mapping[str, Mapping[str, An
 
     # ---- knees ----
     found = ok[ok["knee_found"].fillna(False).astype(bool) & ok["knee_epoch"].notna()]
-    err = np.abs(np.log10(found["knee_epoch"].astype(float).to_numpy() / found["true_knee_epoch"].astype(float).to_numpy()))
+    err = np.abs(
+        np.log10(found["knee_epoch"].astype(float).to_numpy() / found["true_knee_epoch"].astype(float).to_numpy())
+    )
     res["knee"] = {
-        "n_true": int(len(ok)), "n_found": int(len(found)),
+        "n_true": int(len(ok)),
+        "n_found": int(len(found)),
         "median_error_decades": _num(float(np.median(err))) if len(err) else None,
         "p90_error_decades": _num(float(np.quantile(err, 0.9))) if len(err) else None,
         "max_error_decades": _num(float(err.max())) if len(err) else None,
@@ -210,11 +257,16 @@ def compare_with_truth(table: pd.DataFrame, truths: Mapping[str, Mapping[str, An
     def _err(est: str, true: str) -> dict:
         d = ok.dropna(subset=[est, true])
         e = d[est].astype(float).to_numpy() - d[true].astype(float).to_numpy()
-        return {"n": int(len(e)), "median_error": _num(float(np.median(e))) if len(e) else None,
-                "median_abs_error": _num(float(np.median(np.abs(e)))) if len(e) else None}
+        return {
+            "n": int(len(e)),
+            "median_error": _num(float(np.median(e))) if len(e) else None,
+            "median_abs_error": _num(float(np.median(np.abs(e)))) if len(e) else None,
+        }
 
-    res["exponent"] = {"alpha_early": _err("alpha_early", "true_alpha_early_true"),
-                       "alpha_full": _err("alpha_full", "true_alpha_full_true")}
+    res["exponent"] = {
+        "alpha_early": _err("alpha_early", "true_alpha_early_true"),
+        "alpha_full": _err("alpha_full", "true_alpha_full_true"),
+    }
     effects = set(ok["true_schedule_effect"].dropna().astype(float)) if len(ok) else set()
     if effects == {0.0} and "power_exponent" in ok.columns:
         res["exponent"]["power_exponent"] = _err("power_exponent", "true_alpha")
@@ -224,13 +276,25 @@ def compare_with_truth(table: pd.DataFrame, truths: Mapping[str, Mapping[str, An
     # ---- wrong verdicts ----
     runs = []
     for _, r in wrong.iterrows():
-        runs.append({"run": r["key"], "what": "H1", "estimated": bool(r["h1_est"]),
-                     "truth": bool(r["true_h1_single_power_law"])})
+        runs.append(
+            {
+                "run": r["key"],
+                "what": "H1",
+                "estimated": bool(r["h1_est"]),
+                "truth": bool(r["true_h1_single_power_law"]),
+            }
+        )
     div_est = t["status"] == "diverged"
     div_true = t["true_diverged"].fillna(False).astype(bool)
     for _, r in t[div_est != div_true].iterrows():
-        runs.append({"run": r["key"], "what": "diverged", "estimated": bool(r["status"] == "diverged"),
-                     "truth": bool(r["true_diverged"])})
+        runs.append(
+            {
+                "run": r["key"],
+                "what": "diverged",
+                "estimated": bool(r["status"] == "diverged"),
+                "truth": bool(r["true_diverged"]),
+            }
+        )
     for _, r in ok[~ok["knee_found"].fillna(False).astype(bool)].iterrows():
         runs.append({"run": r["key"], "what": "knee", "estimated": False, "truth": True})
     res["diverged"] = {"estimated": int(div_est.sum()), "true": int(div_true.sum())}
@@ -272,8 +336,10 @@ def truth_markdown(result: Mapping[str, Any], *, max_runs: int = 30) -> str:
     ]
     if ex.get("power_exponent"):
         pe = ex["power_exponent"]
-        lines.append(f"| power-law exponent, median error | {_f(pe['median_error'], '+.4f')} | 0 | "
-                     f"median abs. {_f(pe['median_abs_error'], '.4f')} |")
+        lines.append(
+            f"| power-law exponent, median error | {_f(pe['median_error'], '+.4f')} | 0 | "
+            f"median abs. {_f(pe['median_abs_error'], '.4f')} |"
+        )
     lines += [
         "",
         f"H1 decisions: {h1['false_positive']} false positive(s), {h1['false_negative']} false negative(s) among "

@@ -44,8 +44,9 @@ def share_verdict_reason(verdict: str, target: float) -> str:
 
 
 def _verdict_list(verdicts: Mapping[str, str]) -> str:
-    return "; ".join(f"{v} against {fmt_pct(float(t))} ({share_verdict_reason(v, float(t))})"
-                     for t, v in verdicts.items())
+    return "; ".join(
+        f"{v} against {fmt_pct(float(t))} ({share_verdict_reason(v, float(t))})" for t, v in verdicts.items()
+    )
 
 
 def h1_criterion_sentence(res: Mapping[str, Any], *, confidence: float) -> str:

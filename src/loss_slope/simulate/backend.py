@@ -47,9 +47,16 @@ from loss_slope.train.schedule import schedule_from_config
 log = logging.getLogger("loss_slope.train")
 
 #: keys of trainer.monitors recorded in run_info.json (what validation checks the cadence against)
-_MONITOR_DEFAULTS = {"lambda_iters": 20, "lambda_min_iters": 5, "lambda_tol": 1e-3, "hutch_matvecs": 50,
-                     "curvature_batches": 1, "psd_window": 512, "psd_min_points": 64,
-                     "predictor_halflife_steps": 2000.0}
+_MONITOR_DEFAULTS = {
+    "lambda_iters": 20,
+    "lambda_min_iters": 5,
+    "lambda_tol": 1e-3,
+    "hutch_matvecs": 50,
+    "curvature_batches": 1,
+    "psd_window": 512,
+    "psd_min_points": 64,
+    "predictor_halflife_steps": 2000.0,
+}
 
 
 #: data.simulation keys that say how fast or how durably a run is written, not what it simulates
@@ -96,9 +103,15 @@ def environment_info() -> dict:
     import hydra
 
     return {
-        "backend": "simulated", "python": sys.version.split()[0], "numpy": np.__version__,
-        "hydra": hydra.__version__, "platform": platform.platform(), "hostname": platform.node(),
-        "cpu_count": os.cpu_count(), "device": "cpu", "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "backend": "simulated",
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "hydra": hydra.__version__,
+        "platform": platform.platform(),
+        "hostname": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "device": "cpu",
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
     }
 
@@ -192,26 +205,59 @@ def run_simulated(cfg) -> int:
         log.info("resuming from %s at step %d", paths.latest, start)
     else:
         start, reason = 0, "fresh"
-        log.info("no checkpoint%s: starting a fresh run",
-                 " yet (earlier attempts died before the first one)" if paths.attempts.exists() else "")
+        log.info(
+            "no checkpoint%s: starting a fresh run",
+            " yet (earlier attempts died before the first one)" if paths.attempts.exists() else "",
+        )
     for table in TABLES:
         kept, dropped = truncate_table(paths.tables / f"{table}.csv", table, start)
         if dropped:
             log.info("truncated %s.csv to the checkpoint: kept %d rows, dropped %d", table, kept, dropped)
-    attempt = start_attempt(paths.attempts, start_step=start, reason=reason, device="cpu (simulated)",
-                            snakemake_attempt=os.environ.get("LOSS_SLOPE_ATTEMPT"))
+    attempt = start_attempt(
+        paths.attempts,
+        start_step=start,
+        reason=reason,
+        device="cpu (simulated)",
+        snakemake_attempt=os.environ.get("LOSS_SLOPE_ATTEMPT"),
+    )
     info = {
-        "variant": c.get("variant"), "run": c.get("run"), "seed": seed, "fingerprint": fingerprint,
-        "steps_per_epoch": spe, "epochs": epochs, "total_steps": total, "val_per_epoch": vpe, "val_interval": interval,
-        "schedule": {"kind": schedule.kind, "warmup_steps": schedule.warmup_steps,
-                     "total_steps": schedule.total_steps, "min_lr_ratio": schedule.min_lr_ratio},
-        "lr": lr, "weight_decay": wd, "optimizer": c["optimizer"]["_target_"].rsplit(".", 1)[-1].lower(),
-        "n_train": int(data["n_train"]), "n_val": int(data["n_val"]), "batch_size": int(data["batch_size"]),
-        "backend": "simulated", "config": c, "environment": environment_info(), "monitors": mon,
+        "variant": c.get("variant"),
+        "run": c.get("run"),
+        "seed": seed,
+        "fingerprint": fingerprint,
+        "steps_per_epoch": spe,
+        "epochs": epochs,
+        "total_steps": total,
+        "val_per_epoch": vpe,
+        "val_interval": interval,
+        "schedule": {
+            "kind": schedule.kind,
+            "warmup_steps": schedule.warmup_steps,
+            "total_steps": schedule.total_steps,
+            "min_lr_ratio": schedule.min_lr_ratio,
+        },
+        "lr": lr,
+        "weight_decay": wd,
+        "optimizer": c["optimizer"]["_target_"].rsplit(".", 1)[-1].lower(),
+        "n_train": int(data["n_train"]),
+        "n_val": int(data["n_val"]),
+        "batch_size": int(data["batch_size"]),
+        "backend": "simulated",
+        "config": c,
+        "environment": environment_info(),
+        "monitors": mon,
     }
     _write_json(paths.run_info, info)
-    kw = dict(variant=variant, lr=lr, weight_decay=wd, seed=seed, steps_per_epoch=spe, epochs=epochs,
-              schedule=schedule, val_steps=vsteps)
+    kw = dict(
+        variant=variant,
+        lr=lr,
+        weight_decay=wd,
+        seed=seed,
+        steps_per_epoch=spe,
+        epochs=epochs,
+        schedule=schedule,
+        val_steps=vsteps,
+    )
     _write_json(paths.root / "truth.json", model.run_truth(sim, **kw))
     sim_out = model.simulate(sim, **kw, batch_size=int(data["batch_size"]), n_train=int(data["n_train"]))
     params, loss, acc = sim_out["params"], sim_out["loss"], sim_out["acc"]
@@ -219,12 +265,15 @@ def run_simulated(cfg) -> int:
     val_at = {int(v): i for i, v in enumerate(vsteps)}
 
     durable = bool(sim["fsync"])
-    steps_t, val_t, curv_t, noise_t, ckpt_t = (_Table(paths.tables / f"{t}.csv", t, durable=durable)
-                                               for t in ("steps", "val", "curvature", "noise", "checkpoints"))
+    steps_t, val_t, curv_t, noise_t, ckpt_t = (
+        _Table(paths.tables / f"{t}.csv", t, durable=durable)
+        for t in ("steps", "val", "curvature", "noise", "checkpoints")
+    )
     tables = (steps_t, val_t, curv_t, noise_t, ckpt_t)
     div = trainer.get("divergence") or {}
-    guard = DivergenceGuard(max_loss_factor=div.get("max_loss_factor", 10.0),
-                            reference_steps=int(div.get("reference_steps", 10)))
+    guard = DivergenceGuard(
+        max_loss_factor=div.get("max_loss_factor", 10.0), reference_steps=int(div.get("reference_steps", 10))
+    )
     best: list[list] = []  # [val loss, step] of the kept best checkpoints
     seen = _checkpoint_keys(paths.tables / "checkpoints.csv")
     if state is not None:
@@ -236,10 +285,18 @@ def run_simulated(cfg) -> int:
     def save_latest(step: int) -> None:
         for t in tables:
             t.sync()
-        _write_state(paths.latest, {"global_step": step, "guard": guard.state_dict(), "best": best,
-                                    "backend": "simulated", "fingerprint": fingerprint,
-                                    "rng": {"seed": int(sim["seed"]), "cell": params["cell"], "run_seed": seed}},
-                     durable=durable)
+        _write_state(
+            paths.latest,
+            {
+                "global_step": step,
+                "guard": guard.state_dict(),
+                "best": best,
+                "backend": "simulated",
+                "fingerprint": fingerprint,
+                "rng": {"seed": int(sim["seed"]), "cell": params["cell"], "run_seed": seed},
+            },
+            durable=durable,
+        )
         if mon["checkpoint_size"]:
             _ckpt_row(ckpt_t, seen, step, spe, "latest", paths.latest, when=clock(step))
 
@@ -271,16 +328,32 @@ def run_simulated(cfg) -> int:
             return
         s = np.arange(pending_from, upto)
         ls = loss[pending_from:upto]
-        steps_t.append(zip(s.tolist(), (s / spe).tolist(), [clock(i) for i in s.tolist()],
-                           lr_col[pending_from:upto].tolist(), [wd] * len(s), ls.tolist(), (ls / LN2).tolist(),
-                           acc[pending_from:upto].tolist()))
+        steps_t.append(
+            zip(
+                s.tolist(),
+                (s / spe).tolist(),
+                [clock(i) for i in s.tolist()],
+                lr_col[pending_from:upto].tolist(),
+                [wd] * len(s),
+                ls.tolist(),
+                (ls / LN2).tolist(),
+                acc[pending_from:upto].tolist(),
+            )
+        )
         steps_t.push()  # the block reaches the file now (as a real run's larger blocks do): a kill leaves a tail to cut
         if diverged is None:
             diverged = guard.update(s.tolist(), ls.tolist())
         pending_from = upto
         if upto % (10 * flush_every) < flush_every or upto == total:
-            log.info("step %d/%d (%.1f%%) epoch %.2f loss %.4f lr %.4g (simulated)", upto, total, 100 * upto / total,
-                     upto / spe, float(ls[-1]), float(lr_col[upto - 1]))
+            log.info(
+                "step %d/%d (%.1f%%) epoch %.2f loss %.4f lr %.4g (simulated)",
+                upto,
+                total,
+                100 * upto / total,
+                upto / spe,
+                float(ls[-1]),
+                float(lr_col[upto - 1]),
+            )
         if pace:
             time.sleep(pace)
 
@@ -291,21 +364,57 @@ def run_simulated(cfg) -> int:
             flush(done_steps)
         # events after `done_steps` optimizer steps, in the Lightning order: monitors, validation, checkpoints
         if curv_every and done_steps % curv_every == 0:
-            r = model.curvature_row(params, step=done_steps, lr=float(lr_col[step]), seed=seed,
-                                    lambda_iters=int(mon["lambda_iters"]), lambda_min_iters=int(mon["lambda_min_iters"]),
-                                    hutch_matvecs=int(mon["hutch_matvecs"]))
+            r = model.curvature_row(
+                params,
+                step=done_steps,
+                lr=float(lr_col[step]),
+                seed=seed,
+                lambda_iters=int(mon["lambda_iters"]),
+                lambda_min_iters=int(mon["lambda_min_iters"]),
+                hutch_matvecs=int(mon["hutch_matvecs"]),
+            )
             curv_t.append([(done_steps, done_steps / spe, *(r[k] for k in TABLES["curvature"].names[2:]))])
         if noise_every and done_steps % noise_every == 0:
-            r = model.noise_row(params, loss, step=done_steps, every=noise_every, psd_window=int(mon["psd_window"]),
-                                psd_min_points=int(mon["psd_min_points"]), seed=seed)
-            noise_t.append([(done_steps, done_steps / spe, r["psd_tail"], r["resid_power"], r["grad_var"],
-                             r["psd_points"], r["grad_var_steps"])])
+            r = model.noise_row(
+                params,
+                loss,
+                step=done_steps,
+                every=noise_every,
+                psd_window=int(mon["psd_window"]),
+                psd_min_points=int(mon["psd_min_points"]),
+                seed=seed,
+            )
+            noise_t.append(
+                [
+                    (
+                        done_steps,
+                        done_steps / spe,
+                        r["psd_tail"],
+                        r["resid_power"],
+                        r["grad_var"],
+                        r["psd_points"],
+                        r["grad_var_steps"],
+                    )
+                ]
+            )
         i = val_at.get(done_steps)
         if i is not None:
             flush(done_steps)
             v = float(sim_out["val_loss"][i])
-            val_t.append([(done_steps, done_steps / spe, clock(done_steps), v, v / LN2, float(sim_out["val_acc"][i]),
-                           float(sim_out["grad_norm"][i]), float(sim_out["weight_norm"][i]))])
+            val_t.append(
+                [
+                    (
+                        done_steps,
+                        done_steps / spe,
+                        clock(done_steps),
+                        v,
+                        v / LN2,
+                        float(sim_out["val_acc"][i]),
+                        float(sim_out["grad_norm"][i]),
+                        float(sim_out["weight_norm"][i]),
+                    )
+                ]
+            )
             save_best(done_steps, v)
             save_latest(done_steps)
         if diverged is not None:
@@ -319,30 +428,61 @@ def run_simulated(cfg) -> int:
             for t in tables:
                 t.close()
             status = "preempted" if interrupted else "unfinished"
-            end_attempt(paths.attempts, attempt=attempt, end_step=done_steps, status=status,
-                        checkpoint_step=done_steps, seconds=time.time() - t0)
-            log.warning("%s at step %d of %d: checkpoint saved; a rerun resumes it",
-                        "signal" if interrupted else "time budget", done_steps, total)
+            end_attempt(
+                paths.attempts,
+                attempt=attempt,
+                end_step=done_steps,
+                status=status,
+                checkpoint_step=done_steps,
+                seconds=time.time() - t0,
+            )
+            log.warning(
+                "%s at step %d of %d: checkpoint saved; a rerun resumes it",
+                "signal" if interrupted else "time budget",
+                done_steps,
+                total,
+            )
             return EXIT_UNFINISHED
     flush(done_steps)
     for t in tables:
         t.close()
 
-    outcome = {"status": "complete", "steps_done": done_steps,
-               "micro_batch": {"batch": int(data["batch_size"]), "final": int(data["batch_size"]), "changes": []}}
+    outcome = {
+        "status": "complete",
+        "steps_done": done_steps,
+        "micro_batch": {"batch": int(data["batch_size"]), "final": int(data["batch_size"]), "changes": []},
+    }
     if diverged is not None:
         log.warning("diverged: %s; stopping this run", diverged[1])
         outcome = {**outcome, "status": "diverged", "diverged_at_step": diverged[0], "reason": diverged[1]}
-    end_attempt(paths.attempts, attempt=attempt, end_step=done_steps,
-                status="completed" if outcome["status"] == "complete" else outcome["status"],
-                seconds=time.time() - t0)
+    end_attempt(
+        paths.attempts,
+        attempt=attempt,
+        end_step=done_steps,
+        status="completed" if outcome["status"] == "complete" else outcome["status"],
+        seconds=time.time() - t0,
+    )
     _write_json(paths.run_info, {**json.loads(paths.run_info.read_text()), "outcome": outcome})
-    done = {**outcome, "variant": c.get("variant"), "run": c.get("run"), "total_steps": total, "steps_per_epoch": spe,
-            "epochs": epochs, "fingerprint": fingerprint, "completed_at": time.time(),
-            "attempts": summarize_attempts(read_attempts(paths.attempts))}
+    done = {
+        **outcome,
+        "variant": c.get("variant"),
+        "run": c.get("run"),
+        "total_steps": total,
+        "steps_per_epoch": spe,
+        "epochs": epochs,
+        "fingerprint": fingerprint,
+        "completed_at": time.time(),
+        "attempts": summarize_attempts(read_attempts(paths.attempts)),
+    }
     _write_json(paths.done, done)
-    log.info("run %s: %d of %d steps in %d attempt(s) (simulated, %.2f s)", outcome["status"], done_steps, total,
-             attempt, time.time() - t0)
+    log.info(
+        "run %s: %d of %d steps in %d attempt(s) (simulated, %.2f s)",
+        outcome["status"],
+        done_steps,
+        total,
+        attempt,
+        time.time() - t0,
+    )
     _write_output(cfg, paths, done)
     return EXIT_OK
 

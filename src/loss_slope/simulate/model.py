@@ -153,8 +153,17 @@ def ar1(innov: np.ndarray, phi: float) -> np.ndarray:
     return out
 
 
-def run_params(sim: Mapping[str, Any], *, variant: str, lr: float, weight_decay: float, seed: int,
-               steps_per_epoch: int, epochs: int, schedule: Schedule) -> tuple[dict, np.ndarray, np.ndarray]:
+def run_params(
+    sim: Mapping[str, Any],
+    *,
+    variant: str,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+    steps_per_epoch: int,
+    epochs: int,
+    schedule: Schedule,
+) -> tuple[dict, np.ndarray, np.ndarray]:
     """The run's curve parameters, its progress ``tau`` and LR factor per step."""
     spe, total = int(steps_per_epoch), int(steps_per_epoch) * int(epochs)
     cell = cell_of(variant, lr, weight_decay)
@@ -176,15 +185,24 @@ def run_params(sim: Mapping[str, Any], *, variant: str, lr: float, weight_decay:
     diverge_step = int(rr.uniform(*sim["diverge_epochs"]) * spe)
     tau, f = progress(schedule, total, float(sim["schedule_effect"]))
     p = {
-        "cell": cell, "initial_loss": float(sim["initial_loss"]), "knee_width": float(sim["knee_width"]),
+        "cell": cell,
+        "initial_loss": float(sim["initial_loss"]),
+        "knee_width": float(sim["knee_width"]),
         "tau0": float(tau[0]),
-        "alpha": float(alpha), "knee_step": knee, "tau_knee": float(np.interp(knee, np.arange(total), tau)),
-        "second_break": second, "second_break_step": break_step if second else None,
+        "alpha": float(alpha),
+        "knee_step": knee,
+        "tau_knee": float(np.interp(knee, np.arange(total), tau)),
+        "second_break": second,
+        "second_break_step": break_step if second else None,
         "second_break_change": float(sim["second_break_change"]),
         "tau_break": float(np.interp(break_step, np.arange(total), tau)),
-        "floor": 0.0, "floor_share": floor_share, "best_ce_target": float(best_ce),
-        "diverged": diverged, "diverge_step": diverge_step if diverged else None,
-        "cell_parts": {"alpha": u_alpha, "best_ce": u_ce}, "within_parts": {"alpha": w_alpha, "best_ce": w_ce},
+        "floor": 0.0,
+        "floor_share": floor_share,
+        "best_ce_target": float(best_ce),
+        "diverged": diverged,
+        "diverge_step": diverge_step if diverged else None,
+        "cell_parts": {"alpha": u_alpha, "best_ce": u_ce},
+        "within_parts": {"alpha": w_alpha, "best_ce": w_ce},
     }
     # the floor is a share of the final loss: c = share * L0 g_end / (1 - share + share g_end)
     g_end = clean_loss(p, tau[-1:])[0] / p["initial_loss"]
@@ -192,11 +210,29 @@ def run_params(sim: Mapping[str, Any], *, variant: str, lr: float, weight_decay:
     return p, tau, f
 
 
-def run_truth(sim: Mapping[str, Any], *, variant: str, lr: float, weight_decay: float, seed: int,
-              steps_per_epoch: int, epochs: int, schedule: Schedule, val_steps: np.ndarray) -> dict:
+def run_truth(
+    sim: Mapping[str, Any],
+    *,
+    variant: str,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+    steps_per_epoch: int,
+    epochs: int,
+    schedule: Schedule,
+    val_steps: np.ndarray,
+) -> dict:
     """Everything known about a run before it is simulated (written to ``truth.json``)."""
-    p, tau, _ = run_params(sim, variant=variant, lr=lr, weight_decay=weight_decay, seed=seed,
-                           steps_per_epoch=steps_per_epoch, epochs=epochs, schedule=schedule)
+    p, tau, _ = run_params(
+        sim,
+        variant=variant,
+        lr=lr,
+        weight_decay=weight_decay,
+        seed=seed,
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
+        schedule=schedule,
+    )
     spe = int(steps_per_epoch)
     clean = clean_loss(p, tau)
     val = _clean_val(p, clean, val_steps)
@@ -205,13 +241,19 @@ def run_truth(sim: Mapping[str, Any], *, variant: str, lr: float, weight_decay: 
     sel = (steps / spe >= lo) & (steps / spe < hi)
     truth = {k: v for k, v in p.items() if k not in ("tau_knee", "tau_break", "tau0")}
     truth.update(
-        variant=variant, lr=float(lr), weight_decay=float(weight_decay), seed=int(seed),
-        steps_per_epoch=spe, epochs=int(epochs), knee_epoch=p["knee_step"] / spe,
+        variant=variant,
+        lr=float(lr),
+        weight_decay=float(weight_decay),
+        seed=int(seed),
+        steps_per_epoch=spe,
+        epochs=int(epochs),
+        knee_epoch=p["knee_step"] / spe,
         second_break_epoch=(p["second_break_step"] / spe) if p["second_break"] else None,
         h1_single_power_law=None if p["diverged"] else not p["second_break"],
         alpha_early_true=ols_alpha(steps[sel], clean[sel]) if sel.sum() > 2 else None,
         alpha_full_true=ols_alpha(steps[steps >= math.ceil(p["knee_step"])], clean[steps >= math.ceil(p["knee_step"])]),
-        configured_rho_cell=float(sim["h2"]["rho_cell"]), configured_rho_within=float(sim["h2"]["rho_within"]),
+        configured_rho_cell=float(sim["h2"]["rho_cell"]),
+        configured_rho_within=float(sim["h2"]["rho_within"]),
         best_val_ce_true=None if p["diverged"] and p["diverge_step"] < val_steps[-1] else float(val.min()),
         final_train_loss_true=float(clean[-1]),
         diverge_epoch=(p["diverge_step"] / spe) if p["diverged"] else None,
@@ -225,12 +267,31 @@ def _clean_val(p: Mapping[str, Any], clean: np.ndarray, val_steps: np.ndarray) -
     return p["best_ce_target"] + gap * (clean[np.asarray(val_steps) - 1] - clean[-1])
 
 
-def simulate(sim: Mapping[str, Any], *, variant: str, lr: float, weight_decay: float, seed: int,
-             steps_per_epoch: int, epochs: int, schedule: Schedule, val_steps: np.ndarray,
-             batch_size: int, n_train: int) -> dict[str, np.ndarray]:
+def simulate(
+    sim: Mapping[str, Any],
+    *,
+    variant: str,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+    steps_per_epoch: int,
+    epochs: int,
+    schedule: Schedule,
+    val_steps: np.ndarray,
+    batch_size: int,
+    n_train: int,
+) -> dict[str, np.ndarray]:
     """The whole run's logged values (deterministic; a resumed run recomputes and writes the rest)."""
-    p, tau, f = run_params(sim, variant=variant, lr=lr, weight_decay=weight_decay, seed=seed,
-                           steps_per_epoch=steps_per_epoch, epochs=epochs, schedule=schedule)
+    p, tau, f = run_params(
+        sim,
+        variant=variant,
+        lr=lr,
+        weight_decay=weight_decay,
+        seed=seed,
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
+        schedule=schedule,
+    )
     p["val_gap"] = float(sim["val"]["gap"])
     spe = int(steps_per_epoch)
     n = spe * int(epochs)
@@ -255,7 +316,7 @@ def simulate(sim: Mapping[str, Any], *, variant: str, lr: float, weight_decay: f
     bsz = np.full(n, int(batch_size))
     last = n_train - (spe - 1) * int(batch_size)
     if 0 < last < batch_size:
-        bsz[spe - 1::spe] = last
+        bsz[spe - 1 :: spe] = last
     p_acc = np.clip(1.0 - 0.9 * np.minimum(loss / p["initial_loss"], 1.0) ** 0.8, 0.0, 1.0)
     acc = rng.binomial(bsz, p_acc) / bsz
     vs = np.asarray(val_steps)
@@ -265,30 +326,66 @@ def simulate(sim: Mapping[str, Any], *, variant: str, lr: float, weight_decay: f
     val_acc = np.clip(1.0 - 0.9 * np.minimum(val / p["initial_loss"], 1.0) ** 0.8, 0.0, 1.0)
     grad_norm = np.abs(2.0 * loss[vs - 1] ** 0.5 * np.exp(0.2 * rng.standard_normal(len(vs))))
     weight_norm = 30.0 + 10.0 * np.sqrt(vs / n) * (1.0 - 3 * float(weight_decay)) + 0.1 * rng.random(len(vs))
-    return {"loss": loss, "clean": clean, "lr_factor": f, "acc": acc, "val_loss": val, "val_acc": val_acc,
-            "grad_norm": grad_norm, "weight_norm": weight_norm, "params": p}
+    return {
+        "loss": loss,
+        "clean": clean,
+        "lr_factor": f,
+        "acc": acc,
+        "val_loss": val,
+        "val_acc": val_acc,
+        "grad_norm": grad_norm,
+        "weight_norm": weight_norm,
+        "params": p,
+    }
 
 
-def curvature_row(params: Mapping[str, Any], *, step: int, lr: float, seed: int, lambda_iters: int,
-                  lambda_min_iters: int, hutch_matvecs: int) -> dict:
+def curvature_row(
+    params: Mapping[str, Any],
+    *,
+    step: int,
+    lr: float,
+    seed: int,
+    lambda_iters: int,
+    lambda_min_iters: int,
+    hutch_matvecs: int,
+) -> dict:
     """A plausible curvature measurement at ``step`` (edge of stability: lambda_max ~ 2 / lr, noisy)."""
     r = _rng("curv", params["cell"], int(seed), int(step))
-    lam = (2.0 / max(lr, 1e-12)) * (0.5 + 0.5 * math.tanh(step / max(params["knee_step"], 1.0))) * math.exp(
-        0.1 * r.standard_normal())
+    lam = (
+        (2.0 / max(lr, 1e-12))
+        * (0.5 + 0.5 * math.tanh(step / max(params["knee_step"], 1.0)))
+        * math.exp(0.1 * r.standard_normal())
+    )
     trace = lam * (20.0 + 5.0 * r.random())
     iters = int(r.integers(lambda_min_iters, lambda_iters + 1))
     residual = 10.0 ** r.uniform(-6.0, -3.0) if iters < lambda_iters else 10.0 ** r.uniform(-3.0, -1.5)
-    return {"lambda_max": lam, "hutch_trace": trace, "lambda_iters": iters, "hutch_matvecs": int(hutch_matvecs),
-            "seconds": 1.0 + 0.1 * r.random(), "lambda_converged": iters < lambda_iters,
-            "hutch_trace_se": 0.05 * trace * r.random(), "lambda_residual": residual,
-            "lambda_min_ritz": -lam * (0.05 + 0.2 * r.random()), "status": "ok"}
+    return {
+        "lambda_max": lam,
+        "hutch_trace": trace,
+        "lambda_iters": iters,
+        "hutch_matvecs": int(hutch_matvecs),
+        "seconds": 1.0 + 0.1 * r.random(),
+        "lambda_converged": iters < lambda_iters,
+        "hutch_trace_se": 0.05 * trace * r.random(),
+        "lambda_residual": residual,
+        "lambda_min_ritz": -lam * (0.05 + 0.2 * r.random()),
+        "status": "ok",
+    }
 
 
-def noise_row(params: Mapping[str, Any], loss: np.ndarray, *, step: int, every: int, psd_window: int,
-              psd_min_points: int, seed: int) -> dict:
+def noise_row(
+    params: Mapping[str, Any],
+    loss: np.ndarray,
+    *,
+    step: int,
+    every: int,
+    psd_window: int,
+    psd_min_points: int,
+    seed: int,
+) -> dict:
     """Noise monitors at ``step`` from the logged losses before it: residual power of log loss, spectrum tail."""
     r = _rng("noise-row", params["cell"], int(seed), int(step))
-    seg = np.log(loss[max(0, step - psd_window):step])
+    seg = np.log(loss[max(0, step - psd_window) : step])
     points = int(min(psd_window, max(0, step - 10)))
     if points >= psd_min_points and seg.size > 2:
         resid = np.diff(seg)
@@ -296,6 +393,11 @@ def noise_row(params: Mapping[str, Any], loss: np.ndarray, *, step: int, every: 
         psd_tail = float(resid_power * (0.5 + r.random()))
     else:
         resid_power = psd_tail = math.nan
-    grad_var = float(np.mean(loss[max(0, step - every):step]) * (1.0 + 0.1 * r.random()))
-    return {"psd_tail": psd_tail, "resid_power": resid_power, "grad_var": grad_var, "psd_points": points,
-            "grad_var_steps": int(every)}
+    grad_var = float(np.mean(loss[max(0, step - every) : step]) * (1.0 + 0.1 * r.random()))
+    return {
+        "psd_tail": psd_tail,
+        "resid_power": resid_power,
+        "grad_var": grad_var,
+        "psd_points": points,
+        "grad_var_steps": int(every),
+    }

@@ -52,8 +52,16 @@ def stage_table(jobs: dict[int, dict]) -> list[dict]:
     for rule, js in sorted(by.items(), key=lambda kv: min(j["start"] for j in kv[1])):
         first, last = min(j["start"] for j in js), max(j["end"] for j in js)
         busy = sum((j["end"] - j["start"]).total_seconds() for j in js)
-        rows.append({"rule": rule, "jobs": len(js), "first_start": first, "last_end": last,
-                     "span_s": (last - first).total_seconds(), "job_seconds": busy})
+        rows.append(
+            {
+                "rule": rule,
+                "jobs": len(js),
+                "first_start": first,
+                "last_end": last,
+                "span_s": (last - first).total_seconds(),
+                "job_seconds": busy,
+            }
+        )
     return rows
 
 
@@ -83,10 +91,13 @@ def exactly_once(workdir: Path) -> dict:
             if c["name"] in checks and not c["passed"]:
                 failed[c["name"]].append(f"{r['variant']}/{r['run']}")
     return {
-        "runs": len(reps), "passed": sum(bool(r["passed"]) for r in reps),
+        "runs": len(reps),
+        "passed": sum(bool(r["passed"]) for r in reps),
         "diverged": sum(r.get("status") == "diverged" for r in reps),
-        "complete_full_length": sum(r["n_steps"] == r["expected_steps"] and r["n_val"] == r["expected_val"]
-                                    and not r.get("diverged") for r in reps),
+        "complete_full_length": sum(
+            r["n_steps"] == r["expected_steps"] and r["n_val"] == r["expected_val"] and not r.get("diverged")
+            for r in reps
+        ),
         "failed": dict(failed),
     }
 
@@ -97,8 +108,11 @@ def main(argv=None) -> int:
     ap.add_argument("--log", help="the Snakemake log (default: the newest in WORKDIR/.snakemake/log)")
     a = ap.parse_args(argv)
     wd = Path(a.workdir)
-    log = Path(a.log) if a.log else max((wd / ".snakemake" / "log").glob("*.snakemake.log"),
-                                        key=lambda p: p.stat().st_mtime)
+    log = (
+        Path(a.log)
+        if a.log
+        else max((wd / ".snakemake" / "log").glob("*.snakemake.log"), key=lambda p: p.stat().st_mtime)
+    )
     rows = stage_table(job_times(log))
     peaks = benchmark_peaks(wd)
     t0 = min(r["first_start"] for r in rows)
@@ -107,15 +121,19 @@ def main(argv=None) -> int:
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         peak = peaks.get(r["rule"])
-        print(f"| {r['rule']} | {r['jobs']} | {(r['first_start'] - t0).total_seconds():.0f} | "
-              f"{(r['last_end'] - t0).total_seconds():.0f} | {r['span_s']:.0f} | {r['job_seconds']:.0f} | "
-              f"{'' if peak is None else f'{peak:.0f}'} |")
+        print(
+            f"| {r['rule']} | {r['jobs']} | {(r['first_start'] - t0).total_seconds():.0f} | "
+            f"{(r['last_end'] - t0).total_seconds():.0f} | {r['span_s']:.0f} | {r['job_seconds']:.0f} | "
+            f"{'' if peak is None else f'{peak:.0f}'} |"
+        )
     end = max(r["last_end"] for r in rows)
     print(f"\nfirst job to last: {(end - t0).total_seconds():.0f} s\n")
     eo = exactly_once(wd)
-    print(f"exactly once: {eo['passed']} of {eo['runs']} runs pass validation; {eo['complete_full_length']} "
-          f"complete at full length, {eo['diverged']} diverged (complete up to their stop); failed checks: "
-          f"{eo['failed'] or 'none'}\n")
+    print(
+        f"exactly once: {eo['passed']} of {eo['runs']} runs pass validation; {eo['complete_full_length']} "
+        f"complete at full length, {eo['diverged']} diverged (complete up to their stop); failed checks: "
+        f"{eo['failed'] or 'none'}\n"
+    )
     table = wd / "results" / "report" / "runs.parquet"
     if table.exists():
         import pandas as pd

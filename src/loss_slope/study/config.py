@@ -78,8 +78,7 @@ def _describe(error: jsonschema.ValidationError) -> str:
         return f"{key}: needs at least {error.validator_value} entry, got none"
     if v == "pattern":
         return (
-            f"{key}: {error.instance!r} contains characters that are not allowed "
-            f"(must match {error.validator_value})"
+            f"{key}: {error.instance!r} contains characters that are not allowed (must match {error.validator_value})"
         )
     if v == "required":
         return f"{key}: {error.message}"

@@ -88,8 +88,9 @@ def preflight(config: dict, runs_by_variant: dict, *, runtime_minutes: float | N
             text = str(exc) + ("\n" + str(exc.__cause__) if exc.__cause__ else "")
             lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
             # Hydra's "To append to your config use +key=value" misleads for a typo
-            msg = " ".join(ln for ln in lines if not ln.startswith(("To append", "full_key:", "object_type=",
-                                                                       "reference_type=")))[:300]
+            msg = " ".join(
+                ln for ln in lines if not ln.startswith(("To append", "full_key:", "object_type=", "reference_type="))
+            )[:300]
             compose_errors.setdefault(f"{where}: {bad + ': ' if bad else ''}{msg}", []).append(variant)
             continue
         data = cfg.data
@@ -103,19 +104,24 @@ def preflight(config: dict, runs_by_variant: dict, *, runtime_minutes: float | N
         if vpe > spe:
             compose_errors.setdefault(
                 f"training.val_per_epoch: {vpe} validations per epoch exceed the {spe} steps of an epoch "
-                f"({data.name}, batch {int(data.batch_size)})", []).append(variant)
+                f"({data.name}, batch {int(data.batch_size)})",
+                [],
+            ).append(variant)
         epochs = int(cfg.trainer.epochs)
         facts[variant] = VariantFacts(variant, spe, epochs, str(cfg.trainer.accelerator))
         window = config.get("analysis", {}).get("fit", {}).get("early_window")
         if window and window[1] > epochs:
             compose_errors.setdefault(
                 f"analysis.fit.early_window: ends at epoch {window[1]:g}, past the last epoch ({epochs}): "
-                "every run would be too_short", []).append(variant)
+                "every run would be too_short",
+                [],
+            ).append(variant)
     problems = [f"{msg} (variant(s) {', '.join(vs)})" for msg, vs in compose_errors.items()] + problems
     margin = config["packing"]["time_margin_minutes"]
     if runtime_minutes is not None and margin >= runtime_minutes:
         problems.append(
-            f"packing.time_margin_minutes: {margin:g} must be smaller than the pack runtime ({runtime_minutes:g} min)")
+            f"packing.time_margin_minutes: {margin:g} must be smaller than the pack runtime ({runtime_minutes:g} min)"
+        )
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(dict.fromkeys(problems)))
     return facts

@@ -35,8 +35,9 @@ def pack_mem_mb(n_runs: int, per_run_mb: float, margin_mb: float, attempt: int =
     return int(math.ceil((n_runs * per_run_mb + margin_mb) * mem_growth(attempt)))
 
 
-def pack_runtime_minutes(steps_left: int, step_s: float | None, *, margin_min: float, cap_min: float,
-                         safety: float = 1.25) -> int:
+def pack_runtime_minutes(
+    steps_left: int, step_s: float | None, *, margin_min: float, cap_min: float, safety: float = 1.25
+) -> int:
     """Minutes a pack job asks for (see the module doc)."""
     if not step_s or step_s <= 0:
         return int(math.ceil(cap_min))

@@ -116,8 +116,9 @@ def _scan_errors(path: Path, schema: pa.Schema, limit: int = 20, keys: tuple[str
                         bad = True
                         break
                 if not bad:
-                    key = tuple(int(parts[i]) if pa.types.is_integer(schema.field(i).type) else parts[i]
-                                for i in key_idx)
+                    key = tuple(
+                        int(parts[i]) if pa.types.is_integer(schema.field(i).type) else parts[i] for i in key_idx
+                    )
                     if key in seen:
                         what = ", ".join(f"{k} {v}" for k, v in zip(keys, key))
                         errors.append(f"{path}:{lineno}: {what} duplicates line {seen[key]}")
@@ -136,8 +137,11 @@ def _csv_options(table: str) -> tuple[bytes, pacsv.ParseOptions, pacsv.ConvertOp
     # no quote handling, so both paths read a field exactly as the recorder wrote it
     parse = pacsv.ParseOptions(newlines_in_values=False, quote_char=False)
     convert = pacsv.ConvertOptions(
-        column_types={f.name: f.type for f in schema}, include_columns=schema.names,
-        null_values=[], strings_can_be_null=False, quoted_strings_can_be_null=False,
+        column_types={f.name: f.type for f in schema},
+        include_columns=schema.names,
+        null_values=[],
+        strings_can_be_null=False,
+        quoted_strings_can_be_null=False,
     )
     return header, parse, convert
 
@@ -182,7 +186,8 @@ def read_table_csv(path: str | Path, table: str, timings: dict | None = None) ->
                     pa.BufferReader(data),
                     # one block (one chunk per column) and no threads: one process per core
                     read_options=pacsv.ReadOptions(use_threads=False, block_size=max(len(data) + 1, 1 << 16)),
-                    parse_options=parse_options, convert_options=convert_options,
+                    parse_options=parse_options,
+                    convert_options=convert_options,
                 )
         except (pa.ArrowInvalid, pa.ArrowKeyError, KeyError) as exc:
             errors = _scan_errors(path, schema, keys=keys) or [f"{path}: {exc}"]
@@ -224,8 +229,13 @@ def _parquet_options(schema: pa.Schema) -> dict:
             encodings[f.name] = "DELTA_BINARY_PACKED"
         elif pa.types.is_string(f.type) or pa.types.is_binary(f.type):
             dictionary.append(f.name)
-    return {"compression": COMPRESSION, "compression_level": COMPRESSION_LEVEL, "use_dictionary": dictionary or False,
-            "column_encoding": encodings or None, "write_statistics": True}
+    return {
+        "compression": COMPRESSION,
+        "compression_level": COMPRESSION_LEVEL,
+        "use_dictionary": dictionary or False,
+        "column_encoding": encodings or None,
+        "write_statistics": True,
+    }
 
 
 def write_parquet(table: pa.Table | None, path: str | Path, schema: pa.Schema) -> None:
@@ -238,8 +248,16 @@ def write_parquet(table: pa.Table | None, path: str | Path, schema: pa.Schema) -
     tmp.replace(path)
 
 
-def convert_run(*, steps_csv, val_csv, steps_parquet, val_parquet, report_path, monitors: dict | None = None,
-                timings: dict | None = None) -> dict:
+def convert_run(
+    *,
+    steps_csv,
+    val_csv,
+    steps_parquet,
+    val_parquet,
+    report_path,
+    monitors: dict | None = None,
+    timings: dict | None = None,
+) -> dict:
     """Convert one run's tables; always writes every Parquet file and the report.
 
     ``monitors`` maps the monitor tables (``curvature``, ``noise``,

@@ -90,12 +90,19 @@ CHECKPOINTS = pa.schema(
 )
 
 TABLES: dict[str, pa.Schema] = {
-    "steps": STEPS, "val": VAL, "curvature": CURVATURE, "noise": NOISE, "checkpoints": CHECKPOINTS,
+    "steps": STEPS,
+    "val": VAL,
+    "curvature": CURVATURE,
+    "noise": NOISE,
+    "checkpoints": CHECKPOINTS,
 }
 
 # Columns that identify a row: no two rows of a table share them.
 KEYS: dict[str, tuple[str, ...]] = {
-    "steps": ("step",), "val": ("step",), "curvature": ("step",), "noise": ("step",),
+    "steps": ("step",),
+    "val": ("step",),
+    "curvature": ("step",),
+    "noise": ("step",),
     "checkpoints": ("step", "kind"),
 }
 

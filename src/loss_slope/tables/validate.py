@@ -61,7 +61,9 @@ class ValidationReport:
         return d
 
     def summary(self) -> str:
-        head = f"{self.variant}/{self.run}: {'INVALID' if not self.passed else 'DIVERGED' if self.diverged else 'PASSED'}"
+        head = (
+            f"{self.variant}/{self.run}: {'INVALID' if not self.passed else 'DIVERGED' if self.diverged else 'PASSED'}"
+        )
         head += f" ({self.n_steps} step rows, {self.n_val} validation rows)"
         lines = [head] + [f"  [{'ok' if c.passed else 'FAIL'}] {c.name}: {c.detail}" for c in self.checks]
         return "\n".join(lines) + "\n"
@@ -82,8 +84,9 @@ def expected_val_steps(epochs: int, spe: int, val_per_epoch: int) -> np.ndarray:
     return (np.arange(epochs)[:, None] * spe + per_epoch[None, :]).ravel()
 
 
-def validate_run(*, steps_parquet, val_parquet, convert_report, run_info, expected: dict,
-                 monitors: dict | None = None) -> ValidationReport:
+def validate_run(
+    *, steps_parquet, val_parquet, convert_report, run_info, expected: dict, monitors: dict | None = None
+) -> ValidationReport:
     """Check one run. ``expected`` holds the study config's lr, weight_decay, seed, variant, run.
 
     ``monitors`` maps ``curvature``/``noise``/``checkpoints`` to their Parquet
@@ -159,14 +162,19 @@ def validate_run(*, steps_parquet, val_parquet, convert_report, run_info, expect
     acc = s["acc_train"].to_numpy()
     rep.add("acc_in_unit_interval", bool(((acc >= 0) & (acc <= 1)).all()), "acc_train in [0, 1]")
     bits_ok = _rel_close(s["loss_train_bits"].to_numpy(), loss / LN2) | ~np.isfinite(loss)
-    rep.add("bits_equal_nats_over_ln2", bool(bits_ok.all()), _first_bad(~bits_ok, steps) or f"relative tolerance {REL_TOL}")
+    rep.add(
+        "bits_equal_nats_over_ln2", bool(bits_ok.all()), _first_bad(~bits_ok, steps) or f"relative tolerance {REL_TOL}"
+    )
 
     sch = info["schedule"]
     schedule = Schedule(sch["kind"], int(sch["warmup_steps"]), int(sch["total_steps"]), float(sch["min_lr_ratio"]))
     want_lr = float(expected["lr"]) * np.array([schedule.factor(int(i)) for i in steps])
     lr_ok = _rel_close(s["lr"].to_numpy(), want_lr)
-    rep.add("lr_follows_schedule", bool(lr_ok.all()),
-            _first_bad(~lr_ok, steps) or f"{sch['kind']} with {sch['warmup_steps']} warm-up steps, peak {expected['lr']}")
+    rep.add(
+        "lr_follows_schedule",
+        bool(lr_ok.all()),
+        _first_bad(~lr_ok, steps) or f"{sch['kind']} with {sch['warmup_steps']} warm-up steps, peak {expected['lr']}",
+    )
     wd_ok = _rel_close(s["wd"].to_numpy(), np.full(len(s), float(expected["weight_decay"])))
     rep.add("wd_equals_config", bool(wd_ok.all()), _first_bad(~wd_ok, steps) or f"wd = {expected['weight_decay']}")
 
@@ -174,8 +182,12 @@ def validate_run(*, steps_parquet, val_parquet, convert_report, run_info, expect
     vfin = np.isfinite(vnum).all(axis=1)
     rep.add("val_finite", bool(vfin.all()), _first_bad(~vfin, vsteps) or "all values finite")
     vl = v["loss_val_nats"].to_numpy()
-    vrange = (vl >= 0) & (v["acc_val"].between(0, 1).to_numpy()) & (v["grad_norm"].to_numpy() >= 0) & (
-        v["weight_norm"].to_numpy() > 0)
+    vrange = (
+        (vl >= 0)
+        & (v["acc_val"].between(0, 1).to_numpy())
+        & (v["grad_norm"].to_numpy() >= 0)
+        & (v["weight_norm"].to_numpy() > 0)
+    )
     rep.add("val_ranges", bool(vrange[vfin].all()), "loss >= 0, acc in [0, 1], grad_norm >= 0, weight_norm > 0")
     vbits = _rel_close(v["loss_val_bits"].to_numpy(), vl / LN2) | ~np.isfinite(vl)
     rep.add("val_bits_equal_nats_over_ln2", bool(vbits.all()), _first_bad(~vbits, vsteps) or "ok")

@@ -49,7 +49,7 @@ def _expected_latest(info: dict, val_steps: np.ndarray) -> tuple[list[int], str]
     ``latest_every_epochs``-th epoch (rows from the time criterion or a stop come on
     top and are not required). Without it (older runs): every validation.
     """
-    trainer = ((info.get("config") or {}).get("trainer") or {})
+    trainer = (info.get("config") or {}).get("trainer") or {}
     ck = trainer.get("checkpoint")
     if ck is None:
         return [int(s) for s in val_steps], "validations"
@@ -64,8 +64,9 @@ def _expected_latest(info: dict, val_steps: np.ndarray) -> tuple[list[int], str]
     return want, f"epoch-end validations (every {every} epoch(s))"
 
 
-def check_monitors(rep, *, info: dict, total: int, val_steps: np.ndarray, tables: dict,
-                   diverged_at: int | None = None) -> None:
+def check_monitors(
+    rep, *, info: dict, total: int, val_steps: np.ndarray, tables: dict, diverged_at: int | None = None
+) -> None:
     """Add the monitor checks to the ValidationReport ``rep``.
 
     ``total`` is the number of steps the run should have logged (its last step
@@ -76,7 +77,9 @@ def check_monitors(rep, *, info: dict, total: int, val_steps: np.ndarray, tables
     m = info.get("monitors") or {}
     spe = int(info["steps_per_epoch"])
     frames = {t: pq.read_table(tables[t]).to_pandas() for t in MONITOR_TABLES}
-    in_range = (lambda steps: steps < diverged_at) if diverged_at is not None else (lambda steps: np.ones(len(steps), bool))
+    in_range = (
+        (lambda steps: steps < diverged_at) if diverged_at is not None else (lambda steps: np.ones(len(steps), bool))
+    )
 
     # ---- curvature ------------------------------------------------------
     c = frames["curvature"]
@@ -87,8 +90,11 @@ def check_monitors(rep, *, info: dict, total: int, val_steps: np.ndarray, tables
     if len(c):
         keep = in_range(csteps)
         # an event that ran out of memory wrote NaN and its reason; the run went on (not range-checked)
-        oom = c["status"].astype(str).str.startswith("out of memory").to_numpy() if "status" in c else \
-            np.zeros(len(c), bool)
+        oom = (
+            c["status"].astype(str).str.startswith("out of memory").to_numpy()
+            if "status" in c
+            else np.zeros(len(c), bool)
+        )
         n_oom = int((oom & keep).sum())
         keep &= ~oom
         cc, ss = c[keep], csteps[keep]
@@ -103,16 +109,26 @@ def check_monitors(rep, *, info: dict, total: int, val_steps: np.ndarray, tables
         if "lambda_residual" in cc:
             bad |= cc["lambda_residual"].to_numpy() < 0
         bad |= np.abs(cc["epoch"].to_numpy() - ss / spe) > 1e-12 * np.maximum(ss / spe, 1)
-        rep.add("curvature_values", not bad.any(), _first_bad(bad, ss) or (
-            f"finite; {lo} <= lambda_iters <= {hi}; hutch_matvecs = {m.get('hutch_matvecs')}; epoch = step / {spe}"
-            + (f"; {n_oom} event(s) out of memory (NaN row with the reason)" if n_oom else "")))
+        rep.add(
+            "curvature_values",
+            not bad.any(),
+            _first_bad(bad, ss)
+            or (
+                f"finite; {lo} <= lambda_iters <= {hi}; hutch_matvecs = {m.get('hutch_matvecs')}; epoch = step / {spe}"
+                + (f"; {n_oom} event(s) out of memory (NaN row with the reason)" if n_oom else "")
+            ),
+        )
 
     # ---- noise ----------------------------------------------------------
     n = frames["noise"]
     every = int(m.get("noise_every_steps") or int(m.get("noise_every_epochs") or 0) * spe)
     nsteps = n["step"].to_numpy()
-    ok, detail = _cadence_detail("noise", nsteps, expected_monitor_steps(every, total),
-                                 f"every {m.get('noise_every_epochs')} epochs = {every} steps")
+    ok, detail = _cadence_detail(
+        "noise",
+        nsteps,
+        expected_monitor_steps(every, total),
+        f"every {m.get('noise_every_epochs')} epochs = {every} steps",
+    )
     rep.add("noise_cadence", ok, detail)
     if len(n):
         keep = in_range(nsteps)
@@ -127,9 +143,15 @@ def check_monitors(rep, *, info: dict, total: int, val_steps: np.ndarray, tables
         bad |= nn["grad_var_steps"].to_numpy() != every  # the moments are reset at every report
         bad |= ~(np.isfinite(gv) & (gv >= 0))
         bad |= np.abs(nn["epoch"].to_numpy() - ss / spe) > 1e-12 * np.maximum(ss / spe, 1)
-        rep.add("noise_values", not bad.any(), _first_bad(bad, ss) or (
-            f"psd_tail, resid_power finite >= 0 (NaN below {min_points} residuals); grad_var finite >= 0 "
-            f"over {every} steps"))
+        rep.add(
+            "noise_values",
+            not bad.any(),
+            _first_bad(bad, ss)
+            or (
+                f"psd_tail, resid_power finite >= 0 (NaN below {min_points} residuals); grad_var finite >= 0 "
+                f"over {every} steps"
+            ),
+        )
 
     # ---- checkpoints ----------------------------------------------------
     k = frames["checkpoints"]
@@ -146,12 +168,17 @@ def check_monitors(rep, *, info: dict, total: int, val_steps: np.ndarray, tables
     ok = not missing and not off_val and not len(beyond)
     detail = f"{len(k)} rows: latest at each of the {len(want_latest)} {latest_text}, {len(best)} best"
     if not ok:
-        detail += (f"; latest missing at {len(missing)} validation step(s) (first {missing[:3]}), best off the "
-                   f"validation steps {off_val[:3]}, rows beyond step {total}: {len(beyond)}")
+        detail += (
+            f"; latest missing at {len(missing)} validation step(s) (first {missing[:3]}), best off the "
+            f"validation steps {off_val[:3]}, rows beyond step {total}: {len(beyond)}"
+        )
     rep.add("checkpoints_recorded", ok, detail)
     size = k["checkpoint_size_mb"].to_numpy()
     bad = ~(np.isfinite(size) & (size > 0)) | ~k["kind"].isin(CHECKPOINT_KINDS).to_numpy()
     bad |= ~np.isfinite(k["time"].to_numpy())
-    rep.add("checkpoint_sizes", not bad.any(),
-            _first_bad(bad, ksteps) or (f"checkpoint_size_mb in [{size.min():.3g}, {size.max():.3g}]" if len(size)
-                                        else "no checkpoints"))
+    rep.add(
+        "checkpoint_sizes",
+        not bad.any(),
+        _first_bad(bad, ksteps)
+        or (f"checkpoint_size_mb in [{size.min():.3g}, {size.max():.3g}]" if len(size) else "no checkpoints"),
+    )

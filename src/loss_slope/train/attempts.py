@@ -39,17 +39,28 @@ def start_attempt(path: str | Path, *, start_step: int, reason: str, **extra) ->
     """Record the start of an attempt; returns its 1-based number."""
     path = Path(path)
     n = 1 + sum(1 for r in read_attempts(path) if r.get("event") == "start")
-    _append(path, {
-        "event": "start", "attempt": n, "start_step": start_step, "reason": reason, "time": time.time(),
-        "host": socket.gethostname(), "pid": os.getpid(),
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"), **extra,
-    })
+    _append(
+        path,
+        {
+            "event": "start",
+            "attempt": n,
+            "start_step": start_step,
+            "reason": reason,
+            "time": time.time(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            **extra,
+        },
+    )
     return n
 
 
 def end_attempt(path: str | Path, *, attempt: int, end_step: int, status: str, **extra) -> None:
-    _append(Path(path), {"event": "end", "attempt": attempt, "end_step": end_step, "status": status,
-                         "time": time.time(), **extra})
+    _append(
+        Path(path),
+        {"event": "end", "attempt": attempt, "end_step": end_step, "status": status, "time": time.time(), **extra},
+    )
 
 
 def record_event(path: str | Path, *, attempt: int, event: str, **extra) -> None:
@@ -67,10 +78,15 @@ def summarize_attempts(records: list[dict]) -> list[dict]:
         a = by.setdefault(r["attempt"], {"attempt": r["attempt"], "status": "killed", "end_step": None})
         if r["event"] not in ("start", "end"):
             a.setdefault(f"{r['event']}_changes", []).append(
-                {k: v for k, v in r.items() if k not in ("event", "attempt")})
+                {k: v for k, v in r.items() if k not in ("event", "attempt")}
+            )
         elif r["event"] == "start":
             a.update({k: v for k, v in r.items() if k not in ("event", "time")}, started=r["time"])
         else:
-            a.update(end_step=r["end_step"], status=r["status"], ended=r["time"],
-                     **{k: v for k, v in r.items() if k not in ("event", "time", "attempt", "end_step", "status")})
+            a.update(
+                end_step=r["end_step"],
+                status=r["status"],
+                ended=r["time"],
+                **{k: v for k, v in r.items() if k not in ("event", "time", "attempt", "end_step", "status")},
+            )
     return [by[k] for k in sorted(by)]

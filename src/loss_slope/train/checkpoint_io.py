@@ -73,7 +73,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self.bytes_written = 0
         self.saves = 0
         self.snapshot_seconds = 0.0  # time the training thread spent copying to host memory
-        self.wait_seconds = 0.0      # time it spent waiting for a previous write
+        self.wait_seconds = 0.0  # time it spent waiting for a previous write
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
@@ -88,8 +88,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         t0 = time.perf_counter()
         snapshot = host_snapshot(checkpoint)
         self.snapshot_seconds += time.perf_counter() - t0
-        self._thread = threading.Thread(target=self._write_in_background, args=(snapshot, path),
-                                        name="checkpoint-writer", daemon=False)
+        self._thread = threading.Thread(
+            target=self._write_in_background, args=(snapshot, path), name="checkpoint-writer", daemon=False
+        )
         self._thread.start()
 
     def _write_in_background(self, checkpoint: dict, path: Path) -> None:
@@ -134,7 +135,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only=None):
         self.wait()
-        return super().load_checkpoint(path, map_location=map_location, weights_only=True if weights_only is None else weights_only)
+        return super().load_checkpoint(
+            path, map_location=map_location, weights_only=True if weights_only is None else weights_only
+        )
 
 
 def checkpoint_step(path: str | Path) -> int:

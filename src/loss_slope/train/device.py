@@ -50,10 +50,14 @@ def resolve_accelerator(value, *, cuda_available=None, environ=os.environ) -> st
         return "cuda"
     alloc = gpu_allocation(environ)
     if accel == "cuda":
-        raise NoGPUError(f"trainer.accelerator={value} but CUDA is not available"
-                         f"{f' ({alloc})' if alloc else ''}: not training on the CPU")
+        raise NoGPUError(
+            f"trainer.accelerator={value} but CUDA is not available"
+            f"{f' ({alloc})' if alloc else ''}: not training on the CPU"
+        )
     if alloc:
-        raise NoGPUError(f"this process runs in a GPU allocation ({alloc}) but CUDA is not available "
-                         "(driver or node problem?): refusing to train on the CPU; "
-                         "pass trainer.accelerator=cpu to train on the CPU on purpose")
+        raise NoGPUError(
+            f"this process runs in a GPU allocation ({alloc}) but CUDA is not available "
+            "(driver or node problem?): refusing to train on the CPU; "
+            "pass trainer.accelerator=cpu to train on the CPU on purpose"
+        )
     return "cpu"

@@ -32,8 +32,10 @@ class DivergenceGuard:
                 if self._ref_n >= self.reference_steps:
                     self.reference = self._ref_sum / self._ref_n
             elif self.max_loss_factor is not None and loss > self.max_loss_factor * self.reference:
-                return step, (f"training loss {loss:.4g} at step {step} exceeds {self.max_loss_factor:g} x its start "
-                              f"({self.reference:.4g})")
+                return step, (
+                    f"training loss {loss:.4g} at step {step} exceeds {self.max_loss_factor:g} x its start "
+                    f"({self.reference:.4g})"
+                )
         return None
 
     def state_dict(self) -> dict:

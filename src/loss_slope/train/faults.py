@@ -67,7 +67,8 @@ class InjectedOOM:
         if step >= self.at_step and micro_batch > self.fits:
             raise torch.cuda.OutOfMemoryError(
                 f"CUDA out of memory. Tried to allocate a micro-batch of {micro_batch} images at step {step} "
-                f"(injected by trainer.fault.oom_*: only {self.fits} fit)")
+                f"(injected by trainer.fault.oom_*: only {self.fits} fit)"
+            )
 
 
 def oom_injector(cfg) -> InjectedOOM | None:
@@ -88,7 +89,8 @@ class InjectedCurvatureOOM:
         if step == self.at_step:
             raise torch.cuda.OutOfMemoryError(
                 f"CUDA out of memory. Tried to allocate 2.00 GiB in the curvature event at step {step} "
-                "(injected by trainer.fault.curvature_oom_*)")
+                "(injected by trainer.fault.curvature_oom_*)"
+            )
 
 
 def curvature_oom_injector(cfg) -> InjectedCurvatureOOM | None:

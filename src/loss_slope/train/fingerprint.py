@@ -8,8 +8,15 @@ from pathlib import Path
 
 # keys that say where/how a run is written or stopped, not what it trains
 _NOT_SCIENCE = {"run_dir", "output", "hydra"}
-_NOT_SCIENCE_TRAINER = {"max_time_s", "flush_every_steps", "log_every_steps", "threads", "accelerator", "fault",
-                        "best_top_k"}  # checkpoint retention
+_NOT_SCIENCE_TRAINER = {
+    "max_time_s",
+    "flush_every_steps",
+    "log_every_steps",
+    "threads",
+    "accelerator",
+    "fault",
+    "best_top_k",
+}  # checkpoint retention
 _NOT_SCIENCE_DATA = {"root", "eval_batch_size", "download"}  # where the data is; evaluation chunking
 
 _DATA_FOLDERS = {"cifar10": "cifar-10-batches-py"}

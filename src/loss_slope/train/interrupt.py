@@ -38,9 +38,13 @@ class CheckpointOnInterrupt(Callback):
             from loss_slope.train.checkpoint_io import checkpoint_step
 
             self.saved_step = checkpoint_step(self.path) if Path(self.path).exists() else None
-            log.warning("%s after the last batch of an epoch (step %d): no checkpoint here (Lightning would resume "
-                        "it into the epoch after the next); the rerun resumes from the latest one (step %s)",
-                        type(exception).__name__, trainer.global_step, self.saved_step)
+            log.warning(
+                "%s after the last batch of an epoch (step %d): no checkpoint here (Lightning would resume "
+                "it into the epoch after the next); the rerun resumes from the latest one (step %s)",
+                type(exception).__name__,
+                trainer.global_step,
+                self.saved_step,
+            )
             return
         trainer.save_checkpoint(self.path)
         self.saved_step = trainer.global_step

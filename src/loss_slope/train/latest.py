@@ -30,8 +30,16 @@ log = logging.getLogger("loss_slope.train")
 
 
 class LatestCheckpoint(Checkpoint):
-    def __init__(self, path, *, steps_per_epoch: int, val_interval: int, every_epochs: int | None = 1,
-                 every_minutes: float | None = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        path,
+        *,
+        steps_per_epoch: int,
+        val_interval: int,
+        every_epochs: int | None = 1,
+        every_minutes: float | None = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if steps_per_epoch < 1 or val_interval < 1:
             raise ValueError("steps_per_epoch and val_interval must be >= 1")
         self.path = Path(path)

@@ -52,8 +52,9 @@ def describe(holder: dict) -> str:
     job = holder.get("slurm_job_id")
     since = holder.get("started")
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) else "?"
-    return (f"host {holder.get('host', '?')} pid {holder.get('pid', '?')}"
-            f"{f' SLURM job {job}' if job else ''} since {when}")
+    return (
+        f"host {holder.get('host', '?')} pid {holder.get('pid', '?')}{f' SLURM job {job}' if job else ''} since {when}"
+    )
 
 
 def lock_path(run_dir: str | Path) -> Path:
@@ -96,8 +97,9 @@ def slurm_job_state(job_id: str, timeout: float = 5.0) -> str | None:
     if not shutil.which("squeue"):
         return None
     try:
-        p = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True,
-                           timeout=timeout)
+        p = subprocess.run(
+            ["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True, timeout=timeout
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     if p.returncode != 0:
@@ -106,12 +108,31 @@ def slurm_job_state(job_id: str, timeout: float = 5.0) -> str | None:
     return p.stdout.strip().splitlines()[0].strip() if p.stdout.strip() else ""
 
 
-_LIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING",
-                "STAGE_OUT", "SIGNALING", "REQUEUE_HOLD", "REQUEUE_FED", "STOPPED"}
+_LIVE_STATES = {
+    "PENDING",
+    "RUNNING",
+    "CONFIGURING",
+    "COMPLETING",
+    "SUSPENDED",
+    "REQUEUED",
+    "RESIZING",
+    "STAGE_OUT",
+    "SIGNALING",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "STOPPED",
+}
 
 
-def stale_reason(holder: dict, mtime: float | None, *, host: str | None = None, now: float | None = None,
-                 stale_after_s: float = STALE_AFTER_S, job_state=slurm_job_state) -> str | None:
+def stale_reason(
+    holder: dict,
+    mtime: float | None,
+    *,
+    host: str | None = None,
+    now: float | None = None,
+    stale_after_s: float = STALE_AFTER_S,
+    job_state=slurm_job_state,
+) -> str | None:
     """Why the lock held by ``holder`` is stale, or None when its holder may be alive."""
     host = host or socket.gethostname()
     now = time.time() if now is None else now
@@ -141,8 +162,9 @@ class RunLock:
         self.lost = False
         self._thread = None
         if heartbeat_s > 0:
-            self._thread = threading.Thread(target=self._beat, args=(heartbeat_s,), daemon=True,
-                                            name="run-lock-heartbeat")
+            self._thread = threading.Thread(
+                target=self._beat, args=(heartbeat_s,), daemon=True, name="run-lock-heartbeat"
+            )
             self._thread.start()
 
     def _ours(self) -> bool:
@@ -190,14 +212,25 @@ def _create(path: Path, record: dict) -> bool:
     return True
 
 
-def acquire(run_dir: str | Path, *, heartbeat_s: float = HEARTBEAT_S, stale_after_s: float = STALE_AFTER_S,
-            job_state=slurm_job_state) -> RunLock:
+def acquire(
+    run_dir: str | Path,
+    *,
+    heartbeat_s: float = HEARTBEAT_S,
+    stale_after_s: float = STALE_AFTER_S,
+    job_state=slurm_job_state,
+) -> RunLock:
     """Take the lock of ``run_dir`` or raise :class:`RunLocked` (a few seconds at most)."""
     path = lock_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-              "slurm_pack": os.environ.get("LOSS_SLOPE_PACK"), "started": time.time(),
-              "run_dir": str(run_dir), "token": secrets.token_hex(8)}
+    record = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "slurm_pack": os.environ.get("LOSS_SLOPE_PACK"),
+        "started": time.time(),
+        "run_dir": str(run_dir),
+        "token": secrets.token_hex(8),
+    }
     for _ in range(5):
         if _create(path, record):
             return RunLock(path, record, heartbeat_s)
@@ -232,8 +265,12 @@ def acquire(run_dir: str | Path, *, heartbeat_s: float = HEARTBEAT_S, stale_afte
                 pass
             aside.unlink(missing_ok=True)
             continue
-        log.warning("taking over a stale run lock %s: %s; it was held by %s", path, why,
-                    describe(holder) if holder else "an unknown holder")
+        log.warning(
+            "taking over a stale run lock %s: %s; it was held by %s",
+            path,
+            why,
+            describe(holder) if holder else "an unknown holder",
+        )
         aside.unlink(missing_ok=True)
     holder = read_holder(path) or {}
     raise RunLocked(path, holder)

@@ -34,8 +34,13 @@ log = logging.getLogger("loss_slope.train")
 OOM_ERRORS = (torch.OutOfMemoryError,)  # torch.cuda.OutOfMemoryError is the same class
 # library allocation failures that reach Python as a plain RuntimeError
 _ALLOCATION_FAILURES = (
-    "CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED", "CUFFT_ALLOC_FAILED", "CUSOLVER_STATUS_ALLOC_FAILED",
-    "CUSPARSE_STATUS_ALLOC_FAILED", "CUDA error: out of memory", "CUDA out of memory",
+    "CUDNN_STATUS_ALLOC_FAILED",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "CUFFT_ALLOC_FAILED",
+    "CUSOLVER_STATUS_ALLOC_FAILED",
+    "CUSPARSE_STATUS_ALLOC_FAILED",
+    "CUDA error: out of memory",
+    "CUDA out of memory",
 )
 
 
@@ -77,8 +82,10 @@ def use_channels_last(requested: bool, device: torch.device | str) -> bool:
         return False
     if torch.device(device).type == "cuda":
         return True
-    log.info("trainer.channels_last ignored on %s: it is a CUDA option (contiguous NCHW on the CPU)",
-             torch.device(device).type)
+    log.info(
+        "trainer.channels_last ignored on %s: it is a CUDA option (contiguous NCHW on the CPU)",
+        torch.device(device).type,
+    )
     return False
 
 
@@ -90,9 +97,11 @@ def check_precision(precision) -> None:
     step), and a skipped step's inf/NaN gradients would reach the gradient-noise monitor. Use
     ``bf16-mixed`` (same exponent range as fp32: no loss scaling, no skipped steps) or ``32-true``."""
     if str(precision) in UNSUPPORTED_PRECISIONS:
-        raise ValueError(f"trainer.precision={precision} is not supported: fp16 needs loss scaling (a host sync "
-                         "per step, and skipped steps whose inf gradients would reach the monitors); use "
-                         "bf16-mixed or 32-true")
+        raise ValueError(
+            f"trainer.precision={precision} is not supported: fp16 needs loss scaling (a host sync "
+            "per step, and skipped steps whose inf gradients would reach the monitors); use "
+            "bf16-mixed or 32-true"
+        )
 
 
 def fused_kwargs(factory, device: torch.device) -> dict:
@@ -119,8 +128,9 @@ class MicroBatcher:
     its attempt log, from which its outcome is summarized.
     """
 
-    def __init__(self, *, min_size: int = 1, size: int | None = None,
-                 on_change: Callable[[dict], None] | None = None) -> None:
+    def __init__(
+        self, *, min_size: int = 1, size: int | None = None, on_change: Callable[[dict], None] | None = None
+    ) -> None:
         if min_size < 1:
             raise ValueError(f"trainer.oom.min_micro_batch must be >= 1, got {min_size}")
         self.min_size, self.size, self.on_change = int(min_size), size, on_change
@@ -136,12 +146,24 @@ class MicroBatcher:
                 f"CUDA out of memory at step {step} with a micro-batch of {old} (batch {batch}); halving it "
                 f"would go below trainer.oom.min_micro_batch={self.min_size}, so this run does not fit in the "
                 f"GPU memory it has: lower packing.runs_per_gpu (or the batch size). Last error: "
-                f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from error
+                f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
+            ) from error
         self.size = new
-        change = {"step": int(step), "from": old, "to": new, "accumulation": math.ceil(batch / new),
-                  "error": (str(error).splitlines() or [type(error).__name__])[0][:300]}
-        log.warning("CUDA out of memory at step %d: retrying the step as %d micro-batches of %d "
-                    "(gradient accumulation; effective batch %d unchanged)", step, change["accumulation"], new, batch)
+        change = {
+            "step": int(step),
+            "from": old,
+            "to": new,
+            "accumulation": math.ceil(batch / new),
+            "error": (str(error).splitlines() or [type(error).__name__])[0][:300],
+        }
+        log.warning(
+            "CUDA out of memory at step %d: retrying the step as %d micro-batches of %d "
+            "(gradient accumulation; effective batch %d unchanged)",
+            step,
+            change["accumulation"],
+            new,
+            batch,
+        )
         if self.on_change is not None:
             self.on_change(change)
         return new
@@ -164,9 +186,18 @@ class CurveModule(LightningModule):
     backward) stays eager, and the state dict keys stay those of ``net``.
     """
 
-    def __init__(self, net: torch.nn.Module, optimizer, schedule: Schedule, *, channels_last: bool = False,
-                 gradient_clip_val: float | None = None, micro_batcher: MicroBatcher | None = None,
-                 fault: Callable[[int, int], None] | None = None, compile: dict | None = None) -> None:
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        optimizer,
+        schedule: Schedule,
+        *,
+        channels_last: bool = False,
+        gradient_clip_val: float | None = None,
+        micro_batcher: MicroBatcher | None = None,
+        fault: Callable[[int, int], None] | None = None,
+        compile: dict | None = None,
+    ) -> None:
         super().__init__()
         self.automatic_optimization = False
         self.net = net
@@ -267,8 +298,9 @@ class CurveModule(LightningModule):
     def on_before_optimizer_step(self, optimizer):
         # after the callbacks' hooks (they see the unclipped gradient, as in automatic optimization)
         if self.gradient_clip_val:
-            self.clip_gradients(optimizer, gradient_clip_val=float(self.gradient_clip_val),
-                                gradient_clip_algorithm="norm")
+            self.clip_gradients(
+                optimizer, gradient_clip_val=float(self.gradient_clip_val), gradient_clip_algorithm="norm"
+            )
 
     # ---- the micro-batch survives a resume ---------------------------------
     def on_save_checkpoint(self, checkpoint):
@@ -301,8 +333,11 @@ class CurveModule(LightningModule):
             if chunk <= 1:
                 raise MicroBatchTooSmall(f"out of memory in validation even one image at a time: {error}") from error
             self.eval_chunk = chunk // 2
-            log.warning("out of memory in validation at step %d: evaluating in chunks of %d images from now on",
-                        self.global_step, self.eval_chunk)
+            log.warning(
+                "out of memory in validation at step %d: evaluating in chunks of %d images from now on",
+                self.global_step,
+                self.eval_chunk,
+            )
         self._val_sum += loss_sum
         self._val_correct += correct
         self._val_n += n

@@ -59,8 +59,17 @@ _STATE_VERSION = 1
 
 # trainer.monitors keys passed to MonitorConfig unchanged (when present)
 _PASSTHROUGH = (
-    "lambda_iters", "lambda_min_iters", "lambda_tol", "hutch_matvecs", "curvature_batches", "curvature_keep_graphs",
-    "curvature_matvec_block", "psd_window", "psd_tail_fraction", "psd_min_points", "predictor_min_points",
+    "lambda_iters",
+    "lambda_min_iters",
+    "lambda_tol",
+    "hutch_matvecs",
+    "curvature_batches",
+    "curvature_keep_graphs",
+    "curvature_matvec_block",
+    "psd_window",
+    "psd_tail_fraction",
+    "psd_min_points",
+    "predictor_min_points",
 )
 
 
@@ -92,8 +101,9 @@ def monitor_settings(mcfg, *, seed: int, batch_size: int, steps_per_epoch: int) 
         kwargs["resid_band"] = tuple(float(x) for x in mcfg["resid_band"])
     if "predictor_halflife_steps" in mcfg:  # null is meaningful here: no exponential forgetting
         kwargs["predictor_halflife_steps"] = mcfg["predictor_halflife_steps"]
-    config = MonitorConfig(curvature_every_steps=curvature_every, noise_every_epochs=noise_every, seed=int(seed),
-                           **kwargs)
+    config = MonitorConfig(
+        curvature_every_steps=curvature_every, noise_every_epochs=noise_every, seed=int(seed), **kwargs
+    )
     settings = asdict(config)
     settings["resid_band"] = list(config.resid_band)
     settings.update(
@@ -134,9 +144,19 @@ class MonitorCallback(Callback):
         Write ``checkpoints.csv`` rows (needs ``AtomicCheckpointIO`` as the checkpoint plugin).
     """
 
-    def __init__(self, *, tables_dir, config: MonitorConfig, batches, steps_per_epoch: int,
-                 checkpoint_dirs: dict[str, Any] | None = None, record_checkpoints: bool = True,
-                 loss_fn=F.cross_entropy, settings: dict | None = None, fault=None) -> None:
+    def __init__(
+        self,
+        *,
+        tables_dir,
+        config: MonitorConfig,
+        batches,
+        steps_per_epoch: int,
+        checkpoint_dirs: dict[str, Any] | None = None,
+        record_checkpoints: bool = True,
+        loss_fn=F.cross_entropy,
+        settings: dict | None = None,
+        fault=None,
+    ) -> None:
         self.config, self.batches, self.spe, self.loss_fn = config, list(batches), int(steps_per_epoch), loss_fn
         self.fault = fault  # test-only: fault(step) is called inside each curvature event (trainer.fault)
         self.settings = settings or {}
@@ -174,9 +194,15 @@ class MonitorCallback(Callback):
             self.noise.sync()
             self.noise_events += 1
             self.noise_seconds += time.perf_counter() - t0
-            log.info("noise at step %d: psd_tail %.4g, resid_power %.4g, grad_var %.4g (%d residuals, %d steps)",
-                     s, row["psd_tail"], row["resid_power"], row["grad_var"], row["psd_points"],
-                     row["grad_var_steps"])
+            log.info(
+                "noise at step %d: psd_tail %.4g, resid_power %.4g, grad_var %.4g (%d residuals, %d steps)",
+                s,
+                row["psd_tail"],
+                row["resid_power"],
+                row["grad_var"],
+                row["psd_points"],
+                row["grad_var_steps"],
+            )
 
     def _curvature(self, pl_module, s: int) -> None:
         t0 = time.perf_counter()
@@ -200,17 +226,31 @@ class MonitorCallback(Callback):
             release_memory(pl_module.device)
             log.warning("curvature at step %d: %s; writing a NaN row and training on", s, reason)
             row = dict.fromkeys(CURVATURE_KEYS, math.nan)
-            row.update(step=s, epoch=s / self.spe, lambda_iters=0, hutch_matvecs=0,
-                       seconds=time.perf_counter() - t0, lambda_converged=False,
-                       status=reason.replace(",", ";").replace("\n", " ")[:200])
+            row.update(
+                step=s,
+                epoch=s / self.spe,
+                lambda_iters=0,
+                hutch_matvecs=0,
+                seconds=time.perf_counter() - t0,
+                lambda_converged=False,
+                status=reason.replace(",", ";").replace("\n", " ")[:200],
+            )
         self.curvature.append([tuple(row[k] for k in CURVATURE_KEYS)])
         self.curvature.sync()
         self.curvature_events += 1
         self.curvature_seconds += time.perf_counter() - t0
-        log.info("curvature at step %d: lambda_max %.4g (%d Lanczos vectors, residual %.2g, smallest Ritz value "
-                 "%.4g), hutch_trace %.4g ± %.2g (%.1f s)", s, row["lambda_max"], row["lambda_iters"],
-                 row["lambda_residual"], row["lambda_min_ritz"], row["hutch_trace"], row["hutch_trace_se"],
-                 row["seconds"])
+        log.info(
+            "curvature at step %d: lambda_max %.4g (%d Lanczos vectors, residual %.2g, smallest Ritz value "
+            "%.4g), hutch_trace %.4g ± %.2g (%.1f s)",
+            s,
+            row["lambda_max"],
+            row["lambda_iters"],
+            row["lambda_residual"],
+            row["lambda_min_ritz"],
+            row["hutch_trace"],
+            row["hutch_trace_se"],
+            row["seconds"],
+        )
 
     # ---- checkpoint sizes -------------------------------------------------
     def setup(self, trainer, pl_module, stage):
@@ -219,8 +259,9 @@ class MonitorCallback(Callback):
         io = trainer.strategy.checkpoint_io
         if not hasattr(io, "after_save"):
             if self.record_checkpoints:
-                log.warning("checkpoint plugin %s has no after_save hook: checkpoint sizes are not recorded",
-                            type(io).__name__)
+                log.warning(
+                    "checkpoint plugin %s has no after_save hook: checkpoint sizes are not recorded", type(io).__name__
+                )
             return
         io.before_save.append(self._leave_state_out_of_best)
         if self.record_checkpoints:
@@ -229,8 +270,10 @@ class MonitorCallback(Callback):
 
     def teardown(self, trainer, pl_module, stage):
         if self._io is not None:
-            for hooks, fn in ((self._io.before_save, self._leave_state_out_of_best),
-                              (self._io.after_save, self._checkpoint_written)):
+            for hooks, fn in (
+                (self._io.before_save, self._leave_state_out_of_best),
+                (self._io.after_save, self._checkpoint_written),
+            ):
                 if fn in hooks:
                     hooks.remove(fn)
         self._io = None
@@ -309,8 +352,13 @@ class MonitorCallback(Callback):
     def on_train_end(self, trainer, pl_module):
         self.sync()
         if self.curvature_events or self.noise_events:
-            log.info("monitors this attempt: %d curvature events (%.1f s), %d noise events (%.2f s)",
-                     self.curvature_events, self.curvature_seconds, self.noise_events, self.noise_seconds)
+            log.info(
+                "monitors this attempt: %d curvature events (%.1f s), %d noise events (%.2f s)",
+                self.curvature_events,
+                self.curvature_seconds,
+                self.noise_events,
+                self.noise_seconds,
+            )
 
     def on_exception(self, trainer, pl_module, exception):
         self.sync()
@@ -325,12 +373,24 @@ class MonitorCallback(Callback):
 def build_monitor_callback(cfg, data, *, tables_dir, checkpoint_dirs: dict) -> MonitorCallback:
     """The run's MonitorCallback from the Hydra config ``cfg`` (``cfg.trainer.monitors``) and its data."""
     spe = data.steps_per_epoch
-    config, settings = monitor_settings(cfg.trainer.get("monitors"), seed=int(cfg.seed),
-                                        batch_size=int(cfg.data.batch_size), steps_per_epoch=spe)
+    config, settings = monitor_settings(
+        cfg.trainer.get("monitors"), seed=int(cfg.seed), batch_size=int(cfg.data.batch_size), steps_per_epoch=spe
+    )
     batches = []
     if config.curvature_every_steps:
-        batches = held_out_batches(data.train, n_batches=config.curvature_batches,
-                                   batch_size=settings["curvature_batch_size"], seed=settings["curvature_data_seed"])
-    return MonitorCallback(tables_dir=tables_dir, config=config, batches=batches, steps_per_epoch=spe,
-                           checkpoint_dirs=checkpoint_dirs, record_checkpoints=settings["checkpoint_size"],
-                           settings=settings, fault=curvature_oom_injector(cfg))
+        batches = held_out_batches(
+            data.train,
+            n_batches=config.curvature_batches,
+            batch_size=settings["curvature_batch_size"],
+            seed=settings["curvature_data_seed"],
+        )
+    return MonitorCallback(
+        tables_dir=tables_dir,
+        config=config,
+        batches=batches,
+        steps_per_epoch=spe,
+        checkpoint_dirs=checkpoint_dirs,
+        record_checkpoints=settings["checkpoint_size"],
+        settings=settings,
+        fault=curvature_oom_injector(cfg),
+    )

@@ -80,8 +80,10 @@ def given_up(errors: list[dict], max_errors: int) -> str | None:
     """Why a run is not retried any more (None: retry it)."""
     if len(errors) >= max_errors:
         return f"failed {len(errors)} times (the limit is {max_errors})"
-    if len(errors) >= 2 and (errors[-1]["error"], errors[-1]["exit_code"]) == (errors[-2]["error"],
-                                                                                 errors[-2]["exit_code"]):
+    if len(errors) >= 2 and (errors[-1]["error"], errors[-1]["exit_code"]) == (
+        errors[-2]["error"],
+        errors[-2]["exit_code"],
+    ):
         return "failed twice in a row with the same error"
     return None
 
@@ -107,8 +109,10 @@ def check_gpu(expect: str | None, mode: str) -> str | None:
         return None
     if got == expect:
         return None
-    return (f"this pack got GPU {got!r} but the probe measured N on {expect!r}; "
-            f"pin the model (LOSS_SLOPE_SLURM_GPU_MODEL / _CONSTRAINT) ({mode})")
+    return (
+        f"this pack got GPU {got!r} but the probe measured N on {expect!r}; "
+        f"pin the model (LOSS_SLOPE_SLURM_GPU_MODEL / _CONSTRAINT) ({mode})"
+    )
 
 
 def _with_budget(overrides, seconds: float):
@@ -126,15 +130,31 @@ def _budget(overrides) -> float | None:
     return None
 
 
-def launch_pack(*, plan_path, pack: str, variant: str, output, log_dir, work_root="work", attempt: int = 1,
-                backoff_base: float = 0.0, backoff_cap: float = 600.0, extra_overrides=(),
-                expect_runs=None, max_error_attempts: int = 3, expect_gpu: str | None = None,
-                gpu_mismatch: str = "fail", lock_poll_s: float = LOCK_POLL_S) -> int:
+def launch_pack(
+    *,
+    plan_path,
+    pack: str,
+    variant: str,
+    output,
+    log_dir,
+    work_root="work",
+    attempt: int = 1,
+    backoff_base: float = 0.0,
+    backoff_cap: float = 600.0,
+    extra_overrides=(),
+    expect_runs=None,
+    max_error_attempts: int = 3,
+    expect_gpu: str | None = None,
+    gpu_mismatch: str = "fail",
+    lock_poll_s: float = LOCK_POLL_S,
+) -> int:
     plan = read_plan(plan_path)
     members = plan["packs"][pack]
     if expect_runs is not None and [m["run"] for m in members] != list(expect_runs):
-        raise SystemExit(f"pack {pack} of {plan_path} holds {[m['run'] for m in members]}, "
-                         f"but the workflow expected {list(expect_runs)}: rerun plan_packs")
+        raise SystemExit(
+            f"pack {pack} of {plan_path} holds {[m['run'] for m in members]}, "
+            f"but the workflow expected {list(expect_runs)}: rerun plan_packs"
+        )
     mismatch = check_gpu(expect_gpu, gpu_mismatch)
     if mismatch:
         print(("error: " if gpu_mismatch == "fail" else "warning: ") + mismatch, file=sys.stderr, flush=True)
@@ -156,12 +176,22 @@ def launch_pack(*, plan_path, pack: str, variant: str, output, log_dir, work_roo
     def start(m, overrides):
         run = m["run"]
         run_dir = Path(work_root) / variant / run
-        cmd = [sys.executable, "-m", "loss_slope.train", *m["overrides"], *overrides, f"variant={variant}",
-               f"run={run}", f"run_dir={run_dir}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "loss_slope.train",
+            *m["overrides"],
+            *overrides,
+            f"variant={variant}",
+            f"run={run}",
+            f"run_dir={run_dir}",
+        ]
         log_path = Path(log_dir) / f"{run}.log"
         log = open(log_path, "a")
-        log.write(f"\n=== pack {pack} attempt {attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')}: "
-                  f"{' '.join(shlex.quote(c) for c in cmd)}\n")
+        log.write(
+            f"\n=== pack {pack} attempt {attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+            f"{' '.join(shlex.quote(c) for c in cmd)}\n"
+        )
         log.flush()
         procs[run] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log, log.tell())
         print(f"started {variant}/{run} (pid {procs[run][0].pid})", flush=True)
@@ -169,12 +199,20 @@ def launch_pack(*, plan_path, pack: str, variant: str, output, log_dir, work_roo
     by_run = {m["run"]: m for m in members}
     for m in members:
         run_dir = Path(work_root) / variant / m["run"]
-        why = None if (run_dir / "done.json").exists() else given_up(read_errors(run_dir, m.get("settings")),
-                                                                      max_error_attempts)
+        why = (
+            None
+            if (run_dir / "done.json").exists()
+            else given_up(read_errors(run_dir, m.get("settings")), max_error_attempts)
+        )
         if why:
             last = read_errors(run_dir, m.get("settings"))[-1]
-            results[m["run"]] = {"exit_code": last["exit_code"], "status": "failed", "given_up": why,
-                                 "error": last["error"], "log": str(Path(log_dir) / f"{m['run']}.log")}
+            results[m["run"]] = {
+                "exit_code": last["exit_code"],
+                "status": "failed",
+                "given_up": why,
+                "error": last["error"],
+                "log": str(Path(log_dir) / f"{m['run']}.log"),
+            }
             print(f"{variant}/{m['run']}: not started again: {why}: {last['error']}", flush=True)
             continue
         start(m, list(extra_overrides))
@@ -198,23 +236,37 @@ def launch_pack(*, plan_path, pack: str, variant: str, output, log_dir, work_roo
                 print(f"{variant}/{run}: another live trainer holds it; waiting for its lock", flush=True)
                 waiting[run] = time.time() + lock_poll_s
                 continue
-            status = {EXIT_OK: "complete", EXIT_UNFINISHED: "unfinished", EXIT_LOCKED: "locked",
-                      EXIT_NO_GPU: "no_gpu"}.get(code, "failed")
+            status = {
+                EXIT_OK: "complete",
+                EXIT_UNFINISHED: "unfinished",
+                EXIT_LOCKED: "locked",
+                EXIT_NO_GPU: "no_gpu",
+            }.get(code, "failed")
             res = {"exit_code": code, "status": status, "log": str(log_path)}
             if status == "failed":
                 with open(log_path, errors="replace") as fh:
                     fh.seek(offset)
                     err = error_line(fh.read())
                 settings = by_run[run].get("settings")
-                _record_error(run_dir, attempt=attempt, exit_code=code, error=err, settings=settings,
-                              pack=pack, slurm_job_id=os.environ.get("SLURM_JOB_ID"))
+                _record_error(
+                    run_dir,
+                    attempt=attempt,
+                    exit_code=code,
+                    error=err,
+                    settings=settings,
+                    pack=pack,
+                    slurm_job_id=os.environ.get("SLURM_JOB_ID"),
+                )
                 res["error"] = err
                 why = given_up(read_errors(run_dir, settings), max_error_attempts)
                 if why:
                     res["given_up"] = why
             results[run] = res
-            print(f"{variant}/{run}: {status} (exit {code}){': ' + res['error'] if 'error' in res else ''}"
-                  f"{'; given up: ' + res['given_up'] if 'given_up' in res else ''}", flush=True)
+            print(
+                f"{variant}/{run}: {status} (exit {code}){': ' + res['error'] if 'error' in res else ''}"
+                f"{'; given up: ' + res['given_up'] if 'given_up' in res else ''}",
+                flush=True,
+            )
         for run in [r for r, when in waiting.items() if when <= time.time()]:
             del waiting[run]
             over = list(extra_overrides)
@@ -232,9 +284,21 @@ def launch_pack(*, plan_path, pack: str, variant: str, output, log_dir, work_roo
         only_budget = all(v["status"] in ("unfinished", "locked") for v in open_runs.values())
         return EXIT_UNFINISHED if only_budget else EXIT_ERROR
     Path(output).parent.mkdir(parents=True, exist_ok=True)
-    Path(output).write_text(json.dumps({"variant": variant, "pack": pack, "attempt": attempt, "started": started,
-                                        "finished": time.time(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-                                        "runs": results}, indent=2) + "\n")
+    Path(output).write_text(
+        json.dumps(
+            {
+                "variant": variant,
+                "pack": pack,
+                "attempt": attempt,
+                "started": started,
+                "finished": time.time(),
+                "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+                "runs": results,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     return EXIT_OK
 
 
@@ -250,17 +314,24 @@ def write_run_marker(run_dir, output, *, variant: str, run: str, log_path: str |
         errors = read_errors(run_dir)
         if errors:
             last = errors[-1]
-            raise SystemExit(f"training of {variant}/{run} failed {len(errors)} time(s); last error "
-                             f"(attempt {last.get('attempt')}, exit {last.get('exit_code')}): {last.get('error')}"
-                             f"{'; see ' + log_path if log_path else ''}")
-        raise SystemExit(f"training of {variant}/{run} did not complete: {done_path} is missing"
-                         f"{'; see ' + log_path if log_path else ''}")
+            raise SystemExit(
+                f"training of {variant}/{run} failed {len(errors)} time(s); last error "
+                f"(attempt {last.get('attempt')}, exit {last.get('exit_code')}): {last.get('error')}"
+                f"{'; see ' + log_path if log_path else ''}"
+            )
+        raise SystemExit(
+            f"training of {variant}/{run} did not complete: {done_path} is missing"
+            f"{'; see ' + log_path if log_path else ''}"
+        )
     done = json.loads(done_path.read_text())
-    marker = {"variant": variant, "run": run, "run_dir": str(run_dir),
-              **{k: done.get(k) for k in ("status", "total_steps", "steps_done", "fingerprint", "completed_at")},
-              "attempts": len(done.get("attempts") or []),
-              "slurm_jobs": sorted({str(a.get("slurm_job_id")) for a in done.get("attempts") or []
-                                    if a.get("slurm_job_id")})}
+    marker = {
+        "variant": variant,
+        "run": run,
+        "run_dir": str(run_dir),
+        **{k: done.get(k) for k in ("status", "total_steps", "steps_done", "fingerprint", "completed_at")},
+        "attempts": len(done.get("attempts") or []),
+        "slurm_jobs": sorted({str(a.get("slurm_job_id")) for a in done.get("attempts") or [] if a.get("slurm_job_id")}),
+    }
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     Path(output).write_text(json.dumps(marker, indent=2) + "\n")
     return marker
@@ -276,21 +347,39 @@ def main(argv=None) -> int:
     ap.add_argument("--work-root", default="work")
     ap.add_argument("--attempt", type=int, default=1)
     ap.add_argument("--runs", help="comma-separated run ids the pack must hold (a consistency check)")
-    ap.add_argument("--max-error-attempts", type=int, default=3,
-                    help="a run that failed this many times (or twice with the same error) is given up")
+    ap.add_argument(
+        "--max-error-attempts",
+        type=int,
+        default=3,
+        help="a run that failed this many times (or twice with the same error) is given up",
+    )
     ap.add_argument("--expect-gpu", default=None, help="GPU model the probe measured on")
     ap.add_argument("--gpu-mismatch", choices=["fail", "warn"], default="fail")
-    ap.add_argument("--backoff-base", type=float, default=0.0,
-                    help="seconds; 0 = none (on SLURM the profile delays retries with sbatch --begin instead)")
+    ap.add_argument(
+        "--backoff-base",
+        type=float,
+        default=0.0,
+        help="seconds; 0 = none (on SLURM the profile delays retries with sbatch --begin instead)",
+    )
     ap.add_argument("--backoff-cap", type=float, default=600.0)
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (e.g. trainer.max_time_s=3300)")
     a = ap.parse_args(argv)
-    return launch_pack(plan_path=a.plan, pack=a.pack, variant=a.variant, output=a.output, log_dir=a.log_dir,
-                       work_root=a.work_root, attempt=a.attempt, backoff_base=a.backoff_base,
-                       backoff_cap=a.backoff_cap, extra_overrides=a.overrides,
-                       expect_runs=a.runs.split(",") if a.runs else None,
-                       max_error_attempts=a.max_error_attempts, expect_gpu=a.expect_gpu,
-                       gpu_mismatch=a.gpu_mismatch)
+    return launch_pack(
+        plan_path=a.plan,
+        pack=a.pack,
+        variant=a.variant,
+        output=a.output,
+        log_dir=a.log_dir,
+        work_root=a.work_root,
+        attempt=a.attempt,
+        backoff_base=a.backoff_base,
+        backoff_cap=a.backoff_cap,
+        extra_overrides=a.overrides,
+        expect_runs=a.runs.split(",") if a.runs else None,
+        max_error_attempts=a.max_error_attempts,
+        expect_gpu=a.expect_gpu,
+        gpu_mismatch=a.gpu_mismatch,
+    )
 
 
 if __name__ == "__main__":

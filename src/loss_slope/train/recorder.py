@@ -25,8 +25,17 @@ log = logging.getLogger("loss_slope.train")
 
 
 class MetricRecorder(Callback):
-    def __init__(self, *, tables_dir, steps_per_epoch: int, total_steps: int, val_interval: int,
-                 flush_every: int = 100, log_every: int | None = None, guard: DivergenceGuard | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        tables_dir,
+        steps_per_epoch: int,
+        total_steps: int,
+        val_interval: int,
+        flush_every: int = 100,
+        log_every: int | None = None,
+        guard: DivergenceGuard | None = None,
+    ) -> None:
         self.steps = CsvTable(f"{tables_dir}/steps.csv", "steps")
         self.val = CsvTable(f"{tables_dir}/val.csv", "val")
         self.spe, self.total = steps_per_epoch, total_steps
@@ -107,8 +116,13 @@ class MetricRecorder(Callback):
             rate = (last_step + 1 - self._step_log) / max(now - self._t_log, 1e-9)
             log.info(
                 "step %d/%d (%.1f%%) epoch %.2f loss %.4f lr %.4g %.1f steps/s",
-                last_step + 1, self.total, 100 * (last_step + 1) / self.total, (last_step + 1) / self.spe,
-                self.last_loss, self._lr, rate,
+                last_step + 1,
+                self.total,
+                100 * (last_step + 1) / self.total,
+                (last_step + 1) / self.spe,
+                self.last_loss,
+                self._lr,
+                rate,
             )
             self._t_log, self._step_log = now, last_step + 1
 

@@ -171,21 +171,40 @@ def _run_training_locked(cfg) -> int:
         kept, dropped = truncate_table(paths.tables / f"{table}.csv", table, start)
         if dropped:
             log.info("truncated %s.csv to the checkpoint: kept %d rows, dropped %d", table, kept, dropped)
-    attempt = start_attempt(paths.attempts, start_step=start, reason=reason, device=str(device),
-                            snakemake_attempt=os.environ.get("LOSS_SLOPE_ATTEMPT"))
+    attempt = start_attempt(
+        paths.attempts,
+        start_step=start,
+        reason=reason,
+        device=str(device),
+        snakemake_attempt=os.environ.get("LOSS_SLOPE_ATTEMPT"),
+    )
     # curvature / noise / checkpoint-size tables (trainer.monitors; settings recorded in run_info)
-    monitor_cb = build_monitor_callback(cfg, data, tables_dir=paths.tables,
-                                        checkpoint_dirs={"latest": paths.latest_dir, "best": paths.best_dir})
+    monitor_cb = build_monitor_callback(
+        cfg, data, tables_dir=paths.tables, checkpoint_dirs={"latest": paths.latest_dir, "best": paths.best_dir}
+    )
 
     info = {
-        "variant": cfg.variant, "run": cfg.run, "seed": int(cfg.seed), "fingerprint": fingerprint,
-        "steps_per_epoch": spe, "epochs": epochs, "total_steps": total,
-        "val_per_epoch": val_per_epoch, "val_interval": val_interval,
-        "schedule": {"kind": schedule.kind, "warmup_steps": schedule.warmup_steps,
-                     "total_steps": schedule.total_steps, "min_lr_ratio": schedule.min_lr_ratio},
-        "lr": float(cfg.optimizer.lr), "weight_decay": float(cfg.optimizer.weight_decay),
+        "variant": cfg.variant,
+        "run": cfg.run,
+        "seed": int(cfg.seed),
+        "fingerprint": fingerprint,
+        "steps_per_epoch": spe,
+        "epochs": epochs,
+        "total_steps": total,
+        "val_per_epoch": val_per_epoch,
+        "val_interval": val_interval,
+        "schedule": {
+            "kind": schedule.kind,
+            "warmup_steps": schedule.warmup_steps,
+            "total_steps": schedule.total_steps,
+            "min_lr_ratio": schedule.min_lr_ratio,
+        },
+        "lr": float(cfg.optimizer.lr),
+        "weight_decay": float(cfg.optimizer.weight_decay),
         "optimizer": cfg.optimizer._target_.rsplit(".", 1)[-1].lower(),
-        "n_train": len(data.train.images), "n_val": len(data.val.images), "batch_size": int(cfg.data.batch_size),
+        "n_train": len(data.train.images),
+        "n_val": len(data.val.images),
+        "batch_size": int(cfg.data.batch_size),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "environment": environment_info(device),
         "monitors": monitor_cb.settings,
@@ -195,39 +214,81 @@ def _run_training_locked(cfg) -> int:
     # channels_last (CUDA only) is applied by CurveModule once the net is on its device
     net = hydra.utils.instantiate(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels)
     oom = cfg.trainer.get("oom") or {}
-    micro = MicroBatcher(min_size=int(oom.get("min_micro_batch") or 1),
-                         on_change=lambda change: record_event(paths.attempts, attempt=attempt, event="micro_batch",
-                                                               batch=int(cfg.data.batch_size), **change))
-    module = CurveModule(net, hydra.utils.instantiate(cfg.optimizer), schedule,
-                         channels_last=bool(cfg.trainer.channels_last),
-                         gradient_clip_val=cfg.trainer.gradient_clip_val, micro_batcher=micro,
-                         fault=oom_injector(cfg), compile=compile_options(cfg.trainer.get("compile")))
-    recorder = MetricRecorder(
-        tables_dir=paths.tables, steps_per_epoch=spe, total_steps=total, val_interval=val_interval,
-        flush_every=int(cfg.trainer.flush_every_steps), log_every=cfg.trainer.log_every_steps,
-        guard=DivergenceGuard(max_loss_factor=cfg.trainer.divergence.max_loss_factor,
-                              reference_steps=int(cfg.trainer.divergence.reference_steps)),
+    micro = MicroBatcher(
+        min_size=int(oom.get("min_micro_batch") or 1),
+        on_change=lambda change: record_event(
+            paths.attempts, attempt=attempt, event="micro_batch", batch=int(cfg.data.batch_size), **change
+        ),
     )
-    best = ModelCheckpoint(dirpath=paths.best_dir, filename="best-{step}", monitor="loss_val_nats", mode="min",
-                           save_top_k=int(cfg.trainer.best_top_k), save_on_train_epoch_end=False,
-                           enable_version_counter=False, auto_insert_metric_name=False, save_weights_only=True)
+    module = CurveModule(
+        net,
+        hydra.utils.instantiate(cfg.optimizer),
+        schedule,
+        channels_last=bool(cfg.trainer.channels_last),
+        gradient_clip_val=cfg.trainer.gradient_clip_val,
+        micro_batcher=micro,
+        fault=oom_injector(cfg),
+        compile=compile_options(cfg.trainer.get("compile")),
+    )
+    recorder = MetricRecorder(
+        tables_dir=paths.tables,
+        steps_per_epoch=spe,
+        total_steps=total,
+        val_interval=val_interval,
+        flush_every=int(cfg.trainer.flush_every_steps),
+        log_every=cfg.trainer.log_every_steps,
+        guard=DivergenceGuard(
+            max_loss_factor=cfg.trainer.divergence.max_loss_factor,
+            reference_steps=int(cfg.trainer.divergence.reference_steps),
+        ),
+    )
+    best = ModelCheckpoint(
+        dirpath=paths.best_dir,
+        filename="best-{step}",
+        monitor="loss_val_nats",
+        mode="min",
+        save_top_k=int(cfg.trainer.best_top_k),
+        save_on_train_epoch_end=False,
+        enable_version_counter=False,
+        auto_insert_metric_name=False,
+        save_weights_only=True,
+    )
     ckpt_cfg = cfg.trainer.get("checkpoint") or {}
-    latest = LatestCheckpoint(paths.latest, steps_per_epoch=spe, val_interval=val_interval,
-                              every_epochs=ckpt_cfg.get("latest_every_epochs", 1),
-                              every_minutes=ckpt_cfg.get("latest_every_minutes", 10.0))
+    latest = LatestCheckpoint(
+        paths.latest,
+        steps_per_epoch=spe,
+        val_interval=val_interval,
+        every_epochs=ckpt_cfg.get("latest_every_epochs", 1),
+        every_minutes=ckpt_cfg.get("latest_every_minutes", 10.0),
+    )
     checkpoint_io = AtomicCheckpointIO(background=bool(ckpt_cfg.get("background_write", True)))
     on_interrupt = CheckpointOnInterrupt(paths.latest)
     max_time = cfg.trainer.max_time_s
     trainer = pl.Trainer(
-        accelerator="gpu" if use_cuda else "cpu", devices=1, precision=cfg.trainer.precision,
-        max_epochs=epochs, max_steps=total, logger=False,
-        val_check_interval=val_interval, check_val_every_n_epoch=1, num_sanity_val_steps=0,
-        callbacks=[recorder, monitor_cb, on_interrupt, *fault_callbacks(cfg, paths.root), best, latest], # LightningEnvironment: one process per run even inside a SLURM job; no
+        accelerator="gpu" if use_cuda else "cpu",
+        devices=1,
+        precision=cfg.trainer.precision,
+        max_epochs=epochs,
+        max_steps=total,
+        logger=False,
+        val_check_interval=val_interval,
+        check_val_every_n_epoch=1,
+        num_sanity_val_steps=0,
+        callbacks=[
+            recorder,
+            monitor_cb,
+            on_interrupt,
+            *fault_callbacks(cfg, paths.root),
+            best,
+            latest,
+        ],  # LightningEnvironment: one process per run even inside a SLURM job; no
         # Lightning auto-requeue (Snakemake's retries own rescheduling)
         plugins=[checkpoint_io, LightningEnvironment()],
         # (gradient clipping: CurveModule, which optimizes manually for the OOM fallback)
         max_time={"seconds": float(max_time)} if max_time else None,
-        enable_progress_bar=sys.stderr.isatty(), enable_model_summary=False, default_root_dir=str(paths.root),
+        enable_progress_bar=sys.stderr.isatty(),
+        enable_model_summary=False,
+        default_root_dir=str(paths.root),
     )
     data.train.step_source = lambda: trainer.global_step
     # trainer.max_time_s is this attempt's budget (its pack job's runtime minus a
@@ -244,41 +305,76 @@ def _run_training_locked(cfg) -> int:
     # resume is exact even though it has no state_dict of its own.
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
     try:
-        trainer.fit(module, train_dataloaders=data.train, val_dataloaders=data.val, ckpt_path=ckpt_path,
-                    weights_only=True)
+        trainer.fit(
+            module, train_dataloaders=data.train, val_dataloaders=data.val, ckpt_path=ckpt_path, weights_only=True
+        )
     except SIGTERMException:
         recorder.close()
-        end_attempt(paths.attempts, attempt=attempt, end_step=trainer.global_step, status="preempted",
-                    checkpoint_step=on_interrupt.saved_step, seconds=time.time() - t0)
+        end_attempt(
+            paths.attempts,
+            attempt=attempt,
+            end_step=trainer.global_step,
+            status="preempted",
+            checkpoint_step=on_interrupt.saved_step,
+            seconds=time.time() - t0,
+        )
         log.warning("SIGTERM at step %d of %d: checkpoint saved; a rerun resumes it", trainer.global_step, total)
         return EXIT_UNFINISHED
     except BaseException as exc:
         recorder.close()
-        end_attempt(paths.attempts, attempt=attempt, end_step=trainer.global_step,
-                    status="failed", error=f"{type(exc).__name__}: {exc}")
+        end_attempt(
+            paths.attempts,
+            attempt=attempt,
+            end_step=trainer.global_step,
+            status="failed",
+            error=f"{type(exc).__name__}: {exc}",
+        )
         raise
     recorder.close()
     step = trainer.global_step
-    log.info("checkpoints this attempt: %d files, %.1f MB written; %.2f s copying to host memory, %.2f s waiting "
-             "for a previous write", checkpoint_io.saves, checkpoint_io.bytes_written / 1e6,
-             checkpoint_io.snapshot_seconds, checkpoint_io.wait_seconds)
-    outcome = {"status": "complete", "steps_done": step,
-               "micro_batch": micro_batch_summary(read_attempts(paths.attempts), int(cfg.data.batch_size))}
+    log.info(
+        "checkpoints this attempt: %d files, %.1f MB written; %.2f s copying to host memory, %.2f s waiting "
+        "for a previous write",
+        checkpoint_io.saves,
+        checkpoint_io.bytes_written / 1e6,
+        checkpoint_io.snapshot_seconds,
+        checkpoint_io.wait_seconds,
+    )
+    outcome = {
+        "status": "complete",
+        "steps_done": step,
+        "micro_batch": micro_batch_summary(read_attempts(paths.attempts), int(cfg.data.batch_size)),
+    }
     if recorder.diverged is not None:
-        outcome = {**outcome, "status": "diverged", "diverged_at_step": recorder.diverged[0],
-                   "reason": recorder.diverged[1]}
+        outcome = {
+            **outcome,
+            "status": "diverged",
+            "diverged_at_step": recorder.diverged[0],
+            "reason": recorder.diverged[1],
+        }
     elif step < total:
-        end_attempt(paths.attempts, attempt=attempt, end_step=step, status="unfinished",
-                    seconds=time.time() - t0)
+        end_attempt(paths.attempts, attempt=attempt, end_step=step, status="unfinished", seconds=time.time() - t0)
         log.warning("stopped at step %d of %d (time budget); the latest checkpoint resumes it", step, total)
         return EXIT_UNFINISHED
-    end_attempt(paths.attempts, attempt=attempt, end_step=step,
-                status="completed" if outcome["status"] == "complete" else outcome["status"], seconds=time.time() - t0)
+    end_attempt(
+        paths.attempts,
+        attempt=attempt,
+        end_step=step,
+        status="completed" if outcome["status"] == "complete" else outcome["status"],
+        seconds=time.time() - t0,
+    )
     # the outcome travels with run_info.json (exported), so validation and the fits see it
     _write_json(paths.run_info, {**json.loads(paths.run_info.read_text()), "outcome": outcome})
-    done = {**outcome,
-        "variant": cfg.variant, "run": cfg.run, "total_steps": total, "steps_per_epoch": spe, "epochs": epochs,
-        "fingerprint": fingerprint, "completed_at": time.time(), "attempts": summarize_attempts(read_attempts(paths.attempts)),
+    done = {
+        **outcome,
+        "variant": cfg.variant,
+        "run": cfg.run,
+        "total_steps": total,
+        "steps_per_epoch": spe,
+        "epochs": epochs,
+        "fingerprint": fingerprint,
+        "completed_at": time.time(),
+        "attempts": summarize_attempts(read_attempts(paths.attempts)),
     }
     _write_json(paths.done, done)
     log.info("run %s: %d of %d steps in %d attempt(s)", outcome["status"], step, total, attempt)
@@ -296,8 +392,11 @@ def compile_options(c) -> dict | None:
 def micro_batch_summary(records: list[dict], batch: int) -> dict:
     """Every out-of-memory fallback of the run (over all attempts): the batch,
     the micro-batch it ended with, and each reduction (step, from, to)."""
-    changes = [{k: r[k] for k in ("attempt", "step", "from", "to", "accumulation") if k in r}
-               for r in records if r.get("event") == "micro_batch"]
+    changes = [
+        {k: r[k] for k in ("attempt", "step", "from", "to", "accumulation") if k in r}
+        for r in records
+        if r.get("event") == "micro_batch"
+    ]
     return {"batch": batch, "final": changes[-1]["to"] if changes else batch, "changes": changes}
 
 
@@ -312,8 +411,13 @@ def _set_aside_if_stale(paths: RunPaths, fingerprint: str) -> bool:
     if old == fingerprint:
         return False
     aside = paths.root.with_name(f"{paths.root.name}.stale-{time.strftime('%Y%m%dT%H%M%S')}")
-    log.warning("the config of this run changed (fingerprint %s -> %s): moving the old work tree to %s and "
-                "training from scratch", old, fingerprint, aside)
+    log.warning(
+        "the config of this run changed (fingerprint %s -> %s): moving the old work tree to %s and "
+        "training from scratch",
+        old,
+        fingerprint,
+        aside,
+    )
     paths.root.rename(aside)
     return True
 
