@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from loss_slope.analysis import _models as M, analyze_curve
-from loss_slope.analysis.synthetic import CurveSpec, make_curve
+from loss_slope.analysis.synthetic import CurveSpec, make_curve, true_loss
 from loss_slope.analysis.two_break import MIN_BREAK_CHANGE, TWO_BREAK_THRESHOLD, two_break_test
 
 
@@ -93,3 +93,26 @@ def test_the_h1_decision_reports_the_two_break_test():
     d = analyze_curve(c.steps, c.loss, steps_per_epoch=391).to_dict()
     assert d["h1_single_power_law"] is True, d["h1_reason"]
     assert d["h1_two_break_found"] is False and "no second break" in d["h1_reason"]
+
+
+def test_the_two_break_fit_follows_the_data_it_was_fitted_to():
+    from loss_slope.analysis.fit_check import check_fit
+
+    c = make_curve(TWO, seed=5)
+    res = two_break_test(c.steps, c.loss)
+    assert check_fit(res, c.steps, c.loss).ok
+    rel = res.predict(c.steps[1000:]) / true_loss(c.steps[1000:].astype(float), TWO) - 1
+    assert np.max(np.abs(rel)) < 0.15
+
+
+def test_a_second_break_decides_even_when_the_segment_fit_fails():
+    from loss_slope.analysis import fit_power_law
+    from loss_slope.analysis.shape import single_power_law
+
+    c = make_curve(TWO, seed=5)
+    tb = two_break_test(c.steps, c.loss)
+    other = make_curve(CurveSpec(n_steps=19_550, alpha=1.5, noise_sigma=0.03), seed=2)
+    wrong = fit_power_law(other.steps, other.loss)  # misses this curve by far
+    res = single_power_law(c.steps, c.loss, segment_fit=wrong, two_break=tb)
+    assert res.decision is False and "failed fit" in res.reason and not res.fit_ok
+    assert single_power_law(c.steps, c.loss, segment_fit=wrong).decision is None
