@@ -60,7 +60,11 @@ def test_every_table_exactly_once_and_validated(study, run):
 
 
 def test_report_built_and_truth_recovered(study):
+    from loss_slope.report.registry import FIGURES
+
     assert (study / "results/report/summary.md").exists()
+    figures = sorted(p.name for p in (study / "results/report/figures").glob("*.*"))
+    assert figures == sorted(f"{name}.{ext}" for name in FIGURES for ext in ("png", "svg"))
     table = pd.read_parquet(study / "results/report/runs.parquet")
     truths = load_truths(study)
     assert len(truths) == len(RUNS)

@@ -87,7 +87,7 @@ def test_titles_state_the_findings(partial):
 
 def test_mosaic_shows_the_three_best_and_three_worst(partial):
     table, stats, curves = partial
-    fig = F.plot_loss_mosaic(table, curves, stats)
+    fig = F.plot_loss_mosaic(table, stats, curves)
     titles = [ax.get_title() for ax in fig.axes[:6]]
     assert sum("highest R²" in t for t in titles) == 3 and sum("lowest R²" in t for t in titles) == 3
     ok = table[table.status == "ok"].sort_values("h1_literal_r2")

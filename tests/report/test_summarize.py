@@ -187,3 +187,36 @@ def test_summarize_writes_parquet_csv_variant_tables_and_json(tmp_path):
     assert v.set_index("variant").loc["S-core", ["n_ok", "n_invalid", "n_diverged"]].tolist() == [4, 1, 1]
     written = json.loads((out / "stats.json").read_text())
     assert written["study"] == "synthetic" and written["counts"] == stats["counts"]
+
+
+def test_h1_h2_sections_round_trip_through_their_typed_form():
+    """stats.json's H1/H2 sections are written by the typed results' to_dict(): reading them back
+    with from_dict() and writing again gives the same JSON, key order included."""
+
+    from loss_slope.report.results import H1Section, H2Section, NotComputable
+
+    runs, fits = partial_sweep()
+    table = run_table([f["row"] for f in fits], runs)
+    for study in (STUDY, {**STUDY, "confidence": 0.9}):
+        stats = study_statistics(table, study=study, study_name="syn")
+        h1, h2 = H1Section.from_dict(stats["h1"]), H2Section.from_dict(stats)
+        assert json.dumps(h1.to_dict()) == json.dumps(stats["h1"])
+        assert json.dumps(h2.to_dict()) == json.dumps({k: stats[k] for k in H2Section.KEYS})
+        assert h1.main.overall.k == stats["h1"]["single_power_law"]["overall"]["k"]
+        assert h2.h2.overall.spearman_rho == stats["h2"]["overall"]["spearman_rho"]
+    empty = run_table([], runs)
+    stats = study_statistics(empty, study=STUDY, study_name="syn")
+    h2 = H2Section.from_dict(stats)
+    assert isinstance(h2.h2, NotComputable) and not h2.h2.computable and h2.h2.extra["x"] == "alpha_early"
+    assert json.dumps(h2.to_dict()) == json.dumps({k: stats[k] for k in H2Section.KEYS})
+    assert json.dumps(H1Section.from_dict(stats["h1"]).to_dict()) == json.dumps(stats["h1"])
+
+
+def test_unknown_keys_are_kept():
+    from loss_slope.report.results import H1Section
+
+    runs, fits = partial_sweep()
+    stats = study_statistics(run_table([f["row"] for f in fits], runs), study=STUDY, study_name="syn")
+    h1 = {k: dict(v) for k, v in stats["h1"].items()}
+    h1["single_power_law"]["a_new_key"] = [1, {"b": 2}]
+    assert H1Section.from_dict(h1).to_dict()["single_power_law"]["a_new_key"] == [1, {"b": 2}]

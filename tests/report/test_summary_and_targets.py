@@ -9,15 +9,16 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from loss_slope.report.registry import FIGURES
 from loss_slope.report.settings import analysis_problems, fit_settings, study_settings
 from loss_slope.report.summarize import run_table, study_statistics
 from loss_slope.report.summary_md import render_summary
-from loss_slope.report.targets import REPORT_FIGURES, finished_runs, fit_inputs, report_targets, training_state
+from loss_slope.report.targets import finished_runs, fit_inputs, report_targets, training_state
 from loss_slope.study.config import ConfigError, load_config, load_schema, validate_config
 
 from .conftest import STUDY, partial_sweep
 
-FIGS = {name: f"figures/{name}.png" for name in REPORT_FIGURES}
+FIGS = {name: f"figures/{name}.png" for name in FIGURES}
 
 
 @pytest.fixture(scope="module")

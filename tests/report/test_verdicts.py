@@ -3,18 +3,21 @@
 import pytest
 
 from loss_slope.report import verdicts as V
+from loss_slope.report.results import H1Criterion, H2Result, NotComputable
 
 H2_SETTINGS = {"min_abs_rho": 0.7, "max_p": 0.01, "sign": "negative", "confidence": 0.9}
 
 
 def _h2(verdict, rho, lo, hi, p):
-    return {
-        "verdict": verdict,
-        "n_runs": 216,
-        "n_cells": 36,
-        "settings": H2_SETTINGS,
-        "overall": {"spearman_rho": rho, "spearman_ci_low": lo, "spearman_ci_high": hi, "spearman_p": p},
-    }
+    return H2Result.from_dict(
+        {
+            "verdict": verdict,
+            "n_runs": 216,
+            "n_cells": 36,
+            "settings": H2_SETTINGS,
+            "overall": {"spearman_rho": rho, "spearman_ci_low": lo, "spearman_ci_high": hi, "spearman_p": p},
+        }
+    )
 
 
 @pytest.mark.parametrize(
@@ -40,11 +43,9 @@ def test_h2_direction_follows_the_configured_sign():
 
 
 def test_not_computable_says_why():
-    assert V.h2_headline({"verdict": "not computable", "error": "3 cells"}) == "H2 not computable: 3 cells"
-    assert V.h1_headline({"verdict": "not computable", "error": "no run"}, confidence=0.95).endswith("no run")
-    assert V.h1_criterion_sentence({"verdict": "not computable", "error": "no run"}, confidence=0.95) == (
-        "Not computable: no run."
-    )
+    assert V.h2_headline(NotComputable(error="3 cells")) == "H2 not computable: 3 cells"
+    assert V.h1_headline(NotComputable(error="no run"), confidence=0.95).endswith("no run")
+    assert V.h1_criterion_sentence(NotComputable(error="no run"), confidence=0.95) == "Not computable: no run."
 
 
 @pytest.mark.parametrize(
@@ -64,11 +65,43 @@ def test_not_computable_says_why():
     ],
 )
 def test_h1_sentences_match_each_verdict(verdicts, parts):
-    res = {
-        "overall": {"k": 170, "n": 200, "share": 0.85, "ci_low": 0.81, "ci_high": 0.89, "n_cells": 36},
-        "verdicts": verdicts,
-    }
+    res = H1Criterion.from_dict(
+        {
+            "overall": {"k": 170, "n": 200, "share": 0.85, "ci_low": 0.81, "ci_high": 0.89, "n_cells": 36},
+            "verdicts": verdicts,
+        }
+    )
     text = V.h1_criterion_sentence(res, confidence=0.9)
+    assert V.h1_headline(res, confidence=0.9).startswith(f"H1 {V.h1_verdicts_short(verdicts)}: 170 of 200 runs")
     for part in parts:
         assert part in text
     assert "90 % cluster-aware interval" in text and "36 cells" in text
+
+
+def test_figure_titles_use_the_configured_confidence_not_95():
+    """Figure titles take their confidence level and thresholds from the statistics' settings."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from loss_slope.report import figures as F
+    from loss_slope.report.summarize import run_table, study_statistics
+
+    from .conftest import STUDY, partial_sweep
+
+    runs, fits = partial_sweep()
+    table = run_table([f["row"] for f in fits], runs)
+    stats = study_statistics(table, study={**STUDY, "confidence": 0.9, "r2_threshold": 0.97}, study_name="syn")
+    b = F.figure_builders(table, stats, {})
+    for name in ("h1_criteria", "ablation", "alpha_vs_best_val", "r2_histogram"):
+        fig = b[name]()
+        text = " ".join(
+            [fig._suptitle.get_text() if fig._suptitle else ""]
+            + [t for ax in fig.axes for t in (ax.get_title("left"), ax.get_title(), ax.get_xlabel(), ax.get_ylabel())]
+        )
+        assert "90 %" in text and "95 %" not in text, (name, text)
+        plt.close(fig)
+    fig = b["r2_histogram"]()
+    assert "R² = 0.97" in " ".join(t.get_text() for t in fig.axes[0].get_legend().get_texts())
+    plt.close(fig)

@@ -4,9 +4,9 @@
 #                            the others are listed as "missing". Never schedules training.
 from functools import partial
 
+from loss_slope.report.registry import FIGURES
 from loss_slope.report.settings import run_identity, study_settings
 from loss_slope.report.targets import (
-    REPORT_FIGURES,
     fit_inputs,
     missing_reasons,
     report_targets,
@@ -92,16 +92,14 @@ rule build_report:
         ),
         figures=[
             report(
-                f"results/{{reportdir}}/figures/{name}.png",
-                caption=f"../report/{name}.rst",
-                category=category,
-                labels={"figure": label},
+                f"results/{{reportdir}}/figures/{f.name}.png",
+                caption=f"../report/{f.name}.rst",
+                category=f.category,
+                labels={"figure": f.label},
             )
-            for name, (category, label) in REPORT_FIGURES.items()
+            for f in FIGURES.values()
         ],
-        figures_svg=[
-            f"results/{{reportdir}}/figures/{name}.svg" for name in REPORT_FIGURES
-        ],
+        figures_svg=[f"results/{{reportdir}}/figures/{name}.svg" for name in FIGURES],
         curves=[
             report(
                 f"results/{{reportdir}}/figures/curves/{v}.png",

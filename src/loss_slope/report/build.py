@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from ._io import read_json
-from .figures import FIGURES, render_figures
+from .figures import render_figures
 from .summary_md import render_summary
 
 __all__ = ["build_report", "by_stem", "load_curves"]
@@ -53,8 +53,9 @@ def build_report(
     fit_files : sequence of path
         The same fit JSONs ``summarize`` read (curves for the figures).
     figures : mapping
-        Figure name (see :data:`loss_slope.report.figures.FIGURES`) -> paths
-        (the first one, a PNG, is embedded in the summary).
+        Figure name (a key of :data:`loss_slope.report.registry.FIGURES`) -> paths
+        (the first one, a PNG, is embedded in the summary); the rule passes every
+        registered figure.
     variant_figures : mapping
         Variant -> paths of its loss-curve figure.
     summary_md : path
@@ -62,9 +63,6 @@ def build_report(
         Label -> table path, linked from the summary.
     partial : bool
     """
-    unknown = set(figures) - set(FIGURES)
-    if unknown:
-        raise ValueError(f"unknown figure(s) {sorted(unknown)}; known: {sorted(FIGURES)}")
     table = pd.read_parquet(table_parquet)
     stats = read_json(stats_json)
     curves = load_curves(fit_files)

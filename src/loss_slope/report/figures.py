@@ -1,5 +1,10 @@
-"""Report figures: each function takes the per-run table (and the statistics / curves)
-and returns a matplotlib Figure whose title states the finding.
+"""Report figures: each builder takes the per-run table, the statistics and the curves,
+``(table, stats, curves)``, and returns a matplotlib Figure whose title states the finding.
+
+Which figures the report has, and which builder draws each, is listed once in
+:data:`loss_slope.report.registry.FIGURES` (re-exported here).  The verdict lines of
+the titles come from :mod:`.verdicts`; thresholds and the confidence level from the
+statistics' settings, never from a literal here.
 
 Every function renders on a partial sweep (missing, invalid, diverged runs; no
 usable run at all): panels without data say so instead of failing.  Uses the Agg
@@ -11,6 +16,7 @@ from __future__ import annotations
 import math
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +35,13 @@ from matplotlib.ticker import MaxNLocator
 
 from . import verdicts as V
 from ._io import STATUSES, fmt_pct
+from .registry import FIGURES
+from .results import H1Section, H2Section, confidence, study_setting
 
 __all__ = [
     "FIGURES",
+    "figure_builders",
+    "plot_alpha_lr_wd",
     "plot_loss_mosaic",
     "plot_r2_histogram",
     "plot_h1_criteria",
@@ -39,6 +49,7 @@ __all__ = [
     "plot_delta_aic",
     "plot_knee_epochs",
     "plot_window_heatmap",
+    "plot_lr_wd_best_val",
     "plot_lr_wd_heatmap",
     "plot_ablation",
     "plot_run_health",
@@ -112,30 +123,33 @@ def _unit(table: pd.DataFrame) -> str:
     return "nats"
 
 
-def _conf(stats: Mapping[str, Any]) -> float:
-    return float((stats.get("settings") or {}).get("study", {}).get("confidence", 0.95))
+def _h1(stats: Mapping[str, Any]) -> H1Section:
+    return H1Section.from_dict(stats["h1"])
 
 
-def _h1_main(stats: Mapping[str, Any]) -> Mapping[str, Any]:
-    return (stats.get("h1") or {}).get("single_power_law") or {}
+def _h2(stats: Mapping[str, Any]):
+    return H2Section.from_dict(stats).h2
 
 
 def _h1_line(stats: Mapping[str, Any]) -> str:
-    return V.h1_headline(_h1_main(stats), confidence=_conf(stats))
+    return V.h1_headline(_h1(stats).main, confidence=confidence(stats))
 
 
 def _h2_line(stats: Mapping[str, Any]) -> str:
-    return V.h2_headline(stats.get("h2") or {})
+    return V.h2_headline(_h2(stats))
+
+
+def _r2_threshold(stats: Mapping[str, Any]) -> float:
+    return float(study_setting(stats, "r2_threshold"))
 
 
 def _h2_settings(stats: Mapping[str, Any]) -> Mapping[str, Any]:
-    st = (stats.get("h2") or {}).get("settings") or {}
-    study = (stats.get("settings") or {}).get("study", {})
+    """The H2 criterion as configured (``analysis.study``), in the form :mod:`.verdicts` takes."""
     return {
-        "min_abs_rho": float(st.get("min_abs_rho", study.get("h2_min_abs_rho", 0.7))),
-        "max_p": float(st.get("max_p", study.get("h2_max_p", 0.01))),
-        "sign": st.get("sign", study.get("h2_sign", "negative")),
-        "confidence": float(st.get("confidence", study.get("confidence", 0.95))),
+        "min_abs_rho": float(study_setting(stats, "h2_min_abs_rho")),
+        "max_p": float(study_setting(stats, "h2_max_p")),
+        "sign": study_setting(stats, "h2_sign"),
+        "confidence": confidence(stats),
     }
 
 
@@ -150,10 +164,10 @@ def _short_run(variant: str, run: str) -> str:
 
 
 # ---------------------------------------------------------------- 1. mosaic
-def plot_loss_mosaic(table: pd.DataFrame, curves: Mapping[str, Mapping[str, Any]], stats: Mapping[str, Any]) -> Figure:
+def plot_loss_mosaic(table: pd.DataFrame, stats: Mapping[str, Any], curves: Mapping[str, Mapping[str, Any]]) -> Figure:
     """Six loss curves in log-log (the three highest and three lowest literal R²) with fits and knees."""
     r2col = "h1_literal_r2"
-    thr = ((stats.get("h1") or {}).get("literal_r2") or {}).get("threshold") or 0.98
+    thr = _r2_threshold(stats)
     unit = _unit(table)
     ok = _ok(table).assign(_r2=lambda d: _num(d, r2col)).dropna(subset=["_r2"])
     ok = ok[ok["run_key"].isin([k for k, c in curves.items() if c and c.get("curve", {}).get("binned")])]
@@ -245,11 +259,11 @@ def plot_loss_mosaic(table: pd.DataFrame, curves: Mapping[str, Mapping[str, Any]
 
 
 # ---------------------------------------------------------------- 2. R² histogram
-def plot_r2_histogram(table: pd.DataFrame, stats: Mapping[str, Any]) -> Figure:
+def plot_r2_histogram(table: pd.DataFrame, stats: Mapping[str, Any], curves: Mapping[str, Any] | None = None) -> Figure:
     """Histogram of the literal R² (straight line in log-log after the knee) and of the
     floor + shift power law's R², with the threshold, split by the H1 decision."""
-    lit = (stats.get("h1") or {}).get("literal_r2") or {}
-    thr = float(lit.get("threshold") or 0.98)
+    lit = _h1(stats).literal
+    thr = _r2_threshold(stats)
     ok = _ok(table)
     a = _num(ok, "h1_literal_r2")
     b = _num(ok, "post_knee_r2").dropna().to_numpy()
@@ -284,43 +298,41 @@ def plot_r2_histogram(table: pd.DataFrame, stats: Mapping[str, Any]) -> Figure:
     ax.set_xlabel("R² after the knee, log training loss against log step (dimensionless)")
     ax.set_ylabel("runs (count)")
     ax.set_title(textwrap.fill(_h1_line(stats), int(fig.get_figwidth() * 14)), loc="left", fontsize=9)
-    lit_o = lit.get("overall")
     head = "The protocol's literal H1 criterion: R² of a straight line in log-log after the knee"
-    if lit_o:
-        head += f" — {lit_o['k']} of {lit_o['n']} runs reach {thr:g}, whatever their shape (colours)"
+    if lit.computable:
+        head += f" — {lit.overall.k} of {lit.overall.n} runs reach {thr:g}, whatever their shape (colours)"
     _suptitle(fig, head)
     return fig
 
 
-def plot_h1_criteria(stats: Mapping[str, Any]) -> Figure:
+def plot_h1_criteria(table: pd.DataFrame, stats: Mapping[str, Any], curves: Mapping[str, Any] | None = None) -> Figure:
     """Share of runs meeting each H1 criterion (and knee definition), with cluster-aware intervals."""
-    h1 = stats.get("h1") or {}
-    conf = _conf(stats)
-    rows = [(name, r) for name, r in h1.items() if r.get("overall")]
+    conf = confidence(stats)
+    rows = [(name, r) for name, r in _h1(stats).criteria.items() if r.computable]
     fig, ax = plt.subplots(figsize=(10, 1.6 + 0.55 * max(1, len(rows))), constrained_layout=True)
     if not rows:
         _empty(ax, "no H1 criterion is computable")
         _suptitle(fig, "H1 by criterion: nothing to show")
         return fig
-    targets = [float(t) for t in (rows[0][1].get("target_shares") or [])]
+    targets = [float(t) for t in rows[0][1].target_shares]
     y = np.arange(len(rows))[::-1]
     for yi, (name, r) in zip(y, rows):
-        o = r["overall"]
-        main = name == "single_power_law"
-        ax.barh(yi, 100 * o["share"], color="#2e7d32" if main else "#90a4ae", alpha=0.9)
+        o = r.overall
+        main = name == H1Section.MAIN
+        ax.barh(yi, 100 * o.share, color="#2e7d32" if main else "#90a4ae", alpha=0.9)
         ax.errorbar(
-            100 * o["share"],
+            100 * o.share,
             yi,
-            xerr=[[max(100 * (o["share"] - o["ci_low"]), 0.0)], [max(100 * (o["ci_high"] - o["share"]), 0.0)]],
+            xerr=[[max(100 * (o.share - o.ci_low), 0.0)], [max(100 * (o.ci_high - o.share), 0.0)]],
             color="black",
             capsize=4,
             fmt="none",
         )
-        verdicts = ", ".join(f"{v} vs {fmt_pct(float(t))}" for t, v in (r.get("verdicts") or {}).items())
-        ax.annotate(f"{o['k']}/{o['n']}: {verdicts}", (101, yi), va="center", fontsize=8, annotation_clip=False)
+        verdicts = V.h1_verdicts_short(r.verdicts)
+        ax.annotate(f"{o.k}/{o.n}: {verdicts}", (101, yi), va="center", fontsize=8, annotation_clip=False)
     for t in targets:
         ax.axvline(100 * t, color="#c62828", ls="--", lw=1.2)
-    ax.set_yticks(y, [textwrap.fill(r.get("label", n), 48) for n, r in rows], fontsize=8)
+    ax.set_yticks(y, [textwrap.fill(r.label or n, 48) for n, r in rows], fontsize=8)
     ax.set_xlim(0, 100)
     ax.set_xlabel(f"runs meeting the criterion (%; {fmt_pct(conf)} cluster-aware interval; dashed: targets)")
     _suptitle(fig, _h1_line(stats))
@@ -328,13 +340,13 @@ def plot_h1_criteria(stats: Mapping[str, Any]) -> Figure:
 
 
 # ---------------------------------------------------------------- 3. α vs best val CE
-def plot_alpha_vs_val(table: pd.DataFrame, stats: Mapping[str, Any]) -> Figure:
+def plot_alpha_vs_val(table: pd.DataFrame, stats: Mapping[str, Any], curves: Mapping[str, Any] | None = None) -> Figure:
     """α_early vs best validation CE: runs coloured by LR, marker by variant, cell means as
     large outlined markers (the grid's share of the relation is the spread of the means)."""
     ok = _ok(table)
     unit = _unit(table)
     fig, ax = plt.subplots(figsize=(9, 7), constrained_layout=True)
-    win = (stats.get("settings") or {}).get("early_window") or [5, 15]
+    win = stats["settings"]["early_window"]
     y = _num(ok, "best_val_ce")
     xe = _num(ok, "alpha_early")
     if not (y.notna() & xe.notna()).any():
@@ -377,17 +389,16 @@ def plot_alpha_vs_val(table: pd.DataFrame, stats: Mapping[str, Any]) -> Figure:
         handles.append(
             Line2D([], [], marker="o", ls="", mfc="white", mec="black", ms=11, label="cell mean (variant × LR × WD)")
         )
-        h2 = stats.get("h2") or {}
+        h2 = _h2(stats)
         for key, lab in (("overall", "pooled"), ("cell_means", "cell means"), ("within_cell", "within cells")):
-            c = h2.get(key)
-            if c and c.get("spearman_rho") is not None:
+            c = getattr(h2, key) if h2.computable else None
+            if c and c.spearman_rho is not None:
                 handles.append(
                     Line2D(
                         [],
                         [],
                         ls="",
-                        label=f"{lab}: ρ = {c['spearman_rho']:.2f} "
-                        f"[{V.interval(c.get('spearman_ci_low'), c.get('spearman_ci_high'))}]",
+                        label=f"{lab}: ρ = {c.spearman_rho:.2f} [{V.interval(c.spearman_ci_low, c.spearman_ci_high)}]",
                     )
                 )
         fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=8, frameon=False)
@@ -404,7 +415,9 @@ def plot_alpha_vs_val(table: pd.DataFrame, stats: Mapping[str, Any]) -> Figure:
 
 
 # ---------------------------------------------------------------- 4. ΔAIC
-def plot_delta_aic(table: pd.DataFrame) -> Figure:
+def plot_delta_aic(
+    table: pd.DataFrame, stats: Mapping[str, Any] | None = None, curves: Mapping[str, Any] | None = None
+) -> Figure:
     """ΔAIC of exponential / power / two-power per run (0 = best), grouped by variant."""
     ok = _ok(table)
     models = ["exponential", "power", "two_power"]
@@ -481,7 +494,13 @@ def _found(g: pd.DataFrame, method: str) -> np.ndarray:
     return e.dropna().to_numpy()
 
 
-def plot_knee_epochs(table: pd.DataFrame, methods: Sequence[str] | None = None) -> Figure:
+def plot_knee_epochs(
+    table: pd.DataFrame,
+    stats: Mapping[str, Any] | None = None,
+    curves: Mapping[str, Any] | None = None,
+    *,
+    methods: Sequence[str] | None = None,
+) -> Figure:
     """Knee epoch per variant, one box per knee method (found knees only)."""
     ok = _ok(table)
     if methods is None:
@@ -555,7 +574,9 @@ def plot_knee_epochs(table: pd.DataFrame, methods: Sequence[str] | None = None) 
 
 
 # ---------------------------------------------------------------- 6. window robustness
-def plot_window_heatmap(stats: Mapping[str, Any]) -> Figure:
+def plot_window_heatmap(
+    table: pd.DataFrame, stats: Mapping[str, Any], curves: Mapping[str, Any] | None = None
+) -> Figure:
     """Spearman ρ(α over [start, stop), best val CE) over shifted windows."""
     hm = stats.get("window_heatmap")
     fig, ax = plt.subplots(figsize=(9, 7.4), constrained_layout=True)
@@ -705,31 +726,45 @@ def plot_lr_wd_heatmap(table: pd.DataFrame, column: str = "best_val_ce") -> Figu
     return fig
 
 
+def plot_alpha_lr_wd(
+    table: pd.DataFrame, stats: Mapping[str, Any] | None = None, curves: Mapping[str, Any] | None = None
+) -> Figure:
+    """α_early (mean over seeds) over LR × WD, one panel per variant: the grid's share of H2."""
+    return plot_lr_wd_heatmap(table, "alpha_early")
+
+
+def plot_lr_wd_best_val(
+    table: pd.DataFrame, stats: Mapping[str, Any] | None = None, curves: Mapping[str, Any] | None = None
+) -> Figure:
+    """Best validation CE (geometric mean over seeds) over LR × WD, one panel per variant."""
+    return plot_lr_wd_heatmap(table, "best_val_ce")
+
+
 # ---------------------------------------------------------------- 8. ablation
-def plot_ablation(table: pd.DataFrame, stats: Mapping[str, Any]) -> Figure:
+def plot_ablation(table: pd.DataFrame, stats: Mapping[str, Any], curves: Mapping[str, Any] | None = None) -> Figure:
     """Per variant: share of single power laws and pooled Spearman ρ, with cluster-aware intervals."""
     variants = _variants(table)
     colors = _variant_colors(variants)
-    h1 = _h1_main(stats)
-    h2 = stats.get("h2") or {}
-    conf = _conf(stats)
+    h1 = _h1(stats).main
+    h2 = _h2(stats)
+    conf = confidence(stats)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(max(10, 2.3 * len(variants) + 4), 5.2), constrained_layout=True)
     x = np.arange(len(variants))
-    byv = h1.get("by_variant") or {}
+    byv = h1.by_variant if h1.computable else {}
     for i, v in enumerate(variants):
         s = byv.get(v)
         if s:
-            a1.bar(i, 100 * s["share"], color=colors[v], alpha=0.85)
+            a1.bar(i, 100 * s.share, color=colors[v], alpha=0.85)
             a1.errorbar(
                 i,
-                100 * s["share"],
-                yerr=[[max(100 * (s["share"] - s["ci_low"]), 0.0)], [max(100 * (s["ci_high"] - s["share"]), 0.0)]],
+                100 * s.share,
+                yerr=[[max(100 * (s.share - s.ci_low), 0.0)], [max(100 * (s.ci_high - s.share), 0.0)]],
                 color="black",
                 capsize=5,
             )
             a1.annotate(
-                f"{s['k']}/{s['n']}",
-                (i, 100 * s["ci_high"]),
+                f"{s.k}/{s.n}",
+                (i, 100 * s.ci_high),
                 xytext=(0, 4),
                 textcoords="offset points",
                 ha="center",
@@ -737,23 +772,23 @@ def plot_ablation(table: pd.DataFrame, stats: Mapping[str, Any]) -> Figure:
             )
         else:
             a1.annotate("no decided run", (i, 2), ha="center", rotation=90, color="0.4", fontsize=9)
-    for t in h1.get("target_shares") or []:
+    for t in h1.target_shares if h1.computable else ():
         a1.axhline(100 * float(t), color="#c62828", ls="--", lw=1.2)
     a1.set_ylim(0, 105)
     a1.set_xticks(x, variants)
     a1.set_ylabel(f"runs that are one power law after the knee (%, {fmt_pct(conf)} cluster-aware CI)")
     a1.set_title("H1 per variant (dashed: targets)", loc="left", fontsize=9)
-    byg = h2.get("by_variant") or {}
+    byg = h2.by_variant if h2.computable else {}
     st = _h2_settings(stats)
     for i, v in enumerate(variants):
-        c = (byg.get(v) or {}).get("overall")
-        if c and c.get("spearman_rho") is not None:
-            rho, lo, hi = c["spearman_rho"], c["spearman_ci_low"], c["spearman_ci_high"]
+        c = byg[v].overall if v in byg else None
+        if c and c.spearman_rho is not None:
+            rho, lo, hi = c.spearman_rho, c.spearman_ci_low, c.spearman_ci_high
             a2.bar(i, rho, color=colors[v], alpha=0.85)
             if lo is not None and hi is not None:
                 a2.errorbar(i, rho, yerr=[[max(rho - lo, 0.0)], [max(hi - rho, 0.0)]], color="black", capsize=5)
             a2.annotate(
-                f"{byg[v].get('n_cells')} cells\n{byg[v].get('verdict')}",
+                f"{byg[v].n_cells} cells\n{byg[v].verdict}",
                 (i, max(hi or rho, rho)),
                 xytext=(0, 4),
                 textcoords="offset points",
@@ -776,7 +811,9 @@ def plot_ablation(table: pd.DataFrame, stats: Mapping[str, Any]) -> Figure:
 
 
 # ---------------------------------------------------------------- 9. run health
-def plot_run_health(table: pd.DataFrame) -> Figure:
+def plot_run_health(
+    table: pd.DataFrame, stats: Mapping[str, Any] | None = None, curves: Mapping[str, Any] | None = None
+) -> Figure:
     """Runs per status and variant: a partial sweep is obvious at a glance."""
     variants = _variants(table)
     fig, ax = plt.subplots(figsize=(10, 1.6 + 0.45 * max(1, len(variants))), constrained_layout=True)
@@ -878,22 +915,6 @@ def plot_variant_curves(table: pd.DataFrame, curves: Mapping[str, Mapping[str, A
 
 
 # ---------------------------------------------------------------- output
-#: figure name -> what it shows (the order of the report)
-FIGURES = {
-    "run_health": "Run health per variant (ok / too short / invalid / diverged / missing)",
-    "h1_criteria": "H1: share of runs meeting each criterion and knee definition, with intervals",
-    "r2_histogram": "H1: the literal criterion's R² (straight line after the knee), by H1 decision",
-    "loss_curves_mosaic": "H1: the three highest- and three lowest-R² loss curves with fits and knees",
-    "alpha_vs_best_val": "H2: α_early vs best validation CE, coloured by LR, with the cell means",
-    "alpha_lr_wd": "H2: α_early over the LR × WD grid (the grid's share of the relation)",
-    "window_robustness": "H2: Spearman ρ for shifted α windows",
-    "ablation": "H1 share and H2 ρ per variant",
-    "delta_aic": "Model comparison: ΔAIC of exponential, power and two-power fits",
-    "knee_epochs": "Knee epochs per variant and detector",
-    "lr_wd_best_val": "Best validation CE over the LR × WD grid",
-}
-
-
 def save_figure(fig: Figure, paths: Sequence[str | Path], *, dpi: int = 150) -> None:
     for p in paths:
         p = Path(p)
@@ -905,19 +926,8 @@ def save_figure(fig: Figure, paths: Sequence[str | Path], *, dpi: int = 150) -> 
 def figure_builders(
     table: pd.DataFrame, stats: Mapping[str, Any], curves: Mapping[str, Mapping[str, Any]]
 ) -> dict[str, Callable[[], Figure]]:
-    return {
-        "run_health": lambda: plot_run_health(table),
-        "h1_criteria": lambda: plot_h1_criteria(stats),
-        "r2_histogram": lambda: plot_r2_histogram(table, stats),
-        "loss_curves_mosaic": lambda: plot_loss_mosaic(table, curves, stats),
-        "alpha_vs_best_val": lambda: plot_alpha_vs_val(table, stats),
-        "alpha_lr_wd": lambda: plot_lr_wd_heatmap(table, "alpha_early"),
-        "window_robustness": lambda: plot_window_heatmap(stats),
-        "ablation": lambda: plot_ablation(table, stats),
-        "delta_aic": lambda: plot_delta_aic(table),
-        "knee_epochs": lambda: plot_knee_epochs(table),
-        "lr_wd_best_val": lambda: plot_lr_wd_heatmap(table),
-    }
+    """Figure name -> a call that draws it with its registered builder (:data:`FIGURES` order)."""
+    return {name: partial(_BUILDERS[name], table, stats, curves) for name in FIGURES}
 
 
 def render_figures(
@@ -938,9 +948,23 @@ def render_figures(
     variant_outputs : mapping, optional
         Variant -> paths of its loss-curve figure.
     """
+    unknown = set(outputs) - set(FIGURES)
+    if unknown:
+        raise ValueError(f"unknown figure(s) {sorted(unknown)}; known: {sorted(FIGURES)}")
     builders = figure_builders(table, stats, curves)
     with plt.rc_context(PLT_RC):
         for name, paths in outputs.items():
             save_figure(builders[name](), paths)
         for v, paths in (variant_outputs or {}).items():
             save_figure(plot_variant_curves(table, curves, v), paths)
+
+
+def _builders() -> dict[str, Callable[..., Figure]]:
+    """Each registered figure's builder; a registry entry naming no function here fails at import."""
+    missing = [f"{f.name} -> {f.builder}" for f in FIGURES.values() if not callable(globals().get(f.builder))]
+    if missing:
+        raise ImportError(f"figures registered without a builder in {__name__}: {', '.join(missing)}")
+    return {f.name: globals()[f.builder] for f in FIGURES.values()}
+
+
+_BUILDERS = _builders()

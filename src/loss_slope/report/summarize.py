@@ -27,6 +27,7 @@ from loss_slope.analysis import (
 
 from ._io import EXCLUDED_STATUSES, STATUSES, one_thread, read_json, write_json
 from .fit_run import TIME_AXES
+from .results import H1Criterion, H1Section, H2Literal, H2Result, H2Section, NotComputable
 from .truth import compare_with_truth, load_truths
 
 __all__ = [
@@ -180,11 +181,13 @@ def h1_criteria(time_axis: str, other_axis: str | None) -> dict[str, tuple[str, 
     return out
 
 
-def _not_computable(error: str, **extra) -> dict:
-    return {"verdict": "not computable", "error": error, **extra}
+def _not_computable(error: str, **extra) -> NotComputable:
+    return NotComputable.from_dict({"verdict": "not computable", "error": error, **extra})
 
 
-def _h1(table: pd.DataFrame, study: Mapping[str, Any], column: str, threshold: float | None, label: str) -> dict:
+def _h1(
+    table: pd.DataFrame, study: Mapping[str, Any], column: str, threshold: float | None, label: str
+) -> H1Criterion | NotComputable:
     info = {"column": column, "threshold": threshold, "label": label}
     if column not in table.columns or not pd.Series(table[column]).notna().any():
         return _not_computable(f"no run has a value of {column}", **info)
@@ -202,10 +205,10 @@ def _h1(table: pd.DataFrame, study: Mapping[str, Any], column: str, threshold: f
         )
     except (AnalysisError, KeyError, ValueError) as exc:
         return _not_computable(str(exc), **info)
-    return {**res.to_dict(), **info}
+    return H1Criterion.from_dict({**res.to_dict(), **info})
 
 
-def _h2(table: pd.DataFrame, study: Mapping[str, Any], x: str, *, worst_rank: bool = False) -> dict:
+def _h2(table: pd.DataFrame, study: Mapping[str, Any], x: str, *, worst_rank: bool = False) -> H2Result | NotComputable:
     info = {"x": x, "y": "best_val_ce", "level": "early_end_loss"}
     if x not in table.columns or not (table["status"] == "ok").any():
         return _not_computable(f"no usable run has {x} (0 of {len(table)} runs are ok)", **info)
@@ -228,10 +231,10 @@ def _h2(table: pd.DataFrame, study: Mapping[str, Any], x: str, *, worst_rank: bo
             res = h2_statistics(table, **kwargs)
     except (AnalysisError, KeyError, ValueError) as exc:
         return _not_computable(str(exc), **info)
-    return {**res.to_dict(), **info}
+    return H2Result.from_dict({**res.to_dict(), **info})
 
 
-def _h2_literal(table: pd.DataFrame, study: Mapping[str, Any], x: str) -> dict:
+def _h2_literal(table: pd.DataFrame, study: Mapping[str, Any], x: str) -> H2Literal | NotComputable:
     """The protocol's literal H2 rule: |Spearman ρ| >= threshold and p < max p over runs
     treated as independent (what the cluster-aware verdict replaces)."""
     ok = table[table["status"] == "ok"]
@@ -245,13 +248,13 @@ def _h2_literal(table: pd.DataFrame, study: Mapping[str, Any], x: str) -> dict:
     r = sps.spearmanr(xv[keep], yv[keep])
     rho, p = float(r.statistic), float(r.pvalue)
     ok_rule = abs(rho) >= float(study["h2_min_abs_rho"]) and p < float(study["h2_max_p"])
-    return {
-        "verdict": "supported" if ok_rule else "not supported",
-        "spearman_rho": rho,
-        "spearman_p": p,
-        "n": int(keep.sum()),
-        "rule": "|rho| >= h2_min_abs_rho and p < h2_max_p, runs as independent",
-    }
+    return H2Literal(
+        verdict="supported" if ok_rule else "not supported",
+        spearman_rho=rho,
+        spearman_p=p,
+        n=int(keep.sum()),
+        rule="|rho| >= h2_min_abs_rho and p < h2_max_p, runs as independent",
+    )
 
 
 def _cells(table: pd.DataFrame) -> list[dict]:
@@ -362,10 +365,19 @@ def study_statistics(
     other = next(a for a in TIME_AXES if a != time_axis)
     has_other = f"{other}__h1_single_power_law" in table.columns
     thr = float(study["r2_threshold"])
-    h1 = {
-        name: _h1(table, study, column, thr if numeric else None, label)
-        for name, (column, numeric, label) in h1_criteria(time_axis, other if has_other else None).items()
-    }
+    h1 = H1Section(
+        {
+            name: _h1(table, study, column, thr if numeric else None, label)
+            for name, (column, numeric, label) in h1_criteria(time_axis, other if has_other else None).items()
+        }
+    )
+    h2 = H2Section(
+        h2=_h2(table, study, "alpha_early"),
+        h2_literal=_h2_literal(table, study, "alpha_early"),
+        h2_diverged_worst_rank=_h2(table, study, "alpha_early", worst_rank=True),
+        h2_alpha_full=_h2(table, study, "alpha_full"),
+        h2_other_axis=_h2(table, study, f"{other}__alpha_early") if has_other else None,
+    )
     return {
         "study": study_name,
         "n_runs": int(len(table)),
@@ -374,12 +386,8 @@ def study_statistics(
         "counts_by_cell": _cells(table),
         "time_axis": time_axis,
         "other_time_axis": other if has_other else None,
-        "h1": h1,
-        "h2": _h2(table, study, "alpha_early"),
-        "h2_literal": _h2_literal(table, study, "alpha_early"),
-        "h2_diverged_worst_rank": _h2(table, study, "alpha_early", worst_rank=True),
-        "h2_alpha_full": _h2(table, study, "alpha_full"),
-        "h2_other_axis": _h2(table, study, f"{other}__alpha_early") if has_other else None,
+        "h1": h1.to_dict(),
+        **h2.to_dict(),
         "window_heatmap": heat,
         "excluded_runs": excluded,
         "settings": {"study": dict(study), "early_window": list(early_window), "time_axis": time_axis},
@@ -396,8 +404,10 @@ def _median(g: pd.DataFrame, col: str) -> float:
 def variant_table(table: pd.DataFrame, stats: Mapping[str, Any]) -> pd.DataFrame:
     """One row per variant: run health, H1 share (single power law), H2 correlations, medians."""
     rows = []
-    h1 = (stats["h1"].get("single_power_law") or {}).get("by_variant") or {}
-    h2 = stats["h2"].get("by_variant") or {}
+    main = H1Section.from_dict(stats["h1"]).main
+    h1 = main.by_variant if main.computable else {}
+    h2_res = H2Section.from_dict(stats).h2
+    h2 = h2_res.by_variant if h2_res.computable else {}
     for v, g in table.groupby("variant", sort=False):
         ok = g[g["status"] == "ok"]
         row: dict[str, Any] = {
@@ -409,19 +419,19 @@ def variant_table(table: pd.DataFrame, stats: Mapping[str, Any]) -> pd.DataFrame
         s = h1.get(str(v))
         row.update(
             {
-                "h1_k": s["k"] if s else None,
-                "h1_n": s["n"] if s else 0,
-                "h1_share": s["share"] if s else math.nan,
-                "h1_ci_low": s["ci_low"] if s else math.nan,
-                "h1_ci_high": s["ci_high"] if s else math.nan,
+                "h1_k": s.k if s else None,
+                "h1_n": s.n if s else 0,
+                "h1_share": s.share if s else math.nan,
+                "h1_ci_low": s.ci_low if s else math.nan,
+                "h1_ci_high": s.ci_high if s else math.nan,
             }
         )
-        c = h2.get(str(v)) or {}
-        row["h2_verdict"] = c.get("verdict")
+        c = h2.get(str(v))
+        row["h2_verdict"] = c.verdict if c else None
         for part in ("overall", "within_cell"):
-            d = c.get(part) or {}
+            d = getattr(c, part) if c else None
             for k in ("n", "n_cells", "spearman_rho", "spearman_p", "spearman_ci_low", "spearman_ci_high"):
-                row[f"h2_{part}_{k}"] = d.get(k, math.nan)
+                row[f"h2_{part}_{k}"] = getattr(d, k) if d else math.nan
         for col in (
             "h1_literal_r2",
             "post_knee_r2",

@@ -10,6 +10,16 @@ import pandas as pd
 
 from . import verdicts as V
 from ._io import STATUSES, fmt_num as _f, fmt_p, fmt_pct
+from .registry import figures_in
+from .results import (
+    Correlation,
+    H1Criterion,
+    H1Section,
+    H2Section,
+    NotComputable,
+    confidence,
+    study_setting,
+)
 from .truth import truth_markdown
 
 __all__ = ["render_summary"]
@@ -25,26 +35,21 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _conf(stats: Mapping[str, Any]) -> float:
-    return float(stats.get("settings", {}).get("study", {}).get("confidence", 0.95))
-
-
-def _h1_row(name: str, res: Mapping[str, Any], conf: float) -> list[str]:
-    o = res.get("overall")
-    label = res.get("label", name)
-    if not o or res.get("verdict") == "not computable":
-        return [label, "—", "—", "—", f"not computable: {res.get('error', '')}", ""]
-    verdicts = list((res.get("verdicts") or {}).items())
-    cols = [label, f"{o['k']} / {o['n']}", fmt_pct(o["share"]), V.interval(o["ci_low"], o["ci_high"], pct=True)]
+def _h1_row(name: str, res: H1Criterion | NotComputable) -> list[str]:
+    if not res.computable:
+        return [res.extra.get("label", name), "—", "—", "—", f"not computable: {res.error}", ""]
+    o = res.overall
+    verdicts = list(res.verdicts.items())
+    cols = [res.label or name, f"{o.k} / {o.n}", fmt_pct(o.share), V.interval(o.ci_low, o.ci_high, pct=True)]
     cols += [f"{v} (vs {fmt_pct(float(t))})" for t, v in verdicts[:2]]
     cols += [""] * (6 - len(cols))
     return cols
 
 
-def _h1_section(stats: Mapping[str, Any], table: pd.DataFrame, fig) -> list[str]:
-    h1 = stats["h1"]
-    conf = _conf(stats)
-    main, literal = h1.get("single_power_law") or {}, h1.get("literal_r2") or {}
+def _h1_section(stats: Mapping[str, Any], table: pd.DataFrame, figs) -> list[str]:
+    h1 = H1Section.from_dict(stats["h1"])
+    conf = confidence(stats)
+    main, literal = h1.main, h1.literal
     out = ["## H1 — after the knee, is the training loss one power law?", ""]
     out += [
         "**Defensible criterion** — after the knee found by the calibrated test, the curve is one power law: "
@@ -53,16 +58,10 @@ def _h1_section(stats: Mapping[str, Any], table: pd.DataFrame, fig) -> list[str]
         "of the segment (docs/analysis.md). " + V.h1_criterion_sentence(main, confidence=conf),
         "",
     ]
-    wf = main.get("with_excluded_as_failures")
+    wf = main.with_excluded_as_failures if main.computable else None
     if wf:
-        out += [
-            f"Counting every excluded or undecided run as a failure: {wf['k']} of {wf['n']} runs "
-            f"({fmt_pct(wf['share'])}, interval {V.interval(wf['ci_low'], wf['ci_high'], pct=True)}): "
-            + "; ".join(f"{v} against {fmt_pct(float(t))}" for t, v in (wf.get("verdicts") or {}).items())
-            + ".",
-            "",
-        ]
-    thr = literal.get("threshold")
+        out += [V.h1_failures_sentence(wf), ""]
+    thr = study_setting(stats, "r2_threshold")
     out += [
         f"**The protocol's literal criterion** — straight-line log-log R² ≥ {_f(thr, 'g')} after the knee. "
         + V.h1_criterion_sentence(literal, confidence=conf)
@@ -70,9 +69,9 @@ def _h1_section(stats: Mapping[str, Any], table: pd.DataFrame, fig) -> list[str]
         "a broken one can pass it, so it is reported, not decided on.",
         "",
     ]
-    rows = [_h1_row(name, res, conf) for name, res in h1.items()]
+    rows = [_h1_row(name, res) for name, res in h1.criteria.items()]
     out += [_table(["criterion", "runs", "share", f"{fmt_pct(conf)} interval", "verdict", "verdict"], rows), ""]
-    byv = main.get("by_variant") or {}
+    byv = main.by_variant if main.computable else {}
     if byv:
         out += [
             "Per variant (defensible criterion; few cells per variant, so the intervals are wide):",
@@ -80,7 +79,7 @@ def _h1_section(stats: Mapping[str, Any], table: pd.DataFrame, fig) -> list[str]
             _table(
                 ["variant", "single power law", "share", "interval"],
                 [
-                    [v, f"{s['k']} / {s['n']}", fmt_pct(s["share"]), V.interval(s["ci_low"], s["ci_high"], pct=True)]
+                    [v, f"{s.k} / {s.n}", fmt_pct(s.share), V.interval(s.ci_low, s.ci_high, pct=True)]
                     for v, s in byv.items()
                 ],
             ),
@@ -106,33 +105,40 @@ def _h1_section(stats: Mapping[str, Any], table: pd.DataFrame, fig) -> list[str]
             "where it found none, the whole curve is tested.",
             "",
         ]
-    out += [fig("h1_criteria"), "", fig("r2_histogram"), "", fig("loss_curves_mosaic"), ""]
+    out += figs("h1")
     return out
 
 
-def _corr_cell(c: Mapping[str, Any] | None) -> str:
-    if not c or c.get("spearman_rho") is None:
+def _corr_cell(c: Correlation | None) -> str:
+    if not c or c.spearman_rho is None:
         return "n/a"
-    return f"{_f(c['spearman_rho'])} [{V.interval(c.get('spearman_ci_low'), c.get('spearman_ci_high'))}]"
+    return f"{_f(c.spearman_rho)} [{V.interval(c.spearman_ci_low, c.spearman_ci_high)}]"
 
 
-def _h2_section(stats: Mapping[str, Any], fig) -> list[str]:
-    h2 = stats["h2"]
-    win = stats.get("settings", {}).get("early_window", [5, 15])
+def _n(c: Correlation | None) -> Any:
+    return c.n if c else "n/a"
+
+
+def _p(c: Correlation | None) -> str:
+    return fmt_p(c.spearman_p if c else None)
+
+
+def _h2_section(stats: Mapping[str, Any], figs) -> list[str]:
+    section = H2Section.from_dict(stats)
+    h2 = section.h2
+    win = stats["settings"]["early_window"]
     out = ["## H2 — does the early slope α_early predict the best validation cross-entropy?", ""]
-    o = h2.get("overall")
-    if not o or h2.get("verdict") == "not computable":
-        out += [f"**Not computable:** {h2.get('error', 'no usable run')}.", ""]
+    if not h2.computable:
+        out += [f"**Not computable:** {h2.error}.", ""]
     else:
-        st = h2.get("settings") or {}
-        conf = float(st.get("confidence", _conf(stats)))
+        o, st = h2.overall, h2.settings
         out += [
-            f"**Defensible verdict: {h2['verdict']}.** Over {h2['n_runs']} usable runs in {h2['n_cells']} cells "
+            f"**Defensible verdict: {h2.verdict}.** Over {h2.n_runs} usable runs in {h2.n_cells} cells "
             f"(variant × LR × WD), the log-log slope over epochs {win[0]:g}–{win[1]:g} (α_early) and the best "
-            f"validation CE have Spearman ρ = {_f(o['spearman_rho'])} ({fmt_pct(conf)} interval "
-            f"{V.interval(o['spearman_ci_low'], o['spearman_ci_high'])}, p = {fmt_p(o['spearman_p'])}; both from "
+            f"validation CE have Spearman ρ = {_f(o.spearman_rho)} ({fmt_pct(float(st['confidence']))} interval "
+            f"{V.interval(o.spearman_ci_low, o.spearman_ci_high)}, p = {fmt_p(o.spearman_p)}; both from "
             f"resampling whole cells and seeds). The criterion is {V.h2_criterion(st)} with p < "
-            f"{float(st.get('max_p', 0.01)):g}: {V.h2_verdict_reason(h2['verdict'], st)}.",
+            f"{float(st['max_p']):g}: {V.h2_verdict_reason(h2.verdict, st)}.",
             "",
             "Where the relation comes from — between cells (the grid's LR and WD drive both numbers) or within a "
             "cell (seeds of one configuration):",
@@ -140,35 +146,25 @@ def _h2_section(stats: Mapping[str, Any], fig) -> list[str]:
             _table(
                 ["correlation", "n", "Spearman ρ [interval]", "p"],
                 [
-                    ["pooled over runs", o["n"], _corr_cell(o), fmt_p(o["spearman_p"])],
-                    [
-                        "over cell means",
-                        (h2.get("cell_means") or {}).get("n", "n/a"),
-                        _corr_cell(h2.get("cell_means")),
-                        fmt_p((h2.get("cell_means") or {}).get("spearman_p")),
-                    ],
+                    ["pooled over runs", o.n, _corr_cell(o), fmt_p(o.spearman_p)],
+                    ["over cell means", _n(h2.cell_means), _corr_cell(h2.cell_means), _p(h2.cell_means)],
                     [
                         "within cells (deviations from the cell mean)",
-                        (h2.get("within_cell") or {}).get("n", "n/a"),
-                        _corr_cell(h2.get("within_cell")),
-                        fmt_p((h2.get("within_cell") or {}).get("spearman_p")),
+                        _n(h2.within_cell),
+                        _corr_cell(h2.within_cell),
+                        _p(h2.within_cell),
                     ],
-                    [
-                        "partial, given variant, LR and WD",
-                        (h2.get("partial") or {}).get("n", "n/a"),
-                        _corr_cell(h2.get("partial")),
-                        fmt_p((h2.get("partial") or {}).get("spearman_p")),
-                    ],
+                    ["partial, given variant, LR and WD", _n(h2.partial), _corr_cell(h2.partial), _p(h2.partial)],
                 ],
             ),
             "",
         ]
-        skipped = (h2.get("within_cell") or {}).get("n_skipped_cells") or 0
+        skipped = (h2.within_cell.n_skipped_cells if h2.within_cell else 0) or 0
         if skipped:
             out += [f"{skipped} cell(s) with a single usable seed add nothing within cells and are skipped.", ""]
-        vl = h2.get("versus_level")
+        vl = h2.versus_level
         if vl:
-            lo, hi = vl["difference_ci"]
+            lo, hi = vl.difference_ci
             if lo is not None and lo > 0:
                 meaning = "the slope ranks the best CE better than the loss level it is measured on"
             elif hi is not None and hi < 0:
@@ -176,27 +172,28 @@ def _h2_section(stats: Mapping[str, Any], fig) -> list[str]:
             else:
                 meaning = "the data cannot tell the slope from the loss level it is measured on"
             out += [
-                f"Slope or level? |ρ(α_early, CE)| − |ρ(early-end loss, CE)| = {_f(vl['difference'])} "
+                f"Slope or level? |ρ(α_early, CE)| − |ρ(early-end loss, CE)| = {_f(vl.difference)} "
                 f"(paired interval {V.interval(lo, hi)}; ρ of the loss over the last epoch of the window = "
-                f"{_f(vl['rho_level'])}): {meaning}.",
+                f"{_f(vl.rho_level)}): {meaning}.",
                 "",
             ]
-        pred = h2.get("prediction")
-        if pred and pred.get("rmse"):
+        pred = h2.prediction
+        if pred and pred.rmse:
             out += [
                 "Leave-one-cell-out prediction of the best CE (RMSE, "
-                f"{pred['n_cells']} cells held out in turn; s.d. of the CE {_f(pred['sd'], '.3g')}):",
+                f"{pred.n_cells} cells held out in turn; s.d. of the CE {_f(pred.sd, '.3g')}):",
                 "",
-                _table(["predictor", "RMSE"], [[k, _f(v, ".3g")] for k, v in pred["rmse"].items()]),
+                _table(["predictor", "RMSE"], [[k, _f(v, ".3g")] for k, v in pred.rmse.items()]),
                 "",
             ]
-    lit = stats.get("h2_literal") or {}
-    if lit.get("verdict") in ("supported", "not supported"):
+    lit = section.h2_literal
+    if lit.computable:
+        h2_settings = h2.settings if h2.computable else {}
         out += [
             f"**The protocol's literal rule** "
-            f"(|Spearman ρ| ≥ {_f(h2.get('settings', {}).get('min_abs_rho'), 'g')} with "
-            f"p < {_f(h2.get('settings', {}).get('max_p'), 'g')}, the {lit['n']} runs treated as independent): "
-            f"ρ = {_f(lit['spearman_rho'])}, p = {fmt_p(lit['spearman_p'])} — {lit['verdict']}. Runs of one cell "
+            f"(|Spearman ρ| ≥ {_f(h2_settings.get('min_abs_rho'), 'g')} with "
+            f"p < {_f(h2_settings.get('max_p'), 'g')}, the {lit.n} runs treated as independent): "
+            f"ρ = {_f(lit.spearman_rho)}, p = {fmt_p(lit.spearman_p)} — {lit.verdict}. Runs of one cell "
             "share their configuration and seeds are shared across cells, so this p-value overstates the evidence.",
             "",
         ]
@@ -206,16 +203,16 @@ def _h2_section(stats: Mapping[str, Any], fig) -> list[str]:
         ("h2_alpha_full", "α_full (knee to end) instead of α_early"),
         ("h2_other_axis", f"α_early on the {str(stats.get('other_time_axis') or '').replace('_', ' ')} axis"),
     ):
-        r = stats.get(key)
-        if not r:
+        r = getattr(section, key)
+        if r is None:
             continue
-        if r.get("verdict") == "not computable":
-            rows.append([label, "—", "—", f"not computable: {r.get('error', '')}"])
+        if not r.computable:
+            rows.append([label, "—", "—", f"not computable: {r.error}"])
         else:
-            rows.append([label, r.get("n_runs"), _corr_cell(r.get("overall")), r["verdict"]])
+            rows.append([label, r.n_runs, _corr_cell(r.overall), r.verdict])
     if rows:
         out += ["Sensitivity:", "", _table(["analysis", "runs", "pooled ρ [interval]", "verdict"], rows), ""]
-    byv = h2.get("by_variant") or {}
+    byv = h2.by_variant if h2.computable else {}
     if byv:
         out += [
             "Per variant (each has few cells, so its intervals are wide and rarely decide):",
@@ -223,21 +220,14 @@ def _h2_section(stats: Mapping[str, Any], fig) -> list[str]:
             _table(
                 ["variant", "runs", "cells", "pooled ρ [interval]", "within-cell ρ [interval]", "verdict"],
                 [
-                    [
-                        v,
-                        r.get("n_runs"),
-                        r.get("n_cells"),
-                        _corr_cell(r.get("overall")),
-                        _corr_cell(r.get("within_cell")),
-                        r.get("verdict"),
-                    ]
+                    [v, r.n_runs, r.n_cells, _corr_cell(r.overall), _corr_cell(r.within_cell), r.verdict]
                     for v, r in byv.items()
                 ],
             ),
             "",
         ]
     hm = stats.get("window_heatmap")
-    if hm and h2.get("settings"):
+    if hm and h2.computable and h2.settings:
         import numpy as np
 
         rho = np.array([[np.nan if v is None else v for v in r] for r in hm["rho"]], dtype=float)
@@ -249,7 +239,7 @@ def _h2_section(stats: Mapping[str, Any], fig) -> list[str]:
                 f"{np.nanmin(rho):.2f} to {np.nanmax(rho):.2f} ({int(valid.sum())} windows).",
                 "",
             ]
-    out += [fig("alpha_vs_best_val"), "", fig("alpha_lr_wd"), "", fig("window_robustness"), ""]
+    out += figs("h2")
     return out
 
 
@@ -295,12 +285,13 @@ def _excluded_section(table: pd.DataFrame, stats: Mapping[str, Any]) -> list[str
             "",
         ]
     extra = []
+    h2 = H2Section.from_dict(stats)
     for res, name in (
-        ((stats.get("h1") or {}).get("single_power_law"), "H1"),
-        (stats.get("h2"), "H2"),
-        (stats.get("h2_alpha_full"), "H2 with α_full"),
+        (H1Section.from_dict(stats["h1"]).main, "H1"),
+        (h2.h2, "H2"),
+        (h2.h2_alpha_full, "H2 with α_full"),
     ):
-        for e in (res or {}).get("excluded") or []:
+        for e in res.excluded if res.computable else ():
             if not any(e["reason"].startswith(s) for s in STATUSES):
                 extra.append([name, e["run"], e["reason"]])
     if extra:
@@ -367,6 +358,10 @@ def render_summary(
         path = figure_paths.get(name)
         return f"![{name.replace('_', ' ')}]({path})" if path else ""
 
+    def figs(section: str) -> list[str]:
+        """The registered figures of one section (:data:`~loss_slope.report.registry.FIGURES`)."""
+        return [line for f in figures_in(section) for line in (fig(f.name), "")]
+
     counts = stats["counts"]
     n = stats["n_runs"]
     title = f"# loss-slope study `{stats.get('study') or 'study'}`" + (" — partial report" if partial else "")
@@ -378,29 +373,20 @@ def render_summary(
             f"> **Partial sweep:** {counts['missing']} run(s) have no fit (training not finished); "
             "they are listed below and every statistic uses only the usable runs.",
         ]
-    out += ["", fig("run_health"), ""]
-    out += _h1_section(stats, table, fig)
-    out += _h2_section(stats, fig)
+    out += ["", *figs("health")]
+    out += _h1_section(stats, table, figs)
+    out += _h2_section(stats, figs)
     out += _cells_section(stats)
     if stats.get("truth"):
         out += [truth_markdown(stats["truth"]), ""]
-    out += ["## Per variant", "", fig("ablation"), ""]
+    out += ["## Per variant", "", *figs("variants")]
     if variant_figure_paths:
         out += [
             " ".join(f"[{v}]({p})" for v, p in variant_figure_paths.items())
             + " — loss curves of every run per variant.",
             "",
         ]
-    out += [
-        "## Model comparison, knees and the LR × WD grid",
-        "",
-        fig("delta_aic"),
-        "",
-        fig("knee_epochs"),
-        "",
-        fig("lr_wd_best_val"),
-        "",
-    ]
+    out += ["## Model comparison, knees and the LR × WD grid", "", *figs("models")]
     out += _excluded_section(table, stats)
     out += _micro_batch_section(table)
     if table_paths:

@@ -22,7 +22,6 @@ from loss_slope.probe.plan import PlanError, pack_of, read_plan
 __all__ = [
     "FIT",
     "REPORT_DIRS",
-    "REPORT_FIGURES",
     "fit_inputs",
     "truth_inputs",
     "finished_runs",
@@ -38,21 +37,6 @@ PACK = "results/packs/{variant}/{pack}.json"
 RUN_INFO = "results/export/{variant}/{run}/run_info.json"
 RUN_DONE = "results/runs/{variant}/{run}.json"
 REPORT_DIRS = ("report", "report_partial")
-
-#: figure name -> (report category, label); also the order of the HTML report
-REPORT_FIGURES = {
-    "run_health": ("1. Run health", "valid / invalid / diverged / missing per variant"),
-    "h1_criteria": ("2. H1: power law after the knee", "share per criterion and knee definition"),
-    "r2_histogram": ("2. H1: power law after the knee", "literal R² histogram"),
-    "loss_curves_mosaic": ("2. H1: power law after the knee", "six loss curves with fits"),
-    "alpha_vs_best_val": ("3. H2: early slope vs best validation CE", "α_early vs best val CE"),
-    "alpha_lr_wd": ("3. H2: early slope vs best validation CE", "α_early over LR × WD"),
-    "window_robustness": ("3. H2: early slope vs best validation CE", "window robustness of ρ"),
-    "ablation": ("4. Variants and models", "H1 share and ρ per variant"),
-    "delta_aic": ("4. Variants and models", "ΔAIC of the three models"),
-    "knee_epochs": ("4. Variants and models", "knee epochs"),
-    "lr_wd_best_val": ("4. Variants and models", "best val CE over LR × WD"),
-}
 
 
 def report_targets(reportdir: str = "report") -> list[str]:

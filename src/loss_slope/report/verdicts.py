@@ -2,7 +2,8 @@
 
 Every sentence reads correctly for every outcome ("supported", "not supported",
 "inconclusive", "not computable"); the thresholds and the confidence level come
-from the statistics, never from a literal here.
+from the statistics, never from a literal here.  The results are the typed
+entries of ``stats.json`` (:mod:`.results`).
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._io import fmt_num as _f, fmt_p, fmt_pct
+from .results import H1Criterion, H2Result, NotComputable, Share
 
 __all__ = [
     "VERDICTS",
     "h1_criterion_sentence",
+    "h1_failures_sentence",
     "h1_headline",
+    "h1_verdicts_short",
     "h2_criterion",
     "h2_headline",
     "h2_verdict_reason",
@@ -49,35 +53,49 @@ def _verdict_list(verdicts: Mapping[str, str]) -> str:
     )
 
 
-def h1_criterion_sentence(res: Mapping[str, Any], *, confidence: float) -> str:
+def h1_verdicts_short(verdicts: Mapping[str, str]) -> str:
+    """``supported vs 80 %, inconclusive vs 90 %``: the verdict against each target share."""
+    return ", ".join(f"{verdict} vs {fmt_pct(float(t))}" for t, verdict in verdicts.items())
+
+
+def h1_criterion_sentence(res: H1Criterion | NotComputable, *, confidence: float) -> str:
     """One sentence: k of n runs meet the criterion, the interval and the verdicts."""
-    o = res.get("overall")
-    if not o or res.get("verdict") == "not computable":
-        return f"Not computable: {res.get('error', 'no usable run')}."
-    cells = f", {o['n_cells']} cells" if o.get("n_cells") else ""
-    runs = "runs" if res.get("threshold") is not None else "decided runs"  # a numeric criterion decides every run
+    if not res.computable:
+        return f"Not computable: {res.error}."
+    o = res.overall
+    cells = f", {o.n_cells} cells" if o.n_cells else ""
+    runs = "runs" if res.threshold is not None else "decided runs"  # a numeric criterion decides every run
     return (
-        f"{o['k']} of {o['n']} {runs} ({fmt_pct(o['share'])}; {fmt_pct(confidence)} cluster-aware interval "
-        f"{interval(o['ci_low'], o['ci_high'], pct=True)}{cells}) meet it: {_verdict_list(res['verdicts'])}."
+        f"{o.k} of {o.n} {runs} ({fmt_pct(o.share)}; {fmt_pct(confidence)} cluster-aware interval "
+        f"{interval(o.ci_low, o.ci_high, pct=True)}{cells}) meet it: {_verdict_list(res.verdicts)}."
     )
 
 
-def h1_headline(res: Mapping[str, Any], *, confidence: float) -> str:
-    """Figure-title line of the defensible H1 criterion."""
-    o = res.get("overall")
-    if not o or res.get("verdict") == "not computable":
-        return f"H1 not computable: {res.get('error', 'no usable run')}"
-    v = ", ".join(f"{verdict} vs {fmt_pct(float(t))}" for t, verdict in res["verdicts"].items())
+def h1_failures_sentence(share: Share) -> str:
+    """The defensible H1 share with every excluded or undecided run counted as a failure."""
     return (
-        f"H1 {v}: {o['k']} of {o['n']} runs are one power law after the knee "
-        f"({fmt_pct(o['share'])}, {fmt_pct(confidence)} CI {interval(o['ci_low'], o['ci_high'], pct=True)})"
+        f"Counting every excluded or undecided run as a failure: {share.k} of {share.n} runs "
+        f"({fmt_pct(share.share)}, interval {interval(share.ci_low, share.ci_high, pct=True)}): "
+        + "; ".join(f"{v} against {fmt_pct(float(t))}" for t, v in share.verdicts.items())
+        + "."
+    )
+
+
+def h1_headline(res: H1Criterion | NotComputable, *, confidence: float) -> str:
+    """Figure-title line of the defensible H1 criterion."""
+    if not res.computable:
+        return f"H1 not computable: {res.error}"
+    o = res.overall
+    return (
+        f"H1 {h1_verdicts_short(res.verdicts)}: {o.k} of {o.n} runs are one power law after the knee "
+        f"({fmt_pct(o.share)}, {fmt_pct(confidence)} CI {interval(o.ci_low, o.ci_high, pct=True)})"
     )
 
 
 def h2_criterion(settings: Mapping[str, Any]) -> str:
     """The H2 threshold as a condition on ρ, in the configured direction."""
     t = float(settings["min_abs_rho"])
-    sign = settings.get("sign", "negative")
+    sign = settings["sign"]
     if sign == "negative":
         return f"ρ ≤ −{t:g} (a steeper early slope predicting a lower CE)"
     if sign == "positive":
@@ -96,19 +114,13 @@ def h2_verdict_reason(verdict: str, settings: Mapping[str, Any]) -> str:
     }.get(verdict, "no usable run")
 
 
-def _settings(h2: Mapping[str, Any]) -> Mapping[str, Any]:
-    return h2.get("settings") or {}
-
-
-def h2_headline(h2: Mapping[str, Any]) -> str:
+def h2_headline(h2: H2Result | NotComputable) -> str:
     """Figure-title line of the cluster-aware H2 verdict."""
-    o = h2.get("overall")
-    if not o or h2.get("verdict") == "not computable":
-        return f"H2 not computable: {h2.get('error', 'no usable run')}"
-    st = _settings(h2)
-    conf = st.get("confidence", 0.95)
+    if not h2.computable:
+        return f"H2 not computable: {h2.error}"
+    o, st = h2.overall, h2.settings
     return (
-        f"H2 {h2['verdict']}: α_early vs best validation CE, Spearman ρ = {_f(o['spearman_rho'])} "
-        f"({fmt_pct(conf)} CI {interval(o['spearman_ci_low'], o['spearman_ci_high'])} over "
-        f"{h2['n_cells']} cells, p = {fmt_p(o['spearman_p'])}; need {h2_criterion(st)})"
+        f"H2 {h2.verdict}: α_early vs best validation CE, Spearman ρ = {_f(o.spearman_rho)} "
+        f"({fmt_pct(float(st['confidence']))} CI {interval(o.spearman_ci_low, o.spearman_ci_high)} over "
+        f"{h2.n_cells} cells, p = {fmt_p(o.spearman_p)}; need {h2_criterion(st)})"
     )
