@@ -187,3 +187,15 @@ def test_params_do_not_depend_on_the_order_of_keys_in_the_config(repo):
     b["analysis"] = dict(reversed(list(b["analysis"].items())))
     assert repr(fit_settings(a)) == repr(fit_settings(b))
     assert repr(study_settings(a)) == repr(study_settings(b))
+
+
+def test_the_literal_rule_names_its_thresholds_when_the_clustered_h2_cannot_be_computed():
+    runs, fits = partial_sweep()
+    # one variant: 3 cells, too few for the clustered statistics
+    rows = [f["row"] for f in fits if f["row"]["variant"] == "S-adamw"]
+    table = run_table(rows, [r for r in runs if r["variant"] == "S-adamw"])
+    stats = study_statistics(table, study=STUDY, early_window=[5, 15], study_name="syn")
+    assert "error" in stats["h2"] and stats["h2_literal"].get("verdict")
+    md = render_summary(table, stats, FIGS, partial=True)
+    rule = f"|Spearman ρ| ≥ {STUDY['h2_min_abs_rho']:g} with p < {STUDY['h2_max_p']:g}"
+    assert rule in md and "n/a with" not in md

@@ -188,11 +188,10 @@ def _h2_section(stats: Mapping[str, Any], figs) -> list[str]:
             ]
     lit = section.h2_literal
     if lit.computable:
-        h2_settings = h2.settings if h2.computable else {}
         out += [
             f"**The protocol's literal rule** "
-            f"(|Spearman ρ| ≥ {_f(h2_settings.get('min_abs_rho'), 'g')} with "
-            f"p < {_f(h2_settings.get('max_p'), 'g')}, the {lit.n} runs treated as independent): "
+            f"(|Spearman ρ| ≥ {float(study_setting(stats, 'h2_min_abs_rho')):g} with "
+            f"p < {float(study_setting(stats, 'h2_max_p')):g}, the {lit.n} runs treated as independent): "
             f"ρ = {_f(lit.spearman_rho)}, p = {fmt_p(lit.spearman_p)} — {lit.verdict}. Runs of one cell "
             "share their configuration and seeds are shared across cells, so this p-value overstates the evidence.",
             "",
