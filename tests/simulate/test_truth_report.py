@@ -85,3 +85,32 @@ def test_uses_the_per_run_h1_decision_when_the_table_has_it():
     table["power_r2"] = 0.0  # ignored
     r = compare_with_truth(table, truths)
     assert r["h1"]["rule"] == "h1_single_power_law" and r["h1"]["estimated_share"] == r["h1"]["true_share"]
+
+
+def test_judges_the_study_s_cluster_aware_intervals_and_defensible_verdict():
+    from loss_slope.analysis import h1_statistics, h2_statistics
+
+    table, truths = study(rho=-0.95)
+    table["h1_single_power_law"] = [truths[f"{v}/{r}"]["h1_single_power_law"] for v, r in zip(table.variant, table.run)]
+    t = table.assign(
+        optimizer="sgd",
+        lr=[float(r.split("-")[0][2:]) for r in table.run],
+        weight_decay=0.001,
+        seed=[int(r.split("-s")[1]) for r in table.run],
+        early_end_loss=1.0 + table.alpha_early * 0.0 + np.linspace(0, 0.1, len(table)),
+        excluded_reason=None,
+    )
+    h1 = h1_statistics(t).to_dict()["overall"]
+    h2 = h2_statistics(t).to_dict()
+    r = compare_with_truth(table, truths, h1_study=h1, h2_study=h2, h2_sign="negative")
+    assert r["h1"]["interval"] == "cluster-aware" and r["h1"]["ci"] == [h1["ci"][0], h1["ci"][1]]
+    plain = compare_with_truth(table, truths)
+    assert plain["h1"]["interval"].startswith("Wilson")
+    # 12 cells: the cluster-aware interval is wider than the one that treats 72 runs as independent
+    assert r["h1"]["ci"][1] - r["h1"]["ci"][0] > plain["h1"]["ci"][1] - plain["h1"]["ci"][0]
+    d = r["h2"]["defensible"]
+    assert d["verdict"] == h2["verdict"] and d["true_verdict"] == "supported"
+    assert d["matches"] == (None if h2["verdict"] == "inconclusive" else h2["verdict"] == "supported")
+    assert d["true_in_pooled_ci"] is True
+    md = truth_markdown(r)
+    assert "cluster-aware interval" in md and f"verdict {h2['verdict']} vs supported" in md

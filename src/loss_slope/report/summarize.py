@@ -519,6 +519,9 @@ def summarize(
             confidence=float(study["confidence"]),
             h2_min_abs_rho=float(study["h2_min_abs_rho"]),
             h2_max_p=float(study["h2_max_p"]),
+            h2_sign=str(study["h2_sign"]),
+            h1_study=(stats["h1"].get("single_power_law") or {}).get("overall"),
+            h2_study=stats["h2"],
         )
     Path(table_parquet).parent.mkdir(parents=True, exist_ok=True)
     # object columns mixing None and numbers: make them numeric where they are

@@ -12,10 +12,14 @@ What is compared
 - **H1 share**: the per-run decision ``h1_single_power_law`` (True/False/None)
   when the table has it, else ``r2_column >= r2_threshold``, against the truth
   (the clean curve is one power law after its knee, i.e. has no second break).
-  The estimated share's Wilson interval should hold the true share.
+  The estimated share's interval should hold the true share: the study's
+  cluster-aware interval (``stats["h1"]``) when the caller passes it, else a
+  Wilson interval that treats runs as independent (and says so).
 - **H2 ρ**: Spearman ρ of α_early vs best validation CE, pooled and within
   cells (values minus their cell means; a cell is variant × lr × weight decay),
-  estimated vs the same statistic on the clean curves' α_early and best CE.
+  estimated vs the same statistic on the clean curves' α_early and best CE;
+  with the study's H2 result (``stats["h2"]``), its defensible verdict and
+  cluster-aware intervals are judged against the truth.
 - **Knee error**: |log10(estimated knee epoch / true knee epoch)|, decades.
 - **Exponent error**: α_early and α_full (log-log slope from the knee to the end)
   estimated minus their values on the clean curve; ``power_exponent`` against
@@ -131,6 +135,19 @@ def _wilson(k: int, n: int, confidence: float) -> tuple[float, float]:
     return wilson_interval(k, n, confidence=confidence) if n else (math.nan, math.nan)
 
 
+def _spearman_ci(corr: Mapping[str, Any] | None) -> list[float] | None:
+    """``[low, high]`` of a correlation as the study statistics serialise it (None when absent)."""
+    if not corr or corr.get("spearman_ci_low") is None or corr.get("spearman_ci_high") is None:
+        return None
+    return [float(corr["spearman_ci_low"]), float(corr["spearman_ci_high"])]
+
+
+def _inside(v: float, ci) -> bool | None:
+    if ci is None or None in ci or not math.isfinite(v):
+        return None
+    return bool(ci[0] <= v <= ci[1])
+
+
 def _num(v) -> float | None:
     return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else float(v)
 
@@ -143,7 +160,10 @@ def compare_with_truth(
     r2_threshold: float = 0.98,
     h2_min_abs_rho: float = 0.7,
     h2_max_p: float = 0.01,
+    h2_sign: str = "either",
     confidence: float = 0.95,
+    h1_study: Mapping[str, Any] | None = None,
+    h2_study: Mapping[str, Any] | None = None,
 ) -> dict:
     """Every estimate of the per-run table against the truth; JSON-ready.
 
@@ -155,7 +175,12 @@ def compare_with_truth(
     truths : mapping
         ``"variant/run"`` → truth (:func:`load_truths`).
     r2_column, r2_threshold : the H1 decision while the table has no ``h1_single_power_law``.
-    h2_min_abs_rho, h2_max_p : the H2 verdict's thresholds.
+    h2_min_abs_rho, h2_max_p, h2_sign : the H2 verdict's thresholds and required sign.
+    h1_study : mapping, optional
+        The study's H1 share (``stats["h1"]["single_power_law"]["overall"]``: ``share``, ``ci``): its
+        cluster-aware interval is the one judged.
+    h2_study : mapping, optional
+        The study's H2 result (``stats["h2"]``: ``verdict``, ``overall``/``within_cell`` with ``spearman_ci``).
     """
     t = table.copy()
     t["key"] = t["variant"].astype(str) + "/" + t["run"].astype(str)
@@ -195,13 +220,19 @@ def compare_with_truth(
     h1 = t[(t["status"] == "ok") & t["h1_est"].notna() & t["true_h1_single_power_law"].notna()]
     k_est, n = int(h1["h1_est"].astype(bool).sum()), int(len(h1))
     k_true = int(h1["true_h1_single_power_law"].astype(bool).sum())
-    lo, hi = _wilson(k_est, n, confidence)
+    share = k_est / n if n else None
+    if h1_study and h1_study.get("ci") and None not in h1_study["ci"]:
+        (lo, hi), interval = h1_study["ci"], "cluster-aware"
+        share = _num(h1_study.get("share"))
+    else:
+        (lo, hi), interval = _wilson(k_est, n, confidence), "Wilson, runs as independent"
     wrong = h1[h1["h1_est"].astype(bool) != h1["true_h1_single_power_law"].astype(bool)]
     res["h1"] = {
         "rule": rule,
         "n": n,
-        "estimated_share": k_est / n if n else None,
+        "estimated_share": share,
         "ci": [_num(lo), _num(hi)],
+        "interval": interval,
         "true_share": k_true / n if n else None,
         "true_within_ci": bool(n and lo <= k_true / n <= hi),
         "confidence": confidence,
@@ -239,6 +270,25 @@ def compare_with_truth(
         "true_verdict": "supported" if verdict(true_rho, true_p) else "not supported",
     }
     res["h2"]["verdict_matches"] = res["h2"]["estimated_verdict"] == res["h2"]["true_verdict"]
+    if h2_study and h2_study.get("verdict"):
+        sign_ok = lambda rho: h2_sign == "either" or (rho < 0) == (h2_sign == "negative")  # noqa: E731
+        true_def = (
+            "supported"
+            if math.isfinite(true_rho) and abs(true_rho) >= h2_min_abs_rho and sign_ok(true_rho)
+            else "not supported"
+        )
+        pooled_ci = _spearman_ci(h2_study.get("overall"))
+        within_ci = _spearman_ci(h2_study.get("within_cell"))
+        verdict = h2_study["verdict"]
+        res["h2"]["defensible"] = {
+            "verdict": verdict,
+            "true_verdict": true_def,
+            "matches": None if verdict == "inconclusive" else verdict == true_def,
+            "pooled_ci": pooled_ci,
+            "within_ci": within_ci,
+            "true_in_pooled_ci": _inside(true_rho, pooled_ci),
+            "true_within_in_ci": _inside(true_w, within_ci),
+        }
 
     # ---- knees ----
     found = ok[ok["knee_found"].fillna(False).astype(bool) & ok["knee_epoch"].notna()]
@@ -321,12 +371,26 @@ def truth_markdown(result: Mapping[str, Any], *, max_runs: int = 30) -> str:
         f"| H1 share ({h1['rule']}) | {_f(h1['estimated_share'])} "
         f"[{_f(h1['ci'][0])}, {_f(h1['ci'][1])}] | {_f(h1['true_share'])} | "
         f"{'yes' if h1['true_within_ci'] else 'no'} (truth {'inside' if h1['true_within_ci'] else 'outside'} the "
-        f"{h1['confidence']:.0%} interval) |",
-        f"| H2 Spearman ρ, pooled | {_f(h2['estimated_rho'])} (p {_f(h2['estimated_p'], '.2g')}) | "
-        f"{_f(h2['true_rho'])} | verdict {h2['estimated_verdict']} vs {h2['true_verdict']}: "
-        f"{'yes' if h2['verdict_matches'] else 'no'} |",
-        f"| H2 Spearman ρ, within cells | {_f(h2['estimated_within_rho'])} | {_f(h2['true_within_rho'])} | "
-        f"error {_f(_diff(h2['estimated_within_rho'], h2['true_within_rho']), '+.3f')} |",
+        f"{h1['confidence']:.0%} {h1.get('interval', 'Wilson, runs as independent')} interval) |",
+    ]
+    d = h2.get("defensible")
+    if d:
+        match = {None: "— (inconclusive)", True: "yes", False: "no"}[d["matches"]]
+        lines += [
+            f"| H2 Spearman ρ, pooled | {_f(h2['estimated_rho'])} {_ci(d['pooled_ci'])} | {_f(h2['true_rho'])} | "
+            f"{_in(d['true_in_pooled_ci'])}; verdict {d['verdict']} vs {d['true_verdict']}: {match} |",
+            f"| H2 Spearman ρ, within cells | {_f(h2['estimated_within_rho'])} {_ci(d['within_ci'])} | "
+            f"{_f(h2['true_within_rho'])} | {_in(d['true_within_in_ci'])} |",
+        ]
+    else:
+        lines += [
+            f"| H2 Spearman ρ, pooled | {_f(h2['estimated_rho'])} (p {_f(h2['estimated_p'], '.2g')}) | "
+            f"{_f(h2['true_rho'])} | verdict {h2['estimated_verdict']} vs {h2['true_verdict']} (runs as "
+            f"independent): {'yes' if h2['verdict_matches'] else 'no'} |",
+            f"| H2 Spearman ρ, within cells | {_f(h2['estimated_within_rho'])} | {_f(h2['true_within_rho'])} | "
+            f"error {_f(_diff(h2['estimated_within_rho'], h2['true_within_rho']), '+.3f')} |",
+        ]
+    lines += [
         f"| knee, median error (decades) | {_f(kn['median_error_decades'])} (p90 {_f(kn['p90_error_decades'])}, "
         f"max {_f(kn['max_error_decades'])}) | 0 | {kn['n_found']} of {kn['n_true']} knees found |",
         f"| α_early, median error | {_f(ex['alpha_early']['median_error'], '+.4f')} | 0 | "
@@ -357,6 +421,14 @@ def truth_markdown(result: Mapping[str, Any], *, max_runs: int = 30) -> str:
     else:
         lines.append("No run's verdict was wrong.")
     return "\n".join(lines) + "\n"
+
+
+def _ci(ci) -> str:
+    return "" if not ci or None in ci else f"[{_f(ci[0])}, {_f(ci[1])}]"
+
+
+def _in(inside: bool | None) -> str:
+    return {None: "—", True: "truth inside the interval", False: "truth outside the interval"}[inside]
 
 
 def _diff(a, b):
