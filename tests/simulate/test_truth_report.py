@@ -114,3 +114,21 @@ def test_judges_the_study_s_cluster_aware_intervals_and_defensible_verdict():
     assert d["true_in_pooled_ci"] is True
     md = truth_markdown(r)
     assert "cluster-aware interval" in md and f"verdict {h2['verdict']} vs supported" in md
+
+
+def test_h1_is_judged_on_the_axis_where_the_truth_is_a_power_law():
+    from loss_slope.report.truth import truth_axis
+
+    table, truths = study()
+    assert truth_axis(truths) == "cumulative_lr"  # schedule_effect 1: progress is the summed LR
+    assert truth_axis({k: {**v, "schedule_effect": 0.0} for k, v in truths.items()}) == "step"
+    mixed = {k: {**v, "schedule_effect": 0.5 if i else 1.0} for i, (k, v) in enumerate(truths.items())}
+    assert truth_axis(mixed) is None
+    table["h1_single_power_law"] = False  # the step axis: the cosine bends every curve
+    table["cumulative_lr__h1_single_power_law"] = [
+        truths[f"{v}/{r}"]["h1_single_power_law"] for v, r in zip(table.variant, table.run)
+    ]
+    on_step = compare_with_truth(table, truths)
+    on_lr = compare_with_truth(table, truths, h1_column="cumulative_lr__h1_single_power_law")
+    assert on_step["h1"]["estimated_share"] == 0 and not on_step["h1"]["true_within_ci"]
+    assert on_lr["h1"]["estimated_share"] == on_lr["h1"]["true_share"] and on_lr["h1"]["true_within_ci"]

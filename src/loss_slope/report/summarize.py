@@ -28,7 +28,7 @@ from loss_slope.analysis import (
 from ._io import EXCLUDED_STATUSES, STATUSES, one_thread, read_json, write_json
 from .fit_run import TIME_AXES
 from .results import H1Criterion, H1Section, H2Literal, H2Result, H2Section, NotComputable
-from .truth import compare_with_truth, load_truths
+from .truth import compare_with_truth, load_truths, truth_axis
 
 __all__ = [
     "ID_COLUMNS",
@@ -513,16 +513,24 @@ def summarize(
     if truth_run_infos:
         pairs = [(Path(p).parent.parent.name, Path(p).parent.name) for p in truth_run_infos]
         root = Path(truth_run_infos[0]).parents[4]
+        truths = load_truths(root, runs=pairs)
+        # judge the H1 decision on the axis where the simulated curves are power laws
+        axis = truth_axis(truths)
+        key, column = "single_power_law", "h1_single_power_law"
+        if axis is not None and axis != time_axis and f"{axis}__h1_single_power_law" in table.columns:
+            key, column = f"single_power_law_{axis}", f"{axis}__h1_single_power_law"
         stats["truth"] = compare_with_truth(
             table,
-            load_truths(root, runs=pairs),
+            truths,
             confidence=float(study["confidence"]),
             h2_min_abs_rho=float(study["h2_min_abs_rho"]),
             h2_max_p=float(study["h2_max_p"]),
             h2_sign=str(study["h2_sign"]),
-            h1_study=(stats["h1"].get("single_power_law") or {}).get("overall"),
+            h1_study=(stats["h1"].get(key) or {}).get("overall"),
             h2_study=stats["h2"],
+            h1_column=column,
         )
+        stats["truth"]["h1"]["time_axis"] = axis or time_axis
     Path(table_parquet).parent.mkdir(parents=True, exist_ok=True)
     # object columns mixing None and numbers: make them numeric where they are
     for c in table.columns:

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["compare_with_truth", "load_truths", "truth_for_run", "truth_markdown"]
+__all__ = ["compare_with_truth", "load_truths", "truth_axis", "truth_for_run", "truth_markdown"]
 
 
 # ---- truths ----------------------------------------------------------------------------------------------------------
@@ -135,6 +135,21 @@ def _wilson(k: int, n: int, confidence: float) -> tuple[float, float]:
     return wilson_interval(k, n, confidence=confidence) if n else (math.nan, math.nan)
 
 
+def truth_axis(truths: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """The time axis on which the simulated curves are a power law after the knee.
+
+    The simulator's progress is ``(1 - w) (step + 1) + w Σ lr`` (``schedule_effect`` w):
+    ``"step"`` when every run has w = 0, ``"cumulative_lr"`` when every run has w = 1,
+    ``None`` otherwise (no logged axis is exact).
+    """
+    effects = {float(t.get("schedule_effect", 0.0)) for t in truths.values()}
+    if effects == {0.0}:
+        return "step"
+    if effects == {1.0}:
+        return "cumulative_lr"
+    return None
+
+
 def _spearman_ci(corr: Mapping[str, Any] | None) -> list[float] | None:
     """``[low, high]`` of a correlation as the study statistics serialise it (None when absent)."""
     if not corr or corr.get("spearman_ci_low") is None or corr.get("spearman_ci_high") is None:
@@ -164,6 +179,7 @@ def compare_with_truth(
     confidence: float = 0.95,
     h1_study: Mapping[str, Any] | None = None,
     h2_study: Mapping[str, Any] | None = None,
+    h1_column: str = "h1_single_power_law",
 ) -> dict:
     """Every estimate of the per-run table against the truth; JSON-ready.
 
@@ -181,6 +197,9 @@ def compare_with_truth(
         cluster-aware interval is the one judged.
     h2_study : mapping, optional
         The study's H2 result (``stats["h2"]``: ``verdict``, ``overall``/``within_cell`` with ``spearman_ci``).
+    h1_column : str
+        The per-run H1 decision judged: the one on the time axis where the truth is a power law
+        (:func:`truth_axis`), e.g. ``cumulative_lr__h1_single_power_law``.
     """
     t = table.copy()
     t["key"] = t["variant"].astype(str) + "/" + t["run"].astype(str)
@@ -209,8 +228,8 @@ def compare_with_truth(
     res: dict[str, Any] = {"n_runs": int(len(t)), "n_ok": int(len(ok)), "n_truth": len(truths)}
 
     # ---- H1 ----
-    if "h1_single_power_law" in t.columns:
-        decision, rule = t["h1_single_power_law"], "h1_single_power_law"
+    if h1_column in t.columns:
+        decision, rule = t[h1_column], h1_column
     else:
         decision, rule = (
             pd.to_numeric(t[r2_column], errors="coerce") >= r2_threshold,
@@ -368,7 +387,7 @@ def truth_markdown(result: Mapping[str, Any], *, max_runs: int = 30) -> str:
         "",
         "| quantity | estimated | truth | recovered |",
         "|---|---|---|---|",
-        f"| H1 share ({h1['rule']}) | {_f(h1['estimated_share'])} "
+        f"| H1 share ({h1['rule']}{_axis(h1)}) | {_f(h1['estimated_share'])} "
         f"[{_f(h1['ci'][0])}, {_f(h1['ci'][1])}] | {_f(h1['true_share'])} | "
         f"{'yes' if h1['true_within_ci'] else 'no'} (truth {'inside' if h1['true_within_ci'] else 'outside'} the "
         f"{h1['confidence']:.0%} {h1.get('interval', 'Wilson, runs as independent')} interval) |",
@@ -421,6 +440,11 @@ def truth_markdown(result: Mapping[str, Any], *, max_runs: int = 30) -> str:
     else:
         lines.append("No run's verdict was wrong.")
     return "\n".join(lines) + "\n"
+
+
+def _axis(h1: Mapping[str, Any]) -> str:
+    axis = h1.get("time_axis")
+    return f", {axis.replace('_', ' ')} axis" if axis else ""
 
 
 def _ci(ci) -> str:
