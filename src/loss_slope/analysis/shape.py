@@ -47,7 +47,7 @@ from .exceptions import AnalysisError, NotEnoughPoints
 from .fit_check import MISFIT_DECADES, FitCheck, check_fit
 from .fits import FitResult, fit_power_law
 from .knee import LRT_THRESHOLD, _lrt_fit
-from .two_break import TwoBreakTest
+from .two_break import MIN_BREAK_CHANGE, TwoBreakTest
 
 __all__ = ["FitCheck", "ShapeTest", "check_fit", "single_power_law", "literal_r2", "MISFIT_DECADES"]
 
@@ -55,6 +55,11 @@ NAN = float("nan")
 
 #: After a knee at step k the transient is over: the segment's shift is at most this x k.
 SHIFT_CAP = 0.5
+#: A real knee is rounded: the further-break and drift tests start at this x the knee
+#: step (0.18 decades later), so that the end of the knee's rounding is not taken for a
+#: further break.  The power-law fit, its misfit check and the literal R² use the whole
+#: segment from the knee.
+KNEE_ROUNDING = 1.5
 #: Fewest log-spaced bins a segment needs for the break test.
 MIN_BINS = 12
 
@@ -202,6 +207,7 @@ def single_power_law(
     bin_decades: float = DEFAULT_BIN_DECADES,
     segment_fit: FitResult | None = None,
     two_break: TwoBreakTest | None = None,
+    min_change: float = MIN_BREAK_CHANGE,
 ) -> ShapeTest:
     """Decide whether the curve from ``knee_step`` on is one power law.
 
@@ -222,6 +228,10 @@ def single_power_law(
     segment_fit : FitResult, optional
         The power-law fit of the segment (floor + shift), for the misfit check;
         fitted here when not given.
+    min_change : float
+        A break counts only when it changes the exponent by at least this much: the
+        rounding of a smooth knee is not a further break (see
+        :data:`loss_slope.analysis.two_break.MIN_BREAK_CHANGE`).
     two_break : TwoBreakTest, optional
         The whole-curve two-break test; a second break found there makes the
         decision ``False``.  Not run here (it belongs to the knee it was fitted
@@ -281,9 +291,13 @@ def single_power_law(
                 **empty,
             )
         return ShapeTest(None, f"failed fit: {chk.reason}", fit_ok=False, fit_reason=chk.reason, **empty)
+    has_knee = knee_step is not None and math.isfinite(knee_step)
+    # the break and drift tests start once the knee's own rounding is over
+    tested = ss >= (start * KNEE_ROUNDING if has_knee else start)
+    ts, ty = ss[tested], ys[tested]
     try:
-        cap = None if knee_step is None or not math.isfinite(knee_step) else SHIFT_CAP * max(start, 1.0)
-        lrt = _lrt_fit(_problem(ss, ys, bin_decades, cap))
+        cap = SHIFT_CAP * max(start, 1.0) if has_knee else None
+        lrt = _lrt_fit(_problem(ts, ty, bin_decades, cap))
     except NotEnoughPoints as exc:
         if two_break is not None and two_break.found:
             return ShapeTest(False, two_break.reason, fit_ok=True, fit_reason=None, **empty)
@@ -293,16 +307,18 @@ def single_power_law(
     empty["further_break_statistic"] = float(lrt.stat)
     empty["further_break_step"] = float(E.knee_step_of(lrt.alt.theta, lrt.alt.consts))
     reasons = []
-    if lrt.stat > thr:
+    change = abs(float(lrt.alt.theta[2] - lrt.alt.theta[1]))
+    if lrt.stat > thr and change >= min_change:
         reasons.append(
-            f"a further break near step {empty['further_break_step']:.4g} (statistic {lrt.stat:.3g} > {thr:g})"
+            f"a further break near step {empty['further_break_step']:.4g} (statistic {lrt.stat:.3g} > {thr:g}, "
+            f"exponent {lrt.alt.theta[1]:.3g} -> {lrt.alt.theta[2]:.3g})"
         )
     if knee_step is not None and math.isfinite(knee_step):
         pre = s < start
         try:
             pre_fit = _lrt_fit(_problem(s[pre], y[pre], bin_decades))
             empty["earlier_break_statistic"] = float(pre_fit.stat)
-            if pre_fit.stat > thr:
+            if pre_fit.stat > thr and abs(float(pre_fit.alt.theta[2] - pre_fit.alt.theta[1])) >= min_change:
                 k0 = float(E.knee_step_of(pre_fit.alt.theta, pre_fit.alt.consts))
                 reasons.append(
                     f"an earlier break near step {k0:.4g} (statistic {pre_fit.stat:.3g} > {thr:g}): "
@@ -311,7 +327,7 @@ def single_power_law(
         except NotEnoughPoints:
             pass  # a burn-in too short to hold a break of its own
     # drift of the exponent between the halves of the segment in log time
-    mid = math.sqrt((ss[0] + 1.0) * (ss[-1] + 1.0)) - 1.0
+    mid = math.sqrt((ts[0] + 1.0) * (ts[-1] + 1.0)) - 1.0
     a1, a2, ci = _drift(lrt, mid, confidence)
     d = a2 - a1
     empty.update(exponent_first_half=a1, exponent_second_half=a2, drift=d, drift_ci=ci)
