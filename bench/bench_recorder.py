@@ -30,6 +30,7 @@ from loss_slope.train.schedule import Schedule
 
 DATA = OmegaConf.create(
     {
+        "_target_": "loss_slope.data.datasets.digits",
         "name": "digits",
         "root": None,
         "image_size": 16,

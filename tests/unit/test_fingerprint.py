@@ -53,3 +53,10 @@ def test_fingerprint_ignores_data_location_retention_eval_batch_and_work_root(tm
     (tmp_path / "b" / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"other bytes")
     assert config_fingerprint(moved) != base  # another dataset: another identity
     assert config_fingerprint({**cfg, "data": {**cfg["data"], "batch_size": 64}}) != base
+
+
+def test_fingerprint_ignores_the_data_builder_target():
+    # data configs gained a `_target_` (the data module's builder): work trees trained before keep their identity
+    cfg = {**CFG, "data": {"name": "digits", "batch_size": 32}}
+    with_target = {**cfg, "data": {**cfg["data"], "_target_": "loss_slope.data.datasets.digits"}}
+    assert config_fingerprint(with_target) == config_fingerprint(cfg)

@@ -6,35 +6,27 @@ Example::
 
 With ``data=simulated`` the run is simulated (``loss_slope.simulate.backend``):
 the same work tree and tables from known-truth curves, without torch, a GPU or
-a dataset (docs/simulated.md).
+a dataset (docs/simulated.md). Any other ``data`` trains with Lightning
+(:func:`loss_slope.train.run.run_training`); its data module is the config's ``_target_``.
 
-Exit codes: 0 complete, 3 unfinished (time budget or SIGTERM; a rerun resumes), 1 error.
+Exit codes: 0 complete, 3 unfinished (time budget or SIGTERM; a rerun resumes),
+4 locked by another trainer, 5 no CUDA in a GPU job, 1 error.
 """
 
-import logging
 import sys
 
 import hydra
 
-from loss_slope.train.run import EXIT_ERROR
-
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
 def main(cfg) -> None:
-    if cfg.data.name == "simulated":
-        from loss_slope.simulate.backend import run_simulated
-
-        code = run_simulated(cfg)
+    # Each backend is imported only once chosen (start-up: --help needs neither, a simulated run
+    # needs no torch or Lightning); run_training defers Lightning further, behind the run's lock.
+    if cfg.data.name == "simulated":  # not a data module: the simulated backend runs instead of Lightning
+        from loss_slope.simulate.backend import run_simulated as backend
     else:
-        # imported here: torch and Lightning take seconds to import, the simulated backend needs neither
-        from loss_slope.train.module import MicroBatchTooSmall
-        from loss_slope.train.run import run_training
-
-        try:
-            code = run_training(cfg)
-        except MicroBatchTooSmall as exc:  # a known reason: one clear line, no traceback
-            logging.getLogger("loss_slope.train").error("run failed: %s", exc)
-            sys.exit(EXIT_ERROR)
+        from loss_slope.train.run import run_training as backend
+    code = backend(cfg)
     if code:
         sys.exit(code)  # hydra.main drops return values
 

@@ -17,7 +17,9 @@ _NOT_SCIENCE_TRAINER = {
     "fault",
     "best_top_k",
 }  # checkpoint retention
-_NOT_SCIENCE_DATA = {"root", "eval_batch_size", "download"}  # where the data is; evaluation chunking
+# where the data is; evaluation chunking; the builder (`_target_`: code, named once per data.name,
+# so a work tree trained before data configs had one keeps its fingerprint)
+_NOT_SCIENCE_DATA = {"root", "eval_batch_size", "download", "_target_"}
 
 _DATA_FOLDERS = {"cifar10": "cifar-10-batches-py"}
 _CHECKSUMS: dict[tuple, str] = {}

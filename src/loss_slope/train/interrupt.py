@@ -20,6 +20,8 @@ from pathlib import Path
 from pytorch_lightning import Callback
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from loss_slope.train.checkpoint_io import checkpoint_step
+
 log = logging.getLogger("loss_slope.train")
 
 
@@ -35,8 +37,6 @@ class CheckpointOnInterrupt(Callback):
             io = trainer.strategy.checkpoint_io
             if hasattr(io, "wait"):
                 io.wait()  # a save in flight (the epoch's last validation) is renamed first
-            from loss_slope.train.checkpoint_io import checkpoint_step
-
             self.saved_step = checkpoint_step(self.path) if Path(self.path).exists() else None
             log.warning(
                 "%s after the last batch of an epoch (step %d): no checkpoint here (Lightning would resume "

@@ -2,7 +2,7 @@
 
 A run resumes only from ``checkpoints/latest/latest.ckpt``. Exactly-once
 tables need only that, on resume, every table is cut back to the checkpoint's
-step (``run.py``), not frequent checkpoints. So ``latest`` is saved at the end
+step (``steps.prepare_run``), not frequent checkpoints. So ``latest`` is saved at the end
 of a validation only when one of these holds:
 
 * it is the last validation of an epoch, every ``latest_every_epochs`` epochs

@@ -10,7 +10,7 @@ writes three tables next to ``steps.csv`` and ``val.csv``::
 Step conventions (docs/monitors.md §1): a curvature or noise row at ``step = s``
 is measured in ``on_train_batch_end`` when ``trainer.global_step == s``, i.e.
 before the validation and the checkpoint taken at ``s``; on resume from a
-checkpoint at ``s`` the tables keep rows with ``step <= s`` (run.py truncates
+checkpoint at ``s`` the tables keep rows with ``step <= s`` (``steps.prepare_run`` truncates
 them, :data:`loss_slope.tables.schema.KEEP_ON_RESUME`). The monitors' running
 state (loss predictor, residual window, gradient moments) is saved in the
 checkpoint through :meth:`state_dict` (plain tensors and numbers: it loads with
