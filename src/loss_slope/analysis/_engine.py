@@ -12,22 +12,18 @@ Conventions
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import linalg
 
-from . import _models
+from . import models as M
 from ._data import DEFAULT_BIN_DECADES, Curve, LogBins, make_bins
 from .exceptions import FitFailed
 from .noise import NoiseModel
 
 ESTIMATORS = ("ols", "gls")
-
-#: Box for power-law exponents: loss curves do not fall faster than t^-6.
-EXPONENT_BOUNDS = (-1.0, 6.0)
 
 
 class Problem:
@@ -181,10 +177,7 @@ class Core:
 
 
 def model_fn(name: str, consts: dict | None = None):
-    fn = _models.MODELS[name][0]
-    if consts:
-        return functools.partial(fn, **consts)
-    return fn
+    return M.MODELS[name].fn(consts)
 
 
 def nls(
@@ -287,59 +280,6 @@ def raw_residuals(problem: Problem, core: Core) -> np.ndarray:
     return problem.y - m
 
 
-# ---------------------------------------------------------------- linear WLS
-def wls(x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None):
-    """Weighted least squares via QR.  Returns (beta, resid, rss_weighted)."""
-    if w is None:
-        q, r = np.linalg.qr(x)
-        beta = linalg.solve_triangular(r, q.T @ y, check_finite=False)
-        res = y - x @ beta
-        return beta, res, float(res @ res)
-    sw = np.sqrt(w)
-    q, r = np.linalg.qr(x * sw[:, None])
-    beta = linalg.solve_triangular(r, q.T @ (y * sw), check_finite=False)
-    res = y - x @ beta
-    return beta, res, float(np.dot(w, res * res))
-
-
-# ---------------------------------------------------------------- starting values
-def power_bounds(problem: Problem, floor: bool, shift) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Bounds, free mask and fixed shift for the power model."""
-    t_lo, t_hi = problem.shift_bounds()
-    lb = np.array([-np.inf, EXPONENT_BOUNDS[0], 0.0, t_lo])
-    ub = np.array([np.inf, EXPONENT_BOUNDS[1], problem.floor_max() if floor else 1.0, t_hi])
-    free = np.array([True, True, bool(floor), shift is True])
-    t_fixed = 1.0 if shift is False else (float(shift) if shift is not True else 1.0)
-    return lb, ub, free, t_fixed
-
-
-def power_starts(problem: Problem, floor: bool, shift, t_fixed: float) -> list[np.ndarray]:
-    """A few starting points for the power model (profile over the shift)."""
-    sb, yb = problem.sb, problem.yb
-    if shift is True:
-        t_lo, t_hi = problem.shift_bounds()
-        grid = np.unique(np.concatenate(([max(t_lo, 0.1), 1.0], np.geomspace(max(t_lo, 1.0), t_hi, 14))))
-    else:
-        grid = np.array([t_fixed])
-    best = None
-    for t0 in grid:
-        x = np.log(sb + t0)
-        X = np.column_stack((np.ones_like(x), -x))
-        beta, _, rss = wls(X, yb)
-        if best is None or rss < best[0]:
-            best = (rss, beta, t0)
-    _, beta, t0 = best
-    starts = [np.array([beta[0], beta[1], 0.0, t0])]
-    if floor:
-        # with a floor, the power part must fall faster: restart from a steeper curve
-        c = 0.5
-        xs = np.log(sb + t0)
-        ys = np.log(np.maximum(np.exp(yb) - c, 0.05))
-        beta2, _, _ = wls(np.column_stack((np.ones_like(xs), -xs)), ys)
-        starts.append(np.array([beta2[0], max(beta2[1], 0.05), c, t0]))
-    return starts
-
-
 # ---------------------------------------------------------------- covariance
 def covariance(problem: Problem, core: Core, noise: NoiseModel, estimator: str):
     """Parameter covariance honest under the noise model (free params only).
@@ -428,90 +368,9 @@ def heavy_tail_threshold(n: int) -> float:
     return 1.0 + 4.0 * math.sqrt(24.0 / max(n, 10))
 
 
-# ---------------------------------------------------------------- two-power helpers
-#: Default search range of the knee: from this step ...
-KNEE_MIN_STEP = 10.0
-#: ... to the last step divided by 10**KNEE_TAIL_DECADES (>= 0.3 decade of tail).
-KNEE_TAIL_DECADES = 0.3
+# ---------------------------------------------------------------- knee search helpers
 #: Knee positions profiled before the free fit.
 KNEE_GRID = 13
-
-
-def knee_consts(problem: Problem, knee_range=None) -> dict:
-    """Model constants of the two-power fit: the knee search range in steps."""
-    from .exceptions import NotEnoughPoints
-
-    if knee_range is None:
-        lo = max(KNEE_MIN_STEP, float(problem.s[0]))
-        hi = float(problem.s[-1]) / 10.0**KNEE_TAIL_DECADES
-    else:
-        lo, hi = (float(v) for v in knee_range)
-        if not (0 <= lo < hi):
-            raise ValueError("knee_range must be (low, high) steps with 0 <= low < high")
-    if not hi > 1.5 * max(lo, 1.0):
-        raise NotEnoughPoints(
-            int(math.ceil(3.0 * max(lo, 1.0) * 10**KNEE_TAIL_DECADES)),
-            int(problem.s[-1]) + 1,
-            "steps for a knee search",
-        )
-    return {"s_lo": lo, "s_hi": hi}
-
-
-def two_power_bounds(problem: Problem, floor: bool, shift, consts: dict):
-    t_lo, t_hi = problem.shift_bounds()
-    # keep the knee range non-empty: (s_lo + t0) e^delta < s_hi + t0
-    ed = math.exp(_models.KNEE_DELTA)
-    t_hi = min(t_hi, 0.9 * (consts["s_hi"] - ed * consts["s_lo"]) / (ed - 1.0))
-    t_hi = max(t_hi, t_lo + 1e-6)
-    lb = np.array([-np.inf, EXPONENT_BOUNDS[0], EXPONENT_BOUNDS[0], 0.0, 0.0, t_lo])
-    ub = np.array([np.inf, EXPONENT_BOUNDS[1], EXPONENT_BOUNDS[1], 1.0, problem.floor_max() if floor else 1.0, t_hi])
-    free = np.array([True, True, True, True, bool(floor), shift is True])
-    return lb, ub, free
-
-
-def three_power_bounds(problem: Problem, consts: dict):
-    """Bounds and free mask of ``three_power`` (floor and shift free)."""
-    from .exceptions import NotEnoughPoints
-
-    t_lo, t_hi = problem.shift_bounds()
-    # room for two breaks: (s_lo + t0) e^(delta + delta2) < s_hi + t0
-    ed = math.exp(_models.KNEE_DELTA + _models.KNEE2_DELTA)
-    room = consts["s_hi"] - ed * consts["s_lo"]
-    if room <= 0:
-        raise NotEnoughPoints(
-            int(math.ceil(ed * consts["s_lo"] * 10**KNEE_TAIL_DECADES)) + 1,
-            int(problem.s[-1]) + 1,
-            "steps for a search of two breaks",
-        )
-    t_hi = max(min(t_hi, 0.9 * room / (ed - 1.0)), t_lo + 1e-6)
-    lo_e, hi_e = EXPONENT_BOUNDS
-    lb = np.array([-np.inf, lo_e, lo_e, lo_e, 0.0, 0.0, 0.0, t_lo])
-    ub = np.array([np.inf, hi_e, hi_e, hi_e, 1.0, 1.0, problem.floor_max(), t_hi])
-    return lb, ub, np.ones(8, dtype=bool)
-
-
-def three_power_positions(x1: float, x2: float, t0: float, consts: dict) -> tuple[float, float]:
-    """``(knee_pos, knee2_pos)`` placing the breaks of ``three_power`` at ln(tau) x1 < x2 (clipped)."""
-    lo = math.log(consts["s_lo"] + t0) + _models.KNEE_DELTA
-    hi = math.log(consts["s_hi"] + t0)
-    span1 = hi - _models.KNEE2_DELTA - lo
-    f = min(max((x1 - lo) / span1, 0.0), 1.0) if span1 > 0 else 0.0
-    x1c = lo + f * span1
-    span2 = hi - x1c - _models.KNEE2_DELTA
-    g = min(max((x2 - x1c - _models.KNEE2_DELTA) / span2, 0.0), 1.0) if span2 > 0 else 0.0
-    return f, g
-
-
-def three_power_steps(theta: np.ndarray, consts: dict) -> tuple[float, float]:
-    """Optimizer steps of the two breaks of a ``three_power`` parameter vector."""
-    x1, x2, *_ = _models.two_knees_log_tau(theta[4], theta[5], theta[7], consts["s_lo"], consts["s_hi"])
-    return float(math.exp(x1) - theta[7]), float(math.exp(x2) - theta[7])
-
-
-def knee_step_of(theta: np.ndarray, consts: dict) -> float:
-    """Optimizer step of the knee of a two-power parameter vector."""
-    xk, _, _ = _models.knee_log_tau(theta[3], theta[5], consts["s_lo"], consts["s_hi"])
-    return float(math.exp(xk) - theta[5])
 
 
 def fit_two_power_core(
@@ -530,7 +389,7 @@ def fit_two_power_core(
     """Best two-power fit: profile the knee position on a grid (warm-started
     sweep), then free fits from the best grid points and any extra starts.
     ``grid=0`` skips the profile and only refines ``extra_starts``."""
-    lb, ub, free = two_power_bounds(problem, floor, shift, consts)
+    lb, ub, free = M.two_power_bounds(problem, floor, shift, consts)
     starts = list(extra_starts or [])
     if grid > 0:
         starts = (

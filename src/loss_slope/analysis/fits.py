@@ -47,7 +47,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from . import _engine as E
+from . import _engine as E, models as M
 from ._data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve, z_value
 from .exceptions import InvalidCurve
 from .noise import NoiseModel, estimate_noise
@@ -423,7 +423,7 @@ def _linear_raw_core(problem: E.Problem, name: str, theta0: np.ndarray, free: np
     m0, J = fn(th, problem.s)
     # m(theta) = m0 + J_free @ theta_free exactly for a linear model
     Jf = J[:, free]
-    beta, _, _ = E.wls(Jf, problem.y - m0)
+    beta, _, _ = M.wls(Jf, problem.y - m0)
     th[free] = beta
     mb, Jb = problem.bin_model(fn, th)
     rb = problem.yb - mb
@@ -568,24 +568,10 @@ def _convert_power(theta, se, z, y_ref, **_):
     }
 
 
-def knee_step_estimate(theta, cov, consts, z):
-    """Knee step, its s.e. and CI from (knee_pos, shift) by the delta method on ln(tau_k)."""
-    from ._models import knee_log_tau
-
-    f, t0 = theta[3], theta[5]
-    xk, d_f, d_t0 = knee_log_tau(f, t0, consts["s_lo"], consts["s_hi"])
-    g = np.zeros(theta.size)
-    g[3], g[5] = d_f, d_t0
-    se_x = math.sqrt(max(float(g @ cov @ g), 0.0))
-    tk = math.exp(float(xk))
-    t0 = float(t0)
-    return tk - t0, tk * se_x, (max(math.exp(xk - z * se_x) - t0, 0.0), math.exp(xk + z * se_x) - t0)
-
-
 def _convert_two(theta, se, z, y_ref, *, cov, consts):
     la, a1, a2, f, c, t0 = theta
     u = math.exp(y_ref)
-    ks, kse, kci = knee_step_estimate(np.asarray(theta), cov, consts, z)
+    ks, kse, kci = M.knee_step_estimate(np.asarray(theta), cov, consts, z)
     return {
         "amplitude": _amp(la, se[0], z, y_ref),
         "exponent_before": _lin(a1, se[1], z),
@@ -616,10 +602,10 @@ def _power_core_fit(prob, *, floor, shift, estimator, noise, robust) -> _Fitted:
         raise TypeError("shift must be True, False or a number of steps")
     if shift is not True and shift is not False and float(shift) < 0:
         raise ValueError("a fixed shift must be >= 0")
-    lb, ub, free, t_fixed = E.power_bounds(prob, floor, shift)
+    lb, ub, free, t_fixed = M.power_bounds(prob, floor, shift)
     if shift is not True and prob.s[0] + t_fixed <= 0:
         raise InvalidCurve("step + shift must be > 0")
-    starts = E.power_starts(prob, floor, shift, t_fixed)
+    starts = M.power_starts(prob, floor, shift, t_fixed)
     linear = (not floor) and shift is not True and estimator == "ols"
     return _run_fit(
         prob, "power", starts, lb, ub, free, estimator=estimator, noise=noise, robust=robust, linear_raw=linear
@@ -682,15 +668,13 @@ def fit_power_law(
     if f.estimator == "gls" and not f.robust:
         # profile-likelihood interval for the exponent (honest when the floor or
         # shift sits on its bound)
-        lb, ub, _, _ = E.power_bounds(prob, floor, shift)
+        lb, ub, _, _ = M.power_bounds(prob, floor, shift)
         q = _quantile(confidence, f)
         k_free = int(np.sum(f.core.free[:1]))  # position of the exponent among free params
         se = math.sqrt(max(f.cov[k_free, k_free], 0.0))
         wh = E.whitener(prob, "gls", f.noise)
         f.profile[1] = E.profile_interval(prob, f.core, wh, lb, ub, index=1, crit=q * q * f.scale, se_guess=se)
-    return _build(
-        PowerLawFit, f, ("amplitude", "exponent", "floor", "shift"), _convert_power, confidence, prob.curve.n_masked
-    )
+    return _build(PowerLawFit, f, M.POWER.param_names, _convert_power, confidence, prob.curve.n_masked)
 
 
 def fit_exponential(
@@ -722,7 +706,7 @@ def fit_exponential(
     """
     prob = _problem(steps, loss, 2, nonfinite, bin_decades)
     f = _exponential_fit(prob, estimator=estimator, noise=noise, robust=robust)
-    return _build(ExponentialFit, f, ("amplitude", "rate"), _convert_exp, confidence, prob.curve.n_masked)
+    return _build(ExponentialFit, f, M.EXPONENTIAL.param_names, _convert_exp, confidence, prob.curve.n_masked)
 
 
 def fit_two_power_law(
@@ -765,7 +749,7 @@ def fit_two_power_law(
     return _build(
         TwoPowerLawFit,
         f,
-        ("amplitude", "exponent_before", "exponent_after", "break_step", "floor", "shift"),
+        M.TWO_POWER.param_names,
         _convert_two,
         confidence,
         prob.curve.n_masked,
@@ -773,10 +757,10 @@ def fit_two_power_law(
 
 
 def _two_power_fit(prob, *, floor, shift, knee_range, estimator, noise, robust, null: _Fitted | None = None) -> _Fitted:
-    consts = E.knee_consts(prob, knee_range)
+    consts = M.knee_consts(prob, knee_range)
     if null is None:
         null = _power_core_fit(prob, floor=floor, shift=shift, estimator="ols", noise=noise, robust="never")
-    lb, ub, free = E.two_power_bounds(prob, floor, shift, consts)
+    lb, ub, free = M.two_power_bounds(prob, floor, shift, consts)
     wh_ols = E.whitener(prob, "ols", None)
     starts = E.profile_starts(prob, null.core, wh_ols, lb, ub, free, consts=consts, n_best=3)
     start = E.fit_two_power_core(
@@ -934,15 +918,11 @@ def compare_models(
 
 
 def _exponential_fit(prob: E.Problem, *, estimator: str, noise: NoiseModel | None, robust: str) -> _Fitted:
-    lb = np.array([-np.inf, -np.inf])
-    ub = np.array([np.inf, np.inf])
-    free = np.array([True, True])
-    x = prob.sb
-    beta, _, _ = E.wls(np.column_stack((np.ones_like(x), -x)), prob.yb)
+    lb, ub, free = M.exponential_bounds(prob)
     return _run_fit(
         prob,
         "exponential",
-        [np.array(beta)],
+        M.exponential_starts(prob),
         lb,
         ub,
         free,
@@ -1020,7 +1000,7 @@ def _result_from_core(
 
 
 _RESULT_SPECS = {
-    "power": (("amplitude", "exponent", "floor", "shift"), _convert_power),
-    "two_power": (("amplitude", "exponent_before", "exponent_after", "break_step", "floor", "shift"), _convert_two),
-    "exponential": (("amplitude", "rate"), _convert_exp),
+    "power": (M.POWER.param_names, _convert_power),
+    "two_power": (M.TWO_POWER.param_names, _convert_two),
+    "exponential": (M.EXPONENTIAL.param_names, _convert_exp),
 }

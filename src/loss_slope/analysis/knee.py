@@ -39,7 +39,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from . import _engine as E
+from . import _engine as E, models as M
 from ._data import DEFAULT_BIN_DECADES, log_t, min_points_for, prepare_curve, z_value
 from .exceptions import FitFailed, NotEnoughPoints, UnknownMethod
 from .noise import NoiseModel, estimate_noise, estimate_scale, reml_refine
@@ -163,14 +163,14 @@ class _LrtFit:
 
 
 def _lrt_fit(prob: E.Problem, *, knee_range=None, robust: str = "auto", hetero: bool = True) -> _LrtFit:
-    consts = E.knee_consts(prob, knee_range)
-    lb0, ub0, free0, t_fixed = E.power_bounds(prob, True, True)
+    consts = M.knee_consts(prob, knee_range)
+    lb0, ub0, free0, t_fixed = M.power_bounds(prob, True, True)
     null_box = (lb0, ub0, free0)
     wh_ols = E.whitener(prob, "ols", None)
-    null0 = _best_power(prob, E.power_starts(prob, True, True, t_fixed), null_box, wh_ols)
+    null0 = _best_power(prob, M.power_starts(prob, True, True, t_fixed), null_box, wh_ols)
     # noise model from the residuals of the flexible (two-power) fit, so that a
     # real knee does not masquerade as low-frequency noise
-    alt_box = E.two_power_bounds(prob, True, True, consts)
+    alt_box = M.two_power_bounds(prob, True, True, consts)
     starts = _knee_starts(prob, null0, wh_ols, null_box, alt_box, consts)
     alt0 = E.fit_two_power_core(
         prob, null0, wh_ols, floor=True, shift=True, consts=consts, grid=0, extra_starts=starts[:2]
@@ -182,7 +182,7 @@ def _lrt_fit(prob: E.Problem, *, knee_range=None, robust: str = "auto", hetero: 
     if row_scale is not None:
         prob.set_scale(row_scale)
         wh_ols = E.whitener(prob, "ols", None)
-        null0 = _best_power(prob, [null0.theta, *E.power_starts(prob, True, True, t_fixed)], null_box, wh_ols)
+        null0 = _best_power(prob, [null0.theta, *M.power_starts(prob, True, True, t_fixed)], null_box, wh_ols)
         starts = _knee_starts(prob, null0, wh_ols, null_box, alt_box, consts)
         alt0 = E.fit_two_power_core(
             prob, null0, wh_ols, floor=True, shift=True, consts=consts, grid=0, extra_starts=[alt0.theta] + starts
@@ -216,7 +216,14 @@ def _lrt_fit(prob: E.Problem, *, knee_range=None, robust: str = "auto", hetero: 
     )
     if alt.chi2 > null.chi2:  # the alternative nests the null; guard against a poor local optimum
         alt = E.fit_two_power_core(
-            prob, null, wh, floor=True, shift=True, consts=consts, extra_starts=[alt.theta, _nested(null)], n_refine=3
+            prob,
+            null,
+            wh,
+            floor=True,
+            shift=True,
+            consts=consts,
+            extra_starts=[alt.theta, M.TWO_POWER.starts(null.theta)],
+            n_refine=3,
         )
     dof = max(prob.m - alt.k, 1)
     scale = max(1.0, alt.chi2 / dof)
@@ -251,7 +258,7 @@ def _knee_starts(prob: E.Problem, null0: E.Core, wh: E.Whitener, null_box, alt_b
     held = free0.copy()
     held[3] = False  # the shift
     try:
-        short_starts = E.power_starts(prob, True, False, 1.0)
+        short_starts = M.power_starts(prob, True, False, 1.0)
         for th in short_starts:
             th[3] = min(max(1.0, lb0[3]), ub0[3])
         short = _best_power(prob, short_starts, (lb0, ub0, held), wh)
@@ -261,20 +268,13 @@ def _knee_starts(prob: E.Problem, null0: E.Core, wh: E.Whitener, null_box, alt_b
     return starts[:1] + extra + starts[1:]
 
 
-def _nested(null: E.Core) -> np.ndarray:
-    la, a, c, t0 = null.theta
-    return np.array([la, a, a, 0.5, c, t0])
-
-
 def _knee_ci(fit: _LrtFit, z: float) -> tuple[float, float, float]:
     """Step CI of the knee: GLS covariance, delta method on ln(tau_k)."""
-    from .fits import knee_step_estimate
-
     cov_f, _, _ = E.covariance(fit.problem, fit.alt, fit.noise, "gls")
     p = fit.alt.theta.size
     cov = np.zeros((p, p))
     cov[np.ix_(fit.alt.free, fit.alt.free)] = cov_f
-    _, se, (lo, hi) = knee_step_estimate(fit.alt.theta, cov, fit.alt.consts, z)
+    _, se, (lo, hi) = M.knee_step_estimate(fit.alt.theta, cov, fit.alt.consts, z)
     return float(lo), float(hi), float(se)
 
 
@@ -318,7 +318,7 @@ def _broken_power_lrt(
         raise NotEnoughPoints(12, prob.m, "log-spaced bins")
     fit = _lrt_fit(prob, knee_range=knee_range, robust=robust, hetero=hetero)
     a1, a2 = float(fit.alt.theta[1]), float(fit.alt.theta[2])
-    step = E.knee_step_of(fit.alt.theta, fit.alt.consts)
+    step = M.knee_step_of(fit.alt.theta, fit.alt.consts)
     lo, hi, se = _knee_ci(fit, z_value(confidence))
     found = bool(fit.stat > thr and abs(a2 - a1) >= min_change)
     neff = max(fit.noise.effective_n(curve.n), 2.0)

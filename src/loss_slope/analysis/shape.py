@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import t as student_t
 
-from . import _engine as E
+from . import _engine as E, models as M
 from ._data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve
 from .exceptions import AnalysisError, NotEnoughPoints
 from .fit_check import MISFIT_DECADES, FitCheck, check_fit
@@ -291,7 +291,7 @@ def single_power_law(
             None, f"the post-knee segment is too short to test: {exc}", fit_ok=True, fit_reason=None, **empty
         )
     empty["further_break_statistic"] = float(lrt.stat)
-    empty["further_break_step"] = float(E.knee_step_of(lrt.alt.theta, lrt.alt.consts))
+    empty["further_break_step"] = float(M.knee_step_of(lrt.alt.theta, lrt.alt.consts))
     reasons = []
     if lrt.stat > thr:
         reasons.append(
@@ -303,7 +303,7 @@ def single_power_law(
             pre_fit = _lrt_fit(_problem(s[pre], y[pre], bin_decades))
             empty["earlier_break_statistic"] = float(pre_fit.stat)
             if pre_fit.stat > thr:
-                k0 = float(E.knee_step_of(pre_fit.alt.theta, pre_fit.alt.consts))
+                k0 = float(M.knee_step_of(pre_fit.alt.theta, pre_fit.alt.consts))
                 reasons.append(
                     f"an earlier break near step {k0:.4g} (statistic {pre_fit.stat:.3g} > {thr:g}): "
                     f"the knee at step {start:.4g} is a second break"

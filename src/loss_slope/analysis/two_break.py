@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _engine as E, _models as M
+from . import _engine as E, models as M
 from ._data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve
 from .exceptions import NotEnoughPoints
 from .fit_check import check_fit
@@ -164,7 +164,7 @@ def _grid_starts(prob: E.Problem, wh: E.Whitener, consts: dict, shifts, *, two: 
     for _, t0, x1, x2, beta in cands[:n_best]:
         la, a1, a2 = beta[0], beta[1], beta[1] + beta[2]
         if two:
-            f, g = E.three_power_positions(x1, x2, t0, consts)
+            f, g = M.three_power_positions(x1, x2, t0, consts)
             out.append(np.array([la, a1, a2, a2 + beta[3], f, g, 0.0, t0]))
         else:
             lo = math.log(consts["s_lo"] + t0) + M.KNEE_DELTA
@@ -186,11 +186,11 @@ def _profile_starts(prob: E.Problem, null: E.Core, wh: E.Whitener, consts: dict,
     for after in (True, False):
         if after:
             xs = np.linspace(xk + M.KNEE2_DELTA, hi, PROFILE_GRID)
-            pos = [E.three_power_positions(xk, x2, t0, consts) for x2 in xs]
+            pos = [M.three_power_positions(xk, x2, t0, consts) for x2 in xs]
             th = np.array([la, a1, a2, a2, 0.0, 0.0, c, t0])
         else:
             xs = np.linspace(lo, xk - M.KNEE2_DELTA, PROFILE_GRID)
-            pos = [E.three_power_positions(x1, xk, t0, consts) for x1 in xs]
+            pos = [M.three_power_positions(x1, xk, t0, consts) for x1 in xs]
             th = np.array([la, a1, a1, a2, 0.0, 0.0, c, t0])
         if not xs[-1] > xs[0]:
             continue
@@ -213,14 +213,14 @@ def _profile_starts(prob: E.Problem, null: E.Core, wh: E.Whitener, consts: dict,
 
 def _first_break(model: str, theta: np.ndarray, consts: dict) -> float:
     if model == "two_power":
-        return E.knee_step_of(theta, consts)
-    return E.three_power_steps(theta, consts)[0]
+        return M.knee_step_of(theta, consts)
+    return M.three_power_steps(theta, consts)[0]
 
 
 def _bounds(prob: E.Problem, model: str, consts: dict):
     if model == "two_power":
-        return E.two_power_bounds(prob, True, True, consts)
-    return E.three_power_bounds(prob, consts)
+        return M.two_power_bounds(prob, True, True, consts)
+    return M.three_power_bounds(prob, consts)
 
 
 def _fit(prob: E.Problem, model: str, starts, wh: E.Whitener, consts: dict) -> E.Core:
@@ -252,27 +252,21 @@ def _fit(prob: E.Problem, model: str, starts, wh: E.Whitener, consts: dict) -> E
         prob.shift_cap = saved
 
 
-def _nested(null: E.Core) -> np.ndarray:
-    """The null as a two-break vector (second break at the end, no change)."""
-    la, a1, a2, f, c, t0 = null.theta
-    return np.array([la, a1, a2, a2, f, 1.0, c, t0])
-
-
 def _from_knee_fit(fit: _LrtFit, threshold: float, min_change: float) -> TwoBreakTest:
     prob = fit.problem
     try:
-        consts = E.knee_consts(prob)
-        box3 = E.three_power_bounds(prob, consts)[:2]
+        consts = M.knee_consts(prob)
+        box3 = M.three_power_bounds(prob, consts)[:2]
     except NotEnoughPoints as exc:
         return _not_tested(f"too short for two breaks: {exc}", threshold, min_change)
-    lb2, ub2, _ = E.two_power_bounds(prob, True, True, consts)
+    lb2, ub2, _ = M.two_power_bounds(prob, True, True, consts)
     wh_ols = E.whitener(prob, "ols", None)
     shifts = sorted({1.0, float(np.clip(fit.alt.theta[5], lb2[5], ub2[5]))})
     null0 = _fit(
         prob, "two_power", [fit.alt.theta, *_grid_starts(prob, wh_ols, consts, shifts, two=False)], wh_ols, consts
     )
     starts = _profile_starts(prob, null0, wh_ols, consts, box3) + _grid_starts(prob, wh_ols, consts, shifts, two=True)
-    alt0 = _fit(prob, "three_power", [*starts, _nested(null0)], wh_ols, consts)
+    alt0 = _fit(prob, "three_power", [*starts, M.THREE_POWER.starts(null0.theta)], wh_ols, consts)
     # noise model from the residuals of the flexible (two-break) fit
     sig = 1.0 if prob.row_scale is None else prob.row_scale
     std = E.raw_residuals(prob, alt0) / sig
@@ -282,15 +276,15 @@ def _from_knee_fit(fit: _LrtFit, threshold: float, min_change: float) -> TwoBrea
     )
     wh = E.whitener(prob, "gls", noise)
     null = _fit(prob, "two_power", [null0.theta, fit.alt.theta], wh, consts)
-    alt = _fit(prob, "three_power", [alt0.theta, _nested(null)], wh, consts)
+    alt = _fit(prob, "three_power", [alt0.theta, M.THREE_POWER.starts(null.theta)], wh, consts)
     if alt.chi2 > null.chi2:  # poor local optimum: search again from the GLS null
         again = _fit(prob, "three_power", [*_profile_starts(prob, null, wh, consts, box3), alt.theta], wh, consts)
         alt = again if again.chi2 < alt.chi2 else alt
     scale = max(1.0, alt.chi2 / max(prob.m - alt.k, 1))
     stat = max(null.chi2 - alt.chi2, 0.0) / scale
-    k1, k2 = E.three_power_steps(alt.theta, consts)
+    k1, k2 = M.three_power_steps(alt.theta, consts)
     a = tuple(float(v) for v in alt.theta[1:4])
-    knee = E.knee_step_of(null.theta, consts)
+    knee = M.knee_step_of(null.theta, consts)
     shape_ok = a[1] - a[0] >= min_change and abs(a[2] - a[1]) >= min_change
     fitted = dict(_theta=alt.theta.copy(), _consts=dict(consts), _y_ref=prob.y_ref)
     chk = check_fit(
