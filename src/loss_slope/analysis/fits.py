@@ -47,10 +47,10 @@ from types import MappingProxyType
 
 import numpy as np
 
-from . import _engine as E, models as M
-from ._data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve, z_value
+from . import models as M, solver as S
+from ._data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve
 from .exceptions import InvalidCurve
-from .noise import NoiseModel, estimate_noise
+from .noise import NoiseModel
 
 __all__ = [
     "Estimate",
@@ -206,7 +206,7 @@ class FitResult:
         -------
         ndarray, shape (k,)
         """
-        fn = E.model_fn(self.model, dict(self.model_consts))
+        fn = M.MODELS[self.model].fn(dict(self.model_consts))
         m, _ = fn(np.asarray(self.theta), np.asarray(steps, dtype=float), jac=False)
         return np.exp(m + self.y_ref)
 
@@ -302,143 +302,7 @@ class TwoPowerLawFit(FitResult):
         return self.params["break_step"].ci
 
 
-# ====================================================================== internals
-@dataclass
-class _Fitted:
-    """Internal bundle passed from the numerical fit to the result builder."""
-
-    problem: E.Problem
-    core: E.Core
-    noise: NoiseModel
-    cov: np.ndarray
-    chi2_gls: float
-    scale: float
-    robust: bool
-    heavy: bool
-    kurt: float
-    raw_resid: np.ndarray
-    estimator: str
-    profile: dict = field(default_factory=dict)  # param index -> (low, high)
-    noise_ic: NoiseModel | None = None  # noise model of the information criteria, if not ``noise``
-
-
-def _huber_refit(problem, core, refit):
-    """Huber M-estimate by iterated pseudo-observations on the raw log loss."""
-    fn = core.fn()
-    for _ in range(8):
-        m, _ = fn(core.theta, problem.s, jac=False)
-        r = problem.y - m
-        delta = 1.5 * E.robust_sigma(r)
-        if delta <= 0:
-            break
-        pseudo = m + np.clip(r, -delta, delta)
-        prob2 = problem.rebinned(pseudo)
-        new = refit(prob2, core.theta)
-        step = np.max(np.abs(new.theta - core.theta))
-        core = new
-        if step < 1e-6:
-            break
-    m, _ = fn(core.theta, problem.s, jac=False)
-    r = problem.y - m
-    delta = 1.5 * E.robust_sigma(r)
-    psi = np.clip(r, -delta, delta)
-    inside = float(np.mean(np.abs(r) <= delta))
-    prob2 = problem.rebinned(m + psi)
-    mb, _ = prob2.bin_model(fn, core.theta, jac=False)
-    core.resid_b = prob2.yb - mb  # bin residuals of the pseudo-observations
-    noise2 = estimate_noise(psi)
-    return core, prob2, noise2, max(inside, 0.05)
-
-
-def _run_fit(
-    problem: E.Problem,
-    name: str,
-    starts: list[np.ndarray],
-    lb: np.ndarray,
-    ub: np.ndarray,
-    free: np.ndarray,
-    *,
-    estimator: str,
-    noise: NoiseModel | None,
-    robust: str,
-    linear_raw: bool = False,
-    consts: dict | None = None,
-    gls_refit=None,
-) -> _Fitted:
-    if estimator not in E.ESTIMATORS:
-        raise ValueError(f"estimator must be one of {E.ESTIMATORS}")
-    if robust not in ("auto", "never", "always"):
-        raise ValueError("robust must be 'auto', 'never' or 'always'")
-
-    def fit_ols(prob, theta0s):
-        best = None
-        for th in theta0s:
-            if linear_raw:
-                core = _linear_raw_core(prob, name, th, free)
-            else:
-                core = E.nls(prob, name, th, free, lb, ub, E.whitener(prob, "ols", None), consts=consts)
-            if best is None or core.chi2 < best.chi2:
-                best = core
-        return best
-
-    core = fit_ols(problem, starts)
-    raw = E.raw_residuals(problem, core)
-    if noise is None:
-        noise = estimate_noise(raw)
-    if estimator == "gls":
-        wh = E.whitener(problem, "gls", noise)
-        if gls_refit is not None:
-            core = gls_refit(problem, wh, core)
-        else:
-            core = E.nls(problem, name, core.theta, free, lb, ub, wh, consts=consts)
-        raw = E.raw_residuals(problem, core)
-
-    kurt = E.excess_kurtosis(np.diff(raw))
-    heavy = kurt > E.heavy_tail_threshold(problem.n)
-    use_robust = robust == "always" or (robust == "auto" and heavy)
-    prob_cov = problem
-    inside = 1.0
-    noise_ic = noise
-    if use_robust:
-
-        def refit(prob2, theta):
-            if estimator == "gls":
-                return E.nls(prob2, name, theta, free, lb, ub, E.whitener(prob2, "gls", noise), consts=consts)
-            return fit_ols(prob2, [theta])
-
-        core, prob_cov, noise, inside = _huber_refit(problem, core, refit)
-        raw = E.raw_residuals(problem, core)
-    cov, chi2, scale = E.covariance(prob_cov, core, noise, estimator)
-    cov = cov / inside**2
-    if use_robust:  # information criteria refer to the observed data and the common noise model
-        chi2 = E.gls_chi2(problem, core, noise_ic)
-    return _Fitted(problem, core, noise, cov, chi2, scale, use_robust, heavy, kurt, raw, estimator, noise_ic=noise_ic)
-
-
-def _linear_raw_core(problem: E.Problem, name: str, theta0: np.ndarray, free: np.ndarray) -> E.Core:
-    """Exact raw-point OLS for the linear models (statsmodels-identical)."""
-    fn = E.model_fn(name)
-    th = theta0.copy()
-    th[free] = 0.0
-    m0, J = fn(th, problem.s)
-    # m(theta) = m0 + J_free @ theta_free exactly for a linear model
-    Jf = J[:, free]
-    beta, _, _ = M.wls(Jf, problem.y - m0)
-    th[free] = beta
-    mb, Jb = problem.bin_model(fn, th)
-    rb = problem.yb - mb
-    return E.Core(
-        model=name,
-        theta=th,
-        free=free.copy(),
-        chi2=float(np.dot(problem.nb, rb * rb)),
-        jac=Jb[:, free],
-        resid_b=rb,
-        converged=True,
-    )
-
-
-def _diagnostics(f: _Fitted) -> ResidualDiagnostics:
+def _diagnostics(f: S.Fitted) -> ResidualDiagnostics:
     r = f.raw_resid
     rc = r - r.mean()
     ss = float(rc @ rc)
@@ -448,7 +312,7 @@ def _diagnostics(f: _Fitted) -> ResidualDiagnostics:
     skew = float(np.mean(rc**3) / sd**3) if sd > 0 else 0.0
     return ResidualDiagnostics(
         sigma=sd,
-        robust_sigma=E.robust_sigma(r),
+        robust_sigma=S.robust_sigma(r),
         lag1_autocorr=lag1,
         durbin_watson=dw,
         skewness=skew,
@@ -460,9 +324,9 @@ def _diagnostics(f: _Fitted) -> ResidualDiagnostics:
     )
 
 
-def _build(cls, f: _Fitted, names, convert, confidence: float, n_masked: int):
+def _build(cls, f: S.Fitted, names, convert, confidence: float, n_masked: int):
     """Assemble a frozen result; ``convert(theta, se_theta, z)`` -> {name: Estimate}."""
-    z = _quantile(confidence, f)
+    z = S.t_quantile(confidence, f)
     core, prob = f.core, f.problem
     p = core.theta.size
     cov = np.zeros((p, p))
@@ -485,13 +349,13 @@ def _build(cls, f: _Fitted, names, convert, confidence: float, n_masked: int):
     rss = float(f.raw_resid @ f.raw_resid)
     yc = prob.y - prob.y.mean()
     tss = float(yc @ yc)
-    ll = E.iid_loglik(max(rss, 1e-300), n)
+    ll = S.iid_loglik(max(rss, 1e-300), n)
     mb, _ = prob.bin_model(core.fn(), core.theta, jac=False)
     rb = prob.yb - mb
     ybc = prob.yb - prob.yb.mean()
     r2b = 1.0 - float(rb @ rb) / float(ybc @ ybc) if float(ybc @ ybc) > 0 else float("nan")
     nic = f.noise_ic or f.noise
-    ll_ac = E.gls_loglik(prob, f.chi2_gls, nic)
+    ll_ac = S.gls_loglik(prob, f.chi2_gls, nic)
     neff = max(nic.effective_n(n), 2.0)
     se_method = ("GLS" if f.estimator == "gls" else "sandwich") + " covariance under white+AR(1) noise"
     if f.robust:
@@ -524,20 +388,6 @@ def _build(cls, f: _Fitted, names, convert, confidence: float, n_masked: int):
         at_bound=MappingProxyType(at_bound),
         hit_bound=tuple(hit),
     )
-
-
-def _quantile(confidence: float, f: _Fitted) -> float:
-    """Two-sided Student-t quantile with the effective degrees of freedom.
-
-    Under strong autocorrelation the noise model (hence every standard error) is
-    estimated from few effectively independent points; ``df = n_eff - k`` widens the
-    intervals accordingly and tends to the normal quantile for long iid curves.
-    """
-    from scipy.stats import t as student_t
-
-    z_value(confidence)  # validates the level
-    df = max(f.noise.effective_n(f.problem.n) - f.core.k, 2.0)
-    return float(student_t.ppf(0.5 + confidence / 2.0, df))
 
 
 def _est(v, se, lo, hi) -> Estimate:
@@ -589,7 +439,7 @@ def _convert_exp(theta, se, z, y_ref, **_):
 
 def _problem(steps, loss, n_params, nonfinite, bin_decades):
     curve = prepare_curve(steps, loss, min_points=min_points_for(n_params), nonfinite=nonfinite)
-    prob = E.Problem(curve, bin_decades=bin_decades)
+    prob = S.Problem(curve, bin_decades=bin_decades)
     if prob.m < n_params + 2:
         from .exceptions import NotEnoughPoints
 
@@ -597,7 +447,7 @@ def _problem(steps, loss, n_params, nonfinite, bin_decades):
     return prob
 
 
-def _power_core_fit(prob, *, floor, shift, estimator, noise, robust) -> _Fitted:
+def _power_core_fit(prob, *, floor, shift, estimator, noise, robust) -> S.Fitted:
     if not (shift is True or shift is False or isinstance(shift, (int, float))):
         raise TypeError("shift must be True, False or a number of steps")
     if shift is not True and shift is not False and float(shift) < 0:
@@ -607,8 +457,8 @@ def _power_core_fit(prob, *, floor, shift, estimator, noise, robust) -> _Fitted:
         raise InvalidCurve("step + shift must be > 0")
     starts = M.power_starts(prob, floor, shift, t_fixed)
     linear = (not floor) and shift is not True and estimator == "ols"
-    return _run_fit(
-        prob, "power", starts, lb, ub, free, estimator=estimator, noise=noise, robust=robust, linear_raw=linear
+    return S.run_fit(
+        prob, M.POWER, starts, lb, ub, free, estimator=estimator, noise=noise, robust=robust, linear_raw=linear
     )
 
 
@@ -669,11 +519,11 @@ def fit_power_law(
         # profile-likelihood interval for the exponent (honest when the floor or
         # shift sits on its bound)
         lb, ub, _, _ = M.power_bounds(prob, floor, shift)
-        q = _quantile(confidence, f)
+        q = S.t_quantile(confidence, f)
         k_free = int(np.sum(f.core.free[:1]))  # position of the exponent among free params
         se = math.sqrt(max(f.cov[k_free, k_free], 0.0))
-        wh = E.whitener(prob, "gls", f.noise)
-        f.profile[1] = E.profile_interval(prob, f.core, wh, lb, ub, index=1, crit=q * q * f.scale, se_guess=se)
+        wh = S.whitener(prob, "gls", f.noise)
+        f.profile[1] = S.profile_interval(prob, f.core, wh, lb, ub, index=1, crit=q * q * f.scale, se_guess=se)
     return _build(PowerLawFit, f, M.POWER.param_names, _convert_power, confidence, prob.curve.n_masked)
 
 
@@ -756,19 +606,21 @@ def fit_two_power_law(
     )
 
 
-def _two_power_fit(prob, *, floor, shift, knee_range, estimator, noise, robust, null: _Fitted | None = None) -> _Fitted:
+def _two_power_fit(
+    prob, *, floor, shift, knee_range, estimator, noise, robust, null: S.Fitted | None = None
+) -> S.Fitted:
     consts = M.knee_consts(prob, knee_range)
     if null is None:
         null = _power_core_fit(prob, floor=floor, shift=shift, estimator="ols", noise=noise, robust="never")
     lb, ub, free = M.two_power_bounds(prob, floor, shift, consts)
-    wh_ols = E.whitener(prob, "ols", None)
-    starts = E.profile_starts(prob, null.core, wh_ols, lb, ub, free, consts=consts, n_best=3)
-    start = E.fit_two_power_core(
+    wh_ols = S.whitener(prob, "ols", None)
+    starts = S.profile_starts(prob, null.core, wh_ols, lb, ub, free, consts=consts, n_best=3)
+    start = S.fit_two_power_core(
         prob, null.core, wh_ols, floor=floor, shift=shift, consts=consts, grid=0, extra_starts=starts[:2]
     )
 
     def gls_refit(problem, wh, core):
-        return E.fit_two_power_core(
+        return S.fit_two_power_core(
             problem,
             null.core,
             wh,
@@ -779,9 +631,9 @@ def _two_power_fit(prob, *, floor, shift, knee_range, estimator, noise, robust, 
             extra_starts=[core.theta] + starts[2:],
         )
 
-    return _run_fit(
+    return S.run_fit(
         prob,
-        "two_power",
+        M.TWO_POWER,
         [start.theta],
         lb,
         ub,
@@ -917,11 +769,11 @@ def compare_models(
     return _comparison(fits, noise)
 
 
-def _exponential_fit(prob: E.Problem, *, estimator: str, noise: NoiseModel | None, robust: str) -> _Fitted:
+def _exponential_fit(prob: S.Problem, *, estimator: str, noise: NoiseModel | None, robust: str) -> S.Fitted:
     lb, ub, free = M.exponential_bounds(prob)
-    return _run_fit(
+    return S.run_fit(
         prob,
-        "exponential",
+        M.EXPONENTIAL,
         M.exponential_starts(prob),
         lb,
         ub,
@@ -980,8 +832,8 @@ def _comparison(fits: dict, noise: NoiseModel) -> ModelComparison:
 
 def _result_from_core(
     cls,
-    problem: E.Problem,
-    core: E.Core,
+    problem: S.Problem,
+    core: S.Core,
     noise: NoiseModel,
     *,
     estimator: str = "gls",
@@ -990,11 +842,11 @@ def _result_from_core(
 ) -> FitResult:
     """Build a result from an existing fit (no refit), e.g. the knee detector's."""
     names, convert = _RESULT_SPECS[core.model]
-    raw = E.raw_residuals(problem, core)
-    kurt = E.excess_kurtosis(np.diff(raw))
-    cov, chi2, scale = E.covariance(problem, core, noise, estimator)
-    f = _Fitted(
-        problem, core, noise, cov, chi2, scale, robust, kurt > E.heavy_tail_threshold(problem.n), kurt, raw, estimator
+    raw = S.raw_residuals(problem, core)
+    kurt = S.excess_kurtosis(np.diff(raw))
+    cov, chi2, scale = S.covariance(problem, core, noise, estimator)
+    f = S.Fitted(
+        problem, core, noise, cov, chi2, scale, robust, kurt > S.heavy_tail_threshold(problem.n), kurt, raw, estimator
     )
     return _build(cls, f, names, convert, confidence, problem.curve.n_masked)
 

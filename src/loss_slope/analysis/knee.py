@@ -39,7 +39,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from . import _engine as E, models as M
+from . import models as M, solver as S
 from ._data import DEFAULT_BIN_DECADES, log_t, min_points_for, prepare_curve, z_value
 from .exceptions import FitFailed, NotEnoughPoints, UnknownMethod
 from .noise import NoiseModel, estimate_noise, estimate_scale, reml_refine
@@ -152,9 +152,9 @@ def _check_spe(steps_per_epoch) -> float | None:
 class _LrtFit:
     """Internals of the default detector (reused by analyze_curve)."""
 
-    problem: E.Problem
-    null: E.Core
-    alt: E.Core
+    problem: S.Problem
+    null: S.Core
+    alt: S.Core
     noise: NoiseModel
     stat: float
     scale: float
@@ -162,39 +162,39 @@ class _LrtFit:
     scale_ratio: float = 1.0  # max/min of the fitted noise scale (1: constant noise)
 
 
-def _lrt_fit(prob: E.Problem, *, knee_range=None, robust: str = "auto", hetero: bool = True) -> _LrtFit:
+def _lrt_fit(prob: S.Problem, *, knee_range=None, robust: str = "auto", hetero: bool = True) -> _LrtFit:
     consts = M.knee_consts(prob, knee_range)
     lb0, ub0, free0, t_fixed = M.power_bounds(prob, True, True)
     null_box = (lb0, ub0, free0)
-    wh_ols = E.whitener(prob, "ols", None)
+    wh_ols = S.whitener(prob, "ols", None)
     null0 = _best_power(prob, M.power_starts(prob, True, True, t_fixed), null_box, wh_ols)
     # noise model from the residuals of the flexible (two-power) fit, so that a
     # real knee does not masquerade as low-frequency noise
     alt_box = M.two_power_bounds(prob, True, True, consts)
     starts = _knee_starts(prob, null0, wh_ols, null_box, alt_box, consts)
-    alt0 = E.fit_two_power_core(
+    alt0 = S.fit_two_power_core(
         prob, null0, wh_ols, floor=True, shift=True, consts=consts, grid=0, extra_starts=starts[:2]
     )
-    raw = E.raw_residuals(prob, alt0)
+    raw = S.raw_residuals(prob, alt0)
     # heteroscedastic noise (a smooth scale along the curve), modelled only when
     # clearly present; then the OLS pilot fits are redone with the new weights
     row_scale, scale_ratio = estimate_scale(prob.s, raw) if hetero else (None, 1.0)
     if row_scale is not None:
         prob.set_scale(row_scale)
-        wh_ols = E.whitener(prob, "ols", None)
+        wh_ols = S.whitener(prob, "ols", None)
         null0 = _best_power(prob, [null0.theta, *M.power_starts(prob, True, True, t_fixed)], null_box, wh_ols)
         starts = _knee_starts(prob, null0, wh_ols, null_box, alt_box, consts)
-        alt0 = E.fit_two_power_core(
+        alt0 = S.fit_two_power_core(
             prob, null0, wh_ols, floor=True, shift=True, consts=consts, grid=0, extra_starts=[alt0.theta] + starts
         )
-        raw = E.raw_residuals(prob, alt0)
+        raw = S.raw_residuals(prob, alt0)
     sig = 1.0 if row_scale is None else row_scale
     std = raw / sig  # standardised residuals: white + AR(1) of constant scale
     inside = 1.0
     used_robust = False
-    if robust == "always" or (robust == "auto" and E.excess_kurtosis(np.diff(std)) > E.heavy_tail_threshold(prob.n)):
+    if robust == "always" or (robust == "auto" and S.excess_kurtosis(np.diff(std)) > S.heavy_tail_threshold(prob.n)):
         # one Huber pseudo-observation step around the flexible fit
-        delta = 1.5 * E.robust_sigma(std)
+        delta = 1.5 * S.robust_sigma(std)
         psi = np.clip(std, -delta, delta)
         prob = prob.rebinned(prob.y - raw + psi * sig)
         inside = max(float(np.mean(np.abs(std) <= delta)), 0.05)
@@ -209,13 +209,13 @@ def _lrt_fit(prob: E.Problem, *, knee_range=None, robust: str = "auto", hetero: 
         if used_robust
         else nz
     )
-    wh = E.whitener(prob, "gls", noise)
-    null = E.nls(prob, "power", null0.theta, free0, lb0, ub0, wh)
-    alt = E.fit_two_power_core(
+    wh = S.whitener(prob, "gls", noise)
+    null = S.nls(prob, M.POWER, null0.theta, free0, lb0, ub0, wh)
+    alt = S.fit_two_power_core(
         prob, null, wh, floor=True, shift=True, consts=consts, grid=0, extra_starts=[alt0.theta] + starts[1:]
     )
     if alt.chi2 > null.chi2:  # the alternative nests the null; guard against a poor local optimum
-        alt = E.fit_two_power_core(
+        alt = S.fit_two_power_core(
             prob,
             null,
             wh,
@@ -231,18 +231,18 @@ def _lrt_fit(prob: E.Problem, *, knee_range=None, robust: str = "auto", hetero: 
     return _LrtFit(prob, null, alt, noise, stat, scale, used_robust, scale_ratio)
 
 
-def _best_power(prob: E.Problem, starts, box, wh: E.Whitener) -> E.Core:
+def _best_power(prob: S.Problem, starts, box, wh: S.Whitener) -> S.Core:
     """The power-law (null) fit with the lowest chi-square over ``starts``; the first wins ties."""
     lb, ub, free = box
     best = None
     for th in starts:
-        c = E.nls(prob, "power", th, free, lb, ub, wh)
+        c = S.nls(prob, M.POWER, th, free, lb, ub, wh)
         if best is None or c.chi2 < best.chi2:
             best = c
     return best
 
 
-def _knee_starts(prob: E.Problem, null0: E.Core, wh: E.Whitener, null_box, alt_box, consts: dict) -> list[np.ndarray]:
+def _knee_starts(prob: S.Problem, null0: S.Core, wh: S.Whitener, null_box, alt_box, consts: dict) -> list[np.ndarray]:
     """Starts for the two-power fit: the knee profiled from the null fit, and from a short-shift null.
 
     The profile sweep is warm-started from the null fit's shift. When the curve has a flat plateau
@@ -253,7 +253,7 @@ def _knee_starts(prob: E.Problem, null0: E.Core, wh: E.Whitener, null_box, alt_b
     Best local minima of the first sweep come first.
     """
     lb1, ub1, free1 = alt_box
-    starts = E.profile_starts(prob, null0, wh, lb1, ub1, free1, consts=consts, n_best=3)
+    starts = S.profile_starts(prob, null0, wh, lb1, ub1, free1, consts=consts, n_best=3)
     lb0, ub0, free0 = null_box
     held = free0.copy()
     held[3] = False  # the shift
@@ -262,7 +262,7 @@ def _knee_starts(prob: E.Problem, null0: E.Core, wh: E.Whitener, null_box, alt_b
         for th in short_starts:
             th[3] = min(max(1.0, lb0[3]), ub0[3])
         short = _best_power(prob, short_starts, (lb0, ub0, held), wh)
-        extra = E.profile_starts(prob, short, wh, lb1, ub1, free1, consts=consts, n_best=1)
+        extra = S.profile_starts(prob, short, wh, lb1, ub1, free1, consts=consts, n_best=1)
     except FitFailed:  # an extra start only: the first sweep's are enough to go on
         extra = []
     return starts[:1] + extra + starts[1:]
@@ -270,7 +270,7 @@ def _knee_starts(prob: E.Problem, null0: E.Core, wh: E.Whitener, null_box, alt_b
 
 def _knee_ci(fit: _LrtFit, z: float) -> tuple[float, float, float]:
     """Step CI of the knee: GLS covariance, delta method on ln(tau_k)."""
-    cov_f, _, _ = E.covariance(fit.problem, fit.alt, fit.noise, "gls")
+    cov_f, _, _ = S.covariance(fit.problem, fit.alt, fit.noise, "gls")
     p = fit.alt.theta.size
     cov = np.zeros((p, p))
     cov[np.ix_(fit.alt.free, fit.alt.free)] = cov_f
@@ -313,7 +313,7 @@ def _broken_power_lrt(
     spe = _check_spe(steps_per_epoch)
     thr = LRT_THRESHOLD if threshold is None else float(threshold)
     curve = prepare_curve(steps, loss, min_points=min_points_for(6), nonfinite=nonfinite)
-    prob = E.Problem(curve, bin_decades=bin_decades)
+    prob = S.Problem(curve, bin_decades=bin_decades)
     if prob.m < 12:
         raise NotEnoughPoints(12, prob.m, "log-spaced bins")
     fit = _lrt_fit(prob, knee_range=knee_range, robust=robust, hetero=hetero)

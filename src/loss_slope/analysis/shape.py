@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import t as student_t
 
-from . import _engine as E, models as M
+from . import models as M, solver as S
 from ._data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve
 from .exceptions import AnalysisError, NotEnoughPoints
 from .fit_check import MISFIT_DECADES, FitCheck, check_fit
@@ -155,7 +155,7 @@ _TWO_BREAK_KEYS = ("found", "statistic", "threshold", "step_1", "step_2", "expon
 
 def _problem(steps, loss, bin_decades, shift_cap=None):
     curve = prepare_curve(steps, loss, min_points=min_points_for(6), nonfinite="drop")
-    prob = E.Problem(curve, bin_decades=bin_decades)
+    prob = S.Problem(curve, bin_decades=bin_decades)
     prob.shift_cap = shift_cap
     if prob.m < MIN_BINS:
         raise NotEnoughPoints(MIN_BINS, prob.m, "log-spaced bins")
@@ -176,7 +176,7 @@ def _drift(lrt, mid: float, confidence: float) -> tuple[float, float, tuple[floa
     mb, J = prob.bin_model(null.fn(), null.theta)
     H = (prob.sb >= mid).astype(float)
     X = np.column_stack((J[:, 0], J[:, 1], J[:, 1] * H))
-    wh = E.whitener(prob, "gls", lrt.noise)
+    wh = S.whitener(prob, "gls", lrt.noise)
     Xw, rw = wh(X), wh(prob.yb - mb)
     beta, *_ = np.linalg.lstsq(Xw, rw, rcond=None)
     u = rw - Xw @ beta

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _engine as E, models as M
+from . import models as M, solver as S
 from ._data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve
 from .exceptions import NotEnoughPoints
 from .fit_check import check_fit
@@ -130,7 +130,7 @@ def _hinge(x: np.ndarray, xk: float) -> np.ndarray:
     return M.KNEE_WIDTH * np.logaddexp(0.0, (x - xk) / M.KNEE_WIDTH)
 
 
-def _grid_starts(prob: E.Problem, wh: E.Whitener, consts: dict, shifts, *, two: bool, n_best: int = 3):
+def _grid_starts(prob: S.Problem, wh: S.Whitener, consts: dict, shifts, *, two: bool, n_best: int = 3):
     """Starts from the best break positions of a linear fit in log-log.
 
     With the floor at 0 and the shift held, the broken power law is linear in
@@ -173,7 +173,7 @@ def _grid_starts(prob: E.Problem, wh: E.Whitener, consts: dict, shifts, *, two: 
     return out
 
 
-def _profile_starts(prob: E.Problem, null: E.Core, wh: E.Whitener, consts: dict, box, n_best: int = 2):
+def _profile_starts(prob: S.Problem, null: S.Core, wh: S.Whitener, consts: dict, box, n_best: int = 2):
     """Starts with the null's knee as the first break (second swept after it) and as the second."""
     lb, ub = box
     la, a1, a2, f, c, t0 = null.theta
@@ -198,8 +198,8 @@ def _profile_starts(prob: E.Problem, null: E.Core, wh: E.Whitener, consts: dict,
         for fg in pos:
             th = th.copy()
             th[4], th[5] = fg
-            core = E.nls(
-                prob, "three_power", np.clip(th, lb, ub), held, lb, ub, wh, consts=consts, max_iter=15, ftol=1e-4
+            core = S.nls(
+                prob, M.THREE_POWER, np.clip(th, lb, ub), held, lb, ub, wh, consts=consts, max_iter=15, ftol=1e-4
             )
             prof.append(core)
             th = core.theta
@@ -211,19 +211,19 @@ def _profile_starts(prob: E.Problem, null: E.Core, wh: E.Whitener, consts: dict,
     return out
 
 
-def _first_break(model: str, theta: np.ndarray, consts: dict) -> float:
-    if model == "two_power":
+def _first_break(spec: M.ModelSpec, theta: np.ndarray, consts: dict) -> float:
+    if spec is M.TWO_POWER:
         return M.knee_step_of(theta, consts)
     return M.three_power_steps(theta, consts)[0]
 
 
-def _bounds(prob: E.Problem, model: str, consts: dict):
-    if model == "two_power":
+def _bounds(prob: S.Problem, spec: M.ModelSpec, consts: dict):
+    if spec is M.TWO_POWER:
         return M.two_power_bounds(prob, True, True, consts)
     return M.three_power_bounds(prob, consts)
 
 
-def _fit(prob: E.Problem, model: str, starts, wh: E.Whitener, consts: dict) -> E.Core:
+def _fit(prob: S.Problem, spec: M.ModelSpec, starts, wh: S.Whitener, consts: dict) -> S.Core:
     """Best fit over ``starts`` with the shift at most SHIFT_CAP x the first break step.
 
     The cap depends on the fitted break, so it is applied by refitting with the
@@ -234,15 +234,15 @@ def _fit(prob: E.Problem, model: str, starts, wh: E.Whitener, consts: dict) -> E
         prob.shift_cap = None
         best = None
         for _ in range(4):
-            lb, ub, free = _bounds(prob, model, consts)
+            lb, ub, free = _bounds(prob, spec, consts)
             cands = ([best.theta] if best is not None else []) + list(starts)
             best = None
             for th in cands:
-                core = E.nls(prob, model, np.clip(np.asarray(th, dtype=float), lb, ub), free, lb, ub, wh, consts=consts)
+                core = S.nls(prob, spec, np.clip(np.asarray(th, dtype=float), lb, ub), free, lb, ub, wh, consts=consts)
                 if best is None or core.chi2 < best.chi2:
                     best = core
             shift = best.theta[-1]
-            cap = SHIFT_CAP * max(_first_break(model, best.theta, consts), 1.0)
+            cap = SHIFT_CAP * max(_first_break(spec, best.theta, consts), 1.0)
             if shift <= cap * (1 + 1e-6):
                 break
             prob.shift_cap = cap
@@ -260,25 +260,25 @@ def _from_knee_fit(fit: _LrtFit, threshold: float, min_change: float) -> TwoBrea
     except NotEnoughPoints as exc:
         return _not_tested(f"too short for two breaks: {exc}", threshold, min_change)
     lb2, ub2, _ = M.two_power_bounds(prob, True, True, consts)
-    wh_ols = E.whitener(prob, "ols", None)
+    wh_ols = S.whitener(prob, "ols", None)
     shifts = sorted({1.0, float(np.clip(fit.alt.theta[5], lb2[5], ub2[5]))})
     null0 = _fit(
-        prob, "two_power", [fit.alt.theta, *_grid_starts(prob, wh_ols, consts, shifts, two=False)], wh_ols, consts
+        prob, M.TWO_POWER, [fit.alt.theta, *_grid_starts(prob, wh_ols, consts, shifts, two=False)], wh_ols, consts
     )
     starts = _profile_starts(prob, null0, wh_ols, consts, box3) + _grid_starts(prob, wh_ols, consts, shifts, two=True)
-    alt0 = _fit(prob, "three_power", [*starts, M.THREE_POWER.starts(null0.theta)], wh_ols, consts)
+    alt0 = _fit(prob, M.THREE_POWER, [*starts, M.THREE_POWER.starts(null0.theta)], wh_ols, consts)
     # noise model from the residuals of the flexible (two-break) fit
     sig = 1.0 if prob.row_scale is None else prob.row_scale
-    std = E.raw_residuals(prob, alt0) / sig
+    std = S.raw_residuals(prob, alt0) / sig
     mb, _ = prob.bin_model(alt0.fn(), alt0.theta, jac=False)
     noise = reml_refine(
         estimate_noise(std), prob.bins, alt0.jac, prob.yb - mb, slack=REML_SLACK, bin_scale=prob.bin_scale
     )
-    wh = E.whitener(prob, "gls", noise)
-    null = _fit(prob, "two_power", [null0.theta, fit.alt.theta], wh, consts)
-    alt = _fit(prob, "three_power", [alt0.theta, M.THREE_POWER.starts(null.theta)], wh, consts)
+    wh = S.whitener(prob, "gls", noise)
+    null = _fit(prob, M.TWO_POWER, [null0.theta, fit.alt.theta], wh, consts)
+    alt = _fit(prob, M.THREE_POWER, [alt0.theta, M.THREE_POWER.starts(null.theta)], wh, consts)
     if alt.chi2 > null.chi2:  # poor local optimum: search again from the GLS null
-        again = _fit(prob, "three_power", [*_profile_starts(prob, null, wh, consts, box3), alt.theta], wh, consts)
+        again = _fit(prob, M.THREE_POWER, [*_profile_starts(prob, null, wh, consts, box3), alt.theta], wh, consts)
         alt = again if again.chi2 < alt.chi2 else alt
     scale = max(1.0, alt.chi2 / max(prob.m - alt.k, 1))
     stat = max(null.chi2 - alt.chi2, 0.0) / scale
@@ -341,7 +341,7 @@ def two_break_test(
     thr = TWO_BREAK_THRESHOLD if threshold is None else float(threshold)
     if knee_fit is None:
         curve = prepare_curve(steps, loss, min_points=min_points_for(8), nonfinite="drop")
-        prob = E.Problem(curve, bin_decades=bin_decades)
+        prob = S.Problem(curve, bin_decades=bin_decades)
         if prob.m < 16:
             raise NotEnoughPoints(16, prob.m, "log-spaced bins")
         knee_fit = _lrt_fit(prob)

@@ -1,5 +1,14 @@
-"""Shared fitting machinery (private): binned least squares / GLS, covariances,
-robust refits and starting values.
+"""The solver: binned least squares / GLS for any model given by its spec.
+
+A :class:`Problem` is a curve with its log-spaced bins, normalised for fitting; a
+:class:`Whitener` maps residuals to the scale of the estimator (bin counts for
+``"ols"``, the inverse Cholesky factor of the noise model's bin-mean covariance
+for ``"gls"``); :func:`nls` is a small bounded Levenberg-Marquardt on the whitened
+residuals of a :class:`loss_slope.analysis.models.ModelSpec`.  Around it: the
+covariance of the estimate under the noise model, the GLS and iid likelihoods, the
+Huber fallback, profile-likelihood intervals, and :func:`run_fit`, the whole
+estimation of one model (OLS pilot, noise model, GLS, Huber check, covariance).
+Nothing here knows a particular model.
 
 Conventions
 -----------
@@ -17,11 +26,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import linalg
+from scipy.stats import t as student_t
 
 from . import models as M
-from ._data import DEFAULT_BIN_DECADES, Curve, LogBins, make_bins
+from ._data import DEFAULT_BIN_DECADES, Curve, LogBins, make_bins, z_value
 from .exceptions import FitFailed
-from .noise import NoiseModel
+from .noise import NoiseModel, estimate_noise
 
 ESTIMATORS = ("ols", "gls")
 
@@ -151,7 +161,7 @@ def whitener(problem: Problem, estimator: str, noise: NoiseModel | None) -> Whit
 class Core:
     """Result of one numerical fit (normalised units)."""
 
-    model: str
+    spec: M.ModelSpec
     theta: np.ndarray
     free: np.ndarray  # bool mask
     chi2: float  # whitened residual sum of squares at the optimum
@@ -169,20 +179,20 @@ class Core:
             self.active_low = np.zeros(int(np.sum(self.free)), dtype=bool)
 
     @property
+    def model(self) -> str:
+        return self.spec.name
+
+    @property
     def k(self) -> int:
         return int(self.free.sum())
 
     def fn(self):
-        return model_fn(self.model, self.consts)
-
-
-def model_fn(name: str, consts: dict | None = None):
-    return M.MODELS[name].fn(consts)
+        return self.spec.fn(self.consts)
 
 
 def nls(
     problem: Problem,
-    name: str,
+    spec: M.ModelSpec,
     theta0: np.ndarray,
     free: np.ndarray,
     lb: np.ndarray,
@@ -200,7 +210,7 @@ def nls(
     ``[lb, ub]`` (projected steps, Marquardt scaling).  Small and dependency-free
     so that the many small fits of a knee search stay fast.
     """
-    fn = model_fn(name, consts)
+    fn = spec.fn(consts)
     yb = problem.yb if yb is None else yb
     theta = np.asarray(theta0, dtype=float).copy()
     free = np.asarray(free, dtype=bool)
@@ -216,7 +226,7 @@ def nls(
 
     r, J, cost = evaluate(p)
     if not np.isfinite(cost):
-        raise FitFailed(f"{name}: non-finite residuals at the starting point")
+        raise FitFailed(f"{spec.name}: non-finite residuals at the starting point")
     Jw = wh(J[:, free])
     lam = 1e-3
     converged = False
@@ -261,7 +271,7 @@ def nls(
     low = (p - lbf) <= tol
     active = low | ((ubf - p) <= tol)
     return Core(
-        model=name,
+        spec=spec,
         theta=theta,
         free=free,
         chi2=cost,
@@ -400,7 +410,7 @@ def fit_two_power_core(
     best = None
     for th in starts:
         th = np.clip(th, lb, ub)
-        core = nls(problem, "two_power", th, free, lb, ub, wh, yb=yb, consts=consts)
+        core = nls(problem, M.TWO_POWER, th, free, lb, ub, wh, yb=yb, consts=consts)
         if best is None or core.chi2 < best.chi2:
             best = core
     best.consts = dict(consts)
@@ -418,7 +428,7 @@ def profile_starts(problem, null, wh, lb, ub, free, *, consts, grid=KNEE_GRID, n
     for f in np.linspace(0.0, 1.0, grid):
         th = th.copy()
         th[3] = f
-        core = nls(problem, "two_power", th, fixed_f, lb, ub, wh, yb=yb, consts=consts, max_iter=15, ftol=1e-4)
+        core = nls(problem, M.TWO_POWER, th, fixed_f, lb, ub, wh, yb=yb, consts=consts, max_iter=15, ftol=1e-4)
         prof.append(core)
         th = core.theta
     chi = np.array([cr.chi2 for cr in prof])
@@ -458,7 +468,7 @@ def profile_interval(
     def delta(v, start):
         th = start.copy()
         th[index] = v
-        c = nls(problem, core.model, th, free_o, lb, ub, wh, yb=yb, consts=core.consts, max_iter=40, ftol=1e-7)
+        c = nls(problem, core.spec, th, free_o, lb, ub, wh, yb=yb, consts=core.consts, max_iter=40, ftol=1e-7)
         return c.chi2 - chi_min, c.theta
 
     out = []
@@ -492,3 +502,153 @@ def profile_interval(
                 lo_v, lo_th = mid, th_m
         out.append(0.5 * (lo_v + hi_v))
     return out[0], out[1]
+
+
+# ---------------------------------------------------------------- one model, end to end
+@dataclass
+class Fitted:
+    """One estimated model: the numerical fit, its noise model and covariance (what a result is built from)."""
+
+    problem: Problem
+    core: Core
+    noise: NoiseModel
+    cov: np.ndarray
+    chi2_gls: float
+    scale: float
+    robust: bool
+    heavy: bool
+    kurt: float
+    raw_resid: np.ndarray
+    estimator: str
+    profile: dict = field(default_factory=dict)  # param index -> (low, high)
+    noise_ic: NoiseModel | None = None  # noise model of the information criteria, if not ``noise``
+
+
+def huber_refit(problem, core, refit):
+    """Huber M-estimate by iterated pseudo-observations on the raw log loss."""
+    fn = core.fn()
+    for _ in range(8):
+        m, _ = fn(core.theta, problem.s, jac=False)
+        r = problem.y - m
+        delta = 1.5 * robust_sigma(r)
+        if delta <= 0:
+            break
+        pseudo = m + np.clip(r, -delta, delta)
+        prob2 = problem.rebinned(pseudo)
+        new = refit(prob2, core.theta)
+        step = np.max(np.abs(new.theta - core.theta))
+        core = new
+        if step < 1e-6:
+            break
+    m, _ = fn(core.theta, problem.s, jac=False)
+    r = problem.y - m
+    delta = 1.5 * robust_sigma(r)
+    psi = np.clip(r, -delta, delta)
+    inside = float(np.mean(np.abs(r) <= delta))
+    prob2 = problem.rebinned(m + psi)
+    mb, _ = prob2.bin_model(fn, core.theta, jac=False)
+    core.resid_b = prob2.yb - mb  # bin residuals of the pseudo-observations
+    noise2 = estimate_noise(psi)
+    return core, prob2, noise2, max(inside, 0.05)
+
+
+def run_fit(
+    problem: Problem,
+    spec: M.ModelSpec,
+    starts: list[np.ndarray],
+    lb: np.ndarray,
+    ub: np.ndarray,
+    free: np.ndarray,
+    *,
+    estimator: str,
+    noise: NoiseModel | None,
+    robust: str,
+    linear_raw: bool = False,
+    consts: dict | None = None,
+    gls_refit=None,
+) -> Fitted:
+    """Fit one model: OLS pilot from ``starts``, noise model from its residuals (unless
+    given), GLS refit, Huber fallback when the residuals are heavy-tailed, covariance."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}")
+    if robust not in ("auto", "never", "always"):
+        raise ValueError("robust must be 'auto', 'never' or 'always'")
+
+    def fit_ols(prob, theta0s):
+        best = None
+        for th in theta0s:
+            if linear_raw:
+                core = linear_raw_core(prob, spec, th, free)
+            else:
+                core = nls(prob, spec, th, free, lb, ub, whitener(prob, "ols", None), consts=consts)
+            if best is None or core.chi2 < best.chi2:
+                best = core
+        return best
+
+    core = fit_ols(problem, starts)
+    raw = raw_residuals(problem, core)
+    if noise is None:
+        noise = estimate_noise(raw)
+    if estimator == "gls":
+        wh = whitener(problem, "gls", noise)
+        if gls_refit is not None:
+            core = gls_refit(problem, wh, core)
+        else:
+            core = nls(problem, spec, core.theta, free, lb, ub, wh, consts=consts)
+        raw = raw_residuals(problem, core)
+
+    kurt = excess_kurtosis(np.diff(raw))
+    heavy = kurt > heavy_tail_threshold(problem.n)
+    use_robust = robust == "always" or (robust == "auto" and heavy)
+    prob_cov = problem
+    inside = 1.0
+    noise_ic = noise
+    if use_robust:
+
+        def refit(prob2, theta):
+            if estimator == "gls":
+                return nls(prob2, spec, theta, free, lb, ub, whitener(prob2, "gls", noise), consts=consts)
+            return fit_ols(prob2, [theta])
+
+        core, prob_cov, noise, inside = huber_refit(problem, core, refit)
+        raw = raw_residuals(problem, core)
+    cov, chi2, scale = covariance(prob_cov, core, noise, estimator)
+    cov = cov / inside**2
+    if use_robust:  # information criteria refer to the observed data and the common noise model
+        chi2 = gls_chi2(problem, core, noise_ic)
+    return Fitted(problem, core, noise, cov, chi2, scale, use_robust, heavy, kurt, raw, estimator, noise_ic=noise_ic)
+
+
+def linear_raw_core(problem: Problem, spec: M.ModelSpec, theta0: np.ndarray, free: np.ndarray) -> Core:
+    """Exact raw-point OLS for the linear models (statsmodels-identical)."""
+    fn = spec.fn()
+    th = theta0.copy()
+    th[free] = 0.0
+    m0, J = fn(th, problem.s)
+    # m(theta) = m0 + J_free @ theta_free exactly for a linear model
+    Jf = J[:, free]
+    beta, _, _ = M.wls(Jf, problem.y - m0)
+    th[free] = beta
+    mb, Jb = problem.bin_model(fn, th)
+    rb = problem.yb - mb
+    return Core(
+        spec=spec,
+        theta=th,
+        free=free.copy(),
+        chi2=float(np.dot(problem.nb, rb * rb)),
+        jac=Jb[:, free],
+        resid_b=rb,
+        converged=True,
+    )
+
+
+def t_quantile(confidence: float, f: Fitted) -> float:
+    """Two-sided Student-t quantile with the effective degrees of freedom.
+
+    Under strong autocorrelation the noise model (hence every standard error) is
+    estimated from few effectively independent points; ``df = n_eff - k`` widens the
+    intervals accordingly and tends to the normal quantile for long iid curves.
+    """
+    z_value(confidence)  # validates the level
+    df = max(f.noise.effective_n(f.problem.n) - f.core.k, 2.0)
+    return float(student_t.ppf(0.5 + confidence / 2.0, df))
