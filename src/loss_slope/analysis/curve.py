@@ -21,7 +21,7 @@ import numpy as np
 from ._data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve
 from .exceptions import AnalysisError, InvalidCurve, UnknownMethod
 from .fits import ModelComparison, PowerLawFit, comparison_from_lrt, fit_power_law
-from .knee import DEFAULT_KNEE_METHOD, KNEE_METHODS, KneeResult, _broken_power_lrt, detect_knee
+from .knee import DEFAULT_KNEE_METHOD, KNEE_METHODS, KneeResult, detect_knee, lrt_knee
 from .shape import FitCheck, ShapeTest, check_fit, single_power_law
 from .slopes import EARLY_WINDOW, SlopeResult, alpha_full, alpha_window
 from .two_break import two_break_test
@@ -302,9 +302,7 @@ def analyze_curve(
     # default detector; its fits double as the power / two-power model fits
     try:
         dopts = dict(opts.get(DEFAULT_KNEE_METHOD, {}))
-        res, lrt = _broken_power_lrt(
-            t, l_, steps_per_epoch=spe, confidence=confidence, bin_decades=bin_decades, _return_fit=True, **dopts
-        )
+        res, lrt = lrt_knee(t, l_, steps_per_epoch=spe, confidence=confidence, bin_decades=bin_decades, **dopts)
         knees[DEFAULT_KNEE_METHOD] = axis.knee_in_steps(res, spe)
         try:
             two_break = two_break_test(t, l_, bin_decades=bin_decades, knee_fit=lrt)

@@ -51,6 +51,7 @@ from . import models as M, solver as S
 from ._data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve
 from .exceptions import InvalidCurve
 from .noise import NoiseModel
+from .search import LrtFit, fit_lrt, fit_two_power_core, profile_starts
 
 __all__ = [
     "Estimate",
@@ -614,13 +615,13 @@ def _two_power_fit(
         null = _power_core_fit(prob, floor=floor, shift=shift, estimator="ols", noise=noise, robust="never")
     lb, ub, free = M.two_power_bounds(prob, floor, shift, consts)
     wh_ols = S.whitener(prob, "ols", None)
-    starts = S.profile_starts(prob, null.core, wh_ols, lb, ub, free, consts=consts, n_best=3)
-    start = S.fit_two_power_core(
+    starts = profile_starts(prob, null.core, wh_ols, lb, ub, free, consts=consts, n_best=3)
+    start = fit_two_power_core(
         prob, null.core, wh_ols, floor=floor, shift=shift, consts=consts, grid=0, extra_starts=starts[:2]
     )
 
     def gls_refit(problem, wh, core):
-        return S.fit_two_power_core(
+        return fit_two_power_core(
             problem,
             null.core,
             wh,
@@ -722,9 +723,7 @@ def compare_models(
     """
     prob = _problem(steps, loss, 6, nonfinite, bin_decades)
     if floor is True and shift is True and estimator == "gls" and noise is None:
-        from .knee import _lrt_fit
-
-        return comparison_from_lrt(_lrt_fit(prob), confidence=confidence)
+        return comparison_from_lrt(fit_lrt(prob), confidence=confidence)
     null = _power_core_fit(prob, floor=floor, shift=shift, estimator="ols", noise=noise, robust="never")
     two = _two_power_fit(
         prob, floor=floor, shift=shift, knee_range=None, estimator="ols", noise=noise, robust="never", null=null
@@ -785,10 +784,10 @@ def _exponential_fit(prob: S.Problem, *, estimator: str, noise: NoiseModel | Non
     )
 
 
-def comparison_from_lrt(lrt, *, confidence: float = 0.95) -> ModelComparison:
+def comparison_from_lrt(lrt: LrtFit, *, confidence: float = 0.95) -> ModelComparison:
     """The three-model comparison on the knee test's likelihood.
 
-    ``lrt`` is the knee test's fit (:func:`loss_slope.analysis.knee._lrt_fit`): its
+    ``lrt`` is the knee test's fit (:func:`loss_slope.analysis.search.fit_lrt`): its
     problem (bin means, noise scale, Huber pseudo-observations when used), its noise
     model and its power-law and broken-power-law fits.  The exponential is fitted to
     the same problem by GLS under the same noise model.

@@ -41,12 +41,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import t as student_t
 
-from . import models as M, solver as S
+from . import solver as S
 from ._data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve
 from .exceptions import AnalysisError, NotEnoughPoints
 from .fit_check import MISFIT_DECADES, FitCheck, check_fit
 from .fits import FitResult, fit_power_law
-from .knee import LRT_THRESHOLD, _lrt_fit
+from .search import LRT_THRESHOLD, fit_lrt
 from .two_break import TwoBreakTest
 
 __all__ = ["FitCheck", "ShapeTest", "check_fit", "single_power_law", "literal_r2", "MISFIT_DECADES"]
@@ -213,7 +213,7 @@ def single_power_law(
     knee_step : float, optional
         End of the burn-in (the detected knee); ``None`` tests the whole curve.
     threshold : float, optional
-        Break-test threshold (default :data:`loss_slope.analysis.knee.LRT_THRESHOLD`).
+        Break-test threshold (default :data:`loss_slope.analysis.search.LRT_THRESHOLD`).
     drift_tolerance : float
         Exponent drift below this is not a drift, whatever its interval.
     confidence : float
@@ -283,7 +283,7 @@ def single_power_law(
         return ShapeTest(None, f"failed fit: {chk.reason}", fit_ok=False, fit_reason=chk.reason, **empty)
     try:
         cap = None if knee_step is None or not math.isfinite(knee_step) else SHIFT_CAP * max(start, 1.0)
-        lrt = _lrt_fit(_problem(ss, ys, bin_decades, cap))
+        lrt = fit_lrt(_problem(ss, ys, bin_decades, cap))
     except NotEnoughPoints as exc:
         if two_break is not None and two_break.found:
             return ShapeTest(False, two_break.reason, fit_ok=True, fit_reason=None, **empty)
@@ -291,7 +291,7 @@ def single_power_law(
             None, f"the post-knee segment is too short to test: {exc}", fit_ok=True, fit_reason=None, **empty
         )
     empty["further_break_statistic"] = float(lrt.stat)
-    empty["further_break_step"] = float(M.knee_step_of(lrt.alt.theta, lrt.alt.consts))
+    empty["further_break_step"] = float(lrt.knee_step)
     reasons = []
     if lrt.stat > thr:
         reasons.append(
@@ -300,10 +300,10 @@ def single_power_law(
     if knee_step is not None and math.isfinite(knee_step):
         pre = s < start
         try:
-            pre_fit = _lrt_fit(_problem(s[pre], y[pre], bin_decades))
+            pre_fit = fit_lrt(_problem(s[pre], y[pre], bin_decades))
             empty["earlier_break_statistic"] = float(pre_fit.stat)
             if pre_fit.stat > thr:
-                k0 = float(M.knee_step_of(pre_fit.alt.theta, pre_fit.alt.consts))
+                k0 = float(pre_fit.knee_step)
                 reasons.append(
                     f"an earlier break near step {k0:.4g} (statistic {pre_fit.stat:.3g} > {thr:g}): "
                     f"the knee at step {start:.4g} is a second break"

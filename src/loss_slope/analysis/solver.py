@@ -378,65 +378,6 @@ def heavy_tail_threshold(n: int) -> float:
     return 1.0 + 4.0 * math.sqrt(24.0 / max(n, 10))
 
 
-# ---------------------------------------------------------------- knee search helpers
-#: Knee positions profiled before the free fit.
-KNEE_GRID = 13
-
-
-def fit_two_power_core(
-    problem: Problem,
-    null: Core,
-    wh: Whitener,
-    *,
-    floor: bool,
-    shift,
-    consts: dict,
-    grid: int = KNEE_GRID,
-    extra_starts: list[np.ndarray] | None = None,
-    n_refine: int = 2,
-    yb: np.ndarray | None = None,
-) -> Core:
-    """Best two-power fit: profile the knee position on a grid (warm-started
-    sweep), then free fits from the best grid points and any extra starts.
-    ``grid=0`` skips the profile and only refines ``extra_starts``."""
-    lb, ub, free = M.two_power_bounds(problem, floor, shift, consts)
-    starts = list(extra_starts or [])
-    if grid > 0:
-        starts = (
-            profile_starts(problem, null, wh, lb, ub, free, consts=consts, grid=grid, n_best=n_refine, yb=yb) + starts
-        )
-    if not starts:
-        raise FitFailed("no starting point for the two-power fit")
-    best = None
-    for th in starts:
-        th = np.clip(th, lb, ub)
-        core = nls(problem, M.TWO_POWER, th, free, lb, ub, wh, yb=yb, consts=consts)
-        if best is None or core.chi2 < best.chi2:
-            best = core
-    best.consts = dict(consts)
-    return best
-
-
-def profile_starts(problem, null, wh, lb, ub, free, *, consts, grid=KNEE_GRID, n_best=2, yb=None) -> list[np.ndarray]:
-    """Profile chi-square over the knee position; return the best local minima."""
-    la, a, c, t0 = null.theta
-    t0 = min(max(t0, lb[5]), ub[5])
-    fixed_f = free.copy()
-    fixed_f[3] = False
-    prof = []
-    th = np.array([la, a, a, 0.0, c if free[4] else 0.0, t0])
-    for f in np.linspace(0.0, 1.0, grid):
-        th = th.copy()
-        th[3] = f
-        core = nls(problem, M.TWO_POWER, th, fixed_f, lb, ub, wh, yb=yb, consts=consts, max_iter=15, ftol=1e-4)
-        prof.append(core)
-        th = core.theta
-    chi = np.array([cr.chi2 for cr in prof])
-    loc = [i for i in range(grid) if (i == 0 or chi[i] <= chi[i - 1]) and (i == grid - 1 or chi[i] <= chi[i + 1])]
-    loc.sort(key=lambda i: chi[i])
-    return [prof[i].theta for i in loc[:n_best]]
-
-
 # ---------------------------------------------------------------- profile likelihood
 def profile_interval(
     problem: Problem,

@@ -44,8 +44,8 @@ from . import models as M, solver as S
 from ._data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve
 from .exceptions import NotEnoughPoints
 from .fit_check import check_fit
-from .knee import REML_SLACK, _lrt_fit, _LrtFit
 from .noise import estimate_noise, reml_refine
+from .search import REML_SLACK, LrtFit, fit_lrt
 
 __all__ = ["TwoBreakTest", "two_break_test", "TWO_BREAK_THRESHOLD", "MIN_BREAK_CHANGE", "SHIFT_CAP"]
 
@@ -252,7 +252,7 @@ def _fit(prob: S.Problem, spec: M.ModelSpec, starts, wh: S.Whitener, consts: dic
         prob.shift_cap = saved
 
 
-def _from_knee_fit(fit: _LrtFit, threshold: float, min_change: float) -> TwoBreakTest:
+def _from_knee_fit(fit: LrtFit, threshold: float, min_change: float) -> TwoBreakTest:
     prob = fit.problem
     try:
         consts = M.knee_consts(prob)
@@ -316,7 +316,7 @@ def two_break_test(
     threshold: float | None = None,
     min_change: float = MIN_BREAK_CHANGE,
     bin_decades: float = DEFAULT_BIN_DECADES,
-    knee_fit: _LrtFit | None = None,
+    knee_fit: LrtFit | None = None,
 ) -> TwoBreakTest:
     """Does the curve have a second break after its knee?
 
@@ -344,5 +344,5 @@ def two_break_test(
         prob = S.Problem(curve, bin_decades=bin_decades)
         if prob.m < 16:
             raise NotEnoughPoints(16, prob.m, "log-spaced bins")
-        knee_fit = _lrt_fit(prob)
+        knee_fit = fit_lrt(prob)
     return _from_knee_fit(knee_fit, thr, float(min_change))
