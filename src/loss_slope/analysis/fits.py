@@ -41,8 +41,6 @@ sample size) -- use these to compare models.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import numpy as np
@@ -51,6 +49,15 @@ from . import models as M, solver as S
 from ._data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve
 from .exceptions import InvalidCurve
 from .noise import NoiseModel
+from .results import (
+    Estimate,
+    ExponentialFit,
+    FitResult,
+    ModelComparison,
+    PowerLawFit,
+    ResidualDiagnostics,
+    TwoPowerLawFit,
+)
 from .search import LrtFit, fit_lrt, fit_two_power_core, profile_starts
 
 __all__ = [
@@ -66,241 +73,6 @@ __all__ = [
     "fit_two_power_law",
     "compare_models",
 ]
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A parameter estimate.
-
-    Attributes
-    ----------
-    value : float
-    stderr : float
-        Standard error (0 for a fixed parameter).
-    ci : tuple of float
-        (low, high) confidence interval at the fit's ``confidence``.
-    """
-
-    value: float
-    stderr: float
-    ci: tuple[float, float]
-
-
-@dataclass(frozen=True)
-class ResidualDiagnostics:
-    """Residual checks of a fit (raw log-loss residuals).
-
-    Attributes
-    ----------
-    sigma : float
-        Residual s.d. (log units).
-    robust_sigma : float
-        1.4826 x MAD of the residuals.
-    lag1_autocorr : float
-        Lag-1 autocorrelation of the residuals.
-    durbin_watson : float
-    skewness, excess_kurtosis : float
-    heavy_tailed : bool
-        Whether the Huber fallback criterion fired.
-    noise : NoiseModel
-        White + AR(1) model fitted to the residuals.
-    effective_n : float
-        Effective number of independent points.
-    reduced_chi2 : float
-        GLS chi-square of the bin means per degree of freedom (about 1 when the
-        mean model and noise model fit).
-    """
-
-    sigma: float
-    robust_sigma: float
-    lag1_autocorr: float
-    durbin_watson: float
-    skewness: float
-    excess_kurtosis: float
-    heavy_tailed: bool
-    noise: NoiseModel
-    effective_n: float
-    reduced_chi2: float
-
-
-@dataclass(frozen=True)
-class FitResult:
-    """Common part of every fit result.
-
-    Attributes
-    ----------
-    model : str
-        ``"power"``, ``"exponential"`` or ``"two_power"``.
-    params : Mapping[str, Estimate]
-        Estimates in physical units (loss unit of the input, optimizer steps).
-    fixed : tuple of str
-        Names of parameters held fixed.
-    n_obs : int
-        Number of points fitted.
-    n_params : int
-        Number of free mean parameters (statsmodels' ``k``).
-    rss : float
-        Raw residual sum of squares of log loss.
-    loglik, aic, bic : float
-        iid-Gaussian criteria (statsmodels convention).
-    aic_ac, bic_ac : float
-        Autocorrelation-aware criteria (noise-model likelihood of the bin means).
-    r2 : float
-        R^2 of log loss over the raw points.
-    r2_binned : float
-        R^2 of the log-binned mean log loss (each bin weighted equally), i.e. the
-        straightness seen on a log-log plot.
-    estimator : str
-    se_method : str
-    robust : bool
-        Whether the Huber fallback was used.
-    confidence : float
-    converged : bool
-    n_masked : int
-        Non-finite points dropped (``nonfinite="drop"``).
-    step_range : tuple of float
-        First and last step fitted.
-    diagnostics : ResidualDiagnostics
-    at_bound : Mapping[str, bool]
-        Per fitted parameter: whether the estimate sits on a bound of its box.
-    hit_bound : tuple of str
-        Parameters on a bound that is not a natural value of the model: every
-        bound except a zero floor and the shift's lower bound (no transient).  A fit
-        with a non-empty ``hit_bound`` is an edge solution, not an interior optimum.
-    """
-
-    model: str
-    params: Mapping[str, Estimate]
-    fixed: tuple[str, ...]
-    n_obs: int
-    n_params: int
-    rss: float
-    loglik: float
-    aic: float
-    bic: float
-    aic_ac: float
-    bic_ac: float
-    r2: float
-    r2_binned: float
-    estimator: str
-    se_method: str
-    robust: bool
-    confidence: float
-    converged: bool
-    n_masked: int
-    step_range: tuple[float, float]
-    diagnostics: ResidualDiagnostics
-    theta: tuple[float, ...] = field(repr=False)
-    y_ref: float = field(repr=False)
-    model_consts: Mapping[str, float] = field(repr=False, default_factory=lambda: MappingProxyType({}))
-    at_bound: Mapping[str, bool] = field(default_factory=lambda: MappingProxyType({}))
-    hit_bound: tuple[str, ...] = ()
-
-    def predict(self, steps) -> np.ndarray:
-        """Fitted loss at ``steps`` (same unit as the input loss).
-
-        Parameters
-        ----------
-        steps : array_like, shape (k,)
-
-        Returns
-        -------
-        ndarray, shape (k,)
-        """
-        fn = M.MODELS[self.model].fn(dict(self.model_consts))
-        m, _ = fn(np.asarray(self.theta), np.asarray(steps, dtype=float), jac=False)
-        return np.exp(m + self.y_ref)
-
-    def to_dict(self, prefix: str = "") -> dict[str, float | int | str | bool]:
-        """Flat JSON-serialisable summary."""
-        out: dict = {}
-        for name, est in self.params.items():
-            out[f"{prefix}{name}"] = est.value
-            out[f"{prefix}{name}_se"] = est.stderr
-            out[f"{prefix}{name}_ci_low"] = est.ci[0]
-            out[f"{prefix}{name}_ci_high"] = est.ci[1]
-            out[f"{prefix}{name}_at_bound"] = bool(self.at_bound.get(name, False))
-        out[f"{prefix}hit_bound"] = ",".join(self.hit_bound) or None
-        for key in ("aic", "bic", "aic_ac", "bic_ac", "r2", "r2_binned", "rss", "loglik"):
-            out[f"{prefix}{key}"] = float(getattr(self, key))
-        out[f"{prefix}n_obs"] = self.n_obs
-        out[f"{prefix}robust"] = self.robust
-        out[f"{prefix}reduced_chi2"] = self.diagnostics.reduced_chi2
-        out[f"{prefix}noise_ar_phi"] = self.diagnostics.noise.ar_phi
-        out[f"{prefix}effective_n"] = self.diagnostics.effective_n
-        return out
-
-
-@dataclass(frozen=True)
-class PowerLawFit(FitResult):
-    """loss = floor + amplitude * (step + shift)^(-exponent)."""
-
-    @property
-    def exponent(self) -> float:
-        """Power-law exponent alpha (dimensionless)."""
-        return self.params["exponent"].value
-
-    @property
-    def exponent_se(self) -> float:
-        return self.params["exponent"].stderr
-
-    @property
-    def exponent_ci(self) -> tuple[float, float]:
-        """(low, high) confidence interval of alpha."""
-        return self.params["exponent"].ci
-
-    @property
-    def amplitude(self) -> float:
-        return self.params["amplitude"].value
-
-    @property
-    def floor(self) -> float:
-        """Loss floor c (input unit)."""
-        return self.params["floor"].value
-
-    @property
-    def shift(self) -> float:
-        """Transient shift t0 (steps)."""
-        return self.params["shift"].value
-
-
-@dataclass(frozen=True)
-class ExponentialFit(FitResult):
-    """loss = amplitude * exp(-rate * step)."""
-
-    @property
-    def rate(self) -> float:
-        """Decay rate per optimizer step."""
-        return self.params["rate"].value
-
-    @property
-    def rate_ci(self) -> tuple[float, float]:
-        return self.params["rate"].ci
-
-
-@dataclass(frozen=True)
-class TwoPowerLawFit(FitResult):
-    """Broken power law: floor + A * g(step + shift), exponent changing at a break.
-
-    The break is rounded by a softplus of width ``KNEE_WIDTH`` in ln(step + shift).
-    """
-
-    @property
-    def exponent_before(self) -> float:
-        return self.params["exponent_before"].value
-
-    @property
-    def exponent_after(self) -> float:
-        return self.params["exponent_after"].value
-
-    @property
-    def break_step(self) -> float:
-        """Optimizer step of the break."""
-        return self.params["break_step"].value
-
-    @property
-    def break_step_ci(self) -> tuple[float, float]:
-        return self.params["break_step"].ci
 
 
 def _diagnostics(f: S.Fitted) -> ResidualDiagnostics:
@@ -645,45 +417,6 @@ def _two_power_fit(
         consts=consts,
         gls_refit=gls_refit,
     )
-
-
-@dataclass(frozen=True)
-class ModelComparison:
-    """Exponential vs power law vs broken power law on one curve.
-
-    Attributes
-    ----------
-    fits : Mapping[str, FitResult]
-        ``"exponential"``, ``"power"``, ``"two_power"``.
-    table : tuple of Mapping
-        One row per model: ``model, n_params, aic, bic, aic_ac, bic_ac,
-        delta_aic, delta_bic, delta_aic_iid, r2``.  ``delta_*`` are relative to the
-        best model by the autocorrelation-aware criterion (``aic_ac``/``bic_ac``);
-        ``delta_aic_iid`` uses the naive iid AIC.
-    best_aic, best_bic : str
-        Preferred model by ``aic_ac`` and ``bic_ac``.
-    noise : NoiseModel
-        The common noise model.
-    """
-
-    fits: Mapping[str, FitResult]
-    table: tuple[Mapping[str, float | int | str], ...]
-    best_aic: str
-    best_bic: str
-    noise: NoiseModel
-
-    def delta_aic(self, a: str, b: str) -> float:
-        """AIC_ac(a) - AIC_ac(b): positive means ``b`` is preferred."""
-        return self.fits[a].aic_ac - self.fits[b].aic_ac
-
-    def to_dict(self) -> dict[str, float | str]:
-        out: dict = {}
-        for row in self.table:
-            for key in ("aic", "bic", "aic_ac", "bic_ac", "delta_aic", "delta_bic", "delta_aic_iid", "r2"):
-                out[f"{row['model']}_{key}"] = row[key]
-        out["best_aic"] = self.best_aic
-        out["best_bic"] = self.best_bic
-        return out
 
 
 def compare_models(

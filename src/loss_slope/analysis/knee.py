@@ -33,8 +33,7 @@ name (e.g. from the pipeline config)::
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from types import MappingProxyType
 
 import numpy as np
@@ -42,6 +41,7 @@ import numpy as np
 from . import solver as S
 from ._data import DEFAULT_BIN_DECADES, log_t, min_points_for, prepare_curve, z_value
 from .exceptions import NotEnoughPoints, UnknownMethod
+from .results import KneeResult
 from .scan import hinge_scan
 from .search import LRT_THRESHOLD, LrtFit, fit_lrt
 
@@ -57,73 +57,6 @@ __all__ = [
 ]
 
 NAN = float("nan")
-
-
-@dataclass(frozen=True)
-class KneeResult:
-    """Outcome of a knee detector.
-
-    Attributes
-    ----------
-    method : str
-        Registry name of the detector.
-    found : bool
-        Whether a knee was detected.
-    step : float
-        Optimizer step of the knee (NaN when not found).
-    step_ci : tuple of float
-        Confidence interval of the step (NaN, NaN when not available).
-    epoch : float
-        ``step / steps_per_epoch`` when ``steps_per_epoch`` was given, else NaN.
-    delta_aic : float
-        AIC(no-knee model) - AIC(knee model); positive favours the knee.  NaN when
-        the method compares no models.
-    delta_bic : float
-        Same for BIC.
-    statistic : float
-        The test statistic the decision is based on.
-    threshold : float
-        The decision threshold on ``statistic``.
-    test : str
-        Human-readable description of the test.
-    exponent_before, exponent_after : float
-        Exponents on either side of the knee (NaN when not estimated).
-    n_points : int
-        Number of points used.
-    details : Mapping[str, float]
-        Method-specific extras (read-only).
-    """
-
-    method: str
-    found: bool
-    step: float
-    step_ci: tuple[float, float]
-    epoch: float
-    delta_aic: float
-    delta_bic: float
-    statistic: float
-    threshold: float
-    test: str
-    exponent_before: float = NAN
-    exponent_after: float = NAN
-    n_points: int = 0
-    details: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
-
-    def to_dict(self, prefix: str = "") -> dict[str, float | bool | str]:
-        """Flat JSON-serialisable summary (NaN kept as float NaN)."""
-        return {
-            f"{prefix}found": bool(self.found),
-            f"{prefix}step": float(self.step),
-            f"{prefix}step_ci_low": float(self.step_ci[0]),
-            f"{prefix}step_ci_high": float(self.step_ci[1]),
-            f"{prefix}epoch": float(self.epoch),
-            f"{prefix}delta_aic": float(self.delta_aic),
-            f"{prefix}delta_bic": float(self.delta_bic),
-            f"{prefix}statistic": float(self.statistic),
-            f"{prefix}threshold": float(self.threshold),
-            f"{prefix}exponent_before": float(self.exponent_before),
-            f"{prefix}exponent_after": float(self.exponent_after),
-        }
 
 
 def _epoch(step: float, steps_per_epoch: float | None) -> float:

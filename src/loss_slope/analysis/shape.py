@@ -36,7 +36,6 @@ same segment), are reported beside the decision.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import t as student_t
@@ -44,10 +43,10 @@ from scipy.stats import t as student_t
 from . import solver as S
 from ._data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve
 from .exceptions import AnalysisError, NotEnoughPoints
-from .fit_check import MISFIT_DECADES, FitCheck, check_fit
-from .fits import FitResult, fit_power_law
+from .fit_check import MISFIT_DECADES, check_fit
+from .fits import fit_power_law
+from .results import FitCheck, FitResult, ShapeTest, TwoBreakTest
 from .search import LRT_THRESHOLD, fit_lrt
-from .two_break import TwoBreakTest
 
 __all__ = ["FitCheck", "ShapeTest", "check_fit", "single_power_law", "literal_r2", "MISFIT_DECADES"]
 
@@ -76,81 +75,6 @@ def literal_r2(steps, loss) -> float:
     if syy == 0:
         return NAN
     return float((xc @ yc) ** 2 / (float(xc @ xc) * syy))
-
-
-@dataclass(frozen=True)
-class ShapeTest:
-    """The per-run H1 decision and its evidence.
-
-    Attributes
-    ----------
-    decision : bool or None
-        One power law after the knee (``None``: undecided, see ``reason``).
-    reason : str
-        Why (for every outcome).
-    segment_start : float
-        First optimizer step of the tested segment.
-    further_break_statistic, earlier_break_statistic : float
-        Scaled LR statistics of the break tests after and before the knee (NaN when
-        not run); a break when above ``threshold``.
-    further_break_step : float
-        Most likely break step after the knee (whether or not significant).
-    threshold : float
-    exponent_first_half, exponent_second_half : float
-        Exponents of the two halves (floor and shift held at the segment's fit).
-    drift, drift_ci : float, (float, float)
-        Second minus first, and its interval.
-    max_binned_residual : float
-        Largest |mean log residual| of the segment's power-law fit (log units).
-    fit_ok : bool
-    fit_reason : str or None
-    literal_r2 : float
-        Straight-line log-log R² of the segment.
-    two_break : TwoBreakTest or None
-        The whole-curve two-break test (``None``: not run).
-    """
-
-    decision: bool | None
-    reason: str
-    segment_start: float
-    further_break_statistic: float
-    further_break_step: float
-    earlier_break_statistic: float
-    threshold: float
-    exponent_first_half: float
-    exponent_second_half: float
-    drift: float
-    drift_ci: tuple[float, float]
-    max_binned_residual: float
-    fit_ok: bool
-    fit_reason: str | None
-    literal_r2: float
-    two_break: TwoBreakTest | None = None
-
-    def to_dict(self, prefix: str = "h1_") -> dict:
-        tb = (
-            self.two_break.to_dict(f"{prefix}two_break_")
-            if self.two_break is not None
-            else {f"{prefix}two_break_{k}": (None if k == "found" else NAN) for k in _TWO_BREAK_KEYS}
-        )
-        return tb | {
-            f"{prefix}single_power_law": self.decision,
-            f"{prefix}reason": self.reason,
-            f"{prefix}segment_start_step": self.segment_start,
-            f"{prefix}further_break_statistic": self.further_break_statistic,
-            f"{prefix}further_break_step": self.further_break_step,
-            f"{prefix}earlier_break_statistic": self.earlier_break_statistic,
-            f"{prefix}exponent_first_half": self.exponent_first_half,
-            f"{prefix}exponent_second_half": self.exponent_second_half,
-            f"{prefix}exponent_drift": self.drift,
-            f"{prefix}exponent_drift_ci_low": self.drift_ci[0],
-            f"{prefix}exponent_drift_ci_high": self.drift_ci[1],
-            f"{prefix}max_binned_residual": self.max_binned_residual,
-            f"{prefix}literal_r2": self.literal_r2,
-        }
-
-
-_TWO_BREAK_KEYS = ("found", "statistic", "threshold", "step_1", "step_2", "exponent_1", "exponent_2", "exponent_3")
 
 
 def _problem(steps, loss, bin_decades, shift_cap=None):

@@ -36,7 +36,6 @@ it.  The threshold was set on known-truth curves without a second break
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -45,6 +44,7 @@ from ._data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve
 from .exceptions import NotEnoughPoints
 from .fit_check import check_fit
 from .noise import estimate_noise, reml_refine
+from .results import TwoBreakTest
 from .search import REML_SLACK, LrtFit, fit_lrt
 
 __all__ = ["TwoBreakTest", "two_break_test", "TWO_BREAK_THRESHOLD", "MIN_BREAK_CHANGE", "SHIFT_CAP"]
@@ -63,63 +63,6 @@ SHIFT_CAP = 0.5
 GRID = 24
 #: Points of the profile of the extra break around the null's knee.
 PROFILE_GRID = 9
-
-
-@dataclass(frozen=True)
-class TwoBreakTest:
-    """Result of :func:`two_break_test`.
-
-    Attributes
-    ----------
-    found : bool
-        A second break: ``statistic > threshold``, the first break steepens the
-        curve by ``>= min_change``, the second changes the exponent by
-        ``>= min_change``, and the two-break fit follows the data
-        (:func:`loss_slope.analysis.fit_check.check_fit`).
-    statistic : float
-        Scaled LR statistic (NaN when the curve is too short for two breaks).
-    threshold, min_change : float
-    break_steps : (float, float)
-        Steps of the two breaks of the alternative fit.
-    exponents : (float, float, float)
-        Exponents before, between and after them.
-    knee_step : float
-        Break step of the null (one-break) fit.
-    reason : str
-    """
-
-    found: bool
-    statistic: float
-    threshold: float
-    min_change: float
-    break_steps: tuple[float, float]
-    exponents: tuple[float, float, float]
-    knee_step: float
-    reason: str
-    #: the two-break fit (normalised parameters, model constants, log-loss offset)
-    _theta: np.ndarray | None = field(default=None, repr=False, compare=False)
-    _consts: dict | None = field(default=None, repr=False, compare=False)
-    _y_ref: float = field(default=0.0, repr=False, compare=False)
-
-    def predict(self, steps) -> np.ndarray:
-        """Loss of the two-break fit at ``steps`` (NaN when not fitted)."""
-        s = np.asarray(steps, dtype=float)
-        if self._theta is None:
-            return np.full(s.shape, NAN)
-        m, _ = M.three_power(self._theta, s, False, **self._consts)
-        return np.exp(m + self._y_ref)
-
-    def to_dict(self, prefix: str = "h1_two_break_") -> dict:
-        return {
-            f"{prefix}found": self.found,
-            f"{prefix}statistic": self.statistic,
-            f"{prefix}threshold": self.threshold,
-            f"{prefix}step_1": self.break_steps[0],
-            f"{prefix}step_2": self.break_steps[1],
-            f"{prefix}exponent_1": self.exponents[0],
-            f"{prefix}exponent_2": self.exponents[1],
-            f"{prefix}exponent_3": self.exponents[2],
-        }
 
 
 def _not_tested(reason: str, threshold: float, min_change: float) -> TwoBreakTest:
