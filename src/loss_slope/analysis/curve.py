@@ -18,7 +18,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from ._data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve
+from .data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve
 from .exceptions import AnalysisError, InvalidCurve, UnknownMethod
 from .fits import comparison_from_lrt, fit_power_law
 from .knee import DEFAULT_KNEE_METHOD, KNEE_METHODS, detect_knee, lrt_knee

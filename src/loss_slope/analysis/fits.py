@@ -46,8 +46,8 @@ from types import MappingProxyType
 import numpy as np
 
 from . import models as M, solver as S
-from ._data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve
-from .exceptions import InvalidCurve
+from .data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve
+from .exceptions import InvalidCurve, NotEnoughPoints
 from .noise import NoiseModel
 from .results import (
     Estimate,
@@ -214,8 +214,6 @@ def _problem(steps, loss, n_params, nonfinite, bin_decades):
     curve = prepare_curve(steps, loss, min_points=min_points_for(n_params), nonfinite=nonfinite)
     prob = S.Problem(curve, bin_decades=bin_decades)
     if prob.m < n_params + 2:
-        from .exceptions import NotEnoughPoints
-
         raise NotEnoughPoints(n_params + 2, prob.m, "log-spaced bins (use a smaller bin_decades)")
     return prob
 

@@ -39,7 +39,7 @@ from types import MappingProxyType
 import numpy as np
 
 from . import solver as S
-from ._data import DEFAULT_BIN_DECADES, log_t, min_points_for, prepare_curve, z_value
+from .data import DEFAULT_BIN_DECADES, log_t, min_points_for, prepare_curve, z_value
 from .exceptions import NotEnoughPoints, UnknownMethod
 from .results import KneeResult
 from .scan import hinge_scan

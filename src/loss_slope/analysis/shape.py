@@ -41,7 +41,7 @@ import numpy as np
 from scipy.stats import t as student_t
 
 from . import solver as S
-from ._data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve
+from .data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve
 from .exceptions import AnalysisError, NotEnoughPoints
 from .fit_check import MISFIT_DECADES, check_fit
 from .fits import fit_power_law

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._data import log_t, prepare_curve, z_value
+from .data import log_t, prepare_curve, z_value
 from .exceptions import NotEnoughPoints
 from .noise import estimate_noise
 from .solver import iid_loglik

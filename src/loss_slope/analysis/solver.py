@@ -29,7 +29,7 @@ from scipy import linalg
 from scipy.stats import t as student_t
 
 from . import models as M
-from ._data import DEFAULT_BIN_DECADES, Curve, LogBins, make_bins, z_value
+from .data import DEFAULT_BIN_DECADES, Curve, LogBins, make_bins, z_value
 from .exceptions import FitFailed
 from .noise import NoiseModel, estimate_noise
 

@@ -40,7 +40,7 @@ import math
 import numpy as np
 
 from . import models as M, solver as S
-from ._data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve
+from .data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve
 from .exceptions import NotEnoughPoints
 from .fit_check import check_fit
 from .noise import estimate_noise, reml_refine
