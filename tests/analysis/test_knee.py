@@ -7,7 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from loss_slope.analysis import DEFAULT_KNEE_METHOD, KNEE_METHODS, KneeResult, detect_knee, register_knee_method
+from loss_slope.analysis import detect_knee
+from loss_slope.analysis.knee import DEFAULT_KNEE_METHOD, KNEE_METHODS, register_knee_method
+from loss_slope.analysis.results import KneeResult
 from loss_slope.analysis.synthetic import CurveSpec, make_curve, sample_demo_spec, sample_spec
 
 from .conftest import NOISE_LEVELS, curve
