@@ -59,6 +59,41 @@ def test_no_lazy_imports_and_no_private_names_across_modules():
                     assert not alias.name.startswith("_"), f"{path.name}:{node.lineno}: private name {alias.name}"
 
 
+#: The layers of docs/analysis.md ("Public API"), bottom first.
+LAYERS = (
+    "exceptions",
+    "data",
+    "noise",
+    "models",
+    "solver",
+    "slopes",
+    "scan",
+    "search",
+    "results",
+    "fits",
+    "knee",
+    "fit_check",
+    "two_break",
+    "shape",
+    "curve",
+    "stats",
+    "synthetic",
+    "synthetic_study",
+    "calibration",
+    "power",
+)
+
+
+def test_every_module_imports_only_from_the_layers_below_it():
+    assert {p.stem for p in PACKAGE.glob("*.py")} == set(LAYERS) | {"__init__"}
+    for i, name in enumerate(LAYERS):
+        for node, _ in _imports(PACKAGE / f"{name}.py"):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                deps = [node.module] if node.module else [a.name for a in node.names]
+                for dep in deps:
+                    assert LAYERS.index(dep) < i, f"{name} imports {dep}"
+
+
 def _curve():
     spec = CurveSpec(n_steps=3000, alpha=0.3, knee_step=200.0, alpha_after=1.0, noise_sigma=0.04)
     return make_curve(spec, seed=1)
