@@ -34,15 +34,9 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from loss_slope.analysis import (  # noqa: E402
-    LRT_THRESHOLD,
-    analyze_curve,
-    detect_knee,
-    fit_exponential,
-    fit_power_law,
-    fit_two_power_law,
-    hinge_scan,
-)
+from loss_slope.analysis import analyze_curve, detect_knee, fit_exponential, fit_power_law, fit_two_power_law  # noqa: E402
+from loss_slope.analysis.scan import hinge_scan  # noqa: E402
+from loss_slope.analysis.search import LRT_THRESHOLD  # noqa: E402
 from loss_slope.analysis.stats import wilson_interval  # noqa: E402
 from loss_slope.analysis.synthetic import CurveSpec, make_curve, sample_spec  # noqa: E402
 

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 from scipy import signal
 
-from loss_slope.analysis import cumulative_lr, detect_knee, wilson_interval
+from loss_slope.analysis import cumulative_lr, detect_knee
+from loss_slope.analysis.stats import wilson_interval
 
 N_STEPS, SPE, WARMUP_EPOCHS = 19_550, 391, 5
 

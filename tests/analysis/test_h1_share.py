@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from loss_slope.analysis import AnalysisError, NotEnoughPoints, h1_statistics, wilson_interval
+from loss_slope.analysis import AnalysisError, h1_statistics
+from loss_slope.analysis.exceptions import NotEnoughPoints
+from loss_slope.analysis.stats import wilson_interval
 from loss_slope.analysis.synthetic_study import make_study_table
 
 

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from loss_slope.analysis import AnalysisError, NotEnoughPoints, h2_statistics
+from loss_slope.analysis import AnalysisError, h2_statistics
+from loss_slope.analysis.exceptions import NotEnoughPoints
 from loss_slope.analysis.stats import _ranks, _resample_weights, _wcorr, h2_statistics_diverged_worst_rank
 from loss_slope.analysis.synthetic_study import make_study_table, scenario
 
@@ -126,7 +127,7 @@ def test_cell_confounding_shows_in_the_within_cell_interval():
 
 
 def test_cluster_interval_is_wider_than_the_run_level_one():
-    from loss_slope.analysis import correlation
+    from loss_slope.analysis.stats import correlation
 
     t = make_study_table("cell_confounded", seed=2)
     r = h2_statistics(t, **FAST)

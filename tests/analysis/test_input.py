@@ -9,21 +9,23 @@ import pytest
 
 from loss_slope.analysis import (
     AnalysisError,
-    ConstantLoss,
     InvalidCurve,
-    InvalidSteps,
-    NonFiniteValues,
-    NonPositiveLoss,
-    NotEnoughPoints,
-    UnknownMethod,
-    alpha_window,
     analyze_curve,
     detect_knee,
     fit_exponential,
     fit_power_law,
     fit_two_power_law,
-    hinge_scan,
 )
+from loss_slope.analysis.exceptions import (
+    ConstantLoss,
+    InvalidSteps,
+    NonFiniteValues,
+    NonPositiveLoss,
+    NotEnoughPoints,
+    UnknownMethod,
+)
+from loss_slope.analysis.scan import hinge_scan
+from loss_slope.analysis.slopes import alpha_window
 
 from .conftest import curve
 

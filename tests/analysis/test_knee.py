@@ -7,7 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from loss_slope.analysis import DEFAULT_KNEE_METHOD, KNEE_METHODS, KneeResult, detect_knee, register_knee_method
+from loss_slope.analysis import detect_knee
+from loss_slope.analysis.knee import DEFAULT_KNEE_METHOD, KNEE_METHODS, register_knee_method
+from loss_slope.analysis.results import KneeResult
 from loss_slope.analysis.synthetic import CurveSpec, make_curve, sample_demo_spec, sample_spec
 
 from .conftest import NOISE_LEVELS, curve
@@ -234,13 +236,13 @@ def test_demo_like_smooth_plateau_is_not_a_knee():
 
 def test_a_failed_short_shift_sweep_falls_back_to_the_first_sweep(monkeypatch):
     """The second knee sweep only adds a start: if its null fit fails, detection goes on without it."""
-    import loss_slope.analysis._engine as E
+    import loss_slope.analysis.models as M
     from loss_slope.analysis.exceptions import FitFailed
 
     spec = CurveSpec(n_steps=3000, alpha=0.4, knee_step=300.0, alpha_after=1.0, noise_sigma=0.03)
     c = make_curve(spec, seed=5)
     both = detect_knee(c.steps, c.loss)
-    power_starts = E.power_starts
+    power_starts = M.power_starts
     failed = []
 
     def failing(problem, floor, shift, t_fixed):
@@ -249,7 +251,7 @@ def test_a_failed_short_shift_sweep_falls_back_to_the_first_sweep(monkeypatch):
             raise FitFailed("power: non-finite residuals at the starting point")
         return power_starts(problem, floor, shift, t_fixed)
 
-    monkeypatch.setattr(E, "power_starts", failing)
+    monkeypatch.setattr(M, "power_starts", failing)
     first_only = detect_knee(c.steps, c.loss)
     assert failed and both.found and first_only.found
     assert _decades(first_only.step, spec.knee_step) < 0.05

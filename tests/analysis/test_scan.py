@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import statsmodels.api as sm
 
-from loss_slope.analysis import hinge_scan
+from loss_slope.analysis.scan import hinge_scan
 
 from .conftest import curve
 

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import statsmodels.api as sm
 
-from loss_slope.analysis import NotEnoughPoints, alpha_early, alpha_full, alpha_window, detect_knee, window_scan
+from loss_slope.analysis import detect_knee
+from loss_slope.analysis.exceptions import NotEnoughPoints
+from loss_slope.analysis.slopes import alpha_early, alpha_full, alpha_window, window_scan
 
 from .conftest import curve
 

@@ -10,14 +10,9 @@ import pytest
 from scipy import stats as sps
 from statsmodels.stats.proportion import proportion_confint
 
-from loss_slope.analysis import (
-    NotEnoughPoints,
-    correlation,
-    h1_statistics,
-    h2_window_heatmap,
-    screen_curve,
-    wilson_interval,
-)
+from loss_slope.analysis import h1_statistics
+from loss_slope.analysis.exceptions import NotEnoughPoints
+from loss_slope.analysis.stats import correlation, h2_window_heatmap, screen_curve, wilson_interval
 
 
 @pytest.mark.parametrize("k,n", [(0, 10), (3, 10), (10, 10), (170, 216)])

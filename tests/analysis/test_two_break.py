@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from loss_slope.analysis import _models as M, analyze_curve
+from loss_slope.analysis import analyze_curve, models as M
 from loss_slope.analysis.synthetic import CurveSpec, make_curve, true_loss
 from loss_slope.analysis.two_break import MIN_BREAK_CHANGE, TWO_BREAK_THRESHOLD, two_break_test
 
@@ -24,13 +24,11 @@ def test_three_power_jacobian_matches_finite_differences():
 
 
 def test_three_power_places_both_breaks_where_asked():
-    from loss_slope.analysis import _engine as E
-
     consts = {"s_lo": 10.0, "s_hi": 5000.0}
     t0 = 4.0
-    f, g = E.three_power_positions(math.log(100 + t0), math.log(900 + t0), t0, consts)
+    f, g = M.three_power_positions(math.log(100 + t0), math.log(900 + t0), t0, consts)
     theta = np.array([0.0, 0.1, 0.6, 1.0, f, g, 0.0, t0])
-    k1, k2 = E.three_power_steps(theta, consts)
+    k1, k2 = M.three_power_steps(theta, consts)
     assert k1 == pytest.approx(100, rel=1e-9) and k2 == pytest.approx(900, rel=1e-9)
 
 

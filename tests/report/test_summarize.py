@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from loss_slope.analysis import wilson_interval
+from loss_slope.analysis.stats import wilson_interval
 from loss_slope.report.summarize import run_table, study_statistics, summarize, variant_table
 
 from .conftest import STUDY, fit_row, identity, partial_sweep

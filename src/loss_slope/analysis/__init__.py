@@ -1,123 +1,62 @@
 """Analysis library: knees, power laws, slopes and the H1/H2 study statistics.
 
 Importable without Snakemake.  Every analysis function takes arrays in and returns
-a frozen dataclass; bad input raises a domain error from
-:mod:`loss_slope.analysis.exceptions`.  See ``docs/analysis.md``.
+a frozen dataclass; bad input raises a domain error (an :class:`AnalysisError`).
+The top level holds what a notebook needs; everything else is in its module (see
+``docs/analysis.md``, "Public API")::
+
+    >>> from loss_slope.analysis import CurveSpec, analyze_curve, make_curve
+    >>> curve = make_curve(CurveSpec(n_steps=2000, alpha=0.6, noise_sigma=0.02), seed=0)
+    >>> row = analyze_curve(curve.steps, curve.loss, steps_per_epoch=100).to_dict()
+    >>> round(row["power_exponent"], 2), row["h1_single_power_law"]
+    (0.6, True)
+
+The study statistics (:func:`h1_statistics`, :func:`h2_statistics`) live in
+:mod:`loss_slope.analysis.stats`, which needs pandas; they are loaded on first
+access, so that a per-run fit job importing this package does not pay for pandas
+at start-up.
 """
 
-from .curve import CurveAnalysis, analyze_curve, cumulative_lr
-from .exceptions import (
-    AnalysisError,
-    ConstantLoss,
-    FitFailed,
-    InvalidCurve,
-    InvalidSteps,
-    NonFiniteValues,
-    NonPositiveLoss,
-    NotEnoughPoints,
-    UnknownMethod,
-)
-from .fits import (
-    Estimate,
-    ExponentialFit,
-    FitResult,
-    ModelComparison,
-    PowerLawFit,
-    ResidualDiagnostics,
-    TwoPowerLawFit,
-    compare_models,
-    fit_exponential,
-    fit_power_law,
-    fit_two_power_law,
-)
-from .knee import DEFAULT_KNEE_METHOD, KNEE_METHODS, LRT_THRESHOLD, KneeResult, detect_knee, register_knee_method
-from .noise import NoiseModel, estimate_noise
-from .scan import HingeScan, hinge_scan
-from .shape import FitCheck, ShapeTest, check_fit, single_power_law
-from .slopes import SlopeResult, WindowScan, alpha_early, alpha_full, alpha_window, window_scan
-from .stats import (
-    Correlation,
-    H1Result,
-    H2Result,
-    LevelComparison,
-    LocoPrediction,
-    Screening,
-    Share,
-    WindowHeatmap,
-    correlation,
-    h1_statistics,
-    h2_statistics,
-    h2_statistics_diverged_worst_rank,
-    h2_window_heatmap,
-    screen_curve,
-    wilson_interval,
-)
+from .curve import analyze_curve, cumulative_lr
+from .exceptions import AnalysisError, InvalidCurve
+from .fits import compare_models, fit_exponential, fit_power_law, fit_two_power_law
+from .knee import detect_knee
+from .shape import single_power_law
+from .synthetic import CurveSpec, make_curve
+from .two_break import two_break_test
 
 __all__ = [
-    # knees
+    # one run
+    "analyze_curve",
+    "cumulative_lr",
     "detect_knee",
-    "KneeResult",
-    "KNEE_METHODS",
-    "DEFAULT_KNEE_METHOD",
-    "LRT_THRESHOLD",
-    "register_knee_method",
-    # fits
     "fit_power_law",
     "fit_exponential",
     "fit_two_power_law",
     "compare_models",
-    "FitResult",
-    "PowerLawFit",
-    "ExponentialFit",
-    "TwoPowerLawFit",
-    "ModelComparison",
-    "Estimate",
-    "ResidualDiagnostics",
-    "NoiseModel",
-    "estimate_noise",
-    # scan
-    "hinge_scan",
-    "HingeScan",
-    # slopes
-    "alpha_window",
-    "alpha_early",
-    "alpha_full",
-    "window_scan",
-    "SlopeResult",
-    "WindowScan",
-    # study statistics
-    "screen_curve",
-    "Screening",
-    "wilson_interval",
-    "Share",
-    "h1_statistics",
-    "H1Result",
-    "correlation",
-    "Correlation",
-    "h2_statistics",
-    "h2_statistics_diverged_worst_rank",
-    "H2Result",
-    "LevelComparison",
-    "LocoPrediction",
-    "h2_window_heatmap",
-    "WindowHeatmap",
-    # per-run helper
-    "analyze_curve",
-    "CurveAnalysis",
-    "cumulative_lr",
-    # H1 per run: one power law after the knee?
     "single_power_law",
-    "ShapeTest",
-    "check_fit",
-    "FitCheck",
+    "two_break_test",
+    # the study
+    "h1_statistics",
+    "h2_statistics",
+    # known-truth curves
+    "CurveSpec",
+    "make_curve",
     # errors
     "AnalysisError",
     "InvalidCurve",
-    "NotEnoughPoints",
-    "InvalidSteps",
-    "NonFiniteValues",
-    "NonPositiveLoss",
-    "ConstantLoss",
-    "UnknownMethod",
-    "FitFailed",
 ]
+
+#: Names served from :mod:`loss_slope.analysis.stats` (pandas) on first access.
+_STATS = ("h1_statistics", "h2_statistics")
+
+
+def __getattr__(name: str):
+    """PEP 562: import the study statistics (and with them pandas) only when first used."""
+    if name in _STATS:
+        from . import stats
+
+        value = getattr(stats, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,7 +3,7 @@
 The likelihood-ratio statistic of ``broken_power_lrt`` has no chi-square null
 distribution: the knee location exists only under the alternative (Davies'
 problem), the floor and shift sit on boundaries, and the noise model is estimated.
-So its threshold :data:`loss_slope.analysis.knee.LRT_THRESHOLD` was chosen from the
+So its threshold :data:`loss_slope.analysis.search.LRT_THRESHOLD` was chosen from the
 statistic's distribution on simulated *knee-free* curves covering every nuisance
 the detector must survive: iid and AR(1) noise, with and without a floor, with and
 without an initial plateau, 2k-20k points (:func:`loss_slope.analysis.synthetic.sample_spec`).

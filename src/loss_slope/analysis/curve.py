@@ -18,122 +18,18 @@ from types import MappingProxyType
 
 import numpy as np
 
-from ._data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve
+from .data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve
 from .exceptions import AnalysisError, InvalidCurve, UnknownMethod
-from .fits import ModelComparison, PowerLawFit, comparison_from_lrt, fit_power_law
-from .knee import DEFAULT_KNEE_METHOD, KNEE_METHODS, KneeResult, _broken_power_lrt, detect_knee
-from .shape import FitCheck, ShapeTest, check_fit, single_power_law
+from .fits import comparison_from_lrt, fit_power_law
+from .knee import DEFAULT_KNEE_METHOD, KNEE_METHODS, detect_knee, lrt_knee
+from .results import CurveAnalysis, FitCheck, KneeResult, ShapeTest
+from .shape import check_fit, single_power_law
 from .slopes import EARLY_WINDOW, SlopeResult, alpha_full, alpha_window
 from .two_break import two_break_test
 
 __all__ = ["CurveAnalysis", "analyze_curve", "cumulative_lr"]
 
 NAN = float("nan")
-
-
-@dataclass(frozen=True)
-class CurveAnalysis:
-    """Everything the per-run fit stage records.
-
-    Attributes
-    ----------
-    knees : Mapping[str, KneeResult]
-        One result per requested knee method.
-    comparison : ModelComparison or None
-        Exponential vs power law vs broken power law (common noise model).
-    power_post_knee : PowerLawFit or None
-        Power law (floor + shift) fitted from the default knee to the end (the whole
-        curve when no knee was found).
-    shape : ShapeTest or None
-        The per-run H1 decision: is the curve after the knee one power law
-        (:func:`loss_slope.analysis.shape.single_power_law`).
-    fit_checks : Mapping[str, FitCheck]
-        Whether each fitted curve follows the data (``"exponential"``, ``"power"``,
-        ``"two_power"``, ``"post_knee"``).
-    post_knee_start_step : float
-        Optimizer step where the post-knee segment starts (the first step when no
-        knee was found).
-    shape_by_knee : Mapping[str, ShapeTest]
-        The H1 decision with the burn-in ended by another knee definition (see
-        ``h1_knee_methods``).
-    alpha_early : SlopeResult or None
-    alpha_full : SlopeResult or None
-    best_val_ce : float
-        Minimum validation loss (input unit), NaN when no validation curve given.
-    steps_per_epoch : float
-    time_axis : str
-        ``"step"``, or ``"time"`` when another time axis was given.
-    n_points : int
-    n_masked : int
-    errors : Mapping[str, str]
-        Component -> reason, for every component that could not be computed.
-    """
-
-    knees: Mapping[str, KneeResult]
-    comparison: ModelComparison | None
-    power_post_knee: PowerLawFit | None
-    shape: ShapeTest | None
-    fit_checks: Mapping[str, FitCheck]
-    post_knee_start_step: float
-    shape_by_knee: Mapping[str, ShapeTest]
-    alpha_early: SlopeResult | None
-    alpha_full: SlopeResult | None
-    best_val_ce: float
-    steps_per_epoch: float
-    time_axis: str
-    n_points: int
-    n_masked: int
-    errors: Mapping[str, str]
-
-    def to_dict(self) -> dict[str, float | int | str | bool]:
-        """Flat, strictly JSON-serialisable row.
-
-        Missing numbers are ``None`` (null): a knee that was not found, or a
-        component that failed -- whose reason is under ``error_<component>``.
-        """
-        out: dict = {
-            "n_points": self.n_points,
-            "n_masked": self.n_masked,
-            "steps_per_epoch": self.steps_per_epoch,
-            "time_axis": self.time_axis,
-        }
-        for name, k in self.knees.items():
-            out.update(k.to_dict(prefix=f"knee_{name}_"))
-        if self.comparison is not None:
-            out.update(self.comparison.to_dict())
-            for model, fit in self.comparison.fits.items():
-                for pname, est in fit.params.items():
-                    out[f"{model}_{pname}"] = est.value
-                    out[f"{model}_{pname}_se"] = est.stderr
-                    out[f"{model}_{pname}_ci_low"], out[f"{model}_{pname}_ci_high"] = est.ci
-                    out[f"{model}_{pname}_at_bound"] = bool(fit.at_bound.get(pname, False))
-                out[f"{model}_hit_bound"] = ",".join(fit.hit_bound) or None
-        if self.power_post_knee is not None:
-            out.update(self.power_post_knee.to_dict(prefix="post_knee_"))
-        else:
-            out.update({"post_knee_r2": NAN, "post_knee_exponent": NAN})
-        out["post_knee_start_step"] = self.post_knee_start_step
-        for name, chk in self.fit_checks.items():
-            out[f"{name}_fit_ok"] = chk.ok
-            out[f"{name}_fit_reason"] = chk.reason
-            out[f"{name}_max_binned_residual"] = chk.max_binned_residual
-        if self.shape is not None:
-            out.update(self.shape.to_dict())
-        else:
-            out.update({"h1_single_power_law": None, "h1_literal_r2": NAN})
-        for name, sh in self.shape_by_knee.items():
-            out[f"h1_single_power_law_knee_{name}"] = sh.decision
-            out[f"h1_reason_knee_{name}"] = sh.reason
-            out[f"h1_literal_r2_knee_{name}"] = sh.literal_r2
-        for name, sr in (("alpha_early", self.alpha_early), ("alpha_full", self.alpha_full)):
-            if sr is not None:
-                out.update(sr.to_dict(prefix=name))
-            else:
-                out.update({name: NAN, f"{name}_se": NAN, f"{name}_ci_low": NAN, f"{name}_ci_high": NAN})
-        out["best_val_ce"] = self.best_val_ce
-        for comp, msg in self.errors.items():
-            out[f"error_{comp}"] = msg
-        return {k: (_jsonable(v)) for k, v in out.items()}
 
 
 def cumulative_lr(lr) -> np.ndarray:
@@ -204,18 +100,6 @@ class _TimeAxis:
         if self.name == "step":
             return sr
         return dataclasses.replace(sr, start_epoch=float(window[0]), end_epoch=float(window[1]))
-
-
-def _jsonable(v):
-    """Plain Python scalars; NaN/inf become None (strict JSON has no NaN)."""
-    if isinstance(v, (bool, np.bool_)):
-        return bool(v)
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        v = float(v)
-        return v if math.isfinite(v) else None
-    return v
 
 
 def analyze_curve(
@@ -302,9 +186,7 @@ def analyze_curve(
     # default detector; its fits double as the power / two-power model fits
     try:
         dopts = dict(opts.get(DEFAULT_KNEE_METHOD, {}))
-        res, lrt = _broken_power_lrt(
-            t, l_, steps_per_epoch=spe, confidence=confidence, bin_decades=bin_decades, _return_fit=True, **dopts
-        )
+        res, lrt = lrt_knee(t, l_, steps_per_epoch=spe, confidence=confidence, bin_decades=bin_decades, **dopts)
         knees[DEFAULT_KNEE_METHOD] = axis.knee_in_steps(res, spe)
         try:
             two_break = two_break_test(t, l_, bin_decades=bin_decades, knee_fit=lrt)

@@ -10,10 +10,11 @@ answer.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
+from .results import FitCheck
 
 __all__ = ["FitCheck", "check_fit", "MISFIT_DECADES", "MISFIT_TOLERANCE", "MISFIT_SE"]
 
@@ -32,31 +33,6 @@ MISFIT_DECADES = 0.1
 MISFIT_TOLERANCE = math.log(1.5)
 #: ... and also exceeds this many standard errors of that bin mean.
 MISFIT_SE = 4.0
-
-
-@dataclass(frozen=True)
-class FitCheck:
-    """Whether a fitted mean curve follows the data.
-
-    Attributes
-    ----------
-    ok : bool
-    reason : str or None
-        Why not (``None`` when ok).
-    max_binned_residual : float
-        Largest |mean log residual| over bins of :data:`MISFIT_DECADES` decades
-        (log units: 0.22 is 25 %).
-    max_residual_step : float
-        Mean step of that bin.
-    rising : bool
-        The fit rises over the segment while the data fall.
-    """
-
-    ok: bool
-    reason: str | None
-    max_binned_residual: float
-    max_residual_step: float
-    rising: bool
 
 
 def check_fit(fit: Predicts, steps, loss, *, tolerance: float = MISFIT_TOLERANCE) -> FitCheck:

@@ -41,16 +41,24 @@ sample size) -- use these to compare models.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import numpy as np
 
-from . import _engine as E
-from ._data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve, z_value
-from .exceptions import InvalidCurve
-from .noise import NoiseModel, estimate_noise
+from . import models as M, solver as S
+from .data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve
+from .exceptions import InvalidCurve, NotEnoughPoints
+from .noise import NoiseModel
+from .results import (
+    Estimate,
+    ExponentialFit,
+    FitResult,
+    ModelComparison,
+    PowerLawFit,
+    ResidualDiagnostics,
+    TwoPowerLawFit,
+)
+from .search import LrtFit, fit_lrt, fit_two_power_core, profile_starts
 
 __all__ = [
     "Estimate",
@@ -67,378 +75,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class Estimate:
-    """A parameter estimate.
-
-    Attributes
-    ----------
-    value : float
-    stderr : float
-        Standard error (0 for a fixed parameter).
-    ci : tuple of float
-        (low, high) confidence interval at the fit's ``confidence``.
-    """
-
-    value: float
-    stderr: float
-    ci: tuple[float, float]
-
-
-@dataclass(frozen=True)
-class ResidualDiagnostics:
-    """Residual checks of a fit (raw log-loss residuals).
-
-    Attributes
-    ----------
-    sigma : float
-        Residual s.d. (log units).
-    robust_sigma : float
-        1.4826 x MAD of the residuals.
-    lag1_autocorr : float
-        Lag-1 autocorrelation of the residuals.
-    durbin_watson : float
-    skewness, excess_kurtosis : float
-    heavy_tailed : bool
-        Whether the Huber fallback criterion fired.
-    noise : NoiseModel
-        White + AR(1) model fitted to the residuals.
-    effective_n : float
-        Effective number of independent points.
-    reduced_chi2 : float
-        GLS chi-square of the bin means per degree of freedom (about 1 when the
-        mean model and noise model fit).
-    """
-
-    sigma: float
-    robust_sigma: float
-    lag1_autocorr: float
-    durbin_watson: float
-    skewness: float
-    excess_kurtosis: float
-    heavy_tailed: bool
-    noise: NoiseModel
-    effective_n: float
-    reduced_chi2: float
-
-
-@dataclass(frozen=True)
-class FitResult:
-    """Common part of every fit result.
-
-    Attributes
-    ----------
-    model : str
-        ``"power"``, ``"exponential"`` or ``"two_power"``.
-    params : Mapping[str, Estimate]
-        Estimates in physical units (loss unit of the input, optimizer steps).
-    fixed : tuple of str
-        Names of parameters held fixed.
-    n_obs : int
-        Number of points fitted.
-    n_params : int
-        Number of free mean parameters (statsmodels' ``k``).
-    rss : float
-        Raw residual sum of squares of log loss.
-    loglik, aic, bic : float
-        iid-Gaussian criteria (statsmodels convention).
-    aic_ac, bic_ac : float
-        Autocorrelation-aware criteria (noise-model likelihood of the bin means).
-    r2 : float
-        R^2 of log loss over the raw points.
-    r2_binned : float
-        R^2 of the log-binned mean log loss (each bin weighted equally), i.e. the
-        straightness seen on a log-log plot.
-    estimator : str
-    se_method : str
-    robust : bool
-        Whether the Huber fallback was used.
-    confidence : float
-    converged : bool
-    n_masked : int
-        Non-finite points dropped (``nonfinite="drop"``).
-    step_range : tuple of float
-        First and last step fitted.
-    diagnostics : ResidualDiagnostics
-    at_bound : Mapping[str, bool]
-        Per fitted parameter: whether the estimate sits on a bound of its box.
-    hit_bound : tuple of str
-        Parameters on a bound that is not a natural value of the model: every
-        bound except a zero floor and the shift's lower bound (no transient).  A fit
-        with a non-empty ``hit_bound`` is an edge solution, not an interior optimum.
-    """
-
-    model: str
-    params: Mapping[str, Estimate]
-    fixed: tuple[str, ...]
-    n_obs: int
-    n_params: int
-    rss: float
-    loglik: float
-    aic: float
-    bic: float
-    aic_ac: float
-    bic_ac: float
-    r2: float
-    r2_binned: float
-    estimator: str
-    se_method: str
-    robust: bool
-    confidence: float
-    converged: bool
-    n_masked: int
-    step_range: tuple[float, float]
-    diagnostics: ResidualDiagnostics
-    theta: tuple[float, ...] = field(repr=False)
-    y_ref: float = field(repr=False)
-    model_consts: Mapping[str, float] = field(repr=False, default_factory=lambda: MappingProxyType({}))
-    at_bound: Mapping[str, bool] = field(default_factory=lambda: MappingProxyType({}))
-    hit_bound: tuple[str, ...] = ()
-
-    def predict(self, steps) -> np.ndarray:
-        """Fitted loss at ``steps`` (same unit as the input loss).
-
-        Parameters
-        ----------
-        steps : array_like, shape (k,)
-
-        Returns
-        -------
-        ndarray, shape (k,)
-        """
-        fn = E.model_fn(self.model, dict(self.model_consts))
-        m, _ = fn(np.asarray(self.theta), np.asarray(steps, dtype=float), jac=False)
-        return np.exp(m + self.y_ref)
-
-    def to_dict(self, prefix: str = "") -> dict[str, float | int | str | bool]:
-        """Flat JSON-serialisable summary."""
-        out: dict = {}
-        for name, est in self.params.items():
-            out[f"{prefix}{name}"] = est.value
-            out[f"{prefix}{name}_se"] = est.stderr
-            out[f"{prefix}{name}_ci_low"] = est.ci[0]
-            out[f"{prefix}{name}_ci_high"] = est.ci[1]
-            out[f"{prefix}{name}_at_bound"] = bool(self.at_bound.get(name, False))
-        out[f"{prefix}hit_bound"] = ",".join(self.hit_bound) or None
-        for key in ("aic", "bic", "aic_ac", "bic_ac", "r2", "r2_binned", "rss", "loglik"):
-            out[f"{prefix}{key}"] = float(getattr(self, key))
-        out[f"{prefix}n_obs"] = self.n_obs
-        out[f"{prefix}robust"] = self.robust
-        out[f"{prefix}reduced_chi2"] = self.diagnostics.reduced_chi2
-        out[f"{prefix}noise_ar_phi"] = self.diagnostics.noise.ar_phi
-        out[f"{prefix}effective_n"] = self.diagnostics.effective_n
-        return out
-
-
-@dataclass(frozen=True)
-class PowerLawFit(FitResult):
-    """loss = floor + amplitude * (step + shift)^(-exponent)."""
-
-    @property
-    def exponent(self) -> float:
-        """Power-law exponent alpha (dimensionless)."""
-        return self.params["exponent"].value
-
-    @property
-    def exponent_se(self) -> float:
-        return self.params["exponent"].stderr
-
-    @property
-    def exponent_ci(self) -> tuple[float, float]:
-        """(low, high) confidence interval of alpha."""
-        return self.params["exponent"].ci
-
-    @property
-    def amplitude(self) -> float:
-        return self.params["amplitude"].value
-
-    @property
-    def floor(self) -> float:
-        """Loss floor c (input unit)."""
-        return self.params["floor"].value
-
-    @property
-    def shift(self) -> float:
-        """Transient shift t0 (steps)."""
-        return self.params["shift"].value
-
-
-@dataclass(frozen=True)
-class ExponentialFit(FitResult):
-    """loss = amplitude * exp(-rate * step)."""
-
-    @property
-    def rate(self) -> float:
-        """Decay rate per optimizer step."""
-        return self.params["rate"].value
-
-    @property
-    def rate_ci(self) -> tuple[float, float]:
-        return self.params["rate"].ci
-
-
-@dataclass(frozen=True)
-class TwoPowerLawFit(FitResult):
-    """Broken power law: floor + A * g(step + shift), exponent changing at a break.
-
-    The break is rounded by a softplus of width ``KNEE_WIDTH`` in ln(step + shift).
-    """
-
-    @property
-    def exponent_before(self) -> float:
-        return self.params["exponent_before"].value
-
-    @property
-    def exponent_after(self) -> float:
-        return self.params["exponent_after"].value
-
-    @property
-    def break_step(self) -> float:
-        """Optimizer step of the break."""
-        return self.params["break_step"].value
-
-    @property
-    def break_step_ci(self) -> tuple[float, float]:
-        return self.params["break_step"].ci
-
-
-# ====================================================================== internals
-@dataclass
-class _Fitted:
-    """Internal bundle passed from the numerical fit to the result builder."""
-
-    problem: E.Problem
-    core: E.Core
-    noise: NoiseModel
-    cov: np.ndarray
-    chi2_gls: float
-    scale: float
-    robust: bool
-    heavy: bool
-    kurt: float
-    raw_resid: np.ndarray
-    estimator: str
-    profile: dict = field(default_factory=dict)  # param index -> (low, high)
-    noise_ic: NoiseModel | None = None  # noise model of the information criteria, if not ``noise``
-
-
-def _huber_refit(problem, core, refit):
-    """Huber M-estimate by iterated pseudo-observations on the raw log loss."""
-    fn = core.fn()
-    for _ in range(8):
-        m, _ = fn(core.theta, problem.s, jac=False)
-        r = problem.y - m
-        delta = 1.5 * E.robust_sigma(r)
-        if delta <= 0:
-            break
-        pseudo = m + np.clip(r, -delta, delta)
-        prob2 = problem.rebinned(pseudo)
-        new = refit(prob2, core.theta)
-        step = np.max(np.abs(new.theta - core.theta))
-        core = new
-        if step < 1e-6:
-            break
-    m, _ = fn(core.theta, problem.s, jac=False)
-    r = problem.y - m
-    delta = 1.5 * E.robust_sigma(r)
-    psi = np.clip(r, -delta, delta)
-    inside = float(np.mean(np.abs(r) <= delta))
-    prob2 = problem.rebinned(m + psi)
-    mb, _ = prob2.bin_model(fn, core.theta, jac=False)
-    core.resid_b = prob2.yb - mb  # bin residuals of the pseudo-observations
-    noise2 = estimate_noise(psi)
-    return core, prob2, noise2, max(inside, 0.05)
-
-
-def _run_fit(
-    problem: E.Problem,
-    name: str,
-    starts: list[np.ndarray],
-    lb: np.ndarray,
-    ub: np.ndarray,
-    free: np.ndarray,
-    *,
-    estimator: str,
-    noise: NoiseModel | None,
-    robust: str,
-    linear_raw: bool = False,
-    consts: dict | None = None,
-    gls_refit=None,
-) -> _Fitted:
-    if estimator not in E.ESTIMATORS:
-        raise ValueError(f"estimator must be one of {E.ESTIMATORS}")
-    if robust not in ("auto", "never", "always"):
-        raise ValueError("robust must be 'auto', 'never' or 'always'")
-
-    def fit_ols(prob, theta0s):
-        best = None
-        for th in theta0s:
-            if linear_raw:
-                core = _linear_raw_core(prob, name, th, free)
-            else:
-                core = E.nls(prob, name, th, free, lb, ub, E.whitener(prob, "ols", None), consts=consts)
-            if best is None or core.chi2 < best.chi2:
-                best = core
-        return best
-
-    core = fit_ols(problem, starts)
-    raw = E.raw_residuals(problem, core)
-    if noise is None:
-        noise = estimate_noise(raw)
-    if estimator == "gls":
-        wh = E.whitener(problem, "gls", noise)
-        if gls_refit is not None:
-            core = gls_refit(problem, wh, core)
-        else:
-            core = E.nls(problem, name, core.theta, free, lb, ub, wh, consts=consts)
-        raw = E.raw_residuals(problem, core)
-
-    kurt = E.excess_kurtosis(np.diff(raw))
-    heavy = kurt > E.heavy_tail_threshold(problem.n)
-    use_robust = robust == "always" or (robust == "auto" and heavy)
-    prob_cov = problem
-    inside = 1.0
-    noise_ic = noise
-    if use_robust:
-
-        def refit(prob2, theta):
-            if estimator == "gls":
-                return E.nls(prob2, name, theta, free, lb, ub, E.whitener(prob2, "gls", noise), consts=consts)
-            return fit_ols(prob2, [theta])
-
-        core, prob_cov, noise, inside = _huber_refit(problem, core, refit)
-        raw = E.raw_residuals(problem, core)
-    cov, chi2, scale = E.covariance(prob_cov, core, noise, estimator)
-    cov = cov / inside**2
-    if use_robust:  # information criteria refer to the observed data and the common noise model
-        chi2 = E.gls_chi2(problem, core, noise_ic)
-    return _Fitted(problem, core, noise, cov, chi2, scale, use_robust, heavy, kurt, raw, estimator, noise_ic=noise_ic)
-
-
-def _linear_raw_core(problem: E.Problem, name: str, theta0: np.ndarray, free: np.ndarray) -> E.Core:
-    """Exact raw-point OLS for the linear models (statsmodels-identical)."""
-    fn = E.model_fn(name)
-    th = theta0.copy()
-    th[free] = 0.0
-    m0, J = fn(th, problem.s)
-    # m(theta) = m0 + J_free @ theta_free exactly for a linear model
-    Jf = J[:, free]
-    beta, _, _ = E.wls(Jf, problem.y - m0)
-    th[free] = beta
-    mb, Jb = problem.bin_model(fn, th)
-    rb = problem.yb - mb
-    return E.Core(
-        model=name,
-        theta=th,
-        free=free.copy(),
-        chi2=float(np.dot(problem.nb, rb * rb)),
-        jac=Jb[:, free],
-        resid_b=rb,
-        converged=True,
-    )
-
-
-def _diagnostics(f: _Fitted) -> ResidualDiagnostics:
+def _diagnostics(f: S.Fitted) -> ResidualDiagnostics:
     r = f.raw_resid
     rc = r - r.mean()
     ss = float(rc @ rc)
@@ -448,7 +85,7 @@ def _diagnostics(f: _Fitted) -> ResidualDiagnostics:
     skew = float(np.mean(rc**3) / sd**3) if sd > 0 else 0.0
     return ResidualDiagnostics(
         sigma=sd,
-        robust_sigma=E.robust_sigma(r),
+        robust_sigma=S.robust_sigma(r),
         lag1_autocorr=lag1,
         durbin_watson=dw,
         skewness=skew,
@@ -460,9 +97,9 @@ def _diagnostics(f: _Fitted) -> ResidualDiagnostics:
     )
 
 
-def _build(cls, f: _Fitted, names, convert, confidence: float, n_masked: int):
+def _build(cls, f: S.Fitted, names, convert, confidence: float, n_masked: int):
     """Assemble a frozen result; ``convert(theta, se_theta, z)`` -> {name: Estimate}."""
-    z = _quantile(confidence, f)
+    z = S.t_quantile(confidence, f)
     core, prob = f.core, f.problem
     p = core.theta.size
     cov = np.zeros((p, p))
@@ -485,13 +122,13 @@ def _build(cls, f: _Fitted, names, convert, confidence: float, n_masked: int):
     rss = float(f.raw_resid @ f.raw_resid)
     yc = prob.y - prob.y.mean()
     tss = float(yc @ yc)
-    ll = E.iid_loglik(max(rss, 1e-300), n)
+    ll = S.iid_loglik(max(rss, 1e-300), n)
     mb, _ = prob.bin_model(core.fn(), core.theta, jac=False)
     rb = prob.yb - mb
     ybc = prob.yb - prob.yb.mean()
     r2b = 1.0 - float(rb @ rb) / float(ybc @ ybc) if float(ybc @ ybc) > 0 else float("nan")
     nic = f.noise_ic or f.noise
-    ll_ac = E.gls_loglik(prob, f.chi2_gls, nic)
+    ll_ac = S.gls_loglik(prob, f.chi2_gls, nic)
     neff = max(nic.effective_n(n), 2.0)
     se_method = ("GLS" if f.estimator == "gls" else "sandwich") + " covariance under white+AR(1) noise"
     if f.robust:
@@ -526,20 +163,6 @@ def _build(cls, f: _Fitted, names, convert, confidence: float, n_masked: int):
     )
 
 
-def _quantile(confidence: float, f: _Fitted) -> float:
-    """Two-sided Student-t quantile with the effective degrees of freedom.
-
-    Under strong autocorrelation the noise model (hence every standard error) is
-    estimated from few effectively independent points; ``df = n_eff - k`` widens the
-    intervals accordingly and tends to the normal quantile for long iid curves.
-    """
-    from scipy.stats import t as student_t
-
-    z_value(confidence)  # validates the level
-    df = max(f.noise.effective_n(f.problem.n) - f.core.k, 2.0)
-    return float(student_t.ppf(0.5 + confidence / 2.0, df))
-
-
 def _est(v, se, lo, hi) -> Estimate:
     return Estimate(float(v), float(se), (float(lo), float(hi)))
 
@@ -568,24 +191,10 @@ def _convert_power(theta, se, z, y_ref, **_):
     }
 
 
-def knee_step_estimate(theta, cov, consts, z):
-    """Knee step, its s.e. and CI from (knee_pos, shift) by the delta method on ln(tau_k)."""
-    from ._models import knee_log_tau
-
-    f, t0 = theta[3], theta[5]
-    xk, d_f, d_t0 = knee_log_tau(f, t0, consts["s_lo"], consts["s_hi"])
-    g = np.zeros(theta.size)
-    g[3], g[5] = d_f, d_t0
-    se_x = math.sqrt(max(float(g @ cov @ g), 0.0))
-    tk = math.exp(float(xk))
-    t0 = float(t0)
-    return tk - t0, tk * se_x, (max(math.exp(xk - z * se_x) - t0, 0.0), math.exp(xk + z * se_x) - t0)
-
-
 def _convert_two(theta, se, z, y_ref, *, cov, consts):
     la, a1, a2, f, c, t0 = theta
     u = math.exp(y_ref)
-    ks, kse, kci = knee_step_estimate(np.asarray(theta), cov, consts, z)
+    ks, kse, kci = M.knee_step_estimate(np.asarray(theta), cov, consts, z)
     return {
         "amplitude": _amp(la, se[0], z, y_ref),
         "exponent_before": _lin(a1, se[1], z),
@@ -603,26 +212,24 @@ def _convert_exp(theta, se, z, y_ref, **_):
 
 def _problem(steps, loss, n_params, nonfinite, bin_decades):
     curve = prepare_curve(steps, loss, min_points=min_points_for(n_params), nonfinite=nonfinite)
-    prob = E.Problem(curve, bin_decades=bin_decades)
+    prob = S.Problem(curve, bin_decades=bin_decades)
     if prob.m < n_params + 2:
-        from .exceptions import NotEnoughPoints
-
         raise NotEnoughPoints(n_params + 2, prob.m, "log-spaced bins (use a smaller bin_decades)")
     return prob
 
 
-def _power_core_fit(prob, *, floor, shift, estimator, noise, robust) -> _Fitted:
+def _power_core_fit(prob, *, floor, shift, estimator, noise, robust) -> S.Fitted:
     if not (shift is True or shift is False or isinstance(shift, (int, float))):
         raise TypeError("shift must be True, False or a number of steps")
     if shift is not True and shift is not False and float(shift) < 0:
         raise ValueError("a fixed shift must be >= 0")
-    lb, ub, free, t_fixed = E.power_bounds(prob, floor, shift)
+    lb, ub, free, t_fixed = M.power_bounds(prob, floor, shift)
     if shift is not True and prob.s[0] + t_fixed <= 0:
         raise InvalidCurve("step + shift must be > 0")
-    starts = E.power_starts(prob, floor, shift, t_fixed)
+    starts = M.power_starts(prob, floor, shift, t_fixed)
     linear = (not floor) and shift is not True and estimator == "ols"
-    return _run_fit(
-        prob, "power", starts, lb, ub, free, estimator=estimator, noise=noise, robust=robust, linear_raw=linear
+    return S.run_fit(
+        prob, M.POWER, starts, lb, ub, free, estimator=estimator, noise=noise, robust=robust, linear_raw=linear
     )
 
 
@@ -682,15 +289,13 @@ def fit_power_law(
     if f.estimator == "gls" and not f.robust:
         # profile-likelihood interval for the exponent (honest when the floor or
         # shift sits on its bound)
-        lb, ub, _, _ = E.power_bounds(prob, floor, shift)
-        q = _quantile(confidence, f)
+        lb, ub, _, _ = M.power_bounds(prob, floor, shift)
+        q = S.t_quantile(confidence, f)
         k_free = int(np.sum(f.core.free[:1]))  # position of the exponent among free params
         se = math.sqrt(max(f.cov[k_free, k_free], 0.0))
-        wh = E.whitener(prob, "gls", f.noise)
-        f.profile[1] = E.profile_interval(prob, f.core, wh, lb, ub, index=1, crit=q * q * f.scale, se_guess=se)
-    return _build(
-        PowerLawFit, f, ("amplitude", "exponent", "floor", "shift"), _convert_power, confidence, prob.curve.n_masked
-    )
+        wh = S.whitener(prob, "gls", f.noise)
+        f.profile[1] = S.profile_interval(prob, f.core, wh, lb, ub, index=1, crit=q * q * f.scale, se_guess=se)
+    return _build(PowerLawFit, f, M.POWER.param_names, _convert_power, confidence, prob.curve.n_masked)
 
 
 def fit_exponential(
@@ -722,7 +327,7 @@ def fit_exponential(
     """
     prob = _problem(steps, loss, 2, nonfinite, bin_decades)
     f = _exponential_fit(prob, estimator=estimator, noise=noise, robust=robust)
-    return _build(ExponentialFit, f, ("amplitude", "rate"), _convert_exp, confidence, prob.curve.n_masked)
+    return _build(ExponentialFit, f, M.EXPONENTIAL.param_names, _convert_exp, confidence, prob.curve.n_masked)
 
 
 def fit_two_power_law(
@@ -765,26 +370,28 @@ def fit_two_power_law(
     return _build(
         TwoPowerLawFit,
         f,
-        ("amplitude", "exponent_before", "exponent_after", "break_step", "floor", "shift"),
+        M.TWO_POWER.param_names,
         _convert_two,
         confidence,
         prob.curve.n_masked,
     )
 
 
-def _two_power_fit(prob, *, floor, shift, knee_range, estimator, noise, robust, null: _Fitted | None = None) -> _Fitted:
-    consts = E.knee_consts(prob, knee_range)
+def _two_power_fit(
+    prob, *, floor, shift, knee_range, estimator, noise, robust, null: S.Fitted | None = None
+) -> S.Fitted:
+    consts = M.knee_consts(prob, knee_range)
     if null is None:
         null = _power_core_fit(prob, floor=floor, shift=shift, estimator="ols", noise=noise, robust="never")
-    lb, ub, free = E.two_power_bounds(prob, floor, shift, consts)
-    wh_ols = E.whitener(prob, "ols", None)
-    starts = E.profile_starts(prob, null.core, wh_ols, lb, ub, free, consts=consts, n_best=3)
-    start = E.fit_two_power_core(
+    lb, ub, free = M.two_power_bounds(prob, floor, shift, consts)
+    wh_ols = S.whitener(prob, "ols", None)
+    starts = profile_starts(prob, null.core, wh_ols, lb, ub, free, consts=consts, n_best=3)
+    start = fit_two_power_core(
         prob, null.core, wh_ols, floor=floor, shift=shift, consts=consts, grid=0, extra_starts=starts[:2]
     )
 
     def gls_refit(problem, wh, core):
-        return E.fit_two_power_core(
+        return fit_two_power_core(
             problem,
             null.core,
             wh,
@@ -795,9 +402,9 @@ def _two_power_fit(prob, *, floor, shift, knee_range, estimator, noise, robust, 
             extra_starts=[core.theta] + starts[2:],
         )
 
-    return _run_fit(
+    return S.run_fit(
         prob,
-        "two_power",
+        M.TWO_POWER,
         [start.theta],
         lb,
         ub,
@@ -808,45 +415,6 @@ def _two_power_fit(prob, *, floor, shift, knee_range, estimator, noise, robust, 
         consts=consts,
         gls_refit=gls_refit,
     )
-
-
-@dataclass(frozen=True)
-class ModelComparison:
-    """Exponential vs power law vs broken power law on one curve.
-
-    Attributes
-    ----------
-    fits : Mapping[str, FitResult]
-        ``"exponential"``, ``"power"``, ``"two_power"``.
-    table : tuple of Mapping
-        One row per model: ``model, n_params, aic, bic, aic_ac, bic_ac,
-        delta_aic, delta_bic, delta_aic_iid, r2``.  ``delta_*`` are relative to the
-        best model by the autocorrelation-aware criterion (``aic_ac``/``bic_ac``);
-        ``delta_aic_iid`` uses the naive iid AIC.
-    best_aic, best_bic : str
-        Preferred model by ``aic_ac`` and ``bic_ac``.
-    noise : NoiseModel
-        The common noise model.
-    """
-
-    fits: Mapping[str, FitResult]
-    table: tuple[Mapping[str, float | int | str], ...]
-    best_aic: str
-    best_bic: str
-    noise: NoiseModel
-
-    def delta_aic(self, a: str, b: str) -> float:
-        """AIC_ac(a) - AIC_ac(b): positive means ``b`` is preferred."""
-        return self.fits[a].aic_ac - self.fits[b].aic_ac
-
-    def to_dict(self) -> dict[str, float | str]:
-        out: dict = {}
-        for row in self.table:
-            for key in ("aic", "bic", "aic_ac", "bic_ac", "delta_aic", "delta_bic", "delta_aic_iid", "r2"):
-                out[f"{row['model']}_{key}"] = row[key]
-        out["best_aic"] = self.best_aic
-        out["best_bic"] = self.best_bic
-        return out
 
 
 def compare_models(
@@ -886,9 +454,7 @@ def compare_models(
     """
     prob = _problem(steps, loss, 6, nonfinite, bin_decades)
     if floor is True and shift is True and estimator == "gls" and noise is None:
-        from .knee import _lrt_fit
-
-        return comparison_from_lrt(_lrt_fit(prob), confidence=confidence)
+        return comparison_from_lrt(fit_lrt(prob), confidence=confidence)
     null = _power_core_fit(prob, floor=floor, shift=shift, estimator="ols", noise=noise, robust="never")
     two = _two_power_fit(
         prob, floor=floor, shift=shift, knee_range=None, estimator="ols", noise=noise, robust="never", null=null
@@ -933,16 +499,12 @@ def compare_models(
     return _comparison(fits, noise)
 
 
-def _exponential_fit(prob: E.Problem, *, estimator: str, noise: NoiseModel | None, robust: str) -> _Fitted:
-    lb = np.array([-np.inf, -np.inf])
-    ub = np.array([np.inf, np.inf])
-    free = np.array([True, True])
-    x = prob.sb
-    beta, _, _ = E.wls(np.column_stack((np.ones_like(x), -x)), prob.yb)
-    return _run_fit(
+def _exponential_fit(prob: S.Problem, *, estimator: str, noise: NoiseModel | None, robust: str) -> S.Fitted:
+    lb, ub, free = M.exponential_bounds(prob)
+    return S.run_fit(
         prob,
-        "exponential",
-        [np.array(beta)],
+        M.EXPONENTIAL,
+        M.exponential_starts(prob),
         lb,
         ub,
         free,
@@ -953,10 +515,10 @@ def _exponential_fit(prob: E.Problem, *, estimator: str, noise: NoiseModel | Non
     )
 
 
-def comparison_from_lrt(lrt, *, confidence: float = 0.95) -> ModelComparison:
+def comparison_from_lrt(lrt: LrtFit, *, confidence: float = 0.95) -> ModelComparison:
     """The three-model comparison on the knee test's likelihood.
 
-    ``lrt`` is the knee test's fit (:func:`loss_slope.analysis.knee._lrt_fit`): its
+    ``lrt`` is the knee test's fit (:func:`loss_slope.analysis.search.fit_lrt`): its
     problem (bin means, noise scale, Huber pseudo-observations when used), its noise
     model and its power-law and broken-power-law fits.  The exponential is fitted to
     the same problem by GLS under the same noise model.
@@ -1000,8 +562,8 @@ def _comparison(fits: dict, noise: NoiseModel) -> ModelComparison:
 
 def _result_from_core(
     cls,
-    problem: E.Problem,
-    core: E.Core,
+    problem: S.Problem,
+    core: S.Core,
     noise: NoiseModel,
     *,
     estimator: str = "gls",
@@ -1010,17 +572,17 @@ def _result_from_core(
 ) -> FitResult:
     """Build a result from an existing fit (no refit), e.g. the knee detector's."""
     names, convert = _RESULT_SPECS[core.model]
-    raw = E.raw_residuals(problem, core)
-    kurt = E.excess_kurtosis(np.diff(raw))
-    cov, chi2, scale = E.covariance(problem, core, noise, estimator)
-    f = _Fitted(
-        problem, core, noise, cov, chi2, scale, robust, kurt > E.heavy_tail_threshold(problem.n), kurt, raw, estimator
+    raw = S.raw_residuals(problem, core)
+    kurt = S.excess_kurtosis(np.diff(raw))
+    cov, chi2, scale = S.covariance(problem, core, noise, estimator)
+    f = S.Fitted(
+        problem, core, noise, cov, chi2, scale, robust, kurt > S.heavy_tail_threshold(problem.n), kurt, raw, estimator
     )
     return _build(cls, f, names, convert, confidence, problem.curve.n_masked)
 
 
 _RESULT_SPECS = {
-    "power": (("amplitude", "exponent", "floor", "shift"), _convert_power),
-    "two_power": (("amplitude", "exponent_before", "exponent_after", "break_step", "floor", "shift"), _convert_two),
-    "exponential": (("amplitude", "rate"), _convert_exp),
+    "power": (M.POWER.param_names, _convert_power),
+    "two_power": (M.TWO_POWER.param_names, _convert_two),
+    "exponential": (M.EXPONENTIAL.param_names, _convert_exp),
 }

@@ -33,17 +33,17 @@ name (e.g. from the pipeline config)::
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from types import MappingProxyType
 
 import numpy as np
 
-from . import _engine as E
-from ._data import DEFAULT_BIN_DECADES, log_t, min_points_for, prepare_curve, z_value
-from .exceptions import FitFailed, NotEnoughPoints, UnknownMethod
-from .noise import NoiseModel, estimate_noise, estimate_scale, reml_refine
+from . import solver as S
+from .data import DEFAULT_BIN_DECADES, log_t, min_points_for, prepare_curve, z_value
+from .exceptions import NotEnoughPoints, UnknownMethod
+from .results import KneeResult
 from .scan import hinge_scan
+from .search import LRT_THRESHOLD, LrtFit, fit_lrt
 
 __all__ = [
     "KneeResult",
@@ -52,84 +52,11 @@ __all__ = [
     "DEFAULT_KNEE_METHOD",
     "LRT_THRESHOLD",
     "register_knee_method",
+    "broken_power_lrt",
+    "lrt_knee",
 ]
 
-#: Threshold on the scaled LR statistic of ``broken_power_lrt`` (calibrated by
-#: simulation on knee-free curves; see docs/analysis.md).
-LRT_THRESHOLD = 11.0
-
-#: REML log-likelihood slack for the AR coefficient used by the test (see
-#: :func:`loss_slope.analysis.noise.reml_refine`).
-REML_SLACK = 2.0
-
 NAN = float("nan")
-
-
-@dataclass(frozen=True)
-class KneeResult:
-    """Outcome of a knee detector.
-
-    Attributes
-    ----------
-    method : str
-        Registry name of the detector.
-    found : bool
-        Whether a knee was detected.
-    step : float
-        Optimizer step of the knee (NaN when not found).
-    step_ci : tuple of float
-        Confidence interval of the step (NaN, NaN when not available).
-    epoch : float
-        ``step / steps_per_epoch`` when ``steps_per_epoch`` was given, else NaN.
-    delta_aic : float
-        AIC(no-knee model) - AIC(knee model); positive favours the knee.  NaN when
-        the method compares no models.
-    delta_bic : float
-        Same for BIC.
-    statistic : float
-        The test statistic the decision is based on.
-    threshold : float
-        The decision threshold on ``statistic``.
-    test : str
-        Human-readable description of the test.
-    exponent_before, exponent_after : float
-        Exponents on either side of the knee (NaN when not estimated).
-    n_points : int
-        Number of points used.
-    details : Mapping[str, float]
-        Method-specific extras (read-only).
-    """
-
-    method: str
-    found: bool
-    step: float
-    step_ci: tuple[float, float]
-    epoch: float
-    delta_aic: float
-    delta_bic: float
-    statistic: float
-    threshold: float
-    test: str
-    exponent_before: float = NAN
-    exponent_after: float = NAN
-    n_points: int = 0
-    details: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
-
-    def to_dict(self, prefix: str = "") -> dict[str, float | bool | str]:
-        """Flat JSON-serialisable summary (NaN kept as float NaN)."""
-        return {
-            f"{prefix}found": bool(self.found),
-            f"{prefix}step": float(self.step),
-            f"{prefix}step_ci_low": float(self.step_ci[0]),
-            f"{prefix}step_ci_high": float(self.step_ci[1]),
-            f"{prefix}epoch": float(self.epoch),
-            f"{prefix}delta_aic": float(self.delta_aic),
-            f"{prefix}delta_bic": float(self.delta_bic),
-            f"{prefix}statistic": float(self.statistic),
-            f"{prefix}threshold": float(self.threshold),
-            f"{prefix}exponent_before": float(self.exponent_before),
-            f"{prefix}exponent_after": float(self.exponent_after),
-        }
 
 
 def _epoch(step: float, steps_per_epoch: float | None) -> float:
@@ -147,138 +74,7 @@ def _check_spe(steps_per_epoch) -> float | None:
     return spe
 
 
-# ====================================================================== default
-@dataclass
-class _LrtFit:
-    """Internals of the default detector (reused by analyze_curve)."""
-
-    problem: E.Problem
-    null: E.Core
-    alt: E.Core
-    noise: NoiseModel
-    stat: float
-    scale: float
-    robust: bool
-    scale_ratio: float = 1.0  # max/min of the fitted noise scale (1: constant noise)
-
-
-def _lrt_fit(prob: E.Problem, *, knee_range=None, robust: str = "auto", hetero: bool = True) -> _LrtFit:
-    consts = E.knee_consts(prob, knee_range)
-    lb0, ub0, free0, t_fixed = E.power_bounds(prob, True, True)
-    null_box = (lb0, ub0, free0)
-    wh_ols = E.whitener(prob, "ols", None)
-    null0 = _best_power(prob, E.power_starts(prob, True, True, t_fixed), null_box, wh_ols)
-    # noise model from the residuals of the flexible (two-power) fit, so that a
-    # real knee does not masquerade as low-frequency noise
-    alt_box = E.two_power_bounds(prob, True, True, consts)
-    starts = _knee_starts(prob, null0, wh_ols, null_box, alt_box, consts)
-    alt0 = E.fit_two_power_core(
-        prob, null0, wh_ols, floor=True, shift=True, consts=consts, grid=0, extra_starts=starts[:2]
-    )
-    raw = E.raw_residuals(prob, alt0)
-    # heteroscedastic noise (a smooth scale along the curve), modelled only when
-    # clearly present; then the OLS pilot fits are redone with the new weights
-    row_scale, scale_ratio = estimate_scale(prob.s, raw) if hetero else (None, 1.0)
-    if row_scale is not None:
-        prob.set_scale(row_scale)
-        wh_ols = E.whitener(prob, "ols", None)
-        null0 = _best_power(prob, [null0.theta, *E.power_starts(prob, True, True, t_fixed)], null_box, wh_ols)
-        starts = _knee_starts(prob, null0, wh_ols, null_box, alt_box, consts)
-        alt0 = E.fit_two_power_core(
-            prob, null0, wh_ols, floor=True, shift=True, consts=consts, grid=0, extra_starts=[alt0.theta] + starts
-        )
-        raw = E.raw_residuals(prob, alt0)
-    sig = 1.0 if row_scale is None else row_scale
-    std = raw / sig  # standardised residuals: white + AR(1) of constant scale
-    inside = 1.0
-    used_robust = False
-    if robust == "always" or (robust == "auto" and E.excess_kurtosis(np.diff(std)) > E.heavy_tail_threshold(prob.n)):
-        # one Huber pseudo-observation step around the flexible fit
-        delta = 1.5 * E.robust_sigma(std)
-        psi = np.clip(std, -delta, delta)
-        prob = prob.rebinned(prob.y - raw + psi * sig)
-        inside = max(float(np.mean(np.abs(std) <= delta)), 0.05)
-        std = psi
-        used_robust = True
-    mb, _ = prob.bin_model(alt0.fn(), alt0.theta, jac=False)
-    nz = reml_refine(estimate_noise(std), prob.bins, alt0.jac, prob.yb - mb, slack=REML_SLACK, bin_scale=prob.bin_scale)
-    # Huber sandwich: Var(estimate) ~ E[psi^2] / E[psi']^2, so the pseudo-data noise
-    # is inflated by 1 / P(|r| <= delta)^2 for the test to stay calibrated
-    noise = (
-        NoiseModel(white_var=nz.white_var / inside**2, ar_var=nz.ar_var / inside**2, ar_phi=nz.ar_phi)
-        if used_robust
-        else nz
-    )
-    wh = E.whitener(prob, "gls", noise)
-    null = E.nls(prob, "power", null0.theta, free0, lb0, ub0, wh)
-    alt = E.fit_two_power_core(
-        prob, null, wh, floor=True, shift=True, consts=consts, grid=0, extra_starts=[alt0.theta] + starts[1:]
-    )
-    if alt.chi2 > null.chi2:  # the alternative nests the null; guard against a poor local optimum
-        alt = E.fit_two_power_core(
-            prob, null, wh, floor=True, shift=True, consts=consts, extra_starts=[alt.theta, _nested(null)], n_refine=3
-        )
-    dof = max(prob.m - alt.k, 1)
-    scale = max(1.0, alt.chi2 / dof)
-    stat = max(null.chi2 - alt.chi2, 0.0) / scale
-    return _LrtFit(prob, null, alt, noise, stat, scale, used_robust, scale_ratio)
-
-
-def _best_power(prob: E.Problem, starts, box, wh: E.Whitener) -> E.Core:
-    """The power-law (null) fit with the lowest chi-square over ``starts``; the first wins ties."""
-    lb, ub, free = box
-    best = None
-    for th in starts:
-        c = E.nls(prob, "power", th, free, lb, ub, wh)
-        if best is None or c.chi2 < best.chi2:
-            best = c
-    return best
-
-
-def _knee_starts(prob: E.Problem, null0: E.Core, wh: E.Whitener, null_box, alt_box, consts: dict) -> list[np.ndarray]:
-    """Starts for the two-power fit: the knee profiled from the null fit, and from a short-shift null.
-
-    The profile sweep is warm-started from the null fit's shift. When the curve has a flat plateau
-    and then a steep fall, the best *null* is a degenerate one (shift and floor on their bounds,
-    exponent ~5), and a sweep carrying that shift misses the knee at the plateau's end: from it the
-    alternative fits no better than the null. A second sweep starts from the null refitted
-    with the shift held at 1 step (no transient), which a plateau-then-fall knee is close to.
-    Best local minima of the first sweep come first.
-    """
-    lb1, ub1, free1 = alt_box
-    starts = E.profile_starts(prob, null0, wh, lb1, ub1, free1, consts=consts, n_best=3)
-    lb0, ub0, free0 = null_box
-    held = free0.copy()
-    held[3] = False  # the shift
-    try:
-        short_starts = E.power_starts(prob, True, False, 1.0)
-        for th in short_starts:
-            th[3] = min(max(1.0, lb0[3]), ub0[3])
-        short = _best_power(prob, short_starts, (lb0, ub0, held), wh)
-        extra = E.profile_starts(prob, short, wh, lb1, ub1, free1, consts=consts, n_best=1)
-    except FitFailed:  # an extra start only: the first sweep's are enough to go on
-        extra = []
-    return starts[:1] + extra + starts[1:]
-
-
-def _nested(null: E.Core) -> np.ndarray:
-    la, a, c, t0 = null.theta
-    return np.array([la, a, a, 0.5, c, t0])
-
-
-def _knee_ci(fit: _LrtFit, z: float) -> tuple[float, float, float]:
-    """Step CI of the knee: GLS covariance, delta method on ln(tau_k)."""
-    from .fits import knee_step_estimate
-
-    cov_f, _, _ = E.covariance(fit.problem, fit.alt, fit.noise, "gls")
-    p = fit.alt.theta.size
-    cov = np.zeros((p, p))
-    cov[np.ix_(fit.alt.free, fit.alt.free)] = cov_f
-    _, se, (lo, hi) = knee_step_estimate(fit.alt.theta, cov, fit.alt.consts, z)
-    return float(lo), float(hi), float(se)
-
-
-def _broken_power_lrt(
+def lrt_knee(
     steps,
     loss,
     *,
@@ -291,35 +87,24 @@ def _broken_power_lrt(
     confidence: float = 0.95,
     bin_decades: float = DEFAULT_BIN_DECADES,
     nonfinite: str = "raise",
-    _return_fit: bool = False,
-):
-    """Calibrated broken-power-law likelihood-ratio test (the default).
+) -> tuple[KneeResult, LrtFit]:
+    """The default detector's decision and the fit it was made on.
 
-    Options
-    -------
-    threshold : float
-        Decision threshold on the scaled LR statistic (default
-        :data:`LRT_THRESHOLD`, calibrated for a false-positive rate below 5 %).
-    knee_range : (float, float)
-        Knee search range in optimizer steps (default: step 10 to last / 10**0.3).
-        Changing it changes the null distribution: recalibrate.
-    min_change : float
-        Minimum |exponent_after - exponent_before| to report a knee.
-    hetero : bool
-        Model a smooth change of the noise scale along the curve when the
-        residuals show one (:func:`loss_slope.analysis.noise.estimate_scale`);
-        ``False`` forces constant-scale noise.
+    Validates the curve, runs :func:`loss_slope.analysis.search.fit_lrt` and turns
+    its statistic into a :class:`KneeResult`; ``analyze_curve`` reuses the fit for
+    the model comparison and the two-break test.  Options as for
+    :func:`broken_power_lrt`.
     """
     spe = _check_spe(steps_per_epoch)
     thr = LRT_THRESHOLD if threshold is None else float(threshold)
     curve = prepare_curve(steps, loss, min_points=min_points_for(6), nonfinite=nonfinite)
-    prob = E.Problem(curve, bin_decades=bin_decades)
+    prob = S.Problem(curve, bin_decades=bin_decades)
     if prob.m < 12:
         raise NotEnoughPoints(12, prob.m, "log-spaced bins")
-    fit = _lrt_fit(prob, knee_range=knee_range, robust=robust, hetero=hetero)
+    fit = fit_lrt(prob, knee_range=knee_range, robust=robust, hetero=hetero)
     a1, a2 = float(fit.alt.theta[1]), float(fit.alt.theta[2])
-    step = E.knee_step_of(fit.alt.theta, fit.alt.consts)
-    lo, hi, se = _knee_ci(fit, z_value(confidence))
+    step = fit.knee_step
+    lo, hi, se = fit.knee_ci(z_value(confidence))
     found = bool(fit.stat > thr and abs(a2 - a1) >= min_change)
     neff = max(fit.noise.effective_n(curve.n), 2.0)
     res = KneeResult(
@@ -352,7 +137,32 @@ def _broken_power_lrt(
             }
         ),
     )
-    return (res, fit) if _return_fit else res
+    return res, fit
+
+
+def broken_power_lrt(steps, loss, **options) -> KneeResult:
+    """Calibrated broken-power-law likelihood-ratio test (the default).
+
+    A thin wrapper over :func:`loss_slope.analysis.search.fit_lrt` (see :func:`lrt_knee`).
+
+    Options
+    -------
+    threshold : float
+        Decision threshold on the scaled LR statistic (default
+        :data:`LRT_THRESHOLD`, calibrated for a false-positive rate below 5 %).
+    knee_range : (float, float)
+        Knee search range in optimizer steps (default: step 10 to last / 10**0.3).
+        Changing it changes the null distribution: recalibrate.
+    min_change : float
+        Minimum |exponent_after - exponent_before| to report a knee.
+    hetero : bool
+        Model a smooth change of the noise scale along the curve when the
+        residuals show one (:func:`loss_slope.analysis.noise.estimate_scale`);
+        ``False`` forces constant-scale noise.
+    steps_per_epoch, confidence, bin_decades, nonfinite
+        As for :func:`detect_knee` and :func:`loss_slope.analysis.fit_power_law`.
+    """
+    return lrt_knee(steps, loss, **options)[0]
 
 
 # ====================================================================== seed methods
@@ -520,7 +330,7 @@ KneeMethod = Callable[..., KneeResult]
 
 #: Explicit registry of knee detectors, selectable by name.
 KNEE_METHODS: dict[str, KneeMethod] = {
-    "broken_power_lrt": _broken_power_lrt,
+    "broken_power_lrt": broken_power_lrt,
     "burn_in_aic": _burn_in_aic,
     "ce_threshold": _ce_threshold,
     "hinge": _hinge,

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import linalg, optimize, signal
 
-from ._data import LogBins
+from .data import LogBins
 
 __all__ = ["NoiseModel", "estimate_noise", "estimate_scale"]
 

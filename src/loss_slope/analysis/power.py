@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import time
 from collections.abc import Sequence
@@ -38,9 +39,11 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import yaml
+from matplotlib.figure import Figure
 
-from .stats import _cluster_share, _core, _verdict_rho, wilson_interval
-from .synthetic_study import StudyScenario, _latent, _pair, pearson_from_spearman
+from .stats import cluster_share, correlation_core, verdict_rho, wilson_interval
+from .synthetic_study import StudyScenario, latent_draws, pair_correlation, pearson_from_spearman
 
 __all__ = ["PowerSettings", "PowerPoint", "PowerResult", "simulate_power", "run_power_analysis", "main"]
 
@@ -118,7 +121,7 @@ class PowerPoint:
 
 def _scenario(abs_rho: float, s: PowerSettings) -> StudyScenario:
     r = -pearson_from_spearman(abs_rho) if s.sign in ("negative", "either") else pearson_from_spearman(abs_rho)
-    m = _pair(r)
+    m = pair_correlation(r)
     return StudyScenario(
         "power",
         m,
@@ -133,14 +136,16 @@ def _scenario(abs_rho: float, s: PowerSettings) -> StudyScenario:
 def _one_study(
     abs_rho: float, n_seeds: int, s: PowerSettings, rng: np.random.Generator
 ) -> tuple[bool, bool, bool, float, bool]:
-    z = _latent(_scenario(abs_rho, s), s.n_cells, n_seeds, rng)
+    z = latent_draws(_scenario(abs_rho, s), s.n_cells, n_seeds, rng)
     x, y = z[..., 0].ravel(), z[..., 1].ravel()
     cell = np.repeat(np.arange(s.n_cells), n_seeds)
     seed = np.tile(np.arange(n_seeds), s.n_cells)
-    core = _core(x, y, None, cell, seed, None, n_boot=s.n_boot, confidence=s.confidence, rng=rng, level_column="")
+    core = correlation_core(
+        x, y, None, cell, seed, None, n_boot=s.n_boot, confidence=s.confidence, rng=rng, level_column=""
+    )
     o, w = core.overall, core.within_cell
-    sup = _verdict_rho(o.spearman_ci, o.spearman_p, s.min_abs_rho, s.max_p, s.sign) == "supported"
-    wsup = _verdict_rho(w.spearman_ci, w.spearman_p, s.min_abs_rho, s.max_p, s.sign) == "supported"
+    sup = verdict_rho(o.spearman_ci, o.spearman_p, s.min_abs_rho, s.max_p, s.sign) == "supported"
+    wsup = verdict_rho(w.spearman_ci, w.spearman_p, s.min_abs_rho, s.max_p, s.sign) == "supported"
     lo, hi = w.spearman_ci
     wdet = (hi < 0) if s.sign == "negative" else (lo > 0) if s.sign == "positive" else (hi < 0 or lo > 0)
     if s.h1_icc > 0:
@@ -149,7 +154,7 @@ def _one_study(
     else:
         p_cell = np.full(s.n_cells, s.h1_share)
     succ = rng.random(cell.size) < p_cell[cell]
-    share = _cluster_share(succ, cell, None, confidence=s.confidence, targets=(s.h1_target,))
+    share = cluster_share(succ, cell, None, confidence=s.confidence, targets=(s.h1_target,))
     return (
         bool(sup),
         bool(wsup),
@@ -284,8 +289,6 @@ def run_power_analysis(
 
 
 def _cpu() -> float:
-    import resource
-
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
@@ -337,13 +340,9 @@ def format_result(res: PowerResult) -> str:
 
 def plot_result(res: PowerResult, path: str) -> None:
     """Two panels: power vs true |rho|, and power vs seeds per cell (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     s = res.settings
-    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    ax = fig.subplots(1, 2)
     r = [p.abs_rho for p in res.curve]
     ax[0].plot(r, [p.supported for p in res.curve], "o-", label='H2 "supported" (pooled)')
     ax[0].plot(r, [p.within_supported for p in res.curve], "s--", label=f"within-cell clears {s.min_abs_rho}")
@@ -364,15 +363,12 @@ def plot_result(res: PowerResult, path: str) -> None:
     ax[1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def settings_from_config(path: str | None, **overrides) -> PowerSettings:
     """Design and thresholds from a study config (``grid``, ``variants``, ``analysis.study``)."""
     kw: dict = {}
     if path:
-        import yaml
-
         with open(path) as f:
             cfg = yaml.safe_load(f) or {}
         grid = cfg.get("grid", {})

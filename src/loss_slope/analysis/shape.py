@@ -36,18 +36,18 @@ same segment), are reported beside the decision.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import t as student_t
 
-from . import _engine as E
-from ._data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve
+from . import solver as S
+from .data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve
 from .exceptions import AnalysisError, NotEnoughPoints
-from .fit_check import MISFIT_DECADES, FitCheck, check_fit
-from .fits import FitResult, fit_power_law
-from .knee import LRT_THRESHOLD, _lrt_fit
-from .two_break import MIN_BREAK_CHANGE, TwoBreakTest
+from .fit_check import MISFIT_DECADES, check_fit
+from .fits import fit_power_law
+from .results import FitCheck, FitResult, ShapeTest, TwoBreakTest
+from .search import LRT_THRESHOLD, fit_lrt
+from .two_break import MIN_BREAK_CHANGE
 
 __all__ = ["FitCheck", "ShapeTest", "check_fit", "single_power_law", "literal_r2", "MISFIT_DECADES"]
 
@@ -83,84 +83,9 @@ def literal_r2(steps, loss) -> float:
     return float((xc @ yc) ** 2 / (float(xc @ xc) * syy))
 
 
-@dataclass(frozen=True)
-class ShapeTest:
-    """The per-run H1 decision and its evidence.
-
-    Attributes
-    ----------
-    decision : bool or None
-        One power law after the knee (``None``: undecided, see ``reason``).
-    reason : str
-        Why (for every outcome).
-    segment_start : float
-        First optimizer step of the tested segment.
-    further_break_statistic, earlier_break_statistic : float
-        Scaled LR statistics of the break tests after and before the knee (NaN when
-        not run); a break when above ``threshold``.
-    further_break_step : float
-        Most likely break step after the knee (whether or not significant).
-    threshold : float
-    exponent_first_half, exponent_second_half : float
-        Exponents of the two halves (floor and shift held at the segment's fit).
-    drift, drift_ci : float, (float, float)
-        Second minus first, and its interval.
-    max_binned_residual : float
-        Largest |mean log residual| of the segment's power-law fit (log units).
-    fit_ok : bool
-    fit_reason : str or None
-    literal_r2 : float
-        Straight-line log-log R² of the segment.
-    two_break : TwoBreakTest or None
-        The whole-curve two-break test (``None``: not run).
-    """
-
-    decision: bool | None
-    reason: str
-    segment_start: float
-    further_break_statistic: float
-    further_break_step: float
-    earlier_break_statistic: float
-    threshold: float
-    exponent_first_half: float
-    exponent_second_half: float
-    drift: float
-    drift_ci: tuple[float, float]
-    max_binned_residual: float
-    fit_ok: bool
-    fit_reason: str | None
-    literal_r2: float
-    two_break: TwoBreakTest | None = None
-
-    def to_dict(self, prefix: str = "h1_") -> dict:
-        tb = (
-            self.two_break.to_dict(f"{prefix}two_break_")
-            if self.two_break is not None
-            else {f"{prefix}two_break_{k}": (None if k == "found" else NAN) for k in _TWO_BREAK_KEYS}
-        )
-        return tb | {
-            f"{prefix}single_power_law": self.decision,
-            f"{prefix}reason": self.reason,
-            f"{prefix}segment_start_step": self.segment_start,
-            f"{prefix}further_break_statistic": self.further_break_statistic,
-            f"{prefix}further_break_step": self.further_break_step,
-            f"{prefix}earlier_break_statistic": self.earlier_break_statistic,
-            f"{prefix}exponent_first_half": self.exponent_first_half,
-            f"{prefix}exponent_second_half": self.exponent_second_half,
-            f"{prefix}exponent_drift": self.drift,
-            f"{prefix}exponent_drift_ci_low": self.drift_ci[0],
-            f"{prefix}exponent_drift_ci_high": self.drift_ci[1],
-            f"{prefix}max_binned_residual": self.max_binned_residual,
-            f"{prefix}literal_r2": self.literal_r2,
-        }
-
-
-_TWO_BREAK_KEYS = ("found", "statistic", "threshold", "step_1", "step_2", "exponent_1", "exponent_2", "exponent_3")
-
-
 def _problem(steps, loss, bin_decades, shift_cap=None):
     curve = prepare_curve(steps, loss, min_points=min_points_for(6), nonfinite="drop")
-    prob = E.Problem(curve, bin_decades=bin_decades)
+    prob = S.Problem(curve, bin_decades=bin_decades)
     prob.shift_cap = shift_cap
     if prob.m < MIN_BINS:
         raise NotEnoughPoints(MIN_BINS, prob.m, "log-spaced bins")
@@ -181,7 +106,7 @@ def _drift(lrt, mid: float, confidence: float) -> tuple[float, float, tuple[floa
     mb, J = prob.bin_model(null.fn(), null.theta)
     H = (prob.sb >= mid).astype(float)
     X = np.column_stack((J[:, 0], J[:, 1], J[:, 1] * H))
-    wh = E.whitener(prob, "gls", lrt.noise)
+    wh = S.whitener(prob, "gls", lrt.noise)
     Xw, rw = wh(X), wh(prob.yb - mb)
     beta, *_ = np.linalg.lstsq(Xw, rw, rcond=None)
     u = rw - Xw @ beta
@@ -219,7 +144,7 @@ def single_power_law(
     knee_step : float, optional
         End of the burn-in (the detected knee); ``None`` tests the whole curve.
     threshold : float, optional
-        Break-test threshold (default :data:`loss_slope.analysis.knee.LRT_THRESHOLD`).
+        Break-test threshold (default :data:`loss_slope.analysis.search.LRT_THRESHOLD`).
     drift_tolerance : float
         Exponent drift below this is not a drift, whatever its interval.
     confidence : float
@@ -297,7 +222,7 @@ def single_power_law(
     ts, ty = ss[tested], ys[tested]
     try:
         cap = SHIFT_CAP * max(start, 1.0) if has_knee else None
-        lrt = _lrt_fit(_problem(ts, ty, bin_decades, cap))
+        lrt = fit_lrt(_problem(ts, ty, bin_decades, cap))
     except NotEnoughPoints as exc:
         if two_break is not None and two_break.found:
             return ShapeTest(False, two_break.reason, fit_ok=True, fit_reason=None, **empty)
@@ -305,7 +230,7 @@ def single_power_law(
             None, f"the post-knee segment is too short to test: {exc}", fit_ok=True, fit_reason=None, **empty
         )
     empty["further_break_statistic"] = float(lrt.stat)
-    empty["further_break_step"] = float(E.knee_step_of(lrt.alt.theta, lrt.alt.consts))
+    empty["further_break_step"] = float(lrt.knee_step)
     reasons = []
     change = abs(float(lrt.alt.theta[2] - lrt.alt.theta[1]))
     if lrt.stat > thr and change >= min_change:
@@ -316,10 +241,10 @@ def single_power_law(
     if knee_step is not None and math.isfinite(knee_step):
         pre = s < start
         try:
-            pre_fit = _lrt_fit(_problem(s[pre], y[pre], bin_decades))
+            pre_fit = fit_lrt(_problem(s[pre], y[pre], bin_decades))
             empty["earlier_break_statistic"] = float(pre_fit.stat)
             if pre_fit.stat > thr and abs(float(pre_fit.alt.theta[2] - pre_fit.alt.theta[1])) >= min_change:
-                k0 = float(E.knee_step_of(pre_fit.alt.theta, pre_fit.alt.consts))
+                k0 = float(pre_fit.knee_step)
                 reasons.append(
                     f"an earlier break near step {k0:.4g} (statistic {pre_fit.stat:.3g} > {thr:g}): "
                     f"the knee at step {start:.4g} is a second break"

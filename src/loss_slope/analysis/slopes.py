@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._data import log_t, prepare_curve, z_value
-from ._engine import iid_loglik
+from .data import log_t, prepare_curve, z_value
 from .exceptions import NotEnoughPoints
 from .noise import estimate_noise
+from .solver import iid_loglik
 
 __all__ = ["SlopeResult", "WindowScan", "alpha_window", "alpha_early", "alpha_full", "window_scan"]
 

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from ._data import z_value
+from .data import z_value
 from .exceptions import AnalysisError, NotEnoughPoints
 
 __all__ = [
@@ -233,7 +233,7 @@ class Share:
         )
 
 
-def _cluster_share(
+def cluster_share(
     success: np.ndarray,
     cell: np.ndarray,
     seed: np.ndarray | None,
@@ -488,7 +488,7 @@ def h1_statistics(
     targets = tuple(float(t) for t in target_shares)
 
     def share(mask, values):
-        return _cluster_share(
+        return cluster_share(
             values[mask], all_cell[mask], all_seed[mask] if has_seed else None, confidence=confidence, targets=targets
         )
 
@@ -977,7 +977,7 @@ class H2Result:
 _SIGNS = ("negative", "positive", "either")
 
 
-def _verdict_rho(ci: tuple[float, float], p: float, min_abs_rho: float, max_p: float, sign: str) -> str:
+def verdict_rho(ci: tuple[float, float], p: float, min_abs_rho: float, max_p: float, sign: str) -> str:
     lo, hi = ci
     if not (np.isfinite(lo) and np.isfinite(hi)):
         return "inconclusive"
@@ -1035,7 +1035,7 @@ def _two_way_resid(x: np.ndarray, W: np.ndarray, cell_onehot: np.ndarray, seed_o
     return np.where(W > 0, r, 0.0)
 
 
-def _core(
+def correlation_core(
     x: np.ndarray,
     y: np.ndarray,
     level: np.ndarray | None,
@@ -1379,7 +1379,7 @@ def h2_statistics(
     seed_codes = pd.factorize(sub[seed_column].astype(str), sort=True)[0].astype(np.intp) if has_seed else None
     rng = np.random.default_rng(seed)
     design = _dummies(sub, cell_columns)
-    core = _core(
+    core = correlation_core(
         x,
         y,
         level,
@@ -1393,7 +1393,7 @@ def h2_statistics(
     )
     counts = np.bincount(cell, minlength=G)
     skipped_cells = tuple((cell_names[c], "single usable seed") for c in np.flatnonzero(counts < 2))
-    verdict = _verdict_rho(core.overall.spearman_ci, core.overall.spearman_p, min_abs_rho, max_p, sign)
+    verdict = verdict_rho(core.overall.spearman_ci, core.overall.spearman_p, min_abs_rho, max_p, sign)
     notes = []
     if not has_seed:
         notes.append(
@@ -1420,7 +1420,7 @@ def h2_statistics(
             vseed = seed_codes[m] if seed_codes is not None else None
             if vseed is not None:
                 vseed = pd.factorize(vseed, sort=True)[0].astype(np.intp)
-            vc = _core(
+            vc = correlation_core(
                 xv,
                 yv,
                 None,
@@ -1436,7 +1436,7 @@ def h2_statistics(
                 overall=vc.overall,
                 cell_means=vc.cell_means,
                 within_cell=vc.within_cell,
-                verdict=_verdict_rho(vc.overall.spearman_ci, vc.overall.spearman_p, min_abs_rho, max_p, sign),
+                verdict=verdict_rho(vc.overall.spearman_ci, vc.overall.spearman_p, min_abs_rho, max_p, sign),
                 n_runs=int(m.sum()),
                 n_cells=len(vnames),
                 note=f"{len(vnames)} cells ({' x '.join(other) or 'cells'}): intervals are wide; "

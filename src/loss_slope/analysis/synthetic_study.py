@@ -79,6 +79,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from scipy import stats as sps
 
 __all__ = [
     "STUDY_SCENARIOS",
@@ -109,7 +110,7 @@ def pearson_from_spearman(rho: float) -> float:
     return 2.0 * math.sin(math.pi * rho / 6.0)
 
 
-def _pair(r_ac: float) -> np.ndarray:
+def pair_correlation(r_ac: float) -> np.ndarray:
     """Correlation matrix over (alpha, CE, level) with alpha-CE = r_ac, level-CE 0.5."""
     return np.array([[1.0, r_ac, 0.5 * r_ac], [r_ac, 1.0, 0.5], [0.5 * r_ac, 0.5, 1.0]])
 
@@ -160,15 +161,15 @@ def scenario(
     if min(share_cell, share_seed, share_run) < 0 or abs(share_cell + share_seed + share_run - 1) > 1e-9:
         raise ValueError("variance shares must be >= 0 and sum to 1")
     if name == "none":
-        mats = (_pair(0.0),) * 3
+        mats = (pair_correlation(0.0),) * 3
     elif name == "cell_confounded":
-        mats = (_pair(-0.95), _pair(0.0), _pair(0.0))
+        mats = (pair_correlation(-0.95), pair_correlation(0.0), pair_correlation(0.0))
     elif name == "within_cell":
-        mats = (_pair(0.0), _pair(-0.6), _pair(-0.6))
+        mats = (pair_correlation(0.0), pair_correlation(-0.6), pair_correlation(-0.6))
     elif name == "strong":
-        mats = (_pair(-pearson_from_spearman(0.9)),) * 3
+        mats = (pair_correlation(-pearson_from_spearman(0.9)),) * 3
     elif name == "borderline":
-        mats = (_pair(-pearson_from_spearman(0.7)),) * 3
+        mats = (pair_correlation(-pearson_from_spearman(0.7)),) * 3
     elif name == "level_echo":
         mats = (_echo(),) * 3
     else:
@@ -206,7 +207,7 @@ def population_values(sc: StudyScenario | str) -> dict[str, float]:
     return out
 
 
-def _latent(sc: StudyScenario, n_cells: int, n_seeds: int, rng: np.random.Generator) -> np.ndarray:
+def latent_draws(sc: StudyScenario, n_cells: int, n_seeds: int, rng: np.random.Generator) -> np.ndarray:
     """Latent z, shape (n_cells, n_seeds, 3)."""
 
     def draw(r, size):
@@ -258,7 +259,7 @@ def make_study_table(
         sc = scenario(sc)
     rng = np.random.default_rng(seed)
     cells = [(v, lr, wd) for v in variants for lr in lrs for wd in weight_decays]
-    z = _latent(sc, len(cells), n_seeds, rng)
+    z = latent_draws(sc, len(cells), n_seeds, rng)
     if h1_icc > 0:
         ab = 1.0 / h1_icc - 1.0
         p_cell = rng.beta(h1_share * ab, (1 - h1_share) * ab, size=len(cells))
@@ -307,11 +308,9 @@ def simulate_population(
     dict
         ``pooled_spearman``, ``within_spearman``, ``level_spearman``.
     """
-    from scipy import stats as sps
-
     if isinstance(sc, str):
         sc = scenario(sc)
-    z = _latent(sc, n_cells, n_seeds, np.random.default_rng(seed))
+    z = latent_draws(sc, n_cells, n_seeds, np.random.default_rng(seed))
     flat = z.reshape(-1, 3)
     dev = (z - z.mean(axis=1, keepdims=True)).reshape(-1, 3)
     return {

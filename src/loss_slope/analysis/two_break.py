@@ -36,16 +36,16 @@ it.  The threshold was set on known-truth curves without a second break
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _engine as E, _models as M
-from ._data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve
+from . import models as M, solver as S
+from .data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve
 from .exceptions import NotEnoughPoints
 from .fit_check import check_fit
-from .knee import REML_SLACK, _lrt_fit, _LrtFit
 from .noise import estimate_noise, reml_refine
+from .results import TwoBreakTest
+from .search import REML_SLACK, LrtFit, fit_lrt
 
 __all__ = ["TwoBreakTest", "two_break_test", "TWO_BREAK_THRESHOLD", "MIN_BREAK_CHANGE", "SHIFT_CAP"]
 
@@ -65,63 +65,6 @@ GRID = 24
 PROFILE_GRID = 9
 
 
-@dataclass(frozen=True)
-class TwoBreakTest:
-    """Result of :func:`two_break_test`.
-
-    Attributes
-    ----------
-    found : bool
-        A second break: ``statistic > threshold``, the first break steepens the
-        curve by ``>= min_change``, the second changes the exponent by
-        ``>= min_change``, and the two-break fit follows the data
-        (:func:`loss_slope.analysis.fit_check.check_fit`).
-    statistic : float
-        Scaled LR statistic (NaN when the curve is too short for two breaks).
-    threshold, min_change : float
-    break_steps : (float, float)
-        Steps of the two breaks of the alternative fit.
-    exponents : (float, float, float)
-        Exponents before, between and after them.
-    knee_step : float
-        Break step of the null (one-break) fit.
-    reason : str
-    """
-
-    found: bool
-    statistic: float
-    threshold: float
-    min_change: float
-    break_steps: tuple[float, float]
-    exponents: tuple[float, float, float]
-    knee_step: float
-    reason: str
-    #: the two-break fit (normalised parameters, model constants, log-loss offset)
-    _theta: np.ndarray | None = field(default=None, repr=False, compare=False)
-    _consts: dict | None = field(default=None, repr=False, compare=False)
-    _y_ref: float = field(default=0.0, repr=False, compare=False)
-
-    def predict(self, steps) -> np.ndarray:
-        """Loss of the two-break fit at ``steps`` (NaN when not fitted)."""
-        s = np.asarray(steps, dtype=float)
-        if self._theta is None:
-            return np.full(s.shape, NAN)
-        m, _ = M.three_power(self._theta, s, False, **self._consts)
-        return np.exp(m + self._y_ref)
-
-    def to_dict(self, prefix: str = "h1_two_break_") -> dict:
-        return {
-            f"{prefix}found": self.found,
-            f"{prefix}statistic": self.statistic,
-            f"{prefix}threshold": self.threshold,
-            f"{prefix}step_1": self.break_steps[0],
-            f"{prefix}step_2": self.break_steps[1],
-            f"{prefix}exponent_1": self.exponents[0],
-            f"{prefix}exponent_2": self.exponents[1],
-            f"{prefix}exponent_3": self.exponents[2],
-        }
-
-
 def _not_tested(reason: str, threshold: float, min_change: float) -> TwoBreakTest:
     return TwoBreakTest(False, NAN, threshold, min_change, (NAN, NAN), (NAN, NAN, NAN), NAN, reason)
 
@@ -130,7 +73,7 @@ def _hinge(x: np.ndarray, xk: float) -> np.ndarray:
     return M.KNEE_WIDTH * np.logaddexp(0.0, (x - xk) / M.KNEE_WIDTH)
 
 
-def _grid_starts(prob: E.Problem, wh: E.Whitener, consts: dict, shifts, *, two: bool, n_best: int = 3):
+def _grid_starts(prob: S.Problem, wh: S.Whitener, consts: dict, shifts, *, two: bool, n_best: int = 3):
     """Starts from the best break positions of a linear fit in log-log.
 
     With the floor at 0 and the shift held, the broken power law is linear in
@@ -164,7 +107,7 @@ def _grid_starts(prob: E.Problem, wh: E.Whitener, consts: dict, shifts, *, two: 
     for _, t0, x1, x2, beta in cands[:n_best]:
         la, a1, a2 = beta[0], beta[1], beta[1] + beta[2]
         if two:
-            f, g = E.three_power_positions(x1, x2, t0, consts)
+            f, g = M.three_power_positions(x1, x2, t0, consts)
             out.append(np.array([la, a1, a2, a2 + beta[3], f, g, 0.0, t0]))
         else:
             lo = math.log(consts["s_lo"] + t0) + M.KNEE_DELTA
@@ -173,7 +116,7 @@ def _grid_starts(prob: E.Problem, wh: E.Whitener, consts: dict, shifts, *, two: 
     return out
 
 
-def _profile_starts(prob: E.Problem, null: E.Core, wh: E.Whitener, consts: dict, box, n_best: int = 2):
+def _profile_starts(prob: S.Problem, null: S.Core, wh: S.Whitener, consts: dict, box, n_best: int = 2):
     """Starts with the null's knee as the first break (second swept after it) and as the second."""
     lb, ub = box
     la, a1, a2, f, c, t0 = null.theta
@@ -186,11 +129,11 @@ def _profile_starts(prob: E.Problem, null: E.Core, wh: E.Whitener, consts: dict,
     for after in (True, False):
         if after:
             xs = np.linspace(xk + M.KNEE2_DELTA, hi, PROFILE_GRID)
-            pos = [E.three_power_positions(xk, x2, t0, consts) for x2 in xs]
+            pos = [M.three_power_positions(xk, x2, t0, consts) for x2 in xs]
             th = np.array([la, a1, a2, a2, 0.0, 0.0, c, t0])
         else:
             xs = np.linspace(lo, xk - M.KNEE2_DELTA, PROFILE_GRID)
-            pos = [E.three_power_positions(x1, xk, t0, consts) for x1 in xs]
+            pos = [M.three_power_positions(x1, xk, t0, consts) for x1 in xs]
             th = np.array([la, a1, a1, a2, 0.0, 0.0, c, t0])
         if not xs[-1] > xs[0]:
             continue
@@ -198,8 +141,8 @@ def _profile_starts(prob: E.Problem, null: E.Core, wh: E.Whitener, consts: dict,
         for fg in pos:
             th = th.copy()
             th[4], th[5] = fg
-            core = E.nls(
-                prob, "three_power", np.clip(th, lb, ub), held, lb, ub, wh, consts=consts, max_iter=15, ftol=1e-4
+            core = S.nls(
+                prob, M.THREE_POWER, np.clip(th, lb, ub), held, lb, ub, wh, consts=consts, max_iter=15, ftol=1e-4
             )
             prof.append(core)
             th = core.theta
@@ -211,19 +154,19 @@ def _profile_starts(prob: E.Problem, null: E.Core, wh: E.Whitener, consts: dict,
     return out
 
 
-def _first_break(model: str, theta: np.ndarray, consts: dict) -> float:
-    if model == "two_power":
-        return E.knee_step_of(theta, consts)
-    return E.three_power_steps(theta, consts)[0]
+def _first_break(spec: M.ModelSpec, theta: np.ndarray, consts: dict) -> float:
+    if spec is M.TWO_POWER:
+        return M.knee_step_of(theta, consts)
+    return M.three_power_steps(theta, consts)[0]
 
 
-def _bounds(prob: E.Problem, model: str, consts: dict):
-    if model == "two_power":
-        return E.two_power_bounds(prob, True, True, consts)
-    return E.three_power_bounds(prob, consts)
+def _bounds(prob: S.Problem, spec: M.ModelSpec, consts: dict):
+    if spec is M.TWO_POWER:
+        return M.two_power_bounds(prob, True, True, consts)
+    return M.three_power_bounds(prob, consts)
 
 
-def _fit(prob: E.Problem, model: str, starts, wh: E.Whitener, consts: dict) -> E.Core:
+def _fit(prob: S.Problem, spec: M.ModelSpec, starts, wh: S.Whitener, consts: dict) -> S.Core:
     """Best fit over ``starts`` with the shift at most SHIFT_CAP x the first break step.
 
     The cap depends on the fitted break, so it is applied by refitting with the
@@ -234,15 +177,15 @@ def _fit(prob: E.Problem, model: str, starts, wh: E.Whitener, consts: dict) -> E
         prob.shift_cap = None
         best = None
         for _ in range(4):
-            lb, ub, free = _bounds(prob, model, consts)
+            lb, ub, free = _bounds(prob, spec, consts)
             cands = ([best.theta] if best is not None else []) + list(starts)
             best = None
             for th in cands:
-                core = E.nls(prob, model, np.clip(np.asarray(th, dtype=float), lb, ub), free, lb, ub, wh, consts=consts)
+                core = S.nls(prob, spec, np.clip(np.asarray(th, dtype=float), lb, ub), free, lb, ub, wh, consts=consts)
                 if best is None or core.chi2 < best.chi2:
                     best = core
             shift = best.theta[-1]
-            cap = SHIFT_CAP * max(_first_break(model, best.theta, consts), 1.0)
+            cap = SHIFT_CAP * max(_first_break(spec, best.theta, consts), 1.0)
             if shift <= cap * (1 + 1e-6):
                 break
             prob.shift_cap = cap
@@ -252,45 +195,39 @@ def _fit(prob: E.Problem, model: str, starts, wh: E.Whitener, consts: dict) -> E
         prob.shift_cap = saved
 
 
-def _nested(null: E.Core) -> np.ndarray:
-    """The null as a two-break vector (second break at the end, no change)."""
-    la, a1, a2, f, c, t0 = null.theta
-    return np.array([la, a1, a2, a2, f, 1.0, c, t0])
-
-
-def _from_knee_fit(fit: _LrtFit, threshold: float, min_change: float) -> TwoBreakTest:
+def _from_knee_fit(fit: LrtFit, threshold: float, min_change: float) -> TwoBreakTest:
     prob = fit.problem
     try:
-        consts = E.knee_consts(prob)
-        box3 = E.three_power_bounds(prob, consts)[:2]
+        consts = M.knee_consts(prob)
+        box3 = M.three_power_bounds(prob, consts)[:2]
     except NotEnoughPoints as exc:
         return _not_tested(f"too short for two breaks: {exc}", threshold, min_change)
-    lb2, ub2, _ = E.two_power_bounds(prob, True, True, consts)
-    wh_ols = E.whitener(prob, "ols", None)
+    lb2, ub2, _ = M.two_power_bounds(prob, True, True, consts)
+    wh_ols = S.whitener(prob, "ols", None)
     shifts = sorted({1.0, float(np.clip(fit.alt.theta[5], lb2[5], ub2[5]))})
     null0 = _fit(
-        prob, "two_power", [fit.alt.theta, *_grid_starts(prob, wh_ols, consts, shifts, two=False)], wh_ols, consts
+        prob, M.TWO_POWER, [fit.alt.theta, *_grid_starts(prob, wh_ols, consts, shifts, two=False)], wh_ols, consts
     )
     starts = _profile_starts(prob, null0, wh_ols, consts, box3) + _grid_starts(prob, wh_ols, consts, shifts, two=True)
-    alt0 = _fit(prob, "three_power", [*starts, _nested(null0)], wh_ols, consts)
+    alt0 = _fit(prob, M.THREE_POWER, [*starts, M.THREE_POWER.starts(null0.theta)], wh_ols, consts)
     # noise model from the residuals of the flexible (two-break) fit
     sig = 1.0 if prob.row_scale is None else prob.row_scale
-    std = E.raw_residuals(prob, alt0) / sig
+    std = S.raw_residuals(prob, alt0) / sig
     mb, _ = prob.bin_model(alt0.fn(), alt0.theta, jac=False)
     noise = reml_refine(
         estimate_noise(std), prob.bins, alt0.jac, prob.yb - mb, slack=REML_SLACK, bin_scale=prob.bin_scale
     )
-    wh = E.whitener(prob, "gls", noise)
-    null = _fit(prob, "two_power", [null0.theta, fit.alt.theta], wh, consts)
-    alt = _fit(prob, "three_power", [alt0.theta, _nested(null)], wh, consts)
+    wh = S.whitener(prob, "gls", noise)
+    null = _fit(prob, M.TWO_POWER, [null0.theta, fit.alt.theta], wh, consts)
+    alt = _fit(prob, M.THREE_POWER, [alt0.theta, M.THREE_POWER.starts(null.theta)], wh, consts)
     if alt.chi2 > null.chi2:  # poor local optimum: search again from the GLS null
-        again = _fit(prob, "three_power", [*_profile_starts(prob, null, wh, consts, box3), alt.theta], wh, consts)
+        again = _fit(prob, M.THREE_POWER, [*_profile_starts(prob, null, wh, consts, box3), alt.theta], wh, consts)
         alt = again if again.chi2 < alt.chi2 else alt
     scale = max(1.0, alt.chi2 / max(prob.m - alt.k, 1))
     stat = max(null.chi2 - alt.chi2, 0.0) / scale
-    k1, k2 = E.three_power_steps(alt.theta, consts)
+    k1, k2 = M.three_power_steps(alt.theta, consts)
     a = tuple(float(v) for v in alt.theta[1:4])
-    knee = E.knee_step_of(null.theta, consts)
+    knee = M.knee_step_of(null.theta, consts)
     shape_ok = a[1] - a[0] >= min_change and abs(a[2] - a[1]) >= min_change
     fitted = dict(_theta=alt.theta.copy(), _consts=dict(consts), _y_ref=prob.y_ref)
     chk = check_fit(
@@ -322,7 +259,7 @@ def two_break_test(
     threshold: float | None = None,
     min_change: float = MIN_BREAK_CHANGE,
     bin_decades: float = DEFAULT_BIN_DECADES,
-    knee_fit: _LrtFit | None = None,
+    knee_fit: LrtFit | None = None,
 ) -> TwoBreakTest:
     """Does the curve have a second break after its knee?
 
@@ -347,8 +284,8 @@ def two_break_test(
     thr = TWO_BREAK_THRESHOLD if threshold is None else float(threshold)
     if knee_fit is None:
         curve = prepare_curve(steps, loss, min_points=min_points_for(8), nonfinite="drop")
-        prob = E.Problem(curve, bin_decades=bin_decades)
+        prob = S.Problem(curve, bin_decades=bin_decades)
         if prob.m < 16:
             raise NotEnoughPoints(16, prob.m, "log-spaced bins")
-        knee_fit = _lrt_fit(prob)
+        knee_fit = fit_lrt(prob)
     return _from_knee_fit(knee_fit, thr, float(min_change))

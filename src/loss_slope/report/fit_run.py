@@ -37,14 +37,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from loss_slope.analysis import (
-    DEFAULT_KNEE_METHOD,
-    AnalysisError,
-    NotEnoughPoints,
-    analyze_curve,
-    cumulative_lr,
-    window_scan,
-)
+from loss_slope.analysis import AnalysisError, analyze_curve, cumulative_lr
+from loss_slope.analysis.exceptions import NotEnoughPoints
+from loss_slope.analysis.knee import DEFAULT_KNEE_METHOD
+from loss_slope.analysis.slopes import window_scan
 
 from ._io import one_thread, read_json, write_json
 

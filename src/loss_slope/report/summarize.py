@@ -17,13 +17,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from loss_slope.analysis import (
-    AnalysisError,
-    h1_statistics,
-    h2_statistics,
-    h2_statistics_diverged_worst_rank,
-    h2_window_heatmap,
-)
+from loss_slope.analysis import AnalysisError, h1_statistics, h2_statistics
+from loss_slope.analysis.stats import h2_statistics_diverged_worst_rank, h2_window_heatmap
 
 from ._io import EXCLUDED_STATUSES, STATUSES, one_thread, read_json, write_json
 from .fit_run import TIME_AXES

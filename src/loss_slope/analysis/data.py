@@ -1,4 +1,4 @@
-"""Input validation and log-spaced binning (private).
+"""Input validation and log-spaced binning.
 
 Masking rule (documented in docs/analysis.md): by default any NaN/inf loss raises
 :class:`NonFiniteValues`.  With ``nonfinite="drop"`` the non-finite points are removed
@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import norm
 
 from .exceptions import (
     ConstantLoss,
@@ -173,8 +174,6 @@ def log_t(steps: np.ndarray) -> np.ndarray:
 
 def z_value(confidence: float) -> float:
     """Two-sided normal quantile for a confidence level in (0, 1)."""
-    from scipy.stats import norm
-
     if not 0 < confidence < 1:
         raise ValueError("confidence must be in (0, 1)")
     return float(norm.ppf(0.5 + confidence / 2.0))

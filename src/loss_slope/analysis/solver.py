@@ -1,5 +1,14 @@
-"""Shared fitting machinery (private): binned least squares / GLS, covariances,
-robust refits and starting values.
+"""The solver: binned least squares / GLS for any model given by its spec.
+
+A :class:`Problem` is a curve with its log-spaced bins, normalised for fitting; a
+:class:`Whitener` maps residuals to the scale of the estimator (bin counts for
+``"ols"``, the inverse Cholesky factor of the noise model's bin-mean covariance
+for ``"gls"``); :func:`nls` is a small bounded Levenberg-Marquardt on the whitened
+residuals of a :class:`loss_slope.analysis.models.ModelSpec`.  Around it: the
+covariance of the estimate under the noise model, the GLS and iid likelihoods, the
+Huber fallback, profile-likelihood intervals, and :func:`run_fit`, the whole
+estimation of one model (OLS pilot, noise model, GLS, Huber check, covariance).
+Nothing here knows a particular model.
 
 Conventions
 -----------
@@ -12,22 +21,19 @@ Conventions
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import linalg
+from scipy.stats import t as student_t
 
-from . import _models
-from ._data import DEFAULT_BIN_DECADES, Curve, LogBins, make_bins
+from . import models as M
+from .data import DEFAULT_BIN_DECADES, Curve, LogBins, make_bins, z_value
 from .exceptions import FitFailed
-from .noise import NoiseModel
+from .noise import NoiseModel, estimate_noise
 
 ESTIMATORS = ("ols", "gls")
-
-#: Box for power-law exponents: loss curves do not fall faster than t^-6.
-EXPONENT_BOUNDS = (-1.0, 6.0)
 
 
 class Problem:
@@ -155,7 +161,7 @@ def whitener(problem: Problem, estimator: str, noise: NoiseModel | None) -> Whit
 class Core:
     """Result of one numerical fit (normalised units)."""
 
-    model: str
+    spec: M.ModelSpec
     theta: np.ndarray
     free: np.ndarray  # bool mask
     chi2: float  # whitened residual sum of squares at the optimum
@@ -173,23 +179,20 @@ class Core:
             self.active_low = np.zeros(int(np.sum(self.free)), dtype=bool)
 
     @property
+    def model(self) -> str:
+        return self.spec.name
+
+    @property
     def k(self) -> int:
         return int(self.free.sum())
 
     def fn(self):
-        return model_fn(self.model, self.consts)
-
-
-def model_fn(name: str, consts: dict | None = None):
-    fn = _models.MODELS[name][0]
-    if consts:
-        return functools.partial(fn, **consts)
-    return fn
+        return self.spec.fn(self.consts)
 
 
 def nls(
     problem: Problem,
-    name: str,
+    spec: M.ModelSpec,
     theta0: np.ndarray,
     free: np.ndarray,
     lb: np.ndarray,
@@ -207,7 +210,7 @@ def nls(
     ``[lb, ub]`` (projected steps, Marquardt scaling).  Small and dependency-free
     so that the many small fits of a knee search stay fast.
     """
-    fn = model_fn(name, consts)
+    fn = spec.fn(consts)
     yb = problem.yb if yb is None else yb
     theta = np.asarray(theta0, dtype=float).copy()
     free = np.asarray(free, dtype=bool)
@@ -223,7 +226,7 @@ def nls(
 
     r, J, cost = evaluate(p)
     if not np.isfinite(cost):
-        raise FitFailed(f"{name}: non-finite residuals at the starting point")
+        raise FitFailed(f"{spec.name}: non-finite residuals at the starting point")
     Jw = wh(J[:, free])
     lam = 1e-3
     converged = False
@@ -268,7 +271,7 @@ def nls(
     low = (p - lbf) <= tol
     active = low | ((ubf - p) <= tol)
     return Core(
-        model=name,
+        spec=spec,
         theta=theta,
         free=free,
         chi2=cost,
@@ -285,59 +288,6 @@ def raw_residuals(problem: Problem, core: Core) -> np.ndarray:
     """Residuals of the raw (normalised) log loss against the fitted model."""
     m, _ = core.fn()(core.theta, problem.s, jac=False)
     return problem.y - m
-
-
-# ---------------------------------------------------------------- linear WLS
-def wls(x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None):
-    """Weighted least squares via QR.  Returns (beta, resid, rss_weighted)."""
-    if w is None:
-        q, r = np.linalg.qr(x)
-        beta = linalg.solve_triangular(r, q.T @ y, check_finite=False)
-        res = y - x @ beta
-        return beta, res, float(res @ res)
-    sw = np.sqrt(w)
-    q, r = np.linalg.qr(x * sw[:, None])
-    beta = linalg.solve_triangular(r, q.T @ (y * sw), check_finite=False)
-    res = y - x @ beta
-    return beta, res, float(np.dot(w, res * res))
-
-
-# ---------------------------------------------------------------- starting values
-def power_bounds(problem: Problem, floor: bool, shift) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Bounds, free mask and fixed shift for the power model."""
-    t_lo, t_hi = problem.shift_bounds()
-    lb = np.array([-np.inf, EXPONENT_BOUNDS[0], 0.0, t_lo])
-    ub = np.array([np.inf, EXPONENT_BOUNDS[1], problem.floor_max() if floor else 1.0, t_hi])
-    free = np.array([True, True, bool(floor), shift is True])
-    t_fixed = 1.0 if shift is False else (float(shift) if shift is not True else 1.0)
-    return lb, ub, free, t_fixed
-
-
-def power_starts(problem: Problem, floor: bool, shift, t_fixed: float) -> list[np.ndarray]:
-    """A few starting points for the power model (profile over the shift)."""
-    sb, yb = problem.sb, problem.yb
-    if shift is True:
-        t_lo, t_hi = problem.shift_bounds()
-        grid = np.unique(np.concatenate(([max(t_lo, 0.1), 1.0], np.geomspace(max(t_lo, 1.0), t_hi, 14))))
-    else:
-        grid = np.array([t_fixed])
-    best = None
-    for t0 in grid:
-        x = np.log(sb + t0)
-        X = np.column_stack((np.ones_like(x), -x))
-        beta, _, rss = wls(X, yb)
-        if best is None or rss < best[0]:
-            best = (rss, beta, t0)
-    _, beta, t0 = best
-    starts = [np.array([beta[0], beta[1], 0.0, t0])]
-    if floor:
-        # with a floor, the power part must fall faster: restart from a steeper curve
-        c = 0.5
-        xs = np.log(sb + t0)
-        ys = np.log(np.maximum(np.exp(yb) - c, 0.05))
-        beta2, _, _ = wls(np.column_stack((np.ones_like(xs), -xs)), ys)
-        starts.append(np.array([beta2[0], max(beta2[1], 0.05), c, t0]))
-    return starts
 
 
 # ---------------------------------------------------------------- covariance
@@ -428,146 +378,6 @@ def heavy_tail_threshold(n: int) -> float:
     return 1.0 + 4.0 * math.sqrt(24.0 / max(n, 10))
 
 
-# ---------------------------------------------------------------- two-power helpers
-#: Default search range of the knee: from this step ...
-KNEE_MIN_STEP = 10.0
-#: ... to the last step divided by 10**KNEE_TAIL_DECADES (>= 0.3 decade of tail).
-KNEE_TAIL_DECADES = 0.3
-#: Knee positions profiled before the free fit.
-KNEE_GRID = 13
-
-
-def knee_consts(problem: Problem, knee_range=None) -> dict:
-    """Model constants of the two-power fit: the knee search range in steps."""
-    from .exceptions import NotEnoughPoints
-
-    if knee_range is None:
-        lo = max(KNEE_MIN_STEP, float(problem.s[0]))
-        hi = float(problem.s[-1]) / 10.0**KNEE_TAIL_DECADES
-    else:
-        lo, hi = (float(v) for v in knee_range)
-        if not (0 <= lo < hi):
-            raise ValueError("knee_range must be (low, high) steps with 0 <= low < high")
-    if not hi > 1.5 * max(lo, 1.0):
-        raise NotEnoughPoints(
-            int(math.ceil(3.0 * max(lo, 1.0) * 10**KNEE_TAIL_DECADES)),
-            int(problem.s[-1]) + 1,
-            "steps for a knee search",
-        )
-    return {"s_lo": lo, "s_hi": hi}
-
-
-def two_power_bounds(problem: Problem, floor: bool, shift, consts: dict):
-    t_lo, t_hi = problem.shift_bounds()
-    # keep the knee range non-empty: (s_lo + t0) e^delta < s_hi + t0
-    ed = math.exp(_models.KNEE_DELTA)
-    t_hi = min(t_hi, 0.9 * (consts["s_hi"] - ed * consts["s_lo"]) / (ed - 1.0))
-    t_hi = max(t_hi, t_lo + 1e-6)
-    lb = np.array([-np.inf, EXPONENT_BOUNDS[0], EXPONENT_BOUNDS[0], 0.0, 0.0, t_lo])
-    ub = np.array([np.inf, EXPONENT_BOUNDS[1], EXPONENT_BOUNDS[1], 1.0, problem.floor_max() if floor else 1.0, t_hi])
-    free = np.array([True, True, True, True, bool(floor), shift is True])
-    return lb, ub, free
-
-
-def three_power_bounds(problem: Problem, consts: dict):
-    """Bounds and free mask of ``three_power`` (floor and shift free)."""
-    from .exceptions import NotEnoughPoints
-
-    t_lo, t_hi = problem.shift_bounds()
-    # room for two breaks: (s_lo + t0) e^(delta + delta2) < s_hi + t0
-    ed = math.exp(_models.KNEE_DELTA + _models.KNEE2_DELTA)
-    room = consts["s_hi"] - ed * consts["s_lo"]
-    if room <= 0:
-        raise NotEnoughPoints(
-            int(math.ceil(ed * consts["s_lo"] * 10**KNEE_TAIL_DECADES)) + 1,
-            int(problem.s[-1]) + 1,
-            "steps for a search of two breaks",
-        )
-    t_hi = max(min(t_hi, 0.9 * room / (ed - 1.0)), t_lo + 1e-6)
-    lo_e, hi_e = EXPONENT_BOUNDS
-    lb = np.array([-np.inf, lo_e, lo_e, lo_e, 0.0, 0.0, 0.0, t_lo])
-    ub = np.array([np.inf, hi_e, hi_e, hi_e, 1.0, 1.0, problem.floor_max(), t_hi])
-    return lb, ub, np.ones(8, dtype=bool)
-
-
-def three_power_positions(x1: float, x2: float, t0: float, consts: dict) -> tuple[float, float]:
-    """``(knee_pos, knee2_pos)`` placing the breaks of ``three_power`` at ln(tau) x1 < x2 (clipped)."""
-    lo = math.log(consts["s_lo"] + t0) + _models.KNEE_DELTA
-    hi = math.log(consts["s_hi"] + t0)
-    span1 = hi - _models.KNEE2_DELTA - lo
-    f = min(max((x1 - lo) / span1, 0.0), 1.0) if span1 > 0 else 0.0
-    x1c = lo + f * span1
-    span2 = hi - x1c - _models.KNEE2_DELTA
-    g = min(max((x2 - x1c - _models.KNEE2_DELTA) / span2, 0.0), 1.0) if span2 > 0 else 0.0
-    return f, g
-
-
-def three_power_steps(theta: np.ndarray, consts: dict) -> tuple[float, float]:
-    """Optimizer steps of the two breaks of a ``three_power`` parameter vector."""
-    x1, x2, *_ = _models.two_knees_log_tau(theta[4], theta[5], theta[7], consts["s_lo"], consts["s_hi"])
-    return float(math.exp(x1) - theta[7]), float(math.exp(x2) - theta[7])
-
-
-def knee_step_of(theta: np.ndarray, consts: dict) -> float:
-    """Optimizer step of the knee of a two-power parameter vector."""
-    xk, _, _ = _models.knee_log_tau(theta[3], theta[5], consts["s_lo"], consts["s_hi"])
-    return float(math.exp(xk) - theta[5])
-
-
-def fit_two_power_core(
-    problem: Problem,
-    null: Core,
-    wh: Whitener,
-    *,
-    floor: bool,
-    shift,
-    consts: dict,
-    grid: int = KNEE_GRID,
-    extra_starts: list[np.ndarray] | None = None,
-    n_refine: int = 2,
-    yb: np.ndarray | None = None,
-) -> Core:
-    """Best two-power fit: profile the knee position on a grid (warm-started
-    sweep), then free fits from the best grid points and any extra starts.
-    ``grid=0`` skips the profile and only refines ``extra_starts``."""
-    lb, ub, free = two_power_bounds(problem, floor, shift, consts)
-    starts = list(extra_starts or [])
-    if grid > 0:
-        starts = (
-            profile_starts(problem, null, wh, lb, ub, free, consts=consts, grid=grid, n_best=n_refine, yb=yb) + starts
-        )
-    if not starts:
-        raise FitFailed("no starting point for the two-power fit")
-    best = None
-    for th in starts:
-        th = np.clip(th, lb, ub)
-        core = nls(problem, "two_power", th, free, lb, ub, wh, yb=yb, consts=consts)
-        if best is None or core.chi2 < best.chi2:
-            best = core
-    best.consts = dict(consts)
-    return best
-
-
-def profile_starts(problem, null, wh, lb, ub, free, *, consts, grid=KNEE_GRID, n_best=2, yb=None) -> list[np.ndarray]:
-    """Profile chi-square over the knee position; return the best local minima."""
-    la, a, c, t0 = null.theta
-    t0 = min(max(t0, lb[5]), ub[5])
-    fixed_f = free.copy()
-    fixed_f[3] = False
-    prof = []
-    th = np.array([la, a, a, 0.0, c if free[4] else 0.0, t0])
-    for f in np.linspace(0.0, 1.0, grid):
-        th = th.copy()
-        th[3] = f
-        core = nls(problem, "two_power", th, fixed_f, lb, ub, wh, yb=yb, consts=consts, max_iter=15, ftol=1e-4)
-        prof.append(core)
-        th = core.theta
-    chi = np.array([cr.chi2 for cr in prof])
-    loc = [i for i in range(grid) if (i == 0 or chi[i] <= chi[i - 1]) and (i == grid - 1 or chi[i] <= chi[i + 1])]
-    loc.sort(key=lambda i: chi[i])
-    return [prof[i].theta for i in loc[:n_best]]
-
-
 # ---------------------------------------------------------------- profile likelihood
 def profile_interval(
     problem: Problem,
@@ -599,7 +409,7 @@ def profile_interval(
     def delta(v, start):
         th = start.copy()
         th[index] = v
-        c = nls(problem, core.model, th, free_o, lb, ub, wh, yb=yb, consts=core.consts, max_iter=40, ftol=1e-7)
+        c = nls(problem, core.spec, th, free_o, lb, ub, wh, yb=yb, consts=core.consts, max_iter=40, ftol=1e-7)
         return c.chi2 - chi_min, c.theta
 
     out = []
@@ -633,3 +443,153 @@ def profile_interval(
                 lo_v, lo_th = mid, th_m
         out.append(0.5 * (lo_v + hi_v))
     return out[0], out[1]
+
+
+# ---------------------------------------------------------------- one model, end to end
+@dataclass
+class Fitted:
+    """One estimated model: the numerical fit, its noise model and covariance (what a result is built from)."""
+
+    problem: Problem
+    core: Core
+    noise: NoiseModel
+    cov: np.ndarray
+    chi2_gls: float
+    scale: float
+    robust: bool
+    heavy: bool
+    kurt: float
+    raw_resid: np.ndarray
+    estimator: str
+    profile: dict = field(default_factory=dict)  # param index -> (low, high)
+    noise_ic: NoiseModel | None = None  # noise model of the information criteria, if not ``noise``
+
+
+def huber_refit(problem, core, refit):
+    """Huber M-estimate by iterated pseudo-observations on the raw log loss."""
+    fn = core.fn()
+    for _ in range(8):
+        m, _ = fn(core.theta, problem.s, jac=False)
+        r = problem.y - m
+        delta = 1.5 * robust_sigma(r)
+        if delta <= 0:
+            break
+        pseudo = m + np.clip(r, -delta, delta)
+        prob2 = problem.rebinned(pseudo)
+        new = refit(prob2, core.theta)
+        step = np.max(np.abs(new.theta - core.theta))
+        core = new
+        if step < 1e-6:
+            break
+    m, _ = fn(core.theta, problem.s, jac=False)
+    r = problem.y - m
+    delta = 1.5 * robust_sigma(r)
+    psi = np.clip(r, -delta, delta)
+    inside = float(np.mean(np.abs(r) <= delta))
+    prob2 = problem.rebinned(m + psi)
+    mb, _ = prob2.bin_model(fn, core.theta, jac=False)
+    core.resid_b = prob2.yb - mb  # bin residuals of the pseudo-observations
+    noise2 = estimate_noise(psi)
+    return core, prob2, noise2, max(inside, 0.05)
+
+
+def run_fit(
+    problem: Problem,
+    spec: M.ModelSpec,
+    starts: list[np.ndarray],
+    lb: np.ndarray,
+    ub: np.ndarray,
+    free: np.ndarray,
+    *,
+    estimator: str,
+    noise: NoiseModel | None,
+    robust: str,
+    linear_raw: bool = False,
+    consts: dict | None = None,
+    gls_refit=None,
+) -> Fitted:
+    """Fit one model: OLS pilot from ``starts``, noise model from its residuals (unless
+    given), GLS refit, Huber fallback when the residuals are heavy-tailed, covariance."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}")
+    if robust not in ("auto", "never", "always"):
+        raise ValueError("robust must be 'auto', 'never' or 'always'")
+
+    def fit_ols(prob, theta0s):
+        best = None
+        for th in theta0s:
+            if linear_raw:
+                core = linear_raw_core(prob, spec, th, free)
+            else:
+                core = nls(prob, spec, th, free, lb, ub, whitener(prob, "ols", None), consts=consts)
+            if best is None or core.chi2 < best.chi2:
+                best = core
+        return best
+
+    core = fit_ols(problem, starts)
+    raw = raw_residuals(problem, core)
+    if noise is None:
+        noise = estimate_noise(raw)
+    if estimator == "gls":
+        wh = whitener(problem, "gls", noise)
+        if gls_refit is not None:
+            core = gls_refit(problem, wh, core)
+        else:
+            core = nls(problem, spec, core.theta, free, lb, ub, wh, consts=consts)
+        raw = raw_residuals(problem, core)
+
+    kurt = excess_kurtosis(np.diff(raw))
+    heavy = kurt > heavy_tail_threshold(problem.n)
+    use_robust = robust == "always" or (robust == "auto" and heavy)
+    prob_cov = problem
+    inside = 1.0
+    noise_ic = noise
+    if use_robust:
+
+        def refit(prob2, theta):
+            if estimator == "gls":
+                return nls(prob2, spec, theta, free, lb, ub, whitener(prob2, "gls", noise), consts=consts)
+            return fit_ols(prob2, [theta])
+
+        core, prob_cov, noise, inside = huber_refit(problem, core, refit)
+        raw = raw_residuals(problem, core)
+    cov, chi2, scale = covariance(prob_cov, core, noise, estimator)
+    cov = cov / inside**2
+    if use_robust:  # information criteria refer to the observed data and the common noise model
+        chi2 = gls_chi2(problem, core, noise_ic)
+    return Fitted(problem, core, noise, cov, chi2, scale, use_robust, heavy, kurt, raw, estimator, noise_ic=noise_ic)
+
+
+def linear_raw_core(problem: Problem, spec: M.ModelSpec, theta0: np.ndarray, free: np.ndarray) -> Core:
+    """Exact raw-point OLS for the linear models (statsmodels-identical)."""
+    fn = spec.fn()
+    th = theta0.copy()
+    th[free] = 0.0
+    m0, J = fn(th, problem.s)
+    # m(theta) = m0 + J_free @ theta_free exactly for a linear model
+    Jf = J[:, free]
+    beta, _, _ = M.wls(Jf, problem.y - m0)
+    th[free] = beta
+    mb, Jb = problem.bin_model(fn, th)
+    rb = problem.yb - mb
+    return Core(
+        spec=spec,
+        theta=th,
+        free=free.copy(),
+        chi2=float(np.dot(problem.nb, rb * rb)),
+        jac=Jb[:, free],
+        resid_b=rb,
+        converged=True,
+    )
+
+
+def t_quantile(confidence: float, f: Fitted) -> float:
+    """Two-sided Student-t quantile with the effective degrees of freedom.
+
+    Under strong autocorrelation the noise model (hence every standard error) is
+    estimated from few effectively independent points; ``df = n_eff - k`` widens the
+    intervals accordingly and tends to the normal quantile for long iid curves.
+    """
+    z_value(confidence)  # validates the level
+    df = max(f.noise.effective_n(f.problem.n) - f.core.k, 2.0)
+    return float(student_t.ppf(0.5 + confidence / 2.0, df))
