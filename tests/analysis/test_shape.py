@@ -152,3 +152,21 @@ def test_a_power_law_in_cumulative_lr_is_one_power_law_on_that_axis():
     assert on_lr["post_knee_exponent"] == pytest.approx(0.7, abs=0.1)
     on_step = analyze_curve(steps, loss, steps_per_epoch=spe).to_dict()
     assert on_step["h1_single_power_law"] is not True  # the cosine tail bends the step axis
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_rounded_knee_is_not_a_further_break(seed):
+    # a softplus knee of width 0.1 in ln(step), low noise: the end of the rounding is not a second break
+    spec = CurveSpec(
+        n_steps=19_550,
+        alpha=0.0,
+        knee_step=300,
+        alpha_after=0.7,
+        knee_width=0.1,
+        noise_sigma=0.01,
+        ar_phi=0.95,
+        ar_sigma=0.01,
+        floor=0.05,
+    )
+    d = _decision(spec, seed=seed)
+    assert d["h1_single_power_law"] is True, d["h1_reason"]
