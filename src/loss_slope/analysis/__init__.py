@@ -35,23 +35,43 @@ from .noise import NoiseModel, estimate_noise
 from .scan import HingeScan, hinge_scan
 from .shape import FitCheck, ShapeTest, check_fit, single_power_law
 from .slopes import SlopeResult, WindowScan, alpha_early, alpha_full, alpha_window, window_scan
-from .stats import (
-    Correlation,
-    H1Result,
-    H2Result,
-    LevelComparison,
-    LocoPrediction,
-    Screening,
-    Share,
-    WindowHeatmap,
-    correlation,
-    h1_statistics,
-    h2_statistics,
-    h2_statistics_diverged_worst_rank,
-    h2_window_heatmap,
-    screen_curve,
-    wilson_interval,
+
+# The study statistics (pandas, scipy.stats) are imported on first use, so that a
+# per-run fit job (loss_slope.report.fit_run), which needs none of them, does not
+# pay for pandas at start-up: ``from loss_slope.analysis import h2_statistics``
+# works as before (PEP 562 module ``__getattr__``).
+_STATS_NAMES = (
+    "Correlation",
+    "H1Result",
+    "H2Result",
+    "LevelComparison",
+    "LocoPrediction",
+    "Screening",
+    "Share",
+    "WindowHeatmap",
+    "correlation",
+    "h1_statistics",
+    "h2_statistics",
+    "h2_statistics_diverged_worst_rank",
+    "h2_window_heatmap",
+    "screen_curve",
+    "wilson_interval",
 )
+
+
+def __getattr__(name):
+    if name in _STATS_NAMES:
+        from . import stats
+
+        value = getattr(stats, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_STATS_NAMES))
+
 
 __all__ = [
     # knees
