@@ -225,16 +225,11 @@ class _Columns:
     """
 
     def __init__(self, table):
-        if hasattr(table, "sort_values"):  # pandas
-            self._frame = table.sort_values("step")
-            self.names = tuple(table.columns)
-            self._n = len(table)
-        else:  # pyarrow.Table: to_numpy() would import pandas; to_pylist() does not
-            self._table = table
-            self._frame = None
-            self.names = tuple(table.column_names)
-            self._n = table.num_rows
-            self._order = np.argsort(np.array(table.column("step").to_pylist()), kind="quicksort")
+        self._table = table
+        self._pandas = hasattr(table, "sort_values")
+        self.names = tuple(table.columns) if self._pandas else tuple(table.column_names)
+        self._n = len(table) if self._pandas else table.num_rows
+        self._sorted = None  # sorted on first use, as before (a table without "step" fails only then)
 
     def __contains__(self, name) -> bool:
         return name in self.names
@@ -243,9 +238,14 @@ class _Columns:
         return self._n
 
     def __getitem__(self, name) -> np.ndarray:
-        if self._frame is not None:
-            return self._frame[name].to_numpy(dtype=float)
-        return np.array(self._table.column(name).to_pylist(), dtype=float)[self._order]
+        if self._pandas:
+            if self._sorted is None:
+                self._sorted = self._table.sort_values("step")
+            return self._sorted[name].to_numpy(dtype=float)
+        # pyarrow.Table: to_numpy() would import pandas; to_pylist() does not
+        if self._sorted is None:
+            self._sorted = np.argsort(np.array(self._table.column("step").to_pylist()), kind="quicksort")
+        return np.array(self._table.column(name).to_pylist(), dtype=float)[self._sorted]
 
 
 def micro_batch_fields(run_info: Mapping[str, Any]) -> dict:
