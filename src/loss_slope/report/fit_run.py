@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from loss_slope.analysis import AnalysisError, analyze_curve, cumulative_lr
 from loss_slope.analysis.exceptions import NotEnoughPoints
@@ -211,6 +210,39 @@ def _epochs_covered(steps: np.ndarray, spe: float) -> float:
     return float((steps[-1] + 1) / spe) if steps.size else 0.0
 
 
+class _Columns:
+    """The columns of a steps or validation table as float arrays, rows in step order.
+
+    ``table`` is a pandas DataFrame or a pyarrow Table. A fit job reads its
+    Parquet files with pyarrow and never imports pandas (about 0.3 s of CPU per
+    job); both give the same arrays (the rows are ordered by the same
+    ``argsort`` of the step column that ``DataFrame.sort_values`` uses).
+    """
+
+    def __init__(self, table):
+        self._table = table
+        self._pandas = hasattr(table, "sort_values")
+        self.names = tuple(table.columns) if self._pandas else tuple(table.column_names)
+        self._n = len(table) if self._pandas else table.num_rows
+        self._sorted = None  # sorted on first use, as before (a table without "step" fails only then)
+
+    def __contains__(self, name) -> bool:
+        return name in self.names
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, name) -> np.ndarray:
+        if self._pandas:
+            if self._sorted is None:
+                self._sorted = self._table.sort_values("step")
+            return self._sorted[name].to_numpy(dtype=float)
+        # pyarrow.Table: to_numpy() would import pandas; to_pylist() does not
+        if self._sorted is None:
+            self._sorted = np.argsort(np.array(self._table.column("step").to_pylist()), kind="quicksort")
+        return np.array(self._table.column(name).to_pylist(), dtype=float)[self._sorted]
+
+
 def micro_batch_fields(run_info: Mapping[str, Any]) -> dict:
     """How the run was batched: ``micro_batch`` (what it ended with; the batch
     size unless an out-of-memory error made training halve it) and
@@ -220,8 +252,8 @@ def micro_batch_fields(run_info: Mapping[str, Any]) -> dict:
 
 
 def fit_run_tables(
-    steps: pd.DataFrame | None,
-    val: pd.DataFrame | None,
+    steps,
+    val,
     *,
     run_info: Mapping[str, Any],
     validation: Mapping[str, Any],
@@ -237,10 +269,10 @@ def fit_run_tables(
 
     Parameters
     ----------
-    steps : DataFrame or None
+    steps : DataFrame, pyarrow Table or None
         Per-step table (``step``, ``epoch``, ``loss_train_<unit>``, ...); ``None``
         when it could not be read (``read_error`` says why).
-    val : DataFrame or None
+    val : DataFrame, pyarrow Table or None
         Validation table (``step``, ``epoch``, ``loss_val_<unit>``, ...).
     run_info : mapping
         The run's ``run_info.json`` (``steps_per_epoch``, ``epochs``, ...).
@@ -291,30 +323,30 @@ def fit_run_tables(
         },
     }
     col, vcol = f"loss_train_{loss_unit}", f"loss_val_{loss_unit}"
-    if steps is None or col not in steps.columns:
+    s = None if steps is None else _Columns(steps)
+    if s is None or col not in s:
         row["status"] = "invalid"
         row["reason"] = read_error or f"the steps table has no column {col!r}"
         return out
 
-    s = steps.sort_values("step")
-    st = s["step"].to_numpy(dtype=float)
-    y = s[col].to_numpy(dtype=float)
+    st = s["step"]
+    y = s[col]
     row["n_steps"] = int(st.size)
     row["epochs_logged"] = _epochs_covered(st, spe)
 
     # validation curve: best CE and when
     vs = vy = None
-    if val is not None and vcol in val.columns and len(val):
-        v = val.sort_values("step")
-        vs, vy = v["step"].to_numpy(dtype=float), v[vcol].to_numpy(dtype=float)
+    v = None if val is None else _Columns(val)
+    if v is not None and vcol in v and len(v):
+        vs, vy = v["step"], v[vcol]
         fin = np.isfinite(vy)
         if fin.any():
             i = int(np.nanargmin(np.where(fin, vy, np.nan)))
             row["best_val_ce"] = float(vy[i])
             row["best_val_step"] = float(vs[i])
-            row["best_val_epoch"] = float(v["epoch"].to_numpy(dtype=float)[i])
-            if "acc_val" in v.columns:
-                row["best_val_acc"] = float(np.nanmax(v["acc_val"].to_numpy(dtype=float)))
+            row["best_val_epoch"] = float(v["epoch"][i])
+            if "acc_val" in v:
+                row["best_val_acc"] = float(np.nanmax(v["acc_val"]))
         out["curve"]["val_step"] = vs
         out["curve"]["val_loss"] = vy
 
@@ -330,7 +362,7 @@ def fit_run_tables(
         row["early_end_loss"] = (
             float(np.mean(ye)) if ye.size and np.isfinite(ye).all() and st[-1] >= end * spe - 1 else None
         )
-    lr = s["lr"].to_numpy(dtype=float) if "lr" in s.columns else None
+    lr = s["lr"] if "lr" in s else None
 
     div = check_divergence(
         st, y, **{k: float(divergence[k]) for k in ("explode_factor", "final_factor", "edge_fraction")}
@@ -445,9 +477,12 @@ def fit_run_tables(
     return out
 
 
-def _read_table(path) -> tuple[pd.DataFrame | None, str | None]:
+def _read_table(path):
+    """``(pyarrow Table, None)``, or ``(None, reason)`` when the file cannot be read."""
+    import pyarrow.parquet as pq
+
     try:
-        return pd.read_parquet(path), None
+        return pq.ParquetFile(path).read(), None
     except Exception as exc:  # any unreadable file is a recorded reason
         return None, f"cannot read {Path(path).name}: {type(exc).__name__}: {exc}"
 

@@ -10,8 +10,8 @@ expected to have no monitor rows.
 from __future__ import annotations
 
 import numpy as np
-import pyarrow.parquet as pq
 
+from loss_slope.tables.arrays import read_columns
 from loss_slope.tables.schema import CHECKPOINT_KINDS
 
 MONITOR_TABLES = ("curvature", "noise", "checkpoints")
@@ -76,7 +76,7 @@ def check_monitors(
     """
     m = info.get("monitors") or {}
     spe = int(info["steps_per_epoch"])
-    frames = {t: pq.read_table(tables[t]).to_pandas() for t in MONITOR_TABLES}
+    frames = {t: read_columns(tables[t]) for t in MONITOR_TABLES}  # numpy arrays, no pandas
     in_range = (
         (lambda steps: steps < diverged_at) if diverged_at is not None else (lambda steps: np.ones(len(steps), bool))
     )
@@ -84,31 +84,31 @@ def check_monitors(
     # ---- curvature ------------------------------------------------------
     c = frames["curvature"]
     every = int(m.get("curvature_every_steps") or 0)
-    csteps = c["step"].to_numpy()
+    csteps = c["step"]
     ok, detail = _cadence_detail("curvature", csteps, expected_monitor_steps(every, total), f"every {every} steps")
     rep.add("curvature_cadence", ok, detail)
     if len(c):
         keep = in_range(csteps)
         # an event that ran out of memory wrote NaN and its reason; the run went on (not range-checked)
         oom = (
-            c["status"].astype(str).str.startswith("out of memory").to_numpy()
+            np.array([str(x).startswith("out of memory") for x in c["status"]], dtype=bool)
             if "status" in c
             else np.zeros(len(c), bool)
         )
         n_oom = int((oom & keep).sum())
         keep &= ~oom
-        cc, ss = c[keep], csteps[keep]
+        cc, ss = c.rows(keep), csteps[keep]
         cols = ["epoch", "lambda_max", "hutch_trace", "hutch_trace_se", "seconds"]
         cols += [k for k in ("lambda_residual", "lambda_min_ritz") if k in cc]
-        vals = cc[cols].to_numpy()
+        vals = cc.matrix(cols)
         bad = ~np.isfinite(vals).all(axis=1)
         lo, hi = int(m.get("lambda_min_iters", 1)), int(m.get("lambda_iters", 10**9))
-        bad |= ~cc["lambda_iters"].between(lo, hi).to_numpy()
-        bad |= cc["hutch_matvecs"].to_numpy() != int(m.get("hutch_matvecs", 0))
-        bad |= cc["hutch_trace_se"].to_numpy() < 0
+        bad |= ~((cc["lambda_iters"] >= lo) & (cc["lambda_iters"] <= hi))
+        bad |= cc["hutch_matvecs"] != int(m.get("hutch_matvecs", 0))
+        bad |= cc["hutch_trace_se"] < 0
         if "lambda_residual" in cc:
-            bad |= cc["lambda_residual"].to_numpy() < 0
-        bad |= np.abs(cc["epoch"].to_numpy() - ss / spe) > 1e-12 * np.maximum(ss / spe, 1)
+            bad |= cc["lambda_residual"] < 0
+        bad |= np.abs(cc["epoch"] - ss / spe) > 1e-12 * np.maximum(ss / spe, 1)
         rep.add(
             "curvature_values",
             not bad.any(),
@@ -122,7 +122,7 @@ def check_monitors(
     # ---- noise ----------------------------------------------------------
     n = frames["noise"]
     every = int(m.get("noise_every_steps") or int(m.get("noise_every_epochs") or 0) * spe)
-    nsteps = n["step"].to_numpy()
+    nsteps = n["step"]
     ok, detail = _cadence_detail(
         "noise",
         nsteps,
@@ -132,17 +132,17 @@ def check_monitors(
     rep.add("noise_cadence", ok, detail)
     if len(n):
         keep = in_range(nsteps)
-        nn, ss = n[keep], nsteps[keep]
+        nn, ss = n.rows(keep), nsteps[keep]
         min_points, window = int(m.get("psd_min_points", 0)), int(m.get("psd_window", 10**9))
-        spectral = nn["psd_points"].to_numpy() >= min_points
-        psd = nn[["psd_tail", "resid_power"]].to_numpy()
+        spectral = nn["psd_points"] >= min_points
+        psd = nn.matrix(["psd_tail", "resid_power"])
         # spectral values: finite and >= 0 once the window holds psd_min_points residuals, NaN before
         bad = np.where(spectral, ~(np.isfinite(psd) & (psd >= 0)).all(axis=1), ~np.isnan(psd).all(axis=1))
-        bad |= (nn["psd_points"].to_numpy() < 0) | (nn["psd_points"].to_numpy() > window)
-        gv = nn["grad_var"].to_numpy()
-        bad |= nn["grad_var_steps"].to_numpy() != every  # the moments are reset at every report
+        bad |= (nn["psd_points"] < 0) | (nn["psd_points"] > window)
+        gv = nn["grad_var"]
+        bad |= nn["grad_var_steps"] != every  # the moments are reset at every report
         bad |= ~(np.isfinite(gv) & (gv >= 0))
-        bad |= np.abs(nn["epoch"].to_numpy() - ss / spe) > 1e-12 * np.maximum(ss / spe, 1)
+        bad |= np.abs(nn["epoch"] - ss / spe) > 1e-12 * np.maximum(ss / spe, 1)
         rep.add(
             "noise_values",
             not bad.any(),
@@ -155,14 +155,15 @@ def check_monitors(
 
     # ---- checkpoints ----------------------------------------------------
     k = frames["checkpoints"]
-    ksteps = k["step"].to_numpy()
+    ksteps = k["step"]
     if not m.get("checkpoint_size"):
         rep.add("checkpoints_recorded", not len(k), f"checkpoint sizes off: {len(k)} rows, none expected")
         return
-    latest = set(ksteps[k["kind"].to_numpy() == "latest"].tolist())
+    kind = k["kind"]
+    latest = set(ksteps[kind == "latest"].tolist())
     want_latest, latest_text = _expected_latest(info, val_steps)
     missing = [int(s) for s in want_latest if int(s) not in latest]
-    best = ksteps[k["kind"].to_numpy() == "best"]
+    best = ksteps[kind == "best"]
     off_val = sorted(set(best.tolist()) - set(int(s) for s in val_steps))
     beyond = ksteps[ksteps > total]
     ok = not missing and not off_val and not len(beyond)
@@ -173,9 +174,9 @@ def check_monitors(
             f"validation steps {off_val[:3]}, rows beyond step {total}: {len(beyond)}"
         )
     rep.add("checkpoints_recorded", ok, detail)
-    size = k["checkpoint_size_mb"].to_numpy()
-    bad = ~(np.isfinite(size) & (size > 0)) | ~k["kind"].isin(CHECKPOINT_KINDS).to_numpy()
-    bad |= ~np.isfinite(k["time"].to_numpy())
+    size = k["checkpoint_size_mb"]
+    bad = ~(np.isfinite(size) & (size > 0)) | ~np.array([x in CHECKPOINT_KINDS for x in kind], dtype=bool)
+    bad |= ~np.isfinite(k["time"])
     rep.add(
         "checkpoint_sizes",
         not bad.any(),
