@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import norm
+from scipy.special import ndtri
 
 from .exceptions import (
     ConstantLoss,
@@ -176,7 +176,7 @@ def z_value(confidence: float) -> float:
     """Two-sided normal quantile for a confidence level in (0, 1)."""
     if not 0 < confidence < 1:
         raise ValueError("confidence must be in (0, 1)")
-    return float(norm.ppf(0.5 + confidence / 2.0))
+    return float(ndtri(0.5 + confidence / 2.0))
 
 
 __all__ = [

@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.stats import t as student_t
+from scipy.special import stdtrit
 
 from . import solver as S
 from .data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve
@@ -115,7 +115,7 @@ def _drift(lrt, mid: float, confidence: float) -> tuple[float, float, tuple[floa
     cov = np.linalg.pinv(Xw.T @ Xw) * scale
     se = math.sqrt(max(float(cov[2, 2]), 0.0))
     df = max(lrt.noise.effective_n(prob.n) - null.k - 1, 2.0)
-    q = float(student_t.ppf(0.5 + confidence / 2.0, df))
+    q = float(stdtrit(df, 0.5 + confidence / 2.0))
     a1 = float(null.theta[1] + beta[1])
     d = float(beta[2])
     return a1, a1 + d, (d - q * se, d + q * se)

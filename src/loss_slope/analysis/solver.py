@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import linalg
-from scipy.stats import t as student_t
+from scipy.special import stdtrit
 
 from . import models as M
 from .data import DEFAULT_BIN_DECADES, Curve, LogBins, make_bins, z_value
@@ -592,4 +592,4 @@ def t_quantile(confidence: float, f: Fitted) -> float:
     """
     z_value(confidence)  # validates the level
     df = max(f.noise.effective_n(f.problem.n) - f.core.k, 2.0)
-    return float(student_t.ppf(0.5 + confidence / 2.0, df))
+    return float(stdtrit(df, 0.5 + confidence / 2.0))
