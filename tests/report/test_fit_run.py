@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from loss_slope.report.fit_run import check_divergence, fit_run, fit_run_tables
+from loss_slope.pipeline.fit_run import check_divergence, fit_run, fit_run_tables
 
 from .conftest import DIVERGENCE, FIT, VALID, identity, run_tables
 
@@ -242,7 +242,7 @@ def test_validation_status_diverged_is_diverged(clean_run):
 
 @pytest.mark.parametrize("epochs,status", [(20, "invalid"), (10, "too_short")])
 def test_numerical_failure_inside_the_fits_is_recorded_not_raised(monkeypatch, epochs, status):
-    import loss_slope.report.fit_run as fr
+    import loss_slope.pipeline.fit_run as fr
 
     def boom(*args, **kwargs):
         raise OverflowError("math range error")

@@ -9,11 +9,11 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from loss_slope.pipeline.settings import analysis_problems, fit_settings, study_settings
+from loss_slope.pipeline.targets import finished_runs, fit_inputs, report_targets, training_state
 from loss_slope.report.registry import FIGURES
-from loss_slope.report.settings import analysis_problems, fit_settings, study_settings
 from loss_slope.report.summarize import run_table, study_statistics
 from loss_slope.report.summary_md import render_summary
-from loss_slope.report.targets import finished_runs, fit_inputs, report_targets, training_state
 from loss_slope.study.config import ConfigError, load_config, load_schema, validate_config
 
 from .conftest import STUDY, partial_sweep
@@ -62,7 +62,7 @@ def test_complete_sweep_says_nothing_is_excluded():
 
 
 def test_summary_lists_runs_that_fell_back_to_a_smaller_micro_batch():
-    from loss_slope.report.fit_run import micro_batch_fields
+    from loss_slope.pipeline.fit_run import micro_batch_fields
 
     runs, fits = partial_sweep()
     rows = [dict(f["row"]) for f in fits]

@@ -1,7 +1,7 @@
 # Per-run fits: one small JSON per run, so a new or changed run refits only itself.
 # Params carry only the analysis settings fit_run uses: editing one refits every
 # run (and reruns the summary), never training.
-from loss_slope.report.settings import analysis_problems, fit_settings
+from loss_slope.pipeline.settings import analysis_problems, fit_settings
 
 if analysis_problems(config):
     raise WorkflowError(
@@ -16,12 +16,12 @@ localrules:
 
 rule fit_run:
     input:
-        steps="results/parquet/steps/variant={variant}/run={run}/part-0.parquet",
-        val="results/parquet/val/variant={variant}/run={run}/part-0.parquet",
-        run_info="results/export/{variant}/{run}/run_info.json",
-        validation="results/validation/{variant}/{run}/validation.json",
+        steps=parquet("steps"),
+        val=parquet("val"),
+        run_info=RUN_INFO,
+        validation=VALIDATION_JSON,
     output:
-        "results/fits/{variant}/{run}.json",
+        FIT,
     log:
         "logs/fit_run/{variant}/{run}.log",
     benchmark:

@@ -6,6 +6,36 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
+from loss_slope.pipeline.paths import (
+    ATTEMPTS,
+    CONVERT,
+    FIT,
+    PACK_DONE,
+    PACK_REGISTRY,
+    PACK_SPEC,
+    PROBE_JSON,
+    PROBE_MD,
+    PROBE_PNG,
+    REPORT_RUNS_CSV,
+    REPORT_RUNS_PARQUET,
+    REPORT_STATS,
+    REPORT_SUMMARY,
+    REPORT_VARIANTS_CSV,
+    RUN_DONE,
+    RUN_INFO,
+    RUNS_PER_GPU,
+    TRAIN_LOG,
+    TRAIN_LOG_DIR,
+    VALIDATION_JSON,
+    VALIDATION_TXT,
+    WORK_RUN,
+    export_csv,
+    parquet,
+    report_curves,
+    report_figure,
+    report_variant_table,
+)
+from loss_slope.pipeline.targets import identity_params, report_targets
 from loss_slope.probe.plan import (
     PACK_WILDCARD,
     PlanError,
@@ -18,7 +48,6 @@ from loss_slope.probe.plan import (
 from loss_slope.study.config import SCHEMA_PATH, ConfigError, validate_config
 from loss_slope.study.preflight import preflight
 from loss_slope.study import resources as res
-from loss_slope.report.targets import identity_params
 from loss_slope.study.runs import build_runs, wildcard_regex
 
 min_version("9.0")
@@ -126,7 +155,7 @@ def EXPLICIT_CPU(wildcards):
 
 
 def plan_inputs(wildcards):
-    return [] if FIXED_N else [f"results/probe/{wildcards.variant}.json"]
+    return [] if FIXED_N else [PROBE_JSON.format(variant=wildcards.variant)]
 
 
 def probe_overrides(wildcards):
@@ -140,11 +169,11 @@ def probe_overrides(wildcards):
 # by their members. N is fixed (WORKERS_PER_GPU / packing.runs_per_gpu: the
 # packs are known now) or measured (after the checkpoint plan_packs).
 def registry_path(variant):
-    return f"results/plan/{variant}/packs.json"
+    return PACK_REGISTRY.format(variant=variant)
 
 
 def n_file(variant):
-    return f"results/plan/{variant}/runs_per_gpu.json"
+    return RUNS_PER_GPU.format(variant=variant)
 
 
 def variant_measured(variant):
@@ -187,13 +216,13 @@ def run_pack(wildcards):
 
     (The report rules use it to tell finished runs from the others.)
     """
-    return f"results/runs/{wildcards.variant}/{wildcards.run}.json"
+    return RUN_DONE.format(variant=wildcards.variant, run=wildcards.run)
 
 
 def run_pack_output(wildcards):
     """The output of the pack job that trains this run."""
     pack = variant_packs(wildcards.variant)[1][wildcards.run]
-    return f"results/packs/{wildcards.variant}/{pack}.json"
+    return PACK_DONE.format(variant=wildcards.variant, pack=pack)
 
 
 def run_digest(wildcards):
@@ -201,7 +230,9 @@ def run_digest(wildcards):
 
 
 def run_dir(wildcards):
-    return f"{WORK_ROOT}/{wildcards.variant}/{wildcards.run}"
+    return WORK_RUN.format(
+        work_root=WORK_ROOT, variant=wildcards.variant, run=wildcards.run
+    )
 
 
 def pack_members(wildcards):
@@ -261,7 +292,10 @@ def pack_runtime(wildcards):
         return int(PACKING["runtime_minutes"])
     total = variant_facts(wildcards.variant).total_steps
     left = max(
-        total - res.steps_done(f"{WORK_ROOT}/{wildcards.variant}/{r}")
+        total
+        - res.steps_done(
+            WORK_RUN.format(work_root=WORK_ROOT, variant=wildcards.variant, run=r)
+        )
         for r in pack_members(wildcards)
     )
     return res.pack_runtime_minutes(
@@ -294,8 +328,8 @@ def all_runs(pattern):
 
 def get_final_output():
     # per run: validation and fit; then the report (report_targets, report.smk)
-    per_run = all_runs("results/validation/{variant}/{run}/validation.json")
-    per_run += all_runs("results/fits/{variant}/{run}.json")
+    per_run = all_runs(VALIDATION_JSON)
+    per_run += all_runs(FIT)
     return per_run + report_targets("report")
 
 

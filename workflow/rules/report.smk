@@ -5,13 +5,8 @@
 from functools import partial
 
 from loss_slope.report.registry import FIGURES
-from loss_slope.report.settings import run_identity, study_settings
-from loss_slope.report.targets import (
-    fit_inputs,
-    missing_reasons,
-    report_targets,
-    truth_inputs,
-)
+from loss_slope.pipeline.settings import run_identity, study_settings
+from loss_slope.pipeline.targets import fit_inputs, missing_reasons, truth_inputs
 
 
 report: "../report/workflow.rst"
@@ -33,22 +28,22 @@ rule summarize:
             simulated=config["data"]["name"] == "simulated",
         ),
     output:
-        table="results/{reportdir}/runs.parquet",
+        table=REPORT_RUNS_PARQUET,
         csv=report(
-            "results/{reportdir}/runs.csv",
+            REPORT_RUNS_CSV,
             caption="../report/runs_table.rst",
             category="5. Tables",
             labels={"table": "every run (one row per run of the config)"},
         ),
         variants=report(
-            "results/{reportdir}/variants.csv",
+            REPORT_VARIANTS_CSV,
             caption="../report/variants_table.rst",
             category="5. Tables",
             labels={"table": "one row per variant"},
         ),
         variant_tables=[
             report(
-                f"results/{{reportdir}}/variants/{v}.csv",
+                report_variant_table(v),
                 caption="../report/variant_table.rst",
                 category="6. Per-variant run tables",
                 labels={"variant": v},
@@ -56,7 +51,7 @@ rule summarize:
             for v in VARIANTS
         ],
         stats=report(
-            "results/{reportdir}/stats.json",
+            REPORT_STATS,
             caption="../report/stats.rst",
             category="5. Tables",
             labels={"table": "H1/H2 statistics (JSON)"},
@@ -78,38 +73,38 @@ rule summarize:
 
 rule build_report:
     input:
-        table="results/{reportdir}/runs.parquet",
-        stats="results/{reportdir}/stats.json",
-        csv="results/{reportdir}/runs.csv",
-        variants="results/{reportdir}/variants.csv",
+        table=REPORT_RUNS_PARQUET,
+        stats=REPORT_STATS,
+        csv=REPORT_RUNS_CSV,
+        variants=REPORT_VARIANTS_CSV,
         fits=partial(fit_inputs, RUNS, fixed_pack=run_pack if FIXED_N else None),
     output:
         summary=report(
-            "results/{reportdir}/summary.md",
+            REPORT_SUMMARY,
             caption="../report/summary.rst",
             category="0. Summary",
             labels={"file": "summary.md"},
         ),
         figures=[
             report(
-                f"results/{{reportdir}}/figures/{f.name}.png",
+                report_figure(f.name, "png"),
                 caption=f"../report/{f.name}.rst",
                 category=f.category,
                 labels={"figure": f.label},
             )
             for f in FIGURES.values()
         ],
-        figures_svg=[f"results/{{reportdir}}/figures/{name}.svg" for name in FIGURES],
+        figures_svg=[report_figure(name, "svg") for name in FIGURES],
         curves=[
             report(
-                f"results/{{reportdir}}/figures/curves/{v}.png",
+                report_curves(v, "png"),
                 caption="../report/variant_curves.rst",
                 category="7. Loss curves per variant",
                 labels={"variant": v},
             )
             for v in VARIANTS
         ],
-        curves_svg=[f"results/{{reportdir}}/figures/curves/{v}.svg" for v in VARIANTS],
+        curves_svg=[report_curves(v, "svg") for v in VARIANTS],
     log:
         "logs/build_report/{reportdir}.log",
     benchmark:

@@ -10,21 +10,21 @@ localrules:
 rule to_parquet:
     input:
         # the run's own completion marker (train.smk: run_done), not its pack
-        "results/runs/{variant}/{run}.json",
+        RUN_DONE,
     output:
-        steps_csv="results/export/{variant}/{run}/steps.csv",
-        val_csv="results/export/{variant}/{run}/val.csv",
-        curvature_csv="results/export/{variant}/{run}/curvature.csv",
-        noise_csv="results/export/{variant}/{run}/noise.csv",
-        checkpoints_csv="results/export/{variant}/{run}/checkpoints.csv",
-        run_info="results/export/{variant}/{run}/run_info.json",
-        attempts="results/export/{variant}/{run}/attempts.json",
-        steps="results/parquet/steps/variant={variant}/run={run}/part-0.parquet",
-        val="results/parquet/val/variant={variant}/run={run}/part-0.parquet",
-        curvature="results/parquet/curvature/variant={variant}/run={run}/part-0.parquet",
-        noise="results/parquet/noise/variant={variant}/run={run}/part-0.parquet",
-        checkpoints="results/parquet/checkpoints/variant={variant}/run={run}/part-0.parquet",
-        report="results/convert/{variant}/{run}.json",
+        steps_csv=export_csv("steps"),
+        val_csv=export_csv("val"),
+        curvature_csv=export_csv("curvature"),
+        noise_csv=export_csv("noise"),
+        checkpoints_csv=export_csv("checkpoints"),
+        run_info=RUN_INFO,
+        attempts=ATTEMPTS,
+        steps=parquet("steps"),
+        val=parquet("val"),
+        curvature=parquet("curvature"),
+        noise=parquet("noise"),
+        checkpoints=parquet("checkpoints"),
+        report=CONVERT,
     log:
         "logs/to_parquet/{variant}/{run}.log",
     params:
@@ -35,16 +35,16 @@ rule to_parquet:
 
 rule validate_run:
     input:
-        steps="results/parquet/steps/variant={variant}/run={run}/part-0.parquet",
-        val="results/parquet/val/variant={variant}/run={run}/part-0.parquet",
-        curvature="results/parquet/curvature/variant={variant}/run={run}/part-0.parquet",
-        noise="results/parquet/noise/variant={variant}/run={run}/part-0.parquet",
-        checkpoints="results/parquet/checkpoints/variant={variant}/run={run}/part-0.parquet",
-        report="results/convert/{variant}/{run}.json",
-        run_info="results/export/{variant}/{run}/run_info.json",
+        steps=parquet("steps"),
+        val=parquet("val"),
+        curvature=parquet("curvature"),
+        noise=parquet("noise"),
+        checkpoints=parquet("checkpoints"),
+        report=CONVERT,
+        run_info=RUN_INFO,
     output:
-        json="results/validation/{variant}/{run}/validation.json",
-        text="results/validation/{variant}/{run}/summary.txt",
+        json=VALIDATION_JSON,
+        text=VALIDATION_TXT,
     log:
         "logs/validate_run/{variant}/{run}.log",
     params:

@@ -8,14 +8,14 @@ rule probe_capacity:
     input:
         DATA_INPUTS,
     output:
-        json="results/probe/{variant}.json",
+        json=PROBE_JSON,
         png=report(
-            "results/probe/{variant}.png",
+            PROBE_PNG,
             caption="../report/probe.rst",
             category="Resources",
             labels={"variant": "{variant}", "figure": "runs per GPU"},
         ),
-        md="results/probe/{variant}.md",
+        md=PROBE_MD,
     log:
         "logs/probe_capacity/{variant}.log",
     benchmark:
@@ -38,7 +38,7 @@ if FIXED_N:
 
     rule plan_packs:
         output:
-            plan="results/plan/{variant}/runs_per_gpu.json",
+            plan=RUNS_PER_GPU,
         log:
             "logs/plan_packs/{variant}.log",
         params:
@@ -54,9 +54,9 @@ else:
     # N comes from the probe: the packs exist only after it ran
     checkpoint plan_packs:
         input:
-            probe="results/probe/{variant}.json",
+            probe=PROBE_JSON,
         output:
-            plan="results/plan/{variant}/runs_per_gpu.json",
+            plan=RUNS_PER_GPU,
         log:
             "logs/plan_packs/{variant}.log",
         params:
@@ -76,7 +76,7 @@ rule pack_spec:
     input:
         unpack(pack_spec_inputs),
     output:
-        spec="results/plan/{variant}/packs/{pack}.json",
+        spec=PACK_SPEC,
     log:
         "logs/pack_spec/{variant}/{pack}.log",
     params:
@@ -92,9 +92,9 @@ rule pack_spec:
 rule train_pack:
     input:
         DATA_INPUTS,
-        spec="results/plan/{variant}/packs/{pack}.json",
+        spec=PACK_SPEC,
     output:
-        "results/packs/{variant}/{pack}.json",
+        PACK_DONE,
     log:
         "logs/train_pack/{variant}/{pack}.log",
     benchmark:
@@ -106,7 +106,7 @@ rule train_pack:
         runtime=pack_runtime,
         attempt_no=lambda wildcards, attempt: attempt,
     params:
-        run_logs="logs/train/{variant}",
+        run_logs=TRAIN_LOG_DIR,
         max_time=pack_time_budget,
         work_root=WORK_ROOT,
         max_errors=PACKING["max_error_attempts"],
@@ -125,7 +125,7 @@ rule run_done:
     input:
         run_pack_output,
     output:
-        "results/runs/{variant}/{run}.json",
+        RUN_DONE,
     log:
         "logs/run_done/{variant}/{run}.log",
     params:

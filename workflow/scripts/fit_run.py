@@ -2,7 +2,7 @@ import sys
 
 sys.stderr = open(snakemake.log[0], "w")
 
-from loss_slope.report.fit_run import fit_run
+from loss_slope.pipeline.fit_run import fit_run
 
 result = fit_run(
     steps_parquet=snakemake.input.steps,

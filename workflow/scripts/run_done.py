@@ -2,6 +2,7 @@ import sys
 
 sys.stderr = open(snakemake.log[0], "w")
 
+from loss_slope.pipeline.paths import TRAIN_LOG
 from loss_slope.train.pack import write_run_marker
 
 write_run_marker(
@@ -9,5 +10,5 @@ write_run_marker(
     snakemake.output[0],
     variant=snakemake.wildcards.variant,
     run=snakemake.wildcards.run,
-    log_path=f"logs/train/{snakemake.wildcards.variant}/{snakemake.wildcards.run}.log",
+    log_path=TRAIN_LOG.format(variant=snakemake.wildcards.variant, run=snakemake.wildcards.run),
 )

@@ -19,9 +19,9 @@ from scipy import stats as sps
 
 from loss_slope.analysis import AnalysisError, h1_statistics, h2_statistics
 from loss_slope.analysis.stats import h2_statistics_diverged_worst_rank, h2_window_heatmap
+from loss_slope.pipeline.fit_run import TIME_AXES
 
 from ._io import EXCLUDED_STATUSES, STATUSES, one_thread, read_json, write_json
-from .fit_run import TIME_AXES
 from .results import H1Criterion, H1Section, H2Literal, H2Result, H2Section, NotComputable
 from .truth import compare_with_truth, load_truths, truth_axis
 

@@ -38,6 +38,7 @@ import sys
 import time
 from pathlib import Path
 
+from loss_slope.pipeline.paths import WORK_RUN
 from loss_slope.probe.plan import read_plan
 
 EXIT_OK, EXIT_ERROR, EXIT_UNFINISHED, EXIT_LOCKED, EXIT_NO_GPU = 0, 1, 3, 4, 5
@@ -175,7 +176,7 @@ def launch_pack(
 
     def start(m, overrides):
         run = m["run"]
-        run_dir = Path(work_root) / variant / run
+        run_dir = Path(WORK_RUN.format(work_root=work_root, variant=variant, run=run))
         cmd = [
             sys.executable,
             "-m",
@@ -198,7 +199,7 @@ def launch_pack(
 
     by_run = {m["run"]: m for m in members}
     for m in members:
-        run_dir = Path(work_root) / variant / m["run"]
+        run_dir = Path(WORK_RUN.format(work_root=work_root, variant=variant, run=m["run"]))
         why = (
             None
             if (run_dir / "done.json").exists()
@@ -231,7 +232,7 @@ def launch_pack(
             log.close()
             code = p.returncode
             log_path = Path(log_dir) / f"{run}.log"
-            run_dir = Path(work_root) / variant / run
+            run_dir = Path(WORK_RUN.format(work_root=work_root, variant=variant, run=run))
             if code == EXIT_LOCKED and (deadline is None or time.time() + lock_poll_s < deadline - 60):
                 print(f"{variant}/{run}: another live trainer holds it; waiting for its lock", flush=True)
                 waiting[run] = time.time() + lock_poll_s
@@ -303,7 +304,7 @@ def launch_pack(
 
 
 def write_run_marker(run_dir, output, *, variant: str, run: str, log_path: str | None = None) -> dict:
-    """The per-run completion marker (``results/runs/{variant}/{run}.json``), from the run's work tree.
+    """The per-run completion marker (:data:`~loss_slope.pipeline.paths.RUN_DONE`), from the run's work tree.
 
     A run that was given up raises, with its error: the marker job fails for
     that run only.

@@ -1,4 +1,4 @@
-"""Paths and input functions of the fit and report rules.
+"""Input functions of the fit and report rules (their paths: :mod:`.paths`).
 
 Imported by the Snakefile (no numpy/matplotlib).  The rules bind these with
 ``functools.partial`` so the .smk files hold rules only.
@@ -19,6 +19,20 @@ from typing import Any
 
 from loss_slope.probe.plan import PlanError, pack_of, read_plan
 
+from .paths import (
+    FIT,
+    PACK_DONE,
+    PACK_REGISTRY,
+    REPORT_DIRS,
+    REPORT_RUNS_CSV,
+    REPORT_RUNS_PARQUET,
+    REPORT_STATS,
+    REPORT_SUMMARY,
+    RUN_DONE,
+    RUN_INFO,
+    TRAIN_LOG,
+)
+
 __all__ = [
     "FIT",
     "REPORT_DIRS",
@@ -31,19 +45,15 @@ __all__ = [
     "report_targets",
 ]
 
-FIT = "results/fits/{variant}/{run}.json"
-PLAN = "results/plan/{variant}/packs.json"
-PACK = "results/packs/{variant}/{pack}.json"
-RUN_INFO = "results/export/{variant}/{run}/run_info.json"
-RUN_DONE = "results/runs/{variant}/{run}.json"
-REPORT_DIRS = ("report", "report_partial")
-
 
 def report_targets(reportdir: str = "report") -> list[str]:
     """The files that make a report complete (``summary.md`` needs every figure)."""
     if reportdir not in REPORT_DIRS:
         raise ValueError(f"reportdir must be one of {REPORT_DIRS}")
-    return [f"results/{reportdir}/{name}" for name in ("summary.md", "runs.csv", "runs.parquet", "stats.json")]
+    return [
+        path.format(reportdir=reportdir)
+        for path in (REPORT_SUMMARY, REPORT_RUNS_CSV, REPORT_RUNS_PARQUET, REPORT_STATS)
+    ]
 
 
 def identity_params(runs: Mapping[tuple[str, str], Any], wildcards) -> dict:
@@ -61,7 +71,7 @@ def training_state(
 ) -> dict[tuple[str, str], tuple[bool, str]]:
     """For each (variant, run): whether its training finished, and why not.
 
-    A run's training finished when its completion marker (:data:`RUN_DONE`)
+    A run's training finished when its completion marker (:data:`~loss_slope.pipeline.paths.RUN_DONE`)
     exists, whatever happened to the other runs of its pack; otherwise the reason
     names its pack and whether that pack ran.
 
@@ -82,6 +92,7 @@ def training_state(
         ``(variant, run) -> (finished, reason)``; ``reason`` is empty when finished.
     """
     root = Path(root)
+    log = TRAIN_LOG.format
     plans: dict[str, dict | None] = {}
     out = {}
     for v, r in runs:
@@ -93,12 +104,12 @@ def training_state(
                 pack = fixed_pack(SimpleNamespace(variant=v, run=r))
             else:
                 if v not in plans:
-                    plan = root / PLAN.format(variant=v)
+                    plan = root / PACK_REGISTRY.format(variant=v)
                     plans[v] = read_plan(plan) if plan.exists() else None
                 if plans[v] is None:
-                    out[(v, r)] = (False, f"not trained: {PLAN.format(variant=v)} does not exist yet")
+                    out[(v, r)] = (False, f"not trained: {PACK_REGISTRY.format(variant=v)} does not exist yet")
                     continue
-                pack = PACK.format(variant=v, pack=pack_of(plans[v], r))
+                pack = PACK_DONE.format(variant=v, pack=pack_of(plans[v], r))
         except (PlanError, KeyError, ValueError, StopIteration) as exc:
             out[(v, r)] = (False, f"not trained: no pack for this run ({exc})")
             continue
@@ -106,20 +117,20 @@ def training_state(
             out[(v, r)] = (
                 False,
                 f"training not finished: no completion marker {pack} yet "
-                f"(see logs/train/{v}/{r}.log and logs/run_done/{v}/{r}.log)",
+                f"(see {log(variant=v, run=r)} and logs/run_done/{v}/{r}.log)",
             )
         elif (root / pack).exists():
             out[(v, r)] = (
                 False,
                 f"training not finished: its pack {pack} ended without this run "
-                f"(see logs/run_done/{v}/{r}.log and logs/train/{v}/{r}.log)",
+                f"(see logs/run_done/{v}/{r}.log and {log(variant=v, run=r)})",
             )
         else:
             name = Path(pack).stem
             out[(v, r)] = (
                 False,
                 f"training not finished: its pack {pack} is missing "
-                f"(failed or not run; see logs/train_pack/{v}/{name}.log and logs/train/{v}/{r}.log)",
+                f"(failed or not run; see logs/train_pack/{v}/{name}.log and {log(variant=v, run=r)})",
             )
     return out
 

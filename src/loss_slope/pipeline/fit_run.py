@@ -40,8 +40,7 @@ from loss_slope.analysis import AnalysisError, analyze_curve, cumulative_lr
 from loss_slope.analysis.exceptions import NotEnoughPoints
 from loss_slope.analysis.knee import DEFAULT_KNEE_METHOD
 from loss_slope.analysis.slopes import window_scan
-
-from ._io import one_thread, read_json, write_json
+from loss_slope.report._io import one_thread, read_json, write_json
 
 __all__ = ["Divergence", "check_divergence", "fit_run", "fit_run_tables", "fit_options", "TIME_AXES", "AXIS_COLUMNS"]
 

@@ -1,0 +1,118 @@
+"""Every file and folder the workflow reads or writes, as one set of templates.
+
+The rules (``workflow/rules/*.smk``, through ``common.smk``) and the Python code
+that needs a path (the pack launcher, the partial-report input functions) both
+take them from here: renaming a folder is one edit.
+
+Templates use the Snakemake wildcard names (``{variant}``, ``{run}``, ``{pack}``,
+``{reportdir}``); :func:`str.format` them in Python, or give them to a rule as
+they are.  Kept free of imports beyond the standard library: the Snakefile reads it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PROBE_JSON",
+    "PROBE_PNG",
+    "PROBE_MD",
+    "RUNS_PER_GPU",
+    "PACK_REGISTRY",
+    "PACK_SPEC",
+    "PACK_DONE",
+    "RUN_DONE",
+    "EXPORT_DIR",
+    "RUN_INFO",
+    "ATTEMPTS",
+    "export_csv",
+    "PARQUET_ROOT",
+    "parquet",
+    "CONVERT",
+    "VALIDATION_JSON",
+    "VALIDATION_TXT",
+    "FIT",
+    "REPORT_DIRS",
+    "REPORT_DIR",
+    "REPORT_RUNS_PARQUET",
+    "REPORT_RUNS_CSV",
+    "REPORT_VARIANTS_CSV",
+    "REPORT_STATS",
+    "REPORT_SUMMARY",
+    "report_variant_table",
+    "report_figure",
+    "report_curves",
+    "WORK_RUN",
+    "TRAIN_LOG_DIR",
+    "TRAIN_LOG",
+]
+
+# ---- training: probe, plan, packs, per-run markers
+#: the runs-per-device probe of a variant (json, figure, notes)
+PROBE_JSON = "results/probe/{variant}.json"
+PROBE_PNG = "results/probe/{variant}.png"
+PROBE_MD = "results/probe/{variant}.md"
+#: N runs per device, fixed or measured (rule plan_packs)
+RUNS_PER_GPU = "results/plan/{variant}/runs_per_gpu.json"
+#: every pack planned so far (stable, append-only)
+PACK_REGISTRY = "results/plan/{variant}/packs.json"
+#: one pack's runs and overrides (rule pack_spec)
+PACK_SPEC = "results/plan/{variant}/packs/{pack}.json"
+#: a pack finished: its runs trained (rule train_pack)
+PACK_DONE = "results/packs/{variant}/{pack}.json"
+#: a run's training finished (rule run_done): downstream jobs depend on runs, not packs
+RUN_DONE = "results/runs/{variant}/{run}.json"
+
+# ---- tables: export, Parquet, conversion report, validation
+EXPORT_DIR = "results/export/{variant}/{run}"
+RUN_INFO = EXPORT_DIR + "/run_info.json"
+ATTEMPTS = EXPORT_DIR + "/attempts.json"
+#: hive-partitioned Parquet tables (``pyarrow.dataset`` over ``PARQUET_ROOT/<table>``)
+PARQUET_ROOT = "results/parquet"
+_PARQUET = PARQUET_ROOT + "/{table}/variant={variant}/run={run}/part-0.parquet"
+CONVERT = "results/convert/{variant}/{run}.json"
+VALIDATION_JSON = "results/validation/{variant}/{run}/validation.json"
+VALIDATION_TXT = "results/validation/{variant}/{run}/summary.txt"
+
+
+def export_csv(table: str) -> str:
+    """The exported CSV of one table (``{variant}``/``{run}`` left as wildcards)."""
+    return f"{EXPORT_DIR}/{table}.csv"
+
+
+def parquet(table: str) -> str:
+    """The Parquet file of one table (``{variant}``/``{run}`` left as wildcards)."""
+    return _PARQUET.format(table=table, variant="{variant}", run="{run}")
+
+
+# ---- fits and report
+FIT = "results/fits/{variant}/{run}.json"
+#: ``report``: every run of the config; ``report_partial``: the runs whose training finished
+REPORT_DIRS = ("report", "report_partial")
+REPORT_DIR = "results/{reportdir}"
+REPORT_RUNS_PARQUET = REPORT_DIR + "/runs.parquet"
+REPORT_RUNS_CSV = REPORT_DIR + "/runs.csv"
+REPORT_VARIANTS_CSV = REPORT_DIR + "/variants.csv"
+REPORT_STATS = REPORT_DIR + "/stats.json"
+REPORT_SUMMARY = REPORT_DIR + "/summary.md"
+
+
+def report_variant_table(variant: str) -> str:
+    """One variant's run table (``{reportdir}`` left as a wildcard)."""
+    return f"{REPORT_DIR}/variants/{variant}.csv"
+
+
+def report_figure(name: str, ext: str) -> str:
+    """A report figure (``{reportdir}`` left as a wildcard)."""
+    return f"{REPORT_DIR}/figures/{name}.{ext}"
+
+
+def report_curves(variant: str, ext: str) -> str:
+    """A variant's loss-curve figure (``{reportdir}`` left as a wildcard)."""
+    return f"{REPORT_DIR}/figures/curves/{variant}.{ext}"
+
+
+# ---- undeclared training state and logs
+#: a run's work tree (checkpoints, partial CSVs, attempt log); ``work_root`` is ``paths.work_root``
+WORK_RUN = "{work_root}/{variant}/{run}"
+#: the training logs of a variant's runs, one per run
+TRAIN_LOG_DIR = "logs/train/{variant}"
+TRAIN_LOG = TRAIN_LOG_DIR + "/{run}.log"
