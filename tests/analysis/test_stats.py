@@ -1,4 +1,4 @@
-"""Study statistics: H1, H2, run screening and the window heat-map."""
+"""Study statistics: H1, H2 and the window heat-map."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from statsmodels.stats.proportion import proportion_confint
 
 from loss_slope.analysis import h1_statistics
 from loss_slope.analysis.exceptions import NotEnoughPoints
-from loss_slope.analysis.stats import correlation, h2_window_heatmap, screen_curve, wilson_interval
+from loss_slope.analysis.stats import correlation, h2_window_heatmap, wilson_interval
 
 
 @pytest.mark.parametrize("k,n", [(0, 10), (3, 10), (10, 10), (170, 216)])
@@ -58,20 +58,3 @@ def test_window_heatmap():
     assert h.rho[0, 0] == pytest.approx(-1.0)
     assert h.rho[1, 2] == pytest.approx(sps.spearmanr(A[:, 1, 2], y).statistic)
     assert math.isnan(h.rho[2, 3]) and h.n_valid[2, 3] == 3
-
-
-def test_screen_curve():
-    s = np.arange(1000.0)
-    good = 2.3 * (s + 1) ** -0.5
-    assert screen_curve(s, good).ok
-    nan = good.copy()
-    nan[600:] = np.nan
-    r = screen_curve(s, nan)
-    assert not r.ok and "non-finite" in r.reason and "600" in r.reason
-    up = good.copy()
-    up[900:] = 50.0
-    r = screen_curve(s, up)
-    assert not r.ok and "diverged" in r.reason
-    spike = good.copy()
-    spike[500] = 1e4
-    assert "spike" in screen_curve(s, spike).reason

@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from loss_slope.pipeline.fit_run import check_divergence, fit_run, fit_run_tables
+from loss_slope.pipeline.fit_run import fit_run, fit_run_tables
+from loss_slope.train.divergence import check_divergence
 
 from .conftest import DIVERGENCE, FIT, VALID, identity, run_tables
 

@@ -11,7 +11,7 @@ def test_nan_is_divergence_at_its_step():
 
 
 def test_explosion_relative_to_the_start():
-    g = DivergenceGuard(max_loss_factor=10, reference_steps=4)
+    g = DivergenceGuard(explode_factor=10, reference_steps=4)
     assert g.update(list(range(4)), [2.0, 2.0, 2.0, 2.0]) is None
     assert g.update([4, 5], [19.9, 1.0]) is None
     step, reason = g.update([6, 7], [20.1, 30.0])
@@ -19,7 +19,7 @@ def test_explosion_relative_to_the_start():
 
 
 def test_factor_none_only_checks_finiteness():
-    g = DivergenceGuard(max_loss_factor=None, reference_steps=1)
+    g = DivergenceGuard(explode_factor=None, reference_steps=1)
     assert g.update([0, 1], [1.0, 1e9]) is None
     assert g.update([2], [math.inf])[0] == 2
 

@@ -1,10 +1,10 @@
 """Study statistics: H1 (share of single power laws) and H2 (early slope vs best
-validation CE) at study level, with run screening that records why a run is
-excluded.
+validation CE) at study level, recording why each excluded run is excluded.
 
 Tables are pandas DataFrames (or anything ``pandas.DataFrame`` accepts) with one
 row per run.  A run is excluded -- and listed with its reason in the result --
-when its ``exclusion_column`` holds a reason (e.g. from :func:`screen_curve`) or
+when its ``exclusion_column`` holds a reason (e.g. the fit stage's divergence rule,
+:func:`loss_slope.train.divergence.check_divergence`) or
 when a value the statistic needs is missing or not finite.  Nothing is dropped
 silently.
 
@@ -29,8 +29,6 @@ from .data import z_value
 from .exceptions import AnalysisError, NotEnoughPoints
 
 __all__ = [
-    "Screening",
-    "screen_curve",
     "wilson_interval",
     "Share",
     "H1Result",
@@ -45,61 +43,6 @@ __all__ = [
     "WindowHeatmap",
     "h2_window_heatmap",
 ]
-
-
-# ====================================================================== screening
-@dataclass(frozen=True)
-class Screening:
-    """Whether a run's curve is usable.
-
-    Attributes
-    ----------
-    ok : bool
-    reason : str or None
-        Why it is not (``None`` when ok).
-    """
-
-    ok: bool
-    reason: str | None
-
-
-def screen_curve(
-    steps, loss, *, explode_factor: float = 1.0, spike_factor: float = 100.0, edge_fraction: float = 0.02
-) -> Screening:
-    """Detect diverged runs.
-
-    A run is rejected when its loss has NaN/inf values, is not > 0, when the median
-    loss of the last ``edge_fraction`` of the steps exceeds ``explode_factor`` x the
-    median of the first ``edge_fraction`` (the loss ended above where it started),
-    or when any loss exceeds ``spike_factor`` x that initial median.
-
-    Parameters
-    ----------
-    steps, loss : array_like, shape (n,)
-    explode_factor, spike_factor, edge_fraction : float
-
-    Returns
-    -------
-    Screening
-    """
-    s = np.asarray(steps, dtype=float)
-    l_ = np.asarray(loss, dtype=float)
-    if s.shape != l_.shape or s.size == 0:
-        return Screening(False, "empty or mismatched steps/loss")
-    bad = ~np.isfinite(l_)
-    if bad.any():
-        first = int(np.flatnonzero(bad)[0])
-        return Screening(False, f"diverged: {int(bad.sum())} non-finite loss values from step {s[first]:g}")
-    if np.any(l_ <= 0):
-        return Screening(False, "loss <= 0")
-    k = max(1, int(round(edge_fraction * l_.size)))
-    head, tail = float(np.median(l_[:k])), float(np.median(l_[-k:]))
-    if tail > explode_factor * head:
-        return Screening(False, f"diverged: final loss {tail:.4g} > {explode_factor:g} x initial {head:.4g}")
-    peak = float(np.max(l_))
-    if peak > spike_factor * head:
-        return Screening(False, f"loss spike {peak:.4g} > {spike_factor:g} x initial {head:.4g}")
-    return Screening(True, None)
 
 
 # ====================================================================== shared helpers

@@ -13,8 +13,9 @@ too_short  validated, but it stops before the end of the α_early window
 invalid    validation failed (its reasons are copied) or the analysis
            rejected the curve itself
 diverged   training stopped the run as diverged (``run_info.json`` outcome),
-           or its loss is non-finite, above ``explode_factor`` × its initial
-           value, or ends above ``final_factor`` × initial;
+           or its whole curve breaks the divergence rule
+           (:func:`loss_slope.train.divergence.check_divergence`: non-finite,
+           exploded, or ended above where it started);
            ``diverged_step`` says where
 ========== ================================================================
 
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +41,9 @@ from loss_slope.analysis.exceptions import NotEnoughPoints
 from loss_slope.analysis.knee import DEFAULT_KNEE_METHOD
 from loss_slope.analysis.slopes import window_scan
 from loss_slope.report._io import one_thread, read_json, write_json
+from loss_slope.train.divergence import Divergence, check_divergence
 
-__all__ = ["Divergence", "check_divergence", "fit_run", "fit_run_tables", "fit_options", "TIME_AXES", "AXIS_COLUMNS"]
+__all__ = ["fit_run", "fit_run_tables", "fit_options", "TIME_AXES", "AXIS_COLUMNS"]
 
 #: Knee definitions under which H1 is also decided (besides the calibrated test).
 H1_KNEE_METHODS = ("burn_in_aic", "ce_threshold")
@@ -72,72 +73,6 @@ CURVE_BIN_DECADES = 0.02
 RAW_POINTS = 500
 #: model predictions are stored at this many log-spaced steps
 MODEL_POINTS = 120
-
-
-@dataclass(frozen=True)
-class Divergence:
-    """Whether a training curve diverged.
-
-    Attributes
-    ----------
-    diverged : bool
-    step : float or None
-        First optimizer step that shows it (``None`` when not diverged).
-    reason : str or None
-    """
-
-    diverged: bool
-    step: float | None
-    reason: str | None
-
-
-def check_divergence(
-    steps, loss, *, explode_factor: float = 10.0, final_factor: float = 1.0, edge_fraction: float = 0.02
-) -> Divergence:
-    """Detect a diverged run and the step where it shows.
-
-    Parameters
-    ----------
-    steps, loss : array_like, shape (n,)
-        Optimizer steps and per-step training loss (any unit).
-    explode_factor : float
-        Diverged when any loss exceeds this multiple of the initial loss.
-    final_factor : float
-        Diverged when the final loss exceeds this multiple of the initial loss.
-    edge_fraction : float
-        The initial (final) loss is the median of the first (last) fraction of steps.
-
-    Returns
-    -------
-    Divergence
-    """
-    s = np.asarray(steps, dtype=float)
-    y = np.asarray(loss, dtype=float)
-    if s.size == 0:
-        return Divergence(False, None, None)
-    bad = ~np.isfinite(y)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        return Divergence(True, float(s[i]), f"non-finite training loss ({int(bad.sum())} steps) from step {s[i]:g}")
-    k = max(1, int(round(edge_fraction * y.size)))
-    head, tail = float(np.median(y[:k])), float(np.median(y[-k:]))
-    over = np.flatnonzero(y > explode_factor * head)
-    if over.size:
-        i = int(over[0])
-        return Divergence(
-            True,
-            float(s[i]),
-            f"training loss {y[i]:.4g} at step {s[i]:g} exceeds {explode_factor:g} x its initial {head:.4g}",
-        )
-    if tail > final_factor * head:
-        i = y.size - k
-        return Divergence(
-            True,
-            float(s[i]),
-            f"final training loss {tail:.4g} (steps {s[i]:g}-{s[-1]:g}) is above {final_factor:g} x "
-            f"its initial {head:.4g}: the run did not learn",
-        )
-    return Divergence(False, None, None)
 
 
 def fit_options(fit: Mapping[str, Any], loss_unit: str) -> dict:

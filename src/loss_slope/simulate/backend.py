@@ -272,7 +272,7 @@ def run_simulated(cfg) -> int:
     tables = (steps_t, val_t, curv_t, noise_t, ckpt_t)
     div = trainer.get("divergence") or {}
     guard = DivergenceGuard(
-        max_loss_factor=div.get("max_loss_factor", 10.0), reference_steps=int(div.get("reference_steps", 10))
+        explode_factor=div.get("max_loss_factor", 10.0), reference_steps=int(div.get("reference_steps", 10))
     )
     best: list[list] = []  # [val loss, step] of the kept best checkpoints
     seen = _checkpoint_keys(paths.tables / "checkpoints.csv")

@@ -208,7 +208,7 @@ def build_trainer(cfg, run: Run) -> Parts:
         flush_every=int(cfg.trainer.flush_every_steps),
         log_every=cfg.trainer.log_every_steps,
         guard=DivergenceGuard(
-            max_loss_factor=cfg.trainer.divergence.max_loss_factor,
+            explode_factor=cfg.trainer.divergence.max_loss_factor,
             reference_steps=int(cfg.trainer.divergence.reference_steps),
         ),
     )
