@@ -14,6 +14,7 @@ import torch
 from _util import PYTHON, run_cmd
 from loss_slope.tables.export import export_run
 from loss_slope.tables.parquet import convert_run
+from loss_slope.tables.schema import MONITOR_TABLES, TABLES as SCHEMA_TABLES
 from loss_slope.tables.validate import validate_run
 
 # 3 epochs x 44 steps, tiny net, monitors at a fast cadence: curvature every 15 steps (never at a
@@ -37,7 +38,7 @@ ARGS = [
 ]
 # the resumed run first crashes once at step 50 (after the curvature row of step 45, checkpoint at 44)
 FAULT = ["trainer.fault.fail_run=m", "trainer.fault.fail_at_step=50"]
-TABLES = ("steps", "val", "curvature", "noise", "checkpoints")
+TABLES = tuple(SCHEMA_TABLES)
 WALL_CLOCK = ("time", "seconds")
 
 
@@ -134,7 +135,7 @@ def test_run_info_records_the_cadence_and_validation_passes(resumed, tmp_path):
         val_csv=out["val"],
         run_info=tmp_path / "run_info.json",
         attempts=tmp_path / "attempts.json",
-        monitors={t: out[t] for t in TABLES[2:]},
+        monitors={t: out[t] for t in MONITOR_TABLES},
     )
     pq = {t: tmp_path / f"{t}.parquet" for t in TABLES}
     conv = convert_run(
@@ -143,7 +144,7 @@ def test_run_info_records_the_cadence_and_validation_passes(resumed, tmp_path):
         steps_parquet=pq["steps"],
         val_parquet=pq["val"],
         report_path=tmp_path / "conv.json",
-        monitors={t: (out[t], pq[t]) for t in TABLES[2:]},
+        monitors={t: (out[t], pq[t]) for t in MONITOR_TABLES},
     )
     assert conv["ok"], conv
     rep = validate_run(
@@ -152,7 +153,7 @@ def test_run_info_records_the_cadence_and_validation_passes(resumed, tmp_path):
         convert_report=tmp_path / "conv.json",
         run_info=tmp_path / "run_info.json",
         expected={"variant": "S-core", "run": "m", "lr": info["lr"], "weight_decay": info["weight_decay"], "seed": 3},
-        monitors={t: pq[t] for t in TABLES[2:]},
+        monitors={t: pq[t] for t in MONITOR_TABLES},
     )
     assert rep.passed, rep.summary()
     assert {"curvature_cadence", "noise_cadence", "checkpoints_recorded"} <= {c.name for c in rep.checks}

@@ -199,3 +199,17 @@ def test_the_literal_rule_names_its_thresholds_when_the_clustered_h2_cannot_be_c
     md = render_summary(table, stats, FIGS, partial=True)
     rule = f"|Spearman ρ| ≥ {STUDY['h2_min_abs_rho']:g} with p < {STUDY['h2_max_p']:g}"
     assert rule in md and "n/a with" not in md
+
+
+def test_one_run_identity_and_one_list_of_monitor_tables():
+    from dataclasses import fields
+
+    from loss_slope.pipeline.settings import run_identity
+    from loss_slope.study.runs import RunSpec
+    from loss_slope.tables.schema import MONITOR_TABLES, RUN_IDENTITY, TABLES
+
+    assert set(RUN_IDENTITY) <= {f.name for f in fields(RunSpec)}
+    spec = RunSpec("V", "lr0.1-wd0-s0", "s_core", "sgd", 0.1, 0.0, 0, ())
+    assert tuple(run_identity(spec)) == RUN_IDENTITY
+    assert spec.expected() == {"variant": "V", "run": "lr0.1-wd0-s0", "lr": 0.1, "weight_decay": 0.0, "seed": 0}
+    assert MONITOR_TABLES == ("curvature", "noise", "checkpoints") and set(MONITOR_TABLES) < set(TABLES)

@@ -9,7 +9,7 @@ import pytest
 from loss_slope.tables.csvlog import CsvTable, truncate_table
 from loss_slope.tables.export import export_run
 from loss_slope.tables.parquet import convert_run
-from loss_slope.tables.schema import TABLES, columns
+from loss_slope.tables.schema import MONITOR_TABLES, TABLES, columns
 from loss_slope.tables.validate import expected_val_steps, validate_run
 from loss_slope.tables.validate_monitors import expected_monitor_steps
 from loss_slope.train.schedule import Schedule
@@ -30,7 +30,6 @@ MONITORS = {
     "psd_min_points": 12,
     "checkpoint_size": True,
 }
-MONITOR_TABLES = ("curvature", "noise", "checkpoints")
 
 
 def curvature_row(s, lam=50.0, status="ok"):

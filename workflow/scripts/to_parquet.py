@@ -4,8 +4,8 @@ sys.stderr = open(snakemake.log[0], "w")
 
 from loss_slope.tables.export import export_run
 from loss_slope.tables.parquet import convert_run
+from loss_slope.tables.schema import MONITOR_TABLES
 
-MONITORS = ("curvature", "noise", "checkpoints")
 out = snakemake.output
 
 export_run(
@@ -14,7 +14,7 @@ export_run(
     val_csv=out.val_csv,
     run_info=out.run_info,
     attempts=out.attempts,
-    monitors={t: out[f"{t}_csv"] for t in MONITORS},
+    monitors={t: out[f"{t}_csv"] for t in MONITOR_TABLES},
 )
 result = convert_run(
     steps_csv=out.steps_csv,
@@ -22,7 +22,7 @@ result = convert_run(
     steps_parquet=out.steps,
     val_parquet=out.val,
     report_path=out.report,
-    monitors={t: (out[f"{t}_csv"], out[t]) for t in MONITORS},
+    monitors={t: (out[f"{t}_csv"], out[t]) for t in MONITOR_TABLES},
 )
 for table in result["tables"].values():
     for error in table["errors"]:

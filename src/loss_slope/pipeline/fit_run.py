@@ -41,6 +41,7 @@ from loss_slope.analysis.exceptions import NotEnoughPoints
 from loss_slope.analysis.knee import DEFAULT_KNEE_METHOD
 from loss_slope.analysis.slopes import window_scan
 from loss_slope.report._io import one_thread, read_json, write_json
+from loss_slope.tables.schema import RUN_IDENTITY
 from loss_slope.train.divergence import Divergence, check_divergence
 
 __all__ = ["fit_run", "fit_run_tables", "fit_options", "TIME_AXES", "AXIS_COLUMNS"]
@@ -213,7 +214,7 @@ def fit_run_tables(
     validation : mapping
         The run's ``validation.json`` (``passed``, ``reasons``).
     identity : mapping
-        variant, run, experiment, optimizer, lr, weight_decay, seed (from the study config).
+        The run's :data:`~loss_slope.tables.schema.RUN_IDENTITY` (from the study config).
     fit, divergence : mapping
         The config's ``analysis.fit`` and ``analysis.divergence`` blocks.
     loss_unit : {"nats", "bits"}
@@ -232,7 +233,7 @@ def fit_run_tables(
     """
     spe = float(run_info.get("steps_per_epoch") or 0) or float("nan")
     row: dict[str, Any] = {
-        **{k: identity.get(k) for k in ("variant", "run", "experiment", "optimizer", "lr", "weight_decay", "seed")},
+        **{k: identity.get(k) for k in RUN_IDENTITY},
         "status": "ok",
         "reason": None,
         "validation_status": "valid" if validation.get("passed") else "invalid",
@@ -440,7 +441,7 @@ def fit_run(
     output : path
         The fit JSON to write.
     identity : mapping
-        variant, run, experiment, optimizer, lr, weight_decay, seed.
+        The run's :data:`~loss_slope.tables.schema.RUN_IDENTITY`.
     settings : mapping
         ``{"loss_unit": ..., "fit": {...}, "divergence": {...}}`` from the config's
         ``analysis`` block.

@@ -58,13 +58,6 @@ def study_settings(config: Mapping[str, Any]) -> dict:
 
 
 def run_identity(spec) -> dict:
-    """The identifiers of a run (a :class:`loss_slope.study.runs.RunSpec`) for its table row."""
-    return {
-        "variant": spec.variant,
-        "run": spec.run,
-        "experiment": spec.experiment,
-        "optimizer": spec.optimizer,
-        "lr": spec.lr,
-        "weight_decay": spec.weight_decay,
-        "seed": spec.seed,
-    }
+    """The identifiers of a run (a :class:`loss_slope.study.runs.RunSpec`) for its table row
+    (:data:`loss_slope.tables.schema.RUN_IDENTITY`)."""
+    return spec.identity()

@@ -20,6 +20,7 @@ from scipy import stats as sps
 from loss_slope.analysis import AnalysisError, h1_statistics, h2_statistics
 from loss_slope.analysis.stats import h2_statistics_diverged_worst_rank, h2_window_heatmap
 from loss_slope.pipeline.fit_run import TIME_AXES
+from loss_slope.tables.schema import RUN_IDENTITY
 
 from ._io import EXCLUDED_STATUSES, STATUSES, one_thread, read_json, write_json
 from .results import H1Criterion, H1Section, H2Literal, H2Result, H2Section, NotComputable
@@ -33,7 +34,7 @@ __all__ = [
     "summarize",
 ]
 
-ID_COLUMNS = ("variant", "run", "experiment", "optimizer", "lr", "weight_decay", "seed")
+ID_COLUMNS = RUN_IDENTITY
 #: the columns a reader wants first; every other fit number follows, sorted
 LEAD_COLUMNS = (
     *ID_COLUMNS,

@@ -265,10 +265,7 @@ def run_simulated(cfg) -> int:
     val_at = {int(v): i for i, v in enumerate(vsteps)}
 
     durable = bool(sim["fsync"])
-    steps_t, val_t, curv_t, noise_t, ckpt_t = (
-        _Table(paths.tables / f"{t}.csv", t, durable=durable)
-        for t in ("steps", "val", "curvature", "noise", "checkpoints")
-    )
+    steps_t, val_t, curv_t, noise_t, ckpt_t = (_Table(paths.tables / f"{t}.csv", t, durable=durable) for t in TABLES)
     tables = (steps_t, val_t, curv_t, noise_t, ckpt_t)
     div = trainer.get("divergence") or {}
     guard = DivergenceGuard(

@@ -13,6 +13,8 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
+from loss_slope.tables.schema import RUN_IDENTITY
+
 EXPERIMENT_OPTIMIZER = {"s_core": "sgd", "s_adamw": "adamw", "s_bn_off": "sgd", "s_narrow": "sgd"}
 
 
@@ -45,15 +47,13 @@ class RunSpec:
         """The Hydra overrides, each quoted for a POSIX shell."""
         return " ".join(shlex.quote(o) for o in self.overrides)
 
+    def identity(self) -> dict:
+        """The run's :data:`~loss_slope.tables.schema.RUN_IDENTITY` columns, in that order."""
+        return {k: getattr(self, k) for k in RUN_IDENTITY}
+
     def expected(self) -> dict:
-        """What validation checks the logged run against."""
-        return {
-            "variant": self.variant,
-            "run": self.run,
-            "lr": self.lr,
-            "weight_decay": self.weight_decay,
-            "seed": self.seed,
-        }
+        """What validation checks the logged run against (its identity less experiment and optimizer)."""
+        return {k: v for k, v in self.identity().items() if k not in ("experiment", "optimizer")}
 
 
 def training_overrides(config: dict) -> list[str]:

@@ -6,10 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
-from loss_slope.tables.schema import columns
+from loss_slope.tables.schema import MONITOR_TABLES, columns
 from loss_slope.train.attempts import read_attempts, summarize_attempts
-
-MONITOR_TABLES = ("curvature", "noise", "checkpoints")
 
 
 def export_run(run_dir: str | Path, *, steps_csv, val_csv, run_info, attempts, monitors: dict | None = None) -> None:

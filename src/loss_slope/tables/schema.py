@@ -12,6 +12,11 @@ import pyarrow as pa
 
 LN2 = math.log(2.0)
 
+#: The columns that identify a run in every per-run record (fit rows, ``runs.csv``,
+#: rule params): its coordinates in the study, from the config. A
+#: :class:`loss_slope.study.runs.RunSpec` has one field per column (``RunSpec.identity``).
+RUN_IDENTITY = ("variant", "run", "experiment", "optimizer", "lr", "weight_decay", "seed")
+
 # every optimizer step: step 0..N-1, once each
 STEPS = pa.schema(
     [
@@ -96,6 +101,9 @@ TABLES: dict[str, pa.Schema] = {
     "noise": NOISE,
     "checkpoints": CHECKPOINTS,
 }
+
+#: The monitor tables (docs/monitors.md): every table but the per-step and validation ones.
+MONITOR_TABLES: tuple[str, ...] = tuple(t for t in TABLES if t not in ("steps", "val"))
 
 # Columns that identify a row: no two rows of a table share them.
 KEYS: dict[str, tuple[str, ...]] = {

@@ -12,9 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from loss_slope.tables.arrays import read_columns
-from loss_slope.tables.schema import CHECKPOINT_KINDS
-
-MONITOR_TABLES = ("curvature", "noise", "checkpoints")
+from loss_slope.tables.schema import CHECKPOINT_KINDS, MONITOR_TABLES
 
 
 def expected_monitor_steps(every: int, total: int) -> np.ndarray:

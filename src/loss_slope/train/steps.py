@@ -36,6 +36,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from loss_slope.data.datasets import DataBundle, build_data
 from loss_slope.tables.csvlog import truncate_table
+from loss_slope.tables.schema import TABLES as SCHEMA_TABLES
 from loss_slope.train.attempts import end_attempt, read_attempts, record_event, start_attempt, summarize_attempts
 from loss_slope.train.checkpoint_io import AtomicCheckpointIO, checkpoint_step
 from loss_slope.train.divergence import DivergenceGuard
@@ -60,7 +61,7 @@ from loss_slope.train.schedule import Schedule, schedule_from_config
 log = logging.getLogger("loss_slope.train")
 
 #: the tables a resumed attempt cuts back to its checkpoint (tables.schema.KEEP_ON_RESUME)
-TABLES = ("steps", "val", "curvature", "noise", "checkpoints")
+TABLES = tuple(SCHEMA_TABLES)
 
 
 @dataclass(frozen=True)
