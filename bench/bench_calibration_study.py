@@ -10,7 +10,7 @@ log-noise whose s.d. grows x3-x10 along the run (iid or AR(1) wander), and:
   which that curve has no knee.
 
 Prints the false-positive rate of ``broken_power_lrt`` at the configured threshold
-(11.0) with its Wilson 95 % upper bound, per class.  Usage::
+(``LRT_THRESHOLD``) with its Wilson 95 % upper bound, per class.  Usage::
 
     python bench/bench_calibration_study.py [--n 100] [--seed 2026]
 """
@@ -26,6 +26,7 @@ import numpy as np
 from scipy import signal
 
 from loss_slope.analysis import cumulative_lr, detect_knee
+from loss_slope.analysis.search import LRT_THRESHOLD
 from loss_slope.analysis.stats import wilson_interval
 
 N_STEPS, SPE, WARMUP_EPOCHS = 19_550, 391, 5
@@ -68,7 +69,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=100, help="curves per class")
     ap.add_argument("--seed", type=int, default=2026)
-    ap.add_argument("--threshold", type=float, default=11.0)
+    ap.add_argument("--threshold", type=float, default=LRT_THRESHOLD)
     ap.add_argument("--markdown", help="also write the table to this file")
     args = ap.parse_args()
     lines: list[str] = []

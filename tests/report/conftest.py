@@ -8,13 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from loss_slope.analysis.search import LRT_THRESHOLD
 from loss_slope.analysis.synthetic import CurveSpec, make_curve
 
 LN2 = math.log(2.0)
 
 FIT = {
     "knee_methods": ["broken_power_lrt", "burn_in_aic", "ce_threshold", "hinge"],
-    "lrt_threshold": 11.0,
+    "lrt_threshold": LRT_THRESHOLD,
     "burn_in_min_delta_aic": 2.0,
     "hinge_min_delta_aic": 2.0,
     "ce_threshold_nats": 1.0,

@@ -213,3 +213,17 @@ def test_one_run_identity_and_one_list_of_monitor_tables():
     assert tuple(run_identity(spec)) == RUN_IDENTITY
     assert spec.expected() == {"variant": "V", "run": "lr0.1-wd0-s0", "lr": 0.1, "weight_decay": 0.0, "seed": 0}
     assert MONITOR_TABLES == ("curvature", "noise", "checkpoints") and set(MONITOR_TABLES) < set(TABLES)
+
+
+def test_the_calibrated_lrt_threshold_has_one_source():
+    from pathlib import Path
+
+    from loss_slope.analysis.search import LRT_THRESHOLD
+
+    repo = Path(__file__).resolve().parents[2]
+    # the config key's default (and config/*.yaml) repeat the calibrated value for users
+    fit = load_schema()["properties"]["analysis"]["properties"]["fit"]["properties"]
+    assert fit["lrt_threshold"]["default"] == LRT_THRESHOLD
+    for name in ("config.yaml", "study.yaml", "simulated.yaml"):
+        cfg = yaml.safe_load((repo / "config" / name).read_text())
+        assert cfg["analysis"]["fit"]["lrt_threshold"] == LRT_THRESHOLD, name
