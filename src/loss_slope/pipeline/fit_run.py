@@ -40,7 +40,8 @@ from loss_slope.analysis import AnalysisError, analyze_curve, cumulative_lr
 from loss_slope.analysis.exceptions import NotEnoughPoints
 from loss_slope.analysis.knee import DEFAULT_KNEE_METHOD
 from loss_slope.analysis.slopes import window_scan
-from loss_slope.report._io import one_thread, read_json, write_json
+from loss_slope.jsonio import read_json, write_json
+from loss_slope.report._io import one_thread
 from loss_slope.tables.schema import RUN_IDENTITY
 from loss_slope.train.divergence import Divergence, check_divergence
 
@@ -229,7 +230,7 @@ def fit_run_tables(
     -------
     dict
         ``{"row": {...}, "curve": {...}, "models": {...}, "window_scan": {...} or None,
-        "settings": {...}}`` -- strict JSON after :func:`loss_slope.report._io.jsonable`.
+        "settings": {...}}`` -- strict JSON after :func:`loss_slope.jsonio.jsonable`.
     """
     spe = float(run_info.get("steps_per_epoch") or 0) or float("nan")
     row: dict[str, Any] = {

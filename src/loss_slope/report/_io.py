@@ -1,15 +1,25 @@
-"""Shared by the fit and report stages: strict-JSON reading and writing, the run
-statuses, and how percentages and p-values are printed (figures and summary.md alike)."""
+"""Shared by the fit and report stages: the run statuses, how percentages and
+p-values are printed (figures and summary.md alike), and (from :mod:`loss_slope.jsonio`)
+strict-JSON reading and writing."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-from pathlib import Path
-from typing import Any
 
-import numpy as np
+from loss_slope.jsonio import jsonable, read_json, write_json
+
+__all__ = [
+    "STATUSES",
+    "EXCLUDED_STATUSES",
+    "fmt_pct",
+    "fmt_num",
+    "fmt_p",
+    "jsonable",
+    "read_json",
+    "write_json",
+    "one_thread",
+]
 
 #: Every status a run can have in the per-run table, in display order.
 STATUSES = ("ok", "too_short", "invalid", "diverged", "missing")
@@ -33,36 +43,6 @@ def fmt_p(p) -> str:
     if p is None or not math.isfinite(p):
         return "n/a"
     return f"{p:.2g}" if p >= 0.001 else f"{p:.1e}"
-
-
-def jsonable(value: Any) -> Any:
-    """Plain Python values for strict JSON: NaN/inf become None, numpy becomes Python."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist())
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    return value
-
-
-def write_json(data: Any, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(jsonable(data), indent=1, allow_nan=False) + "\n")
-    tmp.replace(path)
-
-
-def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
 
 
 def one_thread():

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
+from loss_slope.jsonio import write_json
 from loss_slope.tables.schema import MONITOR_TABLES, columns
 from loss_slope.train.attempts import read_attempts, summarize_attempts
 
@@ -43,4 +43,4 @@ def export_run(run_dir: str | Path, *, steps_csv, val_csv, run_info, attempts, m
         else:
             dst.write_text(",".join(columns(table)) + "\n")
     records = summarize_attempts(read_attempts(run_dir / "attempts.jsonl"))
-    Path(attempts).write_text(json.dumps(records, indent=2, sort_keys=True) + "\n")
+    write_json(records, attempts, indent=2, sort_keys=True, strict=False)

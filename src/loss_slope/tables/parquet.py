@@ -28,7 +28,6 @@ duckdb ≥ 0.10 and polars.
 
 from __future__ import annotations
 
-import json
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -40,6 +39,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from loss_slope.jsonio import write_json
 from loss_slope.tables.schema import KEYS, TABLES
 
 COMPRESSION = "zstd"
@@ -281,6 +281,5 @@ def convert_run(
         out["tables"][table] = asdict(rep)
         out["ok"] &= rep.ok
     with _phase(timings, "report"):
-        Path(report_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(report_path).write_text(json.dumps(out, indent=2) + "\n")
+        write_json(out, report_path, indent=2, strict=False)
     return out

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from loss_slope.jsonio import write_json
 from loss_slope.tables.arrays import read_columns
 from loss_slope.tables.schema import LN2
 from loss_slope.tables.validate_monitors import check_monitors
@@ -195,6 +196,5 @@ def validate_run(
 
 
 def write_report(rep: ValidationReport, json_path, text_path) -> None:
-    Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(json_path).write_text(json.dumps(rep.to_dict(), indent=2) + "\n")
+    write_json(rep.to_dict(), json_path, indent=2, strict=False)
     Path(text_path).write_text(rep.summary())

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from loss_slope.jsonio import write_json
 from loss_slope.train.device import NoGPUError, resolve_accelerator
 from loss_slope.train.fingerprint import config_fingerprint
 from loss_slope.train.lock import RunLocked, acquire
@@ -126,11 +126,8 @@ def micro_batch_summary(records: list[dict], batch: int) -> dict:
 
 
 def _write_json(path: str | Path, obj: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    """Training state files (``run_info.json``, ``done.json``, ...): as given, keys sorted."""
+    write_json(obj, path, indent=2, sort_keys=True, strict=False, default=str)
 
 
 def _set_aside_if_stale(paths: RunPaths, fingerprint: str) -> bool:
