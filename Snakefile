@@ -5,7 +5,8 @@
 #   snakemake --profile profiles/local                       the offline demo (config/config.yaml)
 #   snakemake --profile profiles/local --configfile config/study.yaml -n    plan the 216-run study
 #
-# results/ layout (declared outputs; small):
+# results/ layout (declared outputs; small). Every path is a template in
+# src/loss_slope/pipeline/paths.py, which the rules and the Python code both read:
 #   results/probe/{variant}.json|.png|.md            runs-per-GPU probe (skipped when N is fixed)
 #   results/plan/{variant}/packs.json                packs of N runs (checkpoint when N is measured)
 #   results/packs/{variant}/{pack}.json              a pack finished: its runs trained (exit codes, logs)
