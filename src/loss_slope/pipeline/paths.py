@@ -20,6 +20,7 @@ __all__ = [
     "PACK_SPEC",
     "PACK_DONE",
     "RUN_DONE",
+    "EXPORT_ROOT",
     "EXPORT_DIR",
     "RUN_INFO",
     "ATTEMPTS",
@@ -40,6 +41,7 @@ __all__ = [
     "report_variant_table",
     "report_figure",
     "report_curves",
+    "DEFAULT_WORK_ROOT",
     "WORK_RUN",
     "TRAIN_LOG_DIR",
     "TRAIN_LOG",
@@ -62,7 +64,8 @@ PACK_DONE = "results/packs/{variant}/{pack}.json"
 RUN_DONE = "results/runs/{variant}/{run}.json"
 
 # ---- tables: export, Parquet, conversion report, validation
-EXPORT_DIR = "results/export/{variant}/{run}"
+EXPORT_ROOT = "results/export"
+EXPORT_DIR = EXPORT_ROOT + "/{variant}/{run}"
 RUN_INFO = EXPORT_DIR + "/run_info.json"
 ATTEMPTS = EXPORT_DIR + "/attempts.json"
 #: hive-partitioned Parquet tables (``pyarrow.dataset`` over ``PARQUET_ROOT/<table>``)
@@ -111,6 +114,8 @@ def report_curves(variant: str, ext: str) -> str:
 
 
 # ---- undeclared training state and logs
+#: the default of the config's ``paths.work_root``
+DEFAULT_WORK_ROOT = "work"
 #: a run's work tree (checkpoints, partial CSVs, attempt log); ``work_root`` is ``paths.work_root``
 WORK_RUN = "{work_root}/{variant}/{run}"
 #: the training logs of a variant's runs, one per run

@@ -40,6 +40,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from loss_slope.pipeline.paths import DEFAULT_WORK_ROOT, EXPORT_DIR, EXPORT_ROOT, WORK_RUN
+
 __all__ = ["compare_with_truth", "load_truths", "truth_axis", "truth_for_run", "truth_markdown"]
 
 
@@ -95,13 +97,16 @@ def load_truths(root: str | Path = ".", runs: Sequence[tuple[str, str]] | None =
     root = Path(root)
     if runs is None:
         found = set()
-        for base in (root / "results" / "export", root / "work"):
+        for base in (root / EXPORT_ROOT, root / DEFAULT_WORK_ROOT):
             if base.is_dir():
                 found |= {(d.parent.name, d.name) for d in base.glob("*/*") if d.is_dir() and ".stale-" not in d.name}
         runs = sorted(found)
     out: dict[str, dict] = {}
     for variant, run in runs:
-        dirs = [root / "results" / "export" / variant / run, root / "work" / variant / run]
+        dirs = [
+            root / EXPORT_DIR.format(variant=variant, run=run),
+            root / WORK_RUN.format(work_root=DEFAULT_WORK_ROOT, variant=variant, run=run),
+        ]
         info = next(
             (json.loads((d / "run_info.json").read_text()) for d in dirs if (d / "run_info.json").is_file()), None
         )
