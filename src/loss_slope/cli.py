@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from loss_slope.pipeline.paths import DEFAULT_WORK_ROOT, PACK_REGISTRY
+
 ALIVE_S = 180.0  # a lock touched within this many seconds is held by a live trainer (heartbeat: 30 s)
 
 
@@ -126,10 +128,10 @@ def run_state(run_dir: Path, *, now: float, max_errors: int = 3, total_hint: int
     return st
 
 
-def _planned_runs(results: Path) -> dict[str, list[str]]:
-    """Runs of each variant from the pack registries (results/plan/{variant}/packs.json)."""
+def _planned_runs(root: Path) -> dict[str, list[str]]:
+    """Runs of each variant from the pack registries (:data:`loss_slope.pipeline.paths.PACK_REGISTRY`)."""
     out: dict[str, list[str]] = {}
-    for reg in sorted(results.glob("plan/*/packs.json")):
+    for reg in sorted(root.glob(PACK_REGISTRY.format(variant="*"))):
         data = _read_json(reg) or {}
         runs = [m["run"] if isinstance(m, dict) else m for ms in data.get("packs", {}).values() for m in ms]
         out[reg.parent.name] = list(dict.fromkeys(runs))
@@ -146,8 +148,7 @@ def _fmt_eta(seconds: float | None) -> str:
 
 def collect(root: Path, work_root: Path, max_errors: int = 3, now: float | None = None) -> dict:
     now = time.time() if now is None else now
-    results = root / "results"
-    variants = _planned_runs(results)
+    variants = _planned_runs(root)
     if work_root.is_dir():
         for vdir in sorted(p for p in work_root.iterdir() if p.is_dir()):
             runs = variants.setdefault(vdir.name, [])
@@ -224,7 +225,7 @@ def main(argv=None) -> int:
     st.add_argument("--json", action="store_true", help="print the per-run states as JSON")
     a = ap.parse_args(argv)
     root = Path(a.root)
-    work_root = Path(a.work_root) if a.work_root else root / "work"
+    work_root = Path(a.work_root) if a.work_root else root / DEFAULT_WORK_ROOT
     table = collect(root, work_root, max_errors=a.max_error_attempts)
     if a.json:
         print(json.dumps(table, indent=1))

@@ -19,6 +19,8 @@ from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
 
+from loss_slope.pipeline.paths import REPORT_RUNS_PARQUET, VALIDATION_JSON
+
 _STAMP = re.compile(r"^\[(\w{3} \w{3}\s+\d+ \d\d:\d\d:\d\d \d{4})\]$")
 _START = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):$")
 _JOBID = re.compile(r"^\s+jobid: (\d+)$")
@@ -83,7 +85,7 @@ def benchmark_peaks(workdir: Path) -> dict[str, float]:
 
 
 def exactly_once(workdir: Path) -> dict:
-    reps = [json.loads(p.read_text()) for p in (workdir / "results" / "validation").glob("*/*/validation.json")]
+    reps = [json.loads(p.read_text()) for p in workdir.glob(VALIDATION_JSON.format(variant="*", run="*"))]
     checks = ("steps_exactly_once", "val_per_epoch", "curvature_cadence", "noise_cadence", "checkpoints_recorded")
     failed = defaultdict(list)
     for r in reps:
@@ -134,7 +136,7 @@ def main(argv=None) -> int:
         f"complete at full length, {eo['diverged']} diverged (complete up to their stop); failed checks: "
         f"{eo['failed'] or 'none'}\n"
     )
-    table = wd / "results" / "report" / "runs.parquet"
+    table = wd / REPORT_RUNS_PARQUET.format(reportdir="report")
     if table.exists():
         import pandas as pd
 
