@@ -216,7 +216,7 @@ def test_probe_auto_measures_with_and_without_a_daemon_and_keeps_the_faster():
 
     calls = []
 
-    def level(overrides, k, *, steps, warmup, timeout, env=None):
+    def level(overrides, k, *, steps, warmup, timeout, env=None, **kw):
         under = bool(env and "CUDA_MPS_PIPE_DIRECTORY" in env)
         calls.append((k, under))
         rate = {1: 100.0, 2: 150.0 if not under else 190.0, 3: 150.0 if not under else 200.0}[k]

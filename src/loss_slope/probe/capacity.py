@@ -57,9 +57,34 @@ def _gpu_util_sampler():
         return None
 
 
+def pack_cpu_set(k: int, overrides: list[str], available=None) -> list[int] | None:
+    """The CPUs a pack of ``k`` runs gets: ``k x training.threads`` of this job's CPUs (the probe's
+    level k runs on exactly these, not on all ``probe_k_max x threads`` the probe job holds).
+    None when the job has fewer (no pinning) or the platform cannot pin."""
+    if available is None:
+        if not hasattr(os, "sched_getaffinity"):
+            return None
+        available = os.sched_getaffinity(0)
+    threads = 1
+    for o in overrides:
+        if o.startswith("trainer.threads="):
+            threads = int(o.split("=", 1)[1])
+    need = k * threads
+    cpus = sorted(available)
+    return cpus[:need] if need <= len(cpus) else None
+
+
 def run_level(
-    overrides: list[str], k: int, *, steps: int, warmup: int, timeout: float, env: dict | None = None
+    overrides: list[str],
+    k: int,
+    *,
+    steps: int,
+    warmup: int,
+    timeout: float,
+    env: dict | None = None,
+    context_mb: float | None = None,
 ) -> tuple[ProbeLevel, list[dict]]:
+    cpus = pack_cpu_set(k, overrides)
     with tempfile.TemporaryDirectory(prefix=f"probe-k{k}-") as tmp:
         tmp = Path(tmp)
         procs = []
@@ -80,6 +105,7 @@ def run_level(
                 str(steps),
                 "--warmup",
                 str(warmup),
+                *(["--cpus", ",".join(map(str, cpus))] if cpus else []),
                 "--",
                 *overrides,
             ]
@@ -107,11 +133,16 @@ def run_level(
                 errors.append(
                     f"worker {i} exited {p.returncode}: {text.strip().splitlines()[-1] if text.strip() else ''}"
                 )
-    return level_from_workers(k, workers, errors, utils), workers
+    return level_from_workers(k, workers, errors, utils, context_mb=context_mb), workers
 
 
-def level_from_workers(k: int, workers: list[dict], errors: list[str], utils: list[float]) -> ProbeLevel:
-    """One probe level from its k workers' reports (and the GPU utilisation samples)."""
+def level_from_workers(
+    k: int, workers: list[dict], errors: list[str], utils: list[float], *, context_mb: float | None = None
+) -> ProbeLevel:
+    """One probe level from its k workers' reports (and the GPU utilisation samples).
+
+    Memory per worker: its ``peak_mem_mb`` (GPU: peak reserved + its CUDA context); a GPU
+    worker that could not measure its own context gets ``context_mb`` (the k = 1 worker's)."""
     oom = any(w["oom"] for w in workers) or any("OutOfMemoryError" in e for e in errors)
     ok = [w for w in workers if not w["oom"]]
     agg = None
@@ -121,12 +152,19 @@ def level_from_workers(k: int, workers: list[dict], errors: list[str], utils: li
         k=k,
         aggregate_samples_per_s=agg,
         step_ms=[w.get("step_ms") for w in ok],
-        peak_mem_mb=[w["peak_mem_mb"] for w in workers],
+        peak_mem_mb=[_footprint(w, context_mb) for w in workers],
         oom=oom,
         gpu_util_percent=(sum(utils) / len(utils)) if utils else None,
         errors=errors,
         host_rss_mb=[w["peak_rss_mb"] for w in workers if w.get("peak_rss_mb")],
     )
+
+
+def _footprint(worker: dict, context_mb: float | None) -> float:
+    on_gpu = str(worker.get("device", "")).startswith("cuda")
+    if on_gpu and worker.get("context_mb") is None and context_mb:
+        return worker["peak_mem_mb"] + context_mb
+    return worker["peak_mem_mb"]
 
 
 def aggregate_rate(workers: list[dict]) -> float:
@@ -166,12 +204,13 @@ def measure_levels(
 ) -> tuple[list[ProbeLevel], list[dict]]:
     """Levels k in ``ks`` (in order), stopping at the first OOM; also the first level's workers."""
     level = level or run_level
-    levels, first_workers = [], []
+    levels, first_workers, context = [], [], None
     for k in ks:
-        lv, workers = level(overrides, k, steps=steps, warmup=warmup, timeout=timeout, env=env)
+        lv, workers = level(overrides, k, steps=steps, warmup=warmup, timeout=timeout, env=env, context_mb=context)
         levels.append(lv)
         if not first_workers:
             first_workers = workers
+            context = next((w.get("context_mb") for w in workers if w.get("context_mb") is not None), None)
         if lv.oom:
             break
     return levels, first_workers
@@ -322,7 +361,7 @@ def write_probe(result: dict, json_path, png_path, md_path) -> None:
     lines = [
         f"### Probe: {result['variant']} on {result.get('gpu_name') or result['device']}",
         "",
-        "| k | samples/s (all) | step ms (each) | peak MiB (each) | GPU util % | OOM |",
+        "| k | samples/s (all) | step ms (each) | peak MiB (each; GPU: reserved + CUDA context) | GPU util % | OOM |",
         "|---|---:|---|---|---:|---|",
     ]
     for x in result["levels"]:
