@@ -230,7 +230,15 @@ def pack_runs(workdir: Path, work_root: str, job: Job) -> list[dict]:
 
 
 # ---------------------------------------------------------------- the breakdown
-def breakdown(workdir: Path, bare: dict, *, cores: int, log_path: Path | None = None, wall: float | None = None):
+def breakdown(
+    workdir: Path,
+    bare: dict,
+    *,
+    cores: int,
+    log_path: Path | None = None,
+    wall: float | None = None,
+    cpu: float | None = None,
+):
     """Wall time of the demo in ``workdir`` split into wall-equivalent seconds (core-seconds / cores)."""
 
     log_path = log_path or latest_log(workdir)
@@ -286,6 +294,11 @@ def breakdown(workdir: Path, bare: dict, *, cores: int, log_path: Path | None = 
         "cores": cores,
         "rows": rows,
         "ratio": wall / bare["bare_s"],
+        # CPU time of the whole demo (Snakemake and every job) over the bare loop's: the wall ratio
+        # of a machine whose cores nobody else uses and are never idle; robust to neighbours' load
+        "cpu_s": cpu,
+        "cpu_ratio": cpu / bare["bare_serial_s"] if cpu else None,
+        "load_avg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
 
 
@@ -311,8 +324,12 @@ def copy_tree(dest: Path) -> None:
             shutil.copy2(src, dest / raw.decode())
 
 
-def run_demo(dest: Path, cores: int) -> float:
+def run_demo(dest: Path, cores: int) -> tuple[float, float]:
+    """Run the demo in a copy of the working tree: (wall seconds, CPU seconds of it and all its jobs)."""
+    import resource
+
     copy_tree(dest)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     env = {**os.environ, "PYTHONPATH": f"{dest / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     snakemake = Path(sys.executable).with_name("snakemake")
     t0 = time.time()
@@ -324,10 +341,12 @@ def run_demo(dest: Path, cores: int) -> float:
         text=True,
     )
     wall = time.time() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     (dest / "snakemake.out").write_text(out.stdout + out.stderr)
     if out.returncode != 0:
         raise SystemExit(f"the demo failed (exit {out.returncode}); see {dest / 'snakemake.out'}")
-    return wall
+    return wall, cpu
 
 
 # ---------------------------------------------------------------- report
@@ -357,6 +376,17 @@ def markdown(bare: dict, demo: dict | None) -> str:
         f"ratio wall / bare = **{demo['ratio']:.2f}x** (target <= 1.4). Snakemake started "
         f"{demo['startup_s']:.0f} s before its first job.",
         "",
+    ]
+    if demo.get("cpu_s"):
+        lines += [
+            f"CPU time of the demo (Snakemake and all its jobs): {demo['cpu_s']:.0f} s = "
+            f"**{demo['cpu_ratio']:.2f}x** the bare loop's {bare['bare_serial_s']:.0f} s (the wall ratio of a "
+            "machine nobody else uses, with no idle core; not inflated by neighbours' load).",
+            "",
+        ]
+    if demo.get("load_avg") is not None:
+        lines += [f"Load average (1 min) when the table was made: {demo['load_avg']:.1f} on {demo['cores']} cores.", ""]
+    lines += [
         "| where the wall time goes (core-seconds / cores) | seconds | share | jobs |",
         "|---|---:|---:|---:|",
     ]
@@ -380,6 +410,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--steps", type=int, default=30, help="timed steps per block (3 blocks)")
     ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--bare", type=Path, help="reuse the bare loop of an earlier --json output (same machine)")
     ap.add_argument("--markdown", type=Path)
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
@@ -401,10 +432,15 @@ def main(argv=None) -> int:
         else:
             tmp = tempfile.TemporaryDirectory(prefix="demo-overhead-")
             workdir = Path(tmp.name)
-        a.wall = run_demo(workdir, a.cores)
-    bare = bare_loop(load_config(a.config), cores=a.cores, steps=a.steps, warmup=a.warmup)
+        a.wall, cpu = run_demo(workdir, a.cores)
+    else:
+        cpu = None
+    if a.bare:
+        bare = json.loads(a.bare.read_text())["bare"]
+    else:
+        bare = bare_loop(load_config(a.config), cores=a.cores, steps=a.steps, warmup=a.warmup)
     if workdir is not None:
-        demo = breakdown(workdir, bare, cores=a.cores, log_path=a.log, wall=a.wall)
+        demo = breakdown(workdir, bare, cores=a.cores, log_path=a.log, wall=a.wall, cpu=cpu)
     if tmp is not None:
         tmp.cleanup()
     text = markdown(bare, demo)
