@@ -182,10 +182,11 @@ def parse_log(text: str) -> tuple[float | None, list[Job]]:
 
 
 def latest_log(workdir: Path) -> Path:
-    logs = sorted((workdir / ".snakemake" / "log").glob("*.snakemake.log"))
-    if not logs:
-        raise SystemExit(f"no Snakemake log under {workdir}/.snakemake/log")
-    return logs[-1]
+    """The newest Snakemake log that ran jobs (dry-runs and --unlock leave logs too)."""
+    for path in sorted((workdir / ".snakemake" / "log").glob("*.snakemake.log"), reverse=True):
+        if "Finished jobid" in path.read_text(errors="replace"):
+            return path
+    raise SystemExit(f"no Snakemake log of a run under {workdir}/.snakemake/log")
 
 
 # ---------------------------------------------------------------- per run

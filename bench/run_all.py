@@ -40,7 +40,7 @@ def demo_overhead_section(results: Path | None, run: bool) -> str:
     title = "Demo overhead: wall time against the bare training loop"
     if run:
         return section(title, ["bench/bench_demo_overhead.py", "--run"], REPO / "bench" / "out" / "demo_overhead.md")
-    if results is None or not (results / ".snakemake" / "log").is_dir():
+    if results is None or not (results / ".snakemake" / "log").is_dir() or not (results / "results" / "packs").is_dir():
         return (
             f"## {title}\n\nNo demo has run in {results or REPO}: `python bench/bench_demo_overhead.py --results DIR` "
             "reads one, `--run` (or `run_all.py --with-demo`) runs one.\n"
