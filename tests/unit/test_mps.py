@@ -248,3 +248,22 @@ def test_probe_on_an_exclusive_gpu_without_mps_measures_one_process_only():
     # on the CPU (no nvidia-smi) the setting is ignored, and said so
     res = probe_capacity(["x=1"], variant="V", k_max=2, steps=5, mps="on", run=FakeRun(), which=_no_smi, level=level)
     assert res["mps"] is False and "ignored" in res["reason"]
+
+
+def test_runs_left_waiting_for_a_slot_when_the_budget_ends_are_unfinished_not_done(tmp_path, fake_trainers):
+    """One at a time on an exclusive GPU: a run not started before the time budget ran out makes the
+    pack exit 3 (resubmit; the next attempt trains it), never a complete pack output."""
+    from loss_slope.train.pack import EXIT_UNFINISHED, launch_pack
+
+    code = launch_pack(
+        plan_path=_pack(tmp_path, 2),
+        pack="pack-x",
+        variant="V",
+        output=tmp_path / "out.json",
+        log_dir=tmp_path / "logs",
+        work_root=tmp_path / "work",
+        extra_overrides=["trainer.max_time_s=30"],  # less than the minute a run needs to be started
+        mps_runner=FakeRun("Exclusive_Process"),
+        which=_has_smi,
+    )
+    assert code == EXIT_UNFINISHED and len(fake_trainers.envs) == 1 and not (tmp_path / "out.json").exists()

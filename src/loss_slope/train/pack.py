@@ -321,6 +321,9 @@ def _train_members(
             if p.poll() is None:
                 p.send_signal(signum)
         waiting.clear()
+        for m in pending:  # never started: the next attempt trains it
+            log_path = str(Path(log_dir) / f"{m['run']}.log")
+            results[m["run"]] = {"exit_code": None, "status": "unfinished", "log": log_path}
         pending.clear()
 
     signal.signal(signal.SIGTERM, forward)
@@ -380,7 +383,8 @@ def _train_members(
         while pending and len(procs) + len(waiting) < max_parallel:
             if deadline is not None and time.time() > deadline - 60:
                 for m in pending:  # no time left for it: the next attempt starts it
-                    results[m["run"]] = {"exit_code": None, "status": "unfinished", "log": ""}
+                    log_path = str(Path(log_dir) / f"{m['run']}.log")
+                    results[m["run"]] = {"exit_code": None, "status": "unfinished", "log": log_path}
                 pending.clear()
                 break
             start(pending.pop(0), remaining_overrides())
