@@ -23,7 +23,7 @@ reader and probe worker load it unchanged (no download):
    processes of :mod:`loss_slope.probe.worker` (via
    :func:`loss_slope.probe.capacity.run_level`, the pipeline's probe) train
    for ``--steps`` steps after ``--warmup`` steps: samples/s in total and per
-   process, peak GPU memory per process (``torch.cuda.max_memory_allocated``),
+   process, peak GPU memory per process (peak reserved memory + its CUDA context),
    OOM. N is chosen by :func:`loss_slope.probe.capacity.choose_runs_per_gpu`,
    the function the pipeline uses; the packing gain is the total throughput
    at N over that at k = 1.
@@ -298,7 +298,9 @@ def probe_variant(overrides: list[str], *, max_n: int, steps: int, warmup: int, 
     levels, first, steps_used = [], [], []
     for k in range(1, max_n + 1):
         t0 = time.perf_counter()
-        level, workers = run_level(overrides, k, steps=steps, warmup=warmup, timeout=timeout)
+        # GPU memory per process: peak reserved + CUDA context (the k = 1 worker's where one could not measure it)
+        context = next((w.get("context_mb") for w in first if w.get("context_mb") is not None), None)
+        level, workers = run_level(overrides, k, steps=steps, warmup=warmup, timeout=timeout, context_mb=context)
         wall = time.perf_counter() - t0
         levels.append(level)
         steps_used.append(steps)

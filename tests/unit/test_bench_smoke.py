@@ -17,3 +17,63 @@ def test_bench_script_runs(args, tmp_path):
     run_cmd([PYTHON, REPO / args[0], *args[1:], "--markdown", md], cwd=REPO, timeout=300)
     text = md.read_text()
     assert "| " in text and "ratio" in text or "speed-up" in text
+
+
+LOG = """Assuming unrestricted shared filesystem usage.
+  Date: 2026-12-03 10:00:00
+Select jobs to execute...
+[Thu Dec  3 10:00:02 2026]
+localrule train_pack:
+    jobid: 5
+    threads: 2
+    wildcards: variant=V, pack=pack-x
+[Thu Dec  3 10:00:12 2026]
+Finished jobid: 5 (Rule: train_pack)
+[Thu Dec  3 10:00:12 2026]
+localrule fit_run:
+    jobid: 7
+    wildcards: variant=V, run=r0
+[Thu Dec  3 10:00:14 2026]
+Finished jobid: 7 (Rule: fit_run)
+"""
+
+
+def test_demo_overhead_breakdown_adds_up_to_the_wall_time(tmp_path, monkeypatch):
+    """bench_demo_overhead: jobs from the Snakemake log, each run's start-up / loop / bare steps from its
+    work tree; the rows (core-seconds / cores) add up to the wall time."""
+    import importlib.util
+    import json
+    import sys
+    import time
+
+    spec = importlib.util.spec_from_file_location("bench_demo_overhead", REPO / "bench" / "bench_demo_overhead.py")
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_demo_overhead", bench)  # dataclasses look their module up
+    spec.loader.exec_module(bench)
+    (tmp_path / ".snakemake" / "log").mkdir(parents=True)
+    (tmp_path / ".snakemake" / "log" / "2026-12-03T100000.snakemake.log").write_text(LOG)
+    began, jobs = bench.parse_log(LOG)
+    assert [(j.rule, j.threads, j.seconds, j.wildcards) for j in jobs] == [
+        ("train_pack", 2, 10.0, {"variant": "V", "pack": "pack-x"}),
+        ("fit_run", 1, 2.0, {"variant": "V", "run": "r0"}),
+    ]
+    t0 = time.mktime(time.strptime("2026-12-03 10:00:02", "%Y-%m-%d %H:%M:%S"))
+    (tmp_path / "results" / "packs" / "V").mkdir(parents=True)
+    (tmp_path / "results" / "packs" / "V" / "pack-x.json").write_text(json.dumps({"runs": {"r0": {}, "r1": {}}}))
+    for run, end in (("r0", 9.0), ("r1", 7.0)):
+        d = tmp_path / "work" / "V" / run
+        (d / "tables").mkdir(parents=True)
+        att = [{"event": "start", "time": t0 + 1.5}, {"event": "end", "time": t0 + end}]
+        (d / "attempts.jsonl").write_text("".join(json.dumps(a) + "\n" for a in att))
+        rows = [f"{s},0,{t0 + 2 + s * 0.5},0.1" for s in range(11)]  # 11 steps from t0+2 to t0+7
+        (d / "tables" / "steps.csv").write_text("step,epoch,time,lr\n" + "\n".join(rows) + "\n")
+    monkeypatch.setattr(bench, "_load_demo_config", lambda workdir: {})
+    v = {"step_s": 0.2, "runs": 2, "steps_per_run": 11, "batch_draw_s": 0.001, "bare_s": 4.4}
+    bare = {"variants": {"V": v}, "bare_s": 5.0, "bare_serial_s": 10.0}
+    out = bench.breakdown(tmp_path, bare, cores=2)
+    assert out["wall_s"] == 14.0 and out["ratio"] == 14.0 / 5.0 and out["runs"] == 2
+    rows = out["rows"]
+    assert rows["train: bare steps"] == 2 * 11 * 0.2 / 2
+    assert rows["train: run start-up (pack start -> first step)"] == 2 * 2.0 / 2
+    assert abs(sum(rows.values()) - 14.0) < 1e-9
+    assert "| **total** | **14** |" in bench.markdown({**bare, "cores": 2, "slots": 2}, out)

@@ -1,6 +1,8 @@
 """MPS for packs: command construction and the compute-mode branch, without a GPU (fake runner)."""
 
+import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -80,3 +82,188 @@ def test_auto_keeps_mps_only_when_measured_faster():
     assert mps.choose_with_and_without({False: 100.0, True: 90.0}) is False
     assert mps.choose_with_and_without({False: 100.0, True: None}) is False
     assert mps.runs_environment({"A": "1"}, None) == {"A": "1"}
+
+
+# ---- wired into the pack job (loss_slope.train.pack) and the probe (loss_slope.probe.capacity)
+def _has_smi(name):
+    return "/usr/bin/nvidia-smi" if name == "nvidia-smi" else None
+
+
+def _no_smi(name):
+    return None
+
+
+def test_pack_sharing_reads_the_compute_mode_only_where_it_matters():
+    from loss_slope.train.pack import gpu_sharing
+
+    run = FakeRun("Exclusive_Process\n")
+    d = gpu_sharing(3, "off", run=run, which=_has_smi, environ={"CUDA_VISIBLE_DEVICES": "2,3"})
+    assert d.runs == 1 and not d.mps and "Exclusive_Process" in d.message
+    assert run.calls[0][0][-2:] == ["-i", "2"]  # the job's first visible GPU
+    assert gpu_sharing(3, "on", run=FakeRun("Exclusive_Process"), which=_has_smi, environ={}) == mps.PackDecision(
+        3, True, ""
+    )
+    # auto: what the probe chose; without a measurement (N fixed) auto means off
+    assert gpu_sharing(2, "auto", chosen=True, run=FakeRun("Default"), which=_has_smi, environ={}).mps is True
+    assert gpu_sharing(2, "auto", chosen=None, run=FakeRun("Default"), which=_has_smi, environ={}).mps is False
+    # nothing read for one run, for runs on the CPU, or without nvidia-smi
+    for kw in (
+        {"requested": 1, "which": _has_smi},
+        {"requested": 2, "which": _has_smi, "overrides": ["trainer.accelerator=cpu"]},
+        {"requested": 2, "which": _no_smi},
+    ):
+        run = FakeRun("Exclusive_Process")
+        d = gpu_sharing(kw.pop("requested"), "on", run=run, environ={}, **kw)
+        assert not d.mps and d.message == "" and run.calls == []
+
+
+def test_pack_sharing_survives_an_unreadable_compute_mode():
+    from loss_slope.train.pack import gpu_sharing
+
+    def broken(cmd, **kw):
+        raise subprocess.CalledProcessError(9, cmd)
+
+    d = gpu_sharing(2, "on", run=broken, which=_has_smi, environ={})
+    assert d.runs == 2 and d.mps and "could not read" in d.message
+
+
+class FakeTrainer:
+    """A training process that ends with exit 0 after a few polls; counts how many run at once."""
+
+    alive, most, envs = 0, 0, []
+
+    def __init__(self, cmd, stdout=None, stderr=None, env=None):
+        self.cmd, self.polls, self.returncode, self.pid = cmd, 0, None, 1000 + len(FakeTrainer.envs)
+        FakeTrainer.envs.append(env)
+        FakeTrainer.alive += 1
+        FakeTrainer.most = max(FakeTrainer.most, FakeTrainer.alive)
+
+    def poll(self):
+        if self.returncode is None:
+            self.polls += 1
+            if self.polls >= 2:
+                self.returncode = 0
+                FakeTrainer.alive -= 1
+        return self.returncode
+
+    def send_signal(self, signum):
+        pass
+
+
+@pytest.fixture
+def fake_trainers(monkeypatch):
+    import loss_slope.train.pack as pack
+
+    FakeTrainer.alive, FakeTrainer.most, FakeTrainer.envs = 0, 0, []
+    monkeypatch.setattr(pack.subprocess, "Popen", FakeTrainer)
+    monkeypatch.setattr(pack.time, "sleep", lambda s: None)
+    return FakeTrainer
+
+
+def _pack(tmp_path, n):
+    from loss_slope.probe.plan import write_pack_spec
+
+    spec = tmp_path / "spec.json"
+    runs = [{"run": f"r{i}", "overrides": ["experiment=s_core"]} for i in range(n)]
+    write_pack_spec(spec, tmp_path / "registry.json", variant="V", pack="pack-x", runs=runs)
+    return spec
+
+
+@pytest.mark.parametrize(
+    "mode, setting, most, daemon",
+    [("Default", "off", 3, False), ("Exclusive_Process", "off", 1, False), ("Exclusive_Process", "on", 3, True)],
+)
+def test_pack_job_trains_one_at_a_time_on_an_exclusive_gpu_and_starts_its_own_daemon(
+    tmp_path, fake_trainers, capsys, mode, setting, most, daemon
+):
+    from loss_slope.train.pack import launch_pack
+
+    run = FakeRun(mode)
+    code = launch_pack(
+        plan_path=_pack(tmp_path, 3),
+        pack="pack-x",
+        variant="V",
+        output=tmp_path / "out.json",
+        log_dir=tmp_path / "logs",
+        work_root=tmp_path / "work",
+        mps=setting,
+        mps_runner=run,
+        which=_has_smi,
+    )
+    assert code == 0 and fake_trainers.most == most and len(fake_trainers.envs) == 3
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert sorted(out["runs"]) == ["r0", "r1", "r2"] and {r["status"] for r in out["runs"].values()} == {"complete"}
+    cmds = [c[0] for c in run.calls]
+    if daemon:
+        assert cmds[1:] == [["nvidia-cuda-mps-control", "-d"], ["nvidia-cuda-mps-control"]]  # started, then stopped
+        pipe = run.calls[1][1]["env"]["CUDA_MPS_PIPE_DIRECTORY"]
+        assert all(env["CUDA_MPS_PIPE_DIRECTORY"] == pipe for env in fake_trainers.envs)
+        assert not Path(pipe).exists()  # the job's temporary folder went with the job
+    else:
+        assert cmds == [mps.query_compute_mode_command("0")]
+        assert all("CUDA_MPS_PIPE_DIRECTORY" not in env for env in fake_trainers.envs)
+    assert ("Exclusive_Process" in capsys.readouterr().err) == (most == 1)
+
+
+def _level(k, rate, mem=1000.0):
+    from loss_slope.probe.capacity import ProbeLevel
+
+    return ProbeLevel(k=k, aggregate_samples_per_s=rate, step_ms=[10.0] * k, peak_mem_mb=[mem] * k, oom=False)
+
+
+def test_probe_auto_measures_with_and_without_a_daemon_and_keeps_the_faster():
+    from loss_slope.probe.capacity import probe_capacity
+
+    calls = []
+
+    def level(overrides, k, *, steps, warmup, timeout, env=None, **kw):
+        under = bool(env and "CUDA_MPS_PIPE_DIRECTORY" in env)
+        calls.append((k, under))
+        rate = {1: 100.0, 2: 150.0 if not under else 190.0, 3: 150.0 if not under else 200.0}[k]
+        return _level(k, rate), [{"device": "cuda:0", "gpu_total_mb": 80_000.0, "gpu_name": "G"}]
+
+    run = FakeRun("Default")
+    res = probe_capacity(["x=1"], variant="V", k_max=3, steps=5, mps="auto", run=run, which=_has_smi, level=level)
+    assert calls == [(1, False), (2, False), (3, False), (2, True), (3, True)]
+    assert res["mps"] is True and res["runs_per_gpu"] == 3 and res["compute_mode"] == "Default"
+    assert res["mps_compared"]["without"]["runs_per_gpu"] == 2 and res["reason"].startswith("under MPS")
+    assert [c[0] for c in run.calls][1:] == [["nvidia-cuda-mps-control", "-d"], ["nvidia-cuda-mps-control"]]
+
+
+def test_probe_on_an_exclusive_gpu_without_mps_measures_one_process_only():
+    from loss_slope.probe.capacity import probe_capacity
+    from loss_slope.probe.plan import measured_from_probe
+
+    ks = []
+
+    def level(overrides, k, **kw):
+        ks.append(k)
+        return _level(k, 100.0 * k), [{"device": "cuda:0", "gpu_total_mb": 80_000.0}]
+
+    res = probe_capacity(
+        ["x=1"], variant="V", k_max=4, steps=5, mps="off", run=FakeRun("Exclusive_Process"), which=_has_smi, level=level
+    )
+    assert ks == [1] and res["runs_per_gpu"] == 1 and "Exclusive_Process" in res["reason"] and res["mps"] is False
+    assert measured_from_probe(res, 1)["mps"] is False
+    # on the CPU (no nvidia-smi) the setting is ignored, and said so
+    res = probe_capacity(["x=1"], variant="V", k_max=2, steps=5, mps="on", run=FakeRun(), which=_no_smi, level=level)
+    assert res["mps"] is False and "ignored" in res["reason"]
+
+
+def test_runs_left_waiting_for_a_slot_when_the_budget_ends_are_unfinished_not_done(tmp_path, fake_trainers):
+    """One at a time on an exclusive GPU: a run not started before the time budget ran out makes the
+    pack exit 3 (resubmit; the next attempt trains it), never a complete pack output."""
+    from loss_slope.train.pack import EXIT_UNFINISHED, launch_pack
+
+    code = launch_pack(
+        plan_path=_pack(tmp_path, 2),
+        pack="pack-x",
+        variant="V",
+        output=tmp_path / "out.json",
+        log_dir=tmp_path / "logs",
+        work_root=tmp_path / "work",
+        extra_overrides=["trainer.max_time_s=30"],  # less than the minute a run needs to be started
+        mps_runner=FakeRun("Exclusive_Process"),
+        which=_has_smi,
+    )
+    assert code == EXIT_UNFINISHED and len(fake_trainers.envs) == 1 and not (tmp_path / "out.json").exists()

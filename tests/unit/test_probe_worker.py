@@ -111,3 +111,64 @@ def test_probe_runs_the_training_step_of_train_pack(monkeypatch):
     assert calls == list(range(6))  # warm-up and timed steps: all through the training step
     assert saves == [4] and set(validations) == {4}  # one checkpoint and one validation inside the window
     assert w["step_ms"] > 0 and not w["oom"]
+
+
+def test_probe_level_runs_on_the_cpus_of_a_pack_of_k(monkeypatch, tmp_path):
+    """Level k of the probe runs its k workers on k x training.threads CPUs, what a pack of k runs gets
+    (train_pack asks for N x threads), not on all probe_k_max x threads CPUs of the probe job."""
+    from loss_slope.probe import capacity
+
+    assert capacity.pack_cpu_set(2, ["trainer.threads=3"], available={7, 0, 1, 2, 3, 4, 5, 6}) == [0, 1, 2, 3, 4, 5]
+    assert capacity.pack_cpu_set(1, [], available={4, 5}) == [4]
+    assert capacity.pack_cpu_set(3, ["trainer.threads=2"], available={0, 1}) is None  # fewer CPUs: no pinning
+    cmds = []
+
+    class Done:
+        returncode, stdout = 1, None
+
+        def __init__(self, cmd, **kw):
+            cmds.append(cmd)
+
+        def poll(self):
+            return 1
+
+    monkeypatch.setattr(capacity.subprocess, "Popen", Done)
+    monkeypatch.setattr(capacity.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    capacity.run_level(["trainer.threads=2"], 2, steps=1, warmup=1, timeout=5)
+    assert all(c[c.index("--cpus") + 1] == "0,1,2,3" for c in cmds) and len(cmds) == 2
+
+
+def test_gpu_memory_is_reserved_plus_the_cuda_context():
+    """A GPU worker that could not measure its own context gets the k = 1 worker's; CPU workers keep RSS."""
+    from loss_slope.probe.capacity import level_from_workers, measure_levels
+
+    gpu = {"device": "cuda:0", "oom": False, "samples_per_s": 10.0, "seconds": 1.0, "step_ms": 5.0}
+    own = {**gpu, "peak_mem_mb": 1500.0, "context_mb": 500.0}  # reserved 1000 + its own context 500
+    unknown = {**gpu, "peak_mem_mb": 1000.0, "context_mb": None}  # reserved 1000, context not measured
+    lv = level_from_workers(2, [own, unknown], [], [], context_mb=480.0)
+    assert lv.peak_mem_mb == [1500.0, 1480.0]
+    cpu = {"device": "cpu", "oom": False, "samples_per_s": 1.0, "seconds": 1.0, "peak_mem_mb": 700.0}
+    assert level_from_workers(1, [cpu], [], [], context_mb=480.0).peak_mem_mb == [700.0]
+
+    seen = []
+
+    def level(overrides, k, *, context_mb=None, **kw):
+        seen.append((k, context_mb))
+        w = own if k == 1 else unknown
+        return level_from_workers(k, [w] * k, [], [], context_mb=context_mb), [w] * k
+
+    levels, _ = measure_levels([], [1, 2, 3], steps=1, warmup=1, timeout=1, level=level)
+    assert seen == [(1, None), (2, 500.0), (3, 500.0)]  # the k = 1 worker's context, for the later levels
+    assert levels[2].peak_mem_mb == [1500.0] * 3
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_peak_counts_reserved_memory_and_the_context(tmp_path):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    w = probe(tmp_path, "trainer.accelerator=gpu", "trainer.monitors.enabled=false")
+    assert w["context_mb"] and w["context_mb"] > 50  # driver, kernels, library handles
+    assert w["peak_mem_mb"] == pytest.approx(w["peak_reserved_mb"] + w["context_mb"])
+    assert w["peak_reserved_mb"] >= w["peak_allocated_mb"]

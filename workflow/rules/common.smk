@@ -120,6 +120,19 @@ RUNS_BY_VARIANT = {
 }
 WORK_ROOT = config["paths"]["work_root"]
 PACKING = config["packing"]
+# packing.mps: off | on | auto (YAML reads a bare off/on as a boolean). It reaches the
+# pack jobs through their shell command, not params: switching MPS retrains nothing.
+MPS_SETTING = {True: "on", False: "off"}.get(PACKING["mps"], PACKING["mps"])
+
+
+def probe_settings(wildcards):
+    """The probe's settings; mps only when not off, so the probes of a study planned
+    before packing.mps existed keep their params (and are not rerun)."""
+    settings = {k: v for k, v in PACKING.items() if k != "mps"}
+    if MPS_SETTING != "off":
+        settings["mps"] = MPS_SETTING
+    return settings
+
 
 # Pre-flight, before any job: compose every variant's Hydra config (no torch)
 # and check the keys that depend on each other. Cluster jobs re-parse this

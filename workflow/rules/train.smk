@@ -26,7 +26,7 @@ rule probe_capacity:
         cpus_per_task=PACKING["probe_k_max"] * config["training"]["threads"],
     params:
         overrides=probe_overrides,
-        probe=PACKING,
+        probe=probe_settings,
     script:
         "../scripts/probe_capacity.py"
 
@@ -115,6 +115,7 @@ rule train_pack:
         "python -m loss_slope.train.pack --plan {input.spec:q} --pack {wildcards.pack}"
         " --variant {wildcards.variant} --output {output:q} --log-dir {params.run_logs:q}"
         " --work-root {params.work_root:q} --max-error-attempts {params.max_errors} {params.gpu}"
+        " --mps {MPS_SETTING}"
         " --attempt {resources.attempt_no} trainer.max_time_s={params.max_time} > {log:q} 2>&1"
 
 

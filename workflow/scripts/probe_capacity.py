@@ -21,5 +21,6 @@ result = probe_capacity(
     warmup=p["probe_warmup_steps"],
     tolerance=p["tolerance"],
     headroom=p["headroom"],
+    mps=p.get("mps", "off"),
 )
 write_probe(result, snakemake.output.json, snakemake.output.png, snakemake.output.md)

@@ -7,18 +7,29 @@ where available) and out-of-memory errors. :func:`choose_runs_per_gpu` picks
 N: the k with the largest throughput, preferring the smaller k when within
 ``tolerance`` of the best, never one that hit OOM, and only when the measured
 memory of k processes stays under ``headroom`` of the device.
+
+Sharing the GPU (``packing.mps``, :mod:`loss_slope.probe.mps`): before k > 1
+the GPU's compute mode is read; in ``Exclusive_Process`` mode without MPS only
+k = 1 is measured (N = 1, with the reason). ``on`` measures every level under
+an MPS daemon of the probe job's own (pipe and log folders in its temporary
+folder); ``auto`` measures k = 1..K without and k = 2..K with a daemon, and
+keeps MPS only when its chosen N is faster (the result's ``mps``). On the CPU
+(no ``nvidia-smi``, or runs asking for the CPU) the setting is ignored.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from loss_slope.probe import mps as MPS
 
 
 @dataclass
@@ -46,9 +57,34 @@ def _gpu_util_sampler():
         return None
 
 
+def pack_cpu_set(k: int, overrides: list[str], available=None) -> list[int] | None:
+    """The CPUs a pack of ``k`` runs gets: ``k x training.threads`` of this job's CPUs (the probe's
+    level k runs on exactly these, not on all ``probe_k_max x threads`` the probe job holds).
+    None when the job has fewer (no pinning) or the platform cannot pin."""
+    if available is None:
+        if not hasattr(os, "sched_getaffinity"):
+            return None
+        available = os.sched_getaffinity(0)
+    threads = 1
+    for o in overrides:
+        if o.startswith("trainer.threads="):
+            threads = int(o.split("=", 1)[1])
+    need = k * threads
+    cpus = sorted(available)
+    return cpus[:need] if need <= len(cpus) else None
+
+
 def run_level(
-    overrides: list[str], k: int, *, steps: int, warmup: int, timeout: float
+    overrides: list[str],
+    k: int,
+    *,
+    steps: int,
+    warmup: int,
+    timeout: float,
+    env: dict | None = None,
+    context_mb: float | None = None,
 ) -> tuple[ProbeLevel, list[dict]]:
+    cpus = pack_cpu_set(k, overrides)
     with tempfile.TemporaryDirectory(prefix=f"probe-k{k}-") as tmp:
         tmp = Path(tmp)
         procs = []
@@ -69,10 +105,11 @@ def run_level(
                 str(steps),
                 "--warmup",
                 str(warmup),
+                *(["--cpus", ",".join(map(str, cpus))] if cpus else []),
                 "--",
                 *overrides,
             ]
-            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env))
         sampler, utils = _gpu_util_sampler(), []
         deadline = time.monotonic() + timeout
         while any(p.poll() is None for p in procs):
@@ -96,11 +133,16 @@ def run_level(
                 errors.append(
                     f"worker {i} exited {p.returncode}: {text.strip().splitlines()[-1] if text.strip() else ''}"
                 )
-    return level_from_workers(k, workers, errors, utils), workers
+    return level_from_workers(k, workers, errors, utils, context_mb=context_mb), workers
 
 
-def level_from_workers(k: int, workers: list[dict], errors: list[str], utils: list[float]) -> ProbeLevel:
-    """One probe level from its k workers' reports (and the GPU utilisation samples)."""
+def level_from_workers(
+    k: int, workers: list[dict], errors: list[str], utils: list[float], *, context_mb: float | None = None
+) -> ProbeLevel:
+    """One probe level from its k workers' reports (and the GPU utilisation samples).
+
+    Memory per worker: its ``peak_mem_mb`` (GPU: peak reserved + its CUDA context); a GPU
+    worker that could not measure its own context gets ``context_mb`` (the k = 1 worker's)."""
     oom = any(w["oom"] for w in workers) or any("OutOfMemoryError" in e for e in errors)
     ok = [w for w in workers if not w["oom"]]
     agg = None
@@ -110,12 +152,19 @@ def level_from_workers(k: int, workers: list[dict], errors: list[str], utils: li
         k=k,
         aggregate_samples_per_s=agg,
         step_ms=[w.get("step_ms") for w in ok],
-        peak_mem_mb=[w["peak_mem_mb"] for w in workers],
+        peak_mem_mb=[_footprint(w, context_mb) for w in workers],
         oom=oom,
         gpu_util_percent=(sum(utils) / len(utils)) if utils else None,
         errors=errors,
         host_rss_mb=[w["peak_rss_mb"] for w in workers if w.get("peak_rss_mb")],
     )
+
+
+def _footprint(worker: dict, context_mb: float | None) -> float:
+    on_gpu = str(worker.get("device", "")).startswith("cuda")
+    if on_gpu and worker.get("context_mb") is None and context_mb:
+        return worker["peak_mem_mb"] + context_mb
+    return worker["peak_mem_mb"]
 
 
 def aggregate_rate(workers: list[dict]) -> float:
@@ -150,6 +199,56 @@ def choose_runs_per_gpu(
     raise AssertionError("unreachable")
 
 
+def measure_levels(
+    overrides: list[str], ks, *, steps: int, warmup: int, timeout: float, env: dict | None = None, level=None
+) -> tuple[list[ProbeLevel], list[dict]]:
+    """Levels k in ``ks`` (in order), stopping at the first OOM; also the first level's workers."""
+    level = level or run_level
+    levels, first_workers, context = [], [], None
+    for k in ks:
+        lv, workers = level(overrides, k, steps=steps, warmup=warmup, timeout=timeout, env=env, context_mb=context)
+        levels.append(lv)
+        if not first_workers:
+            first_workers = workers
+            context = next((w.get("context_mb") for w in workers if w.get("context_mb") is not None), None)
+        if lv.oom:
+            break
+    return levels, first_workers
+
+
+def sharing_plan(
+    overrides: list[str], k_max: int, mps: str, *, run=subprocess.run, which=shutil.which, environ=os.environ
+) -> dict:
+    """What the probe measures: ``k_max`` (1 on an exclusive-process GPU without MPS), the
+    compute mode, and whether to measure with (``on``), with and without (``auto``) or
+    without (``off``) an MPS daemon. No GPU tool here (the CPU): the setting is ignored."""
+    if mps not in MPS.MPS_SETTINGS:
+        raise ValueError(f"packing.mps must be one of {MPS.MPS_SETTINGS}, got {mps!r}")
+    out = {"k_max": k_max, "compute_mode": None, "mps": mps, "note": None}
+    if "trainer.accelerator=cpu" in overrides or which("nvidia-smi") is None:
+        out["mps"] = "off"
+        if mps != "off":
+            out["note"] = f"packing.mps={mps} ignored: no NVIDIA GPU tool (nvidia-smi) here"
+        return out
+    if k_max <= 1:
+        return out
+    gpu = (environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0].strip() or "0"
+    try:
+        mode = out["compute_mode"] = MPS.compute_mode(gpu, run=run)
+    except (OSError, subprocess.CalledProcessError, ValueError) as err:
+        out["note"] = f"could not read the GPU's compute mode ({err}); measured as if Default"
+        return out
+    if mode == "Exclusive_Process" and mps == "off":
+        out["k_max"] = 1
+        out["note"] = MPS.decide(k_max, mode, "off").message
+    elif mode == "Exclusive_Process" and mps == "auto":
+        out["mps"] = "on"  # without a daemon only one process may open the GPU: nothing to compare
+        out["note"] = "the GPU is in Exclusive_Process compute mode: measured under MPS only"
+    elif mode == "Prohibited":
+        MPS.decide(k_max, mode, mps)  # raises, naming the mode
+    return out
+
+
 def probe_capacity(
     overrides: list[str],
     *,
@@ -160,20 +259,48 @@ def probe_capacity(
     timeout: float = 900,
     tolerance: float = 0.03,
     headroom: float = 0.9,
+    mps: str = "off",
+    run=subprocess.run,
+    which=shutil.which,
+    level=None,
 ) -> dict:
-    """Measure k = 1..k_max and choose N. Stops early at the first OOM."""
-    levels, first_workers = [], []
-    for k in range(1, k_max + 1):
-        level, workers = run_level(overrides, k, steps=steps, warmup=warmup, timeout=timeout)
-        levels.append(level)
-        if k == 1:
-            first_workers = workers
-        if level.oom:
-            break
+    """Measure k = 1..k_max and choose N (with / without an MPS daemon per ``mps``). Stops at the first OOM."""
+    plan = sharing_plan(overrides, k_max, mps, run=run, which=which)
+    kw = {"steps": steps, "warmup": warmup, "timeout": timeout, "level": level}
+    choose = {"tolerance": tolerance, "headroom": headroom}
+    k_max, use_mps, compared = plan["k_max"], False, None
+    if plan["mps"] == "on":
+        with tempfile.TemporaryDirectory(prefix="probe-mps-") as tmp, MPS.MpsDaemon(tmp, run=run) as menv:
+            levels, first_workers = measure_levels(
+                overrides, range(1, k_max + 1), env=MPS.runs_environment(dict(os.environ), menv), **kw
+            )
+        use_mps = True
+    else:
+        levels, first_workers = measure_levels(overrides, range(1, k_max + 1), **kw)
     w0 = first_workers[0] if first_workers else {}
-    device = w0.get("device", "unknown")
     total = w0.get("gpu_total_mb")
-    n, reason = choose_runs_per_gpu(levels, total_mem_mb=total, tolerance=tolerance, headroom=headroom)
+    n, reason = choose_runs_per_gpu(levels, total_mem_mb=total, **choose)
+    if plan["mps"] == "auto" and k_max > 1:
+        with tempfile.TemporaryDirectory(prefix="probe-mps-") as tmp, MPS.MpsDaemon(tmp, run=run) as menv:
+            shared, _ = measure_levels(
+                overrides, range(2, k_max + 1), env=MPS.runs_environment(dict(os.environ), menv), **kw
+            )
+        with_mps = [levels[0], *shared]  # k = 1 is one process: a daemon changes nothing for it
+        n_mps, reason_mps = choose_runs_per_gpu(with_mps, total_mem_mb=total, **choose)
+        rate = {
+            False: _rate(levels, n),
+            True: _rate(with_mps, n_mps) if n_mps > 1 else None,
+        }
+        use_mps = MPS.choose_with_and_without(rate)
+        compared = {
+            "without": {"runs_per_gpu": n, "samples_per_s": rate[False], "levels": [asdict(lv) for lv in levels]},
+            "with": {"runs_per_gpu": n_mps, "samples_per_s": rate[True], "levels": [asdict(lv) for lv in with_mps]},
+        }
+        if use_mps:
+            levels, n, reason = with_mps, n_mps, f"under MPS: {reason_mps}"
+    device = w0.get("device", "unknown")
+    if plan["note"]:
+        reason = f"{reason} ({plan['note']})"
     return {
         "variant": variant,
         "device": device,
@@ -191,7 +318,15 @@ def probe_capacity(
         "reason": reason,
         "source": "probe",
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "compute_mode": plan["compute_mode"],
+        "mps_setting": mps,
+        "mps": use_mps and n > 1,
+        "mps_compared": compared,
     }
+
+
+def _rate(levels: list[ProbeLevel], k: int) -> float | None:
+    return next((lv.aggregate_samples_per_s for lv in levels if lv.k == k), None)
 
 
 def plot_probe(result: dict, path: str | Path) -> None:
@@ -226,7 +361,7 @@ def write_probe(result: dict, json_path, png_path, md_path) -> None:
     lines = [
         f"### Probe: {result['variant']} on {result.get('gpu_name') or result['device']}",
         "",
-        "| k | samples/s (all) | step ms (each) | peak MiB (each) | GPU util % | OOM |",
+        "| k | samples/s (all) | step ms (each) | peak MiB (each; GPU: reserved + CUDA context) | GPU util % | OOM |",
         "|---|---:|---|---|---:|---|",
     ]
     for x in result["levels"]:

@@ -178,6 +178,8 @@ def measured_from_probe(probe: dict, n: int) -> dict:
         "on_cpu": bool(probe.get("on_cpu")),
         "step_s": max(steps) / 1000.0 if steps else None,
         "host_mem_mb_per_run": max(host) if host else None,
+        # packing.mps auto: whether the probe measured the packs faster under an MPS daemon
+        "mps": probe.get("mps"),
     }
 
 

@@ -20,12 +20,27 @@ training step, and ``peak_mem_mb`` includes that peak, so N per GPU is not
 over-estimated. The event is outside the timed window (it happens once every
 ``curvature_every_steps`` in training); its seconds are reported as
 ``curvature_seconds``, the peak before it as ``peak_mem_train_mb``.
+
+GPU memory: what a process takes from the device is the caching allocator's
+**reserved** memory (allocated bytes plus the cache it keeps) plus its **CUDA
+context** (driver, kernels, cuDNN/cuBLAS workspaces: hundreds of MiB that no
+allocator statistic shows). ``peak_mem_mb`` is the peak reserved memory plus the
+context; the context is the process's own use as NVML reports it minus its
+reserved memory (where NVML is available and names this process), else, for a
+worker alone on the device (k = 1), the device's used memory after the context
+was created minus what was used before; otherwise it is left to the probe,
+which adds the k = 1 worker's context (``context_mb``). ``peak_allocated_mb`` is
+kept for comparison.
+
+CPUs: ``--cpus`` pins the worker to the CPUs a pack of k runs gets (k x
+``training.threads``), before torch starts its threads.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -103,7 +118,7 @@ class _Window(Callback):
         cb = self.monitor_cb
         if cb.batches:  # one curvature event, inside the peak-memory window, outside the timed one
             if self.device.type == "cuda":
-                self.out["peak_mem_train_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+                self.out["peak_mem_train_mb"] = gpu_footprint(self.device, dict(self.out))["peak_mem_mb"]
             else:
                 self.out["peak_mem_train_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             t1 = self.clock()
@@ -113,8 +128,59 @@ class _Window(Callback):
             self.out["curvature_seconds"] = self.clock() - t1
             self.out["curvature_matvecs"] = row["hutch_matvecs"] + row["lambda_iters"]
         if self.device.type == "cuda":
-            self.out["peak_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
-            self.out["peak_reserved_mb"] = torch.cuda.max_memory_reserved(self.device) / 2**20
+            gpu_footprint(self.device, self.out)
+
+
+def _process_gpu_mb(device) -> float | None:
+    """This process's GPU memory as NVML reports it (context included), or None (no NVML, or it
+    does not name this process: e.g. another PID namespace)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+        for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+            if proc.pid == os.getpid() and proc.usedGpuMemory:
+                return proc.usedGpuMemory / 2**20
+    except Exception:  # NVML is optional
+        return None
+    return None
+
+
+def context_mb(device, *, used_before_mb: float | None, alone: bool) -> float | None:
+    """MiB the CUDA context takes on ``device`` beyond the allocator's reserved memory (see the module doc)."""
+    import torch
+
+    reserved = torch.cuda.memory_reserved(device) / 2**20
+    own = _process_gpu_mb(device)
+    if own is not None:
+        return max(0.0, own - reserved)
+    if alone and used_before_mb is not None:
+        free, total = torch.cuda.mem_get_info(device)
+        return max(0.0, (total - free) / 2**20 - used_before_mb - reserved)
+    return None
+
+
+def gpu_footprint(device, out: dict) -> dict:
+    """``out`` with the peak GPU footprint: peak reserved + the context (when known), and the allocated peak."""
+    import torch
+
+    out["peak_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    out["peak_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
+    out["peak_mem_mb"] = out["peak_reserved_mb"] + (out.get("context_mb") or 0.0)
+    return out
+
+
+def _device_used_mb() -> float | None:
+    """The device's used memory before this process creates its context (NVML; no CUDA call)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        info = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0))
+        return info.used / 2**20
+    except Exception:
+        return None
 
 
 def measure(overrides: list[str], *, steps: int, warmup: int, barrier: Path | None, index: int, k: int) -> dict:
@@ -146,6 +212,10 @@ def measure(overrides: list[str], *, steps: int, warmup: int, barrier: Path | No
     batch = int(cfg.data.batch_size)
     out = {"index": index, "device": str(device), "oom": False, "batch_size": batch}
     if use_cuda:
+        used_before = _device_used_mb() if k == 1 else None
+        torch.cuda.init()
+        torch.zeros(1, device=device)  # the context exists from here on
+        out["context_mb"] = context_mb(device, used_before_mb=used_before, alone=k == 1)
         out["gpu_name"] = torch.cuda.get_device_name(device)
         out["gpu_total_mb"] = torch.cuda.get_device_properties(device).total_memory / 2**20
     window = None
@@ -209,7 +279,7 @@ def measure(overrides: list[str], *, steps: int, warmup: int, barrier: Path | No
                 raise
             out.update(oom=True, error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             if use_cuda:  # GPU memory reached before the OOM: the same unit as the other workers'
-                out["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+                gpu_footprint(device, out)
             if barrier is not None and (window is None or window.t0 is None):
                 _barrier(barrier, index, k)  # do not leave the others waiting
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -226,8 +296,11 @@ def main(argv=None) -> int:
     ap.add_argument("--k", type=int, default=1)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--cpus", help="comma-separated CPU ids to run on (a pack's CPUs)")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args(argv)
+    if a.cpus and hasattr(os, "sched_setaffinity"):  # before torch starts its threads
+        os.sched_setaffinity(0, {int(c) for c in a.cpus.split(",")})
     res = measure(
         a.overrides,
         steps=a.steps,

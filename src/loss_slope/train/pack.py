@@ -20,6 +20,15 @@ neighbours are not held back). The pack writes its output and exits 0 when
 every run is complete or given up, else it exits non-zero (3 if only time
 budgets stopped it) and Snakemake resubmits it.
 
+Sharing the GPU (``packing.mps``, :mod:`loss_slope.probe.mps`). Before a pack
+of N > 1 runs starts any, the GPU's compute mode is read (``nvidia-smi``): in
+``Exclusive_Process`` mode without MPS only one process may open the GPU, so
+the pack trains its runs one at a time (N = 1, with a message). With MPS
+(``on``, or ``auto`` when the probe measured it faster) the pack starts its own
+MPS daemon, its pipe and log folders inside the job's temporary folder, and
+stops it when the runs are done, however they end. Without ``nvidia-smi`` (the
+CPU, or runs asking for the CPU) nothing is checked or started.
+
 On attempt a > 1 it first waits ``min(cap, base * 2**(a-2))`` seconds when
 ``--backoff-base`` is given (on SLURM the profile delays the resubmission
 itself with ``sbatch --begin``, so no GPU is held while waiting).
@@ -28,17 +37,21 @@ itself with ``sbatch --begin``, so no GPU is held while waiting).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from loss_slope.pipeline.paths import WORK_RUN
+from loss_slope.probe import mps as MPS
 from loss_slope.probe.plan import read_plan
 
 EXIT_OK, EXIT_ERROR, EXIT_UNFINISHED, EXIT_LOCKED, EXIT_NO_GPU = 0, 1, 3, 4, 5
@@ -116,6 +129,38 @@ def check_gpu(expect: str | None, mode: str) -> str | None:
     )
 
 
+def gpu_sharing(
+    requested: int,
+    setting: str,
+    *,
+    chosen: bool | None = None,
+    overrides=(),
+    run=subprocess.run,
+    which=shutil.which,
+    environ=os.environ,
+) -> MPS.PackDecision:
+    """How many of the pack's runs may train at once, and whether under an MPS daemon.
+
+    ``setting`` is ``packing.mps``; with ``auto`` the probe's choice (``chosen``, from the
+    plan) decides, and without a measurement (N fixed) ``auto`` means off. The compute
+    mode is read only when it matters: N > 1, runs not asking for the CPU, and
+    ``nvidia-smi`` present. A compute mode that cannot be read is reported and taken as
+    ``Default`` (the runs' own CUDA errors then say more).
+    """
+    effective = ("on" if chosen else "off") if setting == "auto" else setting
+    if effective not in ("on", "off"):
+        raise ValueError(f"packing.mps must be one of {MPS.MPS_SETTINGS}, got {setting!r}")
+    if requested <= 1 or "trainer.accelerator=cpu" in overrides or which("nvidia-smi") is None:
+        return MPS.PackDecision(max(1, requested), False, "")
+    gpu = (environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0].strip() or "0"
+    try:
+        mode = MPS.compute_mode(gpu, run=run)
+    except (OSError, subprocess.CalledProcessError, ValueError) as err:
+        decision = MPS.decide(requested, "Default", effective)
+        return MPS.PackDecision(decision.runs, decision.mps, f"could not read the GPU's compute mode ({err})")
+    return MPS.decide(requested, mode, effective)
+
+
 def _with_budget(overrides, seconds: float):
     out = [o for o in overrides if not o.startswith("trainer.max_time_s=")]
     return [*out, f"trainer.max_time_s={max(60, int(seconds))}"]
@@ -148,6 +193,9 @@ def launch_pack(
     expect_gpu: str | None = None,
     gpu_mismatch: str = "fail",
     lock_poll_s: float = LOCK_POLL_S,
+    mps: str = "off",
+    mps_runner=subprocess.run,
+    which=shutil.which,
 ) -> int:
     plan = read_plan(plan_path)
     members = plan["packs"][pack]
@@ -166,7 +214,54 @@ def launch_pack(
         print(f"attempt {attempt}: backing off {delay:.0f} s before retrying", flush=True)
         time.sleep(delay)
     Path(log_dir).mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "LOSS_SLOPE_ATTEMPT": str(attempt), "LOSS_SLOPE_PACK": pack}
+    sharing = gpu_sharing(
+        len(members),
+        mps,
+        chosen=plan.get("mps"),
+        overrides=[o for m in members for o in m["overrides"]] + list(extra_overrides),
+        run=mps_runner,
+        which=which,
+    )
+    if sharing.message:
+        print(f"warning: {sharing.message}", file=sys.stderr, flush=True)
+    with contextlib.ExitStack() as stack:
+        env = {**os.environ, "LOSS_SLOPE_ATTEMPT": str(attempt), "LOSS_SLOPE_PACK": pack}
+        if sharing.mps:
+            job_tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"lossslope-{pack}-"))
+            env = MPS.runs_environment(env, stack.enter_context(MPS.MpsDaemon(job_tmp, run=mps_runner)))
+            print(f"MPS daemon for {len(members)} runs (pipe in {job_tmp})", flush=True)
+        return _train_members(
+            members=members,
+            pack=pack,
+            variant=variant,
+            output=output,
+            log_dir=log_dir,
+            work_root=work_root,
+            attempt=attempt,
+            extra_overrides=extra_overrides,
+            max_error_attempts=max_error_attempts,
+            lock_poll_s=lock_poll_s,
+            env=env,
+            max_parallel=sharing.runs,
+        )
+
+
+def _train_members(
+    *,
+    members,
+    pack,
+    variant,
+    output,
+    log_dir,
+    work_root,
+    attempt,
+    extra_overrides,
+    max_error_attempts,
+    lock_poll_s,
+    env,
+    max_parallel,
+) -> int:
+    """Train the pack's runs, at most ``max_parallel`` at once; write the output when all are settled."""
     started = time.time()
     budget = _budget(extra_overrides)
     deadline = started + budget if budget else None
@@ -198,6 +293,7 @@ def launch_pack(
         print(f"started {variant}/{run} (pid {procs[run][0].pid})", flush=True)
 
     by_run = {m["run"]: m for m in members}
+    pending = []  # runs to start when a slot frees (max_parallel < N: an exclusive-process GPU)
     for m in members:
         run_dir = Path(WORK_RUN.format(work_root=work_root, variant=variant, run=m["run"]))
         why = (
@@ -216,17 +312,31 @@ def launch_pack(
             }
             print(f"{variant}/{m['run']}: not started again: {why}: {last['error']}", flush=True)
             continue
-        start(m, list(extra_overrides))
+        if len(procs) < max_parallel:
+            start(m, list(extra_overrides))
+        else:
+            pending.append(m)
 
     def forward(signum, _frame):  # scancel/timeout: let every run checkpoint
         for p, _, _ in procs.values():
             if p.poll() is None:
                 p.send_signal(signum)
         waiting.clear()
+        for m in pending:  # never started: the next attempt trains it
+            log_path = str(Path(log_dir) / f"{m['run']}.log")
+            results[m["run"]] = {"exit_code": None, "status": "unfinished", "log": log_path}
+        pending.clear()
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    while procs or waiting:
+
+    def remaining_overrides():
+        over = list(extra_overrides)
+        if deadline is not None:
+            over = _with_budget(over, deadline - time.time())
+        return over
+
+    while procs or waiting or pending:
         for run in [r for r, (p, _, _) in procs.items() if p.poll() is not None]:
             p, log, offset = procs.pop(run)
             log.close()
@@ -270,10 +380,15 @@ def launch_pack(
             )
         for run in [r for r, when in waiting.items() if when <= time.time()]:
             del waiting[run]
-            over = list(extra_overrides)
-            if deadline is not None:
-                over = _with_budget(over, deadline - time.time())
-            start(by_run[run], over)
+            start(by_run[run], remaining_overrides())
+        while pending and len(procs) + len(waiting) < max_parallel:
+            if deadline is not None and time.time() > deadline - 60:
+                for m in pending:  # no time left for it: the next attempt starts it
+                    log_path = str(Path(log_dir) / f"{m['run']}.log")
+                    results[m["run"]] = {"exit_code": None, "status": "unfinished", "log": log_path}
+                pending.clear()
+                break
+            start(pending.pop(0), remaining_overrides())
         time.sleep(0.2)
 
     terminal = {r for r, v in results.items() if v["status"] == "complete" or "given_up" in v}
@@ -357,6 +472,12 @@ def main(argv=None) -> int:
     ap.add_argument("--expect-gpu", default=None, help="GPU model the probe measured on")
     ap.add_argument("--gpu-mismatch", choices=["fail", "warn"], default="fail")
     ap.add_argument(
+        "--mps",
+        choices=list(MPS.MPS_SETTINGS),
+        default="off",
+        help="packing.mps: start a per-job MPS daemon (on), not (off), or as the probe chose (auto)",
+    )
+    ap.add_argument(
         "--backoff-base",
         type=float,
         default=0.0,
@@ -380,6 +501,7 @@ def main(argv=None) -> int:
         max_error_attempts=a.max_error_attempts,
         expect_gpu=a.expect_gpu,
         gpu_mismatch=a.gpu_mismatch,
+        mps=a.mps,
     )
 
 
