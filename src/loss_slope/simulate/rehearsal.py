@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 from loss_slope.pipeline.paths import REPORT_RUNS_PARQUET, VALIDATION_JSON
+from loss_slope.report.truth import compare_with_truth, load_truths, truth_markdown
 
 _STAMP = re.compile(r"^\[(\w{3} \w{3}\s+\d+ \d\d:\d\d:\d\d \d{4})\]$")
 _START = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):$")
@@ -137,10 +138,13 @@ def main(argv=None) -> int:
         f"{eo['failed'] or 'none'}\n"
     )
     table = wd / REPORT_RUNS_PARQUET.format(reportdir="report")
-    if table.exists():
+    stats_path = table.parent / "stats.json"
+    stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+    if stats.get("truth"):
+        # the report's own comparison: the H1 decision on the truth's axis, the study's intervals
+        print(truth_markdown(stats["truth"]))
+    elif table.exists():
         import pandas as pd
-
-        from loss_slope.report.truth import compare_with_truth, load_truths, truth_markdown
 
         print(truth_markdown(compare_with_truth(pd.read_parquet(table), load_truths(wd))))
     return 0
