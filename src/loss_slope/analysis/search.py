@@ -27,6 +27,7 @@ __all__ = [
     "fit_lrt",
     "fit_two_power_core",
     "profile_starts",
+    "best_local_minima",
     "LRT_THRESHOLD",
     "REML_SLACK",
     "KNEE_GRID",
@@ -92,10 +93,16 @@ def profile_starts(problem, null, wh, lb, ub, free, *, consts, grid=KNEE_GRID, n
         core = S.nls(problem, M.TWO_POWER, th, fixed_f, lb, ub, wh, yb=yb, consts=consts, max_iter=15, ftol=1e-4)
         prof.append(core)
         th = core.theta
-    chi = np.array([cr.chi2 for cr in prof])
-    loc = [i for i in range(grid) if (i == 0 or chi[i] <= chi[i - 1]) and (i == grid - 1 or chi[i] <= chi[i + 1])]
+    return best_local_minima(prof, n_best)
+
+
+def best_local_minima(profile: list[S.Core], n_best: int) -> list[np.ndarray]:
+    """Parameters of the ``n_best`` lowest local minima (in chi-square) of a profile, best first."""
+    chi = np.array([cr.chi2 for cr in profile])
+    k = len(profile)
+    loc = [i for i in range(k) if (i == 0 or chi[i] <= chi[i - 1]) and (i == k - 1 or chi[i] <= chi[i + 1])]
     loc.sort(key=lambda i: chi[i])
-    return [prof[i].theta for i in loc[:n_best]]
+    return [profile[i].theta for i in loc[:n_best]]
 
 
 @dataclass

@@ -238,7 +238,7 @@ def single_power_law(
             f"a further break near step {empty['further_break_step']:.4g} (statistic {lrt.stat:.3g} > {thr:g}, "
             f"exponent {lrt.alt.theta[1]:.3g} -> {lrt.alt.theta[2]:.3g})"
         )
-    if knee_step is not None and math.isfinite(knee_step):
+    if has_knee:
         pre = s < start
         try:
             pre_fit = fit_lrt(_problem(s[pre], y[pre], bin_decades))

@@ -36,6 +36,7 @@ it.  The threshold was set on known-truth curves without a second break
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
@@ -45,7 +46,7 @@ from .exceptions import NotEnoughPoints
 from .fit_check import check_fit
 from .noise import estimate_noise, reml_refine
 from .results import TwoBreakTest
-from .search import REML_SLACK, LrtFit, fit_lrt
+from .search import REML_SLACK, LrtFit, best_local_minima, fit_lrt
 
 __all__ = ["TwoBreakTest", "two_break_test", "TWO_BREAK_THRESHOLD", "MIN_BREAK_CHANGE", "SHIFT_CAP"]
 
@@ -146,11 +147,7 @@ def _profile_starts(prob: S.Problem, null: S.Core, wh: S.Whitener, consts: dict,
             )
             prof.append(core)
             th = core.theta
-        chi = np.array([p.chi2 for p in prof])
-        k = len(prof)
-        loc = [i for i in range(k) if (i == 0 or chi[i] <= chi[i - 1]) and (i == k - 1 or chi[i] <= chi[i + 1])]
-        loc.sort(key=lambda i: chi[i])
-        out += [prof[i].theta for i in loc[:n_best]]
+        out += best_local_minima(prof, n_best)
     return out
 
 
@@ -229,10 +226,20 @@ def _from_knee_fit(fit: LrtFit, threshold: float, min_change: float) -> TwoBreak
     a = tuple(float(v) for v in alt.theta[1:4])
     knee = M.knee_step_of(null.theta, consts)
     shape_ok = a[1] - a[0] >= min_change and abs(a[2] - a[1]) >= min_change
-    fitted = dict(_theta=alt.theta.copy(), _consts=dict(consts), _y_ref=prob.y_ref)
-    chk = check_fit(
-        TwoBreakTest(False, NAN, 0, 0, (NAN, NAN), a, NAN, "", **fitted), prob.s, np.exp(prob.y + prob.y_ref)
+    result = TwoBreakTest(
+        False,
+        float(stat),
+        threshold,
+        min_change,
+        (k1, k2),
+        a,
+        knee,
+        "",
+        _theta=alt.theta.copy(),
+        _consts=dict(consts),
+        _y_ref=prob.y_ref,
     )
+    chk = check_fit(result, prob.s, np.exp(prob.y + prob.y_ref))
     found = bool(stat > threshold and shape_ok and chk.ok)
     if stat > threshold and shape_ok and not chk.ok:
         reason = f"the two-break fit (statistic {stat:.3g}) is a failed fit: {chk.reason}; no second break"
@@ -249,7 +256,7 @@ def _from_knee_fit(fit: LrtFit, threshold: float, min_change: float) -> TwoBreak
         )
     else:
         reason = f"no second break (statistic {stat:.3g} <= {threshold:g})"
-    return TwoBreakTest(found, float(stat), threshold, min_change, (k1, k2), a, knee, reason, **fitted)
+    return replace(result, found=found, reason=reason)
 
 
 def two_break_test(
