@@ -1,5 +1,6 @@
-"""Editing the grid of a finished study: only the new runs and the packs that hold them are planned."""
+"""Editing a finished study: only the runs whose own settings changed, and the packs that hold them, are planned."""
 
+import copy
 import re
 
 import pytest
@@ -21,7 +22,11 @@ CFG = {
         "flush_every_steps": 44,
         "hydra_overrides": ["model.base_width=4", "trainer.monitors.enabled=false"],
     },
-    "variants": {"S-core": {"experiment": "s_core"}},
+    "variants": {
+        "S-core": {"experiment": "s_core"},
+        # one run: a variant's grid may differ from the study's
+        "S-narrow": {"experiment": "s_narrow", "grid": {"seed": [0]}},
+    },
     "grid": {"lr": [0.05], "weight_decay": [0.0005], "seed": [0, 1]},
     "paths": {"work_root": "scratch/work"},
     "analysis": {"fit": {"early_window": [1, 3], "window_shift": 1}},
@@ -32,9 +37,10 @@ def _jobs(text):
     return re.findall(r"^rule (\w+):\n(?:    .*\n)*?    wildcards: (.*)$", text, flags=re.M)
 
 
-def test_adding_a_seed_plans_only_the_new_run_and_its_pack(tmp_path):
+def test_editing_a_finished_study_plans_only_what_changed(tmp_path):
+    config = copy.deepcopy(CFG)
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump(CFG))
+    cfg.write_text(yaml.safe_dump(config))
     cmd = [snakemake_bin(), "-s", REPO / "Snakefile", "--directory", tmp_path, "--cores", "2", "--configfile", cfg]
     env = {"WORKERS_PER_GPU": "2"}
     run_cmd(cmd, timeout=900, env=env)
@@ -45,13 +51,34 @@ def test_adding_a_seed_plans_only_the_new_run_and_its_pack(tmp_path):
     ]
     old_packs = {p.stem for p in (tmp_path / "results/packs/S-core").iterdir()}
 
-    CFG["grid"]["seed"] = [0, 1, 2, 3]
-    cfg.write_text(yaml.safe_dump(CFG))
+    # nothing changed: nothing to do
+    out = run_cmd([*cmd, "-n"], timeout=300, env=env)
+    assert not _jobs(out.stdout), out.stdout
+
+    # two more seeds for S-core (S-narrow keeps its own grid)
+    config["grid"]["seed"] = [0, 1, 2, 3]
+    cfg.write_text(yaml.safe_dump(config))
     out = run_cmd([*cmd, "-n"], timeout=300, env=env)
     jobs = _jobs(out.stdout)
-    per_run = [w for rule, w in jobs if rule in ("run_done", "to_parquet", "validate_run", "fit_run")]
-    assert per_run and all(("-s2" in w or "-s3" in w) for w in per_run), jobs
+    per_run = [w for rule, w in jobs if rule in PER_RUN]
+    assert per_run and all("S-core" in w and ("-s2" in w or "-s3" in w) for w in per_run), jobs
     packs = [w for rule, w in jobs if rule == "train_pack"]
     assert len(packs) == 1 and not any(p in packs[0] for p in old_packs), jobs
     # the reason of a re-planned job stays short
     assert max(len(line) for line in out.stdout.splitlines() if "reason:" in line and "pack" in line) < 400
+
+    # a change to what S-narrow's runs train (a variant's own override): its
+    # pack and its run are planned again, nothing of S-core's finished runs
+    config["grid"]["seed"] = [0, 1]
+    config["variants"]["S-narrow"]["hydra_overrides"] = ["trainer.gradient_clip_val=1.0"]
+    cfg.write_text(yaml.safe_dump(config))
+    out = run_cmd([*cmd, "-n"], timeout=300, env=env)
+    jobs = _jobs(out.stdout)
+    trained = [w for rule, w in jobs if rule in ("pack_spec", "train_pack", *PER_RUN)]
+    assert trained and all("variant=S-narrow" in w for w in trained), jobs
+    assert {rule for rule, _ in jobs} >= {"train_pack", *PER_RUN}, jobs
+    assert not any("S-core" in w for _, w in jobs), jobs
+
+
+# the jobs of one run after its training: they depend on the run, not on its pack
+PER_RUN = ("run_done", "to_parquet", "validate_run", "fit_run")
