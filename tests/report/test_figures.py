@@ -67,12 +67,12 @@ def test_titles_state_the_findings(partial):
             assert part in text, (name, part, text)
         plt.close(fig)
     fig = b["r2_histogram"]()
-    verdict = stats["h1"]["single_power_law"]["verdicts"]["0.8"]
+    verdict = stats.h1.main.verdicts["0.8"]
     assert f"H1 {verdict} vs 80 %" in fig.axes[0].get_title("left")
     plt.close(fig)
     fig = b["alpha_vs_best_val"]()
     assert "Spearman ρ = " in fig.axes[0].get_title("left")
-    assert f"H2 {stats['h2']['verdict']}" in fig.axes[0].get_title("left")
+    assert f"H2 {stats.h2.main.verdict}" in fig.axes[0].get_title("left")
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert any("cell mean" in s for s in labels) and any("LR 0.05" in s for s in labels)
     assert any(s.startswith("within cells: ρ = ") for s in labels)
@@ -113,7 +113,7 @@ def test_build_report_writes_png_svg_and_summary(partial, tmp_path):
     from loss_slope.report._io import write_json
 
     table.to_parquet(tmp_path / "runs.parquet")
-    write_json(stats, tmp_path / "stats.json")
+    write_json(stats.to_dict(), tmp_path / "stats.json")
     fit_files = []
     for key, fit in curves.items():
         p = tmp_path / "fits" / f"{key}.json"

@@ -10,6 +10,7 @@ import pytest
 from scipy import stats as sps
 
 from loss_slope.analysis.stats import wilson_interval
+from loss_slope.jsonio import jsonable
 from loss_slope.report.summarize import run_table, study_statistics, summarize, variant_table
 
 from .conftest import STUDY, fit_row, identity, partial_sweep
@@ -77,40 +78,40 @@ def test_h1_defensible_and_literal_criteria_known_answer():
     singles = [True] * 11 + [None]  # defensible: 11 of 11 decided, one undecided
     runs, rows = _complete(r2s=r2s, singles=singles)
     stats = study_statistics(run_table(rows, runs), study=STUDY)
-    lit = stats["h1"]["literal_r2"]
-    assert lit["overall"]["k"] == 9 and lit["overall"]["n"] == 12
-    assert lit["overall"]["share"] == pytest.approx(0.75)
-    assert lit["overall"]["n_cells"] == 6
-    lo, hi = lit["overall"]["ci_low"], lit["overall"]["ci_high"]
+    lit = stats.h1.literal
+    assert lit.overall.k == 9 and lit.overall.n == 12
+    assert lit.overall.share == pytest.approx(0.75)
+    assert lit.overall.n_cells == 6
+    lo, hi = lit.overall.ci_low, lit.overall.ci_high
     wlo, whi = wilson_interval(9, 12)
     assert lo <= wlo and hi >= whi  # cluster-aware: never narrower than Wilson over runs
-    assert lit["by_variant"]["A"]["k"] == 6 and lit["by_variant"]["B"]["k"] == 3
-    assert lit["verdicts"]["0.9"] in ("not supported", "inconclusive")
-    main = stats["h1"]["single_power_law"]
-    assert main["overall"]["k"] == 11 and main["overall"]["n"] == 11
-    assert main["with_excluded_as_failures"]["n"] == 12 and main["with_excluded_as_failures"]["k"] == 11
-    assert set(main["verdicts"]) == {"0.8", "0.9"}
-    assert all(v in ("supported", "not supported", "inconclusive") for v in main["verdicts"].values())
-    assert list(stats["h1"])[0] == "single_power_law"
+    assert lit.by_variant["A"].k == 6 and lit.by_variant["B"].k == 3
+    assert lit.verdicts["0.9"] in ("not supported", "inconclusive")
+    main = stats.h1.main
+    assert main.overall.k == 11 and main.overall.n == 11
+    assert main.with_excluded_as_failures.n == 12 and main.with_excluded_as_failures.k == 11
+    assert set(main.verdicts) == {"0.8", "0.9"}
+    assert all(v in ("supported", "not supported", "inconclusive") for v in main.verdicts.values())
+    assert list(stats.h1.criteria)[0] == "single_power_law"
 
 
 def test_h2_is_cluster_aware_with_a_three_way_verdict_and_the_literal_rule_beside_it():
     runs, rows = _complete()
     stats = study_statistics(run_table(rows, runs), study=STUDY)
-    h2 = stats["h2"]
-    o = h2["overall"]
+    h2 = stats.h2.main
+    o = h2.overall
     # best_val = 1 / (1 + alpha_early): perfectly monotone decreasing
-    assert o["n"] == 12 and h2["n_cells"] == 6
-    assert o["spearman_rho"] == pytest.approx(-1.0)
-    assert h2["verdict"] in ("supported", "inconclusive", "not supported")
-    for key in ("cell_means", "within_cell", "partial", "versus_level", "prediction", "by_variant"):
-        assert key in h2
-    lit = stats["h2_literal"]
+    assert o.n == 12 and h2.n_cells == 6
+    assert o.spearman_rho == pytest.approx(-1.0)
+    assert h2.verdict in ("supported", "inconclusive", "not supported")
+    for key in ("cell_means", "within_cell", "partial", "versus_level", "prediction"):
+        assert getattr(h2, key) is not None
+    lit = stats.h2.h2_literal
     ae = 0.5 + 0.1 * np.arange(12)
-    assert lit["spearman_rho"] == pytest.approx(sps.spearmanr(ae, 1 / (1 + ae)).statistic)
-    assert lit["verdict"] == "supported"
-    assert stats["h2_alpha_full"]["x"] == "alpha_full"
-    assert stats["counts_by_cell"][0]["runs"] == 2
+    assert lit.spearman_rho == pytest.approx(sps.spearmanr(ae, 1 / (1 + ae)).statistic)
+    assert lit.verdict == "supported"
+    assert stats.h2.h2_alpha_full.x == "alpha_full"
+    assert stats.counts_by_cell[0].runs == 2
 
 
 def test_h2_with_too_few_cells_is_not_computable_and_says_why():
@@ -119,8 +120,8 @@ def test_h2_with_too_few_cells_is_not_computable_and_says_why():
     stats = study_statistics(
         run_table([r for r, k in zip(rows, keep) if k], [r for r, k in zip(runs, keep) if k]), study=STUDY
     )
-    assert stats["h2"]["verdict"] == "not computable"
-    assert "cell" in stats["h2"]["error"]
+    assert stats.h2.main.verdict == "not computable" and not stats.h2.main.computable
+    assert "cell" in stats.h2.main.error
 
 
 def test_partial_sweep_excludes_and_lists_every_bad_run():
@@ -128,20 +129,18 @@ def test_partial_sweep_excludes_and_lists_every_bad_run():
     t = run_table([f["row"] for f in fits], runs)
     scans = {f"{f['row']['variant']}/{f['row']['run']}": f["window_scan"] for f in fits}
     stats = study_statistics(t, study=STUDY, window_scans=scans, early_window=[5, 15])
-    assert stats["counts"] == {"ok": 8, "too_short": 1, "invalid": 1, "diverged": 1, "missing": 1}
-    assert stats["counts_by_variant"]["S-adamw"]["missing"] == 1
-    assert stats["h1"]["single_power_law"]["overall"]["n"] == 8 and stats["h2"]["overall"]["n"] == 8
-    excluded = {
-        (e["run"].split("/")[0], e["reason"].split(":")[0]) for e in stats["h1"]["single_power_law"]["excluded"]
-    }
+    assert stats.counts.to_dict() == {"ok": 8, "too_short": 1, "invalid": 1, "diverged": 1, "missing": 1}
+    assert stats.counts_by_variant["S-adamw"].missing == 1
+    assert stats.h1.main.overall.n == 8 and stats.h2.main.overall.n == 8
+    excluded = {(e["run"].split("/")[0], e["reason"].split(":")[0]) for e in stats.h1.main.excluded}
     assert excluded == {("S-core", "invalid"), ("S-core", "diverged"), ("S-adamw", "too_short"), ("S-adamw", "missing")}
-    assert len(stats["excluded_runs"]) == 4
-    assert all(e["reason"] for e in stats["excluded_runs"])
-    hm = stats["window_heatmap"]
-    rho = np.array(hm["rho"], dtype=float)
+    assert len(stats.excluded_runs) == 4
+    assert all(e.reason for e in stats.excluded_runs)
+    hm = stats.window_heatmap
+    rho = np.array(hm.rho, dtype=float)
     assert rho.shape == (11, 11) and np.isnan(rho[0, 0])
-    assert hm["n_valid"][5][5] == 8 and hm["nominal"] == [5.0, 15.0]
-    json.dumps(stats, default=str)  # serialisable after _io.jsonable (NaN handled at write)
+    assert hm.n_valid[5][5] == 8 and hm.nominal == (5.0, 15.0)
+    json.dumps(stats.to_dict(), default=str)  # serialisable after _io.jsonable (NaN handled at write)
 
 
 def test_no_usable_run_is_not_computable_not_an_error():
@@ -149,10 +148,10 @@ def test_no_usable_run_is_not_computable_not_an_error():
     rows = [fit_row("A", "r0", status="too_short", reason="short"), fit_row("A", "r1", status="invalid", reason="bad")]
     t = run_table(rows, runs)
     stats = study_statistics(t, study=STUDY)
-    assert stats["h1"]["single_power_law"]["verdict"] == "not computable"
-    assert stats["h2"]["verdict"] == "not computable"
-    assert stats["window_heatmap"] is None
-    assert len(stats["excluded_runs"]) == 3
+    assert stats.h1.main.verdict == "not computable"
+    assert stats.h2.main.verdict == "not computable"
+    assert stats.window_heatmap is None
+    assert len(stats.excluded_runs) == 3
     vt = variant_table(t, stats)
     assert vt.loc[0, "n_missing"] == 1 and vt.loc[0, "h1_n"] == 0
 
@@ -186,37 +185,48 @@ def test_summarize_writes_parquet_csv_variant_tables_and_json(tmp_path):
     assert list(v.variant) == ["S-core", "S-adamw"]
     assert v.set_index("variant").loc["S-core", ["n_ok", "n_invalid", "n_diverged"]].tolist() == [4, 1, 1]
     written = json.loads((out / "stats.json").read_text())
-    assert written["study"] == "synthetic" and written["counts"] == stats["counts"]
+    assert written == json.loads(json.dumps(jsonable(stats)))  # summarize returns the JSON object it wrote
+    assert written["study"] == "synthetic" and written["counts"]["ok"] == 8
 
 
-def test_h1_h2_sections_round_trip_through_their_typed_form():
-    """stats.json's H1/H2 sections are written by the typed results' to_dict(): reading them back
-    with from_dict() and writing again gives the same JSON, key order included."""
-
-    from loss_slope.report.results import H1Section, H2Section, NotComputable
+def test_stats_round_trip_through_their_typed_form():
+    """stats.json is StudyStats.to_dict(): reading it back with from_dict() gives an equal object,
+    and writing that again gives the same JSON, key order included."""
+    from loss_slope.report.results import H2Section, NotComputable
+    from loss_slope.report.study_stats import StudyStats
 
     runs, fits = partial_sweep()
     table = run_table([f["row"] for f in fits], runs)
+    scans = {f"{f['row']['variant']}/{f['row']['run']}": f["window_scan"] for f in fits}
     for study in (STUDY, {**STUDY, "confidence": 0.9}):
-        stats = study_statistics(table, study=study, study_name="syn")
-        h1, h2 = H1Section.from_dict(stats["h1"]), H2Section.from_dict(stats)
-        assert json.dumps(h1.to_dict()) == json.dumps(stats["h1"])
-        assert json.dumps(h2.to_dict()) == json.dumps({k: stats[k] for k in H2Section.KEYS})
-        assert h1.main.overall.k == stats["h1"]["single_power_law"]["overall"]["k"]
-        assert h2.h2.overall.spearman_rho == stats["h2"]["overall"]["spearman_rho"]
+        stats = study_statistics(table, study=study, window_scans=scans, study_name="syn")
+        text = json.dumps(jsonable(stats.to_dict()), indent=1)
+        back = StudyStats.from_dict(json.loads(text))
+        assert back == stats
+        assert json.dumps(jsonable(back.to_dict()), indent=1) == text
+        assert list(json.loads(text))[:8] == [
+            "study",
+            "n_runs",
+            "counts",
+            "counts_by_variant",
+            "counts_by_cell",
+            "time_axis",
+            "other_time_axis",
+            "h1",
+        ]
+        assert back.confidence == study["confidence"]
     empty = run_table([], runs)
     stats = study_statistics(empty, study=STUDY, study_name="syn")
-    h2 = H2Section.from_dict(stats)
-    assert isinstance(h2.h2, NotComputable) and not h2.h2.computable and h2.h2.extra["x"] == "alpha_early"
-    assert json.dumps(h2.to_dict()) == json.dumps({k: stats[k] for k in H2Section.KEYS})
-    assert json.dumps(H1Section.from_dict(stats["h1"]).to_dict()) == json.dumps(stats["h1"])
+    h2 = StudyStats.from_dict(jsonable(stats.to_dict())).h2
+    assert isinstance(h2.main, NotComputable) and not h2.main.computable and h2.main.extra["x"] == "alpha_early"
+    assert json.dumps(h2.to_dict()) == json.dumps({k: stats.to_dict()[k] for k in H2Section.KEYS})
 
 
-def test_unknown_keys_are_kept():
+def test_unknown_keys_of_a_statistic_are_kept():
     from loss_slope.report.results import H1Section
 
     runs, fits = partial_sweep()
     stats = study_statistics(run_table([f["row"] for f in fits], runs), study=STUDY, study_name="syn")
-    h1 = {k: dict(v) for k, v in stats["h1"].items()}
+    h1 = stats.h1.to_dict()
     h1["single_power_law"]["a_new_key"] = [1, {"b": 2}]
     assert H1Section.from_dict(h1).to_dict()["single_power_law"]["a_new_key"] == [1, {"b": 2}]

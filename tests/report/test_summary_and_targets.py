@@ -31,13 +31,13 @@ def partial_summary():
 
 def test_summary_answers_h1_and_h2_in_sentences_with_numbers(partial_summary):
     _, stats, md = partial_summary
-    h1, h2 = stats["h1"]["single_power_law"]["overall"], stats["h2"]["overall"]
+    h1, h2 = stats.h1.main.overall, stats.h2.main.overall
     assert "## H1" in md and "## H2" in md
-    assert f"{h1['k']} of {h1['n']} decided runs" in md
+    assert f"{h1.k} of {h1.n} decided runs" in md
     assert "cluster-aware interval" in md and "against 80 %" in md and "against 90 %" in md
     assert "**The protocol's literal criterion**" in md and "**The protocol's literal rule**" in md
-    assert f"Spearman ρ = {h2['spearman_rho']:.2f}" in md
-    assert f"**Defensible verdict: {stats['h2']['verdict']}.**" in md
+    assert f"Spearman ρ = {h2.spearman_rho:.2f}" in md
+    assert f"**Defensible verdict: {stats.h2.main.verdict}.**" in md
     assert "within cells" in md and "Slope or level?" in md and "Leave-one-cell-out" in md
     assert "α_full" in md and "diverged runs at the worst rank" in md
     assert "Runs excluded per cell" in md
@@ -195,7 +195,7 @@ def test_the_literal_rule_names_its_thresholds_when_the_clustered_h2_cannot_be_c
     rows = [f["row"] for f in fits if f["row"]["variant"] == "S-adamw"]
     table = run_table(rows, [r for r in runs if r["variant"] == "S-adamw"])
     stats = study_statistics(table, study=STUDY, early_window=[5, 15], study_name="syn")
-    assert "error" in stats["h2"] and stats["h2_literal"].get("verdict")
+    assert not stats.h2.main.computable and stats.h2.main.error and stats.h2.h2_literal.computable
     md = render_summary(table, stats, FIGS, partial=True)
     rule = f"|Spearman ρ| ≥ {STUDY['h2_min_abs_rho']:g} with p < {STUDY['h2_max_p']:g}"
     assert rule in md and "n/a with" not in md

@@ -89,6 +89,7 @@ def test_uses_the_per_run_h1_decision_when_the_table_has_it():
 
 def test_judges_the_study_s_cluster_aware_intervals_and_defensible_verdict():
     from loss_slope.analysis import h1_statistics, h2_statistics
+    from loss_slope.report.results import H2Result, Share
 
     table, truths = study(rho=-0.95)
     table["h1_single_power_law"] = [truths[f"{v}/{r}"]["h1_single_power_law"] for v, r in zip(table.variant, table.run)]
@@ -102,7 +103,9 @@ def test_judges_the_study_s_cluster_aware_intervals_and_defensible_verdict():
     )
     h1 = h1_statistics(t).to_dict()["overall"]
     h2 = h2_statistics(t).to_dict()
-    r = compare_with_truth(table, truths, h1_study=h1, h2_study=h2, h2_sign="negative")
+    r = compare_with_truth(
+        table, truths, h1_study=Share.from_dict(h1), h2_study=H2Result.from_dict(h2), h2_sign="negative"
+    )
     assert r["h1"]["interval"] == "cluster-aware" and r["h1"]["ci"] == [h1["ci"][0], h1["ci"][1]]
     plain = compare_with_truth(table, truths)
     assert plain["h1"]["interval"].startswith("Wilson")
@@ -132,3 +135,18 @@ def test_h1_is_judged_on_the_axis_where_the_truth_is_a_power_law():
     on_lr = compare_with_truth(table, truths, h1_column="cumulative_lr__h1_single_power_law")
     assert on_step["h1"]["estimated_share"] == 0 and not on_step["h1"]["true_within_ci"]
     assert on_lr["h1"]["estimated_share"] == on_lr["h1"]["true_share"] and on_lr["h1"]["true_within_ci"]
+
+
+def test_the_comparison_reads_back_as_the_typed_truth_section():
+    import json
+
+    from loss_slope.jsonio import jsonable
+    from loss_slope.report.truth_section import TruthComparison
+
+    table, truths = study(rho=0.0, noise=0.01, seed=1)
+    table.loc[1, "knee_found"] = False
+    r = compare_with_truth(table, truths)
+    typed = TruthComparison.from_dict(json.loads(json.dumps(jsonable(r))))
+    assert typed.n_ok == r["n_ok"] and typed.h1.rule == r["h1"]["rule"] and typed.h2.defensible is None
+    assert typed.wrong and typed.wrong[0].what == r["wrong"][0]["what"]
+    assert truth_markdown(typed) == truth_markdown(r)

@@ -10,6 +10,7 @@ import pandas as pd
 
 from ._io import read_json
 from .figures import render_figures
+from .study_stats import StudyStats
 from .summary_md import render_summary
 
 __all__ = ["build_report", "by_stem", "load_curves"]
@@ -64,7 +65,7 @@ def build_report(
     partial : bool
     """
     table = pd.read_parquet(table_parquet)
-    stats = read_json(stats_json)
+    stats = StudyStats.from_dict(read_json(stats_json))
     curves = load_curves(fit_files)
     render_figures(table, stats, curves, figures, variant_figures)
     here = Path(summary_md).parent

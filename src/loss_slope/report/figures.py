@@ -36,7 +36,8 @@ from matplotlib.ticker import MaxNLocator
 from . import verdicts as V
 from ._io import STATUSES, fmt_pct
 from .registry import FIGURES
-from .results import H1Section, H2Section, confidence, study_setting
+from .results import H1Section, H2Result, NotComputable
+from .study_stats import StudyStats
 
 __all__ = [
     "FIGURES",
@@ -123,33 +124,34 @@ def _unit(table: pd.DataFrame) -> str:
     return "nats"
 
 
-def _h1(stats: Mapping[str, Any]) -> H1Section:
-    return H1Section.from_dict(stats["h1"])
+def _h1(stats: StudyStats) -> H1Section:
+    return stats.h1
 
 
-def _h2(stats: Mapping[str, Any]):
-    return H2Section.from_dict(stats).h2
+def _h2(stats: StudyStats) -> H2Result | NotComputable:
+    return stats.h2.main
 
 
-def _h1_line(stats: Mapping[str, Any]) -> str:
-    return V.h1_headline(_h1(stats).main, confidence=confidence(stats))
+def _h1_line(stats: StudyStats) -> str:
+    return V.h1_headline(stats.h1.main, confidence=stats.confidence)
 
 
-def _h2_line(stats: Mapping[str, Any]) -> str:
-    return V.h2_headline(_h2(stats))
+def _h2_line(stats: StudyStats) -> str:
+    return V.h2_headline(stats.h2.main)
 
 
-def _r2_threshold(stats: Mapping[str, Any]) -> float:
-    return float(study_setting(stats, "r2_threshold"))
+def _r2_threshold(stats: StudyStats) -> float:
+    return stats.settings.study.r2_threshold
 
 
-def _h2_settings(stats: Mapping[str, Any]) -> Mapping[str, Any]:
+def _h2_settings(stats: StudyStats) -> Mapping[str, Any]:
     """The H2 criterion as configured (``analysis.study``), in the form :mod:`.verdicts` takes."""
+    study = stats.settings.study
     return {
-        "min_abs_rho": float(study_setting(stats, "h2_min_abs_rho")),
-        "max_p": float(study_setting(stats, "h2_max_p")),
-        "sign": study_setting(stats, "h2_sign"),
-        "confidence": confidence(stats),
+        "min_abs_rho": study.h2_min_abs_rho,
+        "max_p": study.h2_max_p,
+        "sign": study.h2_sign,
+        "confidence": study.confidence,
     }
 
 
@@ -164,7 +166,7 @@ def _short_run(variant: str, run: str) -> str:
 
 
 # ---------------------------------------------------------------- 1. mosaic
-def plot_loss_mosaic(table: pd.DataFrame, stats: Mapping[str, Any], curves: Mapping[str, Mapping[str, Any]]) -> Figure:
+def plot_loss_mosaic(table: pd.DataFrame, stats: StudyStats, curves: Mapping[str, Mapping[str, Any]]) -> Figure:
     """Six loss curves in log-log (the three highest and three lowest literal R²) with fits and knees."""
     r2col = "h1_literal_r2"
     thr = _r2_threshold(stats)
@@ -259,7 +261,7 @@ def plot_loss_mosaic(table: pd.DataFrame, stats: Mapping[str, Any], curves: Mapp
 
 
 # ---------------------------------------------------------------- 2. R² histogram
-def plot_r2_histogram(table: pd.DataFrame, stats: Mapping[str, Any], curves: Mapping[str, Any] | None = None) -> Figure:
+def plot_r2_histogram(table: pd.DataFrame, stats: StudyStats, curves: Mapping[str, Any] | None = None) -> Figure:
     """Histogram of the literal R² (straight line in log-log after the knee) and of the
     floor + shift power law's R², with the threshold, split by the H1 decision."""
     lit = _h1(stats).literal
@@ -305,9 +307,9 @@ def plot_r2_histogram(table: pd.DataFrame, stats: Mapping[str, Any], curves: Map
     return fig
 
 
-def plot_h1_criteria(table: pd.DataFrame, stats: Mapping[str, Any], curves: Mapping[str, Any] | None = None) -> Figure:
+def plot_h1_criteria(table: pd.DataFrame, stats: StudyStats, curves: Mapping[str, Any] | None = None) -> Figure:
     """Share of runs meeting each H1 criterion (and knee definition), with cluster-aware intervals."""
-    conf = confidence(stats)
+    conf = stats.confidence
     rows = [(name, r) for name, r in _h1(stats).criteria.items() if r.computable]
     fig, ax = plt.subplots(figsize=(10, 1.6 + 0.55 * max(1, len(rows))), constrained_layout=True)
     if not rows:
@@ -340,13 +342,13 @@ def plot_h1_criteria(table: pd.DataFrame, stats: Mapping[str, Any], curves: Mapp
 
 
 # ---------------------------------------------------------------- 3. α vs best val CE
-def plot_alpha_vs_val(table: pd.DataFrame, stats: Mapping[str, Any], curves: Mapping[str, Any] | None = None) -> Figure:
+def plot_alpha_vs_val(table: pd.DataFrame, stats: StudyStats, curves: Mapping[str, Any] | None = None) -> Figure:
     """α_early vs best validation CE: runs coloured by LR, marker by variant, cell means as
     large outlined markers (the grid's share of the relation is the spread of the means)."""
     ok = _ok(table)
     unit = _unit(table)
     fig, ax = plt.subplots(figsize=(9, 7), constrained_layout=True)
-    win = stats["settings"]["early_window"]
+    win = stats.settings.early_window
     y = _num(ok, "best_val_ce")
     xe = _num(ok, "alpha_early")
     if not (y.notna() & xe.notna()).any():
@@ -416,7 +418,7 @@ def plot_alpha_vs_val(table: pd.DataFrame, stats: Mapping[str, Any], curves: Map
 
 # ---------------------------------------------------------------- 4. ΔAIC
 def plot_delta_aic(
-    table: pd.DataFrame, stats: Mapping[str, Any] | None = None, curves: Mapping[str, Any] | None = None
+    table: pd.DataFrame, stats: StudyStats | None = None, curves: Mapping[str, Any] | None = None
 ) -> Figure:
     """ΔAIC of exponential / power / two-power per run (0 = best), grouped by variant."""
     ok = _ok(table)
@@ -496,7 +498,7 @@ def _found(g: pd.DataFrame, method: str) -> np.ndarray:
 
 def plot_knee_epochs(
     table: pd.DataFrame,
-    stats: Mapping[str, Any] | None = None,
+    stats: StudyStats | None = None,
     curves: Mapping[str, Any] | None = None,
     *,
     methods: Sequence[str] | None = None,
@@ -574,19 +576,17 @@ def plot_knee_epochs(
 
 
 # ---------------------------------------------------------------- 6. window robustness
-def plot_window_heatmap(
-    table: pd.DataFrame, stats: Mapping[str, Any], curves: Mapping[str, Any] | None = None
-) -> Figure:
+def plot_window_heatmap(table: pd.DataFrame, stats: StudyStats, curves: Mapping[str, Any] | None = None) -> Figure:
     """Spearman ρ(α over [start, stop), best val CE) over shifted windows."""
-    hm = stats.get("window_heatmap")
+    hm = stats.window_heatmap
     fig, ax = plt.subplots(figsize=(9, 7.4), constrained_layout=True)
-    if not hm:
+    if hm is None:
         _empty(ax, "no usable run with a window scan")
         _suptitle(fig, "α window robustness: nothing to show")
         return fig
-    starts, ends = np.asarray(hm["starts"], float), np.asarray(hm["ends"], float)
-    rho = np.array([[np.nan if v is None else v for v in r] for r in hm["rho"]], dtype=float)
-    p = np.array([[np.nan if v is None else v for v in r] for r in hm["p_value"]], dtype=float)
+    starts, ends = np.asarray(hm.starts, float), np.asarray(hm.ends, float)
+    rho = np.array([[np.nan if v is None else v for v in r] for r in hm.rho], dtype=float)
+    p = np.array([[np.nan if v is None else v for v in r] for r in hm.p_value], dtype=float)
     st = _h2_settings(stats)
     min_rho, max_p = st["min_abs_rho"], st["max_p"]
     im = ax.imshow(
@@ -616,7 +616,7 @@ def plot_window_heatmap(
                         fontweight="bold" if strong else "normal",
                         color="white" if abs(rho[i, j]) > 0.6 else "black",
                     )
-    nom = hm.get("nominal") or [np.nan, np.nan]
+    nom = hm.nominal
     ax.add_patch(Rectangle((nom[1] - 0.5, nom[0] - 0.5), 1, 1, fill=False, lw=2.5, ec="black"))
     ax.set_xlabel("window stop (epoch, exclusive)")
     ax.set_ylabel("window start (epoch)")
@@ -727,27 +727,27 @@ def plot_lr_wd_heatmap(table: pd.DataFrame, column: str = "best_val_ce") -> Figu
 
 
 def plot_alpha_lr_wd(
-    table: pd.DataFrame, stats: Mapping[str, Any] | None = None, curves: Mapping[str, Any] | None = None
+    table: pd.DataFrame, stats: StudyStats | None = None, curves: Mapping[str, Any] | None = None
 ) -> Figure:
     """α_early (mean over seeds) over LR × WD, one panel per variant: the grid's share of H2."""
     return plot_lr_wd_heatmap(table, "alpha_early")
 
 
 def plot_lr_wd_best_val(
-    table: pd.DataFrame, stats: Mapping[str, Any] | None = None, curves: Mapping[str, Any] | None = None
+    table: pd.DataFrame, stats: StudyStats | None = None, curves: Mapping[str, Any] | None = None
 ) -> Figure:
     """Best validation CE (geometric mean over seeds) over LR × WD, one panel per variant."""
     return plot_lr_wd_heatmap(table, "best_val_ce")
 
 
 # ---------------------------------------------------------------- 8. ablation
-def plot_ablation(table: pd.DataFrame, stats: Mapping[str, Any], curves: Mapping[str, Any] | None = None) -> Figure:
+def plot_ablation(table: pd.DataFrame, stats: StudyStats, curves: Mapping[str, Any] | None = None) -> Figure:
     """Per variant: share of single power laws and pooled Spearman ρ, with cluster-aware intervals."""
     variants = _variants(table)
     colors = _variant_colors(variants)
     h1 = _h1(stats).main
     h2 = _h2(stats)
-    conf = confidence(stats)
+    conf = stats.confidence
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(max(10, 2.3 * len(variants) + 4), 5.2), constrained_layout=True)
     x = np.arange(len(variants))
     byv = h1.by_variant if h1.computable else {}
@@ -812,7 +812,7 @@ def plot_ablation(table: pd.DataFrame, stats: Mapping[str, Any], curves: Mapping
 
 # ---------------------------------------------------------------- 9. run health
 def plot_run_health(
-    table: pd.DataFrame, stats: Mapping[str, Any] | None = None, curves: Mapping[str, Any] | None = None
+    table: pd.DataFrame, stats: StudyStats | None = None, curves: Mapping[str, Any] | None = None
 ) -> Figure:
     """Runs per status and variant: a partial sweep is obvious at a glance."""
     variants = _variants(table)
@@ -924,7 +924,7 @@ def save_figure(fig: Figure, paths: Sequence[str | Path], *, dpi: int = 150) -> 
 
 
 def figure_builders(
-    table: pd.DataFrame, stats: Mapping[str, Any], curves: Mapping[str, Mapping[str, Any]]
+    table: pd.DataFrame, stats: StudyStats, curves: Mapping[str, Mapping[str, Any]]
 ) -> dict[str, Callable[[], Figure]]:
     """Figure name -> a call that draws it with its registered builder (:data:`FIGURES` order)."""
     return {name: partial(_BUILDERS[name], table, stats, curves) for name in FIGURES}
@@ -932,7 +932,7 @@ def figure_builders(
 
 def render_figures(
     table: pd.DataFrame,
-    stats: Mapping[str, Any],
+    stats: StudyStats,
     curves: Mapping[str, Mapping[str, Any]],
     outputs: Mapping[str, Sequence[str | Path]],
     variant_outputs: Mapping[str, Sequence[str | Path]] | None = None,

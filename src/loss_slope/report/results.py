@@ -1,26 +1,26 @@
 """The H1 and H2 sections of ``stats.json``, typed.
 
-``stats.json`` is the contract between ``summarize`` (which writes it) and the
-report (which reads it back).  :func:`~loss_slope.report.summarize.study_statistics`
-builds its ``h1`` entry as an :class:`H1Section` and its ``h2*`` entries as an
-:class:`H2Section`, and writes each with its own ``to_dict()``; ``summary.md``,
-the figures and the verdict sentences read them back with ``from_dict()`` and use
-typed fields instead of ``.get(...) or {}`` chains.
+:class:`H1Section` is the ``h1`` entry: one :class:`H1Criterion` (or
+:class:`NotComputable`) per criterion, the defensible one first.
+:class:`H2Section` is the five ``h2*`` entries: the cluster-aware
+:class:`H2Result`, the protocol's :class:`H2Literal` and the sensitivity checks.
+Both are parts of :class:`~loss_slope.report.study_stats.StudyStats`.
 
-``to_dict()`` writes the fields in declaration order, which is the order of the
-keys the analysis library's ``to_dict()`` gives them, so the JSON is unchanged; a
-key this module does not know is kept in ``extra`` and written back after them.
-A statistic that could not be computed is a :class:`NotComputable` (``verdict`` =
-``"not computable"`` and the ``error``).
+Each record's fields are declared in the order of the keys the analysis library's
+``to_dict()`` gives them, so ``to_dict()`` writes the same JSON; a key a record does
+not declare is kept in its ``extra`` and written back after them.  A statistic that
+could not be computed is a :class:`NotComputable` (``verdict`` = ``"not computable"``
+and the ``error``); an entry is one exactly when its ``verdict`` says so.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar
+
+from .records import Record, StatsFormatError, empty
 
 __all__ = [
     "NOT_COMPUTABLE",
@@ -35,92 +35,25 @@ __all__ = [
     "Prediction",
     "Share",
     "VariantH2",
-    "confidence",
-    "study_setting",
 ]
 
 NOT_COMPUTABLE = "not computable"
 
 
-def _freeze(value: Any) -> Any:
-    """JSON value -> immutable: lists become tuples, objects read-only mappings."""
-    if isinstance(value, Mapping):
-        return MappingProxyType({k: _freeze(v) for k, v in value.items()})
-    if isinstance(value, (list, tuple)):
-        return tuple(_freeze(v) for v in value)
-    return value
-
-
-def _thaw(value: Any) -> Any:
-    """The inverse of :func:`_freeze`; records are written with their own ``to_dict()``."""
-    if isinstance(value, _Record):
-        return value.to_dict()
-    if isinstance(value, Mapping):
-        return {k: _thaw(v) for k, v in value.items()}
-    if isinstance(value, tuple):
-        return [_thaw(v) for v in value]
-    return value
-
-
-def _one(cls):
-    return {"nested": ("one", cls)}
-
-
-def _map(cls):
-    return {"nested": ("map", cls)}
-
-
-def _empty() -> Mapping:
-    return MappingProxyType({})
-
-
-class _Record:
-    """``from_dict`` / ``to_dict`` for the frozen dataclasses below.
-
-    A field's ``metadata["nested"]`` = ``("one", cls)`` or ``("map", cls)`` says that
-    its JSON value is a ``cls`` record (or a mapping of them); ``None`` stays ``None``.
-    """
-
-    extra: Mapping[str, Any]
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]):
-        rest = dict(data)
-        kwargs: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            if f.name == "extra" or f.name not in rest:
-                continue
-            value = rest.pop(f.name)
-            kind, sub = f.metadata.get("nested", (None, None))
-            if value is None or kind is None:
-                value = _freeze(value)
-            elif kind == "one":
-                value = sub.from_dict(value)
-            else:
-                value = MappingProxyType({k: sub.from_dict(v) for k, v in value.items()})
-            kwargs[f.name] = value
-        return cls(**kwargs, extra=_freeze(rest))
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {f.name: _thaw(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "extra"}
-        out.update(_thaw(self.extra))
-        return out
-
-
 @dataclass(frozen=True, kw_only=True)
-class NotComputable(_Record):
+class NotComputable(Record):
     """A statistic that could not be computed, and why; ``extra`` holds what it would have been of."""
 
     verdict: str = NOT_COMPUTABLE
     error: str = "no usable run"
-    extra: Mapping[str, Any] = field(default_factory=_empty)
+    extra: Mapping[str, Any] = field(default_factory=empty)
 
     computable: ClassVar[bool] = False
 
 
 # ------------------------------------------------------------------------------ H1
 @dataclass(frozen=True, kw_only=True)
-class Share(_Record):
+class Share(Record):
     """A share of runs with its cluster-aware interval and its verdict per target share."""
 
     k: int
@@ -133,12 +66,12 @@ class Share(_Record):
     design_effect: float | None = None
     n_effective: float | None = None
     #: target share as written (``"0.8"``) -> "supported" / "not supported" / "inconclusive"
-    verdicts: Mapping[str, str] = field(default_factory=_empty)
-    extra: Mapping[str, Any] = field(default_factory=_empty)
+    verdicts: Mapping[str, str] = field(default_factory=empty)
+    extra: Mapping[str, Any] = field(default_factory=empty)
 
 
 @dataclass(frozen=True, kw_only=True)
-class H1Criterion(_Record):
+class H1Criterion(Record):
     """One H1 criterion (the defensible one, the literal R², a sensitivity check) over the usable runs."""
 
     column: str = ""
@@ -147,27 +80,33 @@ class H1Criterion(_Record):
     confidence: float | None = None
     target_shares: tuple[float, ...] = ()
     method: str = ""
-    overall: Share = field(metadata=_one(Share))
-    verdicts: Mapping[str, str] = field(default_factory=_empty)
-    with_excluded_as_failures: Share | None = field(default=None, metadata=_one(Share))
-    by_variant: Mapping[str, Share] = field(default_factory=_empty, metadata=_map(Share))
+    overall: Share
+    verdicts: Mapping[str, str] = field(default_factory=empty)
+    with_excluded_as_failures: Share | None = field(default=None)
+    by_variant: Mapping[str, Share] = field(default_factory=empty)
     excluded: tuple[Mapping[str, str], ...] = ()
     skipped_variants: tuple[Mapping[str, str], ...] = ()
     label: str = ""
-    extra: Mapping[str, Any] = field(default_factory=_empty)
+    extra: Mapping[str, Any] = field(default_factory=empty)
 
     computable: ClassVar[bool] = True
 
 
-def _h1_entry(data: Mapping[str, Any]) -> H1Criterion | NotComputable:
-    if data.get("verdict") == NOT_COMPUTABLE or not data.get("overall"):
-        return NotComputable.from_dict(data)
-    return H1Criterion.from_dict(data)
+def _not_computable(data: Any) -> bool:
+    return isinstance(data, Mapping) and data.get("verdict") == NOT_COMPUTABLE
+
+
+def _entry(cls: type, data: Any, at: str):
+    """``cls`` from ``data``, or a :class:`NotComputable` when its verdict says so."""
+    return NotComputable.read(data, at) if _not_computable(data) else cls.read(data, at)
 
 
 @dataclass(frozen=True)
 class H1Section:
-    """``stats["h1"]``: criterion name -> result, the defensible criterion first."""
+    """``stats["h1"]``: criterion name -> result, the defensible criterion first.
+
+    The defensible (:attr:`MAIN`) and the literal (:attr:`LITERAL`) criteria are always present.
+    """
 
     criteria: Mapping[str, H1Criterion | NotComputable]
 
@@ -175,8 +114,19 @@ class H1Section:
     LITERAL: ClassVar[str] = "literal_r2"
 
     @classmethod
+    def read(cls, data: Any, at: str = "h1") -> H1Section:
+        """From the ``h1`` object at key path ``at``."""
+        if not isinstance(data, Mapping):
+            raise StatsFormatError(at, f"must be an object, got {type(data).__name__}")
+        for key in (cls.MAIN, cls.LITERAL):
+            if key not in data:
+                raise StatsFormatError(f"{at}.{key}", "is missing (H1Section requires it)")
+        return cls(MappingProxyType({k: _entry(H1Criterion, v, f"{at}.{k}") for k, v in data.items()}))
+
+    @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> H1Section:
-        return cls(MappingProxyType({k: _h1_entry(v) for k, v in data.items()}))
+        """From ``stats["h1"]``."""
+        return cls.read(data)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v.to_dict() for k, v in self.criteria.items()}
@@ -184,17 +134,17 @@ class H1Section:
     @property
     def main(self) -> H1Criterion | NotComputable:
         """The defensible criterion the H1 verdict rests on."""
-        return self.criteria.get(self.MAIN) or NotComputable(error="no H1 result")
+        return self.criteria[self.MAIN]
 
     @property
     def literal(self) -> H1Criterion | NotComputable:
         """The protocol's literal criterion (straight-line R² after the knee)."""
-        return self.criteria.get(self.LITERAL) or NotComputable(error="no literal R² result")
+        return self.criteria[self.LITERAL]
 
 
 # ------------------------------------------------------------------------------ H2
 @dataclass(frozen=True, kw_only=True)
-class Correlation(_Record):
+class Correlation(Record):
     """Pearson and Spearman correlation with their intervals and p-values."""
 
     n: int | None = None
@@ -209,11 +159,11 @@ class Correlation(_Record):
     spearman_ci_low: float | None = None
     spearman_ci_high: float | None = None
     method: str = ""
-    extra: Mapping[str, Any] = field(default_factory=_empty)
+    extra: Mapping[str, Any] = field(default_factory=empty)
 
 
 @dataclass(frozen=True, kw_only=True)
-class LevelComparison(_Record):
+class LevelComparison(Record):
     """|ρ(slope, CE)| − |ρ(loss level, CE)| with its paired interval."""
 
     difference: float | None
@@ -225,66 +175,66 @@ class LevelComparison(_Record):
     n: int | None = None
     n_cells: int | None = None
     level_column: str = ""
-    extra: Mapping[str, Any] = field(default_factory=_empty)
+    extra: Mapping[str, Any] = field(default_factory=empty)
 
 
 @dataclass(frozen=True, kw_only=True)
-class Prediction(_Record):
+class Prediction(Record):
     """Leave-one-cell-out prediction of the best CE: RMSE per predictor set."""
 
-    rmse: Mapping[str, float | None] = field(default_factory=_empty)
+    rmse: Mapping[str, float | None] = field(default_factory=empty)
     n: int | None = None
     n_cells: int | None = None
     sd: float | None = None
-    extra: Mapping[str, Any] = field(default_factory=_empty)
+    extra: Mapping[str, Any] = field(default_factory=empty)
 
 
 @dataclass(frozen=True, kw_only=True)
-class VariantH2(_Record):
+class VariantH2(Record):
     """H2 within one variant."""
 
-    overall: Correlation | None = field(default=None, metadata=_one(Correlation))
-    cell_means: Correlation | None = field(default=None, metadata=_one(Correlation))
-    within_cell: Correlation | None = field(default=None, metadata=_one(Correlation))
+    overall: Correlation | None = field(default=None)
+    cell_means: Correlation | None = field(default=None)
+    within_cell: Correlation | None = field(default=None)
     verdict: str = NOT_COMPUTABLE
     n_runs: int | None = None
     n_cells: int | None = None
     note: str = ""
-    extra: Mapping[str, Any] = field(default_factory=_empty)
+    extra: Mapping[str, Any] = field(default_factory=empty)
 
 
 @dataclass(frozen=True, kw_only=True)
-class H2Result(_Record):
+class H2Result(Record):
     """Cluster-aware H2: the slope ``x`` against the best validation CE ``y``."""
 
     verdict: str
     n_runs: int | None = None
     n_cells: int | None = None
-    overall: Correlation = field(metadata=_one(Correlation))
-    cell_means: Correlation | None = field(default=None, metadata=_one(Correlation))
-    within_cell: Correlation | None = field(default=None, metadata=_one(Correlation))
-    partial: Correlation | None = field(default=None, metadata=_one(Correlation))
-    within_cell_seed_adjusted: Correlation | None = field(default=None, metadata=_one(Correlation))
-    versus_level: LevelComparison | None = field(default=None, metadata=_one(LevelComparison))
-    prediction: Prediction | None = field(default=None, metadata=_one(Prediction))
-    by_variant: Mapping[str, VariantH2] = field(default_factory=_empty, metadata=_map(VariantH2))
+    overall: Correlation
+    cell_means: Correlation | None = field(default=None)
+    within_cell: Correlation | None = field(default=None)
+    partial: Correlation | None = field(default=None)
+    within_cell_seed_adjusted: Correlation | None = field(default=None)
+    versus_level: LevelComparison | None = field(default=None)
+    prediction: Prediction | None = field(default=None)
+    by_variant: Mapping[str, VariantH2] = field(default_factory=empty)
     excluded: tuple[Mapping[str, str], ...] = ()
     skipped_cells: tuple[Mapping[str, str], ...] = ()
     skipped_variants: tuple[Mapping[str, str], ...] = ()
     diverged_at_worst_rank: tuple[str, ...] = ()
     #: min_abs_rho, max_p, sign, confidence, ... as the analysis ran it
-    settings: Mapping[str, Any] = field(default_factory=_empty)
+    settings: Mapping[str, Any] = field(default_factory=empty)
     notes: tuple[str, ...] = ()
     x: str = ""
     y: str = ""
     level: str = ""
-    extra: Mapping[str, Any] = field(default_factory=_empty)
+    extra: Mapping[str, Any] = field(default_factory=empty)
 
     computable: ClassVar[bool] = True
 
 
 @dataclass(frozen=True, kw_only=True)
-class H2Literal(_Record):
+class H2Literal(Record):
     """The protocol's literal H2 rule over runs treated as independent."""
 
     verdict: str
@@ -292,17 +242,9 @@ class H2Literal(_Record):
     spearman_p: float | None = None
     n: int | None = None
     rule: str = ""
-    extra: Mapping[str, Any] = field(default_factory=_empty)
+    extra: Mapping[str, Any] = field(default_factory=empty)
 
     computable: ClassVar[bool] = True
-
-
-def _h2_entry(data: Mapping[str, Any] | None) -> H2Result | NotComputable | None:
-    if data is None:
-        return None
-    if data.get("verdict") == NOT_COMPUTABLE or not data.get("overall"):
-        return NotComputable.from_dict(data)
-    return H2Result.from_dict(data)
 
 
 @dataclass(frozen=True)
@@ -312,7 +254,7 @@ class H2Section:
     ``h2``: α_early (the verdict); ``h2_literal``: the protocol's rule;
     ``h2_diverged_worst_rank``: diverged runs ranked worst; ``h2_alpha_full``: α_full
     instead of α_early; ``h2_other_axis``: α_early on the other time axis (None when
-    that axis was not computed).
+    that axis was not computed).  Every key is present in the file.
     """
 
     h2: H2Result | NotComputable
@@ -324,33 +266,36 @@ class H2Section:
     KEYS: ClassVar[tuple[str, ...]] = ("h2", "h2_literal", "h2_diverged_worst_rank", "h2_alpha_full", "h2_other_axis")
 
     @classmethod
+    def read(cls, stats: Any, at: str = "") -> H2Section:
+        """From the object holding the ``h2*`` keys (the whole ``stats.json``)."""
+        if not isinstance(stats, Mapping):
+            raise StatsFormatError(at or "h2", f"must be an object, got {type(stats).__name__}")
+        for key in cls.KEYS:
+            if key not in stats:
+                raise StatsFormatError(f"{at}.{key}" if at else key, "is missing (H2Section requires it)")
+
+        def entry(key: str, kind: type):
+            value = stats[key]
+            return None if value is None and key == "h2_other_axis" else _entry(kind, value, key)
+
+        return cls(
+            h2=entry("h2", H2Result),
+            h2_literal=entry("h2_literal", H2Literal),
+            h2_diverged_worst_rank=entry("h2_diverged_worst_rank", H2Result),
+            h2_alpha_full=entry("h2_alpha_full", H2Result),
+            h2_other_axis=entry("h2_other_axis", H2Result),
+        )
+
+    @classmethod
     def from_dict(cls, stats: Mapping[str, Any]) -> H2Section:
         """From the whole ``stats.json`` (its ``h2*`` keys)."""
-        lit = stats.get("h2_literal") or {}
-        literal = (
-            NotComputable.from_dict(lit)
-            if lit.get("verdict", NOT_COMPUTABLE) == NOT_COMPUTABLE
-            else H2Literal.from_dict(lit)
-        )
-        return cls(
-            h2=_h2_entry(stats.get("h2") or {}),
-            h2_literal=literal,
-            h2_diverged_worst_rank=_h2_entry(stats.get("h2_diverged_worst_rank") or {}),
-            h2_alpha_full=_h2_entry(stats.get("h2_alpha_full") or {}),
-            h2_other_axis=_h2_entry(stats.get("h2_other_axis")),
-        )
+        return cls.read(stats)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``h2*`` keys of ``stats.json``, in order."""
         return {k: None if (v := getattr(self, k)) is None else v.to_dict() for k in self.KEYS}
 
-
-# ------------------------------------------------------------------------------ settings
-def study_setting(stats: Mapping[str, Any], key: str) -> Any:
-    """A key of ``analysis.study`` as the statistics were computed with (``stats["settings"]["study"]``)."""
-    return stats["settings"]["study"][key]
-
-
-def confidence(stats: Mapping[str, Any]) -> float:
-    """The configured confidence level of every interval (``analysis.study.confidence``)."""
-    return float(study_setting(stats, "confidence"))
+    @property
+    def main(self) -> H2Result | NotComputable:
+        """The cluster-aware α_early answer the H2 verdict rests on."""
+        return self.h2

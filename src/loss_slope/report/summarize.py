@@ -8,6 +8,7 @@ with its status and reason.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -22,9 +23,11 @@ from loss_slope.analysis.stats import h2_statistics_diverged_worst_rank, h2_wind
 from loss_slope.pipeline.fit_run import TIME_AXES
 from loss_slope.tables.schema import RUN_IDENTITY
 
-from ._io import EXCLUDED_STATUSES, STATUSES, one_thread, read_json, write_json
+from ._io import EXCLUDED_STATUSES, STATUSES, jsonable, one_thread, read_json, write_json
 from .results import H1Criterion, H1Section, H2Literal, H2Result, H2Section, NotComputable
+from .study_stats import CellCounts, ExcludedRun, Settings, StatusCounts, StudyStats, WindowHeatmap
 from .truth import compare_with_truth, load_truths, truth_axis
+from .truth_section import TruthComparison
 
 __all__ = [
     "ID_COLUMNS",
@@ -253,22 +256,25 @@ def _h2_literal(table: pd.DataFrame, study: Mapping[str, Any], x: str) -> H2Lite
     )
 
 
-def _cells(table: pd.DataFrame) -> list[dict]:
+def _status_counts(g: pd.DataFrame) -> StatusCounts:
+    return StatusCounts(**{s: int((g["status"] == s).sum()) for s in STATUSES})
+
+
+def _cells(table: pd.DataFrame) -> tuple[CellCounts, ...]:
     """Run counts per cell of the grid (variant x LR x WD): usable and excluded by status."""
     out = []
     for (v, lr, wd), g in table.groupby(["variant", "lr", "weight_decay"], sort=False, dropna=False):
         counts = {st: int((g["status"] == st).sum()) for st in STATUSES}
-        out.append(
-            {
-                "variant": v,
-                "lr": lr,
-                "weight_decay": wd,
-                "runs": int(len(g)),
-                **counts,
-                "excluded": int(len(g) - counts["ok"]),
-            }
-        )
-    return out
+        row = {
+            "variant": v,
+            "lr": lr,
+            "weight_decay": wd,
+            "runs": int(len(g)),
+            **counts,
+            "excluded": int(len(g) - counts["ok"]),
+        }
+        out.append(CellCounts.from_dict(jsonable(row)))
+    return tuple(out)
 
 
 def _heatmap(table: pd.DataFrame, scans: Mapping[str, Mapping[str, Any]]) -> dict | None:
@@ -312,7 +318,7 @@ def study_statistics(
     window_scans: Mapping[str, Mapping[str, Any]] | None = None,
     study_name: str = "",
     time_axis: str = "step",
-) -> dict:
+) -> StudyStats:
     """H1 and H2 answers for a per-run table.
 
     Parameters
@@ -333,22 +339,18 @@ def study_statistics(
 
     Returns
     -------
-    dict
-        ``counts`` (per status, overall, per variant and per cell), ``h1`` (one
+    StudyStats
+        Counts (per status, overall, per variant and per cell), ``h1`` (one
         entry per criterion of :func:`h1_criteria`, the first the defensible
-        verdict), ``h2`` (cluster-aware, α_early), ``h2_literal`` (the
-        protocol's rule), ``h2_diverged_worst_rank``, ``h2_alpha_full``,
-        ``h2_other_axis``, ``window_heatmap``, ``excluded_runs`` and ``settings``.
+        verdict), ``h2`` (cluster-aware α_early, the protocol's literal rule and
+        the sensitivity checks), the window heat-map, the excluded runs and the
+        settings; no ``truth`` (:func:`summarize` adds it for a simulated study).
     """
-    counts = {s: int((table["status"] == s).sum()) for s in STATUSES}
-    by_variant = {
-        str(v): {s: int((g["status"] == s).sum()) for s in STATUSES} for v, g in table.groupby("variant", sort=False)
-    }
-    excluded = [
-        {"variant": r.variant, "run": r.run, "status": r.status, "reason": r.reason}
+    excluded = tuple(
+        ExcludedRun.from_dict(jsonable({"variant": r.variant, "run": r.run, "status": r.status, "reason": r.reason}))
         for r in table.itertuples()
         if r.status in EXCLUDED_STATUSES
-    ]
+    )
     scans = {k: _scan_grid(v) for k, v in (window_scans or {}).items()}
     heat = None
     if scans and "best_val_ce" in table.columns:
@@ -374,20 +376,21 @@ def study_statistics(
         h2_alpha_full=_h2(table, study, "alpha_full"),
         h2_other_axis=_h2(table, study, f"{other}__alpha_early") if has_other else None,
     )
-    return {
-        "study": study_name,
-        "n_runs": int(len(table)),
-        "counts": counts,
-        "counts_by_variant": by_variant,
-        "counts_by_cell": _cells(table),
-        "time_axis": time_axis,
-        "other_time_axis": other if has_other else None,
-        "h1": h1.to_dict(),
-        **h2.to_dict(),
-        "window_heatmap": heat,
-        "excluded_runs": excluded,
-        "settings": {"study": dict(study), "early_window": list(early_window), "time_axis": time_axis},
-    }
+    settings = {"study": dict(study), "early_window": list(early_window), "time_axis": time_axis}
+    return StudyStats(
+        study=study_name,
+        n_runs=int(len(table)),
+        counts=_status_counts(table),
+        counts_by_variant={str(v): _status_counts(g) for v, g in table.groupby("variant", sort=False)},
+        counts_by_cell=_cells(table),
+        time_axis=time_axis,
+        other_time_axis=other if has_other else None,
+        h1=h1,
+        h2=h2,
+        window_heatmap=None if heat is None else WindowHeatmap.from_dict(jsonable(heat)),
+        excluded_runs=excluded,
+        settings=Settings.from_dict(jsonable(settings)),
+    )
 
 
 def _median(g: pd.DataFrame, col: str) -> float:
@@ -397,12 +400,12 @@ def _median(g: pd.DataFrame, col: str) -> float:
     return float(v.median()) if v.notna().any() else math.nan
 
 
-def variant_table(table: pd.DataFrame, stats: Mapping[str, Any]) -> pd.DataFrame:
+def variant_table(table: pd.DataFrame, stats: StudyStats) -> pd.DataFrame:
     """One row per variant: run health, H1 share (single power law), H2 correlations, medians."""
     rows = []
-    main = H1Section.from_dict(stats["h1"]).main
+    main = stats.h1.main
     h1 = main.by_variant if main.computable else {}
-    h2_res = H2Section.from_dict(stats).h2
+    h2_res = stats.h2.main
     h2 = h2_res.by_variant if h2_res.computable else {}
     for v, g in table.groupby("variant", sort=False):
         ok = g[g["status"] == "ok"]
@@ -492,7 +495,7 @@ def summarize(
     Returns
     -------
     dict
-        The statistics written to ``stats_json``.
+        The JSON object written to ``stats_json`` (:meth:`StudyStats.to_dict`).
     """
     fits = [read_json(p) for p in fit_files]
     table = run_table([f["row"] for f in fits], runs, missing_reasons)
@@ -515,18 +518,20 @@ def summarize(
         key, column = "single_power_law", "h1_single_power_law"
         if axis is not None and axis != time_axis and f"{axis}__h1_single_power_law" in table.columns:
             key, column = f"single_power_law_{axis}", f"{axis}__h1_single_power_law"
-        stats["truth"] = compare_with_truth(
+        h1_study = stats.h1.criteria[key]  # h1_criteria has this key whenever the table has the column
+        comparison = compare_with_truth(
             table,
             truths,
             confidence=float(study["confidence"]),
             h2_min_abs_rho=float(study["h2_min_abs_rho"]),
             h2_max_p=float(study["h2_max_p"]),
             h2_sign=str(study["h2_sign"]),
-            h1_study=(stats["h1"].get(key) or {}).get("overall"),
-            h2_study=stats["h2"],
+            h1_study=h1_study.overall if h1_study.computable else None,
+            h2_study=stats.h2.main,
             h1_column=column,
         )
-        stats["truth"]["h1"]["time_axis"] = axis or time_axis
+        comparison["h1"]["time_axis"] = axis or time_axis
+        stats = dataclasses.replace(stats, truth=TruthComparison.from_dict(jsonable(comparison)))
     Path(table_parquet).parent.mkdir(parents=True, exist_ok=True)
     # object columns mixing None and numbers: make them numeric where they are
     for c in table.columns:
@@ -538,5 +543,6 @@ def summarize(
     _write_csv(variant_table(table, stats), variants_csv)
     for path in variant_csvs:
         _write_csv(table[table["variant"] == Path(path).name[: -len(".csv")]], path)
-    write_json(stats, stats_json)
-    return stats
+    written = stats.to_dict()
+    write_json(written, stats_json)
+    return written

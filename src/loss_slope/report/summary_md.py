@@ -11,15 +11,8 @@ import pandas as pd
 from . import verdicts as V
 from ._io import STATUSES, fmt_num as _f, fmt_p, fmt_pct
 from .registry import figures_in
-from .results import (
-    Correlation,
-    H1Criterion,
-    H1Section,
-    H2Section,
-    NotComputable,
-    confidence,
-    study_setting,
-)
+from .results import Correlation, H1Criterion, NotComputable
+from .study_stats import StudyStats
 from .truth import truth_markdown
 
 __all__ = ["render_summary"]
@@ -46,9 +39,9 @@ def _h1_row(name: str, res: H1Criterion | NotComputable) -> list[str]:
     return cols
 
 
-def _h1_section(stats: Mapping[str, Any], table: pd.DataFrame, figs) -> list[str]:
-    h1 = H1Section.from_dict(stats["h1"])
-    conf = confidence(stats)
+def _h1_section(stats: StudyStats, table: pd.DataFrame, figs) -> list[str]:
+    h1 = stats.h1
+    conf = stats.confidence
     main, literal = h1.main, h1.literal
     out = ["## H1 — after the knee, is the training loss one power law?", ""]
     out += [
@@ -61,7 +54,7 @@ def _h1_section(stats: Mapping[str, Any], table: pd.DataFrame, figs) -> list[str
     wf = main.with_excluded_as_failures if main.computable else None
     if wf:
         out += [V.h1_failures_sentence(wf), ""]
-    thr = study_setting(stats, "r2_threshold")
+    thr = stats.settings.study.r2_threshold
     out += [
         f"**The protocol's literal criterion** — straight-line log-log R² ≥ {_f(thr, 'g')} after the knee. "
         + V.h1_criterion_sentence(literal, confidence=conf)
@@ -123,10 +116,10 @@ def _p(c: Correlation | None) -> str:
     return fmt_p(c.spearman_p if c else None)
 
 
-def _h2_section(stats: Mapping[str, Any], figs) -> list[str]:
-    section = H2Section.from_dict(stats)
-    h2 = section.h2
-    win = stats["settings"]["early_window"]
+def _h2_section(stats: StudyStats, figs) -> list[str]:
+    section = stats.h2
+    h2 = section.main
+    win = stats.settings.early_window
     out = ["## H2 — does the early slope α_early predict the best validation cross-entropy?", ""]
     if not h2.computable:
         out += [f"**Not computable:** {h2.error}.", ""]
@@ -190,8 +183,8 @@ def _h2_section(stats: Mapping[str, Any], figs) -> list[str]:
     if lit.computable:
         out += [
             f"**The protocol's literal rule** "
-            f"(|Spearman ρ| ≥ {float(study_setting(stats, 'h2_min_abs_rho')):g} with "
-            f"p < {float(study_setting(stats, 'h2_max_p')):g}, the {lit.n} runs treated as independent): "
+            f"(|Spearman ρ| ≥ {stats.settings.study.h2_min_abs_rho:g} with "
+            f"p < {stats.settings.study.h2_max_p:g}, the {lit.n} runs treated as independent): "
             f"ρ = {_f(lit.spearman_rho)}, p = {fmt_p(lit.spearman_p)} — {lit.verdict}. Runs of one cell "
             "share their configuration and seeds are shared across cells, so this p-value overstates the evidence.",
             "",
@@ -200,7 +193,7 @@ def _h2_section(stats: Mapping[str, Any], figs) -> list[str]:
     for key, label in (
         ("h2_diverged_worst_rank", "diverged runs at the worst rank"),
         ("h2_alpha_full", "α_full (knee to end) instead of α_early"),
-        ("h2_other_axis", f"α_early on the {str(stats.get('other_time_axis') or '').replace('_', ' ')} axis"),
+        ("h2_other_axis", f"α_early on the {(stats.other_time_axis or '').replace('_', ' ')} axis"),
     ):
         r = getattr(section, key)
         if r is None:
@@ -225,16 +218,16 @@ def _h2_section(stats: Mapping[str, Any], figs) -> list[str]:
             ),
             "",
         ]
-    hm = stats.get("window_heatmap")
-    if hm and h2.computable and h2.settings:
+    hm = stats.window_heatmap
+    if hm is not None and h2.computable and h2.settings:
         import numpy as np
 
-        rho = np.array([[np.nan if v is None else v for v in r] for r in hm["rho"]], dtype=float)
+        rho = np.array([[np.nan if v is None else v for v in r] for r in hm.rho], dtype=float)
         valid = np.isfinite(rho)
         if valid.any():
             out += [
                 f"Window robustness: shifting the window's start and stop by up to ±"
-                f"{(hm['ends'][-1] - hm['ends'][0]) / 2:g} epochs, the pooled ρ ranges over "
+                f"{(hm.ends[-1] - hm.ends[0]) / 2:g} epochs, the pooled ρ ranges over "
                 f"{np.nanmin(rho):.2f} to {np.nanmax(rho):.2f} ({int(valid.sum())} windows).",
                 "",
             ]
@@ -242,8 +235,8 @@ def _h2_section(stats: Mapping[str, Any], figs) -> list[str]:
     return out
 
 
-def _cells_section(stats: Mapping[str, Any]) -> list[str]:
-    cells = [c for c in stats.get("counts_by_cell") or [] if c["excluded"]]
+def _cells_section(stats: StudyStats) -> list[str]:
+    cells = [c for c in stats.counts_by_cell if c.excluded]
     if not cells:
         return []
     return [
@@ -253,13 +246,13 @@ def _cells_section(stats: Mapping[str, Any]) -> list[str]:
             ["variant", "LR", "WD", "runs", "usable", "excluded", "by status"],
             [
                 [
-                    c["variant"],
-                    _f(c["lr"], "g"),
-                    _f(c["weight_decay"], "g"),
-                    c["runs"],
-                    c["ok"],
-                    c["excluded"],
-                    ", ".join(f"{c[s]} {s.replace('_', ' ')}" for s in STATUSES if s != "ok" and c.get(s)),
+                    c.variant,
+                    _f(c.lr, "g"),
+                    _f(c.weight_decay, "g"),
+                    c.runs,
+                    c.ok,
+                    c.excluded,
+                    ", ".join(f"{c.of(s)} {s.replace('_', ' ')}" for s in STATUSES if s != "ok" and c.of(s)),
                 ]
                 for c in cells
             ],
@@ -268,7 +261,7 @@ def _cells_section(stats: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def _excluded_section(table: pd.DataFrame, stats: Mapping[str, Any]) -> list[str]:
+def _excluded_section(table: pd.DataFrame, stats: StudyStats) -> list[str]:
     out = ["## Runs not in the statistics", ""]
     bad = table[table["status"] != "ok"]
     if bad.empty:
@@ -284,9 +277,9 @@ def _excluded_section(table: pd.DataFrame, stats: Mapping[str, Any]) -> list[str
             "",
         ]
     extra = []
-    h2 = H2Section.from_dict(stats)
+    h2 = stats.h2
     for res, name in (
-        (H1Section.from_dict(stats["h1"]).main, "H1"),
+        (stats.h1.main, "H1"),
         (h2.h2, "H2"),
         (h2.h2_alpha_full, "H2 with α_full"),
     ):
@@ -328,7 +321,7 @@ def _micro_batch_section(table: pd.DataFrame) -> list[str]:
 
 def render_summary(
     table: pd.DataFrame,
-    stats: Mapping[str, Any],
+    stats: StudyStats,
     figure_paths: Mapping[str, str],
     *,
     variant_figure_paths: Mapping[str, str] | None = None,
@@ -341,8 +334,8 @@ def render_summary(
     ----------
     table : DataFrame
         Per-run table (one row per run of the config).
-    stats : mapping
-        From :func:`loss_slope.report.summarize.study_statistics`.
+    stats : StudyStats
+        ``stats.json`` (:func:`loss_slope.report.summarize.study_statistics`).
     figure_paths : mapping
         Figure name -> path relative to the summary (PNG).
     variant_figure_paths : mapping, optional
@@ -361,23 +354,23 @@ def render_summary(
         """The registered figures of one section (:data:`~loss_slope.report.registry.FIGURES`)."""
         return [line for f in figures_in(section) for line in (fig(f.name), "")]
 
-    counts = stats["counts"]
-    n = stats["n_runs"]
-    title = f"# loss-slope study `{stats.get('study') or 'study'}`" + (" — partial report" if partial else "")
-    health = ", ".join(f"{counts[s]} {s.replace('_', ' ')}" for s in STATUSES if s != "ok")
-    out = [title, "", f"{n} runs in the config: **{counts['ok']} usable** ({health})."]
-    if counts.get("missing"):
+    counts = stats.counts
+    n = stats.n_runs
+    title = f"# loss-slope study `{stats.study or 'study'}`" + (" — partial report" if partial else "")
+    health = ", ".join(f"{counts.of(s)} {s.replace('_', ' ')}" for s in STATUSES if s != "ok")
+    out = [title, "", f"{n} runs in the config: **{counts.ok} usable** ({health})."]
+    if counts.missing:
         out += [
             "",
-            f"> **Partial sweep:** {counts['missing']} run(s) have no fit (training not finished); "
+            f"> **Partial sweep:** {counts.missing} run(s) have no fit (training not finished); "
             "they are listed below and every statistic uses only the usable runs.",
         ]
     out += ["", *figs("health")]
     out += _h1_section(stats, table, figs)
     out += _h2_section(stats, figs)
     out += _cells_section(stats)
-    if stats.get("truth"):
-        out += [truth_markdown(stats["truth"]), ""]
+    if stats.truth is not None:
+        out += [truth_markdown(stats.truth), ""]
     out += ["## Per variant", "", *figs("variants")]
     if variant_figure_paths:
         out += [
@@ -390,12 +383,8 @@ def render_summary(
     out += _micro_batch_section(table)
     if table_paths:
         out += ["## Files", ""] + [f"- [{label}]({p})" for label, p in table_paths.items()] + [""]
-    st = stats.get("settings", {}).get("study", {})
-    if st:
-        out += ["## Settings", "", "`analysis.study`: " + ", ".join(f"`{k}` = {v}" for k, v in st.items()) + "."]
-        out += [
-            f"α_early window: epochs {stats['settings']['early_window'][0]:g}–"
-            f"{stats['settings']['early_window'][1]:g}.",
-            "",
-        ]
+    st = stats.settings.study.to_dict()
+    win = stats.settings.early_window
+    out += ["## Settings", "", "`analysis.study`: " + ", ".join(f"`{k}` = {v}" for k, v in st.items()) + "."]
+    out += [f"α_early window: epochs {win[0]:g}–{win[1]:g}.", ""]
     return "\n".join(out).rstrip() + "\n"

@@ -40,7 +40,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from loss_slope.jsonio import jsonable
 from loss_slope.pipeline.paths import DEFAULT_WORK_ROOT, EXPORT_DIR, EXPORT_ROOT, WORK_RUN
+
+from .results import Correlation, H2Result, NotComputable, Share
+from .truth_section import TruthComparison, TruthH1
 
 __all__ = ["compare_with_truth", "load_truths", "truth_axis", "truth_for_run", "truth_markdown"]
 
@@ -155,11 +159,11 @@ def truth_axis(truths: Mapping[str, Mapping[str, Any]]) -> str | None:
     return None
 
 
-def _spearman_ci(corr: Mapping[str, Any] | None) -> list[float] | None:
-    """``[low, high]`` of a correlation as the study statistics serialise it (None when absent)."""
-    if not corr or corr.get("spearman_ci_low") is None or corr.get("spearman_ci_high") is None:
+def _spearman_ci(corr: Correlation | None) -> list[float] | None:
+    """``[low, high]`` of a correlation's Spearman interval (None when absent)."""
+    if corr is None or corr.spearman_ci_low is None or corr.spearman_ci_high is None:
         return None
-    return [float(corr["spearman_ci_low"]), float(corr["spearman_ci_high"])]
+    return [float(corr.spearman_ci_low), float(corr.spearman_ci_high)]
 
 
 def _inside(v: float, ci) -> bool | None:
@@ -182,11 +186,11 @@ def compare_with_truth(
     h2_max_p: float = 0.01,
     h2_sign: str = "either",
     confidence: float = 0.95,
-    h1_study: Mapping[str, Any] | None = None,
-    h2_study: Mapping[str, Any] | None = None,
+    h1_study: Share | None = None,
+    h2_study: H2Result | NotComputable | None = None,
     h1_column: str = "h1_single_power_law",
 ) -> dict:
-    """Every estimate of the per-run table against the truth; JSON-ready.
+    """Every estimate of the per-run table against the truth; JSON-ready (read back: :class:`TruthComparison`).
 
     Parameters
     ----------
@@ -197,11 +201,12 @@ def compare_with_truth(
         ``"variant/run"`` → truth (:func:`load_truths`).
     r2_column, r2_threshold : the H1 decision while the table has no ``h1_single_power_law``.
     h2_min_abs_rho, h2_max_p, h2_sign : the H2 verdict's thresholds and required sign.
-    h1_study : mapping, optional
-        The study's H1 share (``stats["h1"]["single_power_law"]["overall"]``: ``share``, ``ci``): its
+    h1_study : Share, optional
+        The study's H1 share (the ``overall`` of an H1 criterion of ``stats.json``): its
         cluster-aware interval is the one judged.
-    h2_study : mapping, optional
-        The study's H2 result (``stats["h2"]``: ``verdict``, ``overall``/``within_cell`` with ``spearman_ci``).
+    h2_study : H2Result or NotComputable, optional
+        The study's H2 result (``h2`` of ``stats.json``): its verdict and its pooled and
+        within-cell Spearman intervals are judged.
     h1_column : str
         The per-run H1 decision judged: the one on the time axis where the truth is a power law
         (:func:`truth_axis`), e.g. ``cumulative_lr__h1_single_power_law``.
@@ -245,9 +250,9 @@ def compare_with_truth(
     k_est, n = int(h1["h1_est"].astype(bool).sum()), int(len(h1))
     k_true = int(h1["true_h1_single_power_law"].astype(bool).sum())
     share = k_est / n if n else None
-    if h1_study and h1_study.get("ci") and None not in h1_study["ci"]:
-        (lo, hi), interval = h1_study["ci"], "cluster-aware"
-        share = _num(h1_study.get("share"))
+    if h1_study is not None and None not in h1_study.ci:
+        (lo, hi), interval = h1_study.ci, "cluster-aware"
+        share = _num(h1_study.share)
     else:
         (lo, hi), interval = _wilson(k_est, n, confidence), "Wilson, runs as independent"
     wrong = h1[h1["h1_est"].astype(bool) != h1["true_h1_single_power_law"].astype(bool)]
@@ -294,16 +299,16 @@ def compare_with_truth(
         "true_verdict": "supported" if verdict(true_rho, true_p) else "not supported",
     }
     res["h2"]["verdict_matches"] = res["h2"]["estimated_verdict"] == res["h2"]["true_verdict"]
-    if h2_study and h2_study.get("verdict"):
+    if h2_study is not None:
         sign_ok = lambda rho: h2_sign == "either" or (rho < 0) == (h2_sign == "negative")  # noqa: E731
         true_def = (
             "supported"
             if math.isfinite(true_rho) and abs(true_rho) >= h2_min_abs_rho and sign_ok(true_rho)
             else "not supported"
         )
-        pooled_ci = _spearman_ci(h2_study.get("overall"))
-        within_ci = _spearman_ci(h2_study.get("within_cell"))
-        verdict = h2_study["verdict"]
+        pooled_ci = _spearman_ci(h2_study.overall) if h2_study.computable else None
+        within_ci = _spearman_ci(h2_study.within_cell) if h2_study.computable else None
+        verdict = h2_study.verdict
         res["h2"]["defensible"] = {
             "verdict": verdict,
             "true_verdict": true_def,
@@ -381,65 +386,70 @@ def _f(v, fmt: str = ".3f") -> str:
     return "—" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
 
 
-def truth_markdown(result: Mapping[str, Any], *, max_runs: int = 30) -> str:
-    """``summary.md``'s section on a simulated study: each estimate next to its truth."""
-    h1, h2, kn, ex = result["h1"], result["h2"], result["knee"], result["exponent"]
+def truth_markdown(result: TruthComparison | Mapping[str, Any], *, max_runs: int = 30) -> str:
+    """``summary.md``'s section on a simulated study: each estimate next to its truth.
+
+    ``result`` is ``stats.json``'s ``truth`` section or :func:`compare_with_truth`'s JSON object.
+    """
+    if not isinstance(result, TruthComparison):
+        result = TruthComparison.from_dict(jsonable(result))
+    h1, h2, kn, ex = result.h1, result.h2, result.knee, result.exponent
     lines = [
         "## Against the known truth (simulated study)",
         "",
-        f"The runs were simulated from known curves; {result['n_ok']} of {result['n_runs']} runs are usable "
-        f"({result['diverged']['estimated']} diverged, {result['diverged']['true']} by design).",
+        f"The runs were simulated from known curves; {result.n_ok} of {result.n_runs} runs are usable "
+        f"({result.diverged.estimated} diverged, {result.diverged.true} by design).",
         "",
         "| quantity | estimated | truth | recovered |",
         "|---|---|---|---|",
-        f"| H1 share ({h1['rule']}{_axis(h1)}) | {_f(h1['estimated_share'])} "
-        f"[{_f(h1['ci'][0])}, {_f(h1['ci'][1])}] | {_f(h1['true_share'])} | "
-        f"{'yes' if h1['true_within_ci'] else 'no'} (truth {'inside' if h1['true_within_ci'] else 'outside'} the "
-        f"{h1['confidence']:.0%} {h1.get('interval', 'Wilson, runs as independent')} interval) |",
+        f"| H1 share ({h1.rule}{_axis(h1)}) | {_f(h1.estimated_share)} "
+        f"[{_f(h1.ci[0])}, {_f(h1.ci[1])}] | {_f(h1.true_share)} | "
+        f"{'yes' if h1.true_within_ci else 'no'} (truth {'inside' if h1.true_within_ci else 'outside'} the "
+        f"{h1.confidence:.0%} {h1.interval} interval) |",
     ]
-    d = h2.get("defensible")
-    if d:
-        match = {None: "— (inconclusive)", True: "yes", False: "no"}[d["matches"]]
+    d = h2.defensible
+    if d is not None:
+        match = {None: "— (inconclusive)", True: "yes", False: "no"}[d.matches]
         lines += [
-            f"| H2 Spearman ρ, pooled | {_f(h2['estimated_rho'])} {_ci(d['pooled_ci'])} | {_f(h2['true_rho'])} | "
-            f"{_in(d['true_in_pooled_ci'])}; verdict {d['verdict']} vs {d['true_verdict']}: {match} |",
-            f"| H2 Spearman ρ, within cells | {_f(h2['estimated_within_rho'])} {_ci(d['within_ci'])} | "
-            f"{_f(h2['true_within_rho'])} | {_in(d['true_within_in_ci'])} |",
+            f"| H2 Spearman ρ, pooled | {_f(h2.estimated_rho)} {_ci(d.pooled_ci)} | {_f(h2.true_rho)} | "
+            f"{_in(d.true_in_pooled_ci)}; verdict {d.verdict} vs {d.true_verdict}: {match} |",
+            f"| H2 Spearman ρ, within cells | {_f(h2.estimated_within_rho)} {_ci(d.within_ci)} | "
+            f"{_f(h2.true_within_rho)} | {_in(d.true_within_in_ci)} |",
         ]
     else:
         lines += [
-            f"| H2 Spearman ρ, pooled | {_f(h2['estimated_rho'])} (p {_f(h2['estimated_p'], '.2g')}) | "
-            f"{_f(h2['true_rho'])} | verdict {h2['estimated_verdict']} vs {h2['true_verdict']} (runs as "
-            f"independent): {'yes' if h2['verdict_matches'] else 'no'} |",
-            f"| H2 Spearman ρ, within cells | {_f(h2['estimated_within_rho'])} | {_f(h2['true_within_rho'])} | "
-            f"error {_f(_diff(h2['estimated_within_rho'], h2['true_within_rho']), '+.3f')} |",
+            f"| H2 Spearman ρ, pooled | {_f(h2.estimated_rho)} (p {_f(h2.estimated_p, '.2g')}) | "
+            f"{_f(h2.true_rho)} | verdict {h2.estimated_verdict} vs {h2.true_verdict} (runs as "
+            f"independent): {'yes' if h2.verdict_matches else 'no'} |",
+            f"| H2 Spearman ρ, within cells | {_f(h2.estimated_within_rho)} | {_f(h2.true_within_rho)} | "
+            f"error {_f(_diff(h2.estimated_within_rho, h2.true_within_rho), '+.3f')} |",
         ]
     lines += [
-        f"| knee, median error (decades) | {_f(kn['median_error_decades'])} (p90 {_f(kn['p90_error_decades'])}, "
-        f"max {_f(kn['max_error_decades'])}) | 0 | {kn['n_found']} of {kn['n_true']} knees found |",
-        f"| α_early, median error | {_f(ex['alpha_early']['median_error'], '+.4f')} | 0 | "
-        f"median abs. {_f(ex['alpha_early']['median_abs_error'], '.4f')} |",
-        f"| α_full, median error | {_f(ex['alpha_full']['median_error'], '+.4f')} | 0 | "
-        f"median abs. {_f(ex['alpha_full']['median_abs_error'], '.4f')} |",
+        f"| knee, median error (decades) | {_f(kn.median_error_decades)} (p90 {_f(kn.p90_error_decades)}, "
+        f"max {_f(kn.max_error_decades)}) | 0 | {kn.n_found} of {kn.n_true} knees found |",
+        f"| α_early, median error | {_f(ex.alpha_early.median_error, '+.4f')} | 0 | "
+        f"median abs. {_f(ex.alpha_early.median_abs_error, '.4f')} |",
+        f"| α_full, median error | {_f(ex.alpha_full.median_error, '+.4f')} | 0 | "
+        f"median abs. {_f(ex.alpha_full.median_abs_error, '.4f')} |",
     ]
-    if ex.get("power_exponent"):
-        pe = ex["power_exponent"]
+    pe = ex.power_exponent
+    if pe is not None:
         lines.append(
-            f"| power-law exponent, median error | {_f(pe['median_error'], '+.4f')} | 0 | "
-            f"median abs. {_f(pe['median_abs_error'], '.4f')} |"
+            f"| power-law exponent, median error | {_f(pe.median_error, '+.4f')} | 0 | "
+            f"median abs. {_f(pe.median_abs_error, '.4f')} |"
         )
     lines += [
         "",
-        f"H1 decisions: {h1['false_positive']} false positive(s), {h1['false_negative']} false negative(s) among "
-        f"{h1['n']} usable runs. The truth's ρ is the same statistic on the clean curves (configured correlations of "
-        f"the generating parts: cell {_f(h2['configured_rho_cell'], '+.2f')}, within "
-        f"{_f(h2['configured_rho_within'], '+.2f')}).",
+        f"H1 decisions: {h1.false_positive} false positive(s), {h1.false_negative} false negative(s) among "
+        f"{h1.n} usable runs. The truth's ρ is the same statistic on the clean curves (configured correlations of "
+        f"the generating parts: cell {_f(h2.configured_rho_cell, '+.2f')}, within "
+        f"{_f(h2.configured_rho_within, '+.2f')}).",
         "",
     ]
-    wrong = result["wrong"]
+    wrong = result.wrong
     if wrong:
         lines += ["Runs whose verdict was wrong:", "", "| run | what | estimated | truth |", "|---|---|---|---|"]
-        lines += [f"| {w['run']} | {w['what']} | {w['estimated']} | {w['truth']} |" for w in wrong[:max_runs]]
+        lines += [f"| {w.run} | {w.what} | {w.estimated} | {w.truth} |" for w in wrong[:max_runs]]
         if len(wrong) > max_runs:
             lines.append(f"| … {len(wrong) - max_runs} more | | | |")
     else:
@@ -447,9 +457,8 @@ def truth_markdown(result: Mapping[str, Any], *, max_runs: int = 30) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _axis(h1: Mapping[str, Any]) -> str:
-    axis = h1.get("time_axis")
-    return f", {axis.replace('_', ' ')} axis" if axis else ""
+def _axis(h1: TruthH1) -> str:
+    return f", {h1.time_axis.replace('_', ' ')} axis" if h1.time_axis else ""
 
 
 def _ci(ci) -> str:

@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 from loss_slope.pipeline.paths import REPORT_RUNS_PARQUET, VALIDATION_JSON
+from loss_slope.report.study_stats import StudyStats
 from loss_slope.report.truth import compare_with_truth, load_truths, truth_markdown
 
 _STAMP = re.compile(r"^\[(\w{3} \w{3}\s+\d+ \d\d:\d\d:\d\d \d{4})\]$")
@@ -139,10 +140,10 @@ def main(argv=None) -> int:
     )
     table = wd / REPORT_RUNS_PARQUET.format(reportdir="report")
     stats_path = table.parent / "stats.json"
-    stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
-    if stats.get("truth"):
+    truth = StudyStats.from_dict(json.loads(stats_path.read_text())).truth if stats_path.exists() else None
+    if truth is not None:
         # the report's own comparison: the H1 decision on the truth's axis, the study's intervals
-        print(truth_markdown(stats["truth"]))
+        print(truth_markdown(truth))
     elif table.exists():
         import pandas as pd
 
