@@ -185,7 +185,7 @@ def test_summarize_writes_parquet_csv_variant_tables_and_json(tmp_path):
     assert list(v.variant) == ["S-core", "S-adamw"]
     assert v.set_index("variant").loc["S-core", ["n_ok", "n_invalid", "n_diverged"]].tolist() == [4, 1, 1]
     written = json.loads((out / "stats.json").read_text())
-    assert written == json.loads(json.dumps(jsonable(stats)))  # summarize returns the JSON object it wrote
+    assert written == json.loads(json.dumps(jsonable(stats.to_dict())))  # summarize returns what it wrote
     assert written["study"] == "synthetic" and written["counts"]["ok"] == 8
 
 

@@ -150,3 +150,14 @@ def test_the_comparison_reads_back_as_the_typed_truth_section():
     assert typed.n_ok == r["n_ok"] and typed.h1.rule == r["h1"]["rule"] and typed.h2.defensible is None
     assert typed.wrong and typed.wrong[0].what == r["wrong"][0]["what"]
     assert truth_markdown(typed) == truth_markdown(r)
+
+
+def test_a_study_without_a_usable_run_is_compared_without_estimates():
+    table, truths = study(n_cells=4, seeds=2)
+    # what the run table holds when no run was fitted: identity and status only
+    none_fitted = table[["variant", "run"]].assign(status="missing", reason="training failed")
+    r = compare_with_truth(none_fitted, truths)
+    assert r["n_ok"] == 0 and r["h1"]["n"] == 0 and r["h1"]["estimated_share"] is None
+    assert r["h2"]["n"] == 0 and r["h2"]["estimated_rho"] is None
+    text = truth_markdown(r)
+    assert "0 of 8 runs are usable" in text and "— (no run decided)" in text

@@ -19,8 +19,9 @@ stats = summarize(
     missing_reasons=dict(snakemake.params.missing),
     truth_run_infos=list(snakemake.input.run_infos),
 )
+h1 = stats.h1.main
 print(
-    f"summarize: {stats['counts']}; H1 {stats['h1']['single_power_law'].get('verdicts', 'not computable')}, "
-    f"H2 {stats['h2']['verdict']}",
+    f"summarize: {stats.counts.to_dict()}; H1 {dict(h1.verdicts) if h1.computable else h1.verdict}, "
+    f"H2 {stats.h2.main.verdict}",
     file=sys.stderr,
 )

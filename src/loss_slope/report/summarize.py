@@ -466,7 +466,7 @@ def summarize(
     missing_reasons: Mapping[str, str] | None = None,
     time_axis: str = "step",
     truth_run_infos: Sequence[str | Path] = (),
-) -> dict:
+) -> StudyStats:
     """Pipeline entry point (rule ``summarize``).
 
     Parameters
@@ -494,8 +494,8 @@ def summarize(
 
     Returns
     -------
-    dict
-        The JSON object written to ``stats_json`` (:meth:`StudyStats.to_dict`).
+    StudyStats
+        What ``stats_json`` holds (its :meth:`~StudyStats.to_dict`).
     """
     fits = [read_json(p) for p in fit_files]
     table = run_table([f["row"] for f in fits], runs, missing_reasons)
@@ -543,6 +543,5 @@ def summarize(
     _write_csv(variant_table(table, stats), variants_csv)
     for path in variant_csvs:
         _write_csv(table[table["variant"] == Path(path).name[: -len(".csv")]], path)
-    written = stats.to_dict()
-    write_json(written, stats_json)
-    return written
+    write_json(stats.to_dict(), stats_json)
+    return stats

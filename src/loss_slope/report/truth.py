@@ -211,7 +211,9 @@ def compare_with_truth(
         The per-run H1 decision judged: the one on the time axis where the truth is a power law
         (:func:`truth_axis`), e.g. ``cumulative_lr__h1_single_power_law``.
     """
-    t = table.copy()
+    # a run without a fit has no estimates: so has a table in which no run was fitted
+    estimates = ["knee_found", "knee_epoch", "alpha_early", "alpha_full", "best_val_ce", "power_exponent"]
+    t = table.reindex(columns=[*table.columns, *(c for c in estimates if c not in table.columns)])
     t["key"] = t["variant"].astype(str) + "/" + t["run"].astype(str)
     t = t[t["key"].isin(truths)].reset_index(drop=True)
     tr = (
@@ -240,6 +242,8 @@ def compare_with_truth(
     # ---- H1 ----
     if h1_column in t.columns:
         decision, rule = t[h1_column], h1_column
+    elif r2_column not in t.columns:  # no run was fitted: no decision
+        decision, rule = pd.Series(None, index=t.index, dtype=object), h1_column
     else:
         decision, rule = (
             pd.to_numeric(t[r2_column], errors="coerce") >= r2_threshold,
@@ -404,8 +408,13 @@ def truth_markdown(result: TruthComparison | Mapping[str, Any], *, max_runs: int
         "|---|---|---|---|",
         f"| H1 share ({h1.rule}{_axis(h1)}) | {_f(h1.estimated_share)} "
         f"[{_f(h1.ci[0])}, {_f(h1.ci[1])}] | {_f(h1.true_share)} | "
-        f"{'yes' if h1.true_within_ci else 'no'} (truth {'inside' if h1.true_within_ci else 'outside'} the "
-        f"{h1.confidence:.0%} {h1.interval} interval) |",
+        + (
+            "— (no run decided)"
+            if h1.n == 0
+            else f"{'yes' if h1.true_within_ci else 'no'} (truth {'inside' if h1.true_within_ci else 'outside'} the "
+            f"{h1.confidence:.0%} {h1.interval} interval)"
+        )
+        + " |",
     ]
     d = h2.defensible
     if d is not None:
