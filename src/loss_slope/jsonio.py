@@ -53,6 +53,7 @@ def write_json(
     sort_keys: bool = False,
     strict: bool = True,
     default: Callable[[Any], Any] | None = None,
+    durable: bool = False,
 ) -> None:
     """Write ``data`` to ``path`` atomically (parents created), with a final newline.
 
@@ -63,6 +64,8 @@ def write_json(
     strict : bool
         Convert with :func:`jsonable` and refuse NaN/inf (strict JSON); otherwise
         write ``data`` as given.
+    durable : bool
+        ``fsync`` the text before the rename (state that a resume relies on after a crash).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,7 +73,11 @@ def write_json(
         jsonable(data) if strict else data, indent=indent, sort_keys=sort_keys, allow_nan=not strict, default=default
     )
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text + "\n")
+    with open(tmp, "w") as fh:
+        fh.write(text + "\n")
+        if durable:
+            fh.flush()
+            os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 

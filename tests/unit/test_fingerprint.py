@@ -1,7 +1,7 @@
 import json
 
 from loss_slope.train.fingerprint import config_fingerprint
-from loss_slope.train.run import RunPaths, _set_aside_if_stale
+from loss_slope.train.run import RunPaths, set_aside_if_stale
 
 CFG = {
     "seed": 0,
@@ -25,8 +25,8 @@ def test_stale_work_tree_is_set_aside_not_deleted(tmp_path):
     run.mkdir()
     (run / "run_info.json").write_text(json.dumps({"fingerprint": "old"}))
     (run / "done.json").write_text("{}")
-    assert not _set_aside_if_stale(RunPaths(run), "old")
-    assert _set_aside_if_stale(RunPaths(run), "new")
+    assert not set_aside_if_stale(RunPaths(run), "old")
+    assert set_aside_if_stale(RunPaths(run), "new")
     assert not run.exists()
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("run.stale-")]
     assert len(aside) == 1 and (aside[0] / "done.json").exists()

@@ -32,6 +32,7 @@ from .paths import (
     RUN_INFO,
     TRAIN_LOG,
 )
+from .settings import run_identity
 
 __all__ = [
     "FIT",
@@ -58,8 +59,6 @@ def report_targets(reportdir: str = "report") -> list[str]:
 
 def identity_params(runs: Mapping[tuple[str, str], Any], wildcards) -> dict:
     """Params of ``fit_run``: the run's identifiers from the study config."""
-    from .settings import run_identity
-
     return run_identity(runs[(wildcards.variant, wildcards.run)])
 
 

@@ -29,6 +29,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from loss_slope.jsonio import write_json
 from loss_slope.probe import mps as MPS
 
 
@@ -355,8 +356,7 @@ def plot_probe(result: dict, path: str | Path) -> None:
 
 
 def write_probe(result: dict, json_path, png_path, md_path) -> None:
-    Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, json_path, indent=2, strict=False)
     plot_probe(result, png_path)
     lines = [
         f"### Probe: {result['variant']} on {result.get('gpu_name') or result['device']}",

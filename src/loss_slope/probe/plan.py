@@ -21,10 +21,13 @@ No torch here: the Snakefile imports this module.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 from pathlib import Path
+
+from loss_slope.jsonio import write_json
 
 ENV_OVERRIDE = "WORKERS_PER_GPU"
 
@@ -112,8 +115,6 @@ def read_membership(plan_path) -> dict[str, list[str]]:
 
 def _locked_update(path: Path, update) -> dict:
     """Read-modify-write ``path`` (JSON) under an exclusive lock on a sidecar file (local jobs, one host)."""
-    import fcntl
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "w") as guard:
         fcntl.flock(guard, fcntl.LOCK_EX)
@@ -122,9 +123,7 @@ def _locked_update(path: Path, update) -> dict:
         except (FileNotFoundError, json.JSONDecodeError):
             data = {}
         data = update(data)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(data, indent=1) + "\n")
-        os.replace(tmp, path)
+        write_json(data, path, indent=1, strict=False)
     return data
 
 
@@ -142,8 +141,7 @@ def write_pack_spec(
         for r in runs
     ]
     spec = {"variant": variant, "pack": pack, **(measured or {}), "packs": {pack: members}}
-    Path(spec_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(spec_path).write_text(json.dumps(spec, indent=2) + "\n")
+    write_json(spec, spec_path, indent=2, strict=False)
 
     def register(data):
         data.setdefault("variant", variant)
@@ -163,8 +161,7 @@ def write_runs_per_gpu(path, *, variant: str, n: int, source: str, probe=None, p
         "probe": str(probe) if probe else None,
         **(measured_from_probe(probe_result, int(n)) if probe_result else {}),
     }
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(out, indent=2) + "\n")
+    write_json(out, path, indent=2, strict=False)
     return out
 
 

@@ -39,7 +39,6 @@ CPUs: ``--cpus`` pins the worker to the CPUs a pack of k runs gets (k x
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -47,6 +46,8 @@ import time
 from pathlib import Path
 
 from pytorch_lightning import Callback
+
+from loss_slope.jsonio import write_json
 
 
 def _barrier(folder: Path, index: int, k: int, timeout: float = 600) -> None:
@@ -309,7 +310,7 @@ def main(argv=None) -> int:
         index=a.index,
         k=a.k,
     )
-    Path(a.out).write_text(json.dumps(res, indent=2))
+    write_json(res, a.out, indent=2, strict=False)
     return 0
 
 

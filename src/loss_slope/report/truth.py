@@ -39,9 +39,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
+from loss_slope.analysis.stats import wilson_interval
 from loss_slope.jsonio import jsonable
 from loss_slope.pipeline.paths import DEFAULT_WORK_ROOT, EXPORT_DIR, EXPORT_ROOT, WORK_RUN
+from loss_slope.simulate import model
+from loss_slope.simulate.backend import val_steps
+from loss_slope.train.schedule import Schedule
 
 from .results import Correlation, H2Result, NotComputable, Share
 from .truth_section import TruthComparison, TruthH1
@@ -52,9 +57,6 @@ __all__ = ["compare_with_truth", "load_truths", "truth_axis", "truth_for_run", "
 # ---- truths ----------------------------------------------------------------------------------------------------------
 def truth_for_run(run_info: Mapping[str, Any]) -> dict:
     """Recompute a simulated run's truth from its ``run_info.json`` (plus α_full on the clean curve)."""
-    from loss_slope.simulate import model
-    from loss_slope.simulate.backend import val_steps
-    from loss_slope.train.schedule import Schedule
 
     cfg = run_info["config"]
     if cfg["data"]["name"] != "simulated":
@@ -78,7 +80,6 @@ def truth_for_run(run_info: Mapping[str, Any]) -> dict:
 
 def add_derived(truth: dict, sim: Mapping[str, Any], kw: Mapping[str, Any]) -> dict:
     """α_full of the clean curve (from the true knee to the end) and the configured H2 correlations."""
-    from loss_slope.simulate import model
 
     if "alpha_full_true" not in truth:
         p, tau, _ = model.run_params(sim, **kw)
@@ -126,7 +127,6 @@ def load_truths(root: str | Path = ".", runs: Sequence[tuple[str, str]] | None =
 
 # ---- comparison ------------------------------------------------------------------------------------------------------
 def _spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    from scipy import stats
 
     if len(x) < 3:
         return math.nan, math.nan
@@ -139,7 +139,6 @@ def _within(df: pd.DataFrame, col: str) -> np.ndarray:
 
 
 def _wilson(k: int, n: int, confidence: float) -> tuple[float, float]:
-    from loss_slope.analysis.stats import wilson_interval
 
     return wilson_interval(k, n, confidence=confidence) if n else (math.nan, math.nan)
 

@@ -34,14 +34,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 
+from loss_slope.jsonio import write_json
 from loss_slope.simulate import model
 from loss_slope.tables.csvlog import CsvTable, truncate_table
 from loss_slope.tables.schema import LN2, TABLES
 from loss_slope.train.attempts import end_attempt, read_attempts, start_attempt, summarize_attempts
 from loss_slope.train.divergence import DivergenceGuard
 from loss_slope.train.fingerprint import config_fingerprint
-from loss_slope.train.run import EXIT_OK, EXIT_UNFINISHED, RunPaths, _set_aside_if_stale, _write_json, _write_output
+from loss_slope.train.run import EXIT_OK, EXIT_UNFINISHED, RunPaths, set_aside_if_stale, write_output, write_state_json
 from loss_slope.train.schedule import schedule_from_config
 
 log = logging.getLogger("loss_slope.train")
@@ -146,14 +148,7 @@ class _Table(CsvTable):
 
 
 def _write_state(path: Path, state: dict, *, durable: bool = True) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(json.dumps(state, sort_keys=True) + "\n")
-        fh.flush()
-        if durable:
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_json(state, path, indent=None, sort_keys=True, strict=False, durable=durable)
 
 
 def _checkpoint_keys(path: Path) -> set[tuple[int, str]]:
@@ -170,17 +165,15 @@ def _checkpoint_keys(path: Path) -> set[tuple[int, str]]:
 
 def run_simulated(cfg) -> int:
     """Simulate (or resume, or skip) the run described by the Hydra config ``cfg``."""
-    from omegaconf import OmegaConf
-
     c = OmegaConf.to_container(cfg, resolve=True)
     paths = RunPaths(c["run_dir"])
     fingerprint = simulated_fingerprint(c)
-    if _set_aside_if_stale(paths, fingerprint):
+    if set_aside_if_stale(paths, fingerprint):
         paths = RunPaths(c["run_dir"])
     if paths.done.exists():
         done = json.loads(paths.done.read_text())
         log.info("run already complete (%d steps): nothing to simulate", done["total_steps"])
-        _write_output(cfg, paths, done)
+        write_output(cfg, paths, done)
         return EXIT_OK
 
     data, trainer = c["data"], c["trainer"]
@@ -247,7 +240,7 @@ def run_simulated(cfg) -> int:
         "environment": environment_info(),
         "monitors": mon,
     }
-    _write_json(paths.run_info, info)
+    write_state_json(paths.run_info, info)
     kw = dict(
         variant=variant,
         lr=lr,
@@ -258,7 +251,7 @@ def run_simulated(cfg) -> int:
         schedule=schedule,
         val_steps=vsteps,
     )
-    _write_json(paths.root / "truth.json", model.run_truth(sim, **kw))
+    write_state_json(paths.root / "truth.json", model.run_truth(sim, **kw))
     sim_out = model.simulate(sim, **kw, batch_size=int(data["batch_size"]), n_train=int(data["n_train"]))
     params, loss, acc = sim_out["params"], sim_out["loss"], sim_out["acc"]
     lr_col = lr * sim_out["lr_factor"]
@@ -459,7 +452,7 @@ def run_simulated(cfg) -> int:
         status="completed" if outcome["status"] == "complete" else outcome["status"],
         seconds=time.time() - t0,
     )
-    _write_json(paths.run_info, {**json.loads(paths.run_info.read_text()), "outcome": outcome})
+    write_state_json(paths.run_info, {**json.loads(paths.run_info.read_text()), "outcome": outcome})
     done = {
         **outcome,
         "variant": c.get("variant"),
@@ -471,7 +464,7 @@ def run_simulated(cfg) -> int:
         "completed_at": time.time(),
         "attempts": summarize_attempts(read_attempts(paths.attempts)),
     }
-    _write_json(paths.done, done)
+    write_state_json(paths.done, done)
     log.info(
         "run %s: %d of %d steps in %d attempt(s) (simulated, %.2f s)",
         outcome["status"],
@@ -480,7 +473,7 @@ def run_simulated(cfg) -> int:
         attempt,
         time.time() - t0,
     )
-    _write_output(cfg, paths, done)
+    write_output(cfg, paths, done)
     return EXIT_OK
 
 

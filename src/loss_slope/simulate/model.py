@@ -210,29 +210,15 @@ def run_params(
     return p, tau, f
 
 
-def run_truth(
-    sim: Mapping[str, Any],
-    *,
-    variant: str,
-    lr: float,
-    weight_decay: float,
-    seed: int,
-    steps_per_epoch: int,
-    epochs: int,
-    schedule: Schedule,
-    val_steps: np.ndarray,
-) -> dict:
-    """Everything known about a run before it is simulated (written to ``truth.json``)."""
-    p, tau, _ = run_params(
-        sim,
-        variant=variant,
-        lr=lr,
-        weight_decay=weight_decay,
-        seed=seed,
-        steps_per_epoch=steps_per_epoch,
-        epochs=epochs,
-        schedule=schedule,
-    )
+def run_truth(sim: Mapping[str, Any], *, val_steps: np.ndarray, **run: Any) -> dict:
+    """Everything known about a run before it is simulated (written to ``truth.json``).
+
+    ``run``: the run's keyword arguments of :func:`run_params` (variant, lr, weight_decay, seed,
+    steps_per_epoch, epochs, schedule).
+    """
+    p, tau, _ = run_params(sim, **run)
+    variant, lr, weight_decay, seed = run["variant"], run["lr"], run["weight_decay"], run["seed"]
+    steps_per_epoch, epochs = run["steps_per_epoch"], run["epochs"]
     spe = int(steps_per_epoch)
     clean = clean_loss(p, tau)
     val = _clean_val(p, clean, val_steps)
@@ -268,29 +254,18 @@ def _clean_val(p: Mapping[str, Any], clean: np.ndarray, val_steps: np.ndarray) -
 
 
 def simulate(
-    sim: Mapping[str, Any],
-    *,
-    variant: str,
-    lr: float,
-    weight_decay: float,
-    seed: int,
-    steps_per_epoch: int,
-    epochs: int,
-    schedule: Schedule,
-    val_steps: np.ndarray,
-    batch_size: int,
-    n_train: int,
+    sim: Mapping[str, Any], *, val_steps: np.ndarray, batch_size: int, n_train: int, **run: Any
 ) -> dict[str, np.ndarray]:
-    """The whole run's logged values (deterministic; a resumed run recomputes and writes the rest)."""
-    p, tau, f = run_params(
-        sim,
-        variant=variant,
-        lr=lr,
-        weight_decay=weight_decay,
-        seed=seed,
-        steps_per_epoch=steps_per_epoch,
-        epochs=epochs,
-        schedule=schedule,
+    """The whole run's logged values (deterministic; a resumed run recomputes and writes the rest).
+
+    ``run``: as for :func:`run_truth`.
+    """
+    p, tau, f = run_params(sim, **run)
+    seed, weight_decay, steps_per_epoch, epochs = (
+        run["seed"],
+        run["weight_decay"],
+        run["steps_per_epoch"],
+        run["epochs"],
     )
     p["val_gap"] = float(sim["val"]["gap"])
     spe = int(steps_per_epoch)

@@ -50,6 +50,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from loss_slope.jsonio import write_json
 from loss_slope.pipeline.paths import WORK_RUN
 from loss_slope.probe import mps as MPS
 from loss_slope.probe.plan import read_plan
@@ -399,21 +400,19 @@ def _train_members(
         # a time-budget stop, or a run still held by another live trainer when the budget ran out: not errors
         only_budget = all(v["status"] in ("unfinished", "locked") for v in open_runs.values())
         return EXIT_UNFINISHED if only_budget else EXIT_ERROR
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    Path(output).write_text(
-        json.dumps(
-            {
-                "variant": variant,
-                "pack": pack,
-                "attempt": attempt,
-                "started": started,
-                "finished": time.time(),
-                "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-                "runs": results,
-            },
-            indent=2,
-        )
-        + "\n"
+    write_json(
+        {
+            "variant": variant,
+            "pack": pack,
+            "attempt": attempt,
+            "started": started,
+            "finished": time.time(),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "runs": results,
+        },
+        output,
+        indent=2,
+        strict=False,
     )
     return EXIT_OK
 
@@ -448,8 +447,7 @@ def write_run_marker(run_dir, output, *, variant: str, run: str, log_path: str |
         "attempts": len(done.get("attempts") or []),
         "slurm_jobs": sorted({str(a.get("slurm_job_id")) for a in done.get("attempts") or [] if a.get("slurm_job_id")}),
     }
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    Path(output).write_text(json.dumps(marker, indent=2) + "\n")
+    write_json(marker, output, indent=2, strict=False)
     return marker
 
 

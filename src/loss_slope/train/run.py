@@ -94,7 +94,7 @@ def open_work_tree(cfg) -> tuple[RunPaths, str]:
     was trained with this fingerprint; one trained with another config was renamed aside, never reused."""
     paths = RunPaths(cfg.run_dir)
     fingerprint = config_fingerprint(OmegaConf.to_container(cfg, resolve=True))
-    if _set_aside_if_stale(paths, fingerprint):
+    if set_aside_if_stale(paths, fingerprint):
         paths = RunPaths(cfg.run_dir)
     return paths, fingerprint
 
@@ -103,7 +103,7 @@ def skip_complete(cfg, paths: RunPaths) -> int:
     """A run with ``done.json`` is complete: nothing is trained or rewritten but the Snakemake output."""
     done = json.loads(paths.done.read_text())
     log.info("run already complete (%d steps): nothing to train", done["total_steps"])
-    _write_output(cfg, paths, done)
+    write_output(cfg, paths, done)
     return EXIT_OK
 
 
@@ -125,12 +125,12 @@ def micro_batch_summary(records: list[dict], batch: int) -> dict:
     return {"batch": batch, "final": changes[-1]["to"] if changes else batch, "changes": changes}
 
 
-def _write_json(path: str | Path, obj: dict) -> None:
+def write_state_json(path: str | Path, obj: dict) -> None:
     """Training state files (``run_info.json``, ``done.json``, ...): as given, keys sorted."""
     write_json(obj, path, indent=2, sort_keys=True, strict=False, default=str)
 
 
-def _set_aside_if_stale(paths: RunPaths, fingerprint: str) -> bool:
+def set_aside_if_stale(paths: RunPaths, fingerprint: str) -> bool:
     """A work tree trained with a different config is renamed, never reused or deleted."""
     if not paths.run_info.exists():
         return False
@@ -152,6 +152,7 @@ def _set_aside_if_stale(paths: RunPaths, fingerprint: str) -> bool:
     return True
 
 
-def _write_output(cfg, paths: RunPaths, done: dict) -> None:
+def write_output(cfg, paths: RunPaths, done: dict) -> None:
+    """The Snakemake output of a complete run (when the launcher asked for one): ``done.json`` plus where and how."""
     if cfg.output:
-        _write_json(cfg.output, {**done, "run_dir": str(paths.root), "status": "complete"})
+        write_state_json(cfg.output, {**done, "run_dir": str(paths.root), "status": "complete"})

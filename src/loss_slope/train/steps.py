@@ -51,10 +51,10 @@ from loss_slope.train.run import (
     EXIT_OK,
     EXIT_UNFINISHED,
     RunPaths,
-    _write_json,
-    _write_output,
     compile_options,
     micro_batch_summary,
+    write_output,
+    write_state_json,
 )
 from loss_slope.train.schedule import Schedule, schedule_from_config
 
@@ -180,7 +180,7 @@ def build_trainer(cfg, run: Run) -> Parts:
     monitor_cb = build_monitor_callback(
         cfg, run.data, tables_dir=paths.tables, checkpoint_dirs={"latest": paths.latest_dir, "best": paths.best_dir}
     )
-    _write_json(paths.run_info, run_info(cfg, run, monitor_cb.settings))
+    write_state_json(paths.run_info, run_info(cfg, run, monitor_cb.settings))
 
     # channels_last (CUDA only) is applied by CurveModule once the net is on its device
     net = hydra.utils.instantiate(cfg.model, num_classes=run.data.num_classes, in_channels=run.data.in_channels)
@@ -366,7 +366,7 @@ def finish(cfg, run: Run, parts: Parts, ending: Ending) -> int:
         seconds=time.time() - ending.t0,
     )
     # the outcome travels with run_info.json (exported), so validation and the fits see it
-    _write_json(paths.run_info, {**json.loads(paths.run_info.read_text()), "outcome": outcome})
+    write_state_json(paths.run_info, {**json.loads(paths.run_info.read_text()), "outcome": outcome})
     done = {
         **outcome,
         "variant": cfg.variant,
@@ -378,9 +378,9 @@ def finish(cfg, run: Run, parts: Parts, ending: Ending) -> int:
         "completed_at": time.time(),
         "attempts": summarize_attempts(read_attempts(paths.attempts)),
     }
-    _write_json(paths.done, done)
+    write_state_json(paths.done, done)
     log.info("run %s: %d of %d steps in %d attempt(s)", outcome["status"], step, total, run.attempt)
-    _write_output(cfg, paths, done)
+    write_output(cfg, paths, done)
     return EXIT_OK
 
 
