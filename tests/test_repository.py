@@ -129,3 +129,21 @@ def test_non_editable_install_works_outside_the_repository(tmp_path):
     # the console script declared in [project.scripts]
     assert "status" in run(target / "bin" / "loss-slope", "--help")
     assert not any(elsewhere.iterdir())  # nothing written to the working directory
+
+
+def test_every_rule_script_is_named_after_its_rule():
+    """A rule, its script and the function the script calls share one name (docs/layout.md)."""
+    pairs = []
+    for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")):
+        rule = None
+        for line in smk.read_text().splitlines():
+            head = line.strip()
+            if head.startswith(("rule ", "checkpoint ")) and head.endswith(":"):
+                rule = head.split()[1][:-1]
+            elif head.startswith('"../scripts/') and rule:
+                pairs.append((smk.name, rule, Path(head.strip('"')).stem))
+    assert len(pairs) >= 8, pairs
+    mismatched = [p for p in pairs if p[1] != p[2]]
+    assert not mismatched, f"rule and script names differ (file, rule, script): {mismatched}"
+    scripts = {p.stem for p in (REPO / "workflow" / "scripts").glob("*.py")}
+    assert scripts == {p[2] for p in pairs}, "a script no rule runs, or a rule's script is missing"

@@ -23,9 +23,9 @@ rule fit_run:
     output:
         FIT,
     log:
-        "logs/fit_run/{variant}/{run}.log",
+        rule_log("fit_run", BY_RUN),
     benchmark:
-        "benchmarks/fit_run/{variant}/{run}.tsv"
+        rule_benchmark("fit_run", BY_RUN)
     params:
         identity=fit_identity,
         settings=fit_settings(config),

@@ -8,6 +8,10 @@ from snakemake.utils import min_version
 
 from loss_slope.pipeline.paths import (
     ATTEMPTS,
+    BY_PACK,
+    BY_REPORT,
+    BY_RUN,
+    BY_VARIANT,
     CONVERT,
     FIT,
     PACK_DONE,
@@ -29,11 +33,14 @@ from loss_slope.pipeline.paths import (
     VALIDATION_JSON,
     VALIDATION_TXT,
     WORK_RUN,
-    export_csv,
+    export_csvs,
     parquet,
+    parquets,
     report_curves,
     report_figure,
     report_variant_table,
+    rule_benchmark,
+    rule_log,
 )
 from loss_slope.pipeline.targets import identity_params, report_targets
 from loss_slope.probe.plan import (
@@ -49,6 +56,7 @@ from loss_slope.study.config import SCHEMA_PATH, ConfigError, validate_config
 from loss_slope.study.preflight import preflight
 from loss_slope.study import resources as res
 from loss_slope.study.runs import build_runs, wildcard_regex
+from loss_slope.tables.schema import TABLES
 
 min_version("9.0")
 

@@ -57,9 +57,9 @@ rule summarize:
             labels={"table": "H1/H2 statistics (JSON)"},
         ),
     log:
-        "logs/summarize/{reportdir}.log",
+        rule_log("summarize", BY_REPORT),
     benchmark:
-        "benchmarks/summarize/{reportdir}.tsv"
+        rule_benchmark("summarize", BY_REPORT)
     wildcard_constraints:
         reportdir="report|report_partial",
     params:
@@ -106,13 +106,13 @@ rule build_report:
         ],
         curves_svg=[report_curves(v, "svg") for v in VARIANTS],
     log:
-        "logs/build_report/{reportdir}.log",
+        rule_log("build_report", BY_REPORT),
     benchmark:
-        "benchmarks/build_report/{reportdir}.tsv"
+        rule_benchmark("build_report", BY_REPORT)
     wildcard_constraints:
         reportdir="report|report_partial",
     script:
-        "../scripts/report.py"
+        "../scripts/build_report.py"
 
 
 rule report_partial:

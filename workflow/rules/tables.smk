@@ -12,21 +12,14 @@ rule to_parquet:
         # the run's own completion marker (train.smk: run_done), not its pack
         RUN_DONE,
     output:
-        steps_csv=export_csv("steps"),
-        val_csv=export_csv("val"),
-        curvature_csv=export_csv("curvature"),
-        noise_csv=export_csv("noise"),
-        checkpoints_csv=export_csv("checkpoints"),
+        # every table of tables/schema.py: "<table>_csv" (export) and "<table>" (Parquet)
+        **export_csvs(TABLES),
+        **parquets(TABLES),
         run_info=RUN_INFO,
         attempts=ATTEMPTS,
-        steps=parquet("steps"),
-        val=parquet("val"),
-        curvature=parquet("curvature"),
-        noise=parquet("noise"),
-        checkpoints=parquet("checkpoints"),
         report=CONVERT,
     log:
-        "logs/to_parquet/{variant}/{run}.log",
+        rule_log("to_parquet", BY_RUN),
     params:
         run_dir=run_dir,
     script:
@@ -35,18 +28,14 @@ rule to_parquet:
 
 rule validate_run:
     input:
-        steps=parquet("steps"),
-        val=parquet("val"),
-        curvature=parquet("curvature"),
-        noise=parquet("noise"),
-        checkpoints=parquet("checkpoints"),
+        **parquets(TABLES),
         report=CONVERT,
         run_info=RUN_INFO,
     output:
         json=VALIDATION_JSON,
         text=VALIDATION_TXT,
     log:
-        "logs/validate_run/{variant}/{run}.log",
+        rule_log("validate_run", BY_RUN),
     params:
         expected=run_expected,
     script:

@@ -17,9 +17,9 @@ rule probe_capacity:
         ),
         md=PROBE_MD,
     log:
-        "logs/probe_capacity/{variant}.log",
+        rule_log("probe_capacity", BY_VARIANT),
     benchmark:
-        "benchmarks/probe_capacity/{variant}.tsv"
+        rule_benchmark("probe_capacity", BY_VARIANT)
     threads: PACKING["probe_k_max"] * config["training"]["threads"]
     resources:
         # k = 1..probe_k_max trainings at once, training.threads CPUs each
@@ -40,7 +40,7 @@ if FIXED_N:
         output:
             plan=RUNS_PER_GPU,
         log:
-            "logs/plan_packs/{variant}.log",
+            rule_log("plan_packs", BY_VARIANT),
         params:
             n=FIXED_N,
             source=FIXED_N_SOURCE,
@@ -58,7 +58,7 @@ else:
         output:
             plan=RUNS_PER_GPU,
         log:
-            "logs/plan_packs/{variant}.log",
+            rule_log("plan_packs", BY_VARIANT),
         params:
             n=None,
             source="probe",
@@ -78,7 +78,7 @@ rule pack_spec:
     output:
         spec=PACK_SPEC,
     log:
-        "logs/pack_spec/{variant}/{pack}.log",
+        rule_log("pack_spec", BY_PACK),
     params:
         settings=pack_settings,
         registry=lambda wildcards: registry_path(wildcards.variant),
@@ -96,9 +96,9 @@ rule train_pack:
     output:
         PACK_DONE,
     log:
-        "logs/train_pack/{variant}/{pack}.log",
+        rule_log("train_pack", BY_PACK),
     benchmark:
-        "benchmarks/train_pack/{variant}/{pack}.tsv"
+        rule_benchmark("train_pack", BY_PACK)
     threads: pack_cpus
     resources:
         cpus_per_task=pack_cpus,
@@ -128,7 +128,7 @@ rule run_done:
     output:
         RUN_DONE,
     log:
-        "logs/run_done/{variant}/{run}.log",
+        rule_log("run_done", BY_RUN),
     params:
         settings=run_digest,
         run_dir=run_dir,

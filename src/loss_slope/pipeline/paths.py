@@ -11,6 +11,8 @@ they are.  Kept free of imports beyond the standard library: the Snakefile reads
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 __all__ = [
     "PROBE_JSON",
     "PROBE_PNG",
@@ -25,8 +27,10 @@ __all__ = [
     "RUN_INFO",
     "ATTEMPTS",
     "export_csv",
+    "export_csvs",
     "PARQUET_ROOT",
     "parquet",
+    "parquets",
     "CONVERT",
     "VALIDATION_JSON",
     "VALIDATION_TXT",
@@ -45,6 +49,12 @@ __all__ = [
     "WORK_RUN",
     "TRAIN_LOG_DIR",
     "TRAIN_LOG",
+    "BY_VARIANT",
+    "BY_PACK",
+    "BY_RUN",
+    "BY_REPORT",
+    "rule_log",
+    "rule_benchmark",
 ]
 
 # ---- training: probe, plan, packs, per-run markers
@@ -86,6 +96,16 @@ def parquet(table: str) -> str:
     return _PARQUET.format(table=table, variant="{variant}", run="{run}")
 
 
+def export_csvs(tables: Iterable[str]) -> dict[str, str]:
+    """``{"<table>_csv": exported CSV}`` for each table: named inputs/outputs of a rule (``**``)."""
+    return {f"{t}_csv": export_csv(t) for t in tables}
+
+
+def parquets(tables: Iterable[str]) -> dict[str, str]:
+    """``{"<table>": Parquet file}`` for each table: named inputs/outputs of a rule (``**``)."""
+    return {t: parquet(t) for t in tables}
+
+
 # ---- fits and report
 FIT = "results/fits/{variant}/{run}.json"
 #: ``report``: every run of the config; ``report_partial``: the runs whose training finished
@@ -121,3 +141,19 @@ WORK_RUN = "{work_root}/{variant}/{run}"
 #: the training logs of a variant's runs, one per run
 TRAIN_LOG_DIR = "logs/train/{variant}"
 TRAIN_LOG = TRAIN_LOG_DIR + "/{run}.log"
+
+#: the wildcards that name one job of a rule, as a relative path (its log and benchmark files)
+BY_VARIANT = "{variant}"
+BY_PACK = "{variant}/{pack}"
+BY_RUN = "{variant}/{run}"
+BY_REPORT = "{reportdir}"
+
+
+def rule_log(rule: str, job: str) -> str:
+    """A rule's log of one job: ``logs/<rule>/<job>.log`` (``job``: e.g. :data:`BY_RUN`)."""
+    return f"logs/{rule}/{job}.log"
+
+
+def rule_benchmark(rule: str, job: str) -> str:
+    """A rule's benchmark of one job: ``benchmarks/<rule>/<job>.tsv``; the rehearsal reads them."""
+    return f"benchmarks/{rule}/{job}.tsv"

@@ -20,6 +20,8 @@ from typing import Any
 from loss_slope.probe.plan import PlanError, pack_of, read_plan
 
 from .paths import (
+    BY_PACK,
+    BY_RUN,
     FIT,
     PACK_DONE,
     PACK_REGISTRY,
@@ -31,6 +33,7 @@ from .paths import (
     RUN_DONE,
     RUN_INFO,
     TRAIN_LOG,
+    rule_log,
 )
 from .settings import run_identity
 
@@ -116,20 +119,21 @@ def training_state(
             out[(v, r)] = (
                 False,
                 f"training not finished: no completion marker {pack} yet "
-                f"(see {log(variant=v, run=r)} and logs/run_done/{v}/{r}.log)",
+                f"(see {log(variant=v, run=r)} and {rule_log('run_done', BY_RUN).format(variant=v, run=r)})",
             )
         elif (root / pack).exists():
             out[(v, r)] = (
                 False,
                 f"training not finished: its pack {pack} ended without this run "
-                f"(see logs/run_done/{v}/{r}.log and {log(variant=v, run=r)})",
+                f"(see {rule_log('run_done', BY_RUN).format(variant=v, run=r)} and {log(variant=v, run=r)})",
             )
         else:
             name = Path(pack).stem
             out[(v, r)] = (
                 False,
                 f"training not finished: its pack {pack} is missing "
-                f"(failed or not run; see logs/train_pack/{v}/{name}.log and {log(variant=v, run=r)})",
+                f"(failed or not run; see {rule_log('train_pack', BY_PACK).format(variant=v, pack=name)} "
+                f"and {log(variant=v, run=r)})",
             )
     return out
 
