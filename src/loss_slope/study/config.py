@@ -6,7 +6,8 @@ allowed. This module is imported by the Snakefile: keep it free of torch.
 
 The schema file lists no knee method: :func:`load_schema` takes the allowed
 names of ``analysis.fit.knee_methods`` and their default from the registry
-:data:`loss_slope.analysis.knee.KNEE_METHODS`.
+:data:`loss_slope.analysis.knee.KNEE_METHODS`, whose import brings the analysis
+package (numpy, scipy) into the Snakefile's process.
 """
 
 from __future__ import annotations
