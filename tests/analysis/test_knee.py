@@ -4,13 +4,27 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-import pytest
+import matplotlib
 
-from loss_slope.analysis import detect_knee
-from loss_slope.analysis.knee import DEFAULT_KNEE_METHOD, KNEE_METHODS, register_knee_method
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from matplotlib.colors import is_color_like
+
+from _util import REPO
+from loss_slope.analysis import analyze_curve, detect_knee
+from loss_slope.analysis.exceptions import UnknownMethod
+from loss_slope.analysis.knee import DEFAULT_KNEE_METHOD, KNEE_METHODS, KneeMethod
 from loss_slope.analysis.results import KneeResult
 from loss_slope.analysis.synthetic import CurveSpec, make_curve, sample_demo_spec, sample_spec
+from loss_slope.pipeline.fit_run import fit_options
+from loss_slope.report.figures import plot_knee_epochs
+from loss_slope.report.summarize import h1_criteria
+from loss_slope.study.config import ConfigError, load_schema, validate_config
 
 from .conftest import NOISE_LEVELS, curve
 
@@ -21,25 +35,125 @@ def _decades(a, b):
     return abs(math.log10(a / b))
 
 
-def test_registry_is_an_explicit_dict():
+def test_registry_is_an_explicit_dict_of_entries():
     assert isinstance(KNEE_METHODS, dict)
-    assert set(KNEE_METHODS) >= {"broken_power_lrt", "burn_in_aic", "ce_threshold", "hinge"}
-    assert DEFAULT_KNEE_METHOD == "broken_power_lrt"
+    assert list(KNEE_METHODS) == ["broken_power_lrt", "burn_in_aic", "ce_threshold", "hinge"]
+    assert all(isinstance(m, KneeMethod) and m.name == name for name, m in KNEE_METHODS.items())
+    assert DEFAULT_KNEE_METHOD == "broken_power_lrt" and KNEE_METHODS[DEFAULT_KNEE_METHOD].h1_criterion is None
 
 
-def test_register_custom_method():
-    def first_step(steps, loss, **_):
-        return KneeResult(
-            "first", True, float(steps[0]), (math.nan, math.nan), math.nan, math.nan, math.nan, 0.0, 0.0, "none"
+def _demo_config() -> dict:
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+def test_the_config_accepts_exactly_the_registered_names():
+    entry = load_schema()["properties"]["analysis"]["properties"]["fit"]["properties"]["knee_methods"]
+    assert entry["items"]["enum"] == list(KNEE_METHODS) and entry["default"] == list(KNEE_METHODS)
+    cfg = _demo_config()
+    del cfg["analysis"]["fit"]["knee_methods"]
+    assert validate_config(cfg)["analysis"]["fit"]["knee_methods"] == list(KNEE_METHODS)
+    cfg = _demo_config()
+    cfg["analysis"]["fit"]["knee_methods"] = ["broken_power_lrt", "elbow"]
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    msg = str(err.value)
+    assert "analysis.fit.knee_methods[1]" in msg and "'elbow'" in msg
+    assert all(name in msg for name in KNEE_METHODS)
+
+
+def test_every_registered_method_is_reachable():
+    cfg = _demo_config()
+    del cfg["analysis"]["fit"]["knee_methods"]  # the default: every registered method
+    cfg = validate_config(cfg)
+    opts = fit_options(cfg["analysis"]["fit"], cfg["analysis"]["loss_unit"])
+    assert opts["knee_methods"] == tuple(KNEE_METHODS)
+    assert set(opts["knee_options"]) == set(KNEE_METHODS)
+    h1 = [m.name for m in KNEE_METHODS.values() if m.h1_criterion is not None]
+    assert list(opts["h1_knee_methods"]) == h1
+    criteria = h1_criteria("step", None)
+    for name in h1:
+        assert criteria[f"single_power_law_knee_{name}"] == (
+            f"h1_single_power_law_knee_{name}",
+            False,
+            KNEE_METHODS[name].h1_criterion,
         )
+    # the figures' colour, label and short name of each method
+    colors = [m.color for m in KNEE_METHODS.values()]
+    assert all(is_color_like(c) for c in colors) and len(set(colors)) == len(colors)
+    assert all(m.label and m.short for m in KNEE_METHODS.values())
+    assert len({m.label for m in KNEE_METHODS.values()}) == len(KNEE_METHODS)
 
-    register_knee_method("_test_first", first_step)
+
+def _toy_detect(steps, loss, *, steps_per_epoch=None, level: float = 1.0):
+    """Knee at the first point with loss <= level (on whatever curve it is given)."""
+    steps, loss = np.asarray(steps, float), np.asarray(loss, float)
+    hit = np.flatnonzero(loss <= level)
+    step = float(steps[hit[0]]) if hit.size else math.nan
+    epoch = step / steps_per_epoch if steps_per_epoch else math.nan
+    return KneeResult("toy", bool(hit.size), step, (math.nan, math.nan), epoch, math.nan, math.nan, 0.0, level, "toy")
+
+
+TOY = KneeMethod(
+    name="toy",
+    detect=_toy_detect,
+    label="toy level crossing",
+    short="toy",
+    color="#123456",
+    options=lambda fit, loss_unit: {"level": float(fit["ce_threshold_nats"]) * 0.5},
+    uses_validation=True,
+    h1_criterion="one power law after the toy knee",
+)
+
+
+def test_a_registered_method_flows_through_config_fit_and_report(monkeypatch):
+    monkeypatch.setitem(KNEE_METHODS, "toy", TOY)
+    cfg = _demo_config()
+    cfg["analysis"]["fit"]["knee_methods"] = ["broken_power_lrt", "toy"]
+    fit = validate_config(cfg)["analysis"]["fit"]
+    opts = fit_options(fit, "nats")
+    assert opts["knee_methods"] == ("broken_power_lrt", "toy") and opts["h1_knee_methods"] == ("toy",)
+    assert opts["knee_options"]["toy"] == {"level": 0.5 * fit["ce_threshold_nats"]}
+
+    spe = 100
+    c = curve(seed=3, n_steps=30 * spe, alpha=0.5, shift=20.0, noise_sigma=0.01)
+    vs = np.arange(0, 30 * spe, spe // 2)
+    level = float(c.clean[vs][len(vs) // 2])  # the validation curve crosses it mid-way
+    knee_opts = {"toy": {"level": level}}
+    a = analyze_curve(
+        c.steps, c.loss, steps_per_epoch=spe, knee_methods=("toy",), knee_options=knee_opts, h1_knee_methods=("toy",)
+    )
+    b = analyze_curve(
+        c.steps,
+        c.loss,
+        steps_per_epoch=spe,
+        knee_methods=("toy",),
+        knee_options=knee_opts,
+        val_steps=vs,
+        val_loss=c.clean[vs],
+        h1_knee_methods=("toy",),
+    )
+    assert a.knees["toy"].found and b.knees["toy"].found
+    assert b.knees["toy"].step == vs[len(vs) // 2]  # read on the validation curve
+    assert a.knees["toy"].step != b.knees["toy"].step  # without one: the training loss
+    assert "toy" in b.shape_by_knee
+    row = b.to_dict()
+    assert row["knee_toy_found"] is True and "h1_single_power_law_knee_toy" in row
+
+    assert "single_power_law_knee_toy" in h1_criteria("step", None)
+    table = pd.DataFrame(
+        {"variant": ["A", "A"], "status": ["ok", "ok"], "knee_toy_epoch": [3.0, 4.0], "knee_toy_found": [True, True]}
+    )
+    fig = plot_knee_epochs(table)
     try:
-        assert detect_knee(np.arange(5.0), np.ones(5), method="_test_first").step == 0.0
-        with pytest.raises(ValueError):
-            register_knee_method("_test_first", first_step)
+        labels = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+        assert labels == ["toy level crossing: 2 of 2 runs"]
     finally:
-        del KNEE_METHODS["_test_first"]
+        plt.close(fig)
+
+
+def test_an_unregistered_method_is_rejected_by_name():
+    with pytest.raises(UnknownMethod, match="toy"):
+        detect_knee(np.arange(5.0), np.ones(5), method="toy")
 
 
 # ---------------------------------------------------------------- default detector

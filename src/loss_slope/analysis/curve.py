@@ -136,8 +136,9 @@ def analyze_curve(
     early_window : (float, float)
         α_early window in epochs (default 5-15).
     val_steps, val_loss : array_like, optional
-        Validation curve; used for ``best_val_ce`` and by ``ce_threshold`` (which
-        otherwise uses the training loss).
+        Validation curve; used for ``best_val_ce`` and by the knee methods whose
+        registry entry has ``uses_validation`` (e.g. ``ce_threshold``; without a
+        validation curve they read the training loss).
     confidence : float
     bin_decades : float
     nonfinite : {"raise", "drop"}
@@ -208,12 +209,11 @@ def analyze_curve(
             continue
         o = dict(opts.get(name, {}))
         o.setdefault("steps_per_epoch", spe)
-        xs, xl = t, l_
-        if name == "ce_threshold" and val_loss is not None:
-            xs, xl = val_steps, val_loss  # a level crossing: read on the step axis
-            knee_method_axis = None
+        if KNEE_METHODS[name].uses_validation and val_loss is not None:
+            # read on the validation curve's own steps: its knee is already on the step axis
+            xs, xl, knee_method_axis = val_steps, val_loss, None
         else:
-            knee_method_axis = axis
+            xs, xl, knee_method_axis = t, l_, axis
         try:
             k = detect_knee(xs, xl, method=name, **o)
             knees[name] = knee_method_axis.knee_in_steps(k, spe) if knee_method_axis is not None else k

@@ -1,10 +1,18 @@
 """Knee detection: where a loss curve changes its power-law exponent.
 
-Methods live in the explicit registry :data:`KNEE_METHODS` and are selected by
-name (e.g. from the pipeline config)::
+Methods live in the registry :data:`KNEE_METHODS`, one :class:`KneeMethod` entry
+per detector, and are selected by name (e.g. from the pipeline config)::
 
     detect_knee(steps, loss)                          # calibrated default
     detect_knee(steps, loss, method="burn_in_aic", steps_per_epoch=391)
+
+An entry carries everything the rest of the package reads about its method: the
+detector, how its options come from the config's ``analysis.fit`` block, whether
+it reads the validation curve, whether H1 is also decided under its knee, and its
+label, short name and colour in the report.  The config schema's allowed names,
+``analyze_curve``, the fit stage, the summary and the figures all follow the
+registry, so adding a method is one entry here plus its detector (see
+``docs/analysis.md``, "Adding a knee method").
 
 ``"broken_power_lrt"`` (default)
     Likelihood-ratio test of a power law with floor and transient shift
@@ -33,8 +41,10 @@ name (e.g. from the pipeline config)::
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
@@ -47,11 +57,11 @@ from .search import LRT_THRESHOLD, LrtFit, fit_lrt
 
 __all__ = [
     "KneeResult",
+    "KneeMethod",
     "detect_knee",
     "KNEE_METHODS",
     "DEFAULT_KNEE_METHOD",
     "LRT_THRESHOLD",
-    "register_knee_method",
     "broken_power_lrt",
     "lrt_knee",
 ]
@@ -165,7 +175,7 @@ def broken_power_lrt(steps, loss, **options) -> KneeResult:
     return lrt_knee(steps, loss, **options)[0]
 
 
-# ====================================================================== seed methods
+# ====================================================================== other detectors
 def _burn_in_aic(
     steps,
     loss,
@@ -326,25 +336,100 @@ def _hinge(
     )
 
 
-KneeMethod = Callable[..., KneeResult]
+# ====================================================================== the registry
+#: Config options of a method: ``(analysis.fit block, loss unit) -> keyword options of its detector``.
+OptionsFromConfig = Callable[[Mapping[str, Any], str], dict]
 
-#: Explicit registry of knee detectors, selectable by name.
+
+def no_options(fit: Mapping[str, Any], loss_unit: str) -> dict:
+    """Options of a method that takes none from the config."""
+    return {}
+
+
+@dataclass(frozen=True)
+class KneeMethod:
+    """One knee detector and what the pipeline and the report need to know about it.
+
+    Attributes
+    ----------
+    name : str
+        Registry key; the config's ``analysis.fit.knee_methods`` and the row's
+        ``knee_<name>_*`` columns use it.
+    detect : callable
+        ``detect(steps, loss, *, steps_per_epoch, **options) -> KneeResult``; it raises
+        an :class:`~loss_slope.analysis.exceptions.AnalysisError` for a curve it cannot judge.
+    label : str
+        Its legend label in the figures.
+    short : str
+        Its short name in the figures' tick labels.
+    color : str
+        Its matplotlib colour in the figures.
+    options : callable
+        ``options(fit, loss_unit) -> dict``: the detector's keyword options from the
+        config's ``analysis.fit`` block and ``analysis.loss_unit``.
+    uses_validation : bool
+        The detector reads the validation curve, on the step axis, when the run has
+        one (the training curve on the analysis time axis otherwise).
+    h1_criterion : str or None
+        When set, H1 is also decided after this method's knee (``shape_by_knee``) and
+        this is the criterion's label in the summary; ``None``: it is not.
+    """
+
+    name: str
+    detect: Callable[..., KneeResult]
+    label: str
+    short: str
+    color: str
+    options: OptionsFromConfig = no_options
+    uses_validation: bool = False
+    h1_criterion: str | None = None
+
+
+#: The knee detectors by name, in the order the report lists them.
 KNEE_METHODS: dict[str, KneeMethod] = {
-    "broken_power_lrt": broken_power_lrt,
-    "burn_in_aic": _burn_in_aic,
-    "ce_threshold": _ce_threshold,
-    "hinge": _hinge,
+    m.name: m
+    for m in (
+        KneeMethod(
+            name="broken_power_lrt",
+            detect=broken_power_lrt,
+            label="LRT knee (calibrated)",
+            short="LRT",
+            color="#d62728",
+            options=lambda fit, loss_unit: {"threshold": float(fit["lrt_threshold"])},
+        ),
+        KneeMethod(
+            name="burn_in_aic",
+            detect=_burn_in_aic,
+            label="burn-in end (AIC)",
+            short="AIC",
+            color="#9467bd",
+            options=lambda fit, loss_unit: {"min_delta_aic": float(fit["burn_in_min_delta_aic"])},
+            h1_criterion="one power law after the burn-in end found by AIC",
+        ),
+        KneeMethod(
+            name="ce_threshold",
+            detect=_ce_threshold,
+            label="val CE ≤ threshold",
+            short="CE",
+            color="#8c564b",
+            options=lambda fit, loss_unit: {"threshold_nats": float(fit["ce_threshold_nats"]), "unit": loss_unit},
+            uses_validation=True,
+            h1_criterion="one power law after the validation CE first reaches the threshold",
+        ),
+        KneeMethod(
+            name="hinge",
+            detect=_hinge,
+            label="hinge (uncalibrated)",
+            short="hinge",
+            color="#17becf",
+            options=lambda fit, loss_unit: {"min_delta_aic": float(fit["hinge_min_delta_aic"])},
+        ),
+    )
 }
 
-#: Name of the default (calibrated) detector.
+#: Name of the default (calibrated) detector: ``analyze_curve`` always runs it, and
+#: the post-knee power law, α_full and the main H1 decision start at its knee.
 DEFAULT_KNEE_METHOD = "broken_power_lrt"
-
-
-def register_knee_method(name: str, fn: KneeMethod) -> None:
-    """Add a detector to :data:`KNEE_METHODS` (``fn(steps, loss, **options)``)."""
-    if name in KNEE_METHODS:
-        raise ValueError(f"knee method {name!r} already registered")
-    KNEE_METHODS[name] = fn
 
 
 def detect_knee(steps, loss, *, method: str = DEFAULT_KNEE_METHOD, **options) -> KneeResult:
@@ -375,7 +460,7 @@ def detect_knee(steps, loss, *, method: str = DEFAULT_KNEE_METHOD, **options) ->
         Bad input.
     """
     try:
-        fn = KNEE_METHODS[method]
+        entry = KNEE_METHODS[method]
     except KeyError:
         raise UnknownMethod("knee", method, KNEE_METHODS) from None
-    return fn(steps, loss, **options)
+    return entry.detect(steps, loss, **options)

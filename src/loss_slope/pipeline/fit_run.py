@@ -38,7 +38,7 @@ import numpy as np
 
 from loss_slope.analysis import AnalysisError, analyze_curve, cumulative_lr
 from loss_slope.analysis.exceptions import NotEnoughPoints
-from loss_slope.analysis.knee import DEFAULT_KNEE_METHOD
+from loss_slope.analysis.knee import DEFAULT_KNEE_METHOD, KNEE_METHODS
 from loss_slope.analysis.slopes import window_scan
 from loss_slope.jsonio import read_json, write_json
 from loss_slope.report._io import one_thread
@@ -47,8 +47,6 @@ from loss_slope.train.divergence import Divergence, check_divergence
 
 __all__ = ["fit_run", "fit_run_tables", "fit_options", "TIME_AXES", "AXIS_COLUMNS"]
 
-#: Knee definitions under which H1 is also decided (besides the calibrated test).
-H1_KNEE_METHODS = ("burn_in_aic", "ce_threshold")
 #: The time axes a curve can be analysed on (``analysis.time_axis``).
 TIME_AXES = ("step", "cumulative_lr")
 #: Columns repeated, prefixed ``<axis>__``, for the time axis that is not the configured one.
@@ -78,18 +76,19 @@ MODEL_POINTS = 120
 
 
 def fit_options(fit: Mapping[str, Any], loss_unit: str) -> dict:
-    """``analyze_curve`` keyword options from the config's ``analysis.fit`` block."""
+    """``analyze_curve`` keyword options from the config's ``analysis.fit`` block.
+
+    The knee methods, their options and the knees H1 is also decided under come
+    from the methods' entries in :data:`loss_slope.analysis.knee.KNEE_METHODS`; a
+    name that is not registered is left to ``analyze_curve`` to reject.
+    """
     methods = list(dict.fromkeys([DEFAULT_KNEE_METHOD, *fit["knee_methods"]]))
+    known = [KNEE_METHODS[m] for m in methods if m in KNEE_METHODS]
     return dict(
         knee_methods=tuple(methods),
-        knee_options={
-            "broken_power_lrt": {"threshold": float(fit["lrt_threshold"])},
-            "burn_in_aic": {"min_delta_aic": float(fit["burn_in_min_delta_aic"])},
-            "hinge": {"min_delta_aic": float(fit["hinge_min_delta_aic"])},
-            "ce_threshold": {"threshold_nats": float(fit["ce_threshold_nats"]), "unit": loss_unit},
-        },
+        knee_options={m.name: m.options(fit, loss_unit) for m in known},
         early_window=(float(fit["early_window"][0]), float(fit["early_window"][1])),
-        h1_knee_methods=tuple(m for m in methods if m in H1_KNEE_METHODS),
+        h1_knee_methods=tuple(m.name for m in known if m.h1_criterion is not None),
         confidence=float(fit["confidence"]),
         bin_decades=float(fit["bin_decades"]),
     )

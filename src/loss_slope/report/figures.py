@@ -33,6 +33,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
+from loss_slope.analysis.knee import DEFAULT_KNEE_METHOD, KNEE_METHODS
+
 from . import verdicts as V
 from ._io import STATUSES, fmt_pct
 from .registry import FIGURES
@@ -71,13 +73,6 @@ MODEL_STYLES = {
     "power": dict(color="#ff7f0e", ls="-", lw=1.8, label="power law (whole curve)"),
     "two_power": dict(color="#2ca02c", ls=":", lw=1.8, label="two-power (broken)"),
     "power_post_knee": dict(color="#d62728", ls="-", lw=1.4, label="power law after the knee"),
-}
-KNEE_COLORS = {"broken_power_lrt": "#d62728", "burn_in_aic": "#9467bd", "ce_threshold": "#8c564b", "hinge": "#17becf"}
-KNEE_LABELS = {
-    "broken_power_lrt": "LRT knee (calibrated)",
-    "burn_in_aic": "burn-in end (AIC)",
-    "ce_threshold": "val CE ≤ threshold",
-    "hinge": "hinge (uncalibrated)",
 }
 PLT_RC = {
     "font.size": 10,
@@ -214,12 +209,11 @@ def plot_loss_mosaic(table: pd.DataFrame, stats: StudyStats, curves: Mapping[str
                 **MODEL_STYLES["power_post_knee"],
             )
         ymin, ymax = ax.get_ylim()
-        for meth, col in KNEE_COLORS.items():
-            step = row.get(f"knee_{meth}_step")
-            if step is not None and row.get(f"knee_{meth}_found"):
-                ax.axvline(
-                    step + 1, color=col, lw=1.2, ls="-" if meth == "broken_power_lrt" else "-.", label=KNEE_LABELS[meth]
-                )
+        for meth in KNEE_METHODS.values():
+            step = row.get(f"knee_{meth.name}_step")
+            if step is not None and row.get(f"knee_{meth.name}_found"):
+                ls = "-" if meth.name == DEFAULT_KNEE_METHOD else "-."
+                ax.axvline(step + 1, color=meth.color, lw=1.2, ls=ls, label=meth.label)
         ax.set_xscale("log")
         ax.set_yscale("log")
         r2 = row.get(r2col)
@@ -485,9 +479,6 @@ def plot_delta_aic(
 
 
 # ---------------------------------------------------------------- 5. knee epochs
-KNEE_SHORT = {"broken_power_lrt": "LRT", "burn_in_aic": "AIC", "ce_threshold": "CE", "hinge": "hinge"}
-
-
 def _found(g: pd.DataFrame, method: str) -> np.ndarray:
     e = _num(g, f"knee_{method}_epoch")
     f = g.get(f"knee_{method}_found")
@@ -503,10 +494,14 @@ def plot_knee_epochs(
     *,
     methods: Sequence[str] | None = None,
 ) -> Figure:
-    """Knee epoch per variant, one box per knee method (found knees only)."""
+    """Knee epoch per variant, one box per knee method (found knees only).
+
+    ``methods``: names in :data:`loss_slope.analysis.knee.KNEE_METHODS` (default: every
+    registered method the table has a ``knee_<name>_epoch`` column of).
+    """
     ok = _ok(table)
     if methods is None:
-        methods = [m for m in KNEE_COLORS if f"knee_{m}_epoch" in table.columns]
+        methods = [m for m in KNEE_METHODS if f"knee_{m}_epoch" in table.columns]
     variants = _variants(table)
     k = max(1, len(methods))
     fig, ax = plt.subplots(figsize=(min(16, max(9, 0.6 * len(variants) * k + 3)), 5.8), constrained_layout=True)
@@ -524,9 +519,9 @@ def plot_knee_epochs(
         for j, m in enumerate(methods):
             e = _found(g, m)
             found_all[m] = found_all.get(m, 0) + e.size
-            parts.append(f"{KNEE_SHORT.get(m, m)} {e.size}/{len(g)}")
+            parts.append(f"{KNEE_METHODS[m].short} {e.size}/{len(g)}")
             pos = i + (j - (k - 1) / 2) * w
-            col = KNEE_COLORS.get(m, "0.5")
+            col = KNEE_METHODS[m].color
             if e.size:
                 ax.boxplot(
                     [e],
@@ -553,9 +548,9 @@ def plot_knee_epochs(
     fig.legend(
         handles=[
             Patch(
-                facecolor=KNEE_COLORS.get(m, "0.5"),
+                facecolor=KNEE_METHODS[m].color,
                 alpha=0.6,
-                label=f"{KNEE_LABELS.get(m, m)}: {found_all.get(m, 0)} of {len(ok)} runs",
+                label=f"{KNEE_METHODS[m].label}: {found_all.get(m, 0)} of {len(ok)} runs",
             )
             for m in methods
         ],
@@ -563,14 +558,14 @@ def plot_knee_epochs(
         ncol=min(4, k),
         frameon=False,
     )
-    n_lrt = found_all.get("broken_power_lrt", 0)
+    n_lrt = found_all.get(DEFAULT_KNEE_METHOD, 0)
     head = f"Knee epoch per variant: the calibrated LRT detector finds a knee in {n_lrt} of {len(ok)} usable runs"
     if n_lrt:
-        head += f" (median epoch {np.median(_found(ok, 'broken_power_lrt')):.1f})"
-    others = [m for m in methods if m != "broken_power_lrt" and found_all.get(m)]
+        head += f" (median epoch {np.median(_found(ok, DEFAULT_KNEE_METHOD)):.1f})"
+    others = [m for m in methods if m != DEFAULT_KNEE_METHOD and found_all.get(m)]
     if others:
         m = others[0]
-        head += f"; the {KNEE_LABELS[m]} is at median epoch {np.median(_found(ok, m)):.1f}"
+        head += f"; the {KNEE_METHODS[m].label} is at median epoch {np.median(_found(ok, m)):.1f}"
     _suptitle(fig, head)
     return fig
 

@@ -19,6 +19,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from loss_slope.analysis import AnalysisError, h1_statistics, h2_statistics
+from loss_slope.analysis.knee import KNEE_METHODS
 from loss_slope.analysis.stats import h2_statistics_diverged_worst_rank, h2_window_heatmap
 from loss_slope.pipeline.fit_run import TIME_AXES
 from loss_slope.tables.schema import RUN_IDENTITY
@@ -160,17 +161,11 @@ def h1_criteria(time_axis: str, other_axis: str | None) -> dict[str, tuple[str, 
         ),
         "literal_r2": ("h1_literal_r2", True, "protocol's literal criterion: straight-line log-log R² after the knee"),
         "four_parameter_r2": ("post_knee_r2", True, "R² of the floor + shift power law after the knee"),
-        "single_power_law_knee_burn_in_aic": (
-            "h1_single_power_law_knee_burn_in_aic",
-            False,
-            "one power law after the burn-in end found by AIC",
-        ),
-        "single_power_law_knee_ce_threshold": (
-            "h1_single_power_law_knee_ce_threshold",
-            False,
-            "one power law after the validation CE first reaches the threshold",
-        ),
     }
+    # one criterion per knee method H1 is also decided under (registry order)
+    for m in KNEE_METHODS.values():
+        if m.h1_criterion is not None:
+            out[f"single_power_law_knee_{m.name}"] = (f"h1_single_power_law_knee_{m.name}", False, m.h1_criterion)
     if other_axis:
         out[f"single_power_law_{other_axis}"] = (
             f"{other_axis}__h1_single_power_law",

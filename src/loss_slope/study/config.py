@@ -3,6 +3,11 @@
 Validation happens before Snakemake builds its DAG, so a bad value stops the
 run before any job starts, with a message that names the key and what is
 allowed. This module is imported by the Snakefile: keep it free of torch.
+
+The schema file lists no knee method: :func:`load_schema` takes the allowed
+names of ``analysis.fit.knee_methods`` and their default from the registry
+:data:`loss_slope.analysis.knee.KNEE_METHODS`, whose import brings the analysis
+package (numpy, scipy) into the Snakefile's process.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from pathlib import Path
 
 import jsonschema
 import yaml
+
+from loss_slope.analysis.knee import KNEE_METHODS
 
 # the JSON schema of the study config, shipped inside the package (package data)
 SCHEMA_PATH = Path(__file__).resolve().with_name("config.schema.yaml")
@@ -87,9 +94,17 @@ def _describe(error: jsonschema.ValidationError) -> str:
 
 
 def load_schema(path: str | Path | None = None) -> dict:
-    """The study config schema: ``path``, or the packaged one (:data:`SCHEMA_PATH`)."""
+    """The study config schema: ``path``, or the packaged one (:data:`SCHEMA_PATH`).
+
+    ``analysis.fit.knee_methods`` gets the registry's names as the enum of its items
+    and as its default, so the registry is the one list of knee methods.
+    """
     with open(path or SCHEMA_PATH) as fh:
-        return yaml.safe_load(fh)
+        schema = yaml.safe_load(fh)
+    knees = schema["properties"]["analysis"]["properties"]["fit"]["properties"]["knee_methods"]
+    knees["items"] = {**knees["items"], "enum": list(KNEE_METHODS)}
+    knees["default"] = list(KNEE_METHODS)
+    return schema
 
 
 def validate_config(config: dict, schema: dict | str | Path | None = None) -> dict:
