@@ -157,57 +157,11 @@ def _build(cls, f: S.Fitted, names, convert, confidence: float, n_masked: int):
         diagnostics=_diagnostics(f),
         theta=tuple(float(v) for v in core.theta),
         y_ref=prob.y_ref,
+        mean=core.fn(),
         model_consts=MappingProxyType(dict(core.consts)),
         at_bound=MappingProxyType(at_bound),
         hit_bound=tuple(hit),
     )
-
-
-def _est(v, se, lo, hi) -> Estimate:
-    return Estimate(float(v), float(se), (float(lo), float(hi)))
-
-
-def _exp(x: float) -> float:
-    # an unbounded CI on a short, poorly constrained curve: +inf, not an OverflowError
-    return math.exp(x) if x < 709.0 else math.inf
-
-
-def _amp(la, se, z, y_ref):
-    return _est(_exp(la + y_ref), _exp(la + y_ref) * se, _exp(la - z * se + y_ref), _exp(la + z * se + y_ref))
-
-
-def _lin(v, se, z, lo=-math.inf):
-    return _est(v, se, max(v - z * se, lo), v + z * se)
-
-
-def _convert_power(theta, se, z, y_ref, **_):
-    la, a, c, t0 = theta
-    u = math.exp(y_ref)
-    return {
-        "amplitude": _amp(la, se[0], z, y_ref),
-        "exponent": _lin(a, se[1], z),
-        "floor": _est(c * u, se[2] * u, max(c - z * se[2], 0.0) * u, (c + z * se[2]) * u),
-        "shift": _lin(t0, se[3], z, 0.0),
-    }
-
-
-def _convert_two(theta, se, z, y_ref, *, cov, consts):
-    la, a1, a2, f, c, t0 = theta
-    u = math.exp(y_ref)
-    ks, kse, kci = M.knee_step_estimate(np.asarray(theta), cov, consts, z)
-    return {
-        "amplitude": _amp(la, se[0], z, y_ref),
-        "exponent_before": _lin(a1, se[1], z),
-        "exponent_after": _lin(a2, se[2], z),
-        "break_step": _est(ks, kse, kci[0], kci[1]),
-        "floor": _est(c * u, se[4] * u, max(c - z * se[4], 0.0) * u, (c + z * se[4]) * u),
-        "shift": _lin(t0, se[5], z, 0.0),
-    }
-
-
-def _convert_exp(theta, se, z, y_ref, **_):
-    la, r = theta
-    return {"amplitude": _amp(la, se[0], z, y_ref), "rate": _lin(r, se[1], z)}
 
 
 def _problem(steps, loss, n_params, nonfinite, bin_decades):
@@ -295,7 +249,7 @@ def fit_power_law(
         se = math.sqrt(max(f.cov[k_free, k_free], 0.0))
         wh = S.whitener(prob, "gls", f.noise)
         f.profile[1] = S.profile_interval(prob, f.core, wh, lb, ub, index=1, crit=q * q * f.scale, se_guess=se)
-    return _build(PowerLawFit, f, M.POWER.param_names, _convert_power, confidence, prob.curve.n_masked)
+    return _build(PowerLawFit, f, M.POWER.param_names, M.power_estimates, confidence, prob.curve.n_masked)
 
 
 def fit_exponential(
@@ -327,7 +281,9 @@ def fit_exponential(
     """
     prob = _problem(steps, loss, 2, nonfinite, bin_decades)
     f = _exponential_fit(prob, estimator=estimator, noise=noise, robust=robust)
-    return _build(ExponentialFit, f, M.EXPONENTIAL.param_names, _convert_exp, confidence, prob.curve.n_masked)
+    return _build(
+        ExponentialFit, f, M.EXPONENTIAL.param_names, M.exponential_estimates, confidence, prob.curve.n_masked
+    )
 
 
 def fit_two_power_law(
@@ -371,7 +327,7 @@ def fit_two_power_law(
         TwoPowerLawFit,
         f,
         M.TWO_POWER.param_names,
-        _convert_two,
+        M.two_power_estimates,
         confidence,
         prob.curve.n_masked,
     )
@@ -465,16 +421,16 @@ def compare_models(
         "exponential": _build(
             ExponentialFit,
             _exponential_fit(prob, estimator=estimator, noise=noise, robust="auto"),
-            _RESULT_SPECS["exponential"][0],
-            _convert_exp,
+            M.EXPONENTIAL.param_names,
+            M.exponential_estimates,
             confidence,
             prob.curve.n_masked,
         ),
         "power": _build(
             PowerLawFit,
             _power_core_fit(prob, floor=floor, shift=shift, estimator=estimator, noise=noise, robust="auto"),
-            _RESULT_SPECS["power"][0],
-            _convert_power,
+            M.POWER.param_names,
+            M.power_estimates,
             confidence,
             prob.curve.n_masked,
         ),
@@ -490,8 +446,8 @@ def compare_models(
                 robust="auto",
                 null=null,
             ),
-            _RESULT_SPECS["two_power"][0],
-            _convert_two,
+            M.TWO_POWER.param_names,
+            M.two_power_estimates,
             confidence,
             prob.curve.n_masked,
         ),
@@ -528,7 +484,7 @@ def comparison_from_lrt(lrt: LrtFit, *, confidence: float = 0.95) -> ModelCompar
     f = _exponential_fit(lrt.problem, estimator="gls", noise=lrt.noise, robust="never")
     f.robust = lrt.robust
     ex = _build(
-        ExponentialFit, f, _RESULT_SPECS["exponential"][0], _convert_exp, confidence, lrt.problem.curve.n_masked
+        ExponentialFit, f, M.EXPONENTIAL.param_names, M.exponential_estimates, confidence, lrt.problem.curve.n_masked
     )
     return _comparison({"exponential": ex, "power": pw, "two_power": tw}, lrt.noise)
 
@@ -571,7 +527,7 @@ def _result_from_core(
     robust: bool = False,
 ) -> FitResult:
     """Build a result from an existing fit (no refit), e.g. the knee detector's."""
-    names, convert = _RESULT_SPECS[core.model]
+    names, convert = core.spec.param_names, core.spec.estimates
     raw = S.raw_residuals(problem, core)
     kurt = S.excess_kurtosis(np.diff(raw))
     cov, chi2, scale = S.covariance(problem, core, noise, estimator)
@@ -579,10 +535,3 @@ def _result_from_core(
         problem, core, noise, cov, chi2, scale, robust, kurt > S.heavy_tail_threshold(problem.n), kurt, raw, estimator
     )
     return _build(cls, f, names, convert, confidence, problem.curve.n_masked)
-
-
-_RESULT_SPECS = {
-    "power": (M.POWER.param_names, _convert_power),
-    "two_power": (M.TWO_POWER.param_names, _convert_two),
-    "exponential": (M.EXPONENTIAL.param_names, _convert_exp),
-}

@@ -4,11 +4,14 @@ A :class:`Problem` is a curve with its log-spaced bins, normalised for fitting; 
 :class:`Whitener` maps residuals to the scale of the estimator (bin counts for
 ``"ols"``, the inverse Cholesky factor of the noise model's bin-mean covariance
 for ``"gls"``); :func:`nls` is a small bounded Levenberg-Marquardt on the whitened
-residuals of a :class:`loss_slope.analysis.models.ModelSpec`.  Around it: the
-covariance of the estimate under the noise model, the GLS and iid likelihoods, the
-Huber fallback, profile-likelihood intervals, and :func:`run_fit`, the whole
-estimation of one model (OLS pilot, noise model, GLS, Huber check, covariance).
-Nothing here knows a particular model.
+residuals of a :class:`MeanModel`.  Around it: the covariance of the estimate
+under the noise model, the GLS and iid likelihoods, the Huber fallback,
+profile-likelihood intervals, :func:`run_fit`, the whole estimation of one model
+(OLS pilot, noise model, GLS, Huber check, covariance), and linear least squares
+(:func:`wls`).  Nothing here knows a particular model: a model is seen only
+through :class:`MeanModel`, the interface that
+:class:`loss_slope.analysis.models.ModelSpec` implements (this module does not
+import the models).
 
 Conventions
 -----------
@@ -22,18 +25,32 @@ Conventions
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 from scipy import linalg
 from scipy.special import stdtrit
 
-from . import models as M
 from .data import DEFAULT_BIN_DECADES, Curve, LogBins, make_bins, z_value
 from .exceptions import FitFailed
 from .noise import NoiseModel, estimate_noise
 
 ESTIMATORS = ("ols", "gls")
+
+
+class MeanModel(Protocol):
+    """A mean model of normalised log loss as the solver sees it."""
+
+    @property
+    def name(self) -> str:
+        """Registry name of the model."""
+        ...
+
+    def fn(self, consts: dict | None = None) -> Callable:
+        """``fn(theta, steps, jac=True) -> (m, J)`` with the model constants bound."""
+        ...
 
 
 class Problem:
@@ -132,6 +149,21 @@ class Problem:
         return 2.0  # 2 x the smallest bin-mean loss (y_ref = min bin mean)
 
 
+# ---------------------------------------------------------------- linear least squares
+def wls(x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None):
+    """Weighted least squares via QR.  Returns (beta, resid, rss_weighted)."""
+    if w is None:
+        q, r = np.linalg.qr(x)
+        beta = linalg.solve_triangular(r, q.T @ y, check_finite=False)
+        res = y - x @ beta
+        return beta, res, float(res @ res)
+    sw = np.sqrt(w)
+    q, r = np.linalg.qr(x * sw[:, None])
+    beta = linalg.solve_triangular(r, q.T @ (y * sw), check_finite=False)
+    res = y - x @ beta
+    return beta, res, float(np.dot(w, res * res))
+
+
 # ---------------------------------------------------------------- whitening
 class Whitener:
     """Maps bin residuals/Jacobians to whitened ones."""
@@ -161,7 +193,7 @@ def whitener(problem: Problem, estimator: str, noise: NoiseModel | None) -> Whit
 class Core:
     """Result of one numerical fit (normalised units)."""
 
-    spec: M.ModelSpec
+    spec: MeanModel
     theta: np.ndarray
     free: np.ndarray  # bool mask
     chi2: float  # whitened residual sum of squares at the optimum
@@ -192,7 +224,7 @@ class Core:
 
 def nls(
     problem: Problem,
-    spec: M.ModelSpec,
+    spec: MeanModel,
     theta0: np.ndarray,
     free: np.ndarray,
     lb: np.ndarray,
@@ -495,7 +527,7 @@ def huber_refit(problem, core, refit):
 
 def run_fit(
     problem: Problem,
-    spec: M.ModelSpec,
+    spec: MeanModel,
     starts: list[np.ndarray],
     lb: np.ndarray,
     ub: np.ndarray,
@@ -560,7 +592,7 @@ def run_fit(
     return Fitted(problem, core, noise, cov, chi2, scale, use_robust, heavy, kurt, raw, estimator, noise_ic=noise_ic)
 
 
-def linear_raw_core(problem: Problem, spec: M.ModelSpec, theta0: np.ndarray, free: np.ndarray) -> Core:
+def linear_raw_core(problem: Problem, spec: MeanModel, theta0: np.ndarray, free: np.ndarray) -> Core:
     """Exact raw-point OLS for the linear models (statsmodels-identical)."""
     fn = spec.fn()
     th = theta0.copy()
@@ -568,7 +600,7 @@ def linear_raw_core(problem: Problem, spec: M.ModelSpec, theta0: np.ndarray, fre
     m0, J = fn(th, problem.s)
     # m(theta) = m0 + J_free @ theta_free exactly for a linear model
     Jf = J[:, free]
-    beta, _, _ = M.wls(Jf, problem.y - m0)
+    beta, _, _ = wls(Jf, problem.y - m0)
     th[free] = beta
     mb, Jb = problem.bin_model(fn, th)
     rb = problem.yb - mb

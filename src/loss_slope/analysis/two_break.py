@@ -236,7 +236,7 @@ def _from_knee_fit(fit: LrtFit, threshold: float, min_change: float) -> TwoBreak
         knee,
         "",
         _theta=alt.theta.copy(),
-        _consts=dict(consts),
+        _mean=alt.fn(),
         _y_ref=prob.y_ref,
     )
     chk = check_fit(result, prob.s, np.exp(prob.y + prob.y_ref))
