@@ -70,6 +70,8 @@ LAYERS = (
     "results",
     "models",
     "search",
+    "build",
+    "estimation",
     "fits",
     "knee",
     "fit_check",
