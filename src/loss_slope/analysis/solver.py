@@ -35,7 +35,7 @@ from scipy.special import stdtrit
 
 from .data import DEFAULT_BIN_DECADES, Curve, LogBins, make_bins, z_value
 from .exceptions import FitFailed
-from .noise import NoiseModel, estimate_noise
+from .noise import NoiseModel, estimate_noise, reml_refine
 
 ESTIMATORS = ("ols", "gls")
 
@@ -320,6 +320,21 @@ def raw_residuals(problem: Problem, core: Core) -> np.ndarray:
     """Residuals of the raw (normalised) log loss against the fitted model."""
     m, _ = core.fn()(core.theta, problem.s, jac=False)
     return problem.y - m
+
+
+def noise_from_fit(problem: Problem, core: Core, std: np.ndarray, *, slack: float) -> NoiseModel:
+    """White + AR(1) noise model from the residuals of a flexible fit.
+
+    ``std`` are the fit's raw residuals in units of the noise scale (divided by
+    the problem's row scale when one is used; Huber pseudo-residuals on a rebinned
+    problem).  The Whittle estimate from them has its AR coefficient re-estimated
+    by REML on the bin means given the fit's bin Jacobian and bin residuals, with
+    ``slack`` towards more persistence (:func:`loss_slope.analysis.noise.reml_refine`).
+    """
+    mb, _ = problem.bin_model(core.fn(), core.theta, jac=False)
+    return reml_refine(
+        estimate_noise(std), problem.bins, core.jac, problem.yb - mb, slack=slack, bin_scale=problem.bin_scale
+    )
 
 
 # ---------------------------------------------------------------- covariance
