@@ -359,10 +359,12 @@ def knee_step_estimate(theta, cov, consts, z):
 
 
 # ---------------------------------------------------------------- reported estimates
-# ``estimates(theta, se, z, y_ref, *, cov, consts) -> {param_name: Estimate}``: the
-# normalised parameter vector with its standard errors ``se`` (0 for a fixed
-# parameter) and full covariance ``cov`` in physical units, with Wald intervals of
-# half-width ``z`` standard errors (log scale for amplitudes and knee steps).
+# ``estimates(theta, se, z, y_ref, *, cov, consts) -> {param_name: Estimate}``:
+# ``theta`` is a fitted normalised parameter vector, ``se`` its standard errors (0
+# for a fixed parameter), ``cov`` its covariance, ``y_ref`` the log-loss offset and
+# ``consts`` the model constants.  Values are in physical units (input loss unit,
+# steps); intervals are Wald intervals of half-width ``z`` standard errors, on the
+# log scale for amplitudes and knee steps.
 def _est(v, se, lo, hi) -> Estimate:
     return Estimate(float(v), float(se), (float(lo), float(hi)))
 

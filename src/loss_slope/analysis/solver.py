@@ -6,7 +6,8 @@ A :class:`Problem` is a curve with its log-spaced bins, normalised for fitting; 
 for ``"gls"``); :func:`nls` is a small bounded Levenberg-Marquardt on the whitened
 residuals of a :class:`MeanModel`.  Around it: the covariance of the estimate
 under the noise model, the GLS and iid likelihoods, the Huber fallback,
-profile-likelihood intervals, :func:`run_fit`, the whole estimation of one model
+profile-likelihood intervals, the noise model of a flexible fit
+(:func:`noise_from_fit`), :func:`run_fit`, the whole estimation of one model
 (OLS pilot, noise model, GLS, Huber check, covariance), and linear least squares
 (:func:`wls`).  Nothing here knows a particular model: a model is seen only
 through :class:`MeanModel`, the interface that
