@@ -9,7 +9,21 @@ import numpy as np
 import pytest
 import statsmodels.api as sm
 
-from loss_slope.analysis import compare_models, fit_exponential, fit_power_law, fit_two_power_law
+from loss_slope.analysis import (
+    compare_models,
+    fit_exponential,
+    fit_power_law,
+    fit_two_power_law,
+    models as M,
+    solver as S,
+)
+from loss_slope.analysis.build import fit_result, result_from_core
+from loss_slope.analysis.data import DEFAULT_BIN_DECADES
+from loss_slope.analysis.estimation import curve_problem
+from loss_slope.analysis.fits import comparison_from_lrt
+from loss_slope.analysis.noise import estimate_noise
+from loss_slope.analysis.results import ExponentialFit, PowerLawFit, TwoPowerLawFit
+from loss_slope.analysis.search import REML_SLACK, fit_lrt
 
 from .conftest import NOISE_LEVELS, curve
 
@@ -143,3 +157,51 @@ def test_results_are_frozen_and_predict(power_curve):
 def test_keyword_only_options(power_curve):
     with pytest.raises(TypeError):
         fit_power_law(power_curve.steps, power_curve.loss, True)
+
+
+def test_each_fitted_model_is_defined_by_its_spec():
+    assert M.POWER.result_type is PowerLawFit and M.POWER.estimates is M.power_estimates
+    assert M.TWO_POWER.result_type is TwoPowerLawFit and M.TWO_POWER.estimates is M.two_power_estimates
+    assert M.EXPONENTIAL.result_type is ExponentialFit and M.EXPONENTIAL.estimates is M.exponential_estimates
+    assert M.THREE_POWER.result_type is None and M.THREE_POWER.estimates is None
+    c = curve(seed=21, n_steps=3000, alpha=0.4, knee_step=200.0, alpha_after=0.9)
+    s = np.asarray(c.steps, dtype=float)
+    for fit in (fit_power_law(c.steps, c.loss), fit_two_power_law(c.steps, c.loss), fit_exponential(c.steps, c.loss)):
+        spec = M.MODELS[fit.model]
+        assert type(fit) is spec.result_type
+        assert tuple(fit.params) == spec.param_names
+        m, _ = spec.fn(dict(fit.model_consts))(np.asarray(fit.theta), s, jac=False)
+        np.testing.assert_array_equal(fit.predict(c.steps), np.exp(m + fit.y_ref))
+
+
+def test_result_from_core_rebuilds_the_comparison_fits_of_the_knee_test():
+    c = curve(seed=22, n_steps=4000, alpha=0.3, knee_step=300.0, alpha_after=0.9)
+    lrt = fit_lrt(curve_problem(c.steps, c.loss, 6, "raise", DEFAULT_BIN_DECADES))
+    cmp = comparison_from_lrt(lrt)
+    for core, name in ((lrt.null, "power"), (lrt.alt, "two_power")):
+        fit = result_from_core(lrt.problem, core, lrt.noise, robust=lrt.robust)
+        assert repr(fit) == repr(cmp.fits[name]) and fit == cmp.fits[name]
+    assert repr(compare_models(c.steps, c.loss)) == repr(cmp)
+
+
+def test_a_model_without_a_result_type_has_no_result():
+    c = curve(seed=23, n_steps=3000)
+    lrt = fit_lrt(curve_problem(c.steps, c.loss, 6, "raise", DEFAULT_BIN_DECADES))
+    core = dataclasses.replace(lrt.alt, spec=M.THREE_POWER)
+    f = S.Fitted(lrt.problem, core, lrt.noise, np.eye(core.k), 1.0, 1.0, False, False, 0.0, np.zeros(3), "gls")
+    with pytest.raises(ValueError, match="three_power"):
+        fit_result(f, 0.95)
+
+
+def test_noise_from_fit_is_whittle_then_reml_with_slack():
+    c = curve(seed=24, n_steps=4000, alpha=0.5, noise_sigma=0.02, ar_phi=0.95, ar_sigma=0.03)
+    lrt = fit_lrt(curve_problem(c.steps, c.loss, 6, "raise", DEFAULT_BIN_DECADES), hetero=False, robust="never")
+    std = S.raw_residuals(lrt.problem, lrt.alt)
+    whittle = estimate_noise(std)
+    tight = S.noise_from_fit(lrt.problem, lrt.alt, std, slack=0.0)
+    loose = S.noise_from_fit(lrt.problem, lrt.alt, std, slack=REML_SLACK)
+    assert tight.white_var == whittle.white_var == loose.white_var
+    assert 0.5 < tight.ar_phi <= loose.ar_phi < 1.0
+    # the innovation variance of the AR part is Whittle's
+    for nz in (tight, loose):
+        assert nz.ar_var * (1 - nz.ar_phi**2) == pytest.approx(whittle.ar_var * (1 - whittle.ar_phi**2), rel=1e-12)

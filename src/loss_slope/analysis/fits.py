@@ -1,6 +1,9 @@
 """Power-law, exponential and broken power-law fits of a loss curve.
 
 All models are fitted to **log loss** (multiplicative noise becomes additive).
+The public fit functions are here; each runs a model's estimation procedure
+(:mod:`loss_slope.analysis.estimation`) and builds its result
+(:mod:`loss_slope.analysis.build`).
 
 Estimator
 ---------
@@ -41,13 +44,13 @@ sample size) -- use these to compare models.
 from __future__ import annotations
 
 import math
-from types import MappingProxyType
 
 import numpy as np
 
 from . import models as M, solver as S
-from .data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve
-from .exceptions import InvalidCurve, NotEnoughPoints
+from .build import fit_result, model_comparison, result_from_core
+from .data import DEFAULT_BIN_DECADES
+from .estimation import curve_problem, exponential_fit, power_fit, two_power_fit
 from .noise import NoiseModel
 from .results import (
     Estimate,
@@ -58,7 +61,7 @@ from .results import (
     ResidualDiagnostics,
     TwoPowerLawFit,
 )
-from .search import LrtFit, fit_lrt, fit_two_power_core, profile_starts
+from .search import LrtFit, fit_lrt
 
 __all__ = [
     "Estimate",
@@ -72,168 +75,10 @@ __all__ = [
     "fit_exponential",
     "fit_two_power_law",
     "compare_models",
+    "comparison_from_lrt",
 ]
 
 
-def _diagnostics(f: S.Fitted) -> ResidualDiagnostics:
-    r = f.raw_resid
-    rc = r - r.mean()
-    ss = float(rc @ rc)
-    lag1 = float(rc[1:] @ rc[:-1] / ss) if ss > 0 else 0.0
-    dw = float(np.sum(np.diff(r) ** 2) / float(r @ r)) if float(r @ r) > 0 else float("nan")
-    sd = math.sqrt(ss / max(r.size, 1))
-    skew = float(np.mean(rc**3) / sd**3) if sd > 0 else 0.0
-    return ResidualDiagnostics(
-        sigma=sd,
-        robust_sigma=S.robust_sigma(r),
-        lag1_autocorr=lag1,
-        durbin_watson=dw,
-        skewness=skew,
-        excess_kurtosis=f.kurt,
-        heavy_tailed=bool(f.heavy),
-        noise=f.noise,
-        effective_n=f.noise.effective_n(r.size),
-        reduced_chi2=f.chi2_gls / max(f.problem.m - f.core.k, 1),
-    )
-
-
-def _build(cls, f: S.Fitted, names, convert, confidence: float, n_masked: int):
-    """Assemble a frozen result; ``convert(theta, se_theta, z)`` -> {name: Estimate}."""
-    z = S.t_quantile(confidence, f)
-    core, prob = f.core, f.problem
-    p = core.theta.size
-    cov = np.zeros((p, p))
-    cov[np.ix_(core.free, core.free)] = f.cov
-    se = np.sqrt(np.maximum(np.diag(cov), 0.0))
-    params = convert(core.theta, se, z, prob.y_ref, cov=cov, consts=core.consts)
-    for idx, (lo, hi) in f.profile.items():
-        est = params[names[idx]]
-        params[names[idx]] = Estimate(est.value, est.stderr, (float(lo), float(hi)))
-    fixed = tuple(nm for nm, fr in zip(names, core.free) if not fr)
-    free_names = [nm for nm, fr in zip(names, core.free) if fr]
-    at_bound = {nm: False for nm in names}
-    hit = []
-    for nm, act, low in zip(free_names, core.active, core.active_low):
-        at_bound[nm] = bool(act)
-        if act and not (low and nm in ("floor", "shift")):
-            hit.append(nm)
-    n = prob.n
-    k = core.k
-    rss = float(f.raw_resid @ f.raw_resid)
-    yc = prob.y - prob.y.mean()
-    tss = float(yc @ yc)
-    ll = S.iid_loglik(max(rss, 1e-300), n)
-    mb, _ = prob.bin_model(core.fn(), core.theta, jac=False)
-    rb = prob.yb - mb
-    ybc = prob.yb - prob.yb.mean()
-    r2b = 1.0 - float(rb @ rb) / float(ybc @ ybc) if float(ybc @ ybc) > 0 else float("nan")
-    nic = f.noise_ic or f.noise
-    ll_ac = S.gls_loglik(prob, f.chi2_gls, nic)
-    neff = max(nic.effective_n(n), 2.0)
-    se_method = ("GLS" if f.estimator == "gls" else "sandwich") + " covariance under white+AR(1) noise"
-    if f.robust:
-        se_method += ", Huber pseudo-observations"
-    return cls(
-        model=core.model,
-        params=MappingProxyType(params),
-        fixed=fixed,
-        n_obs=n,
-        n_params=k,
-        rss=rss,
-        loglik=ll,
-        aic=-2.0 * ll + 2.0 * k,
-        bic=-2.0 * ll + k * math.log(n),
-        aic_ac=-2.0 * ll_ac + 2.0 * k,
-        bic_ac=-2.0 * ll_ac + k * math.log(neff),
-        r2=1.0 - rss / tss if tss > 0 else float("nan"),
-        r2_binned=r2b,
-        estimator=f.estimator,
-        se_method=se_method,
-        robust=f.robust,
-        confidence=confidence,
-        converged=core.converged,
-        n_masked=n_masked,
-        step_range=(float(prob.s[0]), float(prob.s[-1])),
-        diagnostics=_diagnostics(f),
-        theta=tuple(float(v) for v in core.theta),
-        y_ref=prob.y_ref,
-        model_consts=MappingProxyType(dict(core.consts)),
-        at_bound=MappingProxyType(at_bound),
-        hit_bound=tuple(hit),
-    )
-
-
-def _est(v, se, lo, hi) -> Estimate:
-    return Estimate(float(v), float(se), (float(lo), float(hi)))
-
-
-def _exp(x: float) -> float:
-    # an unbounded CI on a short, poorly constrained curve: +inf, not an OverflowError
-    return math.exp(x) if x < 709.0 else math.inf
-
-
-def _amp(la, se, z, y_ref):
-    return _est(_exp(la + y_ref), _exp(la + y_ref) * se, _exp(la - z * se + y_ref), _exp(la + z * se + y_ref))
-
-
-def _lin(v, se, z, lo=-math.inf):
-    return _est(v, se, max(v - z * se, lo), v + z * se)
-
-
-def _convert_power(theta, se, z, y_ref, **_):
-    la, a, c, t0 = theta
-    u = math.exp(y_ref)
-    return {
-        "amplitude": _amp(la, se[0], z, y_ref),
-        "exponent": _lin(a, se[1], z),
-        "floor": _est(c * u, se[2] * u, max(c - z * se[2], 0.0) * u, (c + z * se[2]) * u),
-        "shift": _lin(t0, se[3], z, 0.0),
-    }
-
-
-def _convert_two(theta, se, z, y_ref, *, cov, consts):
-    la, a1, a2, f, c, t0 = theta
-    u = math.exp(y_ref)
-    ks, kse, kci = M.knee_step_estimate(np.asarray(theta), cov, consts, z)
-    return {
-        "amplitude": _amp(la, se[0], z, y_ref),
-        "exponent_before": _lin(a1, se[1], z),
-        "exponent_after": _lin(a2, se[2], z),
-        "break_step": _est(ks, kse, kci[0], kci[1]),
-        "floor": _est(c * u, se[4] * u, max(c - z * se[4], 0.0) * u, (c + z * se[4]) * u),
-        "shift": _lin(t0, se[5], z, 0.0),
-    }
-
-
-def _convert_exp(theta, se, z, y_ref, **_):
-    la, r = theta
-    return {"amplitude": _amp(la, se[0], z, y_ref), "rate": _lin(r, se[1], z)}
-
-
-def _problem(steps, loss, n_params, nonfinite, bin_decades):
-    curve = prepare_curve(steps, loss, min_points=min_points_for(n_params), nonfinite=nonfinite)
-    prob = S.Problem(curve, bin_decades=bin_decades)
-    if prob.m < n_params + 2:
-        raise NotEnoughPoints(n_params + 2, prob.m, "log-spaced bins (use a smaller bin_decades)")
-    return prob
-
-
-def _power_core_fit(prob, *, floor, shift, estimator, noise, robust) -> S.Fitted:
-    if not (shift is True or shift is False or isinstance(shift, (int, float))):
-        raise TypeError("shift must be True, False or a number of steps")
-    if shift is not True and shift is not False and float(shift) < 0:
-        raise ValueError("a fixed shift must be >= 0")
-    lb, ub, free, t_fixed = M.power_bounds(prob, floor, shift)
-    if shift is not True and prob.s[0] + t_fixed <= 0:
-        raise InvalidCurve("step + shift must be > 0")
-    starts = M.power_starts(prob, floor, shift, t_fixed)
-    linear = (not floor) and shift is not True and estimator == "ols"
-    return S.run_fit(
-        prob, M.POWER, starts, lb, ub, free, estimator=estimator, noise=noise, robust=robust, linear_raw=linear
-    )
-
-
-# ====================================================================== public API
 def fit_power_law(
     steps,
     loss,
@@ -284,8 +129,8 @@ def fit_power_law(
     InvalidCurve
         Bad input (see :mod:`loss_slope.analysis.exceptions`).
     """
-    prob = _problem(steps, loss, 4, nonfinite, bin_decades)
-    f = _power_core_fit(prob, floor=floor, shift=shift, estimator=estimator, noise=noise, robust=robust)
+    prob = curve_problem(steps, loss, 4, nonfinite, bin_decades)
+    f = power_fit(prob, floor=floor, shift=shift, estimator=estimator, noise=noise, robust=robust)
     if f.estimator == "gls" and not f.robust:
         # profile-likelihood interval for the exponent (honest when the floor or
         # shift sits on its bound)
@@ -295,7 +140,7 @@ def fit_power_law(
         se = math.sqrt(max(f.cov[k_free, k_free], 0.0))
         wh = S.whitener(prob, "gls", f.noise)
         f.profile[1] = S.profile_interval(prob, f.core, wh, lb, ub, index=1, crit=q * q * f.scale, se_guess=se)
-    return _build(PowerLawFit, f, M.POWER.param_names, _convert_power, confidence, prob.curve.n_masked)
+    return fit_result(f, confidence)
 
 
 def fit_exponential(
@@ -325,9 +170,9 @@ def fit_exponential(
     ExponentialFit
         ``.rate`` (per step) and ``.rate_ci``.
     """
-    prob = _problem(steps, loss, 2, nonfinite, bin_decades)
-    f = _exponential_fit(prob, estimator=estimator, noise=noise, robust=robust)
-    return _build(ExponentialFit, f, M.EXPONENTIAL.param_names, _convert_exp, confidence, prob.curve.n_masked)
+    prob = curve_problem(steps, loss, 2, nonfinite, bin_decades)
+    f = exponential_fit(prob, estimator=estimator, noise=noise, robust=robust)
+    return fit_result(f, confidence)
 
 
 def fit_two_power_law(
@@ -363,58 +208,11 @@ def fit_two_power_law(
         ``.exponent_before``, ``.exponent_after``, ``.break_step`` and
         ``.break_step_ci`` besides the common fields.
     """
-    prob = _problem(steps, loss, 6, nonfinite, bin_decades)
-    f = _two_power_fit(
+    prob = curve_problem(steps, loss, 6, nonfinite, bin_decades)
+    f = two_power_fit(
         prob, floor=floor, shift=shift, knee_range=knee_range, estimator=estimator, noise=noise, robust=robust
     )
-    return _build(
-        TwoPowerLawFit,
-        f,
-        M.TWO_POWER.param_names,
-        _convert_two,
-        confidence,
-        prob.curve.n_masked,
-    )
-
-
-def _two_power_fit(
-    prob, *, floor, shift, knee_range, estimator, noise, robust, null: S.Fitted | None = None
-) -> S.Fitted:
-    consts = M.knee_consts(prob, knee_range)
-    if null is None:
-        null = _power_core_fit(prob, floor=floor, shift=shift, estimator="ols", noise=noise, robust="never")
-    lb, ub, free = M.two_power_bounds(prob, floor, shift, consts)
-    wh_ols = S.whitener(prob, "ols", None)
-    starts = profile_starts(prob, null.core, wh_ols, lb, ub, free, consts=consts, n_best=3)
-    start = fit_two_power_core(
-        prob, null.core, wh_ols, floor=floor, shift=shift, consts=consts, grid=0, extra_starts=starts[:2]
-    )
-
-    def gls_refit(problem, wh, core):
-        return fit_two_power_core(
-            problem,
-            null.core,
-            wh,
-            floor=floor,
-            shift=shift,
-            consts=consts,
-            grid=0,
-            extra_starts=[core.theta] + starts[2:],
-        )
-
-    return S.run_fit(
-        prob,
-        M.TWO_POWER,
-        [start.theta],
-        lb,
-        ub,
-        free,
-        estimator=estimator,
-        noise=noise,
-        robust=robust,
-        consts=consts,
-        gls_refit=gls_refit,
-    )
+    return fit_result(f, confidence)
 
 
 def compare_models(
@@ -452,35 +250,22 @@ def compare_models(
     -------
     ModelComparison
     """
-    prob = _problem(steps, loss, 6, nonfinite, bin_decades)
+    prob = curve_problem(steps, loss, 6, nonfinite, bin_decades)
     if floor is True and shift is True and estimator == "gls" and noise is None:
         return comparison_from_lrt(fit_lrt(prob), confidence=confidence)
-    null = _power_core_fit(prob, floor=floor, shift=shift, estimator="ols", noise=noise, robust="never")
-    two = _two_power_fit(
+    null = power_fit(prob, floor=floor, shift=shift, estimator="ols", noise=noise, robust="never")
+    two = two_power_fit(
         prob, floor=floor, shift=shift, knee_range=None, estimator="ols", noise=noise, robust="never", null=null
     )
     if noise is None:
         noise = two.noise
     fits = {
-        "exponential": _build(
-            ExponentialFit,
-            _exponential_fit(prob, estimator=estimator, noise=noise, robust="auto"),
-            _RESULT_SPECS["exponential"][0],
-            _convert_exp,
-            confidence,
-            prob.curve.n_masked,
+        "exponential": fit_result(exponential_fit(prob, estimator=estimator, noise=noise, robust="auto"), confidence),
+        "power": fit_result(
+            power_fit(prob, floor=floor, shift=shift, estimator=estimator, noise=noise, robust="auto"), confidence
         ),
-        "power": _build(
-            PowerLawFit,
-            _power_core_fit(prob, floor=floor, shift=shift, estimator=estimator, noise=noise, robust="auto"),
-            _RESULT_SPECS["power"][0],
-            _convert_power,
-            confidence,
-            prob.curve.n_masked,
-        ),
-        "two_power": _build(
-            TwoPowerLawFit,
-            _two_power_fit(
+        "two_power": fit_result(
+            two_power_fit(
                 prob,
                 floor=floor,
                 shift=shift,
@@ -490,29 +275,10 @@ def compare_models(
                 robust="auto",
                 null=null,
             ),
-            _RESULT_SPECS["two_power"][0],
-            _convert_two,
             confidence,
-            prob.curve.n_masked,
         ),
     }
-    return _comparison(fits, noise)
-
-
-def _exponential_fit(prob: S.Problem, *, estimator: str, noise: NoiseModel | None, robust: str) -> S.Fitted:
-    lb, ub, free = M.exponential_bounds(prob)
-    return S.run_fit(
-        prob,
-        M.EXPONENTIAL,
-        M.exponential_starts(prob),
-        lb,
-        ub,
-        free,
-        estimator=estimator,
-        noise=noise,
-        robust=robust,
-        linear_raw=estimator == "ols" and prob.row_scale is None,
-    )
+    return model_comparison(fits, noise)
 
 
 def comparison_from_lrt(lrt: LrtFit, *, confidence: float = 0.95) -> ModelComparison:
@@ -523,66 +289,9 @@ def comparison_from_lrt(lrt: LrtFit, *, confidence: float = 0.95) -> ModelCompar
     model and its power-law and broken-power-law fits.  The exponential is fitted to
     the same problem by GLS under the same noise model.
     """
-    pw = _result_from_core(PowerLawFit, lrt.problem, lrt.null, lrt.noise, confidence=confidence, robust=lrt.robust)
-    tw = _result_from_core(TwoPowerLawFit, lrt.problem, lrt.alt, lrt.noise, confidence=confidence, robust=lrt.robust)
-    f = _exponential_fit(lrt.problem, estimator="gls", noise=lrt.noise, robust="never")
+    pw = result_from_core(lrt.problem, lrt.null, lrt.noise, confidence=confidence, robust=lrt.robust)
+    tw = result_from_core(lrt.problem, lrt.alt, lrt.noise, confidence=confidence, robust=lrt.robust)
+    f = exponential_fit(lrt.problem, estimator="gls", noise=lrt.noise, robust="never")
     f.robust = lrt.robust
-    ex = _build(
-        ExponentialFit, f, _RESULT_SPECS["exponential"][0], _convert_exp, confidence, lrt.problem.curve.n_masked
-    )
-    return _comparison({"exponential": ex, "power": pw, "two_power": tw}, lrt.noise)
-
-
-def _comparison(fits: dict, noise: NoiseModel) -> ModelComparison:
-    best_a = min(fits, key=lambda k: fits[k].aic_ac)
-    best_b = min(fits, key=lambda k: fits[k].bic_ac)
-    best_iid = min(f.aic for f in fits.values())
-    rows = []
-    for name, f in fits.items():
-        rows.append(
-            MappingProxyType(
-                {
-                    "model": name,
-                    "n_params": f.n_params,
-                    "aic": f.aic,
-                    "bic": f.bic,
-                    "aic_ac": f.aic_ac,
-                    "bic_ac": f.bic_ac,
-                    "delta_aic": f.aic_ac - fits[best_a].aic_ac,
-                    "delta_bic": f.bic_ac - fits[best_b].bic_ac,
-                    "delta_aic_iid": f.aic - best_iid,
-                    "r2": f.r2,
-                }
-            )
-        )
-    return ModelComparison(
-        fits=MappingProxyType(dict(fits)), table=tuple(rows), best_aic=best_a, best_bic=best_b, noise=noise
-    )
-
-
-def _result_from_core(
-    cls,
-    problem: S.Problem,
-    core: S.Core,
-    noise: NoiseModel,
-    *,
-    estimator: str = "gls",
-    confidence: float = 0.95,
-    robust: bool = False,
-) -> FitResult:
-    """Build a result from an existing fit (no refit), e.g. the knee detector's."""
-    names, convert = _RESULT_SPECS[core.model]
-    raw = S.raw_residuals(problem, core)
-    kurt = S.excess_kurtosis(np.diff(raw))
-    cov, chi2, scale = S.covariance(problem, core, noise, estimator)
-    f = S.Fitted(
-        problem, core, noise, cov, chi2, scale, robust, kurt > S.heavy_tail_threshold(problem.n), kurt, raw, estimator
-    )
-    return _build(cls, f, names, convert, confidence, problem.curve.n_masked)
-
-
-_RESULT_SPECS = {
-    "power": (M.POWER.param_names, _convert_power),
-    "two_power": (M.TWO_POWER.param_names, _convert_two),
-    "exponential": (M.EXPONENTIAL.param_names, _convert_exp),
-}
+    ex = fit_result(f, confidence)
+    return model_comparison({"exponential": ex, "power": pw, "two_power": tw}, lrt.noise)

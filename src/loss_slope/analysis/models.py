@@ -2,9 +2,10 @@
 
 Each :class:`ModelSpec` bundles what defines a model -- the mean function with its
 analytic Jacobian, the names of its parameters (normalised and as reported), its
-box and its starting values; the fitted result type is in
-:data:`loss_slope.analysis.results.RESULT_TYPES`.  The solver
-(:mod:`loss_slope.analysis.solver`) knows nothing about any model but its spec.
+box, its starting values, the conversion of a fitted parameter vector to the
+reported estimates and the result type of its fit (from
+:mod:`loss_slope.analysis.results`).  The solver (:mod:`loss_slope.analysis.solver`)
+knows nothing about any model but its spec.
 
 All models are evaluated in *normalised* log units: the caller subtracts a
 reference ``y_ref`` from log loss, so amplitudes and floors are relative to
@@ -30,10 +31,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import linalg
 from scipy.special import expit
 
 from .exceptions import NotEnoughPoints
+from .results import Estimate, ExponentialFit, FitResult, PowerLawFit, TwoPowerLawFit
+from .solver import wls
 
 #: Rounding of the two-power knee in ln(tau) units.  A little smoothing keeps the
 #: objective differentiable on binned data; the softplus is symmetric, so a sharp
@@ -205,21 +207,6 @@ def exponential(theta: np.ndarray, s: np.ndarray, jac: bool = True):
     return m, J
 
 
-# ---------------------------------------------------------------- linear least squares
-def wls(x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None):
-    """Weighted least squares via QR.  Returns (beta, resid, rss_weighted)."""
-    if w is None:
-        q, r = np.linalg.qr(x)
-        beta = linalg.solve_triangular(r, q.T @ y, check_finite=False)
-        res = y - x @ beta
-        return beta, res, float(res @ res)
-    sw = np.sqrt(w)
-    q, r = np.linalg.qr(x * sw[:, None])
-    beta = linalg.solve_triangular(r, q.T @ (y * sw), check_finite=False)
-    res = y - x @ beta
-    return beta, res, float(np.dot(w, res * res))
-
-
 # ---------------------------------------------------------------- boxes and starting values
 # ``problem`` is a :class:`loss_slope.analysis.solver.Problem` (normalised bin means
 # ``sb``/``yb``, raw steps ``s``, ``shift_bounds()`` and ``floor_max()``).
@@ -371,6 +358,63 @@ def knee_step_estimate(theta, cov, consts, z):
     return tk - t0, tk * se_x, (max(math.exp(xk - z * se_x) - t0, 0.0), math.exp(xk + z * se_x) - t0)
 
 
+# ---------------------------------------------------------------- reported estimates
+# ``estimates(theta, se, z, y_ref, *, cov, consts) -> {param_name: Estimate}``:
+# ``theta`` is a fitted normalised parameter vector, ``se`` its standard errors (0
+# for a fixed parameter), ``cov`` its covariance, ``y_ref`` the log-loss offset and
+# ``consts`` the model constants.  Values are in physical units (input loss unit,
+# steps); intervals are Wald intervals of half-width ``z`` standard errors, on the
+# log scale for amplitudes and knee steps.
+def _est(v, se, lo, hi) -> Estimate:
+    return Estimate(float(v), float(se), (float(lo), float(hi)))
+
+
+def _exp(x: float) -> float:
+    # an unbounded CI on a short, poorly constrained curve: +inf, not an OverflowError
+    return math.exp(x) if x < 709.0 else math.inf
+
+
+def _amp(la, se, z, y_ref):
+    return _est(_exp(la + y_ref), _exp(la + y_ref) * se, _exp(la - z * se + y_ref), _exp(la + z * se + y_ref))
+
+
+def _lin(v, se, z, lo=-math.inf):
+    return _est(v, se, max(v - z * se, lo), v + z * se)
+
+
+def power_estimates(theta, se, z, y_ref, *, cov, consts) -> dict[str, Estimate]:
+    """Reported estimates of ``power``: amplitude, exponent, floor (input unit), shift (steps)."""
+    la, a, c, t0 = theta
+    u = math.exp(y_ref)
+    return {
+        "amplitude": _amp(la, se[0], z, y_ref),
+        "exponent": _lin(a, se[1], z),
+        "floor": _est(c * u, se[2] * u, max(c - z * se[2], 0.0) * u, (c + z * se[2]) * u),
+        "shift": _lin(t0, se[3], z, 0.0),
+    }
+
+
+def two_power_estimates(theta, se, z, y_ref, *, cov, consts) -> dict[str, Estimate]:
+    """Reported estimates of ``two_power``; the break step by the delta method (:func:`knee_step_estimate`)."""
+    la, a1, a2, f, c, t0 = theta
+    u = math.exp(y_ref)
+    ks, kse, kci = knee_step_estimate(np.asarray(theta), cov, consts, z)
+    return {
+        "amplitude": _amp(la, se[0], z, y_ref),
+        "exponent_before": _lin(a1, se[1], z),
+        "exponent_after": _lin(a2, se[2], z),
+        "break_step": _est(ks, kse, kci[0], kci[1]),
+        "floor": _est(c * u, se[4] * u, max(c - z * se[4], 0.0) * u, (c + z * se[4]) * u),
+        "shift": _lin(t0, se[5], z, 0.0),
+    }
+
+
+def exponential_estimates(theta, se, z, y_ref, *, cov, consts) -> dict[str, Estimate]:
+    """Reported estimates of ``exponential``: amplitude (input unit) and rate (per step)."""
+    la, r = theta
+    return {"amplitude": _amp(la, se[0], z, y_ref), "rate": _lin(r, se[1], z)}
+
+
 # ---------------------------------------------------------------- specifications
 @dataclass(frozen=True)
 class ModelSpec:
@@ -394,6 +438,13 @@ class ModelSpec:
         fitted from the data alone, ``starts(nested_theta) -> theta`` (the nested
         model's fit as this model) for the broken power laws, whose break is searched
         by :mod:`loss_slope.analysis.search`.
+    result_type : type of FitResult or None
+        The result of a fit of this model (``None``: the model is only fitted
+        inside a test, e.g. ``three_power`` by the two-break test).
+    estimates : callable or None
+        ``estimates(theta, se, z, y_ref, *, cov, consts) -> {name: Estimate}``: the
+        reported parameters (``param_names``, in physical units) of a fitted
+        ``theta``; ``None`` exactly when ``result_type`` is.
     """
 
     name: str
@@ -402,6 +453,8 @@ class ModelSpec:
     param_names: tuple[str, ...]
     bounds: Callable
     starts: Callable
+    result_type: type[FitResult] | None = None
+    estimates: Callable | None = None
 
     def fn(self, consts: dict | None = None) -> Callable:
         """The mean function with the model constants (the knee search range) bound."""
@@ -417,6 +470,8 @@ POWER = ModelSpec(
     param_names=("amplitude", "exponent", "floor", "shift"),
     bounds=power_bounds,
     starts=power_starts,
+    result_type=PowerLawFit,
+    estimates=power_estimates,
 )
 TWO_POWER = ModelSpec(
     name="two_power",
@@ -425,6 +480,8 @@ TWO_POWER = ModelSpec(
     param_names=("amplitude", "exponent_before", "exponent_after", "break_step", "floor", "shift"),
     bounds=two_power_bounds,
     starts=two_power_nested,
+    result_type=TwoPowerLawFit,
+    estimates=two_power_estimates,
 )
 THREE_POWER = ModelSpec(
     name="three_power",
@@ -450,6 +507,8 @@ EXPONENTIAL = ModelSpec(
     param_names=("amplitude", "rate"),
     bounds=exponential_bounds,
     starts=exponential_starts,
+    result_type=ExponentialFit,
+    estimates=exponential_estimates,
 )
 
 #: Every model by name.
@@ -473,7 +532,9 @@ __all__ = [
     "knee_step_estimate",
     "three_power_positions",
     "three_power_steps",
-    "wls",
+    "power_estimates",
+    "two_power_estimates",
+    "exponential_estimates",
     "KNEE_WIDTH",
     "KNEE_DELTA",
     "KNEE2_DELTA",

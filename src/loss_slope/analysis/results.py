@@ -1,21 +1,21 @@
 """Result types of the analysis: what every fit, test and detector returns.
 
 Frozen dataclasses with a flat ``to_dict()`` (the pipeline's row) and, for the fits,
-the knee detectors and the model comparison, a short text ``summary()``.  The
-fitted result type of each model of :mod:`loss_slope.analysis.models` is
-:data:`RESULT_TYPES`.
+the knee detectors and the model comparison, a short text ``summary()``.  Each
+model of :mod:`loss_slope.analysis.models` names its fit's result type here
+(``ModelSpec.result_type``); this module does not import the models: a fitted
+result carries its mean function for :meth:`FitResult.predict`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import numpy as np
 
-from . import models as M
 from .noise import NoiseModel
 from .slopes import SlopeResult
 
@@ -26,7 +26,6 @@ __all__ = [
     "PowerLawFit",
     "ExponentialFit",
     "TwoPowerLawFit",
-    "RESULT_TYPES",
     "ModelComparison",
     "KneeResult",
     "FitCheck",
@@ -168,6 +167,9 @@ class FitResult:
     diagnostics: ResidualDiagnostics
     theta: tuple[float, ...] = field(repr=False)
     y_ref: float = field(repr=False)
+    #: the model's mean function with ``model_consts`` bound: ``mean(theta, steps, jac=False) -> (m, None)``
+    #: in log loss minus ``y_ref``
+    mean: Callable = field(repr=False, compare=False)
     model_consts: Mapping[str, float] = field(repr=False, default_factory=lambda: MappingProxyType({}))
     at_bound: Mapping[str, bool] = field(default_factory=lambda: MappingProxyType({}))
     hit_bound: tuple[str, ...] = ()
@@ -183,8 +185,7 @@ class FitResult:
         -------
         ndarray, shape (k,)
         """
-        fn = M.MODELS[self.model].fn(dict(self.model_consts))
-        m, _ = fn(np.asarray(self.theta), np.asarray(steps, dtype=float), jac=False)
+        m, _ = self.mean(np.asarray(self.theta), np.asarray(steps, dtype=float), jac=False)
         return np.exp(m + self.y_ref)
 
     def summary(self) -> str:
@@ -299,12 +300,6 @@ class TwoPowerLawFit(FitResult):
     @property
     def break_step_ci(self) -> tuple[float, float]:
         return self.params["break_step"].ci
-
-
-#: The fitted result type of each model (by :attr:`ModelSpec.name <loss_slope.analysis.models.ModelSpec.name>`).
-RESULT_TYPES: Mapping[str, type[FitResult]] = MappingProxyType(
-    {M.POWER.name: PowerLawFit, M.TWO_POWER.name: TwoPowerLawFit, M.EXPONENTIAL.name: ExponentialFit}
-)
 
 
 @dataclass(frozen=True)
@@ -503,9 +498,10 @@ class TwoBreakTest:
     exponents: tuple[float, float, float]
     knee_step: float
     reason: str
-    #: the two-break fit (normalised parameters, model constants, log-loss offset)
+    #: the two-break fit: normalised parameters, mean function (``three_power`` with
+    #: its knee range bound) and log-loss offset; ``None`` when not fitted
     _theta: np.ndarray | None = field(default=None, repr=False, compare=False)
-    _consts: dict | None = field(default=None, repr=False, compare=False)
+    _mean: Callable | None = field(default=None, repr=False, compare=False)
     _y_ref: float = field(default=0.0, repr=False, compare=False)
 
     def predict(self, steps) -> np.ndarray:
@@ -513,7 +509,7 @@ class TwoBreakTest:
         s = np.asarray(steps, dtype=float)
         if self._theta is None:
             return np.full(s.shape, NAN)
-        m, _ = M.three_power(self._theta, s, False, **self._consts)
+        m, _ = self._mean(self._theta, s, False)
         return np.exp(m + self._y_ref)
 
     def to_dict(self, prefix: str = "h1_two_break_") -> dict:

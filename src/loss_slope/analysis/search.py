@@ -20,7 +20,7 @@ import numpy as np
 
 from . import models as M, solver as S
 from .exceptions import FitFailed
-from .noise import NoiseModel, estimate_noise, estimate_scale, reml_refine
+from .noise import NoiseModel, estimate_scale
 
 __all__ = [
     "LrtFit",
@@ -211,8 +211,7 @@ def fit_lrt(prob: S.Problem, *, knee_range=None, robust: str = "auto", hetero: b
         inside = max(float(np.mean(np.abs(std) <= delta)), 0.05)
         std = psi
         used_robust = True
-    mb, _ = prob.bin_model(alt0.fn(), alt0.theta, jac=False)
-    nz = reml_refine(estimate_noise(std), prob.bins, alt0.jac, prob.yb - mb, slack=REML_SLACK, bin_scale=prob.bin_scale)
+    nz = S.noise_from_fit(prob, alt0, std, slack=REML_SLACK)
     # Huber sandwich: Var(estimate) ~ E[psi^2] / E[psi']^2, so the pseudo-data noise
     # is inflated by 1 / P(|r| <= delta)^2 for the test to stay calibrated
     noise = (

@@ -4,11 +4,15 @@ A :class:`Problem` is a curve with its log-spaced bins, normalised for fitting; 
 :class:`Whitener` maps residuals to the scale of the estimator (bin counts for
 ``"ols"``, the inverse Cholesky factor of the noise model's bin-mean covariance
 for ``"gls"``); :func:`nls` is a small bounded Levenberg-Marquardt on the whitened
-residuals of a :class:`loss_slope.analysis.models.ModelSpec`.  Around it: the
-covariance of the estimate under the noise model, the GLS and iid likelihoods, the
-Huber fallback, profile-likelihood intervals, and :func:`run_fit`, the whole
-estimation of one model (OLS pilot, noise model, GLS, Huber check, covariance).
-Nothing here knows a particular model.
+residuals of a :class:`MeanModel`.  Around it: the covariance of the estimate
+under the noise model, the GLS and iid likelihoods, the Huber fallback,
+profile-likelihood intervals, the noise model of a flexible fit
+(:func:`noise_from_fit`), :func:`run_fit`, the whole estimation of one model
+(OLS pilot, noise model, GLS, Huber check, covariance), and linear least squares
+(:func:`wls`).  Nothing here knows a particular model: a model is seen only
+through :class:`MeanModel`, the interface that
+:class:`loss_slope.analysis.models.ModelSpec` implements (this module does not
+import the models).
 
 Conventions
 -----------
@@ -22,18 +26,32 @@ Conventions
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 from scipy import linalg
 from scipy.special import stdtrit
 
-from . import models as M
 from .data import DEFAULT_BIN_DECADES, Curve, LogBins, make_bins, z_value
 from .exceptions import FitFailed
-from .noise import NoiseModel, estimate_noise
+from .noise import NoiseModel, estimate_noise, reml_refine
 
 ESTIMATORS = ("ols", "gls")
+
+
+class MeanModel(Protocol):
+    """A mean model of normalised log loss as the solver sees it."""
+
+    @property
+    def name(self) -> str:
+        """Registry name of the model."""
+        ...
+
+    def fn(self, consts: dict | None = None) -> Callable:
+        """``fn(theta, steps, jac=True) -> (m, J)`` with the model constants bound."""
+        ...
 
 
 class Problem:
@@ -132,6 +150,21 @@ class Problem:
         return 2.0  # 2 x the smallest bin-mean loss (y_ref = min bin mean)
 
 
+# ---------------------------------------------------------------- linear least squares
+def wls(x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None):
+    """Weighted least squares via QR.  Returns (beta, resid, rss_weighted)."""
+    if w is None:
+        q, r = np.linalg.qr(x)
+        beta = linalg.solve_triangular(r, q.T @ y, check_finite=False)
+        res = y - x @ beta
+        return beta, res, float(res @ res)
+    sw = np.sqrt(w)
+    q, r = np.linalg.qr(x * sw[:, None])
+    beta = linalg.solve_triangular(r, q.T @ (y * sw), check_finite=False)
+    res = y - x @ beta
+    return beta, res, float(np.dot(w, res * res))
+
+
 # ---------------------------------------------------------------- whitening
 class Whitener:
     """Maps bin residuals/Jacobians to whitened ones."""
@@ -161,7 +194,7 @@ def whitener(problem: Problem, estimator: str, noise: NoiseModel | None) -> Whit
 class Core:
     """Result of one numerical fit (normalised units)."""
 
-    spec: M.ModelSpec
+    spec: MeanModel
     theta: np.ndarray
     free: np.ndarray  # bool mask
     chi2: float  # whitened residual sum of squares at the optimum
@@ -192,7 +225,7 @@ class Core:
 
 def nls(
     problem: Problem,
-    spec: M.ModelSpec,
+    spec: MeanModel,
     theta0: np.ndarray,
     free: np.ndarray,
     lb: np.ndarray,
@@ -288,6 +321,21 @@ def raw_residuals(problem: Problem, core: Core) -> np.ndarray:
     """Residuals of the raw (normalised) log loss against the fitted model."""
     m, _ = core.fn()(core.theta, problem.s, jac=False)
     return problem.y - m
+
+
+def noise_from_fit(problem: Problem, core: Core, std: np.ndarray, *, slack: float) -> NoiseModel:
+    """White + AR(1) noise model from the residuals of a flexible fit.
+
+    ``std`` are the fit's raw residuals in units of the noise scale (divided by
+    the problem's row scale when one is used; Huber pseudo-residuals on a rebinned
+    problem).  The Whittle estimate from them has its AR coefficient re-estimated
+    by REML on the bin means given the fit's bin Jacobian and bin residuals, with
+    ``slack`` towards more persistence (:func:`loss_slope.analysis.noise.reml_refine`).
+    """
+    mb, _ = problem.bin_model(core.fn(), core.theta, jac=False)
+    return reml_refine(
+        estimate_noise(std), problem.bins, core.jac, problem.yb - mb, slack=slack, bin_scale=problem.bin_scale
+    )
 
 
 # ---------------------------------------------------------------- covariance
@@ -495,7 +543,7 @@ def huber_refit(problem, core, refit):
 
 def run_fit(
     problem: Problem,
-    spec: M.ModelSpec,
+    spec: MeanModel,
     starts: list[np.ndarray],
     lb: np.ndarray,
     ub: np.ndarray,
@@ -560,7 +608,7 @@ def run_fit(
     return Fitted(problem, core, noise, cov, chi2, scale, use_robust, heavy, kurt, raw, estimator, noise_ic=noise_ic)
 
 
-def linear_raw_core(problem: Problem, spec: M.ModelSpec, theta0: np.ndarray, free: np.ndarray) -> Core:
+def linear_raw_core(problem: Problem, spec: MeanModel, theta0: np.ndarray, free: np.ndarray) -> Core:
     """Exact raw-point OLS for the linear models (statsmodels-identical)."""
     fn = spec.fn()
     th = theta0.copy()
@@ -568,7 +616,7 @@ def linear_raw_core(problem: Problem, spec: M.ModelSpec, theta0: np.ndarray, fre
     m0, J = fn(th, problem.s)
     # m(theta) = m0 + J_free @ theta_free exactly for a linear model
     Jf = J[:, free]
-    beta, _, _ = M.wls(Jf, problem.y - m0)
+    beta, _, _ = wls(Jf, problem.y - m0)
     th[free] = beta
     mb, Jb = problem.bin_model(fn, th)
     rb = problem.yb - mb

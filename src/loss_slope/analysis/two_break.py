@@ -44,7 +44,6 @@ from . import models as M, solver as S
 from .data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve
 from .exceptions import NotEnoughPoints
 from .fit_check import check_fit
-from .noise import estimate_noise, reml_refine
 from .results import TwoBreakTest
 from .search import REML_SLACK, LrtFit, best_local_minima, fit_lrt
 
@@ -210,10 +209,7 @@ def _from_knee_fit(fit: LrtFit, threshold: float, min_change: float) -> TwoBreak
     # noise model from the residuals of the flexible (two-break) fit
     sig = 1.0 if prob.row_scale is None else prob.row_scale
     std = S.raw_residuals(prob, alt0) / sig
-    mb, _ = prob.bin_model(alt0.fn(), alt0.theta, jac=False)
-    noise = reml_refine(
-        estimate_noise(std), prob.bins, alt0.jac, prob.yb - mb, slack=REML_SLACK, bin_scale=prob.bin_scale
-    )
+    noise = S.noise_from_fit(prob, alt0, std, slack=REML_SLACK)
     wh = S.whitener(prob, "gls", noise)
     null = _fit(prob, M.TWO_POWER, [null0.theta, fit.alt.theta], wh, consts)
     alt = _fit(prob, M.THREE_POWER, [alt0.theta, M.THREE_POWER.starts(null.theta)], wh, consts)
@@ -236,7 +232,7 @@ def _from_knee_fit(fit: LrtFit, threshold: float, min_change: float) -> TwoBreak
         knee,
         "",
         _theta=alt.theta.copy(),
-        _consts=dict(consts),
+        _mean=alt.fn(),
         _y_ref=prob.y_ref,
     )
     chk = check_fit(result, prob.s, np.exp(prob.y + prob.y_ref))
