@@ -8,6 +8,7 @@
   console script.
 """
 
+import ast
 import os
 import shutil
 import subprocess
@@ -147,3 +148,17 @@ def test_every_rule_script_is_named_after_its_rule():
     assert not mismatched, f"rule and script names differ (file, rule, script): {mismatched}"
     scripts = {p.stem for p in (REPO / "workflow" / "scripts").glob("*.py")}
     assert scripts == {p[2] for p in pairs}, "a script no rule runs, or a rule's script is missing"
+
+
+def test_no_private_name_is_imported_across_modules():
+    """A name a module keeps private (``_name``) is used only there: what others need is public."""
+    found = []
+    for path in sorted((REPO / "src" / "loss_slope").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                found += [
+                    f"{path.relative_to(REPO)}:{node.lineno} {a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                ]
+    assert not found, "private names imported from another module:\n" + "\n".join(found)
