@@ -1,7 +1,7 @@
 import json
 
 from loss_slope.train.fingerprint import config_fingerprint
-from loss_slope.train.run import RunPaths, set_aside_if_stale
+from loss_slope.train.work_tree import RunPaths, set_aside_if_stale
 
 CFG = {
     "seed": 0,

@@ -203,8 +203,8 @@ def measure(overrides: list[str], *, steps: int, warmup: int, barrier: Path | No
     from loss_slope.train.compose import compose_train_config
     from loss_slope.train.module import CurveModule, MicroBatcher, MicroBatchTooSmall, is_out_of_memory
     from loss_slope.train.monitor_callback import build_monitor_callback
-    from loss_slope.train.run import compile_options
     from loss_slope.train.schedule import schedule_from_config
+    from loss_slope.train.steps import compile_options
 
     cfg = compose_train_config([*overrides, "run_dir=/nonexistent"])
     torch.set_num_threads(int(cfg.trainer.threads))

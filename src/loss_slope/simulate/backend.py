@@ -42,9 +42,10 @@ from loss_slope.tables.csvlog import CsvTable, truncate_table
 from loss_slope.tables.schema import LN2, TABLES
 from loss_slope.train.attempts import end_attempt, read_attempts, start_attempt, summarize_attempts
 from loss_slope.train.divergence import DivergenceGuard
+from loss_slope.train.exit_codes import EXIT_OK, EXIT_UNFINISHED
 from loss_slope.train.fingerprint import config_fingerprint
-from loss_slope.train.run import EXIT_OK, EXIT_UNFINISHED, RunPaths, set_aside_if_stale, write_output, write_state_json
 from loss_slope.train.schedule import schedule_from_config
+from loss_slope.train.work_tree import RunPaths, set_aside_if_stale, write_output, write_state_json
 
 log = logging.getLogger("loss_slope.train")
 

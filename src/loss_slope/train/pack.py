@@ -54,8 +54,8 @@ from loss_slope.jsonio import write_json
 from loss_slope.pipeline.paths import WORK_RUN
 from loss_slope.probe import mps as MPS
 from loss_slope.probe.plan import read_plan
+from loss_slope.train.exit_codes import EXIT_ERROR, EXIT_LOCKED, EXIT_NO_GPU, EXIT_OK, EXIT_UNFINISHED
 
-EXIT_OK, EXIT_ERROR, EXIT_UNFINISHED, EXIT_LOCKED, EXIT_NO_GPU = 0, 1, 3, 4, 5
 LOCK_POLL_S = 30.0
 _LOG_PREFIX = re.compile(r"^\[[^\]]*\]\[[^\]]*\]\[[A-Z]+\] - ")
 _ERROR_LINE = re.compile(r"\b[A-Za-z_.]*(Error|Exception|Interrupt)\b|run failed:|^error:", re.I)

@@ -40,25 +40,36 @@ from loss_slope.tables.schema import TABLES as SCHEMA_TABLES
 from loss_slope.train.attempts import end_attempt, read_attempts, record_event, start_attempt, summarize_attempts
 from loss_slope.train.checkpoint_io import AtomicCheckpointIO, checkpoint_step
 from loss_slope.train.divergence import DivergenceGuard
+from loss_slope.train.exit_codes import EXIT_ERROR, EXIT_OK, EXIT_UNFINISHED
 from loss_slope.train.faults import fault_callbacks, oom_injector
 from loss_slope.train.interrupt import CheckpointOnInterrupt
 from loss_slope.train.latest import LatestCheckpoint
 from loss_slope.train.module import CurveModule, MicroBatcher, MicroBatchTooSmall
 from loss_slope.train.monitor_callback import build_monitor_callback
 from loss_slope.train.recorder import MetricRecorder
-from loss_slope.train.run import (
-    EXIT_ERROR,
-    EXIT_OK,
-    EXIT_UNFINISHED,
-    RunPaths,
-    compile_options,
-    micro_batch_summary,
-    write_output,
-    write_state_json,
-)
 from loss_slope.train.schedule import Schedule, schedule_from_config
+from loss_slope.train.work_tree import RunPaths, write_output, write_state_json
 
 log = logging.getLogger("loss_slope.train")
+
+
+def compile_options(c) -> dict | None:
+    """``trainer.compile`` -> keyword arguments of ``torch.compile`` (None: off)."""
+    if not c or not c.get("enabled"):
+        return None
+    return {k: c[k] for k in ("backend", "mode", "dynamic") if c.get(k) is not None}
+
+
+def micro_batch_summary(records: list[dict], batch: int) -> dict:
+    """Every out-of-memory fallback of the run (over all attempts): the batch,
+    the micro-batch it ended with, and each reduction (step, from, to)."""
+    changes = [
+        {k: r[k] for k in ("attempt", "step", "from", "to", "accumulation") if k in r}
+        for r in records
+        if r.get("event") == "micro_batch"
+    ]
+    return {"batch": batch, "final": changes[-1]["to"] if changes else batch, "changes": changes}
+
 
 #: the tables a resumed attempt cuts back to its checkpoint (tables.schema.KEEP_ON_RESUME)
 TABLES = tuple(SCHEMA_TABLES)

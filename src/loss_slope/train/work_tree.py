@@ -1,0 +1,89 @@
+"""A run's work tree: its paths, its identity check and its state files.
+
+Shared by the Lightning trainer (:mod:`loss_slope.train.run`, :mod:`loss_slope.train.steps`)
+and the simulated backend (:mod:`loss_slope.simulate.backend`), which write the same tree.
+Imports neither torch nor Lightning.
+
+Work tree of a run (undeclared in Snakemake, so a failed job never deletes it)::
+
+    {run_dir}/tables/steps.csv       one row per optimizer step
+    {run_dir}/tables/val.csv         val_per_epoch rows per epoch
+    {run_dir}/checkpoints/latest/latest.ckpt   once per epoch / 10 min (trainer.checkpoint)
+    {run_dir}/checkpoints/best/...   top-k by loss_val_nats (weights only)
+    {run_dir}/attempts.jsonl         start/end of every attempt
+    {run_dir}/run_info.json          resolved config, versions, hardware
+    {run_dir}/done.json              written once the last step is done
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from loss_slope.jsonio import write_json
+from loss_slope.train.fingerprint import config_fingerprint
+
+__all__ = ["RunPaths", "open_work_tree", "set_aside_if_stale", "write_state_json", "write_output"]
+
+log = logging.getLogger("loss_slope.train")
+
+
+class RunPaths:
+    """The files of one run's work tree (see the module docstring)."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.root = Path(run_dir)
+        self.tables = self.root / "tables"
+        self.latest_dir = self.root / "checkpoints" / "latest"
+        self.latest = self.latest_dir / "latest.ckpt"
+        self.best_dir = self.root / "checkpoints" / "best"
+        self.attempts = self.root / "attempts.jsonl"
+        self.run_info = self.root / "run_info.json"
+        self.done = self.root / "done.json"
+
+
+def open_work_tree(cfg) -> tuple[RunPaths, str]:
+    """The run's work tree and fingerprint. Invariant: afterwards the tree at ``run_dir`` is absent or
+    was trained with this fingerprint; one trained with another config was renamed aside, never reused."""
+    paths = RunPaths(cfg.run_dir)
+    fingerprint = config_fingerprint(OmegaConf.to_container(cfg, resolve=True))
+    if set_aside_if_stale(paths, fingerprint):
+        paths = RunPaths(cfg.run_dir)
+    return paths, fingerprint
+
+
+def write_state_json(path: str | Path, obj: dict) -> None:
+    """Training state files (``run_info.json``, ``done.json``, ...): as given, keys sorted."""
+    write_json(obj, path, indent=2, sort_keys=True, strict=False, default=str)
+
+
+def set_aside_if_stale(paths: RunPaths, fingerprint: str) -> bool:
+    """A work tree trained with a different config is renamed, never reused or deleted."""
+    if not paths.run_info.exists():
+        return False
+    try:
+        old = json.loads(paths.run_info.read_text()).get("fingerprint")
+    except json.JSONDecodeError:
+        old = None
+    if old == fingerprint:
+        return False
+    aside = paths.root.with_name(f"{paths.root.name}.stale-{time.strftime('%Y%m%dT%H%M%S')}")
+    log.warning(
+        "the config of this run changed (fingerprint %s -> %s): moving the old work tree to %s and "
+        "training from scratch",
+        old,
+        fingerprint,
+        aside,
+    )
+    paths.root.rename(aside)
+    return True
+
+
+def write_output(cfg, paths: RunPaths, done: dict) -> None:
+    """The Snakemake output of a complete run (when the launcher asked for one): ``done.json`` plus where and how."""
+    if cfg.output:
+        write_state_json(cfg.output, {**done, "run_dir": str(paths.root), "status": "complete"})
