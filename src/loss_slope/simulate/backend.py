@@ -38,14 +38,14 @@ from omegaconf import OmegaConf
 
 from loss_slope.jsonio import write_json
 from loss_slope.simulate import model
-from loss_slope.tables.csvlog import CsvTable, truncate_table
+from loss_slope.tables.csvlog import CsvTable
 from loss_slope.tables.schema import LN2, TABLES
 from loss_slope.train.attempts import end_attempt, read_attempts, start_attempt, summarize_attempts
 from loss_slope.train.divergence import DivergenceGuard
 from loss_slope.train.exit_codes import EXIT_OK, EXIT_UNFINISHED
 from loss_slope.train.fingerprint import config_fingerprint
 from loss_slope.train.schedule import schedule_from_config
-from loss_slope.train.work_tree import RunPaths, set_aside_if_stale, write_output, write_state_json
+from loss_slope.train.work_tree import RunPaths, cut_tables_to, set_aside_if_stale, write_output, write_state_json
 
 log = logging.getLogger("loss_slope.train")
 
@@ -203,10 +203,7 @@ def run_simulated(cfg) -> int:
             "no checkpoint%s: starting a fresh run",
             " yet (earlier attempts died before the first one)" if paths.attempts.exists() else "",
         )
-    for table in TABLES:
-        kept, dropped = truncate_table(paths.tables / f"{table}.csv", table, start)
-        if dropped:
-            log.info("truncated %s.csv to the checkpoint: kept %d rows, dropped %d", table, kept, dropped)
+    cut_tables_to(paths, start)
     attempt = start_attempt(
         paths.attempts,
         start_step=start,

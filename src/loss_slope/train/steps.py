@@ -35,8 +35,6 @@ from pytorch_lightning.callbacks import ModelCheckpoint, Timer
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from loss_slope.data.datasets import DataBundle, build_data
-from loss_slope.tables.csvlog import truncate_table
-from loss_slope.tables.schema import TABLES as SCHEMA_TABLES
 from loss_slope.train.attempts import end_attempt, read_attempts, record_event, start_attempt, summarize_attempts
 from loss_slope.train.checkpoint_io import AtomicCheckpointIO, checkpoint_step
 from loss_slope.train.divergence import DivergenceGuard
@@ -48,7 +46,7 @@ from loss_slope.train.module import CurveModule, MicroBatcher, MicroBatchTooSmal
 from loss_slope.train.monitor_callback import build_monitor_callback
 from loss_slope.train.recorder import MetricRecorder
 from loss_slope.train.schedule import Schedule, schedule_from_config
-from loss_slope.train.work_tree import RunPaths, write_output, write_state_json
+from loss_slope.train.work_tree import RunPaths, cut_tables_to, write_output, write_state_json
 
 log = logging.getLogger("loss_slope.train")
 
@@ -69,10 +67,6 @@ def micro_batch_summary(records: list[dict], batch: int) -> dict:
         if r.get("event") == "micro_batch"
     ]
     return {"batch": batch, "final": changes[-1]["to"] if changes else batch, "changes": changes}
-
-
-#: the tables a resumed attempt cuts back to its checkpoint (tables.schema.KEEP_ON_RESUME)
-TABLES = tuple(SCHEMA_TABLES)
 
 
 @dataclass(frozen=True)
@@ -149,10 +143,7 @@ def prepare_run(cfg, paths: RunPaths, fingerprint: str, *, use_cuda: bool) -> Ru
             log.info("no checkpoint yet: earlier attempts died before the first one; starting from step 0")
         else:
             log.info("no checkpoint: starting a fresh run")
-    for table in TABLES:
-        kept, dropped = truncate_table(paths.tables / f"{table}.csv", table, start)
-        if dropped:
-            log.info("truncated %s.csv to the checkpoint: kept %d rows, dropped %d", table, kept, dropped)
+    cut_tables_to(paths, start)
     attempt = start_attempt(
         paths.attempts,
         start_step=start,

@@ -25,9 +25,11 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from loss_slope.jsonio import write_json
+from loss_slope.tables.csvlog import truncate_table
+from loss_slope.tables.schema import TABLES
 from loss_slope.train.fingerprint import config_fingerprint
 
-__all__ = ["RunPaths", "open_work_tree", "set_aside_if_stale", "write_state_json", "write_output"]
+__all__ = ["RunPaths", "open_work_tree", "set_aside_if_stale", "cut_tables_to", "write_state_json", "write_output"]
 
 log = logging.getLogger("loss_slope.train")
 
@@ -54,6 +56,18 @@ def open_work_tree(cfg) -> tuple[RunPaths, str]:
     if set_aside_if_stale(paths, fingerprint):
         paths = RunPaths(cfg.run_dir)
     return paths, fingerprint
+
+
+def cut_tables_to(paths: RunPaths, start: int) -> None:
+    """Cut every table back to the rows the resume point covers (``start``: the first step to redo).
+
+    Invariant (exactly once): after a resume from step ``start``, the rows a killed attempt
+    wrote after its checkpoint are gone, so they are written again once.
+    """
+    for table in TABLES:
+        kept, dropped = truncate_table(paths.tables / f"{table}.csv", table, start)
+        if dropped:
+            log.info("truncated %s.csv to the checkpoint: kept %d rows, dropped %d", table, kept, dropped)
 
 
 def write_state_json(path: str | Path, obj: dict) -> None:
