@@ -57,7 +57,6 @@ __all__ = ["compare_with_truth", "load_truths", "truth_axis", "truth_for_run", "
 # ---- truths ----------------------------------------------------------------------------------------------------------
 def truth_for_run(run_info: Mapping[str, Any]) -> dict:
     """Recompute a simulated run's truth from its ``run_info.json`` (plus α_full on the clean curve)."""
-
     cfg = run_info["config"]
     if cfg["data"]["name"] != "simulated":
         raise ValueError(f"{run_info.get('variant')}/{run_info.get('run')} is not a simulated run")
@@ -80,7 +79,6 @@ def truth_for_run(run_info: Mapping[str, Any]) -> dict:
 
 def add_derived(truth: dict, sim: Mapping[str, Any], kw: Mapping[str, Any]) -> dict:
     """α_full of the clean curve (from the true knee to the end) and the configured H2 correlations."""
-
     if "alpha_full_true" not in truth:
         p, tau, _ = model.run_params(sim, **kw)
         clean = model.clean_loss(p, tau)
@@ -127,7 +125,6 @@ def load_truths(root: str | Path = ".", runs: Sequence[tuple[str, str]] | None =
 
 # ---- comparison ------------------------------------------------------------------------------------------------------
 def _spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-
     if len(x) < 3:
         return math.nan, math.nan
     r = stats.spearmanr(x, y)
@@ -139,7 +136,6 @@ def _within(df: pd.DataFrame, col: str) -> np.ndarray:
 
 
 def _wilson(k: int, n: int, confidence: float) -> tuple[float, float]:
-
     return wilson_interval(k, n, confidence=confidence) if n else (math.nan, math.nan)
 
 

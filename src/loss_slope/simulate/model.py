@@ -261,12 +261,8 @@ def simulate(
     ``run``: as for :func:`run_truth`.
     """
     p, tau, f = run_params(sim, **run)
-    seed, weight_decay, steps_per_epoch, epochs = (
-        run["seed"],
-        run["weight_decay"],
-        run["steps_per_epoch"],
-        run["epochs"],
-    )
+    seed, weight_decay = run["seed"], run["weight_decay"]
+    steps_per_epoch, epochs = run["steps_per_epoch"], run["epochs"]
     p["val_gap"] = float(sim["val"]["gap"])
     spe = int(steps_per_epoch)
     n = spe * int(epochs)
