@@ -45,7 +45,13 @@ from loss_slope.train.divergence import DivergenceGuard
 from loss_slope.train.exit_codes import EXIT_OK, EXIT_UNFINISHED
 from loss_slope.train.fingerprint import config_fingerprint
 from loss_slope.train.schedule import schedule_from_config
-from loss_slope.train.work_tree import RunPaths, cut_tables_to, set_aside_if_stale, write_output, write_state_json
+from loss_slope.train.work_tree import (
+    cut_tables_to,
+    open_work_tree,
+    skip_complete,
+    write_output,
+    write_state_json,
+)
 
 log = logging.getLogger("loss_slope.train")
 
@@ -167,15 +173,10 @@ def _checkpoint_keys(path: Path) -> set[tuple[int, str]]:
 def run_simulated(cfg) -> int:
     """Simulate (or resume, or skip) the run described by the Hydra config ``cfg``."""
     c = OmegaConf.to_container(cfg, resolve=True)
-    paths = RunPaths(c["run_dir"])
     fingerprint = simulated_fingerprint(c)
-    if set_aside_if_stale(paths, fingerprint):
-        paths = RunPaths(c["run_dir"])
+    paths = open_work_tree(c["run_dir"], fingerprint)
     if paths.done.exists():
-        done = json.loads(paths.done.read_text())
-        log.info("run already complete (%d steps): nothing to simulate", done["total_steps"])
-        write_output(cfg, paths, done)
-        return EXIT_OK
+        return skip_complete(cfg, paths, action="simulate")
 
     data, trainer = c["data"], c["trainer"]
     sim = model.settings(data.get("simulation"))

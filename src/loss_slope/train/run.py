@@ -10,13 +10,15 @@ start-up, so that a refused run, or one already complete, exits without paying f
 
 from __future__ import annotations
 
-import json
 import logging
 
+from omegaconf import OmegaConf
+
 from loss_slope.train.device import NoGPUError, resolve_accelerator
-from loss_slope.train.exit_codes import EXIT_LOCKED, EXIT_NO_GPU, EXIT_OK
+from loss_slope.train.exit_codes import EXIT_LOCKED, EXIT_NO_GPU
+from loss_slope.train.fingerprint import config_fingerprint
 from loss_slope.train.lock import RunLocked, acquire
-from loss_slope.train.work_tree import RunPaths, open_work_tree, write_output
+from loss_slope.train.work_tree import open_work_tree, skip_complete
 
 log = logging.getLogger("loss_slope.train")
 
@@ -42,9 +44,10 @@ def run_training(cfg) -> int:
         log.error("%s", exc)
         return EXIT_LOCKED
     try:
-        paths, fingerprint = open_work_tree(cfg)
+        fingerprint = config_fingerprint(OmegaConf.to_container(cfg, resolve=True))
+        paths = open_work_tree(cfg.run_dir, fingerprint)
         if paths.done.exists():
-            return skip_complete(cfg, paths)
+            return skip_complete(cfg, paths, action="train")
         # Deferred on purpose (start-up): torch and Lightning take seconds to import; a run refused
         # above, or already complete, never pays for them.
         from loss_slope.train import steps
@@ -55,11 +58,3 @@ def run_training(cfg) -> int:
         return steps.finish(cfg, run, parts, ending)
     finally:
         lock.release()
-
-
-def skip_complete(cfg, paths: RunPaths) -> int:
-    """A run with ``done.json`` is complete: nothing is trained or rewritten but the Snakemake output."""
-    done = json.loads(paths.done.read_text())
-    log.info("run already complete (%d steps): nothing to train", done["total_steps"])
-    write_output(cfg, paths, done)
-    return EXIT_OK

@@ -22,14 +22,20 @@ import logging
 import time
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from loss_slope.jsonio import write_json
 from loss_slope.tables.csvlog import truncate_table
 from loss_slope.tables.schema import TABLES
-from loss_slope.train.fingerprint import config_fingerprint
+from loss_slope.train.exit_codes import EXIT_OK
 
-__all__ = ["RunPaths", "open_work_tree", "set_aside_if_stale", "cut_tables_to", "write_state_json", "write_output"]
+__all__ = [
+    "RunPaths",
+    "open_work_tree",
+    "skip_complete",
+    "set_aside_if_stale",
+    "cut_tables_to",
+    "write_state_json",
+    "write_output",
+]
 
 log = logging.getLogger("loss_slope.train")
 
@@ -48,14 +54,21 @@ class RunPaths:
         self.done = self.root / "done.json"
 
 
-def open_work_tree(cfg) -> tuple[RunPaths, str]:
-    """The run's work tree and fingerprint. Invariant: afterwards the tree at ``run_dir`` is absent or
-    was trained with this fingerprint; one trained with another config was renamed aside, never reused."""
-    paths = RunPaths(cfg.run_dir)
-    fingerprint = config_fingerprint(OmegaConf.to_container(cfg, resolve=True))
+def open_work_tree(run_dir: str | Path, fingerprint: str) -> RunPaths:
+    """The run's work tree. Invariant: afterwards the tree at ``run_dir`` is absent or was trained
+    with ``fingerprint``; one trained with another config was renamed aside, never reused."""
+    paths = RunPaths(run_dir)
     if set_aside_if_stale(paths, fingerprint):
-        paths = RunPaths(cfg.run_dir)
-    return paths, fingerprint
+        paths = RunPaths(run_dir)
+    return paths
+
+
+def skip_complete(cfg, paths: RunPaths, *, action: str) -> int:
+    """A run with ``done.json`` is complete: nothing is ``action``-ed or rewritten but the Snakemake output."""
+    done = json.loads(paths.done.read_text())
+    log.info("run already complete (%d steps): nothing to %s", done["total_steps"], action)
+    write_output(cfg, paths, done)
+    return EXIT_OK
 
 
 def cut_tables_to(paths: RunPaths, start: int) -> None:
