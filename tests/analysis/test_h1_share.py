@@ -146,3 +146,4 @@ def test_two_way_clustering_on_request():
     two = h1_statistics(t, seed_column="seed")
     assert two.overall.design_effect >= one.overall.design_effect
     assert (two.overall.k, two.overall.n) == (one.overall.k, one.overall.n)
+    assert "seeds" in two.to_dict()["method"] and "seeds" not in one.to_dict()["method"]

@@ -268,19 +268,80 @@ def test_diverged_runs_at_the_worst_rank():
     div = [0, 7, 50]
     t.loc[div, "diverged"] = True
     t.loc[div, "excluded_reason"] = "diverged: NaN loss"
-    t.loc[div, "best_val_ce"] = np.nan
-    t.loc[div, "alpha_early"] = np.nan
+    t.loc[div, "best_val_ce"] = np.nan  # diverged after the early window: alpha_early was measured
     main = h2_statistics(t, **FAST)
     assert main.n_runs == 213 and main.diverged_at_worst_rank == ()
     r = h2_statistics_diverged_worst_rank(t, **FAST)
     assert r.n_runs == 216 and set(r.diverged_at_worst_rank) == set(t.run[div])
     assert r.prediction is None
-    x = t.alpha_early.fillna(-np.inf)
     y = t.best_val_ce.fillna(np.inf)
-    assert r.overall.spearman_rho == pytest.approx(sps.spearmanr(x, y).statistic)
-    # diverged runs with the flattest slope and the worst CE support a negative relation
-    assert r.overall.spearman_rho < main.overall.spearman_rho
+    assert r.overall.spearman_rho == pytest.approx(sps.spearmanr(t.alpha_early, y).statistic)
     assert r.to_dict()["diverged_at_worst_rank"]
+
+
+def test_a_diverged_run_without_alpha_is_excluded_not_given_a_rank():
+    # no relation at all; whole cells diverge before the early window. Imputing the flattest slope
+    # beside the worst CE would put every such run where a negative rho expects it.
+    shifts = []
+    for s in range(3):
+        t = make_study_table("none", seed=s)
+        cells = t.groupby(["variant", "lr", "weight_decay"]).ngroup()
+        div = cells.isin(np.random.default_rng(s).choice(36, 4, replace=False)).to_numpy()
+        t.loc[div, "diverged"] = True
+        t.loc[div, "excluded_reason"] = "diverged: NaN loss"
+        t.loc[div, ["best_val_ce", "alpha_early", "early_end_loss"]] = np.nan
+        main = h2_statistics(t, **FAST)
+        r = h2_statistics_diverged_worst_rank(t, **FAST)
+        assert r.diverged_at_worst_rank == () and r.n_runs == main.n_runs == 216 - 24
+        assert {why for _, why in r.excluded} == {"diverged before alpha_early could be measured"}
+        shifts.append(r.overall.spearman_rho - main.overall.spearman_rho)
+    assert np.max(np.abs(shifts)) < 0.02
+
+
+def test_within_cell_ranks_ties_across_cells():
+    # deviations equal across cells get mid-ranks (as scipy gives), not ordinal ranks
+    t = make_study_table("none", seed=1)
+    cell = t.groupby(["variant", "lr", "weight_decay"]).ngroup().to_numpy()
+    rng = np.random.default_rng(0)
+    dev_x = rng.integers(-2, 3, size=len(t)).astype(float)
+    dev_y = rng.integers(-2, 3, size=len(t)).astype(float)
+    t["alpha_early"] = cell * 10.0 + dev_x
+    t["best_val_ce"] = cell * 10.0 + dev_y
+    r = h2_statistics(t, level_column=None, **FAST)
+    mean_x = pd.Series(t.alpha_early).groupby(cell).transform("mean")
+    mean_y = pd.Series(t.best_val_ce).groupby(cell).transform("mean")
+    expected = sps.spearmanr(t.alpha_early - mean_x, t.best_val_ce - mean_y).statistic
+    assert r.within_cell.spearman_rho == pytest.approx(expected, abs=1e-12)
+
+
+def test_a_cell_whose_runs_all_tie_has_no_within_cell_deviation():
+    t = make_study_table("strong", seed=3)
+    first = (t.variant == t.variant[0]) & (t.lr == t.lr[0]) & (t.weight_decay == t.weight_decay[0])
+    t.loc[first, "diverged"] = True
+    t.loc[first, "excluded_reason"] = "diverged: NaN loss"
+    r = h2_statistics_diverged_worst_rank(t, **FAST)
+    assert r.within_cell.n == 216 - int(first.sum()) and r.within_cell.n_cells == 35
+    assert r.within_cell.n_skipped_cells == 1
+
+
+def test_resamples_at_rho_one_do_not_blow_up_the_interval():
+    # a variant's 9 cell means: resamples with few distinct cells often rank them perfectly
+    from loss_slope.analysis.stats import _fisher_interval
+
+    rng = np.random.default_rng(0)
+    z = np.tanh(rng.normal(np.arctanh(-0.95), 0.4, size=2000))
+    boot = np.where(rng.random(2000) < 0.2, -1.0, z)  # 20 % of the resamples at rho = -1
+    (lo, hi), p = _fisher_interval(-0.95, boot, 2.3, 8)
+    (lo0, hi0), p0 = _fisher_interval(-0.95, z, 2.3, 8)
+    clipped_sd = np.std(np.arctanh(np.clip(boot, -1 + 1e-9, 1 - 1e-9)), ddof=1)
+    assert np.tanh(np.arctanh(-0.95) + 2.3 * clipped_sd) > 0.99  # what the s.d. of clipped atanh gave
+    assert hi0 < hi < -0.3 and p < 0.05  # wider than without the atoms, but still an interval
+    assert lo < -0.99 and p0 < p
+    # and the variant-level cell-mean interval of a strong relation is not (-1, 1)
+    r = h2_statistics(make_study_table("strong", seed=2), n_boot=2000)
+    for v in r.by_variant.values():
+        if v.cell_means.spearman_rho < -0.9:
+            assert v.cell_means.spearman_ci[1] < 0
 
 
 # ---------------------------------------------------------------- bad input

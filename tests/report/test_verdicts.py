@@ -105,3 +105,22 @@ def test_figure_titles_use_the_configured_confidence_not_95():
     fig = b["r2_histogram"]()
     assert "R² = 0.97" in " ".join(t.get_text() for t in fig.axes[0].get_legend().get_texts())
     plt.close(fig)
+
+
+@pytest.mark.parametrize(
+    "lo,hi,verdict,shown",
+    [
+        (0.8996, 0.97, "inconclusive", "89.96 %–97 %"),  # whole percent would print 90 % beside "reaches both sides"
+        (0.70, 0.8996, "not supported", "70 %–89.96 %"),
+        (0.9, 0.97, "supported", "90 %–97 %"),
+        (0.9004, 0.97, "supported", "90 %–97 %"),
+    ],
+)
+def test_a_share_interval_is_printed_on_its_side_of_the_target(lo, hi, verdict, shown):
+    from loss_slope.report.results import Share
+
+    share = Share.from_dict(
+        {"k": 19, "n": 20, "share": 0.95, "ci_low": lo, "ci_high": hi, "n_cells": 8, "verdicts": {"0.9": verdict}}
+    )
+    sentence = V.h1_failures_sentence(share)
+    assert f"interval {shown}" in sentence and f"{verdict} against 90 %" in sentence

@@ -245,6 +245,8 @@ class H1Result:
     target_shares : tuple of float
     excluded : tuple of (run, reason)
     skipped_variants : tuple of (variant, reason)
+    seed_column : str or None
+        The seed column clustered on besides the cells (None: cells only).
     """
 
     overall: Share
@@ -257,6 +259,7 @@ class H1Result:
     target_shares: tuple[float, ...]
     excluded: tuple[tuple[str, str], ...]
     skipped_variants: tuple[tuple[str, str], ...] = ()
+    seed_column: str | None = None
 
     def to_frame(self) -> pd.DataFrame:
         """One row per (all, variants...) with k, n, share, ci_low, ci_high, n_cells, design_effect."""
@@ -286,8 +289,14 @@ class H1Result:
                 "threshold": self.threshold,
                 "confidence": self.confidence,
                 "target_shares": list(self.target_shares),
-                "method": "Wilson interval on the design-effect-adjusted n (cluster-robust over cells), "
-                "t quantile on n_cells - 1 df",
+                "method": "Wilson interval on the design-effect-adjusted n (cluster-robust over cells"
+                + (
+                    f"; with shared seeds ({self.seed_column}) the larger of that and the two-way "
+                    "cells x seeds estimate"
+                    if self.seed_column
+                    else ""
+                )
+                + "), t quantile on n_cells - 1 df",
                 "overall": self.overall.to_dict(),
                 "verdicts": {f"{t:g}": v for t, v in self.verdicts.items()},
                 "with_excluded_as_failures": self.with_excluded_as_failures.to_dict(),
@@ -458,6 +467,7 @@ def h1_statistics(
         target_shares=targets,
         excluded=tuple(excluded),
         skipped_variants=tuple(skipped),
+        seed_column=seed_column if has_seed else None,
     )
 
 
@@ -594,7 +604,7 @@ def _resample_weights(cell, n_cells, seed_codes, n_seeds, n_boot, rng):
     return W, wc
 
 
-def _ranks(V: np.ndarray, W: np.ndarray, ties: bool = True) -> np.ndarray:
+def _ranks(V: np.ndarray, W: np.ndarray) -> np.ndarray:
     """Weighted mid-ranks: a row of weight w is w tied copies; ties share their mid-rank.
 
     Parameters
@@ -603,9 +613,6 @@ def _ranks(V: np.ndarray, W: np.ndarray, ties: bool = True) -> np.ndarray:
         Values (+-inf allowed, no NaN).
     W : ndarray, shape (B, n)
         Non-negative weights.
-    ties : bool
-        For 2-D ``V`` only: False when no two rows of positive weight in a row of
-        ``V`` can be equal (ordinal ranks are then mid-ranks); skips the tie pass.
 
     Returns
     -------
@@ -629,9 +636,6 @@ def _ranks(V: np.ndarray, W: np.ndarray, ties: bool = True) -> np.ndarray:
     order = np.argsort(V, axis=1)
     ws = np.take_along_axis(W, order, axis=1)
     R = np.empty_like(W)
-    if not ties:
-        np.put_along_axis(R, order, np.cumsum(ws, axis=1) - ws + (ws + 1.0) / 2.0, axis=1)
-        return R
     vs = np.take_along_axis(V, order, axis=1)
     new = np.ones(vs.shape, dtype=bool)
     new[:, 1:] = vs[:, 1:] != vs[:, :-1]
@@ -641,6 +645,14 @@ def _ranks(V: np.ndarray, W: np.ndarray, ties: bool = True) -> np.ndarray:
     rg = np.cumsum(gw, axis=1) - gw + (gw + 1.0) / 2.0
     np.put_along_axis(R, order, np.take_along_axis(rg, grp, axis=1), axis=1)
     return R
+
+
+def _varies_within(v: np.ndarray, cell: np.ndarray, G: int) -> np.ndarray:
+    """Per cell (G,): whether its values of ``v`` are not all equal."""
+    lo, hi = np.full(G, np.inf), np.full(G, -np.inf)
+    np.minimum.at(lo, cell, v)
+    np.maximum.at(hi, cell, v)
+    return hi > lo
 
 
 def _wcorr(X: np.ndarray, Y: np.ndarray, W: np.ndarray) -> np.ndarray:
@@ -676,15 +688,33 @@ def _wresid(V: np.ndarray, W: np.ndarray, design: np.ndarray, solver: np.ndarray
 _CLIP = 1.0 - 1e-9
 
 
+#: the interquartile range of a normal distribution in standard deviations
+_IQR_PER_SD = 2.0 * float(sps.norm.ppf(0.75))
+
+
 def _fisher_interval(est: float, boot: np.ndarray, q: float, df: int) -> tuple[tuple[float, float], float]:
-    """Interval tanh(atanh(est) +- q * se) with se the bootstrap s.d. of atanh; Wald p for rho = 0."""
+    """Interval tanh(atanh(est) +- q * se) with se the bootstrap spread of atanh(r*); Wald p for rho = 0.
+
+    ``se`` is the s.d. of atanh(r*), unless some resamples reach |r*| = 1 (a resample that drew
+    few distinct cells can rank them perfectly): atanh is infinite there, and the s.d. of the
+    clipped values would be set by the clip, not by the data. ``se`` is then the
+    normal-consistent interquartile range of atanh(r*), IQR / 1.349, which the few infinite
+    values do not move (and which grows large, making the interval wide, when they are many).
+    """
     if not np.isfinite(est):
         return (math.nan, math.nan), math.nan
-    zb = np.arctanh(np.clip(boot[np.isfinite(boot)], -_CLIP, _CLIP))
-    if zb.size < 10:
+    b = boot[np.isfinite(boot)]
+    if b.size < 10:
         return (math.nan, math.nan), math.nan
+    zb = np.arctanh(np.clip(b, -_CLIP, _CLIP))
     z0 = math.atanh(max(-_CLIP, min(_CLIP, est)))
-    se = float(np.std(zb, ddof=1))
+    if np.any(np.abs(b) >= _CLIP):
+        q25, q75 = np.percentile(zb, [25.0, 75.0])
+        se = float(q75 - q25) / _IQR_PER_SD
+        if se == 0:  # most resamples at |r*| = 1: the clipped s.d., wide, is the honest spread
+            se = float(np.std(zb, ddof=1))
+    else:
+        se = float(np.std(zb, ddof=1))
     if se == 0:
         return (est, est), (0.0 if est != 0 else 1.0)
     p = float(2.0 * sps.t.sf(abs(z0) / se, df))
@@ -1034,12 +1064,10 @@ def correlation_core(
     mx, my = np.where(cw > 0, mx, 0.0), np.where(cw > 0, my, 0.0)
     cell_means = make(G, G, _wcorr(mx, my, wcell), _wcorr(_ranks(mx, wcell), _ranks(my, wcell), wcell))
 
-    # within cell: cells with >= 2 distinct drawn runs
-    usable = np.bincount(cell, minlength=G) >= 2
+    # within cell: cells whose runs differ in x and in y (a cell whose runs all tie, e.g. all at the
+    # worst CE rank, has no within-cell deviation to correlate), with >= 2 distinct runs drawn
+    usable = (np.bincount(cell, minlength=G) >= 2) & _varies_within(x, cell, G) & _varies_within(y, cell, G)
     n_skipped = int(np.count_nonzero(~usable))
-    # equal deviations in a resample come from equal values in one cell
-    tx = bool(pd.Series(list(zip(cell, x))).duplicated().any())
-    ty = bool(pd.Series(list(zip(cell, y))).duplicated().any())
     present = ((W > 0) @ onehot) >= 2
     Ww = W * present[:, cell] * usable[cell][None, :]
     if n - int(np.sum(~usable[cell])) >= 4 and int(usable.sum()) >= 2:
@@ -1051,7 +1079,7 @@ def correlation_core(
             int(np.sum(usable[cell])),
             int(usable.sum()),
             _wcorr(dx, dy, Ww),
-            _wcorr(_ranks(dx, Ww, tx), _ranks(dy, Ww, ty), Ww),
+            _wcorr(_ranks(dx, Ww), _ranks(dy, Ww), Ww),
             n_skipped,
         )
     else:
@@ -1066,7 +1094,7 @@ def correlation_core(
             int(np.sum(usable[cell])),
             int(usable.sum()),
             _wcorr(rx2, ry2, Ww),
-            _wcorr(_ranks(rx2, Ww, tx), _ranks(ry2, Ww, ty), Ww),
+            _wcorr(_ranks(rx2, Ww), _ranks(ry2, Ww), Ww),
             n_skipped,
         )
 
@@ -1110,6 +1138,11 @@ def correlation_core(
 
 
 def _loco(df: pd.DataFrame, x, y, level, cell, cell_columns) -> LocoPrediction | None:
+    """Leave-one-cell-out RMSE of each model. All models are fitted on the same runs, so their
+    RMSEs compare: the runs with a level when at least 4 have one (and the level models are
+    included), else every run without the level models."""
+    if level is not None and np.isfinite(level).sum() < 4:
+        level = None
     ok = np.ones(y.size, dtype=bool) if level is None else np.isfinite(level)
     if ok.sum() < 4:
         return None
@@ -1207,10 +1240,13 @@ def h2_statistics(
     Diverged runs at the worst rank
     -------------------------------
     With ``diverged_column`` (boolean), runs flagged True are kept even though they
-    carry an exclusion reason: their CE is set to +inf (tied worst rank), a missing
-    α_early to -inf (tied flattest slope), a missing level to +inf (worst).  All
-    statistics are then computed on the ranks of x, y and level over the usable runs
-    (the Pearson fields are rank correlations too), and ``prediction`` is None.
+    carry an exclusion reason, when their α_early was measured: their CE is set to
+    +inf (tied worst rank).  Only the outcome is imputed: a diverged run without
+    α_early is excluded (any imputed α would sit where one side of H2 expects it,
+    e.g. the flattest slope beside the worst CE manufactures a negative ρ), and a
+    missing level stays missing (left out of the level parts).  All statistics are
+    then computed on the ranks of x, y and level over the usable runs (the Pearson
+    fields are rank correlations too), and ``prediction`` is None.
     See :func:`h2_statistics_diverged_worst_rank`.
 
     Parameters
@@ -1222,7 +1258,9 @@ def h2_statistics(
     level_column : str or None
         The loss level α_early is measured on (``early_end_loss``, nats); None or
         absent: no ``versus_level`` and no level models in ``prediction``.  Runs with
-        a missing level are left out of those two parts only.
+        a missing level are left out of those two parts only (``prediction`` fits
+        every model on the runs with a level, so the RMSEs compare; with fewer than 4
+        such runs it has no level models and uses every run).
     cell_columns : sequence of str
         The design's cells.
     seed_column : str or None
@@ -1280,13 +1318,14 @@ def h2_statistics(
     for i in range(len(df)):
         if not labels_ok[i]:
             why = "cell label missing"
+        elif div[i] and not np.isfinite(x[i]):
+            # no rank for the predictor: any imputed α would place the run where one side of H2 expects it
+            why = f"diverged before {x_column} could be measured"
         elif div[i]:
             worst.append(runs[i])
             y[i] = math.inf
-            if not np.isfinite(x[i]):
-                x[i] = -math.inf
             if level is not None and not np.isfinite(level[i]):
-                level[i] = math.inf
+                level[i] = math.nan  # left out of the level parts, as a missing level always is
             continue
         elif _is_reason(reasons[i]):
             why = reasons[i]
@@ -1302,8 +1341,7 @@ def h2_statistics(
     x, y = x[keep], y[keep]
     if level is not None:
         level = level[keep]
-        if diverged_column is None:
-            level = np.where(np.isfinite(level), level, np.nan)
+        level = np.where(np.isfinite(level), level, np.nan)
     cell, cell_names = _factorize(sub, cell_columns)
     G = len(cell_names)
     if G < 4:
@@ -1425,9 +1463,9 @@ def h2_statistics(
 def h2_statistics_diverged_worst_rank(table, *, diverged_column: str = "diverged", **kwargs) -> H2Result:
     """:func:`h2_statistics` with diverged runs kept at the worst CE rank.
 
-    Runs whose ``diverged_column`` is True get the worst (tied) CE rank, the
-    flattest (tied) α rank when their α_early is missing, and the worst level rank
-    when their level is missing; everything else as in :func:`h2_statistics`.
+    Runs whose ``diverged_column`` is True and that have an α_early get the worst
+    (tied) CE rank; those without one are excluded; everything else as in
+    :func:`h2_statistics`.
     """
     return h2_statistics(table, diverged_column=diverged_column, **kwargs)
 

@@ -28,9 +28,20 @@ STATUSES = ("ok", "too_short", "invalid", "diverged", "missing")
 EXCLUDED_STATUSES = tuple(s for s in STATUSES if s != "ok")
 
 
-def fmt_pct(x) -> str:
-    """A share as a whole percentage (``"n/a"`` when missing or not finite)."""
-    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.0f} %"
+def fmt_pct(x, *, targets=()) -> str:
+    """A share as a whole percentage (``"n/a"`` when missing or not finite).
+
+    With ``targets`` (shares), as many decimals (up to 3) as keep ``x`` on its side of every
+    target (``x >= t`` as printed exactly when ``x >= t``): an interval bound of 0.8996 next to
+    a 90 % target prints as ``89.96 %``, not as ``90 %``.
+    """
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    for decimals in range(4):
+        shown = round(100 * x, decimals)
+        if all((shown >= 100 * float(t)) == (x >= float(t)) for t in targets):
+            break
+    return f"{shown:.{decimals}f} %"
 
 
 def fmt_num(x, fmt: str = ".2f") -> str:
