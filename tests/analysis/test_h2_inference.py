@@ -241,6 +241,19 @@ def test_missing_level_leaves_only_the_level_parts_out():
     assert r.n_runs == 216 and r.versus_level.n == 206 and r.prediction.n == 206
     r = h2_statistics(t.drop(columns="early_end_loss"), **FAST)
     assert r.versus_level is None and "level" not in r.prediction.rmse
+    t["early_end_loss"] = np.nan  # no run has a level: prediction from the other models, on every run
+    r = h2_statistics(t, **FAST)
+    assert (
+        r.versus_level is None
+        and r.prediction.n == 216
+        and set(r.prediction.rmse)
+        == {
+            "mean",
+            "alpha",
+            "labels",
+            "labels+alpha",
+        }
+    )
     assert any("level" in n for n in r.notes)
 
 
