@@ -241,6 +241,7 @@ def test_missing_level_leaves_only_the_level_parts_out():
     assert r.n_runs == 216 and r.versus_level.n == 206 and r.prediction.n == 206
     r = h2_statistics(t.drop(columns="early_end_loss"), **FAST)
     assert r.versus_level is None and "level" not in r.prediction.rmse
+    assert any("level" in n for n in r.notes)
     t["early_end_loss"] = np.nan  # no run has a level: prediction from the other models, on every run
     r = h2_statistics(t, **FAST)
     assert (
@@ -254,7 +255,6 @@ def test_missing_level_leaves_only_the_level_parts_out():
             "labels+alpha",
         }
     )
-    assert any("level" in n for n in r.notes)
 
 
 def test_to_dict_is_strict_json():
