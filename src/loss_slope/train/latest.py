@@ -9,7 +9,10 @@ of a validation only when one of these holds:
   (1: once per epoch);
 * ``latest_every_minutes`` of training have passed since the attempt's
   training started or since the previous ``latest`` save;
-* training is stopping (time budget, divergence): a stop checkpoint.
+* training is stopping (time budget, divergence): a stop checkpoint; except after
+  the last batch of an epoch when that is not a scheduled validation (a run
+  resumed from there would replay a batch past the epoch's end), where the
+  rerun resumes from the previous ``latest``.
 
 A SIGTERM checkpoint is saved by :class:`~loss_slope.train.interrupt.CheckpointOnInterrupt`.
 The checkpoint is taken where Lightning's ``ModelCheckpoint`` takes one
@@ -60,6 +63,10 @@ class LatestCheckpoint(Checkpoint):
         in_epoch = step - epoch * self.spe
         return in_epoch + self.val_interval > self.spe and (epoch + 1) % self.every_epochs == 0
 
+    def regular(self, step: int) -> bool:
+        """``step`` (optimizer steps done, > 0) is one of the epoch's scheduled validations."""
+        return step > 0 and (step - (step - 1) // self.spe * self.spe) % self.val_interval == 0
+
     def due(self, step: int, *, stopping: bool, now: float) -> str | None:
         if step <= 0 or step == self._last_step:
             return None
@@ -81,6 +88,18 @@ class LatestCheckpoint(Checkpoint):
         step = trainer.global_step
         why = self.due(step, stopping=bool(trainer.should_stop), now=self.clock())
         if why is None:
+            return
+        if why == "stop" and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch and not self.regular(step):
+            # A validation that only the stop caused, after the epoch's last batch: Lightning has counted
+            # the epoch as finished while its batch counter still says "last batch", and a run resumed
+            # from here replays one batch past the epoch's end (the later validations move by a step).
+            # The rerun resumes from the latest checkpoint (at most this epoch's last validation).
+            log.warning(
+                "stopping after the last batch of an epoch (step %d), off the validation schedule: no stop "
+                "checkpoint here; the rerun resumes from the latest one (step %d)",
+                step,
+                self._last_step,
+            )
             return
         trainer.save_checkpoint(self.path)
         self._t_last, self._last_step = self.clock(), step

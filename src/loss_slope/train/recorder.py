@@ -135,6 +135,9 @@ class MetricRecorder(Callback):
         self.sync()
 
     def state_dict(self) -> dict:
+        # Lightning asks for the callbacks' state before on_save_checkpoint: the guard must have seen
+        # every row the checkpoint's tables will hold, or a resumed run never feeds it the pending ones
+        self.flush()
         return {"divergence": self.guard.state_dict()}
 
     def load_state_dict(self, state_dict: dict) -> None:
