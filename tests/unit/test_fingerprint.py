@@ -17,6 +17,9 @@ def test_fingerprint_ignores_paths_and_run_control_but_not_science():
     assert config_fingerprint({**CFG, "run_dir": "elsewhere"}) == base
     assert config_fingerprint({**CFG, "trainer": {**CFG["trainer"], "threads": 4, "max_time_s": 60}}) == base
     assert config_fingerprint({**CFG, "optimizer": {"lr": 0.2}}) != base
+    # when the latest checkpoint is written, and the OOM fallback's floor, train the same run
+    control = {"checkpoint": {"latest_every_minutes": 5.0, "background_write": False}, "oom": {"min_micro_batch": 8}}
+    assert config_fingerprint({**CFG, "trainer": {**CFG["trainer"], **control}}) == base
     assert config_fingerprint({**CFG, "trainer": {**CFG["trainer"], "epochs": 4}}) != base
 
 

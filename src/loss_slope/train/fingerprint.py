@@ -15,8 +15,10 @@ _NOT_SCIENCE_TRAINER = {
     "threads",
     "accelerator",
     "fault",
-    "best_top_k",
-}  # checkpoint retention
+    "best_top_k",  # checkpoint retention
+    "checkpoint",  # when and how the latest checkpoint is written
+    "oom",  # the smallest micro-batch an out-of-memory fallback may use (the micro-batch in use is checkpointed)
+}
 # where the data is; evaluation chunking; the builder (`_target_`: code, named once per data.name,
 # so a work tree trained before data configs had one keeps its fingerprint)
 _NOT_SCIENCE_DATA = {"root", "eval_batch_size", "download", "_target_"}
