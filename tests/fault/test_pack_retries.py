@@ -74,3 +74,47 @@ def test_same_error_twice_is_given_up_and_neighbours_finish(tmp_path):
     with pytest.raises(SystemExit, match="warm-up"):
         write_run_marker(tmp_path / "work" / "V" / "bad", tmp_path / "m.json", variant="V", run="bad")
     write_run_marker(tmp_path / "work" / "V" / "ok", tmp_path / "m.json", variant="V", run="ok")
+
+
+def test_a_run_waiting_for_another_trainers_lock_is_not_lost_on_sigterm(tmp_path):
+    # run a is held by another live trainer (this test process), run b trains; SIGTERM (scancel) arrives
+    # as b completes, while the pack waits for a's lock: the pack is unfinished (not complete, not an error)
+    import os
+    import signal
+    import threading
+    import time
+
+    from loss_slope.train.lock import acquire
+
+    spec = _spec(tmp_path, {"a": BASE, "b": BASE})
+    holder = acquire(tmp_path / "work" / "V" / "a", heartbeat_s=0)
+    done_b = tmp_path / "work" / "V" / "b" / "done.json"
+
+    def scancel_when_b_is_done():
+        deadline = time.time() + 240
+        while not done_b.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)  # b may still be exiting: killed after done.json, it is complete
+
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    threading.Thread(target=scancel_when_b_is_done, daemon=True).start()
+    try:
+        code = launch_pack(
+            plan_path=spec,
+            pack="pack-x",
+            variant="V",
+            output=tmp_path / "out.json",
+            log_dir=tmp_path / "logs",
+            work_root=tmp_path / "work",
+            attempt=1,
+            extra_overrides=[],
+            lock_poll_s=600,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
+        holder.release()
+    assert done_b.exists()
+    assert code == 3  # unfinished: Snakemake resubmits, a trains then
+    assert not (tmp_path / "out.json").exists()
+    assert not (tmp_path / "work" / "V" / "a" / "done.json").exists()

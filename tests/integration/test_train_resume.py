@@ -38,7 +38,7 @@ def rows(path):
         return sum(1 for _ in fh) - 1
 
 
-def kill_at(run_dir, min_rows):
+def kill_at(run_dir, min_rows, sig=signal.SIGKILL):
     proc = subprocess.Popen(
         [PYTHON, "-m", "loss_slope.train", *ARGS, f"run_dir={run_dir}"],
         stdout=subprocess.DEVNULL,
@@ -49,9 +49,9 @@ def kill_at(run_dir, min_rows):
         assert proc.poll() is None, "training ended before it could be killed"
         assert time.time() < deadline
         time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    return proc.returncode
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +63,8 @@ def reference(tmp_path_factory):
 
 def test_sigkill_twice_then_resume_is_exact(reference, tmp_path):
     run = tmp_path / "run"
-    kill_at(run, 30)  # mid-epoch 0, after the step-22 checkpoint
-    kill_at(run, 100)  # mid-epoch 2
+    assert kill_at(run, 30) == -signal.SIGKILL  # mid-epoch 0, after the step-22 checkpoint
+    assert kill_at(run, 100) == -signal.SIGKILL  # mid-epoch 2
     proc = train(run)
     assert "resuming from" in proc.stdout + proc.stderr
 
@@ -88,6 +88,22 @@ def test_sigkill_twice_then_resume_is_exact(reference, tmp_path):
     assert (run / "done.json").exists()
     ck = pd.read_csv(run / "tables" / "checkpoints.csv")
     assert ck[ck.kind == "latest"].step.tolist() == list(range(11, 133, 11))
+
+
+def test_ctrl_c_stops_at_the_end_of_a_step_and_resumes_exactly(reference, tmp_path):
+    # Ctrl-C (SIGINT) lands anywhere in a step; the run stops as on SIGTERM (end of the step, checkpoint,
+    # exit 3 = unfinished, not a failure), twice, and the resumed tables equal the uninterrupted run's
+    run = tmp_path / "run"
+    assert kill_at(run, 30, signal.SIGINT) == 3
+    assert kill_at(run, 70, signal.SIGINT) == 3
+    train(run)
+    for table in ("steps", "val"):
+        a = pd.read_csv(reference / "tables" / f"{table}.csv")
+        b = pd.read_csv(run / "tables" / f"{table}.csv")
+        cols = [c for c in a.columns if c != "time"]
+        pd.testing.assert_frame_equal(a[cols], b[cols], check_exact=True)
+    attempts = [json.loads(line) for line in (run / "attempts.jsonl").read_text().splitlines()]
+    assert not [a for a in attempts if a.get("status") == "failed"]
 
 
 def test_completed_run_is_not_retrained(reference):

@@ -73,6 +73,39 @@ def test_heartbeat_touches_and_notices_a_lost_lock(tmp_path):
     assert lk.path.exists()  # never removes a lock it does not hold
 
 
+def test_a_lost_lock_calls_its_handler_once(tmp_path):
+    import time
+
+    calls = []
+    lk = L.acquire(tmp_path / "r", heartbeat_s=0.05, on_lost=calls.append)
+    time.sleep(0.2)
+    assert calls == []
+    _write_lock(lk.path, host="x", pid=1)
+    time.sleep(0.5)
+    lk.release()
+    assert calls == [lk.path]
+
+
+def test_a_trainer_whose_lock_is_taken_over_exits_at_once_as_locked(tmp_path):
+    # what run_training passes as on_lost: ends the process from the heartbeat thread, exit EXIT_LOCKED,
+    # whatever the main thread is doing (here: sleeping, as a training step would be busy)
+    import subprocess
+    import sys
+
+    from loss_slope.train.exit_codes import EXIT_LOCKED
+
+    code = (
+        "import threading, time\n"
+        "from loss_slope.train.run import stop_on_lost_lock\n"
+        "threading.Thread(target=stop_on_lost_lock, args=('r.lock',)).start()\n"
+        "time.sleep(60)\n"
+        "print('still running')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == EXIT_LOCKED and "still running" not in proc.stdout
+    assert "taken over by another trainer" in proc.stderr
+
+
 def test_accelerator_spellings_and_the_gpu_allocation_check():
     assert normalize_accelerator("gpu") == "cuda"
     assert resolve_accelerator("cpu", cuda_available=False, environ={"SLURM_JOB_GPUS": "0"}) == "cpu"

@@ -156,10 +156,11 @@ def stale_reason(
 class RunLock:
     """A held lock: :meth:`release` (or leaving a ``with`` block) removes it."""
 
-    def __init__(self, path: Path, record: dict, heartbeat_s: float) -> None:
+    def __init__(self, path: Path, record: dict, heartbeat_s: float, on_lost=None) -> None:
         self.path, self.record = path, record
         self._stop = threading.Event()
         self.lost = False
+        self.on_lost = on_lost  # called once, from the heartbeat thread, when the lock is found taken over
         self._thread = None
         if heartbeat_s > 0:
             self._thread = threading.Thread(
@@ -175,8 +176,10 @@ class RunLock:
         while not self._stop.wait(every):
             if not self._ours():
                 if not self.lost:
+                    self.lost = True
                     log.error("lost the run lock %s (someone took it over); this trainer should stop", self.path)
-                self.lost = True
+                    if self.on_lost is not None:
+                        self.on_lost(self.path)
                 continue
             try:
                 os.utime(self.path)
@@ -218,8 +221,12 @@ def acquire(
     heartbeat_s: float = HEARTBEAT_S,
     stale_after_s: float = STALE_AFTER_S,
     job_state=slurm_job_state,
+    on_lost=None,
 ) -> RunLock:
-    """Take the lock of ``run_dir`` or raise :class:`RunLocked` (a few seconds at most)."""
+    """Take the lock of ``run_dir`` or raise :class:`RunLocked` (a few seconds at most).
+
+    ``on_lost(path)`` is called from the heartbeat thread if another trainer takes the lock over
+    later (it judged this one dead): the holder must then stop writing the run at once."""
     path = lock_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {
@@ -233,7 +240,7 @@ def acquire(
     }
     for _ in range(5):
         if _create(path, record):
-            return RunLock(path, record, heartbeat_s)
+            return RunLock(path, record, heartbeat_s, on_lost)
         holder = read_holder(path)
         if holder is None:
             continue  # released meanwhile

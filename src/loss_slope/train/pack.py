@@ -318,10 +318,13 @@ def _train_members(
         else:
             pending.append(m)
 
-    def forward(signum, _frame):  # scancel/timeout: let every run checkpoint
+    def forward(signum, _frame):  # scancel/timeout/Ctrl-C: let every run checkpoint
         for p, _, _ in procs.values():
             if p.poll() is None:
-                p.send_signal(signum)
+                p.send_signal(signal.SIGTERM)  # a run checkpoints on SIGTERM at the end of its step
+        for run in waiting:  # held by another live trainer: the next attempt tries it again
+            log_path = str(Path(log_dir) / f"{run}.log")
+            results[run] = {"exit_code": EXIT_LOCKED, "status": "locked", "log": log_path}
         waiting.clear()
         for m in pending:  # never started: the next attempt trains it
             log_path = str(Path(log_dir) / f"{m['run']}.log")
@@ -354,6 +357,8 @@ def _train_members(
                 EXIT_LOCKED: "locked",
                 EXIT_NO_GPU: "no_gpu",
             }.get(code, "failed")
+            if status == "failed" and code < 0 and (run_dir / "done.json").exists():
+                status = "complete"  # killed (a forwarded SIGTERM) after writing its last state: done
             res = {"exit_code": code, "status": status, "log": str(log_path)}
             if status == "failed":
                 with open(log_path, errors="replace") as fh:
@@ -392,6 +397,10 @@ def _train_members(
             start(pending.pop(0), remaining_overrides())
         time.sleep(0.2)
 
+    for m in members:  # every member settles; one without a result must not pass as done
+        results.setdefault(
+            m["run"], {"exit_code": None, "status": "unfinished", "log": str(Path(log_dir) / f"{m['run']}.log")}
+        )
     terminal = {r for r, v in results.items() if v["status"] == "complete" or "given_up" in v}
     open_runs = {r: v for r, v in results.items() if r not in terminal}
     if open_runs:

@@ -11,6 +11,8 @@ start-up, so that a refused run, or one already complete, exits without paying f
 from __future__ import annotations
 
 import logging
+import os
+import sys
 
 from omegaconf import OmegaConf
 
@@ -23,13 +25,27 @@ from loss_slope.train.work_tree import open_work_tree, skip_complete
 log = logging.getLogger("loss_slope.train")
 
 
+def stop_on_lost_lock(path) -> None:
+    """Another trainer took this run's lock over (it judged this one dead) and now writes the run:
+    any further write of this process could interleave with the new holder's, so the process ends
+    at once, flushing and checkpointing nothing, with ``EXIT_LOCKED`` (a pack waits for the holder
+    and does not count it as an error). Called from the lock's heartbeat thread."""
+    log.error("run lock %s taken over by another trainer: exiting without writing anything more", path)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_LOCKED)
+
+
 def run_training(cfg) -> int:
     """Train (or resume, or skip) the run described by the Hydra config ``cfg``; returns the exit code.
 
     First, before any heavy import or any write to the work tree: fail fast
     without CUDA in a GPU allocation (:mod:`loss_slope.train.device`) and take
     the run's lock (:mod:`loss_slope.train.lock`); a second trainer of the same
-    run exits ``EXIT_LOCKED`` naming the holder. Then, holding the lock: open
+    run exits ``EXIT_LOCKED`` naming the holder, and a trainer whose lock is taken
+    over later exits at once (:func:`stop_on_lost_lock`). Then, holding the lock: open
     the work tree (a complete run is skipped), prepare the attempt, build the
     trainer, train, finish.
     """
@@ -39,7 +55,7 @@ def run_training(cfg) -> int:
         log.error("%s", exc)
         return EXIT_NO_GPU
     try:
-        lock = acquire(cfg.run_dir)
+        lock = acquire(cfg.run_dir, on_lost=stop_on_lost_lock)
     except RunLocked as exc:
         log.error("%s", exc)
         return EXIT_LOCKED

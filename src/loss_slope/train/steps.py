@@ -40,7 +40,7 @@ from loss_slope.train.checkpoint_io import AtomicCheckpointIO, checkpoint_step
 from loss_slope.train.divergence import DivergenceGuard
 from loss_slope.train.exit_codes import EXIT_ERROR, EXIT_OK, EXIT_UNFINISHED
 from loss_slope.train.faults import fault_callbacks, oom_injector
-from loss_slope.train.interrupt import CheckpointOnInterrupt
+from loss_slope.train.interrupt import CheckpointOnInterrupt, sigint_as_sigterm
 from loss_slope.train.latest import LatestCheckpoint
 from loss_slope.train.module import CurveModule, MicroBatcher, MicroBatchTooSmall
 from loss_slope.train.monitor_callback import build_monitor_callback
@@ -288,13 +288,14 @@ def train(run: Run, parts: Parts) -> Ending:
     t0 = time.time()
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
     try:
-        parts.trainer.fit(
-            parts.module,
-            train_dataloaders=run.data.train,
-            val_dataloaders=run.data.val,
-            ckpt_path=run.ckpt_path,
-            weights_only=True,
-        )
+        with sigint_as_sigterm():
+            parts.trainer.fit(
+                parts.module,
+                train_dataloaders=run.data.train,
+                val_dataloaders=run.data.val,
+                ckpt_path=run.ckpt_path,
+                weights_only=True,
+            )
     except SIGTERMException:
         parts.recorder.close()
         return Ending("preempted", t0)
