@@ -74,7 +74,7 @@ def rows(path):
 def table_bytes(work):
     return {
         (run.name, t): (run / "tables" / f"{t}.csv").read_bytes()
-        for run in sorted((work / "S-core").iterdir())
+        for run in sorted(d for d in (work / "S-core").iterdir() if d.is_dir())
         for t in TABLES
     }
 
@@ -118,20 +118,20 @@ def test_sigkill_of_a_pack_then_rerun_gives_identical_tables(reference, tmp_path
     os.killpg(proc.pid, signal.SIGKILL)  # the pack and its runs, as a cluster kills a job
     proc.wait(timeout=30)
     time.sleep(0.5)
-    killed = root / "work" / "S-core"
-    assert not any((d / "done.json").exists() for d in killed.iterdir()), "the kill came too late"
+    killed = [d for d in (root / "work" / "S-core").iterdir() if d.is_dir()]  # beside them: the killed runs' locks
+    assert not any((d / "done.json").exists() for d in killed), "the kill came too late"
 
     ahead = sum(
         rows(d / "tables" / "steps.csv")
         - json.loads((d / "checkpoints" / "latest" / "latest.ckpt").read_text())["global_step"]
-        for d in killed.iterdir()
+        for d in killed
     )
     run_cmd(pack_cmd(tmp_path, root), timeout=300)
     assert table_bytes(root / "work") == table_bytes(reference / "work")
     if flush_every == 20:
         assert ahead > 0, "no rows beyond the checkpoint: the truncation was not exercised"
         assert "truncated steps.csv" in "".join(p.read_text() for p in (root / "logs").iterdir())
-    for d in killed.iterdir():
+    for d in killed:
         starts = [json.loads(x) for x in (d / "attempts.jsonl").read_text().splitlines()]
         starts = [a for a in starts if a["event"] == "start"]
         assert len(starts) == 2

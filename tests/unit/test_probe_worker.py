@@ -132,6 +132,9 @@ def test_probe_level_runs_on_the_cpus_of_a_pack_of_k(monkeypatch, tmp_path):
         def poll(self):
             return 1
 
+        def wait(self):
+            return 1
+
     monkeypatch.setattr(capacity.subprocess, "Popen", Done)
     monkeypatch.setattr(capacity.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     capacity.run_level(["trainer.threads=2"], 2, steps=1, warmup=1, timeout=5)

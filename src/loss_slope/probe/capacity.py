@@ -110,7 +110,9 @@ def run_level(
                 "--",
                 *overrides,
             ]
-            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env))
+            # to a file, not a pipe: a worker writing more than a pipe holds (compile warnings) would block
+            with open(tmp / f"w{i}.log", "w") as out:
+                procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env))
         sampler, utils = _gpu_util_sampler(), []
         deadline = time.monotonic() + timeout
         while any(p.poll() is None for p in procs):
@@ -126,7 +128,8 @@ def run_level(
             time.sleep(0.2)
         workers, errors = [], []
         for i, p in enumerate(procs):
-            text = p.stdout.read() if p.stdout else ""
+            p.wait()
+            text = (tmp / f"w{i}.log").read_text(errors="replace")
             f = tmp / f"w{i}.json"
             if p.returncode == 0 and f.exists():
                 workers.append(json.loads(f.read_text()))

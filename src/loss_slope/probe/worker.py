@@ -127,7 +127,8 @@ class _Window(Callback):
                 row = cb.monitors.measure_curvature(pl_module, F.cross_entropy, cb.batches, step=s, epoch=0.0)
             self._sync()
             self.out["curvature_seconds"] = self.clock() - t1
-            self.out["curvature_matvecs"] = row["hutch_matvecs"] + row["lambda_iters"]
+            # Lanczos's first vector is the Hutch++ sketch's: k vectors cost k - 1 products
+            self.out["curvature_matvecs"] = row["hutch_matvecs"] + max(row["lambda_iters"] - 1, 0)
         if self.device.type == "cuda":
             gpu_footprint(self.device, self.out)
 
@@ -233,7 +234,7 @@ def measure(overrides: list[str], *, steps: int, warmup: int, barrier: Path | No
                 schedule_from_config(cfg.schedule, steps_per_epoch=spe, epochs=int(cfg.trainer.epochs)),
                 channels_last=bool(cfg.trainer.channels_last),
                 gradient_clip_val=cfg.trainer.gradient_clip_val,
-                micro_batcher=MicroBatcher(min_size=batch),  # any OOM: this N does not fit
+                micro_batcher=MicroBatcher(min_size=batch, floor="the probe's whole batch"),  # any OOM: k does not fit
                 compile=compile_options(cfg.trainer.get("compile")),
             )
             monitor_cb = build_monitor_callback(

@@ -129,11 +129,17 @@ class MicroBatcher:
     """
 
     def __init__(
-        self, *, min_size: int = 1, size: int | None = None, on_change: Callable[[dict], None] | None = None
+        self,
+        *,
+        min_size: int = 1,
+        size: int | None = None,
+        on_change: Callable[[dict], None] | None = None,
+        floor: str = "trainer.oom.min_micro_batch",
     ) -> None:
         if min_size < 1:
-            raise ValueError(f"trainer.oom.min_micro_batch must be >= 1, got {min_size}")
+            raise ValueError(f"{floor} must be >= 1, got {min_size}")
         self.min_size, self.size, self.on_change = int(min_size), size, on_change
+        self.floor = floor  # what sets min_size, named in the error
 
     def current(self, batch: int) -> int:
         return batch if self.size is None else min(self.size, batch)
@@ -144,7 +150,7 @@ class MicroBatcher:
         if new < self.min_size:
             raise MicroBatchTooSmall(
                 f"CUDA out of memory at step {step} with a micro-batch of {old} (batch {batch}); halving it "
-                f"would go below trainer.oom.min_micro_batch={self.min_size}, so this run does not fit in the "
+                f"would go below {self.floor}={self.min_size}, so this run does not fit in the "
                 f"GPU memory it has: lower packing.runs_per_gpu (or the batch size). Last error: "
                 f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
             ) from error
