@@ -59,6 +59,9 @@ BAD = [
     ("training.precision", "fp8", "training.precision"),
     ("training.precision", "16-mixed", "training.precision"),  # fp16: loss scaling syncs every step
     ("study", "a b", "study"),
+    ("grid.lr", [float("nan")], "grid.lr[0]"),  # NaN passes every range check
+    ("grid.weight_decay", [float("inf")], "grid.weight_decay[0]"),
+    ("analysis.study.h2_min_abs_rho", float("nan"), "analysis.study.h2_min_abs_rho"),
 ]
 
 
@@ -97,3 +100,20 @@ def test_variant_grid_override():
     adamw = [r for r in build_runs(cfg) if r.variant == "S-adamw"]
     assert sorted({r.lr for r in adamw}) == [0.001, 0.003]
     assert {r.optimizer for r in adamw} == {"adamw"}
+
+
+def test_a_numeric_variant_name_is_rejected():
+    cfg = copy.deepcopy(demo())
+    cfg["variants"][2024] = {"experiment": "s_core"}  # YAML reads `2024:` as a number
+    with pytest.raises(ConfigError, match="variants: names must be strings"):
+        validate_config(cfg, SCHEMA)
+
+
+def test_grid_values_are_trained_exactly_as_given():
+    cfg = validate_config(demo(), SCHEMA)
+    cfg["grid"]["lr"] = [0.1, 0.1000001, 0.0001234567]  # format "g" keeps 6 significant digits
+    runs = [r for r in build_runs(cfg) if r.variant == "S-core"]
+    for r in runs:
+        (trained,) = [float(o.split("=", 1)[1]) for o in r.overrides if o.startswith("optimizer.lr=")]
+        assert trained == r.lr
+    assert {r.run.split("-")[0] for r in runs} == {"lr0.1", "lr0.1000001", "lr0.0001234567"}

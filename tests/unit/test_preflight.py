@@ -44,6 +44,7 @@ def test_demo_and_study_pass_and_give_the_run_sizes(demo):
             "variants.S-core.hydra_overrides: trainer.nope=1",
         ),
         (lambda c: c["training"].update(val_per_epoch=45), "training.val_per_epoch"),
+        (lambda c: c["training"].update(batch_size=5000), "training.batch_size: 5000 is larger than"),
         (lambda c: c["analysis"]["fit"].update(early_window=[5, 31]), "analysis.fit.early_window"),
         (lambda c: c["packing"].update(time_margin_minutes=720), "packing.time_margin_minutes"),
     ],

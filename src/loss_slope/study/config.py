@@ -13,6 +13,7 @@ package (numpy, scipy) into the Snakefile's process.
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import jsonschema
@@ -117,6 +118,15 @@ def validate_config(config: dict, schema: dict | str | Path | None = None) -> di
         raise ConfigError(f"the configuration must be a mapping, got {type(config).__name__}")
     if not isinstance(schema, dict):
         schema = load_schema(schema)
+    bad_keys = [k for k in config.get("variants") or {} if not isinstance(k, str)]
+    if bad_keys:  # YAML reads `2024:` as a number; paths and wildcards need names
+        raise ConfigError(f"invalid configuration:\n  - variants: names must be strings; quote {bad_keys}")
+    non_finite = list(_non_finite(config))
+    if non_finite:  # NaN passes every range check (all comparisons are false), inf passes lower bounds
+        raise ConfigError(
+            "invalid configuration:\n  - "
+            + "\n  - ".join(f"{where}: {v} is not a finite number" for where, v in non_finite)
+        )
     validator = _fill_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
@@ -124,6 +134,18 @@ def validate_config(config: dict, schema: dict | str | Path | None = None) -> di
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(dict.fromkeys(lines)))
     _cross_checks(config)
     return config
+
+
+def _non_finite(node, where: str = ""):
+    """(key path, value) of every NaN or infinite float in ``node``."""
+    if isinstance(node, float) and not math.isfinite(node):
+        yield where, node
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            yield from _non_finite(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _non_finite(v, f"{where}[{i}]")
 
 
 def _cross_checks(config: dict) -> None:

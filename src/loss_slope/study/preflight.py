@@ -101,6 +101,13 @@ def preflight(config: dict, runs_by_variant: dict, *, runtime_minutes: float | N
             continue
         spe = steps_per_epoch(n_train, int(data.batch_size), bool(data.drop_last))
         vpe = int(cfg.trainer.val_per_epoch)
+        if spe < 1:
+            compose_errors.setdefault(
+                f"training.batch_size: {int(data.batch_size)} is larger than the {n_train} training images of "
+                f"{data.name} (no full batch: 0 steps per epoch)",
+                [],
+            ).append(variant)
+            continue
         if vpe > spe:
             compose_errors.setdefault(
                 f"training.val_per_epoch: {vpe} validations per epoch exceed the {spe} steps of an epoch "

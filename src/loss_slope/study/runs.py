@@ -19,7 +19,12 @@ EXPERIMENT_OPTIMIZER = {"s_core": "sgd", "s_adamw": "adamw", "s_bn_off": "sgd", 
 
 
 def _fmt(x: float) -> str:
-    return format(float(x), "g")
+    """``x`` as the shortest string that reads back as exactly ``x``: ``format(x, "g")`` (run names
+    and overrides of ordinary values, e.g. ``0.1``, ``5e-05``) unless that rounds (it keeps 6
+    significant digits), then ``repr`` (``0.0001234567``): a run trains the value the grid names."""
+    x = float(x)
+    short = format(x, "g")
+    return short if float(short) == x else repr(x)
 
 
 def run_id(lr: float, weight_decay: float, seed: int) -> str:
