@@ -82,3 +82,83 @@ def test_editing_a_finished_study_plans_only_what_changed(tmp_path):
 
 # the jobs of one run after its training: they depend on the run, not on its pack
 PER_RUN = ("run_done", "to_parquet", "validate_run", "fit_run")
+
+
+def test_run_control_and_grid_edits_of_a_probed_study_rerun_neither_probe_nor_packs(tmp_path):
+    # N measured by the probe (no WORKERS_PER_GPU): the probe's params are its own settings and the
+    # variant's overrides less the per-run ones, so packing run control and a new LR rerun no probe,
+    # no plan and no finished pack
+    config = copy.deepcopy(CFG)
+    config["training"]["epochs"] = 2
+    config["analysis"]["fit"] = {"early_window": [1, 2], "window_shift": 1}
+    config["variants"] = {"S-narrow": {"experiment": "s_narrow"}}
+    config["grid"]["seed"] = [0]
+    config["packing"] = {"probe_k_max": 1, "probe_steps": 5, "probe_warmup_steps": 1}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    cmd = [snakemake_bin(), "-s", REPO / "Snakefile", "--directory", tmp_path, "--cores", "2", "--configfile", cfg]
+    run_cmd(cmd, timeout=900, env={"WORKERS_PER_GPU": ""})
+    assert (tmp_path / "results/probe/S-narrow.json").exists()
+    (old_pack,) = [p.stem for p in (tmp_path / "results/packs/S-narrow").iterdir()]
+
+    config["packing"].update(max_error_attempts=5, gpu_mismatch="warn", runtime_minutes=600, host_mem_margin_mb=3000)
+    config["grid"]["lr"] = [0.02, 0.05]  # a new LR before the one trained (the first run changes)
+    cfg.write_text(yaml.safe_dump(config))
+    out = run_cmd([*cmd, "-n"], timeout=300, env={"WORKERS_PER_GPU": ""})
+    jobs = _jobs(out.stdout)
+    rules = {rule for rule, _ in jobs}
+    assert not rules & {"probe_capacity", "plan_packs"}, out.stdout
+    assert [w for rule, w in jobs if rule == "train_pack"] and not any(
+        old_pack in w for rule, w in jobs if rule in ("pack_spec", "train_pack")
+    ), jobs
+    per_run = [w for rule, w in jobs if rule in PER_RUN]
+    assert per_run and all("lr0.02" in w for w in per_run), jobs
+
+
+def test_moving_the_data_reruns_nothing_and_packs_train_from_the_new_place(tmp_path):
+    # the jobs depend on a marker that does not name the data's folder; the pack command says where it is now
+    from loss_slope.data.cifar10 import FOLDER, TEST_FILE, TRAIN_FILES
+
+    def place(root):
+        (root / FOLDER).mkdir(parents=True)
+        for f in (*TRAIN_FILES, TEST_FILE):
+            (root / FOLDER / f).write_bytes(b"")  # presence is what the data rule checks
+
+    config = copy.deepcopy(CFG)
+    config["data"] = {"name": "cifar10", "root": str(tmp_path / "a"), "download": False}
+    config["packing"] = {"runs_per_gpu": 1}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    marker = "results/data/cifar10.json"
+
+    def cmd(*args):  # targets and flags before --configfile (which takes every argument after it)
+        return [
+            snakemake_bin(),
+            *args,
+            "-s",
+            REPO / "Snakefile",
+            "--directory",
+            tmp_path,
+            "--cores",
+            "1",
+            "--configfile",
+            cfg,
+        ]
+
+    failed = run_cmd(cmd(marker), timeout=300, check=False)  # not there yet: the error says where it looked
+    assert failed.returncode != 0
+    assert "CIFAR-10 is not at" in (tmp_path / "logs/prepare_cifar10/cifar10.log").read_text()
+    place(tmp_path / "a")
+    run_cmd(cmd(marker), timeout=300)
+
+    (tmp_path / "a").rename(tmp_path / "b")
+    config["data"]["root"] = str(tmp_path / "b")
+    cfg.write_text(yaml.safe_dump(config))
+    out = run_cmd(cmd("-n", marker), timeout=300)
+    assert not _jobs(out.stdout), out.stdout
+    out = run_cmd(cmd("-n", "-p"), timeout=300)
+    packs = [line for line in out.stdout.splitlines() if "loss_slope.train.pack" in line]
+    assert packs and all(
+        line.rstrip().endswith(f"data.root={tmp_path / 'b'} > " + line.split(" > ")[-1]) for line in packs
+    )
+    assert str(tmp_path / "a") not in out.stdout and "prepare_cifar10" not in {r for r, _ in _jobs(out.stdout)}

@@ -65,12 +65,11 @@ def test_cpu_probe_refused_for_a_slurm_study(tmp_path):
             }
         )
     )
-    with pytest.raises(P.PlanError, match="not on a GPU"):
-        P.plan_runs_per_gpu(tmp_path / "n.json", variant="V", n=None, source="probe", probe=probe, slurm=True)
-    out = P.plan_runs_per_gpu(
-        tmp_path / "n.json", variant="V", n=None, source="probe", probe=probe, slurm=True, explicit_cpu=True
-    )
+    out = P.plan_runs_per_gpu(tmp_path / "n.json", variant="V", n=None, source="probe", probe=probe)
     assert out["runs_per_gpu"] == 2 and out["step_s"] == pytest.approx(0.12)
+    with pytest.raises(P.PlanError, match="not on a GPU"):
+        P.check_plan(out, slurm=True)
+    P.check_plan(out, slurm=False)  # a local study (or runs that ask for the CPU) may use it
     probe.write_text(
         json.dumps(
             {
@@ -83,8 +82,11 @@ def test_cpu_probe_refused_for_a_slurm_study(tmp_path):
             }
         )
     )
-    out = P.plan_runs_per_gpu(tmp_path / "n.json", variant="V", n=None, source="probe", probe=probe, slurm=True)
+    out = P.plan_runs_per_gpu(tmp_path / "n.json", variant="V", n=None, source="probe", probe=probe)
     assert out["gpu_name"] == "NVIDIA H100" and out["runs_per_gpu"] == 3
+    P.check_plan(out, slurm=True)
+    fixed = P.plan_runs_per_gpu(tmp_path / "n.json", variant="V", n=2, source="config")
+    P.check_plan(fixed, slurm=True)  # a fixed N was measured nowhere
 
 
 def test_resource_contract():

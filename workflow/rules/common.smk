@@ -1,5 +1,6 @@
 import gc
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from loss_slope.pipeline.paths import (
     BY_RUN,
     BY_VARIANT,
     CONVERT,
+    DATA_READY,
     FIT,
     PACK_DONE,
     PACK_REGISTRY,
@@ -46,6 +48,7 @@ from loss_slope.pipeline.targets import identity_params, report_targets
 from loss_slope.probe.plan import (
     PACK_WILDCARD,
     PlanError,
+    check_plan,
     extend_packs,
     fixed_runs_per_gpu,
     read_membership,
@@ -133,10 +136,31 @@ PACKING = config["packing"]
 MPS_SETTING = {True: "on", False: "off"}.get(PACKING["mps"], PACKING["mps"])
 
 
+# run control of the pack jobs, passed in their shell command (not params: changing it retrains nothing)
+WORK_ROOT_Q = shlex.quote(str(WORK_ROOT))
+# where the data is now: after the runs' own overrides (the last value wins), so a pack
+# planned before the data moved trains from the new place
+DATA_ROOT_OVERRIDE = (
+    shlex.quote(f"data.root={config['data']['root']}")
+    if config["data"]["name"] == "cifar10"
+    else ""
+)
+MAX_ERRORS = int(PACKING["max_error_attempts"])
+GPU_MISMATCH = PACKING["gpu_mismatch"]
+
+#: the packing keys the probe uses: its params (no other packing key reruns it)
+PROBE_KEYS = (
+    "probe_k_max",
+    "probe_steps",
+    "probe_warmup_steps",
+    "tolerance",
+    "headroom",
+)
+
+
 def probe_settings(wildcards):
-    """The probe's settings; mps only when not off, so the probes of a study planned
-    before packing.mps existed keep their params (and are not rerun)."""
-    settings = {k: v for k, v in PACKING.items() if k != "mps"}
+    """The probe's settings; mps only when not off (the setting is ignored on the CPU)."""
+    settings = {k: PACKING[k] for k in PROBE_KEYS}
     if MPS_SETTING != "off":
         settings["mps"] = MPS_SETTING
     return settings
@@ -164,24 +188,34 @@ def variant_runs(variant):
     return RUNS_BY_VARIANT[variant]
 
 
-def SLURM_STUDY(wildcards):
+def slurm_study():
     """Whether the cluster jobs go to SLURM (known once the executor is chosen)."""
     plugin = workflow.executor_plugin
     return bool(plugin) and getattr(plugin, "name", "") == "slurm"
 
 
-def EXPLICIT_CPU(wildcards):
+def explicit_cpu(variant):
     """The variant's runs ask for the CPU on purpose (trainer.accelerator=cpu)."""
-    return "trainer.accelerator=cpu" in variant_runs(wildcards.variant)[0].overrides
+    return "trainer.accelerator=cpu" in variant_runs(variant)[0].overrides
 
 
 def plan_inputs(wildcards):
     return [] if FIXED_N else [PROBE_JSON.format(variant=wildcards.variant)]
 
 
+#: per-run overrides (and where the data lives): they change neither a run's speed nor its memory
+PER_RUN_OVERRIDES = ("optimizer.lr=", "optimizer.weight_decay=", "seed=", "data.root=")
+
+
 def probe_overrides(wildcards):
-    # the variant's first run stands for all of them: lr/wd/seed do not change memory or speed
-    return list(variant_runs(wildcards.variant)[0].overrides)
+    """The variant's overrides less the per-run ones and the data's location: a grid edit,
+    or data moved, never reruns the probe. It trains the experiment's default LR and weight
+    decay, seed 0, on the data where the config says it is now (probe_capacity.py)."""
+    return [
+        o
+        for o in variant_runs(wildcards.variant)[0].overrides
+        if not o.startswith(PER_RUN_OVERRIDES)
+    ]
 
 
 # ---- packs: stable and append-only (loss_slope.probe.plan)
@@ -208,7 +242,15 @@ def variant_measured(variant):
         path = checkpoints.plan_packs.get(variant=variant).output.plan
     stamp = os.stat(path).st_mtime_ns
     if _MEASURED.get(path, (None,))[0] != stamp:
-        _MEASURED[path] = (stamp, read_plan(path))
+        plan = read_plan(path)
+        try:
+            check_plan(
+                plan,
+                slurm=slurm_study() and not explicit_cpu(variant),
+            )
+        except PlanError as exc:
+            raise WorkflowError(f"{exc} (plan {path})") from None
+        _MEASURED[path] = (stamp, plan)
     return _MEASURED[path][1]
 
 
@@ -335,12 +377,9 @@ def pack_time_budget(wildcards, resources):
 
 
 def pack_gpu_args(wildcards):
+    """The GPU model the probe measured (a pack on another model fails or warns)."""
     gpu = pack_measured(wildcards).get("gpu_name")
-    if not gpu:
-        return ""
-    import shlex
-
-    return f"--expect-gpu {shlex.quote(gpu)} --gpu-mismatch {PACKING['gpu_mismatch']}"
+    return f"--expect-gpu {shlex.quote(gpu)}" if gpu else ""
 
 
 def all_runs(pattern):
@@ -355,8 +394,8 @@ def get_final_output():
 
 
 def data_inputs(wildcards=None):
-    if config["data"]["name"] == "cifar10" and config["data"]["download"]:
-        return [f"{config['data']['root']}/cifar-10-batches-py/batches.meta"]
+    if config["data"]["name"] == "cifar10":
+        return [DATA_READY.format(name="cifar10")]
     return []
 
 

@@ -44,8 +44,6 @@ if FIXED_N:
         params:
             n=FIXED_N,
             source=FIXED_N_SOURCE,
-            slurm=False,
-            explicit_cpu=False,
         script:
             "../scripts/plan_packs.py"
 
@@ -62,8 +60,6 @@ else:
         params:
             n=None,
             source="probe",
-            slurm=SLURM_STUDY,
-            explicit_cpu=EXPLICIT_CPU,
         script:
             "../scripts/plan_packs.py"
 
@@ -105,18 +101,20 @@ rule train_pack:
         mem_mb=pack_mem_mb,
         runtime=pack_runtime,
         attempt_no=lambda wildcards, attempt: attempt,
+    # params are what the pack trains and measured facts; run control (where the work tree
+    # is, how many errors give a run up, GPU-model mismatch, MPS) reaches it through the
+    # shell command, so changing it retrains nothing
     params:
         run_logs=TRAIN_LOG_DIR,
         max_time=pack_time_budget,
-        work_root=WORK_ROOT,
-        max_errors=PACKING["max_error_attempts"],
         gpu=pack_gpu_args,
     shell:
         "python -m loss_slope.train.pack --plan {input.spec:q} --pack {wildcards.pack}"
         " --variant {wildcards.variant} --output {output:q} --log-dir {params.run_logs:q}"
-        " --work-root {params.work_root:q} --max-error-attempts {params.max_errors} {params.gpu}"
-        " --mps {MPS_SETTING}"
-        " --attempt {resources.attempt_no} trainer.max_time_s={params.max_time} > {log:q} 2>&1"
+        " --work-root {WORK_ROOT_Q} --max-error-attempts {MAX_ERRORS} {params.gpu}"
+        " --gpu-mismatch {GPU_MISMATCH} --mps {MPS_SETTING}"
+        " --attempt {resources.attempt_no} trainer.max_time_s={params.max_time} {DATA_ROOT_OVERRIDE}"
+        " > {log:q} 2>&1"
 
 
 # Per-run completion marker: downstream jobs depend on runs, not packs. Its

@@ -10,7 +10,5 @@ out = plan_runs_per_gpu(
     n=snakemake.params.n,
     source=snakemake.params.source,
     probe=snakemake.input.get("probe"),
-    slurm=snakemake.params.slurm,
-    explicit_cpu=snakemake.params.explicit_cpu,
 )
 print(f"{out['runs_per_gpu']} run(s) per GPU ({out['source']})", file=sys.stderr)

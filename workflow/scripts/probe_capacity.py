@@ -12,9 +12,13 @@ except NoGPUError as exc:
     print(f"probe_capacity: {exc}", file=sys.stderr)
     sys.exit(1)
 
+# where the data is now (kept out of the params: moving the data does not rerun the probe)
+data = snakemake.config["data"]
+where = [f"data.root={data['root']}"] if data["name"] == "cifar10" else []
+
 p = snakemake.params.probe
 result = probe_capacity(
-    list(snakemake.params.overrides),
+    list(snakemake.params.overrides) + where,
     variant=snakemake.wildcards.variant,
     k_max=p["probe_k_max"],
     steps=p["probe_steps"],

@@ -69,6 +69,17 @@ def md5sum(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def check_cifar10(root: str | Path) -> Path:
+    """The dataset's folder under ``root``; :class:`DatasetError` naming every missing file."""
+    folder = Path(root) / FOLDER
+    missing = [f for f in (*TRAIN_FILES, TEST_FILE) if not (folder / f).is_file()]
+    if missing:
+        raise DatasetError(
+            f"CIFAR-10 is not at {folder}: missing {missing} (set data.root to where it is, or data.download: true)"
+        )
+    return folder
+
+
 def download_cifar10(root: str | Path, *, url: str = URL, md5: str = MD5) -> Path:
     """Download the archive once, verify its MD5, extract it under ``root``.
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 __all__ = [
+    "DATA_READY",
     "PROBE_JSON",
     "PROBE_PNG",
     "PROBE_MD",
@@ -56,6 +57,11 @@ __all__ = [
     "rule_log",
     "rule_benchmark",
 ]
+
+# ---- data
+#: the dataset is where the config says (downloaded there if asked): rule prepare_cifar10. Its path
+#: does not name the data's folder, so moving the data reruns nothing
+DATA_READY = "results/data/{name}.json"
 
 # ---- training: probe, plan, packs, per-run markers
 #: the runs-per-device probe of a variant (json, figure, notes)

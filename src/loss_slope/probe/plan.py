@@ -180,27 +180,27 @@ def measured_from_probe(probe: dict, n: int) -> dict:
     }
 
 
-def plan_runs_per_gpu(
-    path, *, variant: str, n: int | None, source: str, probe=None, slurm: bool = False, explicit_cpu: bool = False
-) -> dict:
+def plan_runs_per_gpu(path, *, variant: str, n: int | None, source: str, probe=None) -> dict:
     """Write ``runs_per_gpu.json``: a fixed ``n``, or the probe's (``probe``: its JSON file).
 
-    A SLURM study refuses a probe measured on the CPU unless the runs ask for the CPU explicitly.
+    Whether a plan may be used where it is (a SLURM study needs a GPU measurement) is
+    :func:`check_plan`'s question, asked by the workflow when it reads the plan: the
+    executor is not a property of the plan, and as a job parameter it would rerun the
+    plan (and every pack) whenever the study is planned or reported from another executor.
     """
     probe_result = None
     if n is None:
         probe_result = json.loads(Path(probe).read_text())
-        check_probe(probe_result, slurm=slurm and not explicit_cpu)
         n = int(probe_result["runs_per_gpu"])
     return write_runs_per_gpu(path, variant=variant, n=n, source=source, probe=probe, probe_result=probe_result)
 
 
-def check_probe(probe: dict, *, slurm: bool) -> None:
-    """A SLURM study must be planned from a probe that ran on a GPU."""
-    if slurm and (probe.get("on_cpu") or not str(probe.get("device", "")).startswith("cuda")):
+def check_plan(plan: dict, *, slurm: bool) -> None:
+    """A SLURM study must be planned from a probe that ran on a GPU (``plan``: ``runs_per_gpu.json``)."""
+    if slurm and plan.get("source") == "probe" and plan.get("on_cpu", True):
         raise PlanError(
-            f"the probe of {probe.get('variant')} ran on {probe.get('device')!r}, not on a GPU: refusing to plan "
-            "GPU packs from a CPU measurement (fix the node/driver, or fix N with WORKERS_PER_GPU / "
+            f"the probe of {plan.get('variant')} ran on the CPU, not on a GPU: refusing to plan GPU packs from a "
+            "CPU measurement (fix the node/driver and rerun the probe, or fix N with WORKERS_PER_GPU / "
             "packing.runs_per_gpu to skip the probe)"
         )
 
