@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["jsonable", "write_json", "read_json"]
+__all__ = ["jsonable", "write_json", "read_json", "fsync_dir"]
 
 
 def jsonable(value: Any) -> Any:
@@ -79,6 +79,23 @@ def write_json(
             fh.flush()
             os.fsync(fh.fileno())
     os.replace(tmp, path)
+    if durable:
+        fsync_dir(path)
+
+
+def fsync_dir(path: str | Path) -> None:
+    """``fsync`` the folder holding ``path``, so that a rename into it survives a crash of the
+    machine (POSIX; where a folder cannot be opened or synced, nothing happens)."""
+    try:
+        fd = os.open(Path(path).parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def read_json(path: str | Path) -> Any:

@@ -127,3 +127,16 @@ def test_sigterm_after_the_last_batch_of_an_epoch_keeps_the_epoch_end_checkpoint
     trainer, saved = _fake_trainer(60, False, io)
     cb.on_exception(trainer, None, RuntimeError("not an interrupt"))
     assert saved == []
+
+
+def test_the_rename_is_made_durable_by_syncing_the_folder(tmp_path, monkeypatch):
+    from loss_slope.train import checkpoint_io
+
+    synced = []
+    monkeypatch.setattr(checkpoint_io, "fsync_dir", synced.append)
+    io = AtomicCheckpointIO(background=False)
+    io.save_checkpoint({"global_step": 3}, tmp_path / "latest.ckpt")
+    assert synced == [tmp_path / "latest.ckpt"]
+    monkeypatch.undo()
+    checkpoint_io.fsync_dir(tmp_path / "latest.ckpt")  # a real folder
+    checkpoint_io.fsync_dir(tmp_path / "no" / "such" / "file")  # a missing one: nothing happens

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from loss_slope.jsonio import fsync_dir
+
 log = logging.getLogger("loss_slope.train")
 
 
@@ -109,6 +111,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.fsync(fh.fileno())
                 size = fh.tell()
             os.replace(tmp, path)
+            fsync_dir(path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
