@@ -1,6 +1,6 @@
 """``loss-slope``: command-line tools around a running or finished study.
 
-    loss-slope status [--root DIR] [--work-root work] [--max-error-attempts 3]
+    loss-slope status [--root DIR] [--configfile config/study.yaml] [--work-root work] [--max-error-attempts 3]
 
 ``status`` prints, per variant, how many runs are done / running / failed /
 waiting, the optimizer steps done of the total and an ETA from the measured
@@ -26,7 +26,10 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from loss_slope.pipeline.paths import DEFAULT_WORK_ROOT, PACK_REGISTRY
+from loss_slope.train.lock import lock_path
 
 ALIVE_S = 180.0  # a lock touched within this many seconds is held by a live trainer (heartbeat: 30 s)
 
@@ -101,7 +104,7 @@ def run_state(run_dir: Path, *, now: float, max_errors: int = 3, total_hint: int
         st["steps"] = int(last["step"]) + 1
         loss = last.get("loss_train_nats")
         st["loss"] = float(loss) if loss not in (None, "") else None
-    lock = run_dir.with_name(run_dir.name + ".lock")
+    lock = lock_path(run_dir)
     holder = _read_json(lock) if lock.exists() else None
     try:
         fresh = holder is not None and now - lock.stat().st_mtime < ALIVE_S
@@ -220,13 +223,26 @@ def main(argv=None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     st = sub.add_parser("status", help="progress of the study in this folder (reads work/ and results/ only)")
     st.add_argument("--root", default=".", help="the study's working directory (default: .)")
+    st.add_argument(
+        "--configfile",
+        default=None,
+        help="the study's config: its paths.work_root and packing.max_error_attempts (the options below win)",
+    )
     st.add_argument("--work-root", default=None, help="the runs' work tree (default: ROOT/work; paths.work_root)")
-    st.add_argument("--max-error-attempts", type=int, default=3, help="packing.max_error_attempts of the study")
+    st.add_argument(
+        "--max-error-attempts", type=int, default=None, help="packing.max_error_attempts of the study (default 3)"
+    )
     st.add_argument("--json", action="store_true", help="print the per-run states as JSON")
     a = ap.parse_args(argv)
     root = Path(a.root)
-    work_root = Path(a.work_root) if a.work_root else root / DEFAULT_WORK_ROOT
-    table = collect(root, work_root, max_errors=a.max_error_attempts)
+    cfg = {}
+    if a.configfile:
+        with open(a.configfile) as fh:
+            cfg = yaml.safe_load(fh) or {}
+    work = a.work_root or (cfg.get("paths") or {}).get("work_root") or DEFAULT_WORK_ROOT
+    work_root = Path(work) if Path(work).is_absolute() else root / work
+    max_errors = a.max_error_attempts or (cfg.get("packing") or {}).get("max_error_attempts") or 3
+    table = collect(root, work_root, max_errors=int(max_errors))
     if a.json:
         print(json.dumps(table, indent=1))
     else:

@@ -67,3 +67,25 @@ def test_stale_lock_is_not_running_and_cli_entry_point(tmp_path):
         timeout=60,
     )
     assert p.returncode == 0 and "waiting" in p.stdout
+
+
+def test_the_config_names_the_work_tree(tmp_path):
+    work = tmp_path / "scratch" / "work"
+    _run(work, "a", steps=1000, done=True)
+    (tmp_path / "c.yaml").write_text("paths: {work_root: scratch/work}\npacking: {max_error_attempts: 5}\n")
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loss_slope.cli",
+            "status",
+            "--root",
+            str(tmp_path),
+            "--configfile",
+            str(tmp_path / "c.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 0 and "V                  1        0       0        0" in p.stdout, p.stdout
