@@ -241,6 +241,17 @@ def test_wrong_matvec_count_is_reported(tmp_path):
     assert failed(rep) == {"curvature_values"} and "first at step 12" in reasons(rep)
 
 
+def test_lanczos_ended_early_by_an_invariant_space_is_valid_and_otherwise_not(tmp_path):
+    rows = [curvature_row(s) for s in (6, 12, 18, 24)]
+    rows[1] = rows[1][:4] + (3,) + rows[1][5:9] + (0.0,) + rows[1][10:]  # 3 vectors, residual 0: exact
+    write_run(tmp_path / "a", curvature=rows)
+    assert failed(check(tmp_path / "a")[1]) == set()
+    rows[1] = rows[1][:9] + (1e-4,) + rows[1][10:]  # 3 vectors, not converged: below lambda_min_iters
+    write_run(tmp_path / "b", curvature=rows)
+    _, rep = check(tmp_path / "b")
+    assert failed(rep) == {"curvature_values"} and "first at step 12" in reasons(rep)
+
+
 def test_noise_nan_only_below_psd_min_points(tmp_path):
     # NaN spectral values are expected while the window holds < psd_min_points residuals ...
     write_run(tmp_path, noise=[noise_row(8, points=10), noise_row(16), noise_row(24)])
