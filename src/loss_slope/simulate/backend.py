@@ -42,10 +42,9 @@ from loss_slope.tables.csvlog import CsvTable
 from loss_slope.tables.schema import LN2, TABLES
 from loss_slope.train.attempts import end_attempt, read_attempts, start_attempt, summarize_attempts
 from loss_slope.train.divergence import DivergenceGuard
-from loss_slope.train.exit_codes import EXIT_LOCKED, EXIT_OK, EXIT_UNFINISHED
+from loss_slope.train.exit_codes import EXIT_OK, EXIT_UNFINISHED
 from loss_slope.train.fingerprint import config_fingerprint
-from loss_slope.train.lock import RunLocked, acquire
-from loss_slope.train.run import stop_on_lost_lock
+from loss_slope.train.run import holding_run_lock
 from loss_slope.train.schedule import schedule_from_config
 from loss_slope.train.work_tree import (
     cut_tables_to,
@@ -175,15 +174,7 @@ def _checkpoint_keys(path: Path) -> set[tuple[int, str]]:
 def run_simulated(cfg) -> int:
     """Simulate (or resume, or skip) the run described by the Hydra config ``cfg``, holding the
     run's lock as a real trainer does (a second writer of the run exits ``EXIT_LOCKED``)."""
-    try:
-        lock = acquire(cfg.run_dir, on_lost=stop_on_lost_lock)
-    except RunLocked as exc:
-        log.error("%s", exc)
-        return EXIT_LOCKED
-    try:
-        return _simulate(cfg)
-    finally:
-        lock.release()
+    return holding_run_lock(cfg.run_dir, lambda: _simulate(cfg))
 
 
 def _simulate(cfg) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 
 from omegaconf import OmegaConf
 
@@ -38,15 +39,30 @@ def stop_on_lost_lock(path) -> None:
     os._exit(EXIT_LOCKED)
 
 
+def holding_run_lock(run_dir, body: Callable[[], int]) -> int:
+    """``body()``'s exit code, run while holding the run's lock (:mod:`loss_slope.train.lock`).
+
+    A second writer of the run exits ``EXIT_LOCKED`` naming the holder, touching nothing; a
+    holder whose lock is taken over later exits at once (:func:`stop_on_lost_lock`). Used by
+    the trainer and the simulated backend alike."""
+    try:
+        lock = acquire(run_dir, on_lost=stop_on_lost_lock)
+    except RunLocked as exc:
+        log.error("%s", exc)
+        return EXIT_LOCKED
+    try:
+        return body()
+    finally:
+        lock.release()
+
+
 def run_training(cfg) -> int:
     """Train (or resume, or skip) the run described by the Hydra config ``cfg``; returns the exit code.
 
     First, before any heavy import or any write to the work tree: fail fast
     without CUDA in a GPU allocation (:mod:`loss_slope.train.device`) and take
-    the run's lock (:mod:`loss_slope.train.lock`); a second trainer of the same
-    run exits ``EXIT_LOCKED`` naming the holder, and a trainer whose lock is taken
-    over later exits at once (:func:`stop_on_lost_lock`). Then, holding the lock: open
-    the work tree (a complete run is skipped), prepare the attempt, build the
+    the run's lock (:func:`holding_run_lock`). Then, holding the lock: open the
+    work tree (a complete run is skipped), prepare the attempt, build the
     trainer, train, finish.
     """
     try:
@@ -54,23 +70,19 @@ def run_training(cfg) -> int:
     except NoGPUError as exc:
         log.error("%s", exc)
         return EXIT_NO_GPU
-    try:
-        lock = acquire(cfg.run_dir, on_lost=stop_on_lost_lock)
-    except RunLocked as exc:
-        log.error("%s", exc)
-        return EXIT_LOCKED
-    try:
-        fingerprint = config_fingerprint(OmegaConf.to_container(cfg, resolve=True))
-        paths = open_work_tree(cfg.run_dir, fingerprint)
-        if paths.done.exists():
-            return skip_complete(cfg, paths, action="train")
-        # Deferred on purpose (start-up): torch and Lightning take seconds to import; a run refused
-        # above, or already complete, never pays for them.
-        from loss_slope.train import steps
+    return holding_run_lock(cfg.run_dir, lambda: _train(cfg, use_cuda=use_cuda))
 
-        run = steps.prepare_run(cfg, paths, fingerprint, use_cuda=use_cuda)
-        parts = steps.build_trainer(cfg, run)
-        ending = steps.train(run, parts)
-        return steps.finish(cfg, run, parts, ending)
-    finally:
-        lock.release()
+
+def _train(cfg, *, use_cuda: bool) -> int:
+    fingerprint = config_fingerprint(OmegaConf.to_container(cfg, resolve=True))
+    paths = open_work_tree(cfg.run_dir, fingerprint)
+    if paths.done.exists():
+        return skip_complete(cfg, paths, action="train")
+    # Deferred on purpose (start-up): torch and Lightning take seconds to import; a run refused
+    # above, or already complete, never pays for them.
+    from loss_slope.train import steps
+
+    run = steps.prepare_run(cfg, paths, fingerprint, use_cuda=use_cuda)
+    parts = steps.build_trainer(cfg, run)
+    ending = steps.train(run, parts)
+    return steps.finish(cfg, run, parts, ending)
