@@ -34,7 +34,7 @@ def _spec(tmp_path, runs):
     return spec
 
 
-def _launch(tmp_path, spec, attempt, *extra):
+def _launch(tmp_path, spec, attempt, *extra, **options):
     return launch_pack(
         plan_path=spec,
         pack="pack-x",
@@ -45,6 +45,7 @@ def _launch(tmp_path, spec, attempt, *extra):
         attempt=attempt,
         extra_overrides=list(extra),
         max_error_attempts=3,
+        **options,
     )
 
 
@@ -99,17 +100,7 @@ def test_a_run_waiting_for_another_trainers_lock_is_not_lost_on_sigterm(tmp_path
     previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     threading.Thread(target=scancel_when_b_is_done, daemon=True).start()
     try:
-        code = launch_pack(
-            plan_path=spec,
-            pack="pack-x",
-            variant="V",
-            output=tmp_path / "out.json",
-            log_dir=tmp_path / "logs",
-            work_root=tmp_path / "work",
-            attempt=1,
-            extra_overrides=[],
-            lock_poll_s=600,
-        )
+        code = _launch(tmp_path, spec, 1, lock_poll_s=600)
     finally:
         signal.signal(signal.SIGTERM, previous[0])
         signal.signal(signal.SIGINT, previous[1])
