@@ -39,7 +39,7 @@ def test_summary_answers_h1_and_h2_in_sentences_with_numbers(partial_summary):
     assert f"Spearman ρ = {h2.spearman_rho:.2f}" in md
     assert f"**Defensible verdict: {stats.h2.main.verdict}.**" in md
     assert "within cells" in md and "Slope or level?" in md and "Leave-one-cell-out" in md
-    assert "α_full" in md and "diverged runs at the worst rank" in md
+    assert "α_full" in md and "diverged runs with an α_early, at the worst CE rank" in md
     assert "Runs excluded per cell" in md
 
 

@@ -198,7 +198,7 @@ def _h2_section(stats: StudyStats, figs) -> list[str]:
         ]
     rows = []
     for key, label in (
-        ("h2_diverged_worst_rank", "diverged runs at the worst rank"),
+        ("h2_diverged_worst_rank", "diverged runs with an α_early, at the worst CE rank"),
         ("h2_alpha_full", "α_full (knee to end) instead of α_early"),
         ("h2_other_axis", f"α_early on the {(stats.other_time_axis or '').replace('_', ' ')} axis"),
     ):
