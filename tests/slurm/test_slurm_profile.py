@@ -89,7 +89,8 @@ def test_site_defaults(tmp_path: Path):
     # no account, GPU model, constraint or QoS unless the site sets them
     for key in ("slurm_account", "gpu_model", "constraint", "qos"):
         assert key not in probe and key not in pack
-    assert (probe["gpu"], probe["cpus_per_task"], probe["mem_mb"], probe["runtime"]) == ("1", "8", "16000", "60")
+    # the probe's last level is a pack of probe_k_max = 4 runs: 4 x 6000 + 2000 MB
+    assert (probe["gpu"], probe["cpus_per_task"], probe["mem_mb"], probe["runtime"]) == ("1", "8", "26000", "60")
     # the rule's own CPUs, memory and runtime: the profile does not scale or replace them
     assert (pack["gpu"], pack["cpus_per_task"], pack["mem_mb"], pack["runtime"]) == ("1", "6", "20000", "720")
     assert pack["slurm_extra"] == probe["slurm_extra"] == "--begin=now+0"

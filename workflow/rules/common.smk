@@ -341,6 +341,16 @@ def pack_mem_mb(wildcards, attempt):
     )
 
 
+def probe_mem_mb(wildcards, attempt):
+    """The probe's last level trains probe_k_max runs at once: a pack of that many runs' memory."""
+    return res.pack_mem_mb(
+        PACKING["probe_k_max"],
+        PACKING["host_mem_mb_per_run"],
+        PACKING["host_mem_margin_mb"],
+        attempt,
+    )
+
+
 def variant_facts(variant):
     """Steps per epoch and epochs of the variant's runs (composed once, also inside a cluster job,
     so the job computes the same runtime and time budget as the controller)."""

@@ -22,8 +22,10 @@ rule probe_capacity:
         rule_benchmark("probe_capacity", BY_VARIANT)
     threads: PACKING["probe_k_max"] * config["training"]["threads"]
     resources:
-        # k = 1..probe_k_max trainings at once, training.threads CPUs each
+        # k = 1..probe_k_max trainings at once, training.threads CPUs each, and the host
+        # memory of a pack of probe_k_max runs (loss_slope.study.resources)
         cpus_per_task=PACKING["probe_k_max"] * config["training"]["threads"],
+        mem_mb=probe_mem_mb,
     params:
         overrides=probe_overrides,
         probe=probe_settings,
