@@ -27,7 +27,7 @@ SNAKEFILE = """
     rule probe_capacity:
         output: "probe.json"
         threads: 8
-        resources: cpus_per_task=8
+        resources: cpus_per_task=8, mem_mb=26000
         shell: "touch {output}"
     rule train_pack:
         input: "probe.json"
@@ -89,7 +89,7 @@ def test_site_defaults(tmp_path: Path):
     # no account, GPU model, constraint or QoS unless the site sets them
     for key in ("slurm_account", "gpu_model", "constraint", "qos"):
         assert key not in probe and key not in pack
-    # the probe's last level is a pack of probe_k_max = 4 runs: 4 x 6000 + 2000 MB
+    # the rules' own CPUs and memory (the probe's: a pack of probe_k_max runs); the probe's runtime: the profile
     assert (probe["gpu"], probe["cpus_per_task"], probe["mem_mb"], probe["runtime"]) == ("1", "8", "26000", "60")
     # the rule's own CPUs, memory and runtime: the profile does not scale or replace them
     assert (pack["gpu"], pack["cpus_per_task"], pack["mem_mb"], pack["runtime"]) == ("1", "6", "20000", "720")
@@ -113,6 +113,20 @@ def test_study_pack_resources_follow_the_contract_whatever_cores(tmp_path: Path,
     for pack in packs:
         # 3 x training.threads CPUs; 3 x 6000 MB + 2000 MB; packing.runtime_minutes (no probe measured)
         assert (pack["cpus_per_task"], pack["mem_mb"], pack["runtime"], pack["gpu"]) == ("6", "20000", "720", "1")
+
+
+def test_study_probe_asks_for_a_pack_of_probe_k_max_runs(tmp_path: Path):
+    # the real workflow, N probed: probe_k_max = 4 trainings at once, training.threads = 2
+    res = dry_run(
+        tmp_path,
+        snakefile=None,
+        args=["-s", REPO / "Snakefile", "--configfile", REPO / "config" / "study.yaml"],
+    )
+    probes = res["probe_capacity"]
+    assert len(probes) == 4
+    for probe in probes:
+        # 4 x 2 CPUs; 4 x 6000 MB + 2000 MB, as a pack of 4 runs gets
+        assert (probe["cpus_per_task"], probe["mem_mb"], probe["gpu"]) == ("8", "26000", "1")
 
 
 def test_environment_overrides(tmp_path: Path):
