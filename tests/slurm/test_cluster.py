@@ -52,12 +52,14 @@ GPU_LOCAL_RETRY = """
     rule all:
         input: "local.txt", "pack_flaky.txt"
 
-    # like the workflow's rule: it sets its CPUs (probe_k_max x training.threads)
+    # like the workflow's rule: it sets its CPUs (probe_k_max x training.threads) and memory
+    # (a pack of probe_k_max runs)
     rule probe_capacity:
         output: "probe.txt"
         threads: 4
         resources:
             cpus_per_task=4,
+            mem_mb=12000,
         shell: 'echo "CVD=$CUDA_VISIBLE_DEVICES JOB=$SLURM_JOB_ID" > {output}'
 
     rule local_summary:
@@ -108,8 +110,8 @@ def test_gpu_job_localrule_and_retry(run_snakemake, slurm_cluster: Cluster, tmp_
     assert m, (tmp_path / "probe.txt").read_text()
     assert 0 <= int(m.group(1)) < slurm_cluster.gpus
     assert m.group(2) == probe[0]["JobIDRaw"]
-    # the rule's CPUs and the profile's memory for probe_capacity reached sbatch
-    assert tres(probe[0])["cpu"] == "4" and tres(probe[0])["mem"] == "16000M"
+    # the rule's CPUs and memory for probe_capacity reached sbatch
+    assert tres(probe[0])["cpu"] == "4" and tres(probe[0])["mem"] == "12000M"
     # sbatch logs are kept for successful jobs too
     assert (tmp_path / f"logs/slurm/rule_probe_capacity/{m.group(2)}.log").is_file()
 
