@@ -58,7 +58,12 @@ from loss_slope.probe.plan import (
 from loss_slope.study.config import SCHEMA_PATH, ConfigError, validate_config
 from loss_slope.study.preflight import preflight
 from loss_slope.study import resources as res
-from loss_slope.study.runs import build_runs, wildcard_regex
+from loss_slope.study.runs import (
+    build_runs,
+    data_location_overrides,
+    variant_overrides,
+    wildcard_regex,
+)
 from loss_slope.tables.schema import TABLES
 
 min_version("9.0")
@@ -140,11 +145,7 @@ MPS_SETTING = {True: "on", False: "off"}.get(PACKING["mps"], PACKING["mps"])
 WORK_ROOT_Q = shlex.quote(str(WORK_ROOT))
 # where the data is now: after the runs' own overrides (the last value wins), so a pack
 # planned before the data moved trains from the new place
-DATA_ROOT_OVERRIDE = (
-    shlex.quote(f"data.root={config['data']['root']}")
-    if config["data"]["name"] == "cifar10"
-    else ""
-)
+DATA_ROOT_OVERRIDE = " ".join(map(shlex.quote, data_location_overrides(config)))
 MAX_ERRORS = int(PACKING["max_error_attempts"])
 GPU_MISMATCH = PACKING["gpu_mismatch"]
 
@@ -203,19 +204,11 @@ def plan_inputs(wildcards):
     return [] if FIXED_N else [PROBE_JSON.format(variant=wildcards.variant)]
 
 
-#: per-run overrides (and where the data lives): they change neither a run's speed nor its memory
-PER_RUN_OVERRIDES = ("optimizer.lr=", "optimizer.weight_decay=", "seed=", "data.root=")
-
-
 def probe_overrides(wildcards):
     """The variant's overrides less the per-run ones and the data's location: a grid edit,
     or data moved, never reruns the probe. It trains the experiment's default LR and weight
     decay, seed 0, on the data where the config says it is now (probe_capacity.py)."""
-    return [
-        o
-        for o in variant_runs(wildcards.variant)[0].overrides
-        if not o.startswith(PER_RUN_OVERRIDES)
-    ]
+    return variant_overrides(variant_runs(wildcards.variant)[0])
 
 
 # ---- packs: stable and append-only (loss_slope.probe.plan)

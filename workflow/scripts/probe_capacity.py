@@ -3,6 +3,7 @@ import sys
 sys.stderr = open(snakemake.log[0], "w")
 
 from loss_slope.probe.capacity import probe_capacity, write_probe
+from loss_slope.study.runs import data_location_overrides
 from loss_slope.train.device import NoGPUError, resolve_accelerator
 
 accel = [o.split("=", 1)[1] for o in snakemake.params.overrides if o.startswith("trainer.accelerator=")]
@@ -13,8 +14,7 @@ except NoGPUError as exc:
     sys.exit(1)
 
 # where the data is now (kept out of the params: moving the data does not rerun the probe)
-data = snakemake.config["data"]
-where = [f"data.root={data['root']}"] if data["name"] == "cifar10" else []
+where = data_location_overrides(snakemake.config)
 
 p = snakemake.params.probe
 result = probe_capacity(

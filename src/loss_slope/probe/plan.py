@@ -28,12 +28,9 @@ import os
 from pathlib import Path
 
 from loss_slope.jsonio import write_json
+from loss_slope.study.runs import DATA_LOCATION_KEYS
 
 ENV_OVERRIDE = "WORKERS_PER_GPU"
-
-#: overrides that say where data lives, not what a run trains: moving the data
-#: must not rerun anything (the dataset is identified by its checksum instead)
-_NOT_RUN_SETTINGS = ("data.root=",)
 
 
 class PlanError(ValueError):
@@ -71,7 +68,7 @@ PACK_WILDCARD = r"pack[0-9]+|pack-[0-9a-f]{10}"
 
 def run_settings_digest(overrides) -> str:
     """Digest of what one run trains (its Hydra overrides, minus where the data lives)."""
-    kept = [o for o in overrides if not o.startswith(_NOT_RUN_SETTINGS)]
+    kept = [o for o in overrides if not o.startswith(DATA_LOCATION_KEYS)]
     return hashlib.sha1("\n".join(kept).encode()).hexdigest()[:12]
 
 

@@ -27,6 +27,24 @@ def _fmt(x: float) -> str:
     return short if float(short) == x else repr(x)
 
 
+#: overrides that say where the data lives, not what a run trains (moving the data reruns nothing)
+DATA_LOCATION_KEYS = ("data.root=",)
+#: the overrides one run of a variant has of its own (the grid point), besides the data's location
+PER_RUN_KEYS = ("optimizer.lr=", "optimizer.weight_decay=", "seed=")
+
+
+def data_location_overrides(config: dict) -> list[str]:
+    """Where the study's data lives now, as Hydra overrides (empty for a dataset in the package)."""
+    data = config["data"]
+    return [f"data.root={data['root']}"] if data["name"] == "cifar10" else []
+
+
+def variant_overrides(spec: RunSpec) -> list[str]:
+    """``spec``'s overrides less its grid point and the data's location: what every run of its
+    variant shares (a run's speed and memory depend on nothing else)."""
+    return [o for o in spec.overrides if not o.startswith(PER_RUN_KEYS + DATA_LOCATION_KEYS)]
+
+
 def run_id(lr: float, weight_decay: float, seed: int) -> str:
     return f"lr{_fmt(lr)}-wd{_fmt(weight_decay)}-s{int(seed)}"
 
@@ -77,8 +95,7 @@ def training_overrides(config: dict) -> list[str]:
     ]
     if tr["schedule"] == "cosine":
         out.append(f"schedule.min_lr_ratio={tr['min_lr_ratio']}")
-    if data["name"] == "cifar10":
-        out.append(f"data.root={data['root']}")
+    out.extend(data_location_overrides(config))
     out.extend(tr.get("hydra_overrides", []))
     return out
 
