@@ -69,10 +69,15 @@ def md5sum(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _missing(folder: Path) -> list[str]:
+    """The batch files not (yet) in ``folder``."""
+    return [f for f in (*TRAIN_FILES, TEST_FILE) if not (folder / f).is_file()]
+
+
 def check_cifar10(root: str | Path) -> Path:
     """The dataset's folder under ``root``; :class:`DatasetError` naming every missing file."""
     folder = Path(root) / FOLDER
-    missing = [f for f in (*TRAIN_FILES, TEST_FILE) if not (folder / f).is_file()]
+    missing = _missing(folder)
     if missing:
         raise DatasetError(
             f"CIFAR-10 is not at {folder}: missing {missing} (set data.root to where it is, or data.download: true)"
@@ -89,7 +94,7 @@ def download_cifar10(root: str | Path, *, url: str = URL, md5: str = MD5) -> Pat
     """
     root = Path(root)
     folder = root / FOLDER
-    if all((folder / f).is_file() for f in (*TRAIN_FILES, TEST_FILE)):
+    if not _missing(folder):
         return folder
     root.mkdir(parents=True, exist_ok=True)
     archive = root / "cifar-10-python.tar.gz"
@@ -104,7 +109,7 @@ def download_cifar10(root: str | Path, *, url: str = URL, md5: str = MD5) -> Pat
         tmp.replace(archive)
     with tarfile.open(archive, "r:gz") as tar:
         tar.extractall(root, filter="data")
-    missing = [f for f in (*TRAIN_FILES, TEST_FILE) if not (folder / f).is_file()]
+    missing = _missing(folder)
     if missing:
         raise DatasetError(f"{archive} did not contain {missing} under {FOLDER}/")
     return folder
