@@ -31,7 +31,8 @@ EXCLUDED_STATUSES = tuple(s for s in STATUSES if s != "ok")
 def fmt_pct(x, *, targets=()) -> str:
     """A share as a whole percentage (``"n/a"`` when missing or not finite).
 
-    With ``targets`` (shares), as many decimals (up to 3) as keep ``x`` on its side of every
+    With ``targets`` (shares, or anything whose items ``float()`` reads as shares, such as a
+    verdict mapping's keys), as many decimals (up to 3) as keep ``x`` on its side of every
     target (``x >= t`` as printed exactly when ``x >= t``): an interval bound of 0.8996 next to
     a 90 % target prints as ``89.96 %``, not as ``90 %``.
     """

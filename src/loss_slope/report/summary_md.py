@@ -33,9 +33,8 @@ def _h1_row(name: str, res: H1Criterion | NotComputable) -> list[str]:
         return [res.extra.get("label", name), "—", "—", "—", f"not computable: {res.error}", ""]
     o = res.overall
     verdicts = list(res.verdicts.items())
-    targets = tuple(float(t) for t in res.verdicts)
     cols = [res.label or name, f"{o.k} / {o.n}", fmt_pct(o.share)]
-    cols += [V.interval(o.ci_low, o.ci_high, pct=True, targets=targets)]
+    cols += [V.interval(o.ci_low, o.ci_high, pct=True, targets=res.verdicts)]
     cols += [f"{v} (vs {fmt_pct(float(t))})" for t, v in verdicts[:2]]
     cols += [""] * (6 - len(cols))
     return cols
@@ -78,7 +77,7 @@ def _h1_section(stats: StudyStats, table: pd.DataFrame, figs) -> list[str]:
                         v,
                         f"{s.k} / {s.n}",
                         fmt_pct(s.share),
-                        V.interval(s.ci_low, s.ci_high, pct=True, targets=tuple(map(float, s.verdicts))),
+                        V.interval(s.ci_low, s.ci_high, pct=True, targets=s.verdicts),
                     ]
                     for v, s in byv.items()
                 ],

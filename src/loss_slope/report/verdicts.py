@@ -31,8 +31,8 @@ VERDICTS = ("supported", "not supported", "inconclusive", "not computable")
 
 
 def interval(lo, hi, *, pct: bool = False, targets=()) -> str:
-    """``lo–hi`` (percentages; each bound printed on its side of every target share) or
-    ``lo to hi`` (signed numbers)."""
+    """``lo–hi`` (percentages; each bound printed on its side of every target share, e.g. the
+    keys of a verdict mapping) or ``lo to hi`` (signed numbers)."""
     if pct:
         return f"{fmt_pct(lo, targets=targets)}–{fmt_pct(hi, targets=targets)}"
     return f"{_f(lo)} to {_f(hi)}"
@@ -46,11 +46,6 @@ def share_verdict_reason(verdict: str, target: float) -> str:
         "not supported": f"the whole interval is below {t}",
         "inconclusive": f"the interval reaches both sides of {t}: the data cannot decide",
     }.get(verdict, "no usable run")
-
-
-def _targets(verdicts: Mapping[str, str]) -> tuple[float, ...]:
-    """The target shares of a verdict mapping (keys are the targets)."""
-    return tuple(float(t) for t in verdicts)
 
 
 def _verdict_list(verdicts: Mapping[str, str]) -> str:
@@ -73,7 +68,7 @@ def h1_criterion_sentence(res: H1Criterion | NotComputable, *, confidence: float
     runs = "runs" if res.threshold is not None else "decided runs"  # a numeric criterion decides every run
     return (
         f"{o.k} of {o.n} {runs} ({fmt_pct(o.share)}; {fmt_pct(confidence)} cluster-aware interval "
-        f"{interval(o.ci_low, o.ci_high, pct=True, targets=_targets(res.verdicts))}{cells}) meet it: "
+        f"{interval(o.ci_low, o.ci_high, pct=True, targets=res.verdicts)}{cells}) meet it: "
         f"{_verdict_list(res.verdicts)}."
     )
 
@@ -83,7 +78,7 @@ def h1_failures_sentence(share: Share) -> str:
     return (
         f"Counting every excluded or undecided run as a failure: {share.k} of {share.n} runs "
         f"({fmt_pct(share.share)}, interval "
-        f"{interval(share.ci_low, share.ci_high, pct=True, targets=_targets(share.verdicts))}): "
+        f"{interval(share.ci_low, share.ci_high, pct=True, targets=share.verdicts)}): "
         + "; ".join(f"{v} against {fmt_pct(float(t))}" for t, v in share.verdicts.items())
         + "."
     )
@@ -97,7 +92,7 @@ def h1_headline(res: H1Criterion | NotComputable, *, confidence: float) -> str:
     return (
         f"H1 {h1_verdicts_short(res.verdicts)}: {o.k} of {o.n} runs are one power law after the knee "
         f"({fmt_pct(o.share)}, {fmt_pct(confidence)} CI "
-        f"{interval(o.ci_low, o.ci_high, pct=True, targets=_targets(res.verdicts))})"
+        f"{interval(o.ci_low, o.ci_high, pct=True, targets=res.verdicts)})"
     )
 
 
