@@ -270,6 +270,9 @@ def _train_members(
     procs: dict[str, tuple] = {}  # run -> (Popen, log file, log offset)
     waiting: dict[str, float] = {}  # run -> when to start it again (its lock was held)
 
+    def run_log(run: str) -> Path:
+        return Path(log_dir) / f"{run}.log"
+
     def start(m, overrides):
         run = m["run"]
         run_dir = Path(WORK_RUN.format(work_root=work_root, variant=variant, run=run))
@@ -283,8 +286,7 @@ def _train_members(
             f"run={run}",
             f"run_dir={run_dir}",
         ]
-        log_path = Path(log_dir) / f"{run}.log"
-        log = open(log_path, "a")
+        log = open(run_log(run), "a")
         log.write(
             f"\n=== pack {pack} attempt {attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')}: "
             f"{' '.join(shlex.quote(c) for c in cmd)}\n"
@@ -309,7 +311,7 @@ def _train_members(
                 "status": "failed",
                 "given_up": why,
                 "error": last["error"],
-                "log": str(Path(log_dir) / f"{m['run']}.log"),
+                "log": str(run_log(m["run"])),
             }
             print(f"{variant}/{m['run']}: not started again: {why}: {last['error']}", flush=True)
             continue
@@ -323,13 +325,9 @@ def _train_members(
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)  # a run checkpoints on SIGTERM at the end of its step
         for run in waiting:  # held by another live trainer: the next attempt tries it again
-            log_path = str(Path(log_dir) / f"{run}.log")
-            results[run] = {"exit_code": EXIT_LOCKED, "status": "locked", "log": log_path}
+            results[run] = {"exit_code": EXIT_LOCKED, "status": "locked", "log": str(run_log(run))}
         waiting.clear()
-        for m in pending:  # never started: the next attempt trains it
-            log_path = str(Path(log_dir) / f"{m['run']}.log")
-            results[m["run"]] = {"exit_code": None, "status": "unfinished", "log": log_path}
-        pending.clear()
+        pending.clear()  # never started: unfinished (below), the next attempt trains them
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
@@ -345,7 +343,7 @@ def _train_members(
             p, log, offset = procs.pop(run)
             log.close()
             code = p.returncode
-            log_path = Path(log_dir) / f"{run}.log"
+            log_path = run_log(run)
             run_dir = Path(WORK_RUN.format(work_root=work_root, variant=variant, run=run))
             if code == EXIT_LOCKED and (deadline is None or time.time() + lock_poll_s < deadline - 60):
                 print(f"{variant}/{run}: another live trainer holds it; waiting for its lock", flush=True)
@@ -389,18 +387,13 @@ def _train_members(
             start(by_run[run], remaining_overrides())
         while pending and len(procs) + len(waiting) < max_parallel:
             if deadline is not None and time.time() > deadline - 60:
-                for m in pending:  # no time left for it: the next attempt starts it
-                    log_path = str(Path(log_dir) / f"{m['run']}.log")
-                    results[m["run"]] = {"exit_code": None, "status": "unfinished", "log": log_path}
-                pending.clear()
+                pending.clear()  # no time left for them: unfinished (below), the next attempt starts them
                 break
             start(pending.pop(0), remaining_overrides())
         time.sleep(0.2)
 
-    for m in members:  # every member settles; one without a result must not pass as done
-        results.setdefault(
-            m["run"], {"exit_code": None, "status": "unfinished", "log": str(Path(log_dir) / f"{m['run']}.log")}
-        )
+    for m in members:  # a member without a result (never started) is unfinished, never done
+        results.setdefault(m["run"], {"exit_code": None, "status": "unfinished", "log": str(run_log(m["run"]))})
     terminal = {r for r, v in results.items() if v["status"] == "complete" or "given_up" in v}
     open_runs = {r: v for r, v in results.items() if r not in terminal}
     if open_runs:
