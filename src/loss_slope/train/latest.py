@@ -54,18 +54,22 @@ class LatestCheckpoint(Checkpoint):
         self._last_step = -1
         self.saved_steps: list[int] = []
 
+    def _position(self, step: int) -> tuple[int, int]:
+        """(0-based epoch, steps done in it, 1..steps_per_epoch) of ``step`` optimizer steps done (> 0)."""
+        epoch = (step - 1) // self.spe
+        return epoch, step - epoch * self.spe
+
     def epoch_due(self, step: int) -> bool:
         """``step`` (optimizer steps done, > 0) is the last validation of an epoch whose number
         (1-based) is a multiple of ``every_epochs``."""
         if not self.every_epochs or step <= 0:
             return False
-        epoch = (step - 1) // self.spe  # 0-based epoch this step belongs to
-        in_epoch = step - epoch * self.spe
+        epoch, in_epoch = self._position(step)
         return in_epoch + self.val_interval > self.spe and (epoch + 1) % self.every_epochs == 0
 
     def regular(self, step: int) -> bool:
         """``step`` (optimizer steps done, > 0) is one of the epoch's scheduled validations."""
-        return step > 0 and (step - (step - 1) // self.spe * self.spe) % self.val_interval == 0
+        return step > 0 and self._position(step)[1] % self.val_interval == 0
 
     def due(self, step: int, *, stopping: bool, now: float) -> str | None:
         if step <= 0 or step == self._last_step:
