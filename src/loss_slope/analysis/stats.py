@@ -708,13 +708,11 @@ def _fisher_interval(est: float, boot: np.ndarray, q: float, df: int) -> tuple[t
         return (math.nan, math.nan), math.nan
     zb = np.arctanh(np.clip(b, -_CLIP, _CLIP))
     z0 = math.atanh(max(-_CLIP, min(_CLIP, est)))
+    se = float(np.std(zb, ddof=1))
     if np.any(np.abs(b) >= _CLIP):
         q25, q75 = np.percentile(zb, [25.0, 75.0])
-        se = float(q75 - q25) / _IQR_PER_SD
-        if se == 0:  # most resamples at |r*| = 1: the clipped s.d., wide, is the honest spread
-            se = float(np.std(zb, ddof=1))
-    else:
-        se = float(np.std(zb, ddof=1))
+        # 0 when most resamples sit at |r*| = 1: the clipped s.d., wide, is then the honest spread
+        se = float(q75 - q25) / _IQR_PER_SD or se
     if se == 0:
         return (est, est), (0.0 if est != 0 else 1.0)
     p = float(2.0 * sps.t.sf(abs(z0) / se, df))
@@ -1323,9 +1321,7 @@ def h2_statistics(
             why = f"diverged before {x_column} could be measured"
         elif div[i]:
             worst.append(runs[i])
-            y[i] = math.inf
-            if level is not None and not np.isfinite(level[i]):
-                level[i] = math.nan  # left out of the level parts, as a missing level always is
+            y[i] = math.inf  # a missing level stays missing (NaN below): left out of the level parts
             continue
         elif _is_reason(reasons[i]):
             why = reasons[i]
