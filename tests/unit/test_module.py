@@ -9,7 +9,7 @@ from loss_slope.train.module import CurveModule, MicroBatcher
 from loss_slope.train.schedule import Schedule
 
 
-def fit_one_step(clip=None, micro=None, steps=1, compile=None):
+def fit_one_step(clip=None, micro=None, steps=1, compile=None, on_change=None):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
     x, y = torch.randn(8, 3, 2, 2) * 10, torch.randint(0, 3, (8,))
@@ -18,7 +18,7 @@ def fit_one_step(clip=None, micro=None, steps=1, compile=None):
         lambda p: torch.optim.SGD(p, lr=1.0),
         Schedule("constant", 0, 10),
         gradient_clip_val=clip,
-        micro_batcher=MicroBatcher(size=micro),
+        micro_batcher=MicroBatcher(size=micro, min_size=1, on_change=on_change),
         compile=compile,
     )
     before = torch.cat([p.detach().flatten().clone() for p in net.parameters()])
@@ -151,12 +151,20 @@ def test_channels_last_applies_on_cuda():
 def test_cudnn_and_cublas_allocation_failures_count_as_out_of_memory():
     from loss_slope.train.module import is_out_of_memory
 
+    def raised_from(cause):
+        try:
+            raise RuntimeError("step failed") from cause
+        except RuntimeError as exc:
+            return exc
+
     assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
     assert is_out_of_memory(RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"))
     assert is_out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"))
     assert is_out_of_memory(RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be ..."))
     assert not is_out_of_memory(RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED"))
     assert not is_out_of_memory(ValueError("CUDNN_STATUS_ALLOC_FAILED"))
+    assert is_out_of_memory(raised_from(torch.OutOfMemoryError("allocation failed")))
+    assert not is_out_of_memory(raised_from(ValueError("bad shape")))
 
 
 def test_a_cudnn_allocation_failure_in_a_step_halves_the_micro_batch():
@@ -191,6 +199,31 @@ def test_a_cudnn_allocation_failure_in_a_step_halves_the_micro_batch():
     assert trainer.global_step == 2 and module.micro.size == 2
     assert [(c["from"], c["to"]) for c in changes] == [(8, 4), (4, 2)]
     assert "CUDNN_STATUS_ALLOC_FAILED" in changes[0]["error"]
+
+
+def test_an_out_of_memory_error_wrapped_by_torch_compile_halves_the_micro_batch():
+    # a real dynamo compilation whose backend runs out of memory for graphs of more than 2 images:
+    # dynamo raises BackendCompilerFailed (a RuntimeError) holding the error as inner_exception,
+    # with a message that names no CUDA allocation failure
+
+    def backend(gm, example_inputs):
+        if any(t.dim() == 4 and t.shape[0] > 2 for t in example_inputs if isinstance(t, torch.Tensor)):
+            raise torch.OutOfMemoryError("allocation failed while compiling the batch graph")
+        return gm.forward
+
+    whole, _ = fit_one_step(steps=2)
+    changes = []
+    torch._dynamo.reset()
+    try:
+        compiled, trainer = fit_one_step(
+            steps=2, compile={"backend": backend, "dynamic": False}, on_change=changes.append
+        )
+    finally:
+        torch._dynamo.reset()
+    assert [(c["from"], c["to"]) for c in changes] == [(8, 4), (4, 2)]
+    assert trainer.global_step == 2 and trainer.lightning_module.micro.size == 2
+    assert changes[0]["error"] == "allocation failed while compiling the batch graph"  # the inner error
+    torch.testing.assert_close(compiled, whole, rtol=1e-5, atol=1e-6)  # no BatchNorm: the same steps
 
 
 def test_fused_adamw_on_cuda_only():

@@ -202,7 +202,7 @@ def measure(overrides: list[str], *, steps: int, warmup: int, barrier: Path | No
     from loss_slope.data.datasets import build_data
     from loss_slope.train.checkpoint_io import AtomicCheckpointIO
     from loss_slope.train.compose import compose_train_config
-    from loss_slope.train.module import CurveModule, MicroBatcher, MicroBatchTooSmall, is_out_of_memory
+    from loss_slope.train.module import CurveModule, MicroBatcher, MicroBatchTooSmall, out_of_memory_error
     from loss_slope.train.monitor_callback import build_monitor_callback
     from loss_slope.train.schedule import schedule_from_config
     from loss_slope.train.steps import compile_options
@@ -277,9 +277,11 @@ def measure(overrides: list[str], *, steps: int, warmup: int, barrier: Path | No
             data.train.step_source = lambda: trainer.global_step
             trainer.fit(module, train_dataloaders=data.train, val_dataloaders=data.val)
         except (MicroBatchTooSmall, torch.OutOfMemoryError, RuntimeError) as exc:
-            if not (isinstance(exc, MicroBatchTooSmall) or is_out_of_memory(exc)):
+            reported = exc if isinstance(exc, MicroBatchTooSmall) else out_of_memory_error(exc)
+            if reported is None:
                 raise
-            out.update(oom=True, error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            message = str(reported)
+            out.update(oom=True, error=message.splitlines()[0] if message else type(reported).__name__)
             if use_cuda:  # GPU memory reached before the OOM: the same unit as the other workers'
                 gpu_footprint(device, out)
             if barrier is not None and (window is None or window.t0 is None):

@@ -2,11 +2,12 @@
 
 Optimization is manual so that a step can survive running out of GPU memory:
 an out-of-memory error during a step (``torch.OutOfMemoryError``, or a cuDNN /
-cuBLAS allocation failure, which arrives as a plain ``RuntimeError``:
-:func:`is_out_of_memory`) makes the module retry the same batch as micro-batches
-of half the size with gradient accumulation (``MicroBatcher``). The loss is the
-sum of the per-micro-batch losses over the batch size, so the effective batch,
-the LR schedule and the step count do not change. Without BatchNorm the gradient
+cuBLAS allocation failure, which arrives as a plain ``RuntimeError``, also when
+``torch.compile`` wrapped it: :func:`out_of_memory_error`) makes the module
+retry the same batch as micro-batches of half the size with gradient
+accumulation (``MicroBatcher``). The loss is the sum of the per-micro-batch
+losses over the batch size, so the effective batch, the LR schedule and the
+step count do not change. Without BatchNorm the gradient
 is the whole batch's up to rounding. With BatchNorm it is not: each micro-batch
 is normalised with its own statistics (and the running statistics are updated
 once per micro-batch), so the step differs from the whole-batch step, as a
@@ -44,12 +45,28 @@ _ALLOCATION_FAILURES = (
 )
 
 
-def is_out_of_memory(exc: BaseException) -> bool:
-    """True for ``torch.OutOfMemoryError`` and for the cuDNN / cuBLAS (and other CUDA library)
-    allocation failures that arrive as ``RuntimeError`` with the library's status in the message."""
-    if isinstance(exc, OOM_ERRORS):
-        return True
-    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in _ALLOCATION_FAILURES)
+def out_of_memory_error(exc: BaseException | None) -> BaseException | None:
+    """The out-of-memory error ``exc`` is or wraps, or None: ``torch.OutOfMemoryError``, or a
+    cuDNN / cuBLAS (or other CUDA library) allocation failure, which arrives as a ``RuntimeError``
+    with the library's status in the message. ``torch.compile`` wraps an error of its backend
+    in ``BackendCompilerFailed`` (kept as ``inner_exception``); ``raise ... from`` keeps it as
+    ``__cause__``: both chains are followed."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OOM_ERRORS):
+            return exc
+        if isinstance(exc, RuntimeError) and any(m in str(exc) for m in _ALLOCATION_FAILURES):
+            inner = getattr(exc, "inner_exception", None)  # a wrapper quotes its inner error
+            return out_of_memory_error(inner) or exc
+        inner = getattr(exc, "inner_exception", None)
+        exc = inner if isinstance(inner, BaseException) else exc.__cause__
+    return None
+
+
+def is_out_of_memory(exc: BaseException | None) -> bool:
+    """True when ``exc`` is or wraps an out-of-memory error (:func:`out_of_memory_error`)."""
+    return out_of_memory_error(exc) is not None
 
 
 def release_memory(device: torch.device | str | None = None) -> None:
@@ -249,9 +266,10 @@ class CurveModule(LightningModule):
                 loss, correct = self._accumulate(opt, x, y, step)
                 break
             except Exception as exc:
-                if not is_out_of_memory(exc):
+                oom = out_of_memory_error(exc)
+                if oom is None:
                     raise
-                error = _detached_error(exc)
+                error = _detached_error(oom)
             # out of the except block: the failed try's tensors are no longer referenced
             opt.zero_grad(set_to_none=True)
             if guard:
@@ -332,9 +350,10 @@ class CurveModule(LightningModule):
                 loss_sum, correct = self._evaluate(x, y, chunk)
                 break
             except Exception as exc:
-                if not is_out_of_memory(exc):
+                oom = out_of_memory_error(exc)
+                if oom is None:
                     raise
-                error = _detached_error(exc)
+                error = _detached_error(oom)
             release_memory(self.device)
             if chunk <= 1:
                 raise MicroBatchTooSmall(f"out of memory in validation even one image at a time: {error}") from error

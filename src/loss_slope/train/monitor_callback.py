@@ -51,7 +51,7 @@ from loss_slope.metrics.errors import MonitorError
 from loss_slope.metrics.monitors import CURVATURE_KEYS, NOISE_KEYS, MonitorConfig, Monitors
 from loss_slope.tables.csvlog import CsvTable
 from loss_slope.train.faults import curvature_oom_injector
-from loss_slope.train.module import is_out_of_memory, release_memory
+from loss_slope.train.module import out_of_memory_error, release_memory
 
 log = logging.getLogger("loss_slope.train")
 
@@ -216,8 +216,8 @@ class MonitorCallback(Callback):
             # vectors on top of a full training process), or e.g. non-finite weights of a diverging run.
             # Only the reason is kept: the exception (and its traceback's frames, which hold the
             # event's tensors) is dropped when this block ends, before the memory is released.
-            if is_out_of_memory(exc):
-                reason = f"out of memory: {_first_line(exc)}"
+            if (oom := out_of_memory_error(exc)) is not None:
+                reason = f"out of memory: {_first_line(oom)}"
             elif isinstance(exc, (MonitorError, RuntimeError, ValueError)):
                 reason = f"failed: {type(exc).__name__}: {_first_line(exc)}"
             else:
