@@ -235,3 +235,35 @@ def test_gradient_moments_load_the_per_element_state_of_version_1():
         moments.observe(g)
         other.observe(g)
     assert float(other.grad_var()) == pytest.approx(float(moments.grad_var()), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))],
+)
+def test_gradient_moments_state_is_a_host_copy_that_resumes_on_the_device(device):
+    gen = torch.Generator().manual_seed(7)
+    grads = [
+        [torch.randn(300, 200, generator=gen).to(device), torch.randn(200, generator=gen).to(device)] for _ in range(6)
+    ]
+    straight, resumed = GradientMoments(), GradientMoments()
+    for g in grads[:3]:
+        straight.observe(g)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    state = straight.state_dict()
+    if device == "cuda":  # no parameter-sized copy on the device, not even for a moment
+        assert torch.cuda.max_memory_allocated() - before < 300 * 200 * 4
+    assert all(t.device.type == "cpu" for t in [*state["mean"], state["m2"]])
+    saved = [t.clone() for t in state["mean"]]
+    straight.observe(grads[3])  # the saved state does not follow the live accumulators
+    assert all(torch.equal(a, b) for a, b in zip(saved, state["mean"]))
+    resumed.load_state_dict(state)
+    resumed.observe(grads[3])
+    for g in grads[4:]:
+        straight.observe(g)
+        resumed.observe(g)
+    assert resumed.grad_var().device.type == device
+    assert torch.equal(straight.grad_var(), resumed.grad_var())

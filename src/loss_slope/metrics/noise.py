@@ -357,13 +357,16 @@ class GradientMoments:
     def state_dict(self) -> dict[str, Any]:
         """``count``, the per-element ``mean`` and the scalar ``m2``: all a resumed window needs.
 
-        At a report boundary (``count == 0``) the mean is all zeros and is not saved.
+        At a report boundary (``count == 0``) the mean is all zeros and is not saved. The saved
+        tensors are host copies: a copy on the GPU would add a parameter-sized block to device
+        memory at every checkpoint (the accumulators move back to the gradients' device at the
+        first :meth:`observe` after a load).
         """
         live = self._mean is not None and self.count > 0
         return {
             "count": self.count,
-            "mean": [m.clone() for m in self._mean] if live else None,
-            "m2": self._m2.clone() if live else None,
+            "mean": [m.to("cpu", copy=True) for m in self._mean] if live else None,
+            "m2": self._m2.to("cpu", copy=True) if live else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
