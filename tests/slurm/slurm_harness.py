@@ -80,7 +80,7 @@ class Cluster:
 
     def sacct(self, run_id: str) -> list[dict[str, str]]:
         """Accounting rows (allocations only) of all jobs named run_id."""
-        fields = "JobIDRaw,State,ExitCode,Partition,Account,AllocTRES,Comment,Submit,Eligible,Start,End"
+        fields = "JobIDRaw,State,ExitCode,Partition,Account,AllocTRES,ReqMem,Comment,Submit,Eligible,Start,End"
         r = run(
             [
                 "sacct",

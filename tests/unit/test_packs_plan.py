@@ -89,6 +89,61 @@ def test_cpu_probe_refused_for_a_slurm_study(tmp_path):
     P.check_plan(fixed, slurm=True)  # a fixed N was measured nowhere
 
 
+def _attempt(run_dir, job_attempt, status, start_step=0, t=None):
+    """One attempt of a run as the trainer logs it (``status=None``: killed, no end record)."""
+    from loss_slope.train.attempts import end_attempt, start_attempt
+
+    log = run_dir / "attempts.jsonl"
+    n = start_attempt(log, start_step=start_step, reason="resume", snakemake_attempt=str(job_attempt))
+    if t is not None:  # the start time, for records of an older invocation
+        lines = log.read_text().splitlines()
+        lines[-1] = json.dumps({**json.loads(lines[-1]), "time": t})
+        log.write_text("\n".join(lines) + "\n")
+    if status is not None:
+        end_attempt(log, attempt=n, end_step=start_step + 10, status=status)
+
+
+def test_memory_grows_after_a_kill_or_an_error_not_after_a_time_budget_stop(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert R.memory_attempt([a, b], 1) == 1
+    # attempts 1 and 2 of both runs stopped at the time budget (or by SIGTERM): attempt 3 asks for
+    # the first attempt's memory
+    for job in (1, 2):
+        _attempt(a, job, "unfinished")
+        _attempt(b, job, "preempted" if job == 2 else "unfinished")
+    assert R.memory_attempt([a, b], 3) == 1
+    assert R.pack_mem_mb(2, 6000, 2000, R.memory_attempt([a, b], 3)) == 14000
+    # attempt 3: run a was killed (the job over its memory: no end record) while b finished
+    _attempt(a, 3, None)
+    _attempt(b, 3, "completed")
+    assert R.memory_attempt([a, b], 4) == 2  # x 1.5, as a second attempt would
+    _attempt(a, 4, "failed")
+    assert R.memory_attempt([a, b], 5) == 3
+    # an attempt no run recorded (the job died before a run started) counts as a failure
+    assert R.memory_attempt([a, b], 6) == 4
+
+
+def test_memory_attempt_reads_only_this_invocations_attempts(tmp_path):
+    a = tmp_path / "a"
+    _attempt(a, 1, None, t=1000.0)  # an older invocation: killed at its attempt 1 and 2
+    _attempt(a, 2, None, t=1100.0)
+    _attempt(a, 1, "unfinished", t=5000.0)  # this invocation (started at 4000): a time-budget stop
+    assert R.memory_attempt([a], 2, since=4000.0) == 1
+    assert R.memory_attempt([a], 3, since=4000.0) == 2  # attempt 2 left no record
+    # without the start time, the falling attempt numbers end the trail at the older invocation
+    b = tmp_path / "b"
+    _attempt(b, 1, "unfinished")
+    _attempt(b, 2, None)
+    _attempt(b, 1, "unfinished")
+    assert R.memory_attempt([b], 2) == 1
+    # records without a Snakemake attempt (a run started by hand) count for nothing
+    c = tmp_path / "c"
+    from loss_slope.train.attempts import start_attempt
+
+    start_attempt(c / "attempts.jsonl", start_step=0, reason="fresh")
+    assert R.memory_attempt([c], 3) == 3
+
+
 def test_resource_contract():
     assert R.pack_cpus(3, 2) == 6
     assert [R.pack_mem_mb(3, 6000, 2000, a) for a in (1, 2, 3, 4)] == [20000, 30000, 40000, 40000]

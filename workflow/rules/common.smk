@@ -2,6 +2,7 @@ import gc
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -136,6 +137,9 @@ RUNS_BY_VARIANT = {
 }
 WORK_ROOT = config["paths"]["work_root"]
 PACKING = config["packing"]
+# when this Snakemake invocation started: a pack's memory request reads only this
+# invocation's attempts (pack_mem_mb)
+INVOCATION_START = time.time()
 # packing.mps: off | on | auto (YAML reads a bare off/on as a boolean). It reaches the
 # pack jobs through their shell command, not params: switching MPS retrains nothing.
 MPS_SETTING = {True: "on", False: "off"}.get(PACKING["mps"], PACKING["mps"])
@@ -324,13 +328,26 @@ def pack_cpus(wildcards):
     return res.pack_cpus(pack_size(wildcards), config["training"]["threads"])
 
 
+def pack_work_runs(wildcards):
+    """The work trees of the pack's runs (training state; not Snakemake files)."""
+    v = wildcards.variant
+    return [
+        WORK_RUN.format(work_root=WORK_ROOT, variant=v, run=r)
+        for r in pack_members(wildcards)
+    ]
+
+
 def pack_mem_mb(wildcards, attempt):
+    """Grows on a retry after a kill or an error, not after a time-budget stop."""
     per_run = (
         pack_measured(wildcards).get("host_mem_mb_per_run")
         or PACKING["host_mem_mb_per_run"]
     )
     return res.pack_mem_mb(
-        pack_size(wildcards), per_run, PACKING["host_mem_margin_mb"], attempt
+        pack_size(wildcards),
+        per_run,
+        PACKING["host_mem_margin_mb"],
+        res.memory_attempt(pack_work_runs(wildcards), attempt, since=INVOCATION_START),
     )
 
 
@@ -357,13 +374,7 @@ def pack_runtime(wildcards):
     if not step_s:
         return int(PACKING["runtime_minutes"])
     total = variant_facts(wildcards.variant).total_steps
-    left = max(
-        total
-        - res.steps_done(
-            WORK_RUN.format(work_root=WORK_ROOT, variant=wildcards.variant, run=r)
-        )
-        for r in pack_members(wildcards)
-    )
+    left = max(total - res.steps_done(d) for d in pack_work_runs(wildcards))
     return res.pack_runtime_minutes(
         left,
         step_s,
