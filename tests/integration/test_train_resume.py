@@ -88,6 +88,11 @@ def test_sigkill_twice_then_resume_is_exact(reference, tmp_path):
     assert (run / "done.json").exists()
     ck = pd.read_csv(run / "tables" / "checkpoints.csv")
     assert ck[ck.kind == "latest"].step.tolist() == list(range(11, 133, 11))
+    # the two killed attempts wrote files that no end record counts; the outcome says so
+    written = json.loads((run / "run_info.json").read_text())["outcome"]["checkpoints"]
+    assert written["attempts_not_counted"] == 2
+    last = [a for a in attempts if a["event"] == "end"]
+    assert len(last) == 1 and written["files"] == last[0]["checkpoints"]["files"] > 0
 
 
 def test_ctrl_c_stops_at_the_end_of_a_step_and_resumes_exactly(reference, tmp_path):
@@ -104,6 +109,27 @@ def test_ctrl_c_stops_at_the_end_of_a_step_and_resumes_exactly(reference, tmp_pa
         pd.testing.assert_frame_equal(a[cols], b[cols], check_exact=True)
     attempts = [json.loads(line) for line in (run / "attempts.jsonl").read_text().splitlines()]
     assert not [a for a in attempts if a.get("status") == "failed"]
+    # each stopped attempt recorded the files it wrote (its stop checkpoint at least); the outcome sums them
+    ends = [a for a in attempts if a["event"] == "end"]
+    assert [a["status"] for a in ends] == ["preempted", "preempted", "completed"]
+    assert all(a["checkpoints"]["files"] >= 1 for a in ends)
+    written = json.loads((run / "run_info.json").read_text())["outcome"]["checkpoints"]
+    assert written["attempts_not_counted"] == 0
+    assert written["files"] == sum(a["checkpoints"]["files"] for a in ends)
+    assert written["written_mb"] == pytest.approx(sum(a["checkpoints"]["written_mb"] for a in ends))
+
+
+def test_the_outcome_counts_every_checkpoint_file_written(reference):
+    """One attempt: the files and bytes in the outcome are those of the checkpoints table (one row
+    per file, its size measured on disk), and the time on them is recorded."""
+    written = json.loads((reference / "run_info.json").read_text())["outcome"]["checkpoints"]
+    ck = pd.read_csv(reference / "tables" / "checkpoints.csv")
+    assert written["files"] == len(ck) > 12  # 12 latest (one per validation here) and the best ones
+    assert written["written_mb"] == pytest.approx(ck.checkpoint_size_mb.sum(), rel=1e-9)
+    assert written["attempts_not_counted"] == 0
+    assert written["write_s"] > 0 and written["snapshot_s"] > 0 and written["wait_s"] >= 0
+    done = json.loads((reference / "done.json").read_text())
+    assert done["checkpoints"] == written and done["attempts"][0]["checkpoints"]["files"] == len(ck)
 
 
 def test_completed_run_is_not_retrained(reference):

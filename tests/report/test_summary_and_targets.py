@@ -227,3 +227,26 @@ def test_the_calibrated_lrt_threshold_has_one_source():
     for name in ("config.yaml", "study.yaml", "simulated.yaml"):
         cfg = yaml.safe_load((repo / "config" / name).read_text())
         assert cfg["analysis"]["fit"]["lrt_threshold"] == LRT_THRESHOLD, name
+
+
+def test_summary_sums_the_checkpoint_files_per_variant():
+    from loss_slope.pipeline.fit_run import checkpoint_fields
+
+    runs, fits = partial_sweep()
+    rows = [dict(f["row"]) for f in fits]
+    info = {"outcome": {"checkpoints": {"files": 72, "written_mb": 86.75, "snapshot_s": 0.19, "wait_s": 0.11}}}
+    assert checkpoint_fields(info) == {"checkpoint_files": 72, "checkpoint_written_mb": 86.75}
+    assert checkpoint_fields({"outcome": {}}) == {"checkpoint_files": None, "checkpoint_written_mb": None}
+    for i, r in enumerate(rows):  # one run trained before the record existed
+        r.update(checkpoint_fields(info if i else {}))
+    table = run_table(rows, runs)
+    md = render_summary(table, study_statistics(table, study=STUDY), FIGS)
+    assert "## Checkpoints written" in md
+    recorded = table[table.checkpoint_files.notna()]
+    assert f"{86.75 * len(recorded) / 1e3:,.2f} GB in {72 * len(recorded)} files over {len(recorded)} run(s)" in md
+    first = table.variant.iloc[0]
+    mine = table[table.variant == first]
+    n_rec = int(mine.checkpoint_files.notna().sum())
+    assert f"| {first} | {n_rec} of {len(mine)} | {72 * n_rec} | {86.75 * n_rec:,.1f} | 86.8 |" in md
+    table.loc[:, ["checkpoint_files", "checkpoint_written_mb"]] = float("nan")
+    assert "Checkpoints written" not in render_summary(table, study_statistics(table, study=STUDY), FIGS)

@@ -94,6 +94,11 @@ def test_reference_tables_exactly_once(reference):
         if info["outcome"]["status"] == "complete":
             assert steps.step.tolist() == list(range(TOTAL))
             assert len(pd.read_csv(d / "tables" / "val.csv")) == 200
+        # the outcome counts the checkpoint files of the table (one row per file, its size on disk)
+        ck = pd.read_csv(d / "tables" / "checkpoints.csv")
+        written = info["outcome"]["checkpoints"]
+        assert written["files"] == len(ck) > 0 and written["attempts_not_counted"] == 0
+        assert written["written_mb"] == pytest.approx(ck.checkpoint_size_mb.sum(), rel=1e-9)
         assert info["steps_per_epoch"] == 391 and info["epochs"] == 50
         assert (d / "truth.json").exists() and (d / "done.json").exists()
 

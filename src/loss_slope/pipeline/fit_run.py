@@ -186,6 +186,17 @@ def micro_batch_fields(run_info: Mapping[str, Any]) -> dict:
     return {"micro_batch": mb.get("final"), "oom_fallbacks": len(mb.get("changes") or [])}
 
 
+def checkpoint_fields(run_info: Mapping[str, Any]) -> dict:
+    """What the run wrote as checkpoints: ``checkpoint_files`` and ``checkpoint_written_mb``
+    (10^6 bytes) over its attempts that recorded an end, from the ``run_info.json`` outcome
+    (whose ``checkpoints`` also holds the seconds they took); None for a run trained before
+    they were recorded. Sizes, not times: the fit rows stay the same from one run to the next."""
+    c = (run_info.get("outcome") or {}).get("checkpoints")
+    if not isinstance(c, Mapping):
+        return {"checkpoint_files": None, "checkpoint_written_mb": None}
+    return {"checkpoint_files": c.get("files"), "checkpoint_written_mb": c.get("written_mb")}
+
+
 def fit_run_tables(
     steps,
     val,
@@ -243,6 +254,7 @@ def fit_run_tables(
         "steps_per_epoch": spe,
         "diverged_step": None,
         **micro_batch_fields(run_info),
+        **checkpoint_fields(run_info),
     }
     out: dict[str, Any] = {
         "row": row,

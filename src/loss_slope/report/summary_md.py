@@ -325,6 +325,39 @@ def _micro_batch_section(table: pd.DataFrame) -> list[str]:
     ]
 
 
+def _checkpoint_section(table: pd.DataFrame) -> list[str]:
+    """What the runs wrote as checkpoint files, per variant (``checkpoint_*`` columns of the
+    runs table; runs without a record, e.g. trained before it existed, are counted apart)."""
+    if "checkpoint_written_mb" not in table.columns:
+        return []
+    mb = pd.to_numeric(table["checkpoint_written_mb"], errors="coerce")
+    files = pd.to_numeric(table["checkpoint_files"], errors="coerce")
+    if not mb.notna().any():
+        return []
+    rows = []
+    for variant, idx in table.groupby("variant", sort=False).groups.items():
+        m, f = mb.loc[idx].dropna(), files.loc[idx].dropna()
+        rows.append(
+            [
+                variant,
+                f"{len(m)} of {len(idx)}",
+                f"{f.sum():.0f}",
+                f"{m.sum():,.1f}",
+                f"{m.median():,.1f}" if len(m) else "—",
+            ]
+        )
+    return [
+        "## Checkpoints written",
+        "",
+        f"{mb.sum() / 1e3:,.2f} GB in {files.sum():.0f} files over {int(mb.notna().sum())} run(s), every "
+        "attempt that recorded its end (a killed attempt's files are not counted; `trainer.checkpoint` sets "
+        "how often `latest` is saved):",
+        "",
+        _table(["variant", "runs with a record", "files", "MB written", "MB per run (median)"], rows),
+        "",
+    ]
+
+
 def render_summary(
     table: pd.DataFrame,
     stats: StudyStats,
@@ -387,6 +420,7 @@ def render_summary(
     out += ["## Model comparison, knees and the LR × WD grid", "", *figs("models")]
     out += _excluded_section(table, stats)
     out += _micro_batch_section(table)
+    out += _checkpoint_section(table)
     if table_paths:
         out += ["## Files", ""] + [f"- [{label}]({p})" for label, p in table_paths.items()] + [""]
     st = stats.settings.study.to_dict()

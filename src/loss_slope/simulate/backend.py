@@ -40,7 +40,13 @@ from loss_slope.jsonio import write_json
 from loss_slope.simulate import model
 from loss_slope.tables.csvlog import CsvTable
 from loss_slope.tables.schema import LN2, TABLES
-from loss_slope.train.attempts import end_attempt, read_attempts, start_attempt, summarize_attempts
+from loss_slope.train.attempts import (
+    checkpoint_summary,
+    end_attempt,
+    read_attempts,
+    start_attempt,
+    summarize_attempts,
+)
 from loss_slope.train.divergence import DivergenceGuard
 from loss_slope.train.exit_codes import EXIT_OK, EXIT_UNFINISHED
 from loss_slope.train.fingerprint import config_fingerprint
@@ -277,10 +283,20 @@ def _simulate(cfg) -> int:
         if mon["checkpoint_size"] and (start, "latest") not in seen:  # killed between the file and its row
             _ckpt_row(ckpt_t, seen, start, spe, "latest", paths.latest, when=clock(start))
 
+    # the checkpoint files this attempt writes (as AtomicCheckpointIO.stats: nothing is copied or waited for)
+    written = {"files": 0, "written_mb": 0.0, "snapshot_s": 0.0, "wait_s": 0.0, "write_s": 0.0}
+
+    def put_state(path: Path, state: dict) -> None:
+        t_write = time.perf_counter()
+        _write_state(path, state, durable=durable)
+        written["write_s"] += time.perf_counter() - t_write
+        written["files"] += 1
+        written["written_mb"] += path.stat().st_size / 1e6
+
     def save_latest(step: int) -> None:
         for t in tables:
             t.sync()
-        _write_state(
+        put_state(
             paths.latest,
             {
                 "global_step": step,
@@ -290,7 +306,6 @@ def _simulate(cfg) -> int:
                 "fingerprint": fingerprint,
                 "rng": {"seed": int(sim["seed"]), "cell": params["cell"], "run_seed": seed},
             },
-            durable=durable,
         )
         if mon["checkpoint_size"]:
             _ckpt_row(ckpt_t, seen, step, spe, "latest", paths.latest, when=clock(step))
@@ -300,7 +315,7 @@ def _simulate(cfg) -> int:
         if k <= 0 or (len(best) >= k and value >= max(b[0] for b in best)):
             return
         path = paths.best_dir / f"best-{step}.ckpt"
-        _write_state(path, {"global_step": step, "loss_val_nats": value, "backend": "simulated"}, durable=durable)
+        put_state(path, {"global_step": step, "loss_val_nats": value, "backend": "simulated"})
         best.append([value, step])
         if len(best) > k:
             worst = max(best)
@@ -430,6 +445,7 @@ def _simulate(cfg) -> int:
                 status=status,
                 checkpoint_step=done_steps,
                 seconds=time.time() - t0,
+                checkpoints=dict(written),
             )
             log.warning(
                 "%s at step %d of %d: checkpoint saved; a rerun resumes it",
@@ -456,7 +472,9 @@ def _simulate(cfg) -> int:
         end_step=done_steps,
         status="completed" if outcome["status"] == "complete" else outcome["status"],
         seconds=time.time() - t0,
+        checkpoints=dict(written),
     )
+    outcome["checkpoints"] = checkpoint_summary(read_attempts(paths.attempts))
     write_state_json(paths.run_info, {**json.loads(paths.run_info.read_text()), "outcome": outcome})
     done = {
         **outcome,

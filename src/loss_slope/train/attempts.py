@@ -90,3 +90,19 @@ def summarize_attempts(records: list[dict]) -> list[dict]:
                 **{k: v for k, v in r.items() if k not in ("event", "time", "attempt", "end_step", "status")},
             )
     return [by[k] for k in sorted(by)]
+
+
+CHECKPOINT_STATS = ("files", "written_mb", "snapshot_s", "wait_s", "write_s")
+
+
+def checkpoint_summary(records: list[dict]) -> dict:
+    """The checkpoint files the run wrote, over all attempts that recorded an end
+    (``AtomicCheckpointIO.stats`` in each ``end`` record): the sums, and how many
+    attempts ended without a record (killed: their writes are not counted)."""
+    ends = [r for r in records if r.get("event") == "end"]
+    started = {r["attempt"] for r in records if r.get("event") == "start"}
+    stats = [r["checkpoints"] for r in ends if isinstance(r.get("checkpoints"), dict)]
+    out = {k: sum(float(s.get(k) or 0) for s in stats) for k in CHECKPOINT_STATS}
+    out["files"] = int(out["files"])
+    out["attempts_not_counted"] = len(started - {r["attempt"] for r in ends if isinstance(r.get("checkpoints"), dict)})
+    return out

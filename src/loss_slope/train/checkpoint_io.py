@@ -64,7 +64,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ``checkpoint_size_mb`` there); with ``background=True`` they run in the
     writer thread.
 
-    ``bytes_written`` and ``saves`` count the files put in place by this object.
+    ``bytes_written`` and ``saves`` count the files put in place by this object;
+    :meth:`stats` sums them up with the time spent on them.
     """
 
     def __init__(self, *, background: bool = False) -> None:
@@ -76,6 +77,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self.saves = 0
         self.snapshot_seconds = 0.0  # time the training thread spent copying to host memory
         self.wait_seconds = 0.0  # time it spent waiting for a previous write
+        self.write_seconds = 0.0  # time writing, fsyncing and renaming (the writer thread's, when in the background)
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
@@ -104,6 +106,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def _write(self, checkpoint: dict, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
+        t0 = time.perf_counter()
         try:
             with open(tmp, "wb") as fh:
                 torch.save(checkpoint, fh)
@@ -115,6 +118,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        self.write_seconds += time.perf_counter() - t0
         self.bytes_written += size
         self.saves += 1
         for fn in self.after_save:
@@ -131,6 +135,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if self._error is not None:
             error, self._error = self._error, None
             raise error
+
+    def stats(self) -> dict[str, float]:
+        """The saves so far: ``files``, ``written_mb`` (10^6 bytes), and seconds: ``snapshot_s``
+        and ``wait_s`` on the training thread, ``write_s`` writing (in the writer thread when
+        in the background). A save still in flight is not counted."""
+        return {
+            "files": self.saves,
+            "written_mb": self.bytes_written / 1e6,
+            "snapshot_s": self.snapshot_seconds,
+            "wait_s": self.wait_seconds,
+            "write_s": self.write_seconds,
+        }
 
     def teardown(self) -> None:
         self.wait()

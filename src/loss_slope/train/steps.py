@@ -35,7 +35,14 @@ from pytorch_lightning.callbacks import ModelCheckpoint, Timer
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from loss_slope.data.datasets import DataBundle, build_data
-from loss_slope.train.attempts import end_attempt, read_attempts, record_event, start_attempt, summarize_attempts
+from loss_slope.train.attempts import (
+    checkpoint_summary,
+    end_attempt,
+    read_attempts,
+    record_event,
+    start_attempt,
+    summarize_attempts,
+)
 from loss_slope.train.checkpoint_io import AtomicCheckpointIO, checkpoint_step
 from loss_slope.train.divergence import DivergenceGuard
 from loss_slope.train.exit_codes import EXIT_ERROR, EXIT_OK, EXIT_UNFINISHED
@@ -307,6 +314,7 @@ def train(run: Run, parts: Parts) -> Ending:
             end_step=parts.trainer.global_step,
             status="failed",
             error=f"{type(exc).__name__}: {exc}",
+            checkpoints=parts.checkpoint_io.stats(),
         )
         if isinstance(exc, MicroBatchTooSmall):
             return Ending("failed", t0, error=exc)
@@ -327,6 +335,7 @@ def finish(cfg, run: Run, parts: Parts, ending: Ending) -> int:
     if ending.how == "failed":  # a known reason: one clear line, no traceback
         log.error("run failed: %s", ending.error)
         return EXIT_ERROR
+    io = parts.checkpoint_io
     if ending.how == "preempted":
         end_attempt(
             paths.attempts,
@@ -335,17 +344,19 @@ def finish(cfg, run: Run, parts: Parts, ending: Ending) -> int:
             status="preempted",
             checkpoint_step=parts.on_interrupt.saved_step,
             seconds=time.time() - ending.t0,
+            checkpoints=io.stats(),
         )
         log.warning("SIGTERM at step %d of %d: checkpoint saved; a rerun resumes it", step, total)
         return EXIT_UNFINISHED
-    io = parts.checkpoint_io
+    ckpt = io.stats()
     log.info(
         "checkpoints this attempt: %d files, %.1f MB written; %.2f s copying to host memory, %.2f s waiting "
-        "for a previous write",
-        io.saves,
-        io.bytes_written / 1e6,
-        io.snapshot_seconds,
-        io.wait_seconds,
+        "for a previous write (%.2f s writing in the background)",
+        ckpt["files"],
+        ckpt["written_mb"],
+        ckpt["snapshot_s"],
+        ckpt["wait_s"],
+        ckpt["write_s"],
     )
     outcome = {
         "status": "complete",
@@ -357,7 +368,12 @@ def finish(cfg, run: Run, parts: Parts, ending: Ending) -> int:
         outcome = {**outcome, "status": "diverged", "diverged_at_step": diverged[0], "reason": diverged[1]}
     elif step < total:
         end_attempt(
-            paths.attempts, attempt=run.attempt, end_step=step, status="unfinished", seconds=time.time() - ending.t0
+            paths.attempts,
+            attempt=run.attempt,
+            end_step=step,
+            status="unfinished",
+            seconds=time.time() - ending.t0,
+            checkpoints=ckpt,
         )
         log.warning("stopped at step %d of %d (time budget); the latest checkpoint resumes it", step, total)
         return EXIT_UNFINISHED
@@ -367,7 +383,9 @@ def finish(cfg, run: Run, parts: Parts, ending: Ending) -> int:
         end_step=step,
         status="completed" if outcome["status"] == "complete" else outcome["status"],
         seconds=time.time() - ending.t0,
+        checkpoints=ckpt,
     )
+    outcome["checkpoints"] = checkpoint_summary(read_attempts(paths.attempts))
     # the outcome travels with run_info.json (exported), so validation and the fits see it
     write_state_json(paths.run_info, {**json.loads(paths.run_info.read_text()), "outcome": outcome})
     done = {
