@@ -62,6 +62,7 @@ def test_compiled_training_forward_keeps_the_state_dict_and_the_numerics():
     assert keys == {"net.1.weight", "net.1.bias"}  # no _orig_mod prefix: checkpoints stay interchangeable
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (inductor code generation)")
 def test_inductor_compiled_training_on_cuda_matches_eager():
     torch.manual_seed(0)
@@ -271,3 +272,87 @@ def test_cuda_fit_uses_fused_adamw_and_cudnn_benchmark():
     trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=8))
     assert torch.backends.cudnn.benchmark is True
     assert trainer.optimizers[0].defaults["fused"] is True
+
+
+def test_the_failed_try_is_freed_before_the_out_of_memory_fallback_releases_memory(monkeypatch):
+    """The activations of the step that ran out of memory must be garbage when the cache is emptied:
+    nothing (the exception, its traceback's frames) may keep them for the half-size retry."""
+    import weakref
+
+    import loss_slope.train.module as module_mod
+
+    made = []  # weak references to one activation per forward, and the batch it saw
+
+    class Hungry(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(12, 3)
+
+        def forward(self, x):
+            act = x.flatten(1) * 2.0
+            made.append((x.shape[0], weakref.ref(act)))
+            if x.shape[0] > 2:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return self.fc(act)
+
+    alive_at_release = []
+
+    def release(device=None):
+        alive_at_release.append([n for n, ref in made if n > 2 and ref() is not None])
+
+    monkeypatch.setattr(module_mod, "release_memory", release)
+    torch.manual_seed(0)
+    module = CurveModule(
+        Hungry(),
+        lambda p: torch.optim.SGD(p, lr=0.1),
+        Schedule("constant", 0, 10),
+        micro_batcher=MicroBatcher(min_size=1),
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        max_epochs=-1,
+    )
+    x, y = torch.randn(8, 3, 2, 2), torch.randint(0, 3, (8,))
+    trainer.fit(
+        module, train_dataloaders=torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+    )
+    assert trainer.global_step == 1 and module.micro.size == 2  # 8 -> 4 -> 2
+    assert alive_at_release == [[], []]  # two fallbacks, each after the failed tries' tensors were freed
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_gradient_clipping_works_with_a_fused_optimizer_under_bf16(precision):
+    """On CUDA AdamW runs fused (it unscales its own gradients); Lightning's own clipping refuses such an
+    optimizer under any mixed precision. The CPU's fused AdamW takes the same branch."""
+    import functools
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    module = CurveModule(
+        net,
+        functools.partial(torch.optim.AdamW, lr=1e-3, fused=True),
+        Schedule("constant", 0, 10),
+        gradient_clip_val=1e-3,
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        precision=precision,
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        max_epochs=-1,
+    )
+    x, y = torch.randn(8, 3, 2, 2) * 10, torch.randint(0, 3, (8,))
+    trainer.fit(
+        module, train_dataloaders=torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+    )
+    assert trainer.global_step == 2

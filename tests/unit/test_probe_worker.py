@@ -175,3 +175,27 @@ def test_on_a_gpu_the_peak_counts_reserved_memory_and_the_context(tmp_path):
     assert w["context_mb"] and w["context_mb"] > 50  # driver, kernels, library handles
     assert w["peak_mem_mb"] == pytest.approx(w["peak_reserved_mb"] + w["context_mb"])
     assert w["peak_reserved_mb"] >= w["peak_allocated_mb"]
+
+
+def test_nvml_is_asked_about_the_gpu_cuda_uses(monkeypatch):
+    """NVML numbers every GPU of the node, CUDA the visible ones: with CUDA_VISIBLE_DEVICES=2,3 the
+    probe's CUDA device 0 is NVML's GPU 2, for the device's used memory and for this process's own."""
+    import sys
+    import types
+
+    from loss_slope.probe import worker
+
+    asked = []
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: None,
+        nvmlDeviceGetHandleByIndex=lambda i: asked.append(i) or f"gpu{i}",
+        nvmlDeviceGetMemoryInfo=lambda handle: types.SimpleNamespace(used=3 * 2**20),
+        nvmlDeviceGetComputeRunningProcesses=lambda handle: [types.SimpleNamespace(pid=-1, usedGpuMemory=1)],
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert worker._device_used_mb() == 3.0
+    assert worker._process_gpu_mb(types.SimpleNamespace(index=1)) is None  # not listed: no figure
+    assert asked == [2, 3]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert worker._nvml_index(0) == 0

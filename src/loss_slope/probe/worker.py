@@ -133,6 +133,17 @@ class _Window(Callback):
             gpu_footprint(self.device, self.out)
 
 
+def _nvml_index(cuda_index: int) -> int:
+    """NVML's number of the GPU that CUDA calls ``cuda_index``: NVML numbers every GPU of the node,
+    CUDA only the visible ones (``CUDA_VISIBLE_DEVICES``, by number or UUID). Creates no CUDA context."""
+    import torch
+
+    try:
+        return int(torch.cuda._get_nvml_device_index(cuda_index))
+    except Exception:  # a private helper of torch's: without it, assume the numbers agree
+        return cuda_index
+
+
 def _process_gpu_mb(device) -> float | None:
     """This process's GPU memory as NVML reports it (context included), or None (no NVML, or it
     does not name this process: e.g. another PID namespace)."""
@@ -140,7 +151,7 @@ def _process_gpu_mb(device) -> float | None:
         import pynvml
 
         pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+        handle = pynvml.nvmlDeviceGetHandleByIndex(_nvml_index(device.index or 0))
         for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
             if proc.pid == os.getpid() and proc.usedGpuMemory:
                 return proc.usedGpuMemory / 2**20
@@ -179,7 +190,7 @@ def _device_used_mb() -> float | None:
         import pynvml
 
         pynvml.nvmlInit()
-        info = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0))
+        info = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(_nvml_index(0)))
         return info.used / 2**20
     except Exception:
         return None

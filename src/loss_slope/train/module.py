@@ -270,6 +270,7 @@ class CurveModule(LightningModule):
                 if oom is None:
                     raise
                 error = _detached_error(oom)
+                del oom  # its traceback holds the failed try's frames, and so its tensors
             # out of the except block: the failed try's tensors are no longer referenced
             opt.zero_grad(set_to_none=True)
             if guard:
@@ -321,10 +322,12 @@ class CurveModule(LightningModule):
 
     def on_before_optimizer_step(self, optimizer):
         # after the callbacks' hooks (they see the unclipped gradient, as in automatic optimization)
+        # Clipped here, not through Lightning's clip_gradients: that refuses any optimizer that unscales
+        # gradients itself (fused AdamW on CUDA) under a mixed precision, bf16 included, although
+        # bf16 has no loss scaler (16-mixed, which has one, is refused by the config)
         if self.gradient_clip_val:
-            self.clip_gradients(
-                optimizer, gradient_clip_val=float(self.gradient_clip_val), gradient_clip_algorithm="norm"
-            )
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, max_norm=float(self.gradient_clip_val))
 
     # ---- the micro-batch survives a resume ---------------------------------
     def on_save_checkpoint(self, checkpoint):
@@ -354,6 +357,7 @@ class CurveModule(LightningModule):
                 if oom is None:
                     raise
                 error = _detached_error(oom)
+                del oom  # its traceback holds the failed chunk's frames, and so its tensors
             release_memory(self.device)
             if chunk <= 1:
                 raise MicroBatchTooSmall(f"out of memory in validation even one image at a time: {error}") from error

@@ -216,12 +216,14 @@ class MonitorCallback(Callback):
             # vectors on top of a full training process), or e.g. non-finite weights of a diverging run.
             # Only the reason is kept: the exception (and its traceback's frames, which hold the
             # event's tensors) is dropped when this block ends, before the memory is released.
-            if (oom := out_of_memory_error(exc)) is not None:
+            oom = out_of_memory_error(exc)
+            if oom is not None:
                 reason = f"out of memory: {_first_line(oom)}"
             elif isinstance(exc, (MonitorError, RuntimeError, ValueError)):
                 reason = f"failed: {type(exc).__name__}: {_first_line(exc)}"
             else:
                 raise
+            del oom  # a local outlives the block: it would keep the traceback and the event's tensors
         if reason is not None:
             release_memory(pl_module.device)
             log.warning("curvature at step %d: %s; writing a NaN row and training on", s, reason)
