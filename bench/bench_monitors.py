@@ -255,6 +255,8 @@ def main() -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_monitors: --device cuda but no CUDA device is visible")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as training sets it (CurveModule)
     model = CifarResNet18(base_width=args.base_width, blocks=(2, 2, 2, 2)).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     loss_fn = nn.functional.cross_entropy

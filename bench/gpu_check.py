@@ -1,6 +1,7 @@
-"""GPU check: how many runs to pack on one GPU, and what the data path is worth.
+"""GPU check: the GPU-only tests, how many runs to pack on one GPU (with and without MPS),
+what the data path is worth, and the host syncs and checkpoint saves of the real loop.
 
-One command, on a machine with one CUDA GPU (takes about 3-8 minutes)::
+One command, on a machine with one CUDA GPU (under 10 minutes with the monitor benchmark)::
 
     bench/gpu_check.sh                              # writes docs/gpu_check.md and prints it
     bench/gpu_check.sh --markdown /tmp/gpu.md       # somewhere else
@@ -18,6 +19,8 @@ What it measures, on CIFAR-10-shaped synthetic data (3x32x32 uint8 images,
 in the archive's pickle layout to a temporary folder so that the project's own
 reader and probe worker load it unchanged (no download):
 
+0. **GPU-only tests.** ``pytest -m gpu`` (every test that skips without CUDA carries the
+   marker; this script's own end-to-end test is left out). Default on a GPU; ``--no-tests``.
 1. **Runs per GPU.** For S-core and S-narrow (the models of
    ``experiment=s_core`` / ``s_narrow``) and k = 1..``--max-n``, k concurrent
    processes of :mod:`loss_slope.probe.worker` (via
@@ -26,7 +29,9 @@ reader and probe worker load it unchanged (no download):
    process, peak GPU memory per process (peak reserved memory + its CUDA context),
    OOM. N is chosen by :func:`loss_slope.probe.capacity.choose_runs_per_gpu`,
    the function the pipeline uses; the packing gain is the total throughput
-   at N over that at k = 1.
+   at N over that at k = 1. With ``--mps auto`` (the default) the probe
+   (:func:`loss_slope.probe.capacity.probe_capacity`) measures k = 2.. again under an
+   MPS daemon of its own and keeps MPS only when faster; the GPU's compute mode is read first.
 2. **Data path.** One process, S-core: the project's fast path (dataset and
    RandomResizedCrop + flip on the device, :mod:`loss_slope.data.loader`)
    against a plain ``torch.utils.data.DataLoader`` (uint8 CPU tensors, the
@@ -37,6 +42,12 @@ reader and probe worker load it unchanged (no download):
    both (the CPU smoke run leaves ``channels_last`` out: it is a CUDA option). They change numerics
    (other kernels; bf16 rounding), so training keeps them off unless a user opts in (``trainer.channels_last``,
    ``trainer.precision``).
+
+4. **The real training loop.** One S-core run of ``--real-epochs`` (1) epoch through
+   :func:`loss_slope.train.run.run_training` in this process (validations, monitors,
+   recorder, checkpoints), under ``torch.cuda.set_sync_debug_mode("warn")``: host syncs per
+   quarter-epoch window and part of the run (:class:`SyncCounter`), the median step interval,
+   and the run's checkpoint record (files, MB, time on the training thread and in the writer).
 
 The chosen N is what the pipeline's ``probe_capacity`` rule would pick on
 this GPU; to fix N for a study without probing, set ``packing.runs_per_gpu``
@@ -51,15 +62,20 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import pickle
 import platform
+import re
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra.utils
@@ -70,7 +86,7 @@ import torch.nn.functional as F
 from loss_slope.data.augment import AugmentConfig, random_resized_crop_flip
 from loss_slope.data.cifar10 import FOLDER, MEAN, STD, TEST_FILE, TRAIN_FILES, read_cifar10
 from loss_slope.data.datasets import build_data
-from loss_slope.probe.capacity import choose_runs_per_gpu, run_level
+from loss_slope.probe.capacity import probe_capacity, run_level
 from loss_slope.train.compose import compose_train_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -258,6 +274,8 @@ def compare_paths(
     cfg = compose_train_config([*overrides, "run_dir=/nonexistent"])
     torch.set_num_threads(int(cfg.trainer.threads))  # as the probe worker and training do
     device = torch.device("cuda", 0) if device_kind == "cuda" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as training sets it (CurveModule)
     fast = OPT_IN if opt_in else {k: v for k, v in list(OPT_IN.items())[:1]}
     runs: dict[str, list[Timing]] = {}
     for _ in range(repeats):
@@ -290,46 +308,46 @@ def compare_paths(
     return out
 
 
-def probe_variant(overrides: list[str], *, max_n: int, steps: int, warmup: int, timeout: float, on_level=None) -> dict:
-    """The pipeline's probe (``run_level`` for k = 1.. until OOM, then ``choose_runs_per_gpu``).
+def probe_variant(
+    overrides: list[str], *, max_n: int, steps: int, warmup: int, timeout: float, mps: str = "off", on_level=None
+) -> dict:
+    """The pipeline's probe (:func:`loss_slope.probe.capacity.probe_capacity`: k = 1.. until OOM, with
+    and without an MPS daemon as ``mps`` says, then ``choose_runs_per_gpu``).
 
     ``on_level(k, level, workers, wall_s)`` may return a new step count for the next levels.
     """
-    levels, first, steps_used = [], [], []
-    for k in range(1, max_n + 1):
+    current = {"steps": steps}
+
+    def level(ovr, k, *, steps, warmup, timeout, env=None, context_mb=None):
         t0 = time.perf_counter()
-        # GPU memory per process: peak reserved + CUDA context (the k = 1 worker's where one could not measure it)
-        context = next((w.get("context_mb") for w in first if w.get("context_mb") is not None), None)
-        level, workers = run_level(overrides, k, steps=steps, warmup=warmup, timeout=timeout, context_mb=context)
+        lv, workers = run_level(
+            ovr, k, steps=current["steps"], warmup=warmup, timeout=timeout, env=env, context_mb=context_mb
+        )
         wall = time.perf_counter() - t0
-        levels.append(level)
-        steps_used.append(steps)
-        first = first or workers
-        sps = f"{level.aggregate_samples_per_s:.0f} samples/s" if level.aggregate_samples_per_s else "no figure"
+        shared = " under MPS" if env and "CUDA_MPS_PIPE_DIRECTORY" in env else ""
+        sps = f"{lv.aggregate_samples_per_s:.0f} samples/s" if lv.aggregate_samples_per_s else "no figure"
         print(
-            f"  k={k}: {sps}, peak MiB {[round(m) for m in level.peak_mem_mb]}, "
-            f"{'OOM, ' if level.oom else ''}{wall:.0f} s",
+            f"  k={k}{shared}: {sps}, peak MiB {[round(m) for m in lv.peak_mem_mb]}, "
+            f"{'OOM, ' if lv.oom else ''}{wall:.0f} s",
             file=sys.stderr,
         )
-        for e in level.errors:
+        for e in lv.errors:
             print(f"    {e}", file=sys.stderr)
         if on_level is not None:
-            steps = on_level(k, level, workers, wall) or steps
-        if level.oom:
-            break
-    w0 = first[0] if first else {}
-    n, reason = choose_runs_per_gpu(levels, total_mem_mb=w0.get("gpu_total_mb"))
-    by_k = {lv.k: lv.aggregate_samples_per_s for lv in levels}
-    gain = by_k[n] / by_k[1] if by_k.get(n) and by_k.get(1) else None
+            current["steps"] = on_level(k, lv, workers, wall) or current["steps"]
+        return lv, workers
+
+    result = probe_capacity(
+        overrides, variant="gpu-check", k_max=max_n, steps=steps, warmup=warmup, timeout=timeout, mps=mps, level=level
+    )
+    levels = result["levels"]
+    by_k = {lv["k"]: lv["aggregate_samples_per_s"] for lv in levels}
+    n = result["runs_per_gpu"]
+    base = (result["mps_compared"] or {}).get("without", {}).get("levels", levels)
+    k1 = next((lv["aggregate_samples_per_s"] for lv in base if lv["k"] == 1), None)
     return {
-        "levels": [asdict(lv) for lv in levels],
-        "steps": steps_used,
-        "runs_per_gpu": n,
-        "reason": reason,
-        "gain": gain,
-        "gpu_name": w0.get("gpu_name"),
-        "gpu_total_mb": w0.get("gpu_total_mb"),
-        "batch_size": w0.get("batch_size"),
+        **result,
+        "gain": by_k[n] / k1 if by_k.get(n) and k1 else None,
     }
 
 
@@ -348,14 +366,19 @@ class Budget:
         n_variants: int,
         repeats: int,
         opt_in: bool,
+        mps_levels: bool = False,
+        fixed_s: float = 0.0,
     ) -> None:
         self.budget_s, self.t_start, self.warmup, self.min_steps = budget_s, t_start, warmup, min_steps
         self.steps = steps  # what later measurements use
+        self.fixed_s = fixed_s  # what runs after the measurements and does not shrink (the real-loop run)
         k_sum = max_n * (max_n + 1) // 2
-        self.levels_left = (max_n - 1) + max_n * (n_variants - 1)
+        # levels of one variant: k = 1..max_n, and k = 2..max_n again under MPS
+        levels, units = max_n + (max_n - 1) * mps_levels, k_sum + (k_sum - 1) * mps_levels
+        self.levels_left = levels * n_variants - 1
         # measurements still to run, in units of one k=1 process: level k takes k times as long on a
         # saturated GPU; the DataLoader path counts double (it is often the slower one)
-        self.units_left = (k_sum - 1) + k_sum * (n_variants - 1) + repeats * ((len(OPT_IN) if opt_in else 1) + 2)
+        self.units_left = units * n_variants - 1 + repeats * ((len(OPT_IN) if opt_in else 1) + 2)
         self.checked, self.note = False, None
 
     def __call__(self, k, level, workers, wall_s):
@@ -365,7 +388,7 @@ class Budget:
         w = workers[0]
         per_step = w["step_ms"] / 1e3
         overhead = max(0.0, wall_s - w["seconds"])  # start-up of a level: imports, CUDA, data, warm-up
-        elapsed = time.perf_counter() - self.t_start
+        elapsed = time.perf_counter() - self.t_start + self.fixed_s
         projected = elapsed + self.levels_left * overhead + self.units_left * (self.steps + self.warmup) * per_step
         if projected <= self.budget_s:
             return None
@@ -380,6 +403,245 @@ class Budget:
         print(f"  {self.note}", file=sys.stderr)
         self.steps = new
         return new
+
+
+# ---------------------------------------------------------------- the real training loop, host syncs
+
+
+SYNC_MESSAGE = "called a synchronizing CUDA operation"  # torch.cuda.set_sync_debug_mode("warn")
+SYNC_PHASES = ("step", "monitors", "recorder", "data", "checkpoint", "validation", "other")
+
+
+def sync_phase(frames: list[tuple[str, str]]) -> str:
+    """Which part of a run a host sync came from, given its stack ``(file, function)``, innermost first.
+
+    The first frame that names a part decides: Lightning's evaluation loop or ``validation_step``
+    → validation; checkpoint code (the project's writer, ``latest``, Lightning's checkpoint
+    connector and ``ModelCheckpoint``) → checkpoint; the project's monitors → monitors; the step
+    recorder → recorder; the project's data code → data; ``training_step`` → step.
+    """
+    for fname, func in frames:
+        f = fname.replace(os.sep, "/")
+        if func == "validation_step" or f.endswith("/loops/evaluation_loop.py"):
+            return "validation"
+        if f.endswith(
+            ("/train/checkpoint_io.py", "/train/latest.py", "/checkpoint_connector.py", "/model_checkpoint.py")
+        ):
+            return "checkpoint"
+        if "/loss_slope/metrics/" in f or f.endswith("/train/monitor_callback.py"):
+            return "monitors"
+        if f.endswith("/train/recorder.py"):
+            return "recorder"
+        if "/loss_slope/data/" in f:
+            return "data"
+        if func == "training_step":
+            return "step"
+    return "other"
+
+
+def _global_step(frame) -> int | None:
+    """The optimizer steps done, from the first frame (innermost first) that holds a Lightning trainer."""
+    while frame is not None:
+        loc = frame.f_locals
+        for obj in (loc.get("trainer"), getattr(loc.get("self"), "trainer", None), loc.get("self")):
+            step = getattr(obj, "global_step", None) if obj is not None else None
+            if isinstance(step, int) and hasattr(obj, "fit_loop"):
+                return step
+        frame = frame.f_back
+    return None
+
+
+@dataclass
+class SyncCounter:
+    """Counts host syncs by part of the run and optimizer step (``with counter: ...``).
+
+    Under ``torch.cuda.set_sync_debug_mode("warn")`` every synchronizing CUDA call issues a warning
+    while its caller's Python frames are still live; this records where it came from. ``enabled=False``
+    (the CPU: no CUDA sync exists) counts nothing.
+    """
+
+    enabled: bool
+    set_mode: object = None  # torch.cuda.set_sync_debug_mode unless given (tests)
+    counts: Counter = field(default_factory=Counter)  # (steps done or None, phase) -> syncs
+    places: Counter = field(default_factory=Counter)  # "file:line function" of the caller -> syncs
+
+    def record(self, frame) -> None:
+        frames = [(f.f_code.co_filename, f.f_code.co_name) for f in _frames(frame)]
+        self.counts[(_global_step(frame), sync_phase(frames))] += 1
+        caller = next((f for f in _frames(frame) if not _library_frame(f.f_code.co_filename)), frame)
+        self.places[f"{_short(caller.f_code.co_filename)}:{caller.f_lineno} {caller.f_code.co_name}"] += 1
+
+    def __enter__(self):
+        self._show = warnings.showwarning
+        self._filters = warnings.catch_warnings()
+        self._filters.__enter__()
+        if not self.enabled:
+            return self
+        warnings.filterwarnings("always", message=f".*{SYNC_MESSAGE}")
+        shown = self._show
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if SYNC_MESSAGE in str(message):
+                self.record(sys._getframe(1))
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        (self.set_mode or torch.cuda.set_sync_debug_mode)("warn")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            (self.set_mode or torch.cuda.set_sync_debug_mode)("default")
+        warnings.showwarning = self._show
+        self._filters.__exit__(*exc)
+
+    def by_window(self, val_interval: int) -> dict:
+        """Quarter-epoch window (``val_interval`` steps; ``"setup"``: no trainer step yet known) ->
+        {phase: syncs}. A training step taken with ``g`` steps done is in window ``g // val_interval``;
+        what runs after it (monitors, recorder, validation, checkpoint: ``g`` already counts it) in
+        window ``(g - 1) // val_interval``."""
+        out: dict = {}
+        for (step, phase), n in self.counts.items():
+            if step is None:
+                window = "setup"
+            else:
+                window = (step if phase in ("step", "data") else max(step - 1, 0)) // val_interval
+            out.setdefault(window, Counter())[phase] += n
+        return dict(sorted(out.items(), key=lambda kv: -1 if kv[0] == "setup" else kv[0]))
+
+
+def _library_frame(filename: str) -> bool:
+    f = filename.replace(os.sep, "/")
+    return "/torch/" in f or f.endswith("/warnings.py")
+
+
+def _frames(frame):
+    while frame is not None:
+        yield frame
+        frame = frame.f_back
+
+
+def _short(path: str) -> str:
+    p = path.replace(os.sep, "/")
+    for mark in ("/loss_slope/", "/pytorch_lightning/", "/lightning_fabric/", "/torch/"):
+        if mark in p:
+            return mark.strip("/") + "/" + p.split(mark, 1)[1]
+    return Path(p).name
+
+
+def real_loop_run(overrides: list[str], run_dir: Path, *, device_kind: str, epochs: int = 1) -> dict:
+    """One real run (:func:`loss_slope.train.run.run_training`, in this process) for ``epochs``
+    epochs with its validations, monitors and checkpoints, counting host syncs on CUDA.
+
+    Returns the exit code, the run's shape (steps, validation interval), the syncs per window
+    and part, where they came from, the median step time from the step table, and the
+    run's checkpoint record (files, MB, seconds) with the ``latest`` file size.
+    """
+    from loss_slope.train.run import run_training  # Lightning: imported only for this part
+
+    # the study's 5 warm-up epochs would outlast a short run: a tenth of it warms up (speed is the same)
+    cfg = compose_train_config(
+        [
+            *overrides,
+            f"trainer.epochs={epochs}",
+            f"schedule.warmup_epochs={epochs / 10}",
+            f"run_dir={run_dir}",
+            "variant=gpu-check",
+            "run=real-loop",
+        ]
+    )
+    counter = SyncCounter(enabled=device_kind == "cuda")
+    t0 = time.perf_counter()
+    with counter:
+        code = run_training(cfg)
+    wall = time.perf_counter() - t0
+    info = json.loads((run_dir / "run_info.json").read_text())
+    vi = int(info["val_interval"])
+    steps = _csv_column(run_dir / "tables" / "steps.csv", "time")
+    step_ms = statistics.median(1e3 * (b - a) for a, b in zip(steps, steps[1:])) if len(steps) > 1 else None
+    ck = _csv_rows(run_dir / "tables" / "checkpoints.csv")
+    latest = [float(r["checkpoint_size_mb"]) for r in ck if r.get("kind") == "latest"]
+    return {
+        "exit_code": code,
+        "total_steps": int(info["total_steps"]),
+        "steps_per_epoch": int(info["steps_per_epoch"]),
+        "val_interval": vi,
+        "n_val": int(info["n_val"]),
+        "wall_s": wall,
+        "median_step_ms": step_ms,
+        "syncs_counted": counter.enabled,
+        "syncs": {w: dict(c) for w, c in counter.by_window(vi).items()},
+        "sync_places": counter.places.most_common(8),
+        "checkpoints": (info.get("outcome") or {}).get("checkpoints"),
+        "latest_mb": statistics.median(latest) if latest else None,
+    }
+
+
+def _csv_rows(path: Path) -> list[dict]:
+    import csv
+
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _csv_column(path: Path, name: str) -> list[float]:
+    return [float(r[name]) for r in _csv_rows(path) if r.get(name) not in (None, "")]
+
+
+# ---------------------------------------------------------------- the GPU-only tests
+
+#: this script's own end-to-end GPU test runs the whole check again: left out of the check
+SELF_TEST = "tests/unit/test_gpu_check.py::test_short_gpu_run_writes_the_table"
+
+
+def gpu_tests_command(python: str = sys.executable) -> list[str]:
+    """pytest on every test marked ``gpu`` (they skip without CUDA), this script's own test left out."""
+    return [
+        python,
+        "-m",
+        "pytest",
+        "-m",
+        "gpu",
+        "-q",
+        "-rfEs",
+        "-p",
+        "no:cacheprovider",
+        "--deselect",
+        SELF_TEST,
+        "tests",
+    ]
+
+
+def parse_pytest_summary(text: str) -> dict[str, int]:
+    """Counts from pytest's last summary line (``3 passed, 1 skipped, 700 deselected in 9.1s``)."""
+    line = next((x for x in reversed(text.strip().splitlines()) if re.search(r"\bin [\d.]+s\b", x)), "")
+    counts = {k: 0 for k in ("passed", "failed", "errors", "skipped", "deselected")}
+    for n, word in re.findall(r"(\d+) (passed|failed|errors?|skipped|deselected)", line):
+        counts["errors" if word.startswith("error") else word] += int(n)
+    return counts
+
+
+def run_gpu_tests(timeout: float = 300) -> dict:
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(gpu_tests_command(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        out, code = proc.stdout + proc.stderr, proc.returncode
+    except subprocess.TimeoutExpired as exc:
+        out, code = f"{exc.stdout or ''}\ntimed out after {timeout:.0f} s", None
+    counts = parse_pytest_summary(out)
+    failed = [x.split(" ", 1)[1] for x in out.splitlines() if x.startswith(("FAILED ", "ERROR "))]
+    skipped = [x for x in out.splitlines() if x.startswith("SKIPPED ")]
+    print(f"  GPU-only tests: {counts} (exit {code})", file=sys.stderr)
+    return {
+        "exit_code": code,
+        "counts": counts,
+        "failed": failed,
+        "skipped": skipped,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 # ---------------------------------------------------------------- report
@@ -404,8 +666,7 @@ def environment(device_kind: str, probe_gpu: str | None, probe_total_mb: float |
                 "TF32",
                 f"convolutions {'on' if torch.backends.cudnn.allow_tf32 else 'off'}, matmul "
                 f"{'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'} (torch defaults, as in "
-                "training); `cudnn.benchmark` "
-                f"{'on' if torch.backends.cudnn.benchmark else 'off'}",
+                "training); `cudnn.benchmark` on in every measurement, as training sets it",
             )
         )
     else:
@@ -430,9 +691,11 @@ def render_markdown(
     paths: dict[str, Timing],
     budget_note: str | None,
     wall_s: float,
+    tests: dict | None = None,
+    real: dict | None = None,
 ) -> str:
     cpu = device_kind == "cpu"
-    mem_label = "peak MiB per process (host RSS)" if cpu else "peak MiB per process (max_memory_allocated)"
+    mem_label = "peak MiB per process (host RSS)" if cpu else "peak MiB per process (peak reserved + CUDA context)"
     lines = ["# GPU check", ""]
     if cpu:
         lines += [
@@ -442,7 +705,7 @@ def render_markdown(
         ]
     lines += [
         f"Produced by `bench/gpu_check.sh {shlex.join(args.argv)}`".rstrip() + f" in {wall_s:.0f} s. "
-        "To measure a GPU, run `bench/gpu_check.sh` on a node with one (about 3-8 min; `--help` lists the "
+        "To measure a GPU, run `bench/gpu_check.sh` on a node with one (under 10 min; `--help` lists the "
         "options); it rewrites this file (`--markdown PATH` writes elsewhere). Without a GPU it exits 2; "
         "`--device cpu` (or `GPU_CHECK_DEVICE=cpu`) is a smoke run of the script only.",
         "",
@@ -464,15 +727,24 @@ def render_markdown(
         "",
         "## Runs per GPU (the pipeline's probe)",
         "",
-        "k concurrent training processes (`loss_slope.probe.worker`), started together after warm-up.",
+        "k concurrent training processes (`loss_slope.probe.worker`), started together after warm-up; "
+        f"`packing.mps: {args.mps}` (`auto`: k = 2.. measured again under a CUDA MPS daemon of the check's own).",
         "",
-        f"| variant | k | samples/s total | samples/s per process | {mem_label} | gain vs k=1 | GPU util % | OOM |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        f"| variant | k | MPS | samples/s total | samples/s per process | {mem_label} | gain vs k=1 | GPU util % "
+        "| OOM |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for label, p in probes.items():
-        bs = p["batch_size"] or args.batch_size
-        base = p["levels"][0]["aggregate_samples_per_s"] if p["levels"] else None
-        for lv in p["levels"]:
+        bs = args.batch_size
+        compared = p.get("mps_compared")
+        if compared:
+            measured = [(lv, False) for lv in compared["without"]["levels"]]
+            measured += [(lv, True) for lv in compared["with"]["levels"] if lv["k"] > 1]
+        else:
+            under = p.get("mps_setting") == "on" and not p.get("on_cpu")
+            measured = [(lv, under and lv["k"] > 1) for lv in p["levels"]]
+        base = next((lv["aggregate_samples_per_s"] for lv, _ in measured if lv["k"] == 1), None)
+        for lv, mps in measured:
             each = [bs * 1e3 / ms for ms in lv["step_ms"] if ms]
             per = (
                 f"{statistics.mean(each):.0f} ({min(each):.0f}–{max(each):.0f})"
@@ -485,16 +757,35 @@ def render_markdown(
             err = f" ({'; '.join(lv['errors'])})" if lv["errors"] else ""
             util = _f(lv["gpu_util_percent"], none="n/a")
             lines.append(
-                f"| {label} | {lv['k']} | {_f(agg)} | {per} | {mem} | {gain} | {util} | "
+                f"| {label} | {lv['k']} | {'yes' if mps else 'no'} | {_f(agg)} | {per} | {mem} | {gain} | {util} | "
                 f"{'yes' if lv['oom'] else 'no'}{err} |"
             )
     lines += [
         "",
-        "| variant | chosen N | packing gain (samples/s at N / at k=1) | why (`choose_runs_per_gpu`) |",
-        "|---|---:|---:|---|",
+        "| variant | chosen N | MPS | packing gain (samples/s at N / at k=1) | why (`choose_runs_per_gpu`) |",
+        "|---|---:|---|---:|---|",
     ]
     for label, p in probes.items():
-        lines.append(f"| {label} | {p['runs_per_gpu']} | {_f(p['gain'], '{:.2f}')} | {p['reason']} |")
+        lines.append(
+            f"| {label} | {p['runs_per_gpu']} | {'yes' if p['mps'] else 'no'} | {_f(p['gain'], '{:.2f}')} | "
+            f"{p['reason']} |"
+        )
+    if any(p.get("mps_compared") for p in probes.values()):
+        lines += [
+            "",
+            "With and without MPS (what `packing.mps: auto` compares; MPS is kept only when faster):",
+            "",
+            "| variant | N without | samples/s without | N with MPS | samples/s with MPS | kept |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
+        for label, p in probes.items():
+            c = p.get("mps_compared")
+            if c:
+                w, m = c["without"], c["with"]
+                lines.append(
+                    f"| {label} | {w['runs_per_gpu']} | {_f(w['samples_per_s'])} | {m['runs_per_gpu']} | "
+                    f"{_f(m['samples_per_s'])} | {'MPS' if p['mps'] else 'time-slicing'} |"
+                )
 
     first = next(iter(probes))
     fast, dl = paths.get("fp32 (as trained)"), paths.get("dataloader")
@@ -540,7 +831,79 @@ def render_markdown(
             r = t.samples_per_s / fast.samples_per_s if t.samples_per_s and fast and fast.samples_per_s else None
             note = f"{numerics}{'; ' + t.note if t.note else ''}"
             lines.append(f"| {label} | {_f(t.samples_per_s)} | {_f(r, '{:.2f}')} | {_f(t.peak_mem_mb)} | {note} |")
+    lines += _tests_markdown(tests, cpu=cpu)
+    lines += _real_loop_markdown(real, cpu=cpu, first=first)
     return "\n".join(lines) + "\n"
+
+
+def _tests_markdown(tests: dict | None, *, cpu: bool) -> list[str]:
+    lines = ["", "## GPU-only tests", ""]
+    if tests is None:
+        why = "a CPU smoke run: they would all skip" if cpu else "`--no-tests`"
+        return lines + [f"Not run ({why}). `{shlex.join(gpu_tests_command('python'))}` runs them."]
+    c = tests["counts"]
+    lines += [
+        f"`{shlex.join(gpu_tests_command('python'))}` (every test marked `gpu`; this script's own end-to-end "
+        f"test is left out): **{c['passed']} passed, {c['failed']} failed, {c['errors']} errors, "
+        f"{c['skipped']} skipped** in {tests['seconds']:.0f} s (exit {tests['exit_code']}).",
+    ]
+    for name in tests["failed"]:
+        lines.append(f"- failed: `{name}`")
+    for line in tests["skipped"][:10]:
+        lines.append(f"- {line}")
+    return lines
+
+
+def _real_loop_markdown(real: dict | None, *, cpu: bool, first: str) -> list[str]:
+    lines = ["", f"## The real training loop ({first}, one run, one epoch)", ""]
+    if real is None:
+        return lines + ["Not run (`--no-real-run`)."]
+    vi = real["val_interval"]
+    ck = real["checkpoints"] or {}
+    files = int(ck.get("files") or 0)
+    lines += [
+        "`loss_slope.train.run.run_training` in this process: the run's Lightning loop with its validations "
+        f"({real['n_val']} images, every {vi} steps), monitors at the study's cadence, step recorder and "
+        f"checkpoints; {real['total_steps']} steps ({real['steps_per_epoch']} per epoch), exit code "
+        f"{real['exit_code']}, {real['wall_s']:.0f} s in all (imports, data and set-up included). Median "
+        f"step interval in the step table: {_f(real['median_step_ms'], '{:.1f}')} ms (validation steps included).",
+        "",
+        "| checkpoints of the run | |",
+        "|---|---|",
+        f"| files, MB written | {files}, {_f(ck.get('written_mb'), '{:.1f}')} |",
+        f"| `latest` file | {_f(real['latest_mb'], '{:.1f}')} MB |",
+        f"| training thread per save: copy to host memory + wait for the previous write | "
+        f"{_f(1e3 * (ck.get('snapshot_s', 0) + ck.get('wait_s', 0)) / files if files else None, '{:.1f}')} ms |",
+        f"| writer thread per save: write + fsync + rename | "
+        f"{_f(1e3 * ck.get('write_s', 0) / files if files else None, '{:.1f}')} ms |",
+        "",
+    ]
+    if not real["syncs_counted"]:
+        return lines + ["Host syncs: not counted on the CPU (no CUDA device: nothing to synchronize)."]
+    phases = [ph for ph in SYNC_PHASES if any(ph in c for c in real["syncs"].values())]
+    outside = sum(n for c in real["syncs"].values() for ph, n in c.items() if ph not in ("validation", "checkpoint"))
+    lines += [
+        'Host syncs under `torch.cuda.set_sync_debug_mode("warn")`, per quarter-epoch window '
+        f"({vi} steps and the validation after them) and part of the run; **{outside} outside validations "
+        "and checkpoints** (the recorder moves its device buffers to the host every "
+        "`trainer.flush_every_steps`; a monitor event reads its results):",
+        "",
+        "| window | " + " | ".join(phases) + " | total |",
+        "|---|" + "---:|" * (len(phases) + 1),
+    ]
+    for window, c in real["syncs"].items():
+        label = (
+            "set-up (before the first step)"
+            if window == "setup"
+            else f"{window} (steps {window * vi}–{(window + 1) * vi - 1})"
+        )
+        lines.append(f"| {label} | " + " | ".join(str(c.get(ph, 0)) for ph in phases) + f" | {sum(c.values())} |")
+    if not real["syncs"]:
+        lines.append("| (none) |" + " 0 |" * (len(phases) + 1))
+    if real["sync_places"]:
+        lines += ["", "Where they come from (the first frame outside torch, most frequent first):", ""]
+        lines += [f"- `{place}`: {n}" for place, n in real["sync_places"]]
+    return lines
 
 
 # ---------------------------------------------------------------- main
@@ -585,17 +948,35 @@ def parse_args(argv):
     ap.add_argument("--train-size", type=int, default=50_000, help="synthetic training images (CIFAR-10: 50,000)")
     ap.add_argument("--val-size", type=int, default=10_000, help="synthetic validation images (resident, unused)")
     ap.add_argument(
-        "--budget-s", type=float, default=420, help="shrink later steps if the check would take longer (0: never)"
+        "--budget-s",
+        type=float,
+        default=360,
+        help="shrink later steps if the tests and measurements would take longer (0: never); "
+        "the real-loop run and the monitor benchmark come after",
     )
     ap.add_argument("--min-steps", type=int, default=30, help="fewest steps the budget may shrink to")
     ap.add_argument("--level-timeout", type=float, default=600, help="seconds before a probe level is killed")
+    ap.add_argument(
+        "--mps",
+        choices=["off", "on", "auto"],
+        default="auto",
+        help="packing.mps for the probe: auto measures k = 2.. with and without an MPS daemon (ignored on the CPU)",
+    )
+    ap.add_argument(
+        "--tests",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the GPU-only tests first (pytest -m gpu); default: on a GPU yes, on the CPU no",
+    )
+    ap.add_argument("--no-real-run", action="store_true", help="skip the real training loop (syncs, checkpoints)")
+    ap.add_argument("--real-epochs", type=int, default=1, help="epochs of the real training loop run")
     a = ap.parse_args(argv)
     a.argv = list(sys.argv[1:] if argv is None else argv)
     a.variant_labels = [v.strip() for v in a.variants.split(",") if v.strip()]
     bad = [v for v in a.variant_labels if v not in VARIANTS]
     if bad or not a.variant_labels:
         ap.error(f"--variants: unknown {bad}; allowed: {', '.join(VARIANTS)}")
-    for name in ("steps", "max_n", "batch_size", "repeats", "train_size", "val_size"):
+    for name in ("steps", "max_n", "batch_size", "repeats", "train_size", "val_size", "real_epochs"):
         if getattr(a, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
     if a.batch_size > a.train_size:
@@ -624,7 +1005,13 @@ def main(argv=None) -> int:
         n_variants=len(a.variant_labels),
         repeats=a.repeats,
         opt_in=not a.no_opt_in,
+        mps_levels=kind == "cuda" and a.mps == "auto",
     )
+    run_tests = (kind == "cuda") if a.tests is None else a.tests
+    tests = None
+    if run_tests:
+        print("GPU-only tests (pytest -m gpu)", file=sys.stderr)
+        tests = run_gpu_tests()
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         root = write_synthetic_cifar10(Path(tmp), n_train=a.train_size, n_val=a.val_size)
         common = [
@@ -643,6 +1030,7 @@ def main(argv=None) -> int:
                 steps=budget.steps,
                 warmup=a.warmup,
                 timeout=a.level_timeout,
+                mps=a.mps,
                 on_level=budget,
             )
         first = a.variant_labels[0]
@@ -661,15 +1049,28 @@ def main(argv=None) -> int:
             num_workers=a.num_workers,
             opt_in=not a.no_opt_in,
         )
+        real = None
+        if not a.no_real_run:
+            # last: a run sets process-wide state (threads, cudnn.benchmark) the measurements above must not see
+            print(f"{first}: the real training loop, {a.real_epochs} epoch(s)", file=sys.stderr)
+            real = real_loop_run(
+                [f"experiment={VARIANTS[first]}", *common],
+                Path(tmp) / "real-run",
+                device_kind=kind,
+                epochs=a.real_epochs,
+            )
     p0 = probes[first]
     md = render_markdown(
         args=a,
         device_kind=kind,
-        env_rows=environment(kind, p0["gpu_name"], p0["gpu_total_mb"]),
+        env_rows=environment(kind, p0["gpu_name"], p0["gpu_total_mb"])
+        + ([("compute mode", p0.get("compute_mode") or "not read (no nvidia-smi)")] if kind == "cuda" else []),
         probes=probes,
         paths=paths,
         budget_note=budget.note or None,
         wall_s=time.perf_counter() - t_start,
+        tests=tests,
+        real=real,
     )
     out = Path(a.markdown)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -681,6 +1082,12 @@ def main(argv=None) -> int:
         broken.append("fast path")
     if broken:
         print(f"gpu_check: no figure at k=1 for {', '.join(broken)}; see the errors above", file=sys.stderr)
+        return 1
+    if real is not None and real["exit_code"] != 0:
+        print(f"gpu_check: the real training loop run exited {real['exit_code']}", file=sys.stderr)
+        return 1
+    if tests is not None and (tests["exit_code"] != 0 or tests["counts"]["passed"] == 0):
+        print(f"gpu_check: GPU-only tests: {tests['counts']} (exit {tests['exit_code']})", file=sys.stderr)
         return 1
     return 0
 

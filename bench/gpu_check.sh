@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# One-command GPU check: runs per GPU for S-core / S-narrow, the
-# device-resident data path vs a plain DataLoader, channels_last / bf16; then
-# the monitors' overhead at the study's model and batch (docs/gpu_monitors.md).
-# Writes docs/gpu_check.md (or --markdown PATH) and prints it; about 3-8 min.
+# One-command GPU check (under 10 min on one GPU): the GPU-only tests (pytest -m gpu);
+# runs per GPU for S-core / S-narrow with and without an MPS daemon (the pipeline's
+# probe); the device-resident data path vs a plain DataLoader, channels_last / bf16;
+# one real one-epoch run counting host syncs per quarter-epoch window and timing its
+# checkpoint saves; then the monitors' overhead at the study's model and batch
+# (docs/gpu_monitors.md). Writes docs/gpu_check.md (or --markdown PATH) and prints it.
 #
 #   bench/gpu_check.sh [--markdown PATH] [--steps 300] [--max-n 4] [--num-workers 4] ...
 #   bench/gpu_check.sh --device cpu --steps 20 --max-n 2 --batch-size 32 --base-width 16   # CPU smoke run only

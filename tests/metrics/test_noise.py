@@ -239,7 +239,12 @@ def test_gradient_moments_load_the_per_element_state_of_version_1():
 
 @pytest.mark.parametrize(
     "device",
-    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))],
+    [
+        "cpu",
+        pytest.param(
+            "cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+        ),
+    ],
 )
 def test_gradient_moments_state_is_a_host_copy_that_resumes_on_the_device(device):
     gen = torch.Generator().manual_seed(7)

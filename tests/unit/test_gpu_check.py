@@ -1,11 +1,15 @@
 """bench/gpu_check.sh: the CPU switch runs it end to end; without a GPU and without the switch it exits 2."""
 
+import ast
 import importlib.util
 import os
 import re
 import subprocess
 import sys
 import time
+import types
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -62,30 +66,34 @@ def _run(tmp_path, *args, timeout=300):
 
 def _check_report(text: str, *, max_n: int, cpu: bool) -> None:
     assert ("CPU smoke run" in text) == cpu
-    assert ("(max_memory_allocated)" in text) == (not cpu)
+    assert ("(peak reserved + CUDA context)" in text) == (not cpu)
     rows = _rows(text)
     by_key = {r[0]: r for r in rows if len(r) == 2}
     assert by_key["torch"][1].startswith(("2.", "3."))
     assert re.match(r"\d{4}-\d{2}-\d{2}", by_key["date"][1])
     assert "GPU" in by_key
 
-    probe = {(r[0], r[1]): r for r in rows if len(r) == 8 and r[0] in ("S-core", "S-narrow")}
+    # variant, k, MPS, total, per process, memory, gain, util, OOM; on the CPU never under MPS
+    probe = {(r[0], r[1], r[2]): r for r in rows if len(r) == 9 and r[0] in ("S-core", "S-narrow")}
+    assert all(key[2] == "no" for key in probe) or not cpu
     for variant in ("S-core", "S-narrow"):
         for k in range(1, max_n + 1):
-            r = probe[(variant, str(k))]
-            total, per, mem = _num(r[2]), _num(r[3]), _num(r[4])
+            r = probe[(variant, str(k), "no")]
+            total, per, mem = _num(r[3]), _num(r[4]), _num(r[5])
             assert total > 0 and per > 0 and mem > 0, r
             assert per <= total * 1.01, r
-            assert len(r[4].split(",")) == k  # one peak per process
-            assert r[7] == "no"
-        assert _num(probe[(variant, "1")][5]) == pytest.approx(1.0)
+            assert len(r[5].split(",")) == k  # one peak per process
+            assert r[8] == "no"
+        assert _num(probe[(variant, "1", "no")][6]) == pytest.approx(1.0)
 
-    chosen = {r[0]: r for r in rows if len(r) == 4 and r[0] in ("S-core", "S-narrow")}
+    chosen = {r[0]: r for r in rows if len(r) == 5 and r[0] in ("S-core", "S-narrow")}
     for variant in ("S-core", "S-narrow"):
-        n, gain = int(chosen[variant][1]), _num(chosen[variant][2])
+        n, mps, gain = int(chosen[variant][1]), chosen[variant][2], _num(chosen[variant][3])
         assert 1 <= n <= max_n
         # the gain is the table's own figures: total at N over total at k=1
-        expect = _num(probe[(variant, str(n))][2]) / _num(probe[(variant, "1")][2])
+        expect = _num(probe[(variant, str(n), "yes" if n > 1 and mps == "yes" else "no")][3]) / _num(
+            probe[(variant, "1", "no")][3]
+        )
         assert gain > 0 and gain == pytest.approx(expect, rel=0.02, abs=0.01)
 
     fast = next(r for r in rows if r[0].startswith("fast path"))
@@ -111,6 +119,17 @@ def _check_report(text: str, *, max_n: int, cpu: bool) -> None:
         if "not supported" not in opt_in[label][4]:
             assert _num(opt_in[label][1]) > 0
     assert "changes numerics" not in opt_in["fp32 (as trained)"][4]
+
+    # the real training loop: a complete one-epoch run and its checkpoints
+    real = text.split("## The real training loop", 1)[1]
+    assert "exit code 0" in real
+    files, mb = (float(x) for x in by_key["files, MB written"][1].split(","))
+    assert files >= 2 and mb > 0  # at least the epoch's latest and one best
+    assert _num(by_key["`latest` file"][1]) > 0
+    if cpu:
+        assert "not counted on the CPU" in real
+    else:
+        assert "| window |" in real and "outside validations" in real
 
 
 @pytest.mark.slow
@@ -142,6 +161,7 @@ def test_cpu_smoke_run_writes_the_table(tmp_path):
     )
     _check_report(text, max_n=2, cpu=True)
     assert "num_workers=1" in text
+    assert "## GPU-only tests\n\nNot run (a CPU smoke run" in text
 
 
 @pytest.mark.gpu
@@ -162,6 +182,7 @@ def test_short_gpu_run_writes_the_table(tmp_path):
         5000,
         "--val-size",
         1000,
+        "--no-tests",  # the check runs the GPU-only tests, this one among them: not again from here
         timeout=600,
     )
     _check_report(text, max_n=2, cpu=False)
@@ -216,3 +237,103 @@ def test_budget_shrinks_steps_only_when_the_projection_overruns():
 
     off = g.Budget(budget_s=0, t_start=now - 40, **kw)
     assert off(1, None, [worker], 40.0) is None and off.steps == 300
+
+
+@pytest.mark.filterwarnings("ignore:an unrelated warning")
+def test_sync_counter_puts_each_sync_in_its_part_and_quarter_epoch_window():
+    """Known answer: syncs raised (as torch's sync debug mode raises them: a warning while the caller's
+    frames are live) from a training step, a validation, the recorder and before any trainer exists."""
+    g = _gpu_check()
+    modes = []
+    ns = {"warnings": warnings, "MSG": g.SYNC_MESSAGE}
+    for name, where in (
+        ("training_step(self)", "/site/loss_slope/train/module.py"),
+        ("validation_step(self)", "/site/loss_slope/train/module.py"),
+        ("flush(trainer)", "/site/loss_slope/train/recorder.py"),
+        ("setup()", "/site/loss_slope/train/steps.py"),
+    ):
+        exec(compile(f"def {name}:\n    warnings.warn(MSG)\n", where, "exec"), ns)
+    counter = g.SyncCounter(enabled=True, set_mode=modes.append)
+    with counter:
+        ns["setup"]()  # no trainer anywhere on the stack
+        warnings.warn("an unrelated warning", stacklevel=1)  # passed on, not counted
+        trainer = types.SimpleNamespace(global_step=0, fit_loop=object())
+        module = types.SimpleNamespace(trainer=trainer)
+        for done in range(8):  # validations every 4 steps
+            trainer.global_step = done
+            ns["training_step"](module)
+            trainer.global_step = done + 1
+            if (done + 1) % 4 == 0:
+                ns["validation_step"](module)
+        ns["flush"](trainer)  # after step 8: window 1
+    assert modes == ["warn", "default"]
+    assert counter.by_window(4) == {
+        "setup": {"other": 1},
+        0: {"step": 4, "validation": 1},
+        1: {"step": 4, "validation": 1, "recorder": 1},
+    }
+    places = dict(counter.places)
+    assert places["loss_slope/train/module.py:2 training_step"] == 8
+    assert places["loss_slope/train/recorder.py:2 flush"] == 1
+    assert sum(places.values()) == 12  # 1 set-up, 8 steps, 2 validations, 1 flush
+
+
+def test_sync_phase_reads_the_innermost_frame_that_names_a_part():
+    g = _gpu_check()
+    torch_frame = ("/site/torch/_tensor.py", "item")
+    assert g.sync_phase(
+        [torch_frame, ("/site/loss_slope/metrics/curvature.py", "lanczos"), ("x", "training_step")]
+    ) == ("monitors")
+    assert g.sync_phase([torch_frame, ("/site/loss_slope/train/checkpoint_io.py", "host_snapshot")]) == "checkpoint"
+    assert g.sync_phase([("/site/pytorch_lightning/loops/evaluation_loop.py", "run")]) == "validation"
+    assert g.sync_phase([torch_frame, ("/site/loss_slope/data/loader.py", "__iter__")]) == "data"
+    assert g.sync_phase([torch_frame]) == "other"
+
+
+def test_gpu_tests_are_every_gpu_marked_test_but_this_scripts_own():
+    g = _gpu_check()
+    cmd = g.gpu_tests_command("py")
+    assert cmd[:5] == ["py", "-m", "pytest", "-m", "gpu"] and cmd[-1] == "tests"
+    assert cmd[cmd.index("--deselect") + 1] == g.SELF_TEST
+    # the deselected test exists (a rename would make the check run itself)
+    assert f"def {g.SELF_TEST.rsplit('::', 1)[1]}(" in Path(__file__).read_text()
+    assert g.parse_pytest_summary("x\n== 7 passed, 1 skipped, 690 deselected in 41.20s ==\n") == {
+        "passed": 7,
+        "failed": 0,
+        "errors": 0,
+        "skipped": 1,
+        "deselected": 690,
+    }
+    assert g.parse_pytest_summary("1 failed, 6 passed, 2 errors in 3.0s")["errors"] == 2
+    assert g.parse_pytest_summary("timed out")["passed"] == 0
+
+
+def _cuda_skip(node) -> bool:
+    """``pytest.mark.skipif(..., reason="... CUDA ...")`` (not the inverse "without CUDA" skip)."""
+    if not (isinstance(node, ast.Call) and ast.unparse(node.func).endswith("mark.skipif")):
+        return False
+    reason = next((k.value for k in node.keywords if k.arg == "reason"), None)
+    text = reason.value.lower() if isinstance(reason, ast.Constant) and isinstance(reason.value, str) else ""
+    return "cuda" in text and "without cuda" not in text
+
+
+def _has_gpu_mark(nodes) -> bool:
+    return any(ast.unparse(n).endswith("mark.gpu") for n in nodes)
+
+
+def test_every_test_that_skips_without_cuda_is_marked_gpu():
+    """The GPU check runs `pytest -m gpu`: a CUDA-only test without the marker would never run anywhere.
+    Checked on the source (decorators and `pytest.param(..., marks=...)`), whatever this run selects."""
+    unmarked = []
+    for path in sorted((REPO / "tests").rglob("test_*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and any(_cuda_skip(d) for d in node.decorator_list):
+                if not _has_gpu_mark(node.decorator_list):
+                    unmarked.append(f"{path.name}::{node.name}")
+            if isinstance(node, ast.Call) and ast.unparse(node.func).endswith("param"):
+                marks = next((k.value for k in node.keywords if k.arg == "marks"), None)
+                items = list(marks.elts) if isinstance(marks, (ast.List, ast.Tuple)) else [marks] if marks else []
+                if any(_cuda_skip(m) for m in items) and not _has_gpu_mark(items):
+                    unmarked.append(f"{path.name}:{node.lineno} pytest.param")
+    assert not unmarked
