@@ -173,6 +173,8 @@ def test_on_a_gpu_the_peak_counts_reserved_memory_and_the_context(tmp_path):
         pytest.skip("needs a CUDA device")
     w = probe(tmp_path, "trainer.accelerator=gpu", "trainer.monitors.enabled=false")
     assert w["context_mb"] and w["context_mb"] > 50  # driver, kernels, library handles
+    # measured again after the steps: kernels and cuDNN/cuBLAS handles load lazily, at their first use
+    assert w["context_mb"] >= w["context_start_mb"]
     assert w["peak_mem_mb"] == pytest.approx(w["peak_reserved_mb"] + w["context_mb"])
     assert w["peak_reserved_mb"] >= w["peak_allocated_mb"]
 
@@ -199,3 +201,11 @@ def test_nvml_is_asked_about_the_gpu_cuda_uses(monkeypatch):
     assert asked == [2, 3]
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert worker._nvml_index(0) == 0
+
+
+def test_the_context_is_the_largest_of_its_measurements():
+    from loss_slope.probe.worker import largest_context
+
+    assert largest_context(310.0, 780.0) == 780.0  # the handles and kernels of the first steps
+    assert largest_context(None, 512.0) == 512.0 and largest_context(512.0, None) == 512.0
+    assert largest_context(None, None) is None and largest_context() is None

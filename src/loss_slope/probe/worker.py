@@ -27,9 +27,12 @@ context** (driver, kernels, cuDNN/cuBLAS workspaces: hundreds of MiB that no
 allocator statistic shows). ``peak_mem_mb`` is the peak reserved memory plus the
 context; the context is the process's own use as NVML reports it minus its
 reserved memory (where NVML is available and names this process), else, for a
-worker alone on the device (k = 1), the device's used memory after the context
-was created minus what was used before; otherwise it is left to the probe,
-which adds the k = 1 worker's context (``context_mb``). ``peak_allocated_mb`` is
+worker alone on the device (k = 1), the device's used memory minus what was used
+before and minus the reserved memory; otherwise it is left to the probe, which
+adds the k = 1 worker's context (``context_mb``). CUDA loads kernels and creates
+the cuDNN/cuBLAS handles lazily, so the context is measured when it is created
+(``context_start_mb``) and again after the timed steps and after the curvature
+event; ``context_mb`` is the largest. ``peak_allocated_mb`` is
 kept for comparison.
 
 CPUs: ``--cpus`` pins the worker to the CPUs a pack of k runs gets (k x
@@ -114,6 +117,7 @@ class _Window(Callback):
         trainer.strategy.checkpoint_io.wait()  # the window includes its checkpoint's write
         self._sync()
         dt = self.clock() - self.t0
+        self._measure_context()
         batch_size = int(self.out["batch_size"])
         self.out.update(step_ms=1e3 * dt / self.steps, samples_per_s=self.steps * batch_size / dt, seconds=dt)
         cb = self.monitor_cb
@@ -129,8 +133,16 @@ class _Window(Callback):
             self.out["curvature_seconds"] = self.clock() - t1
             # Lanczos's first vector is the Hutch++ sketch's: k vectors cost k - 1 products
             self.out["curvature_matvecs"] = row["hutch_matvecs"] + max(row["lambda_iters"] - 1, 0)
+            self._measure_context()
         if self.device.type == "cuda":
             gpu_footprint(self.device, self.out)
+
+    def _measure_context(self) -> None:
+        """The context again, now that the steps (and the curvature event) have run: CUDA loads
+        kernels and creates the cuDNN/cuBLAS handles lazily, at their first use."""
+        if self.device.type == "cuda":
+            late = context_mb(self.device, used_before_mb=self.out.get("used_before_mb"), alone=self.k == 1)
+            self.out["context_mb"] = largest_context(self.out.get("context_mb"), late)
 
 
 def _nvml_index(cuda_index: int) -> int:
@@ -172,6 +184,13 @@ def context_mb(device, *, used_before_mb: float | None, alone: bool) -> float | 
         free, total = torch.cuda.mem_get_info(device)
         return max(0.0, (total - free) / 2**20 - used_before_mb - reserved)
     return None
+
+
+def largest_context(*measured: float | None) -> float | None:
+    """The context of a process measured at several moments: it only grows (lazy loading), so the
+    largest measurement; None when none could be made."""
+    known = [m for m in measured if m is not None]
+    return max(known) if known else None
 
 
 def gpu_footprint(device, out: dict) -> dict:
@@ -228,7 +247,9 @@ def measure(overrides: list[str], *, steps: int, warmup: int, barrier: Path | No
         used_before = _device_used_mb() if k == 1 else None
         torch.cuda.init()
         torch.zeros(1, device=device)  # the context exists from here on
-        out["context_mb"] = context_mb(device, used_before_mb=used_before, alone=k == 1)
+        # measured again after the timed steps (_Window), once the lazily loaded kernels and handles exist
+        out["context_mb"] = out["context_start_mb"] = context_mb(device, used_before_mb=used_before, alone=k == 1)
+        out["used_before_mb"] = used_before
         out["gpu_name"] = torch.cuda.get_device_name(device)
         out["gpu_total_mb"] = torch.cuda.get_device_properties(device).total_memory / 2**20
     window = None
