@@ -86,6 +86,10 @@ def test_auto_keeps_mps_only_when_measured_faster():
 
 # ---- wired into the pack job (loss_slope.train.pack) and the probe (loss_slope.probe.capacity)
 def _has_smi(name):
+    return f"/usr/bin/{name}" if name in ("nvidia-smi", "nvidia-cuda-mps-control") else None
+
+
+def _smi_without_mps_control(name):
     return "/usr/bin/nvidia-smi" if name == "nvidia-smi" else None
 
 
@@ -267,3 +271,41 @@ def test_runs_left_waiting_for_a_slot_when_the_budget_ends_are_unfinished_not_do
         which=_has_smi,
     )
     assert code == EXIT_UNFINISHED and len(fake_trainers.envs) == 1 and not (tmp_path / "out.json").exists()
+
+
+def test_without_the_mps_control_tool_the_probe_and_the_packs_go_without_mps():
+    """A GPU node without nvidia-cuda-mps-control: `auto` and `on` measure and train by time-slicing,
+    and say so; on an exclusive-process GPU that means one run at a time."""
+    from loss_slope.probe.capacity import probe_capacity
+    from loss_slope.train.pack import gpu_sharing
+
+    calls = []
+
+    def level(overrides, k, *, env=None, **kw):
+        calls.append((k, bool(env and "CUDA_MPS_PIPE_DIRECTORY" in env)))
+        return _level(k, 100.0 * k), [{"device": "cuda:0", "gpu_total_mb": 80_000.0}]
+
+    for setting in ("auto", "on"):
+        calls.clear()
+        run = FakeRun("Default")
+        res = probe_capacity(
+            ["x=1"], variant="V", k_max=2, steps=5, mps=setting, run=run, which=_smi_without_mps_control, level=level
+        )
+        assert calls == [(1, False), (2, False)] and res["mps"] is False and res["mps_compared"] is None
+        assert "no nvidia-cuda-mps-control here" in res["reason"]
+        assert all("mps-control" not in c[0][0] for c in run.calls)  # no daemon was started
+        d = gpu_sharing(3, setting, chosen=True, run=FakeRun("Default"), which=_smi_without_mps_control, environ={})
+        assert d.runs == 3 and d.mps is False and "time-slice" in d.message
+    res = probe_capacity(
+        ["x=1"],
+        variant="V",
+        k_max=3,
+        steps=5,
+        mps="auto",
+        run=FakeRun("Exclusive_Process"),
+        which=_smi_without_mps_control,
+        level=level,
+    )
+    assert res["runs_per_gpu"] == 1 and "mps-control" in res["reason"] and "Exclusive_Process" in res["reason"]
+    d = gpu_sharing(3, "on", run=FakeRun("Exclusive_Process"), which=_smi_without_mps_control, environ={})
+    assert d.runs == 1 and d.mps is False and "time-slice" in d.message and "Exclusive_Process" in d.message

@@ -236,15 +236,20 @@ def sharing_plan(
         return out
     if k_max <= 1:
         return out
+    notes = []
+    if mps != "off" and which(MPS.CONTROL) is None:
+        notes.append(f"packing.mps={mps} ignored: no {MPS.CONTROL} here, measured without MPS")
+        out["mps"] = mps = "off"
+    out["note"] = "; ".join(notes) or None
     gpu = (environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0].strip() or "0"
     try:
         mode = out["compute_mode"] = MPS.compute_mode(gpu, run=run)
     except (OSError, subprocess.CalledProcessError, ValueError) as err:
-        out["note"] = f"could not read the GPU's compute mode ({err}); measured as if Default"
+        out["note"] = "; ".join([*notes, f"could not read the GPU's compute mode ({err}); measured as if Default"])
         return out
     if mode == "Exclusive_Process" and mps == "off":
         out["k_max"] = 1
-        out["note"] = MPS.decide(k_max, mode, "off").message
+        out["note"] = "; ".join([*notes, MPS.decide(k_max, mode, "off").message])
     elif mode == "Exclusive_Process" and mps == "auto":
         out["mps"] = "on"  # without a daemon only one process may open the GPU: nothing to compare
         out["note"] = "the GPU is in Exclusive_Process compute mode: measured under MPS only"

@@ -153,13 +153,20 @@ def gpu_sharing(
         raise ValueError(f"packing.mps must be one of {MPS.MPS_SETTINGS}, got {setting!r}")
     if requested <= 1 or "trainer.accelerator=cpu" in overrides or which("nvidia-smi") is None:
         return MPS.PackDecision(max(1, requested), False, "")
+    notes = []
+    if effective == "on" and which(MPS.CONTROL) is None:  # time-slicing still trains the runs
+        notes.append(f"packing.mps={setting} but no {MPS.CONTROL} here: the runs time-slice the GPU")
+        effective = "off"
     gpu = (environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0].strip() or "0"
     try:
         mode = MPS.compute_mode(gpu, run=run)
     except (OSError, subprocess.CalledProcessError, ValueError) as err:
-        decision = MPS.decide(requested, "Default", effective)
-        return MPS.PackDecision(decision.runs, decision.mps, f"could not read the GPU's compute mode ({err})")
-    return MPS.decide(requested, mode, effective)
+        mode = "Default"
+        notes.append(f"could not read the GPU's compute mode ({err})")
+    decision = MPS.decide(requested, mode, effective)
+    return MPS.PackDecision(
+        decision.runs, decision.mps, "; ".join([*notes, decision.message] if decision.message else notes)
+    )
 
 
 def _with_budget(overrides, seconds: float):
