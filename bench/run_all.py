@@ -88,12 +88,21 @@ def main(argv=None):
         section("CSV -> Parquet", ["bench/bench_parquet.py", *(["--runs", "20"] if q else [])], out / "parquet.md"),
         section("Monitors", ["bench/bench_monitors.py"], out / "monitors.md"),
         section("Dry-run planning", ["bench/bench_dryrun.py"], out / "dryrun.md"),
+        section(
+            "Checkpoint bytes written per run (the study's model)",
+            ["bench/bench_checkpoints.py", "--epochs", "1" if q else "2"],
+            out / "checkpoints.md",
+        ),
     ]
     parts.append(demo_overhead_section(a.demo_results, run=a.with_demo))
     parts.append(
-        "## GPU check\n\n`bench/gpu_check.sh` (one GPU, < 8 min): S-core and S-narrow at N = 1…4 processes per GPU, "
-        "samples/s, peak memory, the probe's N and the packing gain, device-resident data vs a DataLoader; "
-        "it writes `docs/gpu_check.md` (the file in the repo is a CPU smoke run until someone runs it on a GPU).\n"
+        "## GPU check\n\n`bench/gpu_check.sh` (one GPU, < 10 min): the GPU-only tests (`pytest -m gpu`); S-core and "
+        "S-narrow at N = 1…4 processes per GPU with and without an MPS daemon (the pipeline's probe, "
+        "`packing.mps: auto`), samples/s, peak memory (reserved + CUDA context), the probe's N and the packing "
+        "gain; device-resident data vs a DataLoader; channels_last / bf16; one real one-epoch S-core run under "
+        '`torch.cuda.set_sync_debug_mode("warn")` with its host syncs per quarter-epoch window and part of the '
+        "run, and its checkpoint saves; then the monitors at the study's width and batch. It writes "
+        "`docs/gpu_check.md` (the file in the repo is a CPU smoke run until someone runs it on a GPU).\n"
     )
     Path(a.out).write_text("\n".join(parts))
     print(f"wrote {a.out}")

@@ -77,3 +77,28 @@ def test_demo_overhead_breakdown_adds_up_to_the_wall_time(tmp_path, monkeypatch)
     assert rows["train: run start-up (pack start -> first step)"] == 2 * 2.0 / 2
     assert abs(sum(rows.values()) - 14.0) < 1e-9
     assert "| **total** | **14** |" in bench.markdown({**bare, "cores": 2, "slots": 2}, out)
+
+
+def test_checkpoint_bytes_benchmark_counts_the_files_of_each_cadence(tmp_path):
+    """One epoch, 4 validations: a latest file after each of them before, one now; the record of each
+    run counts every file of its checkpoints table."""
+    md = tmp_path / "out.md"
+    run_cmd(
+        [PYTHON, REPO / "bench/bench_checkpoints.py", "--epochs", "1", "--base-width", "4", "--markdown", md],
+        cwd=REPO,
+        timeout=600,
+    )
+    rows = [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in md.read_text().splitlines()
+        if line.startswith("| S-")
+    ]
+    runs = {(r[0], r[1].split(":")[0]): r for r in rows if len(r) == 7}
+    for variant in ("S-core", "S-adamw"):
+        before, now = runs[(variant, "before")], runs[(variant, "now")]
+        assert int(before[4]) == 4 and int(now[4]) == 1  # latest files
+        assert int(before[2]) - int(now[2]) == 3  # the same best files
+        assert float(before[3]) > float(now[3]) > 0
+    assert float(runs[("S-adamw", "now")][5]) > float(runs[("S-core", "now")][5])  # AdamW keeps two moments
+    totals = {r[0]: r for r in rows if len(r) == 6}
+    assert set(totals) == {"S-core", "S-adamw"}
