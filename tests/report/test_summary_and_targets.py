@@ -248,5 +248,9 @@ def test_summary_sums_the_checkpoint_files_per_variant():
     mine = table[table.variant == first]
     n_rec = int(mine.checkpoint_files.notna().sum())
     assert f"| {first} | {n_rec} of {len(mine)} | {72 * n_rec} | {86.75 * n_rec:,.1f} | 86.8 |" in md
+    # a variant without any record: unknown, not zero
+    table.loc[table.variant == first, ["checkpoint_files", "checkpoint_written_mb"]] = float("nan")
+    md = render_summary(table, study_statistics(table, study=STUDY), FIGS)
+    assert f"| {first} | 0 of {len(mine)} | — | — | — |" in md
     table.loc[:, ["checkpoint_files", "checkpoint_written_mb"]] = float("nan")
     assert "Checkpoints written" not in render_summary(table, study_statistics(table, study=STUDY), FIGS)

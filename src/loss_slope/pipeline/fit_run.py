@@ -190,7 +190,10 @@ def checkpoint_fields(run_info: Mapping[str, Any]) -> dict:
     """What the run wrote as checkpoints: ``checkpoint_files`` and ``checkpoint_written_mb``
     (10^6 bytes) over its attempts that recorded an end, from the ``run_info.json`` outcome
     (whose ``checkpoints`` also holds the seconds they took); None for a run trained before
-    they were recorded. Sizes, not times: the fit rows stay the same from one run to the next."""
+    they were recorded. Both describe how the run was trained, not its curve: stops, kills,
+    the time criterion of ``latest`` and the work folder's path (saved inside ``latest``)
+    change them between two trainings of the same run, so a comparison of two studies'
+    fits leaves them out."""
     c = (run_info.get("outcome") or {}).get("checkpoints")
     if not isinstance(c, Mapping):
         return {"checkpoint_files": None, "checkpoint_written_mb": None}

@@ -337,13 +337,14 @@ def _checkpoint_section(table: pd.DataFrame) -> list[str]:
     rows = []
     for variant, idx in table.groupby("variant", sort=False).groups.items():
         m, f = mb.loc[idx].dropna(), files.loc[idx].dropna()
+        known = len(m) > 0  # no record in the variant: unknown, not zero
         rows.append(
             [
                 variant,
                 f"{len(m)} of {len(idx)}",
-                f"{f.sum():.0f}",
-                f"{m.sum():,.1f}",
-                f"{m.median():,.1f}" if len(m) else "—",
+                f"{f.sum():.0f}" if known else "—",
+                f"{m.sum():,.1f}" if known else "—",
+                f"{m.median():,.1f}" if known else "—",
             ]
         )
     return [

@@ -27,10 +27,21 @@ def read_attempts(path: str | Path) -> list[dict]:
     return out
 
 
+def _torn(path: Path) -> bool:
+    """The log ends without a newline: a kill tore its last line."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            return fh.read(1) != b"\n"
+    except OSError:  # missing or empty
+        return False
+
+
 def _append(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    lead = "\n" if _torn(path) else ""  # a new line, so the torn one does not swallow this record
     with open(path, "a") as fh:
-        fh.write(json.dumps(record, sort_keys=True) + "\n")
+        fh.write(lead + json.dumps(record, sort_keys=True) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
 

@@ -349,15 +349,23 @@ def finish(cfg, run: Run, parts: Parts, ending: Ending) -> int:
         log.warning("SIGTERM at step %d of %d: checkpoint saved; a rerun resumes it", step, total)
         return EXIT_UNFINISHED
     ckpt = io.stats()
-    log.info(
-        "checkpoints this attempt: %d files, %.1f MB written; %.2f s copying to host memory, %.2f s waiting "
-        "for a previous write (%.2f s writing in the background)",
-        ckpt["files"],
-        ckpt["written_mb"],
-        ckpt["snapshot_s"],
-        ckpt["wait_s"],
-        ckpt["write_s"],
-    )
+    if io.background:
+        log.info(
+            "checkpoints this attempt: %d files, %.1f MB written; %.2f s copying to host memory, %.2f s waiting "
+            "for a previous write (%.2f s writing in the background)",
+            ckpt["files"],
+            ckpt["written_mb"],
+            ckpt["snapshot_s"],
+            ckpt["wait_s"],
+            ckpt["write_s"],
+        )
+    else:
+        log.info(
+            "checkpoints this attempt: %d files, %.1f MB written; %.2f s writing them on the training thread",
+            ckpt["files"],
+            ckpt["written_mb"],
+            ckpt["write_s"],
+        )
     outcome = {
         "status": "complete",
         "steps_done": step,
