@@ -68,6 +68,7 @@ import pickle
 import platform
 import re
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -86,7 +87,7 @@ import torch.nn.functional as F
 from loss_slope.data.augment import AugmentConfig, random_resized_crop_flip
 from loss_slope.data.cifar10 import FOLDER, MEAN, STD, TEST_FILE, TRAIN_FILES, read_cifar10
 from loss_slope.data.datasets import build_data
-from loss_slope.probe.capacity import probe_capacity, run_level
+from loss_slope.probe.capacity import probe_capacity, run_level, sharing_plan
 from loss_slope.train.compose import compose_train_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -317,6 +318,7 @@ def probe_variant(
     ``on_level(k, level, workers, wall_s)`` may return a new step count for the next levels.
     """
     current = {"steps": steps}
+    measured = []  # (k, under an MPS daemon) of every level, in the order run
 
     def level(ovr, k, *, steps, warmup, timeout, env=None, context_mb=None):
         t0 = time.perf_counter()
@@ -324,7 +326,9 @@ def probe_variant(
             ovr, k, steps=current["steps"], warmup=warmup, timeout=timeout, env=env, context_mb=context_mb
         )
         wall = time.perf_counter() - t0
-        shared = " under MPS" if env and "CUDA_MPS_PIPE_DIRECTORY" in env else ""
+        under = bool(env and "CUDA_MPS_PIPE_DIRECTORY" in env)
+        measured.append((k, under))
+        shared = " under MPS" if under else ""
         sps = f"{lv.aggregate_samples_per_s:.0f} samples/s" if lv.aggregate_samples_per_s else "no figure"
         print(
             f"  k={k}{shared}: {sps}, peak MiB {[round(m) for m in lv.peak_mem_mb]}, "
@@ -348,7 +352,12 @@ def probe_variant(
     return {
         **result,
         "gain": by_k[n] / k1 if by_k.get(n) and k1 else None,
+        # per level of the chosen set: measured under a daemon? (k = 1 of an `auto` comparison: never)
+        "under_mps": {k: under for k, under in measured if not (result["mps_compared"] and k == 1)},
     }
+
+
+REAL_LOOP_FACTOR = 1.6  # a real step (validation, monitors, recorder) over a probe step, as measured on the CPU
 
 
 class Budget:
@@ -367,11 +376,11 @@ class Budget:
         repeats: int,
         opt_in: bool,
         mps_levels: bool = False,
-        fixed_s: float = 0.0,
+        real_steps: int = 0,
     ) -> None:
         self.budget_s, self.t_start, self.warmup, self.min_steps = budget_s, t_start, warmup, min_steps
         self.steps = steps  # what later measurements use
-        self.fixed_s = fixed_s  # what runs after the measurements and does not shrink (the real-loop run)
+        self.real_steps = real_steps  # steps of the real-loop run after the measurements (it does not shrink)
         k_sum = max_n * (max_n + 1) // 2
         # levels of one variant: k = 1..max_n, and k = 2..max_n again under MPS
         levels, units = max_n + (max_n - 1) * mps_levels, k_sum + (k_sum - 1) * mps_levels
@@ -388,7 +397,9 @@ class Budget:
         w = workers[0]
         per_step = w["step_ms"] / 1e3
         overhead = max(0.0, wall_s - w["seconds"])  # start-up of a level: imports, CUDA, data, warm-up
-        elapsed = time.perf_counter() - self.t_start + self.fixed_s
+        # the real-loop run: its steps with validations and monitors (~1.6x a bare step) and a start-up
+        fixed = self.real_steps * per_step * REAL_LOOP_FACTOR + overhead if self.real_steps else 0.0
+        elapsed = time.perf_counter() - self.t_start + fixed
         projected = elapsed + self.levels_left * overhead + self.units_left * (self.steps + self.warmup) * per_step
         if projected <= self.budget_s:
             return None
@@ -409,7 +420,7 @@ class Budget:
 
 
 SYNC_MESSAGE = "called a synchronizing CUDA operation"  # torch.cuda.set_sync_debug_mode("warn")
-SYNC_PHASES = ("step", "monitors", "recorder", "data", "checkpoint", "validation", "other")
+SYNC_PHASES = ("step", "monitors", "recorder", "data", "checkpoint", "validation", "other", "outside", "unattributed")
 
 
 def sync_phase(frames: list[tuple[str, str]]) -> str:
@@ -443,12 +454,24 @@ def _global_step(frame) -> int | None:
     """The optimizer steps done, from the first frame (innermost first) that holds a Lightning trainer."""
     while frame is not None:
         loc = frame.f_locals
-        for obj in (loc.get("trainer"), getattr(loc.get("self"), "trainer", None), loc.get("self")):
-            step = getattr(obj, "global_step", None) if obj is not None else None
-            if isinstance(step, int) and hasattr(obj, "fit_loop"):
-                return step
+        for obj in (loc.get("trainer"), loc.get("self")):
+            candidates = [obj]
+            try:  # a LightningModule not attached to a trainer raises on .trainer
+                candidates.append(getattr(obj, "trainer", None))
+            except Exception:
+                pass
+            for c in candidates:
+                step = getattr(c, "global_step", None) if c is not None else None
+                if isinstance(step, int) and hasattr(c, "fit_loop"):
+                    return step
         frame = frame.f_back
     return None
+
+
+def _in_training_loop(frames: list[tuple[str, str]]) -> bool:
+    """Inside Lightning's loops (training epochs, validations, their callbacks), not in the set-up
+    before them (the model and optimizer moved to the device) or the teardown after them."""
+    return any("/pytorch_lightning/loops/" in f.replace(os.sep, "/") for f, _ in frames)
 
 
 @dataclass
@@ -466,10 +489,16 @@ class SyncCounter:
     places: Counter = field(default_factory=Counter)  # "file:line function" of the caller -> syncs
 
     def record(self, frame) -> None:
-        frames = [(f.f_code.co_filename, f.f_code.co_name) for f in _frames(frame)]
-        self.counts[(_global_step(frame), sync_phase(frames))] += 1
-        caller = next((f for f in _frames(frame) if not _library_frame(f.f_code.co_filename)), frame)
-        self.places[f"{_short(caller.f_code.co_filename)}:{caller.f_lineno} {caller.f_code.co_name}"] += 1
+        """Count one sync from the caller ``frame``. Never raises: an error here would surface in the
+        synchronizing torch call itself (torch turns a failing warning into an exception)."""
+        try:
+            frames = [(f.f_code.co_filename, f.f_code.co_name) for f in _frames(frame)]
+            step = _global_step(frame) if _in_training_loop(frames) else None
+            self.counts[(step, sync_phase(frames) if step is not None else "outside")] += 1
+            caller = next((f for f in _frames(frame) if not _library_frame(f.f_code.co_filename)), frame)
+            self.places[f"{_short(caller.f_code.co_filename)}:{caller.f_lineno} {caller.f_code.co_name}"] += 1
+        except Exception:
+            self.counts[(None, "unattributed")] += 1
 
     def __enter__(self):
         self._show = warnings.showwarning
@@ -497,18 +526,19 @@ class SyncCounter:
         self._filters.__exit__(*exc)
 
     def by_window(self, val_interval: int) -> dict:
-        """Quarter-epoch window (``val_interval`` steps; ``"setup"``: no trainer step yet known) ->
-        {phase: syncs}. A training step taken with ``g`` steps done is in window ``g // val_interval``;
-        what runs after it (monitors, recorder, validation, checkpoint: ``g`` already counts it) in
-        window ``(g - 1) // val_interval``."""
+        """Quarter-epoch window (``val_interval`` steps) -> {phase: syncs}; ``"outside"``: outside the
+        training loop (set-up before it: the model and optimizer moved to the device; teardown after
+        it: moved back) or not attributable. A training step taken with ``g`` steps done is in window
+        ``g // val_interval``; what runs after it (monitors, recorder, validation, checkpoint: ``g``
+        already counts it) in window ``(g - 1) // val_interval``."""
         out: dict = {}
         for (step, phase), n in self.counts.items():
             if step is None:
-                window = "setup"
+                window = "outside"
             else:
                 window = (step if phase in ("step", "data") else max(step - 1, 0)) // val_interval
             out.setdefault(window, Counter())[phase] += n
-        return dict(sorted(out.items(), key=lambda kv: -1 if kv[0] == "setup" else kv[0]))
+        return dict(sorted(out.items(), key=lambda kv: -1 if kv[0] == "outside" else kv[0]))
 
 
 def _library_frame(filename: str) -> bool:
@@ -540,23 +570,30 @@ def real_loop_run(overrides: list[str], run_dir: Path, *, device_kind: str, epoc
     """
     from loss_slope.train.run import run_training  # Lightning: imported only for this part
 
-    # the study's 5 warm-up epochs would outlast a short run: a tenth of it warms up (speed is the same)
-    cfg = compose_train_config(
-        [
-            *overrides,
-            f"trainer.epochs={epochs}",
-            f"schedule.warmup_epochs={epochs / 10}",
-            f"run_dir={run_dir}",
-            "variant=gpu-check",
-            "run=real-loop",
-        ]
-    )
     counter = SyncCounter(enabled=device_kind == "cuda")
     t0 = time.perf_counter()
-    with counter:
-        code = run_training(cfg)
+    error = None
+    try:
+        # the study's 5 warm-up epochs would outlast a short run: a tenth of it warms up (speed is the same)
+        cfg = compose_train_config(
+            [
+                *overrides,
+                f"trainer.epochs={epochs}",
+                f"schedule.warmup_epochs={epochs / 10}",
+                f"run_dir={run_dir}",
+                "variant=gpu-check",
+                "run=real-loop",
+            ]
+        )
+        with counter:
+            code = run_training(cfg)
+    except Exception as exc:  # the report of everything measured before must still be written
+        code, error = None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     wall = time.perf_counter() - t0
-    info = json.loads((run_dir / "run_info.json").read_text())
+    info_path = run_dir / "run_info.json"
+    if error is not None or code != 0 or not info_path.exists():
+        return {"exit_code": code, "error": error or f"the run exited {code}", "wall_s": wall}
+    info = json.loads(info_path.read_text())
     vi = int(info["val_interval"])
     steps = _csv_column(run_dir / "tables" / "steps.csv", "time")
     step_ms = statistics.median(1e3 * (b - a) for a, b in zip(steps, steps[1:])) if len(steps) > 1 else None
@@ -564,6 +601,7 @@ def real_loop_run(overrides: list[str], run_dir: Path, *, device_kind: str, epoc
     latest = [float(r["checkpoint_size_mb"]) for r in ck if r.get("kind") == "latest"]
     return {
         "exit_code": code,
+        "error": None,
         "total_steps": int(info["total_steps"]),
         "steps_per_epoch": int(info["steps_per_epoch"]),
         "val_interval": vi,
@@ -625,12 +663,21 @@ def parse_pytest_summary(text: str) -> dict[str, int]:
 
 
 def run_gpu_tests(timeout: float = 300) -> dict:
+    """``pytest -m gpu`` in its own process group: on a timeout the whole group is killed (tests start
+    probe workers and training processes that must not stay on the GPU for the measurements)."""
     t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        gpu_tests_command(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
-        proc = subprocess.run(gpu_tests_command(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
-        out, code = proc.stdout + proc.stderr, proc.returncode
-    except subprocess.TimeoutExpired as exc:
-        out, code = f"{exc.stdout or ''}\ntimed out after {timeout:.0f} s", None
+        raw, _ = proc.communicate(timeout=timeout)
+        code = proc.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raw, _ = proc.communicate()
+        raw += f"\ntimed out after {timeout:.0f} s\n".encode()
+        code = None
+    out = raw.decode(errors="replace")
     counts = parse_pytest_summary(out)
     failed = [x.split(" ", 1)[1] for x in out.splitlines() if x.startswith(("FAILED ", "ERROR "))]
     skipped = [x for x in out.splitlines() if x.startswith("SKIPPED ")]
@@ -680,6 +727,16 @@ def environment(device_kind: str, probe_gpu: str | None, probe_total_mb: float |
 
 def _f(x, fmt="{:.0f}", none="—"):
     return none if x is None else fmt.format(x)
+
+
+def probe_rows(p: dict) -> list[tuple[dict, bool]]:
+    """Every level a probe measured, with whether it ran under an MPS daemon: both sets of an ``auto``
+    comparison (k = 1 once), else the levels with what :func:`probe_variant` saw them run under."""
+    compared = p.get("mps_compared")
+    if compared:
+        rows = [(lv, False) for lv in compared["without"]["levels"]]
+        return rows + [(lv, True) for lv in compared["with"]["levels"] if lv["k"] > 1]
+    return [(lv, bool(p.get("under_mps", {}).get(lv["k"]))) for lv in p["levels"]]
 
 
 def render_markdown(
@@ -736,13 +793,7 @@ def render_markdown(
     ]
     for label, p in probes.items():
         bs = args.batch_size
-        compared = p.get("mps_compared")
-        if compared:
-            measured = [(lv, False) for lv in compared["without"]["levels"]]
-            measured += [(lv, True) for lv in compared["with"]["levels"] if lv["k"] > 1]
-        else:
-            under = p.get("mps_setting") == "on" and not p.get("on_cpu")
-            measured = [(lv, under and lv["k"] > 1) for lv in p["levels"]]
+        measured = probe_rows(p)
         base = next((lv["aggregate_samples_per_s"] for lv, _ in measured if lv["k"] == 1), None)
         for lv, mps in measured:
             each = [bs * 1e3 / ms for ms in lv["step_ms"] if ms]
@@ -858,13 +909,17 @@ def _real_loop_markdown(real: dict | None, *, cpu: bool, first: str) -> list[str
     lines = ["", f"## The real training loop ({first}, one run, one epoch)", ""]
     if real is None:
         return lines + ["Not run (`--no-real-run`)."]
-    vi = real["val_interval"]
+    if real.get("error"):
+        return lines + [f"**Failed** after {real['wall_s']:.0f} s: {real['error']}"]
+    vi, total = real["val_interval"], real["total_steps"]
     ck = real["checkpoints"] or {}
     files = int(ck.get("files") or 0)
+    per_save_blocking = 1e3 * (ck.get("snapshot_s", 0) + ck.get("wait_s", 0)) / files if files else None
+    per_save_write = 1e3 * ck.get("write_s", 0) / files if files else None
     lines += [
         "`loss_slope.train.run.run_training` in this process: the run's Lightning loop with its validations "
         f"({real['n_val']} images, every {vi} steps), monitors at the study's cadence, step recorder and "
-        f"checkpoints; {real['total_steps']} steps ({real['steps_per_epoch']} per epoch), exit code "
+        f"checkpoints; {total} steps ({real['steps_per_epoch']} per epoch), exit code "
         f"{real['exit_code']}, {real['wall_s']:.0f} s in all (imports, data and set-up included). Median "
         f"step interval in the step table: {_f(real['median_step_ms'], '{:.1f}')} ms (validation steps included).",
         "",
@@ -872,34 +927,37 @@ def _real_loop_markdown(real: dict | None, *, cpu: bool, first: str) -> list[str
         "|---|---|",
         f"| files, MB written | {files}, {_f(ck.get('written_mb'), '{:.1f}')} |",
         f"| `latest` file | {_f(real['latest_mb'], '{:.1f}')} MB |",
-        f"| training thread per save: copy to host memory + wait for the previous write | "
-        f"{_f(1e3 * (ck.get('snapshot_s', 0) + ck.get('wait_s', 0)) / files if files else None, '{:.1f}')} ms |",
-        f"| writer thread per save: write + fsync + rename | "
-        f"{_f(1e3 * ck.get('write_s', 0) / files if files else None, '{:.1f}')} ms |",
+        "| training thread per save: copy to host memory + wait for the previous write | "
+        f"{_f(per_save_blocking, '{:.1f}')} ms |",
+        f"| writer thread per save: write + fsync + rename | {_f(per_save_write, '{:.1f}')} ms |",
         "",
     ]
     if not real["syncs_counted"]:
         return lines + ["Host syncs: not counted on the CPU (no CUDA device: nothing to synchronize)."]
-    phases = [ph for ph in SYNC_PHASES if any(ph in c for c in real["syncs"].values())]
-    outside = sum(n for c in real["syncs"].values() for ph, n in c.items() if ph not in ("validation", "checkpoint"))
+    syncs = real["syncs"]
+    phases = [ph for ph in SYNC_PHASES if any(ph in c for c in syncs.values())]
+    if not phases:
+        return lines + ['Host syncs under `torch.cuda.set_sync_debug_mode("warn")`: **none** counted.']
+    in_loop = sum(
+        n for w, c in syncs.items() if w != "outside" for ph, n in c.items() if ph not in ("validation", "checkpoint")
+    )
     lines += [
         'Host syncs under `torch.cuda.set_sync_debug_mode("warn")`, per quarter-epoch window '
-        f"({vi} steps and the validation after them) and part of the run; **{outside} outside validations "
-        "and checkpoints** (the recorder moves its device buffers to the host every "
-        "`trainer.flush_every_steps`; a monitor event reads its results):",
+        f"({vi} steps and the validation after them) and part of the run; **{in_loop} in the training loop "
+        "outside validations and checkpoints** (the recorder moves its device buffers to the host every "
+        '`trainer.flush_every_steps`; a monitor event reads its results). The row "outside the training '
+        'loop": before it (the model and optimizer moved to the device) and after it (moved back).',
         "",
         "| window | " + " | ".join(phases) + " | total |",
         "|---|" + "---:|" * (len(phases) + 1),
     ]
-    for window, c in real["syncs"].items():
+    for window, c in syncs.items():
         label = (
-            "set-up (before the first step)"
-            if window == "setup"
-            else f"{window} (steps {window * vi}–{(window + 1) * vi - 1})"
+            "outside the training loop"
+            if window == "outside"
+            else f"{window} (steps {window * vi}–{min((window + 1) * vi, total) - 1})"
         )
         lines.append(f"| {label} | " + " | ".join(str(c.get(ph, 0)) for ph in phases) + f" | {sum(c.values())} |")
-    if not real["syncs"]:
-        lines.append("| (none) |" + " 0 |" * (len(phases) + 1))
     if real["sync_places"]:
         lines += ["", "Where they come from (the first frame outside torch, most frequent first):", ""]
         lines += [f"- `{place}`: {n}" for place, n in real["sync_places"]]
@@ -995,17 +1053,20 @@ def main(argv=None) -> int:
         print(f"gpu_check: {exc} (from ${ENV_DEVICE})", file=sys.stderr)
         return EXIT_NO_GPU
     t_start = time.perf_counter()
+    # what the probe will measure (k_max 1 on an exclusive-process GPU, MPS or not): the budget plans for it
+    plan = sharing_plan([f"trainer.accelerator={kind}"], a.max_n, a.mps)
     budget = Budget(
         budget_s=a.budget_s,
         t_start=t_start,
         steps=a.steps,
         warmup=a.warmup,
         min_steps=a.min_steps,
-        max_n=a.max_n,
+        max_n=plan["k_max"],
         n_variants=len(a.variant_labels),
         repeats=a.repeats,
         opt_in=not a.no_opt_in,
-        mps_levels=kind == "cuda" and a.mps == "auto",
+        mps_levels=plan["mps"] == "auto",
+        real_steps=0 if a.no_real_run else (a.train_size // a.batch_size) * a.real_epochs,
     )
     run_tests = (kind == "cuda") if a.tests is None else a.tests
     tests = None
@@ -1064,7 +1125,9 @@ def main(argv=None) -> int:
         args=a,
         device_kind=kind,
         env_rows=environment(kind, p0["gpu_name"], p0["gpu_total_mb"])
-        + ([("compute mode", p0.get("compute_mode") or "not read (no nvidia-smi)")] if kind == "cuda" else []),
+        + (
+            [("compute mode", p0.get("compute_mode") or "not read (see the probe's reasons)")] if kind == "cuda" else []
+        ),
         probes=probes,
         paths=paths,
         budget_note=budget.note or None,

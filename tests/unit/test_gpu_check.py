@@ -242,7 +242,8 @@ def test_budget_shrinks_steps_only_when_the_projection_overruns():
 @pytest.mark.filterwarnings("ignore:an unrelated warning")
 def test_sync_counter_puts_each_sync_in_its_part_and_quarter_epoch_window():
     """Known answer: syncs raised (as torch's sync debug mode raises them: a warning while the caller's
-    frames are live) from a training step, a validation, the recorder and before any trainer exists."""
+    frames are live) from a training step, a validation and the recorder inside Lightning's loops, and
+    from the set-up and teardown around them (the trainer exists there too: model moved to the device)."""
     g = _gpu_check()
     modes = []
     ns = {"warnings": warnings, "MSG": g.SYNC_MESSAGE}
@@ -250,32 +251,106 @@ def test_sync_counter_puts_each_sync_in_its_part_and_quarter_epoch_window():
         ("training_step(self)", "/site/loss_slope/train/module.py"),
         ("validation_step(self)", "/site/loss_slope/train/module.py"),
         ("flush(trainer)", "/site/loss_slope/train/recorder.py"),
-        ("setup()", "/site/loss_slope/train/steps.py"),
+        ("model_to_device(trainer)", "/site/pytorch_lightning/strategies/strategy.py"),
     ):
         exec(compile(f"def {name}:\n    warnings.warn(MSG)\n", where, "exec"), ns)
+    # Lightning's loop: what it calls runs inside the training loop
+    exec(compile("def run(fn, *args):\n    fn(*args)\n", "/site/pytorch_lightning/loops/fit_loop.py", "exec"), ns)
+    loop = ns["run"]
     counter = g.SyncCounter(enabled=True, set_mode=modes.append)
     with counter:
-        ns["setup"]()  # no trainer anywhere on the stack
-        warnings.warn("an unrelated warning", stacklevel=1)  # passed on, not counted
         trainer = types.SimpleNamespace(global_step=0, fit_loop=object())
+        ns["model_to_device"](trainer)  # set-up: before the loop
+        warnings.warn("an unrelated warning", stacklevel=1)  # passed on, not counted
         module = types.SimpleNamespace(trainer=trainer)
         for done in range(8):  # validations every 4 steps
             trainer.global_step = done
-            ns["training_step"](module)
+            loop(ns["training_step"], module)
             trainer.global_step = done + 1
             if (done + 1) % 4 == 0:
-                ns["validation_step"](module)
-        ns["flush"](trainer)  # after step 8: window 1
+                loop(ns["validation_step"], module)
+        loop(ns["flush"], trainer)  # after step 8: window 1
+        ns["model_to_device"](trainer)  # teardown: after the loop
+
+        class Unattached:  # a LightningModule without a trainer raises on .trainer
+            @property
+            def trainer(self):
+                raise RuntimeError("not attached to a Trainer")
+
+        loop(ns["training_step"], Unattached())  # counted, and never raises into the torch call
     assert modes == ["warn", "default"]
     assert counter.by_window(4) == {
-        "setup": {"other": 1},
+        "outside": {"outside": 2},
         0: {"step": 4, "validation": 1},
         1: {"step": 4, "validation": 1, "recorder": 1},
+        2: {"step": 1},  # the unattached module's step: the trainer further out on the stack says step 8
     }
     places = dict(counter.places)
-    assert places["loss_slope/train/module.py:2 training_step"] == 8
+    assert places["loss_slope/train/module.py:2 training_step"] == 9
     assert places["loss_slope/train/recorder.py:2 flush"] == 1
-    assert sum(places.values()) == 12  # 1 set-up, 8 steps, 2 validations, 1 flush
+    assert places["pytorch_lightning/strategies/strategy.py:2 model_to_device"] == 2
+    assert sum(places.values()) == 14  # 2 outside the loop, 9 steps, 2 validations, 1 flush
+
+
+def test_a_sync_whose_frames_cannot_be_read_is_counted_unattributed():
+    g = _gpu_check()
+    counter = g.SyncCounter(enabled=False)
+    counter.record(object())  # not a frame
+    assert counter.by_window(4) == {"outside": {"unattributed": 1}}
+
+
+def test_probe_rows_say_which_levels_ran_under_mps():
+    g = _gpu_check()
+    lv = [{"k": k, "aggregate_samples_per_s": 100.0 * k} for k in (1, 2, 3)]
+    # `on` (every level under a daemon but k = 1's), as probe_variant saw them
+    rows = g.probe_rows({"levels": lv, "mps_compared": None, "under_mps": {1: True, 2: True, 3: True}})
+    assert [(r["k"], u) for r, u in rows] == [(1, True), (2, True), (3, True)]
+    # a setting that fell back (no control tool): nothing ran under a daemon
+    assert [u for _, u in g.probe_rows({"levels": lv, "mps_compared": None, "under_mps": {}})] == [False] * 3
+    # `auto`: the set without, then k = 2.. with
+    compared = {"without": {"levels": lv}, "with": {"levels": lv}}
+    rows = g.probe_rows({"levels": lv, "mps_compared": compared})
+    assert [(r["k"], u) for r, u in rows] == [(1, False), (2, False), (3, False), (2, True), (3, True)]
+
+
+def test_the_gpu_tests_are_killed_with_their_children_on_a_timeout(tmp_path, monkeypatch):
+    g = _gpu_check()
+    pid_file = tmp_path / "child.pid"
+    script = (
+        "import subprocess, sys, time\n"
+        f"c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(c.pid))\n"
+        "print('FAILED tests/x.py::test_a', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    monkeypatch.setattr(g, "gpu_tests_command", lambda python=sys.executable: [python, "-c", script])
+    res = g.run_gpu_tests(timeout=3)
+    assert res["exit_code"] is None and res["failed"] == ["tests/x.py::test_a"]
+    child = int(pid_file.read_text())
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        # a killed child stays a zombie until its parent (killed too) is reaped by init
+        if Path(f"/proc/{child}/stat").exists() and Path(f"/proc/{child}/stat").read_text().split()[2] == "Z":
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"the test's child process {child} outlived the timeout")
+
+
+def test_a_failed_real_loop_run_is_reported_not_raised(tmp_path):
+    g = _gpu_check()
+    real = g.real_loop_run(
+        ["experiment=s_core", "data=cifar10", f"data.root={tmp_path / 'missing'}", "trainer.accelerator=cpu"],
+        tmp_path / "run",
+        device_kind="cpu",
+    )
+    assert real["exit_code"] != 0 and real["error"]
+    text = "\n".join(g._real_loop_markdown(real, cpu=True, first="S-core"))
+    assert "**Failed**" in text and real["error"] in text
 
 
 def test_sync_phase_reads_the_innermost_frame_that_names_a_part():
@@ -337,3 +412,20 @@ def test_every_test_that_skips_without_cuda_is_marked_gpu():
                 if any(_cuda_skip(m) for m in items) and not _has_gpu_mark(items):
                     unmarked.append(f"{path.name}:{node.lineno} pytest.param")
     assert not unmarked
+
+
+def test_budget_plans_for_the_real_loop_run_and_only_the_levels_that_will_run():
+    g = _gpu_check()
+    worker = {"step_ms": 10.0, "seconds": 3.2}  # 320 steps of 10 ms; the level took 20 s with start-up
+    kw = dict(steps=300, warmup=20, min_steps=30, n_variants=2, repeats=2, opt_in=True)
+    now = time.perf_counter()
+    # 4 levels per variant and 4 more under MPS: 15 levels of ~17 s start-up overrun 360 s
+    with_mps = g.Budget(budget_s=360, t_start=now - 20, max_n=4, mps_levels=True, **kw)
+    assert with_mps(1, None, [worker], 20.0) is not None
+    # on an exclusive-process GPU the probe measures k = 1 only: nothing to shrink
+    alone = g.Budget(budget_s=360, t_start=now - 20, max_n=1, mps_levels=False, **kw)
+    assert alone(1, None, [worker], 20.0) is None
+    # the same without MPS fits, until a long real-loop run is counted in
+    plain = dict(budget_s=360, t_start=now - 20, max_n=4, mps_levels=False, **kw)
+    assert g.Budget(**plain)(1, None, [worker], 20.0) is None
+    assert g.Budget(**plain, real_steps=20_000)(1, None, [worker], 20.0) is not None  # 20,000 x 16 ms = 320 s

@@ -309,3 +309,41 @@ def test_without_the_mps_control_tool_the_probe_and_the_packs_go_without_mps():
     assert res["runs_per_gpu"] == 1 and "mps-control" in res["reason"] and "Exclusive_Process" in res["reason"]
     d = gpu_sharing(3, "on", run=FakeRun("Exclusive_Process"), which=_smi_without_mps_control, environ={})
     assert d.runs == 1 and d.mps is False and "time-slice" in d.message and "Exclusive_Process" in d.message
+
+
+def test_a_daemon_that_does_not_start_leaves_the_probe_measuring_without_mps():
+    from loss_slope.probe.capacity import probe_capacity
+
+    class DaemonFails(FakeRun):
+        def __call__(self, cmd, **kw):
+            if cmd == ["nvidia-cuda-mps-control", "-d"]:
+                raise subprocess.CalledProcessError(1, cmd, stderr="permission denied")
+            return super().__call__(cmd, **kw)
+
+    calls = []
+
+    def level(overrides, k, *, env=None, **kw):
+        calls.append((k, bool(env and "CUDA_MPS_PIPE_DIRECTORY" in env)))
+        return _level(k, 100.0 * k), [{"device": "cuda:0", "gpu_total_mb": 80_000.0}]
+
+    for setting, mode, ks in (
+        ("auto", "Default", [1, 2, 3]),
+        ("on", "Default", [1, 2, 3]),
+        ("on", "Exclusive_Process", [1]),
+    ):
+        calls.clear()
+        res = probe_capacity(
+            ["x=1"], variant="V", k_max=3, steps=5, mps=setting, run=DaemonFails(mode), which=_has_smi, level=level
+        )
+        assert calls == [(k, False) for k in ks], (setting, mode)
+        assert res["mps"] is False and res["mps_compared"] is None and "did not start" in res["reason"]
+        assert res["runs_per_gpu"] == ks[-1]
+    # one process: no daemon is started, whatever the setting (and none is needed)
+    calls.clear()
+    res = probe_capacity(
+        ["x=1"], variant="V", k_max=1, steps=5, mps="on", run=DaemonFails(), which=_no_smi, level=level
+    )
+    res = probe_capacity(
+        ["x=1"], variant="V", k_max=1, steps=5, mps="on", run=DaemonFails("Default"), which=_has_smi, level=level
+    )
+    assert calls == [(1, False), (1, False)] and res["mps"] is False and res["runs_per_gpu"] == 1

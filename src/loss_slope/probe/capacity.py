@@ -19,6 +19,7 @@ keeps MPS only when its chosen N is faster (the result's ``mps``). On the CPU
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -229,12 +230,15 @@ def sharing_plan(
     if mps not in MPS.MPS_SETTINGS:
         raise ValueError(f"packing.mps must be one of {MPS.MPS_SETTINGS}, got {mps!r}")
     out = {"k_max": k_max, "compute_mode": None, "mps": mps, "note": None}
-    if "trainer.accelerator=cpu" in overrides or which("nvidia-smi") is None:
+    on_cpu = "trainer.accelerator=cpu" in overrides
+    if on_cpu or which("nvidia-smi") is None:
         out["mps"] = "off"
         if mps != "off":
-            out["note"] = f"packing.mps={mps} ignored: no NVIDIA GPU tool (nvidia-smi) here"
+            why = "the runs train on the CPU" if on_cpu else "no NVIDIA GPU tool (nvidia-smi) here"
+            out["note"] = f"packing.mps={mps} ignored: {why}"
         return out
-    if k_max <= 1:
+    if k_max <= 1:  # one process: a daemon changes nothing
+        out["mps"] = "off"
         return out
     notes = []
     if mps != "off" and which(MPS.CONTROL) is None:
@@ -278,22 +282,28 @@ def probe_capacity(
     kw = {"steps": steps, "warmup": warmup, "timeout": timeout, "level": level}
     choose = {"tolerance": tolerance, "headroom": headroom}
     k_max, use_mps, compared = plan["k_max"], False, None
+    notes = [plan["note"]] if plan["note"] else []
+    measured = None
     if plan["mps"] == "on":
-        with tempfile.TemporaryDirectory(prefix="probe-mps-") as tmp, MPS.MpsDaemon(tmp, run=run) as menv:
-            levels, first_workers = measure_levels(
-                overrides, range(1, k_max + 1), env=MPS.runs_environment(dict(os.environ), menv), **kw
-            )
-        use_mps = True
-    else:
-        levels, first_workers = measure_levels(overrides, range(1, k_max + 1), **kw)
+        measured, why = _under_daemon(overrides, range(1, k_max + 1), run=run, **kw)
+        use_mps = measured is not None
+        if why:
+            notes.append(why)
+            if plan["compute_mode"] == "Exclusive_Process":  # without a daemon only one process may open it
+                k_max = 1
+    if measured is None:
+        measured = measure_levels(overrides, range(1, k_max + 1), **kw)
+    levels, first_workers = measured
     w0 = first_workers[0] if first_workers else {}
     total = w0.get("gpu_total_mb")
     n, reason = choose_runs_per_gpu(levels, total_mem_mb=total, **choose)
+    shared = None
     if plan["mps"] == "auto" and k_max > 1:
-        with tempfile.TemporaryDirectory(prefix="probe-mps-") as tmp, MPS.MpsDaemon(tmp, run=run) as menv:
-            shared, _ = measure_levels(
-                overrides, range(2, k_max + 1), env=MPS.runs_environment(dict(os.environ), menv), **kw
-            )
+        shared, why = _under_daemon(overrides, range(2, k_max + 1), run=run, **kw)
+        if why:
+            notes.append(why)
+    if shared is not None:
+        shared = shared[0]
         with_mps = [levels[0], *shared]  # k = 1 is one process: a daemon changes nothing for it
         n_mps, reason_mps = choose_runs_per_gpu(with_mps, total_mem_mb=total, **choose)
         rate = {
@@ -308,8 +318,8 @@ def probe_capacity(
         if use_mps:
             levels, n, reason = with_mps, n_mps, f"under MPS: {reason_mps}"
     device = w0.get("device", "unknown")
-    if plan["note"]:
-        reason = f"{reason} ({plan['note']})"
+    if notes:
+        reason = f"{reason} ({'; '.join(notes)})"
     return {
         "variant": variant,
         "device": device,
@@ -332,6 +342,18 @@ def probe_capacity(
         "mps": use_mps and n > 1,
         "mps_compared": compared,
     }
+
+
+def _under_daemon(overrides: list[str], ks, *, run, **kw):
+    """``measure_levels`` of ``ks`` under an MPS daemon of the probe's own, and None; or None and why,
+    when the daemon does not start (then nothing was measured)."""
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="probe-mps-"))
+        try:
+            menv = stack.enter_context(MPS.MpsDaemon(tmp, run=run))
+        except (OSError, subprocess.CalledProcessError) as err:
+            return None, f"the MPS daemon did not start ({err}): measured without MPS"
+        return measure_levels(overrides, ks, env=MPS.runs_environment(dict(os.environ), menv), **kw), None
 
 
 def _rate(levels: list[ProbeLevel], k: int) -> float | None:
