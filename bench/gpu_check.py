@@ -384,13 +384,23 @@ class Budget:
         k_sum = max_n * (max_n + 1) // 2
         # levels of one variant: k = 1..max_n, and k = 2..max_n again under MPS
         levels, units = max_n + (max_n - 1) * mps_levels, k_sum + (k_sum - 1) * mps_levels
-        self.levels_left = levels * n_variants - 1
+        self.levels_per_variant, self.units_per_variant = levels, units
+        self.levels_left = levels * n_variants
         # measurements still to run, in units of one k=1 process: level k takes k times as long on a
         # saturated GPU; the DataLoader path counts double (it is often the slower one)
-        self.units_left = units * n_variants - 1 + repeats * ((len(OPT_IN) if opt_in else 1) + 2)
+        self.units_left = units * n_variants + repeats * ((len(OPT_IN) if opt_in else 1) + 2)
+        self.ran_levels = self.ran_units = 0  # of the variant being probed
         self.checked, self.note = False, None
 
+    def end_variant(self) -> None:
+        """A variant's probe ended: the levels it did not run (it stops at the first OOM) are not to come."""
+        self.levels_left -= self.levels_per_variant - self.ran_levels
+        self.units_left -= self.units_per_variant - self.ran_units
+        self.ran_levels = self.ran_units = 0
+
     def __call__(self, k, level, workers, wall_s):
+        self.levels_left, self.units_left = self.levels_left - 1, self.units_left - k
+        self.ran_levels, self.ran_units = self.ran_levels + 1, self.ran_units + k
         if self.budget_s <= 0 or self.checked or k != 1 or not workers or "seconds" not in workers[0]:
             return None
         self.checked = True
@@ -1094,6 +1104,7 @@ def main(argv=None) -> int:
                 mps=a.mps,
                 on_level=budget,
             )
+            budget.end_variant()
         first = a.variant_labels[0]
         print(
             f"{first}: fast path vs DataLoader{'' if a.no_opt_in else ', opt-in variants'}, {a.repeats} repeat(s), "

@@ -302,7 +302,7 @@ def test_a_sync_whose_frames_cannot_be_read_is_counted_unattributed():
 def test_probe_rows_say_which_levels_ran_under_mps():
     g = _gpu_check()
     lv = [{"k": k, "aggregate_samples_per_s": 100.0 * k} for k in (1, 2, 3)]
-    # `on` (every level under a daemon but k = 1's), as probe_variant saw them
+    # `on`: every level under a daemon, as probe_variant saw them
     rows = g.probe_rows({"levels": lv, "mps_compared": None, "under_mps": {1: True, 2: True, 3: True}})
     assert [(r["k"], u) for r, u in rows] == [(1, True), (2, True), (3, True)]
     # a setting that fell back (no control tool): nothing ran under a daemon
@@ -429,3 +429,17 @@ def test_budget_plans_for_the_real_loop_run_and_only_the_levels_that_will_run():
     plain = dict(budget_s=360, t_start=now - 20, max_n=4, mps_levels=False, **kw)
     assert g.Budget(**plain)(1, None, [worker], 20.0) is None
     assert g.Budget(**plain, real_steps=20_000)(1, None, [worker], 20.0) is not None  # 20,000 x 16 ms = 320 s
+
+
+def test_budget_forgets_the_levels_a_probe_stopped_before():
+    """An OOM at k = 1 ends that variant's probe: its other levels are not projected at the next check."""
+    g = _gpu_check()
+    kw = dict(steps=300, warmup=20, min_steps=30, max_n=4, repeats=2, opt_in=True, mps_levels=True)
+    now = time.perf_counter()
+    worker = {"step_ms": 10.0, "seconds": 3.2}
+    two = g.Budget(budget_s=360, t_start=now - 20, n_variants=2, **kw)
+    assert two(1, None, [{"oom": True}], 5.0) is None and not two.checked  # no figure: no check yet
+    two.end_variant()
+    one = g.Budget(budget_s=360, t_start=now - 20, n_variants=1, **kw)
+    assert (two.levels_left, two.units_left) == (one.levels_left, one.units_left)
+    assert two(1, None, [worker], 20.0) == one(1, None, [worker], 20.0)

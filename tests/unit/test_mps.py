@@ -347,3 +347,34 @@ def test_a_daemon_that_does_not_start_leaves_the_probe_measuring_without_mps():
         ["x=1"], variant="V", k_max=1, steps=5, mps="on", run=DaemonFails("Default"), which=_has_smi, level=level
     )
     assert calls == [(1, False), (1, False)] and res["mps"] is False and res["runs_per_gpu"] == 1
+
+
+@pytest.mark.parametrize("mode, most", [("Default", 3), ("Exclusive_Process", 1)])
+def test_a_pack_whose_daemon_does_not_start_trains_its_runs_by_time_slicing(
+    tmp_path, fake_trainers, capsys, mode, most
+):
+    from loss_slope.train.pack import launch_pack
+
+    class DaemonFails(FakeRun):
+        def __call__(self, cmd, **kw):
+            if cmd == ["nvidia-cuda-mps-control", "-d"]:
+                self.calls.append((cmd, kw))
+                raise subprocess.CalledProcessError(1, cmd, stderr="permission denied")
+            return super().__call__(cmd, **kw)
+
+    code = launch_pack(
+        plan_path=_pack(tmp_path, 3),
+        pack="pack-x",
+        variant="V",
+        output=tmp_path / "out.json",
+        log_dir=tmp_path / "logs",
+        work_root=tmp_path / "work",
+        mps="on",
+        mps_runner=DaemonFails(mode),
+        which=_has_smi,
+    )
+    assert code == 0 and fake_trainers.most == most and len(fake_trainers.envs) == 3
+    assert all("CUDA_MPS_PIPE_DIRECTORY" not in env for env in fake_trainers.envs)
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert {r["status"] for r in out["runs"].values()} == {"complete"}
+    assert "the MPS daemon did not start" in capsys.readouterr().err

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import re
@@ -222,22 +223,32 @@ def launch_pack(
         print(f"attempt {attempt}: backing off {delay:.0f} s before retrying", flush=True)
         time.sleep(delay)
     Path(log_dir).mkdir(parents=True, exist_ok=True)
-    sharing = gpu_sharing(
+    share = functools.partial(
+        gpu_sharing,
         len(members),
-        mps,
-        chosen=plan.get("mps"),
         overrides=[o for m in members for o in m["overrides"]] + list(extra_overrides),
         run=mps_runner,
         which=which,
     )
+    sharing = share(mps, chosen=plan.get("mps"))
     if sharing.message:
         print(f"warning: {sharing.message}", file=sys.stderr, flush=True)
     with contextlib.ExitStack() as stack:
         env = {**os.environ, "LOSS_SLOPE_ATTEMPT": str(attempt), "LOSS_SLOPE_PACK": pack}
         if sharing.mps:
             job_tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"lossslope-{pack}-"))
-            env = MPS.runs_environment(env, stack.enter_context(MPS.MpsDaemon(job_tmp, run=mps_runner)))
-            print(f"MPS daemon for {len(members)} runs (pipe in {job_tmp})", flush=True)
+            try:
+                env = MPS.runs_environment(env, stack.enter_context(MPS.MpsDaemon(job_tmp, run=mps_runner)))
+                print(f"MPS daemon for {len(members)} runs (pipe in {job_tmp})", flush=True)
+            except (OSError, subprocess.CalledProcessError) as err:
+                # time-slicing still trains the runs (one at a time on an exclusive-process GPU)
+                sharing = share("off")
+                print(
+                    f"warning: the MPS daemon did not start ({err}): {sharing.runs} of the pack's runs at a time, "
+                    "time-slicing the GPU" + (f"; {sharing.message}" if sharing.message else ""),
+                    file=sys.stderr,
+                    flush=True,
+                )
         return _train_members(
             members=members,
             pack=pack,
