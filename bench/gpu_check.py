@@ -48,6 +48,9 @@ reader and probe worker load it unchanged (no download):
    recorder, checkpoints), under ``torch.cuda.set_sync_debug_mode("warn")``: host syncs per
    quarter-epoch window and part of the run (:class:`SyncCounter`), the median step interval,
    and the run's checkpoint record (files, MB, time on the training thread and in the writer).
+5. **The monitors** at the study's model and batch: ``bench/bench_monitors.py --device cuda
+   --base-width 64 --batch-size 128`` (its table also goes to ``gpu_monitors.md`` next to the
+   report). Default on a GPU; ``--no-monitors``.
 
 The chosen N is what the pipeline's ``probe_capacity`` rule would pick on
 this GPU; to fix N for a study without probing, set ``packing.runs_per_gpu``
@@ -377,10 +380,12 @@ class Budget:
         opt_in: bool,
         mps_levels: bool = False,
         real_steps: int = 0,
+        after_s: float = 0.0,
     ) -> None:
         self.budget_s, self.t_start, self.warmup, self.min_steps = budget_s, t_start, warmup, min_steps
         self.steps = steps  # what later measurements use
         self.real_steps = real_steps  # steps of the real-loop run after the measurements (it does not shrink)
+        self.after_s = after_s  # what else comes after the measurements (the monitor benchmark)
         k_sum = max_n * (max_n + 1) // 2
         # levels of one variant: k = 1..max_n, and k = 2..max_n again under MPS
         levels, units = max_n + (max_n - 1) * mps_levels, k_sum + (k_sum - 1) * mps_levels
@@ -408,7 +413,7 @@ class Budget:
         per_step = w["step_ms"] / 1e3
         overhead = max(0.0, wall_s - w["seconds"])  # start-up of a level: imports, CUDA, data, warm-up
         # the real-loop run: its steps with validations and monitors (~1.6x a bare step) and a start-up
-        fixed = self.real_steps * per_step * REAL_LOOP_FACTOR + overhead if self.real_steps else 0.0
+        fixed = (self.real_steps * per_step * REAL_LOOP_FACTOR + overhead if self.real_steps else 0.0) + self.after_s
         elapsed = time.perf_counter() - self.t_start + fixed
         projected = elapsed + self.levels_left * overhead + self.units_left * (self.steps + self.warmup) * per_step
         if projected <= self.budget_s:
@@ -701,6 +706,42 @@ def run_gpu_tests(timeout: float = 300) -> dict:
     }
 
 
+# ---------------------------------------------------------------- the monitors at the study's size
+
+#: bench/bench_monitors.py at the study's model (width 64) and batch (128)
+MONITOR_ARGS = ["--base-width", "64", "--batch-size", "128", "--steps", "30", "--curvature-events", "3"]
+MONITOR_BENCH_S = 90.0  # what the budget sets aside for it
+
+
+def monitor_bench_command(device_kind: str, markdown: Path, extra=(), python: str = sys.executable) -> list[str]:
+    return [
+        python,
+        str(REPO / "bench" / "bench_monitors.py"),
+        "--device",
+        device_kind,
+        *MONITOR_ARGS,
+        *extra,  # later options win (tests shrink the model)
+        "--markdown",
+        str(markdown),
+    ]
+
+
+def run_monitor_bench(device_kind: str, markdown: Path, *, extra=(), timeout: float = 300) -> dict:
+    """The curvature / noise monitors' cost (``bench/bench_monitors.py``), its table written to ``markdown``."""
+    t0 = time.perf_counter()
+    markdown.unlink(missing_ok=True)
+    try:
+        proc = subprocess.run(
+            monitor_bench_command(device_kind, markdown, extra), capture_output=True, text=True, timeout=timeout
+        )
+        code, tail = proc.returncode, (proc.stdout + proc.stderr)[-1500:]
+    except subprocess.TimeoutExpired:
+        code, tail = None, f"timed out after {timeout:.0f} s"
+    text = markdown.read_text() if code == 0 and markdown.exists() else None
+    print(f"  monitors: exit {code}, {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    return {"exit_code": code, "text": text, "error": None if text else tail, "seconds": time.perf_counter() - t0}
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -760,6 +801,7 @@ def render_markdown(
     wall_s: float,
     tests: dict | None = None,
     real: dict | None = None,
+    monitors: dict | None = None,
 ) -> str:
     cpu = device_kind == "cpu"
     mem_label = "peak MiB per process (host RSS)" if cpu else "peak MiB per process (peak reserved + CUDA context)"
@@ -894,6 +936,7 @@ def render_markdown(
             lines.append(f"| {label} | {_f(t.samples_per_s)} | {_f(r, '{:.2f}')} | {_f(t.peak_mem_mb)} | {note} |")
     lines += _tests_markdown(tests, cpu=cpu)
     lines += _real_loop_markdown(real, cpu=cpu, first=first)
+    lines += _monitors_markdown(monitors, cpu=cpu)
     return "\n".join(lines) + "\n"
 
 
@@ -913,6 +956,17 @@ def _tests_markdown(tests: dict | None, *, cpu: bool) -> list[str]:
     for line in tests["skipped"][:10]:
         lines.append(f"- {line}")
     return lines
+
+
+def _monitors_markdown(monitors: dict | None, *, cpu: bool) -> list[str]:
+    lines = ["", "## The monitors at the study's model and batch", ""]
+    cmd = shlex.join(["python", "bench/bench_monitors.py", "--device", "cuda", *MONITOR_ARGS])
+    if monitors is None:
+        why = "a CPU smoke run: `docs/benchmarks.md` has the CPU figures" if cpu else "`--no-monitors`"
+        return lines + [f"Not run ({why}). `{cmd}` measures them."]
+    if monitors["text"] is None:
+        return lines + [f"`{cmd}` **failed** (exit {monitors['exit_code']}):", "", "```", monitors["error"], "```"]
+    return lines + [f"`{cmd}` ({monitors['seconds']:.0f} s):", "", monitors["text"].rstrip()]
 
 
 def _real_loop_markdown(real: dict | None, *, cpu: bool, first: str) -> list[str]:
@@ -1037,6 +1091,13 @@ def parse_args(argv):
         help="run the GPU-only tests first (pytest -m gpu); default: on a GPU yes, on the CPU no",
     )
     ap.add_argument("--no-real-run", action="store_true", help="skip the real training loop (syncs, checkpoints)")
+    ap.add_argument(
+        "--monitors",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the monitors' cost at the study's model and batch (bench/bench_monitors.py; also written to "
+        "gpu_monitors.md next to the report); default: on a GPU yes, on the CPU no",
+    )
     ap.add_argument("--real-epochs", type=int, default=1, help="epochs of the real training loop run")
     a = ap.parse_args(argv)
     a.argv = list(sys.argv[1:] if argv is None else argv)
@@ -1063,6 +1124,7 @@ def main(argv=None) -> int:
         print(f"gpu_check: {exc} (from ${ENV_DEVICE})", file=sys.stderr)
         return EXIT_NO_GPU
     t_start = time.perf_counter()
+    run_monitors = (kind == "cuda") if a.monitors is None else a.monitors
     # what the probe will measure (k_max 1 on an exclusive-process GPU, MPS or not): the budget plans for it
     plan = sharing_plan([f"trainer.accelerator={kind}"], a.max_n, a.mps)
     budget = Budget(
@@ -1077,6 +1139,7 @@ def main(argv=None) -> int:
         opt_in=not a.no_opt_in,
         mps_levels=plan["mps"] == "auto",
         real_steps=0 if a.no_real_run else (a.train_size // a.batch_size) * a.real_epochs,
+        after_s=MONITOR_BENCH_S if run_monitors else 0.0,
     )
     run_tests = (kind == "cuda") if a.tests is None else a.tests
     tests = None
@@ -1131,6 +1194,10 @@ def main(argv=None) -> int:
                 device_kind=kind,
                 epochs=a.real_epochs,
             )
+    monitors = None
+    if run_monitors:
+        print("monitors at the study's model and batch (bench/bench_monitors.py)", file=sys.stderr)
+        monitors = run_monitor_bench(kind, Path(a.markdown).with_name("gpu_monitors.md"))
     p0 = probes[first]
     md = render_markdown(
         args=a,
@@ -1145,6 +1212,7 @@ def main(argv=None) -> int:
         wall_s=time.perf_counter() - t_start,
         tests=tests,
         real=real,
+        monitors=monitors,
     )
     out = Path(a.markdown)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -1159,6 +1227,9 @@ def main(argv=None) -> int:
         return 1
     if real is not None and real["exit_code"] != 0:
         print(f"gpu_check: the real training loop run exited {real['exit_code']}", file=sys.stderr)
+        return 1
+    if monitors is not None and monitors["text"] is None:
+        print(f"gpu_check: the monitor benchmark failed (exit {monitors['exit_code']})", file=sys.stderr)
         return 1
     if tests is not None and (tests["exit_code"] != 0 or tests["counts"]["passed"] == 0):
         print(f"gpu_check: GPU-only tests: {tests['counts']} (exit {tests['exit_code']})", file=sys.stderr)

@@ -3,8 +3,8 @@
 # runs per GPU for S-core / S-narrow with and without an MPS daemon (the pipeline's
 # probe); the device-resident data path vs a plain DataLoader, channels_last / bf16;
 # one real one-epoch run counting host syncs per quarter-epoch window and timing its
-# checkpoint saves; then the monitors' overhead at the study's model and batch
-# (docs/gpu_monitors.md). Writes docs/gpu_check.md (or --markdown PATH) and prints it.
+# checkpoint saves; the monitors' overhead at the study's model and batch (also in
+# docs/gpu_monitors.md). Writes docs/gpu_check.md (or --markdown PATH) and prints it.
 #
 #   bench/gpu_check.sh [--markdown PATH] [--steps 300] [--max-n 4] [--num-workers 4] ...
 #   bench/gpu_check.sh --device cpu --steps 20 --max-n 2 --batch-size 32 --base-width 16   # CPU smoke run only
@@ -29,9 +29,3 @@ fi
 export PYTHONPATH="$repo/src${PYTHONPATH:+:$PYTHONPATH}"
 cd "$repo"
 "$py" bench/gpu_check.py "$@"
-# On a GPU, also the curvature/noise monitors' overhead at the study's model and
-# batch (docs/gpu_monitors.md). Skipped for a CPU smoke run.
-if [[ " $* " != *" --device cpu "* && " $* " != *" --device=cpu "* && "${GPU_CHECK_DEVICE:-}" != "cpu" ]]; then
-    "$py" bench/bench_monitors.py --device cuda --base-width 64 --batch-size 128 --steps 30 \
-        --curvature-events 3 --markdown docs/gpu_monitors.md
-fi

@@ -162,6 +162,7 @@ def test_cpu_smoke_run_writes_the_table(tmp_path):
     _check_report(text, max_n=2, cpu=True)
     assert "num_workers=1" in text
     assert "## GPU-only tests\n\nNot run (a CPU smoke run" in text
+    assert "## The monitors at the study's model and batch\n\nNot run (a CPU smoke run" in text
 
 
 @pytest.mark.gpu
@@ -443,3 +444,19 @@ def test_budget_forgets_the_levels_a_probe_stopped_before():
     one = g.Budget(budget_s=360, t_start=now - 20, n_variants=1, **kw)
     assert (two.levels_left, two.units_left) == (one.levels_left, one.units_left)
     assert two(1, None, [worker], 20.0) == one(1, None, [worker], 20.0)
+
+
+def test_the_monitor_benchmark_runs_at_the_study_size_and_its_table_goes_into_the_report(tmp_path):
+    g = _gpu_check()
+    cmd = g.monitor_bench_command("cuda", tmp_path / "m.md", python="py")
+    assert cmd[cmd.index("--base-width") + 1] == "64" and cmd[cmd.index("--batch-size") + 1] == "128"
+    assert cmd[cmd.index("--device") + 1] == "cuda" and cmd[-2:] == ["--markdown", str(tmp_path / "m.md")]
+    tiny = ["--base-width", "4", "--batch-size", "8", "--steps", "3", "--curvature-events", "1"]  # later options win
+    res = g.run_monitor_bench("cpu", tmp_path / "m.md", extra=tiny)
+    assert res["exit_code"] == 0 and "base_width=4" in res["text"]
+    text = "\n".join(g._monitors_markdown(res, cpu=True))
+    assert "## The monitors at the study's model and batch" in text and res["text"].strip() in text
+    failed = g.run_monitor_bench("cpu", tmp_path / "m.md", extra=["--base-width", "not-a-number"])
+    assert failed["exit_code"] != 0 and failed["text"] is None and not (tmp_path / "m.md").exists()
+    assert "**failed**" in "\n".join(g._monitors_markdown(failed, cpu=False))
+    assert "Not run (a CPU smoke run" in "\n".join(g._monitors_markdown(None, cpu=True))
