@@ -23,6 +23,8 @@ import pytest
 import yaml
 from slurm_harness import PROFILE, Cluster, run
 
+from loss_slope.train.pack import read_errors
+
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parents[2]
 RUNS = ["lr0.05-wd0.0005-s0", "lr0.05-wd0.0005-s1"]
@@ -142,7 +144,7 @@ def test_kill_controller_then_restart_recipe(slurm_cluster: Cluster, tmp_path: P
             assert e0 is not None and s1 >= e0, f"{run_id}: attempt in job {j1} overlaps job {j0}: {recs}"
         ends = [r["status"] for r in recs if r["event"] == "end"]
         assert ends[-1] == "completed" and "unfinished" in ends, ends  # a time-budget stop, then resumed
-        assert "failed" not in ends and not (tmp_path / "work" / "S-core" / run_id / "launcher.jsonl").exists()
+        assert "failed" not in ends and not read_errors(tmp_path / "work" / "S-core" / run_id)  # no failed try
         rep = json.loads((tmp_path / f"results/validation/S-core/{run_id}/validation.json").read_text())
         assert rep["passed"], rep["reasons"]
     log = "".join((tmp_path / "logs" / "train" / "S-core" / f"{r}.log").read_text() for r in RUNS)

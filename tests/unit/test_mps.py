@@ -378,3 +378,36 @@ def test_a_pack_whose_daemon_does_not_start_trains_its_runs_by_time_slicing(
     out = json.loads((tmp_path / "out.json").read_text())
     assert {r["status"] for r in out["runs"].values()} == {"complete"}
     assert "the MPS daemon did not start" in capsys.readouterr().err
+
+
+def test_the_pack_records_how_each_run_ended_for_the_next_memory_request(tmp_path, fake_trainers):
+    from loss_slope.probe.plan import read_plan
+    from loss_slope.study.resources import memory_attempt
+    from loss_slope.train.attempts import read_launcher
+    from loss_slope.train.pack import _record_error, launch_pack
+
+    spec = _pack(tmp_path, 3)
+    settings = next(m.get("settings") for m in read_plan(spec)["packs"]["pack-x"] if m["run"] == "r2")
+    # r2 failed twice before with the same error: given up, not started again
+    for _ in range(2):
+        _record_error(tmp_path / "work" / "V" / "r2", attempt=1, exit_code=1, error="boom", settings=settings)
+    code = launch_pack(
+        plan_path=spec,
+        pack="pack-x",
+        variant="V",
+        output=tmp_path / "out.json",
+        log_dir=tmp_path / "logs",
+        work_root=tmp_path / "work",
+        attempt=2,
+        which=_no_smi,
+    )
+    assert code == 0 and len(fake_trainers.envs) == 2
+    outcomes = {
+        run: [
+            (r["attempt"], r["status"]) for r in read_launcher(tmp_path / "work" / "V" / run) if r["event"] == "outcome"
+        ]
+        for run in ("r0", "r1", "r2")
+    }
+    assert outcomes == {"r0": [(2, "complete")], "r1": [(2, "complete")], "r2": [(2, "not_started")]}
+    runs = [tmp_path / "work" / "V" / r for r in ("r0", "r1")]
+    assert memory_attempt(runs, 3) == 2  # attempt 2 clean; attempt 1 left no record of these runs

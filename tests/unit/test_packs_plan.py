@@ -1,6 +1,7 @@
 """Stable packs, the resource contract and the launcher's retry bookkeeping (no training)."""
 
 import json
+import time
 
 import pytest
 
@@ -142,6 +143,45 @@ def test_memory_attempt_reads_only_this_invocations_attempts(tmp_path):
 
     start_attempt(c / "attempts.jsonl", start_step=0, reason="fresh")
     assert R.memory_attempt([c], 3) == 3
+
+
+def _launcher(run_dir, event, job_attempt, **rec):
+    """A pack launcher record of a run, as the launcher writes it."""
+    from loss_slope.train.pack import _record
+
+    _record(run_dir, event, attempt=job_attempt, **rec)
+
+
+def test_memory_attempt_reads_the_launchers_records(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    # attempt 1: run a was killed while it started (no record of its own; the launcher saw exit -9),
+    # run b stopped at its time budget
+    _launcher(a, "error", 1, exit_code=-9, error="(no output)")
+    _attempt(b, 1, "unfinished")
+    assert R.memory_attempt([a, b], 2) == 2
+    # attempt 2: a only waited for another trainer's lock (no record of its own), b stopped again
+    _launcher(a, "outcome", 2, status="locked", exit_code=4)
+    _attempt(b, 2, "unfinished")
+    _launcher(b, "outcome", 2, status="unfinished", exit_code=3)
+    assert R.memory_attempt([a, b], 3) == 2  # attempt 2 was clean, attempt 1 was not
+    # attempt 3: a given up before it (not started: says nothing), b complete
+    _launcher(a, "outcome", 3, status="not_started", exit_code=1)
+    _attempt(b, 3, "completed")
+    assert R.memory_attempt([a, b], 4) == 2
+    # an earlier invocation's launcher records do not count
+    assert R.memory_attempt([a, b], 2, since=time.time() + 60) == 2  # nothing of this invocation: grows
+
+
+def test_a_repeated_attempt_number_does_not_end_the_trail(tmp_path):
+    """A requeued job (slurm-requeue) or a run its launcher restarted repeats a Snakemake attempt."""
+    a = tmp_path / "a"
+    _attempt(a, 1, "unfinished")
+    _attempt(a, 2, "preempted")
+    _attempt(a, 2, "unfinished")  # the same attempt, requeued
+    assert R.memory_attempt([a], 3) == 1
+    _attempt(a, 3, None)  # killed
+    _attempt(a, 3, "unfinished")
+    assert R.memory_attempt([a], 4) == 2
 
 
 def test_resource_contract():

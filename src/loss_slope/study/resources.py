@@ -6,8 +6,9 @@ A pack of N runs asks for
 * host memory: ``(N x per-run host memory + packing.host_mem_margin_mb) x growth(a)``,
   where the per-run memory is what the probe measured when it did, else
   ``packing.host_mem_mb_per_run``; ``growth`` is 1, 1.5, 2, 2, ... for a = 1, 2, 3, ..., and
-  ``a`` is the Snakemake attempt less the earlier attempts whose runs all ended cleanly
-  (:func:`memory_attempt`): a pack resubmitted because it reached its time budget asks for
+  ``a`` is the Snakemake attempt less the earlier attempts whose runs all ended cleanly, by
+  the runs' and the pack launcher's records (:func:`memory_attempt`): a pack resubmitted
+  because it reached its time budget (or only waited for another trainer's lock) asks for
   the memory it had, one resubmitted after a kill or an error asks for more;
 * runtime: ``steps left x seconds per step x packing.runtime_safety + packing.time_margin_minutes
   + 5 min start-up``, from the probe's step time at N runs per GPU, capped at
@@ -24,12 +25,15 @@ import math
 from collections.abc import Iterable
 from pathlib import Path
 
-from loss_slope.train.attempts import read_attempts, summarize_attempts
+from loss_slope.train.attempts import read_attempts, read_launcher, summarize_attempts
 
 STARTUP_MINUTES = 5.0
 #: how a run's attempt can end without a sign of too little memory: stopped at its time budget
 #: (``unfinished``), by SIGTERM (``preempted``: scancel, preemption, the job's time limit) or done
 CLEAN_ENDS = frozenset({"unfinished", "preempted", "completed", "diverged"})
+#: how the pack launcher saw a run's attempt end without such a sign: done, stopped at its time
+#: budget (or never started for lack of time), or held by another trainer's lock
+CLEAN_OUTCOMES = frozenset({"complete", "unfinished", "locked"})
 
 
 def pack_cpus(n_runs: int, threads: int) -> int:
@@ -46,30 +50,48 @@ def pack_mem_mb(n_runs: int, per_run_mb: float, margin_mb: float, attempt: int =
 
 def memory_attempt(run_dirs: Iterable[str | Path], attempt: int, *, since: float | None = None) -> int:
     """The attempt number that sets a pack's memory growth: ``attempt`` less the earlier
-    attempts (of this Snakemake invocation) in which every run of the pack that started ended
-    cleanly (:data:`CLEAN_ENDS`). An earlier attempt counts as it does today (memory grows)
-    when a run of it was killed (no end record: e.g. the job went over its memory), failed, or
-    when no run recorded it at all (the job died before a run started).
+    attempts (of this Snakemake invocation) that show no sign of too little memory.
 
-    A run's attempts of this invocation are the trailing records of its ``attempts.jsonl``
-    that started at ``since`` (the invocation's start, a Unix time) or later and whose
-    ``snakemake_attempt`` is below ``attempt`` and falls going backwards: an older
-    invocation's records (its count started at 1 too) end the trail.
+    An earlier attempt is clean when something recorded it and every record of it is clean:
+    the runs' ends in ``attempts.jsonl`` (:data:`CLEAN_ENDS`), and the pack launcher's
+    ``launcher.jsonl``: its ``outcome`` of each run (:data:`CLEAN_OUTCOMES`; a run given up
+    before the attempt, ``not_started``, says nothing) and its ``error`` records (a failed
+    try, e.g. a run killed while it started: never clean). An attempt counts as it does today
+    (memory grows) when a run of it was killed (no end record), failed, or when nothing
+    recorded it at all (the whole job died).
+
+    A run's records of this invocation are its trailing ``attempts.jsonl`` records that
+    started at ``since`` (the invocation's start, a Unix time) or later, with a
+    ``snakemake_attempt`` below ``attempt`` that does not rise going backwards (a requeued
+    job, or a run restarted by its launcher, repeats a number); the launcher's records of
+    this invocation are those written at ``since`` or later, below ``attempt``.
     """
     attempt = max(1, int(attempt))
     ends: dict[int, set[str]] = {}
     for run_dir in run_dirs:
-        later = attempt
+        limit = attempt - 1
         for rec in reversed(summarize_attempts(read_attempts(Path(run_dir) / "attempts.jsonl"))):
             try:
                 job_attempt = int(rec.get("snakemake_attempt"))
             except (TypeError, ValueError):
                 break
-            if not 1 <= job_attempt < later or (since is not None and rec.get("started", since) < since):
+            if not 1 <= job_attempt <= limit or (since is not None and rec.get("started", since) < since):
                 break
             ends.setdefault(job_attempt, set()).add(rec["status"])
-            later = job_attempt
-    return attempt - sum(1 for statuses in ends.values() if statuses <= CLEAN_ENDS)
+            limit = job_attempt
+        for rec in read_launcher(run_dir):
+            try:
+                job_attempt, when = int(rec.get("attempt")), float(rec.get("time"))
+            except (TypeError, ValueError):
+                continue
+            if not 1 <= job_attempt < attempt or (since is not None and when < since):
+                continue
+            if rec.get("event") == "error":
+                ends.setdefault(job_attempt, set()).add("launcher_error")
+            elif rec.get("event") == "outcome" and rec.get("status") != "not_started":
+                ends.setdefault(job_attempt, set()).add(f"outcome:{rec.get('status')}")
+    clean = CLEAN_ENDS | {f"outcome:{s}" for s in CLEAN_OUTCOMES}
+    return attempt - sum(1 for statuses in ends.values() if statuses <= clean)
 
 
 def pack_runtime_minutes(

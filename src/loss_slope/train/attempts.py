@@ -27,7 +27,13 @@ def read_attempts(path: str | Path) -> list[dict]:
     return out
 
 
-def _torn(path: Path) -> bool:
+def read_launcher(run_dir: str | Path) -> list[dict]:
+    """The pack launcher's records of a run (``{run_dir}/launcher.jsonl``): ``error`` (a failed
+    try: exit code, error line) and ``outcome`` (how the run ended in a pack attempt)."""
+    return read_attempts(Path(run_dir) / "launcher.jsonl")
+
+
+def torn_last_line(path: Path) -> bool:
     """The log ends without a newline: a kill tore its last line."""
     try:
         with open(path, "rb") as fh:
@@ -39,7 +45,7 @@ def _torn(path: Path) -> bool:
 
 def _append(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    lead = "\n" if _torn(path) else ""  # a new line, so the torn one does not swallow this record
+    lead = "\n" if torn_last_line(path) else ""  # a new line, so the torn one does not swallow this record
     with open(path, "a") as fh:
         fh.write(lead + json.dumps(record, sort_keys=True) + "\n")
         fh.flush()

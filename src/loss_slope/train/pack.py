@@ -12,7 +12,10 @@ again (it then finds itself complete, or resumes).
 Retries. A run stopped by its time budget (exit 3) is not an error: the pack
 exits 3 and the next attempt resumes it, however many times that takes. A run
 that fails is recorded in ``{run_dir}/launcher.jsonl`` (exit code, the error
-line of its log, the run's settings digest); once it has failed
+line of its log, the run's settings digest), and so is how every run ended in
+each attempt (``outcome``: complete, unfinished, locked, failed, no_gpu, or
+not_started when given up before; the next attempt's memory request reads it,
+:func:`loss_slope.study.resources.memory_attempt`); once it has failed
 ``--max-error-attempts`` times, or twice in a row with the same error, it is
 given up: it is not started again, and the pack counts it as finished (its
 per-run marker job then fails with that error, so the report lists it and its
@@ -55,6 +58,7 @@ from loss_slope.jsonio import write_json
 from loss_slope.pipeline.paths import WORK_RUN
 from loss_slope.probe import mps as MPS
 from loss_slope.probe.plan import read_plan
+from loss_slope.train.attempts import read_launcher, torn_last_line
 from loss_slope.train.exit_codes import EXIT_ERROR, EXIT_LOCKED, EXIT_NO_GPU, EXIT_OK, EXIT_UNFINISHED
 
 LOCK_POLL_S = 30.0
@@ -76,20 +80,11 @@ def error_line(text: str) -> str:
 
 
 def read_errors(run_dir, settings: str | None = None) -> list[dict]:
-    path = Path(run_dir) / "launcher.jsonl"
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return []
-    out = []
-    for line in text.splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if rec.get("event") == "error" and (settings is None or rec.get("settings") == settings):
-            out.append(rec)
-    return out
+    return [
+        rec
+        for rec in read_launcher(run_dir)
+        if rec.get("event") == "error" and (settings is None or rec.get("settings") == settings)
+    ]
 
 
 def given_up(errors: list[dict], max_errors: int) -> str | None:
@@ -104,11 +99,16 @@ def given_up(errors: list[dict], max_errors: int) -> str | None:
     return None
 
 
-def _record_error(run_dir, **rec) -> None:
+def _record(run_dir, event: str, **rec) -> None:
     path = Path(run_dir) / "launcher.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
+    lead = "\n" if torn_last_line(path) else ""  # a kill tore the last record: start a new line
     with open(path, "a") as fh:
-        fh.write(json.dumps({"event": "error", "time": time.time(), **rec}, sort_keys=True) + "\n")
+        fh.write(lead + json.dumps({"event": event, "time": time.time(), **rec}, sort_keys=True) + "\n")
+
+
+def _record_error(run_dir, **rec) -> None:
+    _record(run_dir, "error", **rec)
 
 
 def check_gpu(expect: str | None, mode: str) -> str | None:
@@ -314,6 +314,7 @@ def _train_members(
         print(f"started {variant}/{run} (pid {procs[run][0].pid})", flush=True)
 
     by_run = {m["run"]: m for m in members}
+    skipped: set[str] = set()  # given up before this attempt: not started
     pending = []  # runs to start when a slot frees (max_parallel < N: an exclusive-process GPU)
     for m in members:
         run_dir = Path(WORK_RUN.format(work_root=work_root, variant=variant, run=m["run"]))
@@ -323,6 +324,7 @@ def _train_members(
             else given_up(read_errors(run_dir, m.get("settings")), max_error_attempts)
         )
         if why:
+            skipped.add(m["run"])
             last = read_errors(run_dir, m.get("settings"))[-1]
             results[m["run"]] = {
                 "exit_code": last["exit_code"],
@@ -412,6 +414,19 @@ def _train_members(
 
     for m in members:  # a member without a result (never started) is unfinished, never done
         results.setdefault(m["run"], {"exit_code": None, "status": "unfinished", "log": str(run_log(m["run"]))})
+    # how each run ended in this attempt, for the next attempt's memory request (study.resources.memory_attempt);
+    # a run given up before this attempt was not started
+    for m in members:
+        res = results[m["run"]]
+        _record(
+            Path(WORK_RUN.format(work_root=work_root, variant=variant, run=m["run"])),
+            "outcome",
+            attempt=attempt,
+            status="not_started" if m["run"] in skipped else res["status"],
+            exit_code=res.get("exit_code"),
+            pack=pack,
+            slurm_job_id=os.environ.get("SLURM_JOB_ID"),
+        )
     terminal = {r for r, v in results.items() if v["status"] == "complete" or "given_up" in v}
     open_runs = {r: v for r, v in results.items() if r not in terminal}
     if open_runs:
