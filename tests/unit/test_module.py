@@ -9,6 +9,26 @@ from loss_slope.train.module import CurveModule, MicroBatcher
 from loss_slope.train.schedule import Schedule
 
 
+def fit(module, x, y, *, steps: int, accelerator: str = "cpu", precision: str = "32-true") -> pl.Trainer:
+    """Train ``module`` for ``steps`` optimizer steps on the one batch ``(x, y)``; no validation, no I/O."""
+    trainer = pl.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        precision=precision,
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        max_epochs=-1,
+    )
+    trainer.fit(
+        module, train_dataloaders=torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+    )
+    return trainer
+
+
 def fit_one_step(clip=None, micro=None, steps=1, compile=None, on_change=None):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
@@ -22,18 +42,7 @@ def fit_one_step(clip=None, micro=None, steps=1, compile=None, on_change=None):
         compile=compile,
     )
     before = torch.cat([p.detach().flatten().clone() for p in net.parameters()])
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        max_epochs=-1,
-    )
-    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
-    trainer.fit(module, train_dataloaders=data)
+    trainer = fit(module, x, y, steps=steps)
     after = torch.cat([p.detach().flatten() for p in net.parameters()])
     return after - before, trainer
 
@@ -104,20 +113,7 @@ def _fit_conv_net(accelerator: str, channels_last: bool):
     module = CurveModule(
         net, lambda p: torch.optim.SGD(p, lr=0.1), Schedule("constant", 0, 10), channels_last=channels_last
     )
-    trainer = pl.Trainer(
-        accelerator=accelerator,
-        devices=1,
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        max_epochs=-1,
-    )
-    trainer.fit(
-        module, train_dataloaders=torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
-    )
+    fit(module, x, y, steps=2, accelerator=accelerator)
     return seen, module
 
 
@@ -184,19 +180,7 @@ def test_a_cudnn_allocation_failure_in_a_step_halves_the_micro_batch():
         micro_batcher=MicroBatcher(min_size=1, on_change=changes.append),
         fault=fault,
     )
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        max_epochs=-1,
-    )
-    trainer.fit(
-        module, train_dataloaders=torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
-    )
+    trainer = fit(module, x, y, steps=2)
     assert trainer.global_step == 2 and module.micro.size == 2
     assert [(c["from"], c["to"]) for c in changes] == [(8, 4), (4, 2)]
     assert "CUDNN_STATUS_ALLOC_FAILED" in changes[0]["error"]
@@ -257,19 +241,7 @@ def test_cuda_fit_uses_fused_adamw_and_cudnn_benchmark():
     torch.backends.cudnn.benchmark = False
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 2 * 2, 3))
     module = CurveModule(net, functools.partial(torch.optim.AdamW, lr=1e-3), Schedule("constant", 0, 10))
-    trainer = pl.Trainer(
-        accelerator="gpu",
-        devices=1,
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        max_epochs=-1,
-    )
-    data = torch.utils.data.TensorDataset(torch.randn(8, 3, 4, 4), torch.randint(0, 3, (8,)))
-    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=8))
+    trainer = fit(module, torch.randn(8, 3, 4, 4), torch.randint(0, 3, (8,)), steps=1, accelerator="gpu")
     assert torch.backends.cudnn.benchmark is True
     assert trainer.optimizers[0].defaults["fused"] is True
 
@@ -308,20 +280,8 @@ def test_the_failed_try_is_freed_before_the_out_of_memory_fallback_releases_memo
         Schedule("constant", 0, 10),
         micro_batcher=MicroBatcher(min_size=1),
     )
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        max_epochs=-1,
-    )
     x, y = torch.randn(8, 3, 2, 2), torch.randint(0, 3, (8,))
-    trainer.fit(
-        module, train_dataloaders=torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
-    )
+    trainer = fit(module, x, y, steps=1)
     assert trainer.global_step == 1 and module.micro.size == 2  # 8 -> 4 -> 2
     assert alive_at_release == [[], []]  # two fallbacks, each after the failed tries' tensors were freed
 
@@ -340,19 +300,6 @@ def test_gradient_clipping_works_with_a_fused_optimizer_under_bf16(precision):
         Schedule("constant", 0, 10),
         gradient_clip_val=1e-3,
     )
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        precision=precision,
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        max_epochs=-1,
-    )
     x, y = torch.randn(8, 3, 2, 2) * 10, torch.randint(0, 3, (8,))
-    trainer.fit(
-        module, train_dataloaders=torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
-    )
+    trainer = fit(module, x, y, steps=2, precision=precision)
     assert trainer.global_step == 2

@@ -173,6 +173,31 @@ def _pack(tmp_path, n):
     return spec
 
 
+class DaemonFails(FakeRun):
+    """nvidia-smi answers; the MPS daemon does not start."""
+
+    def __call__(self, cmd, **kw):
+        if cmd == ["nvidia-cuda-mps-control", "-d"]:
+            self.calls.append((cmd, kw))
+            raise subprocess.CalledProcessError(1, cmd, stderr="permission denied")
+        return super().__call__(cmd, **kw)
+
+
+def _launch(tmp_path, plan_path=None, **kw):
+    """The pack launcher on a pack of 3 runs (fake trainers), its output and logs in ``tmp_path``."""
+    from loss_slope.train.pack import launch_pack
+
+    return launch_pack(
+        plan_path=plan_path or _pack(tmp_path, 3),
+        pack="pack-x",
+        variant="V",
+        output=tmp_path / "out.json",
+        log_dir=tmp_path / "logs",
+        work_root=tmp_path / "work",
+        **kw,
+    )
+
+
 @pytest.mark.parametrize(
     "mode, setting, most, daemon",
     [("Default", "off", 3, False), ("Exclusive_Process", "off", 1, False), ("Exclusive_Process", "on", 3, True)],
@@ -180,20 +205,9 @@ def _pack(tmp_path, n):
 def test_pack_job_trains_one_at_a_time_on_an_exclusive_gpu_and_starts_its_own_daemon(
     tmp_path, fake_trainers, capsys, mode, setting, most, daemon
 ):
-    from loss_slope.train.pack import launch_pack
 
     run = FakeRun(mode)
-    code = launch_pack(
-        plan_path=_pack(tmp_path, 3),
-        pack="pack-x",
-        variant="V",
-        output=tmp_path / "out.json",
-        log_dir=tmp_path / "logs",
-        work_root=tmp_path / "work",
-        mps=setting,
-        mps_runner=run,
-        which=_has_smi,
-    )
+    code = _launch(tmp_path, mps=setting, mps_runner=run, which=_has_smi)
     assert code == 0 and fake_trainers.most == most and len(fake_trainers.envs) == 3
     out = json.loads((tmp_path / "out.json").read_text())
     assert sorted(out["runs"]) == ["r0", "r1", "r2"] and {r["status"] for r in out["runs"].values()} == {"complete"}
@@ -257,15 +271,11 @@ def test_probe_on_an_exclusive_gpu_without_mps_measures_one_process_only():
 def test_runs_left_waiting_for_a_slot_when_the_budget_ends_are_unfinished_not_done(tmp_path, fake_trainers):
     """One at a time on an exclusive GPU: a run not started before the time budget ran out makes the
     pack exit 3 (resubmit; the next attempt trains it), never a complete pack output."""
-    from loss_slope.train.pack import EXIT_UNFINISHED, launch_pack
+    from loss_slope.train.pack import EXIT_UNFINISHED
 
-    code = launch_pack(
+    code = _launch(
+        tmp_path,
         plan_path=_pack(tmp_path, 2),
-        pack="pack-x",
-        variant="V",
-        output=tmp_path / "out.json",
-        log_dir=tmp_path / "logs",
-        work_root=tmp_path / "work",
         extra_overrides=["trainer.max_time_s=30"],  # less than the minute a run needs to be started
         mps_runner=FakeRun("Exclusive_Process"),
         which=_has_smi,
@@ -314,12 +324,6 @@ def test_without_the_mps_control_tool_the_probe_and_the_packs_go_without_mps():
 def test_a_daemon_that_does_not_start_leaves_the_probe_measuring_without_mps():
     from loss_slope.probe.capacity import probe_capacity
 
-    class DaemonFails(FakeRun):
-        def __call__(self, cmd, **kw):
-            if cmd == ["nvidia-cuda-mps-control", "-d"]:
-                raise subprocess.CalledProcessError(1, cmd, stderr="permission denied")
-            return super().__call__(cmd, **kw)
-
     calls = []
 
     def level(overrides, k, *, env=None, **kw):
@@ -353,26 +357,8 @@ def test_a_daemon_that_does_not_start_leaves_the_probe_measuring_without_mps():
 def test_a_pack_whose_daemon_does_not_start_trains_its_runs_by_time_slicing(
     tmp_path, fake_trainers, capsys, mode, most
 ):
-    from loss_slope.train.pack import launch_pack
 
-    class DaemonFails(FakeRun):
-        def __call__(self, cmd, **kw):
-            if cmd == ["nvidia-cuda-mps-control", "-d"]:
-                self.calls.append((cmd, kw))
-                raise subprocess.CalledProcessError(1, cmd, stderr="permission denied")
-            return super().__call__(cmd, **kw)
-
-    code = launch_pack(
-        plan_path=_pack(tmp_path, 3),
-        pack="pack-x",
-        variant="V",
-        output=tmp_path / "out.json",
-        log_dir=tmp_path / "logs",
-        work_root=tmp_path / "work",
-        mps="on",
-        mps_runner=DaemonFails(mode),
-        which=_has_smi,
-    )
+    code = _launch(tmp_path, mps="on", mps_runner=DaemonFails(mode), which=_has_smi)
     assert code == 0 and fake_trainers.most == most and len(fake_trainers.envs) == 3
     assert all("CUDA_MPS_PIPE_DIRECTORY" not in env for env in fake_trainers.envs)
     out = json.loads((tmp_path / "out.json").read_text())
@@ -384,23 +370,14 @@ def test_the_pack_records_how_each_run_ended_for_the_next_memory_request(tmp_pat
     from loss_slope.probe.plan import read_plan
     from loss_slope.study.resources import memory_attempt
     from loss_slope.train.attempts import read_launcher
-    from loss_slope.train.pack import _record_error, launch_pack
+    from loss_slope.train.pack import _record_error
 
     spec = _pack(tmp_path, 3)
     settings = next(m.get("settings") for m in read_plan(spec)["packs"]["pack-x"] if m["run"] == "r2")
     # r2 failed twice before with the same error: given up, not started again
     for _ in range(2):
         _record_error(tmp_path / "work" / "V" / "r2", attempt=1, exit_code=1, error="boom", settings=settings)
-    code = launch_pack(
-        plan_path=spec,
-        pack="pack-x",
-        variant="V",
-        output=tmp_path / "out.json",
-        log_dir=tmp_path / "logs",
-        work_root=tmp_path / "work",
-        attempt=2,
-        which=_no_smi,
-    )
+    code = _launch(tmp_path, plan_path=spec, attempt=2, which=_no_smi)
     assert code == 0 and len(fake_trainers.envs) == 2
     outcomes = {
         run: [
