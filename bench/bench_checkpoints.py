@@ -20,7 +20,6 @@ measured sizes and the cadence:
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import subprocess
 import sys
@@ -28,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from gpu_check import write_synthetic_cifar10  # bench/ is the script's folder, on sys.path
+from gpu_check import csv_rows, write_synthetic_cifar10  # bench/ is the script's folder, on sys.path
 
 VARIANTS = {"S-core": "s_core", "S-adamw": "s_adamw"}
 CADENCES = {
@@ -61,10 +60,8 @@ def train(run_dir: Path, root: Path, experiment: str, epochs: int, extra: list[s
     if proc.returncode != 0:
         raise SystemExit(f"training failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     info = json.loads((run_dir / "run_info.json").read_text())
-    with open(run_dir / "tables" / "checkpoints.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
     by_kind = {}
-    for r in rows:
+    for r in csv_rows(run_dir / "tables" / "checkpoints.csv"):
         by_kind.setdefault(r["kind"], []).append(float(r["checkpoint_size_mb"]))
     return {
         "seconds": time.perf_counter() - t0,

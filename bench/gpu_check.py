@@ -612,7 +612,7 @@ def real_loop_run(overrides: list[str], run_dir: Path, *, device_kind: str, epoc
     vi = int(info["val_interval"])
     steps = _csv_column(run_dir / "tables" / "steps.csv", "time")
     step_ms = statistics.median(1e3 * (b - a) for a, b in zip(steps, steps[1:])) if len(steps) > 1 else None
-    ck = _csv_rows(run_dir / "tables" / "checkpoints.csv")
+    ck = csv_rows(run_dir / "tables" / "checkpoints.csv")
     latest = [float(r["checkpoint_size_mb"]) for r in ck if r.get("kind") == "latest"]
     return {
         "exit_code": code,
@@ -631,7 +631,8 @@ def real_loop_run(overrides: list[str], run_dir: Path, *, device_kind: str, epoc
     }
 
 
-def _csv_rows(path: Path) -> list[dict]:
+def csv_rows(path: Path) -> list[dict]:
+    """The rows of a run table (``tables/*.csv``) as dicts of strings; none when it is missing."""
     import csv
 
     if not path.exists():
@@ -641,7 +642,7 @@ def _csv_rows(path: Path) -> list[dict]:
 
 
 def _csv_column(path: Path, name: str) -> list[float]:
-    return [float(r[name]) for r in _csv_rows(path) if r.get(name) not in (None, "")]
+    return [float(r[name]) for r in csv_rows(path) if r.get(name) not in (None, "")]
 
 
 # ---------------------------------------------------------------- the GPU-only tests

@@ -303,8 +303,8 @@ def probe_capacity(
         if why:
             notes.append(why)
     if shared is not None:
-        shared = shared[0]
-        with_mps = [levels[0], *shared]  # k = 1 is one process: a daemon changes nothing for it
+        shared_levels, _ = shared
+        with_mps = [levels[0], *shared_levels]  # k = 1 is one process: a daemon changes nothing for it
         n_mps, reason_mps = choose_runs_per_gpu(with_mps, total_mem_mb=total, **choose)
         rate = {
             False: _rate(levels, n),

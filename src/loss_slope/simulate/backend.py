@@ -474,7 +474,8 @@ def _simulate(cfg) -> int:
         seconds=time.time() - t0,
         checkpoints=dict(written),
     )
-    outcome["checkpoints"] = checkpoint_summary(read_attempts(paths.attempts))
+    records = read_attempts(paths.attempts)  # every attempt, this one's end included
+    outcome["checkpoints"] = checkpoint_summary(records)
     write_state_json(paths.run_info, {**json.loads(paths.run_info.read_text()), "outcome": outcome})
     done = {
         **outcome,
@@ -485,7 +486,7 @@ def _simulate(cfg) -> int:
         "epochs": epochs,
         "fingerprint": fingerprint,
         "completed_at": time.time(),
-        "attempts": summarize_attempts(read_attempts(paths.attempts)),
+        "attempts": summarize_attempts(records),
     }
     write_state_json(paths.done, done)
     log.info(

@@ -43,7 +43,8 @@ def torn_last_line(path: Path) -> bool:
         return False
 
 
-def _append(path: Path, record: dict) -> None:
+def append_record(path: Path, record: dict) -> None:
+    """Append ``record`` as one JSON line, fsync'ed; after a torn last line, on a line of its own."""
     path.parent.mkdir(parents=True, exist_ok=True)
     lead = "\n" if torn_last_line(path) else ""  # a new line, so the torn one does not swallow this record
     with open(path, "a") as fh:
@@ -56,7 +57,7 @@ def start_attempt(path: str | Path, *, start_step: int, reason: str, **extra) ->
     """Record the start of an attempt; returns its 1-based number."""
     path = Path(path)
     n = 1 + sum(1 for r in read_attempts(path) if r.get("event") == "start")
-    _append(
+    append_record(
         path,
         {
             "event": "start",
@@ -74,7 +75,7 @@ def start_attempt(path: str | Path, *, start_step: int, reason: str, **extra) ->
 
 
 def end_attempt(path: str | Path, *, attempt: int, end_step: int, status: str, **extra) -> None:
-    _append(
+    append_record(
         Path(path),
         {"event": "end", "attempt": attempt, "end_step": end_step, "status": status, "time": time.time(), **extra},
     )
@@ -83,7 +84,7 @@ def end_attempt(path: str | Path, *, attempt: int, end_step: int, status: str, *
 def record_event(path: str | Path, *, attempt: int, event: str, **extra) -> None:
     if event in ("start", "end"):
         raise ValueError("use start_attempt / end_attempt")
-    _append(Path(path), {"event": event, "attempt": attempt, "time": time.time(), **extra})
+    append_record(Path(path), {"event": event, "attempt": attempt, "time": time.time(), **extra})
 
 
 def summarize_attempts(records: list[dict]) -> list[dict]:
@@ -116,10 +117,9 @@ def checkpoint_summary(records: list[dict]) -> dict:
     """The checkpoint files the run wrote, over all attempts that recorded an end
     (``AtomicCheckpointIO.stats`` in each ``end`` record): the sums, and how many
     attempts ended without a record (killed: their writes are not counted)."""
-    ends = [r for r in records if r.get("event") == "end"]
+    counted = [r for r in records if r.get("event") == "end" and isinstance(r.get("checkpoints"), dict)]
     started = {r["attempt"] for r in records if r.get("event") == "start"}
-    stats = [r["checkpoints"] for r in ends if isinstance(r.get("checkpoints"), dict)]
-    out = {k: sum(float(s.get(k) or 0) for s in stats) for k in CHECKPOINT_STATS}
+    out = {k: sum(float(r["checkpoints"].get(k) or 0) for r in counted) for k in CHECKPOINT_STATS}
     out["files"] = int(out["files"])
-    out["attempts_not_counted"] = len(started - {r["attempt"] for r in ends if isinstance(r.get("checkpoints"), dict)})
+    out["attempts_not_counted"] = len(started - {r["attempt"] for r in counted})
     return out

@@ -58,7 +58,7 @@ from loss_slope.jsonio import write_json
 from loss_slope.pipeline.paths import WORK_RUN
 from loss_slope.probe import mps as MPS
 from loss_slope.probe.plan import read_plan
-from loss_slope.train.attempts import read_launcher, torn_last_line
+from loss_slope.train.attempts import append_record, read_launcher
 from loss_slope.train.exit_codes import EXIT_ERROR, EXIT_LOCKED, EXIT_NO_GPU, EXIT_OK, EXIT_UNFINISHED
 
 LOCK_POLL_S = 30.0
@@ -100,11 +100,7 @@ def given_up(errors: list[dict], max_errors: int) -> str | None:
 
 
 def _record(run_dir, event: str, **rec) -> None:
-    path = Path(run_dir) / "launcher.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lead = "\n" if torn_last_line(path) else ""  # a kill tore the last record: start a new line
-    with open(path, "a") as fh:
-        fh.write(lead + json.dumps({"event": event, "time": time.time(), **rec}, sort_keys=True) + "\n")
+    append_record(Path(run_dir) / "launcher.jsonl", {"event": event, "time": time.time(), **rec})
 
 
 def _record_error(run_dir, **rec) -> None:
@@ -165,9 +161,7 @@ def gpu_sharing(
         mode = "Default"
         notes.append(f"could not read the GPU's compute mode ({err})")
     decision = MPS.decide(requested, mode, effective)
-    return MPS.PackDecision(
-        decision.runs, decision.mps, "; ".join([*notes, decision.message] if decision.message else notes)
-    )
+    return MPS.PackDecision(decision.runs, decision.mps, "; ".join(filter(None, [*notes, decision.message])))
 
 
 def _with_budget(overrides, seconds: float):

@@ -336,6 +336,7 @@ def finish(cfg, run: Run, parts: Parts, ending: Ending) -> int:
         log.error("run failed: %s", ending.error)
         return EXIT_ERROR
     io = parts.checkpoint_io
+    ckpt = io.stats()
     if ending.how == "preempted":
         end_attempt(
             paths.attempts,
@@ -344,11 +345,10 @@ def finish(cfg, run: Run, parts: Parts, ending: Ending) -> int:
             status="preempted",
             checkpoint_step=parts.on_interrupt.saved_step,
             seconds=time.time() - ending.t0,
-            checkpoints=io.stats(),
+            checkpoints=ckpt,
         )
         log.warning("SIGTERM at step %d of %d: checkpoint saved; a rerun resumes it", step, total)
         return EXIT_UNFINISHED
-    ckpt = io.stats()
     if io.background:
         log.info(
             "checkpoints this attempt: %d files, %.1f MB written; %.2f s copying to host memory, %.2f s waiting "
@@ -366,15 +366,8 @@ def finish(cfg, run: Run, parts: Parts, ending: Ending) -> int:
             ckpt["written_mb"],
             ckpt["write_s"],
         )
-    outcome = {
-        "status": "complete",
-        "steps_done": step,
-        "micro_batch": micro_batch_summary(read_attempts(paths.attempts), int(cfg.data.batch_size)),
-    }
     diverged = parts.recorder.diverged
-    if diverged is not None:
-        outcome = {**outcome, "status": "diverged", "diverged_at_step": diverged[0], "reason": diverged[1]}
-    elif step < total:
+    if diverged is None and step < total:
         end_attempt(
             paths.attempts,
             attempt=run.attempt,
@@ -389,11 +382,19 @@ def finish(cfg, run: Run, parts: Parts, ending: Ending) -> int:
         paths.attempts,
         attempt=run.attempt,
         end_step=step,
-        status="completed" if outcome["status"] == "complete" else outcome["status"],
+        status="completed" if diverged is None else "diverged",
         seconds=time.time() - ending.t0,
         checkpoints=ckpt,
     )
-    outcome["checkpoints"] = checkpoint_summary(read_attempts(paths.attempts))
+    records = read_attempts(paths.attempts)  # every attempt, this one's end included
+    outcome = {
+        "status": "complete" if diverged is None else "diverged",
+        "steps_done": step,
+        "micro_batch": micro_batch_summary(records, int(cfg.data.batch_size)),
+    }
+    if diverged is not None:
+        outcome.update(diverged_at_step=diverged[0], reason=diverged[1])
+    outcome["checkpoints"] = checkpoint_summary(records)
     # the outcome travels with run_info.json (exported), so validation and the fits see it
     write_state_json(paths.run_info, {**json.loads(paths.run_info.read_text()), "outcome": outcome})
     done = {
@@ -405,7 +406,7 @@ def finish(cfg, run: Run, parts: Parts, ending: Ending) -> int:
         "epochs": run.epochs,
         "fingerprint": run.fingerprint,
         "completed_at": time.time(),
-        "attempts": summarize_attempts(read_attempts(paths.attempts)),
+        "attempts": summarize_attempts(records),
     }
     write_state_json(paths.done, done)
     log.info("run %s: %d of %d steps in %d attempt(s)", outcome["status"], step, total, run.attempt)
