@@ -360,9 +360,6 @@ def probe_variant(
     }
 
 
-REAL_LOOP_FACTOR = 1.6  # a real step (validation, monitors, recorder) over a probe step, as measured on the CPU
-
-
 class Budget:
     """Shrinks the step count once, after the first level, if the projected total overruns ``budget_s``."""
 
@@ -410,10 +407,11 @@ class Budget:
             return None
         self.checked = True
         w = workers[0]
-        per_step = w["step_ms"] / 1e3
+        per_step = w.get("window_step_ms", w["step_ms"]) / 1e3  # a probe window's step
         overhead = max(0.0, wall_s - w["seconds"])  # start-up of a level: imports, CUDA, data, warm-up
-        # the real-loop run: its steps with validations and monitors (~1.6x a bare step) and a start-up
-        fixed = (self.real_steps * per_step * REAL_LOOP_FACTOR + overhead if self.real_steps else 0.0) + self.after_s
+        # the real-loop run: the training loop's steps (the probe's step_ms: validations, checkpoints and
+        # curvature at the training's cadence) and a start-up
+        fixed = (self.real_steps * w["step_ms"] / 1e3 + overhead if self.real_steps else 0.0) + self.after_s
         elapsed = time.perf_counter() - self.t_start + fixed
         projected = elapsed + self.levels_left * overhead + self.units_left * (self.steps + self.warmup) * per_step
         if projected <= self.budget_s:
@@ -575,6 +573,24 @@ def _short(path: str) -> str:
     return Path(p).name
 
 
+PROBE_COMPARE_FROM = 20  # the real run's steps before this one (a quarter of a short run's) are left out of its mean
+
+
+def probe_against_run(real: dict, loop: dict | None) -> dict | None:
+    """The probe's k = 1 step time (``loop``: :func:`loss_slope.probe.worker.loop_time`) against the
+    real run's mean step after its warm-up, as the ratio of steps/s (probe / run). A run too short
+    for a curvature event is compared with the probe's step less its curvature share."""
+    if not loop or not real.get("loop_step_ms"):
+        return None
+    probe_ms = loop["step_ms"] - (0.0 if real.get("curvature_events") else loop["curvature_ms"])
+    return {
+        "probe_ms": probe_ms,
+        "run_ms": real["loop_step_ms"],
+        "from_step": real.get("loop_from_step", PROBE_COMPARE_FROM),
+        "ratio": real["loop_step_ms"] / probe_ms,
+    }
+
+
 def real_loop_run(overrides: list[str], run_dir: Path, *, device_kind: str, epochs: int = 1) -> dict:
     """One real run (:func:`loss_slope.train.run.run_training`, in this process) for ``epochs``
     epochs with its validations, monitors and checkpoints, counting host syncs on CUDA.
@@ -612,6 +628,10 @@ def real_loop_run(overrides: list[str], run_dir: Path, *, device_kind: str, epoc
     vi = int(info["val_interval"])
     steps = _csv_column(run_dir / "tables" / "steps.csv", "time")
     step_ms = statistics.median(1e3 * (b - a) for a, b in zip(steps, steps[1:])) if len(steps) > 1 else None
+    # the loop's mean time per step, events included, after the first steps (as the probe's warm-up)
+    skip = min(PROBE_COMPARE_FROM, len(steps) // 4)
+    settled = steps[skip:]
+    loop_ms = 1e3 * (settled[-1] - settled[0]) / (len(settled) - 1) if len(settled) > 1 else None
     ck = csv_rows(run_dir / "tables" / "checkpoints.csv")
     latest = [float(r["checkpoint_size_mb"]) for r in ck if r.get("kind") == "latest"]
     return {
@@ -623,6 +643,9 @@ def real_loop_run(overrides: list[str], run_dir: Path, *, device_kind: str, epoc
         "n_val": int(info["n_val"]),
         "wall_s": wall,
         "median_step_ms": step_ms,
+        "loop_step_ms": loop_ms,
+        "loop_from_step": skip,
+        "curvature_events": len(csv_rows(run_dir / "tables" / "curvature.csv")),
         "syncs_counted": counter.enabled,
         "syncs": {w: dict(c) for w, c in counter.by_window(vi).items()},
         "sync_places": counter.places.most_common(8),
@@ -936,7 +959,8 @@ def render_markdown(
             note = f"{numerics}{'; ' + t.note if t.note else ''}"
             lines.append(f"| {label} | {_f(t.samples_per_s)} | {_f(r, '{:.2f}')} | {_f(t.peak_mem_mb)} | {note} |")
     lines += _tests_markdown(tests, cpu=cpu)
-    lines += _real_loop_markdown(real, cpu=cpu, first=first)
+    k1 = next((lv for lv in probes[first]["levels"] if lv["k"] == 1), {}) if probes.get(first) else {}
+    lines += _real_loop_markdown(real, cpu=cpu, first=first, probe_loop=(k1.get("loop") or [None])[0])
     lines += _monitors_markdown(monitors, cpu=cpu)
     return "\n".join(lines) + "\n"
 
@@ -959,6 +983,17 @@ def _tests_markdown(tests: dict | None, *, cpu: bool) -> list[str]:
     return lines
 
 
+def _probe_against_run_lines(cmp: dict | None) -> list[str]:
+    if cmp is None:
+        return ["The probe's k = 1 step time: not compared (no figure from the probe or the run).", ""]
+    return [
+        f"The probe's k = 1 training loop against this run (steps {cmp['from_step']} on, events included): "
+        f"{cmp['probe_ms']:.1f} ms per step against {cmp['run_ms']:.1f} ms; steps/s probe / run = "
+        f"**{cmp['ratio']:.2f}** (the probe is to be within 10 %).",
+        "",
+    ]
+
+
 def _monitors_markdown(monitors: dict | None, *, cpu: bool) -> list[str]:
     lines = ["", "## The monitors at the study's model and batch", ""]
     cmd = shlex.join(["python", "bench/bench_monitors.py", "--device", "cuda", *MONITOR_ARGS])
@@ -970,7 +1005,7 @@ def _monitors_markdown(monitors: dict | None, *, cpu: bool) -> list[str]:
     return lines + [f"`{cmd}` ({monitors['seconds']:.0f} s):", "", monitors["text"].rstrip()]
 
 
-def _real_loop_markdown(real: dict | None, *, cpu: bool, first: str) -> list[str]:
+def _real_loop_markdown(real: dict | None, *, cpu: bool, first: str, probe_loop: dict | None = None) -> list[str]:
     lines = ["", f"## The real training loop ({first}, one run, one epoch)", ""]
     if real is None:
         return lines + ["Not run (`--no-real-run`)."]
@@ -988,6 +1023,7 @@ def _real_loop_markdown(real: dict | None, *, cpu: bool, first: str) -> list[str
         f"{real['exit_code']}, {real['wall_s']:.0f} s in all (imports, data and set-up included). Median "
         f"step interval in the step table: {_f(real['median_step_ms'], '{:.1f}')} ms (validation steps included).",
         "",
+        *_probe_against_run_lines(probe_against_run(real, probe_loop)),
         "| checkpoints of the run | |",
         "|---|---|",
         f"| files, MB written | {files}, {_f(ck.get('written_mb'), '{:.1f}')} |",

@@ -93,6 +93,11 @@ def main(argv=None):
             ["bench/bench_checkpoints.py", "--epochs", "1" if q else "2"],
             out / "checkpoints.md",
         ),
+        section(
+            "Resource probe against a real run (k = 1, CPU)",
+            ["bench/bench_probe_vs_run.py", "--repeats", "1" if q else "3"],
+            out / "probe_vs_run.md",
+        ),
     ]
     parts.append(demo_overhead_section(a.demo_results, run=a.with_demo))
     parts.append(
@@ -101,7 +106,8 @@ def main(argv=None):
         "`packing.mps: auto`), samples/s, peak memory (reserved + CUDA context), the probe's N and the packing "
         "gain; device-resident data vs a DataLoader; channels_last / bf16; one real one-epoch S-core run under "
         '`torch.cuda.set_sync_debug_mode("warn")` with its host syncs per quarter-epoch window and part of the '
-        "run, and its checkpoint saves; then the monitors at the study's width and batch. It writes "
+        "run, its checkpoint saves and the probe's k = 1 step time against it; then the monitors at the study's "
+        "width and batch. It writes "
         "`docs/gpu_check.md` (the file in the repo is a CPU smoke run until someone runs it on a GPU).\n"
     )
     Path(a.out).write_text("\n".join(parts))

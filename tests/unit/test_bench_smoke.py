@@ -102,3 +102,30 @@ def test_checkpoint_bytes_benchmark_counts_the_files_of_each_cadence(tmp_path):
     assert float(runs[("S-adamw", "now")][5]) > float(runs[("S-core", "now")][5])  # AdamW keeps two moments
     totals = {r[0]: r for r in rows if len(r) == 6}
     assert set(totals) == {"S-core", "S-adamw"}
+
+
+def test_probe_against_run_bench_prints_the_ratio(tmp_path):
+    """bench_probe_vs_run: the probe's level k = 1 and a real run of the demo's variant, one row each
+    with the ratio of their steps/s (no timing asserted: only that the figures are there and agree)."""
+    md = tmp_path / "out.md"
+    run_cmd(
+        [
+            PYTHON,
+            REPO / "bench/bench_probe_vs_run.py",
+            "--variants",
+            "S-narrow",
+            "--epochs",
+            "2",
+            "--repeats",
+            "1",
+            "--markdown",
+            md,
+        ],
+        cwd=REPO,
+        timeout=600,
+    )
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in md.read_text().splitlines()]
+    (row,) = [r for r in rows if r[0] == "S-narrow"]
+    probe_ms, run_ms, ratio = float(row[1]), float(row[2]), float(row[3])
+    assert probe_ms > 0 and run_ms > 0 and row[4] in ("yes", "no")
+    assert ratio == pytest.approx(run_ms / probe_ms, abs=0.02)

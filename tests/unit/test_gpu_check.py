@@ -126,6 +126,11 @@ def _check_report(text: str, *, max_n: int, cpu: bool) -> None:
     files, mb = (float(x) for x in by_key["files, MB written"][1].split(","))
     assert files >= 2 and mb > 0  # at least the epoch's latest and one best
     assert _num(by_key["`latest` file"][1]) > 0
+    # the probe's k = 1 step time against the run's: steps/s probe / run
+    probe_ms, run_ms, ratio = re.search(
+        r"([\d.]+) ms per step against ([\d.]+) ms; steps/s probe / run = \*\*([\d.]+)\*\*", real
+    ).groups()
+    assert float(ratio) == pytest.approx(float(run_ms) / float(probe_ms), rel=0.02) and float(ratio) > 0
     if cpu:
         assert "not counted on the CPU" in real
     else:
@@ -417,7 +422,8 @@ def test_every_test_that_skips_without_cuda_is_marked_gpu():
 
 def test_budget_plans_for_the_real_loop_run_and_only_the_levels_that_will_run():
     g = _gpu_check()
-    worker = {"step_ms": 10.0, "seconds": 3.2}  # 320 steps of 10 ms; the level took 20 s with start-up
+    # 320 window steps of 10 ms (the training loop: 16 ms per step); the level took 20 s with start-up
+    worker = {"step_ms": 16.0, "window_step_ms": 10.0, "seconds": 3.2}
     kw = dict(steps=300, warmup=20, min_steps=30, n_variants=2, repeats=2, opt_in=True)
     now = time.perf_counter()
     # 4 levels per variant and 4 more under MPS: 15 levels of ~17 s start-up overrun 360 s
@@ -460,3 +466,13 @@ def test_the_monitor_benchmark_runs_at_the_study_size_and_its_table_goes_into_th
     assert failed["exit_code"] != 0 and failed["text"] is None and not (tmp_path / "m.md").exists()
     assert "**failed**" in "\n".join(g._monitors_markdown(failed, cpu=False))
     assert "Not run (a CPU smoke run" in "\n".join(g._monitors_markdown(None, cpu=True))
+
+
+def test_probe_against_run_leaves_out_the_curvature_a_short_run_never_reaches():
+    g = _gpu_check()
+    loop = {"step_ms": 30.0, "curvature_ms": 2.0}
+    short = g.probe_against_run({"loop_step_ms": 26.0, "curvature_events": 0, "loop_from_step": 20}, loop)
+    assert short["probe_ms"] == 28.0 and short["ratio"] == pytest.approx(26.0 / 28.0)
+    long = g.probe_against_run({"loop_step_ms": 33.0, "curvature_events": 3, "loop_from_step": 20}, loop)
+    assert long["probe_ms"] == 30.0 and long["ratio"] == pytest.approx(1.1)
+    assert g.probe_against_run({"loop_step_ms": None}, loop) is None and g.probe_against_run({}, None) is None

@@ -79,11 +79,17 @@ def test_aggregate_rate_is_all_samples_over_the_shared_window():
     workers = [{"samples_per_s": 1000.0, "seconds": 1.0}, {"samples_per_s": 500.0, "seconds": 2.0}]
     assert aggregate_rate(workers) == pytest.approx(1000.0)  # not 1,500 (the sum of the rates)
     assert aggregate_rate([{"samples_per_s": 800.0, "seconds": 3.0}]) == pytest.approx(800.0)
+    # a worker's training loop (events at the training's cadence) takes its own time for the window's steps
+    loop = [
+        {"samples_per_s": 1000.0, "seconds": 0.9, "loop_seconds": 1.0},
+        {"samples_per_s": 500.0, "seconds": 1.5, "loop_seconds": 2.0},
+    ]
+    assert aggregate_rate(loop) == pytest.approx(1000.0)
 
 
 def test_probe_runs_the_training_step_of_train_pack(monkeypatch):
     """The probe trains through CurveModule.training_step, the step every run of a pack takes
-    (loss_slope.train.run builds the same CurveModule), with validation and a checkpoint in its window."""
+    (loss_slope.train.run builds the same CurveModule), with validations and a checkpoint in its window."""
     from loss_slope.probe import worker
     from loss_slope.train.checkpoint_io import AtomicCheckpointIO
     from loss_slope.train.module import CurveModule
@@ -109,8 +115,14 @@ def test_probe_runs_the_training_step_of_train_pack(monkeypatch):
     monkeypatch.setattr(CurveModule, "validation_step", val)
     w = worker.measure([*DEMO, "trainer.monitors.enabled=false"], steps=4, warmup=2, barrier=None, index=0, k=1)
     assert calls == list(range(6))  # warm-up and timed steps: all through the training step
-    assert saves == [4] and set(validations) == {4}  # one checkpoint and one validation inside the window
-    assert w["step_ms"] > 0 and not w["oom"]
+    assert saves == [4]  # one checkpoint inside the window (steps 2..6)
+    assert {2, 4} <= set(validations)  # two validations inside it, each timed
+    loop = w["loop"]
+    assert len(loop["validation_seconds"]) == 2 and loop["checkpoint_seconds"] > 0
+    assert w["step_ms"] == pytest.approx(
+        loop["plain_step_ms"] + loop["validation_ms"] + loop["checkpoint_ms"] + loop["curvature_ms"]
+    )
+    assert w["samples_per_s"] == pytest.approx(1e3 * 32 / w["step_ms"]) and not w["oom"]
 
 
 def test_probe_level_runs_on_the_cpus_of_a_pack_of_k(monkeypatch, tmp_path):
@@ -209,3 +221,42 @@ def test_the_context_is_the_largest_of_its_measurements():
     assert largest_context(310.0, 780.0) == 780.0  # the handles and kernels of the first steps
     assert largest_context(None, 512.0) == 512.0 and largest_context(512.0, None) == 512.0
     assert largest_context(None, None) is None and largest_context() is None
+
+
+def test_loop_time_charges_each_event_at_the_training_cadence():
+    """Known answer: a 1 s window of 10 steps holding three validations (the first one sets up the
+    loop) and a checkpoint; the run validates every 20 steps, saves `latest` every 100 and measures
+    the curvature every 500."""
+    from loss_slope.probe.worker import loop_time
+
+    cadence = {"validation": 20, "latest_steps": 100, "latest_minutes": None, "curvature": 500}
+    loop = loop_time(
+        window_s=1.0, steps=10, validation_s=[0.3, 0.1, 0.1], checkpoint_s=0.05, curvature_s=2.0, cadence=cadence
+    )
+    assert loop["plain_step_ms"] == pytest.approx(45.0)  # (1.0 - 0.5 - 0.05) s / 10 steps
+    assert loop["validation_ms"] == pytest.approx(5.0)  # the median of the later ones, 0.1 s, per 20 steps
+    assert loop["checkpoint_ms"] == pytest.approx(0.5)
+    assert loop["curvature_ms"] == pytest.approx(4.0)
+    assert loop["step_ms"] == pytest.approx(54.5)
+    # a minutes cadence that comes first: 0.6 s of 45 ms steps = every 13.3 steps
+    by_time = loop_time(
+        window_s=1.0,
+        steps=10,
+        validation_s=[0.3, 0.1, 0.1],
+        checkpoint_s=0.05,
+        curvature_s=None,
+        cadence={**cadence, "latest_minutes": 0.01},
+    )
+    assert by_time["checkpoint_ms"] == pytest.approx(50.0 / (0.6 / 0.045)) and by_time["curvature_ms"] == 0.0
+    # no events: the window's own step
+    bare = loop_time(window_s=0.5, steps=10, validation_s=[], checkpoint_s=0.0, curvature_s=None, cadence={})
+    assert bare["step_ms"] == pytest.approx(50.0)
+
+
+def test_the_probe_times_a_diverging_configuration_to_the_end_of_its_window():
+    """The variant's default LR may diverge: the run would stop, the probe measures time and goes on."""
+    from loss_slope.probe import worker
+
+    overrides = [*DEMO, "trainer.monitors.enabled=false", "optimizer.lr=1e9", "trainer.flush_every_steps=1"]
+    w = worker.measure(overrides, steps=6, warmup=2, barrier=None, index=0, k=1)
+    assert w["step_ms"] > 0 and not w["oom"]

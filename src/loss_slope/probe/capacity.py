@@ -45,6 +45,8 @@ class ProbeLevel:
     errors: list[str] = field(default_factory=list)
     #: each process's peak host memory (resident set, MiB): what a pack's --mem must hold per run
     host_rss_mb: list[float] = field(default_factory=list)
+    #: each process's step time, part by part (:func:`loss_slope.probe.worker.loop_time`)
+    loop: list[dict] = field(default_factory=list)
 
 
 def _gpu_util_sampler():
@@ -162,6 +164,7 @@ def level_from_workers(
         gpu_util_percent=(sum(utils) / len(utils)) if utils else None,
         errors=errors,
         host_rss_mb=[w["peak_rss_mb"] for w in workers if w.get("peak_rss_mb")],
+        loop=[w["loop"] for w in ok if w.get("loop")],
     )
 
 
@@ -176,8 +179,12 @@ def aggregate_rate(workers: list[dict]) -> float:
     """Samples per second of k processes together: all their samples over the
     shared window. They start together (barrier) and the window ends when the
     slowest one is done; a sum of per-process rates would credit the slowest
-    one's tail with the GPU time the others had already freed."""
-    return sum(w["samples_per_s"] * w["seconds"] for w in workers) / max(w["seconds"] for w in workers)
+    one's tail with the GPU time the others had already freed. A worker's
+    seconds are its training loop's for the window's steps (``loop_seconds``:
+    validations, checkpoints and curvature at the training's cadence,
+    :func:`loss_slope.probe.worker.loop_time`), else the window's."""
+    seconds = [w.get("loop_seconds", w["seconds"]) for w in workers]
+    return sum(w["samples_per_s"] * t for w, t in zip(workers, seconds)) / max(seconds)
 
 
 def choose_runs_per_gpu(
@@ -402,6 +409,13 @@ def write_probe(result: dict, json_path, png_path, md_path) -> None:
             f"{', '.join(f'{v:.0f}' for v in x['peak_mem_mb'])} | {util} | {'yes' if x['oom'] else 'no'} |"
         )
     lines += ["", f"Chosen N = **{result['runs_per_gpu']}**: {result['reason']}."]
+    one = next((x["loop"][0] for x in result["levels"] if x["k"] == 1 and x.get("loop")), None)
+    if one:
+        lines.append(
+            "Step ms: the training loop's time per step, each event at the training's cadence; k = 1: "
+            f"{one['step_ms']:.1f} = steps {one['plain_step_ms']:.1f} + validation {one['validation_ms']:.1f} + "
+            f"checkpoint {one['checkpoint_ms']:.2f} + curvature {one['curvature_ms']:.2f}."
+        )
     if result.get("note"):
         lines.append(f"Note: {result['note']}.")
     Path(md_path).write_text("\n".join(lines) + "\n")

@@ -4,12 +4,18 @@
 
 The worker runs the training's own loop: a Lightning ``Trainer`` with the
 run's :class:`~loss_slope.train.module.CurveModule` (its ``training_step``, so
-the run's precision, channels_last, compile and gradient clipping), the
-monitor callback, validation and one checkpoint (host snapshot, background
-write) inside the timed window. After the warm-up steps it waits until all K
-workers are ready (files in DIR), so the timed steps really run concurrently.
-An out-of-memory error (any: the micro-batch fallback is off in the probe, as
-a run that needs it does not fit) is reported, not raised.
+the run's precision, channels_last, compile and gradient clipping), the step
+recorder, the monitor callback, validations and one checkpoint (host snapshot,
+background write) inside the timed window. After the warm-up steps it waits
+until all K workers are ready (files in DIR), so the timed steps really run
+concurrently. An out-of-memory error (any: the micro-batch fallback is off in
+the probe, as a run that needs it does not fit) is reported, not raised.
+
+Step time: the window holds its events at the probe's cadence, not the run's
+(two validations and a checkpoint in a few dozen steps; the curvature event
+after it), so ``step_ms`` is the training loop's time per step composed by
+:func:`loop_time`: the window's steps less its events, plus each event at the
+training's cadence (``loop``: the parts; ``window_step_ms``: the raw window).
 
 Monitors: when ``trainer.monitors`` turns them on (as in training), every step
 also feeds them (the gradient moments hold one more copy of the parameters plus
@@ -44,6 +50,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -51,6 +58,19 @@ from pathlib import Path
 from pytorch_lightning import Callback
 
 from loss_slope.jsonio import write_json
+from loss_slope.train.divergence import DivergenceGuard
+
+
+class ProbeStopped(Exception):
+    """The probe's training ended before its timed window did."""
+
+
+class _TimesDivergedSteps(DivergenceGuard):
+    """The probe's recorder never stops the training: a diverging loss (the variant's default LR
+    may be too large for it) takes as long per step, and the probe measures time."""
+
+    def update(self, steps, losses):
+        return None
 
 
 def _barrier(folder: Path, index: int, k: int, timeout: float = 600) -> None:
@@ -70,7 +90,10 @@ class _Window(Callback):
     at ``warmup + steps // 2`` it saves one checkpoint (written as in training: host snapshot,
     background write); at ``warmup + steps`` it stops the clock (one host sync, as in training)
     and, with the curvature monitor on, runs one event on the configured held-out batches
-    inside the peak-memory window.
+    inside the peak-memory window. It times each validation inside the window (from
+    :class:`_ValidationStarts`, first among the callbacks, to its own ``on_validation_end``,
+    last) and the checkpoint (the save on the training thread and the wait for its write), so
+    that :func:`loop_time` can charge every event at the training's cadence.
     """
 
     def __init__(
@@ -80,7 +103,10 @@ class _Window(Callback):
         self.device, self.checkpoint, self.monitor_cb, self.out = device, checkpoint, monitor_cb, out
         self.clock = time.perf_counter
         self.t0 = None
-        self.training_steps = 0
+        self.done = False
+        self.validation_seconds: list[float] = []
+        self.checkpoint_seconds = 0.0
+        self._validation_t0 = None
 
     def _sync(self) -> None:
         import torch
@@ -102,6 +128,17 @@ class _Window(Callback):
             _barrier(self.barrier, self.index, self.k)
         self.t0 = self.clock()
 
+    def validation_starts(self) -> None:
+        if self.t0 is not None and not self.done:
+            self._sync()
+            self._validation_t0 = self.clock()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._validation_t0 is not None:
+            self._sync()
+            self.validation_seconds.append(self.clock() - self._validation_t0)
+            self._validation_t0 = None
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         import torch
         import torch.nn.functional as F
@@ -110,16 +147,22 @@ class _Window(Callback):
         if s == self.warmup and self.t0 is None:
             self._start()
         elif s == self.warmup + self.steps // 2 and self.steps > 1:
+            self._sync()
+            t = self.clock()
             trainer.save_checkpoint(self.checkpoint)
+            self._sync()
+            self.checkpoint_seconds += self.clock() - t
         if s != self.warmup + self.steps:
             return
         float(outputs["loss"])  # one host sync at the end, as in training
+        t = self.clock()
         trainer.strategy.checkpoint_io.wait()  # the window includes its checkpoint's write
+        self.checkpoint_seconds += self.clock() - t
         self._sync()
         dt = self.clock() - self.t0
+        self.done = True
         self._measure_context()
-        batch_size = int(self.out["batch_size"])
-        self.out.update(step_ms=1e3 * dt / self.steps, samples_per_s=self.steps * batch_size / dt, seconds=dt)
+        self.out.update(window_step_ms=1e3 * dt / self.steps, seconds=dt)
         cb = self.monitor_cb
         if cb.batches:  # one curvature event, inside the peak-memory window, outside the timed one
             if self.device.type == "cuda":
@@ -134,6 +177,20 @@ class _Window(Callback):
             # Lanczos's first vector is the Hutch++ sketch's: k vectors cost k - 1 products
             self.out["curvature_matvecs"] = row["hutch_matvecs"] + max(row["lambda_iters"] - 1, 0)
             self._measure_context()
+        self.out["loop"] = loop = loop_time(
+            window_s=dt,
+            steps=self.steps,
+            validation_s=self.validation_seconds,
+            checkpoint_s=self.checkpoint_seconds,
+            curvature_s=self.out.get("curvature_seconds"),
+            cadence=self.out["cadence"],
+        )
+        batch_size = int(self.out["batch_size"])
+        self.out.update(
+            step_ms=loop["step_ms"],
+            samples_per_s=1e3 * batch_size / loop["step_ms"],
+            loop_seconds=self.steps * loop["step_ms"] / 1e3,
+        )
         if self.device.type == "cuda":
             gpu_footprint(self.device, self.out)
 
@@ -143,6 +200,56 @@ class _Window(Callback):
         if self.device.type == "cuda":
             late = context_mb(self.device, used_before_mb=self.out.get("used_before_mb"), alone=self.k == 1)
             self.out["context_mb"] = largest_context(self.out.get("context_mb"), late)
+
+
+class _ValidationStarts(Callback):
+    """First in the probe's callback list: the window's clock of a validation starts before any
+    other callback's ``on_validation_start`` (the window's own ``on_validation_end`` runs last)."""
+
+    def __init__(self, window: _Window) -> None:
+        self.window = window
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.window.validation_starts()
+
+
+def loop_time(
+    *,
+    window_s: float,
+    steps: int,
+    validation_s: list[float],
+    checkpoint_s: float,
+    curvature_s: float | None,
+    cadence: dict,
+) -> dict:
+    """The training loop's time per step, every event charged at the training's cadence.
+
+    The window holds ``steps`` steps (each with its per-step monitors, recorder and Lightning
+    work), some validations and one checkpoint, at the probe's cadence, not the run's; the
+    curvature event runs after it. A step of the run costs the window's time less its events,
+    per step, plus a validation every ``cadence["validation"]`` steps (the median of those timed,
+    less the first when there are more: a process's first also sets up the loop), a ``latest`` checkpoint every
+    ``cadence["latest_steps"]`` steps or ``cadence["latest_minutes"]`` minutes, whichever is
+    sooner, and a curvature event every ``cadence["curvature"]`` steps (None: off). Not
+    charged: the noise monitor's event (a spectrum of at most ``psd_window`` numbers, every
+    few epochs) and ``best`` checkpoints (weights only, in the writer thread but for a host copy
+    of the weights).
+    """
+    plain = max(window_s - sum(validation_s) - checkpoint_s, 0.0) / steps
+    out = {"plain_step_ms": 1e3 * plain, "validation_ms": 0.0, "checkpoint_ms": 0.0, "curvature_ms": 0.0}
+    if validation_s and cadence.get("validation"):
+        steady = validation_s[1:] or validation_s  # a process's first validation also sets up the loop
+        out["validation_ms"] = 1e3 * statistics.median(steady) / cadence["validation"]
+    every = [n for n in (cadence.get("latest_steps"),) if n]
+    if cadence.get("latest_minutes") and plain > 0:
+        every.append(max(1.0, 60.0 * cadence["latest_minutes"] / plain))
+    if checkpoint_s and every:
+        out["checkpoint_ms"] = 1e3 * checkpoint_s / min(every)
+    if curvature_s and cadence.get("curvature"):
+        out["curvature_ms"] = 1e3 * curvature_s / cadence["curvature"]
+    out["step_ms"] = out["plain_step_ms"] + out["validation_ms"] + out["checkpoint_ms"] + out["curvature_ms"]
+    out["validation_seconds"], out["checkpoint_seconds"] = list(validation_s), checkpoint_s
+    return out
 
 
 def _nvml_index(cuda_index: int) -> int:
@@ -234,6 +341,7 @@ def measure(overrides: list[str], *, steps: int, warmup: int, barrier: Path | No
     from loss_slope.train.compose import compose_train_config
     from loss_slope.train.module import CurveModule, MicroBatcher, MicroBatchTooSmall, out_of_memory_error
     from loss_slope.train.monitor_callback import build_monitor_callback
+    from loss_slope.train.recorder import MetricRecorder
     from loss_slope.train.schedule import schedule_from_config
     from loss_slope.train.steps import compile_options
 
@@ -276,6 +384,23 @@ def measure(overrides: list[str], *, steps: int, warmup: int, barrier: Path | No
                 "noise": bool(monitor_cb.config.noise_every_epochs),
                 "curvature": bool(monitor_cb.batches),
             }
+            recorder = MetricRecorder(
+                tables_dir=Path(tmp) / "tables",
+                steps_per_epoch=spe,
+                total_steps=warmup + steps,
+                val_interval=val_interval,
+                flush_every=int(cfg.trainer.flush_every_steps),
+                log_every=cfg.trainer.log_every_steps,
+                guard=_TimesDivergedSteps(),
+            )
+            latest = cfg.trainer.get("checkpoint") or {}
+            every_epochs = latest.get("latest_every_epochs", 1)
+            out["cadence"] = {
+                "validation": val_interval,
+                "latest_steps": int(every_epochs) * spe if every_epochs else None,
+                "latest_minutes": latest.get("latest_every_minutes", 10.0) or None,
+                "curvature": monitor_cb.config.curvature_every_steps if monitor_cb.batches else None,
+            }
             window = _Window(
                 warmup=warmup,
                 steps=steps,
@@ -287,8 +412,9 @@ def measure(overrides: list[str], *, steps: int, warmup: int, barrier: Path | No
                 monitor_cb=monitor_cb,
                 out=out,
             )
-            # validation at the training's cadence; a window shorter than it gets one validation in its middle
-            every = val_interval if steps >= val_interval else warmup + max(1, math.ceil(steps / 2))
+            # at least two validations in the window (a process's first also sets up the loop), or the
+            # training's cadence where that is more often; loop_time charges them at the training's
+            every = min(val_interval, max(1, math.ceil(steps / 2)))
             trainer = pl.Trainer(
                 accelerator="gpu" if use_cuda else "cpu",
                 devices=1,
@@ -299,7 +425,7 @@ def measure(overrides: list[str], *, steps: int, warmup: int, barrier: Path | No
                 val_check_interval=every,
                 check_val_every_n_epoch=None,
                 num_sanity_val_steps=0,
-                callbacks=[monitor_cb, window],
+                callbacks=[_ValidationStarts(window), recorder, monitor_cb, window],
                 plugins=[AtomicCheckpointIO(background=True), LightningEnvironment()],
                 enable_checkpointing=False,
                 enable_progress_bar=False,
@@ -307,7 +433,17 @@ def measure(overrides: list[str], *, steps: int, warmup: int, barrier: Path | No
                 default_root_dir=tmp,
             )
             data.train.step_source = lambda: trainer.global_step
-            trainer.fit(module, train_dataloaders=data.train, val_dataloaders=data.val)
+            try:
+                trainer.fit(module, train_dataloaders=data.train, val_dataloaders=data.val)
+            finally:
+                recorder.close()
+            if "step_ms" not in out:
+                if barrier is not None and window.t0 is None:
+                    _barrier(barrier, index, k)  # do not leave the others waiting
+                raise ProbeStopped(
+                    f"the probe's training stopped at step {trainer.global_step}, before the end of its window "
+                    f"(step {warmup + steps})"
+                )
         except (MicroBatchTooSmall, torch.OutOfMemoryError, RuntimeError) as exc:
             reported = exc if isinstance(exc, MicroBatchTooSmall) else out_of_memory_error(exc)
             if reported is None:
