@@ -260,3 +260,32 @@ def test_the_probe_times_a_diverging_configuration_to_the_end_of_its_window():
     overrides = [*DEMO, "trainer.monitors.enabled=false", "optimizer.lr=1e9", "trainer.flush_every_steps=1"]
     w = worker.measure(overrides, steps=6, warmup=2, barrier=None, index=0, k=1)
     assert w["step_ms"] > 0 and not w["oom"]
+
+
+def test_the_probe_report_shows_where_a_step_goes(tmp_path):
+    """The probe's table shows the training loop's step time, and its k = 1 step part by part (real PNG too)."""
+    from dataclasses import asdict
+
+    from loss_slope.probe.capacity import level_from_workers, write_probe
+
+    loop = {"step_ms": 26.0, "plain_step_ms": 20.0, "validation_ms": 4.0, "checkpoint_ms": 0.5, "curvature_ms": 1.5}
+    worker = {
+        "oom": False,
+        "device": "cpu",
+        "step_ms": 26.0,
+        "samples_per_s": 32e3 / 26.0,
+        "seconds": 1.0,
+        "loop_seconds": 1.04,
+        "peak_mem_mb": 500.0,
+        "peak_rss_mb": 500.0,
+        "loop": loop,
+    }
+    level = level_from_workers(1, [worker], [], [])
+    assert level.loop == [loop] and level.aggregate_samples_per_s == pytest.approx(32e3 / 26.0)
+    result = {"variant": "S-core", "device": "cpu", "gpu_name": None, "levels": [asdict(level)]}
+    result.update(runs_per_gpu=1, reason="only k = 1", note=None)
+    write_probe(result, tmp_path / "p.json", tmp_path / "p.png", tmp_path / "p.md")
+    md = (tmp_path / "p.md").read_text()
+    assert "| 1 | 1231 | 26.0 |" in md
+    assert "k = 1: 26.0 = steps 20.0 + validation 4.0 + checkpoint 0.50 + curvature 1.50" in md
+    assert (tmp_path / "p.png").stat().st_size > 0
