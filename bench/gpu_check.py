@@ -578,11 +578,14 @@ PROBE_COMPARE_FROM = 20  # the real run's steps before this one (a quarter of a 
 
 def probe_against_run(real: dict, loop: dict | None) -> dict | None:
     """The probe's k = 1 step time (``loop``: :func:`loss_slope.probe.worker.loop_time`) against the
-    real run's mean step after its warm-up, as the ratio of steps/s (probe / run). A run too short
-    for a curvature event is compared with the probe's step less its curvature share."""
+    real run's mean step after its warm-up, as the ratio of steps/s (probe / run). The probe's
+    curvature share is rescaled to the events the run had (a one-epoch run may have none)."""
     if not loop or not real.get("loop_step_ms"):
         return None
-    probe_ms = loop["step_ms"] - (0.0 if real.get("curvature_events") else loop["curvature_ms"])
+    probe_ms = loop["step_ms"]
+    if loop.get("curvature_every") and real.get("total_steps"):
+        had = real.get("curvature_events", 0) * loop["curvature_every"] / real["total_steps"]
+        probe_ms -= loop["curvature_ms"] * (1.0 - had)
     return {
         "probe_ms": probe_ms,
         "run_ms": real["loop_step_ms"],

@@ -436,6 +436,10 @@ def test_budget_plans_for_the_real_loop_run_and_only_the_levels_that_will_run():
     plain = dict(budget_s=360, t_start=now - 20, max_n=4, mps_levels=False, **kw)
     assert g.Budget(**plain)(1, None, [worker], 20.0) is None
     assert g.Budget(**plain, real_steps=20_000)(1, None, [worker], 20.0) is not None  # 20,000 x 16 ms = 320 s
+    # the real-loop run takes the training loop's step (16 ms), not the probe window's (10 ms)
+    assert g.Budget(**plain, real_steps=8_000)(1, None, [worker], 20.0) is not None  # 128 s
+    as_window = {**worker, "step_ms": 10.0}
+    assert g.Budget(**plain, real_steps=8_000)(1, None, [as_window], 20.0) is None  # 80 s: it would fit
 
 
 def test_budget_forgets_the_levels_a_probe_stopped_before():
@@ -470,9 +474,12 @@ def test_the_monitor_benchmark_runs_at_the_study_size_and_its_table_goes_into_th
 
 def test_probe_against_run_leaves_out_the_curvature_a_short_run_never_reaches():
     g = _gpu_check()
-    loop = {"step_ms": 30.0, "curvature_ms": 2.0}
-    short = g.probe_against_run({"loop_step_ms": 26.0, "curvature_events": 0, "loop_from_step": 20}, loop)
+    loop = {"step_ms": 30.0, "curvature_ms": 2.0, "curvature_every": 500}
+    run = {"loop_from_step": 20, "total_steps": 1000}
+    short = g.probe_against_run({**run, "loop_step_ms": 26.0, "curvature_events": 0}, loop)
     assert short["probe_ms"] == 28.0 and short["ratio"] == pytest.approx(26.0 / 28.0)
-    long = g.probe_against_run({"loop_step_ms": 33.0, "curvature_events": 3, "loop_from_step": 20}, loop)
-    assert long["probe_ms"] == 30.0 and long["ratio"] == pytest.approx(1.1)
+    full = g.probe_against_run({**run, "loop_step_ms": 33.0, "curvature_events": 2}, loop)
+    assert full["probe_ms"] == 30.0 and full["ratio"] == pytest.approx(1.1)
+    half = g.probe_against_run({**run, "loop_step_ms": 29.0, "curvature_events": 1}, loop)  # 1 in 1,000 steps
+    assert half["probe_ms"] == pytest.approx(29.0)
     assert g.probe_against_run({"loop_step_ms": None}, loop) is None and g.probe_against_run({}, None) is None

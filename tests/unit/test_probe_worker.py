@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -103,7 +104,7 @@ def test_probe_runs_the_training_step_of_train_pack(monkeypatch):
         return real_step(self, batch, batch_idx)
 
     def save(self, checkpoint, path, storage_options=None):
-        saves.append(checkpoint["global_step"])
+        saves.append((checkpoint["global_step"], Path(path).name))
         return real_save(self, checkpoint, path, storage_options)
 
     def val(self, batch, batch_idx):
@@ -115,8 +116,9 @@ def test_probe_runs_the_training_step_of_train_pack(monkeypatch):
     monkeypatch.setattr(CurveModule, "validation_step", val)
     w = worker.measure([*DEMO, "trainer.monitors.enabled=false"], steps=4, warmup=2, barrier=None, index=0, k=1)
     assert calls == list(range(6))  # warm-up and timed steps: all through the training step
-    assert saves == [4]  # one checkpoint inside the window (steps 2..6)
-    assert {2, 4} <= set(validations)  # two validations inside it, each timed
+    # inside the window (steps 2..6): two validations, each timed with a best save, and one latest
+    assert {2, 4} <= set(validations)
+    assert sorted(saves) == [(2, "best.ckpt"), (4, "best.ckpt"), (4, "latest.ckpt")]
     loop = w["loop"]
     assert len(loop["validation_seconds"]) == 2 and loop["checkpoint_seconds"] > 0
     assert w["step_ms"] == pytest.approx(
@@ -238,7 +240,8 @@ def test_loop_time_charges_each_event_at_the_training_cadence():
     assert loop["checkpoint_ms"] == pytest.approx(0.5)
     assert loop["curvature_ms"] == pytest.approx(4.0)
     assert loop["step_ms"] == pytest.approx(54.5)
-    # a minutes cadence that comes first: 0.6 s of 45 ms steps = every 13.3 steps
+    # a minutes cadence that comes first: 0.6 s of 50 ms loop steps = 12 steps, so 8 saves by time
+    # and the epoch's own in every 100 steps
     by_time = loop_time(
         window_s=1.0,
         steps=10,
@@ -247,19 +250,58 @@ def test_loop_time_charges_each_event_at_the_training_cadence():
         curvature_s=None,
         cadence={**cadence, "latest_minutes": 0.01},
     )
-    assert by_time["checkpoint_ms"] == pytest.approx(50.0 / (0.6 / 0.045)) and by_time["curvature_ms"] == 0.0
+    assert by_time["checkpoint_ms"] == pytest.approx(50.0 * 9 / 100) and by_time["curvature_ms"] == 0.0
+    # a curvature event of the run's own schedule inside the window is not a step's time (it is charged apart)
+    inside = loop_time(
+        window_s=1.0,
+        steps=10,
+        validation_s=[0.3, 0.1, 0.1],
+        checkpoint_s=0.05,
+        monitor_s=0.2,
+        curvature_s=2.0,
+        cadence=cadence,
+    )
+    assert inside["plain_step_ms"] == pytest.approx(25.0) and inside["step_ms"] == pytest.approx(34.5)
     # no events: the window's own step
     bare = loop_time(window_s=0.5, steps=10, validation_s=[], checkpoint_s=0.0, curvature_s=None, cadence={})
     assert bare["step_ms"] == pytest.approx(50.0)
 
 
+def test_latest_every_steps_follows_the_runs_schedule():
+    from loss_slope.probe.worker import latest_every_steps
+
+    assert latest_every_steps({"latest_steps": 390, "latest_minutes": 10.0}, 0.03) == 390  # an epoch < 10 min
+    # 2 min per epoch of 100 steps, a save every minute: one by time inside each epoch, and the epoch's
+    assert latest_every_steps({"latest_steps": 100, "latest_minutes": 1.0}, 1.2) == pytest.approx(50.0)
+    assert latest_every_steps({"latest_steps": None, "latest_minutes": 1.0}, 0.5) == pytest.approx(120.0)
+    assert latest_every_steps({"latest_steps": 44, "latest_minutes": None}, 0.02) == 44
+    assert latest_every_steps({}, 0.02) is None
+
+
 def test_the_probe_times_a_diverging_configuration_to_the_end_of_its_window():
-    """The variant's default LR may diverge: the run would stop, the probe measures time and goes on."""
+    """The variant's default LR may diverge: the run would stop, the probe measures time and goes on;
+    the curvature event on non-finite weights fails, is recorded and is not charged."""
     from loss_slope.probe import worker
 
-    overrides = [*DEMO, "trainer.monitors.enabled=false", "optimizer.lr=1e9", "trainer.flush_every_steps=1"]
+    overrides = [*DEMO, "optimizer.lr=1e9", "trainer.flush_every_steps=1"]
     w = worker.measure(overrides, steps=6, warmup=2, barrier=None, index=0, k=1)
     assert w["step_ms"] > 0 and not w["oom"]
+    assert w["curvature_error"].startswith("CurvatureError") and w["loop"]["curvature_ms"] == 0.0
+
+
+def test_the_runs_own_monitor_events_inside_the_window_are_charged_once():
+    """A curvature event due inside the window (every 3 steps here) is taken out of the steps' time:
+    the window is exactly its steps, validations, checkpoint and monitor events."""
+    from loss_slope.probe import worker
+
+    w = worker.measure(
+        [*DEMO, "trainer.monitors.curvature_every_steps=3"], steps=6, warmup=2, barrier=None, index=0, k=1
+    )
+    loop = w["loop"]
+    assert loop["monitor_seconds"] > 0 and w["curvature_seconds"] > 0 and loop["curvature_every"] == 3
+    parts = 6 * loop["plain_step_ms"] / 1e3 + sum(loop["validation_seconds"]) + loop["checkpoint_seconds"]
+    assert parts + loop["monitor_seconds"] == pytest.approx(w["seconds"])
+    assert loop["curvature_ms"] == pytest.approx(1e3 * w["curvature_seconds"] / 3)
 
 
 def test_the_probe_report_shows_where_a_step_goes(tmp_path):

@@ -5,8 +5,8 @@
 The worker runs the training's own loop: a Lightning ``Trainer`` with the
 run's :class:`~loss_slope.train.module.CurveModule` (its ``training_step``, so
 the run's precision, channels_last, compile and gradient clipping), the step
-recorder, the monitor callback, validations and one checkpoint (host snapshot,
-background write) inside the timed window. After the warm-up steps it waits
+recorder, the monitor callback, validations (each with a ``best`` save) and one
+``latest`` checkpoint inside the timed window. After the warm-up steps it waits
 until all K workers are ready (files in DIR), so the timed steps really run
 concurrently. An out-of-memory error (any: the micro-batch fallback is off in
 the probe, as a run that needs it does not fit) is reported, not raised.
@@ -16,16 +16,19 @@ Step time: the window holds its events at the probe's cadence, not the run's
 after it), so ``step_ms`` is the training loop's time per step composed by
 :func:`loop_time`: the window's steps less its events, plus each event at the
 training's cadence (``loop``: the parts; ``window_step_ms``: the raw window).
+A configuration whose loss diverges is timed all the same (a run would stop;
+the probe measures time), and its curvature event, if it fails, is recorded
+(``curvature_error``) and not charged.
 
 Monitors: when ``trainer.monitors`` turns them on (as in training), every step
 also feeds them (the gradient moments hold one more copy of the parameters plus
-a scratch copy), and after the timed steps the worker runs **one curvature
-event** with the configured settings on the configured held-out batches. Its
+a scratch copy), and after the timed steps the worker runs **the curvature
+event** with the configured settings on the configured held-out batches, twice:
+the first loads its kernels (as a run's first event does, once), the second is
+timed (``curvature_seconds``; the first's: ``curvature_first_seconds``). Its
 double-backward graphs and Hutch++ blocks raise the peak memory above a plain
 training step, and ``peak_mem_mb`` includes that peak, so N per GPU is not
-over-estimated. The event is outside the timed window (it happens once every
-``curvature_every_steps`` in training); its seconds are reported as
-``curvature_seconds``, the peak before it as ``peak_mem_train_mb``.
+over-estimated; the peak before it is ``peak_mem_train_mb``.
 
 GPU memory: what a process takes from the device is the caching allocator's
 **reserved** memory (allocated bytes plus the cache it keeps) plus its **CUDA
@@ -48,6 +51,7 @@ CPUs: ``--cpus`` pins the worker to the CPUs a pack of k runs gets (k x
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import resource
 import statistics
@@ -58,7 +62,9 @@ from pathlib import Path
 from pytorch_lightning import Callback
 
 from loss_slope.jsonio import write_json
+from loss_slope.metrics.errors import MonitorError
 from loss_slope.train.divergence import DivergenceGuard
+from loss_slope.train.module import out_of_memory_error
 
 
 class ProbeStopped(Exception):
@@ -84,35 +90,53 @@ def _barrier(folder: Path, index: int, k: int, timeout: float = 600) -> None:
 
 
 class _Window(Callback):
-    """Lightning callback of the probe: the timed window, one checkpoint inside it, one curvature event after it.
+    """Lightning callback of the probe: the timed window, one checkpoint inside it, curvature events after it.
 
     At ``global_step == warmup`` it waits for the other workers (barrier) and starts the clock;
-    at ``warmup + steps // 2`` it saves one checkpoint (written as in training: host snapshot,
-    background write); at ``warmup + steps`` it stops the clock (one host sync, as in training)
-    and, with the curvature monitor on, runs one event on the configured held-out batches
-    inside the peak-memory window. It times each validation inside the window (from
-    :class:`_ValidationStarts`, first among the callbacks, to its own ``on_validation_end``,
-    last) and the checkpoint (the save on the training thread and the wait for its write), so
-    that :func:`loop_time` can charge every event at the training's cadence.
+    at ``warmup + steps // 2`` it saves one ``latest`` checkpoint and waits for its write; at
+    ``warmup + steps`` it stops the clock (one host sync, as in training) and, with the
+    curvature monitor on, runs the event twice on the configured held-out batches inside the
+    peak-memory window: the first loads its kernels (cuDNN autotunes the double backward's
+    shapes), as a run's first event does once; the second is timed. Inside the window it
+    times each validation (from :class:`_ValidationStarts`, first among the callbacks, to
+    its own ``on_validation_end``, last), a ``best`` save (weights only, as the run's
+    ``ModelCheckpoint`` at the end of a validation) included, the ``latest`` checkpoint
+    (save and write), and the monitor events that fell inside it, so that :func:`loop_time`
+    can charge every event at the training's cadence.
     """
 
     def __init__(
-        self, *, warmup: int, steps: int, barrier, index: int, k: int, device, checkpoint, monitor_cb, out: dict
+        self,
+        *,
+        warmup: int,
+        steps: int,
+        barrier,
+        index: int,
+        k: int,
+        device,
+        checkpoint: str,
+        best: str,
+        monitor_cb,
+        out: dict,
     ) -> None:
         self.warmup, self.steps, self.barrier, self.index, self.k = warmup, steps, barrier, index, k
-        self.device, self.checkpoint, self.monitor_cb, self.out = device, checkpoint, monitor_cb, out
+        self.device, self.checkpoint, self.best, self.monitor_cb, self.out = device, checkpoint, best, monitor_cb, out
         self.clock = time.perf_counter
         self.t0 = None
         self.done = False
         self.validation_seconds: list[float] = []
         self.checkpoint_seconds = 0.0
         self._validation_t0 = None
+        self._monitor_s0 = 0.0
 
     def _sync(self) -> None:
         import torch
 
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+    def _monitor_seconds(self) -> float:
+        return self.monitor_cb.curvature_seconds + self.monitor_cb.noise_seconds
 
     def on_train_start(self, trainer, pl_module) -> None:
         if self.warmup == 0:
@@ -126,6 +150,7 @@ class _Window(Callback):
             torch.cuda.reset_peak_memory_stats(self.device)
         if self.barrier is not None:
             _barrier(self.barrier, self.index, self.k)
+        self._monitor_s0 = self._monitor_seconds()
         self.t0 = self.clock()
 
     def validation_starts(self) -> None:
@@ -135,53 +160,41 @@ class _Window(Callback):
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if self._validation_t0 is not None:
+            trainer.save_checkpoint(self.best, weights_only=True)  # a run's best: at most one per validation
             self._sync()
             self.validation_seconds.append(self.clock() - self._validation_t0)
             self._validation_t0 = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        import torch
-        import torch.nn.functional as F
-
         s = trainer.global_step
         if s == self.warmup and self.t0 is None:
             self._start()
         elif s == self.warmup + self.steps // 2 and self.steps > 1:
+            # the save and its write (conservative: a run's write overlaps its next steps)
             self._sync()
             t = self.clock()
             trainer.save_checkpoint(self.checkpoint)
+            trainer.strategy.checkpoint_io.wait()
             self._sync()
             self.checkpoint_seconds += self.clock() - t
         if s != self.warmup + self.steps:
             return
         float(outputs["loss"])  # one host sync at the end, as in training
-        t = self.clock()
-        trainer.strategy.checkpoint_io.wait()  # the window includes its checkpoint's write
-        self.checkpoint_seconds += self.clock() - t
+        trainer.strategy.checkpoint_io.wait()  # the last best file's write, if still running
         self._sync()
         dt = self.clock() - self.t0
         self.done = True
+        monitor_s = self._monitor_seconds() - self._monitor_s0  # the run's own events in the window
         self._measure_context()
         self.out.update(window_step_ms=1e3 * dt / self.steps, seconds=dt)
-        cb = self.monitor_cb
-        if cb.batches:  # one curvature event, inside the peak-memory window, outside the timed one
-            if self.device.type == "cuda":
-                self.out["peak_mem_train_mb"] = gpu_footprint(self.device, dict(self.out))["peak_mem_mb"]
-            else:
-                self.out["peak_mem_train_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            t1 = self.clock()
-            with torch.enable_grad():
-                row = cb.monitors.measure_curvature(pl_module, F.cross_entropy, cb.batches, step=s, epoch=0.0)
-            self._sync()
-            self.out["curvature_seconds"] = self.clock() - t1
-            # Lanczos's first vector is the Hutch++ sketch's: k vectors cost k - 1 products
-            self.out["curvature_matvecs"] = row["hutch_matvecs"] + max(row["lambda_iters"] - 1, 0)
-            self._measure_context()
+        if self.monitor_cb.batches:
+            self._curvature(pl_module, s)
         self.out["loop"] = loop = loop_time(
             window_s=dt,
             steps=self.steps,
             validation_s=self.validation_seconds,
             checkpoint_s=self.checkpoint_seconds,
+            monitor_s=monitor_s,
             curvature_s=self.out.get("curvature_seconds"),
             cadence=self.out["cadence"],
         )
@@ -193,6 +206,38 @@ class _Window(Callback):
         )
         if self.device.type == "cuda":
             gpu_footprint(self.device, self.out)
+
+    def _curvature(self, pl_module, s: int) -> None:
+        """Two curvature events inside the peak-memory window, outside the timed one; the second is
+        timed. An out-of-memory error propagates (the level does not fit); any other failure (e.g.
+        the non-finite weights of a diverging configuration) is recorded and leaves the curvature
+        uncharged, as a run writes a NaN row and trains on."""
+        import torch
+        import torch.nn.functional as F
+
+        cb = self.monitor_cb
+        if self.device.type == "cuda":
+            self.out["peak_mem_train_mb"] = gpu_footprint(self.device, dict(self.out))["peak_mem_mb"]
+        else:
+            self.out["peak_mem_train_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        seconds = []
+        try:
+            for _ in range(2):
+                t1 = self.clock()
+                with torch.enable_grad():
+                    row = cb.monitors.measure_curvature(pl_module, F.cross_entropy, cb.batches, step=s, epoch=0.0)
+                self._sync()
+                seconds.append(self.clock() - t1)
+        except (MonitorError, RuntimeError, ValueError) as exc:
+            if out_of_memory_error(exc) is not None:
+                raise
+            self.out["curvature_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            return
+        finally:
+            self._measure_context()
+        self.out["curvature_first_seconds"], self.out["curvature_seconds"] = seconds
+        # Lanczos's first vector is the Hutch++ sketch's: k vectors cost k - 1 products
+        self.out["curvature_matvecs"] = row["hutch_matvecs"] + max(row["lambda_iters"] - 1, 0)
 
     def _measure_context(self) -> None:
         """The context again, now that the steps (and the curvature event) have run: CUDA loads
@@ -221,35 +266,49 @@ def loop_time(
     checkpoint_s: float,
     curvature_s: float | None,
     cadence: dict,
+    monitor_s: float = 0.0,
 ) -> dict:
     """The training loop's time per step, every event charged at the training's cadence.
 
     The window holds ``steps`` steps (each with its per-step monitors, recorder and Lightning
-    work), some validations and one checkpoint, at the probe's cadence, not the run's; the
-    curvature event runs after it. A step of the run costs the window's time less its events,
-    per step, plus a validation every ``cadence["validation"]`` steps (the median of those timed,
-    less the first when there are more: a process's first also sets up the loop), a ``latest`` checkpoint every
-    ``cadence["latest_steps"]`` steps or ``cadence["latest_minutes"]`` minutes, whichever is
-    sooner, and a curvature event every ``cadence["curvature"]`` steps (None: off). Not
-    charged: the noise monitor's event (a spectrum of at most ``psd_window`` numbers, every
-    few epochs) and ``best`` checkpoints (weights only, in the writer thread but for a host copy
-    of the weights).
+    work), validations (each with a ``best`` save), one ``latest`` checkpoint and any monitor
+    event the run's schedule put in it (``monitor_s``), at the probe's cadence, not the run's;
+    the timed curvature event ran after it. A step of the run costs the window's time less its
+    events, per step, plus a validation every ``cadence["validation"]`` steps (the median of
+    those timed, less the first when there are more: a process's first also sets up the loop),
+    a ``latest`` checkpoint every :func:`latest_every_steps`, and a curvature event every
+    ``cadence["curvature"]`` steps (None: off). Not charged: the noise monitor's event (a
+    spectrum of at most ``psd_window`` numbers, every few epochs). Upper bounds: a ``best``
+    save at every validation (a run saves one only when the validation loss enters its top
+    k), and the ``latest`` write as if it blocked the training (a run's overlaps its next steps).
     """
-    plain = max(window_s - sum(validation_s) - checkpoint_s, 0.0) / steps
+    plain = max(window_s - sum(validation_s) - checkpoint_s - monitor_s, 0.0) / steps
     out = {"plain_step_ms": 1e3 * plain, "validation_ms": 0.0, "checkpoint_ms": 0.0, "curvature_ms": 0.0}
     if validation_s and cadence.get("validation"):
         steady = validation_s[1:] or validation_s  # a process's first validation also sets up the loop
         out["validation_ms"] = 1e3 * statistics.median(steady) / cadence["validation"]
-    every = [n for n in (cadence.get("latest_steps"),) if n]
-    if cadence.get("latest_minutes") and plain > 0:
-        every.append(max(1.0, 60.0 * cadence["latest_minutes"] / plain))
-    if checkpoint_s and every:
-        out["checkpoint_ms"] = 1e3 * checkpoint_s / min(every)
     if curvature_s and cadence.get("curvature"):
         out["curvature_ms"] = 1e3 * curvature_s / cadence["curvature"]
+    every = latest_every_steps(cadence, (out["plain_step_ms"] + out["validation_ms"] + out["curvature_ms"]) / 1e3)
+    if checkpoint_s and every:
+        out["checkpoint_ms"] = 1e3 * checkpoint_s / every
     out["step_ms"] = out["plain_step_ms"] + out["validation_ms"] + out["checkpoint_ms"] + out["curvature_ms"]
     out["validation_seconds"], out["checkpoint_seconds"] = list(validation_s), checkpoint_s
+    out["monitor_seconds"], out["curvature_every"] = monitor_s, cadence.get("curvature")
     return out
+
+
+def latest_every_steps(cadence: dict, step_s: float) -> float | None:
+    """Mean steps between a run's ``latest`` saves (``loss_slope.train.latest``): at the end of
+    every ``cadence["latest_steps"]`` steps (whole epochs), and inside such a stretch whenever
+    ``cadence["latest_minutes"]`` passed since the previous save, at ``step_s`` seconds a step.
+    None: neither criterion is on."""
+    epoch = cadence.get("latest_steps")
+    minutes = cadence.get("latest_minutes")
+    by_time = max(1.0, 60.0 * minutes / step_s) if minutes and step_s > 0 else None
+    if epoch and by_time:
+        return epoch / (1 + math.floor((epoch - 1) / by_time))
+    return epoch or by_time
 
 
 def _nvml_index(cuda_index: int) -> int:
@@ -326,9 +385,8 @@ def measure(overrides: list[str], *, steps: int, warmup: int, barrier: Path | No
     """Train the run's configuration for ``warmup + steps`` steps in the training's own loop and time
     the last ``steps``: the Lightning trainer and :class:`~loss_slope.train.module.CurveModule` of
     ``train_pack`` runs (its ``training_step``, precision, channels_last, compile, gradient
-    clipping), the monitor callback, validation (at the training cadence, or once in the window
-    when the window is shorter than it) and one checkpoint."""
-    import math
+    clipping), the step recorder, the monitor callback, validations (at least two in the window)
+    and one checkpoint; ``step_ms`` is the training loop's (:func:`loop_time`)."""
     import tempfile
 
     import hydra.utils
@@ -339,7 +397,7 @@ def measure(overrides: list[str], *, steps: int, warmup: int, barrier: Path | No
     from loss_slope.data.datasets import build_data
     from loss_slope.train.checkpoint_io import AtomicCheckpointIO
     from loss_slope.train.compose import compose_train_config
-    from loss_slope.train.module import CurveModule, MicroBatcher, MicroBatchTooSmall, out_of_memory_error
+    from loss_slope.train.module import CurveModule, MicroBatcher, MicroBatchTooSmall
     from loss_slope.train.monitor_callback import build_monitor_callback
     from loss_slope.train.recorder import MetricRecorder
     from loss_slope.train.schedule import schedule_from_config
@@ -384,11 +442,14 @@ def measure(overrides: list[str], *, steps: int, warmup: int, barrier: Path | No
                 "noise": bool(monitor_cb.config.noise_every_epochs),
                 "curvature": bool(monitor_cb.batches),
             }
+            # validations in the window: at least two (a process's first also sets up the loop), or the
+            # training's cadence where that is more often; loop_time charges them at the training's
+            every = min(val_interval, max(1, steps // 2))
             recorder = MetricRecorder(
                 tables_dir=Path(tmp) / "tables",
                 steps_per_epoch=spe,
                 total_steps=warmup + steps,
-                val_interval=val_interval,
+                val_interval=every,  # its work at each of the probe's validations, as at each of a run's
                 flush_every=int(cfg.trainer.flush_every_steps),
                 log_every=cfg.trainer.log_every_steps,
                 guard=_TimesDivergedSteps(),
@@ -396,7 +457,7 @@ def measure(overrides: list[str], *, steps: int, warmup: int, barrier: Path | No
             latest = cfg.trainer.get("checkpoint") or {}
             every_epochs = latest.get("latest_every_epochs", 1)
             out["cadence"] = {
-                "validation": val_interval,
+                "validation": spe / (spe // val_interval),  # mean steps between a run's validations
                 "latest_steps": int(every_epochs) * spe if every_epochs else None,
                 "latest_minutes": latest.get("latest_every_minutes", 10.0) or None,
                 "curvature": monitor_cb.config.curvature_every_steps if monitor_cb.batches else None,
@@ -409,12 +470,10 @@ def measure(overrides: list[str], *, steps: int, warmup: int, barrier: Path | No
                 k=k,
                 device=device,
                 checkpoint=str(Path(tmp) / "checkpoints" / "latest.ckpt"),
+                best=str(Path(tmp) / "checkpoints" / "best.ckpt"),
                 monitor_cb=monitor_cb,
                 out=out,
             )
-            # at least two validations in the window (a process's first also sets up the loop), or the
-            # training's cadence where that is more often; loop_time charges them at the training's
-            every = min(val_interval, max(1, math.ceil(steps / 2)))
             trainer = pl.Trainer(
                 accelerator="gpu" if use_cuda else "cpu",
                 devices=1,
@@ -426,7 +485,10 @@ def measure(overrides: list[str], *, steps: int, warmup: int, barrier: Path | No
                 check_val_every_n_epoch=None,
                 num_sanity_val_steps=0,
                 callbacks=[_ValidationStarts(window), recorder, monitor_cb, window],
-                plugins=[AtomicCheckpointIO(background=True), LightningEnvironment()],
+                plugins=[
+                    AtomicCheckpointIO(background=bool(latest.get("background_write", True))),
+                    LightningEnvironment(),
+                ],
                 enable_checkpointing=False,
                 enable_progress_bar=False,
                 enable_model_summary=False,
