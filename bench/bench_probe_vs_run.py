@@ -13,7 +13,10 @@ times:
 * **a real run**: ``python -m loss_slope.train`` with the run's overrides for ``--epochs`` epochs,
   pinned to the same CPUs; its step time is the mean interval of its step table's ``time`` from
   step 20 on (the probe's warm-up is left out the same way), so validations, checkpoints, the
-  recorder's flushes and the curvature events are in it.
+  recorder's flushes and the curvature events are in it. The step table shows the events that fell
+  between two of its steps only (the last one comes after the last step: 10 epochs of 44 steps have
+  one event in the span, not two), so the probe's curvature share is rescaled to the events in the
+  span (``gpu_check.probe_against_run``).
 
 The figure is steps/s of the probe over steps/s of the run (1.00: the probe predicts the run's
 speed); the target is within 10 %. No timing is asserted anywhere: this prints the ratio.
@@ -34,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from gpu_check import PROBE_COMPARE_FROM, csv_rows  # bench/ is the script's folder, on sys.path
+from gpu_check import PROBE_COMPARE_FROM, probe_against_run, run_loop_step  # bench/ is the script's folder
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = 0.10
@@ -48,11 +51,12 @@ def probe_k1(overrides: list[str], *, steps: int, warmup: int) -> dict:
     if not workers or level.errors or level.oom:
         raise RuntimeError(f"the probe's level k = 1 failed: {level.errors or 'out of memory'}")
     w = workers[0]
-    return {"step_ms": w["step_ms"], "window_step_ms": w.get("window_step_ms", w["step_ms"])}
+    return {"step_ms": w["step_ms"], "window_step_ms": w.get("window_step_ms", w["step_ms"]), "loop": w.get("loop")}
 
 
 def real_run(overrides: list[str], run_dir: Path, *, epochs: int, cpus: list[int] | None) -> dict:
-    """One run of ``epochs`` epochs on ``cpus``; its mean step interval from step 20 on."""
+    """One run of ``epochs`` epochs on ``cpus``; its mean step interval from step 20 on and the
+    curvature events in that span (:func:`gpu_check.run_loop_step`)."""
     cmd = [sys.executable, "-m", "loss_slope.train", *overrides, f"trainer.epochs={epochs}", f"run_dir={run_dir}"]
     pin = (lambda: os.sched_setaffinity(0, set(cpus))) if cpus and hasattr(os, "sched_setaffinity") else None
     t0 = time.perf_counter()
@@ -60,11 +64,10 @@ def real_run(overrides: list[str], run_dir: Path, *, epochs: int, cpus: list[int
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         raise RuntimeError(f"the run exited {proc.returncode}: " + " | ".join(tail))
-    times = [float(r["time"]) for r in csv_rows(run_dir / "tables" / "steps.csv")]
-    settled = times[min(PROBE_COMPARE_FROM, len(times) // 4) :]
-    if len(settled) < 2:
-        raise RuntimeError(f"the run logged {len(times)} steps: too few to time")
-    return {"step_ms": 1e3 * (settled[-1] - settled[0]) / (len(settled) - 1), "wall_s": time.perf_counter() - t0}
+    span = run_loop_step(run_dir)
+    if span["loop_step_ms"] is None:
+        raise RuntimeError("the run logged too few steps to time")
+    return {**span, "step_ms": span["loop_step_ms"], "wall_s": time.perf_counter() - t0}
 
 
 def measure_variant(spec, config: dict, *, epochs: int, repeats: int, scratch: Path) -> dict:
@@ -86,12 +89,16 @@ def measure_variant(spec, config: dict, *, epochs: int, repeats: int, scratch: P
             else:
                 run_dir = scratch / f"{spec.variant}-{i}"
                 runs.append(real_run(list(spec.overrides), run_dir, epochs=epochs, cpus=cpus))
-    ratios = [r["step_ms"] / p["step_ms"] for p, r in zip(probes, runs)]
+            last = probes[-1] if what == "probe" else runs[-1]
+            print(f"  {spec.variant} {what} {i + 1}: {last['step_ms']:.1f} ms per step", file=sys.stderr)
+    # the probe's prediction for the span timed: its curvature share rescaled to the events in it
+    compared = [probe_against_run(r, p["loop"]) or {"probe_ms": p["step_ms"]} for p, r in zip(probes, runs)]
+    ratios = [r["step_ms"] / c["probe_ms"] for c, r in zip(compared, runs)]
     window = [r["step_ms"] / p["window_step_ms"] for p, r in zip(probes, runs)]
     return {
         "variant": spec.variant,
         "run": spec.run,
-        "probe_ms": statistics.median(p["step_ms"] for p in probes),
+        "probe_ms": statistics.median(c["probe_ms"] for c in compared),
         "window_ms": statistics.median(p["window_step_ms"] for p in probes),
         "run_ms": statistics.median(r["step_ms"] for r in runs),
         "ratios": ratios,

@@ -583,14 +583,34 @@ def probe_against_run(real: dict, loop: dict | None) -> dict | None:
     if not loop or not real.get("loop_step_ms"):
         return None
     probe_ms = loop["step_ms"]
-    if loop.get("curvature_every") and real.get("total_steps"):
-        had = real.get("curvature_events", 0) * loop["curvature_every"] / real["total_steps"]
+    if loop.get("curvature_every") and real.get("loop_span_steps"):
+        had = real.get("curvature_events", 0) * loop["curvature_every"] / real["loop_span_steps"]
         probe_ms -= loop["curvature_ms"] * (1.0 - had)
     return {
         "probe_ms": probe_ms,
         "run_ms": real["loop_step_ms"],
         "from_step": real.get("loop_from_step", PROBE_COMPARE_FROM),
         "ratio": real["loop_step_ms"] / probe_ms,
+    }
+
+
+def run_loop_step(run_dir: Path) -> dict:
+    """A finished run's mean time per step, events included, from its step table after its first
+    ``PROBE_COMPARE_FROM`` steps (a quarter of a short run's; the probe's warm-up is left out the same
+    way): ``loop_step_ms`` over ``loop_span_steps`` steps, and the ``curvature_events`` that fell in
+    that span (an event after optimizer step s runs between the table's steps s - 1 and s)."""
+    rows = [(int(r["step"]), float(r["time"])) for r in csv_rows(run_dir / "tables" / "steps.csv")]
+    skip = min(PROBE_COMPARE_FROM, len(rows) // 4)
+    settled = rows[skip:]
+    if len(settled) < 2:
+        return {"loop_step_ms": None, "loop_from_step": skip, "loop_span_steps": 0, "curvature_events": 0}
+    (first, t0), (last, t1) = settled[0], settled[-1]
+    events = [int(r["step"]) for r in csv_rows(run_dir / "tables" / "curvature.csv")]
+    return {
+        "loop_step_ms": 1e3 * (t1 - t0) / (last - first),
+        "loop_from_step": first,
+        "loop_span_steps": last - first,
+        "curvature_events": sum(first + 1 <= s <= last for s in events),
     }
 
 
@@ -631,10 +651,6 @@ def real_loop_run(overrides: list[str], run_dir: Path, *, device_kind: str, epoc
     vi = int(info["val_interval"])
     steps = _csv_column(run_dir / "tables" / "steps.csv", "time")
     step_ms = statistics.median(1e3 * (b - a) for a, b in zip(steps, steps[1:])) if len(steps) > 1 else None
-    # the loop's mean time per step, events included, after the first steps (as the probe's warm-up)
-    skip = min(PROBE_COMPARE_FROM, len(steps) // 4)
-    settled = steps[skip:]
-    loop_ms = 1e3 * (settled[-1] - settled[0]) / (len(settled) - 1) if len(settled) > 1 else None
     ck = csv_rows(run_dir / "tables" / "checkpoints.csv")
     latest = [float(r["checkpoint_size_mb"]) for r in ck if r.get("kind") == "latest"]
     return {
@@ -646,9 +662,7 @@ def real_loop_run(overrides: list[str], run_dir: Path, *, device_kind: str, epoc
         "n_val": int(info["n_val"]),
         "wall_s": wall,
         "median_step_ms": step_ms,
-        "loop_step_ms": loop_ms,
-        "loop_from_step": skip,
-        "curvature_events": len(csv_rows(run_dir / "tables" / "curvature.csv")),
+        **run_loop_step(run_dir),
         "syncs_counted": counter.enabled,
         "syncs": {w: dict(c) for w, c in counter.by_window(vi).items()},
         "sync_places": counter.places.most_common(8),

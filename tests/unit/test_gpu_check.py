@@ -475,7 +475,7 @@ def test_the_monitor_benchmark_runs_at_the_study_size_and_its_table_goes_into_th
 def test_probe_against_run_leaves_out_the_curvature_a_short_run_never_reaches():
     g = _gpu_check()
     loop = {"step_ms": 30.0, "curvature_ms": 2.0, "curvature_every": 500}
-    run = {"loop_from_step": 20, "total_steps": 1000}
+    run = {"loop_from_step": 20, "loop_span_steps": 1000}
     short = g.probe_against_run({**run, "loop_step_ms": 26.0, "curvature_events": 0}, loop)
     assert short["probe_ms"] == 28.0 and short["ratio"] == pytest.approx(26.0 / 28.0)
     full = g.probe_against_run({**run, "loop_step_ms": 33.0, "curvature_events": 2}, loop)
@@ -483,3 +483,16 @@ def test_probe_against_run_leaves_out_the_curvature_a_short_run_never_reaches():
     half = g.probe_against_run({**run, "loop_step_ms": 29.0, "curvature_events": 1}, loop)  # 1 in 1,000 steps
     assert half["probe_ms"] == pytest.approx(29.0)
     assert g.probe_against_run({"loop_step_ms": None}, loop) is None and g.probe_against_run({}, None) is None
+
+
+def test_run_loop_step_counts_the_events_between_its_first_and_last_timed_steps(tmp_path):
+    """Known answer: 100 steps of 10 ms, from step 20 on; events after optimizer steps 50 and 100 —
+    the first lies between table steps 49 and 50, the second after the last step (99)."""
+    g = _gpu_check()
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    (tables / "steps.csv").write_text("step,time\n" + "".join(f"{i},{0.01 * i}\n" for i in range(100)))
+    (tables / "curvature.csv").write_text("step,lambda_max\n50,1.0\n100,1.0\n")
+    span = g.run_loop_step(tmp_path)
+    assert span["loop_from_step"] == 20 and span["loop_span_steps"] == 79
+    assert span["loop_step_ms"] == pytest.approx(10.0) and span["curvature_events"] == 1
