@@ -8,6 +8,7 @@ import torch
 
 from loss_slope.train.checkpoint_io import AtomicCheckpointIO, host_snapshot
 from loss_slope.train.latest import LatestCheckpoint
+from loss_slope.train.latest_cadence import LatestSettings, epoch_end_due
 
 
 def test_latest_is_due_at_the_last_validation_of_each_epoch():
@@ -20,6 +21,29 @@ def test_latest_is_due_at_the_last_validation_of_each_epoch():
     # digits demo: 44 steps per epoch, validation every 11: exactly the epoch ends
     cb = LatestCheckpoint("x", steps_per_epoch=44, val_interval=11, every_epochs=2, every_minutes=None)
     assert [s for s in range(11, 133, 11) if cb.due(s, stopping=False, now=0.0)] == [88]
+
+
+def test_latest_settings_defaults_and_off_switches_are_read_once_for_every_reader():
+    assert LatestSettings.from_trainer({}) == LatestSettings(1, 10.0, True)
+    assert LatestSettings.from_trainer({"checkpoint": None}) == LatestSettings(1, 10.0, True)
+    # a key left out takes its default; null or 0 turns the criterion off
+    got = LatestSettings.from_trainer({"checkpoint": {"latest_every_minutes": None, "background_write": False}})
+    assert got == LatestSettings(every_epochs=1, every_minutes=0.0, background_write=False)
+    got = LatestSettings.from_trainer({"checkpoint": {"latest_every_epochs": None, "latest_every_minutes": 2}})
+    assert got == LatestSettings(every_epochs=0, every_minutes=2.0, background_write=True)
+    cb = LatestCheckpoint.from_settings("x", got, steps_per_epoch=40, val_interval=10)
+    assert (cb.every_epochs, cb.every_s) == (0, 120.0)
+
+
+def test_epoch_end_rule_is_the_callbacks():
+    # 391 steps per epoch, validation every 97: the epoch's last validation is at 388 (3 steps short)
+    kw = {"steps_per_epoch": 391, "val_interval": 97}
+    assert [s for s in (97, 291, 388, 485, 779) if epoch_end_due(s, every_epochs=1, **kw)] == [388, 779]
+    assert [s for s in (388, 779, 1170, 1561) if epoch_end_due(s, every_epochs=2, **kw)] == [779, 1561]
+    assert not epoch_end_due(388, every_epochs=0, **kw) and not epoch_end_due(0, every_epochs=1, **kw)
+    cb = LatestCheckpoint("x", every_epochs=3, every_minutes=None, **kw)
+    steps = range(1, 391 * 7)
+    assert [s for s in steps if cb.epoch_due(s)] == [s for s in steps if epoch_end_due(s, every_epochs=3, **kw)]
 
 
 def test_latest_time_and_stop_criteria():

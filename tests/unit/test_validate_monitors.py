@@ -348,6 +348,18 @@ def test_latest_once_per_epoch_passes_and_a_missing_epoch_end_is_reported(tmp_pa
     assert "latest missing at 1 validation step(s) (first [16])" in reasons(rep)
 
 
+def test_latest_every_epochs_left_out_of_the_config_takes_the_trainings_default(tmp_path):
+    # training saves once per epoch when the key is missing; validation must require the same rows
+    rows = [r for r in checkpoint_rows() if r[3] == "best" or (r[0] % SPE == 0 and r[0] != 16)]
+    write_run(tmp_path, checkpoints=rows)
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    info["config"] = {"trainer": {"checkpoint": {"latest_every_minutes": 10.0}}}
+    (tmp_path / "run_info.json").write_text(json.dumps(info))
+    rep = check(tmp_path)[1]
+    assert failed(rep) == {"checkpoints_recorded"}
+    assert "latest missing at 1 validation step(s) (first [16])" in reasons(rep)
+
+
 def test_curvature_event_out_of_memory_is_a_nan_row_with_its_reason_and_passes(tmp_path):
     nan = math.nan
     oom = (12, 12 / SPE, nan, nan, 0, 0, 0.5, False, nan, nan, nan, "out of memory: CUDA out of memory. Tried")

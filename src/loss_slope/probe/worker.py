@@ -64,6 +64,7 @@ from pytorch_lightning import Callback
 from loss_slope.jsonio import write_json
 from loss_slope.metrics.errors import MonitorError
 from loss_slope.train.divergence import DivergenceGuard
+from loss_slope.train.latest_cadence import LatestSettings
 from loss_slope.train.module import out_of_memory_error
 
 
@@ -454,12 +455,11 @@ def measure(overrides: list[str], *, steps: int, warmup: int, barrier: Path | No
                 log_every=cfg.trainer.log_every_steps,
                 guard=_TimesDivergedSteps(),
             )
-            latest = cfg.trainer.get("checkpoint") or {}
-            every_epochs = latest.get("latest_every_epochs", 1)
+            latest = LatestSettings.from_trainer(cfg.trainer)
             out["cadence"] = {
                 "validation": spe / (spe // val_interval),  # mean steps between a run's validations
-                "latest_steps": int(every_epochs) * spe if every_epochs else None,
-                "latest_minutes": latest.get("latest_every_minutes", 10.0) or None,
+                "latest_steps": latest.every_epochs * spe or None,
+                "latest_minutes": latest.every_minutes or None,
                 "curvature": monitor_cb.config.curvature_every_steps if monitor_cb.batches else None,
             }
             window = _Window(
@@ -486,7 +486,7 @@ def measure(overrides: list[str], *, steps: int, warmup: int, barrier: Path | No
                 num_sanity_val_steps=0,
                 callbacks=[_ValidationStarts(window), recorder, monitor_cb, window],
                 plugins=[
-                    AtomicCheckpointIO(background=bool(latest.get("background_write", True))),
+                    AtomicCheckpointIO(background=latest.background_write),
                     LightningEnvironment(),
                 ],
                 enable_checkpointing=False,

@@ -13,6 +13,7 @@ import numpy as np
 
 from loss_slope.tables.arrays import read_columns
 from loss_slope.tables.schema import CHECKPOINT_KINDS, MONITOR_TABLES
+from loss_slope.train.latest_cadence import LatestSettings, epoch_end_due
 
 
 def expected_monitor_steps(every: int, total: int) -> np.ndarray:
@@ -51,14 +52,12 @@ def _expected_latest(info: dict, val_steps: np.ndarray) -> tuple[list[int], str]
     ck = trainer.get("checkpoint")
     if ck is None:
         return [int(s) for s in val_steps], "validations"
-    every = int(ck.get("latest_every_epochs") or 0)
+    every = LatestSettings.from_trainer(trainer).every_epochs
     spe = int(info["steps_per_epoch"])
     vi = int(info.get("val_interval") or spe // int(info.get("val_per_epoch") or 1))
-    want = []
-    for s in (int(s) for s in val_steps):
-        epoch = (s - 1) // spe
-        if every and s > 0 and s - epoch * spe + vi > spe and (epoch + 1) % every == 0:
-            want.append(s)
+    want = [
+        int(s) for s in val_steps if epoch_end_due(int(s), steps_per_epoch=spe, val_interval=vi, every_epochs=every)
+    ]
     return want, f"epoch-end validations (every {every} epoch(s))"
 
 

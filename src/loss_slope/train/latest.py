@@ -29,6 +29,8 @@ from pathlib import Path
 
 from pytorch_lightning.callbacks import Checkpoint
 
+from loss_slope.train.latest_cadence import LatestSettings, epoch_end_due
+
 log = logging.getLogger("loss_slope.train")
 
 
@@ -59,13 +61,21 @@ class LatestCheckpoint(Checkpoint):
         epoch = (step - 1) // self.spe
         return epoch, step - epoch * self.spe
 
+    @classmethod
+    def from_settings(cls, path, settings: LatestSettings, *, steps_per_epoch: int, val_interval: int):
+        return cls(
+            path,
+            steps_per_epoch=steps_per_epoch,
+            val_interval=val_interval,
+            every_epochs=settings.every_epochs,
+            every_minutes=settings.every_minutes,
+        )
+
     def epoch_due(self, step: int) -> bool:
-        """``step`` (optimizer steps done, > 0) is the last validation of an epoch whose number
-        (1-based) is a multiple of ``every_epochs``."""
-        if not self.every_epochs or step <= 0:
-            return False
-        epoch, in_epoch = self._position(step)
-        return in_epoch + self.val_interval > self.spe and (epoch + 1) % self.every_epochs == 0
+        """``step`` is the last validation of every ``every_epochs``-th epoch (:func:`epoch_end_due`)."""
+        return epoch_end_due(
+            step, steps_per_epoch=self.spe, val_interval=self.val_interval, every_epochs=self.every_epochs
+        )
 
     def regular(self, step: int) -> bool:
         """``step`` (optimizer steps done, > 0) is one of the epoch's scheduled validations."""

@@ -49,6 +49,7 @@ from loss_slope.train.exit_codes import EXIT_ERROR, EXIT_OK, EXIT_UNFINISHED
 from loss_slope.train.faults import fault_callbacks, oom_injector
 from loss_slope.train.interrupt import CheckpointOnInterrupt, sigint_as_sigterm
 from loss_slope.train.latest import LatestCheckpoint
+from loss_slope.train.latest_cadence import LatestSettings
 from loss_slope.train.module import CurveModule, MicroBatcher, MicroBatchTooSmall
 from loss_slope.train.monitor_callback import build_monitor_callback
 from loss_slope.train.recorder import MetricRecorder
@@ -233,15 +234,11 @@ def build_trainer(cfg, run: Run) -> Parts:
         auto_insert_metric_name=False,
         save_weights_only=True,
     )
-    ckpt_cfg = cfg.trainer.get("checkpoint") or {}
-    latest = LatestCheckpoint(
-        paths.latest,
-        steps_per_epoch=run.steps_per_epoch,
-        val_interval=run.val_interval,
-        every_epochs=ckpt_cfg.get("latest_every_epochs", 1),
-        every_minutes=ckpt_cfg.get("latest_every_minutes", 10.0),
+    latest_settings = LatestSettings.from_trainer(cfg.trainer)
+    latest = LatestCheckpoint.from_settings(
+        paths.latest, latest_settings, steps_per_epoch=run.steps_per_epoch, val_interval=run.val_interval
     )
-    checkpoint_io = AtomicCheckpointIO(background=bool(ckpt_cfg.get("background_write", True)))
+    checkpoint_io = AtomicCheckpointIO(background=latest_settings.background_write)
     on_interrupt = CheckpointOnInterrupt(paths.latest)
     max_time = cfg.trainer.max_time_s
     trainer = pl.Trainer(
