@@ -3,11 +3,12 @@
 import pytest
 import torch
 
+from loss_slope.metrics.errors import MonitorError
 from loss_slope.metrics.monitors import CURVATURE_KEYS, NOISE_KEYS
 from loss_slope.tables.schema import KEEP_ON_RESUME, TABLES, columns
 from loss_slope.train.checkpoint_io import AtomicCheckpointIO
 from loss_slope.train.compose import compose_train_config
-from loss_slope.train.monitor_callback import MonitorCallback, held_out_batches, monitor_settings
+from loss_slope.train.monitor_callback import MonitorCallback, held_out_batches, monitor_failure, monitor_settings
 
 
 def test_table_columns_are_the_monitor_keys():
@@ -197,3 +198,17 @@ def test_out_of_memory_in_a_curvature_event_writes_a_nan_row_with_the_reason(tmp
     assert any("curvature at step 10: out of memory" in r.getMessage() for r in caplog.records)
     gc.collect()
     assert held and all(ref() is None for ref in held)  # nothing of the failed event is kept alive
+
+
+def test_monitor_failures_training_survives_and_bugs_it_does_not():
+    """One classification for the training's NaN row and the probe: out of memory (the probe's level
+    does not fit), a failed measurement (recorded), anything else re-raised."""
+    oom = monitor_failure(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB\nmore"))
+    assert oom == (True, "out of memory: CUDA out of memory. Tried to allocate 2 GiB")
+    assert monitor_failure(MonitorError("non-finite Hessian-vector product")) == (
+        False,
+        "failed: MonitorError: non-finite Hessian-vector product",
+    )
+    assert monitor_failure(ValueError("")) == (False, "failed: ValueError: ValueError")
+    assert monitor_failure(KeyError("lambda_max")) is None
+    assert monitor_failure(TypeError("bad call")) is None

@@ -286,7 +286,7 @@ def test_the_probe_times_a_diverging_configuration_to_the_end_of_its_window():
     overrides = [*DEMO, "optimizer.lr=1e9", "trainer.flush_every_steps=1"]
     w = worker.measure(overrides, steps=6, warmup=2, barrier=None, index=0, k=1)
     assert w["step_ms"] > 0 and not w["oom"]
-    assert w["curvature_error"].startswith("CurvatureError") and w["loop"]["curvature_ms"] == 0.0
+    assert w["curvature_error"].startswith("failed: CurvatureError") and w["loop"]["curvature_ms"] == 0.0
 
 
 def test_the_runs_own_monitor_events_inside_the_window_are_charged_once():

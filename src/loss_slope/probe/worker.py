@@ -62,7 +62,6 @@ from pathlib import Path
 from pytorch_lightning import Callback
 
 from loss_slope.jsonio import write_json
-from loss_slope.metrics.errors import MonitorError
 from loss_slope.train.divergence import DivergenceGuard
 from loss_slope.train.latest_cadence import LatestSettings
 from loss_slope.train.module import out_of_memory_error
@@ -216,6 +215,8 @@ class _Window(Callback):
         import torch
         import torch.nn.functional as F
 
+        from loss_slope.train.monitor_callback import monitor_failure
+
         cb = self.monitor_cb
         if self.device.type == "cuda":
             self.out["peak_mem_train_mb"] = gpu_footprint(self.device, dict(self.out))["peak_mem_mb"]
@@ -229,10 +230,11 @@ class _Window(Callback):
                     row = cb.monitors.measure_curvature(pl_module, F.cross_entropy, cb.batches, step=s, epoch=0.0)
                 self._sync()
                 seconds.append(self.clock() - t1)
-        except (MonitorError, RuntimeError, ValueError) as exc:
-            if out_of_memory_error(exc) is not None:
+        except Exception as exc:
+            failure = monitor_failure(exc)
+            if failure is None or failure[0]:  # out of memory: the level does not fit
                 raise
-            self.out["curvature_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            self.out["curvature_error"] = failure[1]
             return
         finally:
             self._measure_context()

@@ -78,6 +78,19 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def monitor_failure(exc: BaseException) -> tuple[bool, str] | None:
+    """A monitor event's exception that must not stop the training: ``(True, reason)`` for out of
+    memory (the event's graphs and vectors on top of a full training process), ``(False, reason)``
+    for a failed measurement (e.g. the non-finite weights of a diverging run); None for anything
+    else (a bug: re-raise it)."""
+    oom = out_of_memory_error(exc)
+    if oom is not None:
+        return True, f"out of memory: {_first_line(oom)}"
+    if isinstance(exc, (MonitorError, RuntimeError, ValueError)):
+        return False, f"failed: {type(exc).__name__}: {_first_line(exc)}"
+    return None
+
+
 def _with_fault(loss_fn, fault, step: int):
     def faulty(logits, targets):
         fault(step)  # inside the event: after the forward pass, while its graph is alive
@@ -212,18 +225,12 @@ class MonitorCallback(Callback):
             with torch.enable_grad():
                 row = self.monitors.measure_curvature(pl_module, loss_fn, self.batches, step=s, epoch=s / self.spe)
         except Exception as exc:
-            # A failed measurement must not stop the training: out of memory (the event's graphs and
-            # vectors on top of a full training process), or e.g. non-finite weights of a diverging run.
             # Only the reason is kept: the exception (and its traceback's frames, which hold the
             # event's tensors) is dropped when this block ends, before the memory is released.
-            oom = out_of_memory_error(exc)
-            if oom is not None:
-                reason = f"out of memory: {_first_line(oom)}"
-            elif isinstance(exc, (MonitorError, RuntimeError, ValueError)):
-                reason = f"failed: {type(exc).__name__}: {_first_line(exc)}"
-            else:
+            failure = monitor_failure(exc)
+            if failure is None:
                 raise
-            del oom  # a local outlives the block: it would keep the traceback and the event's tensors
+            reason = failure[1]
         if reason is not None:
             release_memory(pl_module.device)
             log.warning("curvature at step %d: %s; writing a NaN row and training on", s, reason)
