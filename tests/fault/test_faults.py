@@ -67,6 +67,24 @@ def test_sigterm_checkpoints_exits_unfinished_and_resumes(tmp_path):
     assert pd.read_csv(run / "tables" / "val.csv").shape[0] == 12
 
 
+def test_sigterm_inside_a_validation_resumes_from_the_latest_and_keeps_every_validation_row(tmp_path):
+    """A real SIGTERM between two validation batches: no checkpoint there (a run resumed from it would
+    never repeat that validation); the rerun resumes from the previous latest and the tables equal an
+    uninterrupted run's."""
+    run = tmp_path / "run"
+    # 44 steps per epoch, validations at 11, 22, 33, 44 (latest at 44); 6 batches of 64 held-out images
+    fault = ["data.eval_batch_size=64", "trainer.fault.sigterm_in_validation_at_step=66"]
+    first = run_cmd([PYTHON, "-m", "loss_slope.train", *TINY, *fault, f"run_dir={run}"], timeout=300, check=False)
+    log = first.stdout + first.stderr
+    assert first.returncode == 3, log[-3000:]
+    assert "inside a validation" in log and "resumes from the latest one (step 44)" in log
+    ckpt = torch.load(run / "checkpoints/latest/latest.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 44
+    run_cmd([PYTHON, "-m", "loss_slope.train", *TINY, *fault, f"run_dir={run}"], timeout=300)
+    assert pd.read_csv(run / "tables" / "steps.csv").step.tolist() == list(range(132))
+    assert pd.read_csv(run / "tables" / "val.csv").step.tolist() == list(range(11, 133, 11))
+
+
 def test_time_budget_stops_cleanly_with_exit_3(tmp_path):
     run = tmp_path / "run"
     proc = run_cmd(

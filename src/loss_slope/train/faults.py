@@ -5,13 +5,17 @@ real, in the middle of training (``fail_run``/``fail_at_step``), and to make a
 run run out of GPU memory (``oom_run``/``oom_at_step``/``oom_fits``): the real
 ``torch.cuda.OutOfMemoryError`` is raised, so the recovery path is the one a
 GPU takes, even on a CPU), and to make a curvature event run out of memory
-(``curvature_oom_run``/``curvature_oom_at_step``), and to slow every step down
-(``step_sleep_s``) so that a time budget binds whatever the machine's speed.
+(``curvature_oom_run``/``curvature_oom_at_step``), to slow every step down
+(``step_sleep_s``) so that a time budget binds whatever the machine's speed, and
+to send the process a real SIGTERM in the middle of a validation
+(``sigterm_in_validation_at_step``).
 Off unless the keys are set.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -43,6 +47,20 @@ class SlowSteps(Callback):
         time.sleep(self.seconds)
 
 
+class SigtermInValidation(Callback):
+    """Sends this process SIGTERM after the first batch of the validation at optimizer step ``step``
+    (once: ``marker``); Lightning's handler then stops the validation before its next batch."""
+
+    def __init__(self, *, step: int, marker: str | Path) -> None:
+        self.step, self.marker = int(step), Path(marker)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if trainer.sanity_checking or trainer.global_step != self.step or batch_idx != 0 or self.marker.exists():
+            return
+        self.marker.write_text(f"SIGTERM inside the validation at step {self.step}\n")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def fault_callbacks(cfg, run_dir) -> list[Callback]:
     f = cfg.trainer.get("fault")
     if not f:
@@ -52,6 +70,8 @@ def fault_callbacks(cfg, run_dir) -> list[Callback]:
         out.append(SlowSteps(f.step_sleep_s))
     if f.fail_run is not None and f.fail_at_step is not None and f.fail_run == cfg.run:
         out.append(FailOnce(step=f.fail_at_step, marker=Path(run_dir) / "fault.once"))
+    if f.get("sigterm_in_validation_at_step") is not None:
+        out.append(SigtermInValidation(step=f.sigterm_in_validation_at_step, marker=Path(run_dir) / "sigterm.once"))
     return out
 
 

@@ -7,12 +7,17 @@ Ctrl-C takes the same path (:func:`sigint_as_sigterm`): a ``KeyboardInterrupt``
 can land anywhere inside a step (after the optimizer step, before the LR
 scheduler's), and a checkpoint taken there resumes into different steps.
 
-Except after the last batch of an epoch: Lightning has then already counted
-the epoch as finished while its batch counter still says "last batch", and a
-run resumed from a checkpoint taken there skips the whole next epoch. There
-no checkpoint is written; the rerun resumes from the latest one, which
-(``LatestCheckpoint``) is taken at the epoch's last validation, i.e. at this
-very step when the epoch ends with a validation.
+No checkpoint is written, and the rerun resumes from the latest one (the
+tables are cut back to its step), where a checkpoint here would resume wrongly:
+
+* after the last batch of an epoch: Lightning has then already counted the
+  epoch as finished while its batch counter still says "last batch", and a run
+  resumed there skips the whole next epoch. The latest checkpoint
+  (``LatestCheckpoint``) is taken at the epoch's last validation, i.e. at this
+  very step when the epoch ends with a validation;
+* inside a validation (Lightning raises between two validation batches): the
+  validation's row and its ``best`` check are not written yet, and a run
+  resumed there never repeats that validation, so its row would be missing.
 """
 
 from __future__ import annotations
@@ -39,16 +44,22 @@ class CheckpointOnInterrupt(Callback):
     def on_exception(self, trainer, pl_module, exception):
         if not isinstance(exception, SIGTERMException) or trainer.global_step <= 0:
             return
-        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+        if trainer.validating:
+            where = "inside a validation (a resumed run would not repeat it)"
+        elif trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            where = "after the last batch of an epoch (Lightning would resume it into the epoch after the next)"
+        else:
+            where = None
+        if where is not None:
             io = trainer.strategy.checkpoint_io
             if hasattr(io, "wait"):
-                io.wait()  # a save in flight (the epoch's last validation) is renamed first
+                io.wait()  # a save in flight (e.g. the epoch's last validation) is renamed first
             self.saved_step = checkpoint_step(self.path) if Path(self.path).exists() else None
             log.warning(
-                "%s after the last batch of an epoch (step %d): no checkpoint here (Lightning would resume "
-                "it into the epoch after the next); the rerun resumes from the latest one (step %s)",
+                "%s at step %d, %s: no checkpoint here; the rerun resumes from the latest one (step %s)",
                 type(exception).__name__,
                 trainer.global_step,
+                where,
                 self.saved_step,
             )
             return
