@@ -109,3 +109,38 @@ def test_a_run_waiting_for_another_trainers_lock_is_not_lost_on_sigterm(tmp_path
     assert code == 3  # unfinished: Snakemake resubmits, a trains then
     assert not (tmp_path / "out.json").exists()
     assert not (tmp_path / "work" / "V" / "a" / "done.json").exists()
+
+
+def test_sigterm_while_a_run_starts_up_is_a_stop_not_an_error(tmp_path):
+    # scancel as the trainer imports torch (before Lightning installs its SIGTERM handler): the forwarded
+    # signal kills it with -SIGTERM; that is a stop (unfinished, exit 3), not the run's error, so the
+    # next attempt neither asks for more memory nor counts it towards giving the run up
+    import os
+    import signal
+    import threading
+    import time
+
+    spec = _spec(tmp_path, {"r0": BASE})
+    run_log = tmp_path / "logs" / "r0.log"
+
+    def scancel_when_started():
+        deadline = time.time() + 60
+        while not run_log.exists() and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    threading.Thread(target=scancel_when_started, daemon=True).start()
+    try:
+        code = _launch(tmp_path, spec, 1)
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
+    assert code == 3
+    assert read_errors(tmp_path / "work" / "V" / "r0") == []
+    records = [json.loads(x) for x in (tmp_path / "work" / "V" / "r0" / "launcher.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in records if r["event"] == "outcome"] == ["unfinished"]
+    assert [r["exit_code"] for r in records if r["event"] == "outcome"] == [-signal.SIGTERM]
+    assert _launch(tmp_path, spec, 2) == 0  # the next attempt trains it
+    assert json.loads((tmp_path / "out.json").read_text())["runs"]["r0"]["status"] == "complete"

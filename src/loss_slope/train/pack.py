@@ -334,7 +334,11 @@ def _train_members(
         else:
             pending.append(m)
 
+    stopping = False  # set by a signal: no run is started (or put back to wait for a lock) after it
+
     def forward(signum, _frame):  # scancel/timeout/Ctrl-C: let every run checkpoint
+        nonlocal stopping
+        stopping = True
         for p, _, _ in procs.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)  # a run checkpoints on SIGTERM at the end of its step
@@ -359,7 +363,7 @@ def _train_members(
             code = p.returncode
             log_path = run_log(run)
             run_dir = Path(WORK_RUN.format(work_root=work_root, variant=variant, run=run))
-            if code == EXIT_LOCKED and (deadline is None or time.time() + lock_poll_s < deadline - 60):
+            if code == EXIT_LOCKED and not stopping and (deadline is None or time.time() + lock_poll_s < deadline - 60):
                 print(f"{variant}/{run}: another live trainer holds it; waiting for its lock", flush=True)
                 waiting[run] = time.time() + lock_poll_s
                 continue
@@ -371,6 +375,10 @@ def _train_members(
             }.get(code, "failed")
             if status == "failed" and code < 0 and (run_dir / "done.json").exists():
                 status = "complete"  # killed (a forwarded SIGTERM) after writing its last state: done
+            elif status == "failed" and code == -signal.SIGTERM:
+                # stopped from outside while Lightning's handler was not installed (starting up, or past
+                # its fit): a stop, not the run's error; the next attempt resumes from its latest checkpoint
+                status = "unfinished"
             res = {"exit_code": code, "status": status, "log": str(log_path)}
             if status == "failed":
                 with open(log_path, errors="replace") as fh:
