@@ -125,6 +125,23 @@ def test_divergence_stops_the_run_and_marks_it(tmp_path):
     assert "already complete" in again.stdout + again.stderr
 
 
+def test_sigterm_after_an_unseen_divergence_finishes_the_run_as_diverged_at_its_step(tmp_path):
+    """SIGTERM lands before the recorder has checked the diverging rows (it checks them every
+    flush_every_steps): the flush on the way out finds the divergence, and the run ends diverged at
+    the same step as an uninterrupted run, not preempted and resumed past it."""
+    diverging = ["optimizer.lr=1e5", "trainer.flush_every_steps=20"]
+    ref = tmp_path / "ref"
+    run_cmd([PYTHON, "-m", "loss_slope.train", *TINY, *diverging, f"run_dir={ref}"], timeout=300)
+    want = json.loads((ref / "done.json").read_text())
+    assert want["status"] == "diverged" and want["diverged_at_step"] < 8
+    run = tmp_path / "run"
+    cmd = [PYTHON, "-m", "loss_slope.train", *TINY, *diverging, "trainer.fault.sigterm_at_step=8", f"run_dir={run}"]
+    out = run_cmd(cmd, timeout=300, check=False)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    done = json.loads((run / "done.json").read_text())
+    assert (done["status"], done["diverged_at_step"]) == ("diverged", want["diverged_at_step"])
+
+
 def test_disk_error_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
     io = AtomicCheckpointIO()
     path = tmp_path / "latest.ckpt"

@@ -30,3 +30,21 @@ def test_state_round_trip_across_resume():
     b = DivergenceGuard(reference_steps=3)
     b.load_state_dict(a.state_dict())
     assert b.update([2, 3], [3.0, 31.0]) == a.update([2, 3], [3.0, 31.0])
+
+
+def test_the_recorders_verdict_survives_a_resume(tmp_path):
+    # the guard never sees the rows before a checkpoint again: the verdict travels in the checkpoint
+    from loss_slope.train.recorder import MetricRecorder
+
+    def recorder(d):
+        return MetricRecorder(tables_dir=d, steps_per_epoch=10, total_steps=40, val_interval=5, flush_every=20)
+
+    first = recorder(tmp_path / "a")
+    first.diverged = (4, "non-finite training loss (1 steps) from step 4")
+    state = first.state_dict()
+    resumed = recorder(tmp_path / "b")
+    resumed.load_state_dict(state)
+    assert resumed.diverged == (4, "non-finite training loss (1 steps) from step 4")
+    older = recorder(tmp_path / "c")  # a checkpoint without the key: no verdict yet
+    older.load_state_dict({"divergence": state["divergence"]})
+    assert older.diverged is None

@@ -7,8 +7,8 @@ run run out of GPU memory (``oom_run``/``oom_at_step``/``oom_fits``): the real
 GPU takes, even on a CPU), and to make a curvature event run out of memory
 (``curvature_oom_run``/``curvature_oom_at_step``), to slow every step down
 (``step_sleep_s``) so that a time budget binds whatever the machine's speed, and
-to send the process a real SIGTERM in the middle of a validation
-(``sigterm_in_validation_at_step``).
+to send the process a real SIGTERM after a step (``sigterm_at_step``) or in the
+middle of a validation (``sigterm_in_validation_at_step``).
 Off unless the keys are set.
 """
 
@@ -47,6 +47,19 @@ class SlowSteps(Callback):
         time.sleep(self.seconds)
 
 
+class SigtermAtStep(Callback):
+    """Sends this process SIGTERM after optimizer step ``step`` (once: ``marker``); Lightning's handler
+    stops the training at the end of that batch."""
+
+    def __init__(self, *, step: int, marker: str | Path) -> None:
+        self.step, self.marker = int(step), Path(marker)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step and not self.marker.exists():
+            self.marker.write_text(f"SIGTERM after step {self.step}\n")
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 class SigtermInValidation(Callback):
     """Sends this process SIGTERM after the first batch of the validation at optimizer step ``step``
     (once: ``marker``); Lightning's handler then stops the validation before its next batch."""
@@ -70,6 +83,8 @@ def fault_callbacks(cfg, run_dir) -> list[Callback]:
         out.append(SlowSteps(f.step_sleep_s))
     if f.fail_run is not None and f.fail_at_step is not None and f.fail_run == cfg.run:
         out.append(FailOnce(step=f.fail_at_step, marker=Path(run_dir) / "fault.once"))
+    if f.get("sigterm_at_step") is not None:
+        out.append(SigtermAtStep(step=f.sigterm_at_step, marker=Path(run_dir) / "sigterm.once"))
     if f.get("sigterm_in_validation_at_step") is not None:
         out.append(SigtermInValidation(step=f.sigterm_in_validation_at_step, marker=Path(run_dir) / "sigterm.once"))
     return out

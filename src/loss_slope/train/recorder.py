@@ -138,10 +138,13 @@ class MetricRecorder(Callback):
         # Lightning asks for the callbacks' state before on_save_checkpoint: the guard must have seen
         # every row the checkpoint's tables will hold, or a resumed run never feeds it the pending ones
         self.flush()
-        return {"divergence": self.guard.state_dict()}
+        return {"divergence": self.guard.state_dict(), "diverged": self.diverged}
 
     def load_state_dict(self, state_dict: dict) -> None:
+        # the verdict too: the guard has seen the rows before the checkpoint, and never sees them again
         self.guard.load_state_dict(state_dict["divergence"])
+        diverged = state_dict.get("diverged")
+        self.diverged = None if diverged is None else (int(diverged[0]), str(diverged[1]))
 
     def on_train_end(self, trainer, pl_module):
         self.sync()

@@ -334,7 +334,7 @@ def finish(cfg, run: Run, parts: Parts, ending: Ending) -> int:
         return EXIT_ERROR
     io = parts.checkpoint_io
     ckpt = io.stats()
-    if ending.how == "preempted":
+    if ending.how == "preempted" and parts.recorder.diverged is None:  # a diverged run is finished: below
         end_attempt(
             paths.attempts,
             attempt=run.attempt,
