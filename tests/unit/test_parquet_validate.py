@@ -140,7 +140,10 @@ def test_diverged_run_is_complete_up_to_its_stop_and_flagged(tmp_path):
     info["outcome"] = {"status": "diverged", "steps_done": 13, "diverged_at_step": 10, "reason": "nan at step 10"}
     (tmp_path / "run_info.json").write_text(json.dumps(info))
     v = (tmp_path / "val.csv").read_text().splitlines(keepends=True)
-    (tmp_path / "val.csv").write_text("".join(v[:7]))  # header + validations at steps 2, 4, ..., 12
+    # header + validations at steps 2, 4, ..., 12; the one at step 10 saw the weights that gave step 10's NaN
+    v[5] = ",".join(x if i < 3 else "nan" for i, x in enumerate(v[5].rstrip("\n").split(","))) + "\n"
+    assert v[5].startswith("10,")
+    (tmp_path / "val.csv").write_text("".join(v[:7]))
     conv, rep = check(tmp_path)
     d = rep.to_dict()
     assert conv["ok"] and rep.passed, d["reasons"]

@@ -154,7 +154,7 @@ def validate_run(
     if diverged_at is not None:
         # values from the divergence on are the finding, not a defect: range-check the steps before it
         s = s.rows(s["step"] < diverged_at)
-        v = v.rows(v["step"] <= diverged_at)
+        v = v.rows(v["step"] < diverged_at)  # the validation at that step saw the weights after it
         steps, vsteps = s["step"], v["step"]
     num = s.matrix(["time", "lr", "wd", "loss_train_nats", "loss_train_bits", "acc_train"])
     finite = np.isfinite(num).all(axis=1)
