@@ -41,6 +41,19 @@ def test_dead_pid_on_this_host_is_taken_over(tmp_path, caplog):
     assert "taking over a stale run lock" in caplog.text and f"process {p.pid}" in caplog.text
 
 
+def test_a_reused_pid_on_this_host_is_taken_over_and_its_own_holder_is_not(tmp_path, caplog):
+    # pid 1 is alive, but started long before this lock: a holder writes its lock after it starts
+    me = L._process_start_time(os.getpid())
+    assert me is not None and abs(me - L._process_start_time(os.getpid())) < 1e-6
+    _write_lock(tmp_path / "r.lock", host=socket.gethostname(), pid=os.getpid(), started=me + 1.0)
+    with pytest.raises(L.RunLocked):
+        L.acquire(tmp_path / "r", heartbeat_s=0)  # this process wrote it: alive
+    _write_lock(tmp_path / "r.lock", host=socket.gethostname(), pid=os.getpid(), started=me - 3600)
+    with L.acquire(tmp_path / "r", heartbeat_s=0) as lk:  # the pid is a process started after the lock
+        assert json.loads(lk.path.read_text())["token"] != "t0"
+    assert "the pid is now a process started later" in caplog.text
+
+
 def test_other_host_uses_the_slurm_job_state(tmp_path):
     _write_lock(tmp_path / "r.lock", host="node7", pid=1, slurm_job_id="99")
     with pytest.raises(L.RunLocked, match="host node7 pid 1 SLURM job 99"):
@@ -71,6 +84,22 @@ def test_heartbeat_touches_and_notices_a_lost_lock(tmp_path):
     assert lk.lost
     lk.release()
     assert lk.path.exists()  # never removes a lock it does not hold
+
+
+def test_a_lock_moved_aside_for_a_moment_is_not_lost(tmp_path):
+    # a contender that judged an older lock stale renames ours aside, sees its token and links it back
+    import time
+
+    lk = L.acquire(tmp_path / "r", heartbeat_s=0.05)
+    aside = lk.path.with_name("r.lock.stale-x")
+    os.rename(lk.path, aside)
+    time.sleep(0.3)
+    os.link(aside, lk.path)
+    aside.unlink()
+    time.sleep(1.5)
+    assert not lk.lost
+    lk.release()
+    assert not lk.path.exists()
 
 
 def test_a_lost_lock_calls_its_handler_once(tmp_path):

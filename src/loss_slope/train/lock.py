@@ -11,7 +11,8 @@ alive even to another host.
 
 A lock is *stale*, and is taken over with a logged warning, when
 
-* its holder ran on this host and its pid is gone, or
+* its holder ran on this host and its pid is gone, or is now another process's
+  (one that started after the lock was written: the pid was reused), or
 * its holder's SLURM job is no longer pending or running (``squeue``), or
 * neither can be checked and its heartbeat is older than ``stale_after_s``.
 
@@ -92,6 +93,19 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
+def _process_start_time(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch, to about a second), from ``/proc``;
+    None where that cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            ticks = int(fh.read().rsplit(")", 1)[-1].split()[19])  # field 22: start time, ticks after boot
+        with open("/proc/stat") as fh:
+            boot = next(int(line.split()[1]) for line in fh if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
 def slurm_job_state(job_id: str, timeout: float = 5.0) -> str | None:
     """The job's state from ``squeue`` ('' = not known to squeue any more, None = cannot ask)."""
     if not shutil.which("squeue"):
@@ -140,6 +154,10 @@ def stale_reason(
     if holder.get("host") == host and isinstance(holder.get("pid"), int):
         if not _pid_alive(holder["pid"]):
             return f"its process {holder['pid']} on this host is gone"
+        started, since = _process_start_time(holder["pid"]), holder.get("started")
+        if started is not None and isinstance(since, (int, float)) and started > since + 2.0:
+            # a holder writes the lock after it starts: a later process has the pid (reused, e.g. after a reboot)
+            return f"its process {holder['pid']} on this host is gone (the pid is now a process started later)"
         return None
     job = holder.get("slurm_job_id")
     if job and str(job) != str(own_job or ""):
@@ -174,6 +192,8 @@ class RunLock:
 
     def _beat(self, every: float) -> None:
         while not self._stop.wait(every):
+            if read_holder(self.path) is None and self._stop.wait(1.0):
+                break  # missing: look again in a second (a contender may be putting it back)
             if not self._ours():
                 if not self.lost:
                     self.lost = True
