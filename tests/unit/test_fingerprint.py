@@ -1,5 +1,10 @@
 import json
+import subprocess
+import sys
 
+import pytest
+
+from loss_slope.data.cifar10 import TEST_FILE, TRAIN_FILES, DatasetError
 from loss_slope.train.fingerprint import config_fingerprint
 from loss_slope.train.work_tree import RunPaths, set_aside_if_stale
 
@@ -44,7 +49,8 @@ def test_fingerprint_ignores_data_location_retention_eval_batch_and_work_root(tm
     for root in ("a", "b"):
         d = tmp_path / root / "cifar-10-batches-py"
         d.mkdir(parents=True)
-        (d / "data_batch_1").write_bytes(b"same bytes")
+        for name in (*TRAIN_FILES, TEST_FILE):
+            (d / name).write_bytes(b"same bytes")
     base = config_fingerprint(cfg)
     moved = {
         **cfg,
@@ -63,3 +69,22 @@ def test_fingerprint_ignores_the_data_builder_target():
     cfg = {**CFG, "data": {"name": "digits", "batch_size": 32}}
     with_target = {**cfg, "data": {**cfg["data"], "_target_": "loss_slope.data.datasets.digits"}}
     assert config_fingerprint(with_target) == config_fingerprint(cfg)
+
+
+def test_a_dataset_not_at_its_root_is_an_error_not_another_identity(tmp_path):
+    # e.g. a node without the data file system: no fingerprint without the checksum, which would
+    # differ from the run's and set its work tree aside as trained with another config
+    cfg = {**CFG, "data": {"name": "cifar10", "root": str(tmp_path / "unmounted"), "batch_size": 128}}
+    with pytest.raises(DatasetError, match="CIFAR-10 is not at .*unmounted.*data_batch_1"):
+        config_fingerprint(cfg)
+
+
+def test_a_trainer_without_its_dataset_leaves_the_work_tree_where_it_is(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run_info.json").write_text(json.dumps({"fingerprint": "trained-with-the-data"}))
+    cmd = [sys.executable, "-m", "loss_slope.train", "data=cifar10", f"data.root={tmp_path / 'unmounted'}"]
+    proc = subprocess.run([*cmd, f"run_dir={run}"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "CIFAR-10 is not at" in proc.stdout + proc.stderr
+    assert (run / "run_info.json").exists() and not list(tmp_path.glob("run.stale-*"))

@@ -29,13 +29,18 @@ _CHECKSUMS: dict[tuple, str] = {}
 
 def dataset_checksum(name: str | None, root: str | None) -> str | None:
     """MD5 over the dataset's files (name + content), so moving the data changes nothing;
-    None for a dataset that ships with the package (digits) or is not there."""
+    None for a dataset that ships with the package (digits).
+
+    A file-backed dataset that is not at ``root`` (e.g. a file system not mounted on this node)
+    raises ``DatasetError`` naming the missing files: a fingerprint without its checksum would
+    differ from the run's, and its work tree would be set aside as trained with another config.
+    """
     folder = _DATA_FOLDERS.get(str(name))
     if not folder or not root:
         return None
-    path = Path(root) / folder
-    if not path.is_dir():
-        return None
+    from loss_slope.data.cifar10 import check_cifar10
+
+    path = check_cifar10(root)
     files = sorted(p for p in path.iterdir() if p.is_file())
     key = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files) + (str(path.resolve()),)
     if key not in _CHECKSUMS:
