@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 # keys that say where/how a run is written or stopped, not what it trains
 _NOT_SCIENCE = {"run_dir", "output", "hydra"}
