@@ -163,3 +163,17 @@ def test_valid_results_have_no_nan(base):
         assert all(math.isfinite(v) for v in est.ci)
     for v in (f.aic, f.bic, f.aic_ac, f.bic_ac, f.r2, f.r2_binned):
         assert math.isfinite(v)
+
+
+def test_a_knee_search_too_short_names_the_steps_it_needs():
+    from types import SimpleNamespace
+
+    from loss_slope.analysis import models as M
+
+    lo = 400.0  # the search starts here: it needs (n - 1) / 10**KNEE_TAIL_DECADES > 1.5 lo
+    need = math.floor(1.5 * lo * 10**M.KNEE_TAIL_DECADES + 1.0) + 1
+    M.knee_consts(SimpleNamespace(s=np.array([lo, need - 1.0])))
+    with pytest.raises(NotEnoughPoints, match=f"need at least {need} steps for a knee search, got {need - 1}"):
+        M.knee_consts(SimpleNamespace(s=np.array([lo, need - 2.0])))
+    with pytest.raises(NotEnoughPoints, match="knee range's upper end"):
+        M.knee_consts(SimpleNamespace(s=np.array([0.0, 1e4])), knee_range=(100.0, 140.0))

@@ -257,11 +257,12 @@ def knee_consts(problem, knee_range=None) -> dict:
         if not (0 <= lo < hi):
             raise ValueError("knee_range must be (low, high) steps with 0 <= low < high")
     if not hi > 1.5 * max(lo, 1.0):
-        raise NotEnoughPoints(
-            int(math.ceil(3.0 * max(lo, 1.0) * 10**KNEE_TAIL_DECADES)),
-            int(problem.s[-1]) + 1,
-            "steps for a knee search",
-        )
+        if knee_range is not None:
+            upper = "steps as the knee range's upper end (more than 1.5 x its lower end)"
+            raise NotEnoughPoints(math.floor(1.5 * max(lo, 1.0)) + 1, int(hi), upper)
+        # steps 0..n-1 hold a search from lo when (n - 1) / 10**KNEE_TAIL_DECADES > 1.5 lo
+        need = math.floor(1.5 * max(lo, 1.0) * 10**KNEE_TAIL_DECADES + 1.0) + 1
+        raise NotEnoughPoints(need, int(problem.s[-1]) + 1, "steps for a knee search")
     return {"s_lo": lo, "s_hi": hi}
 
 
