@@ -217,6 +217,23 @@ def test_nvml_is_asked_about_the_gpu_cuda_uses(monkeypatch):
     assert worker._nvml_index(0) == 0
 
 
+def test_the_context_without_nvml_is_an_upper_bound_and_never_unknown_alone(monkeypatch):
+    import torch
+
+    from loss_slope.probe import worker
+
+    mib = 2**20
+    monkeypatch.setattr(worker, "_process_gpu_mb", lambda device: None)  # NVML missing, or blind to this pid
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 1000 * mib)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (78000 * mib, 80000 * mib))
+    # 2000 MiB used on the device: 1000 reserved, 300 used before this process, so a 700 MiB context
+    assert worker.context_mb("cuda:0", used_before_mb=300.0, alone=True) == 700.0
+    assert worker.context_mb("cuda:0", used_before_mb=None, alone=True) == 1000.0  # nothing taken off
+    assert worker.context_mb("cuda:0", used_before_mb=300.0, alone=False) is None  # left to the probe
+    monkeypatch.setattr(worker, "_process_gpu_mb", lambda device: 1450.0)
+    assert worker.context_mb("cuda:0", used_before_mb=None, alone=False) == 450.0
+
+
 def test_the_context_is_the_largest_of_its_measurements():
     from loss_slope.probe.worker import largest_context
 

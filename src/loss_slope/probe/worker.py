@@ -37,7 +37,8 @@ allocator statistic shows). ``peak_mem_mb`` is the peak reserved memory plus the
 context; the context is the process's own use as NVML reports it minus its
 reserved memory (where NVML is available and names this process), else, for a
 worker alone on the device (k = 1), the device's used memory minus what was used
-before and minus the reserved memory; otherwise it is left to the probe, which
+before (NVML; without it nothing, an upper bound) and minus the reserved memory;
+otherwise it is left to the probe, which
 adds the k = 1 worker's context (``context_mb``). CUDA loads kernels and creates
 the cuDNN/cuBLAS handles lazily, so the context is measured when it is created
 (``context_start_mb``) and again after the timed steps and after the curvature
@@ -349,9 +350,11 @@ def context_mb(device, *, used_before_mb: float | None, alone: bool) -> float | 
     own = _process_gpu_mb(device)
     if own is not None:
         return max(0.0, own - reserved)
-    if alone and used_before_mb is not None:
+    if alone:
+        # without NVML (used_before_mb None) nothing is taken off for other users of the device:
+        # an upper bound, which can only make N smaller
         free, total = torch.cuda.mem_get_info(device)
-        return max(0.0, (total - free) / 2**20 - used_before_mb - reserved)
+        return max(0.0, (total - free) / 2**20 - (used_before_mb or 0.0) - reserved)
     return None
 
 
