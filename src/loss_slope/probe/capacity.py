@@ -212,20 +212,37 @@ def choose_runs_per_gpu(
 
 
 def measure_levels(
-    overrides: list[str], ks, *, steps: int, warmup: int, timeout: float, env: dict | None = None, level=None
+    overrides: list[str],
+    ks,
+    *,
+    steps: int,
+    warmup: int,
+    timeout: float,
+    env: dict | None = None,
+    level=None,
+    context_mb: float | None = None,
 ) -> tuple[list[ProbeLevel], list[dict]]:
-    """Levels k in ``ks`` (in order), stopping at the first OOM; also the first level's workers."""
+    """Levels k in ``ks`` (in order), stopping at the first OOM; also the first level's workers.
+
+    A GPU worker that cannot measure its own CUDA context is charged ``context_mb`` (the k = 1
+    worker's, measured alone) when given, else the context the first level's workers measured."""
     level = level or run_level
-    levels, first_workers, context = [], [], None
+    levels, first_workers, context = [], [], context_mb
     for k in ks:
         lv, workers = level(overrides, k, steps=steps, warmup=warmup, timeout=timeout, env=env, context_mb=context)
         levels.append(lv)
         if not first_workers:
             first_workers = workers
-            context = next((w.get("context_mb") for w in workers if w.get("context_mb") is not None), None)
+            if context is None:
+                context = measured_context(workers)
         if lv.oom:
             break
     return levels, first_workers
+
+
+def measured_context(workers: list[dict]) -> float | None:
+    """The CUDA context (MiB) the first of ``workers`` that measured one reports; None when none did."""
+    return next((w.get("context_mb") for w in workers if w.get("context_mb") is not None), None)
 
 
 def sharing_plan(
@@ -306,7 +323,9 @@ def probe_capacity(
     n, reason = choose_runs_per_gpu(levels, total_mem_mb=total, **choose)
     shared = None
     if plan["mps"] == "auto" and k_max > 1:
-        shared, why = _under_daemon(overrides, range(2, k_max + 1), run=run, **kw)
+        # MPS clients are never named by NVML: the levels under MPS are charged the context of k = 1 without it
+        context = measured_context(first_workers)
+        shared, why = _under_daemon(overrides, range(2, k_max + 1), run=run, context_mb=context, **kw)
         if why:
             notes.append(why)
     if shared is not None:

@@ -1,0 +1,70 @@
+"""The probe's levels under an MPS daemon are charged the CUDA context measured at k = 1 without one."""
+
+import subprocess
+
+from loss_slope.probe.capacity import level_from_workers, measure_levels, probe_capacity
+
+RESERVED, CONTEXT, TOTAL = 1000.0, 500.0, 4000.0  # MiB; headroom 0.9 of TOTAL holds 2 runs of 1500, not 3
+
+
+class FakeRun:
+    """nvidia-smi reports the Default compute mode; the MPS control tool starts and stops."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, cmd, **kw):
+        self.calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, stdout="Default\n", stderr="")
+
+
+def _has_smi(name):
+    return f"/usr/bin/{name}" if name in ("nvidia-smi", "nvidia-cuda-mps-control") else None
+
+
+def _worker(k, *, measured_context):
+    """A GPU worker's report: reserved memory, and its own context only where it could measure it."""
+    return {
+        "device": "cuda:0",
+        "gpu_total_mb": TOTAL,
+        "oom": False,
+        "samples_per_s": 100.0,
+        "seconds": 1.0,
+        "step_ms": 5.0,
+        "peak_mem_mb": RESERVED + (CONTEXT if measured_context else 0.0),
+        "context_mb": CONTEXT if measured_context else None,
+    }
+
+
+def test_auto_charges_the_mps_levels_the_context_of_k1_without_mps():
+    seen = []
+
+    def level(overrides, k, *, env=None, context_mb=None, **kw):
+        under = bool(env and "CUDA_MPS_PIPE_DIRECTORY" in env)
+        seen.append((k, under, context_mb))
+        # only the k = 1 worker without MPS can measure its context (NVML names no MPS client)
+        workers = [_worker(k, measured_context=k == 1 and not under) for _ in range(k)]
+        rate = {1: 100.0, 2: 150.0, 3: 160.0}[k] if not under else {2: 190.0, 3: 200.0}[k]
+        lv = level_from_workers(k, workers, [], [], context_mb=context_mb)
+        lv.aggregate_samples_per_s = rate
+        return lv, workers
+
+    res = probe_capacity(["x=1"], variant="V", k_max=3, steps=5, mps="auto", run=FakeRun(), which=_has_smi, level=level)
+    assert seen == [(1, False, None), (2, False, CONTEXT), (3, False, CONTEXT), (2, True, CONTEXT), (3, True, CONTEXT)]
+    with_mps = res["mps_compared"]["with"]["levels"]
+    assert [lv["peak_mem_mb"] for lv in with_mps] == [[RESERVED + CONTEXT] * k for k in (1, 2, 3)]
+    # three runs of 1500 MiB exceed 0.9 x 4000 MiB: under MPS as without, N = 2
+    assert res["mps_compared"]["with"]["runs_per_gpu"] == 2 and res["runs_per_gpu"] == 2 and res["mps"] is True
+
+
+def test_measure_levels_keeps_a_given_context_over_the_first_levels():
+    seen = []
+
+    def level(overrides, k, *, context_mb=None, **kw):
+        seen.append((k, context_mb))
+        workers = [_worker(k, measured_context=False) for _ in range(k)]
+        return level_from_workers(k, workers, [], [], context_mb=context_mb), workers
+
+    levels, first = measure_levels([], [2, 3], steps=1, warmup=1, timeout=1, level=level, context_mb=CONTEXT)
+    assert seen == [(2, CONTEXT), (3, CONTEXT)] and len(first) == 2
+    assert [lv.peak_mem_mb for lv in levels] == [[RESERVED + CONTEXT] * 2, [RESERVED + CONTEXT] * 3]
