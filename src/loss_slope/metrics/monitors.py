@@ -54,8 +54,10 @@ from loss_slope.metrics.noise import (
     GradientMoments,
     LossResidualBuffer,
     OnlinePowerLawPredictor,
+    band_has_bin,
     psd_tail,
     resid_power,
+    tail_band,
 )
 
 __all__ = ["CURVATURE_KEYS", "NOISE_KEYS", "MonitorConfig", "Monitors"]
@@ -78,6 +80,10 @@ NOISE_KEYS = ("step", "epoch", "psd_tail", "resid_power", "grad_var", "psd_point
 
 _STATE_VERSION = 2  # GradientMoments keeps a scalar M2; a version-1 state (per-element M2) loads too
 _LOADABLE_VERSIONS = (1, 2)
+# Hutch++ spends matvecs // 3 products on the sketch, as many on H Q and the rest on residual
+# probes; its standard error needs two residual probes, which 4 is the fewest products to give.
+_HUTCH_MIN_MATVECS = 4
+_PSD_MIN_POINTS = 16  # the smallest psd_min_points allowed
 
 
 @dataclass(frozen=True)
@@ -94,7 +100,8 @@ class MonitorConfig:
     lambda_tol : float
         Relative residual ``‖H v − λ v‖ / |λ|`` of the top Ritz pair that counts as converged.
     hutch_matvecs : int
-        Hessian-vector products of Hutch++.
+        Hessian-vector products of Hutch++; at least 4, the fewest that leave two residual
+        probes for the trace's standard error.
     curvature_batches : int
         Number of fixed held-out training batches the caller passes.
     curvature_keep_graphs : bool
@@ -111,7 +118,9 @@ class MonitorConfig:
     resid_band : (float, float)
         ``resid_power`` integrates the PSD over ``lo ≤ f < hi`` cycles/step.
     psd_min_points : int
-        Fewer residuals than this give NaN spectral values in the row.
+        Fewer residuals than this give NaN spectral values in the row. With the noise monitors
+        on, both bands (the tail and ``resid_band``) must hold a frequency bin at every number
+        of residuals from ``psd_min_points`` to ``psd_window``.
     predictor_halflife_steps : float or None
         Half-life of the power-law predictor's exponential weighting (steps).
     predictor_min_points : int
@@ -142,17 +151,59 @@ class MonitorConfig:
             "curvature_every_steps >= 0": self.curvature_every_steps >= 0,
             "1 <= lambda_min_iters <= lambda_iters": 1 <= self.lambda_min_iters <= self.lambda_iters,
             "lambda_tol > 0": self.lambda_tol > 0,
-            "hutch_matvecs >= 3": self.hutch_matvecs >= 3,
+            f"hutch_matvecs >= {_HUTCH_MIN_MATVECS} (Hutch++ splits them as hutch_matvecs // 3 sketch products, "
+            "as many for H Q, the rest residual probes; its standard error needs 2 residual probes)": (
+                self.hutch_matvecs >= _HUTCH_MIN_MATVECS
+            ),
             "curvature_batches >= 1": self.curvature_batches >= 1,
             "curvature_matvec_block >= 1": self.curvature_matvec_block >= 1,
             "noise_every_epochs >= 0": self.noise_every_epochs >= 0,
-            "psd_window >= psd_min_points >= 16": self.psd_window >= self.psd_min_points >= 16,
+            f"psd_window >= psd_min_points >= {_PSD_MIN_POINTS}": (
+                self.psd_window >= self.psd_min_points >= _PSD_MIN_POINTS
+            ),
             "0 < psd_tail_fraction <= 1": 0 < self.psd_tail_fraction <= 1,
             "0 <= resid_band[0] < resid_band[1] <= 0.5": 0 <= self.resid_band[0] < self.resid_band[1] <= 0.5,
         }
         failed = [name for name, ok in checks.items() if not ok]
+        if not failed and self.noise_every_epochs:
+            failed = self._empty_noise_bands()
         if failed:
             raise MonitorError(f"invalid MonitorConfig: {', '.join(failed)}")
+
+    def _empty_noise_bands(self) -> list[str]:
+        """Why a noise event would find a band without a frequency bin, or nothing.
+
+        A noise event measures the spectrum of n residuals for every n from ``psd_min_points`` to
+        ``psd_window``; each band must hold a bin at each such n (bins are k/n, so a narrow band
+        can hold one at n and none at n + 1)."""
+        bands = {
+            f"psd_tail_fraction = {self.psd_tail_fraction} (band {tail_band(self.psd_tail_fraction)})": tail_band(
+                self.psd_tail_fraction
+            ),
+            f"resid_band = {tuple(self.resid_band)}": tuple(self.resid_band),
+        }
+        sizes = range(self.psd_min_points, self.psd_window + 1)
+        empty = {}  # band → the first number of residuals at which it holds no bin
+        for name, band in bands.items():
+            n = next((n for n in sizes if not band_has_bin(n, band)), None)
+            if n is not None:
+                empty[name] = n
+        if not empty:
+            return []
+        smallest = None  # the smallest psd_min_points from which every band holds a bin up to psd_window
+        for n in range(self.psd_window, _PSD_MIN_POINTS - 1, -1):
+            if not all(band_has_bin(n, band) for band in bands.values()):
+                break
+            smallest = n
+        fix = (
+            f"the smallest psd_min_points that works with psd_window = {self.psd_window} is {smallest}"
+            if smallest is not None
+            else f"no psd_min_points works with psd_window = {self.psd_window}: widen the band or raise psd_window"
+        )
+        return [
+            f"{name} holds no frequency bin at n = {n} residuals (psd_min_points = {self.psd_min_points}); {fix}"
+            for name, n in empty.items()
+        ]
 
 
 def _probe_generator(seed: int, step: int, device: torch.device) -> torch.Generator:

@@ -35,10 +35,12 @@ __all__ = [
     "OnlinePowerLawPredictor",
     "Periodogram",
     "PowerLawFit",
+    "band_has_bin",
     "band_mean",
     "periodogram",
     "psd_tail",
     "resid_power",
+    "tail_band",
 ]
 
 
@@ -264,9 +266,23 @@ def psd_tail(
     Units: residual² per (cycle/step). For white residuals of variance σ² the
     one-sided density is flat at ``2σ²``.
     """
+    return band_mean(residuals, tail_band(tail_fraction), min_points=min_points)
+
+
+def tail_band(tail_fraction: float) -> tuple[float, float]:
+    """The band ``(0.5·(1 − tail_fraction), 0.5)`` cycles/step that :func:`psd_tail` averages."""
     if not 0.0 < tail_fraction <= 1.0:
         raise MonitorError(f"tail_fraction must be in (0, 1], got {tail_fraction}")
-    return band_mean(residuals, (0.5 * (1.0 - tail_fraction), 0.5), min_points=min_points)
+    return 0.5 * (1.0 - tail_fraction), 0.5
+
+
+def band_has_bin(n: int, band: tuple[float, float]) -> bool:
+    """True when ``band`` (``lo ≤ f < hi``) holds at least one frequency bin of a series of ``n`` residuals."""
+    try:
+        _band_bins(n, *band)
+    except NotEnoughPoints:
+        return False
+    return True
 
 
 def resid_power(
