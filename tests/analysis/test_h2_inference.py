@@ -234,6 +234,23 @@ def test_exclusions_and_single_seed_cells():
     assert r.within_cell.n == r.n_runs - 1 and r.within_cell.n_cells == 35
 
 
+@pytest.mark.parametrize("tied", ["alpha_early", "best_val_ce"])
+def test_skipped_cells_list_single_seed_and_tied_cells_with_their_reasons(tied):
+    t = make_study_table("strong", seed=3)
+    cells = t.groupby(["variant", "lr", "weight_decay"], sort=False).ngroup()
+    single, constant = cells == 0, cells == 1
+    t.loc[t.index[single][1:], "excluded_reason"] = "not run"  # one usable seed left
+    t.loc[constant, tied] = t.loc[constant, tied].iloc[0]  # every run of the cell ties
+    r = h2_statistics(t, **FAST)
+
+    def label(m):  # the cell's name in the result: its cell columns' values joined by "/"
+        return "/".join(str(t.loc[m, c].iloc[0]) for c in ("variant", "lr", "weight_decay"))
+
+    assert r.within_cell.n_skipped_cells == 2 and r.within_cell.n_cells == 34
+    assert dict(r.skipped_cells) == {label(single): "single usable seed", label(constant): f"all runs tie in {tied}"}
+    assert r.to_dict()["skipped_cells"] == [{"cell": c, "reason": why} for c, why in r.skipped_cells]
+
+
 def test_missing_level_leaves_only_the_level_parts_out():
     t = make_study_table("strong", seed=3)
     t.loc[:9, "early_end_loss"] = np.nan

@@ -253,3 +253,67 @@ def test_numerical_failure_inside_the_fits_is_recorded_not_raised(monkeypatch, e
     row = _fit(steps, val, info)["row"]
     assert row["status"] == status
     assert "OverflowError" in row["reason"] and row["error_analysis"] == "OverflowError: math range error"
+
+
+@pytest.mark.parametrize(
+    "kind,at",
+    # epoch 16, and the first step after the window [5, 15) (steps 240..719 at 48 steps/epoch)
+    [("nan", 16 * 48), ("explode", 16 * 48), ("training stopped", 16 * 48), ("explode", 15 * 48)],
+)
+def test_run_diverged_after_the_early_window_has_alpha_early_from_the_steps_before(clean_run, kind, at):
+    steps, val, info, clean = clean_run
+    s = steps.copy()
+    validation = VALID
+    if kind == "nan":
+        s.loc[s.step >= at, "loss_train_nats"] = np.nan
+        validation = {"passed": False, "reasons": ["steps_finite: 192 row(s)"]}
+    elif kind == "explode":
+        s.loc[s.step >= at, "loss_train_nats"] = 2.3 * 50
+    else:
+        s = s[s.step <= at]
+        info = {**info, "outcome": {"status": "diverged", "diverged_at_step": at, "reason": "non-finite loss"}}
+    row = _fit(s, val, info, validation=validation)["row"]
+    assert row["status"] == "diverged" and row["diverged_step"] == at
+    # log loss = log 2.3 - 0.8 ln(step + 1) + noise; the window's steps are the clean run's
+    assert row["alpha_early"] == pytest.approx(0.8, abs=0.01)
+    assert row["alpha_early"] == pytest.approx(clean["row"]["alpha_early"], rel=1e-12)
+    assert row["alpha_early_ci_low"] < 0.8 < row["alpha_early_ci_high"]
+    assert (row["alpha_early_start_step"], row["alpha_early_end_step"]) == (240, 719)
+    assert row["early_end_loss"] == pytest.approx(steps.loss_train_nats.iloc[14 * 48 : 15 * 48].mean())
+    json.dumps(row, allow_nan=False)
+
+
+@pytest.mark.parametrize("at", [10 * 48, 15 * 48 - 1])
+def test_run_diverged_in_the_early_window_has_no_alpha_early(clean_run, at):
+    steps, val, info, _ = clean_run
+    s = steps.copy()
+    s.loc[s.step >= at, "loss_train_nats"] = 2.3 * 50  # finite: the loss of epoch 14 exists but has exploded
+    row = _fit(s, val, info)["row"]
+    assert row["status"] == "diverged" and row["diverged_step"] == at
+    assert row.get("alpha_early") is None and row["early_end_loss"] is None
+
+
+def test_diverged_run_alpha_early_on_the_cumulative_lr_axis_is_the_undiverged_one():
+    # the LR peaks at the last step, after the divergence: the axis is built from every logged step
+    steps, val, info = run_tables(alpha=0.8, noise=0.02)
+    steps["lr"] = 0.1 * (steps.step + 1) / len(steps)
+
+    def fit(s):
+        return fit_run_tables(
+            s,
+            val,
+            run_info=info,
+            validation=VALID,
+            identity=identity(),
+            fit=FIT,
+            divergence=DIVERGENCE,
+            time_axis="cumulative_lr",
+        )["row"]
+
+    clean = fit(steps)
+    s = steps.copy()
+    s.loc[s.step >= 16 * 48, "loss_train_nats"] = np.nan
+    row = fit(s)
+    assert clean["status"] == "ok" and row["status"] == "diverged"
+    assert row["time_axis"] == "cumulative_lr"
+    assert row["alpha_early"] == pytest.approx(clean["alpha_early"], rel=1e-12)

@@ -11,9 +11,12 @@ from scipy import stats as sps
 
 from loss_slope.analysis.stats import wilson_interval
 from loss_slope.jsonio import jsonable
+from loss_slope.pipeline.fit_run import fit_run_tables
+from loss_slope.report.registry import FIGURES
 from loss_slope.report.summarize import run_table, study_statistics, summarize, variant_table
+from loss_slope.report.summary_md import render_summary
 
-from .conftest import STUDY, fit_row, identity, partial_sweep
+from .conftest import DIVERGENCE, FIT, STUDY, fit_row, identity, partial_sweep, run_tables
 
 
 def _complete(r2s=None, singles=None):
@@ -112,6 +115,68 @@ def test_h2_is_cluster_aware_with_a_three_way_verdict_and_the_literal_rule_besid
     assert lit.verdict == "supported"
     assert stats.h2.h2_alpha_full.x == "alpha_full"
     assert stats.counts_by_cell[0].runs == 2
+
+
+def _with_a_diverged_run(nan_from_epoch: int):
+    """``_complete()`` and a 13th run (cell A, LR 0.05, seed 2) fitted by fit_run from a power-law
+    curve (α = 0.8, 48 steps/epoch) whose loss is NaN from epoch ``nan_from_epoch`` on."""
+    runs, rows = _complete()
+    ident = identity("A", "lr0.05-wd0-s2", "sgd", 0.05, 0.0, 2)
+    steps, val, info = run_tables(alpha=0.8, noise=0.02)
+    steps.loc[steps.step >= nan_from_epoch * 48, "loss_train_nats"] = np.nan
+    out = fit_run_tables(
+        steps,
+        val,
+        run_info=info,
+        validation={"passed": False, "reasons": ["steps_finite"]},
+        identity=ident,
+        fit=FIT,
+        divergence=DIVERGENCE,
+    )
+    table = run_table([*rows, out["row"]], [*runs, ident])
+    return table, study_statistics(table, study=STUDY, early_window=[5, 15])
+
+
+def test_h2_sensitivity_ranks_a_run_diverged_after_the_window_worst():
+    table, stats = _with_a_diverged_run(16)
+    main, worst = stats.h2.main, stats.h2.h2_diverged_worst_rank
+    assert main.n_runs == 12 and main.diverged_at_worst_rank == ()
+    assert worst.n_runs == 13 and worst.diverged_at_worst_rank == ("A/lr0.05-wd0-s2",)
+    div = table.status == "diverged"
+    assert table.loc[div, "alpha_early"].iloc[0] == pytest.approx(0.8, abs=0.01)
+    ce = np.where(div, np.inf, table.best_val_ce.astype(float))
+    assert worst.overall.spearman_rho == pytest.approx(sps.spearmanr(table.alpha_early, ce).statistic)
+    md = render_summary(table, stats, {name: f"figures/{name}.png" for name in FIGURES})
+    assert "| diverged runs with an α_early, at the worst CE rank (1 diverged) | 13 |" in md
+
+
+def test_h2_sensitivity_without_a_diverged_alpha_early_says_so():
+    table, stats = _with_a_diverged_run(10)  # diverged inside the window [5, 15): no α_early
+    assert table.loc[table.status == "diverged", "alpha_early"].isna().all()
+    worst = stats.h2.h2_diverged_worst_rank
+    assert not worst.computable and worst.error == "no diverged run has an α_early (1 diverged run(s))"
+    md = render_summary(table, stats, {name: f"figures/{name}.png" for name in FIGURES})
+    assert "| — | — | not computable: no diverged run has an α_early (1 diverged run(s)) |" in md
+    assert stats.h2.main.computable and stats.h2.main.n_runs == 12
+
+
+def test_summary_names_why_each_skipped_cell_adds_nothing_within_cells():
+    runs, rows = _complete()
+    rows[1] = {**rows[1], "status": "too_short", "reason": "short"}  # cell A, LR 0.05: one usable seed
+    rows[3] = {**rows[3], "alpha_early": rows[2]["alpha_early"]}  # cell A, LR 0.1: both runs tie in α_early
+    table = run_table(rows, runs)
+    stats = study_statistics(table, study=STUDY)
+    h2 = stats.h2.main
+    assert h2.within_cell.n_skipped_cells == 2
+    assert [dict(c) for c in h2.skipped_cells] == [
+        {"cell": "A/0.05/0.0", "reason": "single usable seed"},
+        {"cell": "A/0.1/0.0", "reason": "all runs tie in alpha_early"},
+    ]
+    md = render_summary(table, stats, {name: f"figures/{name}.png" for name in FIGURES})
+    assert (
+        "2 cell(s) add nothing within cells and are skipped (1: single usable seed; 1: all runs tie in alpha_early)."
+        in md
+    )
 
 
 def test_h2_with_too_few_cells_is_not_computable_and_says_why():

@@ -489,7 +489,8 @@ class Correlation:
     n_cells : int or None
         Cells behind the estimate; None for run-level resampling (:func:`correlation`).
     n_skipped_cells : int
-        Cells left out (within-cell: a single usable seed).
+        Cells left out (within-cell: a single usable seed, or all its runs tie in
+        x or in y).
     method : str
         How the interval and p-value were obtained.
     """
@@ -653,6 +654,33 @@ def _varies_within(v: np.ndarray, cell: np.ndarray, G: int) -> np.ndarray:
     np.minimum.at(lo, cell, v)
     np.maximum.at(hi, cell, v)
     return hi > lo
+
+
+#: why a cell adds nothing to the within-cell correlations (:func:`_within_cell_skips`)
+SKIP_SINGLE_SEED = "single usable seed"
+
+
+def _within_cell_skips(
+    x: np.ndarray, y: np.ndarray, cell: np.ndarray, G: int, x_name: str, y_name: str
+) -> dict[int, str]:
+    """Cells (codes) with no within-cell deviation to correlate, each with why.
+
+    The one usability test of the within-cell parts: a cell is skipped when it has
+    a single usable run (``SKIP_SINGLE_SEED``), or all its runs tie in ``x``
+    ("all runs tie in <x_name>") or in ``y`` ("all runs tie in <y_name>"), the
+    first of these that applies.
+    """
+    counts = np.bincount(cell, minlength=G)
+    vx, vy = _varies_within(x, cell, G), _varies_within(y, cell, G)
+    out: dict[int, str] = {}
+    for c in range(G):
+        if counts[c] < 2:
+            out[c] = SKIP_SINGLE_SEED
+        elif not vx[c]:
+            out[c] = f"all runs tie in {x_name}"
+        elif not vy[c]:
+            out[c] = f"all runs tie in {y_name}"
+    return out
 
 
 def _wcorr(X: np.ndarray, Y: np.ndarray, W: np.ndarray) -> np.ndarray:
@@ -854,8 +882,9 @@ class H2Result:
     cell_means : Correlation
         Over the cell means (n = cells).
     within_cell : Correlation
-        Deviations of each run from its cell mean (cells with one usable seed skipped,
-        counted in ``n_skipped_cells``).
+        Deviations of each run from its cell mean (cells with one usable seed, or
+        whose runs all tie in x or in y, skipped: counted in ``n_skipped_cells``,
+        listed in ``skipped_cells``).
     partial : Correlation
         Partial rank correlation given the cell columns as additive categorical
         factors (Spearman fields; the Pearson fields are the partial Pearson).
@@ -875,7 +904,8 @@ class H2Result:
     n_runs, n_cells : int
     excluded : tuple of (run, reason)
     skipped_cells : tuple of (cell, reason)
-        Cells left out of the within-cell correlation.
+        Cells left out of the within-cell correlation, one per ``within_cell.n_skipped_cells``:
+        "single usable seed", "all runs tie in <x column>" or "all runs tie in <y column>".
     skipped_variants : tuple of (variant, reason)
     diverged_at_worst_rank : tuple of str
         Runs included at the worst CE rank (diverged-run analysis only).
@@ -983,7 +1013,8 @@ class _Core:
     within_cell: Correlation
     partial: Correlation | None
     versus_level: LevelComparison | None
-    n_skipped: int
+    #: cell code -> why it is left out of the within-cell parts (:func:`_within_cell_skips`)
+    skipped: Mapping[int, str]
     within_seed: Correlation | None = None
 
 
@@ -1018,8 +1049,13 @@ def correlation_core(
     confidence: float,
     rng: np.random.Generator,
     level_column: str,
+    x_name: str = "x",
+    y_name: str = "y",
 ) -> _Core:
-    """All correlations of one table (or one variant) from one set of resamples."""
+    """All correlations of one table (or one variant) from one set of resamples.
+
+    ``x_name`` and ``y_name`` name the variables in the reasons of the skipped cells.
+    """
     n = x.size
     G = int(cell.max()) + 1
     S = int(seed_codes.max()) + 1 if seed_codes is not None else 0
@@ -1064,8 +1100,10 @@ def correlation_core(
 
     # within cell: cells whose runs differ in x and in y (a cell whose runs all tie, e.g. all at the
     # worst CE rank, has no within-cell deviation to correlate), with >= 2 distinct runs drawn
-    usable = (np.bincount(cell, minlength=G) >= 2) & _varies_within(x, cell, G) & _varies_within(y, cell, G)
-    n_skipped = int(np.count_nonzero(~usable))
+    skipped = _within_cell_skips(x, y, cell, G, x_name, y_name)
+    usable = np.ones(G, dtype=bool)
+    usable[list(skipped)] = False
+    n_skipped = len(skipped)
     present = ((W > 0) @ onehot) >= 2
     Ww = W * present[:, cell] * usable[cell][None, :]
     if n - int(np.sum(~usable[cell])) >= 4 and int(usable.sum()) >= 2:
@@ -1132,7 +1170,7 @@ def correlation_core(
                 n_cells=int(np.unique(cell[ok]).size),
                 level_column=level_column,
             )
-    return _Core(overall, cell_means, within, partial, vl, n_skipped, within_seed)
+    return _Core(overall, cell_means, within, partial, vl, MappingProxyType(skipped), within_seed)
 
 
 def _loco(df: pd.DataFrame, x, y, level, cell, cell_columns) -> LocoPrediction | None:
@@ -1214,8 +1252,9 @@ def h2_statistics(
       equal Spearman's ρ of the resampled table with its duplicated runs.
     * ``overall``: pooled over runs.  ``cell_means``: over the cell means.
       ``within_cell``: the deviations of each run from its cell mean (Spearman =
-      rank correlation of the deviations); cells with a single usable seed are
-      skipped and counted.  ``within_cell_seed_adjusted``: the same after also
+      rank correlation of the deviations); cells with a single usable seed, or
+      whose runs all tie in x or in y, are skipped, counted and listed with the
+      reason (``skipped_cells``).  ``within_cell_seed_adjusted``: the same after also
       removing each seed's effect shared across cells (additive cell + seed fit).
       ``partial``: the ranks of x and y over all runs,
       residualised on the cell columns as additive categorical factors, correlated
@@ -1367,9 +1406,10 @@ def h2_statistics(
         confidence=confidence,
         rng=rng,
         level_column=str(level_column),
+        x_name=x_column,
+        y_name=y_column,
     )
-    counts = np.bincount(cell, minlength=G)
-    skipped_cells = tuple((cell_names[c], "single usable seed") for c in np.flatnonzero(counts < 2))
+    skipped_cells = tuple((cell_names[c], why) for c, why in sorted(core.skipped.items()))
     verdict = verdict_rho(core.overall.spearman_ci, core.overall.spearman_p, min_abs_rho, max_p, sign)
     notes = []
     if not has_seed:
@@ -1408,6 +1448,8 @@ def h2_statistics(
                 confidence=confidence,
                 rng=rng,
                 level_column=str(level_column),
+                x_name=x_column,
+                y_name=y_column,
             )
             by[v] = VariantH2(
                 overall=vc.overall,

@@ -16,7 +16,10 @@ diverged   training stopped the run as diverged (``run_info.json`` outcome),
            or its whole curve breaks the divergence rule
            (:func:`loss_slope.train.divergence.check_divergence`: non-finite,
            exploded, or ended above where it started);
-           ``diverged_step`` says where
+           ``diverged_step`` says where.  A run whose divergence step is at or
+           after the end of the α_early window has ``alpha_early*`` (and
+           ``early_end_loss``) from the steps before it; any other diverged
+           run has neither
 ========== ================================================================
 
 The JSON holds a flat ``row`` (identifiers, status, reason and every fit number:
@@ -200,6 +203,51 @@ def checkpoint_fields(run_info: Mapping[str, Any]) -> dict:
     return {"checkpoint_files": c.get("files"), "checkpoint_written_mb": c.get("written_mb")}
 
 
+def _alpha_early_before_divergence(
+    st: np.ndarray,
+    y: np.ndarray,
+    lr: np.ndarray | None,
+    diverged_step: float | None,
+    *,
+    spe: float,
+    fit: Mapping[str, Any],
+    loss_unit: str,
+    time_axis: str,
+) -> dict:
+    """A diverged run's ``alpha_early*`` columns, from the steps before its divergence.
+
+    Only when the divergence step is known and at or after the end of the α_early
+    window (epochs ``[start, end)``, so every step of the window precedes it);
+    otherwise ``{}``.  α_early is :func:`analyze_curve`'s, on the configured time
+    axis (built from every logged step's learning rate), as for a run that did not
+    diverge: it reads the window's steps only, so it is the α_early the run would
+    have had with the same losses up to the divergence.  A failure is returned as
+    ``error_alpha_early``.
+    """
+    end = float(fit["early_window"][1])
+    if diverged_step is None or not math.isfinite(spe) or spe <= 0 or diverged_step < end * spe:
+        return {}
+    # zero losses are dropped as for any run; non-finite ones stay, so the analysis rejects any
+    # before the divergence step; the time axis spans every logged step, as for any run
+    pos = ~(y <= 0)
+    st, y = st[pos], y[pos]
+    before = st < diverged_step
+    opts = fit_options(fit, loss_unit)
+    try:
+        t = _time(time_axis, None if lr is None else lr[pos])
+        analysis = analyze_curve(
+            st[before],
+            y[before],
+            steps_per_epoch=spe,
+            time=None if t is None else t[before],
+            **{**opts, "knee_methods": (DEFAULT_KNEE_METHOD,), "h1_knee_methods": ()},
+        )
+    except (AnalysisError, ArithmeticError, ValueError, np.linalg.LinAlgError) as exc:
+        return {"error_alpha_early": f"{type(exc).__name__}: {exc}"}
+    d = analysis.to_dict()
+    return {k: v for k, v in d.items() if k.startswith("alpha_early") or k == "error_alpha_early"}
+
+
 def fit_run_tables(
     steps,
     val,
@@ -313,6 +361,8 @@ def fit_run_tables(
             float(np.mean(ye)) if ye.size and np.isfinite(ye).all() and st[-1] >= end * spe - 1 else None
         )
     lr = s["lr"] if "lr" in s else None
+    if time_axis not in TIME_AXES:
+        raise ValueError(f"analysis.time_axis must be one of {TIME_AXES}, not {time_axis!r}")
 
     div = check_divergence(
         st, y, **{k: float(divergence[k]) for k in ("explode_factor", "final_factor", "edge_fraction")}
@@ -335,6 +385,15 @@ def fit_run_tables(
         if finite.any():
             out["curve"].update({k: v for k, v in _thinned(st[finite], y[finite]).items()})
             out["curve"]["binned"] = _binned(st[finite], y[finite])
+        early = _alpha_early_before_divergence(
+            st, y, lr, div.step, spe=spe, fit=fit, loss_unit=loss_unit, time_axis=time_axis
+        )
+        row.update(early)
+        if early.get("alpha_early") is None:
+            # the level belongs to α_early's window: a run diverged in or before it has neither
+            row["early_end_loss"] = None
+        else:
+            row["time_axis"] = time_axis
         return out
     if not validation.get("passed"):
         row["status"] = "invalid"
@@ -362,8 +421,6 @@ def fit_run_tables(
         row["status"] = "too_short"
         row["reason"] = f"the run covers {covered:g} epochs; alpha_early needs epochs {start:g}-{end:g}"
     axis = time_axis
-    if axis not in TIME_AXES:
-        raise ValueError(f"analysis.time_axis must be one of {TIME_AXES}, not {axis!r}")
     if lr is not None:
         lr = lr[pos]
     try:

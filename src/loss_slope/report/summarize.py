@@ -206,6 +206,15 @@ def _h2(table: pd.DataFrame, study: Mapping[str, Any], x: str, *, worst_rank: bo
     info = {"x": x, "y": "best_val_ce", "level": "early_end_loss"}
     if x not in table.columns or not (table["status"] == "ok").any():
         return _not_computable(f"no usable run has {x} (0 of {len(table)} runs are ok)", **info)
+    if worst_rank:
+        # the diverged runs this analysis adds are those with an α: without one it is the main result
+        diverged = table["diverged"].fillna(False).astype(bool) if "diverged" in table.columns else None
+        n_div = 0 if diverged is None else int(diverged.sum())
+        has_x = np.isfinite(pd.to_numeric(table[x], errors="coerce").to_numpy(dtype=float))
+        if diverged is None or not (diverged.to_numpy() & has_x).any():
+            name = "α_early" if x == "alpha_early" else x
+            count = f"{n_div} diverged run(s)" if n_div else "no run diverged"
+            return _not_computable(f"no diverged run has an {name} ({count})", **info)
     kwargs = dict(
         x_column=x,
         y_column="best_val_ce",

@@ -3,6 +3,7 @@ run that is not in the statistics with its reason."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -11,7 +12,7 @@ import pandas as pd
 from . import verdicts as V
 from ._io import STATUSES, fmt_num as _f, fmt_p, fmt_pct
 from .registry import figures_in
-from .results import Correlation, H1Criterion, NotComputable
+from .results import Correlation, H1Criterion, H2Result, NotComputable
 from .study_stats import StudyStats
 from .truth import truth_markdown
 
@@ -122,6 +123,17 @@ def _p(c: Correlation | None) -> str:
     return fmt_p(c.spearman_p if c else None)
 
 
+def _skipped_cells_lines(h2: H2Result) -> list[str]:
+    """The cells left out of the within-cell correlation, counted by their reason."""
+    n = (h2.within_cell.n_skipped_cells if h2.within_cell else 0) or 0
+    reasons = Counter(str(c["reason"]) for c in h2.skipped_cells or ())
+    if not (n or reasons):
+        return []
+    detail = "; ".join(f"{k}: {why}" for why, k in reasons.items())
+    n = max(n, sum(reasons.values()))
+    return [f"{n} cell(s) add nothing within cells and are skipped" + (f" ({detail})." if detail else "."), ""]
+
+
 def _h2_section(stats: StudyStats, figs) -> list[str]:
     section = stats.h2
     h2 = section.main
@@ -158,9 +170,7 @@ def _h2_section(stats: StudyStats, figs) -> list[str]:
             ),
             "",
         ]
-        skipped = (h2.within_cell.n_skipped_cells if h2.within_cell else 0) or 0
-        if skipped:
-            out += [f"{skipped} cell(s) with a single usable seed add nothing within cells and are skipped.", ""]
+        out += _skipped_cells_lines(h2)
         vl = h2.versus_level
         if vl:
             lo, hi = vl.difference_ci
@@ -207,6 +217,8 @@ def _h2_section(stats: StudyStats, figs) -> list[str]:
         if not r.computable:
             rows.append([label, "—", "—", f"not computable: {r.error}"])
         else:
+            if key == "h2_diverged_worst_rank":
+                label += f" ({len(r.diverged_at_worst_rank)} diverged)"
             rows.append([label, r.n_runs, _corr_cell(r.overall), r.verdict])
     if rows:
         out += ["Sensitivity:", "", _table(["analysis", "runs", "pooled ρ [interval]", "verdict"], rows), ""]
