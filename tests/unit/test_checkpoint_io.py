@@ -124,6 +124,7 @@ def _fake_trainer(step: int, last_batch: bool, io):
     progress = SimpleNamespace(is_last_batch=last_batch)
     trainer = SimpleNamespace(
         global_step=step,
+        validating=False,
         fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)),
         strategy=SimpleNamespace(checkpoint_io=io),
         save_checkpoint=saved.append,
