@@ -14,7 +14,7 @@ from loss_slope.train.divergence import check_divergence
 from .conftest import DIVERGENCE, FIT, VALID, identity, run_tables
 
 
-def _fit(steps, val, info, *, validation=VALID, unit="nats", fit=FIT, divergence=DIVERGENCE):
+def _fit(steps, val, info, *, validation=VALID, unit="nats", fit=FIT, divergence=DIVERGENCE, time_axis="step"):
     return fit_run_tables(
         steps,
         val,
@@ -24,6 +24,7 @@ def _fit(steps, val, info, *, validation=VALID, unit="nats", fit=FIT, divergence
         fit=fit,
         divergence=divergence,
         loss_unit=unit,
+        time_axis=time_axis,
     )
 
 
@@ -74,16 +75,7 @@ def test_cumulative_lr_axis_under_a_cosine_schedule():
     loss = 2.3 * (t + 20.0) ** -0.8 / 20.0**-0.8 * np.exp(0.02 * np.random.default_rng(0).standard_normal(n))
     steps, val, info = run_tables(loss=loss)
     steps["lr"] = lr
-    out = fit_run_tables(
-        steps,
-        val,
-        run_info=info,
-        validation=VALID,
-        identity=identity(),
-        fit=FIT,
-        divergence=DIVERGENCE,
-        time_axis="cumulative_lr",
-    )
+    out = _fit(steps, val, info, time_axis="cumulative_lr")
     row = out["row"]
     assert row["time_axis"] == "cumulative_lr" and out["settings"]["time_axis"] == "cumulative_lr"
     assert row["h1_single_power_law"] is True, row["h1_reason"]
@@ -299,16 +291,7 @@ def test_diverged_run_alpha_early_on_the_cumulative_lr_axis_is_the_undiverged_on
     steps["lr"] = 0.1 * (steps.step + 1) / len(steps)
 
     def fit(s):
-        return fit_run_tables(
-            s,
-            val,
-            run_info=info,
-            validation=VALID,
-            identity=identity(),
-            fit=FIT,
-            divergence=DIVERGENCE,
-            time_axis="cumulative_lr",
-        )["row"]
+        return _fit(s, val, info, time_axis="cumulative_lr")["row"]
 
     clean = fit(steps)
     s = steps.copy()

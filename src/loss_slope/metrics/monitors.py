@@ -176,10 +176,9 @@ class MonitorConfig:
         A noise event measures the spectrum of n residuals for every n from ``psd_min_points`` to
         ``psd_window``; each band must hold a bin at each such n (bins are k/n, so a narrow band
         can hold one at n and none at n + 1)."""
+        tail = tail_band(self.psd_tail_fraction)
         bands = {
-            f"psd_tail_fraction = {self.psd_tail_fraction} (band {tail_band(self.psd_tail_fraction)})": tail_band(
-                self.psd_tail_fraction
-            ),
+            f"psd_tail_fraction = {self.psd_tail_fraction} (band {tail})": tail,
             f"resid_band = {tuple(self.resid_band)}": tuple(self.resid_band),
         }
         sizes = range(self.psd_min_points, self.psd_window + 1)
