@@ -52,6 +52,24 @@ def test_counts_exclusions_and_undecided():
     assert sum(s.n for s in r.by_variant.values()) == 214
 
 
+def test_every_variant_has_a_share_or_a_reason():
+    t = _table(np.ones((36, 6), dtype=object))
+    t.loc[t.variant == "V1", "excluded_reason"] = "diverged: NaN loss"
+    v2 = t.index[t.variant == "V2"]
+    one_cell = (t.variant == "V2") & (t.lr == t.lr[v2[0]]) & (t.weight_decay == t.weight_decay[v2[0]])
+    t.loc[(t.variant == "V2") & ~one_cell, "h1_single_power_law"] = None
+    r = h1_statistics(t)
+    assert set(r.by_variant) == {"V0", "V3"}
+    assert dict(r.skipped_variants) == {
+        "V1": "no usable run (54 excluded or undecided)",
+        "V2": "1 cell with usable runs: no cluster-aware interval",
+    }
+    assert r.to_dict()["skipped_variants"] == [
+        {"variant": "V1", "reason": "no usable run (54 excluded or undecided)"},
+        {"variant": "V2", "reason": "1 cell with usable runs: no cluster-aware interval"},
+    ]
+
+
 def test_numeric_column_with_threshold_and_the_r2_alias():
     t = make_study_table("none", seed=1)
     a = h1_statistics(t, column="h1_literal_r2", threshold=0.98)

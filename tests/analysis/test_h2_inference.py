@@ -216,6 +216,17 @@ def test_by_variant():
         assert np.ptp(v.overall.spearman_ci) > np.ptp(r.overall.spearman_ci)
 
 
+def test_a_variant_without_usable_runs_is_listed_not_dropped():
+    t = make_study_table("strong", seed=3)
+    t.loc[t.variant == "S-bn-off", "excluded_reason"] = "diverged: NaN loss"
+    r = h2_statistics(t, **FAST)
+    assert set(r.by_variant) == {"S-core", "S-adamw", "S-narrow"}
+    assert dict(r.skipped_variants) == {"S-bn-off": "no usable run (54 excluded)"}
+    # the other variants' resamples are not shifted by the skipped one
+    full = h2_statistics(make_study_table("strong", seed=3).query("variant != 'S-bn-off'"), **FAST)
+    assert r.by_variant["S-narrow"].overall.spearman_ci == full.by_variant["S-narrow"].overall.spearman_ci
+
+
 def test_exclusions_and_single_seed_cells():
     t = make_study_table("strong", seed=3)
     t.loc[0, "excluded_reason"] = "diverged: NaN loss"

@@ -43,6 +43,13 @@ def test_summary_answers_h1_and_h2_in_sentences_with_numbers(partial_summary):
     assert "Runs excluded per cell" in md
 
 
+def test_summary_names_every_variant_without_a_per_variant_estimate(partial_summary):
+    _, stats, md = partial_summary
+    skipped = stats.h2.main.skipped_variants
+    assert {s["variant"] for s in skipped} == {"S-core", "S-adamw"}
+    assert "No per-variant estimate for S-adamw (need at least 4 cells, got 3); S-core (need at least 4 cells, got 3)." in md
+
+
 def test_summary_embeds_every_figure_and_lists_every_excluded_run(partial_summary):
     table, _, md = partial_summary
     for path in FIGS.values():

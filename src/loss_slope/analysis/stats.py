@@ -245,6 +245,8 @@ class H1Result:
     target_shares : tuple of float
     excluded : tuple of (run, reason)
     skipped_variants : tuple of (variant, reason)
+        Every variant of the table without a ``by_variant`` entry: no usable run,
+        or usable runs in a single cell (no between-cell variance to estimate).
     seed_column : str or None
         The seed column clustered on besides the cells (None: cells only).
     """
@@ -449,11 +451,15 @@ def h1_statistics(
     by: dict[str, Share] = {}
     skipped: list[tuple[str, str]] = []
     variants = df[variant_column].astype(str).to_numpy()
-    for v in sorted(set(variants[keep])):
+    for v in sorted(set(variants)):
         m = keep & (variants == v)
+        if not m.any():
+            n_v = int((variants == v).sum())
+            skipped.append((v, f"no usable run ({n_v} excluded or undecided)"))
+            continue
         g = int(np.unique(all_cell[m]).size)
         if g < 2:
-            skipped.append((v, f"{g} cell: no cluster-aware interval"))
+            skipped.append((v, "1 cell with usable runs: no cluster-aware interval"))
             continue
         by[v] = share(m, succ)
     return H1Result(
@@ -907,6 +913,8 @@ class H2Result:
         Cells left out of the within-cell correlation, one per ``within_cell.n_skipped_cells``:
         "single usable seed", "all runs tie in <x column>" or "all runs tie in <y column>".
     skipped_variants : tuple of (variant, reason)
+        Every variant of the table without a ``by_variant`` entry: no usable run,
+        fewer than 4 cells, or a constant variable.
     diverged_at_worst_rank : tuple of str
         Runs included at the worst CE rank (diverged-run analysis only).
     settings : Mapping[str, object]
@@ -1424,8 +1432,12 @@ def h2_statistics(
     if variant_column is not None and variant_column in sub.columns:
         other = [c for c in cell_columns if c != variant_column]
         vals = sub[variant_column].astype(str).to_numpy()
-        for v in sorted(set(vals)):
+        every = df[variant_column].astype(str).to_numpy()
+        for v in sorted(set(every)):
             m = vals == v
+            if not m.any():
+                skipped_v.append((v, f"no usable run ({int((every == v).sum())} excluded)"))
+                continue
             vcell, vnames = _factorize(sub[m], cell_columns)
             if len(vnames) < 4:
                 skipped_v.append((v, f"need at least 4 cells, got {len(vnames)}"))

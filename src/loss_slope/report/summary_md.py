@@ -41,6 +41,14 @@ def _h1_row(name: str, res: H1Criterion | NotComputable) -> list[str]:
     return cols
 
 
+def _skipped_variants_lines(skipped: Sequence[Mapping[str, str]]) -> list[str]:
+    """One sentence naming each variant left out of a per-variant table, with its reason."""
+    if not skipped:
+        return []
+    parts = [f"{s['variant']} ({s['reason']})" for s in skipped]
+    return ["No per-variant estimate for " + "; ".join(parts) + ".", ""]
+
+
 def _h1_section(stats: StudyStats, table: pd.DataFrame, figs) -> list[str]:
     h1 = stats.h1
     conf = stats.confidence
@@ -85,6 +93,8 @@ def _h1_section(stats: StudyStats, table: pd.DataFrame, figs) -> list[str]:
             ),
             "",
         ]
+    if main.computable:
+        out += _skipped_variants_lines(main.skipped_variants)
     ok = table[table["status"] == "ok"]
     if "h1_single_power_law" in ok.columns:
         undecided = ok[ok["h1_single_power_law"].isna()]
@@ -236,6 +246,8 @@ def _h2_section(stats: StudyStats, figs) -> list[str]:
             ),
             "",
         ]
+    if h2.computable:
+        out += _skipped_variants_lines(h2.skipped_variants)
     hm = stats.window_heatmap
     if hm is not None and h2.computable and h2.settings:
         import numpy as np
