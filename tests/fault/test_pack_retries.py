@@ -144,3 +144,44 @@ def test_sigterm_while_a_run_starts_up_is_a_stop_not_an_error(tmp_path):
     assert [r["exit_code"] for r in records if r["event"] == "outcome"] == [-signal.SIGTERM]
     assert _launch(tmp_path, spec, 2) == 0  # the next attempt trains it
     assert json.loads((tmp_path / "out.json").read_text())["runs"]["r0"]["status"] == "complete"
+
+
+def test_a_run_found_locked_after_a_sigterm_is_not_started_again(tmp_path, monkeypatch):
+    # the run exits "locked" (another live trainer holds it) and scancel reaches the pack before the pack
+    # has read that exit: the pack must not put the run back to wait for the lock and start it again
+    # after the stop; it ends unfinished at once, and the next attempt tries the run again
+    import os
+    import signal
+    import subprocess
+
+    from loss_slope.train import pack as pack_module
+    from loss_slope.train.exit_codes import EXIT_LOCKED
+    from loss_slope.train.lock import acquire
+
+    class ScancelOnLockedExit(subprocess.Popen):
+        signalled = False
+
+        def poll(self):
+            code = super().poll()
+            if code == EXIT_LOCKED and not ScancelOnLockedExit.signalled:
+                ScancelOnLockedExit.signalled = True
+                os.kill(os.getpid(), signal.SIGTERM)  # the handler runs before this poll returns
+            return code
+
+    monkeypatch.setattr(pack_module.subprocess, "Popen", ScancelOnLockedExit)
+    spec = _spec(tmp_path, {"a": BASE})
+    holder = acquire(tmp_path / "work" / "V" / "a", heartbeat_s=0)
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        # with a 90 s budget the pack would retry a held lock for about 30 s (poll every 1 s)
+        code = _launch(tmp_path, spec, 1, "trainer.max_time_s=90", lock_poll_s=1)
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
+        holder.release()
+    assert ScancelOnLockedExit.signalled
+    assert code == 3  # unfinished: Snakemake resubmits
+    starts = (tmp_path / "logs" / "a.log").read_text().count("=== pack pack-x attempt 1")
+    assert starts == 1
+    records = [json.loads(x) for x in (tmp_path / "work" / "V" / "a" / "launcher.jsonl").read_text().splitlines()]
+    assert [(r["status"], r["exit_code"]) for r in records if r["event"] == "outcome"] == [("locked", EXIT_LOCKED)]
