@@ -22,6 +22,23 @@ def test_a_strong_effect_has_power():
     assert p.supported >= 0.9 and p.within_detected == 1.0
 
 
+def test_the_planned_h1_interval_is_clustered_as_the_report_clusters_it(monkeypatch):
+    # the report's H1 interval clusters on cells and shared seeds (seed_column="seed")
+    from loss_slope.analysis import power
+
+    calls = []
+    real = power.cluster_share
+
+    def spy(values, cell, seed, **kw):
+        calls.append(seed)
+        return real(values, cell, seed, **kw)
+
+    monkeypatch.setattr(power, "cluster_share", spy)
+    simulate_power([0.5], [3], PowerSettings(n_boot=20), n_studies=2, seed=0, jobs=1)
+    assert len(calls) == 2
+    assert all(c is not None and sorted(set(c)) == [0, 1, 2] for c in calls)
+
+
 def test_settings_from_the_study_config():
     s = settings_from_config(STUDY)
     assert (s.n_cells, s.n_seeds, s.min_abs_rho, s.max_p) == (36, 6, 0.7, 0.01)

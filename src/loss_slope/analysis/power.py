@@ -154,7 +154,8 @@ def _one_study(
     else:
         p_cell = np.full(s.n_cells, s.h1_share)
     succ = rng.random(cell.size) < p_cell[cell]
-    share = cluster_share(succ, cell, None, confidence=s.confidence, targets=(s.h1_target,))
+    # clustered as the report clusters H1 (report/summarize.py: cells and shared seeds)
+    share = cluster_share(succ, cell, seed, confidence=s.confidence, targets=(s.h1_target,))
     return (
         bool(sup),
         bool(wsup),
