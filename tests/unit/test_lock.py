@@ -102,6 +102,65 @@ def test_a_lock_moved_aside_for_a_moment_is_not_lost(tmp_path):
     assert not lk.path.exists()
 
 
+def test_three_contenders_on_a_stale_lock_leave_one_holder(tmp_path, monkeypatch):
+    # A judges the lock stale; before A acts, B takes the stale lock over and holds the run; a third
+    # contender C tries to create the lock whenever A would put a moved lock back. Every acquire that
+    # returned must still hold the lock, and exactly one holds it
+    import socket
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    _write_lock(tmp_path / "r.lock", host=socket.gethostname(), pid=dead.pid)
+    holders, judged, real_link = [], [], os.link
+
+    def contend():
+        try:
+            holders.append(L.acquire(tmp_path / "r", heartbeat_s=0))
+        except L.RunLocked:
+            pass
+
+    def stale_reason(*args, **kw):
+        why = real_stale_reason(*args, **kw)
+        if why and not judged:
+            judged.append(why)
+            contend()  # B: takes the stale lock over, right after A judged it
+        return why
+
+    def link(src, dst, *args, **kw):
+        contend()  # C: creates the lock if it is not there at this moment
+        return real_link(src, dst, *args, **kw)
+
+    real_stale_reason = L.stale_reason
+    monkeypatch.setattr(L, "stale_reason", stale_reason)
+    monkeypatch.setattr(L.os, "link", link)
+    contend()  # A
+    assert judged
+    assert len(holders) == 1, [h.record["token"] for h in holders]
+    assert holders[0]._ours()
+    assert [p.name for p in tmp_path.iterdir()] == ["r.lock"]  # nothing left aside, no takeover mutex
+    holders[0].release()
+
+
+def test_a_takeover_mutex_left_by_a_killed_contender_expires(tmp_path, monkeypatch):
+    import socket
+    import time
+
+    monkeypatch.setattr(L, "ACQUIRE_WAIT_S", 0.5)
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    _write_lock(tmp_path / "r.lock", host=socket.gethostname(), pid=dead.pid)
+    mutex = tmp_path / "r.lock.takeover"
+    _write_lock(mutex, host=socket.gethostname(), pid=dead.pid)
+    with pytest.raises(L.RunLocked, match="r.lock.takeover"):  # a takeover under way: left alone while fresh
+        L.acquire(tmp_path / "r", heartbeat_s=0)
+    old = time.time() - L.TAKEOVER_STALE_S - 1
+    os.utime(mutex, (old, old))
+    with L.acquire(tmp_path / "r", heartbeat_s=0) as lk:
+        assert lk._ours()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_a_lost_lock_calls_its_handler_once(tmp_path):
     import time
 

@@ -17,9 +17,13 @@ A lock is *stale*, and is taken over with a logged warning, when
 * neither can be checked and its heartbeat is older than ``stale_after_s``.
 
 Otherwise :func:`acquire` raises :class:`RunLocked`, naming the holder, and
-touches nothing. Taking over renames the stale file to a unique name first
-(only one contender can win that rename), then creates a fresh lock; the
-stale file's content is logged and the file removed.
+touches nothing. A takeover happens under a mutex, the file ``{run_dir}.lock.takeover``
+(also created ``O_EXCL``): its holder checks that the lock still is the one judged
+stale, renames it to a unique name, removes it, and creates a fresh lock like any
+contender would (one ``O_EXCL`` create wins). Only the mutex holder moves a lock file, so
+however many trainers contend, a lock that was created after the stale one is never
+removed, and the run has one holder at a time. A mutex older than ``TAKEOVER_STALE_S``
+was left by a contender killed during its takeover and is removed.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ log = logging.getLogger("loss_slope.train.lock")
 
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 600.0
+TAKEOVER_STALE_S = 10.0  # a takeover takes milliseconds: an older mutex was left by a killed contender
+ACQUIRE_WAIT_S = 5.0  # how long acquire waits for an unreadable fresh lock or another's takeover
 
 
 class RunLocked(RuntimeError):
@@ -235,6 +241,61 @@ def _create(path: Path, record: dict) -> bool:
     return True
 
 
+def _take_mutex(mutex: Path, record: dict) -> bool:
+    """Create the takeover mutex, removing one left by a contender killed while holding it."""
+    if _create(mutex, record):
+        return True
+    try:
+        age = time.time() - mutex.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age > TAKEOVER_STALE_S:
+        log.warning("removing a takeover mutex %s left %.0f s ago by %s", mutex, age, describe(read_holder(mutex) or {}))
+        mutex.unlink(missing_ok=True)
+    return False
+
+
+def _move_stale_aside(path: Path, holder: dict, record: dict, why: str) -> bool | None:
+    """Holding the takeover mutex, remove the lock judged stale (``holder``, {} if unreadable).
+
+    True: removed; False: the lock changed since it was judged (judge again); None: another
+    contender holds the mutex (wait). Only the mutex holder moves a lock file, so a lock
+    created after the judgement is never moved for good: a lock found at ``path`` with another
+    token is left in place, and one re-created between that check and the rename (its holder
+    released it and a new trainer took it) is linked back at once."""
+    mutex = path.with_name(path.name + ".takeover")
+    if not _take_mutex(mutex, record):
+        return None
+    try:
+        current = read_holder(path)
+        if current is None or current.get("token") != holder.get("token"):
+            return False
+        aside = path.with_name(f"{path.name}.stale-{record['host']}-{record['pid']}-{record['token'][:6]}")
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return False
+        moved = read_holder(aside)
+        if moved is not None and moved.get("token") != holder.get("token"):
+            try:
+                os.link(aside, path)
+            except FileExistsError:
+                pass
+            aside.unlink(missing_ok=True)
+            return False
+        log.warning(
+            "taking over a stale run lock %s: %s; it was held by %s",
+            path,
+            why,
+            describe(holder) if holder else "an unknown holder",
+        )
+        aside.unlink(missing_ok=True)
+        return True
+    finally:
+        if (read_holder(mutex) or {}).get("token") == record["token"]:
+            mutex.unlink(missing_ok=True)
+
+
 def acquire(
     run_dir: str | Path,
     *,
@@ -258,7 +319,8 @@ def acquire(
         "run_dir": str(run_dir),
         "token": secrets.token_hex(8),
     }
-    for _ in range(5):
+    give_up = time.monotonic() + ACQUIRE_WAIT_S
+    while True:
         if _create(path, record):
             return RunLock(path, record, heartbeat_s, on_lost)
         holder = read_holder(path)
@@ -270,34 +332,16 @@ def acquire(
             continue
         if not holder:
             # unreadable: a writer may be between create and write; judge by age only
-            if time.time() - mtime < 10:
-                time.sleep(0.5)
-                continue
-            why = f"its content is unreadable and {time.time() - mtime:.0f} s old"
+            why = None if time.time() - mtime < 10 else f"its content is unreadable and {time.time() - mtime:.0f} s old"
         else:
             why = stale_reason(holder, mtime, stale_after_s=stale_after_s, job_state=job_state)
-        if why is None:
-            raise RunLocked(path, holder)
-        aside = path.with_name(f"{path.name}.stale-{record['host']}-{record['pid']}-{record['token'][:6]}")
-        try:
-            os.rename(path, aside)
-        except FileNotFoundError:
-            continue  # another contender moved it first
-        moved = read_holder(aside)
-        if holder and moved and moved.get("token") != holder.get("token"):
-            # we moved a fresh lock someone else just created: put it back (link fails if a third exists)
-            try:
-                os.link(aside, path)
-            except FileExistsError:
-                pass
-            aside.unlink(missing_ok=True)
-            continue
-        log.warning(
-            "taking over a stale run lock %s: %s; it was held by %s",
-            path,
-            why,
-            describe(holder) if holder else "an unknown holder",
-        )
-        aside.unlink(missing_ok=True)
-    holder = read_holder(path) or {}
-    raise RunLocked(path, holder)
+            if why is None:
+                raise RunLocked(path, holder)
+        moved = None if why is None else _move_stale_aside(path, holder, record, why)
+        if moved is not None:
+            continue  # removed, or changed since judged: try again at once
+        if time.monotonic() > give_up:
+            mutex = path.with_name(path.name + ".takeover")
+            taker = read_holder(mutex)
+            raise RunLocked(mutex, taker) if taker else RunLocked(path, read_holder(path) or {})
+        time.sleep(0.1)  # an unreadable fresh lock, or another contender's takeover under way
