@@ -47,7 +47,10 @@ def test_summary_names_every_variant_without_a_per_variant_estimate(partial_summ
     _, stats, md = partial_summary
     skipped = stats.h2.main.skipped_variants
     assert {s["variant"] for s in skipped} == {"S-core", "S-adamw"}
-    assert "No per-variant estimate for S-adamw (need at least 4 cells, got 3); S-core (need at least 4 cells, got 3)." in md
+    assert (
+        "No per-variant estimate for S-adamw (need at least 4 cells, got 3); S-core (need at least 4 cells, got 3)."
+        in md
+    )
 
 
 def test_summary_embeds_every_figure_and_lists_every_excluded_run(partial_summary):

@@ -250,7 +250,9 @@ def _take_mutex(mutex: Path, record: dict) -> bool:
     except FileNotFoundError:
         return False
     if age > TAKEOVER_STALE_S:
-        log.warning("removing a takeover mutex %s left %.0f s ago by %s", mutex, age, describe(read_holder(mutex) or {}))
+        log.warning(
+            "removing a takeover mutex %s left %.0f s ago by %s", mutex, age, describe(read_holder(mutex) or {})
+        )
         mutex.unlink(missing_ok=True)
     return False
 
