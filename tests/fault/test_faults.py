@@ -85,6 +85,26 @@ def test_sigterm_inside_a_validation_resumes_from_the_latest_and_keeps_every_val
     assert pd.read_csv(run / "tables" / "val.csv").step.tolist() == list(range(11, 133, 11))
 
 
+def test_sigterm_after_a_stop_checkpoint_keeps_that_checkpoint_and_the_rerun_finishes(tmp_path):
+    """The time budget stops the run mid-epoch (a stop validation and a stop checkpoint at step 30),
+    and a real SIGTERM lands while Lightning finishes the epoch, which it has by then counted as done:
+    a checkpoint taken there would resume one epoch too far on, and every rerun would stop short of
+    the end. The stop checkpoint is kept, and one rerun completes every step once."""
+    run = tmp_path / "run"
+    fault = ["trainer.fault.stop_then_sigterm_at_step=30"]
+    first = run_cmd([PYTHON, "-m", "loss_slope.train", *TINY, *fault, f"run_dir={run}"], timeout=300, check=False)
+    log = first.stdout + first.stderr
+    assert first.returncode == 3, log[-3000:]
+    assert (run / "sigterm.once").exists()
+    ckpt = torch.load(run / "checkpoints/latest/latest.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 30
+    assert ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 0
+    again = run_cmd([PYTHON, "-m", "loss_slope.train", *TINY, *fault, f"run_dir={run}"], timeout=300, check=False)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    assert pd.read_csv(run / "tables" / "steps.csv").step.tolist() == list(range(132))
+    assert json.loads((run / "done.json").read_text())["status"] == "complete"
+
+
 def test_time_budget_stops_cleanly_with_exit_3(tmp_path):
     run = tmp_path / "run"
     proc = run_cmd(

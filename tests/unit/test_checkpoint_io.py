@@ -117,7 +117,7 @@ def test_background_write_error_is_raised_in_the_training_thread(tmp_path, monke
     assert not (tmp_path / "latest.ckpt.tmp").exists()
 
 
-def _fake_trainer(step: int, last_batch: bool, io):
+def _fake_trainer(step: int, last_batch: bool, io, callbacks=()):
     from types import SimpleNamespace
 
     saved = []
@@ -125,6 +125,7 @@ def _fake_trainer(step: int, last_batch: bool, io):
     trainer = SimpleNamespace(
         global_step=step,
         validating=False,
+        callbacks=list(callbacks),
         fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)),
         strategy=SimpleNamespace(checkpoint_io=io),
         save_checkpoint=saved.append,
@@ -152,6 +153,27 @@ def test_sigterm_after_the_last_batch_of_an_epoch_keeps_the_epoch_end_checkpoint
     trainer, saved = _fake_trainer(60, False, io)
     cb.on_exception(trainer, None, RuntimeError("not an interrupt"))
     assert saved == []
+
+
+def test_sigterm_at_the_step_of_a_stop_checkpoint_keeps_it(tmp_path):
+    # a stop (time budget) saved latest mid-epoch at step 30; the SIGTERM lands as Lightning ends the epoch
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from loss_slope.train.interrupt import CheckpointOnInterrupt
+    from loss_slope.train.latest import LatestCheckpoint
+
+    path = tmp_path / "latest.ckpt"
+    io = AtomicCheckpointIO(background=False)
+    io.save_checkpoint({"global_step": 30, "w": torch.ones(2)}, path)
+    latest = LatestCheckpoint(path, steps_per_epoch=44, val_interval=11)
+    latest._last_step = 30  # what its on_validation_end records after the stop checkpoint
+    cb = CheckpointOnInterrupt(path)
+    trainer, saved = _fake_trainer(30, False, io, callbacks=[latest])
+    cb.on_exception(trainer, None, SIGTERMException())
+    assert saved == [] and cb.saved_step == 30
+    trainer, saved = _fake_trainer(31, False, io, callbacks=[latest])  # a step on: saved there
+    cb.on_exception(trainer, None, SIGTERMException())
+    assert saved == [str(path)] and cb.saved_step == 31
 
 
 def test_the_rename_is_made_durable_by_syncing_the_folder(tmp_path, monkeypatch):

@@ -7,8 +7,9 @@ run run out of GPU memory (``oom_run``/``oom_at_step``/``oom_fits``): the real
 GPU takes, even on a CPU), and to make a curvature event run out of memory
 (``curvature_oom_run``/``curvature_oom_at_step``), to slow every step down
 (``step_sleep_s``) so that a time budget binds whatever the machine's speed, and
-to send the process a real SIGTERM after a step (``sigterm_at_step``) or in the
-middle of a validation (``sigterm_in_validation_at_step``).
+to send the process a real SIGTERM after a step (``sigterm_at_step``), in the
+middle of a validation (``sigterm_in_validation_at_step``) or after a time-budget-like stop
+(``stop_then_sigterm_at_step``).
 Off unless the keys are set.
 """
 
@@ -74,6 +75,25 @@ class SigtermInValidation(Callback):
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+class StopThenSigterm(Callback):
+    """Stops training after optimizer step ``step`` as Lightning's ``Timer`` does when the time budget is
+    spent (``should_stop``: a stop validation and a stop checkpoint follow), then sends this process
+    SIGTERM while Lightning finishes the epoch (``on_train_epoch_end``), after that checkpoint (once:
+    ``marker``)."""
+
+    def __init__(self, *, step: int, marker: str | Path) -> None:
+        self.step, self.marker = int(step), Path(marker)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step and not self.marker.exists():
+            trainer.should_stop = True
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.should_stop and trainer.global_step == self.step and not self.marker.exists():
+            self.marker.write_text(f"stopped after step {self.step}, then SIGTERM at the epoch's end\n")
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 def fault_callbacks(cfg, run_dir) -> list[Callback]:
     f = cfg.trainer.get("fault")
     if not f:
@@ -87,6 +107,8 @@ def fault_callbacks(cfg, run_dir) -> list[Callback]:
         out.append(SigtermAtStep(step=f.sigterm_at_step, marker=Path(run_dir) / "sigterm.once"))
     if f.get("sigterm_in_validation_at_step") is not None:
         out.append(SigtermInValidation(step=f.sigterm_in_validation_at_step, marker=Path(run_dir) / "sigterm.once"))
+    if f.get("stop_then_sigterm_at_step") is not None:
+        out.append(StopThenSigterm(step=f.stop_then_sigterm_at_step, marker=Path(run_dir) / "sigterm.once"))
     return out
 
 

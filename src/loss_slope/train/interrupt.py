@@ -17,7 +17,11 @@ tables are cut back to its step), where a checkpoint here would resume wrongly:
   very step when the epoch ends with a validation;
 * inside a validation (Lightning raises between two validation batches): the
   validation's row and its ``best`` check are not written yet, and a run
-  resumed there never repeats that validation, so its row would be missing.
+  resumed there never repeats that validation, so its row would be missing;
+* at the step of the latest checkpoint (a stop checkpoint: the time budget or a
+  divergence stopped the run mid-epoch, and the signal lands while Lightning
+  finishes that epoch, which it has then counted as done): a checkpoint here
+  would resume one epoch too far on, and every rerun would stop short of the end.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from pytorch_lightning import Callback
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from loss_slope.train.checkpoint_io import checkpoint_step
+from loss_slope.train.latest import LatestCheckpoint
 
 log = logging.getLogger("loss_slope.train")
 
@@ -44,8 +49,11 @@ class CheckpointOnInterrupt(Callback):
     def on_exception(self, trainer, pl_module, exception):
         if not isinstance(exception, SIGTERMException) or trainer.global_step <= 0:
             return
+        latest = next((c for c in trainer.callbacks if isinstance(c, LatestCheckpoint)), None)
         if trainer.validating:
             where = "inside a validation (a resumed run would not repeat it)"
+        elif latest is not None and latest.on_disk_step == trainer.global_step:
+            where = "where the latest checkpoint is (a stop checkpoint, or the one this attempt resumed from)"
         elif trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             where = "after the last batch of an epoch (Lightning would resume it into the epoch after the next)"
         else:

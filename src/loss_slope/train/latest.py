@@ -61,6 +61,11 @@ class LatestCheckpoint(Checkpoint):
         epoch = (step - 1) // self.spe
         return epoch, step - epoch * self.spe
 
+    @property
+    def on_disk_step(self) -> int:
+        """The step of the ``latest`` checkpoint this attempt saved last, or resumed from (-1: none)."""
+        return self._last_step
+
     @classmethod
     def from_settings(cls, path, settings: LatestSettings, *, steps_per_epoch: int, val_interval: int):
         return cls(
