@@ -105,6 +105,28 @@ def test_sigterm_after_a_stop_checkpoint_keeps_that_checkpoint_and_the_rerun_fin
     assert json.loads((run / "done.json").read_text())["status"] == "complete"
 
 
+def test_a_diverged_run_resumed_after_sigterm_stops_where_an_uninterrupted_one_does(tmp_path):
+    """The guard judges the loss at flushes, and a resumed attempt used to count its flushes from its
+    own start: the same run stopped at another step (21 uninterrupted, 23 resumed). The stop step is
+    now the regular flush that holds the first diverging step, and the tables are the same."""
+    # seed 3: the loss is above 0.63 x its first 20 steps' mean at step 20, so the run diverges there
+    diverging = [
+        "seed=3",
+        "trainer.divergence.max_loss_factor=0.63",
+        "trainer.divergence.reference_steps=20",
+    ]
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    run_cmd([PYTHON, "-m", "loss_slope.train", *TINY, *diverging, f"run_dir={ref}"], timeout=300)
+    cmd = [PYTHON, "-m", "loss_slope.train", *TINY, *diverging, "trainer.fault.sigterm_at_step=13", f"run_dir={run}"]
+    assert run_cmd(cmd, timeout=300, check=False).returncode == 3
+    run_cmd(cmd, timeout=300)
+    want, got = (json.loads((d / "done.json").read_text()) for d in (ref, run))
+    assert want["status"] == got["status"] == "diverged"
+    assert (got["diverged_at_step"], got["steps_done"]) == (want["diverged_at_step"], want["steps_done"]) == (20, 25)
+    a, b = (pd.read_csv(d / "tables" / "steps.csv").drop(columns="time") for d in (ref, run))
+    pd.testing.assert_frame_equal(a, b)
+
+
 def test_time_budget_stops_cleanly_with_exit_3(tmp_path):
     run = tmp_path / "run"
     proc = run_cmd(

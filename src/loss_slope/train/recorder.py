@@ -3,9 +3,12 @@
 Lightning's ``self.log`` costs ~40 % of a small model's step and its
 CSVLogger loses rows on resume, so this callback keeps the per-step values as
 device tensors (no ``.item()``, no host sync per step), moves them to the
-host every ``flush_every`` steps, and appends them to CSV. It also flushes and
-fsyncs inside ``on_save_checkpoint``, so a checkpoint after ``s`` steps
-always finds rows ``0..s-1`` on disk.
+host every ``flush_every`` steps (after steps ``flush_every``, ``2 flush_every``, ...
+done, counted from the run's start, not the attempt's), and appends them to CSV.
+It also flushes and fsyncs inside ``on_save_checkpoint``, so a checkpoint after
+``s`` steps always finds rows ``0..s-1`` on disk. A diverged run stops after the
+regular flush that holds its first diverging step (:meth:`MetricRecorder.stop_after`),
+so a resumed run stops where an uninterrupted one does.
 """
 
 from __future__ import annotations
@@ -73,11 +76,19 @@ class MetricRecorder(Callback):
         self._loss.append(outputs["loss"].detach())
         self._correct.append(outputs["correct"])
         self._count.append(int(batch[1].shape[0]))
-        if len(self._pending) >= self.flush_every:
+        if (
+            step + 1
+        ) % self.flush_every == 0:  # at absolute steps: a resumed run flushes where an uninterrupted one does
             self.flush()
-        if self.diverged is not None and not trainer.should_stop:
+        if self.diverged is not None and not trainer.should_stop and step + 1 >= self.stop_after(self.diverged[0]):
             log.warning("diverged: %s; stopping this run", self.diverged[1])
             trainer.should_stop = True
+
+    def stop_after(self, diverged_step: int) -> int:
+        """Steps done when a run that diverged at ``diverged_step`` stops: those of the regular flush that
+        holds that step. The divergence may be seen earlier (a validation or a checkpoint flushes too, at
+        times that differ between an uninterrupted and a resumed run); the stop step does not."""
+        return (diverged_step // self.flush_every + 1) * self.flush_every
 
     # ---- per validation -------------------------------------------------
     def on_validation_end(self, trainer, pl_module):
