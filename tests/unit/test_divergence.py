@@ -48,3 +48,10 @@ def test_the_recorders_verdict_survives_a_resume(tmp_path):
     older = recorder(tmp_path / "c")  # a checkpoint without the key: no verdict yet
     older.load_state_dict({"divergence": state["divergence"]})
     assert older.diverged is None
+
+
+def test_the_stop_step_is_the_regular_flush_that_holds_the_divergence():
+    from loss_slope.train.divergence import stop_step
+
+    assert [stop_step(d, 5) for d in (0, 4, 5, 20, 24, 25)] == [5, 5, 10, 25, 25, 30]
+    assert stop_step(112, 110) == 220

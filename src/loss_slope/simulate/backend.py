@@ -8,10 +8,10 @@ It writes a run's work tree exactly as a Lightning run does (``train/run.py``)::
     {run_dir}/attempts.jsonl, run_info.json (with ``outcome``), done.json
     {run_dir}/truth.json                       what the curves were generated from
 
-with the same exactly-once rules: step rows are appended in blocks of
-``trainer.flush_every_steps``, the tables are flushed (and fsync'ed, with ``fsync: true``) before every
-checkpoint, and a rerun truncates them to the checkpoint's step
-(``tables.schema.KEEP_ON_RESUME``) and continues. The curves are a pure
+with the same exactly-once rules: step rows are appended in blocks ending at multiples of
+``trainer.flush_every_steps``, a diverged run stops where a real one does, the tables are
+flushed (and fsync'ed, with ``fsync: true``) before every checkpoint, and a rerun
+truncates them to the checkpoint's step (``tables.schema.KEEP_ON_RESUME``) and continues. The curves are a pure
 function of (``data.simulation``, variant, lr, weight decay, seed), so the
 state file holds only the step, the divergence guard and the best list; a
 resumed run writes the rows an uninterrupted one would, bit for bit. Times are
@@ -47,7 +47,7 @@ from loss_slope.train.attempts import (
     start_attempt,
     summarize_attempts,
 )
-from loss_slope.train.divergence import DivergenceGuard
+from loss_slope.train.divergence import DivergenceGuard, stop_step
 from loss_slope.train.exit_codes import EXIT_OK, EXIT_UNFINISHED
 from loss_slope.train.fingerprint import config_fingerprint
 from loss_slope.train.run import holding_run_lock
@@ -370,7 +370,7 @@ def _simulate(cfg) -> int:
     done_steps = start
     for step in range(start, total):
         done_steps = step + 1
-        if done_steps - pending_from >= flush_every:
+        if done_steps % flush_every == 0:  # at absolute steps, as the recorder of a real run
             flush(done_steps)
         # events after `done_steps` optimizer steps, in the Lightning order: monitors, validation, checkpoints
         if curv_every and done_steps % curv_every == 0:
@@ -427,7 +427,7 @@ def _simulate(cfg) -> int:
             )
             save_best(done_steps, v)
             save_latest(done_steps)
-        if diverged is not None:
+        if diverged is not None and done_steps >= stop_step(diverged[0], flush_every):
             flush(done_steps)
             break
         interrupted = stop.signal is not None

@@ -7,7 +7,7 @@ host every ``flush_every`` steps (after steps ``flush_every``, ``2 flush_every``
 done, counted from the run's start, not the attempt's), and appends them to CSV.
 It also flushes and fsyncs inside ``on_save_checkpoint``, so a checkpoint after
 ``s`` steps always finds rows ``0..s-1`` on disk. A diverged run stops after the
-regular flush that holds its first diverging step (:meth:`MetricRecorder.stop_after`),
+regular flush that holds its first diverging step (:func:`~loss_slope.train.divergence.stop_step`),
 so a resumed run stops where an uninterrupted one does.
 """
 
@@ -22,7 +22,7 @@ from pytorch_lightning import Callback
 
 from loss_slope.tables.csvlog import CsvTable
 from loss_slope.tables.schema import LN2
-from loss_slope.train.divergence import DivergenceGuard
+from loss_slope.train.divergence import DivergenceGuard, stop_step
 
 log = logging.getLogger("loss_slope.train")
 
@@ -76,19 +76,16 @@ class MetricRecorder(Callback):
         self._loss.append(outputs["loss"].detach())
         self._correct.append(outputs["correct"])
         self._count.append(int(batch[1].shape[0]))
-        if (
-            step + 1
-        ) % self.flush_every == 0:  # at absolute steps: a resumed run flushes where an uninterrupted one does
+        # at absolute steps: a resumed run flushes where an uninterrupted one does
+        if (step + 1) % self.flush_every == 0:
             self.flush()
-        if self.diverged is not None and not trainer.should_stop and step + 1 >= self.stop_after(self.diverged[0]):
+        if (
+            self.diverged is not None
+            and not trainer.should_stop
+            and step + 1 >= stop_step(self.diverged[0], self.flush_every)
+        ):
             log.warning("diverged: %s; stopping this run", self.diverged[1])
             trainer.should_stop = True
-
-    def stop_after(self, diverged_step: int) -> int:
-        """Steps done when a run that diverged at ``diverged_step`` stops: those of the regular flush that
-        holds that step. The divergence may be seen earlier (a validation or a checkpoint flushes too, at
-        times that differ between an uninterrupted and a resumed run); the stop step does not."""
-        return (diverged_step // self.flush_every + 1) * self.flush_every
 
     # ---- per validation -------------------------------------------------
     def on_validation_end(self, trainer, pl_module):
