@@ -185,3 +185,41 @@ def test_a_run_found_locked_after_a_sigterm_is_not_started_again(tmp_path, monke
     assert starts == 1
     records = [json.loads(x) for x in (tmp_path / "work" / "V" / "a" / "launcher.jsonl").read_text().splitlines()]
     assert [(r["status"], r["exit_code"]) for r in records if r["event"] == "outcome"] == [("locked", EXIT_LOCKED)]
+
+
+def test_a_run_restarted_after_its_lock_wait_as_scancel_arrives_is_stopped_too(tmp_path, monkeypatch):
+    # run a waits for another trainer's lock; the lock is freed and scancel reaches the pack just as the
+    # pack starts run a again: that new trainer must be sent SIGTERM too (before, the signal reached only
+    # the trainers already running, and this one trained to the end of its budget)
+    import os
+    import signal
+    import subprocess
+
+    from loss_slope.train import pack as pack_module
+    from loss_slope.train.lock import acquire
+
+    holder = acquire(tmp_path / "work" / "V" / "a", heartbeat_s=0)
+    starts = []
+
+    class ScancelOnRestart(subprocess.Popen):
+        def __init__(self, cmd, *args, **kwargs):
+            starts.append(cmd)
+            if len(starts) == 2:  # the restart after the lock wait
+                holder.release()  # the other trainer is gone: this start would train the run
+                os.kill(os.getpid(), signal.SIGTERM)  # scancel, while the trainer is being started
+            super().__init__(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(pack_module.subprocess, "Popen", ScancelOnRestart)
+    spec = _spec(tmp_path, {"a": BASE + ["trainer.epochs=30"]})
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        code = _launch(tmp_path, spec, 1, lock_poll_s=0.5)
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
+        holder.release()
+    assert len(starts) == 2
+    assert code == 3  # unfinished: Snakemake resubmits
+    assert not (tmp_path / "work" / "V" / "a" / "done.json").exists()
+    records = [json.loads(x) for x in (tmp_path / "work" / "V" / "a" / "launcher.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in records if r["event"] == "outcome"] == ["unfinished"]

@@ -306,7 +306,10 @@ def _train_members(
         log.flush()
         procs[run] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log, log.tell())
         print(f"started {variant}/{run} (pid {procs[run][0].pid})", flush=True)
+        if stopping:  # the signal came while it was being started: forward() could not reach it
+            procs[run][0].send_signal(signal.SIGTERM)
 
+    stopping = False  # set by a signal: no run is started (or put back to wait for a lock) after it
     by_run = {m["run"]: m for m in members}
     skipped: set[str] = set()  # given up before this attempt: not started
     pending = []  # runs to start when a slot frees (max_parallel < N: an exclusive-process GPU)
@@ -334,18 +337,13 @@ def _train_members(
         else:
             pending.append(m)
 
-    stopping = False  # set by a signal: no run is started (or put back to wait for a lock) after it
-
     def forward(signum, _frame):  # scancel/timeout/Ctrl-C: let every run checkpoint
+        # only a flag and signals: the main loop may be iterating `waiting` or `procs` right now
         nonlocal stopping
         stopping = True
-        for p, _, _ in procs.values():
+        for p, _, _ in list(procs.values()):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)  # a run checkpoints on SIGTERM at the end of its step
-        for run in waiting:  # held by another live trainer: the next attempt tries it again
-            results[run] = {"exit_code": EXIT_LOCKED, "status": "locked", "log": str(run_log(run))}
-        waiting.clear()
-        pending.clear()  # never started: unfinished (below), the next attempt trains them
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
@@ -357,7 +355,12 @@ def _train_members(
         return over
 
     while procs or waiting or pending:
-        for run in [r for r, (p, _, _) in procs.items() if p.poll() is not None]:
+        if stopping:
+            for run in list(waiting):  # held by another live trainer: the next attempt tries it again
+                results[run] = {"exit_code": EXIT_LOCKED, "status": "locked", "log": str(run_log(run))}
+            waiting.clear()
+            pending.clear()  # never started: unfinished (below), the next attempt trains them
+        for run in [r for r, (p, _, _) in list(procs.items()) if p.poll() is not None]:
             p, log, offset = procs.pop(run)
             log.close()
             code = p.returncode
@@ -404,10 +407,12 @@ def _train_members(
                 f"{'; given up: ' + res['given_up'] if 'given_up' in res else ''}",
                 flush=True,
             )
-        for run in [r for r, when in waiting.items() if when <= time.time()]:
+        for run in [r for r, when in list(waiting.items()) if when <= time.time()]:
+            if stopping:
+                break
             del waiting[run]
             start(by_run[run], remaining_overrides())
-        while pending and len(procs) + len(waiting) < max_parallel:
+        while pending and not stopping and len(procs) + len(waiting) < max_parallel:
             if deadline is not None and time.time() > deadline - 60:
                 pending.clear()  # no time left for them: unfinished (below), the next attempt starts them
                 break
