@@ -117,6 +117,20 @@ def test_h2_is_cluster_aware_with_a_three_way_verdict_and_the_literal_rule_besid
     assert stats.counts_by_cell[0].runs == 2
 
 
+def test_the_literal_h2_rule_never_supports_a_correlation_of_the_other_sign():
+    runs, rows = _complete()
+    for r in rows:  # CE now rises with the early slope: rho = +1, against the configured negative sign
+        r["best_val_ce"] = 2.0 - r["best_val_ce"]
+    stats = study_statistics(run_table(rows, runs), study=STUDY)
+    lit = stats.h2.h2_literal
+    assert STUDY["h2_sign"] == "negative"
+    assert lit.spearman_rho == pytest.approx(1.0) and lit.spearman_p < STUDY["h2_max_p"]
+    assert lit.verdict == "not supported"
+    assert "sign negative" in lit.rule
+    either = study_statistics(run_table(rows, runs), study={**STUDY, "h2_sign": "either"})
+    assert either.h2.h2_literal.verdict == "supported"
+
+
 def _with_a_diverged_run(nan_from_epoch: int):
     """``_complete()`` and a 13th run (cell A, LR 0.05, seed 2) fitted by fit_run from a power-law
     curve (α = 0.8, 48 steps/epoch) whose loss is NaN from epoch ``nan_from_epoch`` on."""

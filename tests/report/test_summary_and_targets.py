@@ -207,7 +207,7 @@ def test_the_literal_rule_names_its_thresholds_when_the_clustered_h2_cannot_be_c
     stats = study_statistics(table, study=STUDY, early_window=[5, 15], study_name="syn")
     assert not stats.h2.main.computable and stats.h2.main.error and stats.h2.h2_literal.computable
     md = render_summary(table, stats, FIGS, partial=True)
-    rule = f"|Spearman ρ| ≥ {STUDY['h2_min_abs_rho']:g} with p < {STUDY['h2_max_p']:g}"
+    rule = f"|Spearman ρ| ≥ {STUDY['h2_min_abs_rho']:g}, {STUDY['h2_sign']} with p < {STUDY['h2_max_p']:g}"
     assert rule in md and "n/a with" not in md
 
 

@@ -238,8 +238,9 @@ def _h2(table: pd.DataFrame, study: Mapping[str, Any], x: str, *, worst_rank: bo
 
 
 def _h2_literal(table: pd.DataFrame, study: Mapping[str, Any], x: str) -> H2Literal | NotComputable:
-    """The protocol's literal H2 rule: |Spearman ρ| >= threshold and p < max p over runs
-    treated as independent (what the cluster-aware verdict replaces)."""
+    """The protocol's literal H2 rule: |Spearman ρ| >= threshold, of the configured sign (``h2_sign``: a
+    correlation of the other sign never supports H2), and p < max p, over runs treated as independent
+    (what the cluster-aware verdict replaces)."""
     ok = table[table["status"] == "ok"]
     if x not in ok.columns or "best_val_ce" not in ok.columns:
         return _not_computable(f"no usable run has {x} and best_val_ce")
@@ -250,13 +251,15 @@ def _h2_literal(table: pd.DataFrame, study: Mapping[str, Any], x: str) -> H2Lite
         return _not_computable(f"fewer than 4 usable runs with {x} and best_val_ce")
     r = sps.spearmanr(xv[keep], yv[keep])
     rho, p = float(r.statistic), float(r.pvalue)
-    ok_rule = abs(rho) >= float(study["h2_min_abs_rho"]) and p < float(study["h2_max_p"])
+    sign = str(study.get("h2_sign", "either"))
+    sign_ok = sign == "either" or (rho < 0 if sign == "negative" else rho > 0)
+    ok_rule = sign_ok and abs(rho) >= float(study["h2_min_abs_rho"]) and p < float(study["h2_max_p"])
     return H2Literal(
         verdict="supported" if ok_rule else "not supported",
         spearman_rho=rho,
         spearman_p=p,
         n=int(keep.sum()),
-        rule="|rho| >= h2_min_abs_rho and p < h2_max_p, runs as independent",
+        rule=f"|rho| >= h2_min_abs_rho, sign {sign} (h2_sign), and p < h2_max_p, runs as independent",
     )
 
 

@@ -119,6 +119,11 @@ def _h1_section(stats: StudyStats, table: pd.DataFrame, figs) -> list[str]:
     return out
 
 
+def _sign_clause(sign: str) -> str:
+    """The configured direction of H2, as words after the |ρ| threshold ("" for either)."""
+    return {"negative": ", negative", "positive": ", positive"}.get(str(sign), "")
+
+
 def _corr_cell(c: Correlation | None) -> str:
     if not c or c.spearman_rho is None:
         return "n/a"
@@ -209,8 +214,8 @@ def _h2_section(stats: StudyStats, figs) -> list[str]:
     if lit.computable:
         out += [
             f"**The protocol's literal rule** "
-            f"(|Spearman ρ| ≥ {stats.settings.study.h2_min_abs_rho:g} with "
-            f"p < {stats.settings.study.h2_max_p:g}, the {lit.n} runs treated as independent): "
+            f"(|Spearman ρ| ≥ {stats.settings.study.h2_min_abs_rho:g}{_sign_clause(stats.settings.study.h2_sign)} "
+            f"with p < {stats.settings.study.h2_max_p:g}, the {lit.n} runs treated as independent): "
             f"ρ = {_f(lit.spearman_rho)}, p = {fmt_p(lit.spearman_p)} — {lit.verdict}. Runs of one cell "
             "share their configuration and seeds are shared across cells, so this p-value overstates the evidence.",
             "",
