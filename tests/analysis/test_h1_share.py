@@ -165,3 +165,18 @@ def test_two_way_clustering_on_request():
     assert two.overall.design_effect >= one.overall.design_effect
     assert (two.overall.k, two.overall.n) == (one.overall.k, one.overall.n)
     assert "seeds" in two.to_dict()["method"] and "seeds" not in one.to_dict()["method"]
+
+
+def test_a_seed_effect_across_cells_widens_the_interval_to_the_seeds_degrees_of_freedom():
+    # a bad seed fails runs in every cell: the two-way variance is the larger, and it rests on 6 seeds
+    from loss_slope.analysis.stats import _wilson
+
+    succ = np.ones((36, 6), dtype=object)
+    succ[:, 0] = False  # seed 0 fails everywhere
+    succ[:6, 1] = False
+    r = h1_statistics(_table(succ), seed_column="seed").overall
+    cells_only = h1_statistics(_table(succ)).overall
+    assert r.design_effect > cells_only.design_effect
+    q = sps.t.ppf(0.975, 5)  # min(36 cells, 6 seeds) - 1
+    assert r.ci == pytest.approx(_wilson(r.share, r.n_effective, q))
+    assert "min(n_cells, n_seeds) - 1" in h1_statistics(_table(succ), seed_column="seed").to_dict()["method"]
