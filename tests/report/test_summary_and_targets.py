@@ -41,6 +41,7 @@ def test_summary_answers_h1_and_h2_in_sentences_with_numbers(partial_summary):
     assert "within cells" in md and "Slope or level?" in md and "Leave-one-cell-out" in md
     assert "α_full" in md and "diverged runs with an α_early, at the worst CE rank" in md
     assert "Runs excluded per cell" in md
+    assert "partial, given additive variant, LR and WD effects" in md and "removes only additive effects" in md
 
 
 def test_summary_names_every_variant_without_a_per_variant_estimate(partial_summary):

@@ -180,9 +180,18 @@ def _h2_section(stats: StudyStats, figs) -> list[str]:
                         _corr_cell(h2.within_cell),
                         _p(h2.within_cell),
                     ],
-                    ["partial, given variant, LR and WD", _n(h2.partial), _corr_cell(h2.partial), _p(h2.partial)],
+                    [
+                        "partial, given additive variant, LR and WD effects",
+                        _n(h2.partial),
+                        _corr_cell(h2.partial),
+                        _p(h2.partial),
+                    ],
                 ],
             ),
+            "",
+            "The within-cell row answers whether the relation holds inside a cell. The partial row removes "
+            "only additive effects of the grid's factors: an interaction between them (LR × WD) stays in it, "
+            "so it can show a relation between cells.",
             "",
         ]
         out += _skipped_cells_lines(h2)
