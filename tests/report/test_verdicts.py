@@ -114,6 +114,7 @@ def test_figure_titles_use_the_configured_confidence_not_95():
         (0.70, 0.8996, "not supported", "70 %–89.96 %"),
         (0.9, 0.97, "supported", "90 %–97 %"),
         (0.9004, 0.97, "supported", "90 %–97 %"),
+        (0.8999996, 0.97, "inconclusive", "89.999 %–97 %"),  # within 5e-7: rounded down, still below 90 %
     ],
 )
 def test_a_share_interval_is_printed_on_its_side_of_the_target(lo, hi, verdict, shown):

@@ -34,7 +34,7 @@ def fmt_pct(x, *, targets=()) -> str:
     With ``targets`` (shares, or anything whose items ``float()`` reads as shares, such as a
     verdict mapping's keys), as many decimals (up to 3) as keep ``x`` on its side of every
     target (``x >= t`` as printed exactly when ``x >= t``): an interval bound of 0.8996 next to
-    a 90 % target prints as ``89.96 %``, not as ``90 %``.
+    a 90 % target prints as ``89.96 %``, not as ``90 %``, and one of 0.8999996 as ``89.999 %``.
     """
     if x is None or not math.isfinite(x):
         return "n/a"
@@ -42,6 +42,8 @@ def fmt_pct(x, *, targets=()) -> str:
         shown = round(100 * x, decimals)
         if all((shown >= 100 * float(t)) == (x >= float(t)) for t in targets):
             break
+    else:  # within 5e-7 below a target: rounded down, so that it still prints below it
+        shown = math.floor(100_000 * x) / 1000
     return f"{shown:.{decimals}f} %"
 
 
