@@ -127,6 +127,22 @@ def test_a_diverged_run_resumed_after_sigterm_stops_where_an_uninterrupted_one_d
     pd.testing.assert_frame_equal(a, b)
 
 
+def test_a_trainer_that_cannot_be_built_ends_its_attempt_failed_with_the_error(tmp_path):
+    # the monitor settings are checked when the callbacks are built, after the attempt has started
+    from loss_slope.train.attempts import read_attempts, summarize_attempts
+
+    run = tmp_path / "run"
+    out = run_cmd(
+        [PYTHON, "-m", "loss_slope.train", *TINY, "trainer.monitors.hutch_matvecs=3", f"run_dir={run}"],
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode != 0
+    (attempt,) = summarize_attempts(read_attempts(run / "attempts.jsonl"))
+    assert attempt["status"] == "failed"  # not "killed": the process ended on an error it could record
+    assert "hutch_matvecs" in attempt["error"]
+
+
 def test_time_budget_stops_cleanly_with_exit_3(tmp_path):
     run = tmp_path / "run"
     proc = run_cmd(

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from omegaconf import OmegaConf
 
+from loss_slope.train.attempts import end_attempt
 from loss_slope.train.device import NoGPUError, resolve_accelerator
 from loss_slope.train.exit_codes import EXIT_LOCKED, EXIT_NO_GPU
 from loss_slope.train.fingerprint import config_fingerprint
@@ -83,6 +84,16 @@ def _train(cfg, *, use_cuda: bool) -> int:
     from loss_slope.train import steps
 
     run = steps.prepare_run(cfg, paths, fingerprint, use_cuda=use_cuda)
-    parts = steps.build_trainer(cfg, run)
+    try:
+        parts = steps.build_trainer(cfg, run)
+    except BaseException as exc:  # the attempt has started: it ends failed, not "killed" without a record
+        end_attempt(
+            run.paths.attempts,
+            attempt=run.attempt,
+            end_step=run.start,
+            status="failed",
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        raise
     ending = steps.train(run, parts)
     return steps.finish(cfg, run, parts, ending)
