@@ -68,3 +68,40 @@ def test_measure_levels_keeps_a_given_context_over_the_first_levels():
     levels, first = measure_levels([], [2, 3], steps=1, warmup=1, timeout=1, level=level, context_mb=CONTEXT)
     assert seen == [(2, CONTEXT), (3, CONTEXT)] and len(first) == 2
     assert [lv.peak_mem_mb for lv in levels] == [[RESERVED + CONTEXT] * 2, [RESERVED + CONTEXT] * 3]
+
+
+def _cpu_worker():
+    return {"device": "cpu", "oom": False, "samples_per_s": 100.0, "seconds": 1.0, "step_ms": 5.0, "peak_mem_mb": 100.0}
+
+
+def test_a_probe_whose_single_run_fails_is_an_error_not_n_equal_1():
+    # a broken override (or node) makes the k = 1 worker exit 1: the probe job fails, naming the error,
+    # instead of planning every run of the variant one per GPU for good
+    import pytest
+
+    from loss_slope.probe.capacity import ProbeFailed
+
+    def level(overrides, k, **kw):
+        return level_from_workers(k, [], ["worker 0 exited 1: full_key: model.base_width"], []), []
+
+    with pytest.raises(ProbeFailed, match="k = 1.*full_key: model.base_width"):
+        probe_capacity(["trainer.accelerator=cpu"], variant="V", k_max=2, steps=5, level=level)
+
+
+def test_a_single_run_out_of_memory_still_gives_n_equal_1():
+    # out of memory alone: the run trains with smaller micro-batches, one per GPU
+    def level(overrides, k, **kw):
+        return level_from_workers(k, [], ["worker 0 exited 1: torch.OutOfMemoryError: CUDA out of memory"], []), []
+
+    res = probe_capacity(["trainer.accelerator=cpu"], variant="V", k_max=2, steps=5, level=level)
+    assert res["runs_per_gpu"] == 1 and "no level ran cleanly" in res["reason"]
+
+
+def test_a_failed_second_level_still_chooses_from_the_first():
+    def level(overrides, k, **kw):
+        if k == 1:
+            return level_from_workers(1, [_cpu_worker()], [], []), [_cpu_worker()]
+        return level_from_workers(k, [_cpu_worker()], ["worker 1 exited -9: "], []), [_cpu_worker()]
+
+    res = probe_capacity(["trainer.accelerator=cpu"], variant="V", k_max=2, steps=5, level=level)
+    assert res["runs_per_gpu"] == 1

@@ -140,6 +140,8 @@ def run_level(
                 errors.append(
                     f"worker {i} exited {p.returncode}: {text.strip().splitlines()[-1] if text.strip() else ''}"
                 )
+                tail = "\n".join(text.strip().splitlines()[-30:])
+                print(f"--- probe worker {i} of k = {k} exited {p.returncode}; its log ends:\n{tail}", file=sys.stderr)
     return level_from_workers(k, workers, errors, utils, context_mb=context_mb), workers
 
 
@@ -166,6 +168,12 @@ def level_from_workers(
         host_rss_mb=[w["peak_rss_mb"] for w in workers if w.get("peak_rss_mb")],
         loop=[w["loop"] for w in ok if w.get("loop")],
     )
+
+
+class ProbeFailed(RuntimeError):
+    """One run alone (k = 1) did not run, for a reason other than running out of memory: a
+    broken config or a broken node. N is not guessed from that: the probe job fails, naming the
+    worker's error, and no pack is planned for the variant until it is fixed."""
 
 
 def _footprint(worker: dict, context_mb: float | None) -> float:
@@ -318,6 +326,12 @@ def probe_capacity(
     if measured is None:
         measured = measure_levels(overrides, range(1, k_max + 1), **kw)
     levels, first_workers = measured
+    alone = levels[0] if levels else None
+    if alone is not None and alone.k == 1 and alone.errors and not alone.oom:
+        raise ProbeFailed(
+            f"probe of {variant}: one run alone (k = 1) did not run: {'; '.join(alone.errors)}. "
+            "Not an out-of-memory error, so N is not guessed: fix the cause (the worker's log is above) and rerun"
+        )
     w0 = first_workers[0] if first_workers else {}
     total = w0.get("gpu_total_mb")
     n, reason = choose_runs_per_gpu(levels, total_mem_mb=total, **choose)
