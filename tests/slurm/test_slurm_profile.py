@@ -155,6 +155,24 @@ def test_environment_overrides(tmp_path: Path):
     assert "gpu_model" not in res["summarize"] and "qos" not in res["summarize"]
 
 
+def test_a_runtime_override_within_the_time_margin_is_refused_at_planning(tmp_path: Path):
+    # packing.time_margin_minutes is 10 in the study config: 8 minutes would leave no training time
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOSS_SLOPE_SLURM_")}
+    env.update({"WORKERS_PER_GPU": "3", "LOSS_SLOPE_SLURM_RUNTIME": "8"})
+    args = ["-s", REPO / "Snakefile", "--configfile", REPO / "config" / "study.yaml"]
+    r = run(
+        [_snakemake(), "--profile", PROFILE, "-n", "--directory", tmp_path, *args], timeout=300, env=env, cwd=tmp_path
+    )
+    assert r.returncode != 0
+    assert "train_pack runtime 8 min leaves less than a minute of training" in r.stdout
+    env["LOSS_SLOPE_SLURM_RUNTIME"] = "30"
+    r = run(
+        [_snakemake(), "--profile", PROFILE, "-n", "--directory", tmp_path, *args], timeout=300, env=env, cwd=tmp_path
+    )
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert "trainer.max_time_s=1200" in r.stdout
+
+
 def test_simulated_study_asks_for_no_gpu(tmp_path: Path):
     # config/simulated.yaml on a CPU partition: packs of 6 simulated runs, no GPU, small memory
     res = dry_run(

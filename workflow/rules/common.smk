@@ -386,8 +386,7 @@ def pack_runtime(wildcards):
 
 def pack_time_budget(wildcards, resources):
     """Seconds a pack's trainings may run before stopping cleanly (runtime minus the margin)."""
-    seconds = int((resources.runtime - PACKING["time_margin_minutes"]) * 60)
-    return max(seconds, 60)
+    return res.pack_time_budget_s(resources.runtime, PACKING["time_margin_minutes"])
 
 
 def pack_gpu_args(wildcards):

@@ -104,6 +104,20 @@ def pack_runtime_minutes(
     return int(min(math.ceil(cap_min), max(math.ceil(need), math.ceil(margin_min + STARTUP_MINUTES + 1))))
 
 
+def pack_time_budget_s(runtime_min: float, margin_min: float) -> int:
+    """Seconds a pack's trainings may run before stopping cleanly: its runtime less the margin.
+
+    A runtime set from outside (``LOSS_SLOPE_SLURM_RUNTIME``, ``--set-resources``) that leaves less
+    than a minute is refused: every attempt would stop at once, unfinished, and use up the retries."""
+    if runtime_min - margin_min < 1:
+        raise ValueError(
+            f"train_pack runtime {runtime_min:g} min leaves less than a minute of training after "
+            f"packing.time_margin_minutes ({margin_min:g} min); raise the runtime (LOSS_SLOPE_SLURM_RUNTIME "
+            "or --set-resources) or lower the margin"
+        )
+    return int((runtime_min - margin_min) * 60)
+
+
 def steps_done(run_dir: str | Path) -> int:
     """Optimizer steps a run has done (from its work tree; 0 when it has none). Cheap: two small files."""
     run_dir = Path(run_dir)
