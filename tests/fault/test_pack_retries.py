@@ -49,6 +49,18 @@ def _launch(tmp_path, spec, attempt, *extra, **options):
     )
 
 
+def _launch_keeping_signal_handlers(tmp_path, spec, attempt, *extra, **options):
+    """``_launch`` in this process, whose SIGTERM/SIGINT handlers the launcher replaces: put back after."""
+    import signal
+
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        return _launch(tmp_path, spec, attempt, *extra, **options)
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
+
+
 def test_time_budget_stop_is_not_an_error(tmp_path):
     spec = _spec(tmp_path, {"r0": BASE + ["trainer.epochs=30"]})
     steps = tmp_path / "work" / "V" / "r0" / "tables" / "steps.csv"
@@ -97,13 +109,10 @@ def test_a_run_waiting_for_another_trainers_lock_is_not_lost_on_sigterm(tmp_path
             time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGTERM)  # b may still be exiting: killed after done.json, it is complete
 
-    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     threading.Thread(target=scancel_when_b_is_done, daemon=True).start()
     try:
-        code = _launch(tmp_path, spec, 1, lock_poll_s=600)
+        code = _launch_keeping_signal_handlers(tmp_path, spec, 1, lock_poll_s=600)
     finally:
-        signal.signal(signal.SIGTERM, previous[0])
-        signal.signal(signal.SIGINT, previous[1])
         holder.release()
     assert done_b.exists()
     assert code == 3  # unfinished: Snakemake resubmits, a trains then
@@ -130,13 +139,8 @@ def test_sigterm_while_a_run_starts_up_is_a_stop_not_an_error(tmp_path):
         time.sleep(0.2)
         os.kill(os.getpid(), signal.SIGTERM)
 
-    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     threading.Thread(target=scancel_when_started, daemon=True).start()
-    try:
-        code = _launch(tmp_path, spec, 1)
-    finally:
-        signal.signal(signal.SIGTERM, previous[0])
-        signal.signal(signal.SIGINT, previous[1])
+    code = _launch_keeping_signal_handlers(tmp_path, spec, 1)
     assert code == 3
     assert read_errors(tmp_path / "work" / "V" / "r0") == []
     records = [json.loads(x) for x in (tmp_path / "work" / "V" / "r0" / "launcher.jsonl").read_text().splitlines()]
@@ -171,13 +175,10 @@ def test_a_run_found_locked_after_a_sigterm_is_not_started_again(tmp_path, monke
     monkeypatch.setattr(pack_module.subprocess, "Popen", ScancelOnLockedExit)
     spec = _spec(tmp_path, {"a": BASE})
     holder = acquire(tmp_path / "work" / "V" / "a", heartbeat_s=0)
-    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     try:
         # with a 90 s budget the pack would retry a held lock for about 30 s (poll every 1 s)
-        code = _launch(tmp_path, spec, 1, "trainer.max_time_s=90", lock_poll_s=1)
+        code = _launch_keeping_signal_handlers(tmp_path, spec, 1, "trainer.max_time_s=90", lock_poll_s=1)
     finally:
-        signal.signal(signal.SIGTERM, previous[0])
-        signal.signal(signal.SIGINT, previous[1])
         holder.release()
     assert ScancelOnLockedExit.signalled
     assert code == 3  # unfinished: Snakemake resubmits
@@ -211,12 +212,9 @@ def test_a_run_restarted_after_its_lock_wait_as_scancel_arrives_is_stopped_too(t
 
     monkeypatch.setattr(pack_module.subprocess, "Popen", ScancelOnRestart)
     spec = _spec(tmp_path, {"a": BASE + ["trainer.epochs=30"]})
-    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     try:
-        code = _launch(tmp_path, spec, 1, lock_poll_s=0.5)
+        code = _launch_keeping_signal_handlers(tmp_path, spec, 1, lock_poll_s=0.5)
     finally:
-        signal.signal(signal.SIGTERM, previous[0])
-        signal.signal(signal.SIGINT, previous[1])
         holder.release()
     assert len(starts) == 2
     assert code == 3  # unfinished: Snakemake resubmits
