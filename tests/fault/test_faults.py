@@ -107,8 +107,8 @@ def test_sigterm_after_a_stop_checkpoint_keeps_that_checkpoint_and_the_rerun_fin
 
 def test_a_diverged_run_resumed_after_sigterm_stops_where_an_uninterrupted_one_does(tmp_path):
     """The guard judges the loss at flushes, and a resumed attempt used to count its flushes from its
-    own start: the same run stopped at another step (21 uninterrupted, 23 resumed). The stop step is
-    now the regular flush that holds the first diverging step, and the tables are the same."""
+    own start: the same run stopped at another step (21 uninterrupted, 23 resumed). The flushes now
+    follow the run's schedule (every flush_every steps after a validation), and the tables are the same."""
     # seed 3: the loss is above 0.63 x its first 20 steps' mean at step 20, so the run diverges there
     diverging = [
         "seed=3",
@@ -122,7 +122,7 @@ def test_a_diverged_run_resumed_after_sigterm_stops_where_an_uninterrupted_one_d
     run_cmd(cmd, timeout=300)
     want, got = (json.loads((d / "done.json").read_text()) for d in (ref, run))
     assert want["status"] == got["status"] == "diverged"
-    assert (got["diverged_at_step"], got["steps_done"]) == (want["diverged_at_step"], want["steps_done"]) == (20, 25)
+    assert (got["diverged_at_step"], got["steps_done"]) == (want["diverged_at_step"], want["steps_done"]) == (20, 21)
     a, b = (pd.read_csv(d / "tables" / "steps.csv").drop(columns="time") for d in (ref, run))
     pd.testing.assert_frame_equal(a, b)
 

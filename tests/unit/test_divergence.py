@@ -50,8 +50,21 @@ def test_the_recorders_verdict_survives_a_resume(tmp_path):
     assert older.diverged is None
 
 
-def test_the_stop_step_is_the_regular_flush_that_holds_the_divergence():
-    from loss_slope.train.divergence import stop_step
+def test_the_flush_schedule_is_a_function_of_the_step():
+    from loss_slope.train.flush_cadence import last_validation_step, regular_flush
 
-    assert [stop_step(d, 5) for d in (0, 4, 5, 20, 24, 25)] == [5, 5, 10, 25, 25, 30]
-    assert stop_step(112, 110) == 220
+    demo = dict(steps_per_epoch=44, val_interval=11)
+    assert [last_validation_step(n, **demo) for n in (0, 10, 11, 43, 44, 45, 55)] == [0, 0, 11, 33, 44, 44, 55]
+    study = dict(steps_per_epoch=391, val_interval=97)  # validations at 97, 194, 291, 388 of each epoch
+    assert [last_validation_step(n, **study) for n in (96, 97, 388, 391, 392, 485, 488)] == [
+        0,
+        97,
+        388,
+        388,
+        388,
+        388,
+        488,
+    ]
+    # flush_every 5 after each validation at 11, 22, ...: 5, 10, 16, 21, 27, ...; never at a validation itself
+    due = [n for n in range(1, 30) if regular_flush(n, last_validation_step(n, **demo), 5)]
+    assert due == [5, 10, 16, 21, 27]

@@ -8,8 +8,8 @@ It writes a run's work tree exactly as a Lightning run does (``train/run.py``)::
     {run_dir}/attempts.jsonl, run_info.json (with ``outcome``), done.json
     {run_dir}/truth.json                       what the curves were generated from
 
-with the same exactly-once rules: step rows are appended in blocks ending at multiples of
-``trainer.flush_every_steps``, a diverged run stops where a real one does, the tables are
+with the same exactly-once rules: step rows are appended at each validation and every
+``trainer.flush_every_steps`` steps after one (``train.flush_cadence``), the tables are
 flushed (and fsync'ed, with ``fsync: true``) before every checkpoint, and a rerun
 truncates them to the checkpoint's step (``tables.schema.KEEP_ON_RESUME``) and continues. The curves are a pure
 function of (``data.simulation``, variant, lr, weight decay, seed), so the
@@ -47,9 +47,10 @@ from loss_slope.train.attempts import (
     start_attempt,
     summarize_attempts,
 )
-from loss_slope.train.divergence import DivergenceGuard, stop_step
+from loss_slope.train.divergence import DivergenceGuard
 from loss_slope.train.exit_codes import EXIT_OK, EXIT_UNFINISHED
 from loss_slope.train.fingerprint import config_fingerprint
+from loss_slope.train.flush_cadence import regular_flush
 from loss_slope.train.run import holding_run_lock
 from loss_slope.train.schedule import schedule_from_config
 from loss_slope.train.work_tree import (
@@ -368,9 +369,13 @@ def _simulate(cfg) -> int:
             time.sleep(pace)
 
     done_steps = start
+    last_val = max((v for v in val_at if v <= start), default=0)
     for step in range(start, total):
         done_steps = step + 1
-        if done_steps % flush_every == 0:  # at absolute steps, as the recorder of a real run
+        if done_steps in val_at:
+            last_val = done_steps  # its validation flushes (below)
+        # on the run's schedule, as the recorder of a real run: every flush_every steps after a validation
+        if regular_flush(done_steps, last_val, flush_every):
             flush(done_steps)
         # events after `done_steps` optimizer steps, in the Lightning order: monitors, validation, checkpoints
         if curv_every and done_steps % curv_every == 0:
@@ -427,7 +432,7 @@ def _simulate(cfg) -> int:
             )
             save_best(done_steps, v)
             save_latest(done_steps)
-        if diverged is not None and done_steps >= stop_step(diverged[0], flush_every):
+        if diverged is not None:
             flush(done_steps)
             break
         interrupted = stop.signal is not None

@@ -25,7 +25,8 @@ While training (:class:`DivergenceGuard`) the losses arrive a few at a time, so
 the initial loss is the mean of the first ``reference_steps`` losses and only
 rules 1 and 2 apply; it is checked on the host copies the recorder already makes
 every K steps, so it costs no extra synchronisation, and a diverged run stops
-after the regular flush that holds its first diverging step (:func:`stop_step`).
+at the first flush after it (:mod:`loss_slope.train.flush_cadence`: the same step
+in a resumed run).
 After training, the fit stage applies :func:`check_divergence` to the whole curve.
 """
 
@@ -41,7 +42,6 @@ __all__ = [
     "explodes",
     "non_finite_reason",
     "explode_reason",
-    "stop_step",
 ]
 
 
@@ -118,15 +118,6 @@ def check_divergence(
             f"its initial {head:.4g}: the run did not learn",
         )
     return Divergence(False, None, None)
-
-
-def stop_step(diverged_step: int, flush_every: int) -> int:
-    """Steps done when a run that diverged at ``diverged_step`` stops: those of the regular flush
-    (after ``flush_every``, ``2 flush_every``, ... steps from the run's start) that holds that step.
-
-    The guard may see the divergence earlier (a validation or a checkpoint flushes too, at times that
-    differ between an uninterrupted and a resumed run); the stop step does not."""
-    return (int(diverged_step) // int(flush_every) + 1) * int(flush_every)
 
 
 @dataclass

@@ -3,12 +3,11 @@
 Lightning's ``self.log`` costs ~40 % of a small model's step and its
 CSVLogger loses rows on resume, so this callback keeps the per-step values as
 device tensors (no ``.item()``, no host sync per step), moves them to the
-host every ``flush_every`` steps (after steps ``flush_every``, ``2 flush_every``, ...
-done, counted from the run's start, not the attempt's), and appends them to CSV.
+host at each validation and every ``flush_every`` steps between two (on the run's
+schedule, :mod:`loss_slope.train.flush_cadence`, so a resumed attempt flushes, and
+a diverged run stops, where an uninterrupted one does), and appends them to CSV.
 It also flushes and fsyncs inside ``on_save_checkpoint``, so a checkpoint after
-``s`` steps always finds rows ``0..s-1`` on disk. A diverged run stops after the
-regular flush that holds its first diverging step (:func:`~loss_slope.train.divergence.stop_step`),
-so a resumed run stops where an uninterrupted one does.
+``s`` steps always finds rows ``0..s-1`` on disk.
 """
 
 from __future__ import annotations
@@ -22,7 +21,8 @@ from pytorch_lightning import Callback
 
 from loss_slope.tables.csvlog import CsvTable
 from loss_slope.tables.schema import LN2
-from loss_slope.train.divergence import DivergenceGuard, stop_step
+from loss_slope.train.divergence import DivergenceGuard
+from loss_slope.train.flush_cadence import last_validation_step, regular_flush
 
 log = logging.getLogger("loss_slope.train")
 
@@ -76,14 +76,11 @@ class MetricRecorder(Callback):
         self._loss.append(outputs["loss"].detach())
         self._correct.append(outputs["correct"])
         self._count.append(int(batch[1].shape[0]))
-        # at absolute steps: a resumed run flushes where an uninterrupted one does
-        if (step + 1) % self.flush_every == 0:
+        # on the run's schedule, not the attempt's: a resumed run flushes where an uninterrupted one does
+        last_val = last_validation_step(step + 1, steps_per_epoch=self.spe, val_interval=self.val_interval)
+        if regular_flush(step + 1, last_val, self.flush_every):
             self.flush()
-        if (
-            self.diverged is not None
-            and not trainer.should_stop
-            and step + 1 >= stop_step(self.diverged[0], self.flush_every)
-        ):
+        if self.diverged is not None and not trainer.should_stop:
             log.warning("diverged: %s; stopping this run", self.diverged[1])
             trainer.should_stop = True
 
