@@ -35,14 +35,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = [
-    "Divergence",
-    "DivergenceGuard",
-    "check_divergence",
-    "explodes",
-    "non_finite_reason",
-    "explode_reason",
-]
+__all__ = ["Divergence", "DivergenceGuard", "check_divergence", "explodes", "non_finite_reason", "explode_reason"]
 
 
 def explodes(loss: float, initial: float, explode_factor: float | None) -> bool:

@@ -241,6 +241,11 @@ def _create(path: Path, record: dict) -> bool:
     return True
 
 
+def _mutex_path(path: Path) -> Path:
+    """The takeover mutex of the lock file ``path``."""
+    return path.with_name(path.name + ".takeover")
+
+
 def _take_mutex(mutex: Path, record: dict) -> bool:
     """Create the takeover mutex, removing one left by a contender killed while holding it."""
     if _create(mutex, record):
@@ -265,7 +270,7 @@ def _move_stale_aside(path: Path, holder: dict, record: dict, why: str) -> bool 
     created after the judgement is never moved for good: a lock found at ``path`` with another
     token is left in place, and one re-created between that check and the rename (its holder
     released it and a new trainer took it) is linked back at once."""
-    mutex = path.with_name(path.name + ".takeover")
+    mutex = _mutex_path(path)
     if not _take_mutex(mutex, record):
         return None
     try:
@@ -343,7 +348,6 @@ def acquire(
         if moved is not None:
             continue  # removed, or changed since judged: try again at once
         if time.monotonic() > give_up:
-            mutex = path.with_name(path.name + ".takeover")
-            taker = read_holder(mutex)
-            raise RunLocked(mutex, taker) if taker else RunLocked(path, read_holder(path) or {})
+            taker = read_holder(_mutex_path(path))
+            raise RunLocked(_mutex_path(path), taker) if taker else RunLocked(path, read_holder(path) or {})
         time.sleep(0.1)  # an unreadable fresh lock, or another contender's takeover under way

@@ -341,7 +341,7 @@ def _train_members(
         # only a flag and signals: the main loop may be iterating `waiting` or `procs` right now
         nonlocal stopping
         stopping = True
-        for p, _, _ in list(procs.values()):
+        for p, _, _ in procs.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)  # a run checkpoints on SIGTERM at the end of its step
 
@@ -360,7 +360,7 @@ def _train_members(
                 results[run] = {"exit_code": EXIT_LOCKED, "status": "locked", "log": str(run_log(run))}
             waiting.clear()
             pending.clear()  # never started: unfinished (below), the next attempt trains them
-        for run in [r for r, (p, _, _) in list(procs.items()) if p.poll() is not None]:
+        for run in [r for r, (p, _, _) in procs.items() if p.poll() is not None]:
             p, log, offset = procs.pop(run)
             log.close()
             code = p.returncode
@@ -407,7 +407,7 @@ def _train_members(
                 f"{'; given up: ' + res['given_up'] if 'given_up' in res else ''}",
                 flush=True,
             )
-        for run in [r for r, when in list(waiting.items()) if when <= time.time()]:
+        for run in [r for r, when in waiting.items() if when <= time.time()]:
             if stopping:
                 break
             del waiting[run]
