@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from _util import REPO, run_cmd, snakemake_bin
+from loss_slope.pipeline.paths import PROBE_JSON, PROBE_MD, PROBE_PNG, RUNS_PER_GPU
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +35,9 @@ CFG = {
 
 
 def _jobs(text):
-    return re.findall(r"^rule (\w+):\n(?:    .*\n)*?    wildcards: (.*)$", text, flags=re.M)
+    """(rule, wildcards) of each job a Snakemake log lists (a dry-run says rule or checkpoint, a local
+    run localrule or localcheckpoint)."""
+    return re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):\n(?:    .*\n)*?    wildcards: (.*)$", text, flags=re.M)
 
 
 def test_editing_a_finished_study_plans_only_what_changed(tmp_path):
@@ -54,6 +57,21 @@ def test_editing_a_finished_study_plans_only_what_changed(tmp_path):
     # nothing changed: nothing to do
     out = run_cmd([*cmd, "-n"], timeout=300, env=env)
     assert not _jobs(out.stdout), out.stdout
+
+    # a seed removed after its run finished: its pack (shared with seed 0) is neither re-planned
+    # nor resubmitted, and no job of the run left in it reruns; only the study's tables and report
+    config["grid"]["seed"] = [0]
+    cfg.write_text(yaml.safe_dump(config))
+    out = run_cmd(cmd, timeout=600, env=env)
+    rules = {rule for rule, _ in _jobs(out.stdout + out.stderr)}
+    assert rules and not rules & {"pack_spec", "train_pack", *PER_RUN}, out.stderr
+    # added back: it returns to its pack, finished, so only the study's tables and report again
+    config["grid"]["seed"] = [0, 1]
+    cfg.write_text(yaml.safe_dump(config))
+    out = run_cmd([*cmd, "-n"], timeout=300, env=env)
+    rules = {rule for rule, _ in _jobs(out.stdout)}
+    assert rules and not rules & {"pack_spec", "train_pack", *PER_RUN}, out.stdout
+    run_cmd(cmd, timeout=600, env=env)
 
     # two more seeds for S-core (S-narrow keeps its own grid)
     config["grid"]["seed"] = [0, 1, 2, 3]
@@ -100,6 +118,18 @@ def test_run_control_and_grid_edits_of_a_probed_study_rerun_neither_probe_nor_pa
     run_cmd(cmd, timeout=900, env={"WORKERS_PER_GPU": ""})
     assert (tmp_path / "results/probe/S-narrow.json").exists()
     (old_pack,) = [p.stem for p in (tmp_path / "results/packs/S-narrow").iterdir()]
+    finished = {p: p.stat().st_mtime_ns for p in (tmp_path / "results").rglob("*") if p.is_file()}
+
+    # N measured again (a forced probe; a probe key changed does the same): the probe and the
+    # plan rerun, and nothing of the planned pack or its runs
+    out = run_cmd([*cmd[:-2], "--forcerun", "probe_capacity", *cmd[-2:]], timeout=600, env={"WORKERS_PER_GPU": ""})
+    assert sorted(rule for rule, _ in _jobs(out.stdout + out.stderr)) == ["plan_packs", "probe_capacity"], out.stderr
+    changed = {p.relative_to(tmp_path).as_posix() for p, t in finished.items() if p.stat().st_mtime_ns != t}
+    measured = {f.format(variant="S-narrow") for f in (PROBE_JSON, PROBE_MD, PROBE_PNG, RUNS_PER_GPU)}
+    assert changed and changed <= measured, changed
+    # and a switch to a fixed N plans nothing either (the pack was planned: N decides only new ones)
+    out = run_cmd([*cmd, "-n"], timeout=300, env={"WORKERS_PER_GPU": "3"})
+    assert not _jobs(out.stdout), out.stdout
 
     config["packing"].update(max_error_attempts=5, gpu_mismatch="warn", runtime_minutes=600, host_mem_margin_mb=3000)
     config["grid"]["lr"] = [0.02, 0.05]  # a new LR before the one trained (the first run changes)

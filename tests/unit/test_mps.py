@@ -223,6 +223,25 @@ def test_pack_job_trains_one_at_a_time_on_an_exclusive_gpu_and_starts_its_own_da
     assert ("Exclusive_Process" in capsys.readouterr().err) == (most == 1)
 
 
+@pytest.mark.parametrize("chosen, daemon", [(True, True), (False, False)])
+def test_pack_job_with_auto_follows_the_plan_it_reads_when_it_starts(tmp_path, fake_trainers, chosen, daemon):
+    # the probe's choice is read from runs_per_gpu.json by the job, not copied into the pack's spec:
+    # a probe rerun that changes it reaches the next pack job without re-planning the pack
+    plan = tmp_path / "plan" / "V" / "runs_per_gpu.json"
+    plan.parent.mkdir(parents=True)
+    plan.write_text(json.dumps({"variant": "V", "runs_per_gpu": 3, "source": "probe", "mps": chosen}))
+    run = FakeRun("Default")
+    template = str(tmp_path / "plan" / "{variant}" / "runs_per_gpu.json")
+    assert _launch(tmp_path, mps="auto", mps_runner=run, which=_has_smi, measured_plan=template) == 0
+    assert (["nvidia-cuda-mps-control", "-d"] in [c[0] for c in run.calls]) is daemon
+
+
+def test_pack_job_whose_measured_plan_is_gone_says_so(tmp_path, fake_trainers):
+    with pytest.raises(SystemExit, match="runs_per_gpu.json does not exist.*rerun plan_packs"):
+        _launch(tmp_path, mps="auto", which=_has_smi, measured_plan=str(tmp_path / "{variant}" / "runs_per_gpu.json"))
+    assert fake_trainers.envs == []
+
+
 def _level(k, rate, mem=1000.0):
     from loss_slope.probe.capacity import ProbeLevel
 

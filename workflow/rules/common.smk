@@ -5,7 +5,7 @@ import sys
 import time
 from pathlib import Path
 
-from snakemake.exceptions import WorkflowError
+from snakemake.exceptions import IncompleteCheckpointException, WorkflowError
 from snakemake.utils import min_version
 
 from loss_slope.pipeline.paths import (
@@ -52,8 +52,10 @@ from loss_slope.probe.plan import (
     check_plan,
     extend_packs,
     fixed_runs_per_gpu,
-    read_membership,
+    kept_packs,
+    pack_plan_key,
     read_plan,
+    read_registry,
     run_settings_digest,
 )
 from loss_slope.study.config import SCHEMA_PATH, ConfigError, validate_config
@@ -152,6 +154,10 @@ WORK_ROOT_Q = shlex.quote(str(WORK_ROOT))
 DATA_ROOT_OVERRIDE = " ".join(map(shlex.quote, data_location_overrides(config)))
 MAX_ERRORS = int(PACKING["max_error_attempts"])
 GPU_MISMATCH = PACKING["gpu_mismatch"]
+# what the probe measured (GPU model, MPS chosen), read by the pack job when it starts
+# ('{variant}' is replaced there): not a pack_spec input or a train_pack param, so a
+# probe rerun, or a switch between a fixed and a measured N, resubmits no pack
+MEASURED_ARG = "" if FIXED_N else "--measured " + shlex.quote(RUNS_PER_GPU)
 
 #: the packing keys the probe uses: its params (no other packing key reruns it)
 PROBE_KEYS = (
@@ -234,9 +240,13 @@ def variant_measured(variant):
         return {}
     if workflow.remote_exec or workflow.subprocess_exec:
         # inside a cluster job the checkpoint is not in the DAG: its output exists, read it
-        path = n_file(variant)
-    else:
-        path = checkpoints.plan_packs.get(variant=variant).output.plan
+        return _checked_plan(variant, n_file(variant))
+    return _checked_plan(
+        variant, checkpoints.plan_packs.get(variant=variant).output.plan
+    )
+
+
+def _checked_plan(variant, path):
     stamp = os.stat(path).st_mtime_ns
     if _MEASURED.get(path, (None,))[0] != stamp:
         plan = read_plan(path)
@@ -253,6 +263,25 @@ def variant_measured(variant):
 
 _MEASURED = {}
 _PACKS = {}
+_KEPT = {}
+_REGISTRY = {}
+
+
+def planned_packs(variant):
+    """({pack: [run, ...]}, {run: pack}) of the packs planned before (the registry), less
+    removed runs. Needs no N, so the runs in them never wait for the probe checkpoint: a
+    probe rerun, or a switch between a fixed and a measured N, reruns none of their jobs.
+    """
+    if variant not in _KEPT:
+        packs = kept_packs(
+            registry_membership(variant),
+            [s.run for s in variant_runs(variant)],
+        )
+        _KEPT[variant] = (
+            packs,
+            {r: p for p, members in packs.items() for r in members},
+        )
+    return _KEPT[variant]
 
 
 def variant_packs(variant):
@@ -260,7 +289,7 @@ def variant_packs(variant):
     n = FIXED_N or int(variant_measured(variant)["runs_per_gpu"])
     if (variant, n) not in _PACKS:
         packs = extend_packs(
-            read_membership(registry_path(variant)),
+            registry_membership(variant),
             [s.run for s in variant_runs(variant)],
             n,
         )
@@ -280,8 +309,9 @@ def run_pack(wildcards):
 
 
 def run_pack_output(wildcards):
-    """The output of the pack job that trains this run."""
-    pack = variant_packs(wildcards.variant)[1][wildcards.run]
+    """The output of the pack job that trains this run (a new run's waits for N)."""
+    v = wildcards.variant
+    pack = planned_packs(v)[1].get(wildcards.run) or variant_packs(v)[1][wildcards.run]
     return PACK_DONE.format(variant=wildcards.variant, pack=pack)
 
 
@@ -296,6 +326,9 @@ def run_dir(wildcards):
 
 
 def pack_members(wildcards):
+    planned = planned_packs(wildcards.variant)[0].get(wildcards.pack)
+    if planned:
+        return planned
     try:
         return variant_packs(wildcards.variant)[0][wildcards.pack]
     except KeyError:
@@ -308,19 +341,45 @@ def pack_size(wildcards):
     return len(pack_members(wildcards))
 
 
-def pack_spec_inputs(wildcards):
-    return [] if FIXED_N else {"n": n_file(wildcards.variant)}
-
-
 def pack_settings(wildcards):
-    """The pack's runs and what each trains (short digests): a changed run re-plans its pack."""
+    """The pack's runs and what each trains (short digests): a changed run re-plans its pack,
+    a finished run removed from the config does not (pack_plan_key)."""
     v = wildcards.variant
-    return ",".join(f"{r}:{RUN_DIGEST[(v, r)]}" for r in pack_members(wildcards))
+    members = pack_members(wildcards)
+    planned = _registry(v).get(wildcards.pack, [])
+    return pack_plan_key(
+        planned,
+        members,
+        {r: RUN_DIGEST[(v, r)] for r in members},
+        finished=lambda r: os.path.exists(
+            os.path.join(
+                WORK_RUN.format(work_root=WORK_ROOT, variant=v, run=r), "done.json"
+            )
+        ),
+    )
+
+
+def _registry(variant):
+    """The variant's registry as this invocation found it (packs planned during it are
+    named by their members, so planning them again from it gives the same packs)."""
+    if variant not in _REGISTRY:
+        _REGISTRY[variant] = read_registry(registry_path(variant))
+    return _REGISTRY[variant]
+
+
+def registry_membership(variant):
+    return {p: [m["run"] for m in ms] for p, ms in _registry(variant).items()}
 
 
 def pack_measured(wildcards):
-    """What the probe measured for this variant (empty with a fixed N)."""
-    return variant_measured(wildcards.variant)
+    """What the probe measured for this variant (empty with a fixed N). A pack planned
+    before may be scheduled while the probe reruns: it is then sized from the plan it was
+    planned with (on disk), or from the packing defaults if that is gone."""
+    try:
+        return variant_measured(wildcards.variant)
+    except IncompleteCheckpointException:
+        path = n_file(wildcards.variant)
+        return _checked_plan(wildcards.variant, path) if os.path.exists(path) else {}
 
 
 # ---- the resource contract (loss_slope.study.resources): never depends on --cores
@@ -389,21 +448,18 @@ def pack_time_budget(wildcards, resources):
     return res.pack_time_budget_s(resources.runtime, PACKING["time_margin_minutes"])
 
 
-def pack_gpu_args(wildcards):
-    """The GPU model the probe measured (a pack on another model fails or warns)."""
-    gpu = pack_measured(wildcards).get("gpu_name")
-    return f"--expect-gpu {shlex.quote(gpu)}" if gpu else ""
-
-
 def all_runs(pattern):
     return [pattern.format(variant=v, run=r) for v, r in RUNS]
 
 
 def get_final_output():
-    # per run: validation and fit; then the report (report_targets, report.smk)
+    # per run: validation and fit; then the report (report_targets, report.smk); and the
+    # measured N per variant: the runs of planned packs do not wait for it (planned_packs),
+    # so a probe key change or --forcerun probe_capacity re-measures, and plans only new packs
     per_run = all_runs(VALIDATION_JSON)
     per_run += all_runs(FIT)
-    return per_run + report_targets("report")
+    plans = [] if FIXED_N else [n_file(v) for v in VARIANTS]
+    return per_run + plans + report_targets("report")
 
 
 def data_inputs(wildcards=None):

@@ -69,10 +69,10 @@ else:
 # One pack's spec: its runs and their Hydra overrides (from the config), and
 # the pack recorded in the registry results/plan/{variant}/packs.json. Params
 # are short digests of what each run trains: only a change to one of its own
-# runs re-plans (and so retrains) a pack; the dry-run reason stays short.
+# runs re-plans (and so retrains) a pack; the dry-run reason stays short. No
+# input: N decides which packs exist, not what one trains, so a new N (or a
+# probe rerun) re-plans no existing pack.
 rule pack_spec:
-    input:
-        unpack(pack_spec_inputs),
     output:
         spec=PACK_SPEC,
     log:
@@ -109,11 +109,10 @@ rule train_pack:
     params:
         run_logs=TRAIN_LOG_DIR,
         max_time=pack_time_budget,
-        gpu=pack_gpu_args,
     shell:
         "python -m loss_slope.train.pack --plan {input.spec:q} --pack {wildcards.pack}"
         " --variant {wildcards.variant} --output {output:q} --log-dir {params.run_logs:q}"
-        " --work-root {WORK_ROOT_Q} --max-error-attempts {MAX_ERRORS} {params.gpu}"
+        " --work-root {WORK_ROOT_Q} --max-error-attempts {MAX_ERRORS} {MEASURED_ARG}"
         " --gpu-mismatch {GPU_MISMATCH} --mps {MPS_SETTING}"
         " --attempt {resources.attempt_no} trainer.max_time_s={params.max_time} {DATA_ROOT_OVERRIDE}"
         " > {log:q} 2>&1"

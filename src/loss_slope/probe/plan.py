@@ -11,8 +11,10 @@ Files (``results/plan/{variant}/``):
   step, host memory); the output of ``plan_packs`` (a checkpoint when N is
   measured). It does not depend on the run list, so adding runs never reruns it.
 * ``packs/{pack}.json``: one pack's runs and their Hydra overrides (rule
-  ``pack_spec``), read by the pack's GPU job.
-* ``packs.json``: the registry of every pack planned so far, ``{pack: [run, ...]}``.
+  ``pack_spec``), read by the pack's GPU job. Nothing measured: the pack job reads
+  ``runs_per_gpu.json`` itself when it starts, so a probe rerun changes no spec.
+* ``packs.json``: the registry of every pack planned so far, ``{pack: [{run, settings}, ...]}``
+  (runs removed from the config stay listed: a run added back returns to its pack).
   Not a declared output (Snakemake never deletes it); the Snakefile reads it to
   keep existing packs, ``pack_spec`` adds to it.
 
@@ -77,14 +79,13 @@ def make_packs(runs: list[str], n: int) -> dict[str, list[str]]:
     return extend_packs({}, runs, n)
 
 
-def extend_packs(previous: dict[str, list[str]], runs: list[str], n: int) -> dict[str, list[str]]:
-    """Keep every previous pack (minus runs no longer in ``runs``); the other runs form new packs of ``n``.
+def kept_packs(previous: dict[str, list[str]], runs: list[str]) -> dict[str, list[str]]:
+    """The packs planned before, each minus the runs no longer in ``runs`` (a pack left empty disappears).
 
-    Runs removed from the config leave their pack (a pack left empty disappears);
-    a run added back goes to a new pack.
+    Needs no N: a run planned before stays in its pack whatever N is now, so the
+    workflow can find its pack without waiting for a probe (a probe rerun, or a
+    switch between a fixed and a measured N, then resubmits no planned pack).
     """
-    if n < 1:
-        raise PlanError(f"runs per GPU must be >= 1, got {n}")
     current = set(runs)
     out: dict[str, list[str]] = {}
     placed: set[str] = set()
@@ -93,6 +94,19 @@ def extend_packs(previous: dict[str, list[str]], runs: list[str], n: int) -> dic
         if keep:
             out[name] = keep
             placed.update(keep)
+    return out
+
+
+def extend_packs(previous: dict[str, list[str]], runs: list[str], n: int) -> dict[str, list[str]]:
+    """Keep every previous pack (:func:`kept_packs`); the other runs form new packs of ``n``.
+
+    Runs removed from the config leave their pack (a pack left empty disappears);
+    a run added back returns to its pack (the registry keeps it listed).
+    """
+    if n < 1:
+        raise PlanError(f"runs per GPU must be >= 1, got {n}")
+    out = kept_packs(previous, runs)
+    placed = {r for members in out.values() for r in members}
     new = [r for r in runs if r not in placed]
     for i in range(0, len(new), n):
         chunk = new[i : i + n]
@@ -100,14 +114,43 @@ def extend_packs(previous: dict[str, list[str]], runs: list[str], n: int) -> dic
     return out
 
 
-def read_membership(plan_path) -> dict[str, list[str]]:
-    """The packs planned so far for a variant, ``{pack: [run, ...]}`` (none: ``{}``)."""
+def read_registry(plan_path) -> dict[str, list[dict]]:
+    """The packs planned so far for a variant, ``{pack: [{"run", "settings"}, ...]}`` (none: ``{}``).
+
+    ``settings``: the run's settings digest when its pack was planned (``None`` in a
+    registry written before digests were recorded).
+    """
     try:
         data = json.loads(Path(plan_path).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
-    packs = data.get("packs", {})
-    return {p: [m["run"] if isinstance(m, dict) else m for m in members] for p, members in packs.items()}
+    return {
+        p: [m if isinstance(m, dict) else {"run": m, "settings": None} for m in members]
+        for p, members in data.get("packs", {}).items()
+    }
+
+
+def read_membership(plan_path) -> dict[str, list[str]]:
+    """The packs planned so far for a variant, ``{pack: [run, ...]}`` (none: ``{}``)."""
+    return {p: [m["run"] for m in members] for p, members in read_registry(plan_path).items()}
+
+
+def pack_plan_key(planned: list[dict], members: list[str], settings: dict[str, str], finished) -> str:
+    """What a pack still trains, as one string (the pack's Snakemake params): ``run:digest,...``.
+
+    ``planned``: the pack's registry entries; ``members``: its runs still in the config
+    (``settings``: their digests now). A run removed from the config after it finished
+    (``finished(run)``) keeps its place with the digest it was planned with, so removing a
+    grid value re-plans (and so resubmits) no pack whose runs are done; a removed run not
+    finished drops out, and its pack is re-planned without it.
+    """
+    current = set(members)
+    keep = [
+        f"{m['run']}:{m['settings']}"
+        for m in planned
+        if m["run"] not in current and m.get("settings") and finished(m["run"])
+    ]
+    return ",".join([f"{r}:{settings[r]}" for r in members] + keep)
 
 
 def _locked_update(path: Path, update) -> dict:
@@ -124,9 +167,7 @@ def _locked_update(path: Path, update) -> dict:
     return data
 
 
-def write_pack_spec(
-    spec_path, registry_path, *, variant: str, pack: str, runs: list[dict], measured: dict | None = None
-) -> dict:
+def write_pack_spec(spec_path, registry_path, *, variant: str, pack: str, runs: list[dict]) -> dict:
     """Write one pack's spec (its runs with their overrides) and record the pack in the variant's registry.
 
     ``runs``: dicts with ``run`` and ``overrides``. The registry
@@ -137,12 +178,18 @@ def write_pack_spec(
         {"run": r["run"], "overrides": list(r["overrides"]), "settings": run_settings_digest(r["overrides"])}
         for r in runs
     ]
-    spec = {"variant": variant, "pack": pack, **(measured or {}), "packs": {pack: members}}
+    spec = {"variant": variant, "pack": pack, "packs": {pack: members}}
     write_json(spec, spec_path, indent=2, strict=False)
 
     def register(data):
         data.setdefault("variant", variant)
-        data.setdefault("packs", {})[pack] = [{"run": m["run"], "settings": m["settings"]} for m in members]
+        entries = [{"run": m["run"], "settings": m["settings"]} for m in members]
+        # runs removed from the config stay listed as planned (pack_plan_key keeps the finished ones)
+        trained = {m["run"] for m in members}
+        removed = [
+            m for m in data.setdefault("packs", {}).get(pack, []) if isinstance(m, dict) and m["run"] not in trained
+        ]
+        data["packs"][pack] = entries + removed
         return data
 
     _locked_update(Path(registry_path), register)

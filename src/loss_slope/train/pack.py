@@ -1,7 +1,7 @@
 """Launch the N runs of one pack on one GPU and wait for them.
 
-    python -m loss_slope.train.pack --plan results/plan/V/packs.json --pack pack-0123456789 --variant V \
-        --output results/packs/V/pack-0123456789.json --log-dir logs/train/V --work-root work --attempt 1
+    python -m loss_slope.train.pack --plan results/plan/V/packs/pack-0123456789.json --pack pack-0123456789 \
+        --variant V --output results/packs/V/pack-0123456789.json --log-dir logs/train/V --work-root work --attempt 1
 
 Each run is a separate ``python -m loss_slope.train`` process (its own CUDA
 context, so one crash cannot take the others down). A complete run skips
@@ -107,6 +107,22 @@ def _record_error(run_dir, **rec) -> None:
     _record(run_dir, "error", **rec)
 
 
+def read_measured(path_template, variant: str) -> dict:
+    """What the probe measured for ``variant`` (its ``runs_per_gpu.json``), read when the pack starts.
+
+    Read here, not copied into the pack's spec: a probe rerun then changes no pack
+    spec, so it resubmits no pack (the spec holds only what the runs train). ``None``:
+    N is fixed, nothing was measured.
+    """
+    if not path_template:
+        return {}
+    path = Path(str(path_template).replace("{variant}", variant))
+    try:
+        return read_plan(path)
+    except FileNotFoundError:
+        raise SystemExit(f"{path} does not exist: the probe's plan for {variant} is gone (rerun plan_packs)") from None
+
+
 def check_gpu(expect: str | None, mode: str) -> str | None:
     """Compare the GPU this job got with the one the probe measured; a message when they differ."""
     if not expect:
@@ -193,7 +209,7 @@ def launch_pack(
     extra_overrides=(),
     expect_runs=None,
     max_error_attempts: int = 3,
-    expect_gpu: str | None = None,
+    measured_plan=None,
     gpu_mismatch: str = "fail",
     lock_poll_s: float = LOCK_POLL_S,
     mps: str = "off",
@@ -207,7 +223,8 @@ def launch_pack(
             f"pack {pack} of {plan_path} holds {[m['run'] for m in members]}, "
             f"but the workflow expected {list(expect_runs)}: rerun plan_packs"
         )
-    mismatch = check_gpu(expect_gpu, gpu_mismatch)
+    measured = read_measured(measured_plan, variant)
+    mismatch = check_gpu(measured.get("gpu_name"), gpu_mismatch)
     if mismatch:
         print(("error: " if gpu_mismatch == "fail" else "warning: ") + mismatch, file=sys.stderr, flush=True)
         if gpu_mismatch == "fail":
@@ -224,7 +241,7 @@ def launch_pack(
         run=mps_runner,
         which=which,
     )
-    sharing = share(mps, chosen=plan.get("mps"))
+    sharing = share(mps, chosen=measured.get("mps"))
     if sharing.message:
         print(f"warning: {sharing.message}", file=sys.stderr, flush=True)
     with contextlib.ExitStack() as stack:
@@ -509,7 +526,12 @@ def main(argv=None) -> int:
         default=3,
         help="a run that failed this many times (or twice with the same error) is given up",
     )
-    ap.add_argument("--expect-gpu", default=None, help="GPU model the probe measured on")
+    ap.add_argument(
+        "--measured",
+        default=None,
+        help="the probe's plan (runs_per_gpu.json; '{variant}' is replaced): the GPU model it measured on "
+        "and whether it chose MPS. Omitted when N is fixed",
+    )
     ap.add_argument("--gpu-mismatch", choices=["fail", "warn"], default="fail")
     ap.add_argument(
         "--mps",
@@ -539,7 +561,7 @@ def main(argv=None) -> int:
         extra_overrides=a.overrides,
         expect_runs=a.runs.split(",") if a.runs else None,
         max_error_attempts=a.max_error_attempts,
-        expect_gpu=a.expect_gpu,
+        measured_plan=a.measured,
         gpu_mismatch=a.gpu_mismatch,
         mps=a.mps,
     )
