@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 
 from loss_slope.simulate import model
-from loss_slope.simulate.backend import monitor_settings, steps_per_epoch, val_steps
+from loss_slope.simulate.backend import monitor_settings
 from loss_slope.train.schedule import Schedule
+from loss_slope.train.val_schedule import steps_per_epoch, validation_steps
 
 SPE, EPOCHS = 100, 20
 SCHEDULE = Schedule("cosine", 2 * SPE, SPE * EPOCHS, 0.0)
-VAL = val_steps(EPOCHS, SPE, 4)
+VAL = validation_steps(EPOCHS, SPE, 4)
 
 
 def sim(**over):
@@ -132,8 +133,8 @@ def test_settings_reject_unknown_keys():
 
 
 def test_study_shape_and_monitor_settings():
-    assert steps_per_epoch({"n_train": 50000, "batch_size": 128, "drop_last": False}) == 391
-    v = val_steps(50, 391, 4)
+    assert steps_per_epoch(50000, 128, drop_last=False) == 391 and steps_per_epoch(50000, 128, drop_last=True) == 390
+    v = validation_steps(50, 391, 4)
     assert len(v) == 200 and v[:4].tolist() == [97, 194, 291, 388] and v[-1] == 49 * 391 + 388
     m = monitor_settings(
         {"enabled": True, "curvature_every_steps": 500, "noise_every_epochs": 2}, seed=0, batch_size=128, spe=391

@@ -51,7 +51,8 @@ def test_the_recorders_verdict_survives_a_resume(tmp_path):
 
 
 def test_the_flush_schedule_is_a_function_of_the_step():
-    from loss_slope.train.flush_cadence import last_validation_step, regular_flush
+    from loss_slope.train.flush_cadence import regular_flush
+    from loss_slope.train.val_schedule import last_validation_step
 
     demo = dict(steps_per_epoch=44, val_interval=11)
     assert [last_validation_step(n, **demo) for n in (0, 10, 11, 43, 44, 45, 55)] == [0, 0, 11, 33, 44, 44, 55]

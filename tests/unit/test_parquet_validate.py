@@ -10,8 +10,9 @@ import pytest
 from loss_slope.tables.csvlog import CsvTable
 from loss_slope.tables.parquet import convert_run
 from loss_slope.tables.schema import TABLES
-from loss_slope.tables.validate import expected_val_steps, validate_run
+from loss_slope.tables.validate import validate_run
 from loss_slope.train.schedule import Schedule
+from loss_slope.train.val_schedule import validation_steps
 
 LN2 = math.log(2)
 SPE, EPOCHS, VPE, LR, WD = 8, 3, 4, 0.1, 1e-3
@@ -28,7 +29,7 @@ def write_run(d, *, n_steps=SPE * EPOCHS, lr_scale=1.0, wd=WD, loss_at=None):
     steps.close()
     val = CsvTable(d / "val.csv", "val")
     val.append(
-        [(int(s), s / SPE, 1.7e9 + s, 1.0, 1.0 / LN2, 0.6, 2.0, 10.0) for s in expected_val_steps(EPOCHS, SPE, VPE)]
+        [(int(s), s / SPE, 1.7e9 + s, 1.0, 1.0 / LN2, 0.6, 2.0, 10.0) for s in validation_steps(EPOCHS, SPE, VPE)]
     )
     val.close()
     info = {
@@ -127,11 +128,19 @@ def test_wrong_validation_count_detected(tmp_path):
     assert "val_per_epoch" in failed(rep)
 
 
-def test_expected_val_steps_quarter_boundaries():
-    assert expected_val_steps(2, 44, 4).tolist() == [11, 22, 33, 44, 55, 66, 77, 88]
+def test_an_epoch_too_short_for_its_validations_is_refused():
+    from loss_slope.train.val_schedule import val_interval
+
+    assert val_interval(44, 4) == 11 and val_interval(4, 4) == 1
+    with pytest.raises(ValueError, match="val_per_epoch=5 exceeds the 4 steps"):
+        validation_steps(2, 4, 5)
+
+
+def test_validation_steps_quarter_boundaries():
+    assert validation_steps(2, 44, 4).tolist() == [11, 22, 33, 44, 55, 66, 77, 88]
     # 391 steps/epoch: every floor(391/4) = 97 batches within each epoch
-    assert expected_val_steps(2, 391, 4).tolist() == [97, 194, 291, 388, 488, 585, 682, 779]
-    assert np.all(np.diff(expected_val_steps(50, 391, 4)) > 0)
+    assert validation_steps(2, 391, 4).tolist() == [97, 194, 291, 388, 488, 585, 682, 779]
+    assert np.all(np.diff(validation_steps(50, 391, 4)) > 0)
 
 
 def test_diverged_run_is_complete_up_to_its_stop_and_flagged(tmp_path):

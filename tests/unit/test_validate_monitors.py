@@ -10,9 +10,10 @@ from loss_slope.tables.csvlog import CsvTable, truncate_table
 from loss_slope.tables.export import export_run
 from loss_slope.tables.parquet import convert_run
 from loss_slope.tables.schema import MONITOR_TABLES, TABLES, columns
-from loss_slope.tables.validate import expected_val_steps, validate_run
+from loss_slope.tables.validate import validate_run
 from loss_slope.tables.validate_monitors import expected_monitor_steps
 from loss_slope.train.schedule import Schedule
+from loss_slope.train.val_schedule import validation_steps
 
 LN2 = math.log(2)
 SPE, EPOCHS, VPE, LR, WD = 8, 3, 4, 0.1, 1e-3
@@ -44,7 +45,7 @@ def noise_row(s, points=None, tail=0.1):
 
 def checkpoint_rows():
     rows = []
-    for s in expected_val_steps(EPOCHS, SPE, VPE):
+    for s in validation_steps(EPOCHS, SPE, VPE):
         if s in (2, 4, 8, 16):
             rows.append((int(s), s / SPE, 1.7e9 + s, "best", f"best-{s}.ckpt", 0.81))
         rows.append((int(s), s / SPE, 1.7e9 + s + 0.5, "latest", "latest.ckpt", 0.81))
@@ -64,7 +65,7 @@ def write_run(d, *, monitors=MONITORS, curvature=None, noise=None, checkpoints=N
     steps.close()
     val = CsvTable(t / "val.csv", "val")
     val.append(
-        [(int(s), s / SPE, 1.7e9 + s, 1.0, 1.0 / LN2, 0.6, 2.0, 10.0) for s in expected_val_steps(EPOCHS, SPE, VPE)]
+        [(int(s), s / SPE, 1.7e9 + s, 1.0, 1.0 / LN2, 0.6, 2.0, 10.0) for s in validation_steps(EPOCHS, SPE, VPE)]
     )
     val.close()
     if monitors and monitors.get("enabled"):

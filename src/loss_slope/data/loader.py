@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from loss_slope.data.augment import AugmentConfig, random_resized_crop_flip
+from loss_slope.train.val_schedule import steps_per_epoch
 
 _MIX = 0x9E3779B97F4A7C15  # golden-ratio constant: decorrelates (seed, counter) pairs
 
@@ -67,8 +68,7 @@ class DeviceBatches:
         self._gen = torch.Generator(device=images.device)
 
     def __len__(self) -> int:
-        n, b = len(self.images), self.batch_size
-        return n // b if self.drop_last else -(-n // b)
+        return steps_per_epoch(len(self.images), self.batch_size, self.drop_last)
 
     def permutation(self, epoch: int) -> torch.Tensor:
         self._gen.manual_seed(_stream_seed(self.seed, 1, epoch))

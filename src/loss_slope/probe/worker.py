@@ -63,6 +63,7 @@ from pathlib import Path
 from pytorch_lightning import Callback
 
 from loss_slope.jsonio import write_json
+from loss_slope.train import val_schedule
 from loss_slope.train.divergence import DivergenceGuard
 from loss_slope.train.latest_cadence import LatestSettings
 from loss_slope.train.module import out_of_memory_error
@@ -430,7 +431,7 @@ def measure(overrides: list[str], *, steps: int, warmup: int, barrier: Path | No
             pl.seed_everything(int(cfg.seed), workers=False, verbose=False)
             data = build_data(cfg.data, seed=int(cfg.seed), device=device)
             spe = data.steps_per_epoch
-            val_interval = max(1, spe // int(cfg.trainer.val_per_epoch))
+            val_interval = val_schedule.val_interval(spe, int(cfg.trainer.val_per_epoch))
             net = hydra.utils.instantiate(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels)
             module = CurveModule(
                 net,

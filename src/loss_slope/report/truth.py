@@ -45,8 +45,8 @@ from loss_slope.analysis.stats import wilson_interval
 from loss_slope.jsonio import jsonable
 from loss_slope.pipeline.paths import DEFAULT_WORK_ROOT, EXPORT_DIR, EXPORT_ROOT, WORK_RUN
 from loss_slope.simulate import model
-from loss_slope.simulate.backend import val_steps
 from loss_slope.train.schedule import Schedule
+from loss_slope.train.val_schedule import validation_steps
 
 from .results import Correlation, H2Result, NotComputable, Share
 from .truth_section import TruthComparison, TruthH1
@@ -73,7 +73,7 @@ def truth_for_run(run_info: Mapping[str, Any]) -> dict:
         epochs=epochs,
         schedule=schedule,
     )
-    truth = model.run_truth(sim, **kw, val_steps=val_steps(epochs, spe, int(run_info["val_per_epoch"])))
+    truth = model.run_truth(sim, **kw, val_steps=validation_steps(epochs, spe, int(run_info["val_per_epoch"])))
     return add_derived(truth, sim, kw)
 
 

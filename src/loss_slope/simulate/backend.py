@@ -53,6 +53,7 @@ from loss_slope.train.fingerprint import config_fingerprint
 from loss_slope.train.flush_cadence import regular_flush
 from loss_slope.train.run import holding_run_lock
 from loss_slope.train.schedule import schedule_from_config
+from loss_slope.train.val_schedule import steps_per_epoch, val_interval, validation_steps
 from loss_slope.train.work_tree import (
     cut_tables_to,
     open_work_tree,
@@ -84,17 +85,6 @@ def simulated_fingerprint(c: dict) -> str:
     """The run's fingerprint without the simulation's run-control keys (changing the pace keeps the work tree)."""
     sim = {k: v for k, v in (c["data"].get("simulation") or {}).items() if k not in RUN_CONTROL}
     return config_fingerprint({**c, "data": {**c["data"], "simulation": sim}})
-
-
-def steps_per_epoch(data: dict) -> int:
-    n, b = int(data["n_train"]), int(data["batch_size"])
-    return n // b if data.get("drop_last") else -(-n // b)
-
-
-def val_steps(epochs: int, spe: int, val_per_epoch: int) -> np.ndarray:
-    interval = spe // val_per_epoch
-    per_epoch = np.arange(1, val_per_epoch + 1) * interval
-    return (np.arange(epochs)[:, None] * spe + per_epoch[None, :]).ravel()
 
 
 def monitor_settings(mcfg: dict | None, *, seed: int, batch_size: int, spe: int) -> dict:
@@ -193,13 +183,11 @@ def _simulate(cfg) -> int:
 
     data, trainer = c["data"], c["trainer"]
     sim = model.settings(data.get("simulation"))
-    spe = steps_per_epoch(data)
+    spe = steps_per_epoch(int(data["n_train"]), int(data["batch_size"]), bool(data.get("drop_last")))
     epochs, vpe = int(trainer["epochs"]), int(trainer["val_per_epoch"])
-    total, interval = spe * epochs, spe // vpe
-    if interval < 1:
-        raise ValueError(f"trainer.val_per_epoch={vpe} exceeds the {spe} steps of an epoch")
+    total, interval = spe * epochs, val_interval(spe, vpe)
     schedule = schedule_from_config(cfg.schedule, steps_per_epoch=spe, epochs=epochs)
-    vsteps = val_steps(epochs, spe, vpe)
+    vsteps = validation_steps(epochs, spe, vpe)
     lr, wd, seed = float(c["optimizer"]["lr"]), float(c["optimizer"]["weight_decay"]), int(c["seed"])
     variant = str(c.get("variant") or "none")
     mon = monitor_settings(trainer.get("monitors"), seed=seed, batch_size=int(data["batch_size"]), spe=spe)

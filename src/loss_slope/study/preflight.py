@@ -11,10 +11,10 @@ runtime. Each problem names the key.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from loss_slope.study.config import ConfigError
+from loss_slope.train.val_schedule import steps_per_epoch
 
 #: training images per dataset (the split the loaders use)
 N_TRAIN = {"digits": 1408, "cifar10": 50000}
@@ -62,11 +62,6 @@ def _first_bad_override(overrides) -> str | None:
         except Exception:  # any composition error
             return o
     return None
-
-
-def steps_per_epoch(n_train: int, batch_size: int, drop_last: bool) -> int:
-    """Optimizer steps per epoch of ``n_train`` examples."""
-    return n_train // batch_size if drop_last else math.ceil(n_train / batch_size)
 
 
 def preflight(config: dict, runs_by_variant: dict, *, runtime_minutes: float | None = None) -> dict[str, VariantFacts]:

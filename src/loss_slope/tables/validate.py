@@ -18,6 +18,7 @@ from loss_slope.tables.arrays import read_columns
 from loss_slope.tables.schema import LN2
 from loss_slope.tables.validate_monitors import check_monitors
 from loss_slope.train.schedule import Schedule
+from loss_slope.train.val_schedule import validation_steps
 
 REL_TOL = 1e-9
 
@@ -79,12 +80,6 @@ def _rel_close(a: np.ndarray, b: np.ndarray, tol: float = REL_TOL) -> np.ndarray
     return np.abs(a - b) <= tol * np.maximum(np.abs(b), 1e-300)
 
 
-def expected_val_steps(epochs: int, spe: int, val_per_epoch: int) -> np.ndarray:
-    interval = spe // val_per_epoch
-    per_epoch = np.arange(1, val_per_epoch + 1) * interval
-    return (np.arange(epochs)[:, None] * spe + per_epoch[None, :]).ravel()
-
-
 def validate_run(
     *, steps_parquet, val_parquet, convert_report, run_info, expected: dict, monitors: dict | None = None
 ) -> ValidationReport:
@@ -138,7 +133,7 @@ def validate_run(
     rep.add("epoch_column", bool(ep_ok.all()), _first_bad(~ep_ok, steps) or "epoch = step / steps_per_epoch")
 
     vsteps = v["step"]
-    want = expected_val_steps(epochs, spe, vpe)
+    want = validation_steps(epochs, spe, vpe)
     want = want[want <= total]
     vexact = len(vsteps) == len(want) and np.array_equal(vsteps, want)
     per_epoch = np.bincount(((vsteps - 1) // spe).astype(int), minlength=epochs) if len(vsteps) else np.zeros(epochs)

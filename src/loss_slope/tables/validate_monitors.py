@@ -14,6 +14,7 @@ import numpy as np
 from loss_slope.tables.arrays import read_columns
 from loss_slope.tables.schema import CHECKPOINT_KINDS, MONITOR_TABLES
 from loss_slope.train.latest_cadence import LatestSettings, epoch_end_due
+from loss_slope.train.val_schedule import val_interval
 
 
 def expected_monitor_steps(every: int, total: int) -> np.ndarray:
@@ -54,7 +55,7 @@ def _expected_latest(info: dict, val_steps: np.ndarray) -> tuple[list[int], str]
         return [int(s) for s in val_steps], "validations"
     every = LatestSettings.from_trainer(trainer).every_epochs
     spe = int(info["steps_per_epoch"])
-    vi = int(info.get("val_interval") or spe // int(info.get("val_per_epoch") or 1))
+    vi = int(info.get("val_interval") or val_interval(spe, int(info.get("val_per_epoch") or 1)))
     want = [
         int(s) for s in val_steps if epoch_end_due(int(s), steps_per_epoch=spe, val_interval=vi, every_epochs=every)
     ]

@@ -5,26 +5,11 @@ A run's rows are flushed at each validation and, between two validations, every
 of the step alone, so an attempt resumed from a checkpoint taken anywhere (a
 SIGTERM between two validations) flushes at the steps an uninterrupted run flushes
 at, and the divergence guard, which reads the rows at flushes, stops a diverged run
-at the same step. Used by the recorder of a real run and by the simulated backend
-(no torch here).
+at the same step (validations: :mod:`loss_slope.train.val_schedule`). Used by the
+recorder of a real run and by the simulated backend (no torch here).
 """
 
 from __future__ import annotations
-
-
-def last_validation_step(steps_done: int, *, steps_per_epoch: int, val_interval: int) -> int:
-    """The last validation at or before ``steps_done`` optimizer steps (0: none yet).
-
-    Validations come after every ``val_interval`` batches of an epoch (Lightning's integer
-    ``val_check_interval``): at ``e * steps_per_epoch + k * val_interval``, k >= 1."""
-    spe, vi, n = int(steps_per_epoch), int(val_interval), int(steps_done)
-    if n <= 0:
-        return 0
-    epoch = (n - 1) // spe
-    within = n - epoch * spe  # 1 .. spe
-    if within >= vi:
-        return epoch * spe + (within // vi) * vi
-    return 0 if epoch == 0 else (epoch - 1) * spe + (spe // vi) * vi
 
 
 def regular_flush(steps_done: int, last_validation: int, flush_every: int) -> bool:

@@ -22,7 +22,8 @@ from pytorch_lightning import Callback
 from loss_slope.tables.csvlog import CsvTable
 from loss_slope.tables.schema import LN2
 from loss_slope.train.divergence import DivergenceGuard
-from loss_slope.train.flush_cadence import last_validation_step, regular_flush
+from loss_slope.train.flush_cadence import regular_flush
+from loss_slope.train.val_schedule import last_validation_step
 
 log = logging.getLogger("loss_slope.train")
 

@@ -35,6 +35,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint, Timer
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from loss_slope.data.datasets import DataBundle, build_data
+from loss_slope.train import val_schedule
 from loss_slope.train.attempts import (
     checkpoint_summary,
     end_attempt,
@@ -136,9 +137,7 @@ def prepare_run(cfg, paths: RunPaths, fingerprint: str, *, use_cuda: bool) -> Ru
     spe = data.steps_per_epoch
     epochs = int(cfg.trainer.epochs)
     val_per_epoch = int(cfg.trainer.val_per_epoch)
-    val_interval = spe // val_per_epoch
-    if val_interval < 1:
-        raise ValueError(f"trainer.val_per_epoch={val_per_epoch} exceeds the {spe} steps of an epoch")
+    val_interval = val_schedule.val_interval(spe, val_per_epoch)
     schedule = schedule_from_config(cfg.schedule, steps_per_epoch=spe, epochs=epochs)
 
     if paths.latest.exists():
