@@ -131,9 +131,12 @@ def test_wrong_validation_count_detected(tmp_path):
 def test_an_epoch_too_short_for_its_validations_is_refused():
     from loss_slope.train.val_schedule import val_interval
 
-    assert val_interval(44, 4) == 11 and val_interval(4, 4) == 1
+    assert val_interval(44, 4) == 11 and val_interval(4, 4) == 1 and val_interval(391, 4) == 97
     with pytest.raises(ValueError, match="val_per_epoch=5 exceeds the 4 steps"):
         validation_steps(2, 4, 5)
+    # Lightning validates at every multiple of the interval: 8 steps, every 2, is 4 validations, not 3
+    with pytest.raises(ValueError, match=r"comes 4 times an epoch; use one of \[1, 2, 4, 8\]"):
+        val_interval(8, 3)
 
 
 def test_validation_steps_quarter_boundaries():

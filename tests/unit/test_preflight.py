@@ -45,6 +45,8 @@ def test_demo_and_study_pass_and_give_the_run_sizes(demo):
         ),
         (lambda c: c["training"].update(val_per_epoch=45), "training.val_per_epoch"),
         (lambda c: c["training"].update(batch_size=5000), "training.batch_size: 5000 is larger than"),
+        # 1408 digits in batches of 128: 11 steps, 4 a validation every 2 steps, which Lightning does 5 times
+        (lambda c: c["training"].update(batch_size=128), "training.val_per_epoch: 4 validations per epoch of 11 steps"),
         (lambda c: c["analysis"]["fit"].update(early_window=[5, 31]), "analysis.fit.early_window"),
         (lambda c: c["packing"].update(time_margin_minutes=720), "packing.time_margin_minutes"),
     ],

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from loss_slope.study.config import ConfigError
-from loss_slope.train.val_schedule import steps_per_epoch
+from loss_slope.train.val_schedule import exact_val_per_epoch, steps_per_epoch
 
 #: training images per dataset (the split the loaders use)
 N_TRAIN = {"digits": 1408, "cifar10": 50000}
@@ -107,6 +107,13 @@ def preflight(config: dict, runs_by_variant: dict, *, runtime_minutes: float | N
             compose_errors.setdefault(
                 f"training.val_per_epoch: {vpe} validations per epoch exceed the {spe} steps of an epoch "
                 f"({data.name}, batch {int(data.batch_size)})",
+                [],
+            ).append(variant)
+        elif spe // (spe // vpe) != vpe:
+            compose_errors.setdefault(
+                f"training.val_per_epoch: {vpe} validations per epoch of {spe} steps ({data.name}, batch "
+                f"{int(data.batch_size)}) come every {spe // vpe} steps, and Lightning validates at each of its "
+                f"{spe // (spe // vpe)} multiples; use one of {exact_val_per_epoch(spe, near=vpe)}",
                 [],
             ).append(variant)
         epochs = int(cfg.trainer.epochs)
