@@ -144,13 +144,16 @@ def pack_plan_key(planned: list[dict], members: list[str], settings: dict[str, s
     grid value re-plans (and so resubmits) no pack whose runs are done; a removed run not
     finished drops out, and its pack is re-planned without it.
     """
-    current = set(members)
-    keep = [
-        f"{m['run']}:{m['settings']}"
-        for m in planned
-        if m["run"] not in current and m.get("settings") and finished(m["run"])
-    ]
-    return ",".join([f"{r}:{settings[r]}" for r in members] + keep)
+    current, listed = set(members), {m["run"] for m in planned}
+    parts = []
+    # in the order planned (the registry's), so that a removal leaves the others' string as it was
+    for m in planned + [{"run": r} for r in members if r not in listed]:
+        r = m["run"]
+        if r in current:
+            parts.append(f"{r}:{settings[r]}")
+        elif m.get("settings") and finished(r):
+            parts.append(f"{r}:{m['settings']}")
+    return ",".join(parts)
 
 
 def _locked_update(path: Path, update) -> dict:
@@ -183,13 +186,11 @@ def write_pack_spec(spec_path, registry_path, *, variant: str, pack: str, runs: 
 
     def register(data):
         data.setdefault("variant", variant)
-        entries = [{"run": m["run"], "settings": m["settings"]} for m in members]
-        # runs removed from the config stay listed as planned (pack_plan_key keeps the finished ones)
-        trained = {m["run"] for m in members}
-        removed = [
-            m for m in data.setdefault("packs", {}).get(pack, []) if isinstance(m, dict) and m["run"] not in trained
-        ]
-        data["packs"][pack] = entries + removed
+        entries = {m["run"]: {"run": m["run"], "settings": m["settings"]} for m in members}
+        # runs removed from the config stay listed, in the planned order (pack_plan_key keeps the finished ones)
+        before = data.setdefault("packs", {}).get(pack, [])
+        listed = [entries.pop(m["run"], m) if isinstance(m, dict) else entries.pop(m, {"run": m}) for m in before]
+        data["packs"][pack] = listed + list(entries.values())
         return data
 
     _locked_update(Path(registry_path), register)
