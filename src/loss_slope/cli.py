@@ -132,11 +132,13 @@ def run_state(run_dir: Path, *, now: float, max_errors: int = 3, total_hint: int
 
 
 def _planned_runs(root: Path) -> dict[str, list[str]]:
-    """Runs of each variant from the pack registries (:data:`loss_slope.pipeline.paths.PACK_REGISTRY`)."""
+    """Runs of each variant from the pack registries (:data:`loss_slope.pipeline.paths.PACK_REGISTRY`),
+    less those dropped from their pack (removed from the config; one with a work tree is still listed)."""
     out: dict[str, list[str]] = {}
     for reg in sorted(root.glob(PACK_REGISTRY.format(variant="*"))):
         data = _read_json(reg) or {}
-        runs = [m["run"] if isinstance(m, dict) else m for ms in data.get("packs", {}).values() for m in ms]
+        members = [m if isinstance(m, dict) else {"run": m} for ms in data.get("packs", {}).values() for m in ms]
+        runs = [m["run"] for m in members if not m.get("dropped")]
         out[reg.parent.name] = list(dict.fromkeys(runs))
     return out
 

@@ -1,6 +1,7 @@
 """Editing a finished study: only the runs whose own settings changed, and the packs that hold them, are planned."""
 
 import copy
+import json
 import re
 
 import pytest
@@ -192,3 +193,26 @@ def test_moving_the_data_reruns_nothing_and_packs_train_from_the_new_place(tmp_p
         line.rstrip().endswith(f"data.root={tmp_path / 'b'} > " + line.split(" > ")[-1]) for line in packs
     )
     assert str(tmp_path / "a") not in out.stdout and "prepare_cifar10" not in {r for r, _ in _jobs(out.stdout)}
+
+
+def test_packs_planned_with_a_fixed_n_train_when_the_study_switches_to_the_probe(tmp_path):
+    # planned (not trained) with N fixed at 2, then N left to the probe: the planned pack keeps its
+    # two runs and may start while the probe measures, before any runs_per_gpu.json exists
+    config = copy.deepcopy(CFG)
+    config["training"]["epochs"] = 2
+    config["analysis"]["fit"] = {"early_window": [1, 2], "window_shift": 1}
+    config["variants"] = {"S-narrow": {"experiment": "s_narrow"}}
+    config["packing"] = {"probe_k_max": 1, "probe_steps": 5, "probe_warmup_steps": 1}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    cmd = [snakemake_bin(), "-s", REPO / "Snakefile", "--directory", tmp_path, "--cores", "2", "--configfile", cfg]
+    run_cmd([*cmd[:-2], "--until", "pack_spec", *cmd[-2:]], timeout=300, env={"WORKERS_PER_GPU": "2"})
+    (spec,) = (tmp_path / "results/plan/S-narrow/packs").iterdir()
+    assert not (tmp_path / "results/plan/S-narrow/runs_per_gpu.json").exists()
+
+    out = run_cmd(cmd, timeout=900, env={"WORKERS_PER_GPU": ""})
+    rules = sorted(rule for rule, _ in _jobs(out.stdout + out.stderr))
+    assert rules.count("train_pack") == 1 and "probe_capacity" in rules and "pack_spec" not in rules, rules
+    (pack,) = (tmp_path / "results/packs/S-narrow").iterdir()
+    assert pack.stem == spec.stem and len(json.loads(pack.read_text())["runs"]) == 2
+    assert json.loads((tmp_path / "results/plan/S-narrow/runs_per_gpu.json").read_text())["source"] == "probe"

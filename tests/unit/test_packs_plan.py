@@ -69,7 +69,8 @@ def test_the_registry_keeps_a_removed_run_listed(tmp_path):
     assert [m["run"] for m in json.loads(spec.read_text())["packs"]["pack-a"]] == ["r1"]
     assert P.read_membership(reg) == {"pack-a": ["r0", "r1"]}
     entries = P.read_registry(reg)["pack-a"]
-    assert entries[0]["settings"] == P.run_settings_digest(["seed=0"])
+    assert entries[0]["settings"] == P.run_settings_digest(["seed=0"]) and entries[0]["dropped"] is True
+    assert "dropped" not in entries[1]
     assert entries[1]["settings"] == P.run_settings_digest(["seed=1", "x=1"])
     assert P.extend_packs(P.read_membership(reg), ["r0", "r1", "r2"], 2) == {
         "pack-a": ["r0", "r1"],

@@ -41,7 +41,15 @@ def test_counts_steps_loss_eta_pack_and_job(tmp_path):
     reg = tmp_path / "results" / "plan" / "V" / "packs.json"
     reg.parent.mkdir(parents=True)
     reg.write_text(
-        json.dumps({"packs": {"pack-abc": [{"run": "a"}, {"run": "b"}], "pack-d": [{"run": "c"}, {"run": "d"}]}})
+        json.dumps(
+            {
+                "packs": {
+                    "pack-abc": [{"run": "a"}, {"run": "b"}],
+                    # e was removed from the config before it started: its pack was planned again without it
+                    "pack-d": [{"run": "c"}, {"run": "d"}, {"run": "e", "dropped": True}],
+                }
+            }
+        )
     )
     table = collect(tmp_path, work, now=time.time())
     states = {s["run"]: s for s in table["V"]}

@@ -239,8 +239,10 @@ def variant_measured(variant):
     if FIXED_N:
         return {}
     if workflow.remote_exec or workflow.subprocess_exec:
-        # inside a cluster job the checkpoint is not in the DAG: its output exists, read it
-        return _checked_plan(variant, n_file(variant))
+        # inside a cluster job the checkpoint is not in the DAG: read its output. A pack
+        # planned before the probe can start while the probe measures: no plan yet
+        path = n_file(variant)
+        return _checked_plan(variant, path) if os.path.exists(path) else {}
     return _checked_plan(
         variant, checkpoints.plan_packs.get(variant=variant).output.plan
     )
@@ -373,13 +375,14 @@ def registry_membership(variant):
 
 def pack_measured(wildcards):
     """What the probe measured for this variant (empty with a fixed N). A pack planned
-    before may be scheduled while the probe reruns: it is then sized from the plan it was
-    planned with (on disk), or from the packing defaults if that is gone."""
+    before may be scheduled while the probe reruns: it is then sized from the plan on disk,
+    the one it was planned with (not checked again: the rerun is what fixes a refused
+    plan), or from the packing defaults if there is none (N was fixed when it was planned)."""
     try:
         return variant_measured(wildcards.variant)
     except IncompleteCheckpointException:
         path = n_file(wildcards.variant)
-        return _checked_plan(wildcards.variant, path) if os.path.exists(path) else {}
+        return read_plan(path) if os.path.exists(path) else {}
 
 
 # ---- the resource contract (loss_slope.study.resources): never depends on --cores

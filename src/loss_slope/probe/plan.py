@@ -14,7 +14,8 @@ Files (``results/plan/{variant}/``):
   ``pack_spec``), read by the pack's GPU job. Nothing measured: the pack job reads
   ``runs_per_gpu.json`` itself when it starts, so a probe rerun changes no spec.
 * ``packs.json``: the registry of every pack planned so far, ``{pack: [{run, settings}, ...]}``
-  (runs removed from the config stay listed: a run added back returns to its pack).
+  (runs removed from the config stay listed, ``dropped`` once their pack was planned again
+  without them: a run added back returns to its pack).
   Not a declared output (Snakemake never deletes it); the Snakefile reads it to
   keep existing packs, ``pack_spec`` adds to it.
 
@@ -187,9 +188,10 @@ def write_pack_spec(spec_path, registry_path, *, variant: str, pack: str, runs: 
     def register(data):
         data.setdefault("variant", variant)
         entries = {m["run"]: {"run": m["run"], "settings": m["settings"]} for m in members}
-        # runs removed from the config stay listed, in the planned order (pack_plan_key keeps the finished ones)
-        before = data.setdefault("packs", {}).get(pack, [])
-        listed = [entries.pop(m["run"], m) if isinstance(m, dict) else entries.pop(m, {"run": m}) for m in before]
+        # runs removed from the config stay listed in the planned order, marked dropped (this spec
+        # does not train them; pack_plan_key keeps the finished ones; one added back returns here)
+        before = [m if isinstance(m, dict) else {"run": m} for m in data.setdefault("packs", {}).get(pack, [])]
+        listed = [entries.pop(m["run"], None) or {**m, "dropped": True} for m in before]
         data["packs"][pack] = listed + list(entries.values())
         return data
 
