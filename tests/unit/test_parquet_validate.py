@@ -277,3 +277,14 @@ def test_missing_file_gives_empty_parquet_and_error(tmp_path):
     conv, rep = check(tmp_path)
     assert not conv["ok"] and conv["tables"]["val"]["errors"] == [f"{tmp_path / 'val.csv'}: file not found"]
     assert pq.read_table(tmp_path / "v.parquet").num_rows == 0 and "conversion" in failed(rep)
+
+
+def test_a_run_trained_with_a_schedule_lightning_could_not_keep_fails_validation(tmp_path):
+    # 8 steps, 3 validations an epoch: Lightning validated every 2 steps, 4 times an epoch (such a
+    # config is refused before training now); its validation reports it instead of crashing
+    write_run(tmp_path)
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    (tmp_path / "run_info.json").write_text(json.dumps({**info, "val_per_epoch": 3}))
+    _, rep = check(tmp_path)
+    assert failed(rep) == {"val_per_epoch"}
+    assert "comes 4 times an epoch" in " ".join(rep.to_dict()["reasons"])

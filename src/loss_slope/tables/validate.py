@@ -133,17 +133,24 @@ def validate_run(
     rep.add("epoch_column", bool(ep_ok.all()), _first_bad(~ep_ok, steps) or "epoch = step / steps_per_epoch")
 
     vsteps = v["step"]
-    want = validation_steps(epochs, spe, vpe)
-    want = want[want <= total]
-    vexact = len(vsteps) == len(want) and np.array_equal(vsteps, want)
-    per_epoch = np.bincount(((vsteps - 1) // spe).astype(int), minlength=epochs) if len(vsteps) else np.zeros(epochs)
-    vdetail = f"{len(vsteps)} rows for {len(want)} expected ({vpe} per epoch)"
-    if diverged_at is not None:
-        vdetail += f" up to the stop at step {total}"
-    if not vexact:
-        bad = np.flatnonzero(per_epoch != vpe)
-        vdetail += f"; epochs with a wrong count: {bad[:5].tolist()}"
-    rep.add("val_per_epoch", vexact, vdetail)
+    try:
+        want = validation_steps(epochs, spe, vpe)
+    except ValueError as exc:  # a schedule Lightning cannot keep (trained before it was refused)
+        rep.add("val_per_epoch", False, str(exc))
+        want = np.asarray(vsteps)  # the monitor checks go on against the validations there are
+    else:
+        want = want[want <= total]
+        vexact = len(vsteps) == len(want) and np.array_equal(vsteps, want)
+        per_epoch = (
+            np.bincount(((vsteps - 1) // spe).astype(int), minlength=epochs) if len(vsteps) else np.zeros(epochs)
+        )
+        vdetail = f"{len(vsteps)} rows for {len(want)} expected ({vpe} per epoch)"
+        if diverged_at is not None:
+            vdetail += f" up to the stop at step {total}"
+        if not vexact:
+            bad = np.flatnonzero(per_epoch != vpe)
+            vdetail += f"; epochs with a wrong count: {bad[:5].tolist()}"
+        rep.add("val_per_epoch", vexact, vdetail)
 
     # ---- ranges ---------------------------------------------------------
     if diverged_at is not None:
