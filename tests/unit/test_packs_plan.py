@@ -67,12 +67,12 @@ def test_the_registry_keeps_a_removed_run_listed(tmp_path):
     P.write_pack_spec(spec, reg, variant="V", pack="pack-a", runs=[{"run": "r1", "overrides": ["seed=1", "x=1"]}])
     # the spec trains r1 only; the registry lists r0 as planned, in its place, so r0 added back returns to pack-a
     assert [m["run"] for m in json.loads(spec.read_text())["packs"]["pack-a"]] == ["r1"]
-    assert P.read_membership(reg) == {"pack-a": ["r0", "r1"]}
+    assert P.membership(P.read_registry(reg)) == {"pack-a": ["r0", "r1"]}
     entries = P.read_registry(reg)["pack-a"]
     assert entries[0]["settings"] == P.run_settings_digest(["seed=0"]) and entries[0]["dropped"] is True
     assert "dropped" not in entries[1]
     assert entries[1]["settings"] == P.run_settings_digest(["seed=1", "x=1"])
-    assert P.extend_packs(P.read_membership(reg), ["r0", "r1", "r2"], 2) == {
+    assert P.extend_packs(P.membership(P.read_registry(reg)), ["r0", "r1", "r2"], 2) == {
         "pack-a": ["r0", "r1"],
         P.pack_name(["r2"]): ["r2"],
     }
@@ -88,7 +88,7 @@ def test_pack_spec_registers_the_pack(tmp_path):
             pack=pack,
             runs=[{"run": r, "overrides": [f"seed={r[1]}"]} for r in runs],
         )
-    assert P.read_membership(reg) == {"pack-a": ["r0", "r1"], "pack-b": ["r2"]}
+    assert P.membership(P.read_registry(reg)) == {"pack-a": ["r0", "r1"], "pack-b": ["r2"]}
     spec = json.loads((tmp_path / "packs" / "pack-a.json").read_text())
     assert spec["packs"]["pack-a"][1]["overrides"] == ["seed=1"]
     # only what the runs train: nothing measured, so a probe rerun leaves every spec as it is

@@ -35,7 +35,6 @@ from loss_slope.pipeline.paths import (
     TRAIN_LOG_DIR,
     VALIDATION_JSON,
     VALIDATION_TXT,
-    WORK_RUN,
     export_csvs,
     parquet,
     parquets,
@@ -44,6 +43,7 @@ from loss_slope.pipeline.paths import (
     report_variant_table,
     rule_benchmark,
     rule_log,
+    work_run,
 )
 from loss_slope.pipeline.targets import identity_params, report_targets
 from loss_slope.probe.plan import (
@@ -53,6 +53,7 @@ from loss_slope.probe.plan import (
     extend_packs,
     fixed_runs_per_gpu,
     kept_packs,
+    membership,
     pack_plan_key,
     read_plan,
     read_registry,
@@ -276,7 +277,7 @@ def planned_packs(variant):
     """
     if variant not in _KEPT:
         packs = kept_packs(
-            registry_membership(variant),
+            membership(_registry(variant)),
             [s.run for s in variant_runs(variant)],
         )
         _KEPT[variant] = (
@@ -291,7 +292,7 @@ def variant_packs(variant):
     n = FIXED_N or int(variant_measured(variant)["runs_per_gpu"])
     if (variant, n) not in _PACKS:
         packs = extend_packs(
-            registry_membership(variant),
+            membership(_registry(variant)),
             [s.run for s in variant_runs(variant)],
             n,
         )
@@ -322,9 +323,7 @@ def run_digest(wildcards):
 
 
 def run_dir(wildcards):
-    return WORK_RUN.format(
-        work_root=WORK_ROOT, variant=wildcards.variant, run=wildcards.run
-    )
+    return work_run(WORK_ROOT, wildcards.variant, wildcards.run)
 
 
 def pack_members(wildcards):
@@ -354,9 +353,7 @@ def pack_settings(wildcards):
         members,
         {r: RUN_DIGEST[(v, r)] for r in members},
         finished=lambda r: os.path.exists(
-            os.path.join(
-                WORK_RUN.format(work_root=WORK_ROOT, variant=v, run=r), "done.json"
-            )
+            os.path.join(work_run(WORK_ROOT, v, r), "done.json")
         ),
     )
 
@@ -369,15 +366,12 @@ def _registry(variant):
     return _REGISTRY[variant]
 
 
-def registry_membership(variant):
-    return {p: [m["run"] for m in ms] for p, ms in _registry(variant).items()}
-
-
 def pack_measured(wildcards):
     """What the probe measured for this variant (empty with a fixed N). A pack planned
     before may be scheduled while the probe reruns: it is then sized from the plan on disk,
     the one it was planned with (not checked again: the rerun is what fixes a refused
-    plan), or from the packing defaults if there is none (N was fixed when it was planned)."""
+    plan), or from the packing defaults if there is none (N was fixed when it was planned).
+    """
     try:
         return variant_measured(wildcards.variant)
     except IncompleteCheckpointException:
@@ -393,10 +387,7 @@ def pack_cpus(wildcards):
 def pack_work_runs(wildcards):
     """The work trees of the pack's runs (training state; not Snakemake files)."""
     v = wildcards.variant
-    return [
-        WORK_RUN.format(work_root=WORK_ROOT, variant=v, run=r)
-        for r in pack_members(wildcards)
-    ]
+    return [work_run(WORK_ROOT, v, r) for r in pack_members(wildcards)]
 
 
 def pack_mem_mb(wildcards, attempt):

@@ -48,6 +48,7 @@ __all__ = [
     "report_curves",
     "DEFAULT_WORK_ROOT",
     "WORK_RUN",
+    "work_run",
     "TRAIN_LOG_DIR",
     "TRAIN_LOG",
     "BY_VARIANT",
@@ -144,6 +145,13 @@ def report_curves(variant: str, ext: str) -> str:
 DEFAULT_WORK_ROOT = "work"
 #: a run's work tree (checkpoints, partial CSVs, attempt log); ``work_root`` is ``paths.work_root``
 WORK_RUN = "{work_root}/{variant}/{run}"
+
+
+def work_run(work_root, variant: str, run: str) -> str:
+    """One run's work tree (:data:`WORK_RUN`); its ``done.json`` marks the run finished."""
+    return WORK_RUN.format(work_root=work_root, variant=variant, run=run)
+
+
 #: the training logs of a variant's runs, one per run
 TRAIN_LOG_DIR = "logs/train/{variant}"
 TRAIN_LOG = TRAIN_LOG_DIR + "/{run}.log"

@@ -131,9 +131,9 @@ def read_registry(plan_path) -> dict[str, list[dict]]:
     }
 
 
-def read_membership(plan_path) -> dict[str, list[str]]:
-    """The packs planned so far for a variant, ``{pack: [run, ...]}`` (none: ``{}``)."""
-    return {p: [m["run"] for m in members] for p, members in read_registry(plan_path).items()}
+def membership(registry: dict[str, list[dict]]) -> dict[str, list[str]]:
+    """The runs of each pack of a registry (:func:`read_registry`), ``{pack: [run, ...]}``."""
+    return {p: [m["run"] for m in members] for p, members in registry.items()}
 
 
 def pack_plan_key(planned: list[dict], members: list[str], settings: dict[str, str], finished) -> str:

@@ -43,7 +43,7 @@ from scipy import stats
 
 from loss_slope.analysis.stats import wilson_interval
 from loss_slope.jsonio import jsonable
-from loss_slope.pipeline.paths import DEFAULT_WORK_ROOT, EXPORT_DIR, EXPORT_ROOT, WORK_RUN
+from loss_slope.pipeline.paths import DEFAULT_WORK_ROOT, EXPORT_DIR, EXPORT_ROOT, work_run
 from loss_slope.simulate import model
 from loss_slope.train.schedule import Schedule
 from loss_slope.train.val_schedule import validation_steps
@@ -108,7 +108,7 @@ def load_truths(root: str | Path = ".", runs: Sequence[tuple[str, str]] | None =
     for variant, run in runs:
         dirs = [
             root / EXPORT_DIR.format(variant=variant, run=run),
-            root / WORK_RUN.format(work_root=DEFAULT_WORK_ROOT, variant=variant, run=run),
+            root / work_run(DEFAULT_WORK_ROOT, variant, run),
         ]
         info = next(
             (json.loads((d / "run_info.json").read_text()) for d in dirs if (d / "run_info.json").is_file()), None

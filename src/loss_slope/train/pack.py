@@ -55,7 +55,7 @@ import time
 from pathlib import Path
 
 from loss_slope.jsonio import write_json
-from loss_slope.pipeline.paths import WORK_RUN
+from loss_slope.pipeline.paths import work_run
 from loss_slope.probe import mps as MPS
 from loss_slope.probe.plan import read_plan
 from loss_slope.train.attempts import append_record, read_launcher
@@ -311,7 +311,7 @@ def _train_members(
 
     def start(m, overrides):
         run = m["run"]
-        run_dir = Path(WORK_RUN.format(work_root=work_root, variant=variant, run=run))
+        run_dir = Path(work_run(work_root, variant, run))
         cmd = [
             sys.executable,
             "-m",
@@ -338,7 +338,7 @@ def _train_members(
     skipped: set[str] = set()  # given up before this attempt: not started
     pending = []  # runs to start when a slot frees (max_parallel < N: an exclusive-process GPU)
     for m in members:
-        run_dir = Path(WORK_RUN.format(work_root=work_root, variant=variant, run=m["run"]))
+        run_dir = Path(work_run(work_root, variant, m["run"]))
         why = (
             None
             if (run_dir / "done.json").exists()
@@ -389,7 +389,7 @@ def _train_members(
             log.close()
             code = p.returncode
             log_path = run_log(run)
-            run_dir = Path(WORK_RUN.format(work_root=work_root, variant=variant, run=run))
+            run_dir = Path(work_run(work_root, variant, run))
             if code == EXIT_LOCKED and not stopping and (deadline is None or time.time() + lock_poll_s < deadline - 60):
                 print(f"{variant}/{run}: another live trainer holds it; waiting for its lock", flush=True)
                 waiting[run] = time.time() + lock_poll_s
@@ -450,7 +450,7 @@ def _train_members(
     for m in members:
         res = results[m["run"]]
         _record(
-            Path(WORK_RUN.format(work_root=work_root, variant=variant, run=m["run"])),
+            Path(work_run(work_root, variant, m["run"])),
             "outcome",
             attempt=attempt,
             status="not_started" if m["run"] in skipped else res["status"],
