@@ -1,6 +1,7 @@
 """Pre-flight: a bad config stops `snakemake -n` before any job, naming the key."""
 
 import copy
+import re
 import subprocess
 
 import pytest
@@ -43,6 +44,19 @@ def test_demo_and_study_pass_and_give_the_run_sizes(demo):
             lambda c: c["variants"]["S-core"]["hydra_overrides"].append("trainer.nope=1"),
             "variants.S-core.hydra_overrides: trainer.nope=1",
         ),
+        # a value of another type than the key's default: found before any job, not by the first trainer
+        (
+            lambda c: c["training"]["hydra_overrides"].append("model.base_width=abc"),
+            "training.hydra_overrides: model.base_width=abc: expected an integer (its default is 64), got 'abc'",
+        ),
+        (
+            lambda c: c["variants"]["S-bn-off"]["hydra_overrides"].append("trainer.epochs=2.5"),
+            "variants.S-bn-off.hydra_overrides: trainer.epochs=2.5: expected an integer",
+        ),
+        (
+            lambda c: c["training"]["hydra_overrides"].append("trainer.channels_last=1"),
+            "trainer.channels_last=1: expected true or false (its default is false), got 1",
+        ),
         (lambda c: c["training"].update(val_per_epoch=45), "training.val_per_epoch"),
         (lambda c: c["training"].update(batch_size=5000), "training.batch_size: 5000 is larger than"),
         # 1408 digits in batches of 128: 11 steps, 4 a validation every 2 steps, which Lightning does 5 times
@@ -54,14 +68,46 @@ def test_demo_and_study_pass_and_give_the_run_sizes(demo):
 def test_each_problem_names_its_key(demo, edit, key):
     cfg = copy.deepcopy(demo)
     edit(cfg)
-    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=re.escape(key)):
         preflight(cfg, _by_variant(cfg), runtime_minutes=720)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["optimizer.lr=1", "optimizer.weight_decay=0"],  # an integer where the default is a float
+        ["trainer.gradient_clip_val=2.0", "trainer.max_time_s=60"],  # null defaults: any value
+        ["trainer.epochs=abc", "trainer.epochs=3"],  # only the last override of a key trains
+        ["trainer.epochs=${trainer.val_per_epoch}", "+trainer.extra=x", "~trainer.compile"],
+        ["experiment=s_bn_off", "model.batchnorm=false", "trainer.precision=bf16-mixed"],
+    ],
+)
+def test_overrides_of_the_right_type_pass(overrides):
+    from loss_slope.study.preflight import _compose, _mistyped_overrides
+
+    cfg = _compose(overrides)
+    assert _mistyped_overrides(cfg, overrides) == []
+
+
+def test_the_default_is_the_groups_own(demo):
+    """The default a value is checked against is the one its chosen groups give (here the
+    experiment's own ``model.batchnorm: false``), and each mistyped override is named."""
+    from loss_slope.study.preflight import _compose, _mistyped_overrides
+
+    overrides = ["experiment=s_bn_off", "model.batchnorm=0", "seed=x", "trainer.monitors.hutch_matvecs=1.5"]
+    found = dict(_mistyped_overrides(_compose(overrides), overrides))
+    assert found == {
+        "model.batchnorm=0": "expected true or false (its default is false), got 0",
+        "seed=x": "expected an integer (its default is 0), got 'x'",
+        "trainer.monitors.hutch_matvecs=1.5": "expected an integer (its default is 50), got 1.5",
+    }
 
 
 @pytest.mark.parametrize(
     "edit, key",
     [
         ({"training": {"hydra_overrides": ["model.base_widht=8"]}}, "model.base_widht"),
+        ({"training": {"hydra_overrides": ["model.base_width=abc"]}}, "model.base_width=abc: expected an integer"),
         ({"training": {"val_per_epoch": 50}}, "training.val_per_epoch"),
         ({"analysis": {"fit": {"early_window": [5, 40]}}}, "analysis.fit.early_window"),
     ],

@@ -3,17 +3,21 @@
 The Snakefile calls :func:`preflight` while it builds the DAG. It composes the
 Hydra config of one run per variant (Hydra and OmegaConf only, no torch, about
 0.1 s per variant), so a typo in ``hydra_overrides`` stops ``snakemake -n``
-instead of every probe after a queue wait, and it checks the keys that depend
-on each other: validations per epoch against the steps of an epoch, the
+instead of every probe after a queue wait. An override whose value has another
+type than its key's default (``trainer.epochs=3O``, ``model.batchnorm=1``) stops
+it too; keys whose default is null, a string, a list or a mapping are not
+type-checked. It checks the keys that depend on each other: validations per epoch against the steps of an epoch, the
 analysis early window against the epochs, the time margin against the job
 runtime. Each problem names the key.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from loss_slope.study.config import ConfigError
+from loss_slope.train.compose import compose_train_config
 from loss_slope.train.val_schedule import exact_val_per_epoch, steps_per_epoch
 
 #: training images per dataset (the split the loaders use)
@@ -43,12 +47,54 @@ def _override_key(override: str, config: dict, variant: str) -> str:
 
 
 def _compose(overrides):
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
+    return compose_train_config(list(overrides) + ["run_dir=preflight"])
 
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="loss_slope.conf", version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides) + ["run_dir=preflight"])
+
+def _expected_kind(default, value) -> str | None:
+    """What ``value`` should have been, given its key's default (``None``: it fits, or unchecked)."""
+    if value is None or default is None:
+        return None
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "true or false"
+    if isinstance(default, int):
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if isinstance(default, float):
+        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "a number"
+    return None
+
+
+def _mistyped_overrides(cfg, overrides) -> list[tuple[str, str]]:
+    """``(override, message)`` for each value override whose value's type differs from its key's default.
+
+    Only the last override of a key is checked (it is the one that trains). The defaults are
+    the config composed with the override list's group choices only (``experiment=``,
+    ``data=``, ...), so an experiment's or a dataset's own values count as defaults.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import DictConfig, OmegaConf
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    groups, last = [], {}
+    for text, ov in zip(overrides, parsed):
+        key = ov.key_or_group
+        if ov.is_add() or ov.is_delete() or ov.package or key.startswith("hydra."):
+            continue
+        if "." not in key and (key not in cfg or isinstance(cfg[key], DictConfig)):
+            groups.append(text)  # a config group choice (``experiment`` is not a key of the result)
+        else:
+            last[key] = (text, ov.value())
+    if not last:
+        return []
+    base = _compose(groups)
+    out = []
+    for key, (text, value) in last.items():
+        if isinstance(value, str) and "${" in value:
+            continue  # an interpolation: typed when resolved
+        default = OmegaConf.select(base, key, default=None)
+        kind = _expected_kind(default, value)
+        if kind:
+            out.append((text, f"expected {kind} (its default is {json.dumps(default)}), got {value!r}"))
+    return out
 
 
 def _first_bad_override(overrides) -> str | None:
@@ -87,6 +133,11 @@ def preflight(config: dict, runs_by_variant: dict, *, runtime_minutes: float | N
                 ln for ln in lines if not ln.startswith(("To append", "full_key:", "object_type=", "reference_type="))
             )[:300]
             compose_errors.setdefault(f"{where}: {bad + ': ' if bad else ''}{msg}", []).append(variant)
+            continue
+        mistyped = _mistyped_overrides(cfg, overrides)
+        for o, msg in mistyped:
+            compose_errors.setdefault(f"{_override_key(o, config, variant)}: {o}: {msg}", []).append(variant)
+        if mistyped:
             continue
         data = cfg.data
         # a dataset that states its size (the simulated backend's n_train) is taken at its word
