@@ -288,3 +288,48 @@ def test_a_run_trained_with_a_schedule_lightning_could_not_keep_fails_validation
     _, rep = check(tmp_path)
     assert failed(rep) == {"val_per_epoch"}
     assert "comes 4 times an epoch" in " ".join(rep.to_dict()["reasons"])
+
+
+def _edit_line(path, lineno, edit):
+    lines = path.read_text().splitlines(keepends=True)
+    lines[lineno] = edit(lines[lineno])
+    path.write_text("".join(lines))
+
+
+def test_a_validation_at_step_0_fails_the_count_instead_of_crashing(tmp_path):
+    write_run(tmp_path)
+    p = tmp_path / "val.csv"
+    header, first = p.read_text().splitlines(keepends=True)[:2]
+    p.write_text(p.read_text().replace(first, first.replace("2,0.25,", "0,0.0,", 1), 1))
+    _, rep = check(tmp_path)
+    assert failed(rep) == {"val_per_epoch"}
+    assert "missing at 1 step(s) (first [2]), unexpected at 1 (first [0])" in " ".join(rep.to_dict()["reasons"])
+
+
+@pytest.mark.parametrize(
+    "table, lineno, edit, check_name",
+    [
+        # step 0 is no exception: its epoch is 0
+        ("steps.csv", 1, lambda ln: ln.replace("0,0.0,", "0,5.0,", 1), "epoch_column"),
+        # the validation's epoch becomes the fits' best_val_epoch
+        ("val.csv", 2, lambda ln: ln.replace(",0.5,", ",nan,", 1), "val_epoch_column"),
+        ("val.csv", 3, lambda ln: ln.replace(",0.75,", ",7.5,", 1), "val_epoch_column"),
+    ],
+)
+def test_a_wrong_epoch_is_found_in_every_table(tmp_path, table, lineno, edit, check_name):
+    write_run(tmp_path)
+    before = (tmp_path / table).read_text()
+    _edit_line(tmp_path / table, lineno, edit)
+    assert (tmp_path / table).read_text() != before
+    _, rep = check(tmp_path)
+    assert failed(rep) == {check_name}
+
+
+def test_steps_outside_the_run_are_named(tmp_path):
+    write_run(tmp_path)
+    p = tmp_path / "steps.csv"
+    last = p.read_text().splitlines()[-1].split(",")
+    p.write_text(p.read_text() + ",".join(["24", "3.0", *last[2:]]) + "\n")
+    _, rep = check(tmp_path)
+    assert "steps_exactly_once" in failed(rep)
+    assert "outside 0..23 1 (first [24])" in " ".join(rep.to_dict()["reasons"])

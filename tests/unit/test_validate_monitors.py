@@ -374,3 +374,17 @@ def test_curvature_event_out_of_memory_is_a_nan_row_with_its_reason_and_passes(t
     write_run(tmp_path / "b", curvature=[curvature_row(6), failed_row, curvature_row(18), curvature_row(24)])
     _, rep = check(tmp_path / "b")
     assert failed(rep) == {"curvature_values"}
+
+
+@pytest.mark.parametrize("epoch", [math.nan, 7.0])
+def test_a_wrong_epoch_in_a_noise_or_checkpoint_row_is_reported(tmp_path, epoch):
+    noise = [noise_row(s) for s in (8, 16, 24)]
+    noise[1] = (noise[1][0], epoch, *noise[1][2:])
+    write_run(tmp_path / "n", noise=noise)
+    _, rep = check(tmp_path / "n")
+    assert failed(rep) == {"noise_values"} and "first at step 16" in reasons(rep)
+    ckpt = checkpoint_rows()
+    ckpt[3] = (ckpt[3][0], epoch, *ckpt[3][2:])
+    write_run(tmp_path / "k", checkpoints=ckpt)
+    _, rep = check(tmp_path / "k")
+    assert failed(rep) == {"checkpoint_sizes"} and f"first at step {ckpt[3][0]}" in reasons(rep)

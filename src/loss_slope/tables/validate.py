@@ -125,11 +125,15 @@ def validate_run(
     if not exact:
         have = set(steps.tolist())
         missing = [i for i in range(total) if i not in have]
+        extra = sorted(have - set(range(total)))
         dup = len(steps) - len(have)
-        detail += f"; missing {len(missing)} (first {missing[:3]}), duplicated {dup}"
+        detail += (
+            f"; missing {len(missing)} (first {missing[:3]}), duplicated {dup}, "
+            f"outside 0..{total - 1} {len(extra)} (first {extra[:3]})"
+        )
     rep.add("steps_exactly_once", exact, detail)
     rep.add("steps_in_order", bool(np.all(np.diff(steps) > 0)), "step column strictly increasing")
-    ep_ok = _rel_close(s["epoch"], steps / spe, 1e-12) | (steps == 0)
+    ep_ok = _rel_close(s["epoch"], steps / spe, 1e-12)
     rep.add("epoch_column", bool(ep_ok.all()), _first_bad(~ep_ok, steps) or "epoch = step / steps_per_epoch")
 
     vsteps = v["step"]
@@ -141,16 +145,19 @@ def validate_run(
     else:
         want = want[want <= total]
         vexact = len(vsteps) == len(want) and np.array_equal(vsteps, want)
-        per_epoch = (
-            np.bincount(((vsteps - 1) // spe).astype(int), minlength=epochs) if len(vsteps) else np.zeros(epochs)
-        )
         vdetail = f"{len(vsteps)} rows for {len(want)} expected ({vpe} per epoch)"
         if diverged_at is not None:
             vdetail += f" up to the stop at step {total}"
         if not vexact:
-            bad = np.flatnonzero(per_epoch != vpe)
-            vdetail += f"; epochs with a wrong count: {bad[:5].tolist()}"
+            have, expect = set(vsteps.tolist()), set(want.tolist())
+            missing, extra = sorted(expect - have), sorted(have - expect)
+            vdetail += (
+                f"; missing at {len(missing)} step(s) (first {missing[:3]}), unexpected at {len(extra)} "
+                f"(first {extra[:3]}), duplicated {len(vsteps) - len(have)}"
+            )
         rep.add("val_per_epoch", vexact, vdetail)
+    vep_ok = _rel_close(v["epoch"], vsteps / spe, 1e-12)
+    rep.add("val_epoch_column", bool(vep_ok.all()), _first_bad(~vep_ok, vsteps) or "epoch = step / steps_per_epoch")
 
     # ---- ranges ---------------------------------------------------------
     if diverged_at is not None:

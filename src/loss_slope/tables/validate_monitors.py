@@ -110,7 +110,7 @@ def check_monitors(
         bad |= cc["hutch_trace_se"] < 0
         if "lambda_residual" in cc:
             bad |= cc["lambda_residual"] < 0
-        bad |= np.abs(cc["epoch"] - ss / spe) > 1e-12 * np.maximum(ss / spe, 1)
+        bad |= ~(np.abs(cc["epoch"] - ss / spe) <= 1e-12 * np.maximum(ss / spe, 1))  # NaN is bad
         rep.add(
             "curvature_values",
             not bad.any(),
@@ -144,7 +144,7 @@ def check_monitors(
         gv = nn["grad_var"]
         bad |= nn["grad_var_steps"] != every  # the moments are reset at every report
         bad |= ~(np.isfinite(gv) & (gv >= 0))
-        bad |= np.abs(nn["epoch"] - ss / spe) > 1e-12 * np.maximum(ss / spe, 1)
+        bad |= ~(np.abs(nn["epoch"] - ss / spe) <= 1e-12 * np.maximum(ss / spe, 1))  # NaN is bad
         rep.add(
             "noise_values",
             not bad.any(),
@@ -179,9 +179,14 @@ def check_monitors(
     size = k["checkpoint_size_mb"]
     bad = ~(np.isfinite(size) & (size > 0)) | ~np.array([x in CHECKPOINT_KINDS for x in kind], dtype=bool)
     bad |= ~np.isfinite(k["time"])
+    bad |= ~(np.abs(k["epoch"] - ksteps / spe) <= 1e-12 * np.maximum(ksteps / spe, 1))  # epoch = step / spe
     rep.add(
         "checkpoint_sizes",
         not bad.any(),
         _first_bad(bad, ksteps)
-        or (f"checkpoint_size_mb in [{size.min():.3g}, {size.max():.3g}]" if len(size) else "no checkpoints"),
+        or (
+            f"checkpoint_size_mb in [{size.min():.3g}, {size.max():.3g}], epoch = step / steps_per_epoch"
+            if len(size)
+            else "no checkpoints"
+        ),
     )
