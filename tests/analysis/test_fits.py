@@ -10,6 +10,7 @@ import pytest
 import statsmodels.api as sm
 
 from loss_slope.analysis import (
+    analyze_curve,
     compare_models,
     fit_exponential,
     fit_power_law,
@@ -205,3 +206,15 @@ def test_noise_from_fit_is_whittle_then_reml_with_slack():
     # the innovation variance of the AR part is Whittle's
     for nz in (tight, loose):
         assert nz.ar_var * (1 - nz.ar_phi**2) == pytest.approx(whittle.ar_var * (1 - whittle.ar_phi**2), rel=1e-12)
+
+
+@pytest.mark.parametrize("start", [0, 100])
+def test_an_exact_power_law_is_fitted_exactly(start):
+    """No noise at all: the residuals are zero, and the noise model keeps its floor (its
+    covariance would otherwise be singular and the GLS fit would fail)."""
+    s = np.arange(start, start + 5000, dtype=float)
+    loss = 2.0 * (s + 1.0) ** -0.5
+    assert estimate_noise(np.zeros(1000)).white_var > 0
+    assert fit_power_law(s, loss).exponent == pytest.approx(0.5, abs=1e-6)
+    assert fit_two_power_law(s, loss).exponent_after == pytest.approx(0.5, abs=1e-6)
+    assert analyze_curve(s, loss, steps_per_epoch=100).power_post_knee.exponent == pytest.approx(0.5, abs=1e-6)

@@ -67,3 +67,23 @@ def test_download_verifies_checksum_and_extracts(tmp_path):
     assert read_cifar10(dest)["train_x"].shape[0] == 100
     # idempotent: a second call does not touch the network (bad URL is fine)
     assert download_cifar10(dest, url="file:///nonexistent", md5="x") == folder
+
+
+def test_root_may_be_the_batches_folder_itself(tmp_path):
+    """``data.root`` is the folder that holds ``cifar-10-batches-py/`` or that folder: the reader
+    and the check that the run's fingerprint uses accept the same two forms."""
+    from loss_slope.data.cifar10 import check_cifar10
+
+    write_fake_cifar(tmp_path)
+    for root in (tmp_path, tmp_path / FOLDER):
+        assert check_cifar10(root) == tmp_path / FOLDER
+        assert read_cifar10(root)["train_x"].shape == (100, 3, 32, 32)
+    assert download_cifar10(tmp_path / FOLDER, url="file:///nonexistent") == tmp_path / FOLDER  # nothing to fetch
+
+
+def test_an_empty_batch_is_a_dataset_error(tmp_path):
+    write_fake_cifar(tmp_path)
+    with open(tmp_path / FOLDER / TEST_FILE, "wb") as fh:
+        pickle.dump({b"labels": [], b"data": np.zeros((0, 3072), np.uint8)}, fh, protocol=2)
+    with pytest.raises(DatasetError, match=f"{TEST_FILE}: an empty batch"):
+        read_cifar10(tmp_path)

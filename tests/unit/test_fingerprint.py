@@ -59,6 +59,9 @@ def test_fingerprint_ignores_data_location_retention_eval_batch_and_work_root(tm
         "trainer": {**cfg["trainer"], "best_top_k": 1},
     }
     assert config_fingerprint(moved) == base
+    # the batches folder itself as the root (the reader accepts it): the same dataset, the same identity
+    inside = {**cfg, "data": {**cfg["data"], "root": str(tmp_path / "a" / "cifar-10-batches-py")}}
+    assert config_fingerprint(inside) == base
     (tmp_path / "b" / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"other bytes")
     assert config_fingerprint(moved) != base  # another dataset: another identity
     assert config_fingerprint({**cfg, "data": {**cfg["data"], "batch_size": 64}}) != base

@@ -25,6 +25,7 @@ import numpy as np
 from scipy import linalg, optimize, signal
 
 from .data import LogBins
+from .exceptions import FitFailed
 
 __all__ = ["NoiseModel", "estimate_noise", "estimate_scale"]
 
@@ -116,7 +117,10 @@ class NoiseModel:
             return linalg.cholesky(cov, lower=True, check_finite=False)
         except linalg.LinAlgError:
             jitter = 1e-10 * float(np.mean(np.diag(cov)))
-            return linalg.cholesky(cov + jitter * np.eye(cov.shape[0]), lower=True, check_finite=False)
+            try:
+                return linalg.cholesky(cov + jitter * np.eye(cov.shape[0]), lower=True, check_finite=False)
+            except linalg.LinAlgError as exc:
+                raise FitFailed(f"noise covariance of the bins is not positive definite ({self})") from exc
 
     # ------------------------------------------------------------------ rows
     def times(self, x: np.ndarray) -> np.ndarray:
@@ -161,6 +165,11 @@ def _whittle_objective(theta, cosw, per, cnt):
     return val, g
 
 
+#: the smallest white variance of a noise model: a log-loss residual s.d. of 1e-12, the
+#: rounding of a double near 1 (below it residuals are rounding, not noise)
+MIN_VAR = 1e-24
+
+
 def estimate_noise(residuals, *, max_points: int = 65_536) -> NoiseModel:
     """Estimate a white + AR(1) noise model by the Whittle likelihood.
 
@@ -180,8 +189,9 @@ def estimate_noise(residuals, *, max_points: int = 65_536) -> NoiseModel:
     r = r - r.mean()
     n = r.size
     var = float(np.dot(r, r) / max(n, 1))
-    if n < 16 or var <= 0:
-        return NoiseModel(white_var=max(var, 0.0), ar_var=0.0, ar_phi=0.0)
+    if n < 16 or var <= MIN_VAR:
+        # no noise to model (an exact curve): the floor keeps the covariance positive definite
+        return NoiseModel(white_var=max(var, MIN_VAR), ar_var=0.0, ar_phi=0.0)
     spec = np.fft.rfft(r)
     j = np.arange(1, (n - 1) // 2 + 1)
     per = (spec.real[j] ** 2 + spec.imag[j] ** 2) / n

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """RandomResizedCrop(scale, ratio) to the input size, then flip with prob ``flip_p``."""
+    """A random resized crop (scale, ratio) to the input size, then flip with prob ``flip_p``
+    (:func:`random_resized_crop_flip`: oversized boxes are cut to the image, not drawn again)."""
 
     crop: bool = True
     scale: tuple[float, float] = (0.08, 1.0)
@@ -27,10 +28,17 @@ class AugmentConfig:
 def random_resized_crop_flip(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
     """Augment a batch ``x`` of shape (B, C, H, W), float.
 
-    Each image gets its own crop box (area fraction in ``cfg.scale``, aspect
-    ratio log-uniform in ``cfg.ratio``) resized back to H×W with bilinear
-    interpolation, as torchvision's RandomResizedCrop does, and is flipped
-    left-right with probability ``cfg.flip_p``. One ``grid_sample`` call.
+    Each image gets its own crop box, drawn with an area fraction uniform in
+    ``cfg.scale`` and an aspect ratio log-uniform in ``cfg.ratio``, resized back
+    to H×W with bilinear interpolation, and is flipped left-right with
+    probability ``cfg.flip_p``. One ``grid_sample`` call, one draw per image.
+
+    Unlike torchvision's RandomResizedCrop, a box wider or taller than the image
+    (area × ratio > 1 or area / ratio > 1) is not drawn again: the side that does
+    not fit is cut to the image's, so a too-wide crop covers √(area / ratio) of the
+    image (a too-tall one √(area × ratio)), less than drawn. The mean covered area
+    is 1.2 % below the mean drawn with the CIFAR settings (0.08–1, 3/4–4/3), 1.4 %
+    with the digits' (0.7–1, 0.8–1.25).
     """
     b, _, h, w = x.shape
     dev = x.device

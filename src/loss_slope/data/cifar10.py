@@ -44,6 +44,8 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     labels = np.asarray(d[b"labels"], dtype=np.int64)
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise DatasetError(f"{path}: data has shape {data.shape} and {len(labels)} labels; expected (N, 3072) and N")
+    if not len(labels):
+        raise DatasetError(f"{path}: an empty batch (0 images)")
     if labels.min() < 0 or labels.max() > 9:
         raise DatasetError(f"{path}: labels outside 0..9")
     return data.reshape(-1, 3, 32, 32), labels
@@ -52,8 +54,7 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def read_cifar10(root: str | Path) -> dict[str, np.ndarray]:
     """Read the extracted archive under ``root`` (which contains ``cifar-10-batches-py/``
     or is that folder). Returns uint8 images (N, 3, 32, 32) and int64 labels."""
-    root = Path(root)
-    folder = root if root.name == FOLDER else root / FOLDER
+    folder = _folder(root)
     parts = [_read_batch(folder / f) for f in TRAIN_FILES]
     tx = np.concatenate([p[0] for p in parts])
     ty = np.concatenate([p[1] for p in parts])
@@ -69,14 +70,21 @@ def md5sum(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _folder(root: str | Path) -> Path:
+    """The batch files' folder: ``root`` itself when it is named ``cifar-10-batches-py``, else that folder under it."""
+    root = Path(root)
+    return root if root.name == FOLDER else root / FOLDER
+
+
 def _missing(folder: Path) -> list[str]:
     """The batch files not (yet) in ``folder``."""
     return [f for f in (*TRAIN_FILES, TEST_FILE) if not (folder / f).is_file()]
 
 
 def check_cifar10(root: str | Path) -> Path:
-    """The dataset's folder under ``root``; :class:`DatasetError` naming every missing file."""
-    folder = Path(root) / FOLDER
+    """The dataset's folder (``root`` or ``cifar-10-batches-py`` under it, as :func:`read_cifar10`
+    reads it); :class:`DatasetError` naming every missing file."""
+    folder = _folder(root)
     missing = _missing(folder)
     if missing:
         raise DatasetError(
@@ -92,8 +100,8 @@ def download_cifar10(root: str | Path, *, url: str = URL, md5: str = MD5) -> Pat
     archive is written to a temporary name and renamed only after the checksum
     matches, so an interrupted download never looks complete.
     """
-    root = Path(root)
-    folder = root / FOLDER
+    folder = _folder(root)
+    root = folder.parent  # the archive extracts to cifar-10-batches-py/
     if not _missing(folder):
         return folder
     root.mkdir(parents=True, exist_ok=True)
