@@ -148,3 +148,38 @@ def test_by_stem_groups_formats():
         "x": ["a/x.png", "a/x.svg"],
         "S-core.v2": ["b/S-core.v2.png"],
     }
+
+
+@pytest.mark.parametrize("stride", [0.5, 2.0])
+def test_window_heatmap_cells_sit_on_their_epochs_at_any_stride(partial, stride):
+    import dataclasses
+
+    import numpy as np
+
+    from loss_slope.report.study_stats import WindowHeatmap
+
+    _, stats, _ = partial
+    offs = np.arange(-4, 4 + 0.5 * stride, stride)
+    starts, ends = tuple(np.maximum(5 + offs, 0.0)), tuple(15 + offs)
+    grid = [[-0.5] * len(ends) for _ in starts]
+    hm = WindowHeatmap(
+        starts=starts,
+        ends=ends,
+        rho=tuple(map(tuple, grid)),
+        p_value=tuple(tuple([0.5] * len(ends)) for _ in starts),
+        n_valid=tuple(tuple([8] * len(ends)) for _ in starts),
+        nominal=(5.0, 15.0) if stride == 0.5 else (5.0, 15.5),  # 15.5 is off the stride-2 grid
+    )
+    fig = F.plot_window_heatmap(None, dataclasses.replace(stats, window_heatmap=hm))
+    ax = fig.axes[0]
+    mesh = ax.collections[0]
+    xs = mesh.get_coordinates()[0, :, 0]  # cell edges along the window stop
+    centres = (xs[:-1] + xs[1:]) / 2
+    np.testing.assert_allclose(centres, ends)
+    boxes = [p for p in ax.patches if not p.get_fill()]
+    if stride == 0.5:
+        assert len(boxes) == 1 and boxes[0].get_x() == pytest.approx(14.75) and boxes[0].get_width() == 0.5
+        assert "ρ = -0.50 at epochs 5–15" in _title(fig)
+    else:
+        assert not boxes and "the nominal window 5–15.5 is not on the scan's grid" in _title(fig)
+    plt.close(fig)

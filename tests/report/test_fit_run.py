@@ -83,6 +83,32 @@ def test_cumulative_lr_axis_under_a_cosine_schedule():
     assert "step__h1_single_power_law" in row and "step__alpha_early" in row
 
 
+def test_on_the_cumulative_lr_axis_windows_models_and_scan_are_where_the_fits_were():
+    """An exact power law in cumulative LR under warm-up + cosine: the α windows are reported
+    in steps, the figures' model curves follow the loss at their steps, and the window scan's
+    nominal cell is α_early (all three used the time values as steps before)."""
+    spe, epochs = 48, 20
+    n = spe * epochs
+    st = np.arange(n, dtype=float)
+    lr = 0.1 * np.where(st < spe, (st + 1) / spe, 0.5 * (1 + np.cos(np.pi * (st - spe) / (n - spe)))) + 1e-6
+    t = np.concatenate(([0.0], np.cumsum(lr[:-1]))) / lr.max()
+    loss = 2.3 * (t + 20.0) ** -0.8 / 20.0**-0.8
+    steps, val, info = run_tables(loss=loss)
+    steps["lr"] = lr
+    out = _fit(steps, val, info, time_axis="cumulative_lr")
+    row = out["row"]
+    assert row["status"] == "ok"
+    assert (row["alpha_early_start_step"], row["alpha_early_end_step"]) == (240, 719)
+    assert (row["alpha_full_start_step"], row["alpha_full_end_step"]) == (48, n - 1)  # no knee: from epoch 1
+    m = out["models"]
+    at = np.asarray(m["step"]).astype(int)
+    np.testing.assert_allclose(m["power"], loss[at], rtol=1e-6)
+    np.testing.assert_allclose(m["power_post_knee"], loss[np.asarray(m["power_post_knee_step"]).astype(int)], rtol=1e-6)
+    ws = out["window_scan"]
+    i, j = list(ws["starts"]).index(5.0), list(ws["ends"]).index(15.0)
+    assert np.asarray(ws["alpha"], dtype=float)[i, j] == pytest.approx(row["alpha_early"], rel=1e-9)
+
+
 def test_best_validation_ce_and_its_epoch(clean_run):
     row = clean_run[3]["row"]
     assert row["best_val_ce"] == pytest.approx(0.3)

@@ -63,6 +63,19 @@ def test_summary_embeds_every_figure_and_lists_every_excluded_run(partial_summar
         assert f"| {r.variant} | {r.run} | {r.status} | {r.reason} |" in md
 
 
+def test_the_h1_table_has_a_verdict_for_every_target_share():
+    runs, fits = partial_sweep()
+    table = run_table([f["row"] for f in fits], runs)
+    stats = study_statistics(table, study={**STUDY, "h1_target_shares": [0.5, 0.8, 0.9]}, early_window=[5, 15])
+    md = render_summary(table, stats, FIGS)
+    header = next(ln for ln in md.splitlines() if ln.startswith("| criterion | runs |"))
+    assert header.count("| verdict") == 3
+    row = next(ln for ln in md.splitlines() if ln.startswith("| one power law after the knee"))
+    for target in ("50 %", "80 %", "90 %"):
+        assert f"(vs {target})" in row
+    assert row.count("|") == header.count("|")
+
+
 def test_complete_sweep_says_nothing_is_excluded():
     runs, fits = partial_sweep()
     rows = [f["row"] for f in fits if f["row"]["status"] == "ok"]

@@ -64,6 +64,15 @@ def test_recovers_a_supported_h2_and_the_h1_share():
     assert "H1 share" in md and "No run's verdict was wrong" in md
 
 
+def test_the_literal_h2_verdicts_need_the_configured_sign():
+    table, truths = study(rho=-0.95)
+    either = compare_with_truth(table, truths)["h2"]
+    assert either["estimated_verdict"] == either["true_verdict"] == "supported"
+    assert compare_with_truth(table, truths, h2_sign="negative")["h2"]["estimated_verdict"] == "supported"
+    wrong_sign = compare_with_truth(table, truths, h2_sign="positive")["h2"]  # rho = -0.95 against a positive one
+    assert wrong_sign["estimated_verdict"] == wrong_sign["true_verdict"] == "not supported"
+
+
 def test_unsupported_h2_and_wrong_verdicts_are_listed():
     table, truths = study(rho=0.0, noise=0.01, seed=1)
     r = compare_with_truth(table, truths)

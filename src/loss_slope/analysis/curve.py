@@ -96,10 +96,20 @@ class _TimeAxis:
         lo, hi = k.step_ci
         return dataclasses.replace(k, step=step, step_ci=(self.to_steps(lo), self.to_steps(hi)), epoch=step / spe)
 
-    def window_in_epochs(self, sr: SlopeResult, window) -> SlopeResult:
+    def slope_in_steps(self, sr: SlopeResult, spe: float, window=None) -> SlopeResult:
+        """A slope fitted on this axis, its first and last point as steps and its bounds
+        in epochs of steps (a window: the epochs it was asked for)."""
         if self.name == "step":
             return sr
-        return dataclasses.replace(sr, start_epoch=float(window[0]), end_epoch=float(window[1]))
+        if window is None:
+            window = (self.to_steps(sr.start_epoch * spe) / spe, self.to_steps(sr.end_epoch * spe) / spe)
+        return dataclasses.replace(
+            sr,
+            start_step=self.to_steps(sr.start_step),
+            end_step=self.to_steps(sr.end_step),
+            start_epoch=float(window[0]),
+            end_epoch=float(window[1]),
+        )
 
 
 def analyze_curve(
@@ -267,7 +277,7 @@ def analyze_curve(
             spe,
             confidence=confidence,
         )
-        a_early = axis.window_in_epochs(a_early, early_window)
+        a_early = axis.slope_in_steps(a_early, spe, early_window)
     except AnalysisError as exc:
         errors["alpha_early"] = str(exc)
     try:
@@ -279,6 +289,7 @@ def analyze_curve(
             confidence=confidence,
             fallback_start_epoch=axis.epoch_to_t(1.0, spe),
         )
+        a_full = axis.slope_in_steps(a_full, spe)
     except AnalysisError as exc:
         errors["alpha_full"] = str(exc)
 

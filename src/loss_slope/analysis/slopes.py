@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .data import log_t, prepare_curve, z_value
-from .exceptions import NotEnoughPoints
+from .exceptions import InvalidCurve, NotEnoughPoints
 from .noise import estimate_noise
 from .solver import iid_loglik
 
@@ -342,6 +342,7 @@ def window_scan(
     shift: float = 5.0,
     stride: float = 1.0,
     nonfinite: str = "raise",
+    time=None,
 ) -> WindowScan:
     """Slopes with the window's start and end each shifted by up to ±``shift`` epochs.
 
@@ -355,6 +356,10 @@ def window_scan(
         Maximum shift of each bound, epochs.
     stride : float
         Grid spacing, epochs.
+    time : array_like, shape (n,), optional
+        Another time axis for the slopes (as :func:`analyze_curve`'s ``time``): the
+        windows are still in epochs of steps, the slope is ``-d log loss / d ln(time + 1)``,
+        so the nominal window gives ``analyze_curve``'s α_early on that axis.
 
     Returns
     -------
@@ -363,18 +368,34 @@ def window_scan(
     if not steps_per_epoch > 0:
         raise ValueError("steps_per_epoch must be > 0")
     curve = prepare_curve(steps, loss, min_points=2, nonfinite=nonfinite)
+    x, y = curve.steps, curve.y
+    if time is None:
+
+        def on_axis(step_bounds):
+            return step_bounds
+    else:
+        tt = np.asarray(time, dtype=float)
+        if tt.shape != np.shape(steps):
+            raise InvalidCurve("time must have one value per step")
+        tt = np.interp(curve.steps, np.asarray(steps, dtype=float), tt)
+        keep = np.concatenate(([True], np.diff(tt) > 0))  # zero-LR steps add no time: the first of each tie
+        x, y, kept_steps = tt[keep], y[keep], curve.steps[keep]
+
+        def on_axis(step_bounds):
+            return np.interp(step_bounds, kept_steps, x)
+
     offs = np.arange(-shift, shift + 0.5 * stride, stride)
     starts = np.maximum(window[0] + offs, 0.0)
     starts = np.unique(starts)
     ends = window[1] + offs
-    a = window_alphas(curve.steps, curve.y, starts * steps_per_epoch, ends * steps_per_epoch)
+    a = window_alphas(x, y, on_axis(starts * steps_per_epoch), on_axis(ends * steps_per_epoch))
     covered = ends * steps_per_epoch - 1.0 <= curve.steps[-1] + 1e-9  # no truncated windows
     a = np.where((starts[:, None] < ends[None, :]) & covered[None, :], a, np.nan)
     valid = np.isfinite(a)
     if not valid.any():
         raise NotEnoughPoints(MIN_WINDOW_POINTS, 0, "points in every shifted window")
     nom = window_alphas(
-        curve.steps, curve.y, np.array([window[0] * steps_per_epoch]), np.array([window[1] * steps_per_epoch])
+        x, y, on_axis(np.array([window[0] * steps_per_epoch])), on_axis(np.array([window[1] * steps_per_epoch]))
     )[0, 0]
     if not math.isfinite(nom):
         raise NotEnoughPoints(MIN_WINDOW_POINTS, 0, "points in the nominal window")

@@ -124,23 +124,26 @@ def _thinned(steps: np.ndarray, loss: np.ndarray) -> dict:
     return {"step": steps[idx], "loss": loss[idx]}
 
 
-def _models(analysis, steps: np.ndarray) -> dict:
+def _models(analysis, steps: np.ndarray, time: np.ndarray | None = None) -> dict:
+    """The fitted models at about MODEL_POINTS steps, for the figures (``time``: the
+    analysis axis's value at each of ``steps`` when it is not the step)."""
     out: dict = {}
     if steps.size < 2:
         return out
     grid = np.unique(np.round(np.geomspace(1, steps[-1] + 1, MODEL_POINTS)) - 1)
+    at = grid if time is None else np.interp(grid, steps, time)  # the fits are functions of the axis
     out["step"] = grid
     if analysis.comparison is not None:
         for name, fit in analysis.comparison.fits.items():
             try:
-                out[name] = fit.predict(grid)
+                out[name] = fit.predict(at)
             except (AnalysisError, ValueError, FloatingPointError):
                 pass
     if analysis.power_post_knee is not None:
         p = analysis.power_post_knee
-        sub = grid[grid >= p.step_range[0]]
-        out["power_post_knee_step"] = sub
-        out["power_post_knee"] = p.predict(sub)
+        sel = at >= p.step_range[0]
+        out["power_post_knee_step"] = grid[sel]
+        out["power_post_knee"] = p.predict(at[sel])
     return out
 
 
@@ -463,9 +466,8 @@ def fit_run_tables(
     row["knee_method"] = DEFAULT_KNEE_METHOD
     row["knee_found"] = row.get(f"knee_{DEFAULT_KNEE_METHOD}_found")
     row["knee_epoch"] = row.get(f"knee_{DEFAULT_KNEE_METHOD}_epoch")
-    if "power_start_step" in row and row["power_start_step"] is not None:
-        row["power_start_epoch"] = row["power_start_step"] / spe
-    out["models"] = _models(analysis, st)
+    t = _time(axis, lr)
+    out["models"] = _models(analysis, st, t)
 
     if not short:
         try:
@@ -476,6 +478,7 @@ def fit_run_tables(
                 window=(start, end),
                 shift=float(fit["window_shift"]),
                 stride=float(fit["window_stride"]),
+                time=t,
             )
             out["window_scan"] = {"starts": ws.starts, "ends": ws.ends, "alpha": ws.alpha}
             row["alpha_early_window_spread"] = ws.spread

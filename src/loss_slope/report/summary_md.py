@@ -29,16 +29,15 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _h1_row(name: str, res: H1Criterion | NotComputable) -> list[str]:
+def _h1_row(name: str, res: H1Criterion | NotComputable, n_targets: int) -> list[str]:
+    """A criterion's row: runs, share, interval, then one verdict per target share (``n_targets`` columns)."""
     if not res.computable:
-        return [res.extra.get("label", name), "—", "—", "—", f"not computable: {res.error}", ""]
+        return [res.extra.get("label", name), "—", "—", "—", f"not computable: {res.error}"] + [""] * (n_targets - 1)
     o = res.overall
-    verdicts = list(res.verdicts.items())
     cols = [res.label or name, f"{o.k} / {o.n}", fmt_pct(o.share)]
     cols += [V.interval(o.ci_low, o.ci_high, pct=True, targets=res.verdicts)]
-    cols += [f"{v} (vs {fmt_pct(float(t))})" for t, v in verdicts[:2]]
-    cols += [""] * (6 - len(cols))
-    return cols
+    cols += [f"{v} (vs {fmt_pct(float(t))})" for t, v in res.verdicts.items()]
+    return cols + [""] * (4 + n_targets - len(cols))
 
 
 def _skipped_variants_lines(skipped: Sequence[Mapping[str, str]]) -> list[str]:
@@ -72,8 +71,9 @@ def _h1_section(stats: StudyStats, table: pd.DataFrame, figs) -> list[str]:
         "a broken one can pass it, so it is reported, not decided on.",
         "",
     ]
-    rows = [_h1_row(name, res) for name, res in h1.criteria.items()]
-    out += [_table(["criterion", "runs", "share", f"{fmt_pct(conf)} interval", "verdict", "verdict"], rows), ""]
+    n_targets = max([len(res.verdicts) for res in h1.criteria.values() if res.computable] + [1])
+    rows = [_h1_row(name, res, n_targets) for name, res in h1.criteria.items()]
+    out += [_table(["criterion", "runs", "share", f"{fmt_pct(conf)} interval"] + ["verdict"] * n_targets, rows), ""]
     byv = main.by_variant if main.computable else {}
     if byv:
         out += [

@@ -278,7 +278,11 @@ def compare_with_truth(
     multi = h2[h2.groupby("cell")["cell"].transform("size") > 1]
     est_w, est_wp = _spearman(_within(multi, "alpha_early"), _within(multi, "best_val_ce"))
     true_w, true_wp = _spearman(_within(multi, "true_alpha_early_true"), _within(multi, "true_best_val_ce_true"))
-    verdict = lambda rho, p: bool(math.isfinite(rho) and abs(rho) >= h2_min_abs_rho and p < h2_max_p)  # noqa: E731
+    # the literal rule with its required sign (a correlation of the other sign never supports H2)
+    sign_ok = lambda rho: h2_sign == "either" or (rho < 0) == (h2_sign == "negative")  # noqa: E731
+    verdict = lambda rho, p: bool(  # noqa: E731
+        math.isfinite(rho) and sign_ok(rho) and abs(rho) >= h2_min_abs_rho and p < h2_max_p
+    )
     first = truths[next(iter(truths))] if truths else {}
     res["h2"] = {
         "n": int(len(h2)),
@@ -299,7 +303,6 @@ def compare_with_truth(
     }
     res["h2"]["verdict_matches"] = res["h2"]["estimated_verdict"] == res["h2"]["true_verdict"]
     if h2_study is not None:
-        sign_ok = lambda rho: h2_sign == "either" or (rho < 0) == (h2_sign == "negative")  # noqa: E731
         true_def = (
             "supported"
             if math.isfinite(true_rho) and abs(true_rho) >= h2_min_abs_rho and sign_ok(true_rho)
