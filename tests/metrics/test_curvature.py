@@ -182,6 +182,11 @@ def test_domain_errors():
         C.lambda_max(model, loss_fn, batches)
     with pytest.raises(CurvatureError, match="at least 3"):
         C.hutch_trace(model, loss_fn, batches, matvecs=2)
+    # fewer vectors than the convergence test waits for: it could never say converged
+    with pytest.raises(CurvatureError, match="min_iters=5, iters=3"):
+        C.lambda_max(model, loss_fn, batches, iters=3)
+    with pytest.raises(CurvatureError, match="min_iters=5, iters=3"):
+        C.curvature(model, loss_fn, batches, matvecs=9, iters=3)
     assert model.training  # mode restored after an error inside the probe
     mixed = copy.deepcopy(model)
     mixed.head.float()

@@ -54,8 +54,11 @@ class LambdaMax:
     value : float
         The largest Ritz value of the Lanczos tridiagonal matrix ``T_k``, in loss
         units per (parameter unit)². It is the algebraically largest eigenvalue
-        (not the largest in magnitude): a negative value means ``H`` is negative
-        definite. A Ritz value never exceeds the true top eigenvalue.
+        (not the largest in magnitude). A Ritz value never exceeds the true top
+        eigenvalue. A negative value means no positive curvature was found in the
+        Krylov space searched; started from the Hutch++ sketch (:func:`curvature`),
+        that space lies in the range of ``H``, so a zero eigenvalue of a negative
+        semidefinite ``H`` is not seen there.
     iterations : int
         Lanczos vectors ``k`` (the size of ``T_k``); each costs one Hessian-vector
         product, except the first when its product is already known (:func:`curvature`).
@@ -69,7 +72,8 @@ class LambdaMax:
     residual : float
         Convergence certificate ``‖H v − λ v‖ / |λ|`` of the unit Ritz vector ``v``
         of ``value``. Some eigenvalue of ``H`` lies within ``residual·|λ|`` of the
-        value (and within ``(residual·λ)²/gap`` when the next Ritz value is ``gap`` below).
+        value (and within ``(residual·λ)²/gap`` when the next eigenvalue of ``H``, not
+        the next Ritz value, which overstates the gap, is ``gap`` below).
     bottom : float
         The smallest Ritz value of ``T_k``: an upper bound on the smallest
         eigenvalue (the most negative curvature seen), not certified.
@@ -337,8 +341,8 @@ def _lanczos(
     earlier ones. Returns (top Ritz value, relative residual, smallest Ritz value,
     vectors k, converged). The vectors are the only memory it keeps (k × n_params).
     """
-    if iters < 1:
-        raise CurvatureError(f"iters must be >= 1, got {iters}")
+    if not 1 <= min_iters <= iters:
+        raise CurvatureError(f"need 1 <= min_iters <= iters, got min_iters={min_iters}, iters={iters}")
     norm0 = init.norm()
     if not torch.isfinite(norm0) or float(norm0) == 0.0:
         raise CurvatureError("the Lanczos start vector is zero or not finite")
