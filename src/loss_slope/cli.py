@@ -73,7 +73,11 @@ def _attempts(path: Path) -> list[dict]:
     return out
 
 
-def run_state(run_dir: Path, *, now: float, max_errors: int = 3, total_hint: int | None = None) -> dict:
+def run_state(
+    run_dir: Path, *, now: float, max_errors: int = 3, total_hint: int | None = None, settings: str | None = None
+) -> dict:
+    """One run's state. ``settings``: the digest its pack was planned with (the registry's); only
+    errors under it count, as the pack launcher counts them (a changed run has a fresh budget)."""
     from loss_slope.train.pack import given_up, read_errors
 
     st = {
@@ -123,23 +127,27 @@ def run_state(run_dir: Path, *, now: float, max_errors: int = 3, total_hint: int
             if dt > 0 and ds > 0:
                 st["rate"] = ds / dt
         return st
-    errors = read_errors(run_dir)
+    errors = read_errors(run_dir, settings)
     ends = [a for a in attempts if a.get("event") == "end"]
-    if (errors and given_up(errors, max_errors)) or (ends and ends[-1].get("status") == "failed"):
+    last_failed = bool(ends and ends[-1].get("status") == "failed")
+    if (errors and given_up(errors, max_errors)) or (last_failed and (settings is None or errors)):
         st["state"] = "failed"
         st["error"] = errors[-1]["error"] if errors else ends[-1].get("error")
     return st
 
 
-def _planned_runs(root: Path) -> dict[str, list[str]]:
+def _planned_runs(root: Path) -> dict[str, dict[str, str | None]]:
     """Runs of each variant from the pack registries (:data:`loss_slope.pipeline.paths.PACK_REGISTRY`),
-    less those dropped from their pack (removed from the config; one with a work tree is still listed)."""
-    out: dict[str, list[str]] = {}
+    with the settings digest each was planned with (``None``: not recorded), less those dropped
+    from their pack (removed from the config; one with a work tree is still listed)."""
+    out: dict[str, dict[str, str | None]] = {}
     for reg in sorted(root.glob(PACK_REGISTRY.format(variant="*"))):
         data = _read_json(reg) or {}
         members = [m if isinstance(m, dict) else {"run": m} for ms in data.get("packs", {}).values() for m in ms]
-        runs = [m["run"] for m in members if not m.get("dropped")]
-        out[reg.parent.name] = list(dict.fromkeys(runs))
+        runs = out.setdefault(reg.parent.name, {})
+        for m in members:
+            if not m.get("dropped"):
+                runs[m["run"]] = m.get("settings")
     return out
 
 
@@ -156,13 +164,15 @@ def collect(root: Path, work_root: Path, max_errors: int = 3, now: float | None 
     variants = _planned_runs(root)
     if work_root.is_dir():
         for vdir in sorted(p for p in work_root.iterdir() if p.is_dir()):
-            runs = variants.setdefault(vdir.name, [])
+            runs = variants.setdefault(vdir.name, {})
             for rdir in sorted(vdir.iterdir()):
                 if rdir.is_dir() and ".stale-" not in rdir.name and rdir.name not in runs:
-                    runs.append(rdir.name)
+                    runs[rdir.name] = None
     table = {}
     for v, runs in variants.items():
-        states = [run_state(work_root / v / r, now=now, max_errors=max_errors) for r in runs]
+        states = [
+            run_state(work_root / v / r, now=now, max_errors=max_errors, settings=digest) for r, digest in runs.items()
+        ]
         totals = [s["total"] for s in states if s["total"]]
         typical = max(totals) if totals else None
         for s in states:

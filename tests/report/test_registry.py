@@ -24,7 +24,8 @@ from .conftest import STUDY, partial_sweep
 DRY_CONFIG = {
     "study": "registry-dry-run",
     "data": {"name": "simulated"},
-    "training": {"epochs": 10, "warmup_epochs": 1},
+    # the truth's alpha_early window is the analysis window
+    "training": {"epochs": 10, "warmup_epochs": 1, "hydra_overrides": ["data.simulation.early_window=[2,6]"]},
     "variants": {"S-core": {"experiment": "s_core"}},
     "grid": {"lr": [0.1], "weight_decay": [0.001], "seed": [0]},
     "packing": {"runs_per_gpu": 1},

@@ -75,9 +75,32 @@ def test_schedule_shapes_progress():
 
 
 def test_second_break_makes_h1_false():
-    s = sim(second_break_share=1.0, diverge_share=0.0)
+    s = sim(second_break_share=1.0, diverge_share=0.0, second_break_epochs=[10.0, 15.0])
     t = model.run_truth(s, **kw(), val_steps=VAL)
     assert t["second_break"] and t["h1_single_power_law"] is False
+
+
+def test_a_break_or_divergence_drawn_past_the_last_step_does_not_happen():
+    """The run has 20 epochs: a second break or a divergence drawn at epoch 25 is neither in
+    the curve nor in the truth (the truth said H1 false and diverged before)."""
+    s = sim(second_break_share=1.0, second_break_epochs=[25.0, 30.0], diverge_share=1.0, diverge_epochs=[25.0, 40.0])
+    t = model.run_truth(s, **kw(), val_steps=VAL)
+    assert not t["second_break"] and t["h1_single_power_law"] is True
+    assert not t["diverged"] and t["diverge_epoch"] is None and t["best_val_ce_true"] is not None
+    never = sim(second_break_share=0.0, diverge_share=0.0)
+    np.testing.assert_array_equal(curves(s)["loss"], curves(never)["loss"])
+
+
+def test_the_truth_uses_the_configured_validation_gap():
+    for gap in (0.5, 4.0):
+        s = sim(diverge_share=0.0, val={"sigma": 0.0, "gap": gap})
+        t = model.run_truth(s, **kw(), val_steps=VAL)
+        assert curves(s)["val_loss"].min() == pytest.approx(t["best_val_ce_true"], rel=1e-12)
+
+
+def test_grid_values_that_differ_past_six_digits_are_different_cells():
+    a, b = model.cell_of("S-core", 0.0001234567, 1e-3), model.cell_of("S-core", 0.0001234568, 1e-3)
+    assert a != b and model.cell_of("S-core", 0.05, 1e-4) == "S-core|lr0.05|wd0.0001"
 
 
 def test_noise_grows_along_the_run():
@@ -119,7 +142,10 @@ def test_diverging_share_and_the_guard_sees_it():
     d = c["params"]["diverge_step"]
     assert d == 5 * SPE
     assert c["loss"][d + 300] > 10 * c["loss"][:10].mean()
-    shares = [model.run_params(sim(diverge_share=0.2), **kw(seed=k))[0]["diverged"] for k in range(200)]
+    shares = [
+        model.run_params(sim(diverge_share=0.2, diverge_epochs=[5.0, 15.0]), **kw(seed=k))[0]["diverged"]
+        for k in range(200)
+    ]
     assert 0.1 < np.mean(shares) < 0.3
 
 
@@ -130,6 +156,23 @@ def test_settings_reject_unknown_keys():
         model.settings({"h2": {"rho": 1}})
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
         model.settings({"h2": {"rho_cell": 2}})
+
+
+@pytest.mark.parametrize(
+    "over, key",
+    [
+        ({"noise": {"sigma_start": 0.0}}, "noise.sigma_start"),  # the AR wander grows by sigma / sigma_start
+        ({"noise": {"ar_phi": 1.5}}, "noise.ar_phi"),
+        ({"knee_epochs": [0.0, 3.0]}, "knee_epochs"),  # log-uniform
+        ({"val": {"gap": -0.5}}, "val.gap"),  # a negative validation CE
+        ({"floor_share": [0.2, 1.0]}, "floor_share"),
+        ({"diverge_epochs": [40.0, 10.0]}, "diverge_epochs"),
+        ({"initial_loss": 0}, "initial_loss"),
+    ],
+)
+def test_settings_reject_values_that_would_break_the_curves(over, key):
+    with pytest.raises(ValueError, match=f"data.simulation.{key}: .* must be"):
+        model.settings(over)
 
 
 def test_study_shape_and_monitor_settings():

@@ -136,7 +136,7 @@ TIME_BUDGET = {
         "warmup_epochs": 1,
         "threads": 1,
         "flush_every_steps": 100,
-        "hydra_overrides": ["data.simulation.pace_s_per_chunk=5"],
+        "hydra_overrides": ["data.simulation.pace_s_per_chunk=5", "data.simulation.early_window=[1,3]"],
     },
     "variants": {"S-core": {"experiment": "s_core"}},
     "grid": {"lr": [0.05], "weight_decay": [0.0005], "seed": [0, 1]},

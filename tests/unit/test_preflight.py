@@ -131,3 +131,44 @@ def test_snakemake_dry_run_stops_before_any_job(tmp_path, edit, key):
     out = p.stdout + p.stderr
     assert p.returncode != 0 and key in out and "config error" in out, out[-3000:]
     assert "Job stats" not in out and not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize(
+    "edit, key",
+    [
+        (
+            lambda c: c["training"]["hydra_overrides"].append("data.simulation.h2.rho_cell=2"),
+            "data.simulation.h2.rho_cell: 2 must be in [-1, 1]",
+        ),
+        (
+            lambda c: c["training"]["hydra_overrides"].append("data.simulation.noise.ar_phi=1.5"),
+            "data.simulation.noise.ar_phi: 1.5 must be in [0, 1)",
+        ),
+        (
+            lambda c: c["analysis"]["fit"].update(early_window=[2, 6]),
+            "data.simulation.early_window: [5.0, 15.0] differs from analysis.fit.early_window [2, 6]: the truth's "
+            "alpha_early_true would be over another window than the fits' alpha_early; "
+            "add data.simulation.early_window=[2,6] to training.hydra_overrides",
+        ),
+    ],
+)
+def test_a_simulated_study_s_settings_are_checked_before_any_job(edit, key):
+    cfg = copy.deepcopy(load_config(REPO / "config" / "simulated.yaml"))
+    preflight(cfg, _by_variant(cfg), runtime_minutes=720)
+    edit(cfg)
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        preflight(cfg, _by_variant(cfg), runtime_minutes=720)
+
+
+def test_the_time_margin_must_leave_a_whole_minute(demo):
+    from loss_slope.study.resources import pack_runtime_minutes, pack_time_budget_s
+
+    cfg = copy.deepcopy(demo)
+    cfg["packing"]["time_margin_minutes"] = 10
+    preflight(cfg, _by_variant(cfg), runtime_minutes=11.5)  # asks for 11 min: 1 min of training
+    assert pack_runtime_minutes(0, None, margin_min=10, cap_min=11.5) == 11
+    assert pack_time_budget_s(11, 10) == 60
+    # 10.9 min is asked as 10, which the pack job's budget refuses: the dry-run says so first
+    with pytest.raises(ConfigError, match=r"packing\.time_margin_minutes: 10 leaves less than a minute"):
+        preflight(cfg, _by_variant(cfg), runtime_minutes=10.9)
+    assert pack_runtime_minutes(19550, 5.0, margin_min=10, cap_min=10.9) == 10  # never above the cap

@@ -97,6 +97,20 @@ def test_a_single_run_out_of_memory_still_gives_n_equal_1():
     assert res["runs_per_gpu"] == 1 and "no level ran cleanly" in res["reason"]
 
 
+def test_a_single_run_out_of_memory_on_a_gpu_is_a_gpu_plan():
+    # on a GPU node the worker died of the OOM before its report: the plan is N = 1 on the GPU,
+    # which a SLURM study accepts (it was recorded as a CPU probe, which it refuses)
+    from loss_slope.probe.plan import check_plan, measured_from_probe
+
+    def level(overrides, k, **kw):
+        return level_from_workers(k, [], ["worker 0 exited 1: torch.OutOfMemoryError: CUDA out of memory"], []), []
+
+    res = probe_capacity(["x=1"], variant="V", k_max=3, steps=5, level=level, run=FakeRun(), which=_has_smi)
+    assert res["runs_per_gpu"] == 1 and res["device"] == "cuda" and res["on_cpu"] is False and res["note"] is None
+    assert "no worker of k = 1 reported (out of memory)" in res["reason"]
+    check_plan({"variant": "V", "source": "probe", **measured_from_probe(res, 1)}, slurm=True)
+
+
 def test_a_failed_second_level_still_chooses_from_the_first():
     def level(overrides, k, **kw):
         if k == 1:

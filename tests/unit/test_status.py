@@ -97,3 +97,24 @@ def test_the_config_names_the_work_tree(tmp_path):
         timeout=60,
     )
     assert p.returncode == 0 and "V                  1        0       0        0" in p.stdout, p.stdout
+
+
+def test_errors_under_other_settings_do_not_fail_a_run(tmp_path):
+    """A run whose settings changed gets a fresh error budget from the pack launcher: errors
+    recorded under the old settings digest must not make status call it failed."""
+    work = tmp_path / "work"
+    _run(work, "r1", steps=0)
+    error = {"event": "error", "exit_code": 1, "error": "ConfigCompositionException: bad key", "settings": "old"}
+    old = "".join(json.dumps(error) + "\n" for _ in range(2))
+    (work / "V" / "r1" / "launcher.jsonl").write_text(old)
+    (work / "V" / "r1" / "attempts.jsonl").write_text(
+        json.dumps({"event": "end", "status": "failed", "error": "bad key", "time": 1.0}) + "\n"
+    )
+    reg = tmp_path / "results" / "plan" / "V" / "packs.json"
+    reg.parent.mkdir(parents=True)
+    reg.write_text(json.dumps({"packs": {"pack-x": [{"run": "r1", "settings": "new"}]}}))
+    assert collect(tmp_path, work, now=time.time())["V"][0]["state"] == "waiting"
+    # the same errors under the settings it is planned with: given up
+    (work / "V" / "r1" / "launcher.jsonl").write_text(old.replace('"old"', '"new"'))
+    state = collect(tmp_path, work, now=time.time())["V"][0]
+    assert state["state"] == "failed" and "bad key" in state["error"]

@@ -425,7 +425,12 @@ def variant_facts(variant):
 def pack_runtime(wildcards):
     step_s = pack_measured(wildcards).get("step_s")
     if not step_s:
-        return int(PACKING["runtime_minutes"])
+        return res.pack_runtime_minutes(
+            0,
+            None,
+            margin_min=PACKING["time_margin_minutes"],
+            cap_min=PACKING["runtime_minutes"],
+        )
     total = variant_facts(wildcards.variant).total_steps
     left = max(total - res.steps_done(d) for d in pack_work_runs(wildcards))
     return res.pack_runtime_minutes(

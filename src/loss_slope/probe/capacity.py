@@ -261,14 +261,16 @@ def sharing_plan(
     without (``off``) an MPS daemon. No GPU tool here (the CPU): the setting is ignored."""
     if mps not in MPS.MPS_SETTINGS:
         raise ValueError(f"packing.mps must be one of {MPS.MPS_SETTINGS}, got {mps!r}")
-    out = {"k_max": k_max, "compute_mode": None, "mps": mps, "note": None}
     on_cpu = "trainer.accelerator=cpu" in overrides
+    # gpu: the runs train on an NVIDIA GPU here (its tool is found and they are not told to use the CPU)
+    out = {"k_max": k_max, "compute_mode": None, "mps": mps, "note": None, "gpu": False}
     if on_cpu or which("nvidia-smi") is None:
         out["mps"] = "off"
         if mps != "off":
             why = "the runs train on the CPU" if on_cpu else "no NVIDIA GPU tool (nvidia-smi) here"
             out["note"] = f"packing.mps={mps} ignored: {why}"
         return out
+    out["gpu"] = True
     if k_max <= 1:  # one process: a daemon changes nothing
         out["mps"] = "off"
         return out
@@ -358,6 +360,10 @@ def probe_capacity(
         if use_mps:
             levels, n, reason = with_mps, n_mps, f"under MPS: {reason_mps}"
     device = w0.get("device", "unknown")
+    if not first_workers and plan["gpu"]:
+        # every worker of k = 1 died before its report (out of memory: N = 1): the GPU is still the device
+        device = "cuda"
+        notes.append("no worker of k = 1 reported (out of memory): device and GPU model not measured")
     if notes:
         reason = f"{reason} ({'; '.join(notes)})"
     return {

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from loss_slope.study.runs import exact_str
 from loss_slope.train.schedule import Schedule
 
 #: every key of ``data.simulation`` and its default (conf/data/simulated.yaml repeats them, documented)
@@ -85,6 +86,29 @@ def settings(sim: Mapping[str, Any] | None) -> dict:
     for key in ("second_break_share", "diverge_share", "schedule_effect"):
         if not 0 <= float(out[key]) <= 1:
             raise ValueError(f"data.simulation.{key}: {out[key]} must be in [0, 1]")
+    nz = out["noise"]
+    rules = {
+        "initial_loss": (out["initial_loss"], float(out["initial_loss"]) > 0, "> 0"),
+        "noise.sigma_start": (nz["sigma_start"], float(nz["sigma_start"]) > 0, "> 0 (the noise grows from it)"),
+        "noise.sigma_end": (nz["sigma_end"], float(nz["sigma_end"]) >= 0, ">= 0"),
+        "noise.ar_phi": (nz["ar_phi"], 0 <= float(nz["ar_phi"]) < 1, "in [0, 1)"),
+        "noise.ar_sigma": (nz["ar_sigma"], float(nz["ar_sigma"]) >= 0, ">= 0"),
+        "val.gap": (out["val"]["gap"], float(out["val"]["gap"]) >= 0, ">= 0"),
+        "val.sigma": (out["val"]["sigma"], float(out["val"]["sigma"]) >= 0, ">= 0"),
+    }
+    ranges = {  # [lo, hi] rules: the knee is drawn log-uniform (lo > 0), the floor is a share below 1
+        "knee_epochs": (lambda lo, hi: 0 < lo <= hi, "0 < lo <= hi"),
+        "second_break_epochs": (lambda lo, hi: 0 <= lo <= hi, "0 <= lo <= hi"),
+        "diverge_epochs": (lambda lo, hi: 0 <= lo <= hi, "0 <= lo <= hi"),
+        "early_window": (lambda lo, hi: 0 <= lo < hi, "0 <= lo < hi"),
+        "floor_share": (lambda lo, hi: 0 <= lo <= hi < 1, "0 <= lo <= hi < 1"),
+    }
+    for key, (check, rule) in ranges.items():
+        lo, hi = (float(v) for v in out[key])
+        rules[key] = (out[key], check(lo, hi), f"[lo, hi] with {rule}")
+    for key, (value, ok, rule) in rules.items():
+        if not ok:
+            raise ValueError(f"data.simulation.{key}: {value} must be {rule}")
     return out
 
 
@@ -95,7 +119,9 @@ def _rng(*keys) -> np.random.Generator:
 
 
 def cell_of(variant: str, lr: float, weight_decay: float) -> str:
-    return f"{variant}|lr{float(lr):g}|wd{float(weight_decay):g}"
+    """The cell's key (its draws' seed): the values as the run names write them, so distinct
+    grid values are distinct cells (``exact_str``; ``format(x, "g")`` for ordinary values)."""
+    return f"{variant}|lr{exact_str(lr)}|wd{exact_str(weight_decay)}"
 
 
 def _pair(rng: np.random.Generator, rho: float) -> tuple[float, float]:
@@ -183,6 +209,9 @@ def run_params(
     floor_share = float(rr.uniform(*sim["floor_share"]))
     diverged = bool(rr.random() < float(sim["diverge_share"]))
     diverge_step = int(rr.uniform(*sim["diverge_epochs"]) * spe)
+    # a second break or a divergence drawn past the run's last step does not happen in it
+    second = second and break_step < total - 1
+    diverged = diverged and diverge_step < total
     tau, f = progress(schedule, total, float(sim["schedule_effect"]))
     p = {
         "cell": cell,
@@ -201,6 +230,7 @@ def run_params(
         "best_ce_target": float(best_ce),
         "diverged": diverged,
         "diverge_step": diverge_step if diverged else None,
+        "val_gap": float(sim["val"]["gap"]),
         "cell_parts": {"alpha": u_alpha, "best_ce": u_ce},
         "within_parts": {"alpha": w_alpha, "best_ce": w_ce},
     }
@@ -225,7 +255,7 @@ def run_truth(sim: Mapping[str, Any], *, val_steps: np.ndarray, **run: Any) -> d
     lo, hi = (float(e) for e in sim["early_window"])
     steps = np.arange(len(clean))
     sel = (steps / spe >= lo) & (steps / spe < hi)
-    truth = {k: v for k, v in p.items() if k not in ("tau_knee", "tau_break", "tau0")}
+    truth = {k: v for k, v in p.items() if k not in ("tau_knee", "tau_break", "tau0", "val_gap")}
     truth.update(
         variant=variant,
         lr=float(lr),
@@ -249,7 +279,7 @@ def run_truth(sim: Mapping[str, Any], *, val_steps: np.ndarray, **run: Any) -> d
 
 
 def _clean_val(p: Mapping[str, Any], clean: np.ndarray, val_steps: np.ndarray) -> np.ndarray:
-    gap = p.get("val_gap", 1.2)
+    gap = p["val_gap"]
     return p["best_ce_target"] + gap * (clean[np.asarray(val_steps) - 1] - clean[-1])
 
 
@@ -263,7 +293,6 @@ def simulate(
     p, tau, f = run_params(sim, **run)
     seed, weight_decay = run["seed"], run["weight_decay"]
     steps_per_epoch, epochs = run["steps_per_epoch"], run["epochs"]
-    p["val_gap"] = float(sim["val"]["gap"])
     spe = int(steps_per_epoch)
     n = spe * int(epochs)
     rng = _rng("noise", int(sim["seed"]), p["cell"], int(seed))

@@ -14,6 +14,7 @@ runtime. Each problem names the key.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 from loss_slope.study.config import ConfigError
@@ -97,6 +98,27 @@ def _mistyped_overrides(cfg, overrides) -> list[tuple[str, str]]:
     return out
 
 
+def _simulation_problem(data, config: dict) -> str | None:
+    """What is wrong with a simulated dataset's ``data.simulation`` (None: nothing): its own
+    ranges (``simulate.model.settings``), and its truth's α window against the analysis's."""
+    from omegaconf import OmegaConf
+
+    from loss_slope.simulate.model import settings
+
+    try:
+        sim = settings(OmegaConf.to_container(data.get("simulation"), resolve=True))
+    except ValueError as exc:
+        return str(exc)
+    window = config.get("analysis", {}).get("fit", {}).get("early_window")
+    if window and [float(v) for v in sim["early_window"]] != [float(v) for v in window]:
+        return (
+            f"data.simulation.early_window: {list(sim['early_window'])} differs from analysis.fit.early_window "
+            f"{list(window)}: the truth's alpha_early_true would be over another window than the fits' alpha_early; "
+            f"add data.simulation.early_window=[{window[0]:g},{window[1]:g}] to training.hydra_overrides"
+        )
+    return None
+
+
 def _first_bad_override(overrides) -> str | None:
     """The first override that alone breaks composition (to name it in the error)."""
     base = [o for o in overrides if o.startswith("experiment=")]
@@ -140,6 +162,11 @@ def preflight(config: dict, runs_by_variant: dict, *, runtime_minutes: float | N
         if mistyped:
             continue
         data = cfg.data
+        if data.name == "simulated":
+            sim_problem = _simulation_problem(data, config)
+            if sim_problem:
+                compose_errors.setdefault(sim_problem, []).append(variant)
+                continue
         # a dataset that states its size (the simulated backend's n_train) is taken at its word
         n_train = int(data.n_train) if "n_train" in data else N_TRAIN.get(data.name)
         if n_train is None:
@@ -178,9 +205,12 @@ def preflight(config: dict, runs_by_variant: dict, *, runtime_minutes: float | N
             ).append(variant)
     problems = [f"{msg} (variant(s) {', '.join(vs)})" for msg, vs in compose_errors.items()] + problems
     margin = config["packing"]["time_margin_minutes"]
-    if runtime_minutes is not None and margin >= runtime_minutes:
+    # the rule the pack job's time budget applies (study.resources.pack_time_budget_s), on the
+    # whole minutes a job asks for
+    if runtime_minutes is not None and math.floor(runtime_minutes) - margin < 1:
         problems.append(
-            f"packing.time_margin_minutes: {margin:g} must be smaller than the pack runtime ({runtime_minutes:g} min)"
+            f"packing.time_margin_minutes: {margin:g} leaves less than a minute of training in the pack runtime "
+            f"({math.floor(runtime_minutes):g} min, whole minutes); lower it or raise the runtime"
         )
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(dict.fromkeys(problems)))

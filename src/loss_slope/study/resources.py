@@ -97,11 +97,12 @@ def memory_attempt(run_dirs: Iterable[str | Path], attempt: int, *, since: float
 def pack_runtime_minutes(
     steps_left: int, step_s: float | None, *, margin_min: float, cap_min: float, safety: float = 1.25
 ) -> int:
-    """Minutes a pack job asks for (see the module doc)."""
+    """Minutes a pack job asks for (see the module doc); whole minutes, never above ``cap_min``."""
+    cap = math.floor(cap_min)
     if not step_s or step_s <= 0:
-        return int(math.ceil(cap_min))
+        return int(cap)
     need = steps_left * step_s * safety / 60.0 + margin_min + STARTUP_MINUTES
-    return int(min(math.ceil(cap_min), max(math.ceil(need), math.ceil(margin_min + STARTUP_MINUTES + 1))))
+    return int(min(cap, max(math.ceil(need), math.ceil(margin_min + STARTUP_MINUTES + 1))))
 
 
 def pack_time_budget_s(runtime_min: float, margin_min: float) -> int:

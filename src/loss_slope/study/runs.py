@@ -18,7 +18,7 @@ from loss_slope.tables.schema import RUN_IDENTITY
 EXPERIMENT_OPTIMIZER = {"s_core": "sgd", "s_adamw": "adamw", "s_bn_off": "sgd", "s_narrow": "sgd"}
 
 
-def _fmt(x: float) -> str:
+def exact_str(x: float) -> str:
     """``x`` as the shortest string that reads back as exactly ``x``: ``format(x, "g")`` (run names
     and overrides of ordinary values, e.g. ``0.1``, ``5e-05``) unless that rounds (it keeps 6
     significant digits), then ``repr`` (``0.0001234567``): a run trains the value the grid names."""
@@ -46,7 +46,7 @@ def variant_overrides(spec: RunSpec) -> list[str]:
 
 
 def run_id(lr: float, weight_decay: float, seed: int) -> str:
-    return f"lr{_fmt(lr)}-wd{_fmt(weight_decay)}-s{int(seed)}"
+    return f"lr{exact_str(lr)}-wd{exact_str(weight_decay)}-s{int(seed)}"
 
 
 @dataclass(frozen=True)
@@ -114,8 +114,8 @@ def build_runs(config: dict) -> list[RunSpec]:
                 overrides.append(f"optimizer.momentum={config['training']['momentum']}")
             overrides += [
                 *spec.get("hydra_overrides", []),
-                f"optimizer.lr={_fmt(lr)}",
-                f"optimizer.weight_decay={_fmt(wd)}",
+                f"optimizer.lr={exact_str(lr)}",
+                f"optimizer.weight_decay={exact_str(wd)}",
                 f"seed={int(seed)}",
             ]
             runs.append(
