@@ -20,7 +20,7 @@ def analysis_problems(config: Mapping[str, Any]) -> list[str]:
     start, end = a["fit"]["early_window"]
     if not end > start:
         problems.append(f"analysis.fit.early_window: {[start, end]} must have start < end (epochs)")
-    # a window past training.epochs is allowed: every run is then reported as too_short
+    # a window past training.epochs is refused by pre-flight (study.preflight), which knows the epochs
     return problems
 
 
