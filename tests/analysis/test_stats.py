@@ -40,11 +40,13 @@ def test_old_r2_column_call_still_counts_r2_at_098():
     assert "power_r2" in reasons["r5"]
 
 
-def test_correlation_needs_variation():
+def test_correlation_needs_points_and_variation():
     with pytest.raises(NotEnoughPoints):
-        correlation([1, 2, 3], [1, 2, 3])
+        correlation([1, 2, 3], [1, 2, 3])  # fewer than 4 points
     with pytest.raises(NotEnoughPoints):
-        correlation([1, 1, 1, 1], [1, 2, 3, 4])
+        correlation([1, 1, 1, 1, 1], [1, 2, 3, 4, 5])  # enough points, one constant
+    with pytest.raises(NotEnoughPoints):
+        correlation([1, 2, 3, 4, 5], [7, 7, 7, 7, 7])
 
 
 def test_window_heatmap():

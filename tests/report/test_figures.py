@@ -103,6 +103,10 @@ def test_run_health_counts_every_status(partial):
     ax = fig.axes[0]
     widths = [p.get_width() for p in ax.patches]
     assert sum(widths) == len(table)
+    # each status's bars add up to its runs
+    drawn = {c.get_label(): sum(b.get_width() for b in c) for c in ax.containers}
+    counts = {s.replace("_", " "): n for s, n in table["status"].value_counts().items()}
+    assert {k: v for k, v in drawn.items() if v} == counts
     plt.close(fig)
 
 

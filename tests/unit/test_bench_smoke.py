@@ -16,7 +16,7 @@ def test_bench_script_runs(args, tmp_path):
     md = tmp_path / "out.md"
     run_cmd([PYTHON, REPO / args[0], *args[1:], "--markdown", md], cwd=REPO, timeout=300)
     text = md.read_text()
-    assert "| " in text and "ratio" in text or "speed-up" in text
+    assert "| " in text and ("ratio" in text or "speed-up" in text)
 
 
 LOG = """Assuming unrestricted shared filesystem usage.

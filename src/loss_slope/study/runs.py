@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import shlex
 from dataclasses import dataclass, field
 
 from loss_slope.tables.schema import RUN_IDENTITY
@@ -65,10 +64,6 @@ class RunSpec:
     @property
     def key(self) -> str:
         return f"{self.variant}/{self.run}"
-
-    def shell_overrides(self) -> str:
-        """The Hydra overrides, each quoted for a POSIX shell."""
-        return " ".join(shlex.quote(o) for o in self.overrides)
 
     def identity(self) -> dict:
         """The run's :data:`~loss_slope.tables.schema.RUN_IDENTITY` columns, in that order."""
