@@ -180,3 +180,14 @@ def test_a_seed_effect_across_cells_widens_the_interval_to_the_seeds_degrees_of_
     q = sps.t.ppf(0.975, 5)  # min(36 cells, 6 seeds) - 1
     assert r.ci == pytest.approx(_wilson(r.share, r.n_effective, q))
     assert "min(n_cells, n_seeds) - 1" in h1_statistics(_table(succ), seed_column="seed").to_dict()["method"]
+
+
+def test_missing_labels_are_excluded_and_counted_as_failures():
+    t = make_study_table("none", seed=1)
+    t["seed"] = t["seed"].astype(object)
+    t.loc[0, "seed"] = None  # crashed the clustered interval (a seed code of -1)
+    t["variant"] = t["variant"].astype(object)
+    t.loc[1, "variant"] = None  # crashed the per-variant table
+    r = h1_statistics(t, seed_column="seed")
+    assert dict(r.excluded)[t.run[0]] == "seed missing" and dict(r.excluded)[t.run[1]] == "cell label missing"
+    assert r.overall.n == 214 and r.with_excluded_as_failures.n == 216  # every run, as the docs say

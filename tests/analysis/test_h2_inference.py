@@ -342,7 +342,8 @@ def test_within_cell_ranks_ties_across_cells():
     r = h2_statistics(t, level_column=None, **FAST)
     mean_x = pd.Series(t.alpha_early).groupby(cell).transform("mean")
     mean_y = pd.Series(t.best_val_ce).groupby(cell).transform("mean")
-    expected = sps.spearmanr(t.alpha_early - mean_x, t.best_val_ce - mean_y).statistic
+    # the deviations are multiples of 1/6 in exact arithmetic: ties are ties (rounded here, snapped in the code)
+    expected = sps.spearmanr((t.alpha_early - mean_x).round(9), (t.best_val_ce - mean_y).round(9)).statistic
     assert r.within_cell.spearman_rho == pytest.approx(expected, abs=1e-12)
 
 
@@ -397,3 +398,46 @@ def test_fewer_than_four_cells_is_an_error_with_the_count():
 def test_bad_sign():
     with pytest.raises(AnalysisError, match="sign"):
         h2_statistics(make_study_table("none", seed=0), sign="down", **FAST)
+
+
+def test_a_run_without_a_seed_or_variant_is_excluded_with_its_reason():
+    """A missing seed gave the run another seed's bootstrap weight and seed effect, silently;
+    a missing variant crashed the per-variant table."""
+    t = make_study_table("within_cell", seed=5)
+    t["seed"] = t["seed"].astype(object)
+    t.loc[0, "seed"] = None
+    t["variant"] = t["variant"].astype(object)
+    t.loc[1, "variant"] = None
+    r = h2_statistics(t, **FAST)
+    assert dict(r.excluded) == {t.run[0]: "seed missing", t.run[1]: "cell label missing"}
+    assert r.overall.n == 214 and "<missing>" not in {v for v, _ in r.skipped_variants}
+
+
+def test_deviations_that_tie_exactly_get_mid_ranks():
+    """36 cells x 2 seeds whose deviations are exactly +-0.05 (x) and +-0.005 (y): in floats the
+    subtraction leaves them unequal in the last bits; the within-cell Spearman must rank them as
+    the ties they are (then it equals the Pearson of the two-valued deviations)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for c in range(36):
+        bx, by = round(rng.uniform(0.3, 1.2), 2), round(rng.uniform(0.5, 1.5), 3)
+        sx, sy = rng.choice([-1, 1]), rng.choice([-1, 1])
+        for s, sg in ((0, 1), (1, -1)):
+            rows.append(
+                dict(
+                    variant=f"V{c % 4}",
+                    lr=[0.05, 0.1, 0.2][(c // 4) % 3],
+                    weight_decay=[1e-4, 1e-3, 1e-2][c // 12],
+                    seed=s,
+                    run=f"c{c}s{s}",
+                    alpha_early=round(bx + sg * sx * 0.05, 2),
+                    best_val_ce=round(by + sg * sy * 0.005, 3),
+                )
+            )
+    t = pd.DataFrame(rows)
+    r = h2_statistics(t, level_column=None, **FAST)
+    g = t.groupby(["variant", "lr", "weight_decay"])
+    dx = (t.alpha_early - g.alpha_early.transform("mean")).round(9)
+    dy = (t.best_val_ce - g.best_val_ce.transform("mean")).round(9)
+    assert r.within_cell.spearman_rho == pytest.approx(sps.spearmanr(dx, dy).statistic, abs=1e-12)
+    assert r.within_cell.spearman_rho == pytest.approx(r.within_cell.pearson_r, abs=1e-9)

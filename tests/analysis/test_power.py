@@ -71,3 +71,14 @@ def test_command_prints_a_table_and_draws_a_png(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "P(H2 supported)" in out and "Smallest seeds per cell" in out
     assert png.stat().st_size > 1000
+
+
+def test_a_variant_s_own_grid_is_the_design_the_power_is_planned_for(tmp_path):
+    import yaml
+
+    cfg = yaml.safe_load(open(STUDY))
+    cfg["variants"]["S-adamw"]["grid"] = {"lr": [0.0005, 0.001]}  # 2 LRs instead of 3: 33 cells
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    s = settings_from_config(str(path))
+    assert (s.n_cells, s.n_seeds) == (33, 6)

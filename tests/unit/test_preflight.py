@@ -172,3 +172,11 @@ def test_the_time_margin_must_leave_a_whole_minute(demo):
     with pytest.raises(ConfigError, match=r"packing\.time_margin_minutes: 10 leaves less than a minute"):
         preflight(cfg, _by_variant(cfg), runtime_minutes=10.9)
     assert pack_runtime_minutes(19550, 5.0, margin_min=10, cap_min=10.9) == 10  # never above the cap
+
+
+def test_a_warm_up_that_rounds_to_the_whole_run_is_refused(demo):
+    # 44 steps an epoch, 30 epochs: 29.99 epochs round to all 1320 steps (the schedule would raise in every job)
+    cfg = copy.deepcopy(demo)
+    cfg["training"]["warmup_epochs"] = 29.99
+    with pytest.raises(ConfigError, match=r"training\.warmup_epochs: 29\.99 epochs round to 1320 warm-up steps"):
+        preflight(cfg, _by_variant(cfg), runtime_minutes=720)

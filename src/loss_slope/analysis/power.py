@@ -39,8 +39,10 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-import yaml
 from matplotlib.figure import Figure
+
+from loss_slope.study.config import load_config
+from loss_slope.study.runs import build_runs
 
 from .stats import cluster_share, correlation_core, verdict_rho, wilson_interval
 from .synthetic_study import StudyScenario, latent_draws, pair_correlation, pearson_from_spearman
@@ -370,13 +372,11 @@ def settings_from_config(path: str | None, **overrides) -> PowerSettings:
     """Design and thresholds from a study config (``grid``, ``variants``, ``analysis.study``)."""
     kw: dict = {}
     if path:
-        with open(path) as f:
-            cfg = yaml.safe_load(f) or {}
-        grid = cfg.get("grid", {})
-        variants = cfg.get("variants", {}) or {}
-        n_v = len(variants) if variants else 1
-        kw["n_cells"] = n_v * len(grid.get("lr", [0])) * len(grid.get("weight_decay", [0]))
-        kw["n_seeds"] = len(grid.get("seed", [0] * 6))
+        cfg = load_config(path)
+        # the cells and seeds the pipeline trains (a variant's own grid replaces the study grid)
+        runs = build_runs(cfg)
+        kw["n_cells"] = len({(r.variant, r.lr, r.weight_decay) for r in runs})
+        kw["n_seeds"] = len({r.seed for r in runs})
         st = (cfg.get("analysis", {}) or {}).get("study", {}) or {}
         for key, name in (
             ("h2_min_abs_rho", "min_abs_rho"),

@@ -80,6 +80,11 @@ def _check_cells(df: pd.DataFrame, cell_columns: Sequence[str], what: str) -> No
             )
 
 
+def _codes(col: pd.Series) -> np.ndarray:
+    """Integer codes of a column's values, a missing value its own code (never -1)."""
+    return pd.factorize(col.fillna("<missing>").astype(str))[0].astype(np.intp)
+
+
 def _cell_label(row_values) -> str:
     return "/".join(str(v) for v in row_values)
 
@@ -427,6 +432,8 @@ def h1_statistics(
     runs = df[run_column].astype(str).tolist() if run_column in df.columns else [f"row{i}" for i in range(len(df))]
     succ = _success_values(df[column], column, threshold)
     labels_ok = ~df[list(cell_columns)].isna().any(axis=1).to_numpy()
+    has_seed = seed_column is not None and seed_column in df.columns
+    seed_ok = ~df[seed_column].isna().to_numpy() if has_seed else np.ones(len(df), dtype=bool)
     excluded: list[tuple[str, str]] = []
     keep = np.ones(len(df), dtype=bool)
     reasons = df[exclusion_column].tolist() if exclusion_column and exclusion_column in df.columns else [None] * len(df)
@@ -435,6 +442,8 @@ def h1_statistics(
             why = reasons[i]
         elif not labels_ok[i]:
             why = "cell label missing"
+        elif not seed_ok[i]:
+            why = "seed missing"
         elif not np.isfinite(succ[i]):
             why = f"{column} undecided" if threshold is None else f"{column} missing or not finite"
         else:
@@ -442,9 +451,10 @@ def h1_statistics(
         keep[i] = False
         excluded.append((runs[i], why))
 
-    has_seed = seed_column is not None and seed_column in df.columns
+    # every run has a cell and a seed code (a missing label is its own "<missing>" one), so the
+    # share that counts excluded runs as failures counts all of them
     all_cell, _ = _factorize(df.fillna({c: "<missing>" for c in cell_columns}), cell_columns)
-    all_seed = pd.factorize(df[seed_column].astype(str))[0].astype(np.intp) if has_seed else None
+    all_seed = _codes(df[seed_column]) if has_seed else None
     n_cells = int(np.unique(all_cell[keep]).size)
     if n_cells < 4:
         raise NotEnoughPoints(4, n_cells, f"cells ({' x '.join(cell_columns)}) with usable runs for H1")
@@ -456,11 +466,11 @@ def h1_statistics(
         )
 
     overall = share(keep, succ)
-    as_fail = share(labels_ok, np.where(keep, succ, 0.0))
+    as_fail = share(np.ones(len(df), dtype=bool), np.where(keep, succ, 0.0))
     by: dict[str, Share] = {}
     skipped: list[tuple[str, str]] = []
-    variants = df[variant_column].astype(str).to_numpy()
-    for v in sorted(set(variants)):
+    variants = df[variant_column].fillna("<missing>").astype(str).to_numpy()
+    for v in sorted(set(variants[labels_ok])):
         m = keep & (variants == v)
         if not m.any():
             n_v = int((variants == v).sum())
@@ -618,6 +628,18 @@ def _resample_weights(cell, n_cells, seed_codes, n_seeds, n_boot, rng):
         ws = np.vstack([np.ones((1, n_seeds)), ws])
         W = W * ws[:, seed_codes]
     return W, wc
+
+
+def _snap(V: np.ndarray) -> np.ndarray:
+    """Means, deviations and residuals rounded to 12 significant digits of the largest value
+    before ranking: values equal in exact arithmetic (e.g. two cells' deviations of ±0.05)
+    differ in the last bits after the subtraction, and must tie (mid-ranks), not be ordered
+    by rounding. Real differences are far above that."""
+    scale = float(np.max(np.abs(V))) if V.size else 0.0
+    if not np.isfinite(scale) or scale == 0.0:
+        return V
+    step = 10.0 ** (math.floor(math.log10(scale)) - 11)
+    return np.round(V / step) * step
 
 
 def _ranks(V: np.ndarray, W: np.ndarray) -> np.ndarray:
@@ -1113,7 +1135,7 @@ def correlation_core(
     my, _ = _cell_means(y, W, onehot)
     wcell = np.where(cw > 0, wc, 0.0)
     mx, my = np.where(cw > 0, mx, 0.0), np.where(cw > 0, my, 0.0)
-    cell_means = make(G, G, _wcorr(mx, my, wcell), _wcorr(_ranks(mx, wcell), _ranks(my, wcell), wcell))
+    cell_means = make(G, G, _wcorr(mx, my, wcell), _wcorr(_ranks(_snap(mx), wcell), _ranks(_snap(my), wcell), wcell))
 
     # within cell: cells whose runs differ in x and in y (a cell whose runs all tie, e.g. all at the
     # worst CE rank, has no within-cell deviation to correlate), with >= 2 distinct runs drawn
@@ -1132,7 +1154,7 @@ def correlation_core(
             int(np.sum(usable[cell])),
             int(usable.sum()),
             _wcorr(dx, dy, Ww),
-            _wcorr(_ranks(dx, Ww), _ranks(dy, Ww), Ww),
+            _wcorr(_ranks(_snap(dx), Ww), _ranks(_snap(dy), Ww), Ww),
             n_skipped,
         )
     else:
@@ -1147,7 +1169,7 @@ def correlation_core(
             int(np.sum(usable[cell])),
             int(usable.sum()),
             _wcorr(rx2, ry2, Ww),
-            _wcorr(_ranks(rx2, Ww), _ranks(ry2, Ww), Ww),
+            _wcorr(_ranks(_snap(rx2), Ww), _ranks(_snap(ry2), Ww), Ww),
             n_skipped,
         )
 
@@ -1366,12 +1388,19 @@ def h2_statistics(
         else np.zeros(len(df), dtype=bool)
     )
     labels_ok = ~df[list(cell_columns)].isna().any(axis=1).to_numpy()
+    seed_ok = (
+        ~df[seed_column].isna().to_numpy()
+        if seed_column is not None and seed_column in df.columns
+        else np.ones(len(df), dtype=bool)
+    )
     keep = np.ones(len(df), dtype=bool)
     excluded: list[tuple[str, str]] = []
     worst: list[str] = []
     for i in range(len(df)):
         if not labels_ok[i]:
             why = "cell label missing"
+        elif not seed_ok[i]:
+            why = "seed missing"  # its bootstrap weight and its seed effect would be another seed's
         elif div[i] and not np.isfinite(x[i]):
             # no rank for the predictor: any imputed α would place the run where one side of H2 expects it
             why = f"diverged before {x_column} could be measured"
@@ -1441,8 +1470,8 @@ def h2_statistics(
     if variant_column is not None and variant_column in sub.columns:
         other = [c for c in cell_columns if c != variant_column]
         vals = sub[variant_column].astype(str).to_numpy()
-        every = df[variant_column].astype(str).to_numpy()
-        for v in sorted(set(every)):
+        every = df[variant_column].fillna("<missing>").astype(str).to_numpy()
+        for v in sorted(set(every[labels_ok])):
             m = vals == v
             if not m.any():
                 skipped_v.append((v, f"no usable run ({int((every == v).sum())} excluded)"))

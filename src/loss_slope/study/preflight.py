@@ -196,6 +196,13 @@ def preflight(config: dict, runs_by_variant: dict, *, runtime_minutes: float | N
             ).append(variant)
         epochs = int(cfg.trainer.epochs)
         facts[variant] = VariantFacts(variant, spe, epochs, str(cfg.trainer.accelerator))
+        warmup_steps = int(round(float(cfg.schedule.warmup_epochs) * spe))  # as train.schedule rounds it
+        if warmup_steps >= spe * epochs:
+            compose_errors.setdefault(
+                f"training.warmup_epochs: {float(cfg.schedule.warmup_epochs):g} epochs round to {warmup_steps} "
+                f"warm-up steps, not fewer than the {spe * epochs} steps of training",
+                [],
+            ).append(variant)
         window = config.get("analysis", {}).get("fit", {}).get("early_window")
         if window and window[1] > epochs:
             compose_errors.setdefault(

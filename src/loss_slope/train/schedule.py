@@ -29,6 +29,9 @@ class Schedule:
             )
 
     def factor(self, step: int) -> float:
+        """The LR factor of ``step`` (0-based): linear warm-up to 1 at step ``warmup_steps - 1``,
+        then 1 at ``warmup_steps`` and a cosine that would reach ``min_lr_ratio`` at step
+        ``total_steps`` (so the last step, ``total_steps - 1``, is just above it)."""
         if step < self.warmup_steps:
             return (step + 1) / self.warmup_steps
         if self.kind == "constant":
