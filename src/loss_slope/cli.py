@@ -140,14 +140,15 @@ def _planned_runs(root: Path) -> dict[str, dict[str, str | None]]:
     """Runs of each variant from the pack registries (:data:`loss_slope.pipeline.paths.PACK_REGISTRY`),
     with the settings digest each was planned with (``None``: not recorded), less those dropped
     from their pack (removed from the config; one with a work tree is still listed)."""
+    from loss_slope.probe.plan import read_registry
+
     out: dict[str, dict[str, str | None]] = {}
     for reg in sorted(root.glob(PACK_REGISTRY.format(variant="*"))):
-        data = _read_json(reg) or {}
-        members = [m if isinstance(m, dict) else {"run": m} for ms in data.get("packs", {}).values() for m in ms]
         runs = out.setdefault(reg.parent.name, {})
-        for m in members:
-            if not m.get("dropped"):
-                runs[m["run"]] = m.get("settings")
+        for members in read_registry(reg).values():
+            for m in members:
+                if not m.get("dropped"):
+                    runs[m["run"]] = m.get("settings")
     return out
 
 

@@ -18,7 +18,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from .data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve
+from .data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve, time_on_curve
 from .exceptions import AnalysisError, InvalidCurve, UnknownMethod
 from .fits import comparison_from_lrt, fit_power_law
 from .knee import DEFAULT_KNEE_METHOD, KNEE_METHODS, detect_knee, lrt_knee
@@ -69,13 +69,7 @@ class _TimeAxis:
     def of(cls, steps, time, curve) -> _TimeAxis:
         if time is None:
             return cls("step", curve.steps, curve.steps, None)
-        raw_steps = np.asarray(steps, dtype=float)
-        tt = np.asarray(time, dtype=float)
-        if tt.shape != raw_steps.shape:
-            raise InvalidCurve("time must have one value per step")
-        tt = np.interp(curve.steps, raw_steps, tt)
-        # steps with zero learning rate add no time: keep the first of each run of ties
-        keep = np.concatenate(([True], np.diff(tt) > 0))
+        tt, keep = time_on_curve(steps, time, curve)
         return cls("time", tt[keep], curve.steps[keep], keep)
 
     def to_steps(self, t: float) -> float:

@@ -97,6 +97,18 @@ def prepare_curve(
     return Curve(steps=s, loss=l_, y=y, n_masked=n_masked)
 
 
+def time_on_curve(steps, time, curve: Curve) -> tuple[np.ndarray, np.ndarray]:
+    """Another time axis at a prepared curve's steps: ``(t, keep)``, ``keep`` the first step of
+    each run of equal times (steps with zero learning rate add no time), so ``t[keep]`` is
+    strictly increasing. ``steps`` and ``time``: the raw arrays ``curve`` was prepared from."""
+    raw_steps = np.asarray(steps, dtype=float)
+    tt = np.asarray(time, dtype=float)
+    if tt.shape != raw_steps.shape:
+        raise InvalidCurve("time must have one value per step")
+    tt = np.interp(curve.steps, raw_steps, tt)
+    return tt, np.concatenate(([True], np.diff(tt) > 0))
+
+
 @dataclass(frozen=True, eq=False)
 class LogBins:
     """Log-spaced bins of consecutive points.
@@ -183,6 +195,7 @@ __all__ = [
     "Curve",
     "LogBins",
     "prepare_curve",
+    "time_on_curve",
     "make_bins",
     "min_points_for",
     "log_t",

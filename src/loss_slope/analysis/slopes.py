@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data import log_t, prepare_curve, z_value
-from .exceptions import InvalidCurve, NotEnoughPoints
+from .data import log_t, prepare_curve, time_on_curve, z_value
+from .exceptions import NotEnoughPoints
 from .noise import estimate_noise
 from .solver import iid_loglik
 
@@ -374,11 +374,7 @@ def window_scan(
         def on_axis(step_bounds):
             return step_bounds
     else:
-        tt = np.asarray(time, dtype=float)
-        if tt.shape != np.shape(steps):
-            raise InvalidCurve("time must have one value per step")
-        tt = np.interp(curve.steps, np.asarray(steps, dtype=float), tt)
-        keep = np.concatenate(([True], np.diff(tt) > 0))  # zero-LR steps add no time: the first of each tie
+        tt, keep = time_on_curve(steps, time, curve)
         x, y, kept_steps = tt[keep], y[keep], curve.steps[keep]
 
         def on_axis(step_bounds):

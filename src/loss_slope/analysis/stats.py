@@ -80,6 +80,13 @@ def _check_cells(df: pd.DataFrame, cell_columns: Sequence[str], what: str) -> No
             )
 
 
+def _seed_present(df: pd.DataFrame, seed_column: str | None) -> np.ndarray:
+    """Per run: its seed is there (every run when no seed column is used)."""
+    if seed_column is None or seed_column not in df.columns:
+        return np.ones(len(df), dtype=bool)
+    return ~df[seed_column].isna().to_numpy()
+
+
 def _codes(col: pd.Series) -> np.ndarray:
     """Integer codes of a column's values, a missing value its own code (never -1)."""
     return pd.factorize(col.fillna("<missing>").astype(str))[0].astype(np.intp)
@@ -433,7 +440,7 @@ def h1_statistics(
     succ = _success_values(df[column], column, threshold)
     labels_ok = ~df[list(cell_columns)].isna().any(axis=1).to_numpy()
     has_seed = seed_column is not None and seed_column in df.columns
-    seed_ok = ~df[seed_column].isna().to_numpy() if has_seed else np.ones(len(df), dtype=bool)
+    seed_ok = _seed_present(df, seed_column)
     excluded: list[tuple[str, str]] = []
     keep = np.ones(len(df), dtype=bool)
     reasons = df[exclusion_column].tolist() if exclusion_column and exclusion_column in df.columns else [None] * len(df)
@@ -1388,11 +1395,7 @@ def h2_statistics(
         else np.zeros(len(df), dtype=bool)
     )
     labels_ok = ~df[list(cell_columns)].isna().any(axis=1).to_numpy()
-    seed_ok = (
-        ~df[seed_column].isna().to_numpy()
-        if seed_column is not None and seed_column in df.columns
-        else np.ones(len(df), dtype=bool)
-    )
+    seed_ok = _seed_present(df, seed_column)
     keep = np.ones(len(df), dtype=bool)
     excluded: list[tuple[str, str]] = []
     worst: list[str] = []

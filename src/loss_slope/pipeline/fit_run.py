@@ -427,7 +427,8 @@ def fit_run_tables(
     if lr is not None:
         lr = lr[pos]
     try:
-        analysis = analyze_curve(st, y, steps_per_epoch=spe, val_steps=vs, val_loss=vy, time=_time(axis, lr), **opts)
+        t = _time(axis, lr)  # the analysis axis at each step (None: the step); the models and the scan use it too
+        analysis = analyze_curve(st, y, steps_per_epoch=spe, val_steps=vs, val_loss=vy, time=t, **opts)
     except NotEnoughPoints as exc:
         row["status"], row["reason"] = "too_short", f"too few points for the fits: {exc}"
         return out
@@ -466,7 +467,6 @@ def fit_run_tables(
     row["knee_method"] = DEFAULT_KNEE_METHOD
     row["knee_found"] = row.get(f"knee_{DEFAULT_KNEE_METHOD}_found")
     row["knee_epoch"] = row.get(f"knee_{DEFAULT_KNEE_METHOD}_epoch")
-    t = _time(axis, lr)
     out["models"] = _models(analysis, st, t)
 
     if not short:

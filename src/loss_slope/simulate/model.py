@@ -79,15 +79,12 @@ def settings(sim: Mapping[str, Any] | None) -> dict:
                 out[key][k] = v
         else:
             out[key] = list(value) if isinstance(value, (list, tuple)) else value
-    for key in ("h2",):
-        for k, r in out[key].items():
-            if not -1 <= float(r) <= 1:
-                raise ValueError(f"data.simulation.{key}.{k}: {r} must be in [-1, 1]")
-    for key in ("second_break_share", "diverge_share", "schedule_effect"):
-        if not 0 <= float(out[key]) <= 1:
-            raise ValueError(f"data.simulation.{key}: {out[key]} must be in [0, 1]")
     nz = out["noise"]
-    rules = {
+    # key: (value, whether it is valid, the rule), checked in this order
+    rules = {f"h2.{k}": (r, -1 <= float(r) <= 1, "in [-1, 1]") for k, r in out["h2"].items()}
+    for key in ("second_break_share", "diverge_share", "schedule_effect"):
+        rules[key] = (out[key], 0 <= float(out[key]) <= 1, "in [0, 1]")
+    rules |= {
         "initial_loss": (out["initial_loss"], float(out["initial_loss"]) > 0, "> 0"),
         "noise.sigma_start": (nz["sigma_start"], float(nz["sigma_start"]) > 0, "> 0 (the noise grows from it)"),
         "noise.sigma_end": (nz["sigma_end"], float(nz["sigma_end"]) >= 0, ">= 0"),

@@ -6,9 +6,10 @@ Hydra config of one run per variant (Hydra and OmegaConf only, no torch, about
 instead of every probe after a queue wait. An override whose value has another
 type than its key's default (``trainer.epochs=3O``, ``model.batchnorm=1``) stops
 it too; keys whose default is null, a string, a list or a mapping are not
-type-checked. It checks the keys that depend on each other: validations per epoch against the steps of an epoch, the
-analysis early window against the epochs, the time margin against the job
-runtime. Each problem names the key.
+type-checked. It checks the keys that depend on each other: validations per
+epoch against the steps of an epoch, the warm-up and the analysis early window
+against the epochs, the time margin against the job runtime, and a simulated
+dataset's settings and truth window. Each problem names the key.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 
 from loss_slope.study.config import ConfigError
 from loss_slope.train.compose import compose_train_config
+from loss_slope.train.schedule import warmup_steps
 from loss_slope.train.val_schedule import exact_val_per_epoch, steps_per_epoch
 
 #: training images per dataset (the split the loaders use)
@@ -196,10 +198,10 @@ def preflight(config: dict, runs_by_variant: dict, *, runtime_minutes: float | N
             ).append(variant)
         epochs = int(cfg.trainer.epochs)
         facts[variant] = VariantFacts(variant, spe, epochs, str(cfg.trainer.accelerator))
-        warmup_steps = int(round(float(cfg.schedule.warmup_epochs) * spe))  # as train.schedule rounds it
-        if warmup_steps >= spe * epochs:
+        warmup = warmup_steps(cfg.schedule.warmup_epochs, spe)
+        if warmup >= spe * epochs:
             compose_errors.setdefault(
-                f"training.warmup_epochs: {float(cfg.schedule.warmup_epochs):g} epochs round to {warmup_steps} "
+                f"training.warmup_epochs: {float(cfg.schedule.warmup_epochs):g} epochs round to {warmup} "
                 f"warm-up steps, not fewer than the {spe * epochs} steps of training",
                 [],
             ).append(variant)

@@ -40,10 +40,15 @@ class Schedule:
         return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def warmup_steps(warmup_epochs: float, steps_per_epoch: int) -> int:
+    """The warm-up's optimizer steps: ``warmup_epochs`` (may be fractional) rounded to a step."""
+    return int(round(float(warmup_epochs) * steps_per_epoch))
+
+
 def schedule_from_config(cfg, *, steps_per_epoch: int, epochs: int) -> Schedule:
     return Schedule(
         kind=str(cfg.name),
-        warmup_steps=int(round(float(cfg.warmup_epochs) * steps_per_epoch)),
+        warmup_steps=warmup_steps(cfg.warmup_epochs, steps_per_epoch),
         total_steps=int(epochs) * steps_per_epoch,
         min_lr_ratio=float(cfg.get("min_lr_ratio", 0.0) or 0.0),
     )
