@@ -312,3 +312,52 @@ def test_unknown_keys_of_a_statistic_are_kept():
     h1 = stats.h1.to_dict()
     h1["single_power_law"]["a_new_key"] = [1, {"b": 2}]
     assert H1Section.from_dict(h1).to_dict()["single_power_law"]["a_new_key"] == [1, {"b": 2}]
+
+
+def test_a_fit_of_a_run_not_in_the_config_is_refused():
+    runs, rows = _complete()
+    stray = fit_row("OLD", "lr9-wd0-s0")
+    with pytest.raises(ValueError, match=r"1 fit\(s\) of runs not in the config \(OLD/lr9-wd0-s0\)"):
+        run_table([*rows, stray], runs)
+
+
+def test_an_undecided_run_shows_the_error_that_left_it_undecided():
+    runs, rows = _complete()
+    # as analyze_curve writes a run whose single-power-law test raised
+    rows[0].update({"h1_single_power_law": None, "error_h1_single_power_law": "segment has 3 points"})
+    del rows[0]["h1_reason"]
+    rows[1].update({"h1_single_power_law": None, "h1_reason": "knee at the end"})
+    table = run_table(rows, runs)
+    md = render_summary(table, study_statistics(table, study=STUDY), {n: f"f/{n}.png" for n in FIGURES})
+    assert "| A | lr0.05-wd0-s0 | segment has 3 points |" in md
+    assert "| A | lr0.05-wd0-s1 | knee at the end |" in md
+    assert "nan" not in md
+
+
+def test_not_computable_h2_messages_give_the_real_cause():
+    runs, rows = _complete()
+    for r in rows:
+        del r["alpha_full"]
+        r["best_val_ce"] = 0.5
+    table = run_table(rows, runs)
+    stats = study_statistics(table, study=STUDY)
+    assert stats.h2.h2_alpha_full.error == "no run has alpha_full (12 of 12 runs are ok)"
+    lit = stats.h2.h2_literal
+    assert lit.error == "best_val_ce take one value over the 12 usable runs"
+    md = render_summary(table, stats, {n: f"f/{n}.png" for n in FIGURES})
+    assert (
+        "**The protocol's literal rule** (|Spearman ρ| ≥ 0.7, negative with p < 0.01): not computable: "
+        "best_val_ce take one value over the 12 usable runs." in md
+    )
+
+
+def test_summary_prints_h2_bounds_on_their_side_of_the_threshold():
+    runs, rows = _complete()
+    stats = study_statistics(run_table(rows, runs), study=STUDY)
+    d = stats.to_dict()
+    d["h2"]["overall"].update(spearman_ci_low=-0.95, spearman_ci_high=-0.6996, spearman_p=0.0099996)
+    d["h2"]["verdict"] = "inconclusive"
+    stats = type(stats).from_dict(d)
+    md = render_summary(run_table(rows, runs), stats, {n: f"f/{n}.png" for n in FIGURES})
+    assert "interval -0.95 to -0.6996, p = 0.0099996;" in md
+    assert "| pooled over runs | 12 | -1.00 [-0.95 to -0.6996] | 0.0099996 |" in md

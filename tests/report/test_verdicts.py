@@ -125,3 +125,51 @@ def test_a_share_interval_is_printed_on_its_side_of_the_target(lo, hi, verdict, 
     )
     sentence = V.h1_failures_sentence(share)
     assert f"interval {shown}" in sentence and f"{verdict} against 90 %" in sentence
+
+
+@pytest.mark.parametrize(
+    "lo,hi,p,shown",
+    [
+        # each bound and the p-value printed on their side of ρ ≤ −0.7 and p < 0.01, as the verdict reads them
+        (-0.6996, -0.2, 0.2, "CI -0.6996 to -0.20"),  # two decimals would print −0.70, meeting ρ ≤ −0.7
+        (-0.95, -0.7004, 0.0099996, "CI -0.95 to -0.7004"),
+        (-0.95, -0.7, 0.001, "CI -0.95 to -0.70"),  # on the threshold: already exact
+    ],
+)
+def test_an_h2_interval_is_printed_on_its_side_of_the_threshold(lo, hi, p, shown):
+    from loss_slope.analysis.stats import verdict_rho
+
+    verdict = verdict_rho((lo, hi), p, 0.7, 0.01, "negative")
+    head = V.h2_headline(_h2(verdict, (lo + hi) / 2, lo, hi, p))
+    assert shown in head, head
+
+
+@pytest.mark.parametrize(
+    "p,shown,verdict",
+    [
+        (0.0099996, "p = 0.0099996", "supported"),
+        (0.01, "p = 0.01", "inconclusive"),
+        (0.0104, "p = 0.0104", "inconclusive"),
+        (0.2, "p = 0.2", "inconclusive"),
+    ],
+)
+def test_a_p_value_is_printed_on_its_side_of_max_p(p, shown, verdict):
+    from loss_slope.analysis.stats import verdict_rho
+
+    assert verdict_rho((-0.95, -0.75), p, 0.7, 0.01, "negative") == verdict
+    head = V.h2_headline(_h2(verdict, -0.85, -0.95, -0.75, p))
+    assert f"{shown};" in head and head.startswith(f"H2 {verdict}:")
+
+
+def test_targets_and_the_confidence_level_are_printed_exactly():
+    res = H1Criterion.from_dict(
+        {
+            "overall": {"k": 90, "n": 100, "share": 0.9, "ci_low": 0.8249, "ci_high": 0.95, "n_cells": 20},
+            "verdicts": {"0.825": "inconclusive"},
+        }
+    )
+    text = V.h1_criterion_sentence(res, confidence=0.995)
+    assert "99.5 % cluster-aware interval 82 %–95 %" in text  # the bound prints below the 82.5 % target
+    assert "inconclusive against 82.5 % (the interval reaches both sides of 82.5 %" in text
+    assert V.h1_headline(res, confidence=0.975).startswith("H1 inconclusive vs 82.5 %:")
+    assert "97.5 % CI" in V.h1_headline(res, confidence=0.975)

@@ -36,7 +36,7 @@ from matplotlib.ticker import MaxNLocator
 from loss_slope.analysis.knee import DEFAULT_KNEE_METHOD, KNEE_METHODS
 
 from . import verdicts as V
-from ._io import STATUSES, fmt_pct
+from ._io import STATUSES, fmt_level
 from .registry import FIGURES
 from .results import H1Section, H2Result, NotComputable
 from .study_stats import StudyStats
@@ -339,7 +339,7 @@ def plot_h1_criteria(table: pd.DataFrame, stats: StudyStats, curves: Mapping[str
         ax.axvline(100 * t, color="#c62828", ls="--", lw=1.2)
     ax.set_yticks(y, [textwrap.fill(r.label or n, 48) for n, r in rows], fontsize=8)
     ax.set_xlim(0, 100)
-    ax.set_xlabel(f"runs meeting the criterion (%; {fmt_pct(conf)} cluster-aware interval; dashed: targets)")
+    ax.set_xlabel(f"runs meeting the criterion (%; {fmt_level(conf)} cluster-aware interval; dashed: targets)")
     _suptitle(fig, _h1_line(stats))
     return fig
 
@@ -403,7 +403,8 @@ def plot_alpha_vs_val(table: pd.DataFrame, stats: StudyStats, curves: Mapping[st
                         [],
                         [],
                         ls="",
-                        label=f"{lab}: ρ = {c.spearman_rho:.2f} [{V.interval(c.spearman_ci_low, c.spearman_ci_high)}]",
+                        label=f"{lab}: ρ = {c.spearman_rho:.2f} "
+                        f"[{V.interval(c.spearman_ci_low, c.spearman_ci_high, targets=V.rho_thresholds(h2.settings))}]",
                     )
                 )
         fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=8, frameon=False)
@@ -790,7 +791,7 @@ def plot_ablation(table: pd.DataFrame, stats: StudyStats, curves: Mapping[str, A
         a1.axhline(100 * float(t), color="#c62828", ls="--", lw=1.2)
     a1.set_ylim(0, 105)
     a1.set_xticks(x, variants)
-    a1.set_ylabel(f"runs that are one power law after the knee (%, {fmt_pct(conf)} cluster-aware CI)")
+    a1.set_ylabel(f"runs that are one power law after the knee (%, {fmt_level(conf)} cluster-aware CI)")
     a1.set_title("H1 per variant (dashed: targets)", loc="left", fontsize=9)
     byg = h2.by_variant if h2.computable else {}
     st = _h2_settings(stats)
@@ -817,7 +818,7 @@ def plot_ablation(table: pd.DataFrame, stats: StudyStats, curves: Mapping[str, A
     a2.axhline(0, color="black", lw=0.8)
     a2.set_ylim(-1.15, 1.3)
     a2.set_xticks(x, variants)
-    a2.set_ylabel(f"Spearman ρ(α_early, best val CE) ({fmt_pct(st['confidence'])} cluster-aware CI)")
+    a2.set_ylabel(f"Spearman ρ(α_early, best val CE) ({fmt_level(st['confidence'])} cluster-aware CI)")
     a2.legend(loc="lower right")
     a2.set_title("H2 per variant (few cells per variant: wide intervals)", loc="left", fontsize=9)
     _suptitle(fig, "Ablation by variant — " + _h1_line(stats) + "; " + _h2_line(stats))

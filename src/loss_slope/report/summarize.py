@@ -117,8 +117,11 @@ def run_table(
             }
         row = {**row, **{k: spec[k] for k in ID_COLUMNS if k in spec}}
         rows.append(row)
-    for row in by_key.values():  # a fit of a run no longer in the config
-        rows.append({**row, "status": row.get("status", "ok"), "reason": row.get("reason")})
+    if by_key:
+        raise ValueError(
+            f"{len(by_key)} fit(s) of runs not in the config ({', '.join(sorted(by_key)[:5])}"
+            f"{', ...' if len(by_key) > 5 else ''}): pass only the fits of the config's runs"
+        )
     df = pd.DataFrame(rows)
     for col in ID_COLUMNS + ("status", "reason"):
         if col not in df.columns:
@@ -205,6 +208,9 @@ def _h1(
 def _h2(table: pd.DataFrame, study: Mapping[str, Any], x: str, *, worst_rank: bool = False) -> H2Result | NotComputable:
     info = {"x": x, "y": "best_val_ce", "level": "early_end_loss"}
     if x not in table.columns or not (table["status"] == "ok").any():
+        n_ok = int((table["status"] == "ok").sum())
+        if x not in table.columns:
+            return _not_computable(f"no run has {x} ({n_ok} of {len(table)} runs are ok)", **info)
         return _not_computable(f"no usable run has {x} (0 of {len(table)} runs are ok)", **info)
     if worst_rank:
         # the diverged runs this analysis adds are those with an α: without one it is the main result
@@ -247,8 +253,11 @@ def _h2_literal(table: pd.DataFrame, study: Mapping[str, Any], x: str) -> H2Lite
     xv = pd.to_numeric(ok[x], errors="coerce")
     yv = pd.to_numeric(ok["best_val_ce"], errors="coerce")
     keep = xv.notna() & yv.notna()
-    if keep.sum() < 4 or xv[keep].nunique() < 2 or yv[keep].nunique() < 2:
-        return _not_computable(f"fewer than 4 usable runs with {x} and best_val_ce")
+    if keep.sum() < 4:
+        return _not_computable(f"fewer than 4 usable runs with {x} and best_val_ce ({int(keep.sum())})")
+    tied = [c for c, v in ((x, xv), ("best_val_ce", yv)) if v[keep].nunique() < 2]
+    if tied:
+        return _not_computable(f"{' and '.join(tied)} take one value over the {int(keep.sum())} usable runs")
     r = sps.spearmanr(xv[keep], yv[keep])
     rho, p = float(r.statistic), float(r.pvalue)
     sign = str(study.get("h2_sign", "either"))

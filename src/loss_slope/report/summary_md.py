@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from . import verdicts as V
-from ._io import STATUSES, fmt_num as _f, fmt_p, fmt_pct
+from ._io import STATUSES, fmt_level, fmt_num as _f, fmt_p, fmt_pct
 from .registry import figures_in
 from .results import Correlation, H1Criterion, H2Result, NotComputable
 from .study_stats import StudyStats
@@ -36,8 +36,17 @@ def _h1_row(name: str, res: H1Criterion | NotComputable, n_targets: int) -> list
     o = res.overall
     cols = [res.label or name, f"{o.k} / {o.n}", fmt_pct(o.share)]
     cols += [V.interval(o.ci_low, o.ci_high, pct=True, targets=res.verdicts)]
-    cols += [f"{v} (vs {fmt_pct(float(t))})" for t, v in res.verdicts.items()]
+    cols += [f"{v} (vs {fmt_level(t)})" for t, v in res.verdicts.items()]
     return cols + [""] * (4 + n_targets - len(cols))
+
+
+def _undecided_reason(run) -> str:
+    """Why a usable run has no H1 verdict: the criterion's own reason, else the error it raised."""
+    for col in ("h1_reason", "error_h1_single_power_law"):
+        why = getattr(run, col, None)
+        if isinstance(why, str) and why:
+            return why
+    return "no reason recorded"
 
 
 def _skipped_variants_lines(skipped: Sequence[Mapping[str, str]]) -> list[str]:
@@ -73,7 +82,7 @@ def _h1_section(stats: StudyStats, table: pd.DataFrame, figs) -> list[str]:
     ]
     n_targets = max([len(res.verdicts) for res in h1.criteria.values() if res.computable] + [1])
     rows = [_h1_row(name, res, n_targets) for name, res in h1.criteria.items()]
-    out += [_table(["criterion", "runs", "share", f"{fmt_pct(conf)} interval"] + ["verdict"] * n_targets, rows), ""]
+    out += [_table(["criterion", "runs", "share", f"{fmt_level(conf)} interval"] + ["verdict"] * n_targets, rows), ""]
     byv = main.by_variant if main.computable else {}
     if byv:
         out += [
@@ -104,7 +113,7 @@ def _h1_section(stats: StudyStats, table: pd.DataFrame, figs) -> list[str]:
                 "",
                 _table(
                     ["variant", "run", "why"],
-                    [[r.variant, r.run, getattr(r, "h1_reason", "") or ""] for r in undecided.itertuples()],
+                    [[r.variant, r.run, _undecided_reason(r)] for r in undecided.itertuples()],
                 ),
                 "",
             ]
@@ -124,18 +133,18 @@ def _sign_clause(sign: str) -> str:
     return {"negative": ", negative", "positive": ", positive"}.get(str(sign), "")
 
 
-def _corr_cell(c: Correlation | None) -> str:
+def _corr_cell(c: Correlation | None, thresholds: Sequence[float]) -> str:
     if not c or c.spearman_rho is None:
         return "n/a"
-    return f"{_f(c.spearman_rho)} [{V.interval(c.spearman_ci_low, c.spearman_ci_high)}]"
+    return f"{_f(c.spearman_rho)} [{V.interval(c.spearman_ci_low, c.spearman_ci_high, targets=thresholds)}]"
 
 
 def _n(c: Correlation | None) -> Any:
     return c.n if c else "n/a"
 
 
-def _p(c: Correlation | None) -> str:
-    return fmt_p(c.spearman_p if c else None)
+def _p(c: Correlation | None, max_p: float) -> str:
+    return fmt_p(c.spearman_p if c else None, max_p=max_p)
 
 
 def _skipped_cells_lines(h2: H2Result) -> list[str]:
@@ -153,6 +162,9 @@ def _h2_section(stats: StudyStats, figs) -> list[str]:
     section = stats.h2
     h2 = section.main
     win = stats.settings.early_window
+    study = stats.settings.study
+    rho_t = V.rho_thresholds({"min_abs_rho": study.h2_min_abs_rho, "sign": study.h2_sign})
+    max_p = float(study.h2_max_p)
     out = ["## H2 — does the early slope α_early predict the best validation cross-entropy?", ""]
     if not h2.computable:
         out += [f"**Not computable:** {h2.error}.", ""]
@@ -161,8 +173,9 @@ def _h2_section(stats: StudyStats, figs) -> list[str]:
         out += [
             f"**Defensible verdict: {h2.verdict}.** Over {h2.n_runs} usable runs in {h2.n_cells} cells "
             f"(variant × LR × WD), the log-log slope over epochs {win[0]:g}–{win[1]:g} (α_early) and the best "
-            f"validation CE have Spearman ρ = {_f(o.spearman_rho)} ({fmt_pct(float(st['confidence']))} interval "
-            f"{V.interval(o.spearman_ci_low, o.spearman_ci_high)}, p = {fmt_p(o.spearman_p)}; both from "
+            f"validation CE have Spearman ρ = {_f(o.spearman_rho)} ({fmt_level(st['confidence'])} interval "
+            f"{V.interval(o.spearman_ci_low, o.spearman_ci_high, targets=rho_t)}, "
+            f"p = {fmt_p(o.spearman_p, max_p=max_p)}; both from "
             f"resampling whole cells and seeds). The criterion is {V.h2_criterion(st)} with p < "
             f"{float(st['max_p']):g}: {V.h2_verdict_reason(h2.verdict, st)}.",
             "",
@@ -172,19 +185,19 @@ def _h2_section(stats: StudyStats, figs) -> list[str]:
             _table(
                 ["correlation", "n", "Spearman ρ [interval]", "p"],
                 [
-                    ["pooled over runs", o.n, _corr_cell(o), fmt_p(o.spearman_p)],
-                    ["over cell means", _n(h2.cell_means), _corr_cell(h2.cell_means), _p(h2.cell_means)],
+                    ["pooled over runs", o.n, _corr_cell(o, rho_t), _p(o, max_p)],
+                    ["over cell means", _n(h2.cell_means), _corr_cell(h2.cell_means, rho_t), _p(h2.cell_means, max_p)],
                     [
                         "within cells (deviations from the cell mean)",
                         _n(h2.within_cell),
-                        _corr_cell(h2.within_cell),
-                        _p(h2.within_cell),
+                        _corr_cell(h2.within_cell, rho_t),
+                        _p(h2.within_cell, max_p),
                     ],
                     [
                         "partial, given additive variant, LR and WD effects",
                         _n(h2.partial),
-                        _corr_cell(h2.partial),
-                        _p(h2.partial),
+                        _corr_cell(h2.partial, rho_t),
+                        _p(h2.partial, max_p),
                     ],
                 ],
             ),
@@ -220,15 +233,20 @@ def _h2_section(stats: StudyStats, figs) -> list[str]:
                 "",
             ]
     lit = section.h2_literal
+    rule = (
+        f"**The protocol's literal rule** "
+        f"(|Spearman ρ| ≥ {study.h2_min_abs_rho:g}{_sign_clause(study.h2_sign)} with p < {study.h2_max_p:g}"
+    )
     if lit.computable:
         out += [
-            f"**The protocol's literal rule** "
-            f"(|Spearman ρ| ≥ {stats.settings.study.h2_min_abs_rho:g}{_sign_clause(stats.settings.study.h2_sign)} "
-            f"with p < {stats.settings.study.h2_max_p:g}, the {lit.n} runs treated as independent): "
-            f"ρ = {_f(lit.spearman_rho)}, p = {fmt_p(lit.spearman_p)} — {lit.verdict}. Runs of one cell "
-            "share their configuration and seeds are shared across cells, so this p-value overstates the evidence.",
+            f"{rule}, the {lit.n} runs treated as independent): "
+            f"ρ = {_f(lit.spearman_rho, thresholds=rho_t)}, p = {fmt_p(lit.spearman_p, max_p=max_p)} — "
+            f"{lit.verdict}. Runs of one cell share their configuration and seeds are shared across cells, so this "
+            "p-value overstates the evidence.",
             "",
         ]
+    else:
+        out += [f"{rule}): not computable: {lit.error}.", ""]
     rows = []
     for key, label in (
         ("h2_diverged_worst_rank", "diverged runs with an α_early, at the worst CE rank"),
@@ -243,7 +261,7 @@ def _h2_section(stats: StudyStats, figs) -> list[str]:
         else:
             if key == "h2_diverged_worst_rank":
                 label += f" ({len(r.diverged_at_worst_rank)} diverged)"
-            rows.append([label, r.n_runs, _corr_cell(r.overall), r.verdict])
+            rows.append([label, r.n_runs, _corr_cell(r.overall, rho_t), r.verdict])
     if rows:
         out += ["Sensitivity:", "", _table(["analysis", "runs", "pooled ρ [interval]", "verdict"], rows), ""]
     byv = h2.by_variant if h2.computable else {}
@@ -254,7 +272,7 @@ def _h2_section(stats: StudyStats, figs) -> list[str]:
             _table(
                 ["variant", "runs", "cells", "pooled ρ [interval]", "within-cell ρ [interval]", "verdict"],
                 [
-                    [v, r.n_runs, r.n_cells, _corr_cell(r.overall), _corr_cell(r.within_cell), r.verdict]
+                    [v, r.n_runs, r.n_cells, _corr_cell(r.overall, rho_t), _corr_cell(r.within_cell, rho_t), r.verdict]
                     for v, r in byv.items()
                 ],
             ),

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ._io import fmt_num as _f, fmt_p, fmt_pct
+from ._io import fmt_level, fmt_num as _f, fmt_p, fmt_pct
 from .results import H1Criterion, H2Result, NotComputable, Share
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "h2_headline",
     "h2_verdict_reason",
     "interval",
+    "rho_thresholds",
     "share_verdict_reason",
 ]
 
@@ -31,16 +32,22 @@ VERDICTS = ("supported", "not supported", "inconclusive", "not computable")
 
 
 def interval(lo, hi, *, pct: bool = False, targets=()) -> str:
-    """``lo–hi`` (percentages; each bound printed on its side of every target share, e.g. the
-    keys of a verdict mapping) or ``lo to hi`` (signed numbers)."""
+    """``lo–hi`` (percentages) or ``lo to hi`` (signed numbers), each bound printed on its side
+    of every target (target shares, e.g. the keys of a verdict mapping, or the ρ thresholds)."""
     if pct:
         return f"{fmt_pct(lo, targets=targets)}–{fmt_pct(hi, targets=targets)}"
-    return f"{_f(lo)} to {_f(hi)}"
+    return f"{_f(lo, thresholds=targets)} to {_f(hi, thresholds=targets)}"
+
+
+def rho_thresholds(settings: Mapping[str, Any]) -> tuple[float, ...]:
+    """The values of ρ that H2's verdict compares with, in the configured direction."""
+    t = float(settings["min_abs_rho"])
+    return {"negative": (-t,), "positive": (t,)}.get(settings["sign"], (-t, t))
 
 
 def share_verdict_reason(verdict: str, target: float) -> str:
     """Why a share got its verdict against ``target``."""
-    t = fmt_pct(target)
+    t = fmt_level(target)
     return {
         "supported": f"the whole interval is at or above {t}",
         "not supported": f"the whole interval is below {t}",
@@ -49,14 +56,12 @@ def share_verdict_reason(verdict: str, target: float) -> str:
 
 
 def _verdict_list(verdicts: Mapping[str, str]) -> str:
-    return "; ".join(
-        f"{v} against {fmt_pct(float(t))} ({share_verdict_reason(v, float(t))})" for t, v in verdicts.items()
-    )
+    return "; ".join(f"{v} against {fmt_level(t)} ({share_verdict_reason(v, float(t))})" for t, v in verdicts.items())
 
 
 def h1_verdicts_short(verdicts: Mapping[str, str]) -> str:
     """``supported vs 80 %, inconclusive vs 90 %``: the verdict against each target share."""
-    return ", ".join(f"{verdict} vs {fmt_pct(float(t))}" for t, verdict in verdicts.items())
+    return ", ".join(f"{verdict} vs {fmt_level(t)}" for t, verdict in verdicts.items())
 
 
 def h1_criterion_sentence(res: H1Criterion | NotComputable, *, confidence: float) -> str:
@@ -67,7 +72,7 @@ def h1_criterion_sentence(res: H1Criterion | NotComputable, *, confidence: float
     cells = f", {o.n_cells} cells" if o.n_cells else ""
     runs = "runs" if res.threshold is not None else "decided runs"  # a numeric criterion decides every run
     return (
-        f"{o.k} of {o.n} {runs} ({fmt_pct(o.share)}; {fmt_pct(confidence)} cluster-aware interval "
+        f"{o.k} of {o.n} {runs} ({fmt_pct(o.share)}; {fmt_level(confidence)} cluster-aware interval "
         f"{interval(o.ci_low, o.ci_high, pct=True, targets=res.verdicts)}{cells}) meet it: "
         f"{_verdict_list(res.verdicts)}."
     )
@@ -79,7 +84,7 @@ def h1_failures_sentence(share: Share) -> str:
         f"Counting every excluded or undecided run as a failure: {share.k} of {share.n} runs "
         f"({fmt_pct(share.share)}, interval "
         f"{interval(share.ci_low, share.ci_high, pct=True, targets=share.verdicts)}): "
-        + "; ".join(f"{v} against {fmt_pct(float(t))}" for t, v in share.verdicts.items())
+        + "; ".join(f"{v} against {fmt_level(t)}" for t, v in share.verdicts.items())
         + "."
     )
 
@@ -91,7 +96,7 @@ def h1_headline(res: H1Criterion | NotComputable, *, confidence: float) -> str:
     o = res.overall
     return (
         f"H1 {h1_verdicts_short(res.verdicts)}: {o.k} of {o.n} runs are one power law after the knee "
-        f"({fmt_pct(o.share)}, {fmt_pct(confidence)} CI "
+        f"({fmt_pct(o.share)}, {fmt_level(confidence)} CI "
         f"{interval(o.ci_low, o.ci_high, pct=True, targets=res.verdicts)})"
     )
 
@@ -125,6 +130,7 @@ def h2_headline(h2: H2Result | NotComputable) -> str:
     o, st = h2.overall, h2.settings
     return (
         f"H2 {h2.verdict}: α_early vs best validation CE, Spearman ρ = {_f(o.spearman_rho)} "
-        f"({fmt_pct(float(st['confidence']))} CI {interval(o.spearman_ci_low, o.spearman_ci_high)} over "
-        f"{h2.n_cells} cells, p = {fmt_p(o.spearman_p)}; need {h2_criterion(st)})"
+        f"({fmt_level(st['confidence'])} CI "
+        f"{interval(o.spearman_ci_low, o.spearman_ci_high, targets=rho_thresholds(st))} over "
+        f"{h2.n_cells} cells, p = {fmt_p(o.spearman_p, max_p=float(st['max_p']))}; need {h2_criterion(st)})"
     )
