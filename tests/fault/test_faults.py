@@ -127,6 +127,30 @@ def test_a_diverged_run_resumed_after_sigterm_stops_where_an_uninterrupted_one_d
     pd.testing.assert_frame_equal(a, b)
 
 
+def test_a_divergence_found_at_a_validations_flush_stops_the_run_at_that_step(tmp_path):
+    """A validation step's rows are flushed at the validation, not at the batch's end: the guard
+    finding a divergence there used to let the run take one more step (and save one more checkpoint)."""
+    # seed 3: step 10's loss is above 0.01 x the initial one; its row is flushed at step 11's validation
+    run = tmp_path / "run"
+    run_cmd(
+        [
+            PYTHON,
+            "-m",
+            "loss_slope.train",
+            *TINY,
+            "seed=3",
+            "trainer.divergence.max_loss_factor=0.01",
+            f"run_dir={run}",
+        ],
+        timeout=300,
+    )
+    done = json.loads((run / "done.json").read_text())
+    assert (done["status"], done["diverged_at_step"], done["steps_done"]) == ("diverged", 10, 11)
+    assert pd.read_csv(run / "tables" / "val.csv").step.tolist() == [11]
+    ckpts = pd.read_csv(run / "tables" / "checkpoints.csv")
+    assert ckpts.step.max() == 11 and "latest" in set(ckpts.kind[ckpts.step == 11])  # the stop checkpoint
+
+
 def test_a_trainer_that_cannot_be_built_ends_its_attempt_failed_with_the_error(tmp_path):
     # the monitor settings are checked when the callbacks are built, after the attempt has started
     from loss_slope.train.attempts import read_attempts, summarize_attempts

@@ -81,6 +81,10 @@ class MetricRecorder(Callback):
         last_val = last_validation_step(step + 1, steps_per_epoch=self.spe, val_interval=self.val_interval)
         if regular_flush(step + 1, last_val, self.flush_every):
             self.flush()
+        self._stop_if_diverged(trainer)
+
+    def _stop_if_diverged(self, trainer) -> None:
+        """A divergence found by a flush stops the run at that flush's step."""
         if self.diverged is not None and not trainer.should_stop:
             log.warning("diverged: %s; stopping this run", self.diverged[1])
             trainer.should_stop = True
@@ -101,6 +105,9 @@ class MetricRecorder(Callback):
         self.val.append([(step, step / self.spe, time.time(), vals[0], vals[0] / LN2, vals[1], vals[2], vals[3])])
         self._last_val_step = step
         self._grad_norm = None
+        # a validation step's rows are flushed here, not at the batch's end; the stop checkpoint
+        # (LatestCheckpoint, a Checkpoint callback, runs after this one) is then taken at this step
+        self._stop_if_diverged(trainer)
 
     # ---- persistence ----------------------------------------------------
     def flush(self) -> None:
