@@ -124,6 +124,37 @@ def test_the_smaller_micro_batch_survives_a_resume(tmp_path):
     assert json.loads((run / "done.json").read_text())["micro_batch"]["final"] == 16
 
 
+def test_a_reduction_a_later_attempt_resumed_before_is_not_the_runs():
+    from loss_slope.train.steps import micro_batch_summary
+
+    def start(a, s):
+        return {"event": "start", "attempt": a, "start_step": s}
+
+    def change(a, s, old, new):
+        return {"event": "micro_batch", "attempt": a, "step": s, "from": old, "to": new, "accumulation": 32 // new}
+
+    # attempt 1 halves at steps 5 and 50; attempt 2 resumes from step 44: the step-50 halving is undone
+    records = [start(1, 0), change(1, 5, 32, 16), change(1, 50, 16, 8), start(2, 44), change(2, 60, 16, 4)]
+    summary = micro_batch_summary(records, 32)
+    assert [(c["attempt"], c["step"]) for c in summary["changes"]] == [(1, 5), (2, 60)]
+    assert summary["final"] == 4
+    assert micro_batch_summary(records[:3] + [start(2, 44)], 32)["final"] == 16
+    assert micro_batch_summary([start(1, 0), change(1, 50, 32, 16), start(2, 50)], 32)["final"] == 32
+
+
+def test_an_oom_lost_with_its_attempt_is_not_in_the_outcome(tmp_path):
+    """Attempt 1 halves the micro-batch at step 50 and fails at 55; attempt 2 resumes from the latest
+    checkpoint (step 44, before the halving) and trains whole batches to the end."""
+    run = tmp_path / "run"
+    fault = ["trainer.fault.oom_at_step=50", "trainer.fault.oom_fits=16", "trainer.fault.fail_run=r"]
+    out = train(run, "trainer.fault.oom_run=r", *fault, "trainer.fault.fail_at_step=55", check=False)
+    assert out.returncode != 0 and [c["step"] for c in events(run, "micro_batch")] == [50]
+    train(run)
+    assert [e["start_step"] for e in events(run, "start")] == [0, 44]
+    done = json.loads((run / "done.json").read_text())
+    assert done["micro_batch"] == {"batch": 32, "final": 32, "changes": []}
+
+
 def test_out_of_memory_in_a_curvature_event_gives_a_nan_row_and_a_finished_run(tmp_path):
     # curvature every 15 steps; a real torch.cuda.OutOfMemoryError inside the event at step 30
     run = tmp_path / "run"

@@ -68,12 +68,19 @@ def compile_options(c) -> dict | None:
 
 
 def micro_batch_summary(records: list[dict], batch: int) -> dict:
-    """Every out-of-memory fallback of the run (over all attempts): the batch,
-    the micro-batch it ended with, and each reduction (step, from, to)."""
+    """The out-of-memory fallbacks of the run's recorded steps (over all attempts): the batch,
+    the micro-batch it ended with, and each reduction (step, from, to).
+
+    A reduction at step ``s`` of an attempt that a later attempt resumed from a checkpoint
+    at or before ``s`` (``start_step <= s``) is undone: that attempt restored the micro-batch
+    of its checkpoint, and no step the tables hold was taken with the reduced one.
+    """
+    starts = [(r["attempt"], int(r["start_step"])) for r in records if r.get("event") == "start"]
     changes = [
         {k: r[k] for k in ("attempt", "step", "from", "to", "accumulation") if k in r}
         for r in records
         if r.get("event") == "micro_batch"
+        and not any(a > r["attempt"] and start <= int(r["step"]) for a, start in starts)
     ]
     return {"batch": batch, "final": changes[-1]["to"] if changes else batch, "changes": changes}
 
