@@ -69,3 +69,27 @@ def test_the_flush_schedule_is_a_function_of_the_step():
     # flush_every 5 after each validation at 11, 22, ...: 5, 10, 16, 21, 27, ...; never at a validation itself
     due = [n for n in range(1, 30) if regular_flush(n, last_validation_step(n, **demo), 5)]
     assert due == [5, 10, 16, 21, 27]
+
+
+def test_the_progress_rate_of_a_resumed_attempt_counts_its_own_steps(tmp_path, monkeypatch, caplog):
+    """The first progress line after a resume at step 60 used to divide all 65 steps by this attempt's time."""
+    import logging
+    from types import SimpleNamespace
+
+    import torch
+
+    from loss_slope.train import recorder as R
+
+    clock = iter([100.0, 1000.0, 1001.0])  # construction, the attempt's training start, the flush
+    monkeypatch.setattr(R.time, "monotonic", lambda: next(clock))
+    rec = R.MetricRecorder(tables_dir=tmp_path, steps_per_epoch=44, total_steps=88, val_interval=11, flush_every=5)
+    rec.on_train_start(SimpleNamespace(global_step=60), None)
+    for step in range(60, 65):
+        rec._pending.append((step, 0.0, 0.1, 0.0))
+        rec._loss.append(torch.tensor(2.0))
+        rec._correct.append(torch.tensor(3.0))
+        rec._count.append(32)
+    with caplog.at_level(logging.INFO, logger="loss_slope.train"):
+        rec.flush()
+    assert "step 65/88" in caplog.text and "5.0 steps/s" in caplog.text  # 5 steps in 1 s
+    rec.close()

@@ -60,6 +60,10 @@ class MetricRecorder(Callback):
         self.diverged: tuple[int, str] | None = None  # (step, reason)
 
     # ---- per step -------------------------------------------------------
+    def on_train_start(self, trainer, pl_module):
+        # the progress line's rate counts this attempt's steps from here, not setup or earlier attempts
+        self._t_log, self._step_log = time.monotonic(), trainer.global_step
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         group = trainer.optimizers[0].param_groups[0]
         self._lr, self._wd = float(group["lr"]), float(group["weight_decay"])
