@@ -74,6 +74,29 @@ def test_report_built_and_truth_recovered(study):
     assert abs(r["exponent"]["alpha_early"]["median_error"]) < 0.02
 
 
+def test_the_report_reads_each_truth_from_its_exported_run_info_only(study, tmp_path):
+    """The truth is recomputed from the run_info.json the report declares; a truth.json left in
+    ./work by another study (paths.work_root moved) is never read in its place."""
+    import shutil
+
+    from loss_slope.report.truth import truths_from_run_infos
+
+    infos = sorted(study.glob("results/export/S-core/*/run_info.json"))
+    truths = truths_from_run_infos(infos)
+    assert sorted(truths) == sorted(f"S-core/{r}" for r in RUNS)
+    for run in RUNS:  # the same truth the backend wrote when it simulated the run
+        assert truths[f"S-core/{run}"] == json.loads((study / f"work/S-core/{run}/truth.json").read_text())
+    stats = json.loads((study / "results/report/stats.json").read_text())
+    assert stats["truth"]["n_ok"] == len(RUNS)
+    # another study's truth.json in ./work, this study's run_info.json in the export
+    run = RUNS[0]
+    shutil.copytree(study / f"results/export/S-core/{run}", tmp_path / f"results/export/S-core/{run}")
+    stale = tmp_path / f"work/S-core/{run}/truth.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text(json.dumps({**truths[f"S-core/{run}"], "best_val_ce_true": 99.0}))
+    assert load_truths(tmp_path)[f"S-core/{run}"] == truths[f"S-core/{run}"]
+
+
 def test_rehearsal_summary(study, capsys):
     from loss_slope.simulate.rehearsal import exactly_once, job_times, main, stage_table
 

@@ -176,7 +176,7 @@ def truth_inputs(
     simulated: bool = False,
 ) -> list[str]:
     """``run_info.json`` of every run a simulated study's report reads (each run's truth is
-    recomputed from it, or read from the ``truth.json`` beside it); none for a real study."""
+    recomputed from it); none for a real study."""
     if not simulated:
         return []
     return [

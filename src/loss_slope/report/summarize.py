@@ -27,7 +27,7 @@ from loss_slope.tables.schema import RUN_IDENTITY
 from ._io import EXCLUDED_STATUSES, STATUSES, jsonable, one_thread, read_json, write_json
 from .results import H1Criterion, H1Section, H2Literal, H2Result, H2Section, NotComputable
 from .study_stats import CellCounts, ExcludedRun, Settings, StatusCounts, StudyStats, WindowHeatmap
-from .truth import compare_with_truth, load_truths, truth_axis
+from .truth import compare_with_truth, truth_axis, truths_from_run_infos
 from .truth_section import TruthComparison
 
 __all__ = [
@@ -526,9 +526,7 @@ def summarize(
             time_axis=time_axis,
         )
     if truth_run_infos:
-        pairs = [(Path(p).parent.parent.name, Path(p).parent.name) for p in truth_run_infos]
-        root = Path(truth_run_infos[0]).parents[4]
-        truths = load_truths(root, runs=pairs)
+        truths = truths_from_run_infos(truth_run_infos)
         # judge the H1 decision on the axis where the simulated curves are power laws
         axis = truth_axis(truths)
         key, column = "single_power_law", "h1_single_power_law"

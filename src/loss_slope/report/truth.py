@@ -1,9 +1,10 @@
 """A simulated study's estimates against its known truth.
 
 The simulated backend (``loss_slope.simulate``) writes each run's truth to
-``truth.json`` in its work tree; :func:`load_truths` reads those (or the
-exported copies), and recomputes the truth of a run from its ``run_info.json``
-when no file is there (the truth is a pure function of the run's config).
+``truth.json`` in its work tree. The truth is a pure function of the run's config, so the
+report recomputes it from the exported ``run_info.json`` it declares as input
+(:func:`truths_from_run_infos`); :func:`load_truths`, for use outside the pipeline, reads a
+run's ``truth.json`` beside the ``run_info.json`` it finds, or recomputes it.
 :func:`compare_with_truth` sets the per-run table (``runs.parquet``) against
 it; :func:`truth_markdown` renders the result as a section of ``summary.md``.
 
@@ -51,7 +52,14 @@ from loss_slope.train.val_schedule import validation_steps
 from .results import Correlation, H2Result, NotComputable, Share
 from .truth_section import TruthComparison, TruthH1
 
-__all__ = ["compare_with_truth", "load_truths", "truth_axis", "truth_for_run", "truth_markdown"]
+__all__ = [
+    "compare_with_truth",
+    "load_truths",
+    "truth_axis",
+    "truth_for_run",
+    "truth_markdown",
+    "truths_from_run_infos",
+]
 
 
 # ---- truths ----------------------------------------------------------------------------------------------------------
@@ -90,12 +98,25 @@ def add_derived(truth: dict, sim: Mapping[str, Any], kw: Mapping[str, Any]) -> d
     return truth
 
 
+def truths_from_run_infos(run_infos: Sequence[str | Path]) -> dict[str, dict]:
+    """``"variant/run"`` → truth, recomputed from each of these ``run_info.json`` files alone
+    (what the report declares as its input; a real run's file is skipped)."""
+    out: dict[str, dict] = {}
+    for path in run_infos:
+        info = json.loads(Path(path).read_text())
+        if info.get("config", {}).get("data", {}).get("name") == "simulated":
+            out[f"{info['variant']}/{info['run']}"] = truth_for_run(info)
+    return out
+
+
 def load_truths(root: str | Path = ".", runs: Sequence[tuple[str, str]] | None = None) -> dict[str, dict]:
     """``"variant/run"`` → truth, for every simulated run found under ``root``.
 
-    Looks in ``results/export/{variant}/{run}/`` and ``work/{variant}/{run}/`` for
-    ``truth.json``; without one, recomputes the truth from ``run_info.json``.
-    ``runs`` limits the search to these (variant, run) pairs.
+    Takes each run's ``run_info.json`` from ``results/export/{variant}/{run}/``, else from
+    ``work/{variant}/{run}/``, and the ``truth.json`` of that same folder; without one (the
+    export holds none), recomputes the truth from that ``run_info.json``. A ``truth.json`` of
+    another folder may be another study's and is never read. ``runs`` limits the search to
+    these (variant, run) pairs.
     """
     root = Path(root)
     if runs is None:
@@ -110,13 +131,14 @@ def load_truths(root: str | Path = ".", runs: Sequence[tuple[str, str]] | None =
             root / EXPORT_DIR.format(variant=variant, run=run),
             root / work_run(DEFAULT_WORK_ROOT, variant, run),
         ]
-        info = next(
-            (json.loads((d / "run_info.json").read_text()) for d in dirs if (d / "run_info.json").is_file()), None
-        )
-        if info is None or (info.get("config", {}).get("data", {}).get("name") != "simulated"):
+        home = next((d for d in dirs if (d / "run_info.json").is_file()), None)
+        if home is None:
             continue
-        tfile = next((d / "truth.json" for d in dirs if (d / "truth.json").is_file()), None)
-        if tfile is not None and "alpha_full_true" in (t := json.loads(tfile.read_text())):
+        info = json.loads((home / "run_info.json").read_text())
+        if info.get("config", {}).get("data", {}).get("name") != "simulated":
+            continue
+        tfile = home / "truth.json"
+        if tfile.is_file() and "alpha_full_true" in (t := json.loads(tfile.read_text())):
             out[f"{variant}/{run}"] = t
         else:
             out[f"{variant}/{run}"] = truth_for_run(info)
