@@ -59,6 +59,15 @@ def test_editing_a_finished_study_plans_only_what_changed(tmp_path):
     out = run_cmd([*cmd, "-n"], timeout=300, env=env)
     assert not _jobs(out.stdout), out.stdout
 
+    # run control changed and the work tree moved (with its content): nothing to do either
+    (tmp_path / "scratch/work").rename(tmp_path / "scratch/moved work")
+    config["paths"]["work_root"] = "scratch/moved work"
+    config["training"].update(threads=2, flush_every_steps=11)
+    cfg.write_text(yaml.safe_dump(config))
+    out = run_cmd([*cmd, "-n"], timeout=300, env=env)
+    assert not _jobs(out.stdout), out.stdout
+    config["training"].update(threads=1, flush_every_steps=44)
+
     # a seed removed after its run finished: its pack (shared with seed 1) is neither re-planned
     # nor resubmitted, and no job of the run left in it reruns; only the study's tables and report
     config["grid"]["seed"] = [1]

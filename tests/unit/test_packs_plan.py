@@ -36,6 +36,24 @@ def test_settings_digest_ignores_the_data_location():
     assert P.run_settings_digest(a) != P.run_settings_digest(a[:-1] + ["seed=1"])
 
 
+def test_settings_digest_ignores_run_control_as_the_fingerprint_does():
+    from loss_slope.study.run_control import is_run_control
+
+    a = ["experiment=s_core", "trainer.threads=1", "trainer.flush_every_steps=44", "seed=0"]
+    b = ["experiment=s_core", "trainer.threads=6", "trainer.flush_every_steps=391", "seed=0"]
+    assert P.run_settings_digest(a) == P.run_settings_digest(b)
+    assert P.run_settings_digest(a) == P.run_settings_digest([*a, "trainer.accelerator=cpu", "+trainer.fault.x=1"])
+    assert P.run_settings_digest(a) != P.run_settings_digest([*a, "trainer.gradient_clip_val=1.0"])
+    assert P.run_settings_digest(a) != P.run_settings_digest([*a, "data.simulation.h2.rho_cell=0"])
+    assert P.run_settings_digest(a) == P.run_settings_digest([*a, "data.simulation.fsync=true"])
+    assert [is_run_control(o) for o in ("trainer.epochs=2", "data.batch_size=64", "~trainer.checkpoint", "data")] == [
+        False,
+        False,
+        True,
+        False,
+    ]
+
+
 def test_planned_packs_need_no_n():
     previous = {"pack-a": ["r0", "r1"], "pack-b": ["r2", "r3"]}
     # the runs still in the config keep their packs, whatever N is now; runs in none wait for N

@@ -322,10 +322,6 @@ def run_digest(wildcards):
     return RUN_DIGEST[(wildcards.variant, wildcards.run)]
 
 
-def run_dir(wildcards):
-    return work_run(WORK_ROOT, wildcards.variant, wildcards.run)
-
-
 def pack_members(wildcards):
     planned = planned_packs(wildcards.variant)[0].get(wildcards.pack)
     if planned:

@@ -20,8 +20,6 @@ rule to_parquet:
         report=CONVERT,
     log:
         rule_log("to_parquet", BY_RUN),
-    params:
-        run_dir=run_dir,
     script:
         "../scripts/to_parquet.py"
 

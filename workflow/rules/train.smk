@@ -130,6 +130,5 @@ rule run_done:
         rule_log("run_done", BY_RUN),
     params:
         settings=run_digest,
-        run_dir=run_dir,
     script:
         "../scripts/run_done.py"

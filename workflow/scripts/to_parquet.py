@@ -2,14 +2,16 @@ import sys
 
 sys.stderr = open(snakemake.log[0], "w")
 
+from loss_slope.pipeline.paths import work_run
 from loss_slope.tables.export import export_run
 from loss_slope.tables.parquet import convert_run
 from loss_slope.tables.schema import MONITOR_TABLES
 
 out = snakemake.output
 
+# the work tree is run control: read from the config, not a param (moving it reruns nothing)
 export_run(
-    snakemake.params.run_dir,
+    work_run(snakemake.config["paths"]["work_root"], snakemake.wildcards.variant, snakemake.wildcards.run),
     steps_csv=out.steps_csv,
     val_csv=out.val_csv,
     run_info=out.run_info,

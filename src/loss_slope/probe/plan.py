@@ -31,7 +31,7 @@ import os
 from pathlib import Path
 
 from loss_slope.jsonio import write_json
-from loss_slope.study.runs import DATA_LOCATION_KEYS
+from loss_slope.study.run_control import is_run_control
 
 ENV_OVERRIDE = "WORKERS_PER_GPU"
 
@@ -70,8 +70,10 @@ PACK_WILDCARD = r"pack[0-9]+|pack-[0-9a-f]{10}"
 
 
 def run_settings_digest(overrides) -> str:
-    """Digest of what one run trains (its Hydra overrides, minus where the data lives)."""
-    kept = [o for o in overrides if not o.startswith(DATA_LOCATION_KEYS)]
+    """Digest of what one run trains: its Hydra overrides, minus run control (where the data
+    lives, threads, flushing, ...: :mod:`loss_slope.study.run_control`, the keys the run's
+    fingerprint leaves out too)."""
+    kept = [o for o in overrides if not is_run_control(o)]
     return hashlib.sha1("\n".join(kept).encode()).hexdigest()[:12]
 
 

@@ -38,6 +38,7 @@ from omegaconf import OmegaConf
 
 from loss_slope.jsonio import write_json
 from loss_slope.simulate import model
+from loss_slope.study.run_control import NOT_SCIENCE_SIMULATION
 from loss_slope.tables.csvlog import CsvTable
 from loss_slope.tables.schema import LN2, TABLES
 from loss_slope.train.attempts import (
@@ -77,13 +78,9 @@ _MONITOR_DEFAULTS = {
 }
 
 
-#: data.simulation keys that say how fast or how durably a run is written, not what it simulates
-RUN_CONTROL = ("pace_s_per_chunk", "fsync")
-
-
 def simulated_fingerprint(c: dict) -> str:
     """The run's fingerprint without the simulation's run-control keys (changing the pace keeps the work tree)."""
-    sim = {k: v for k, v in (c["data"].get("simulation") or {}).items() if k not in RUN_CONTROL}
+    sim = {k: v for k, v in (c["data"].get("simulation") or {}).items() if k not in NOT_SCIENCE_SIMULATION}
     return config_fingerprint({**c, "data": {**c["data"], "simulation": sim}})
 
 

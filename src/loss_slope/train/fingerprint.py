@@ -5,22 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-# keys that say where/how a run is written or stopped, not what it trains
-_NOT_SCIENCE = {"run_dir", "output", "hydra"}
-_NOT_SCIENCE_TRAINER = {
-    "max_time_s",
-    "flush_every_steps",
-    "log_every_steps",
-    "threads",
-    "accelerator",
-    "fault",
-    "best_top_k",  # checkpoint retention
-    "checkpoint",  # when and how the latest checkpoint is written
-    "oom",  # the smallest micro-batch an out-of-memory fallback may use (the micro-batch in use is checkpointed)
-}
-# where the data is; evaluation chunking; the builder (`_target_`: code, named once per data.name,
-# so a work tree trained before data configs had one keeps its fingerprint)
-_NOT_SCIENCE_DATA = {"root", "eval_batch_size", "download", "_target_"}
+from loss_slope.study.run_control import NOT_SCIENCE, NOT_SCIENCE_DATA, NOT_SCIENCE_TRAINER
 
 _DATA_FOLDERS = {"cifar10": "cifar-10-batches-py"}
 _CHECKSUMS: dict[tuple, str] = {}
@@ -58,12 +43,12 @@ def config_fingerprint(cfg: dict) -> str:
 
     The dataset enters by its checksum (when it has files), not by its folder.
     """
-    d = {k: v for k, v in cfg.items() if k not in _NOT_SCIENCE}
+    d = {k: v for k, v in cfg.items() if k not in NOT_SCIENCE}
     if isinstance(d.get("trainer"), dict):
-        d["trainer"] = {k: v for k, v in d["trainer"].items() if k not in _NOT_SCIENCE_TRAINER}
+        d["trainer"] = {k: v for k, v in d["trainer"].items() if k not in NOT_SCIENCE_TRAINER}
     if isinstance(d.get("data"), dict):
         data = cfg["data"]
-        d["data"] = {k: v for k, v in data.items() if k not in _NOT_SCIENCE_DATA}
+        d["data"] = {k: v for k, v in data.items() if k not in NOT_SCIENCE_DATA}
         checksum = dataset_checksum(data.get("name"), data.get("root"))
         if checksum:
             d["data"]["checksum"] = checksum
