@@ -113,6 +113,13 @@ def test_study_dry_run_lists_every_run_identifiably(tmp_path):
     print(f"two dry-runs of the 216-run study: {elapsed:.2f} s")
 
 
+def test_without_a_configfile_the_demo_study_is_planned_from_any_directory(tmp_path):
+    # the default config is the one beside the Snakefile, not ./config/config.yaml of the working directory
+    out = run_cmd([snakemake_bin(), "-s", REPO / "Snakefile", "--directory", tmp_path, "-n", "--quiet", "rules"])
+    counts = _job_counts(out.stdout + out.stderr)
+    assert counts["probe_capacity"] == len(yaml.safe_load((REPO / "config" / "config.yaml").read_text())["variants"])
+
+
 def test_bad_config_stops_before_any_job(tmp_path):
     bad = dict(TINY, grid={"lr": [-0.1], "weight_decay": [0.0005], "seed": [0]})
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))

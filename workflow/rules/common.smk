@@ -85,7 +85,7 @@ gc.set_threshold(50_000, 20, 10)
 # demo's variants to yours).
 if not workflow.overwrite_configfiles:
 
-    configfile: "config/config.yaml"
+    configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 try:

@@ -1,7 +1,8 @@
 # Summary, figures and summary.md. Two report folders, same rules:
 #   results/report/          every run of the config (the default target)
 #   results/report_partial/  only runs whose training finished (target: report_partial);
-#                            the others are listed as "missing". Never schedules training.
+#                            the others are listed as "missing". Schedules no probe and no
+#                            unfinished run (a finished run whose settings changed is retrained).
 from functools import partial
 
 from loss_slope.report.registry import FIGURES
