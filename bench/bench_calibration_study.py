@@ -17,17 +17,23 @@ Prints the false-positive rate of ``broken_power_lrt`` at the configured thresho
 
 from __future__ import annotations
 
-import argparse
-import math
-import time
-from pathlib import Path
+import os
 
-import numpy as np
-from scipy import signal
+# "one core": pin BLAS/OpenMP to one thread before numpy loads (the timings are CPU time of one thread)
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
-from loss_slope.analysis import cumulative_lr, detect_knee
-from loss_slope.analysis.search import LRT_THRESHOLD
-from loss_slope.analysis.stats import wilson_interval
+import argparse  # noqa: E402
+import math  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+from scipy import signal  # noqa: E402
+
+from loss_slope.analysis import cumulative_lr, detect_knee  # noqa: E402
+from loss_slope.analysis.search import LRT_THRESHOLD  # noqa: E402
+from loss_slope.analysis.stats import wilson_interval  # noqa: E402
 
 N_STEPS, SPE, WARMUP_EPOCHS = 19_550, 391, 5
 

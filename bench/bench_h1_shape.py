@@ -16,17 +16,23 @@ Targets: True in >= 90 % of ``single``, False in >= 80 % of ``two_breaks``, None
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import math
-import time
-from pathlib import Path
+import os
 
-import numpy as np
+# "one core": pin BLAS/OpenMP to one thread before numpy loads (the timings are CPU time of one thread)
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
-from loss_slope.analysis import analyze_curve
-from loss_slope.analysis.stats import wilson_interval
-from loss_slope.analysis.synthetic import CurveSpec, make_curve, true_loss
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import math  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from loss_slope.analysis import analyze_curve  # noqa: E402
+from loss_slope.analysis.stats import wilson_interval  # noqa: E402
+from loss_slope.analysis.synthetic import CurveSpec, make_curve, true_loss  # noqa: E402
 
 
 def sample(rng: np.random.Generator, *, two_breaks: bool) -> CurveSpec:

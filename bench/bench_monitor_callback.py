@@ -98,6 +98,8 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--markdown", type=Path, default=None)
     args = p.parse_args()
+    if args.epochs < 2:
+        p.error("--epochs must be at least 2: the demo's warm-up of 1 epoch must be shorter than training")
 
     demo = demo_overrides(args.variant) + [f"trainer.epochs={args.epochs}"]
     base = [o for o in demo if not o.startswith("trainer.monitors.")]
