@@ -62,6 +62,15 @@ BAD = [
     ("grid.lr", [float("nan")], "grid.lr[0]"),  # NaN passes every range check
     ("grid.weight_decay", [float("inf")], "grid.weight_decay[0]"),
     ("analysis.study.h2_min_abs_rho", float("nan"), "analysis.study.h2_min_abs_rho"),
+    # a whole-number float is not an integer: the probe's range() and the worker's argparse refuse it
+    ("packing.probe_k_max", 2.0, "packing.probe_k_max: 2.0 has the wrong type; expected integer"),
+    ("training.epochs", 30.0, "training.epochs: 30.0 has the wrong type"),
+    ("grid.seed", [0, 1.0], "grid.seed[1]"),
+    (
+        "variants",
+        [{"experiment": "s_core"}],
+        "variants: [{'experiment': 's_core'}] has the wrong type; expected object",
+    ),
 ]
 
 

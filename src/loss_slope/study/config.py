@@ -51,9 +51,14 @@ def _fill_defaults(validator_class):
                             value[prop] = copy.deepcopy(sub["default"])
         yield from validator_class.VALIDATORS["additionalProperties"](validator, additional, instance, schema)
 
+    # an integer is an int: JSON Schema's own rule also takes 2.0, which range() and argparse refuse in the jobs
+    strict_integers = validator_class.TYPE_CHECKER.redefine(
+        "integer", lambda checker, x: isinstance(x, int) and not isinstance(x, bool)
+    )
     return jsonschema.validators.extend(
         validator_class,
         {"properties": set_defaults, "additionalProperties": additional_defaults},
+        type_checker=strict_integers,
     )
 
 
@@ -118,7 +123,8 @@ def validate_config(config: dict, schema: dict | str | Path | None = None) -> di
         raise ConfigError(f"the configuration must be a mapping, got {type(config).__name__}")
     if not isinstance(schema, dict):
         schema = load_schema(schema)
-    bad_keys = [k for k in config.get("variants") or {} if not isinstance(k, str)]
+    variants = config.get("variants")
+    bad_keys = [k for k in variants if not isinstance(k, str)] if isinstance(variants, dict) else []
     if bad_keys:  # YAML reads `2024:` as a number; paths and wildcards need names
         raise ConfigError(f"invalid configuration:\n  - variants: names must be strings; quote {bad_keys}")
     non_finite = list(_non_finite(config))
