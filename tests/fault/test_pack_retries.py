@@ -150,6 +150,112 @@ def test_sigterm_while_a_run_starts_up_is_a_stop_not_an_error(tmp_path):
     assert json.loads((tmp_path / "out.json").read_text())["runs"]["r0"]["status"] == "complete"
 
 
+def _kill_the_trainer_when_it_logs(run_log, text, *, timeout=120):
+    """SIGKILL this process's trainer child once its log's current attempt shows ``text`` (as the
+    host's out-of-memory killer would), from a thread; the thread, to join."""
+    import os
+    import signal
+    import threading
+    import time
+    from pathlib import Path
+
+    def children():
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    stat = (d / "stat").read_text()
+                    cmd = (d / "cmdline").read_bytes()
+                except OSError:
+                    continue
+                if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and b"loss_slope.train" in cmd:
+                    yield int(d.name)
+
+    def kill():
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if run_log.exists() and text in run_log.read_text().split("=== pack")[-1]:
+                for pid in children():
+                    os.kill(pid, signal.SIGKILL)
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=kill, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_two_out_of_memory_kills_do_not_give_a_run_up(tmp_path):
+    """A run SIGKILLed twice at the same point was given up as 'the same error twice', with its log's
+    last line (a library warning) as the error; a kill is now recorded as such and the run is retried."""
+    spec = _spec(tmp_path, {"r0": BASE})
+    run_log, run_dir = tmp_path / "logs" / "r0.log", tmp_path / "work" / "V" / "r0"
+    for attempt in (1, 2):
+        thread = _kill_the_trainer_when_it_logs(run_log, "step 5/")
+        assert _launch(tmp_path, spec, attempt, "trainer.log_every_steps=5") == 1
+        thread.join()
+        errors = read_errors(run_dir)
+        assert len(errors) == attempt and errors[-1]["exit_code"] == -9
+        assert errors[-1]["error"].startswith("killed by SIGKILL")
+    assert _launch(tmp_path, spec, 3) == 0  # not given up: the third attempt resumes and finishes it
+    assert json.loads((tmp_path / "out.json").read_text())["runs"]["r0"]["status"] == "complete"
+
+
+def test_a_sigterm_as_the_pack_starts_its_runs_reaches_every_run(tmp_path, monkeypatch):
+    """scancel while the launcher starts its second run: it used to forward signals only once all were
+    started, so the default action killed the launcher and its runs trained on, orphaned, holding their locks."""
+    import os
+    import signal
+    import subprocess
+
+    from loss_slope.train import pack as P
+
+    spec = _spec(tmp_path, {"r0": BASE, "r1": BASE})
+    started = []
+
+    class ScancelOnTheSecond(subprocess.Popen):
+        def __init__(self, cmd, *args, **kwargs):
+            started.append(cmd)
+            if len(started) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+            super().__init__(cmd, *args, **kwargs)
+            self.cmd = cmd
+
+    monkeypatch.setattr(P.subprocess, "Popen", ScancelOnTheSecond)
+    assert _launch_keeping_signal_handlers(tmp_path, spec, 1) == 3  # stopped, not an error
+    assert len(started) == 2
+    records = {
+        r: [json.loads(x) for x in (tmp_path / "work" / "V" / r / "launcher.jsonl").read_text().splitlines()]
+        for r in ("r0", "r1")
+    }
+    assert all(rec["status"] == "unfinished" for recs in records.values() for rec in recs if rec["event"] == "outcome")
+    assert not any(b"loss_slope.train" in cmd for cmd in _child_cmdlines())  # none left training
+
+
+def test_a_sigterm_before_the_runs_start_stops_the_pack_cleanly(tmp_path):
+    # during the retry back-off (or the MPS daemon's start): no run is started, exit 3
+    import os
+    import signal
+    import threading
+
+    spec = _spec(tmp_path, {"r0": BASE})
+    threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGTERM)).start()
+    assert _launch_keeping_signal_handlers(tmp_path, spec, 2, backoff_base=30.0) == 3
+    assert not (tmp_path / "logs" / "r0.log").exists()
+
+
+def _child_cmdlines():
+    import os
+    from pathlib import Path
+
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == os.getpid():
+                    yield (d / "cmdline").read_bytes()
+            except (OSError, ValueError):
+                continue
+
+
 def test_a_run_found_locked_after_a_sigterm_is_not_started_again(tmp_path, monkeypatch):
     # the run exits "locked" (another live trainer holds it) and scancel reaches the pack before the pack
     # has read that exit: the pack must not put the run back to wait for the lock and start it again

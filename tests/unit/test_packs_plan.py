@@ -279,6 +279,32 @@ def test_error_bookkeeping_gives_up_on_repeated_errors(tmp_path):
     assert L.given_up([e("A"), e("B")], 3) is None
     assert "same error" in L.given_up([e("B"), e("A"), e("A")], 5)
     assert "3 times" in L.given_up([e("A"), e("B"), e("C")], 3)
+    # two kills by the host's out-of-memory killer: the next attempt asks for more memory
+    kill = L.killed_by(-9)
+    assert kill.startswith("killed by SIGKILL") and "out-of-memory" in kill
+    assert L.given_up([e(kill, -9), e(kill, -9)], 3) is None
+    assert "3 times" in L.given_up([e(kill, -9)] * 3, 3)
+
+
+def test_the_same_error_counts_twice_in_a_row_only_without_an_attempt_between(tmp_path):
+    from loss_slope.train.attempts import append_record
+
+    run = tmp_path / "r"
+    run.mkdir()
+
+    def rec(event, **kw):
+        append_record(run / "launcher.jsonl", {"event": event, **kw})
+
+    rec("error", attempt=1, exit_code=1, error="ValueError: x", settings="s")
+    rec("outcome", attempt=1, status="failed")
+    rec("outcome", attempt=2, status="unfinished")  # an attempt that trained on, stopped by its budget
+    rec("error", attempt=3, exit_code=1, error="ValueError: x", settings="s")
+    errors = L.read_errors(run, "s")
+    assert [x["after_progress"] for x in errors] == [False, True]
+    assert L.given_up(errors, 5) is None
+    rec("outcome", attempt=3, status="failed")
+    rec("error", attempt=4, exit_code=1, error="ValueError: x", settings="s")
+    assert "same error" in L.given_up(L.read_errors(run, "s"), 5)
 
 
 def test_run_marker_reports_the_error_of_a_given_up_run(tmp_path):

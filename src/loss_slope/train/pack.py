@@ -79,21 +79,42 @@ def error_line(text: str) -> str:
     return (errors or lines or ["(no output)"])[-1][:500]
 
 
+def killed_by(code: int) -> str:
+    """The error of a run ended by signal ``-code`` (its log's last line says nothing about it)."""
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    why = " (sent by the host's out-of-memory killer, or at a hard time limit)" if code == -signal.SIGKILL else ""
+    return f"killed by {name}{why}"
+
+
 def read_errors(run_dir, settings: str | None = None) -> list[dict]:
-    return [
-        rec
-        for rec in read_launcher(run_dir)
-        if rec.get("event") == "error" and (settings is None or rec.get("settings") == settings)
-    ]
+    """The run's recorded errors (under ``settings``, when given), in order; each says whether an
+    attempt that ended otherwise (unfinished, locked, ...) came between it and the error before it
+    (``after_progress``)."""
+    out, progress = [], False
+    for rec in read_launcher(run_dir):
+        if rec.get("event") == "outcome" and rec.get("status") not in ("failed", "not_started"):
+            progress = True
+        elif rec.get("event") == "error" and (settings is None or rec.get("settings") == settings):
+            out.append({**rec, "after_progress": progress})
+            progress = False
+    return out
 
 
 def given_up(errors: list[dict], max_errors: int) -> str | None:
-    """Why a run is not retried any more (None: retry it)."""
+    """Why a run is not retried any more (None: retry it): ``max_errors`` errors, or the same error
+    in two attempts in a row. A kill by a signal is never "the same error": an out-of-memory kill
+    is met by the next attempt's larger memory request."""
     if len(errors) >= max_errors:
         return f"failed {len(errors)} times (the limit is {max_errors})"
-    if len(errors) >= 2 and (errors[-1]["error"], errors[-1]["exit_code"]) == (
-        errors[-2]["error"],
-        errors[-2]["exit_code"],
+    if (
+        len(errors) >= 2
+        and not errors[-1].get("after_progress")
+        and errors[-1]["exit_code"] is not None
+        and errors[-1]["exit_code"] >= 0
+        and (errors[-1]["error"], errors[-1]["exit_code"]) == (errors[-2]["error"], errors[-2]["exit_code"])
     ):
         return "failed twice in a row with the same error"
     return None
@@ -223,6 +244,67 @@ def launch_pack(
     mps_runner=subprocess.run,
     which=shutil.which,
 ) -> int:
+    # until the runs start (and the launcher forwards signals to them), a stop ends the pack here,
+    # unwinding what it set up (the MPS daemon); no run has started, so the next attempt starts them
+    previous = {s: signal.signal(s, _StopBeforeStart.raise_it) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return _launch_pack(
+            plan_path=plan_path,
+            pack=pack,
+            variant=variant,
+            output=output,
+            log_dir=log_dir,
+            work_root=work_root,
+            attempt=attempt,
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
+            extra_overrides=extra_overrides,
+            expect_runs=expect_runs,
+            max_error_attempts=max_error_attempts,
+            measured_plan=measured_plan,
+            gpu_mismatch=gpu_mismatch,
+            lock_poll_s=lock_poll_s,
+            mps=mps,
+            mps_runner=mps_runner,
+            which=which,
+        )
+    except _StopBeforeStart as stop:
+        print(f"stopped by {stop} before any run started: the next attempt starts them", file=sys.stderr, flush=True)
+        return EXIT_UNFINISHED
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+class _StopBeforeStart(Exception):
+    """SIGTERM/SIGINT while the pack sets up, before it forwards signals to its runs."""
+
+    @classmethod
+    def raise_it(cls, signum, _frame):
+        raise cls(signal.Signals(signum).name)
+
+
+def _launch_pack(
+    *,
+    plan_path,
+    pack: str,
+    variant: str,
+    output,
+    log_dir,
+    work_root,
+    attempt: int,
+    backoff_base: float,
+    backoff_cap: float,
+    extra_overrides,
+    expect_runs,
+    max_error_attempts: int,
+    measured_plan,
+    gpu_mismatch: str,
+    lock_poll_s: float,
+    mps: str,
+    mps_runner,
+    which,
+) -> int:
     plan = read_plan(plan_path)
     members = plan["packs"][pack]
     if expect_runs is not None and [m["run"] for m in members] != list(expect_runs):
@@ -334,6 +416,18 @@ def _train_members(
             procs[run][0].send_signal(signal.SIGTERM)
 
     stopping = False  # set by a signal: no run is started (or put back to wait for a lock) after it
+
+    def forward(signum, _frame):  # scancel/timeout/Ctrl-C: let every run checkpoint
+        # only a flag and signals: the main loop may be iterating `waiting` or `procs` right now
+        nonlocal stopping
+        stopping = True
+        for p, _, _ in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)  # a run checkpoints on SIGTERM at the end of its step
+
+    # before the first run starts: from here a stop reaches every run started
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
     by_run = {m["run"]: m for m in members}
     skipped: set[str] = set()  # given up before this attempt: not started
     pending = []  # runs to start when a slot frees (max_parallel < N: an exclusive-process GPU)
@@ -356,21 +450,10 @@ def _train_members(
             }
             print(f"{variant}/{m['run']}: not started again: {why}: {last['error']}", flush=True)
             continue
-        if len(procs) < max_parallel:
+        if len(procs) < max_parallel and not stopping:
             start(m, list(extra_overrides))
         else:
-            pending.append(m)
-
-    def forward(signum, _frame):  # scancel/timeout/Ctrl-C: let every run checkpoint
-        # only a flag and signals: the main loop may be iterating `waiting` or `procs` right now
-        nonlocal stopping
-        stopping = True
-        for p, _, _ in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)  # a run checkpoints on SIGTERM at the end of its step
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+            pending.append(m)  # a stop before its start: cleared below, unfinished
 
     def remaining_overrides():
         over = list(extra_overrides)
@@ -408,9 +491,12 @@ def _train_members(
                 status = "unfinished"
             res = {"exit_code": code, "status": status, "log": str(log_path)}
             if status == "failed":
-                with open(log_path, errors="replace") as fh:
-                    fh.seek(offset)
-                    err = error_line(fh.read())
+                if code < 0:
+                    err = killed_by(code)
+                else:
+                    with open(log_path, errors="replace") as fh:
+                        fh.seek(offset)
+                        err = error_line(fh.read())
                 settings = by_run[run].get("settings")
                 _record_error(
                     run_dir,
