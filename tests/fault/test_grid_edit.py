@@ -3,6 +3,7 @@
 import copy
 import json
 import re
+import shlex
 
 import pytest
 import yaml
@@ -199,7 +200,8 @@ def test_moving_the_data_reruns_nothing_and_packs_train_from_the_new_place(tmp_p
     out = run_cmd(cmd("-n", "-p"), timeout=300)
     packs = [line for line in out.stdout.splitlines() if "loss_slope.train.pack" in line]
     assert packs and all(
-        line.rstrip().endswith(f"data.root={tmp_path / 'b'} > " + line.split(" > ")[-1]) for line in packs
+        line.rstrip().endswith(shlex.quote(f"data.root='{tmp_path / 'b'}'") + " > " + line.split(" > ")[-1])
+        for line in packs
     )
     assert str(tmp_path / "a") not in out.stdout and "prepare_cifar10" not in {r for r, _ in _jobs(out.stdout)}
 

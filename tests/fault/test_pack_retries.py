@@ -256,6 +256,22 @@ def _child_cmdlines():
                 continue
 
 
+def test_a_work_root_with_hydra_syntax_in_its_name_trains(tmp_path):
+    # the schema allows a comma, '=', brackets and '#' in paths; unquoted, Hydra read run_dir=a,b as a sweep
+    spec = _spec(tmp_path, {"r0": [*BASE, "trainer.epochs=1", "schedule.warmup_epochs=0.25"]})
+    work = tmp_path / "scratch, a=b [1] #2"
+    code = launch_pack(
+        plan_path=spec,
+        pack="pack-x",
+        variant="V",
+        output=tmp_path / "out.json",
+        log_dir=tmp_path / "logs",
+        work_root=work,
+    )
+    assert code == 0, (tmp_path / "logs" / "r0.log").read_text()[-2000:]
+    assert (work / "V" / "r0" / "done.json").exists()
+
+
 def test_a_run_found_locked_after_a_sigterm_is_not_started_again(tmp_path, monkeypatch):
     # the run exits "locked" (another live trainer holds it) and scancel reaches the pack before the pack
     # has read that exit: the pack must not put the run back to wait for the lock and start it again

@@ -32,10 +32,19 @@ DATA_LOCATION_KEYS = ("data.root=",)
 PER_RUN_KEYS = ("optimizer.lr=", "optimizer.weight_decay=", "seed=")
 
 
+def hydra_path(path) -> str:
+    """A path as a quoted Hydra override value: a comma, ``=``, brackets or ``#`` in it would otherwise
+    make a sweep or a parse error (the config schema keeps quotes and backslashes out of paths)."""
+    text = str(path)
+    if "'" in text or "\\" in text:
+        raise ValueError(f"a path with a quote or a backslash cannot be passed to Hydra: {text!r}")
+    return f"'{text}'"
+
+
 def data_location_overrides(config: dict) -> list[str]:
     """Where the study's data lives now, as Hydra overrides (empty for a dataset in the package)."""
     data = config["data"]
-    return [f"data.root={data['root']}"] if data["name"] == "cifar10" else []
+    return [f"data.root={hydra_path(data['root'])}"] if data["name"] == "cifar10" else []
 
 
 def variant_overrides(spec: RunSpec) -> list[str]:

@@ -58,6 +58,7 @@ from loss_slope.jsonio import write_json
 from loss_slope.pipeline.paths import work_run
 from loss_slope.probe import mps as MPS
 from loss_slope.probe.plan import read_plan
+from loss_slope.study.runs import hydra_path
 from loss_slope.train.attempts import append_record, read_launcher
 from loss_slope.train.exit_codes import EXIT_ERROR, EXIT_LOCKED, EXIT_NO_GPU, EXIT_OK, EXIT_UNFINISHED
 
@@ -402,7 +403,7 @@ def _train_members(
             *overrides,
             f"variant={variant}",
             f"run={run}",
-            f"run_dir={run_dir}",
+            f"run_dir={hydra_path(run_dir)}",
         ]
         log = open(run_log(run), "a")
         log.write(
