@@ -40,6 +40,24 @@ def test_stale_work_tree_is_set_aside_not_deleted(tmp_path):
     assert len(aside) == 1 and (aside[0] / "done.json").exists()
 
 
+def test_a_work_tree_with_an_unreadable_run_info_is_set_aside_saying_so(tmp_path, caplog, monkeypatch):
+    import logging
+    import os
+
+    from loss_slope.train.work_tree import write_state_json
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run_info.json").write_text("")  # as a crash can leave a file renamed before its data reached the disk
+    with caplog.at_level(logging.WARNING, logger="loss_slope.train"):
+        assert set_aside_if_stale(RunPaths(run), "new")
+    assert "its run_info.json is unreadable" in caplog.text and "config of this run changed" not in caplog.text
+    synced = []
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd))
+    write_state_json(tmp_path / "done.json", {"status": "complete"})
+    assert synced  # state files are fsync'ed before their rename
+
+
 def test_fingerprint_ignores_data_location_retention_eval_batch_and_work_root(tmp_path):
     cfg = {
         **CFG,

@@ -84,8 +84,9 @@ def cut_tables_to(paths: RunPaths, start: int) -> None:
 
 
 def write_state_json(path: str | Path, obj: dict) -> None:
-    """Training state files (``run_info.json``, ``done.json``, ...): as given, keys sorted."""
-    write_json(obj, path, indent=2, sort_keys=True, strict=False, default=str)
+    """Training state files (``run_info.json``, ``done.json``, ...): as given, keys sorted, fsync'ed
+    before the rename (a few per run): after a crash of the node the file is whole, not empty."""
+    write_json(obj, path, indent=2, sort_keys=True, strict=False, default=str, durable=True)
 
 
 def set_aside_if_stale(paths: RunPaths, fingerprint: str) -> bool:
@@ -94,18 +95,13 @@ def set_aside_if_stale(paths: RunPaths, fingerprint: str) -> bool:
         return False
     try:
         old = json.loads(paths.run_info.read_text()).get("fingerprint")
-    except json.JSONDecodeError:
-        old = None
+        why = f"the config of this run changed (fingerprint {old} -> {fingerprint})"
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        old, why = None, f"its run_info.json is unreadable ({exc}), so what it trained is unknown"
     if old == fingerprint:
         return False
     aside = paths.root.with_name(f"{paths.root.name}.stale-{time.strftime('%Y%m%dT%H%M%S')}")
-    log.warning(
-        "the config of this run changed (fingerprint %s -> %s): moving the old work tree to %s and "
-        "training from scratch",
-        old,
-        fingerprint,
-        aside,
-    )
+    log.warning("%s: moving the old work tree to %s and training from scratch", why, aside)
     paths.root.rename(aside)
     return True
 
