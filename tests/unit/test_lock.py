@@ -17,6 +17,7 @@ def test_acquire_records_the_holder_and_release_removes_it(tmp_path, monkeypatch
     lk = L.acquire(tmp_path / "V" / "r", heartbeat_s=0)
     rec = json.loads((tmp_path / "V" / "r.lock").read_text())
     assert rec["host"] == socket.gethostname() and rec["pid"] == os.getpid() and rec["slurm_job_id"] == "4242"
+    assert rec["pid_ns"] == os.readlink("/proc/self/ns/pid") and rec["boot_id"]
     lk.release()
     assert not (tmp_path / "V" / "r.lock").exists()
 
@@ -52,6 +53,23 @@ def test_a_reused_pid_on_this_host_is_taken_over_and_its_own_holder_is_not(tmp_p
     with L.acquire(tmp_path / "r", heartbeat_s=0) as lk:  # the pid is a process started after the lock
         assert json.loads(lk.path.read_text())["token"] != "t0"
     assert "the pid is now a process started later" in caplog.text
+
+
+def test_a_holder_in_another_pid_namespace_is_judged_by_job_and_heartbeat_not_by_pid(tmp_path, caplog):
+    # a job in a container on this node: its pid names another process (or none) in this namespace
+    f = tmp_path / "r.lock"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    _write_lock(f, host=socket.gethostname(), pid=gone.pid, pid_ns="pid:[1]", boot_id=L._boot_id())
+    with pytest.raises(L.RunLocked):  # its pid is free here, but its heartbeat is fresh: alive
+        L.acquire(tmp_path / "r", heartbeat_s=0, stale_after_s=600, job_state=lambda j: None)
+    os.utime(f, (os.path.getmtime(f) - 3600,) * 2)
+    L.acquire(tmp_path / "r", heartbeat_s=0, stale_after_s=600, job_state=lambda j: None).release()
+    assert "heartbeat" in caplog.text
+    # this process's own pid, but recorded before the host rebooted
+    _write_lock(f, host=socket.gethostname(), pid=os.getpid(), pid_ns=L._pid_namespace(), boot_id="another-boot")
+    L.acquire(tmp_path / "r", heartbeat_s=0).release()
+    assert "rebooted" in caplog.text
 
 
 def test_other_host_uses_the_slurm_job_state(tmp_path):

@@ -112,6 +112,24 @@ def _process_start_time(pid: int) -> float | None:
     return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
+def _pid_namespace() -> str | None:
+    """This process's PID namespace (``pid:[4026531836]``): a pid means the same process only
+    inside one namespace (jobs in containers on one node each have their own)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def _boot_id() -> str | None:
+    """This boot of the host: a holder recorded under another boot is gone."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
+
+
 def slurm_job_state(job_id: str, timeout: float = 5.0) -> str | None:
     """The job's state from ``squeue`` ('' = not known to squeue any more, None = cannot ask)."""
     if not shutil.which("squeue"):
@@ -157,7 +175,12 @@ def stale_reason(
     host = host or socket.gethostname()
     now = time.time() if now is None else now
     own_job = os.environ.get("SLURM_JOB_ID")
-    if holder.get("host") == host and isinstance(holder.get("pid"), int):
+    on_this_host = holder.get("host") == host and isinstance(holder.get("pid"), int)
+    if on_this_host and holder.get("boot_id") and holder["boot_id"] != _boot_id():
+        return "its host has rebooted since it took the lock"
+    if on_this_host and holder.get("pid_ns") and holder["pid_ns"] != _pid_namespace():
+        on_this_host = False  # its pid names another process here: judged by its job and heartbeat below
+    if on_this_host:
         if not _pid_alive(holder["pid"]):
             return f"its process {holder['pid']} on this host is gone"
         started, since = _process_start_time(holder["pid"]), holder.get("started")
@@ -320,6 +343,8 @@ def acquire(
     record = {
         "host": socket.gethostname(),
         "pid": os.getpid(),
+        "pid_ns": _pid_namespace(),
+        "boot_id": _boot_id(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "slurm_pack": os.environ.get("LOSS_SLOPE_PACK"),
         "started": time.time(),
