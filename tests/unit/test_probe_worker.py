@@ -348,3 +348,18 @@ def test_the_probe_report_shows_where_a_step_goes(tmp_path):
     assert "| 1 | 1231 | 26.0 |" in md
     assert "k = 1: 26.0 = steps 20.0 + validation 4.0 + checkpoint 0.50 + curvature 1.50" in md
     assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_a_worker_killed_at_the_time_limit_says_so():
+    from loss_slope.probe.capacity import run_level
+
+    level, workers = run_level(["trainer.accelerator=cpu"], 1, steps=5, warmup=1, timeout=1.0)
+    assert workers == [] and level.errors == ["worker 0 exited -9: killed at the probe's time limit (1 s)"]
+
+
+def test_n_1_for_memory_says_how_much_one_run_needs():
+    from loss_slope.probe.capacity import ProbeLevel, choose_runs_per_gpu
+
+    alone = ProbeLevel(k=1, aggregate_samples_per_s=500.0, step_ms=[60.0], peak_mem_mb=[74000.0], oom=False)
+    n, reason = choose_runs_per_gpu([alone], total_mem_mb=81559, headroom=0.9)
+    assert n == 1 and reason == "one run alone needs 74000 MiB, more than 90% of the GPU's 81559 MiB; one run per GPU"

@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -118,8 +119,10 @@ def run_level(
                 procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env))
         sampler, utils = _gpu_util_sampler(), []
         deadline = time.monotonic() + timeout
+        timed_out = False
         while any(p.poll() is None for p in procs):
             if time.monotonic() > deadline:
+                timed_out = True
                 for p in procs:
                     p.kill()
                 break
@@ -137,12 +140,22 @@ def run_level(
             if p.returncode == 0 and f.exists():
                 workers.append(json.loads(f.read_text()))
             else:
-                errors.append(
-                    f"worker {i} exited {p.returncode}: {text.strip().splitlines()[-1] if text.strip() else ''}"
-                )
+                why = _worker_error(p.returncode, text, timed_out, timeout)
+                errors.append(f"worker {i} exited {p.returncode}: {why}")
                 tail = "\n".join(text.strip().splitlines()[-30:])
                 print(f"--- probe worker {i} of k = {k} exited {p.returncode}; its log ends:\n{tail}", file=sys.stderr)
     return level_from_workers(k, workers, errors, utils, context_mb=context_mb), workers
+
+
+def _worker_error(code: int, log: str, timed_out: bool, timeout: float) -> str:
+    """Why a probe worker gave no report: its log's last line, or what ended it from outside."""
+    if timed_out and code == -signal.SIGKILL:
+        return f"killed at the probe's time limit ({timeout:.0f} s)"
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+        memory = " (the host's out-of-memory killer sends it)" if code == -signal.SIGKILL else ""
+        return f"killed by {name}{memory}"
+    return log.strip().splitlines()[-1] if log.strip() else "(no output)"
 
 
 def level_from_workers(
@@ -207,6 +220,12 @@ def choose_runs_per_gpu(
             continue
         usable.append(lv)
     if not usable:
+        alone = next((lv for lv in levels if lv.k == 1 and not lv.oom and lv.aggregate_samples_per_s), None)
+        if alone is not None and total_mem_mb and alone.peak_mem_mb:
+            return 1, (
+                f"one run alone needs {max(alone.peak_mem_mb):.0f} MiB, more than {headroom:.0%} of the GPU's "
+                f"{total_mem_mb:.0f} MiB; one run per GPU"
+            )
         return 1, "no level ran cleanly; falling back to one run per GPU"
     best = max(lv.aggregate_samples_per_s for lv in usable)
     for lv in sorted(usable, key=lambda lv: lv.k):
@@ -332,7 +351,8 @@ def probe_capacity(
     if alone is not None and alone.k == 1 and alone.errors and not alone.oom:
         raise ProbeFailed(
             f"probe of {variant}: one run alone (k = 1) did not run: {'; '.join(alone.errors)}. "
-            "Not an out-of-memory error, so N is not guessed: fix the cause (the worker's log is above) and rerun"
+            "Not a CUDA out-of-memory error, so N is not guessed: fix the cause (the worker's log is above; a kill "
+            "by the host's out-of-memory killer or the probe's time limit is named in it) and rerun"
         )
     w0 = first_workers[0] if first_workers else {}
     total = w0.get("gpu_total_mb")
