@@ -224,6 +224,35 @@ def _budget(overrides) -> float | None:
     return None
 
 
+class _StopBeforeStart(Exception):
+    """SIGTERM/SIGINT while the pack sets up, before it forwards signals to its runs."""
+
+    @classmethod
+    def raise_it(cls, signum, _frame):
+        raise cls(signal.Signals(signum).name)
+
+
+def _stops_cleanly_before_start(launch):
+    """Until the runs start (and the launcher forwards signals to them), SIGTERM/SIGINT ends the pack
+    with exit 3, unwinding what it set up (the MPS daemon); no run has started, so the next attempt
+    starts them."""
+
+    @functools.wraps(launch)
+    def launch_stoppable(**options) -> int:
+        previous = {s: signal.signal(s, _StopBeforeStart.raise_it) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            return launch(**options)
+        except _StopBeforeStart as stop:
+            print(f"stopped by {stop} before any run started: the next attempt starts them", file=sys.stderr)
+            return EXIT_UNFINISHED
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    return launch_stoppable
+
+
+@_stops_cleanly_before_start
 def launch_pack(
     *,
     plan_path,
@@ -244,67 +273,6 @@ def launch_pack(
     mps: str = "off",
     mps_runner=subprocess.run,
     which=shutil.which,
-) -> int:
-    # until the runs start (and the launcher forwards signals to them), a stop ends the pack here,
-    # unwinding what it set up (the MPS daemon); no run has started, so the next attempt starts them
-    previous = {s: signal.signal(s, _StopBeforeStart.raise_it) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        return _launch_pack(
-            plan_path=plan_path,
-            pack=pack,
-            variant=variant,
-            output=output,
-            log_dir=log_dir,
-            work_root=work_root,
-            attempt=attempt,
-            backoff_base=backoff_base,
-            backoff_cap=backoff_cap,
-            extra_overrides=extra_overrides,
-            expect_runs=expect_runs,
-            max_error_attempts=max_error_attempts,
-            measured_plan=measured_plan,
-            gpu_mismatch=gpu_mismatch,
-            lock_poll_s=lock_poll_s,
-            mps=mps,
-            mps_runner=mps_runner,
-            which=which,
-        )
-    except _StopBeforeStart as stop:
-        print(f"stopped by {stop} before any run started: the next attempt starts them", file=sys.stderr, flush=True)
-        return EXIT_UNFINISHED
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
-class _StopBeforeStart(Exception):
-    """SIGTERM/SIGINT while the pack sets up, before it forwards signals to its runs."""
-
-    @classmethod
-    def raise_it(cls, signum, _frame):
-        raise cls(signal.Signals(signum).name)
-
-
-def _launch_pack(
-    *,
-    plan_path,
-    pack: str,
-    variant: str,
-    output,
-    log_dir,
-    work_root,
-    attempt: int,
-    backoff_base: float,
-    backoff_cap: float,
-    extra_overrides,
-    expect_runs,
-    max_error_attempts: int,
-    measured_plan,
-    gpu_mismatch: str,
-    lock_poll_s: float,
-    mps: str,
-    mps_runner,
-    which,
 ) -> int:
     plan = read_plan(plan_path)
     members = plan["packs"][pack]
