@@ -67,6 +67,10 @@ def test_editing_a_finished_study_plans_only_what_changed(tmp_path):
     cfg.write_text(yaml.safe_dump(config))
     out = run_cmd([*cmd, "-n"], timeout=300, env=env)
     assert not _jobs(out.stdout), out.stdout
+    # and a pack planned before the change trains with the current values when it runs again
+    out = run_cmd([*cmd, "-n", "-p", "--forcerun", "train_pack"], timeout=300, env=env)
+    packs = [line for line in out.stdout.splitlines() if "loss_slope.train.pack" in line]
+    assert packs and all("trainer.threads=2 trainer.flush_every_steps=11 trainer.max_time_s=" in p for p in packs)
     config["training"].update(threads=1, flush_every_steps=44)
 
     # a seed removed after its run finished: its pack (shared with seed 1) is neither re-planned

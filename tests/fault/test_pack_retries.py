@@ -243,6 +243,28 @@ def test_a_sigterm_before_the_runs_start_stops_the_pack_cleanly(tmp_path):
     assert not (tmp_path / "logs" / "r0.log").exists()
 
 
+def test_a_sigterm_during_the_gpu_check_is_not_swallowed(tmp_path, monkeypatch):
+    # the GPU check imports torch inside `except Exception` (seconds on a GPU node): a stop there must stop
+    import os
+    import signal
+    import time
+
+    from loss_slope.train import pack as P
+
+    def check_gpu_interrupted(*_args, **_kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1.0)
+        except Exception:
+            pass
+        return None
+
+    monkeypatch.setattr(P, "check_gpu", check_gpu_interrupted)
+    spec = _spec(tmp_path, {"r0": BASE})
+    assert _launch_keeping_signal_handlers(tmp_path, spec, 1) == 3
+    assert not (tmp_path / "logs" / "r0.log").exists()
+
+
 def _child_cmdlines():
     import os
     from pathlib import Path

@@ -72,6 +72,15 @@ def test_a_holder_in_another_pid_namespace_is_judged_by_job_and_heartbeat_not_by
     assert "rebooted" in caplog.text
 
 
+def test_a_contender_that_cannot_read_the_boot_id_does_not_call_a_live_holder_rebooted(tmp_path, monkeypatch):
+    me = L._process_start_time(os.getpid()) + 1.0  # written after this process started: its own lock
+    holder = dict(host=socket.gethostname(), pid=os.getpid(), pid_ns=L._pid_namespace(), boot_id="b", started=me)
+    _write_lock(tmp_path / "r.lock", **holder)
+    monkeypatch.setattr(L, "_boot_id", lambda: None)
+    with pytest.raises(L.RunLocked):  # this live process holds it
+        L.acquire(tmp_path / "r", heartbeat_s=0)
+
+
 def test_other_host_uses_the_slurm_job_state(tmp_path):
     _write_lock(tmp_path / "r.lock", host="node7", pid=1, slurm_job_id="99")
     with pytest.raises(L.RunLocked, match="host node7 pid 1 SLURM job 99"):

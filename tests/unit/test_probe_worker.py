@@ -357,6 +357,14 @@ def test_a_worker_killed_at_the_time_limit_says_so():
     assert workers == [] and level.errors == ["worker 0 exited -9: killed at the probe's time limit (1 s)"]
 
 
+def test_a_worker_killed_before_the_time_limit_is_not_blamed_on_it():
+    from loss_slope.probe.capacity import _worker_error
+
+    assert _worker_error(-9, "", False, 600).startswith("killed by SIGKILL (the host's out-of-memory killer")
+    assert _worker_error(-9, "", True, 600) == "killed at the probe's time limit (600 s)"
+    assert _worker_error(1, "x\nValueError: bad\n", False, 600) == "ValueError: bad"
+
+
 def test_n_1_for_memory_says_how_much_one_run_needs():
     from loss_slope.probe.capacity import ProbeLevel, choose_runs_per_gpu
 

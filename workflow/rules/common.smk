@@ -65,6 +65,7 @@ from loss_slope.study import resources as res
 from loss_slope.study.runs import (
     build_runs,
     data_location_overrides,
+    run_control_overrides,
     variant_overrides,
     wildcard_regex,
 )
@@ -153,6 +154,9 @@ WORK_ROOT_Q = shlex.quote(str(WORK_ROOT))
 # where the data is now: after the runs' own overrides (the last value wins), so a pack
 # planned before the data moved trains from the new place
 DATA_ROOT_OVERRIDE = " ".join(map(shlex.quote, data_location_overrides(config)))
+# run control now configured (threads, flushing): after the runs' own overrides, so a pack planned
+# before a change trains with the current values
+RUN_CONTROL_OVERRIDES = " ".join(map(shlex.quote, run_control_overrides(config)))
 MAX_ERRORS = int(PACKING["max_error_attempts"])
 GPU_MISMATCH = PACKING["gpu_mismatch"]
 # what the probe measured (GPU model, MPS chosen), read by the pack job when it starts

@@ -114,7 +114,8 @@ rule train_pack:
         " --variant {wildcards.variant} --output {output:q} --log-dir {params.run_logs:q}"
         " --work-root {WORK_ROOT_Q} --max-error-attempts {MAX_ERRORS} {MEASURED_ARG}"
         " --gpu-mismatch {GPU_MISMATCH} --mps {MPS_SETTING}"
-        " --attempt {resources.attempt_no} trainer.max_time_s={params.max_time} {DATA_ROOT_OVERRIDE}"
+        " --attempt {resources.attempt_no} {RUN_CONTROL_OVERRIDES} trainer.max_time_s={params.max_time}"
+        " {DATA_ROOT_OVERRIDE}"
         " > {log:q} 2>&1"
 
 

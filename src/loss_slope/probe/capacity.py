@@ -119,10 +119,10 @@ def run_level(
                 procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env))
         sampler, utils = _gpu_util_sampler(), []
         deadline = time.monotonic() + timeout
-        timed_out = False
+        timed_out = [False] * len(procs)  # per worker: still running at the deadline, so killed by it
         while any(p.poll() is None for p in procs):
             if time.monotonic() > deadline:
-                timed_out = True
+                timed_out = [p.poll() is None for p in procs]
                 for p in procs:
                     p.kill()
                 break
@@ -140,7 +140,7 @@ def run_level(
             if p.returncode == 0 and f.exists():
                 workers.append(json.loads(f.read_text()))
             else:
-                why = _worker_error(p.returncode, text, timed_out, timeout)
+                why = _worker_error(p.returncode, text, timed_out[i], timeout)
                 errors.append(f"worker {i} exited {p.returncode}: {why}")
                 tail = "\n".join(text.strip().splitlines()[-30:])
                 print(f"--- probe worker {i} of k = {k} exited {p.returncode}; its log ends:\n{tail}", file=sys.stderr)

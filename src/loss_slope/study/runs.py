@@ -12,6 +12,7 @@ import itertools
 import re
 from dataclasses import dataclass, field
 
+from loss_slope.study.run_control import is_run_control
 from loss_slope.tables.schema import RUN_IDENTITY
 
 EXPERIMENT_OPTIMIZER = {"s_core": "sgd", "s_adamw": "adamw", "s_bn_off": "sgd", "s_narrow": "sgd"}
@@ -102,6 +103,16 @@ def training_overrides(config: dict) -> list[str]:
     out.extend(data_location_overrides(config))
     out.extend(tr.get("hydra_overrides", []))
     return out
+
+
+def run_control_overrides(config: dict) -> list[str]:
+    """The study-wide run-control overrides as now configured (``training.threads``,
+    ``flush_every_steps``, run-control keys in ``training.hydra_overrides``; the data's location
+    has :func:`data_location_overrides`). They are left out of a run's settings digest, so changing
+    one re-plans no pack: the pack command passes them after each run's planned overrides, and the
+    current values win."""
+    location = set(data_location_overrides(config))
+    return [o for o in training_overrides(config) if is_run_control(o) and o not in location]
 
 
 def build_runs(config: dict) -> list[RunSpec]:

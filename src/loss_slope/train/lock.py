@@ -176,7 +176,8 @@ def stale_reason(
     now = time.time() if now is None else now
     own_job = os.environ.get("SLURM_JOB_ID")
     on_this_host = holder.get("host") == host and isinstance(holder.get("pid"), int)
-    if on_this_host and holder.get("boot_id") and holder["boot_id"] != _boot_id():
+    boot = _boot_id()
+    if on_this_host and holder.get("boot_id") and boot and holder["boot_id"] != boot:
         return "its host has rebooted since it took the lock"
     if on_this_host and holder.get("pid_ns") and holder["pid_ns"] != _pid_namespace():
         on_this_host = False  # its pid names another process here: judged by its job and heartbeat below

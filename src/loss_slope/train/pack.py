@@ -224,8 +224,9 @@ def _budget(overrides) -> float | None:
     return None
 
 
-class _StopBeforeStart(Exception):
-    """SIGTERM/SIGINT while the pack sets up, before it forwards signals to its runs."""
+class _StopBeforeStart(BaseException):
+    """SIGTERM/SIGINT while the pack sets up, before it forwards signals to its runs (a BaseException,
+    as KeyboardInterrupt is: the set-up's own ``except Exception`` must not swallow a stop)."""
 
     @classmethod
     def raise_it(cls, signum, _frame):
