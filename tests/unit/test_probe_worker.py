@@ -360,7 +360,7 @@ def test_a_worker_killed_at_the_time_limit_says_so():
 def test_a_worker_killed_before_the_time_limit_is_not_blamed_on_it():
     from loss_slope.probe.capacity import _worker_error
 
-    assert _worker_error(-9, "", False, 600).startswith("killed by SIGKILL (the host's out-of-memory killer")
+    assert _worker_error(-9, "", False, 600).startswith("killed by SIGKILL (sent by the host's out-of-memory killer")
     assert _worker_error(-9, "", True, 600) == "killed at the probe's time limit (600 s)"
     assert _worker_error(1, "x\nValueError: bad\n", False, 600) == "ValueError: bad"
 

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from loss_slope.jsonio import write_json
 from loss_slope.probe import mps as MPS
+from loss_slope.train.exit_codes import killed_by
 
 
 @dataclass
@@ -152,9 +153,7 @@ def _worker_error(code: int, log: str, timed_out: bool, timeout: float) -> str:
     if timed_out and code == -signal.SIGKILL:
         return f"killed at the probe's time limit ({timeout:.0f} s)"
     if code is not None and code < 0:
-        name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
-        memory = " (the host's out-of-memory killer sends it)" if code == -signal.SIGKILL else ""
-        return f"killed by {name}{memory}"
+        return killed_by(code)
     return log.strip().splitlines()[-1] if log.strip() else "(no output)"
 
 

@@ -60,7 +60,7 @@ from loss_slope.probe import mps as MPS
 from loss_slope.probe.plan import read_plan
 from loss_slope.study.runs import hydra_path
 from loss_slope.train.attempts import append_record, read_launcher
-from loss_slope.train.exit_codes import EXIT_ERROR, EXIT_LOCKED, EXIT_NO_GPU, EXIT_OK, EXIT_UNFINISHED
+from loss_slope.train.exit_codes import EXIT_ERROR, EXIT_LOCKED, EXIT_NO_GPU, EXIT_OK, EXIT_UNFINISHED, killed_by
 
 LOCK_POLL_S = 30.0
 _LOG_PREFIX = re.compile(r"^\[[^\]]*\]\[[^\]]*\]\[[A-Z]+\] - ")
@@ -78,16 +78,6 @@ def error_line(text: str) -> str:
     lines = [ln for ln in lines if not ln.startswith(("Set the environment variable HYDRA_FULL_ERROR", "Traceback"))]
     errors = [ln for ln in lines if _ERROR_LINE.search(ln)]
     return (errors or lines or ["(no output)"])[-1][:500]
-
-
-def killed_by(code: int) -> str:
-    """The error of a run ended by signal ``-code`` (its log's last line says nothing about it)."""
-    try:
-        name = signal.Signals(-code).name
-    except ValueError:
-        name = f"signal {-code}"
-    why = " (sent by the host's out-of-memory killer, or at a hard time limit)" if code == -signal.SIGKILL else ""
-    return f"killed by {name}{why}"
 
 
 def read_errors(run_dir, settings: str | None = None) -> list[dict]:
