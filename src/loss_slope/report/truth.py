@@ -98,13 +98,18 @@ def add_derived(truth: dict, sim: Mapping[str, Any], kw: Mapping[str, Any]) -> d
     return truth
 
 
+def _simulated(run_info: Mapping[str, Any]) -> bool:
+    """Whether a ``run_info.json`` is a simulated run's (one trained on real data has no truth)."""
+    return run_info.get("config", {}).get("data", {}).get("name") == "simulated"
+
+
 def truths_from_run_infos(run_infos: Sequence[str | Path]) -> dict[str, dict]:
     """``"variant/run"`` → truth, recomputed from each of these ``run_info.json`` files alone
     (what the report declares as its input; a real run's file is skipped)."""
     out: dict[str, dict] = {}
     for path in run_infos:
         info = json.loads(Path(path).read_text())
-        if info.get("config", {}).get("data", {}).get("name") == "simulated":
+        if _simulated(info):
             out[f"{info['variant']}/{info['run']}"] = truth_for_run(info)
     return out
 
@@ -135,7 +140,7 @@ def load_truths(root: str | Path = ".", runs: Sequence[tuple[str, str]] | None =
         if home is None:
             continue
         info = json.loads((home / "run_info.json").read_text())
-        if info.get("config", {}).get("data", {}).get("name") != "simulated":
+        if not _simulated(info):
             continue
         tfile = home / "truth.json"
         if tfile.is_file() and "alpha_full_true" in (t := json.loads(tfile.read_text())):
