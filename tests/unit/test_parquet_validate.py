@@ -333,3 +333,27 @@ def test_steps_outside_the_run_are_named(tmp_path):
     _, rep = check(tmp_path)
     assert "steps_exactly_once" in failed(rep)
     assert "outside 0..23 1 (first [24])" in " ".join(rep.to_dict()["reasons"])
+
+
+def test_a_failed_parquet_write_leaves_nothing_a_dataset_read_would_see(tmp_path, monkeypatch):
+    """The partition folder of a failed write holds only the previous file: no stray part."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    from loss_slope.tables import parquet
+
+    schema = pa.schema([("step", pa.int64())])
+    part = tmp_path / "variant=V" / "run=r" / "part-0.parquet"
+    parquet.write_parquet(pa.table({"step": [0, 1]}, schema=schema), part, schema)
+
+    write_table = pq.write_table
+
+    def write_then_fail(table, where, **kw):
+        write_table(table, where, **kw)  # the bytes reach the disk, then the job dies
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(parquet.pq, "write_table", write_then_fail)
+    with pytest.raises(OSError, match="No space"):
+        parquet.write_parquet(pa.table({"step": [0, 1, 2]}, schema=schema), part, schema)
+    assert [p.name for p in part.parent.iterdir()] == ["part-0.parquet"]
+    assert ds.dataset(tmp_path, format="parquet", partitioning="hive").to_table().num_rows == 2

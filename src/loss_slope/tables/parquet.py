@@ -244,9 +244,15 @@ def write_parquet(table: pa.Table | None, path: str | Path, schema: pa.Schema) -
     path.parent.mkdir(parents=True, exist_ok=True)
     if table is None:
         table = schema.empty_table()
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, **_parquet_options(schema))
-    tmp.replace(path)
+    # the temporary file is hidden (a leading dot): a dataset read of the hive tree skips it, so a
+    # write that fails half-way never shows up as a second copy of the rows or an unreadable part
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        pq.write_table(table, tmp, **_parquet_options(schema))
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def convert_run(
