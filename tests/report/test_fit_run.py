@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pytest
 
+from loss_slope.analysis import AnalysisError, cumulative_lr
+from loss_slope.pipeline import fit_run as fit_run_module
 from loss_slope.pipeline.fit_run import fit_run, fit_run_tables
 from loss_slope.train.divergence import check_divergence
 
@@ -213,11 +215,60 @@ def test_exploding_loss_is_diverged_at_the_first_step_above_the_factor(clean_run
 def test_training_outcome_diverged_is_reported_with_its_step(clean_run):
     steps, val, info, _ = clean_run
     info = {**info, "outcome": {"status": "diverged", "diverged_at_step": 77, "reason": "non-finite loss at step 77"}}
-    row = _fit(steps.iloc[:78], val.iloc[:4], info, validation={"passed": False, "reasons": ["steps_exactly_once"]})[
-        "row"
-    ]
+    stopped = {"passed": True, "status": "diverged", "reasons": ["diverged: non-finite loss at step 77"]}
+    row = _fit(steps.iloc[:78], val.iloc[:4], info, validation=stopped)["row"]
     assert row["status"] == "diverged" and row["diverged_step"] == 77
     assert row["diverged_epoch"] == pytest.approx(77 / 48)
+
+
+@pytest.mark.parametrize(
+    "validation",
+    [
+        {"passed": False, "reasons": ["steps_exactly_once: 1000 rows for 1201 steps; missing 201"]},
+        {  # validation.json as written: the failed checks by name
+            "passed": False,
+            "checks": [
+                {"name": "steps_finite", "passed": False, "detail": "3 row(s), first at step 900"},
+                {"name": "config_matches", "passed": False, "detail": "lr: trained 0.3, config 0.1"},
+            ],
+            "reasons": ["steps_finite: 3 row(s), first at step 900", "config_matches: lr: trained 0.3, config 0.1"],
+        },
+        {"passed": False, "reasons": []},
+    ],
+    ids=["incomplete", "mistrained", "no-reason"],
+)
+def test_a_diverged_run_whose_validation_fails_beyond_its_divergence_is_invalid(clean_run, validation):
+    """Incomplete or mistrained tables give no α_early: the run is invalid, its divergence named."""
+    steps, val, info, _ = clean_run
+    s = steps.copy()
+    s.loc[s.step >= 900, "loss_train_nats"] = np.nan  # after the α_early window (epochs 5-15 of 48 steps)
+    row = _fit(s, val, info, validation=validation)["row"]
+    assert row["status"] == "invalid" and row.get("alpha_early") is None
+    assert "also diverged" in row["reason"] and row["diverged_step"] == 900
+    # the same divergence with only its value ranges failing is a diverged run with α_early
+    ranges = {"passed": False, "reasons": ["steps_finite: 100 row(s), first at step 900", "val_finite: 2 row(s)"]}
+    row = _fit(s, val, info, validation=ranges)["row"]
+    assert row["status"] == "diverged" and row["alpha_early"] is not None
+
+
+def test_cumulative_lr_time_counts_the_lr_of_dropped_zero_loss_steps(clean_run):
+    """A step whose loss is exactly 0 is left out of the fit, not out of Σ lr: later times stay put."""
+    steps, val, info, _ = clean_run
+    fitted = {}
+
+    def spy(st, y, **kw):
+        fitted.setdefault("time", dict(zip(st.tolist(), kw["time"].tolist())))
+        raise AnalysisError("stop here")
+
+    s = steps.copy()
+    s.loc[s.step.isin([100, 101, 102]), "loss_train_nats"] = 0.0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fit_run_module, "analyze_curve", spy)
+        row = _fit(s, val, info, time_axis="cumulative_lr")["row"]
+    assert row["n_nonpositive_dropped"] == 3 and 101 not in fitted["time"]
+    want = cumulative_lr(steps["lr"].to_numpy())
+    assert fitted["time"][500] == pytest.approx(want[500], rel=1e-12)
+    assert fitted["time"][103] == pytest.approx(want[103], rel=1e-12)
 
 
 def test_run_shorter_than_the_early_window_is_too_short():

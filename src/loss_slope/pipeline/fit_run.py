@@ -11,7 +11,9 @@ too_short  validated, but it stops before the end of the α_early window
            (or has too few points for the fits); numbers that could be
            computed are kept, the run enters no statistic
 invalid    validation failed (its reasons are copied) or the analysis
-           rejected the curve itself
+           rejected the curve itself; a diverged run is invalid too when a
+           check its divergence does not explain failed
+           (:data:`DIVERGENCE_EXPLAINED_CHECKS`: only value ranges are)
 diverged   training stopped the run as diverged (``run_info.json`` outcome),
            or its whole curve breaks the divergence rule
            (:func:`loss_slope.train.divergence.check_divergence`: non-finite,
@@ -206,6 +208,32 @@ def checkpoint_fields(run_info: Mapping[str, Any]) -> dict:
     return {"checkpoint_files": c.get("files"), "checkpoint_written_mb": c.get("written_mb")}
 
 
+#: The validation checks a diverged run may fail because it diverged: value ranges, which non-finite
+#: or exploded values break from the divergence on.  Any other failure (conversion, completeness,
+#: config, schedule, cadence, checkpoints) makes the run ``invalid``, diverged or not.
+DIVERGENCE_EXPLAINED_CHECKS = frozenset(
+    {
+        "steps_finite",
+        "loss_nonnegative",
+        "acc_in_unit_interval",
+        "bits_equal_nats_over_ln2",
+        "val_finite",
+        "val_ranges",
+        "val_bits_equal_nats_over_ln2",
+        "curvature_values",
+        "noise_values",
+    }
+)
+
+
+def _failed_checks(validation: Mapping[str, Any]) -> set[str]:
+    """The names of the checks ``validation.json`` failed (from ``checks``, else from ``reasons``)."""
+    checks = validation.get("checks")
+    if checks:
+        return {str(c.get("name")) for c in checks if not c.get("passed")}
+    return {str(r).split(":", 1)[0].strip() for r in validation.get("reasons") or []}
+
+
 def _alpha_early_before_divergence(
     st: np.ndarray,
     y: np.ndarray,
@@ -233,11 +261,12 @@ def _alpha_early_before_divergence(
     # zero losses are dropped as for any run; non-finite ones stay, so the analysis rejects any
     # before the divergence step; the time axis spans every logged step, as for any run
     pos = ~(y <= 0)
-    st, y = st[pos], y[pos]
-    before = st < diverged_step
     opts = fit_options(fit, loss_unit)
     try:
-        t = _time(time_axis, None if lr is None else lr[pos])
+        t = _time(time_axis, lr)
+        t = None if t is None else t[pos]
+        st, y = st[pos], y[pos]
+        before = st < diverged_step
         analysis = analyze_curve(
             st[before],
             y[before],
@@ -383,6 +412,16 @@ def fit_run_tables(
         if math.isfinite(spe) and div.step is not None:
             row["diverged_epoch"] = div.step / spe
         if not validation.get("passed"):
+            failed = _failed_checks(validation)
+            unexplained = sorted(failed - DIVERGENCE_EXPLAINED_CHECKS) if failed else ["no failed check named"]
+            if unexplained:
+                # incomplete or mistrained tables: the divergence is a fact about them, not the run's outcome
+                row["status"] = "invalid"
+                row["reason"] = (
+                    f"validation failed ({', '.join(unexplained)}): {row['validation_reasons'] or 'no reason given'}"
+                    f"; the run also diverged ({div.reason})"
+                )
+                return out
             row["reason"] += f" (validation: {row['validation_reasons']})"
         finite = np.isfinite(y) & (y > 0)
         if finite.any():
@@ -424,10 +463,16 @@ def fit_run_tables(
         row["status"] = "too_short"
         row["reason"] = f"the run covers {covered:g} epochs; alpha_early needs epochs {start:g}-{end:g}"
     axis = time_axis
-    if lr is not None:
-        lr = lr[pos]
+
+    def time_at_kept_steps(axis: str) -> np.ndarray | None:
+        # the axis is built from every logged step's LR (Σ lr over the steps before each one),
+        # then read at the steps kept: a dropped step's update still moved the weights
+        t = _time(axis, lr)
+        return None if t is None else t[pos]
+
     try:
-        t = _time(axis, lr)  # the analysis axis at each step (None: the step); the models and the scan use it too
+        # the analysis axis at each kept step (None: the step); the models and the scan use it too
+        t = time_at_kept_steps(axis)
         analysis = analyze_curve(st, y, steps_per_epoch=spe, val_steps=vs, val_loss=vy, time=t, **opts)
     except NotEnoughPoints as exc:
         row["status"], row["reason"] = "too_short", f"too few points for the fits: {exc}"
@@ -458,7 +503,7 @@ def fit_run_tables(
                 steps_per_epoch=spe,
                 val_steps=vs,
                 val_loss=vy,
-                time=_time(other, lr),
+                time=time_at_kept_steps(other),
                 **{**opts, "knee_methods": (DEFAULT_KNEE_METHOD,), "h1_knee_methods": ()},
             ).to_dict()
             row.update({f"{other}__{k}": alt.get(k) for k in AXIS_COLUMNS})
