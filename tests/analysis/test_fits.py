@@ -185,6 +185,23 @@ def test_result_from_core_rebuilds_the_comparison_fits_of_the_knee_test():
     assert repr(compare_models(c.steps, c.loss)) == repr(cmp)
 
 
+def test_the_comparison_scores_the_observed_log_loss_when_the_knee_test_used_huber():
+    """R^2, RSS and the iid criteria of every compared model are of the observed data."""
+    rng = np.random.default_rng(5)
+    s = np.arange(4000)
+    loss = (0.3 + 3 * (s + 20.0) ** -0.7) * np.exp(0.05 * rng.standard_t(2, s.size))  # heavy tails
+    cmp = compare_models(s, loss)
+    y = np.log(loss)
+    for name, fit in cmp.fits.items():
+        assert fit.robust, name
+        r = y - np.log(fit.predict(s))
+        rss = float(r @ r)
+        assert fit.rss == pytest.approx(rss, rel=1e-9), name
+        assert fit.r2 == pytest.approx(1 - rss / float((y - y.mean()) @ (y - y.mean())), rel=1e-9), name
+        loglik = -0.5 * s.size * (math.log(2 * math.pi) + math.log(rss / s.size) + 1)
+        assert fit.aic == pytest.approx(-2 * loglik + 2 * fit.n_params, rel=1e-9), name
+
+
 def test_a_model_without_a_result_type_has_no_result():
     c = curve(seed=23, n_steps=3000)
     lrt = fit_lrt(curve_problem(c.steps, c.loss, 6, "raise", DEFAULT_BIN_DECADES))

@@ -56,13 +56,18 @@ def fit_result(f: S.Fitted, confidence: float) -> FitResult:
             hit.append(nm)
     n = prob.n
     k = core.k
-    rss = float(f.raw_resid @ f.raw_resid)
-    yc = prob.y - prob.y.mean()
+    # R^2, RSS and the iid criteria are of the observed log loss, also when the model was fitted
+    # to Huber pseudo-observations (the knee test's problem); the noise-model criteria are of the fit
+    raw = S.observed_residuals(prob, core) if prob.pseudo else f.raw_resid
+    rss = float(raw @ raw)
+    y_obs = prob.y if not prob.pseudo else prob.curve.y - prob.y_ref
+    yc = y_obs - y_obs.mean()
     tss = float(yc @ yc)
     ll = S.iid_loglik(max(rss, 1e-300), n)
     mb, _ = prob.bin_model(core.fn(), core.theta, jac=False)
-    rb = prob.yb - mb
-    ybc = prob.yb - prob.yb.mean()
+    yb = S.observed_bin_means(prob)
+    rb = yb - mb
+    ybc = yb - yb.mean()
     r2b = 1.0 - float(rb @ rb) / float(ybc @ ybc) if float(ybc @ ybc) > 0 else float("nan")
     nic = f.noise_ic or f.noise
     ll_ac = S.gls_loglik(prob, f.chi2_gls, nic)
@@ -112,7 +117,7 @@ def result_from_core(
 ) -> FitResult:
     """The result of a model fitted elsewhere (no refit), e.g. by the knee test: its
     covariance under ``noise``, the heavy-tail diagnostic of its raw residuals."""
-    raw = S.raw_residuals(problem, core)
+    raw = S.observed_residuals(problem, core)
     kurt = S.excess_kurtosis(np.diff(raw))
     cov, chi2, scale = S.covariance(problem, core, noise, estimator)
     f = S.Fitted(

@@ -68,6 +68,8 @@ class Problem:
             self.y_ref = float(np.min(make_bins(curve.steps, curve.y, decades=bin_decades).y))
         self.s = curve.steps
         self.y = y - self.y_ref
+        #: ``y`` holds pseudo-observations (a Huber problem), not the observed log loss
+        self.pseudo = y_raw is not None
         self.sb = self.bins.step
         # two-point Gauss rule per bin (nodes mean +- sd of the steps): the bin mean
         # of a model that curves inside the bin is exact to second order
@@ -321,6 +323,22 @@ def raw_residuals(problem: Problem, core: Core) -> np.ndarray:
     """Residuals of the raw (normalised) log loss against the fitted model."""
     m, _ = core.fn()(core.theta, problem.s, jac=False)
     return problem.y - m
+
+
+def observed_residuals(problem: Problem, core: Core) -> np.ndarray:
+    """Residuals of the observed (normalised) log loss against the fitted model, also on a
+    problem of Huber pseudo-observations (whose :func:`raw_residuals` are pseudo-residuals)."""
+    if not problem.pseudo:
+        return raw_residuals(problem, core)
+    m, _ = core.fn()(core.theta, problem.s, jac=False)
+    return (problem.curve.y - problem.y_ref) - m
+
+
+def observed_bin_means(problem: Problem) -> np.ndarray:
+    """The (normalised) bin means of the observed log loss (``yb`` unless pseudo-observations)."""
+    if not problem.pseudo:
+        return problem.yb
+    return make_bins(problem.curve.steps, problem.curve.y, decades=problem.bin_decades).y - problem.y_ref
 
 
 def noise_from_fit(problem: Problem, core: Core, std: np.ndarray, *, slack: float) -> NoiseModel:
