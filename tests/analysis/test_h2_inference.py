@@ -377,6 +377,43 @@ def test_resamples_at_rho_one_do_not_blow_up_the_interval():
             assert v.cell_means.spearman_ci[1] < 0
 
 
+def test_intervals_use_t_on_the_cells_that_contribute():
+    """A statistic from 3 of 36 cells gets t(2), not t(35); the level comparison likewise."""
+    t = make_study_table("within_cell", seed=3)
+    cells = t.groupby(["variant", "lr", "weight_decay"]).ngroup()
+    keep = cells.isin([0, 1, 2])
+    t.loc[~keep, "alpha_early"] = t.loc[~keep].groupby(cells[~keep])["alpha_early"].transform("mean")
+    t.loc[~cells.isin([0, 1, 2, 3]), "early_end_loss"] = np.nan
+    r = h2_statistics(t, **FAST)
+    w = r.within_cell
+    assert (w.n_cells, w.n_skipped_cells) == (3, 33) and "t(2) quantile" in w.method
+    assert "t(35) quantile" in r.overall.method
+    lo, hi = w.spearman_ci
+    z0, q = np.arctanh(w.spearman_rho), sps.t.ppf(0.975, 2)
+    # the interval is symmetric in atanh with the t(2) quantile: its half-width / q is one s.e.
+    se = (np.arctanh(hi) - np.arctanh(lo)) / (2 * q)
+    assert np.arctanh(hi) - z0 == pytest.approx(q * se, rel=1e-9)
+    assert w.spearman_p == pytest.approx(2 * sps.t.sf(abs(z0) / se, 2), rel=1e-6)
+    vl = r.versus_level
+    assert vl.n_cells == 4 and -1.0 <= vl.difference_ci[0] <= vl.difference_ci[1] <= 1.0
+
+
+def test_a_perfect_order_is_judged_by_the_chance_of_that_order_among_the_cells():
+    """Every resample of a perfectly ranked table is perfect: the bootstrap has no spread, so p is
+    the chance 2 / G! that G exchangeable cells fall in a perfect order (1/12 for 4: undecided)."""
+    t = make_study_table("none", seed=1)
+    small = t[t.seed == 0].groupby("variant").head(1).copy()  # 4 cells, one run each
+    small["best_val_ce"] = -small["alpha_early"]
+    r = h2_statistics(small, n_boot=2000, sign="either")
+    assert r.overall.spearman_rho == -1.0
+    assert np.isnan(r.overall.spearman_ci).all() and r.overall.spearman_p == pytest.approx(1 / 12)
+    assert r.verdict == "inconclusive"
+    five = t[t.seed == 0].groupby("variant").head(2).iloc[:5].copy()  # 5 cells: 2 / 120 < 0.05
+    five["best_val_ce"] = -five["alpha_early"]
+    r = h2_statistics(five, n_boot=2000, sign="either")
+    assert r.overall.spearman_ci == (-1.0, -1.0) and r.overall.spearman_p == pytest.approx(1 / 60)
+
+
 # ---------------------------------------------------------------- bad input
 def test_missing_cell_column_is_named():
     t = make_study_table("none", seed=0).drop(columns="weight_decay")

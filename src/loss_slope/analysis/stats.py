@@ -764,7 +764,9 @@ _CLIP = 1.0 - 1e-9
 _IQR_PER_SD = 2.0 * float(sps.norm.ppf(0.75))
 
 
-def _fisher_interval(est: float, boot: np.ndarray, q: float, df: int) -> tuple[tuple[float, float], float]:
+def _fisher_interval(
+    est: float, boot: np.ndarray, q: float, df: int, *, confidence: float = 0.95
+) -> tuple[tuple[float, float], float]:
     """Interval tanh(atanh(est) +- q * se) with se the bootstrap spread of atanh(r*); Wald p for rho = 0.
 
     ``se`` is the s.d. of atanh(r*), unless some resamples reach |r*| = 1 (a resample that drew
@@ -772,6 +774,10 @@ def _fisher_interval(est: float, boot: np.ndarray, q: float, df: int) -> tuple[t
     clipped values would be set by the clip, not by the data. ``se`` is then the
     normal-consistent interquartile range of atanh(r*), IQR / 1.349, which the few infinite
     values do not move (and which grows large, making the interval wide, when they are many).
+    Resamples without any spread (every resample of a perfect rank order of the ``df + 1``
+    cells is perfect) leave only the order itself: ``p`` is then the chance ``2 / (df + 1)!``
+    that exchangeable cells fall in a perfect order, and the interval is the point when that
+    chance is below ``1 - confidence``, else undecided (NaN), as is any other spread-free case.
     """
     if not np.isfinite(est):
         return (math.nan, math.nan), math.nan
@@ -785,19 +791,25 @@ def _fisher_interval(est: float, boot: np.ndarray, q: float, df: int) -> tuple[t
         q25, q75 = np.percentile(zb, [25.0, 75.0])
         # 0 when most resamples sit at |r*| = 1: the clipped s.d., wide, is then the honest spread
         se = float(q75 - q25) / _IQR_PER_SD or se
-    if se == 0:
-        return (est, est), (0.0 if est != 0 else 1.0)
+    if not se > 1e-9:  # 0 up to rounding: the bootstrap has no spread to measure
+        if abs(est) < _CLIP:
+            return (math.nan, math.nan), math.nan
+        p = min(1.0, 2.0 / math.factorial(df + 1))
+        return ((est, est) if p < 1.0 - confidence else (math.nan, math.nan)), p
     p = float(2.0 * sps.t.sf(abs(z0) / se, df))
     return (math.tanh(z0 - q * se), math.tanh(z0 + q * se)), p
 
 
-def _plain_interval(est: float, boot: np.ndarray, q: float) -> tuple[float, float]:
-    """Interval est +- q * (bootstrap s.d.) for a statistic that is not a correlation."""
+def _plain_interval(
+    est: float, boot: np.ndarray, q: float, bounds: tuple[float, float] = (-math.inf, math.inf)
+) -> tuple[float, float]:
+    """Interval est +- q * (bootstrap s.d.) for a statistic that is not a correlation,
+    clipped to the statistic's ``bounds``."""
     b = boot[np.isfinite(boot)]
     if not np.isfinite(est) or b.size < 10:
         return (math.nan, math.nan)
     se = float(np.std(b, ddof=1))
-    return (est - q * se, est + q * se)
+    return (max(est - q * se, bounds[0]), min(est + q * se, bounds[1]))
 
 
 def _nan_corr(n: int, n_cells: int, method: str, n_skipped: int = 0) -> Correlation:
@@ -1107,19 +1119,28 @@ def correlation_core(
     S = int(seed_codes.max()) + 1 if seed_codes is not None else 0
     W, wc = _resample_weights(cell, G, seed_codes, S, n_boot, rng)
     onehot = (cell[:, None] == np.arange(G)[None, :]).astype(float)
-    df = max(G - 1, 1)
-    q = float(sps.t.ppf(0.5 + confidence / 2, df))
-    method = (
-        f"two-way cluster bootstrap ({G} cells x {S} shared seeds, {n_boot} resamples), "
-        f"Fisher-z interval with bootstrap s.e. and t({df}) quantile; Wald p for rho = 0"
-        if S >= 2
-        else f"cluster bootstrap ({G} cells, {n_boot} resamples), Fisher-z interval with bootstrap s.e. "
-        f"and t({df}) quantile; Wald p for rho = 0"
-    )
+
+    def t_quantile(cells: int) -> tuple[int, float]:
+        # few clusters: t on (contributing cells - 1) degrees of freedom, whatever the table's size
+        df = max(int(cells) - 1, 1)
+        return df, float(sps.t.ppf(0.5 + confidence / 2, df))
+
+    def describe(cells: int) -> str:
+        df = t_quantile(cells)[0]
+        return (
+            f"two-way cluster bootstrap ({G} cells x {S} shared seeds, {n_boot} resamples), "
+            f"Fisher-z interval with bootstrap s.e. and t({df}) quantile; Wald p for rho = 0"
+            if S >= 2
+            else f"cluster bootstrap ({G} cells, {n_boot} resamples), Fisher-z interval with bootstrap s.e. "
+            f"and t({df}) quantile; Wald p for rho = 0"
+        )
+
+    method = describe(G)
 
     def make(n_, g_, r_p, r_s, skipped=0):
-        ci_p, p_p = _fisher_interval(float(r_p[0]), r_p[1:], q, df)
-        ci_s, p_s = _fisher_interval(float(r_s[0]), r_s[1:], q, df)
+        df, q = t_quantile(g_)
+        ci_p, p_p = _fisher_interval(float(r_p[0]), r_p[1:], q, df, confidence=confidence)
+        ci_s, p_s = _fisher_interval(float(r_s[0]), r_s[1:], q, df, confidence=confidence)
         return Correlation(
             n=int(n_),
             pearson_r=float(r_p[0]),
@@ -1130,7 +1151,7 @@ def correlation_core(
             spearman_ci=ci_s,
             n_cells=int(g_),
             n_skipped_cells=int(skipped),
-            method=method,
+            method=describe(g_),
         )
 
     # pooled
@@ -1205,13 +1226,14 @@ def correlation_core(
             rx = _wcorr(Rxl, Ryl, Wl)
             rl = _wcorr(_ranks(lv, Wl), Ryl, Wl)
             diff = np.abs(rx) - np.abs(rl)
+            df, q = t_quantile(np.unique(cell[ok]).size)
             vl = LevelComparison(
                 difference=float(diff[0]),
-                difference_ci=_plain_interval(float(diff[0]), diff[1:], q),
+                difference_ci=_plain_interval(float(diff[0]), diff[1:], q, bounds=(-1.0, 1.0)),
                 rho_x=float(rx[0]),
-                rho_x_ci=_fisher_interval(float(rx[0]), rx[1:], q, df)[0],
+                rho_x_ci=_fisher_interval(float(rx[0]), rx[1:], q, df, confidence=confidence)[0],
                 rho_level=float(rl[0]),
-                rho_level_ci=_fisher_interval(float(rl[0]), rl[1:], q, df)[0],
+                rho_level_ci=_fisher_interval(float(rl[0]), rl[1:], q, df, confidence=confidence)[0],
                 n=int(ok.sum()),
                 n_cells=int(np.unique(cell[ok]).size),
                 level_column=level_column,
