@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from loss_slope.analysis import analyze_curve
+from loss_slope.analysis import analyze_curve, cumulative_lr
 
 from .conftest import curve
 
@@ -59,3 +59,13 @@ def test_importable_without_snakemake():
     code = "import sys, loss_slope.analysis as a; assert 'snakemake' not in sys.modules; print(len(a.__all__))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert int(out.stdout) == 15  # the small top level (docs/analysis.md, "Public API")
+
+
+def test_alpha_early_on_the_lr_axis_needs_the_whole_window_in_steps():
+    """A curve that ends before the α_early window's end gives no α_early on either axis."""
+    steps = np.arange(1000)
+    loss = 2 * (steps + 10.0) ** -0.5 * np.exp(0.01 * np.random.default_rng(0).standard_normal(steps.size))
+    for time in (None, cumulative_lr(np.full(steps.size, 0.1))):
+        d = analyze_curve(steps, loss, steps_per_epoch=100, knee_methods=("broken_power_lrt",), time=time).to_dict()
+        assert d["alpha_early"] is None or math.isnan(d["alpha_early"])
+        assert "need at least 1500 steps to cover the window (curve ends early), got 1000" in d["error_alpha_early"]

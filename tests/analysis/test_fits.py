@@ -202,6 +202,14 @@ def test_the_comparison_scores_the_observed_log_loss_when_the_knee_test_used_hub
         assert fit.aic == pytest.approx(-2 * loglik + 2 * fit.n_params, rel=1e-9), name
 
 
+def test_a_fixed_shift_the_broken_power_law_cannot_hold_is_refused_not_moved():
+    c = curve(seed=24, n_steps=2000, alpha=0.6, shift=1500.0)
+    assert fit_power_law(c.steps, c.loss, shift=1500.0).params["shift"].value == 1500.0
+    with pytest.raises(ValueError, match="fixed shift of 1500 steps"):
+        fit_two_power_law(c.steps, c.loss, shift=1500.0)
+    assert fit_two_power_law(c.steps, c.loss, shift=400.0).params["shift"].value == 400.0
+
+
 def test_a_model_without_a_result_type_has_no_result():
     c = curve(seed=23, n_steps=3000)
     lrt = fit_lrt(curve_problem(c.steps, c.loss, 6, "raise", DEFAULT_BIN_DECADES))

@@ -40,6 +40,15 @@ def test_old_r2_column_call_still_counts_r2_at_098():
     assert "power_r2" in reasons["r5"]
 
 
+def test_correlation_refuses_a_nan_instead_of_returning_an_interval_beside_a_nan_estimate():
+    from loss_slope.analysis.exceptions import NonFiniteValues
+
+    with pytest.raises(NonFiniteValues, match="1 pair"):
+        correlation([1, 2, np.nan, 4, 5], [1, 2, 3, 4, 6])
+    with pytest.raises(NonFiniteValues):
+        correlation([1, 2, 3, 4, 5], [1, 2, 3, 4, np.inf])
+
+
 def test_correlation_needs_points_and_variation():
     with pytest.raises(NotEnoughPoints):
         correlation([1, 2, 3], [1, 2, 3])  # fewer than 4 points

@@ -19,7 +19,7 @@ from types import MappingProxyType
 import numpy as np
 
 from .data import DEFAULT_BIN_DECADES, min_points_for, prepare_curve, time_on_curve
-from .exceptions import AnalysisError, InvalidCurve, UnknownMethod
+from .exceptions import AnalysisError, InvalidCurve, NotEnoughPoints, UnknownMethod
 from .fits import comparison_from_lrt, fit_power_law
 from .knee import DEFAULT_KNEE_METHOD, KNEE_METHODS, detect_knee, lrt_knee
 from .results import CurveAnalysis, FitCheck, KneeResult, ShapeTest
@@ -263,6 +263,14 @@ def analyze_curve(
 
     a_early = a_full = None
     try:
+        if axis.name != "step" and axis.steps[-1] < early_window[1] * spe - 1.0 - 1e-9 * spe:
+            # on another axis the window's end is mapped through the steps there are, which would
+            # silently truncate it: the coverage is judged in steps, as on the step axis
+            raise NotEnoughPoints(
+                int(math.ceil(early_window[1] * spe)),
+                int(axis.steps[-1]) + 1,
+                "steps to cover the window (curve ends early)",
+            )
         a_early = alpha_window(
             t,
             l_,

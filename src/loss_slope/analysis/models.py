@@ -273,6 +273,12 @@ def two_power_bounds(problem, floor: bool, shift, consts: dict):
     ed = math.exp(KNEE_DELTA)
     t_hi = min(t_hi, 0.9 * (consts["s_hi"] - ed * consts["s_lo"]) / (ed - 1.0))
     t_hi = max(t_hi, t_lo + 1e-6)
+    if not isinstance(shift, bool) and float(shift) > t_hi:
+        # a fixed parameter is never moved to fit the box: that would fit another model in its name
+        raise ValueError(
+            f"a fixed shift of {float(shift):g} steps is beyond the broken power law's largest shift for "
+            f"this curve ({t_hi:g}: the knee must stay inside the curve); fix a smaller one or leave it free"
+        )
     lb = np.array([-np.inf, EXPONENT_BOUNDS[0], EXPONENT_BOUNDS[0], 0.0, 0.0, t_lo])
     ub = np.array([np.inf, EXPONENT_BOUNDS[1], EXPONENT_BOUNDS[1], 1.0, problem.floor_max() if floor else 1.0, t_hi])
     free = np.array([True, True, True, True, bool(floor), shift is True])

@@ -26,7 +26,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from .data import z_value
-from .exceptions import AnalysisError, NotEnoughPoints
+from .exceptions import AnalysisError, NonFiniteValues, NotEnoughPoints
 
 __all__ = [
     "wilson_interval",
@@ -591,6 +591,11 @@ def correlation(x, y, *, n_boot: int = 2000, confidence: float = 0.95, seed: int
     n = x.size
     if n < 4:
         raise NotEnoughPoints(4, n, "runs for a correlation")
+    if x.shape != y.shape:
+        raise ValueError(f"x and y differ in length ({x.size} and {y.size})")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        bad = int(np.sum(~np.isfinite(x) | ~np.isfinite(y)))
+        raise NonFiniteValues(f"{bad} pair(s) with a NaN or infinite value; drop them first")
     if np.ptp(x) == 0 or np.ptp(y) == 0:
         raise NotEnoughPoints(2, 1, "distinct values (a variable is constant)")
     pr = sps.pearsonr(x, y)
