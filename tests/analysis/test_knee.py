@@ -369,3 +369,19 @@ def test_a_failed_short_shift_sweep_falls_back_to_the_first_sweep(monkeypatch):
     first_only = detect_knee(c.steps, c.loss)
     assert failed and both.found and first_only.found
     assert _decades(first_only.step, spec.knee_step) < 0.05
+
+
+def test_burn_in_aic_on_the_lr_axis_keeps_its_windows_whole_epochs_of_steps():
+    """Under warm-up and cosine decay the cumulative LR is not the step: the knee still falls
+    on an epoch boundary of optimizer steps, the epoch after the window that fired."""
+    from loss_slope.analysis import analyze_curve, cumulative_lr
+
+    spe, n = 100, 6000
+    steps = np.arange(n)
+    lr = np.where(steps < 500, (steps + 1) / 500, 0.5 * (1 + np.cos(np.pi * (steps - 500) / (n - 500)))) * 0.1 + 1e-4
+    t = cumulative_lr(lr)
+    loss = (0.2 + 5 * (t + 20) ** -0.6) * np.exp(0.02 * np.random.default_rng(0).standard_normal(n))
+    r = analyze_curve(steps, loss, steps_per_epoch=spe, knee_methods=("broken_power_lrt", "burn_in_aic"), time=t)
+    k = r.knees["burn_in_aic"]
+    assert k.found and k.step % spe == pytest.approx(0.0, abs=1e-6)
+    assert k.epoch == pytest.approx(k.details["epoch_index"] + 1)

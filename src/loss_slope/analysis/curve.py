@@ -218,6 +218,8 @@ def analyze_curve(
             xs, xl, knee_method_axis = val_steps, val_loss, None
         else:
             xs, xl, knee_method_axis = t, l_, axis
+            if axis.name != "step" and KNEE_METHODS[name].epoch_windows:
+                o["epochs"] = axis.steps / spe
         try:
             k = detect_knee(xs, xl, method=name, **o)
             knees[name] = knee_method_axis.knee_in_steps(k, spe) if knee_method_axis is not None else k

@@ -50,7 +50,7 @@ import numpy as np
 
 from . import solver as S
 from .data import DEFAULT_BIN_DECADES, log_t, min_points_for, prepare_curve, z_value
-from .exceptions import NotEnoughPoints, UnknownMethod
+from .exceptions import InvalidCurve, NotEnoughPoints, UnknownMethod
 from .results import KneeResult
 from .scan import hinge_scan
 from .search import LRT_THRESHOLD, LrtFit, fit_lrt
@@ -185,6 +185,7 @@ def _burn_in_aic(
     window: str = "cumulative",
     min_points: int = 10,
     nonfinite: str = "raise",
+    epochs=None,
 ):
     """The protocol's burn-in end: first epoch where a power law beats an exponential.
 
@@ -197,6 +198,11 @@ def _burn_in_aic(
     end (which almost always fires at epoch 0 on per-step data).  The knee step is
     the first step of epoch ``e + 1`` (cumulative) or of epoch ``e`` (remaining).
     Uncalibrated: the iid AIC ignores autocorrelation.
+
+    ``epochs`` (one per point of ``steps``) places the epoch boundaries when ``steps`` is
+    another time axis (the cumulative LR): the windows stay whole epochs of optimizer
+    steps, and the knee is the axis value where its epoch starts.  Default
+    ``steps / steps_per_epoch``.
     """
     if steps_per_epoch is None:
         raise TypeError("burn_in_aic needs steps_per_epoch")
@@ -208,6 +214,13 @@ def _burn_in_aic(
     n = s.size
     lt = log_t(s)
     ss = s / spe
+    if epochs is None:
+        ep = ss
+    else:
+        raw = np.asarray(steps, dtype=float)
+        if np.shape(epochs) != raw.shape:
+            raise InvalidCurve("epochs must have one value per step")
+        ep = np.interp(s, raw, np.asarray(epochs, dtype=float))  # at the points the curve kept
     # centre for numerical stability; prefix sums give every window in O(1)
     y0, x0, t0 = y.mean(), lt.mean(), ss.mean()
     yc, xc, tc = y - y0, lt - x0, ss - t0
@@ -231,14 +244,14 @@ def _burn_in_aic(
         vyy = P["yy"][i1] - P["yy"][i0] - sy * sy / k
         return max(vyy - (vay * vay / vaa if vaa > 0 else 0.0), 1e-300)
 
-    e_max = int(math.floor(s[-1] / spe))
+    e_max = int(math.floor(ep[-1]))
     first = None
     last_delta = NAN
     for e in range(0, e_max + 1):
         if window == "cumulative":
-            i0, i1 = 0, int(np.searchsorted(s, (e + 1) * spe, side="left"))
+            i0, i1 = 0, int(np.searchsorted(ep, e + 1, side="left"))
         else:
-            i0, i1 = int(np.searchsorted(s, e * spe, side="left")), n
+            i0, i1 = int(np.searchsorted(ep, e, side="left")), n
         k = i1 - i0
         if k < min_points:
             if window == "cumulative":
@@ -251,9 +264,12 @@ def _burn_in_aic(
             break
     found = first is not None
     knee_epoch = (first[0] + 1 if window == "cumulative" else first[0]) if found else NAN
-    step = float(knee_epoch * spe) if found else NAN
-    if found and step > s[-1]:
+    if not found:
+        step = NAN
+    elif knee_epoch > ep[-1]:
         step = float(s[-1])
+    else:
+        step = float(knee_epoch * spe) if epochs is None else float(np.interp(knee_epoch, ep, s))
     return KneeResult(
         method="burn_in_aic",
         found=found,
@@ -373,6 +389,9 @@ class KneeMethod:
     h1_criterion : str or None
         When set, H1 is also decided after this method's knee (``shape_by_knee``) and
         this is the criterion's label in the summary; ``None``: it is not.
+    epoch_windows : bool
+        The detector works in whole epochs: on another time axis it is given each
+        point's epoch of optimizer steps (``epochs=``), so its windows stay epochs.
     """
 
     name: str
@@ -383,6 +402,7 @@ class KneeMethod:
     options: OptionsFromConfig = no_options
     uses_validation: bool = False
     h1_criterion: str | None = None
+    epoch_windows: bool = False
 
 
 #: The knee detectors by name, in the order the report lists them.
@@ -405,6 +425,7 @@ KNEE_METHODS: dict[str, KneeMethod] = {
             color="#9467bd",
             options=lambda fit, loss_unit: {"min_delta_aic": float(fit["burn_in_min_delta_aic"])},
             h1_criterion="one power law after the burn-in end found by AIC",
+            epoch_windows=True,
         ),
         KneeMethod(
             name="ce_threshold",
