@@ -204,7 +204,8 @@ class CurveModule(LightningModule):
     the fit starts on its device. ``self.channels_last`` is the effective flag.
 
     ``compile`` (opt-in, ``trainer.compile``): keyword arguments of
-    ``torch.compile`` for the training forward only. ``forward`` (validation,
+    ``torch.compile`` for the training forward only (``None``: eager; ``{}``:
+    torch's defaults). ``forward`` (validation,
     the curvature monitor's Hessian-vector products, which need double
     backward) stays eager, and the state dict keys stay those of ``net``.
     """
@@ -232,7 +233,7 @@ class CurveModule(LightningModule):
         self.micro = micro_batcher or MicroBatcher()
         self.fault = fault
         # not an attribute nn.Module registers: the compiled wrapper shares net's parameters
-        self.__dict__["_train_forward"] = torch.compile(self.forward, **compile) if compile else self.forward
+        self.__dict__["_train_forward"] = torch.compile(self.forward, **compile) if compile is not None else self.forward
         self._buffer_copy: list[torch.Tensor] | None = None
         self.val_result: tuple[torch.Tensor, torch.Tensor] | None = None
         self._val_sum = self._val_correct = None
