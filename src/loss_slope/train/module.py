@@ -233,7 +233,9 @@ class CurveModule(LightningModule):
         self.micro = micro_batcher or MicroBatcher()
         self.fault = fault
         # not an attribute nn.Module registers: the compiled wrapper shares net's parameters
-        self.__dict__["_train_forward"] = torch.compile(self.forward, **compile) if compile is not None else self.forward
+        self.__dict__["_train_forward"] = (
+            torch.compile(self.forward, **compile) if compile is not None else self.forward
+        )
         self._buffer_copy: list[torch.Tensor] | None = None
         self.val_result: tuple[torch.Tensor, torch.Tensor] | None = None
         self._val_sum = self._val_correct = None
