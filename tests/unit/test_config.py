@@ -66,6 +66,8 @@ BAD = [
     ("packing.probe_k_max", 2.0, "packing.probe_k_max: 2.0 has the wrong type; expected integer"),
     ("training.epochs", 30.0, "training.epochs: 30.0 has the wrong type"),
     ("grid.seed", [0, 1.0], "grid.seed[1]"),
+    ("grid.seed", [4294967296], "grid.seed[0]"),  # numpy's seeding takes 0 .. 2^32 - 1
+    ("variants.S-adamw.grid", {"seed": [2**32]}, "variants.S-adamw.grid.seed[0]"),
     (
         "variants",
         [{"experiment": "s_core"}],
@@ -114,6 +116,15 @@ def test_a_numeric_variant_name_is_rejected():
     cfg = copy.deepcopy(demo())
     cfg["variants"][2024] = {"experiment": "s_core"}  # YAML reads `2024:` as a number
     with pytest.raises(ConfigError, match="variants: names must be strings"):
+        validate_config(cfg, SCHEMA)
+
+
+@pytest.mark.parametrize("name", ["1e5", "1_000", "true", "False", "null", "nan", "inf", "0", "0.50"])
+def test_a_variant_name_hydra_would_retype_is_rejected(name):
+    """The trainer gets ``variant=<name>``: Hydra would record 1e5 as 100000.0, true as True."""
+    cfg = copy.deepcopy(demo())
+    cfg["variants"][name] = {"experiment": "s_core"}
+    with pytest.raises(ConfigError, match=f"variants: \\['{name}'\\]: Hydra reads these names as numbers"):
         validate_config(cfg, SCHEMA)
 
 

@@ -127,6 +127,12 @@ def validate_config(config: dict, schema: dict | str | Path | None = None) -> di
     bad_keys = [k for k in variants if not isinstance(k, str)] if isinstance(variants, dict) else []
     if bad_keys:  # YAML reads `2024:` as a number; paths and wildcards need names
         raise ConfigError(f"invalid configuration:\n  - variants: names must be strings; quote {bad_keys}")
+    retyped = [k for k in variants if not _hydra_reads_as_itself(k)] if isinstance(variants, dict) else []
+    if retyped:  # the trainer gets `variant=<name>`: Hydra would record 1e5 as 100000.0, true as True
+        raise ConfigError(
+            f"invalid configuration:\n  - variants: {retyped}: Hydra reads these names as numbers, booleans "
+            "or null; give each variant a name with a letter that is not one of those (e.g. S-1e5)"
+        )
     non_finite = list(_non_finite(config))
     if non_finite:  # NaN passes every range check (all comparisons are false), inf passes lower bounds
         raise ConfigError(
@@ -140,6 +146,17 @@ def validate_config(config: dict, schema: dict | str | Path | None = None) -> di
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(dict.fromkeys(lines)))
     _cross_checks(config)
     return config
+
+
+def _hydra_reads_as_itself(name: str) -> bool:
+    """Whether the override ``variant=<name>`` gives the string ``name`` back (not 1e5 -> 100000.0)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        return OverridesParser.create().parse_override(f"variant={name}").value() == name
+    except HydraException:
+        return True  # not a name Hydra can take at all: the schema's pattern says so
 
 
 def _non_finite(node, where: str = ""):
