@@ -3,8 +3,9 @@
 # runs per GPU for S-core / S-narrow with and without an MPS daemon (the pipeline's
 # probe); the device-resident data path vs a plain DataLoader, channels_last / bf16;
 # one real one-epoch run counting host syncs per quarter-epoch window and timing its
-# checkpoint saves; the monitors' overhead at the study's model and batch (also in
-# docs/gpu_monitors.md). Writes docs/gpu_check.md (or --markdown PATH) and prints it.
+# checkpoint saves; the monitors' overhead at the study's model and batch (on a GPU; its
+# table is also written to gpu_monitors.md beside the report; the CPU figures and what to
+# expect on a GPU: docs/monitors.md §5). Writes docs/gpu_check.md (or --markdown PATH) and prints it.
 #
 #   bench/gpu_check.sh [--markdown PATH] [--steps 300] [--max-n 4] [--num-workers 4] ...
 #   bench/gpu_check.sh --device cpu --steps 20 --max-n 2 --batch-size 32 --base-width 16   # CPU smoke run only
