@@ -122,7 +122,10 @@ def test_a_diverged_run_resumed_after_sigterm_stops_where_an_uninterrupted_one_d
     run_cmd(cmd, timeout=300)
     want, got = (json.loads((d / "done.json").read_text()) for d in (ref, run))
     assert want["status"] == got["status"] == "diverged"
-    assert (got["diverged_at_step"], got["steps_done"]) == (want["diverged_at_step"], want["steps_done"]) == (20, 21)
+    assert (got["diverged_at_step"], got["steps_done"]) == (want["diverged_at_step"], want["steps_done"])
+    # after the stop at step 13, so the resumed attempt is the one that finds it (step 20 on the machines
+    # measured; the exact step rides on the CPU's arithmetic, the sameness does not)
+    assert 13 < want["diverged_at_step"] < want["steps_done"]
     a, b = (pd.read_csv(d / "tables" / "steps.csv").drop(columns="time") for d in (ref, run))
     pd.testing.assert_frame_equal(a, b)
 
