@@ -22,7 +22,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
 
-# snakemake --lint last: it exits 1 on its two deliberate notes (README "Lint")
+# snakemake --lint last: it exits 1 on its three kinds of deliberate note (README "Lint")
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

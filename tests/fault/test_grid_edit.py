@@ -64,14 +64,24 @@ def test_editing_a_finished_study_plans_only_what_changed(tmp_path):
     (tmp_path / "scratch/work").rename(tmp_path / "scratch/moved work")
     config["paths"]["work_root"] = "scratch/moved work"
     config["training"].update(threads=2, flush_every_steps=11)
+    config["variants"]["S-narrow"]["hydra_overrides"] = ["trainer.flush_every_steps=7"]
     cfg.write_text(yaml.safe_dump(config))
     out = run_cmd([*cmd, "-n"], timeout=300, env=env)
     assert not _jobs(out.stdout), out.stdout
     # and a pack planned before the change trains with the current values when it runs again
     out = run_cmd([*cmd, "-n", "-p", "--forcerun", "train_pack"], timeout=300, env=env)
-    packs = [line for line in out.stdout.splitlines() if "loss_slope.train.pack" in line]
-    assert packs and all("trainer.threads=2 trainer.flush_every_steps=11 trainer.max_time_s=" in p for p in packs)
+    packs = [shlex.split(line) for line in out.stdout.splitlines() if "loss_slope.train.pack" in line]
+    assert packs
+    for p in packs:
+        control = json.loads(p[p.index("--run-control") + 1])
+        # S-narrow's own flushing wins over the study's, as in its runs' planned overrides
+        assert control == {
+            "S-core": ["trainer.threads=2", "trainer.flush_every_steps=11"],
+            "S-narrow": ["trainer.threads=2", "trainer.flush_every_steps=11", "trainer.flush_every_steps=7"],
+        }, control
+        assert p[p.index("--run-control") + 2].startswith("trainer.max_time_s=")
     config["training"].update(threads=1, flush_every_steps=44)
+    config["variants"]["S-narrow"]["hydra_overrides"] = []
 
     # a seed removed after its run finished: its pack (shared with seed 1) is neither re-planned
     # nor resubmitted, and no job of the run left in it reruns; only the study's tables and report

@@ -54,6 +54,50 @@ def test_settings_digest_ignores_run_control_as_the_fingerprint_does():
     ]
 
 
+def test_a_variant_s_own_run_control_comes_after_the_study_s_and_sets_its_cpus():
+    """As in its runs' planned overrides (build_runs): the variant's value wins, Hydra taking the last."""
+    from loss_slope.study.config import validate_config
+    from loss_slope.study.runs import build_runs, run_control_overrides, run_threads
+
+    config = validate_config(
+        {
+            "training": {"threads": 1, "flush_every_steps": 44, "hydra_overrides": ["trainer.log_every_steps=5"]},
+            "variants": {
+                "A": {"experiment": "s_core"},
+                "B": {"experiment": "s_narrow", "hydra_overrides": ["trainer.threads=3", "model.base_width=4"]},
+            },
+            "grid": {"lr": [0.1], "weight_decay": [0.0], "seed": [0]},
+        }
+    )
+    shared = ["trainer.threads=1", "trainer.flush_every_steps=44", "trainer.log_every_steps=5"]
+    assert run_control_overrides(config) == shared == run_control_overrides(config, "A")
+    assert run_control_overrides(config, "B") == [*shared, "trainer.threads=3"]
+    (b,) = [r for r in build_runs(config) if r.variant == "B"]
+    planned = [o for o in b.overrides if o.startswith("trainer.threads=")]
+    assert planned[-1] == "trainer.threads=3"  # what the pack then passes last is what the run was planned with
+    assert (run_threads(config, "A"), run_threads(config, "B")) == (1, 3)
+
+
+def test_the_pack_command_takes_its_variant_s_run_control_before_its_own_overrides(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(L, "launch_pack", lambda **kw: seen.update(kw) or 0)
+    args = ["--plan", "p.json", "--pack", "pack0", "--variant", "B", "--output", "o", "--log-dir", "l"]
+    control = json.dumps({"A": ["trainer.threads=1"], "B": ["trainer.threads=1", "trainer.threads=3"]})
+    assert L.main([*args, "--run-control", control, "trainer.max_time_s=60"]) == 0
+    assert seen["extra_overrides"] == ["trainer.threads=1", "trainer.threads=3", "trainer.max_time_s=60"]
+    assert L.main([*args, "trainer.max_time_s=60"]) == 0  # none given: none passed
+    assert seen["extra_overrides"] == ["trainer.max_time_s=60"]
+    for bad in ("[1]", "{not json", '{"B": "trainer.threads=1"}'):
+        with pytest.raises(SystemExit) as exc:
+            L.main([*args, "--run-control", bad])
+        assert exc.value.code == 2
+
+
+def test_the_pack_s_time_budget_is_the_last_one_given_as_hydra_reads_it():
+    assert L._budget(["trainer.max_time_s=100", "seed=0", "trainer.max_time_s=3300"]) == 3300.0
+    assert L._budget(["seed=0"]) is None
+
+
 def test_planned_packs_need_no_n():
     previous = {"pack-a": ["r0", "r1"], "pack-b": ["r2", "r3"]}
     # the runs still in the config keep their packs, whatever N is now; runs in none wait for N

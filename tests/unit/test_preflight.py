@@ -1,6 +1,7 @@
 """Pre-flight: a bad config stops `snakemake -n` before any job, naming the key."""
 
 import copy
+import os
 import re
 import subprocess
 
@@ -180,3 +181,21 @@ def test_a_warm_up_that_rounds_to_the_whole_run_is_refused(demo):
     cfg["training"]["warmup_epochs"] = 29.99
     with pytest.raises(ConfigError, match=r"training\.warmup_epochs: 29\.99 epochs round to 1320 warm-up steps"):
         preflight(cfg, _by_variant(cfg), runtime_minutes=720)
+
+
+def test_a_simulated_study_needs_a_fixed_n_before_any_job(tmp_path):
+    """The capacity probe times a training step the simulated backend does not have: a simulated
+    study whose N would be measured stops at the dry-run, not in a probe job after the queue."""
+    cfg = yaml.safe_load((REPO / "config" / "simulated.yaml").read_text())
+    cfg["packing"]["runs_per_gpu"] = None
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    cmd = [snakemake_bin(), "-n", "-s", REPO / "Snakefile", "--configfile", "c.yaml", "--cores", "1"]
+    env = {k: v for k, v in os.environ.items() if k != "WORKERS_PER_GPU"}
+    p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0 and "config error" in out, out[-3000:]
+    assert "packing.runs_per_gpu: a simulated study has no training step for the capacity probe" in out
+    p = subprocess.run(
+        cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**env, "WORKERS_PER_GPU": "6"}
+    )
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]

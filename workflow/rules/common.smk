@@ -1,4 +1,5 @@
 import gc
+import json
 import os
 import shlex
 import sys
@@ -66,6 +67,7 @@ from loss_slope.study.runs import (
     build_runs,
     data_location_overrides,
     run_control_overrides,
+    run_threads,
     variant_overrides,
     wildcard_regex,
 )
@@ -154,15 +156,18 @@ WORK_ROOT_Q = shlex.quote(str(WORK_ROOT))
 # where the data is now: after the runs' own overrides (the last value wins), so a pack
 # planned before the data moved trains from the new place
 DATA_ROOT_OVERRIDE = " ".join(map(shlex.quote, data_location_overrides(config)))
-# run control now configured (threads, flushing): after the runs' own overrides, so a pack planned
-# before a change trains with the current values
-RUN_CONTROL_OVERRIDES = " ".join(map(shlex.quote, run_control_overrides(config)))
+# run control now configured (threads, flushing, a variant's own run-control keys), by variant:
+# the pack passes its variant's after the runs' planned overrides, so a pack planned before a
+# change trains with the current values
+RUN_CONTROL = shlex.quote(
+    json.dumps({v: run_control_overrides(config, v) for v in config["variants"]}, sort_keys=True)
+)
 MAX_ERRORS = int(PACKING["max_error_attempts"])
 GPU_MISMATCH = PACKING["gpu_mismatch"]
 # what the probe measured (GPU model, MPS chosen), read by the pack job when it starts
 # ('{variant}' is replaced there): not a pack_spec input or a train_pack param, so a
 # probe rerun, or a switch between a fixed and a measured N, resubmits no pack
-MEASURED_ARG = "" if FIXED_N else "--measured " + shlex.quote(RUNS_PER_GPU)
+MEASURED_ARG = "" if FIXED_N else f"--measured {shlex.quote(RUNS_PER_GPU)}"
 
 #: the packing keys the probe uses: its params (no other packing key reruns it)
 PROBE_KEYS = (
@@ -191,7 +196,10 @@ if workflow.remote_exec or workflow.subprocess_exec:
 else:
     try:
         FACTS = preflight(
-            config, RUNS_BY_VARIANT, runtime_minutes=PACKING["runtime_minutes"]
+            config,
+            RUNS_BY_VARIANT,
+            runtime_minutes=PACKING["runtime_minutes"],
+            probed=not FIXED_N,
         )
     except ConfigError as exc:
         raise WorkflowError(f"config error — {exc}") from None
@@ -380,8 +388,13 @@ def pack_measured(wildcards):
 
 
 # ---- the resource contract (loss_slope.study.resources): never depends on --cores
+def probe_cpus(wildcards):
+    """k = 1..probe_k_max trainings at once, each with the variant's training threads."""
+    return PACKING["probe_k_max"] * run_threads(config, wildcards.variant)
+
+
 def pack_cpus(wildcards):
-    return res.pack_cpus(pack_size(wildcards), config["training"]["threads"])
+    return res.pack_cpus(pack_size(wildcards), run_threads(config, wildcards.variant))
 
 
 def pack_work_runs(wildcards):

@@ -20,11 +20,11 @@ rule probe_capacity:
         rule_log("probe_capacity", BY_VARIANT),
     benchmark:
         rule_benchmark("probe_capacity", BY_VARIANT)
-    threads: PACKING["probe_k_max"] * config["training"]["threads"]
+    threads: probe_cpus
     resources:
-        # k = 1..probe_k_max trainings at once, training.threads CPUs each, and the host
-        # memory of a pack of probe_k_max runs (loss_slope.study.resources)
-        cpus_per_task=PACKING["probe_k_max"] * config["training"]["threads"],
+        # k = 1..probe_k_max trainings at once, each with the variant's training threads, and
+        # the host memory of a pack of probe_k_max runs (loss_slope.study.resources)
+        cpus_per_task=probe_cpus,
         mem_mb=probe_mem_mb,
     params:
         overrides=probe_overrides,
@@ -85,7 +85,7 @@ rule pack_spec:
 
 
 # One GPU job trains the N runs of a pack. Resources: loss_slope.study.resources
-# (N x training.threads CPUs, N x per-run host memory + margin growing with the
+# (N x the variant's training threads CPUs, N x per-run host memory + margin growing with the
 # attempt, runtime from the measured step time); never scaled by --cores.
 rule train_pack:
     input:
@@ -114,7 +114,7 @@ rule train_pack:
         " --variant {wildcards.variant} --output {output:q} --log-dir {params.run_logs:q}"
         " --work-root {WORK_ROOT_Q} --max-error-attempts {MAX_ERRORS} {MEASURED_ARG}"
         " --gpu-mismatch {GPU_MISMATCH} --mps {MPS_SETTING}"
-        " --attempt {resources.attempt_no} {RUN_CONTROL_OVERRIDES} trainer.max_time_s={params.max_time}"
+        " --attempt {resources.attempt_no} --run-control {RUN_CONTROL} trainer.max_time_s={params.max_time}"
         " {DATA_ROOT_OVERRIDE}"
         " > {log:q} 2>&1"
 

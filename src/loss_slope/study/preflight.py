@@ -134,8 +134,13 @@ def _first_bad_override(overrides) -> str | None:
     return None
 
 
-def preflight(config: dict, runs_by_variant: dict, *, runtime_minutes: float | None = None) -> dict[str, VariantFacts]:
-    """Compose each variant's first run and check the cross-key rules; raise :class:`ConfigError`."""
+def preflight(
+    config: dict, runs_by_variant: dict, *, runtime_minutes: float | None = None, probed: bool = False
+) -> dict[str, VariantFacts]:
+    """Compose each variant's first run and check the cross-key rules; raise :class:`ConfigError`.
+
+    ``probed``: N runs per GPU is to be measured by the capacity probe (not fixed), which a
+    simulated dataset cannot give it: it has no training step to time."""
     from omegaconf import OmegaConf
 
     problems, facts, compose_errors = [], {}, {}
@@ -166,6 +171,11 @@ def preflight(config: dict, runs_by_variant: dict, *, runtime_minutes: float | N
         data = cfg.data
         if data.name == "simulated":
             sim_problem = _simulation_problem(data, config)
+            if probed and not sim_problem:
+                sim_problem = (
+                    "packing.runs_per_gpu: a simulated study has no training step for the capacity probe "
+                    "to time; fix N runs per GPU (packing.runs_per_gpu, or WORKERS_PER_GPU=N)"
+                )
             if sim_problem:
                 compose_errors.setdefault(sim_problem, []).append(variant)
                 continue

@@ -105,14 +105,30 @@ def training_overrides(config: dict) -> list[str]:
     return out
 
 
-def run_control_overrides(config: dict) -> list[str]:
-    """The study-wide run-control overrides as now configured (``training.threads``,
-    ``flush_every_steps``, run-control keys in ``training.hydra_overrides``; the data's location
-    has :func:`data_location_overrides`). They are left out of a run's settings digest, so changing
-    one re-plans no pack: the pack command passes them after each run's planned overrides, and the
-    current values win."""
+def run_control_overrides(config: dict, variant: str | None = None) -> list[str]:
+    """The run-control overrides of ``variant``'s runs as now configured: the study-wide ones
+    (``training.threads``, ``flush_every_steps``, run-control keys in ``training.hydra_overrides``),
+    then the run-control keys of the variant's own ``hydra_overrides``, in the order
+    :func:`build_runs` gives them, so that the variant's value wins as it does there (the data's
+    location has :func:`data_location_overrides`). They are left out of a run's settings digest,
+    so changing one re-plans no pack: the pack command passes them after each run's planned
+    overrides, and the current values win."""
     location = set(data_location_overrides(config))
-    return [o for o in training_overrides(config) if is_run_control(o) and o not in location]
+    out = [o for o in training_overrides(config) if is_run_control(o) and o not in location]
+    if variant is not None:
+        out += [o for o in config["variants"][variant].get("hydra_overrides", []) if is_run_control(o)]
+    return out
+
+
+def run_threads(config: dict, variant: str) -> int:
+    """The CPU threads each of ``variant``'s trainings uses: the last ``trainer.threads`` of its
+    run control (its own ``hydra_overrides`` win over ``training.threads``)."""
+    threads = int(config["training"]["threads"])
+    for o in run_control_overrides(config, variant):
+        key, _, value = o.lstrip("+").partition("=")
+        if key.strip() == "trainer.threads":
+            threads = int(value)
+    return threads
 
 
 def build_runs(config: dict) -> list[RunSpec]:

@@ -205,7 +205,8 @@ def _with_budget(overrides, seconds: float):
 
 
 def _budget(overrides) -> float | None:
-    for o in overrides:
+    """The time budget the runs get: the last ``trainer.max_time_s`` (Hydra's last value wins)."""
+    for o in reversed(list(overrides)):
         if o.startswith("trainer.max_time_s="):
             try:
                 return float(o.split("=", 1)[1])
@@ -599,8 +600,21 @@ def main(argv=None) -> int:
         help="seconds; 0 = none (on SLURM the profile delays retries with sbatch --begin instead)",
     )
     ap.add_argument("--backoff-cap", type=float, default=600.0)
+    ap.add_argument(
+        "--run-control",
+        default="{}",
+        help="JSON: variant -> the run-control overrides now configured for its runs, passed after each "
+        "run's planned overrides (before the positional ones), so the current values win",
+    )
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (e.g. trainer.max_time_s=3300)")
     a = ap.parse_args(argv)
+    try:
+        run_control = json.loads(a.run_control)
+        control = run_control.get(a.variant, []) if isinstance(run_control, dict) else None
+    except json.JSONDecodeError:
+        control = None
+    if not (isinstance(control, list) and all(isinstance(o, str) for o in control)):
+        ap.error(f"--run-control: not a JSON object of override lists by variant: {a.run_control!r}")
     return launch_pack(
         plan_path=a.plan,
         pack=a.pack,
@@ -611,7 +625,7 @@ def main(argv=None) -> int:
         attempt=a.attempt,
         backoff_base=a.backoff_base,
         backoff_cap=a.backoff_cap,
-        extra_overrides=a.overrides,
+        extra_overrides=[*control, *a.overrides],
         expect_runs=a.runs.split(",") if a.runs else None,
         max_error_attempts=a.max_error_attempts,
         measured_plan=a.measured,
