@@ -160,7 +160,10 @@ DATA_ROOT_OVERRIDE = " ".join(map(shlex.quote, data_location_overrides(config)))
 # the pack passes its variant's after the runs' planned overrides, so a pack planned before a
 # change trains with the current values
 RUN_CONTROL = shlex.quote(
-    json.dumps({v: run_control_overrides(config, v) for v in config["variants"]}, sort_keys=True)
+    json.dumps(
+        {v: run_control_overrides(config, v) for v in config["variants"]},
+        sort_keys=True,
+    )
 )
 MAX_ERRORS = int(PACKING["max_error_attempts"])
 GPU_MISMATCH = PACKING["gpu_mismatch"]
