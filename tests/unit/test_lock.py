@@ -236,3 +236,23 @@ def test_accelerator_spellings_and_the_gpu_allocation_check():
             resolve_accelerator(accel, cuda_available=False, environ=env)
     with pytest.raises(ValueError, match="trainer.accelerator"):
         normalize_accelerator("tpu")
+
+
+def test_the_documented_heartbeat_and_takeover_defaults():
+    """README: a heartbeat touches the lock every 30 s; a lock without one for 10 min is taken over.
+    The trainer calls ``acquire`` with its defaults (train/run.py), so these are what a study runs with."""
+    import inspect
+
+    assert L.HEARTBEAT_S == 30.0 and L.STALE_AFTER_S == 10 * 60.0
+    params = inspect.signature(L.acquire).parameters
+    assert params["heartbeat_s"].default == 30.0 and params["stale_after_s"].default == 600.0
+    assert inspect.signature(L.stale_reason).parameters["stale_after_s"].default == 600.0
+    # many heartbeats fit in the stale window: a slow file system or a busy node missing a few of them
+    # does not make a live trainer look dead
+    assert L.STALE_AFTER_S >= 10 * L.HEARTBEAT_S
+    # judged by its heartbeat alone (another host, no SLURM job): alive at 9 min, stale past 10 min
+    holder = {"host": "another-node", "pid": 1, "token": "t0"}
+    now = 1_000_000.0
+    assert L.stale_reason(holder, now - 9 * 60, host="this-node", now=now) is None
+    why = L.stale_reason(holder, now - 10 * 60 - 1, host="this-node", now=now)
+    assert why is not None and "heartbeat is 601 s old (> 600 s)" in why

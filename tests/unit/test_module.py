@@ -78,9 +78,31 @@ def test_inductor_compiled_training_on_cuda_matches_eager():
     net = torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 30 * 30, 10)
     ).cuda()
-    module = CurveModule(net, lambda p: torch.optim.SGD(p, lr=0.1), Schedule("constant", 0, 10), compile={})
+    module = CurveModule(
+        net, lambda p: torch.optim.SGD(p, lr=0.1), Schedule("constant", 0, 10), compile={"backend": "inductor"}
+    )
+    # compiled, not the eager forward it is compared with below (`!=`: each `module.forward` is a new
+    # bound method, so `is not` would hold for the eager forward too)
+    assert module._train_forward != module.forward
     x = torch.randn(16, 3, 32, 32, device="cuda")
     torch.testing.assert_close(module._train_forward(x), module(x), rtol=1e-3, atol=1e-3)
+
+
+def test_an_empty_compile_dict_compiles_with_the_defaults_and_none_stays_eager():
+    """``trainer.compile: {}`` means torch.compile with its defaults, not "off" (an empty dict is falsy).
+    torch.compile is lazy: building the wrapper compiles nothing."""
+
+    def build(compile):
+        net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+        return CurveModule(net, lambda p: torch.optim.SGD(p, lr=0.1), Schedule("constant", 0, 10), compile=compile)
+
+    # `==`, not `is`: every `module.forward` is a new bound method (equal to another of the same module)
+    compiled = build({})
+    assert compiled._train_forward != compiled.forward
+    assert compiled._train_forward.__wrapped__ == compiled.forward  # torch.compile's wrapper of the forward
+    eager = build(None)
+    assert eager._train_forward == eager.forward
+    assert not hasattr(eager._train_forward, "__wrapped__")
 
 
 def _fit_conv_net(accelerator: str, channels_last: bool):
@@ -292,14 +314,37 @@ def test_gradient_clipping_works_with_a_fused_optimizer_under_bf16(precision):
     optimizer under any mixed precision. The CPU's fused AdamW takes the same branch."""
     import functools
 
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
-    module = CurveModule(
-        net,
-        functools.partial(torch.optim.AdamW, lr=1e-3, fused=True),
-        Schedule("constant", 0, 10),
-        gradient_clip_val=1e-3,
-    )
-    x, y = torch.randn(8, 3, 2, 2) * 10, torch.randint(0, 3, (8,))
-    trainer = fit(module, x, y, steps=2, precision=precision)
-    assert trainer.global_step == 2
+    def grad_norms_at_the_step(clip):
+        """The gradient norm AdamW's step uses, each step: Lightning runs the closure (backward, then the
+        before-optimizer-step hooks, where the module clips) inside ``optimizer.step``."""
+        seen = []
+
+        class RecordingAdamW(torch.optim.AdamW):
+            def step(self, closure=None):
+                def recorded():
+                    loss = closure() if closure is not None else None
+                    grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+                    seen.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+                    return loss
+
+                return super().step(recorded)
+
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+        module = CurveModule(
+            net,
+            functools.partial(RecordingAdamW, lr=1e-3, fused=True),
+            Schedule("constant", 0, 10),
+            gradient_clip_val=clip,
+        )
+        x, y = torch.randn(8, 3, 2, 2) * 10, torch.randint(0, 3, (8,))
+        trainer = fit(module, x, y, steps=2, precision=precision)
+        assert trainer.global_step == 2 and trainer.optimizers[0].defaults["fused"] is True
+        return seen
+
+    free = grad_norms_at_the_step(None)
+    assert len(free) == 2 and min(free) > 1.0  # far above the clip value: clipping has work to do
+    clipped = grad_norms_at_the_step(1e-3)
+    assert len(clipped) == 2
+    assert all(n <= 1e-3 * (1 + 1e-4) for n in clipped), clipped
+    assert all(n == pytest.approx(1e-3, rel=1e-3) for n in clipped), clipped  # scaled to the bound, not zeroed

@@ -410,3 +410,62 @@ def test_the_pack_records_how_each_run_ended_for_the_next_memory_request(tmp_pat
     assert outcomes == {"r0": [(2, "complete")], "r1": [(2, "complete")], "r2": [(2, "not_started")]}
     runs = [tmp_path / "work" / "V" / r for r in ("r0", "r1")]
     assert memory_attempt(runs, 3) == 2  # attempt 2 clean; attempt 1 left no record of these runs
+
+
+MEASURED_GPU, OTHER_GPU = "NVIDIA A100-SXM4-80GB", "NVIDIA H100 80GB HBM3"
+
+
+def _launch_on_gpu(tmp_path, monkeypatch, got, gpu_mismatch):
+    """The pack launcher (3 fake trainers) in a job whose GPU is ``got``, the probe having measured
+    N on ``MEASURED_GPU`` (runs_per_gpu.json); no CUDA needed: torch.cuda answers as that GPU would."""
+    import torch
+
+    plan = tmp_path / "plan" / "V" / "runs_per_gpu.json"
+    plan.parent.mkdir(parents=True)
+    plan.write_text(
+        json.dumps({"variant": "V", "runs_per_gpu": 3, "source": "probe", "mps": False, "gpu_name": MEASURED_GPU})
+    )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: got)
+    return _launch(
+        tmp_path,
+        mps="off",
+        mps_runner=FakeRun("Default"),
+        which=_has_smi,
+        measured_plan=str(tmp_path / "plan" / "{variant}" / "runs_per_gpu.json"),
+        gpu_mismatch=gpu_mismatch,
+    )
+
+
+def test_a_pack_on_another_gpu_model_than_the_probe_measured_fails_before_training(
+    tmp_path, monkeypatch, fake_trainers, capsys
+):
+    from loss_slope.train.pack import EXIT_ERROR
+
+    code = _launch_on_gpu(tmp_path, monkeypatch, OTHER_GPU, "fail")
+    assert code == EXIT_ERROR
+    assert fake_trainers.envs == [] and not (tmp_path / "out.json").exists()  # no run trained on the wrong model
+    err = capsys.readouterr().err
+    assert f"error: this pack got GPU {OTHER_GPU!r} but the probe measured N on {MEASURED_GPU!r}" in err
+    assert "LOSS_SLOPE_SLURM_GPU_MODEL" in err and "(fail)" in err
+
+
+def test_with_gpu_mismatch_warn_a_pack_on_another_gpu_model_trains_and_says_so(
+    tmp_path, monkeypatch, fake_trainers, capsys
+):
+    code = _launch_on_gpu(tmp_path, monkeypatch, OTHER_GPU, "warn")
+    assert code == 0 and len(fake_trainers.envs) == 3
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert {r["status"] for r in out["runs"].values()} == {"complete"}
+    err = capsys.readouterr().err
+    assert f"warning: this pack got GPU {OTHER_GPU!r} but the probe measured N on {MEASURED_GPU!r}" in err
+    assert "(warn)" in err and "error:" not in err
+
+
+@pytest.mark.parametrize("gpu_mismatch", ["fail", "warn"])
+def test_a_pack_on_the_measured_gpu_model_trains_without_a_word(
+    tmp_path, monkeypatch, fake_trainers, capsys, gpu_mismatch
+):
+    assert _launch_on_gpu(tmp_path, monkeypatch, MEASURED_GPU, gpu_mismatch) == 0
+    assert len(fake_trainers.envs) == 3
+    assert "this pack got GPU" not in capsys.readouterr().err

@@ -91,8 +91,87 @@ def test_wrong_lr_schedule_and_wd_detected(tmp_path):
 def test_nan_and_negative_loss_detected(tmp_path):
     write_run(tmp_path, loss_at=(5, float("nan")))
     _, rep = check(tmp_path)
-    assert "steps_finite" in failed(rep)
+    assert failed(rep) == {"steps_finite"}  # a NaN loss is no negative loss and no bits mismatch
     assert "first at step 5" in " ".join(rep.to_dict()["reasons"])
+    neg = tmp_path / "negative"
+    neg.mkdir()
+    write_run(neg, loss_at=(5, -0.5))  # the bits column follows it: -0.5 / ln 2
+    _, rep = check(neg)
+    assert failed(rep) == {"loss_nonnegative"}
+
+
+def _set_fields(path, lineno, **values):
+    """Replace the named columns of line ``lineno`` (0 is the header) of a table's CSV."""
+    lines = path.read_text().splitlines(keepends=True)
+    names = lines[0].rstrip("\n").split(",")
+    fields = lines[lineno].rstrip("\n").split(",")
+    for name, value in values.items():
+        fields[names.index(name)] = value
+    lines[lineno] = ",".join(fields) + "\n"
+    path.write_text("".join(lines))
+
+
+def _swap_lines(path, a, b):
+    lines = path.read_text().splitlines(keepends=True)
+    lines[a], lines[b] = lines[b], lines[a]
+    path.write_text("".join(lines))
+
+
+def _set_run_info(d, **values):
+    info = json.loads((d / "run_info.json").read_text())
+    (d / "run_info.json").write_text(json.dumps({**info, **values}))
+
+
+STEPS, VAL = "steps.csv", "val.csv"
+
+
+@pytest.mark.parametrize(
+    "damage, check_name",
+    [
+        # the run trained other settings than the study config names (its tables follow the config)
+        pytest.param(lambda d: _set_run_info(d, seed=1), "config_matches", id="wrong_seed"),
+        pytest.param(lambda d: _set_run_info(d, lr=0.2), "config_matches", id="wrong_lr"),
+        pytest.param(lambda d: _set_run_info(d, weight_decay=1e-4), "config_matches", id="wrong_weight_decay"),
+        # steps 5 and 6 swapped: every step once, each row self-consistent, but not in order
+        pytest.param(lambda d: _swap_lines(d / STEPS, 6, 7), "steps_in_order", id="two_steps_swapped"),
+        # line 6 is step 5; a negative loss with its bits consistent
+        pytest.param(
+            lambda d: _set_fields(d / STEPS, 6, loss_train_nats="-0.5", loss_train_bits=repr(-0.5 / LN2)),
+            "loss_nonnegative",
+            id="negative_loss",
+        ),
+        pytest.param(lambda d: _set_fields(d / STEPS, 6, acc_train="1.5"), "acc_in_unit_interval", id="acc_above_1"),
+        pytest.param(lambda d: _set_fields(d / STEPS, 6, acc_train="-0.25"), "acc_in_unit_interval", id="acc_below_0"),
+        pytest.param(
+            lambda d: _set_fields(d / STEPS, 6, loss_train_bits="3.0"), "bits_equal_nats_over_ln2", id="bits_wrong"
+        ),
+        # line 3 of val.csv is the validation at step 6
+        pytest.param(lambda d: _set_fields(d / VAL, 3, grad_norm="nan"), "val_finite", id="val_nan_grad_norm"),
+        pytest.param(lambda d: _set_fields(d / VAL, 3, weight_norm="inf"), "val_finite", id="val_inf_weight_norm"),
+        pytest.param(
+            lambda d: _set_fields(d / VAL, 3, loss_val_nats="-1.0", loss_val_bits=repr(-1.0 / LN2)),
+            "val_ranges",
+            id="val_negative_loss",
+        ),
+        pytest.param(lambda d: _set_fields(d / VAL, 3, acc_val="1.5"), "val_ranges", id="val_acc_above_1"),
+        pytest.param(lambda d: _set_fields(d / VAL, 3, acc_val="-0.5"), "val_ranges", id="val_acc_below_0"),
+        pytest.param(lambda d: _set_fields(d / VAL, 3, grad_norm="-2.0"), "val_ranges", id="val_negative_grad_norm"),
+        pytest.param(lambda d: _set_fields(d / VAL, 3, weight_norm="0.0"), "val_ranges", id="val_zero_weight_norm"),
+        pytest.param(
+            lambda d: _set_fields(d / VAL, 3, loss_val_bits="1.0"), "val_bits_equal_nats_over_ln2", id="val_bits_wrong"
+        ),
+    ],
+)
+def test_each_damaged_value_fails_exactly_its_own_check(tmp_path, damage, check_name):
+    write_run(tmp_path)
+    _, rep = check(tmp_path)
+    assert rep.passed, rep.summary()
+    before = {f: (tmp_path / f).read_text() for f in ("steps.csv", "val.csv", "run_info.json")}
+    damage(tmp_path)
+    assert {f: (tmp_path / f).read_text() for f in before} != before
+    _, rep = check(tmp_path)
+    assert failed(rep) == {check_name}, rep.summary()
+    assert rep.to_dict()["status"] == "invalid"
 
 
 @pytest.mark.parametrize(

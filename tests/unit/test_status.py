@@ -60,6 +60,13 @@ def test_counts_steps_loss_eta_pack_and_job(tmp_path):
     text = format_status(table)
     assert "V                  1        1       1        1" in text
     assert "pack pack-abc  job 77" in text and "ValueError: boom" in text
+    # done 1000 + b 400 + c 10 + d 0 steps of 4 x 1000 (d's size is the variant's typical run): 35%
+    row = next(line for line in text.splitlines() if line.startswith("V "))
+    assert row.split()[-5:] == ["1,410", "/", "4,000", "(35%)", "13m18s"], row
+    # ETA of the variant: the open runs' steps left (b 600, d 1000) at the running runs' rate (400 steps
+    # in 199.5 s): 1600 / (400 / 199.5) = 798 s; b's own: 600 steps at that rate, 299.25 s
+    running = next(line for line in text.splitlines() if line.startswith("  V/b "))
+    assert "step     400 / 1000 " in running and "2.01/s  ETA   4m59s  " in running, running
 
 
 def test_stale_lock_is_not_running_and_cli_entry_point(tmp_path):
