@@ -182,3 +182,44 @@ def test_sigterm_checkpoints_and_exits_unfinished(tmp_path):
     steps = pd.read_csv(d / "tables" / "steps.csv")
     assert steps.step.is_unique and steps.step.is_monotonic_increasing
     assert (d / "done.json").exists()
+
+
+DIE_AT_THE_DIVERGENCE = """
+import os, sys
+import loss_slope.simulate.backend as backend
+
+end_attempt = backend.end_attempt
+
+
+def killed_before_the_end(path, **record):
+    if record.get("status") == "diverged":
+        os._exit(137)  # dies after the checkpoint of the divergence, before the run's end is written
+    end_attempt(path, **record)
+
+
+backend.end_attempt = killed_before_the_end
+from loss_slope.train.__main__ import main
+
+sys.argv[0] = "loss_slope.train"
+main()
+"""
+
+
+def test_a_run_killed_after_its_divergence_s_checkpoint_resumes_diverged(tmp_path):
+    """The verdict is part of the checkpoint: the rows before the last checkpoint are not shown to
+    the divergence guard again, so a resumed run must know it diverged (as a real run's recorder)."""
+    spec = build_runs(CONFIG)[0]
+    args = [*spec.overrides, "variant=S-core", f"run={spec.run}", "data.simulation.diverge_share=1"]
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    run_cmd([PYTHON, "-m", "loss_slope.train", *args, f"run_dir={ref}"], timeout=120)
+    died = subprocess.run([PYTHON, "-c", DIE_AT_THE_DIVERGENCE, *args, f"run_dir={run}"], timeout=120, check=False)
+    assert died.returncode == 137 and not (run / "done.json").exists()
+    state = json.loads((run / "checkpoints" / "latest" / "latest.ckpt").read_text())
+    assert state.get("diverged") is not None
+    run_cmd([PYTHON, "-m", "loss_slope.train", *args, f"run_dir={run}"], timeout=120)
+    want, got = (json.loads((d / "done.json").read_text()) for d in (ref, run))
+    assert want["status"] == got["status"] == "diverged"
+    assert (got["diverged_at_step"], got["steps_done"]) == (want["diverged_at_step"], want["steps_done"])
+    assert got["steps_done"] < TOTAL
+    for t in TABLES:
+        assert (run / "tables" / f"{t}.csv").read_bytes() == (ref / "tables" / f"{t}.csv").read_bytes(), t

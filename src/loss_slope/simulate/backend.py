@@ -287,6 +287,7 @@ def _simulate(cfg) -> int:
             {
                 "global_step": step,
                 "guard": guard.state_dict(),
+                "diverged": diverged,  # the verdict is part of the checkpoint, as in a real run's
                 "best": best,
                 "backend": "simulated",
                 "fingerprint": fingerprint,
@@ -315,7 +316,9 @@ def _simulate(cfg) -> int:
     pace = float(sim["pace_s_per_chunk"])
     t0 = time.time()
     pending_from = start
-    diverged: tuple[int, str] | None = None
+    found = (state or {}).get("diverged")
+    # a run killed after the checkpoint of its divergence and before its end resumes diverged
+    diverged: tuple[int, str] | None = None if found is None else (int(found[0]), str(found[1]))
     curv_every, noise_every = mon["curvature_every_steps"], mon["noise_every_steps"]
 
     def flush(upto: int) -> None:
@@ -355,7 +358,7 @@ def _simulate(cfg) -> int:
 
     done_steps = start
     last_val = max((v for v in val_at if v <= start), default=0)
-    for step in range(start, total):
+    for step in range(start, total if diverged is None else start):
         done_steps = step + 1
         if done_steps in val_at:
             last_val = done_steps  # its validation flushes (below)
