@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -172,6 +173,9 @@ def test_each_damaged_value_fails_exactly_its_own_check(tmp_path, damage, check_
     _, rep = check(tmp_path)
     assert failed(rep) == {check_name}, rep.summary()
     assert rep.to_dict()["status"] == "invalid"
+    # every failed check says where (the first bad step) or what differs, not its rule alone
+    (fail,) = rep.failures
+    assert re.search(r"first at step \d+|trained .*, config", fail.detail), fail.detail
 
 
 @pytest.mark.parametrize(
@@ -239,6 +243,7 @@ def test_diverged_run_is_complete_up_to_its_stop_and_flagged(tmp_path):
     d = rep.to_dict()
     assert conv["ok"] and rep.passed, d["reasons"]
     assert d["status"] == "diverged" and "nan at step 10" in d["reasons"][0]
+    assert (d["expected_steps"], d["expected_val"], d["n_val"]) == (13, 6, 6)  # the validations up to the stop
     # a diverged run that lost rows before its stop is invalid, not diverged
     (tmp_path / "steps.csv").write_text("".join((tmp_path / "steps.csv").read_text().splitlines(keepends=True)[:9]))
     _, rep = check(tmp_path)

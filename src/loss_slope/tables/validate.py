@@ -110,7 +110,7 @@ def validate_run(
         rep.diverged = outcome
         diverged_at = int(outcome["diverged_at_step"])
         total = int(outcome["steps_done"])
-    rep.expected_steps, rep.expected_val = total, epochs * vpe
+    rep.expected_steps, rep.expected_val = total, epochs * vpe  # the validations due up to the stop: below
     # numpy arrays without pandas (loss_slope.tables.arrays): pandas alone costs a job ~0.3 s of CPU
     s = read_columns(steps_parquet)
     v = read_columns(val_parquet)
@@ -132,7 +132,8 @@ def validate_run(
             f"outside 0..{total - 1} {len(extra)} (first {extra[:3]})"
         )
     rep.add("steps_exactly_once", exact, detail)
-    rep.add("steps_in_order", bool(np.all(np.diff(steps) > 0)), "step column strictly increasing")
+    back = np.concatenate(([False], np.diff(steps) <= 0))  # a row at or below the one before it
+    rep.add("steps_in_order", not back.any(), _first_bad(back, steps) or "step column strictly increasing")
     ep_ok = _rel_close(s["epoch"], steps / spe, 1e-12)
     rep.add("epoch_column", bool(ep_ok.all()), _first_bad(~ep_ok, steps) or "epoch = step / steps_per_epoch")
 
@@ -144,6 +145,7 @@ def validate_run(
         want = np.asarray(vsteps)  # the monitor checks go on against the validations there are
     else:
         want = want[want <= total]
+        rep.expected_val = len(want)
         vexact = len(vsteps) == len(want) and np.array_equal(vsteps, want)
         vdetail = f"{len(vsteps)} rows for {len(want)} expected ({vpe} per epoch)"
         if diverged_at is not None:
@@ -169,9 +171,11 @@ def validate_run(
     finite = np.isfinite(num).all(axis=1)
     rep.add("steps_finite", bool(finite.all()), _first_bad(~finite, steps) or "all values finite")
     loss = s["loss_train_nats"]
-    rep.add("loss_nonnegative", bool((loss[np.isfinite(loss)] >= 0).all()), "loss_train_nats >= 0")
+    negative = np.isfinite(loss) & (loss < 0)
+    rep.add("loss_nonnegative", not negative.any(), _first_bad(negative, steps) or "loss_train_nats >= 0")
     acc = s["acc_train"]
-    rep.add("acc_in_unit_interval", bool(((acc >= 0) & (acc <= 1)).all()), "acc_train in [0, 1]")
+    acc_bad = ~((acc >= 0) & (acc <= 1))
+    rep.add("acc_in_unit_interval", not acc_bad.any(), _first_bad(acc_bad, steps) or "acc_train in [0, 1]")
     bits_ok = _rel_close(s["loss_train_bits"], loss / LN2) | ~np.isfinite(loss)
     rep.add(
         "bits_equal_nats_over_ln2", bool(bits_ok.all()), _first_bad(~bits_ok, steps) or f"relative tolerance {REL_TOL}"
@@ -194,7 +198,12 @@ def validate_run(
     rep.add("val_finite", bool(vfin.all()), _first_bad(~vfin, vsteps) or "all values finite")
     vl = v["loss_val_nats"]
     vrange = (vl >= 0) & ((v["acc_val"] >= 0) & (v["acc_val"] <= 1)) & (v["grad_norm"] >= 0) & (v["weight_norm"] > 0)
-    rep.add("val_ranges", bool(vrange[vfin].all()), "loss >= 0, acc in [0, 1], grad_norm >= 0, weight_norm > 0")
+    vout = vfin & ~vrange  # the non-finite rows are val_finite's
+    rep.add(
+        "val_ranges",
+        not vout.any(),
+        _first_bad(vout, vsteps) or "loss >= 0, acc in [0, 1], grad_norm >= 0, weight_norm > 0",
+    )
     vbits = _rel_close(v["loss_val_bits"], vl / LN2) | ~np.isfinite(vl)
     rep.add("val_bits_equal_nats_over_ln2", bool(vbits.all()), _first_bad(~vbits, vsteps) or "ok")
 
