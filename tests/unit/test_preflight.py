@@ -146,6 +146,18 @@ def test_snakemake_dry_run_stops_before_any_job(tmp_path, edit, key):
             "data.simulation.noise.ar_phi: 1.5 must be in [0, 1)",
         ),
         (
+            lambda c: c["training"]["hydra_overrides"].append("data.simulation.knee_epochs=0.5"),
+            "data.simulation.knee_epochs: 0.5 must be a pair of numbers [lo, hi]",
+        ),
+        (
+            lambda c: c["training"]["hydra_overrides"].append("data.simulation.second_break_epochs=[20]"),
+            "data.simulation.second_break_epochs: [20] must be a pair of numbers [lo, hi]",
+        ),
+        (
+            lambda c: c["training"]["hydra_overrides"].append("data.simulation.alpha=0.6"),
+            "data.simulation.alpha: 0.6 must be a mapping of cell_sd, mean, within_sd",
+        ),
+        (
             lambda c: c["analysis"]["fit"].update(early_window=[2, 6]),
             "data.simulation.early_window: [5.0, 15.0] differs from analysis.fit.early_window [2, 6]: the truth's "
             "alpha_early_true would be over another window than the fits' alpha_early; "

@@ -73,12 +73,16 @@ def settings(sim: Mapping[str, Any] | None) -> dict:
         if key not in out:
             raise ValueError(f"data.simulation.{key}: unknown key; allowed: {', '.join(sorted(out))}")
         if isinstance(out[key], dict):
-            for k, v in dict(value).items():
+            if not isinstance(value, Mapping):
+                raise ValueError(
+                    f"data.simulation.{key}: {value!r} must be a mapping of {', '.join(sorted(out[key]))}"
+                )
+            for k, v in value.items():
                 if k not in out[key]:
                     raise ValueError(f"data.simulation.{key}.{k}: unknown key; allowed: {', '.join(sorted(out[key]))}")
-                out[key][k] = v
+                out[key][k] = _shaped(f"{key}.{k}", out[key][k], v)
         else:
-            out[key] = list(value) if isinstance(value, (list, tuple)) else value
+            out[key] = _shaped(key, out[key], value)
     nz = out["noise"]
     # key: (value, whether it is valid, the rule), checked in this order
     rules = {f"h2.{k}": (r, -1 <= float(r) <= 1, "in [-1, 1]") for k, r in out["h2"].items()}
@@ -107,6 +111,25 @@ def settings(sim: Mapping[str, Any] | None) -> dict:
         if not ok:
             raise ValueError(f"data.simulation.{key}: {value} must be {rule}")
     return out
+
+
+def _shaped(key: str, default: Any, value: Any) -> Any:
+    """``value`` if it has the shape of its key's ``default`` (a number, a flag or a [lo, hi] pair),
+    as a list for a pair; else a ``ValueError`` that names the key."""
+
+    def number(x) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    if isinstance(default, bool):
+        ok, shape = isinstance(value, bool), "true or false"
+    elif isinstance(default, list):
+        ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(number(v) for v in value)
+        shape = "a pair of numbers [lo, hi]"
+    else:
+        ok, shape = number(value), "a number"
+    if not ok:
+        raise ValueError(f"data.simulation.{key}: {value!r} must be {shape}")
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def _rng(*keys) -> np.random.Generator:
