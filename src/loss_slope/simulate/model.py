@@ -74,9 +74,7 @@ def settings(sim: Mapping[str, Any] | None) -> dict:
             raise ValueError(f"data.simulation.{key}: unknown key; allowed: {', '.join(sorted(out))}")
         if isinstance(out[key], dict):
             if not isinstance(value, Mapping):
-                raise ValueError(
-                    f"data.simulation.{key}: {value!r} must be a mapping of {', '.join(sorted(out[key]))}"
-                )
+                raise ValueError(f"data.simulation.{key}: {value!r} must be a mapping of {', '.join(sorted(out[key]))}")
             for k, v in value.items():
                 if k not in out[key]:
                     raise ValueError(f"data.simulation.{key}.{k}: unknown key; allowed: {', '.join(sorted(out[key]))}")
