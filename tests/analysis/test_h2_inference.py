@@ -396,6 +396,32 @@ def test_intervals_use_t_on_the_cells_that_contribute():
     assert w.spearman_p == pytest.approx(2 * sps.t.sf(abs(z0) / se, 2), rel=1e-6)
     vl = r.versus_level
     assert vl.n_cells == 4 and -1.0 <= vl.difference_ci[0] <= vl.difference_ci[1] <= 1.0
+    # its intervals use t(3), the level's 4 cells: every interval is computed with the df of its cells
+    from loss_slope.analysis import stats
+
+    calls = []
+
+    def spy(est, boot, q, df, **kw):
+        calls.append((est, df, q))
+        return fisher(est, boot, q, df, **kw)
+
+    fisher = stats._fisher_interval
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(stats, "_fisher_interval", spy)
+        again = h2_statistics(t, **FAST)
+    assert again.versus_level == vl
+    level = [(df, q) for est, df, q in calls if est in (vl.rho_x, vl.rho_level)]
+    assert level and all(df == 3 and q == pytest.approx(sps.t.ppf(0.975, 3)) for df, q in level), level
+    assert {df for _, df, _ in calls} >= {35, 2, 3}
+
+
+def test_a_perfect_order_of_many_cells_has_a_p_value():
+    """2 / G! past 170! (the float's range): the chance is 0 to the last digit, not an overflow."""
+    t = make_study_table("none", seed=1)
+    t["best_val_ce"] = -t["alpha_early"]
+    r = h2_statistics(t, cell_columns=("variant", "lr", "weight_decay", "seed"), **FAST)  # 216 cells
+    assert r.overall.spearman_rho == -1.0 and r.overall.spearman_p == 0.0
+    assert r.overall.spearman_ci == (-1.0, -1.0)
 
 
 def test_a_perfect_order_is_judged_by_the_chance_of_that_order_among_the_cells():

@@ -585,6 +585,10 @@ def correlation(x, y, *, n_boot: int = 2000, confidence: float = 0.95, seed: int
     ------
     NotEnoughPoints
         If fewer than 4 pairs, or either variable is constant.
+    NonFiniteValues
+        If a pair holds a NaN or an infinite value.
+    ValueError
+        If ``x`` and ``y`` differ in length.
     """
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
@@ -799,7 +803,7 @@ def _fisher_interval(
     if not se > 1e-9:  # 0 up to rounding: the bootstrap has no spread to measure
         if abs(est) < _CLIP:
             return (math.nan, math.nan), math.nan
-        p = min(1.0, 2.0 / math.factorial(df + 1))
+        p = min(1.0, math.exp(math.log(2.0) - math.lgamma(df + 2)))  # 2 / (df + 1)!, also past 170!
         return ((est, est) if p < 1.0 - confidence else (math.nan, math.nan)), p
     p = float(2.0 * sps.t.sf(abs(z0) / se, df))
     return (math.tanh(z0 - q * se), math.tanh(z0 + q * se)), p

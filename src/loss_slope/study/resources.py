@@ -2,7 +2,9 @@
 
 A pack of N runs asks for
 
-* CPUs: ``N x training.threads`` (one training process per run, ``threads`` torch threads each);
+* CPUs: ``N x threads`` (one training process per run, ``threads`` torch threads each: the
+  variant's, :func:`loss_slope.study.runs.run_threads`, ``training.threads`` unless its own
+  ``hydra_overrides`` set ``trainer.threads``);
 * host memory: ``(N x per-run host memory + packing.host_mem_margin_mb) x growth(a)``,
   where the per-run memory is what the probe measured when it did, else
   ``packing.host_mem_mb_per_run``; ``growth`` is 1, 1.5, 2, 2, ... for a = 1, 2, 3, ..., and
@@ -14,7 +16,7 @@ A pack of N runs asks for
   + 5 min start-up``, from the probe's step time at N runs per GPU, capped at
   ``packing.runtime_minutes`` (which is also the runtime when no step time is measured).
 
-None of this depends on ``--cores``. The probe asks for ``probe_k_max x training.threads`` CPUs.
+None of this depends on ``--cores``. The probe asks for ``probe_k_max x threads`` CPUs.
 No torch here: the Snakefile imports this module.
 """
 
