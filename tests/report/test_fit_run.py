@@ -251,6 +251,15 @@ def test_a_diverged_run_whose_validation_fails_beyond_its_divergence_is_invalid(
     assert row["status"] == "diverged" and row["alpha_early"] is not None
 
 
+def test_a_run_training_stopped_whose_values_fail_before_the_stop_is_invalid(clean_run):
+    """Its validation checks the ranges before the stop only: a failure there is not the divergence's."""
+    steps, val, info, _ = clean_run
+    info = {**info, "outcome": {"status": "diverged", "diverged_at_step": 900, "reason": "non-finite loss"}}
+    failing = {"passed": False, "reasons": ["acc_in_unit_interval: 1 row(s), first at step 300"]}
+    row = _fit(steps[steps.step <= 900], val, info, validation=failing)["row"]
+    assert row["status"] == "invalid" and "acc_in_unit_interval" in row["reason"] and "also diverged" in row["reason"]
+
+
 def test_cumulative_lr_time_counts_the_lr_of_dropped_zero_loss_steps(clean_run):
     """A step whose loss is exactly 0 is left out of the fit, not out of Σ lr: later times stay put."""
     steps, val, info, _ = clean_run

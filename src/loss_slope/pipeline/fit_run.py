@@ -210,7 +210,8 @@ def checkpoint_fields(run_info: Mapping[str, Any]) -> dict:
 
 #: The validation checks a diverged run may fail because it diverged: value ranges, which non-finite
 #: or exploded values break from the divergence on.  Any other failure (conversion, completeness,
-#: config, schedule, cadence, checkpoints) makes the run ``invalid``, diverged or not.
+#: config, schedule, cadence, checkpoints) makes the run ``invalid``, diverged or not; so does any
+#: failure of a run that training stopped (its validation checks the ranges before the stop only).
 DIVERGENCE_EXPLAINED_CHECKS = frozenset(
     {
         "steps_finite",
@@ -413,7 +414,10 @@ def fit_run_tables(
             row["diverged_epoch"] = div.step / spe
         if not validation.get("passed"):
             failed = _failed_checks(validation)
-            unexplained = sorted(failed - DIVERGENCE_EXPLAINED_CHECKS) if failed else ["no failed check named"]
+            # the validation of a run training stopped checks the value ranges before its stop only:
+            # there, a range failure is not the divergence's
+            explained = frozenset() if outcome.get("status") == "diverged" else DIVERGENCE_EXPLAINED_CHECKS
+            unexplained = sorted(failed - explained) if failed else ["no failed check named"]
             if unexplained:
                 # incomplete or mistrained tables: the divergence is a fact about them, not the run's outcome
                 row["status"] = "invalid"
