@@ -47,3 +47,25 @@ def test_truncate_val_keeps_the_row_at_the_checkpoint_step(tmp_path):
 
 def test_truncate_missing_file_is_noop(tmp_path):
     assert truncate_table(tmp_path / "nope.csv", "steps", 5) == (0, 0)
+
+
+def test_truncate_refuses_a_table_of_another_layout_instead_of_relabelling_its_rows(tmp_path):
+    import pytest
+
+    p = tmp_path / "steps.csv"
+    t = CsvTable(p, "steps")
+    t.append(_steps(10))
+    t.close()
+    old = p.read_text()
+    cols = columns("steps")
+    swapped = ",".join([cols[0], cols[2], cols[1], *cols[3:]])  # same width, two columns swapped
+    p.write_text(old.replace(",".join(cols), swapped, 1))
+    with pytest.raises(ValueError, match="another version of this code"):
+        truncate_table(p, "steps", 5)
+    assert p.read_text().startswith(swapped)  # nothing rewritten
+    p.write_text("step,epoch\n")  # a narrower table: its rows would all be dropped and never written again
+    with pytest.raises(ValueError, match="header is 'step,epoch'"):
+        truncate_table(p, "steps", 5)
+    p.write_text("step,epo")  # a header torn by a kill at the table's creation: nothing to keep
+    assert truncate_table(p, "steps", 5) == (0, 1)
+    assert p.read_text() == ",".join(cols) + "\n"

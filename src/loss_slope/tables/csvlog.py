@@ -73,9 +73,15 @@ def truncate_table(path: str | Path, table: str, checkpoint_step: int) -> tuple[
     with open(path) as fh:
         text = fh.read()
     lines = text.split("\n")
-    complete = lines[:-1] if not text.endswith("\n") else lines[:-1]
+    complete = lines[:-1]
     if not text.endswith("\n") and lines[-1]:
         dropped += 1  # a torn final line
+    if complete and complete[0].rstrip("\r") != header:
+        # rows of another layout would be kept under this header, or dropped and never written again
+        raise ValueError(
+            f"{path}: its header is {complete[0]!r}, not the {table} table's {header!r}: it was written by "
+            "another version of this code; set the run's work tree aside (rename it) to train the run again"
+        )
     ncol = len(columns(table))
     for line in complete[1:]:
         if not line:
