@@ -187,3 +187,34 @@ def test_window_heatmap_cells_sit_on_their_epochs_at_any_stride(partial, stride)
     else:
         assert not boxes and "the nominal window 5–15.5 is not on the scan's grid" in _title(fig)
     plt.close(fig)
+
+
+@pytest.mark.parametrize("sign, strong", [("negative", 0), ("positive", 1), ("either", 1)])
+def test_window_robustness_counts_only_windows_in_the_configured_direction(partial, sign, strong):
+    import dataclasses
+
+    from loss_slope.report.study_stats import WindowHeatmap
+
+    _, stats, _ = partial
+    hm = WindowHeatmap(
+        starts=(5.0,),
+        ends=(15.0, 16.0),
+        rho=((0.75, 0.1),),  # strong, but positive: the wrong direction for a negative H2
+        p_value=((0.001, 0.5),),
+        n_valid=((30, 30),),
+        nominal=(5.0, 15.0),
+    )
+    study = dataclasses.replace(stats.settings.study, values={**stats.settings.study.values, "h2_sign": sign})
+    s = dataclasses.replace(stats, window_heatmap=hm, settings=dataclasses.replace(stats.settings, study=study))
+    fig = F.plot_window_heatmap(None, s)
+    title = " ".join(_title(fig).split())  # the title wraps
+    assert f"with p < 0.01 in {strong} of 2 windows" in title, title
+    assert ("ρ ≤ −0.7" if sign == "negative" else "ρ ≥ 0.7" if sign == "positive" else "|ρ| ≥ 0.7") in title
+    bold = [t.get_text() for t in fig.axes[0].texts if t.get_fontweight() == "bold"]
+    assert bold == (["0.75"] if strong else [])
+    plt.close(fig)
+    empty = dataclasses.replace(hm, rho=((None, None),), p_value=((None, None),))
+    fig = F.plot_window_heatmap(None, dataclasses.replace(s, window_heatmap=empty))
+    title = " ".join(_title(fig).split())
+    assert "nan" not in title and "no window has a correlation" in title, title
+    plt.close(fig)

@@ -42,6 +42,10 @@ def test_summary_answers_h1_and_h2_in_sentences_with_numbers(partial_summary):
     assert "α_full" in md and "diverged runs with an α_early, at the worst CE rank" in md
     assert "Runs excluded per cell" in md
     assert "partial, given additive variant, LR and WD effects" in md and "removes only additive effects" in md
+    # the row to read when seeds matter (docs/analysis.md), with its own numbers
+    adj = stats.h2.main.within_cell_seed_adjusted
+    row = next(line for line in md.splitlines() if line.startswith("| within cells, net of the seeds"))
+    assert f"| {adj.n} | {adj.spearman_rho:.2f} [" in row, row
 
 
 def test_summary_names_every_variant_without_a_per_variant_estimate(partial_summary):

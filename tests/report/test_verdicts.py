@@ -123,7 +123,7 @@ def test_a_share_interval_is_printed_on_its_side_of_the_target(lo, hi, verdict, 
     share = Share.from_dict(
         {"k": 19, "n": 20, "share": 0.95, "ci_low": lo, "ci_high": hi, "n_cells": 8, "verdicts": {"0.9": verdict}}
     )
-    sentence = V.h1_failures_sentence(share)
+    sentence = V.h1_failures_sentence(share, confidence=0.95)
     assert f"interval {shown}" in sentence and f"{verdict} against 90 %" in sentence
 
 
@@ -173,3 +173,23 @@ def test_targets_and_the_confidence_level_are_printed_exactly():
     assert "inconclusive against 82.5 % (the interval reaches both sides of 82.5 %" in text
     assert V.h1_headline(res, confidence=0.975).startswith("H1 inconclusive vs 82.5 %:")
     assert "97.5 % CI" in V.h1_headline(res, confidence=0.975)
+
+
+def test_point_estimates_are_printed_on_their_side_of_the_threshold():
+    """ρ = −0.6996 beside 'ρ ≤ −0.7' and a share of 79.996 % beside an 80 % target keep their digits."""
+    head = V.h2_headline(_h2("inconclusive", -0.6996, -0.8, -0.5, 0.001))
+    assert "Spearman ρ = -0.6996 " in head, head
+    res = H1Criterion.from_dict(
+        {
+            "overall": {"k": 79996, "n": 100000, "share": 0.79996, "ci_low": 0.7, "ci_high": 0.85, "n_cells": 20},
+            "verdicts": {"0.8": "inconclusive"},
+        }
+    )
+    assert "(79.996 %; 95 % cluster-aware" in V.h1_criterion_sentence(res, confidence=0.95)
+    assert "(79.996 %, 95 % CI" in V.h1_headline(res, confidence=0.95)
+
+
+def test_an_h2_without_an_interval_says_there_is_none():
+    reason = V.h2_verdict_reason("inconclusive", H2_SETTINGS, ci=(None, None))
+    assert "no interval" in reason and "reaches both sides" not in reason
+    assert "reaches both sides" in V.h2_verdict_reason("inconclusive", H2_SETTINGS, ci=(-0.8, -0.5))

@@ -594,6 +594,14 @@ def plot_window_heatmap(table: pd.DataFrame, stats: StudyStats, curves: Mapping[
     p = np.array([[np.nan if v is None else v for v in r] for r in hm.p_value], dtype=float)
     st = _h2_settings(stats)
     min_rho, max_p = st["min_abs_rho"], st["max_p"]
+    criterion = V.h2_criterion(st).split(" (")[0]  # ρ ≤ −0.7, ρ ≥ 0.7 or |ρ| ≥ 0.7
+
+    def meets(r, pv):
+        """The configured direction and strength, with p below max_p (as the verdict reads them)."""
+        sign = st["sign"]
+        far = r <= -min_rho if sign == "negative" else r >= min_rho if sign == "positive" else np.abs(r) >= min_rho
+        return far & (pv < max_p)
+
     # cells centred on their epochs, whatever the scan's stride (a start clipped at 0 makes it uneven)
     start_edges, end_edges = _cell_edges(starts), _cell_edges(ends)
     im = ax.pcolormesh(end_edges, start_edges, rho, cmap="RdBu_r", vmin=-1, vmax=1)
@@ -604,7 +612,7 @@ def plot_window_heatmap(table: pd.DataFrame, stats: StudyStats, curves: Mapping[
         for i, s0 in enumerate(starts):
             for j, e0 in enumerate(ends):
                 if np.isfinite(rho[i, j]):
-                    strong = abs(rho[i, j]) >= min_rho and p[i, j] < max_p
+                    strong = bool(meets(rho[i, j], p[i, j]))
                     ax.text(
                         e0,
                         s0,
@@ -634,14 +642,17 @@ def plot_window_heatmap(table: pd.DataFrame, stats: StudyStats, curves: Mapping[
     ax.set_xlabel("window stop (epoch, exclusive)")
     ax.set_ylabel("window start (epoch)")
     valid = np.isfinite(rho)
-    strong = valid & (np.abs(rho) >= min_rho) & (p < max_p)
-    nominal_text = (
-        f"ρ = {rho[i0[0], j0[0]]:.2f} at epochs {nom[0]:g}–{nom[1]:g}"
-        if on_grid
-        else f"the nominal window {nom[0]:g}–{nom[1]:g} is not on the scan's grid"
-    )
+    strong = valid & meets(rho, p)
+    if not valid.any():
+        nominal_text = "no window has a correlation (too few runs with both numbers)"
+    elif on_grid and np.isfinite(rho[i0[0], j0[0]]):
+        nominal_text = f"ρ = {rho[i0[0], j0[0]]:.2f} at epochs {nom[0]:g}–{nom[1]:g}"
+    elif on_grid:
+        nominal_text = f"no correlation at the nominal window {nom[0]:g}–{nom[1]:g}"
+    else:
+        nominal_text = f"the nominal window {nom[0]:g}–{nom[1]:g} is not on the scan's grid"
     ax.set_title(
-        f"Black box: the nominal window {nom[0]:g}–{nom[1]:g}; bold: |ρ| ≥ {min_rho:g} and p < {max_p:g} "
+        f"Black box: the nominal window {nom[0]:g}–{nom[1]:g}; bold: {criterion} and p < {max_p:g} "
         "with runs treated as independent (pooled point estimates: the cluster-aware intervals are in "
         "the summary); blank: window empty or too short",
         loc="left",
@@ -651,7 +662,7 @@ def plot_window_heatmap(table: pd.DataFrame, stats: StudyStats, curves: Mapping[
     _suptitle(
         fig,
         f"Window robustness of H2: {nominal_text}; "
-        f"|ρ| ≥ {min_rho:g} with p < {max_p:g} in {int(strong.sum())} of {int(valid.sum())} windows",
+        f"{criterion} with p < {max_p:g} in {int(strong.sum())} of {int(valid.sum())} windows",
     )
     return fig
 

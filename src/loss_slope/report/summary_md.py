@@ -34,7 +34,7 @@ def _h1_row(name: str, res: H1Criterion | NotComputable, n_targets: int) -> list
     if not res.computable:
         return [res.extra.get("label", name), "—", "—", "—", f"not computable: {res.error}"] + [""] * (n_targets - 1)
     o = res.overall
-    cols = [res.label or name, f"{o.k} / {o.n}", fmt_pct(o.share)]
+    cols = [res.label or name, f"{o.k} / {o.n}", fmt_pct(o.share, targets=res.verdicts)]
     cols += [V.interval(o.ci_low, o.ci_high, pct=True, targets=res.verdicts)]
     cols += [f"{v} (vs {fmt_level(t)})" for t, v in res.verdicts.items()]
     return cols + [""] * (4 + n_targets - len(cols))
@@ -71,7 +71,7 @@ def _h1_section(stats: StudyStats, table: pd.DataFrame, figs) -> list[str]:
     ]
     wf = main.with_excluded_as_failures if main.computable else None
     if wf:
-        out += [V.h1_failures_sentence(wf), ""]
+        out += [V.h1_failures_sentence(wf, confidence=conf), ""]
     thr = stats.settings.study.r2_threshold
     out += [
         f"**The protocol's literal criterion** — straight-line log-log R² ≥ {_f(thr, 'g')} after the knee. "
@@ -89,12 +89,12 @@ def _h1_section(stats: StudyStats, table: pd.DataFrame, figs) -> list[str]:
             "Per variant (defensible criterion; few cells per variant, so the intervals are wide):",
             "",
             _table(
-                ["variant", "single power law", "share", "interval"],
+                ["variant", "single power law", "share", f"{fmt_level(conf)} interval"],
                 [
                     [
                         v,
                         f"{s.k} / {s.n}",
-                        fmt_pct(s.share),
+                        fmt_pct(s.share, targets=s.verdicts),
                         V.interval(s.ci_low, s.ci_high, pct=True, targets=s.verdicts),
                     ]
                     for v, s in byv.items()
@@ -136,7 +136,8 @@ def _sign_clause(sign: str) -> str:
 def _corr_cell(c: Correlation | None, thresholds: Sequence[float]) -> str:
     if not c or c.spearman_rho is None:
         return "n/a"
-    return f"{_f(c.spearman_rho)} [{V.interval(c.spearman_ci_low, c.spearman_ci_high, targets=thresholds)}]"
+    rho = _f(c.spearman_rho, thresholds=thresholds)
+    return f"{rho} [{V.interval(c.spearman_ci_low, c.spearman_ci_high, targets=thresholds)}]"
 
 
 def _n(c: Correlation | None) -> Any:
@@ -173,17 +174,19 @@ def _h2_section(stats: StudyStats, figs) -> list[str]:
         out += [
             f"**Defensible verdict: {h2.verdict}.** Over {h2.n_runs} usable runs in {h2.n_cells} cells "
             f"(variant × LR × WD), the log-log slope over epochs {win[0]:g}–{win[1]:g} (α_early) and the best "
-            f"validation CE have Spearman ρ = {_f(o.spearman_rho)} ({fmt_level(st['confidence'])} interval "
+            f"validation CE have Spearman ρ = {_f(o.spearman_rho, thresholds=rho_t)} "
+            f"({fmt_level(st['confidence'])} interval "
             f"{V.interval(o.spearman_ci_low, o.spearman_ci_high, targets=rho_t)}, "
             f"p = {fmt_p(o.spearman_p, max_p=max_p)}; both from "
             f"resampling whole cells and seeds). The criterion is {V.h2_criterion(st)} with p < "
-            f"{float(st['max_p']):g}: {V.h2_verdict_reason(h2.verdict, st)}.",
+            f"{float(st['max_p']):g}: "
+            f"{V.h2_verdict_reason(h2.verdict, st, ci=(o.spearman_ci_low, o.spearman_ci_high))}.",
             "",
             "Where the relation comes from — between cells (the grid's LR and WD drive both numbers) or within a "
             "cell (seeds of one configuration):",
             "",
             _table(
-                ["correlation", "n", "Spearman ρ [interval]", "p"],
+                ["correlation", "n", f"Spearman ρ [{fmt_level(st['confidence'])} interval]", "p"],
                 [
                     ["pooled over runs", o.n, _corr_cell(o, rho_t), _p(o, max_p)],
                     ["over cell means", _n(h2.cell_means), _corr_cell(h2.cell_means, rho_t), _p(h2.cell_means, max_p)],
@@ -194,6 +197,12 @@ def _h2_section(stats: StudyStats, figs) -> list[str]:
                         _p(h2.within_cell, max_p),
                     ],
                     [
+                        "within cells, net of the seeds' shared effect (seeds are shared across cells)",
+                        _n(h2.within_cell_seed_adjusted),
+                        _corr_cell(h2.within_cell_seed_adjusted, rho_t),
+                        _p(h2.within_cell_seed_adjusted, max_p),
+                    ],
+                    [
                         "partial, given additive variant, LR and WD effects",
                         _n(h2.partial),
                         _corr_cell(h2.partial, rho_t),
@@ -202,7 +211,9 @@ def _h2_section(stats: StudyStats, figs) -> list[str]:
                 ],
             ),
             "",
-            "The within-cell row answers whether the relation holds inside a cell. The partial row removes "
+            "The within-cell rows answer whether the relation holds inside a cell; the second one, with the "
+            "seed's effect shared by every cell taken out, is the one to read when seeds matter. The partial "
+            "row removes "
             "only additive effects of the grid's factors: an interaction between them (LR × WD) stays in it, "
             "so it can show a relation between cells.",
             "",
@@ -219,7 +230,8 @@ def _h2_section(stats: StudyStats, figs) -> list[str]:
                 meaning = "the data cannot tell the slope from the loss level it is measured on"
             out += [
                 f"Slope or level? |ρ(α_early, CE)| − |ρ(early-end loss, CE)| = {_f(vl.difference)} "
-                f"(paired interval {V.interval(lo, hi)}; ρ of the loss over the last epoch of the window = "
+                f"({fmt_level(st['confidence'])} paired interval {V.interval(lo, hi)}; ρ of the loss over the "
+                "last epoch of the window = "
                 f"{_f(vl.rho_level)}): {meaning}.",
                 "",
             ]

@@ -8,6 +8,7 @@ entries of ``stats.json`` (:mod:`.results`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -72,17 +73,18 @@ def h1_criterion_sentence(res: H1Criterion | NotComputable, *, confidence: float
     cells = f", {o.n_cells} cells" if o.n_cells else ""
     runs = "runs" if res.threshold is not None else "decided runs"  # a numeric criterion decides every run
     return (
-        f"{o.k} of {o.n} {runs} ({fmt_pct(o.share)}; {fmt_level(confidence)} cluster-aware interval "
+        f"{o.k} of {o.n} {runs} ({fmt_pct(o.share, targets=res.verdicts)}; {fmt_level(confidence)} cluster-aware "
+        "interval "
         f"{interval(o.ci_low, o.ci_high, pct=True, targets=res.verdicts)}{cells}) meet it: "
         f"{_verdict_list(res.verdicts)}."
     )
 
 
-def h1_failures_sentence(share: Share) -> str:
+def h1_failures_sentence(share: Share, *, confidence: float) -> str:
     """The defensible H1 share with every excluded or undecided run counted as a failure."""
     return (
         f"Counting every excluded or undecided run as a failure: {share.k} of {share.n} runs "
-        f"({fmt_pct(share.share)}, interval "
+        f"({fmt_pct(share.share, targets=share.verdicts)}, {fmt_level(confidence)} interval "
         f"{interval(share.ci_low, share.ci_high, pct=True, targets=share.verdicts)}): "
         + "; ".join(f"{v} against {fmt_level(t)}" for t, v in share.verdicts.items())
         + "."
@@ -96,9 +98,13 @@ def h1_headline(res: H1Criterion | NotComputable, *, confidence: float) -> str:
     o = res.overall
     return (
         f"H1 {h1_verdicts_short(res.verdicts)}: {o.k} of {o.n} runs are one power law after the knee "
-        f"({fmt_pct(o.share)}, {fmt_level(confidence)} CI "
+        f"({fmt_pct(o.share, targets=res.verdicts)}, {fmt_level(confidence)} CI "
         f"{interval(o.ci_low, o.ci_high, pct=True, targets=res.verdicts)})"
     )
+
+
+def _finite(x) -> bool:
+    return x is not None and math.isfinite(float(x))
 
 
 def h2_criterion(settings: Mapping[str, Any]) -> str:
@@ -112,9 +118,14 @@ def h2_criterion(settings: Mapping[str, Any]) -> str:
     return f"|ρ| ≥ {t:g}"
 
 
-def h2_verdict_reason(verdict: str, settings: Mapping[str, Any]) -> str:
-    """Why the pooled correlation got its verdict."""
+def h2_verdict_reason(verdict: str, settings: Mapping[str, Any], ci=None) -> str:
+    """Why the pooled correlation got its verdict (``ci``: its interval, when there may be none)."""
     crit = h2_criterion(settings)
+    if verdict == "inconclusive" and ci is not None and not all(_finite(b) for b in ci):
+        return (
+            "the resamples give no interval (every one repeats the same perfect order of too few cells), "
+            "so the data cannot decide"
+        )
     return {
         "supported": f"the whole interval meets {crit} and p < {float(settings['max_p']):g}",
         "not supported": f"the whole interval falls short of {crit}: the data rule out a relation that strong",
@@ -129,7 +140,8 @@ def h2_headline(h2: H2Result | NotComputable) -> str:
         return f"H2 not computable: {h2.error}"
     o, st = h2.overall, h2.settings
     return (
-        f"H2 {h2.verdict}: α_early vs best validation CE, Spearman ρ = {_f(o.spearman_rho)} "
+        f"H2 {h2.verdict}: α_early vs best validation CE, Spearman ρ = "
+        f"{_f(o.spearman_rho, thresholds=rho_thresholds(st))} "
         f"({fmt_level(st['confidence'])} CI "
         f"{interval(o.spearman_ci_low, o.spearman_ci_high, targets=rho_thresholds(st))} over "
         f"{h2.n_cells} cells, p = {fmt_p(o.spearman_p, max_p=float(st['max_p']))}; need {h2_criterion(st)})"
