@@ -282,3 +282,38 @@ def test_summary_sums_the_checkpoint_files_per_variant():
     assert f"| {first} | 0 of {len(mine)} | — | — | — |" in md
     table.loc[:, ["checkpoint_files", "checkpoint_written_mb"]] = float("nan")
     assert "Checkpoints written" not in render_summary(table, study_statistics(table, study=STUDY), FIGS)
+
+
+def test_a_statistic_that_cannot_be_computed_names_the_runs_without_its_inputs():
+    """All α_early missing: H2 is not computable, and the summary says which runs lack what, instead
+    of 'every run is in the statistics'."""
+    runs, fits = partial_sweep()
+    rows = [{**f["row"], "alpha_early": None} for f in fits if f["row"]["status"] == "ok"]
+    runs = [r for r in runs if any(r["run"] == x["run"] and r["variant"] == x["variant"] for x in rows)]
+    table = run_table(rows, runs)
+    stats = study_statistics(table, study=STUDY)
+    assert not stats.h2.h2.computable
+    md = render_summary(table, stats, FIGS)
+    assert "None: every run of the config" not in md and "could not be computed" in md
+    listed = [line for line in md.splitlines() if line.startswith("| H2 |")]
+    assert len(listed) == len(rows) and all(line.endswith("| no alpha_early |") for line in listed), listed
+
+
+def test_the_other_statistics_say_which_runs_and_variants_they_leave_out():
+    runs, fits = partial_sweep()
+    rows = [f["row"] for f in fits]
+    table = run_table(rows, runs)
+    # the check that drops fits on a bound undecided for two more usable runs
+    usable = table.index[(table["status"] == "ok") & table["h1_single_power_law_interior"].notna()]
+    table.loc[usable[:2], "h1_single_power_law_interior"] = None
+    n = int(((table["status"] == "ok") & table["h1_single_power_law_interior"].isna()).sum())
+    stats = study_statistics(table, study=STUDY)
+    check = stats.h1.criteria["single_power_law_interior"]
+    assert check.computable and n >= 2
+    md = render_summary(table, stats, FIGS)
+    row = next(line for line in md.splitlines() if line.startswith(f"| {check.label} | ") and "undecided" in line)
+    assert f"| {n} h1_single_power_law_interior undecided |" in row, row
+    # a variant with too few cells has no estimate of its own, and the table says so
+    row = next(line for line in md.splitlines() if line.startswith("| H2 (α_early) | "))
+    skipped = stats.h2.h2.skipped_variants
+    assert skipped and all(f"{v['variant']} ({v['reason']})" in row for v in skipped), row

@@ -335,11 +335,58 @@ def _cells_section(stats: StudyStats) -> list[str]:
     ]
 
 
+def _missing_inputs(table: pd.DataFrame, columns: Sequence[str]) -> list[tuple[str, str]]:
+    """(run, reason) of each usable run without one of ``columns`` (a statistic's inputs)."""
+    ok = table[table["status"] == "ok"]
+    out = []
+    for r in ok.itertuples():
+        gone = [c for c in columns if c not in ok.columns or pd.isna(getattr(r, c, None))]
+        if gone:
+            out.append((f"{r.variant}/{r.run}", "no " + ", no ".join(gone)))
+    return out
+
+
+def _sensitivity_coverage(stats: StudyStats) -> list[list[str]]:
+    """Per computable statistic but the defensible H1 share (whose runs and variants its section
+    names): how many usable runs it leaves out, why, and the variants it has no estimate for."""
+    h2 = stats.h2
+    checks = [
+        (res.label or name, res)
+        for name, res in stats.h1.criteria.items()
+        if name != stats.h1.MAIN and res.computable and res.threshold is None
+    ]
+    checks += [
+        (label, res)
+        for label, res in (
+            ("H2 (α_early)", h2.h2),
+            ("H2 with α_full", h2.h2_alpha_full),
+            ("H2, diverged runs at the worst CE rank", h2.h2_diverged_worst_rank),
+            ("H2 on the other time axis", h2.h2_other_axis),
+        )
+        if res is not None and res.computable
+    ]
+    rows = []
+    for label, res in checks:
+        reasons = Counter(str(e["reason"]) for e in res.excluded)
+        usable = {k: n for k, n in reasons.items() if not any(k.startswith(s) for s in STATUSES)}
+        skipped = "; ".join(f"{v['variant']} ({v['reason']})" for v in res.skipped_variants) or "none"
+        if usable or res.skipped_variants:
+            left = "; ".join(f"{n} {why}" for why, n in usable.items()) or "none"
+            rows.append([label, left, skipped])
+    return rows
+
+
 def _excluded_section(table: pd.DataFrame, stats: StudyStats) -> list[str]:
     out = ["## Runs not in the statistics", ""]
     bad = table[table["status"] != "ok"]
-    if bad.empty:
+    main_h1, main_h2 = stats.h1.main, stats.h2.h2
+    if bad.empty and main_h1.computable and main_h2.computable:
         out += ["None: every run of the config was fitted and is in the statistics.", ""]
+    elif bad.empty:
+        out += [
+            "Every run of the config was fitted; a statistic above could not be computed (its reason is there).",
+            "",
+        ]
     else:
         out += [
             f"{len(bad)} of {len(table)} runs are excluded from H1 and H2:",
@@ -360,11 +407,26 @@ def _excluded_section(table: pd.DataFrame, stats: StudyStats) -> list[str]:
         for e in res.excluded if res.computable else ():
             if not any(e["reason"].startswith(s) for s in STATUSES):
                 extra.append([name, e["run"], e["reason"]])
+    # a statistic that could not be computed lists no runs of its own: its inputs' gaps say why
+    if not main_h1.computable:
+        column = str(main_h1.extra.get("column") or "h1_single_power_law")
+        extra += [["H1", run, why] for run, why in _missing_inputs(table, [column, "seed"])]
+    if not main_h2.computable:
+        extra += [["H2", run, why] for run, why in _missing_inputs(table, ["alpha_early", "best_val_ce", "seed"])]
     if extra:
         out += [
             "Usable runs left out of one statistic because a number it needs is missing:",
             "",
             _table(["statistic", "run", "reason"], extra),
+            "",
+        ]
+    coverage = _sensitivity_coverage(stats)
+    if coverage:
+        out += [
+            "The other statistics are over fewer runs where a run has no number of their own, and some have no "
+            "per-variant estimate:",
+            "",
+            _table(["statistic", "usable runs left out", "variants without an estimate"], coverage),
             "",
         ]
     return out
