@@ -218,3 +218,23 @@ def test_window_robustness_counts_only_windows_in_the_configured_direction(parti
     title = " ".join(_title(fig).split())
     assert "nan" not in title and "no window has a correlation" in title, title
     plt.close(fig)
+
+
+def test_delta_aic_marks_failed_fits_and_words_the_comparison_by_its_sign(partial):
+    table, _, _ = partial
+    t = table.copy()
+    ok = t["status"] == "ok"
+    t.loc[ok, "exponential_fit_ok"] = False  # every exponential fit failed its residual check
+    fig = F.plot_delta_aic(t)
+    title = " ".join(_title(fig).split())
+    assert f"hatched: failed fits, counted as fitted: exponential {int(ok.sum())}" in title, title
+    assert "the exponential is worse than the power law by median ΔAIC" in title
+    hatched = [p for p in fig.axes[0].patches if p.get_hatch()]
+    assert hatched and all(p.get_facecolor()[3] == 0 for p in hatched)  # hollow
+    plt.close(fig)
+    # where the exponential wins, the words say so (not "worse by a negative ΔAIC")
+    t.loc[ok, "exponential_delta_aic"], t.loc[ok, "power_delta_aic"] = 0.0, 12.0
+    fig = F.plot_delta_aic(t)
+    title = " ".join(_title(fig).split())
+    assert "the exponential is better than the power law by median ΔAIC = 12" in title, title
+    plt.close(fig)

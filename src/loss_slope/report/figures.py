@@ -444,15 +444,21 @@ def plot_delta_aic(
     x = x + gaps * 0.8
     w = 0.27
     floor = 0.1  # ΔAIC 0 (the best model) drawn as a stub so it is visible on a log axis
+    failed = {}
     for j, m in enumerate(models):
         vals = _num(ok, f"{m}_delta_aic").to_numpy()
+        good = _fit_ok(ok, m)
+        failed[m] = int((~good & np.isfinite(vals)).sum())
+        height = np.where(np.isfinite(vals), np.maximum(vals, floor), np.nan)
         ax.bar(
             x + (j - 1) * w,
-            np.where(np.isfinite(vals), np.maximum(vals, floor), np.nan),
+            np.where(good, height, np.nan),
             w,
             color=colors[m],
             label=MODEL_STYLES[m]["label"].split(" (")[0] if m != "two_power" else "two-power law",
         )
+        if failed[m]:  # a fit the check of its binned residuals failed: drawn hollow, hatched
+            ax.bar(x + (j - 1) * w, np.where(good, np.nan, height), w, color="none", ec=colors[m], hatch="///")
     ax.set_yscale("log")
     ax.axhline(2, color="0.3", lw=1, ls="--", label="ΔAIC = 2")
     ax.axhline(10, color="0.3", lw=1, ls=":", label="ΔAIC = 10")
@@ -479,13 +485,30 @@ def plot_delta_aic(
     n_pow = int(best.get("power", 0))
     n_two = int(best.get("two_power", 0))
     n_exp = int(best.get("exponential", 0))
-    med_exp = float(np.nanmedian(_num(ok, "exponential_delta_aic") - _num(ok, "power_delta_aic")))
+    diff = (_num(ok, "exponential_delta_aic") - _num(ok, "power_delta_aic")).to_numpy()
+    med_exp = float(np.nanmedian(diff)) if np.isfinite(diff).any() else math.nan
+    if not math.isfinite(med_exp):
+        versus = "no run has both the exponential and the power law"
+    elif med_exp >= 0:
+        versus = f"the exponential is worse than the power law by median ΔAIC = {med_exp:.0f}"
+    else:
+        versus = f"the exponential is better than the power law by median ΔAIC = {-med_exp:.0f}"
+    names = {"exponential": "exponential", "power": "power law", "two_power": "two-power"}
+    bad = ", ".join(f"{names[m]} {k}" for m, k in failed.items() if k)
     _suptitle(
         fig,
         f"Best model by AIC: power law in {n_pow}, two-power in {n_two}, exponential in {n_exp} of {n} runs; "
-        f"the exponential is worse than the power law by median ΔAIC = {med_exp:.0f}",
+        f"{versus}" + (f" (hatched: failed fits, counted as fitted: {bad})" if bad else ""),
     )
     return fig
+
+
+def _fit_ok(table: pd.DataFrame, model: str) -> np.ndarray:
+    """Whether each run's ``model`` fit passed its check (``<model>_fit_ok``; True where not recorded)."""
+    col = table.get(f"{model}_fit_ok")
+    if col is None:
+        return np.ones(len(table), dtype=bool)
+    return col.astype("boolean").fillna(True).astype(bool).to_numpy()
 
 
 # ---------------------------------------------------------------- 5. knee epochs
