@@ -103,6 +103,11 @@ def test_sigterm_after_a_stop_checkpoint_keeps_that_checkpoint_and_the_rerun_fin
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
     assert pd.read_csv(run / "tables" / "steps.csv").step.tolist() == list(range(132))
     assert json.loads((run / "done.json").read_text())["status"] == "complete"
+    # the stop's extra validation (step 30 is off the schedule) is no candidate for a best checkpoint:
+    # every best row sits on a validation of the table, as the run's validation requires
+    val = set(pd.read_csv(run / "tables" / "val.csv").step)
+    ck = pd.read_csv(run / "tables" / "checkpoints.csv")
+    assert 30 not in val and set(ck.step[ck.kind == "best"]) <= val, sorted(ck.step[ck.kind == "best"])
 
 
 def test_a_diverged_run_resumed_after_sigterm_stops_where_an_uninterrupted_one_does(tmp_path):

@@ -30,6 +30,7 @@ from pathlib import Path
 from pytorch_lightning.callbacks import Checkpoint
 
 from loss_slope.train.latest_cadence import LatestSettings, epoch_end_due
+from loss_slope.train.val_schedule import is_scheduled_validation
 
 log = logging.getLogger("loss_slope.train")
 
@@ -56,11 +57,6 @@ class LatestCheckpoint(Checkpoint):
         self._last_step = -1
         self.saved_steps: list[int] = []
 
-    def _position(self, step: int) -> tuple[int, int]:
-        """(0-based epoch, steps done in it, 1..steps_per_epoch) of ``step`` optimizer steps done (> 0)."""
-        epoch = (step - 1) // self.spe
-        return epoch, step - epoch * self.spe
-
     @property
     def on_disk_step(self) -> int:
         """The step of the ``latest`` checkpoint this attempt saved last, or resumed from (-1: none)."""
@@ -84,7 +80,7 @@ class LatestCheckpoint(Checkpoint):
 
     def regular(self, step: int) -> bool:
         """``step`` (optimizer steps done, > 0) is one of the epoch's scheduled validations."""
-        return step > 0 and self._position(step)[1] % self.val_interval == 0
+        return is_scheduled_validation(step, steps_per_epoch=self.spe, val_interval=self.val_interval)
 
     def due(self, step: int, *, stopping: bool, now: float) -> str | None:
         if step <= 0 or step == self._last_step:

@@ -31,7 +31,7 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.environments import LightningEnvironment
 from omegaconf import OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint, Timer
+from pytorch_lightning.callbacks import Timer
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from loss_slope.data.datasets import DataBundle, build_data
@@ -44,6 +44,7 @@ from loss_slope.train.attempts import (
     start_attempt,
     summarize_attempts,
 )
+from loss_slope.train.best import BestCheckpoint
 from loss_slope.train.checkpoint_io import AtomicCheckpointIO, checkpoint_step
 from loss_slope.train.divergence import DivergenceGuard
 from loss_slope.train.exit_codes import EXIT_ERROR, EXIT_OK, EXIT_UNFINISHED
@@ -229,7 +230,9 @@ def build_trainer(cfg, run: Run) -> Parts:
             reference_steps=int(cfg.trainer.divergence.reference_steps),
         ),
     )
-    best = ModelCheckpoint(
+    best = BestCheckpoint(
+        steps_per_epoch=run.steps_per_epoch,
+        val_interval=run.val_interval,
         dirpath=paths.best_dir,
         filename="best-{step}",
         monitor="loss_val_nats",

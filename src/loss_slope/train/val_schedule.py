@@ -62,3 +62,10 @@ def last_validation_step(steps_done: int, *, steps_per_epoch: int, val_interval:
     if within >= vi:
         return epoch * spe + (within // vi) * vi
     return 0 if epoch == 0 else (epoch - 1) * spe + (spe // vi) * vi
+
+
+def is_scheduled_validation(step: int, *, steps_per_epoch: int, val_interval: int) -> bool:
+    """``step`` optimizer steps done (> 0) is one of the epoch's scheduled validations (not one
+    Lightning adds when training stops off the schedule)."""
+    spe, n = int(steps_per_epoch), int(step)
+    return n > 0 and (n - (n - 1) // spe * spe) % int(val_interval) == 0
