@@ -446,9 +446,10 @@ def _train_members(
             }.get(code, "failed")
             if status == "failed" and code < 0 and (run_dir / "done.json").exists():
                 status = "complete"  # killed (a forwarded SIGTERM) after writing its last state: done
-            elif status == "failed" and code == -signal.SIGTERM:
+            elif status == "failed" and (code == -signal.SIGTERM or (stopping and code == -signal.SIGINT)):
                 # stopped from outside while Lightning's handler was not installed (starting up, or past
-                # its fit): a stop, not the run's error; the next attempt resumes from its latest checkpoint
+                # its fit), or a second Ctrl-C of the terminal's process group while it was stopping: a
+                # stop, not the run's error; the next attempt resumes from its latest checkpoint
                 status = "unfinished"
             res = {"exit_code": code, "status": status, "log": str(log_path)}
             if status == "failed":
