@@ -157,6 +157,9 @@ def test_run_control_and_grid_edits_of_a_probed_study_rerun_neither_probe_nor_pa
     assert not _jobs(out.stdout), out.stdout
 
     config["packing"].update(max_error_attempts=5, gpu_mismatch="warn", runtime_minutes=600, host_mem_margin_mb=3000)
+    # run control, study-wide and the variant's own: the probe gets the current values when it runs
+    config["training"].update(threads=2, flush_every_steps=33)
+    config["variants"]["S-narrow"]["hydra_overrides"] = ["trainer.log_every_steps=50"]
     config["grid"]["lr"] = [0.02, 0.05]  # a new LR before the one trained (the first run changes)
     cfg.write_text(yaml.safe_dump(config))
     out = run_cmd([*cmd, "-n"], timeout=300, env={"WORKERS_PER_GPU": ""})

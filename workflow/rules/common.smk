@@ -63,6 +63,7 @@ from loss_slope.probe.plan import (
 from loss_slope.study.config import SCHEMA_PATH, ConfigError, validate_config
 from loss_slope.study.preflight import preflight
 from loss_slope.study import resources as res
+from loss_slope.study.run_control import is_run_control
 from loss_slope.study.runs import (
     build_runs,
     data_location_overrides,
@@ -231,10 +232,12 @@ def plan_inputs(wildcards):
 
 
 def probe_overrides(wildcards):
-    """The variant's overrides less the per-run ones and the data's location: a grid edit,
-    or data moved, never reruns the probe. It trains the experiment's default LR and weight
-    decay, seed 0, on the data where the config says it is now (probe_capacity.py)."""
-    return variant_overrides(variant_runs(wildcards.variant)[0])
+    """The variant's overrides less the per-run ones, the data's location and run control: a
+    grid edit, data moved or a run-control edit (threads, flushing, ...) never reruns the probe.
+    It trains the experiment's default LR and weight decay, seed 0, on the data where the config
+    says it is now, with the run control now configured (probe_capacity.py)."""
+    spec = variant_runs(wildcards.variant)[0]
+    return [o for o in variant_overrides(spec) if not is_run_control(o)]
 
 
 # ---- packs: stable and append-only (loss_slope.probe.plan)
