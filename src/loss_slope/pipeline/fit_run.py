@@ -99,12 +99,15 @@ def fit_options(fit: Mapping[str, Any], loss_unit: str) -> dict:
     )
 
 
-def _time(axis: str, lr) -> np.ndarray | None:
+def _time(axis: str, lr, keep: np.ndarray) -> np.ndarray | None:
+    """The analysis axis at the steps ``keep`` selects (None: the step axis). It is built from every
+    logged step's LR (Σ lr over the steps before each one), then read at the kept steps: a dropped
+    step's update still moved the weights."""
     if axis == "step":
         return None
     if lr is None:
         raise AnalysisError("time_axis cumulative_lr needs the lr column of the steps table")
-    return cumulative_lr(lr)
+    return cumulative_lr(lr)[keep]
 
 
 def _binned(steps: np.ndarray, loss: np.ndarray) -> dict:
@@ -264,8 +267,7 @@ def _alpha_early_before_divergence(
     pos = ~(y <= 0)
     opts = fit_options(fit, loss_unit)
     try:
-        t = _time(time_axis, lr)
-        t = None if t is None else t[pos]
+        t = _time(time_axis, lr, pos)
         st, y = st[pos], y[pos]
         before = st < diverged_step
         analysis = analyze_curve(
@@ -467,16 +469,9 @@ def fit_run_tables(
         row["status"] = "too_short"
         row["reason"] = f"the run covers {covered:g} epochs; alpha_early needs epochs {start:g}-{end:g}"
     axis = time_axis
-
-    def time_at_kept_steps(axis: str) -> np.ndarray | None:
-        # the axis is built from every logged step's LR (Σ lr over the steps before each one),
-        # then read at the steps kept: a dropped step's update still moved the weights
-        t = _time(axis, lr)
-        return None if t is None else t[pos]
-
     try:
         # the analysis axis at each kept step (None: the step); the models and the scan use it too
-        t = time_at_kept_steps(axis)
+        t = _time(axis, lr, pos)
         analysis = analyze_curve(st, y, steps_per_epoch=spe, val_steps=vs, val_loss=vy, time=t, **opts)
     except NotEnoughPoints as exc:
         row["status"], row["reason"] = "too_short", f"too few points for the fits: {exc}"
@@ -507,7 +502,7 @@ def fit_run_tables(
                 steps_per_epoch=spe,
                 val_steps=vs,
                 val_loss=vy,
-                time=time_at_kept_steps(other),
+                time=_time(other, lr, pos),
                 **{**opts, "knee_methods": (DEFAULT_KNEE_METHOD,), "h1_knee_methods": ()},
             ).to_dict()
             row.update({f"{other}__{k}": alt.get(k) for k in AXIS_COLUMNS})
