@@ -15,6 +15,17 @@ A run is
 * **running**: its lock file (``{run}.lock``) names a holder whose heartbeat is recent;
 * **failed**: it failed and was given up, or its last attempt failed and nothing holds it now;
 * **waiting**: anything else (planned, not started, or stopped at its time budget and waiting for the next job).
+
+    loss-slope retry VARIANT/RUN [VARIANT/RUN ...] [--root DIR] [--configfile config/study.yaml] [--work-root work]
+
+``retry`` starts failed runs again, for a cause fixed outside what the run trains (a bad node, a
+full disk, a run-control setting such as ``trainer.threads``): it gives each run a fresh error
+budget (a ``retry`` record in its ``launcher.jsonl``; the errors before it count no more, so a
+run given up is no longer) and removes the output of the pack that trains it
+(``results/packs/{variant}/{pack}.json``), so the next ``snakemake`` resubmits that pack: its
+finished runs skip themselves, the retried run resumes from its latest checkpoint, and the jobs
+after training rerun for the pack's runs. A run that is done, or whose pack was never planned, is
+refused.
 """
 
 from __future__ import annotations
@@ -28,7 +39,7 @@ from pathlib import Path
 
 import yaml
 
-from loss_slope.pipeline.paths import DEFAULT_WORK_ROOT, PACK_REGISTRY
+from loss_slope.pipeline.paths import DEFAULT_WORK_ROOT, PACK_DONE, PACK_REGISTRY
 from loss_slope.train.lock import lock_path
 
 ALIVE_S = 180.0  # a lock touched within this many seconds is held by a live trainer (heartbeat: 30 s)
@@ -223,10 +234,57 @@ def format_status(table: dict, now: float | None = None) -> str:
     if running_lines:
         out += ["", "running:"] + running_lines
     if failed_lines:
-        out += ["", "failed:"] + failed_lines
+        out += ["", "failed (once the cause is fixed: loss-slope retry VARIANT/RUN, then snakemake):"] + failed_lines
     if not table:
         out += ["(no runs planned or started yet)"]
     return "\n".join(out)
+
+
+def retry(root: Path, work_root: Path, runs: list[str]) -> list[str]:
+    """Give each ``VARIANT/RUN`` a fresh error budget and remove its pack's output (module doc).
+    Returns what was done, a line per run; raises ``ValueError`` naming every run refused (then
+    nothing is changed)."""
+    from loss_slope.probe.plan import membership, read_registry
+    from loss_slope.train.pack import record_retry
+
+    todo, refused = [], []
+    for key in runs:
+        variant, sep, run = key.partition("/")
+        if not (sep and variant and run and "/" not in run):
+            refused.append(f"{key}: not VARIANT/RUN")
+            continue
+        run_dir = work_root / variant / run
+        packs = [
+            p
+            for p, members in membership(read_registry(root / PACK_REGISTRY.format(variant=variant))).items()
+            if run in members
+        ]
+        if (run_dir / "done.json").exists():
+            refused.append(f"{key}: done ({run_dir / 'done.json'})")
+        elif not packs:
+            refused.append(f"{key}: in no pack of {root / PACK_REGISTRY.format(variant=variant)}")
+        else:
+            todo.append((key, run_dir, root / PACK_DONE.format(variant=variant, pack=packs[0])))
+    if refused:
+        raise ValueError("nothing retried; refused: " + "; ".join(refused))
+    out = []
+    for key, run_dir, pack_done in todo:
+        record_retry(run_dir, by="loss-slope retry")
+        removed = pack_done.exists()
+        pack_done.unlink(missing_ok=True)
+        out.append(f"{key}: errors before now count no more" + (f"; removed {pack_done}" if removed else ""))
+    return out
+
+
+def _study_paths(a) -> tuple[Path, Path, dict]:
+    """The study's folder, its work tree and its config (``--root``, ``--work-root``, ``--configfile``)."""
+    root = Path(a.root)
+    cfg = {}
+    if a.configfile:
+        with open(a.configfile) as fh:
+            cfg = yaml.safe_load(fh) or {}
+    work = a.work_root or (cfg.get("paths") or {}).get("work_root") or DEFAULT_WORK_ROOT
+    return root, Path(work) if Path(work).is_absolute() else root / work, cfg
 
 
 def main(argv=None) -> int:
@@ -235,25 +293,32 @@ def main(argv=None) -> int:
     )
     sub = ap.add_subparsers(dest="command", required=True)
     st = sub.add_parser("status", help="progress of the study in this folder (reads work/ and results/ only)")
-    st.add_argument("--root", default=".", help="the study's working directory (default: .)")
-    st.add_argument(
-        "--configfile",
-        default=None,
-        help="the study's config: its paths.work_root and packing.max_error_attempts (the options below win)",
+    rt = sub.add_parser("retry", help="start failed runs again: a fresh error budget, their packs resubmitted")
+    rt.add_argument(
+        "runs", nargs="+", metavar="VARIANT/RUN", help="the runs to retry (as `loss-slope status` names them)"
     )
-    st.add_argument("--work-root", default=None, help="the runs' work tree (default: ROOT/work; paths.work_root)")
+    for p in (st, rt):
+        p.add_argument("--root", default=".", help="the study's working directory (default: .)")
+        p.add_argument(
+            "--configfile",
+            default=None,
+            help="the study's config: its paths.work_root (and packing.max_error_attempts; the options below win)",
+        )
+        p.add_argument("--work-root", default=None, help="the runs' work tree (default: ROOT/work; paths.work_root)")
     st.add_argument(
         "--max-error-attempts", type=int, default=None, help="packing.max_error_attempts of the study (default 3)"
     )
     st.add_argument("--json", action="store_true", help="print the per-run states as JSON")
     a = ap.parse_args(argv)
-    root = Path(a.root)
-    cfg = {}
-    if a.configfile:
-        with open(a.configfile) as fh:
-            cfg = yaml.safe_load(fh) or {}
-    work = a.work_root or (cfg.get("paths") or {}).get("work_root") or DEFAULT_WORK_ROOT
-    work_root = Path(work) if Path(work).is_absolute() else root / work
+    root, work_root, cfg = _study_paths(a)
+    if a.command == "retry":
+        try:
+            lines = retry(root, work_root, a.runs)
+        except ValueError as err:
+            print(f"loss-slope retry: {err}", file=sys.stderr)
+            return 2
+        print("\n".join(lines + ["run snakemake again to train them"]))
+        return 0
     max_errors = a.max_error_attempts or (cfg.get("packing") or {}).get("max_error_attempts") or 3
     table = collect(root, work_root, max_errors=int(max_errors))
     if a.json:

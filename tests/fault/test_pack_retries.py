@@ -7,7 +7,7 @@ import json
 import pytest
 
 from loss_slope.probe.plan import write_pack_spec
-from loss_slope.train.pack import launch_pack, read_errors, write_run_marker
+from loss_slope.train.pack import launch_pack, read_errors, record_retry, write_run_marker
 
 pytestmark = pytest.mark.slow
 
@@ -87,6 +87,11 @@ def test_same_error_twice_is_given_up_and_neighbours_finish(tmp_path):
     with pytest.raises(SystemExit, match="warm-up"):
         write_run_marker(tmp_path / "work" / "V" / "bad", tmp_path / "m.json", variant="V", run="bad")
     write_run_marker(tmp_path / "work" / "V" / "ok", tmp_path / "m.json", variant="V", run="ok")
+    # `loss-slope retry`: a fresh error budget; the next attempt starts it again (and its error counts once)
+    record_retry(tmp_path / "work" / "V" / "bad")
+    assert read_errors(tmp_path / "work" / "V" / "bad") == []
+    assert _launch(tmp_path, spec, 4) == 1
+    assert len(read_errors(tmp_path / "work" / "V" / "bad")) == 1
 
 
 def test_a_run_waiting_for_another_trainers_lock_is_not_lost_on_sigterm(tmp_path):

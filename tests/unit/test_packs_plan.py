@@ -318,6 +318,25 @@ def test_error_bookkeeping_gives_up_on_repeated_errors(tmp_path):
         "Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.\n"
     )
     assert L.error_line(log).startswith("ValueError: schedule: warm-up")
+    # an exception whose class name says neither Error nor Exception, below frames that do
+    log = (
+        "Error executing job with overrides: ['seed=0']\nTraceback (most recent call last):\n"
+        '  File "lightning/pytorch/trainer/call.py", line 47, in _call_and_handle_interrupt\n'
+        "    return trainer_fn(*args, **kwargs)\n           ^^^^^^^^^^^^^^^^^^^^\n"
+        "torch._dynamo.exc.Unsupported: call_function UserDefinedClassVariable\n\n"
+        "Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.\n"
+    )
+    assert L.error_line(log) == "torch._dynamo.exc.Unsupported: call_function UserDefinedClassVariable"
+    # chained exceptions: the last one
+    log = (
+        "Traceback (most recent call last):\n  File a\nKeyError: 'x'\n\nThe above exception was the direct "
+        "cause of the following exception:\n\nTraceback (most recent call last):\n  File b\nStopIteration\n"
+    )
+    assert L.error_line(log) == "StopIteration"
+    # an error logged after a traceback (one the run survived) is the run's error
+    assert L.error_line(log + "[t][loss_slope.train][ERROR] - run failed: micro-batch 1 too small\n") == (
+        "run failed: micro-batch 1 too small"
+    )
     e = lambda err, code=1: {"event": "error", "error": err, "exit_code": code}  # noqa: E731
     assert L.given_up([e("A")], 3) is None
     assert L.given_up([e("A"), e("B")], 3) is None

@@ -125,3 +125,39 @@ def test_errors_under_other_settings_do_not_fail_a_run(tmp_path):
     (work / "V" / "r1" / "launcher.jsonl").write_text(old.replace('"old"', '"new"'))
     state = collect(tmp_path, work, now=time.time())["V"][0]
     assert state["state"] == "failed" and "bad key" in state["error"]
+
+
+def test_retry_gives_a_failed_run_a_fresh_budget_and_resubmits_its_pack(tmp_path, capsys):
+    from loss_slope.cli import main
+
+    work = tmp_path / "work"
+    _run(work, "r1", failed="ValueError: node without scratch")
+    _run(work, "r2", steps=1000, done=True)
+    reg = tmp_path / "results" / "plan" / "V" / "packs.json"
+    reg.parent.mkdir(parents=True)
+    reg.write_text(
+        json.dumps({"packs": {"pack-x": [{"run": "r1", "settings": None}, {"run": "r2", "settings": None}]}})
+    )
+    pack_done = tmp_path / "results" / "packs" / "V" / "pack-x.json"
+    pack_done.parent.mkdir(parents=True)
+    pack_done.write_text("{}")
+    assert collect(tmp_path, work, now=time.time())["V"][0]["state"] == "failed"
+    assert "loss-slope retry VARIANT/RUN" in format_status(collect(tmp_path, work, now=time.time()))
+
+    # refused, and nothing changed: a done run, a run in no pack, a malformed name
+    for bad, why in (("V/r2", "done"), ("V/r9", "in no pack"), ("r1", "not VARIANT/RUN")):
+        assert main(["retry", "--root", str(tmp_path), "V/r1", bad]) == 2
+        assert why in capsys.readouterr().err
+    assert pack_done.exists() and collect(tmp_path, work, now=time.time())["V"][0]["state"] == "failed"
+
+    assert main(["retry", "--root", str(tmp_path), "V/r1"]) == 0
+    assert "removed" in capsys.readouterr().out
+    assert not pack_done.exists()  # the next snakemake resubmits the pack
+    assert collect(tmp_path, work, now=time.time())["V"][0]["state"] == "waiting"
+    # an error after the retry counts from one again
+    with open(work / "V" / "r1" / "launcher.jsonl", "a") as fh:
+        fh.write(json.dumps({"event": "error", "exit_code": 1, "error": "ValueError: again"}) + "\n")
+    from loss_slope.train.pack import given_up, read_errors
+
+    errors = read_errors(work / "V" / "r1")
+    assert [e["error"] for e in errors] == ["ValueError: again"] and given_up(errors, 3) is None

@@ -73,20 +73,35 @@ def backoff_seconds(attempt: int, *, base: float, cap: float) -> float:
 
 
 def error_line(text: str) -> str:
-    """The line of a training log that says what went wrong (its last error line)."""
-    lines = [_LOG_PREFIX.sub("", ln).strip() for ln in text.splitlines() if ln.strip()]
-    lines = [ln for ln in lines if not ln.startswith(("Set the environment variable HYDRA_FULL_ERROR", "Traceback"))]
-    errors = [ln for ln in lines if _ERROR_LINE.search(ln)]
-    return (errors or lines or ["(no output)"])[-1][:500]
+    """The line of a training log that says what went wrong: its last error line, or, where no
+    error line follows it, the exception line of its last traceback (the first unindented line
+    after the frames, whatever the exception's class is called)."""
+    raw = text.splitlines()
+    starts = [i for i, ln in enumerate(raw) if ln.startswith("Traceback (most recent call last):")]
+    exc = None
+    if starts:
+        exc = next((i for i in range(starts[-1] + 1, len(raw)) if raw[i].strip() and not raw[i][0].isspace()), None)
+    lines = [
+        (i, _LOG_PREFIX.sub("", ln).strip()) for i, ln in enumerate(raw) if ln.strip() and (exc is None or i > exc)
+    ]
+    lines = [
+        (i, ln) for i, ln in lines if not ln.startswith(("Set the environment variable HYDRA_FULL_ERROR", "Traceback"))
+    ]
+    errors = [ln for _, ln in lines if _ERROR_LINE.search(ln)]
+    if exc is not None and not errors:
+        return raw[exc].strip()[:500]
+    return (errors or [ln for _, ln in lines] or ["(no output)"])[-1][:500]
 
 
 def read_errors(run_dir, settings: str | None = None) -> list[dict]:
-    """The run's recorded errors (under ``settings``, when given), in order; each says whether an
-    attempt that ended otherwise (unfinished, locked, ...) came between it and the error before it
-    (``after_progress``)."""
+    """The run's recorded errors (under ``settings``, when given) since its last ``retry`` record
+    (:func:`record_retry`), in order; each says whether an attempt that ended otherwise
+    (unfinished, locked, ...) came between it and the error before it (``after_progress``)."""
     out, progress = [], False
     for rec in read_launcher(run_dir):
-        if rec.get("event") == "outcome" and rec.get("status") not in ("failed", "not_started"):
+        if rec.get("event") == "retry":
+            out, progress = [], False
+        elif rec.get("event") == "outcome" and rec.get("status") not in ("failed", "not_started"):
             progress = True
         elif rec.get("event") == "error" and (settings is None or rec.get("settings") == settings):
             out.append({**rec, "after_progress": progress})
@@ -117,6 +132,12 @@ def _record(run_dir, event: str, **rec) -> None:
 
 def _record_error(run_dir, **rec) -> None:
     _record(run_dir, "error", **rec)
+
+
+def record_retry(run_dir, **rec) -> None:
+    """Give a run a fresh error budget: the errors recorded before this count no more, so a run
+    given up is started again by the next attempt of its pack (``loss-slope retry``)."""
+    _record(run_dir, "retry", **rec)
 
 
 def read_measured(path_template, variant: str) -> dict:
