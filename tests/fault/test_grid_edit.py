@@ -10,6 +10,7 @@ import yaml
 
 from _util import REPO, run_cmd, snakemake_bin
 from loss_slope.pipeline.paths import PROBE_JSON, PROBE_MD, PROBE_PNG, RUNS_PER_GPU
+from loss_slope.study.run_control import is_run_control
 
 pytestmark = pytest.mark.slow
 
@@ -55,6 +56,17 @@ def test_editing_a_finished_study_plans_only_what_changed(tmp_path):
         "lr0.05-wd0.0005-s1.json",
     ]
     old_packs = {p.stem for p in (tmp_path / "results/packs/S-core").iterdir()}
+    # a pack's spec holds what its runs train, no run control: the pack command passes the run control
+    # configured when it runs, so a key removed from the config is gone from packs planned before it
+    specs = list((tmp_path / "results/plan").glob("*/packs/*.json"))
+    planned = [
+        o
+        for spec in specs
+        for members in json.loads(spec.read_text())["packs"].values()
+        for m in members
+        for o in m["overrides"]
+    ]
+    assert specs and "seed=0" in planned and not [o for o in planned if is_run_control(o)], planned
 
     # nothing changed: nothing to do
     out = run_cmd([*cmd, "-n"], timeout=300, env=env)

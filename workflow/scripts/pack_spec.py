@@ -3,7 +3,7 @@ import sys
 sys.stderr = open(snakemake.log[0], "w")
 
 from loss_slope.probe.plan import write_pack_spec
-from loss_slope.study.runs import build_runs
+from loss_slope.study.runs import build_runs, planned_overrides
 
 variant = snakemake.wildcards.variant
 members = [m.split(":")[0] for m in snakemake.params.settings.split(",")]
@@ -14,5 +14,5 @@ write_pack_spec(
     variant=variant,
     pack=snakemake.wildcards.pack,
     # a finished run removed from the config is in the params (not to re-plan the pack), not in the spec
-    runs=[{"run": r, "overrides": specs[r].overrides} for r in members if r in specs],
+    runs=[{"run": r, "overrides": planned_overrides(specs[r])} for r in members if r in specs],
 )

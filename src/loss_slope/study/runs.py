@@ -105,6 +105,14 @@ def training_overrides(config: dict) -> list[str]:
     return out
 
 
+def planned_overrides(spec: RunSpec) -> list[str]:
+    """What a pack's spec holds of ``spec``'s overrides: what the run trains, without run control.
+    The pack command passes the run control and the data's location as configured when it runs
+    (:func:`run_control_overrides`, :func:`data_location_overrides`), so a run-control key removed
+    from the config is gone from the packs planned before, as a changed one is changed."""
+    return [o for o in spec.overrides if not is_run_control(o)]
+
+
 def run_control_overrides(config: dict, variant: str | None = None) -> list[str]:
     """The run-control overrides of ``variant``'s runs as now configured: the study-wide ones
     (``training.threads``, ``flush_every_steps``, run-control keys in ``training.hydra_overrides``),
