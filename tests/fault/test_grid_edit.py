@@ -2,6 +2,7 @@
 
 import copy
 import json
+import os
 import re
 import shlex
 
@@ -183,6 +184,21 @@ def test_run_control_and_grid_edits_of_a_probed_study_rerun_neither_probe_nor_pa
     ), jobs
     per_run = [w for rule, w in jobs if rule in PER_RUN]
     assert per_run and all("lr0.02" in w for w in per_run), jobs
+
+    # a change to what the trained run trains: the trainer will set its old tree aside, so its pack
+    # asks for the time of the whole run, not the minimum left by the old tree's steps (a slow step,
+    # written into the plan without touching its time, makes the difference large)
+    plan = tmp_path / RUNS_PER_GPU.format(variant="S-narrow")
+    before = plan.stat()
+    plan.write_text(json.dumps({**json.loads(plan.read_text()), "step_s": 30.0}))
+    os.utime(plan, ns=(before.st_atime_ns, before.st_mtime_ns))
+    total = json.loads((tmp_path / "scratch/work/S-narrow/lr0.05-wd0.0005-s0/done.json").read_text())["total_steps"]
+    config["grid"]["lr"] = [0.05]
+    config["variants"]["S-narrow"]["hydra_overrides"] = ["trainer.gradient_clip_val=1.0"]
+    cfg.write_text(yaml.safe_dump(config))
+    out = run_cmd([*cmd, "-n", "-p"], timeout=300, env={"WORKERS_PER_GPU": ""})
+    runtimes = re.findall(r"^rule train_pack:\n(?:    .*\n)*?    resources: .*\bruntime=(\d+)", out.stdout, flags=re.M)
+    assert runtimes and all(int(m) >= total * 30.0 / 60 for m in runtimes), (total, runtimes, out.stdout)
 
 
 def test_moving_the_data_reruns_nothing_and_packs_train_from_the_new_place(tmp_path):

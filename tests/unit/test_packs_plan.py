@@ -309,6 +309,14 @@ def test_steps_done_from_the_work_tree(tmp_path):
     assert R.steps_done(run) == 500
     (run / "done.json").write_text('{"total_steps": 900}')
     assert R.steps_done(run) == 900
+    # trained under another settings digest: the trainer sets the tree aside, nothing is done
+    (run / "launcher.jsonl").write_text(
+        '{"event": "outcome", "status": "complete", "settings": "old"}\n{"event": "retry"}\n'
+    )
+    assert R.steps_done(run, settings="new") == 0
+    assert R.steps_done(run, settings="old") == R.steps_done(run) == 900
+    (run / "launcher.jsonl").write_text('{"event": "outcome", "status": "complete"}\n')  # recorded no digest
+    assert R.steps_done(run, settings="new") == 900
 
 
 def test_error_bookkeeping_gives_up_on_repeated_errors(tmp_path):

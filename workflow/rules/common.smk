@@ -451,7 +451,12 @@ def pack_runtime(wildcards):
             cap_min=PACKING["runtime_minutes"],
         )
     total = variant_facts(wildcards.variant).total_steps
-    left = max(total - res.steps_done(d) for d in pack_work_runs(wildcards))
+    v = wildcards.variant
+    # a run whose settings changed since it was trained starts again (its old tree is set aside)
+    left = max(
+        total - res.steps_done(work_run(WORK_ROOT, v, r), settings=RUN_DIGEST.get((v, r)))
+        for r in pack_members(wildcards)
+    )
     return res.pack_runtime_minutes(
         left,
         step_s,

@@ -121,9 +121,19 @@ def pack_time_budget_s(runtime_min: float, margin_min: float) -> int:
     return int((runtime_min - margin_min) * 60)
 
 
-def steps_done(run_dir: str | Path) -> int:
-    """Optimizer steps a run has done (from its work tree; 0 when it has none). Cheap: two small files."""
+def steps_done(run_dir: str | Path, settings: str | None = None) -> int:
+    """Optimizer steps a run has done (from its work tree; 0 when it has none). Cheap: a few small files.
+
+    ``settings``: the run's settings digest now (:func:`loss_slope.probe.plan.run_settings_digest`).
+    When the pack launcher last trained the run under another digest (its last ``launcher.jsonl``
+    record naming one), the tree is of the run before a change to what it trains: the trainer
+    sets it aside and starts again, so nothing counts as done.
+    """
     run_dir = Path(run_dir)
+    if settings is not None:
+        named = [r["settings"] for r in read_launcher(run_dir) if r.get("settings") is not None]
+        if named and named[-1] != settings:
+            return 0
     try:
         return int(json.loads((run_dir / "done.json").read_text())["total_steps"])
     except (FileNotFoundError, KeyError, ValueError, TypeError):

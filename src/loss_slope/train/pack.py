@@ -524,6 +524,7 @@ def _train_members(
             attempt=attempt,
             status="not_started" if m["run"] in skipped else res["status"],
             exit_code=res.get("exit_code"),
+            settings=m.get("settings"),
             pack=pack,
             slurm_job_id=os.environ.get("SLURM_JOB_ID"),
         )
