@@ -18,6 +18,7 @@ import yaml
 
 from _util import PYTHON, REPO, run_cmd, snakemake_bin
 from loss_slope.train.checkpoint_io import AtomicCheckpointIO
+from loss_slope.train.steps import preempted_message
 
 TINY = [
     "experiment=s_core",
@@ -60,11 +61,19 @@ def test_sigterm_checkpoints_exits_unfinished_and_resumes(tmp_path):
     assert ends[-1]["status"] == "preempted"
     saved = ends[-1]["checkpoint_step"]
     assert saved >= 30 and (run / "checkpoints/latest/latest.ckpt").exists()
+    assert preempted_message(ends[-1]["end_step"], 132, saved) in out
     out = run_cmd([PYTHON, "-m", "loss_slope.train", *TINY, f"run_dir={run}"], timeout=300)
     assert f"at step {saved}" in out.stdout + out.stderr
     steps = pd.read_csv(run / "tables" / "steps.csv")
     assert steps.step.tolist() == list(range(132))
     assert pd.read_csv(run / "tables" / "val.csv").shape[0] == 12
+
+
+def test_a_stop_says_where_its_rerun_starts():
+    assert preempted_message(40, 132, 40).endswith("checkpoint saved; a rerun resumes it")
+    assert preempted_message(40, 132, 33).endswith("from the latest checkpoint, at step 33")
+    # SIGTERM before the first step: nothing was saved, and the log must not say it was
+    assert "no checkpoint yet" in preempted_message(0, 132, None)
 
 
 def test_sigterm_inside_a_validation_resumes_from_the_latest_and_keeps_every_validation_row(tmp_path):

@@ -329,6 +329,16 @@ def train(run: Run, parts: Parts) -> Ending:
     return Ending("fitted", t0)
 
 
+def preempted_message(step: int, total: int, saved_step: int | None) -> str:
+    """What a run stopped by SIGTERM says of where its rerun starts (``saved_step``: the step of
+    the latest checkpoint on disk, None: there is none)."""
+    if saved_step is None:
+        return f"SIGTERM at step {step} of {total}: no checkpoint yet; a rerun starts the run from its beginning"
+    if saved_step == step:
+        return f"SIGTERM at step {step} of {total}: checkpoint saved; a rerun resumes it"
+    return f"SIGTERM at step {step} of {total}: a rerun resumes it from the latest checkpoint, at step {saved_step}"
+
+
 def finish(cfg, run: Run, parts: Parts, ending: Ending) -> int:
     """The attempt's end record, the run's outcome and the exit code.
 
@@ -353,7 +363,7 @@ def finish(cfg, run: Run, parts: Parts, ending: Ending) -> int:
             seconds=time.time() - ending.t0,
             checkpoints=ckpt,
         )
-        log.warning("SIGTERM at step %d of %d: checkpoint saved; a rerun resumes it", step, total)
+        log.warning("%s", preempted_message(step, total, parts.on_interrupt.saved_step))
         return EXIT_UNFINISHED
     if io.background:
         log.info(
