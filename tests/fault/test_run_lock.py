@@ -59,11 +59,11 @@ def _rows(run_dir):
 
 
 def _tree(run_dir):
-    """Every file of the work tree but Hydra's own log/config folder, with size and mtime."""
+    """Every file of the work tree but Hydra's job log (each trainer appends its lines), with size and mtime."""
     return {
         str(p): (p.stat().st_size, p.stat().st_mtime_ns)
         for p in run_dir.rglob("*")
-        if p.is_file() and "hydra" not in p.parts
+        if p.is_file() and not (p.parent.name == "hydra" and p.suffix == ".log")
     }
 
 
