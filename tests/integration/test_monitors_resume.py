@@ -92,6 +92,38 @@ def resumed(tmp_path_factory):
     return d
 
 
+def _validate(run_dir, tmp_path, info):
+    """Export, convert and validate a finished run of ARGS (seed 3)."""
+    out = {t: tmp_path / f"{t}.csv" for t in TABLES}
+    export_run(
+        run_dir,
+        steps_csv=out["steps"],
+        val_csv=out["val"],
+        run_info=tmp_path / "run_info.json",
+        attempts=tmp_path / "attempts.json",
+        monitors={t: out[t] for t in MONITOR_TABLES},
+    )
+    pq = {t: tmp_path / f"{t}.parquet" for t in TABLES}
+    conv = convert_run(
+        steps_csv=out["steps"],
+        val_csv=out["val"],
+        steps_parquet=pq["steps"],
+        val_parquet=pq["val"],
+        report_path=tmp_path / "conv.json",
+        monitors={t: (out[t], pq[t]) for t in MONITOR_TABLES},
+    )
+    assert conv["ok"], conv
+    rep = validate_run(
+        steps_parquet=pq["steps"],
+        val_parquet=pq["val"],
+        convert_report=tmp_path / "conv.json",
+        run_info=tmp_path / "run_info.json",
+        expected={"variant": "S-core", "run": "m", "lr": info["lr"], "weight_decay": info["weight_decay"], "seed": 3},
+        monitors={t: pq[t] for t in MONITOR_TABLES},
+    )
+    return rep
+
+
 def test_monitor_tables_are_exactly_once_and_equal_an_uninterrupted_run(reference, resumed):
     for name in TABLES:
         a, b = table(reference, name), table(resumed, name)
@@ -128,32 +160,26 @@ def test_run_info_records_the_cadence_and_validation_passes(resumed, tmp_path):
     m = info["monitors"]
     assert (m["curvature_every_steps"], m["noise_every_epochs"], m["noise_every_steps"]) == (15, 1, 44)
     assert m["curvature_batch_size"] == 8 and m["checkpoint_size"] is True
-    out = {t: tmp_path / f"{t}.csv" for t in TABLES}
-    export_run(
-        resumed,
-        steps_csv=out["steps"],
-        val_csv=out["val"],
-        run_info=tmp_path / "run_info.json",
-        attempts=tmp_path / "attempts.json",
-        monitors={t: out[t] for t in MONITOR_TABLES},
-    )
-    pq = {t: tmp_path / f"{t}.parquet" for t in TABLES}
-    conv = convert_run(
-        steps_csv=out["steps"],
-        val_csv=out["val"],
-        steps_parquet=pq["steps"],
-        val_parquet=pq["val"],
-        report_path=tmp_path / "conv.json",
-        monitors={t: (out[t], pq[t]) for t in MONITOR_TABLES},
-    )
-    assert conv["ok"], conv
-    rep = validate_run(
-        steps_parquet=pq["steps"],
-        val_parquet=pq["val"],
-        convert_report=tmp_path / "conv.json",
-        run_info=tmp_path / "run_info.json",
-        expected={"variant": "S-core", "run": "m", "lr": info["lr"], "weight_decay": info["weight_decay"], "seed": 3},
-        monitors={t: pq[t] for t in MONITOR_TABLES},
-    )
+    rep = _validate(resumed, tmp_path, info)
     assert rep.passed, rep.summary()
     assert {"curvature_cadence", "noise_cadence", "checkpoints_recorded"} <= {c.name for c in rep.checks}
+
+
+def test_a_checkpoint_cadence_changed_between_attempts_validates(tmp_path):
+    """Run control may change between attempts: attempt 1 saves ``latest`` every 2nd epoch (step 88,
+    not 44) and fails at step 100; attempt 2 resumes at 88 saving every epoch (132). Validation
+    requires each epoch end at the cadence of the attempt that ran it, not the last one's."""
+    d = tmp_path / "run"
+    every = "trainer.checkpoint.latest_every_epochs"
+    proc = run_cmd(
+        cmd(d, ["trainer.fault.fail_run=m", "trainer.fault.fail_at_step=100", f"{every}=2"]), timeout=300, check=False
+    )
+    assert proc.returncode != 0 and "injected fault" in proc.stdout + proc.stderr
+    proc = run_cmd(cmd(d, [f"{every}=1"]), timeout=300)
+    assert "resuming from" in proc.stdout + proc.stderr
+    info = json.loads((d / "run_info.json").read_text())
+    assert info["outcome"]["latest_every_epochs"] == [[0, 2], [88, 1]]
+    latest = table(d, "checkpoints").query("kind == 'latest'").step.tolist()
+    assert 44 not in latest and {88, 132} <= set(latest)
+    rep = _validate(d, tmp_path / "v", info)
+    assert rep.passed, rep.summary()

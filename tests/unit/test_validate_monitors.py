@@ -388,3 +388,41 @@ def test_a_wrong_epoch_in_a_noise_or_checkpoint_row_is_reported(tmp_path, epoch)
     write_run(tmp_path / "k", checkpoints=ckpt)
     _, rep = check(tmp_path / "k")
     assert failed(rep) == {"checkpoint_sizes"} and f"first at step {ckpt[3][0]}" in reasons(rep)
+
+
+def test_latest_cadence_changed_between_attempts_is_checked_attempt_by_attempt(tmp_path):
+    # attempt 1 saved every 2nd epoch (step 16), attempt 2 resumed there at every epoch (step 24):
+    # with only the last attempt's config, epoch 1's end (step 8) would be required
+    rows = [r for r in checkpoint_rows() if r[3] == "best" or r[0] in (16, 24)]
+
+    def run(d, cadence):
+        write_run(d, checkpoints=rows, outcome={"status": "complete", "latest_every_epochs": cadence})
+        info = json.loads((d / "run_info.json").read_text())
+        info["config"] = {"trainer": {"checkpoint": {"latest_every_epochs": 1, "latest_every_minutes": 10.0}}}
+        (d / "run_info.json").write_text(json.dumps(info))
+        return check(d)[1]
+
+    rep = run(tmp_path / "a", [[0, 2], [16, 1]])
+    assert rep.passed, rep.summary()
+    assert "latest at each of the 2 epoch-end validations (every 1 or 2 epoch(s))" in " | ".join(
+        c.detail for c in rep.checks if c.name == "checkpoints_recorded"
+    )
+    # the same rows with every attempt at every epoch: epoch 1's end is missing
+    rep = run(tmp_path / "b", [[0, 1], [16, 1]])
+    assert failed(rep) == {"checkpoints_recorded"}
+    assert "latest missing at 1 validation step(s) (first [8])" in reasons(rep)
+
+
+def test_cadence_by_attempt_reads_the_start_records():
+    from loss_slope.train.latest_cadence import cadence_by_attempt, every_epochs_at
+
+    records = [
+        {"event": "start", "attempt": 1, "start_step": 0, "latest_every_epochs": 2},
+        {"event": "end", "attempt": 1, "end_step": 20},
+        {"event": "start", "attempt": 2, "start_step": 16},  # written before the cadence was recorded
+        {"event": "start", "attempt": 3, "start_step": 16, "latest_every_epochs": 1},
+    ]
+    cadence = cadence_by_attempt(records)
+    assert cadence == [[0, 2], [16, 1]]
+    assert [every_epochs_at(s, cadence, 3) for s in (8, 16, 24)] == [2, 2, 1]
+    assert every_epochs_at(8, [], 3) == 3

@@ -13,7 +13,7 @@ import numpy as np
 
 from loss_slope.tables.arrays import read_columns
 from loss_slope.tables.schema import CHECKPOINT_KINDS, MONITOR_TABLES
-from loss_slope.train.latest_cadence import LatestSettings, epoch_end_due
+from loss_slope.train.latest_cadence import LatestSettings, epoch_end_due, every_epochs_at
 from loss_slope.train.val_schedule import val_interval
 
 
@@ -47,19 +47,27 @@ def _expected_latest(info: dict, val_steps: np.ndarray) -> tuple[list[int], str]
 
     With ``trainer.checkpoint`` in the run's config: the last validation of every
     ``latest_every_epochs``-th epoch (rows from the time criterion or a stop come on
-    top and are not required). Without it (older runs): every validation.
+    top and are not required), at the cadence of the attempt that ran the validation
+    when the run's outcome records each attempt's (run control may change it between
+    attempts), else the last attempt's config. Without it (older runs): every validation.
     """
     trainer = (info.get("config") or {}).get("trainer") or {}
     ck = trainer.get("checkpoint")
     if ck is None:
         return [int(s) for s in val_steps], "validations"
     every = LatestSettings.from_trainer(trainer).every_epochs
+    cadence = (info.get("outcome") or {}).get("latest_every_epochs") or []
     spe = int(info["steps_per_epoch"])
     vi = int(info.get("val_interval") or val_interval(spe, int(info.get("val_per_epoch") or 1)))
     want = [
-        int(s) for s in val_steps if epoch_end_due(int(s), steps_per_epoch=spe, val_interval=vi, every_epochs=every)
+        int(s)
+        for s in val_steps
+        if epoch_end_due(
+            int(s), steps_per_epoch=spe, val_interval=vi, every_epochs=every_epochs_at(int(s), cadence, every)
+        )
     ]
-    return want, f"epoch-end validations (every {every} epoch(s))"
+    used = sorted({every_epochs_at(int(s), cadence, every) for s in val_steps})
+    return want, f"epoch-end validations (every {' or '.join(map(str, used)) or every} epoch(s))"
 
 
 def check_monitors(

@@ -44,3 +44,25 @@ def epoch_end_due(step: int, *, steps_per_epoch: int, val_interval: int, every_e
     epoch = (step - 1) // steps_per_epoch
     in_epoch = step - epoch * steps_per_epoch
     return in_epoch + val_interval > steps_per_epoch and (epoch + 1) % every_epochs == 0
+
+
+def cadence_by_attempt(records) -> list[list[int]]:
+    """``[[start_step, every_epochs], ...]`` of the attempts whose ``start`` record in
+    ``attempts.jsonl`` says the epoch cadence they saved ``latest`` at (``latest_every_epochs``),
+    in order: run control may change it between attempts."""
+    return [
+        [int(r["start_step"]), int(r["latest_every_epochs"])]
+        for r in records
+        if r.get("event") == "start" and r.get("latest_every_epochs") is not None and r.get("start_step") is not None
+    ]
+
+
+def every_epochs_at(step: int, cadence: list, default: int) -> int:
+    """The epoch cadence in force when the validation at ``step`` ran: that of the last attempt
+    of ``cadence`` (:func:`cadence_by_attempt`) that started before it (an attempt resumed at a
+    step does not save that step again), else ``default``."""
+    every = default
+    for start, value in cadence:
+        if int(start) < step:
+            every = int(value)
+    return every

@@ -51,7 +51,7 @@ from loss_slope.train.exit_codes import EXIT_ERROR, EXIT_OK, EXIT_UNFINISHED
 from loss_slope.train.faults import fault_callbacks, oom_injector
 from loss_slope.train.interrupt import CheckpointOnInterrupt, sigint_as_sigterm
 from loss_slope.train.latest import LatestCheckpoint
-from loss_slope.train.latest_cadence import LatestSettings
+from loss_slope.train.latest_cadence import LatestSettings, cadence_by_attempt
 from loss_slope.train.module import CurveModule, MicroBatcher, MicroBatchTooSmall
 from loss_slope.train.monitor_callback import build_monitor_callback
 from loss_slope.train.recorder import MetricRecorder
@@ -165,6 +165,8 @@ def prepare_run(cfg, paths: RunPaths, fingerprint: str, *, use_cuda: bool) -> Ru
         reason=reason,
         device=str(device),
         snakemake_attempt=os.environ.get("LOSS_SLOPE_ATTEMPT"),
+        # run control may change between attempts; validation reads each attempt's (run_info outcome)
+        latest_every_epochs=LatestSettings.from_trainer(cfg.trainer).every_epochs,
     )
     return Run(
         paths=paths,
@@ -411,6 +413,7 @@ def finish(cfg, run: Run, parts: Parts, ending: Ending) -> int:
     if diverged is not None:
         outcome.update(diverged_at_step=diverged[0], reason=diverged[1])
     outcome["checkpoints"] = checkpoint_summary(records)
+    outcome["latest_every_epochs"] = cadence_by_attempt(records)
     # the outcome travels with run_info.json (exported), so validation and the fits see it
     write_state_json(paths.run_info, {**json.loads(paths.run_info.read_text()), "outcome": outcome})
     done = {
