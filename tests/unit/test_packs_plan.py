@@ -416,3 +416,16 @@ def test_probe_levels_carry_host_memory_and_the_plan_uses_it():
     }
     measured = P.measured_from_probe(probe, 2)
     assert measured["host_mem_mb_per_run"] == 2300.0 and measured["step_s"] == pytest.approx(0.012)
+    # a pack planned with another N is sized from the step time the probe measured at its size
+    ran = {"aggregate_samples_per_s": 100.0}  # every worker of the level ran
+    probe["levels"] = [
+        {"k": 1, "step_ms": [8.0], **ran},
+        {**probe["levels"][0], **ran},
+        {"k": 3, "step_ms": [30.0, 31.0, 33.0], **ran},
+        {"k": 4, "oom": True, "step_ms": [50.0], "aggregate_samples_per_s": None},  # 3 of 4 ran out of memory
+    ]
+    measured = P.measured_from_probe(probe, 2)
+    assert measured["step_s_by_k"] == pytest.approx({"1": 0.008, "2": 0.012, "3": 0.033})
+    assert [R.pack_step_seconds(measured, k) for k in (1, 2, 3)] == pytest.approx([0.008, 0.012, 0.033])
+    assert R.pack_step_seconds(measured, 4) == pytest.approx(0.012)  # not measured: N's
+    assert R.pack_step_seconds({"step_s": 0.5}, 3) == 0.5  # a plan written before step_s_by_k

@@ -442,7 +442,7 @@ def variant_facts(variant):
 
 
 def pack_runtime(wildcards):
-    step_s = pack_measured(wildcards).get("step_s")
+    step_s = res.pack_step_seconds(pack_measured(wildcards), pack_size(wildcards))
     if not step_s:
         return res.pack_runtime_minutes(
             0,

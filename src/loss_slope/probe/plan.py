@@ -215,14 +215,21 @@ def write_runs_per_gpu(path, *, variant: str, n: int, source: str, probe=None, p
 
 
 def measured_from_probe(probe: dict, n: int) -> dict:
-    """GPU model, seconds per step with ``n`` runs sharing the GPU, host memory per run."""
+    """GPU model, seconds per step with ``n`` runs sharing the GPU (and with each number of runs
+    the probe measured: ``step_s_by_k``, for packs planned with another N), host memory per run."""
     level = next((lv for lv in probe.get("levels", []) if lv.get("k") == n), None)
     steps = [s for s in (level or {}).get("step_ms", []) if s]
     host = [m for m in (level or {}).get("host_rss_mb", []) or [] if m]
+    by_k = {}
+    for lv in probe.get("levels", []):
+        times = [s for s in lv.get("step_ms") or [] if s]
+        if times and lv.get("k") and lv.get("aggregate_samples_per_s") is not None:  # every worker ran
+            by_k[str(int(lv["k"]))] = max(times) / 1000.0
     return {
         "gpu_name": probe.get("gpu_name"),
         "on_cpu": bool(probe.get("on_cpu")),
         "step_s": max(steps) / 1000.0 if steps else None,
+        "step_s_by_k": by_k,
         "host_mem_mb_per_run": max(host) if host else None,
         # packing.mps auto: whether the probe measured the packs faster under an MPS daemon
         "mps": probe.get("mps"),

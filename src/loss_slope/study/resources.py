@@ -96,6 +96,13 @@ def memory_attempt(run_dirs: Iterable[str | Path], attempt: int, *, since: float
     return attempt - sum(1 for statuses in ends.values() if statuses <= clean)
 
 
+def pack_step_seconds(measured: dict, runs: int) -> float | None:
+    """Seconds a step takes in a pack of ``runs`` runs: the probe's time with that many runs
+    sharing the GPU (``step_s_by_k``) when it measured it, else its time at the N it chose
+    (a pack planned with another N, larger than any level measured now, or an older plan)."""
+    return (measured.get("step_s_by_k") or {}).get(str(int(runs))) or measured.get("step_s")
+
+
 def pack_runtime_minutes(
     steps_left: int, step_s: float | None, *, margin_min: float, cap_min: float, safety: float = 1.25
 ) -> int:
