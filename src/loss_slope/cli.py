@@ -24,8 +24,9 @@ budget (a ``retry`` record in its ``launcher.jsonl``; the errors before it count
 run given up is no longer) and removes the output of the pack that trains it
 (``results/packs/{variant}/{pack}.json``), so the next ``snakemake`` resubmits that pack: its
 finished runs skip themselves, the retried run resumes from its latest checkpoint, and the jobs
-after training rerun for the pack's runs. A run that is done, or whose pack was never planned, is
-refused.
+after training rerun for the pack's runs. A run that is done, in no pack planned now (never
+planned, or removed from the config), or with no error recorded since its last retry (another
+work tree: pass the study's ``--configfile``) is refused, and then nothing is changed.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ def run_state(
 ) -> dict:
     """One run's state. ``settings``: the digest its pack was planned with (the registry's); only
     errors under it count, as the pack launcher counts them (a changed run has a fresh budget)."""
+    from loss_slope.train.attempts import read_launcher
     from loss_slope.train.pack import given_up, read_errors
 
     st = {
@@ -140,7 +142,11 @@ def run_state(
         return st
     errors = read_errors(run_dir, settings)
     ends = [a for a in attempts if a.get("event") == "end"]
-    last_failed = bool(ends and ends[-1].get("status") == "failed")
+    retried = [r.get("time") or 0.0 for r in read_launcher(run_dir) if r.get("event") == "retry"]
+    # a failed last attempt counts unless `loss-slope retry` came after it
+    last_failed = bool(
+        ends and ends[-1].get("status") == "failed" and not any(t > ends[-1].get("time", 0.0) for t in retried)
+    )
     if (errors and given_up(errors, max_errors)) or (last_failed and (settings is None or errors)):
         st["state"] = "failed"
         st["error"] = errors[-1]["error"] if errors else ends[-1].get("error")
@@ -244,8 +250,8 @@ def retry(root: Path, work_root: Path, runs: list[str]) -> list[str]:
     """Give each ``VARIANT/RUN`` a fresh error budget and remove its pack's output (module doc).
     Returns what was done, a line per run; raises ``ValueError`` naming every run refused (then
     nothing is changed)."""
-    from loss_slope.probe.plan import membership, read_registry
-    from loss_slope.train.pack import record_retry
+    from loss_slope.probe.plan import read_registry
+    from loss_slope.train.pack import read_errors, record_retry
 
     todo, refused = [], []
     for key in runs:
@@ -254,15 +260,22 @@ def retry(root: Path, work_root: Path, runs: list[str]) -> list[str]:
             refused.append(f"{key}: not VARIANT/RUN")
             continue
         run_dir = work_root / variant / run
+        registry = root / PACK_REGISTRY.format(variant=variant)
+        # a run removed from the config stays listed in its pack, marked dropped: that pack no longer trains it
         packs = [
             p
-            for p, members in membership(read_registry(root / PACK_REGISTRY.format(variant=variant))).items()
-            if run in members
+            for p, members in read_registry(registry).items()
+            if any(m["run"] == run and not m.get("dropped") for m in members)
         ]
         if (run_dir / "done.json").exists():
             refused.append(f"{key}: done ({run_dir / 'done.json'})")
         elif not packs:
-            refused.append(f"{key}: in no pack of {root / PACK_REGISTRY.format(variant=variant)}")
+            refused.append(f"{key}: in no pack planned in {registry} (removed from the config, or never planned)")
+        elif not read_errors(run_dir):
+            refused.append(
+                f"{key}: no error recorded in {run_dir / 'launcher.jsonl'} since its last retry (another work "
+                "tree? pass the study's --configfile, or --work-root)"
+            )
         else:
             todo.append((key, run_dir, root / PACK_DONE.format(variant=variant, pack=packs[0])))
     if refused:

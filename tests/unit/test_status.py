@@ -144,11 +144,32 @@ def test_retry_gives_a_failed_run_a_fresh_budget_and_resubmits_its_pack(tmp_path
     assert collect(tmp_path, work, now=time.time())["V"][0]["state"] == "failed"
     assert "loss-slope retry VARIANT/RUN" in format_status(collect(tmp_path, work, now=time.time()))
 
-    # refused, and nothing changed: a done run, a run in no pack, a malformed name
-    for bad, why in (("V/r2", "done"), ("V/r9", "in no pack"), ("r1", "not VARIANT/RUN")):
+    # refused, and nothing changed: a done run, a run in no pack, one removed from the config (its
+    # pack lists it as dropped), one without errors (e.g. looked for in the wrong work tree), a bad name
+    _run(work, "r3", failed="ValueError: gone")
+    _run(work, "r4")
+    reg.write_text(
+        json.dumps(
+            {
+                "packs": {
+                    "pack-x": [{"run": r, "settings": None} for r in ("r1", "r2", "r4")]
+                    + [{"run": "r3", "settings": None, "dropped": True}]
+                }
+            }
+        )
+    )
+    for bad, why in (
+        ("V/r2", "done"),
+        ("V/r9", "in no pack"),
+        ("V/r3", "removed from the config"),
+        ("V/r4", "no error recorded"),
+        ("r1", "not VARIANT/RUN"),
+    ):
         assert main(["retry", "--root", str(tmp_path), "V/r1", bad]) == 2
         assert why in capsys.readouterr().err
     assert pack_done.exists() and collect(tmp_path, work, now=time.time())["V"][0]["state"] == "failed"
+    assert main(["retry", "--root", str(tmp_path), "--work-root", str(tmp_path / "elsewhere"), "V/r1"]) == 2
+    assert not (tmp_path / "elsewhere").exists() and pack_done.exists()
 
     assert main(["retry", "--root", str(tmp_path), "V/r1"]) == 0
     assert "removed" in capsys.readouterr().out
@@ -161,3 +182,17 @@ def test_retry_gives_a_failed_run_a_fresh_budget_and_resubmits_its_pack(tmp_path
 
     errors = read_errors(work / "V" / "r1")
     assert [e["error"] for e in errors] == ["ValueError: again"] and given_up(errors, 3) is None
+
+
+def test_a_retried_run_whose_last_attempt_failed_is_waiting_without_a_digest(tmp_path):
+    """Runs found only in the work tree (no registry digest) count a failed last attempt as failed,
+    unless `loss-slope retry` came after it."""
+    from loss_slope.train.pack import record_retry
+
+    work = tmp_path / "work"
+    _run(work, "r1", failed="ValueError: boom")
+    with open(work / "V" / "r1" / "attempts.jsonl", "a") as fh:
+        fh.write(json.dumps({"event": "end", "status": "failed", "error": "boom", "time": time.time() - 60}) + "\n")
+    assert collect(tmp_path, work, now=time.time())["V"][0]["state"] == "failed"
+    record_retry(work / "V" / "r1")
+    assert collect(tmp_path, work, now=time.time())["V"][0]["state"] == "waiting"

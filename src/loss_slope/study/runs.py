@@ -109,7 +109,8 @@ def planned_overrides(spec: RunSpec) -> list[str]:
     """What a pack's spec holds of ``spec``'s overrides: what the run trains, without run control.
     The pack command passes the run control and the data's location as configured when it runs
     (:func:`run_control_overrides`, :func:`data_location_overrides`), so a run-control key removed
-    from the config is gone from the packs planned before, as a changed one is changed."""
+    from the config is gone from a pack planned before the removal, as a changed one is changed
+    (a spec written by an older version keeps its run control until its pack is re-planned)."""
     return [o for o in spec.overrides if not is_run_control(o)]
 
 

@@ -29,7 +29,8 @@ def read_attempts(path: str | Path) -> list[dict]:
 
 def read_launcher(run_dir: str | Path) -> list[dict]:
     """The pack launcher's records of a run (``{run_dir}/launcher.jsonl``): ``error`` (a failed
-    try: exit code, error line) and ``outcome`` (how the run ended in a pack attempt)."""
+    try: exit code, error line), ``outcome`` (how the run ended in a pack attempt) and ``retry``
+    (``loss-slope retry``: the errors before it count no more)."""
     return read_attempts(Path(run_dir) / "launcher.jsonl")
 
 
