@@ -7,6 +7,7 @@ import json
 import pytest
 
 from loss_slope.probe.plan import write_pack_spec
+from loss_slope.train.attempts import read_attempts
 from loss_slope.train.pack import launch_pack, read_errors, record_retry, write_run_marker
 
 pytestmark = pytest.mark.slow
@@ -71,6 +72,10 @@ def test_time_budget_stop_is_not_an_error(tmp_path):
     assert len(steps.read_text().splitlines()) > first + 5
     assert read_errors(tmp_path / "work" / "V" / "r0") == []
     assert not (tmp_path / "out.json").exists()
+    # each attempt's start record keeps the settings digest the pack planned the run with
+    planned = json.loads(spec.read_text())["packs"]["pack-x"][0]["settings"]
+    starts = [r for r in read_attempts(tmp_path / "work" / "V" / "r0" / "attempts.jsonl") if r["event"] == "start"]
+    assert len(starts) == 2 and {r["settings"] for r in starts} == {planned}
 
 
 def test_same_error_twice_is_given_up_and_neighbours_finish(tmp_path):

@@ -408,10 +408,10 @@ def test_the_pack_records_how_each_run_ended_for_the_next_memory_request(tmp_pat
         for run in ("r0", "r1", "r2")
     }
     assert outcomes == {"r0": [(2, "complete")], "r1": [(2, "complete")], "r2": [(2, "not_started")]}
-    # each under the digest its pack planned it with (a pack's runtime reads it: study.resources.steps_done)
-    assert {r.get("settings") for r in read_launcher(tmp_path / "work" / "V" / "r2") if r["event"] == "outcome"} == {
-        settings
-    }
+    # each trainer is told the digest its pack planned it with (its start record keeps it for
+    # study.resources.steps_done)
+    planned = {m["run"]: m["settings"] for m in read_plan(spec)["packs"]["pack-x"]}
+    assert sorted(env["LOSS_SLOPE_SETTINGS"] for env in fake_trainers.envs) == sorted([planned["r0"], planned["r1"]])
     runs = [tmp_path / "work" / "V" / r for r in ("r0", "r1")]
     assert memory_attempt(runs, 3) == 2  # attempt 2 clean; attempt 1 left no record of these runs
 

@@ -309,13 +309,15 @@ def test_steps_done_from_the_work_tree(tmp_path):
     assert R.steps_done(run) == 500
     (run / "done.json").write_text('{"total_steps": 900}')
     assert R.steps_done(run) == 900
-    # trained under another settings digest: the trainer sets the tree aside, nothing is done
-    (run / "launcher.jsonl").write_text(
-        '{"event": "outcome", "status": "complete", "settings": "old"}\n{"event": "retry"}\n'
-    )
+    # last trained under another settings digest (its start record): the trainer will set the tree
+    # aside, nothing is done; records of attempts under the new digest that never trained (a run
+    # locked out, or without its GPU, before it opened the tree) leave no start record
+    starts = '{"event": "start", "start_step": 0, "settings": "old"}\n{"event": "start", "start_step": 400}\n'
+    (run / "attempts.jsonl").write_text(starts + '{"event": "end", "end_step": 900, "status": "completed"}\n')
+    (run / "launcher.jsonl").write_text('{"event": "outcome", "status": "locked"}\n')
     assert R.steps_done(run, settings="new") == 0
     assert R.steps_done(run, settings="old") == R.steps_done(run) == 900
-    (run / "launcher.jsonl").write_text('{"event": "outcome", "status": "complete"}\n')  # recorded no digest
+    (run / "attempts.jsonl").write_text('{"event": "start", "start_step": 0}\n')  # started by hand: no digest
     assert R.steps_done(run, settings="new") == 900
 
 

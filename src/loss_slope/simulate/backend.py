@@ -44,6 +44,7 @@ from loss_slope.tables.schema import LN2, TABLES
 from loss_slope.train.attempts import (
     checkpoint_summary,
     end_attempt,
+    planned_settings,
     read_attempts,
     start_attempt,
     summarize_attempts,
@@ -209,6 +210,7 @@ def _simulate(cfg) -> int:
         reason=reason,
         device="cpu (simulated)",
         snakemake_attempt=os.environ.get("LOSS_SLOPE_ATTEMPT"),
+        settings=planned_settings(),
     )
     info = {
         "variant": c.get("variant"),

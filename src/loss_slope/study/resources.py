@@ -132,13 +132,16 @@ def steps_done(run_dir: str | Path, settings: str | None = None) -> int:
     """Optimizer steps a run has done (from its work tree; 0 when it has none). Cheap: a few small files.
 
     ``settings``: the run's settings digest now (:func:`loss_slope.probe.plan.run_settings_digest`).
-    When the pack launcher last trained the run under another digest (its last ``launcher.jsonl``
-    record naming one), the tree is of the run before a change to what it trains: the trainer
-    sets it aside and starts again, so nothing counts as done.
+    When the tree's last attempt trained under another digest (its ``start`` record, written by a
+    trainer a pack started), the tree is of the run before a change to what it trains: the
+    trainer will set it aside and start again, so nothing counts as done (a change that leaves
+    the composed config as it was is resumed instead: the pack then asks for more time than it
+    needs, once).
     """
     run_dir = Path(run_dir)
     if settings is not None:
-        named = [r["settings"] for r in read_launcher(run_dir) if r.get("settings") is not None]
+        starts = [r for r in read_attempts(run_dir / "attempts.jsonl") if r.get("event") == "start"]
+        named = [r["settings"] for r in starts if r.get("settings")]
         if named and named[-1] != settings:
             return 0
     try:

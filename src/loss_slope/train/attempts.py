@@ -10,6 +10,15 @@ import socket
 import time
 from pathlib import Path
 
+#: environment variable by which the pack launcher tells a trainer the settings digest its run is
+#: planned with (:func:`loss_slope.probe.plan.run_settings_digest`); the start record keeps it
+SETTINGS_ENV = "LOSS_SLOPE_SETTINGS"
+
+
+def planned_settings() -> str | None:
+    """The settings digest this trainer's run is planned with (None: not started by a pack)."""
+    return os.environ.get(SETTINGS_ENV) or None
+
 
 def read_attempts(path: str | Path) -> list[dict]:
     path = Path(path)

@@ -59,7 +59,7 @@ from loss_slope.pipeline.paths import work_run
 from loss_slope.probe import mps as MPS
 from loss_slope.probe.plan import read_plan
 from loss_slope.study.runs import hydra_path
-from loss_slope.train.attempts import append_record, read_launcher
+from loss_slope.train.attempts import SETTINGS_ENV, append_record, read_launcher
 from loss_slope.train.exit_codes import EXIT_ERROR, EXIT_LOCKED, EXIT_NO_GPU, EXIT_OK, EXIT_UNFINISHED, killed_by
 
 LOCK_POLL_S = 30.0
@@ -392,7 +392,9 @@ def _train_members(
             f"{' '.join(shlex.quote(c) for c in cmd)}\n"
         )
         log.flush()
-        procs[run] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log, log.tell())
+        # the settings digest the run is planned with: its start record keeps it (study.resources.steps_done)
+        run_env = {**env, SETTINGS_ENV: m.get("settings") or ""}
+        procs[run] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=run_env), log, log.tell())
         print(f"started {variant}/{run} (pid {procs[run][0].pid})", flush=True)
         if stopping:  # the signal came while it was being started: forward() could not reach it
             procs[run][0].send_signal(signal.SIGTERM)
@@ -524,7 +526,6 @@ def _train_members(
             attempt=attempt,
             status="not_started" if m["run"] in skipped else res["status"],
             exit_code=res.get("exit_code"),
-            settings=m.get("settings"),
             pack=pack,
             slurm_job_id=os.environ.get("SLURM_JOB_ID"),
         )

@@ -39,6 +39,7 @@ from loss_slope.train import val_schedule
 from loss_slope.train.attempts import (
     checkpoint_summary,
     end_attempt,
+    planned_settings,
     read_attempts,
     record_event,
     start_attempt,
@@ -165,6 +166,7 @@ def prepare_run(cfg, paths: RunPaths, fingerprint: str, *, use_cuda: bool) -> Ru
         reason=reason,
         device=str(device),
         snakemake_attempt=os.environ.get("LOSS_SLOPE_ATTEMPT"),
+        settings=planned_settings(),
         # run control may change between attempts; validation reads each attempt's (run_info outcome)
         latest_every_epochs=LatestSettings.from_trainer(cfg.trainer).every_epochs,
     )
