@@ -96,6 +96,22 @@ def test_the_pack_command_takes_its_variant_s_run_control_before_its_own_overrid
 def test_the_pack_s_time_budget_is_the_last_one_given_as_hydra_reads_it():
     assert L._budget(["trainer.max_time_s=100", "seed=0", "trainer.max_time_s=3300"]) == 3300.0
     assert L._budget(["seed=0"]) is None
+    assert L._budget(["trainer.max_time_s=100", "trainer.max_time_s=null"]) is None
+    assert L._budget(["++trainer.max_time_s=50"]) == 50.0
+
+
+def test_the_last_value_of_an_override_is_the_one_hydra_composes():
+    from loss_slope.probe.capacity import pack_cpu_set
+    from loss_slope.study.run_control import last_value
+
+    key = "trainer.threads"
+    assert last_value(["trainer.threads=1", "seed=0", "+trainer.threads=4"], key) == "4"
+    assert last_value(["trainer.threads=2", "~trainer.threads"], key) is None
+    assert last_value(["trainer.threads_x=3", "trainer.thread=5", "seed=0"], key) is None
+    assert last_value(["trainer.threads = 3"], key) == "3"
+    # the probe's level pins k x the last threads value of this job's CPUs
+    assert pack_cpu_set(2, ["trainer.threads=1", "++trainer.threads=3"], available=range(8)) == list(range(6))
+    assert pack_cpu_set(2, ["seed=0"], available=range(8)) == [0, 1]
 
 
 def test_planned_packs_need_no_n():

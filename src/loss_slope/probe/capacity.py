@@ -33,6 +33,7 @@ from pathlib import Path
 
 from loss_slope.jsonio import write_json
 from loss_slope.probe import mps as MPS
+from loss_slope.study.run_control import last_value
 from loss_slope.train.exit_codes import killed_by
 
 
@@ -71,11 +72,7 @@ def pack_cpu_set(k: int, overrides: list[str], available=None) -> list[int] | No
         if not hasattr(os, "sched_getaffinity"):
             return None
         available = os.sched_getaffinity(0)
-    threads = 1
-    for o in overrides:
-        if o.startswith("trainer.threads="):
-            threads = int(o.split("=", 1)[1])
-    need = k * threads
+    need = k * int(last_value(overrides, "trainer.threads") or 1)
     cpus = sorted(available)
     return cpus[:need] if need <= len(cpus) else None
 

@@ -10,7 +10,14 @@ re-plans its pack and reruns its jobs. Changing a key listed here does neither.
 
 from __future__ import annotations
 
-__all__ = ["NOT_SCIENCE", "NOT_SCIENCE_DATA", "NOT_SCIENCE_SIMULATION", "NOT_SCIENCE_TRAINER", "is_run_control"]
+__all__ = [
+    "NOT_SCIENCE",
+    "NOT_SCIENCE_DATA",
+    "NOT_SCIENCE_SIMULATION",
+    "NOT_SCIENCE_TRAINER",
+    "is_run_control",
+    "last_value",
+]
 
 #: top-level keys: where the run is written, and Hydra's own settings
 NOT_SCIENCE = frozenset({"run_dir", "output", "hydra"})
@@ -48,3 +55,17 @@ def is_run_control(override: str) -> bool:
             return len(parts) > 2 and parts[2] in NOT_SCIENCE_SIMULATION
         return parts[1] in NOT_SCIENCE_DATA
     return False
+
+
+def last_value(overrides, key: str) -> str | None:
+    """The value of ``key`` a list of Hydra overrides leaves (``trainer.threads=2``, ``+key=v``,
+    ``++key=v``; the last one wins, as in Hydra), as written; None when none sets it or a later
+    ``~key`` deletes it."""
+    value = None
+    for o in overrides:
+        name, eq, v = o.partition("=")
+        if name.strip() == "~" + key:
+            value = None
+        elif eq and name.lstrip("+").strip() == key:
+            value = v.strip()
+    return value

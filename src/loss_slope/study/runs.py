@@ -12,7 +12,7 @@ import itertools
 import re
 from dataclasses import dataclass, field
 
-from loss_slope.study.run_control import is_run_control
+from loss_slope.study.run_control import is_run_control, last_value
 from loss_slope.tables.schema import RUN_IDENTITY
 
 EXPERIMENT_OPTIMIZER = {"s_core": "sgd", "s_adamw": "adamw", "s_bn_off": "sgd", "s_narrow": "sgd"}
@@ -132,12 +132,7 @@ def run_control_overrides(config: dict, variant: str | None = None) -> list[str]
 def run_threads(config: dict, variant: str) -> int:
     """The CPU threads each of ``variant``'s trainings uses: the last ``trainer.threads`` of its
     run control (its own ``hydra_overrides`` win over ``training.threads``)."""
-    threads = int(config["training"]["threads"])
-    for o in run_control_overrides(config, variant):
-        key, _, value = o.lstrip("+").partition("=")
-        if key.strip() == "trainer.threads":
-            threads = int(value)
-    return threads
+    return int(last_value(run_control_overrides(config, variant), "trainer.threads") or config["training"]["threads"])
 
 
 def build_runs(config: dict) -> list[RunSpec]:

@@ -58,6 +58,7 @@ from loss_slope.jsonio import write_json
 from loss_slope.pipeline.paths import work_run
 from loss_slope.probe import mps as MPS
 from loss_slope.probe.plan import read_plan
+from loss_slope.study.run_control import last_value
 from loss_slope.study.runs import hydra_path
 from loss_slope.train.attempts import SETTINGS_ENV, append_record, read_launcher
 from loss_slope.train.exit_codes import EXIT_ERROR, EXIT_LOCKED, EXIT_NO_GPU, EXIT_OK, EXIT_UNFINISHED, killed_by
@@ -226,14 +227,12 @@ def _with_budget(overrides, seconds: float):
 
 
 def _budget(overrides) -> float | None:
-    """The time budget the runs get: the last ``trainer.max_time_s`` (Hydra's last value wins)."""
-    for o in reversed(list(overrides)):
-        if o.startswith("trainer.max_time_s="):
-            try:
-                return float(o.split("=", 1)[1])
-            except ValueError:
-                return None
-    return None
+    """The time budget the runs get: the last ``trainer.max_time_s`` (Hydra's last value wins;
+    None: none, or ``null``)."""
+    try:
+        return float(last_value(overrides, "trainer.max_time_s"))
+    except (TypeError, ValueError):
+        return None
 
 
 class _StopBeforeStart(BaseException):
