@@ -180,6 +180,10 @@ def test_a_seed_effect_across_cells_widens_the_interval_to_the_seeds_degrees_of_
     q = sps.t.ppf(0.975, 5)  # min(36 cells, 6 seeds) - 1
     assert r.ci == pytest.approx(_wilson(r.share, r.n_effective, q))
     assert "min(n_cells, n_seeds) - 1" in h1_statistics(_table(succ), seed_column="seed").to_dict()["method"]
+    # the share says which variance and df it used (the report prints them)
+    assert (r.variance, r.df) == ("cells and seeds", 5)
+    assert (cells_only.variance, cells_only.df) == ("cells", 35)
+    assert h1_statistics(_table(succ), seed_column="seed").to_dict()["overall"]["variance"] == "cells and seeds"
 
 
 def test_missing_labels_are_excluded_and_counted_as_failures():

@@ -76,6 +76,10 @@ def test_h1_sentences_match_each_verdict(verdicts, parts):
     for part in parts:
         assert part in text
     assert "90 % cluster-aware interval" in text and "36 cells" in text
+    # which clustered variance and t df the interval rests on, where stats.json says
+    two_way = {"variance": "cells and seeds", "df": 5, "n_cells": 36}
+    res = H1Criterion.from_dict({"overall": {**res.overall.to_dict(), **two_way}, "verdicts": verdicts})
+    assert "36 cells, clustered by cells and seeds, t on 5 df)" in V.h1_criterion_sentence(res, confidence=0.9)
 
 
 def test_figure_titles_use_the_configured_confidence_not_95():

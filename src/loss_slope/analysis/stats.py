@@ -157,6 +157,11 @@ class Share:
         Variance of the share under clustering / binomial variance (>= 1).
     n_effective : float
         ``n / design_effect``, the number of runs the interval is based on.
+    variance : str or None
+        The clustered variance the interval uses: ``"cells"``, or ``"cells and seeds"`` (the
+        two-way estimate, when larger); None: binomial (runs independent).
+    df : int or None
+        Degrees of freedom of the t quantile (None: the normal quantile).
     verdicts : Mapping[float, str]
         Target share -> "supported" (ci low >= target), "not supported" (ci high <
         target) or "inconclusive".
@@ -170,6 +175,8 @@ class Share:
     design_effect: float = 1.0
     n_effective: float | None = None
     verdicts: Mapping[float, str] = field(default_factory=dict)
+    variance: str | None = None
+    df: int | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready: ``ci`` as ``[low, high]``, verdict keys as strings (``"0.8"``)."""
@@ -185,6 +192,8 @@ class Share:
                 "design_effect": self.design_effect,
                 "n_effective": self.n_effective,
                 "verdicts": {f"{t:g}": v for t, v in self.verdicts.items()},
+                "variance": self.variance,
+                "df": self.df,
             }
         )
 
@@ -207,6 +216,7 @@ def cluster_share(
     vb = p * (1 - p) / n
     deff = 1.0
     df = g - 1
+    variance = "cells" if g >= 2 else None
     if vb > 0 and g >= 2:
 
         def clustered(codes):
@@ -225,6 +235,7 @@ def cluster_share(
                 # the variance now rests on the seeds too: t on min(cells, seeds) - 1 df (Cameron, Gelbach &
                 # Miller 2011); on cells - 1 df a bad seed failing runs across cells gave 0.90 coverage
                 df = min(g, int(np.unique(seed).size)) - 1
+                variance = "cells and seeds"
         deff = max(1.0, v / vb)
     q = float(sps.t.ppf(0.5 + confidence / 2, max(df, 1))) if g >= 2 else z_value(confidence)
     n_eff = n / deff
@@ -238,6 +249,8 @@ def cluster_share(
         design_effect=deff,
         n_effective=n_eff,
         verdicts=MappingProxyType({float(t): _verdict_share(ci, float(t)) for t in targets}),
+        variance=variance,
+        df=max(df, 1) if g >= 2 else None,
     )
 
 

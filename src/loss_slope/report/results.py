@@ -67,6 +67,9 @@ class Share(Record):
     n_effective: float | None = None
     #: target share as written (``"0.8"``) -> "supported" / "not supported" / "inconclusive"
     verdicts: Mapping[str, str] = field(default_factory=empty)
+    #: the clustered variance of the interval ("cells", "cells and seeds"; None: binomial) and its t df
+    variance: str | None = None
+    df: int | None = None
     extra: Mapping[str, Any] = field(default_factory=empty)
 
 

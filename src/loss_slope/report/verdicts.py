@@ -71,6 +71,8 @@ def h1_criterion_sentence(res: H1Criterion | NotComputable, *, confidence: float
         return f"Not computable: {res.error}."
     o = res.overall
     cells = f", {o.n_cells} cells" if o.n_cells else ""
+    if o.variance:  # which clustered variance the interval rests on, and its t quantile's df
+        cells += f", clustered by {o.variance}" + (f", t on {o.df} df" if o.df else "")
     runs = "runs" if res.threshold is not None else "decided runs"  # a numeric criterion decides every run
     return (
         f"{o.k} of {o.n} {runs} ({fmt_pct(o.share, targets=res.verdicts)}; {fmt_level(confidence)} cluster-aware "
