@@ -262,22 +262,24 @@ def retry(root: Path, work_root: Path, runs: list[str]) -> list[str]:
         run_dir = work_root / variant / run
         registry = root / PACK_REGISTRY.format(variant=variant)
         # a run removed from the config stays listed in its pack, marked dropped: that pack no longer trains it
-        packs = [
-            p
+        planned = [
+            (p, m)
             for p, members in read_registry(registry).items()
-            if any(m["run"] == run and not m.get("dropped") for m in members)
+            for m in members
+            if m["run"] == run and not m.get("dropped")
         ]
         if (run_dir / "done.json").exists():
             refused.append(f"{key}: done ({run_dir / 'done.json'})")
-        elif not packs:
+        elif not planned:
             refused.append(f"{key}: in no pack planned in {registry} (removed from the config, or never planned)")
-        elif not read_errors(run_dir):
+        elif not read_errors(run_dir, planned[0][1].get("settings")):
+            # as the launcher counts them: under the settings the run is planned with now
             refused.append(
-                f"{key}: no error recorded in {run_dir / 'launcher.jsonl'} since its last retry (another work "
-                "tree? pass the study's --configfile, or --work-root)"
+                f"{key}: no error recorded in {run_dir / 'launcher.jsonl'} under its current settings since its "
+                "last retry (another work tree? pass the study's --configfile, or --work-root)"
             )
         else:
-            todo.append((key, run_dir, root / PACK_DONE.format(variant=variant, pack=packs[0])))
+            todo.append((key, run_dir, root / PACK_DONE.format(variant=variant, pack=planned[0][0])))
     if refused:
         raise ValueError("nothing retried; refused: " + "; ".join(refused))
     out = []

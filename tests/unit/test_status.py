@@ -169,6 +169,14 @@ def test_retry_gives_a_failed_run_a_fresh_budget_and_resubmits_its_pack(tmp_path
         assert why in capsys.readouterr().err
     assert pack_done.exists() and collect(tmp_path, work, now=time.time())["V"][0]["state"] == "failed"
     assert main(["retry", "--root", str(tmp_path), "--work-root", str(tmp_path / "elsewhere"), "V/r1"]) == 2
+    # errors only under the settings the run had before a change: the launcher counts none (it starts it anyway)
+    planned = json.loads(reg.read_text())
+    planned["packs"]["pack-x"][0]["settings"] = "new"
+    reg.write_text(json.dumps(planned))
+    assert main(["retry", "--root", str(tmp_path), "V/r1"]) == 2
+    assert "under its current settings" in capsys.readouterr().err and pack_done.exists()
+    planned["packs"]["pack-x"][0]["settings"] = None
+    reg.write_text(json.dumps(planned))
     assert not (tmp_path / "elsewhere").exists() and pack_done.exists()
 
     assert main(["retry", "--root", str(tmp_path), "V/r1"]) == 0
