@@ -335,6 +335,9 @@ def test_steps_done_from_the_work_tree(tmp_path):
     assert R.steps_done(run, settings="old") == R.steps_done(run) == 900
     (run / "attempts.jsonl").write_text('{"event": "start", "start_step": 0}\n')  # started by hand: no digest
     assert R.steps_done(run, settings="new") == 900
+    # start records that name no digest (an older version): the launcher's records that do
+    (run / "launcher.jsonl").write_text('{"event": "error", "exit_code": 1, "error": "x", "settings": "old"}\n')
+    assert R.steps_done(run, settings="new") == 0 and R.steps_done(run, settings="old") == 900
 
 
 def test_error_bookkeeping_gives_up_on_repeated_errors(tmp_path):

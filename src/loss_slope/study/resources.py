@@ -142,6 +142,8 @@ def steps_done(run_dir: str | Path, settings: str | None = None) -> int:
     if settings is not None:
         starts = [r for r in read_attempts(run_dir / "attempts.jsonl") if r.get("event") == "start"]
         named = [r["settings"] for r in starts if r.get("settings")]
+        # a tree whose start records name none (trained by an older version): the launcher's records do
+        named = named or [r["settings"] for r in read_launcher(run_dir) if r.get("settings")]
         if named and named[-1] != settings:
             return 0
     try:
