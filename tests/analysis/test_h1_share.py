@@ -184,6 +184,9 @@ def test_a_seed_effect_across_cells_widens_the_interval_to_the_seeds_degrees_of_
     assert (r.variance, r.df) == ("cells and seeds", 5)
     assert (cells_only.variance, cells_only.df) == ("cells", 35)
     assert h1_statistics(_table(succ), seed_column="seed").to_dict()["overall"]["variance"] == "cells and seeds"
+    # every run alike: no clustered variance (binomial), whatever the cells
+    alike = h1_statistics(_table(np.ones((36, 6), dtype=object)), seed_column="seed").overall
+    assert (alike.variance, alike.design_effect) == (None, 1.0)
 
 
 def test_missing_labels_are_excluded_and_counted_as_failures():

@@ -216,8 +216,9 @@ def cluster_share(
     vb = p * (1 - p) / n
     deff = 1.0
     df = g - 1
-    variance = "cells" if g >= 2 else None
+    variance = None  # binomial: every run alike (vb = 0), or one cell
     if vb > 0 and g >= 2:
+        variance = "cells"
 
         def clustered(codes):
             m = int(codes.max()) + 1
