@@ -187,10 +187,13 @@ def test_run_control_and_grid_edits_of_a_probed_study_rerun_neither_probe_nor_pa
 
     # a change to what the trained run trains: the trainer will set its old tree aside, so its pack
     # asks for the time of the whole run, not the minimum left by the old tree's steps (a slow step,
-    # written into the plan without touching its time, makes the difference large)
+    # written into the plan without touching its modification time, makes the difference large)
     plan = tmp_path / RUNS_PER_GPU.format(variant="S-narrow")
     before = plan.stat()
-    plan.write_text(json.dumps({**json.loads(plan.read_text()), "step_s": 30.0}))
+    measured = json.loads(plan.read_text())
+    assert set(measured["step_s_by_k"]) == {"1"}  # the probe's one level (probe_k_max 1)
+    # the pack holds one run: its runtime reads the step time measured with one run on the GPU
+    plan.write_text(json.dumps({**measured, "step_s": 0.001, "step_s_by_k": {"1": 30.0}}))
     os.utime(plan, ns=(before.st_atime_ns, before.st_mtime_ns))
     total = json.loads((tmp_path / "scratch/work/S-narrow/lr0.05-wd0.0005-s0/done.json").read_text())["total_steps"]
     config["grid"]["lr"] = [0.05]
