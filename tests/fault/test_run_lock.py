@@ -58,6 +58,26 @@ def _rows(run_dir):
     return sum(1 for _ in open(p)) - 1 if p.exists() else 0
 
 
+def _stop(proc, timeout=30):
+    """SIGSTOP the process and wait until every one of its threads is stopped: kill() only
+    queues the signal, and a thread mid-write finishes its syscall before it stops."""
+    proc.send_signal(signal.SIGSTOP)
+    tasks = f"/proc/{proc.pid}/task"
+    t0 = time.time()
+    while True:
+        states = []
+        for tid in os.listdir(tasks):
+            try:
+                with open(f"{tasks}/{tid}/stat") as f:
+                    states.append(f.read().rsplit(")", 1)[1].split()[0])
+            except FileNotFoundError:  # a thread that exited meanwhile
+                pass
+        if states and all(s in "Tt" for s in states):
+            return
+        assert time.time() - t0 < timeout, f"trainer {proc.pid} not stopped: thread states {states}"
+        time.sleep(0.01)
+
+
 def _tree(run_dir):
     """Every file of the work tree but Hydra's job log (each trainer appends its lines), with size and mtime."""
     return {
@@ -74,7 +94,7 @@ def test_second_trainer_refuses_a_locked_run_and_the_first_finishes(tmp_path):
         _wait_for(lambda: _rows(run) >= 10, first)
         holder = json.loads((tmp_path / "V" / "r.lock").read_text())
         assert holder["pid"] == first.pid
-        first.send_signal(signal.SIGSTOP)  # freeze the tree while the second one looks at it
+        _stop(first)  # freeze the tree while the second one looks at it
         try:
             before = _tree(run)
             # generous timeout: the requirement is ~10 s; a loaded CI machine needs more to import torch
