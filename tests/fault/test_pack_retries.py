@@ -160,9 +160,11 @@ def test_sigterm_while_a_run_starts_up_is_a_stop_not_an_error(tmp_path):
     assert json.loads((tmp_path / "out.json").read_text())["runs"]["r0"]["status"] == "complete"
 
 
-def _kill_the_trainer_when_it_logs(run_log, text, *, timeout=120):
-    """SIGKILL this process's trainer child once its log's current attempt shows ``text`` (as the
-    host's out-of-memory killer would), from a thread; the thread, to join."""
+def _kill_the_trainer_when_it_logs(run_log, text, attempt, *, timeout=120):
+    """SIGKILL this process's trainer child once the log's section of pack attempt ``attempt`` shows
+    ``text`` (as the host's out-of-memory killer would), from a thread; the thread, to join. Only that
+    attempt's section counts: the thread starts before the launcher writes its header, when the last
+    section is the previous attempt's."""
     import os
     import signal
     import threading
@@ -183,10 +185,13 @@ def _kill_the_trainer_when_it_logs(run_log, text, *, timeout=120):
     def kill():
         deadline = time.time() + timeout
         while time.time() < deadline:
-            if run_log.exists() and text in run_log.read_text().split("=== pack")[-1]:
-                for pid in children():
+            section = run_log.read_text().split("=== pack")[-1] if run_log.exists() else ""
+            if section.startswith(f" pack-x attempt {attempt} ") and text in section:
+                pids = list(children())
+                for pid in pids:
                     os.kill(pid, signal.SIGKILL)
-                return
+                if pids:
+                    return
             time.sleep(0.05)
 
     thread = threading.Thread(target=kill, daemon=True)
@@ -200,7 +205,7 @@ def test_two_out_of_memory_kills_do_not_give_a_run_up(tmp_path):
     spec = _spec(tmp_path, {"r0": BASE})
     run_log, run_dir = tmp_path / "logs" / "r0.log", tmp_path / "work" / "V" / "r0"
     for attempt in (1, 2):
-        thread = _kill_the_trainer_when_it_logs(run_log, "step 5/")
+        thread = _kill_the_trainer_when_it_logs(run_log, "step 5/", attempt)
         assert _launch(tmp_path, spec, attempt, "trainer.log_every_steps=5") == 1
         thread.join()
         errors = read_errors(run_dir)
