@@ -44,9 +44,14 @@ def start(run_dir, *extra):
 
 
 def wait_rows(proc, run_dir, n, timeout=240):
+    """Wait until the trainer logged ``n`` steps; a trainer that ended first or is too slow is killed
+    (not left training beside the next tests) and the test fails with its output."""
     t0 = time.time()
     while rows(run_dir) < n:
-        assert proc.poll() is None and time.time() - t0 < timeout
+        if proc.poll() is not None or time.time() - t0 > timeout:
+            proc.kill()
+            out, _ = proc.communicate()
+            pytest.fail(f"{rows(run_dir)} of {n} steps logged (exit {proc.returncode}):\n{out[-3000:]}")
         time.sleep(0.02)
 
 

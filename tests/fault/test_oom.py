@@ -110,12 +110,17 @@ def test_the_smaller_micro_batch_survives_a_resume(tmp_path):
         text=True,
     )
     # wait until training is past the OOM (step 7) and a validation, then preempt: SIGTERM saves a checkpoint
-    t0 = time.time()
-    while not (run / "tables/steps.csv").exists() or len((run / "tables/steps.csv").read_text().splitlines()) < 31:
-        assert p.poll() is None and time.time() - t0 < 240
-        time.sleep(0.05)
-    p.send_signal(signal.SIGTERM)
-    out, _ = p.communicate(timeout=120)
+    try:
+        t0 = time.time()
+        while not (run / "tables/steps.csv").exists() or len((run / "tables/steps.csv").read_text().splitlines()) < 31:
+            assert p.poll() is None and time.time() - t0 < 240
+            time.sleep(0.05)
+        p.send_signal(signal.SIGTERM)
+        out, _ = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
     assert p.returncode == 3, out
     train(run, *OOM, "trainer.fault.oom_fits=16", "trainer.epochs=4")
     # resumed at micro-batch 16: no second OOM, one recorded change
@@ -192,5 +197,6 @@ def test_out_of_memory_in_validation_falls_back_to_smaller_eval_chunks(tmp_path)
     oom = pd.read_csv(tmp_path / "oom/tables/val.csv")
     assert oom.step.tolist() == plain.step.tolist()
     assert (oom.loss_val_nats - plain.loss_val_nats).abs().max() < 1e-5  # same loss up to rounding
-    assert (oom.acc_val == plain.acc_val).all()
+    # same accuracy up to one image of 389 whose two top logits tie within rounding (the chunks' kernels differ)
+    assert (oom.acc_val - plain.acc_val).abs().max() <= 1 / 389 + 1e-12
     assert events(tmp_path / "oom", "micro_batch") == []  # training never needed a smaller micro-batch

@@ -76,15 +76,23 @@ def resumed(tmp_path_factory):
     lines = ck.read_text().splitlines(keepends=True)
     assert lines[-1].startswith("44,") and ",latest," in lines[-1]
     ck.write_text("".join(lines[:-1]))
-    # attempt 2: SIGKILL right after the curvature event at step 105 (latest checkpoint at 88: once per epoch)
-    p = subprocess.Popen(cmd(d, FAULT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while n_rows(d / "tables" / "curvature.csv") < 7:
-        assert p.poll() is None, "training ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.01)
-    p.send_signal(signal.SIGKILL)
-    p.wait(timeout=30)
+    # attempt 2: SIGKILL right after the curvature event at step 105 (latest checkpoint at 88: once per epoch);
+    # its steps sleep 0.05 s (run control, not in the fingerprint), so the kill lands before step 132 on any machine
+    p = subprocess.Popen(
+        cmd(d, [*FAULT, "trainer.fault.step_sleep_s=0.05"]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.time() + 240
+        while n_rows(d / "tables" / "curvature.csv") < 7:
+            assert p.poll() is None, "training ended before it could be killed"
+            assert time.time() < deadline
+            time.sleep(0.01)
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
     assert p.returncode == -signal.SIGKILL
     # attempt 3: resumes and completes
     proc = run_cmd(cmd(d, FAULT), timeout=300)

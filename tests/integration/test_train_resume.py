@@ -39,18 +39,25 @@ def rows(path):
 
 
 def kill_at(run_dir, min_rows, sig=signal.SIGKILL):
+    # each step of the attempt to be killed sleeps 0.05 s (run control: the run's fingerprint and tables
+    # are those of a plain run), so the signal lands within a step or two of ``min_rows`` on any machine
     proc = subprocess.Popen(
-        [PYTHON, "-m", "loss_slope.train", *ARGS, f"run_dir={run_dir}"],
+        [PYTHON, "-m", "loss_slope.train", *ARGS, "trainer.fault.step_sleep_s=0.05", f"run_dir={run_dir}"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.time() + 240
-    while rows(run_dir) < min_rows:
-        assert proc.poll() is None, "training ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.02)
-    proc.send_signal(sig)
-    proc.wait(timeout=60)
+    try:
+        deadline = time.time() + 240
+        while rows(run_dir) < min_rows:
+            assert proc.poll() is None, "training ended before it could be killed"
+            assert time.time() < deadline
+            time.sleep(0.02)
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     return proc.returncode
 
 

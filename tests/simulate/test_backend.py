@@ -115,14 +115,16 @@ def test_sigkill_of_a_pack_then_rerun_gives_identical_tables(reference, tmp_path
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    first = root / "work" / "S-core" / "lr0.1-wd0.001-s0" / "tables" / "steps.csv"
-    deadline = time.time() + 240
-    while rows(first) < 6000:
-        assert proc.poll() is None, "the pack ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the pack and its runs, as a cluster kills a job
-    proc.wait(timeout=30)
+    steps = [root / "work" / "S-core" / f"lr0.1-wd0.001-s{s}" / "tables" / "steps.csv" for s in (0, 1)]
+    try:
+        deadline = time.time() + 240
+        while min(rows(p) for p in steps) < 6000:  # both runs mid-way, whichever started first
+            assert proc.poll() is None, "the pack ended before it could be killed"
+            assert time.time() < deadline
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the pack and its runs, as a cluster kills a job
+        proc.wait(timeout=30)
     time.sleep(0.5)
     killed = [d for d in (root / "work" / "S-core").iterdir() if d.is_dir()]  # beside them: the killed runs' locks
     assert not any((d / "done.json").exists() for d in killed), "the kill came too late"

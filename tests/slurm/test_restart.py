@@ -28,7 +28,7 @@ from loss_slope.train.pack import read_errors
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parents[2]
 RUNS = ["lr0.05-wd0.0005-s0", "lr0.05-wd0.0005-s1"]
-EPOCHS = 30  # 1,320 steps per run, each slowed to >= 0.06 s: longer than one 60 s budget on any machine
+EPOCHS = 30  # 1,320 steps per run, each slowed to >= 0.1 s: longer than one 120 s budget on any machine
 
 CONFIG = {
     "study": "slurm-restart",
@@ -44,12 +44,13 @@ CONFIG = {
             "model.base_width=4",
             "trainer.accelerator=cpu",
             "trainer.monitors.enabled=false",
-            "trainer.fault.step_sleep_s=0.06",
+            "trainer.fault.step_sleep_s=0.1",
         ],
     },
     "variants": {"S-core": {"experiment": "s_core"}},
     "grid": {"lr": [0.05], "weight_decay": [0.0005], "seed": [0, 1]},
-    # runtime 2 min (LOSS_SLOPE_SLURM_RUNTIME) - margin 1 min: each pack job trains 60 s, then exits 3
+    # runtime 3 min (LOSS_SLOPE_SLURM_RUNTIME) - margin 1 min: each pack job trains 120 s, then exits 3;
+    # the window in which --unlock, the resubmission and the new trainer must meet the old job's runs
     "packing": {"time_margin_minutes": 1},
     "analysis": {"fit": {"early_window": [5, 15], "window_shift": 1}},
 }
@@ -69,7 +70,7 @@ def test_kill_controller_then_restart_recipe(slurm_cluster: Cluster, tmp_path: P
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(CONFIG))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
     env.update(slurm_cluster.env)
-    env.update(LOSS_SLOPE_SLURM_RETRY_BACKOFF_S="2", WORKERS_PER_GPU="2", LOSS_SLOPE_SLURM_RUNTIME="2")
+    env.update(LOSS_SLOPE_SLURM_RETRY_BACKOFF_S="2", WORKERS_PER_GPU="2", LOSS_SLOPE_SLURM_RUNTIME="3")
     prefix = "lsrestart" + uuid.uuid4().hex[:6]
     exe = Path(sys.executable).with_name("snakemake")
     cmd = [

@@ -12,6 +12,18 @@ from loss_slope.train import lock as L
 from loss_slope.train.device import NoGPUError, normalize_accelerator, resolve_accelerator
 
 
+def _within(seconds, cond):
+    """Poll ``cond`` until it holds or ``seconds`` pass (the heartbeat thread runs when it is scheduled)."""
+    import time
+
+    deadline = time.time() + seconds
+    while not cond():
+        if time.time() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def test_acquire_records_the_holder_and_release_removes_it(tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     lk = L.acquire(tmp_path / "V" / "r", heartbeat_s=0)
@@ -100,15 +112,12 @@ def test_other_host_without_slurm_goes_by_heartbeat_age(tmp_path):
 
 
 def test_heartbeat_touches_and_notices_a_lost_lock(tmp_path):
-    import time
 
     lk = L.acquire(tmp_path / "r", heartbeat_s=0.05)
     os.utime(lk.path, (0, 0))
-    time.sleep(0.5)
-    assert lk.path.stat().st_mtime > 1
+    assert _within(10, lambda: lk.path.stat().st_mtime > 1)
     _write_lock(lk.path, host="x", pid=1)  # someone else's now
-    time.sleep(0.5)
-    assert lk.lost
+    assert _within(10, lambda: lk.lost)
     lk.release()
     assert lk.path.exists()  # never removes a lock it does not hold
 
@@ -120,7 +129,7 @@ def test_a_lock_moved_aside_for_a_moment_is_not_lost(tmp_path):
     lk = L.acquire(tmp_path / "r", heartbeat_s=0.05)
     aside = lk.path.with_name("r.lock.stale-x")
     os.rename(lk.path, aside)
-    time.sleep(0.3)
+    time.sleep(0.1)  # two heartbeats; the one that finds it missing looks again 1 s later
     os.link(aside, lk.path)
     aside.unlink()
     time.sleep(1.5)
@@ -196,7 +205,8 @@ def test_a_lost_lock_calls_its_handler_once(tmp_path):
     time.sleep(0.2)
     assert calls == []
     _write_lock(lk.path, host="x", pid=1)
-    time.sleep(0.5)
+    assert _within(10, lambda: calls)
+    time.sleep(0.3)  # more heartbeats: none calls it again
     lk.release()
     assert calls == [lk.path]
 
