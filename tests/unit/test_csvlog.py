@@ -18,6 +18,15 @@ def test_append_roundtrips_float64_exactly(tmp_path):
     assert tuple(df.iloc[0]) == row
 
 
+def test_appended_rows_are_in_the_file_before_any_sync(tmp_path):
+    # a block of a few rows (a few hundred bytes) reaches the file at once: progress readers
+    # (loss-slope status, tail -f) see it, and a kill after it leaves a tail beyond the checkpoint
+    t = CsvTable(tmp_path / "steps.csv", "steps")
+    t.append(_steps(5))
+    assert pd.read_csv(tmp_path / "steps.csv").step.tolist() == [0, 1, 2, 3, 4]
+    t.close()
+
+
 def test_truncate_keeps_rows_before_checkpoint_and_drops_torn_line(tmp_path):
     p = tmp_path / "steps.csv"
     t = CsvTable(p, "steps")

@@ -141,9 +141,6 @@ class _Table(CsvTable):
         super().__init__(path, table)
         self.durable = durable
 
-    def push(self) -> None:
-        self._fh.flush()
-
     def sync(self) -> None:
         self._fh.flush()
         if self.durable:
@@ -341,7 +338,6 @@ def _simulate(cfg) -> int:
                 acc[pending_from:upto].tolist(),
             )
         )
-        steps_t.push()  # the block reaches the file now (as a real run's larger blocks do): a kill leaves a tail to cut
         if diverged is None:
             diverged = guard.update(s.tolist(), ls.tolist())
         pending_from = upto

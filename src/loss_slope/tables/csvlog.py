@@ -1,9 +1,11 @@
 """Append-only CSV tables in a run's work tree, and their truncation on resume.
 
-Rows are appended in blocks (one host transfer every K steps) and fsync'ed
-when a checkpoint is written, so a checkpoint at step ``s`` always finds the
-tables complete up to ``s``. After a crash the tails beyond the checkpoint
-are cut off again by :func:`truncate_table`, so every step appears once.
+Rows are appended in blocks (one host transfer every K steps), each handed to
+the OS at once (the file shows every appended row: ``loss-slope status``,
+``tail -f``), and fsync'ed when a checkpoint is written, so a checkpoint at
+step ``s`` always finds the tables complete up to ``s``. After a crash the
+tails beyond the checkpoint are cut off again by :func:`truncate_table`, so
+every step appears once.
 """
 
 from __future__ import annotations
@@ -43,9 +45,12 @@ class CsvTable:
         self._fh = open(self.path, "a")
 
     def append(self, rows: Iterable[Sequence]) -> None:
+        """Write ``rows`` to the file now (one write, no fsync: a kill may leave a torn last line,
+        which :func:`truncate_table` drops)."""
         lines = [",".join(_fmt(v) for v in row) + "\n" for row in rows]
         if lines:
             self._fh.write("".join(lines))
+            self._fh.flush()
 
     def sync(self) -> None:
         self._fh.flush()
