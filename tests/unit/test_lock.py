@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -14,8 +15,6 @@ from loss_slope.train.device import NoGPUError, normalize_accelerator, resolve_a
 
 def _within(seconds, cond):
     """Poll ``cond`` until it holds or ``seconds`` pass (the heartbeat thread runs when it is scheduled)."""
-    import time
-
     deadline = time.time() + seconds
     while not cond():
         if time.time() > deadline:
@@ -112,7 +111,6 @@ def test_other_host_without_slurm_goes_by_heartbeat_age(tmp_path):
 
 
 def test_heartbeat_touches_and_notices_a_lost_lock(tmp_path):
-
     lk = L.acquire(tmp_path / "r", heartbeat_s=0.05)
     os.utime(lk.path, (0, 0))
     assert _within(10, lambda: lk.path.stat().st_mtime > 1)
@@ -124,8 +122,6 @@ def test_heartbeat_touches_and_notices_a_lost_lock(tmp_path):
 
 def test_a_lock_moved_aside_for_a_moment_is_not_lost(tmp_path):
     # a contender that judged an older lock stale renames ours aside, sees its token and links it back
-    import time
-
     lk = L.acquire(tmp_path / "r", heartbeat_s=0.05)
     aside = lk.path.with_name("r.lock.stale-x")
     os.rename(lk.path, aside)
@@ -179,7 +175,6 @@ def test_three_contenders_on_a_stale_lock_leave_one_holder(tmp_path, monkeypatch
 
 def test_a_takeover_mutex_left_by_a_killed_contender_expires(tmp_path, monkeypatch):
     import socket
-    import time
 
     monkeypatch.setattr(L, "ACQUIRE_WAIT_S", 0.5)
 
@@ -198,8 +193,6 @@ def test_a_takeover_mutex_left_by_a_killed_contender_expires(tmp_path, monkeypat
 
 
 def test_a_lost_lock_calls_its_handler_once(tmp_path):
-    import time
-
     calls = []
     lk = L.acquire(tmp_path / "r", heartbeat_s=0.05, on_lost=calls.append)
     time.sleep(0.2)
