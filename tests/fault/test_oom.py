@@ -10,13 +10,12 @@ OOM at the smallest allowed micro-batch fails the run with the reason.
 import json
 import signal
 import subprocess
-import time
 
 import pandas as pd
 import pytest
 import torch
 
-from _util import PYTHON, run_cmd
+from _util import PYTHON, run_cmd, signal_when
 from loss_slope.train.module import MicroBatcher, MicroBatchTooSmall
 
 # BN off: accumulation over micro-batches then gives the whole batch's gradient
@@ -110,17 +109,10 @@ def test_the_smaller_micro_batch_survives_a_resume(tmp_path):
         text=True,
     )
     # wait until training is past the OOM (step 7) and a validation, then preempt: SIGTERM saves a checkpoint
-    try:
-        t0 = time.time()
-        while not (run / "tables/steps.csv").exists() or len((run / "tables/steps.csv").read_text().splitlines()) < 31:
-            assert p.poll() is None and time.time() - t0 < 240
-            time.sleep(0.05)
-        p.send_signal(signal.SIGTERM)
-        out, _ = p.communicate(timeout=120)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+    steps = run / "tables/steps.csv"
+    out = signal_when(
+        p, lambda: steps.exists() and len(steps.read_text().splitlines()) >= 31, signal.SIGTERM, poll_s=0.05, wait_s=120
+    )
     assert p.returncode == 3, out
     train(run, *OOM, "trainer.fault.oom_fits=16", "trainer.epochs=4")
     # resumed at micro-batch 16: no second OOM, one recorded change

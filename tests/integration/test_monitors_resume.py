@@ -5,13 +5,12 @@ except the wall-clock columns."""
 import json
 import signal
 import subprocess
-import time
 
 import pandas as pd
 import pytest
 import torch
 
-from _util import PYTHON, run_cmd
+from _util import PYTHON, run_cmd, signal_when
 from loss_slope.tables.export import export_run
 from loss_slope.tables.parquet import convert_run
 from loss_slope.tables.schema import MONITOR_TABLES, TABLES as SCHEMA_TABLES
@@ -81,18 +80,7 @@ def resumed(tmp_path_factory):
     p = subprocess.Popen(
         cmd(d, [*FAULT, "trainer.fault.step_sleep_s=0.05"]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    try:
-        deadline = time.time() + 240
-        while n_rows(d / "tables" / "curvature.csv") < 7:
-            assert p.poll() is None, "training ended before it could be killed"
-            assert time.time() < deadline
-            time.sleep(0.01)
-        p.send_signal(signal.SIGKILL)
-        p.wait(timeout=30)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+    signal_when(p, lambda: n_rows(d / "tables" / "curvature.csv") >= 7, signal.SIGKILL, poll_s=0.01, wait_s=30)
     assert p.returncode == -signal.SIGKILL
     # attempt 3: resumes and completes
     proc = run_cmd(cmd(d, FAULT), timeout=300)

@@ -4,12 +4,11 @@ the merged tables equal an uninterrupted run's, bit for bit (CPU, fixed seed).""
 import json
 import signal
 import subprocess
-import time
 
 import pandas as pd
 import pytest
 
-from _util import PYTHON, run_cmd
+from _util import PYTHON, run_cmd, signal_when
 
 # 3 epochs x 44 steps, tiny net: ~5 s per run on one core. The latest checkpoint's time criterion is
 # set so small that it is due at every validation (11, 22, ...): resuming mid-epoch is exercised here,
@@ -46,18 +45,7 @@ def kill_at(run_dir, min_rows, sig=signal.SIGKILL):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    try:
-        deadline = time.time() + 240
-        while rows(run_dir) < min_rows:
-            assert proc.poll() is None, "training ended before it could be killed"
-            assert time.time() < deadline
-            time.sleep(0.02)
-        proc.send_signal(sig)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    signal_when(proc, lambda: rows(run_dir) >= min_rows, sig)
     return proc.returncode
 
 

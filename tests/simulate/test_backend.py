@@ -1,7 +1,6 @@
 """The simulated backend: a SIGKILL'ed pack, rerun, leaves the tables of an uninterrupted one, byte for byte."""
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -9,7 +8,7 @@ import time
 import pandas as pd
 import pytest
 
-from _util import PYTHON, run_cmd
+from _util import PYTHON, run_cmd, signal_when
 from loss_slope.probe.plan import write_pack_spec
 from loss_slope.study.runs import build_runs
 from loss_slope.tables.schema import TABLES
@@ -116,15 +115,8 @@ def test_sigkill_of_a_pack_then_rerun_gives_identical_tables(reference, tmp_path
         start_new_session=True,
     )
     steps = [root / "work" / "S-core" / f"lr0.1-wd0.001-s{s}" / "tables" / "steps.csv" for s in (0, 1)]
-    try:
-        deadline = time.time() + 240
-        while min(rows(p) for p in steps) < 6000:  # both runs mid-way, whichever started first
-            assert proc.poll() is None, "the pack ended before it could be killed"
-            assert time.time() < deadline
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the pack and its runs, as a cluster kills a job
-        proc.wait(timeout=30)
+    # both runs mid-way (whichever started first), then SIGKILL the pack and its runs, as a cluster kills a job
+    signal_when(proc, lambda: min(rows(p) for p in steps) >= 6000, signal.SIGKILL, group=True, poll_s=0.05, wait_s=30)
     time.sleep(0.5)
     killed = [d for d in (root / "work" / "S-core").iterdir() if d.is_dir()]  # beside them: the killed runs' locks
     assert not any((d / "done.json").exists() for d in killed), "the kill came too late"
