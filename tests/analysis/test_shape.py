@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from loss_slope.analysis import analyze_curve, compare_models, cumulative_lr, fit_power_law
+from loss_slope.analysis.exceptions import FitFailed
 from loss_slope.analysis.shape import check_fit, literal_r2, single_power_law
 from loss_slope.analysis.synthetic import CurveSpec, make_curve
 
@@ -170,3 +171,29 @@ def test_a_rounded_knee_is_not_a_further_break(seed):
     )
     d = _decision(spec, seed=seed)
     assert d["h1_single_power_law"] is True, d["h1_reason"]
+
+
+def test_a_two_break_test_that_cannot_be_fitted_leaves_a_passing_run_undecided(monkeypatch):
+    # one power law by every test that runs; test 3 (two breaks on the whole curve) cannot be
+    # made: the run is not counted as one power law on the tests that remain
+    spec = CurveSpec(n_steps=8000, alpha=0.1, knee_step=200, alpha_after=0.8, noise_sigma=0.02, floor=0.05)
+    assert _decision(spec, seed=11)["h1_single_power_law"] is True
+
+    import loss_slope.analysis.curve as curve_mod
+
+    def cannot_fit(*args, **kwargs):
+        raise FitFailed("three_power: non-finite residuals at the starting point")
+
+    monkeypatch.setattr(curve_mod, "two_break_test", cannot_fit)
+    d = _decision(spec, seed=11)
+    assert d["h1_single_power_law"] is None
+    assert "two-break test on the whole curve could not be fitted: three_power" in d["h1_reason"]
+    assert d["h1_two_break_found"] is None or not d["h1_two_break_found"]
+
+
+def test_a_two_break_test_that_cannot_be_fitted_does_not_overrule_a_break_found_otherwise():
+    spec = CurveSpec(n_steps=19_550, alpha=0.4, knee_step=4000, alpha_after=1.2, noise_sigma=0.02)
+    c = make_curve(spec, seed=4)
+    res = single_power_law(c.steps, c.loss, knee_step=2000.0, two_break_error="three_power: no usable optimum")
+    assert res.decision is False
+    assert "further break" in res.reason

@@ -242,6 +242,7 @@ def analyze_curve(
             bin_decades=bin_decades,
             segment_fit=power,
             two_break=two_break,
+            two_break_error=errors.get("h1_two_break"),
         )
     except AnalysisError as exc:
         errors["h1_single_power_law"] = str(exc)

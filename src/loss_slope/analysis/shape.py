@@ -132,6 +132,7 @@ def single_power_law(
     bin_decades: float = DEFAULT_BIN_DECADES,
     segment_fit: FitResult | None = None,
     two_break: TwoBreakTest | None = None,
+    two_break_error: str | None = None,
     min_change: float = MIN_BREAK_CHANGE,
 ) -> ShapeTest:
     """Decide whether the curve from ``knee_step`` on is one power law.
@@ -161,6 +162,10 @@ def single_power_law(
         The whole-curve two-break test; a second break found there makes the
         decision ``False``.  Not run here (it belongs to the knee it was fitted
         with, the default detector's).
+    two_break_error : str, optional
+        Why the whole-curve two-break test could not be fitted, when it was tried and
+        failed: a curve that passes every other test is then undecided, not one power
+        law (the test that could not be made is not a test passed).
 
     Returns
     -------
@@ -265,6 +270,15 @@ def single_power_law(
         reasons.append(two_break.reason)
     if reasons:
         return ShapeTest(False, "; ".join(reasons), fit_ok=True, fit_reason=None, **empty)
+    if two_break_error is not None:
+        return ShapeTest(
+            None,
+            f"no further break (statistic {lrt.stat:.3g} <= {thr:g}) and no drift of the exponent, "
+            f"but the two-break test on the whole curve could not be fitted: {two_break_error}",
+            fit_ok=True,
+            fit_reason=None,
+            **empty,
+        )
     whole = (
         f", and {two_break.reason} on the whole curve"
         if two_break is not None and math.isfinite(two_break.statistic)
