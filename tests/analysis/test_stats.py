@@ -12,7 +12,7 @@ from statsmodels.stats.proportion import proportion_confint
 
 from loss_slope.analysis import h1_statistics
 from loss_slope.analysis.exceptions import NotEnoughPoints
-from loss_slope.analysis.stats import correlation, h2_window_heatmap, wilson_interval
+from loss_slope.analysis.stats import correlation, h2_window_heatmap, rho_beyond, verdict_rho, wilson_interval
 
 
 @pytest.mark.parametrize("k,n", [(0, 10), (3, 10), (10, 10), (170, 216)])
@@ -69,3 +69,28 @@ def test_window_heatmap():
     assert h.rho[0, 0] == pytest.approx(-1.0)
     assert h.rho[1, 2] == pytest.approx(sps.spearmanr(A[:, 1, 2], y).statistic)
     assert math.isnan(h.rho[2, 3]) and h.n_valid[2, 3] == 3
+
+
+@pytest.mark.parametrize(
+    "sign, points, expected",
+    [
+        ("negative", [-0.9, -0.7, -0.69, 0.8, np.nan], [True, True, False, False, False]),
+        ("positive", [0.9, 0.7, 0.69, -0.8, np.nan], [True, True, False, False, False]),
+        ("either", [-0.9, 0.7, 0.69, -0.69, np.nan], [True, True, False, False, False]),
+    ],
+)
+def test_rho_beyond_is_the_verdicts_direction_rule_at_a_point_and_on_arrays(sign, points, expected):
+    r = np.array(points)
+    assert rho_beyond(r, r, 0.7, sign).tolist() == expected
+    for x, want in zip(points, expected):
+        assert rho_beyond(x, x, 0.7, sign) is want
+        # a degenerate interval with a small p is supported exactly when its point is beyond
+        if np.isfinite(x):
+            assert (verdict_rho((x, x), 0.001, 0.7, 0.05, sign) == "supported") is want
+
+
+def test_rho_beyond_needs_the_whole_interval_beyond():
+    assert rho_beyond(-0.95, -0.75, 0.7, "negative") is True
+    assert rho_beyond(-0.95, -0.65, 0.7, "negative") is False
+    assert rho_beyond(0.75, 0.95, 0.7, "either") is True
+    assert rho_beyond(-0.9, 0.9, 0.7, "either") is False

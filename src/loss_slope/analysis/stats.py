@@ -1059,17 +1059,32 @@ class H2Result:
 _SIGNS = ("negative", "positive", "either")
 
 
+def rho_beyond(lo, hi, min_abs_rho: float, sign: str):
+    """Whether all of ``[lo, hi]`` lies at the configured strength in the configured
+    direction (``sign``: negative, positive or either); ``lo = hi`` asks it of a point.
+    Elementwise on arrays."""
+    lo, hi, t = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float), min_abs_rho
+    if sign == "negative":
+        out = hi <= -t
+    elif sign == "positive":
+        out = lo >= t
+    else:
+        out = (lo >= t) | (hi <= -t)
+    return out if out.ndim else bool(out)
+
+
 def verdict_rho(ci: tuple[float, float], p: float, min_abs_rho: float, max_p: float, sign: str) -> str:
     lo, hi = ci
     if not (np.isfinite(lo) and np.isfinite(hi)):
         return "inconclusive"
     t = min_abs_rho
+    beyond = rho_beyond(lo, hi, t, sign)
     if sign == "negative":
-        beyond, short = hi <= -t, lo > -t
+        short = lo > -t
     elif sign == "positive":
-        beyond, short = lo >= t, hi < t
+        short = hi < t
     else:
-        beyond, short = (lo >= t or hi <= -t), (lo > -t and hi < t)
+        short = lo > -t and hi < t
     if beyond and np.isfinite(p) and p < max_p:
         return "supported"
     if short:

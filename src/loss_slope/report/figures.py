@@ -34,6 +34,7 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from loss_slope.analysis.knee import DEFAULT_KNEE_METHOD, KNEE_METHODS
+from loss_slope.analysis.stats import rho_beyond
 
 from . import verdicts as V
 from ._io import STATUSES, fmt_level
@@ -620,10 +621,8 @@ def plot_window_heatmap(table: pd.DataFrame, stats: StudyStats, curves: Mapping[
     criterion = V.h2_criterion(st).split(" (")[0]  # ρ ≤ −0.7, ρ ≥ 0.7 or |ρ| ≥ 0.7
 
     def meets(r, pv):
-        """The configured direction and strength, with p below max_p (as the verdict reads them)."""
-        sign = st["sign"]
-        far = r <= -min_rho if sign == "negative" else r >= min_rho if sign == "positive" else np.abs(r) >= min_rho
-        return far & (pv < max_p)
+        """The configured direction and strength, with p below max_p (the verdict's rule, at a point)."""
+        return rho_beyond(r, r, min_rho, st["sign"]) & (pv < max_p)
 
     # cells centred on their epochs, whatever the scan's stride (a start clipped at 0 makes it uneven)
     start_edges, end_edges = _cell_edges(starts), _cell_edges(ends)
