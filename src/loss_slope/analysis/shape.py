@@ -270,11 +270,11 @@ def single_power_law(
         reasons.append(two_break.reason)
     if reasons:
         return ShapeTest(False, "; ".join(reasons), fit_ok=True, fit_reason=None, **empty)
+    passed = f"no further break (statistic {lrt.stat:.3g} <= {thr:g}) and no drift of the exponent"
     if two_break_error is not None:
         return ShapeTest(
             None,
-            f"no further break (statistic {lrt.stat:.3g} <= {thr:g}) and no drift of the exponent, "
-            f"but the two-break test on the whole curve could not be fitted: {two_break_error}",
+            f"{passed}, but the two-break test on the whole curve could not be fitted: {two_break_error}",
             fit_ok=True,
             fit_reason=None,
             **empty,
@@ -286,7 +286,7 @@ def single_power_law(
     )
     return ShapeTest(
         True,
-        f"no further break (statistic {lrt.stat:.3g} <= {thr:g}) and no drift of the exponent{whole}",
+        f"{passed}{whole}",
         fit_ok=True,
         fit_reason=None,
         **empty,

@@ -1061,7 +1061,8 @@ _SIGNS = ("negative", "positive", "either")
 
 def rho_beyond(lo, hi, min_abs_rho: float, sign: str):
     """Whether all of ``[lo, hi]`` lies at the configured strength in the configured
-    direction (``sign``: negative, positive or either); ``lo = hi`` asks it of a point.
+    direction (``sign``: negative, positive or either); ``lo = hi`` asks it of a point,
+    and the ends swapped (``hi, lo``) ask whether any of the interval reaches it.
     Elementwise on arrays."""
     lo, hi, t = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float), min_abs_rho
     if sign == "negative":
@@ -1077,17 +1078,9 @@ def verdict_rho(ci: tuple[float, float], p: float, min_abs_rho: float, max_p: fl
     lo, hi = ci
     if not (np.isfinite(lo) and np.isfinite(hi)):
         return "inconclusive"
-    t = min_abs_rho
-    beyond = rho_beyond(lo, hi, t, sign)
-    if sign == "negative":
-        short = lo > -t
-    elif sign == "positive":
-        short = hi < t
-    else:
-        short = lo > -t and hi < t
-    if beyond and np.isfinite(p) and p < max_p:
+    if rho_beyond(lo, hi, min_abs_rho, sign) and np.isfinite(p) and p < max_p:
         return "supported"
-    if short:
+    if not rho_beyond(hi, lo, min_abs_rho, sign):  # no part of the interval reaches the threshold
         return "not supported"
     return "inconclusive"
 
