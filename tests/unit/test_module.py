@@ -1,6 +1,12 @@
 """CurveModule's manual optimization: gradient clipping, the LR schedule per
 step, and micro-batches that add up to the whole batch's gradient."""
 
+import os
+import platform
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -149,6 +155,93 @@ def test_channels_last_is_ignored_on_the_cpu(caplog):
     assert module.channels_last is False and module.channels_last_requested is True
     lines = [r.getMessage() for r in caplog.records if "channels_last" in r.getMessage()]
     assert len(lines) == 1 and "CUDA option" in lines[0]
+
+
+# Trains the narrow 1x1 stride-2 convolution under CurveModule twice, channels_last requested and not,
+# and prints the largest relative difference of that convolution's weight gradient over the steps.
+# With argument "honoured", channels_last takes effect on the CPU as it did before it became a CUDA option.
+_AVX2_CHILD = textwrap.dedent(
+    """
+    import sys
+
+    import pytorch_lightning as pl
+    import torch
+
+    import loss_slope.train.module as module_lib
+    from loss_slope.train.module import CurveModule
+    from loss_slope.train.schedule import Schedule
+
+    if sys.argv[1] == "honoured":
+        module_lib.use_channels_last = lambda requested, device: bool(requested)
+
+
+    def weight_grads(channels_last):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(
+            torch.nn.Conv2d(4, 64, 1, stride=2),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(2),
+            torch.nn.Flatten(),
+            torch.nn.Linear(64 * 4, 3),
+        )
+        grads = []
+        net[0].weight.register_hook(lambda g: grads.append(g.detach().contiguous().clone()))
+        x, y = torch.randn(32, 4, 16, 16), torch.randint(0, 3, (32,))
+        module = CurveModule(
+            net, lambda p: torch.optim.SGD(p, lr=0.1), Schedule("constant", 0, 100), channels_last=channels_last
+        )
+        trainer = pl.Trainer(
+            accelerator="cpu", devices=1, max_steps=20, max_epochs=-1, limit_val_batches=0, logger=False,
+            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        )
+        data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
+        trainer.fit(module, train_dataloaders=data)
+        return grads
+
+
+    a, b = weight_grads(True), weight_grads(False)
+    assert len(a) == len(b) == 20, (len(a), len(b))
+    print("relative gradient difference", max(((p - q).norm() / q.norm()).item() for p, q in zip(a, b)))
+    """
+)
+
+
+def _train_under_avx2(tmp_path, mode: str) -> subprocess.CompletedProcess:
+    script = tmp_path / "avx2_child.py"
+    script.write_text(_AVX2_CHILD)
+    # ONEDNN_MAX_CPU_ISA caps oneDNN at its AVX2 kernels, the ones with the NHWC backward bug; on an
+    # AVX2-only CPU it changes nothing.
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "PYTHONWARNINGS": "ignore"}
+    args = [sys.executable, str(script), mode]
+    try:
+        return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    except subprocess.TimeoutExpired as hung:  # killed; a hang is one of the bug's outcomes
+        err = hung.stderr.decode(errors="replace") if isinstance(hung.stderr, bytes) else hung.stderr or ""
+        return subprocess.CompletedProcess(args, -9, "", err + "\n(killed after 300 s)")
+
+
+def _relative_difference(proc: subprocess.CompletedProcess) -> float:
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("relative gradient difference")]
+    assert proc.returncode == 0 and len(lines) == 1, proc.stderr[-3000:]
+    return float(lines[0].split()[-1])
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="oneDNN's AVX2 kernels are x86")
+def test_channels_last_requested_on_an_avx2_cpu_trains_as_nchw(tmp_path):
+    # Regression for oneDNN's NHWC 1x1 convolution backward (IC < ic_block), which on AVX2 kernels writes
+    # past its workspace: heap corruption, a hang, or wrong weight gradients. Run on any x86 CPU.
+    honoured = _train_under_avx2(tmp_path, "honoured")
+    # the test has teeth: with channels_last honoured on the CPU the same training aborts ("free(): invalid
+    # next size" with one thread) or gets wrong gradients (relative difference 0.15-0.3 with several); a
+    # correct NHWC kernel's rounding compounds to ~2e-3 over the 20 steps
+    if honoured.returncode == 0:
+        wrong = _relative_difference(honoured)
+        assert not wrong <= 0.05, (
+            f"relative gradient difference {wrong} with channels_last honoured: oneDNN's AVX2 NHWC backward "
+            "no longer corrupts this convolution (torch upgraded?), and this test has lost its reproduction"
+        )
+    as_configured = _relative_difference(_train_under_avx2(tmp_path, "as_configured"))
+    assert as_configured == 0.0, f"channels_last requested changed the CPU gradients by {as_configured}"
 
 
 def test_channels_last_is_a_cuda_option():
