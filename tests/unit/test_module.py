@@ -215,7 +215,7 @@ def _train_under_avx2(tmp_path, mode: str) -> subprocess.CompletedProcess:
     env = {
         "ONEDNN_MAX_CPU_ISA": "AVX2",
         "PYTHONWARNINGS": "ignore",
-        "PYTHONPATH": os.pathsep.join([str(HERE), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), str(REPO / "tests"), os.environ.get("PYTHONPATH")])),
     }
     args = [PYTHON, script, mode]
     try:
